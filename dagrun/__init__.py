@@ -1,0 +1,21 @@
+"""dagrun: provision developer workspaces from action-based templates.
+
+A template compiles to a dependency graph (:func:`compile_template`); a
+thread-pool scheduler runs every independent ready step concurrently with
+retries, timeouts, conditions, validation and rollback
+(:func:`run_template`), streaming each attempt to a database.
+"""
+
+from .api import plan, run_template
+from .compiler import compile_template
+from .errors import (ActionDefinitionError, CycleError, DagrunError, InputError, PermanentError, Problem,
+                     TemplateError)
+from .outcome import HandlerResult, RunStatus, StepStatus
+from .result import RunResult, StepResult
+
+__all__ = [
+    "run_template", "compile_template", "plan", "RunResult", "StepResult", "RunStatus", "StepStatus",
+    "HandlerResult", "DagrunError", "TemplateError", "CycleError", "ActionDefinitionError", "InputError",
+    "PermanentError", "Problem",
+]
+__version__ = "0.1.0"

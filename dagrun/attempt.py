@@ -1,0 +1,119 @@
+"""One attempt of one step, as run on a worker.
+
+``run_attempt`` never raises: whatever happens becomes an
+:class:`~dagrun.outcome.Outcome`. Order of work: condition (first attempt
+only, i.e. when the step becomes ready) -> interpolate config -> re-validate
+interpolated config -> optional ``check_first`` validation -> execute ->
+validate. Errors that cannot succeed on retry (undefined variables, invalid
+interpolated config, :class:`~dagrun.errors.PermanentError`) are marked not
+retryable.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from jinja2 import TemplateError as JinjaError
+
+from . import expressions
+from .compiler import config_problems
+from .errors import PermanentError
+from .handler_types import ActionHandlers, StepContext
+from .outcome import HandlerResult, Outcome, StepStatus
+from .shell import CancelToken
+from .spec import StepSpec
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptJob:
+    step: StepSpec
+    attempt: int
+    handlers: ActionHandlers
+    workspace: Mapping[str, Any]
+    variables: Mapping[str, Any]
+    env: Mapping[str, str]
+    steps: Mapping[str, Any]  # results of the upstream steps this step reads
+    home: str | None
+    cancel: CancelToken
+    evaluate_condition: bool = True
+
+
+def _context(job: AttemptJob, config: Mapping[str, Any]) -> dict[str, Any]:
+    return expressions.build_context(workspace=job.workspace, config=config, variables=job.variables,
+                                     env=job.env, steps=job.steps, home=job.home)
+
+
+def _outcome(job: AttemptJob, status: StepStatus, started: float, t0: float, **fields: Any) -> Outcome:
+    return Outcome(step_id=job.step.id, attempt=job.attempt, status=status, started_at=started,
+                   duration=time.perf_counter() - t0, **fields)
+
+
+def _from_handler(job: AttemptJob, result: HandlerResult, started: float, t0: float,
+                  config: dict[str, Any], error_prefix: str = "") -> Outcome:
+    if result.cancelled or (job.cancel.cancelled and not result.ok):
+        status = StepStatus.cancelled
+    else:
+        status = StepStatus.completed if result.ok else StepStatus.failed
+    error = None if result.ok else error_prefix + (result.error or "failed")
+    return _outcome(job, status, started, t0, error=error, exit_code=result.exit_code, stdout=result.stdout,
+                    stderr=result.stderr, data=result.data, config=config, timed_out=result.timed_out)
+
+
+def run_attempt(job: AttemptJob) -> Outcome:
+    started, t0 = time.time(), time.perf_counter()
+    step = job.step
+    config: dict[str, Any] = dict(step.config)
+    try:
+        if job.evaluate_condition and step.condition is not None:
+            if not step.condition.evaluate(_context(job, config)):
+                return _outcome(job, StepStatus.skipped, started, t0,
+                                skip_reason=f"condition is false: {step.condition.source}")
+        if step.templated:
+            config = expressions.render_value(config, _context(job, config), shell_fields=step.shell_fields)
+            problems = config_problems(config, step.action.config_schema, allow_templates=False)
+            if problems:
+                raise PermanentError("invalid config after interpolation: "
+                                     + "; ".join(f"{f}: {m}" for f, m in problems))
+        ctx = StepContext(step_id=step.id, action=step.action, config=config, workspace=job.workspace,
+                          variables=job.variables, steps=job.steps, env=job.env, home=job.home,
+                          attempt=job.attempt, timeout=step.timeout_seconds, cancel=job.cancel)
+        validate = job.handlers.validate
+        if step.check_first and validate is not None:
+            check = validate(ctx)
+            if check.ok:
+                return _outcome(job, StepStatus.completed, started, t0, config=config,
+                                data={**check.data, "already_satisfied": True}, stdout=check.stdout)
+        result = job.handlers.execute(ctx)
+        if not result.ok or validate is None:
+            return _from_handler(job, result, started, t0, config)
+        ctx.result = result.data
+        check = validate(ctx)
+        if not check.ok:
+            return _from_handler(job, check, started, t0, config, error_prefix="validation failed: ")
+        out = _from_handler(job, result, started, t0, config)
+        out.stdout += check.stdout
+        return out
+    except PermanentError as exc:
+        return _outcome(job, StepStatus.failed, started, t0, error=str(exc), retryable=False, config=config)
+    except JinjaError as exc:
+        return _outcome(job, StepStatus.failed, started, t0, error=f"template error: {exc}", retryable=False,
+                        config=config)
+    except Exception as exc:  # a handler bug is a failed attempt, not a crashed run
+        return _outcome(job, StepStatus.failed, started, t0, error=f"{type(exc).__name__}: {exc}", config=config)
+
+
+def run_rollback(job: AttemptJob, result: dict[str, Any], config: Mapping[str, Any] | None) -> Outcome:
+    """Run the rollback handler of a completed step with its execute result."""
+    started, t0 = time.time(), time.perf_counter()
+    step = job.step
+    cfg = dict(config if config is not None else step.config)
+    try:
+        ctx = StepContext(step_id=step.id, action=step.action, config=cfg, workspace=job.workspace,
+                          variables=job.variables, steps=job.steps, env=job.env, home=job.home,
+                          attempt=job.attempt, timeout=step.timeout_seconds, cancel=job.cancel, result=result)
+        assert job.handlers.rollback is not None
+        return _from_handler(job, job.handlers.rollback(ctx), started, t0, cfg)
+    except Exception as exc:
+        return _outcome(job, StepStatus.failed, started, t0, error=f"{type(exc).__name__}: {exc}", config=cfg)

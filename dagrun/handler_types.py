@@ -1,0 +1,273 @@
+"""The four handler types, as plain callables kept in a mapping.
+
+An action names up to three handlers (execute, validate, rollback). Each is
+turned into a :class:`Handler`, a callable taking a :class:`StepContext`, by
+the builder of the action's ``action_type`` in :data:`BUILDERS`:
+
+- ``shell``: a script file beside the definition, or inline script text.
+  It is a Jinja template rendered with shell quoting (values are always one
+  shell word), run by bash in its own process group. The config is also
+  exported as ``CONFIG_<KEY>`` variables and as JSON in ``DAGRUN_CONFIG``.
+- ``python_function``: ``module:function``, called with the context.
+- ``template_copy``: a template file beside the definition, or inline text,
+  rendered to ``config.target_path``; JSON/YAML targets can be deep-merged
+  into what is there (``config.merge``).
+- ``api_call``: ``"METHOD URL"`` (a template); the body is ``config.json``
+  or ``config.body``; a 2xx status is success.
+
+A handler written ``python:module:function`` is a Python callable whatever
+the action type (e.g. a Python rollback for a shell action).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Protocol
+
+import yaml
+
+from . import expressions
+from .errors import PermanentError
+from .outcome import HandlerResult
+from .shell import CancelToken, run_script
+from .spec import ActionSpec
+from .util import deep_merge
+
+
+@dataclass
+class StepContext:
+    """Everything a handler may use for one attempt."""
+
+    step_id: str
+    action: ActionSpec
+    config: dict[str, Any]  # interpolated
+    workspace: Mapping[str, Any]
+    variables: Mapping[str, Any]
+    steps: Mapping[str, Any]  # results of referenced upstream steps
+    env: Mapping[str, str]
+    home: str | None
+    attempt: int
+    timeout: float | None
+    cancel: CancelToken
+    result: dict[str, Any] = field(default_factory=dict)  # execute's result, for validate / rollback
+
+    def template_context(self) -> dict[str, Any]:
+        return expressions.build_context(workspace=self.workspace, config=self.config, variables=self.variables,
+                                         env=self.env, steps=self.steps, home=self.home)
+
+    def path(self, text: str) -> str:
+        return expressions.expand_path(text, self.home)
+
+    def process_env(self) -> dict[str, str]:
+        env = dict(self.env)
+        if self.home:
+            env["HOME"] = self.home
+        env["DAGRUN_STEP_ID"] = self.step_id
+        env["DAGRUN_WORKSPACE_ID"] = str(self.workspace.get("id"))
+        env["DAGRUN_ATTEMPT"] = str(self.attempt)
+        env["DAGRUN_CONFIG"] = json.dumps(self.config, default=str)
+        env["DAGRUN_RESULT"] = json.dumps(self.result, default=str)
+        for key, value in self.config.items():
+            if isinstance(value, (str, int, float, bool)) and key.isidentifier():
+                env[f"CONFIG_{key.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
+        return env
+
+    def run_shell(self, script: str, *, cwd: str | None = None, env: Mapping[str, str] | None = None) -> HandlerResult:
+        """Run script text that is already final (no templating)."""
+        if cwd:
+            cwd = self.path(cwd)
+            if not os.path.isdir(cwd):
+                raise PermanentError(f"working directory {cwd} does not exist")
+        result = run_script(script, env={**self.process_env(), **(env or {})}, cwd=cwd or self.home,
+                            timeout=self.timeout, cancel=self.cancel)
+        error = None
+        if result.timed_out:
+            error = f"timed out after {self.timeout:g} s"
+        elif result.cancelled:
+            error = "cancelled"
+        elif result.exit_code != 0:
+            tail = (result.stderr.strip() or result.stdout.strip()).splitlines()[-1:] or [""]
+            error = f"exit code {result.exit_code}" + (f": {tail[0]}" if tail[0] else "")
+        return HandlerResult(ok=error is None, data=dict(result.outputs or {}), exit_code=result.exit_code,
+                             stdout=result.stdout, stderr=result.stderr, error=error,
+                             timed_out=result.timed_out, cancelled=result.cancelled)
+
+
+class Handler(Protocol):
+    def __call__(self, ctx: StepContext) -> HandlerResult: ...
+
+
+def _text_or_file(action: ActionSpec, text: str) -> tuple[str, str | None]:
+    """A handler value names a file beside the definition, or is the text itself."""
+    if "\n" not in text and action.base_dir is not None and len(text) < 256:
+        candidate = action.base_dir / text
+        if candidate.is_file():
+            return candidate.read_text(encoding="utf-8"), str(candidate)
+    return text, None
+
+
+def coerce_result(value: Any) -> HandlerResult:
+    if isinstance(value, HandlerResult):
+        return value
+    if value is None or value is True:
+        return HandlerResult()
+    if value is False:
+        return HandlerResult(ok=False, error="handler returned False")
+    if isinstance(value, Mapping):
+        return HandlerResult(data=dict(value))
+    return HandlerResult(data={"value": value})
+
+
+# -- builders -----------------------------------------------------------------
+
+def import_callable(reference: str) -> Callable[..., Any]:
+    module_name, sep, attr = reference.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"{reference!r} is not of the form 'module:function'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"cannot import module {module_name!r}: {exc}") from None
+    target: Any = module
+    for part in attr.split("."):
+        target = getattr(target, part, None)
+        if target is None:
+            raise ValueError(f"module {module_name!r} has no attribute {attr!r}")
+    if not callable(target):
+        raise ValueError(f"{reference!r} is not callable")
+    return target
+
+
+def build_python(action: ActionSpec, text: str) -> Handler:
+    function = import_callable(text)
+
+    def handler(ctx: StepContext) -> HandlerResult:
+        return coerce_result(function(ctx))
+
+    handler.__name__ = text
+    return handler
+
+
+def build_shell(action: ActionSpec, text: str) -> Handler:
+    script, origin = _text_or_file(action, text)
+    expressions.parse_template(script, shell=True)
+
+    def handler(ctx: StepContext) -> HandlerResult:
+        rendered = expressions.render_string(script, ctx.template_context(), shell=True)
+        return ctx.run_shell(rendered)
+
+    handler.__name__ = origin or "inline script"
+    handler.template_source = script  # type: ignore[attr-defined]
+    return handler
+
+
+def build_template_copy(action: ActionSpec, text: str) -> Handler:
+    source, origin = _text_or_file(action, text)
+    expressions.parse_template(source)
+
+    def handler(ctx: StepContext) -> HandlerResult:
+        target_text = ctx.config.get("target_path")
+        if not target_text:
+            raise PermanentError("template_copy needs config.target_path")
+        target = Path(ctx.path(str(target_text)))
+        rendered = expressions._template(source, False).render(ctx.template_context())
+        existed = target.exists()
+        if ctx.config.get("merge") and existed and target.suffix in (".json", ".yaml", ".yml"):
+            rendered = _merge_document(target, rendered)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.dagrun-tmp")
+        tmp.write_text(rendered, encoding="utf-8")
+        os.replace(tmp, target)  # readers never see a half-written file
+        return HandlerResult(data={"target_path": str(target), "created": not existed})
+
+    handler.__name__ = origin or "inline template"
+    handler.template_source = source  # type: ignore[attr-defined]
+    return handler
+
+
+def _merge_document(target: Path, rendered: str) -> str:
+    is_json = target.suffix == ".json"
+    load = json.loads if is_json else yaml.safe_load
+    try:
+        current = load(target.read_text(encoding="utf-8") or "{}") or {}
+    except (ValueError, yaml.YAMLError) as exc:
+        raise PermanentError(f"cannot merge into {target}: it is not valid {'JSON' if is_json else 'YAML'} ({exc})")
+    new = load(rendered) or {}
+    if not isinstance(current, dict) or not isinstance(new, dict):
+        raise PermanentError(f"cannot merge into {target}: both documents must be mappings")
+    merged = deep_merge(current, new)
+    return json.dumps(merged, indent=2) + "\n" if is_json else yaml.safe_dump(merged, sort_keys=False)
+
+
+def build_api_call(action: ActionSpec, text: str) -> Handler:
+    expressions.parse_template(text)
+
+    def handler(ctx: StepContext) -> HandlerResult:
+        line = str(expressions.render_string(text, ctx.template_context())).strip()
+        method, _, url = line.partition(" ")
+        if not url:
+            method, url = "GET", method
+        body = None
+        headers = {str(k): str(v) for k, v in (ctx.config.get("headers") or {}).items()}
+        if ctx.config.get("json") is not None:
+            body = json.dumps(ctx.config["json"]).encode()
+            headers.setdefault("Content-Type", "application/json")
+        elif ctx.config.get("body") is not None:
+            body = str(ctx.config["body"]).encode()
+        request = urllib.request.Request(url, data=body, method=method.upper(), headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=ctx.timeout) as response:
+                status, payload = response.status, response.read()
+        except urllib.error.HTTPError as exc:
+            status, payload = exc.code, exc.read()
+        except (urllib.error.URLError, OSError) as exc:
+            return HandlerResult(ok=False, error=f"{method.upper()} {url} failed: {getattr(exc, 'reason', exc)}")
+        text_body = payload.decode("utf-8", errors="replace")
+        try:
+            parsed: Any = json.loads(text_body)
+        except ValueError:
+            parsed = None
+        data = {"status": status, "body": parsed if parsed is not None else text_body}
+        ok = 200 <= status < 300
+        return HandlerResult(ok=ok, data=data, stdout=text_body,
+                             error=None if ok else f"{method.upper()} {url} returned HTTP {status}")
+
+    handler.__name__ = text
+    return handler
+
+
+BUILDERS: dict[str, Callable[[ActionSpec, str], Handler]] = {
+    "shell": build_shell,
+    "python_function": build_python,
+    "template_copy": build_template_copy,
+    "api_call": build_api_call,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ActionHandlers:
+    execute: Handler
+    validate: Handler | None
+    rollback: Handler | None
+
+
+def build_handler(action: ActionSpec, text: str) -> Handler:
+    if text.startswith("python:"):
+        return build_python(action, text[len("python:"):])
+    return BUILDERS[action.action_type](action, text)
+
+
+def build_handlers(action: ActionSpec) -> ActionHandlers:
+    """Resolve an action's handlers; raises ValueError / TemplateSyntaxError
+    with the reason when one cannot be built (the compiler reports it)."""
+    return ActionHandlers(
+        execute=build_handler(action, action.execution_handler),
+        validate=build_handler(action, action.validation_handler) if action.validation_handler else None,
+        rollback=build_handler(action, action.rollback_handler) if action.rollback_handler else None,
+    )

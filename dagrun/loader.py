@@ -1,0 +1,276 @@
+"""Reading definitions: template and action documents, the action library,
+and the templates a template may extend.
+
+Documents are YAML or JSON. JSON may carry the seed's comments (``// ...``
+lines and trailing ``-- ...``), which are stripped outside string literals.
+Every document is checked against its JSON Schema in ``schema/``; each
+violation becomes a :class:`~dagrun.errors.Problem` naming the field.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping
+
+import jsonschema
+import yaml
+
+from .errors import ActionDefinitionError, InputError, Problem, TemplateError
+from .spec import ActionSpec, Lock, frozen_mapping
+
+
+def package_dir(name: str) -> Path:
+    """Folder of one of the shipped top-level folders (handlers, schema, seeds)."""
+    module = __import__(f"dagrun.{name}", fromlist=["__file__"])
+    return Path(module.__file__).parent
+
+
+def strip_json_comments(text: str) -> str:
+    """Remove ``//`` and ``--`` comments that stand outside JSON strings."""
+    out: list[str] = []
+    i, n = 0, len(text)
+    in_string = False
+    while i < n:
+        c = text[i]
+        if in_string:
+            out.append(c)
+            if c == "\\" and i + 1 < n:
+                out.append(text[i + 1])
+                i += 1
+            elif c == '"':
+                in_string = False
+        elif c == '"':
+            in_string = True
+            out.append(c)
+        elif text.startswith("//", i) or (text.startswith("--", i) and (i == 0 or text[i - 1].isspace())):
+            while i < n and text[i] != "\n":
+                i += 1
+            continue
+        else:
+            out.append(c)
+        i += 1
+    return "".join(out)
+
+
+def read_document(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        if path.suffix.lower() == ".json":
+            data = json.loads(strip_json_comments(text))
+        else:
+            data = yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise TemplateError(Problem(str(path), f"not valid {path.suffix.lstrip('.').upper() or 'YAML'}: {exc}")) from None
+    if not isinstance(data, dict):
+        raise TemplateError(Problem(str(path), "expected a mapping at the top level"))
+    return data
+
+
+@functools.cache
+def load_schema(name: str) -> dict[str, Any]:
+    return json.loads((package_dir("schema") / f"{name}.schema.json").read_text())
+
+
+@functools.cache
+def _validator(name: str) -> jsonschema.protocols.Validator:
+    schema = load_schema(name)
+    cls = jsonschema.validators.validator_for(schema)
+    return cls(schema)
+
+
+def field_path(parts: Iterable[Any]) -> str:
+    text = ""
+    for part in parts:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def schema_problems(document: Any, schema: str, source: str) -> list[Problem]:
+    """Validate ``document`` against ``schema/<schema>.schema.json``."""
+    problems = []
+    for error in sorted(_validator(schema).iter_errors(document), key=lambda e: list(map(str, e.absolute_path))):
+        path = list(error.absolute_path)
+        step = None
+        if schema == "template" and len(path) >= 2 and path[0] == "actions":
+            item = document["actions"][path[1]]
+            step = str(item.get("id") or item.get("sequence_order", f"#{path[1] + 1}")) if isinstance(item, dict) else f"#{path[1] + 1}"
+            path = path[2:]
+        problems.append(Problem(source, _describe(error), step=step, field=field_path(path) or None))
+    return problems
+
+
+def _describe(error: jsonschema.ValidationError) -> str:
+    if error.validator == "additionalProperties":
+        return error.message.replace("Additional properties are not allowed", "unknown field(s)")
+    if error.validator == "oneOf":
+        return f"{error.instance!r} has the wrong shape"
+    return error.message
+
+
+# -- actions ------------------------------------------------------------------
+
+def _locks(items: Iterable[Any]) -> tuple[Lock, ...]:
+    return tuple(Lock(i) if isinstance(i, str) else Lock(i["name"], i.get("capacity", 1)) for i in items or ())
+
+
+def parse_action(doc: Mapping[str, Any], *, source: str = "<dict>", base_dir: Path | None = None) -> ActionSpec:
+    name = doc.get("name", source) if isinstance(doc, Mapping) else source
+    problems = schema_problems(doc, "action", f"action {name}")
+    if not problems and doc.get("config_schema"):
+        try:
+            jsonschema.validators.validator_for(doc["config_schema"]).check_schema(doc["config_schema"])
+        except jsonschema.SchemaError as exc:
+            problems.append(Problem(f"action {name}", f"invalid JSON Schema: {exc.message}", field="config_schema"))
+    if problems:
+        raise ActionDefinitionError(problems)
+    return ActionSpec(
+        name=doc["name"],
+        display_name=doc.get("display_name") or doc["name"].replace("_", " ").capitalize(),
+        category=doc.get("category", "custom"),
+        description=doc.get("description") or "",
+        action_type=doc["action_type"],
+        execution_handler=doc["execution_handler"],
+        validation_handler=doc.get("validation_handler"),
+        rollback_handler=doc.get("rollback_handler"),
+        config_schema=frozen_mapping(doc.get("config_schema")),
+        default_config=frozen_mapping(doc.get("default_config")),
+        max_retries=doc.get("max_retries", 3),
+        timeout_seconds=float(doc.get("timeout_seconds", 300)),
+        retry_delay_seconds=float(doc.get("retry_delay_seconds", 5)),
+        exponential_backoff=doc.get("exponential_backoff", True),
+        max_retry_delay_seconds=float(doc.get("max_retry_delay_seconds", 300)),
+        retry_jitter=doc.get("retry_jitter", False),
+        requires_actions=tuple(doc.get("requires_actions", ())),
+        conflicts_with_actions=tuple(doc.get("conflicts_with_actions", ())),
+        locks=_locks(doc.get("locks")),
+        condition_expression=doc.get("condition_expression"),
+        estimated_duration_seconds=doc.get("estimated_duration_seconds"),
+        requires_sudo=doc.get("requires_sudo", False),
+        requires_network=doc.get("requires_network", False),
+        disk_space_required_mb=doc.get("disk_space_required_mb"),
+        is_active=doc.get("is_active", True),
+        is_system=doc.get("is_system", True),
+        source=source,
+        base_dir=base_dir,
+    )
+
+
+def _action_files(root: Path) -> Iterator[Path]:
+    for path in sorted(root.rglob("*")):
+        if path.suffix in (".yaml", ".yml") or (path.suffix == ".json" and not path.name.endswith(".schema.json")):
+            if path.is_file():
+                yield path
+
+
+def load_action_file(path: Path) -> list[ActionSpec]:
+    """A file holds one action, or a list of actions under ``actions:``."""
+    doc = read_document(path)
+    items = doc["actions"] if isinstance(doc.get("actions"), list) else [doc]
+    return [parse_action(item, source=str(path), base_dir=path.parent) for item in items]
+
+
+@functools.cache
+def standard_library() -> Mapping[str, ActionSpec]:
+    """The actions shipped in ``handlers/`` (loaded once per process)."""
+    library: dict[str, ActionSpec] = {}
+    problems: list[Problem] = []
+    for path in _action_files(package_dir("handlers")):
+        try:
+            for action in load_action_file(path):
+                library[action.name] = action
+        except TemplateError as exc:
+            problems += exc.problems
+    if problems:
+        raise ActionDefinitionError(problems)
+    return frozen_mapping(library)
+
+
+def build_library(extra: Iterable[Any] | None = None) -> dict[str, ActionSpec]:
+    """The standard library extended (or overridden) by user-defined actions:
+    dicts, ActionSpecs, definition files or folders of them."""
+    library = dict(standard_library())
+    problems: list[Problem] = []
+    for item in extra or ():
+        try:
+            if isinstance(item, ActionSpec):
+                found = [item]
+            elif isinstance(item, Mapping):
+                found = [parse_action(item)]
+            else:
+                path = Path(item)
+                if path.is_dir():
+                    found = [a for f in _action_files(path) for a in load_action_file(f)]
+                elif path.exists():
+                    found = load_action_file(path)
+                else:
+                    raise InputError(f"action definition {path} does not exist")
+            for action in found:
+                library[action.name] = action
+        except TemplateError as exc:
+            problems += exc.problems
+    if problems:
+        raise ActionDefinitionError(problems)
+    return library
+
+
+# -- templates ----------------------------------------------------------------
+
+class TemplateSource:
+    """Finds templates by path, by name (optionally pinned to a version) or by
+    ``template_id``: in given documents, beside the extending file, then in
+    the shipped ``seeds/templates``."""
+
+    def __init__(self, documents: Iterable[Mapping[str, Any]] = (), search_dirs: Iterable[Path] = ()):
+        self.documents = [dict(d) for d in documents]
+        self.search_dirs = [Path(d) for d in search_dirs]
+
+    def _candidates(self, near: Path | None) -> Iterator[tuple[dict[str, Any], str, Path | None]]:
+        for doc in self.documents:
+            yield doc, doc.get("name", "<dict>"), None
+        dirs = ([near] if near else []) + self.search_dirs + [package_dir("seeds") / "templates"]
+        seen: set[Path] = set()
+        for directory in dirs:
+            for path in sorted(directory.glob("*")):
+                if path.suffix in (".yaml", ".yml", ".json") and path not in seen:
+                    seen.add(path)
+                    try:
+                        yield read_document(path), str(path), path.parent
+                    except (TemplateError, InputError):
+                        continue
+
+    def open(self, ref: Any) -> tuple[dict[str, Any], str, Path | None]:
+        """Resolve what a user passed: a dict, a path, or a template name."""
+        if isinstance(ref, Mapping):
+            return dict(ref), ref.get("name", "<dict>"), None
+        path = Path(ref)
+        if path.suffix in (".yaml", ".yml", ".json") or path.exists():
+            if not path.exists():
+                raise InputError(f"template file {path} does not exist")
+            return read_document(path), str(path), path.parent.resolve()
+        seeds = package_dir("seeds") / "templates"
+        for suffix in (".yaml", ".yml", ".json"):
+            if (seeds / f"{ref}{suffix}").exists():
+                p = seeds / f"{ref}{suffix}"
+                return read_document(p), str(p), seeds
+        found = self.find(str(ref), near=None)
+        if found is None:
+            raise InputError(f"no template file or seed template named {ref!r}")
+        return found
+
+    def find(self, name: str, *, version: str | None = None, near: Path | None = None,
+             template_id: Any = None) -> tuple[dict[str, Any], str, Path | None] | None:
+        for doc, source, base_dir in self._candidates(near):
+            if template_id is not None:
+                if str(doc.get("template_id")) == str(template_id):
+                    return doc, source, base_dir
+                continue
+            stem = Path(source).stem if base_dir else None
+            if doc.get("name") == name or stem == name:
+                if version is None or str(doc.get("version")) == str(version):
+                    return doc, source, base_dir
+        return None

@@ -1,0 +1,245 @@
+"""The scheduler core: run state and dispatch policy, with no I/O.
+
+Like ``graphlib.TopologicalSorter`` it is driven from outside: the driver
+asks :meth:`RunState.start` for steps to launch, reports each attempt's end
+with :meth:`succeeded` / :meth:`skipped` / :meth:`failed` / :meth:`cancelled`,
+and sleeps until the next completion or :meth:`next_wakeup`. It owns no
+threads, no database and no clock: ``now`` is always passed in.
+
+Invariants:
+
+- a step is *ready* when every predecessor is completed or skipped; ready
+  steps wait in a heap ordered by (longest remaining critical path first,
+  then sequence_order, then plan order), so dispatch is deterministic;
+- at most ``max_workers`` steps run; a ready step whose conflicting step is
+  running, or whose lock is at capacity, stays in the heap (it does not
+  block the steps behind it);
+- a failed attempt with attempts left is parked in a retry heap until its
+  due time: waiting never holds a worker;
+- after a critical failure or a cancel the state is *halted*: nothing new
+  starts, parked retries are cancelled, running steps finish.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from dataclasses import dataclass, field
+
+from .outcome import StepStatus
+from .spec import Plan
+
+UPSTREAM_FAILED = "upstream failed"
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """The failed attempt will be retried at ``due`` (after ``delay`` s)."""
+
+    due: float
+    delay: float
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """The step failed for good. ``critical`` halts the run; otherwise its
+    downstream steps were skipped (``skipped``)."""
+
+    critical: bool
+    skipped: tuple[str, ...] = ()
+    cancelled: tuple[str, ...] = ()  # parked retries dropped by the halt
+
+
+@dataclass(slots=True)
+class RunState:
+    plan: Plan
+    max_workers: int
+    rng: random.Random = field(default_factory=lambda: random.Random(0))
+    status: dict[str, StepStatus] = field(init=False)
+    attempts: dict[str, int] = field(init=False)
+    skip_reason: dict[str, str] = field(init=False)
+    completion_order: list[str] = field(init=False)
+    halted: str | None = field(init=False, default=None)
+    _unmet: dict[str, int] = field(init=False)
+    _ready: list[tuple[float, int, int, str]] = field(init=False)
+    _retry: list[tuple[float, int, str]] = field(init=False)
+    _running: set[str] = field(init=False)
+    _held: dict[str, int] = field(init=False)
+    _rank: dict[str, int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        if self.max_workers < 1:
+            raise ValueError("max_workers must be at least 1")
+        plan = self.plan
+        self.status = dict.fromkeys(plan.order, StepStatus.pending)
+        self.attempts = dict.fromkeys(plan.order, 0)
+        self.skip_reason = {}
+        self.completion_order = []
+        self._rank = {sid: i for i, sid in enumerate(plan.order)}
+        self._unmet = {sid: len(plan.predecessors[sid]) for sid in plan.order}
+        self._ready = []
+        self._retry = []
+        self._running = set()
+        self._held = dict.fromkeys(plan.lock_capacity, 0)
+        for sid in plan.order:
+            if self._unmet[sid] == 0:
+                self._push_ready(sid)
+
+    @classmethod
+    def resumed(cls, plan: Plan, max_workers: int, *, done: dict[str, StepStatus],
+                attempts: dict[str, int] | None = None) -> "RunState":
+        """A state where the steps in ``done`` (completed / skipped) are
+        already satisfied; attempt numbers continue from ``attempts``."""
+        state = cls(plan, max_workers)
+        state._ready.clear()
+        for sid, status in done.items():
+            if status.satisfies_dependents:
+                state.status[sid] = status
+                for succ in plan.successors[sid]:
+                    state._unmet[succ] -= 1
+        for sid in plan.order:
+            if state.status[sid] is StepStatus.pending and state._unmet[sid] == 0:
+                state._push_ready(sid)
+        state.attempts.update(attempts or {})
+        return state
+
+    # -- queries --------------------------------------------------------------
+
+    @property
+    def running(self) -> frozenset[str]:
+        return frozenset(self._running)
+
+    @property
+    def finished(self) -> bool:
+        """True when nothing runs and nothing more can start."""
+        if self._running:
+            return False
+        return self.halted is not None or not (self._ready or self._retry)
+
+    def next_wakeup(self) -> float | None:
+        """The earliest time a parked retry becomes due, if any."""
+        if self.halted is not None or not self._retry:
+            return None
+        return self._retry[0][0]
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for status in self.status.values():
+            out[status.value] = out.get(status.value, 0) + 1
+        return out
+
+    # -- dispatch -------------------------------------------------------------
+
+    def start(self, now: float) -> list[tuple[str, int]]:
+        """Steps to launch now, as ``(step_id, attempt_number)``."""
+        while self._retry and self._retry[0][0] <= now:
+            _, _, sid = heapq.heappop(self._retry)
+            self._push_ready(sid)
+        if self.halted is not None:
+            return []
+        launched: list[tuple[str, int]] = []
+        blocked = []
+        while self._ready and len(self._running) < self.max_workers:
+            item = heapq.heappop(self._ready)
+            sid = item[3]
+            if self._blocked(sid):
+                blocked.append(item)
+                continue
+            self._running.add(sid)
+            for lock in self.plan.steps[sid].locks:
+                self._held[lock.name] += 1
+            self.attempts[sid] += 1
+            self.status[sid] = StepStatus.running
+            launched.append((sid, self.attempts[sid]))
+        for item in blocked:
+            heapq.heappush(self._ready, item)
+        return launched
+
+    def _blocked(self, sid: str) -> bool:
+        running = self._running
+        if running:
+            for other in self.plan.conflicts[sid]:
+                if other in running:
+                    return True
+        for lock in self.plan.steps[sid].locks:
+            if self._held[lock.name] >= self.plan.lock_capacity[lock.name]:
+                return True
+        return False
+
+    def _push_ready(self, sid: str) -> None:
+        step = self.plan.steps[sid]
+        heapq.heappush(self._ready, (-self.plan.priority[sid], step.sequence_order, self._rank[sid], sid))
+
+    def _release(self, sid: str) -> None:
+        self._running.discard(sid)
+        for lock in self.plan.steps[sid].locks:
+            self._held[lock.name] -= 1
+
+    def _satisfy(self, sid: str) -> None:
+        unmet = self._unmet
+        for succ in self.plan.successors[sid]:
+            unmet[succ] -= 1
+            if unmet[succ] == 0 and self.status[succ] is StepStatus.pending:
+                self._push_ready(succ)
+
+    # -- outcomes -------------------------------------------------------------
+
+    def succeeded(self, sid: str) -> None:
+        self._release(sid)
+        self.status[sid] = StepStatus.completed
+        self.completion_order.append(sid)
+        self._satisfy(sid)
+
+    def skipped(self, sid: str, reason: str) -> None:
+        """The step's condition was false: it counts as done for its dependents."""
+        self._release(sid)
+        self.status[sid] = StepStatus.skipped
+        self.skip_reason[sid] = reason
+        self._satisfy(sid)
+
+    def cancelled(self, sid: str) -> None:
+        self._release(sid)
+        self.status[sid] = StepStatus.cancelled
+
+    def failed(self, sid: str, now: float, *, retryable: bool = True) -> Retry | Failed:
+        self._release(sid)
+        step = self.plan.steps[sid]
+        attempt = self.attempts[sid]
+        if retryable and attempt < step.retry.max_attempts and self.halted is None:
+            delay = step.retry.delay_after(attempt, self.rng)
+            self.status[sid] = StepStatus.pending
+            heapq.heappush(self._retry, (now + delay, self._rank[sid], sid))
+            return Retry(now + delay, delay)
+        self.status[sid] = StepStatus.failed
+        if step.skip_on_error and self.plan.global_config.continue_on_non_critical_errors:
+            skipped = []
+            for down in self.plan.descendants(sid):
+                if self.status[down] is StepStatus.pending:
+                    self.status[down] = StepStatus.skipped
+                    self.skip_reason[down] = UPSTREAM_FAILED
+                    skipped.append(down)
+            self._drop_from_queues(set(skipped))
+            return Failed(critical=False, skipped=tuple(skipped))
+        parked = self.halt(f"critical step {sid} failed")
+        return Failed(critical=True, cancelled=tuple(parked))
+
+    def _drop_from_queues(self, sids: set[str]) -> None:
+        if not sids:
+            return
+        self._ready = [i for i in self._ready if i[3] not in sids]
+        heapq.heapify(self._ready)
+        self._retry = [i for i in self._retry if i[2] not in sids]
+        heapq.heapify(self._retry)
+
+    def halt(self, reason: str) -> list[str]:
+        """Stop starting steps. Parked retries are cancelled (and returned)."""
+        if self.halted is None:
+            self.halted = reason
+        parked = [sid for _, _, sid in self._retry]
+        for sid in parked:
+            self.status[sid] = StepStatus.cancelled
+        self._retry.clear()
+        return parked
+
+    def rolled_back(self, sid: str) -> None:
+        self.status[sid] = StepStatus.rolled_back

@@ -1,0 +1,195 @@
+"""Frozen specifications: actions, steps, policies and the compiled plan.
+
+Everything here is immutable once built by :mod:`dagrun.compiler`; run state
+lives apart in :mod:`dagrun.scheduler`. Mappings are read-only proxies and
+sequences are tuples, so a plan can be shared by threads without locks.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Mapping
+
+EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
+def frozen_mapping(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    return MappingProxyType(dict(value or {}))
+
+
+class Phase(enum.IntEnum):
+    """Phases order whole groups of steps: every step of a phase finishes
+    before any step of a later phase starts."""
+
+    pre_setup = 0
+    main = 1
+    post_setup = 2
+    validation = 3
+
+
+HANDLER_TYPES = ("shell", "python_function", "template_copy", "api_call")
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """``max_attempts`` is the total number of attempts ("attempt 3/3")."""
+
+    max_attempts: int = 3
+    delay_seconds: float = 5.0
+    exponential_backoff: bool = True
+    max_delay_seconds: float = 300.0
+    jitter: bool = False
+
+    def delay_after(self, attempt: int, rng: random.Random | None = None) -> float:
+        """Seconds to wait after failed attempt ``attempt`` (1-based) before the next."""
+        delay = self.delay_seconds
+        if self.exponential_backoff:
+            delay *= 2 ** (attempt - 1)
+        delay = min(delay, self.max_delay_seconds)
+        if self.jitter:
+            # "Full jitter": spreads retries of many steps hitting the same
+            # resource; the rng is injected so runs stay reproducible in tests.
+            delay = (rng or random).uniform(0, delay)
+        return delay
+
+
+@dataclass(frozen=True, slots=True)
+class Lock:
+    """A named resource; at most ``capacity`` steps holding it run at once."""
+
+    name: str
+    capacity: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class ActionSpec:
+    name: str
+    display_name: str
+    category: str
+    action_type: str
+    execution_handler: str
+    description: str = ""
+    validation_handler: str | None = None
+    rollback_handler: str | None = None
+    config_schema: Mapping[str, Any] = field(default_factory=lambda: EMPTY)
+    default_config: Mapping[str, Any] = field(default_factory=lambda: EMPTY)
+    max_retries: int = 3
+    timeout_seconds: float = 300.0
+    retry_delay_seconds: float = 5.0
+    exponential_backoff: bool = True
+    max_retry_delay_seconds: float = 300.0
+    retry_jitter: bool = False
+    requires_actions: tuple[str, ...] = ()
+    conflicts_with_actions: tuple[str, ...] = ()
+    locks: tuple[Lock, ...] = ()
+    condition_expression: str | None = None
+    estimated_duration_seconds: float | None = None
+    requires_sudo: bool = False
+    requires_network: bool = False
+    disk_space_required_mb: int | None = None
+    is_active: bool = True
+    is_system: bool = True
+    # Where the definition came from: scripts named by handlers are looked
+    # up beside it.
+    source: str = "<dict>"
+    base_dir: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StepSpec:
+    id: str
+    sequence_order: int
+    action: ActionSpec
+    phase: Phase
+    config: Mapping[str, Any]
+    condition: Any  # expressions.Condition or None
+    skip_on_error: bool
+    retry: RetryPolicy
+    timeout_seconds: float
+    estimated_duration_seconds: float
+    locks: tuple[Lock, ...] = ()
+    check_first: bool = False
+    # Precomputed at compile time so an attempt does no needless work:
+    templated: bool = False  # does the config hold any {{ }}?
+    shell_fields: frozenset[str] = frozenset()  # config keys holding shell script text
+    step_refs: frozenset[str] = frozenset()  # upstream steps whose results it reads
+
+    @property
+    def label(self) -> str:
+        return f"{self.id} ({self.action.name})"
+
+    @property
+    def display_name(self) -> str:
+        return self.action.display_name
+
+
+@dataclass(frozen=True, slots=True)
+class GlobalConfig:
+    continue_on_non_critical_errors: bool = True
+    parallel_execution_enabled: bool = True
+    rollback_on_failure: bool = True
+    max_workers: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """A compiled template: steps, their dependency graph and scheduling data.
+
+    ``order`` lists step ids in (phase, sequence_order) order. ``priority`` is
+    each step's bottom level: its own estimated duration plus the longest
+    estimated path below it, the "remaining critical path" used to choose
+    among ready steps.
+    """
+
+    name: str
+    version: str
+    description: str
+    steps: Mapping[str, StepSpec]
+    order: tuple[str, ...]
+    predecessors: Mapping[str, tuple[str, ...]]
+    successors: Mapping[str, tuple[str, ...]]
+    conflicts: Mapping[str, frozenset[str]]
+    lock_capacity: Mapping[str, int]
+    priority: Mapping[str, float]
+    global_config: GlobalConfig
+    variables: Mapping[str, Any]
+    handlers: Mapping[str, Any]  # action name -> handler_types.ActionHandlers
+    snapshot: Mapping[str, Any] = field(default_factory=lambda: EMPTY)  # the resolved template document
+
+    def descendants(self, step_id: str) -> list[str]:
+        seen: set[str] = set()
+        stack = list(self.successors[step_id])
+        while stack:
+            node = stack.pop()
+            if node not in seen:
+                seen.add(node)
+                stack.extend(self.successors[node])
+        return [s for s in self.order if s in seen]
+
+    def ancestors(self, step_id: str) -> set[str]:
+        seen: set[str] = set()
+        stack = list(self.predecessors[step_id])
+        while stack:
+            node = stack.pop()
+            if node not in seen:
+                seen.add(node)
+                stack.extend(self.predecessors[node])
+        return seen
+
+    def graph(self):
+        """The dependency graph as a networkx DiGraph (built on demand)."""
+        import networkx as nx
+
+        g = nx.DiGraph()
+        for sid in self.order:
+            step = self.steps[sid]
+            g.add_node(sid, action=step.action.name, phase=step.phase.name,
+                       sequence_order=step.sequence_order, label=step.display_name)
+        for sid in self.order:
+            for succ in self.successors[sid]:
+                g.add_edge(sid, succ)
+        return g

@@ -1,0 +1,64 @@
+"""The database: where it is, how to connect, and the schema on first use.
+
+SQLite by default (a file under ``$XDG_DATA_HOME/dagrun``; zero set-up), any
+SQLAlchemy URL by option or ``DAGRUN_DATABASE_URL`` (Postgres in
+production). SQLite runs in WAL mode so another process can read a run's
+progress while it is being written.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+
+from .errors import InputError
+from .models import Base
+
+
+def default_database_url() -> str:
+    url = os.environ.get("DAGRUN_DATABASE_URL")
+    if url:
+        return url
+    data_home = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+    return f"sqlite:///{data_home / 'dagrun' / 'dagrun.db'}"
+
+
+def describe_url(url: str) -> str:
+    """The URL without its password, for output."""
+    try:
+        from sqlalchemy.engine import make_url
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url
+
+
+@functools.cache
+def engine_for(url: str) -> Engine:
+    """One engine per URL and process, with the schema created on first use."""
+    try:
+        if url.startswith("sqlite:///"):
+            path = url[len("sqlite:///"):]
+            if path and path != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, pool_pre_ping=True)
+    except (ArgumentError, ImportError) as exc:
+        raise InputError(f"bad database URL {describe_url(url)!r}: {exc}") from None
+    if engine.dialect.name == "sqlite":
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(conn, _record):  # noqa: ANN001
+            cur = conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA busy_timeout=10000")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+    try:
+        Base.metadata.create_all(engine)
+    except SQLAlchemyError as exc:
+        engine_for.cache_clear()
+        raise InputError(f"cannot open database {describe_url(url)}: {exc.__class__.__name__}: "
+                         f"{str(exc).splitlines()[0]}") from None
+    return engine

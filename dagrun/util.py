@@ -1,0 +1,27 @@
+"""Small helpers shared by several modules."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Mapping
+
+
+def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """Merge ``override`` into a copy of ``base``: mappings merge key by key,
+    anything else (lists included) is replaced."""
+    out = copy.deepcopy(dict(base))
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def bounded(text: str, limit: int = 64_000) -> str:
+    """Keep the head and tail of long output, saying how much was cut."""
+    if len(text) <= limit:
+        return text
+    half = limit // 2
+    cut = len(text) - 2 * half
+    return f"{text[:half]}\n... [{cut} characters truncated] ...\n{text[-half:]}"

@@ -1,0 +1,38 @@
+"""Handlers of ``execute_custom_script``: run the step's own scripts.
+
+The scripts were interpolated with shell quoting (their config fields are
+marked ``x-dagrun-format: shell``), so workspace and config values appear in
+them only as single quoted words.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dagrun.handler_types import StepContext
+from dagrun.outcome import HandlerResult
+
+NOTHING_TO_UNDO = {"nothing_to_undo": True}
+
+
+def _env(ctx: StepContext) -> dict[str, str]:
+    env: dict[str, Any] = ctx.config.get("env") or {}
+    return {str(k): (str(v).lower() if isinstance(v, bool) else str(v)) for k, v in env.items()}
+
+
+def run_script(ctx: StepContext) -> HandlerResult:
+    return ctx.run_shell(ctx.config["script"], cwd=ctx.config.get("working_dir"), env=_env(ctx))
+
+
+def validate_script(ctx: StepContext) -> HandlerResult:
+    script = ctx.config.get("validate_script")
+    if not script:
+        return HandlerResult()
+    return ctx.run_shell(script, cwd=ctx.config.get("working_dir"), env=_env(ctx))
+
+
+def rollback_script(ctx: StepContext) -> HandlerResult:
+    script = ctx.config.get("rollback_script")
+    if not script:
+        return HandlerResult(data=dict(NOTHING_TO_UNDO))
+    return ctx.run_shell(script, cwd=ctx.config.get("working_dir"), env=_env(ctx))
