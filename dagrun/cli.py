@@ -1,0 +1,258 @@
+"""The ``dagrun`` command: parses, checks, calls the library, prints.
+
+Errors are one clear message on stderr and a non-zero exit code (2 for bad
+input, 1 for a failed run, 130 for a cancelled one), never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+from . import render
+from .errors import DagrunError, InputError, TemplateError
+from .loader import read_document
+
+EXIT_FAILED, EXIT_USAGE, EXIT_CANCELLED = 1, 2, 130
+
+
+def _pairs(items: Sequence[str] | None, what: str) -> dict[str, Any]:
+    """``key=value`` pairs; values are read as YAML scalars (1, true, [a, b])."""
+    out: dict[str, Any] = {}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise InputError(f"{what} expects key=value, got {item!r}")
+        try:
+            out[key.strip()] = yaml.safe_load(value) if value.strip() else ""
+        except yaml.YAMLError:
+            out[key.strip()] = value
+    return out
+
+
+def _workspace(args: argparse.Namespace) -> dict[str, Any]:
+    workspace: dict[str, Any] = {}
+    if args.workspace:
+        workspace.update(read_document(Path(args.workspace)))
+    workspace.update(_pairs(args.ws, "--ws"))
+    workspace.setdefault("id", "local")
+    if args.home:
+        workspace["home_dir"] = args.home
+    if not workspace.get("home_dir"):
+        # Never provision the invoking user's real home by surprise.
+        workspace["home_dir"] = str(Path("dagrun-workspaces") / str(workspace["id"]))
+    workspace["home_dir"] = str(Path(os.path.expanduser(str(workspace["home_dir"]))).resolve())
+    return workspace
+
+
+def _console(stderr: bool = False):
+    from rich.console import Console
+    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .api import run_template
+    from .progress import Progress, summary_table, wall
+    from .store import default_database_url, describe_url
+
+    workspace = _workspace(args)
+    variables = _pairs(args.set, "--set")
+    url = args.db or default_database_url()
+    console = _console(stderr=args.json)
+    Path(workspace["home_dir"]).mkdir(parents=True, exist_ok=True)
+    holder: dict[str, Any] = {}
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        runner = holder.get("runner")
+        if runner is not None:
+            runner.cancel("interrupted" if signum == signal.SIGINT else "terminated")
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        result = run_template(args.template, workspace, database_url=url, max_workers=args.workers,
+                              variables=variables, actions=args.actions, observers=[Progress(console)],
+                              runner_hook=lambda r: holder.update(runner=r))
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if args.json:
+        print(json.dumps(result.as_dict(), indent=2, default=str))
+    else:
+        console.print(summary_table(result))
+        console.print(f"workspace: {workspace['home_dir']}")
+        console.print(f"records: {describe_url(url)} (run {result.run_id})")
+        colour = "green" if result.success else "red"
+        console.print(f"[{colour}]{result.status.value}[/] in {wall(result.duration_seconds)}: "
+                      f"{result.completed_actions} completed, {result.failed_actions} failed, "
+                      f"{result.skipped_actions} skipped, {result.rolled_back_actions} rolled back")
+        if result.error:
+            console.print(f"[red]{result.error}[/]")
+    if result.status.value == "cancelled":
+        return EXIT_CANCELLED
+    return 0 if result.success else EXIT_FAILED
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from .compiler import validate_files
+    failed = 0
+    for path, error in validate_files(args.files, actions=args.actions):
+        if error is None:
+            print(f"{path}: ok")
+        else:
+            failed += 1
+            print(f"{path}: {error}", file=sys.stderr)
+    return EXIT_USAGE if failed else 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from .api import plan as compile_plan
+    plan = compile_plan(args.template, actions=args.actions, variables=_pairs(args.set, "--set"))
+    workers = args.workers or plan.global_config.max_workers or 8
+    lv = render.levels(plan)
+    path = render.critical_path(plan)
+    estimate = render.estimated_duration(plan, workers)
+    if args.json:
+        print(json.dumps({
+            "template": plan.name, "version": plan.version, "steps": len(plan.order),
+            "levels": lv, "critical_path": path,
+            "critical_path_seconds": plan.priority[path[0]] if path else 0.0,
+            "estimated_seconds": estimate, "workers": workers,
+            "conflicts": sorted({tuple(sorted((a, b))) for a in plan.order for b in plan.conflicts[a]}),
+            "locks": dict(plan.lock_capacity),
+            "order": [{"id": s, "sequence_order": plan.steps[s].sequence_order, "action": plan.steps[s].action.name,
+                       "phase": plan.steps[s].phase.name, "requires": list(plan.predecessors[s]),
+                       "requires_network": plan.steps[s].action.requires_network,
+                       "requires_sudo": plan.steps[s].action.requires_sudo} for s in plan.order],
+        }, indent=2))
+        return 0
+    print(f"{plan.name} {plan.version}: {len(plan.order)} steps in {len(lv)} levels "
+          f"(parallel execution {'on' if plan.global_config.parallel_execution_enabled else 'off'})")
+    for i, level in enumerate(lv, 1):
+        print(f"level {i}:")
+        for sid in level:
+            step = plan.steps[sid]
+            flags = [f for f, on in (("network", step.action.requires_network), ("sudo", step.action.requires_sudo))
+                     if on]
+            after = f" after {', '.join(plan.predecessors[sid])}" if plan.predecessors[sid] else ""
+            cond = f" if {step.condition.source}" if step.condition else ""
+            extra = f" [{', '.join(flags)}]" if flags else ""
+            print(f"  {step.sequence_order:>5}  {sid}  {step.display_name} ({step.phase.name}, "
+                  f"~{step.estimated_duration_seconds:g}s){extra}{after}{cond}")
+    pairs = sorted({tuple(sorted((a, b))) for a in plan.order for b in plan.conflicts[a]})
+    if pairs:
+        print("never together: " + "; ".join(f"{a} / {b}" for a, b in pairs))
+    if plan.lock_capacity:
+        print("locks: " + ", ".join(f"{k} (capacity {v})" for k, v in plan.lock_capacity.items()))
+    if path:
+        print(f"critical path: {' -> '.join(path)} (~{plan.priority[path[0]]:g} s)")
+    print(f"estimated duration with {workers} workers: ~{estimate:g} s "
+          f"(sequential: ~{sum(plan.steps[s].estimated_duration_seconds for s in plan.order):g} s)")
+    return 0
+
+
+def cmd_graph(args: argparse.Namespace) -> int:
+    from .api import plan as compile_plan
+    plan = compile_plan(args.template, actions=args.actions, variables=_pairs(args.set, "--set"))
+    if args.format == "mermaid":
+        data: bytes = render.to_mermaid(plan).encode()
+    else:
+        dot = render.to_dot(plan)
+        data = dot.encode() if args.format == "dot" else render.render_image(dot, args.format)
+    if args.output:
+        Path(args.output).write_bytes(data)
+        print(f"wrote {args.output}", file=sys.stderr)
+    elif args.format == "png":
+        raise InputError("--format png writes binary data: give --output FILE")
+    else:
+        sys.stdout.write(data.decode())
+    return 0
+
+
+def cmd_actions(args: argparse.Namespace) -> int:
+    from .api import list_actions
+    library = list_actions(args.actions)
+    if args.json:
+        print(json.dumps([{"name": a.name, "display_name": a.display_name, "category": a.category,
+                           "action_type": a.action_type, "source": a.source} for a in library.values()], indent=2))
+        return 0
+    for action in sorted(library.values(), key=lambda a: (a.category, a.name)):
+        print(f"{action.category:<15} {action.name:<30} {action.display_name}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dagrun", description=__doc__.splitlines()[0])
+    parser.add_argument("--log-json", action="store_true", help="log as JSON lines")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-v info, -vv debug)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def template_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("template", help="template file, or the name of a seed template (e.g. demo)")
+        p.add_argument("--actions", action="append", metavar="PATH",
+                       help="extra action definitions (file or folder); may repeat")
+        p.add_argument("--set", action="append", metavar="KEY=VALUE", help="template variable (vars.KEY)")
+
+    run = sub.add_parser("run", help="run a template for a workspace")
+    template_args(run)
+    run.add_argument("--workspace", metavar="FILE", help="workspace as a JSON/YAML file")
+    run.add_argument("--ws", action="append", metavar="KEY=VALUE", help="workspace field (id, linux_username...)")
+    run.add_argument("--home", metavar="DIR", help="workspace home directory (default ./dagrun-workspaces/ID)")
+    run.add_argument("--workers", type=int, metavar="N", help="maximum steps running at once")
+    run.add_argument("--db", metavar="URL", help="SQLAlchemy database URL (default: SQLite file, or $DAGRUN_DATABASE_URL)")
+    run.add_argument("--json", action="store_true", help="print the result as JSON")
+    run.set_defaults(func=cmd_run)
+
+    validate = sub.add_parser("validate", help="check templates and action definitions")
+    validate.add_argument("files", nargs="+")
+    validate.add_argument("--actions", action="append", metavar="PATH")
+    validate.set_defaults(func=cmd_validate)
+
+    plan = sub.add_parser("plan", help="show levels, conflicts, critical path and estimate; runs nothing")
+    template_args(plan)
+    plan.add_argument("--workers", type=int, metavar="N")
+    plan.add_argument("--json", action="store_true")
+    plan.set_defaults(func=cmd_plan)
+
+    graph = sub.add_parser("graph", help="render the dependency graph")
+    template_args(graph)
+    graph.add_argument("--format", choices=("dot", "mermaid", "svg", "png"), default="dot")
+    graph.add_argument("-o", "--output", metavar="FILE")
+    graph.set_defaults(func=cmd_graph)
+
+    actions = sub.add_parser("actions", help="list the action library")
+    actions.add_argument("--actions", action="append", metavar="PATH")
+    actions.add_argument("--json", action="store_true")
+    actions.set_defaults(func=cmd_actions)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from .logs import configure
+    level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)]
+    configure(json=True if args.log_json else None, level=level)
+    if getattr(args, "workers", None) is not None and args.workers < 1:
+        parser.error("--workers must be at least 1")
+    try:
+        return args.func(args)
+    except TemplateError as exc:
+        print(f"dagrun: invalid template: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except DagrunError as exc:
+        print(f"dagrun: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
