@@ -27,7 +27,7 @@ import shlex
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping
 
-from jinja2 import StrictUndefined, TemplateSyntaxError, nodes
+from jinja2 import StrictUndefined, TemplateSyntaxError, Undefined, nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 ROOT_NAMES = frozenset({"workspace", "config", "vars", "env", "steps"})
@@ -228,7 +228,10 @@ def render_string(source: str, context: Mapping[str, Any], *, shell: bool = Fals
     if not shell:
         sole = _SOLE_EXPRESSION.match(source)
         if sole:
-            return _expression(sole.group(1).strip())(**context)
+            value = _expression(sole.group(1).strip())(**context)
+            if isinstance(value, Undefined):
+                value._fail_with_undefined_error()  # raises UndefinedError naming the variable
+            return value
     return _template(source, shell).render(context)
 
 

@@ -1,0 +1,207 @@
+"""Compile: inheritance, config schemas, edges, cycles, expressions, errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from dagrun import CycleError, TemplateError, compile_template
+from dagrun.loader import read_document
+from dagrun.spec import Phase
+from tests.helpers import action, script_step, step, template
+
+FIXTURES = Path(__file__).parent / "fixtures"
+ACTIONS = [
+    action("a"),
+    action("typed", config_schema={"type": "object", "required": ["name"], "additionalProperties": False,
+                                   "properties": {"name": {"type": "string"}, "port": {"type": "integer"},
+                                                  "opts": {"type": "object"}},
+                                   }, default_config={"opts": {"x": 1, "y": 2}}),
+    action("needs_a", requires_actions=["a"]),
+]
+
+# Stand-ins for the seed's actions (the real library comes with its own
+# issue); they let the seed's own template documents compile here.
+SEED_ACTIONS = [action(n) for n in ("install_system_packages", "create_postgresql_user", "create_python_venv",
+                                    "install_pip_requirements", "clone_git_repository",
+                                    "install_vscode_extensions", "create_django_project")]
+SEED_ACTIONS.append(action("create_postgresql_database", requires_actions=["create_postgresql_user"]))
+
+
+def compile_(*steps, actions=ACTIONS, **fields):
+    return compile_template(template(*steps, **fields), actions=actions)
+
+
+def problems(exc):
+    return [str(p) for p in exc.value.problems]
+
+
+def test_default_ids_and_order():
+    plan = compile_(step(20, "a"), step(10, "typed", action_config={"name": "n"}), step(30, "a"))
+    assert plan.order == ("typed", "a_20", "a_30")
+
+
+def test_config_is_deep_merged_over_defaults():
+    plan = compile_(step(10, "typed", action_config={"name": "n", "opts": {"y": 3}}))
+    assert dict(plan.steps["typed"].config) == {"name": "n", "opts": {"x": 1, "y": 3}}
+
+
+def test_schema_errors_name_template_step_and_field_and_are_all_reported():
+    with pytest.raises(TemplateError) as exc:
+        compile_(step(10, "typed", id="one", action_config={"port": "x"}),
+                 step(20, "nope", id="two"), step(30, "a", id="three", requires=["ghost"]))
+    found = problems(exc)
+    assert any("t: step one: field 'action_config'" in p and "'name' is a required property" in p for p in found)
+    assert any("step one: field 'action_config.port'" in p and "is not of type 'integer'" in p for p in found)
+    assert any("step two: field 'action_name': unknown action 'nope'" in p for p in found)
+    assert len(found) == 3  # requires is checked after binding; bad bindings are reported first
+
+
+def test_templated_strings_are_validated_later():
+    plan = compile_(step(10, "typed", action_config={"name": "n", "port": "{{ workspace.port }}"}))
+    assert plan.steps["typed"].templated
+
+
+def test_template_document_schema_errors():
+    with pytest.raises(TemplateError) as exc:
+        compile_template({"name": "bad", "actions": [{"sequence_order": "ten", "action_name": "a", "colour": 1}]},
+                         actions=ACTIONS)
+    found = problems(exc)
+    assert any("field 'sequence_order'" in p for p in found)
+    assert any("unknown field(s) ('colour' was unexpected)" in p for p in found)
+
+
+def test_requires_by_id_and_sequence_order_and_requires_actions():
+    plan = compile_(step(10, "a", id="x"), step(20, "a", id="y", requires=[10]),
+                    step(30, "needs_a", id="z", requires=["y"]))
+    assert plan.predecessors["y"] == ("x",)
+    assert set(plan.predecessors["z"]) == {"x", "y"}
+
+
+def test_requires_actions_missing_provider_is_an_error():
+    with pytest.raises(TemplateError) as exc:
+        compile_(step(10, "needs_a"))
+    assert "action 'needs_a' requires action 'a', but no step of the template uses it" in str(exc.value)
+
+
+def test_cycle_error_prints_the_cycle():
+    with pytest.raises(CycleError) as exc:
+        compile_(step(10, "a", id="x", requires=["z"]), step(20, "a", id="y", requires=["x"]),
+                 step(30, "a", id="z", requires=["y"]))
+    assert "dependency cycle: x (a) -> y (a) -> z (a) -> x (a)" in str(exc.value)
+
+
+def test_phase_cannot_require_a_later_phase():
+    with pytest.raises(CycleError):
+        compile_(step(10, "a", id="early", phase="pre_setup", requires=["late"]), step(20, "a", id="late"))
+
+
+def test_phase_barrier_edges_connect_sinks_to_sources():
+    plan = compile_(step(10, "a", id="p1", phase="pre_setup"), step(20, "a", id="p2", phase="pre_setup",
+                                                                     requires=["p1"]),
+                    step(30, "a", id="m1"), step(40, "a", id="m2"), step(50, "a", id="v", phase="validation"))
+    assert plan.predecessors["m1"] == ("p2",) and plan.predecessors["m2"] == ("p2",)
+    assert plan.predecessors["v"] == ("m1", "m2")
+    assert plan.steps["v"].phase is Phase.validation
+
+
+def test_unknown_variable_and_non_upstream_step_reference():
+    with pytest.raises(TemplateError) as exc:
+        compile_(script_step(10, "echo {{ steps.y.result.v }} {{ nope }}", id="x"),
+                 script_step(20, "echo {{ vars.missing }}", id="y"),
+                 script_step(30, "echo hi", id="w", condition_expression="steps.ghost.status = 'completed'"))
+    found = problems(exc)
+    assert any("step x: field 'action_config.script': steps.y is not upstream of this step" in p for p in found)
+    assert any("unknown variable 'nope'" in p for p in found)
+    assert any("step y: field 'action_config.script': undefined variable vars.missing" in p for p in found)
+    assert any("step w: field 'condition_expression': steps.ghost is not a step" in p for p in found)
+
+
+def test_condition_syntax_error_is_a_compile_error():
+    with pytest.raises(TemplateError) as exc:
+        compile_(step(10, "a", condition_expression="workspace.x IS IS"))
+    assert "field 'condition_expression': cannot parse condition" in str(exc.value)
+
+
+def test_workspace_fields_are_checked_when_a_workspace_is_given():
+    with pytest.raises(TemplateError) as exc:
+        compile_template(template(script_step(10, "echo {{ workspace.colour }}")), workspace={"id": 1})
+    assert "the workspace has no field 'colour'" in str(exc.value)
+
+
+def test_conflicts_and_locks():
+    acts = ACTIONS + [action("apt", conflicts_with_actions=["apt"], locks=["dpkg"]),
+                      action("pip", locks=[{"name": "net", "capacity": 2}])]
+    plan = compile_(step(10, "apt", id="apt1"), step(20, "apt", id="apt2"), step(30, "pip", id="p"),
+                    step(40, "a", id="x", conflicts_with=[30]), actions=acts)
+    assert plan.conflicts["apt1"] == {"apt2"}
+    assert plan.conflicts["p"] == {"x"}
+    assert dict(plan.lock_capacity) == {"dpkg": 1, "net": 2}
+    assert plan.predecessors["apt2"] == ()  # conflicts never order steps
+
+
+def test_inheritance_to_any_depth_with_override_and_remove(tmp_path):
+    (tmp_path / "base.yaml").write_text(json.dumps(template(
+        step(10, "typed", id="t", action_config={"name": "base", "opts": {"x": 9}}),
+        step(20, "a", id="gone"), step(30, "a", id="kept"), name="base", vars={"v": 1})))
+    (tmp_path / "middle.yaml").write_text(json.dumps(template(
+        step(10, "typed", action_config={"opts": {"y": 7}}), step(40, "a", id="mid"),
+        name="middle", extends="base", vars={"w": 2})))
+    (tmp_path / "child.json").write_text(json.dumps(template(
+        step(20, "a", remove=True), step(50, "a", id="child", requires=["mid"]),
+        name="child", extends={"name": "middle", "version": "1.0.0"})))
+    plan = compile_template(tmp_path / "child.json", actions=ACTIONS)
+    assert plan.order == ("t", "kept", "mid", "child")
+    assert dict(plan.steps["t"].config) == {"name": "base", "opts": {"x": 9, "y": 7}}
+    assert dict(plan.variables) == {"v": 1, "w": 2}
+
+
+def test_inheritance_cycle_and_missing_base(tmp_path):
+    (tmp_path / "a.yaml").write_text(json.dumps(template(step(10, "a"), name="a", extends="b")))
+    (tmp_path / "b.yaml").write_text(json.dumps(template(step(10, "a"), name="b", extends="a")))
+    with pytest.raises(TemplateError) as exc:
+        compile_template(tmp_path / "a.yaml", actions=ACTIONS)
+    assert "inheritance cycle: a -> b -> a" in str(exc.value)
+    with pytest.raises(TemplateError) as exc:
+        compile_template(template(step(10, "a"), extends="nowhere"), actions=ACTIONS)
+    assert "base template 'nowhere' not found" in str(exc.value)
+
+
+def test_seed_json_examples_load_and_compile():
+    odoo = read_document(FIXTURES / "seed_odoo.json")  # comments and all
+    plan = compile_template(odoo, actions=SEED_ACTIONS)
+    assert len(plan.order) == 10
+    # the seed's Odoo template is sequential: one chain in (phase, sequence) order
+    assert plan.global_config.parallel_execution_enabled is False
+    assert plan.predecessors["create_postgresql_database"] == ("create_postgresql_user",)
+    assert plan.steps["clone_git_repository_70"].condition.source == "workspace.ssh_public_key IS NOT NULL"
+    assert "execute_custom_script" in plan.order
+
+    base = read_document(FIXTURES / "seed_python_base.json")
+    django = read_document(FIXTURES / "seed_django.json")
+    plan = compile_template(django, actions=SEED_ACTIONS, templates=[base])
+    assert [plan.steps[s].sequence_order for s in plan.order] == [10, 20, 30, 40]
+    assert plan.name == "Django Development"
+
+
+def test_bad_action_definition_is_reported():
+    with pytest.raises(TemplateError) as exc:
+        compile_(step(10, "a"), actions=[{"name": "Bad Name", "action_type": "telepathy"}])
+    text = str(exc.value)
+    assert "action Bad Name" in text and "execution_handler" in text and "telepathy" in text
+
+
+def test_missing_python_handler_is_a_compile_error():
+    with pytest.raises(TemplateError) as exc:
+        compile_(step(10, "x"), actions=[action("x", handler="tests.helpers:does_not_exist")])
+    assert "has a bad handler: module 'tests.helpers' has no attribute 'does_not_exist'" in str(exc.value)
+
+
+def test_plan_is_immutable():
+    plan = compile_(step(10, "a"))
+    with pytest.raises(Exception):
+        plan.steps["a"] = None  # type: ignore[index]
+    with pytest.raises(Exception):
+        plan.steps["a"].id = "b"  # type: ignore[misc]
