@@ -197,12 +197,12 @@ class _Compiler:
 
     def compile(self) -> Plan:
         raw_steps = self.doc["actions"]
+        # Every stage runs even when an earlier one found problems, so the
+        # author sees all of them at once; steps that could not be bound are
+        # left out of the graph (references to them are not reported twice).
         bound = self._bind(raw_steps)
-        self.check()
-        by_seq = {s["sequence_order"]: s["id"] for s in bound}
-        ids = {s["id"] for s in bound}
+        by_seq, ids = self._by_seq, self._all_ids
         graph = self._edges(bound, by_seq, ids)
-        self.check()
         self._reject_cycles(graph, bound)
         conflicts, capacity = self._conflicts(bound, by_seq, ids)
         specs = self._specs(bound, graph)
@@ -229,6 +229,8 @@ class _Compiler:
             uses[raw.get("action_name", "")] = uses.get(raw.get("action_name", ""), 0) + 1
         seen_ids: dict[str, int] = {}
         seen_seq: set[int] = set()
+        self._by_seq: dict[int, str] = {}
+        self._all_ids: set[str] = set()
         for raw in sorted(raw_steps, key=lambda s: (Phase[s.get("phase") or "main"], s["sequence_order"])):
             seq = raw["sequence_order"]
             action_name = raw.get("action_name")
@@ -240,6 +242,8 @@ class _Compiler:
             if step_id in seen_ids:
                 self.problem(f"step id {step_id!r} is used by two steps", label, "id")
             seen_ids[step_id] = seq
+            self._by_seq[seq] = step_id
+            self._all_ids.add(step_id)
             if not action_name:
                 self.problem("no action_name", label, "action_name")
                 continue
@@ -284,7 +288,7 @@ class _Compiler:
                     self.problem(f"requires unknown step {ref!r}", s["id"], "requires")
                 elif target == s["id"]:
                     self.problem("a step cannot require itself", s["id"], "requires")
-                else:
+                elif target in graph:  # an unbound target was reported already
                     graph.add_edge(target, s["id"])
             for needed in s["action"].requires_actions:
                 providers = [p for p in by_action.get(needed, []) if p != s["id"]]
@@ -321,7 +325,10 @@ class _Compiler:
             return
         actions = {s["id"]: s["action"].name for s in bound}
         labels = [f"{u} ({actions[u]})" for u, _ in cycle]
-        raise CycleError(self.name, labels)
+        error = CycleError(self.name, labels)
+        if not self.problems:
+            raise error
+        self.problems += error.problems
 
     # 5. expressions
     def _check_refs(self, refs: set[expressions.Reference], step: dict[str, Any], field: str,
@@ -421,7 +428,7 @@ class _Compiler:
                 other = self._resolve(ref, by_seq, ids)
                 if other is None:
                     self.problem(f"conflicts_with unknown step {ref!r}", s["id"], "conflicts_with")
-                elif other != s["id"]:
+                elif other != s["id"] and other in conflicts:
                     conflicts[s["id"]].add(other)
                     conflicts[other].add(s["id"])
         capacity: dict[str, int] = {}

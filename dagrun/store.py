@@ -27,6 +27,15 @@ def default_database_url() -> str:
     return f"sqlite:///{data_home / 'dagrun' / 'dagrun.db'}"
 
 
+def normalize_url(url: str) -> str:
+    """Plain ``postgresql://`` URLs use psycopg2, the driver dagrun depends on
+    (newer SQLAlchemy releases would otherwise pick psycopg 3)."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg2://" + url[len(prefix):]
+    return url
+
+
 def describe_url(url: str) -> str:
     """The URL without its password, for output."""
     try:
@@ -36,9 +45,13 @@ def describe_url(url: str) -> str:
         return url
 
 
-@functools.cache
 def engine_for(url: str) -> Engine:
     """One engine per URL and process, with the schema created on first use."""
+    return _engine(normalize_url(url))
+
+
+@functools.cache
+def _engine(url: str) -> Engine:
     try:
         if url.startswith("sqlite:///"):
             path = url[len("sqlite:///"):]
@@ -58,7 +71,7 @@ def engine_for(url: str) -> Engine:
     try:
         Base.metadata.create_all(engine)
     except SQLAlchemyError as exc:
-        engine_for.cache_clear()
+        _engine.cache_clear()
         raise InputError(f"cannot open database {describe_url(url)}: {exc.__class__.__name__}: "
                          f"{str(exc).splitlines()[0]}") from None
     return engine

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import uuid
 
 import pytest
 
@@ -27,3 +29,37 @@ def home(tmp_path):
 @pytest.fixture
 def workspace(home):
     return {"id": "ws1", "linux_username": "alice", "db_name": "alice_db", "home_dir": str(home)}
+
+
+PG_ADMIN_URL = os.environ.get("DAGRUN_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """The machine's real PostgreSQL server. In CI it must be there: a
+    missing server fails the tests instead of skipping them."""
+    import psycopg2
+    try:
+        conn = psycopg2.connect(PG_ADMIN_URL, connect_timeout=5)
+    except psycopg2.OperationalError as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL is not reachable at {PG_ADMIN_URL}: {exc}")
+        pytest.skip(f"PostgreSQL is not reachable at {PG_ADMIN_URL} (set CI=1 to make this fatal)")
+    conn.autocommit = True
+    yield conn
+    conn.close()
+
+
+@pytest.fixture
+def pg_url(pg_server):
+    """A fresh database on the real server, dropped afterwards."""
+    from sqlalchemy.engine import make_url
+    name = f"dagrun_test_{uuid.uuid4().hex[:12]}"
+    with pg_server.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{name}"')
+    url = make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    yield url
+    from dagrun.store import engine_for
+    engine_for(url).dispose()  # close the pooled connections before the drop
+    with pg_server.cursor() as cur:
+        cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

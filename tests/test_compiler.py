@@ -56,7 +56,8 @@ def test_schema_errors_name_template_step_and_field_and_are_all_reported():
     assert any("t: step one: field 'action_config'" in p and "'name' is a required property" in p for p in found)
     assert any("step one: field 'action_config.port'" in p and "is not of type 'integer'" in p for p in found)
     assert any("step two: field 'action_name': unknown action 'nope'" in p for p in found)
-    assert len(found) == 3  # requires is checked after binding; bad bindings are reported first
+    assert any("step three: field 'requires': requires unknown step 'ghost'" in p for p in found)
+    assert len(found) == 4  # every stage reports, in one error
 
 
 def test_templated_strings_are_validated_later():

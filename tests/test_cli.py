@@ -1,0 +1,124 @@
+"""The dagrun command, run as a real process."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from tests.helpers import pid_alive, script_step, template
+
+
+def dagrun(*args, cwd, **kw):
+    env = {**os.environ, "XDG_DATA_HOME": str(cwd / "xdg"), "COLUMNS": "200"}
+    return subprocess.run([sys.executable, "-m", "dagrun", *map(str, args)], cwd=cwd, capture_output=True,
+                          text=True, env=env, timeout=120, **kw)
+
+
+def test_run_demo_shows_progress_and_records_in_sqlite(tmp_path):
+    out = dagrun("run", "demo", "--ws", "id=dev1", "--ws", "ssh_public_key=ssh-ed25519 AAAAC3Nz dev@host",
+                 cwd=tmp_path)
+    assert out.returncode == 0, out.stderr + out.stdout
+    assert "[1/8] Run Custom Script layout" in out.stdout
+    assert "succeeded" in out.stdout and "8 completed" in out.stdout
+    db = tmp_path / "xdg" / "dagrun" / "dagrun.db"
+    assert f"records: sqlite:///{db}" in out.stdout
+    home = tmp_path / "dagrun-workspaces" / "dev1"
+    assert (home / ".ssh" / "authorized_keys").read_text() == "ssh-ed25519 AAAAC3Nz dev@host\n"
+    assert (home / "hello" / ".venv" / "bin" / "python").exists()
+    assert "Initial commit" in (home / "hello" / "WORKSPACE.md").read_text()
+    again = dagrun("run", "demo", "--ws", "id=dev1", "--json", cwd=tmp_path)  # re-provisioning works
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["skipped_actions"] == 1
+
+
+def test_run_json_and_failure_exit_code(tmp_path):
+    (tmp_path / "t.yaml").write_text(yaml.safe_dump(template(script_step(10, "echo nope >&2; exit 4", id="bad"))))
+    out = dagrun("run", "t.yaml", "--json", "--db", f"sqlite:///{tmp_path}/x.db", cwd=tmp_path)
+    assert out.returncode == 1
+    result = json.loads(out.stdout)
+    assert result["success"] is False and result["failed_action"] == "execute_custom_script"
+    assert result["execution_details"][0]["error"] == "exit code 4: nope"
+
+
+def test_validate_reports_each_problem_without_traceback(tmp_path):
+    good = tmp_path / "good.yaml"
+    good.write_text(yaml.safe_dump(template(script_step(10, "true"))))
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(template(script_step(10, "echo {{ nope }}", id="s1"),
+                                       {"sequence_order": 20, "action_name": "execute_custom_script", "id": "s2",
+                                        "action_config": {"scrpt": "x"}}, name="broken")))
+    out = dagrun("validate", good, bad, cwd=tmp_path)
+    assert out.returncode == 2
+    assert f"{good}: ok" in out.stdout
+    assert "broken: step s1: field 'action_config.script': unknown variable 'nope'" in out.stderr
+    assert "broken: step s2: field 'action_config'" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_validate_an_action_definition(tmp_path):
+    (tmp_path / "a.yaml").write_text(yaml.safe_dump({"name": "x", "action_type": "shell", "execution_handler": "true",
+                                                      "max_retries": 0}))
+    out = dagrun("validate", tmp_path / "a.yaml", cwd=tmp_path)
+    assert out.returncode == 2 and "action x: field 'max_retries': 0 is less than the minimum of 1" in out.stderr
+
+
+def test_plan_shows_levels_critical_path_and_estimate(tmp_path):
+    out = dagrun("plan", "demo", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "8 steps in 4 levels" in out.stdout
+    assert "critical path: layout -> venv -> summary -> check" in out.stdout
+    assert "estimated duration with 4 workers" in out.stdout
+    data = json.loads(dagrun("plan", "demo", "--json", cwd=tmp_path).stdout)
+    assert data["levels"][0] == ["layout"] and len(data["levels"][1]) == 5
+
+
+def test_graph_formats(tmp_path):
+    dot = dagrun("graph", "demo", cwd=tmp_path)
+    assert dot.returncode == 0 and dot.stdout.startswith('digraph "demo"') and '"layout" -> "venv";' in dot.stdout
+    mermaid = dagrun("graph", "demo", "--format", "mermaid", cwd=tmp_path)
+    assert mermaid.stdout.startswith("flowchart LR") and "s0 --> s1" in mermaid.stdout
+    svg = dagrun("graph", "demo", "--format", "svg", cwd=tmp_path)
+    if shutil.which("dot"):
+        assert svg.returncode == 0 and "<svg" in svg.stdout
+    else:  # without graphviz: one clear sentence
+        assert svg.returncode == 2 and "needs graphviz's 'dot' program" in svg.stderr
+
+
+@pytest.mark.parametrize("args,message", [
+    (["run", "no-such-template"], "no template file or seed template named 'no-such-template'"),
+    (["run", "demo", "--workers", "0"], "--workers must be at least 1"),
+    (["run", "demo", "--set", "oops"], "--set expects key=value, got 'oops'"),
+    (["run", "demo", "--db", "nosuch://"], "bad database URL"),
+    (["plan", "missing.yaml"], "template file missing.yaml does not exist"),
+])
+def test_bad_input_is_one_clear_error(tmp_path, args, message):
+    out = dagrun(*args, cwd=tmp_path)
+    assert out.returncode == 2
+    assert message in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_sigterm_cancels_cleanly_without_orphans(tmp_path):
+    pidfile = tmp_path / "child.pid"
+    (tmp_path / "t.yaml").write_text(yaml.safe_dump(template(
+        script_step(10, f"sleep 300 &\necho $! > {pidfile}\nwait", id="long"))))
+    env = {**os.environ, "XDG_DATA_HOME": str(tmp_path / "xdg")}
+    proc = subprocess.Popen([sys.executable, "-m", "dagrun", "run", "t.yaml", "--json"], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for _ in range(400):
+        if pidfile.exists() and pidfile.read_text().strip():
+            break
+        time.sleep(0.025)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert json.loads(out)["execution_details"][0]["status"] == "cancelled"
+    assert not pid_alive(int(pidfile.read_text()))

@@ -1,0 +1,140 @@
+"""The four handler types against real files, processes and an HTTP server."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import yaml
+
+from dagrun import TemplateError, run_template
+from dagrun.outcome import StepStatus
+from tests.helpers import action, shell_action, step, template
+
+
+def run(doc, workspace, actions=None, **kw):
+    return run_template(doc, workspace, actions=actions, record=False, **kw)
+
+
+def test_shell_handler_from_a_file_beside_the_definition(tmp_path, workspace, home):
+    (tmp_path / "hello.sh").write_text('echo "hello {{ config.who }}" > "$HOME/hello.txt"\necho "$CONFIG_WHO"\n')
+    (tmp_path / "hello.yaml").write_text(yaml.safe_dump({
+        "name": "hello", "action_type": "shell", "execution_handler": "hello.sh",
+        "validation_handler": 'test -s "$HOME/hello.txt"', "rollback_handler": 'rm "$HOME/hello.txt"',
+        "config_schema": {"type": "object", "properties": {"who": {"type": "string"}}}}))
+    result = run(template(step(10, "hello", action_config={"who": "world; rm -rf /"})), workspace,
+                 actions=[tmp_path / "hello.yaml"])
+    assert result.success, result.error
+    assert (home / "hello.txt").read_text() == "hello 'world; rm -rf /'\n"  # quoted: one shell word
+    assert result.steps["hello"].stdout == "world; rm -rf /\n"
+
+
+def test_shell_exit_code_and_stderr_are_captured(workspace):
+    acts = [shell_action("bad", "echo out; echo oops >&2; exit 3")]
+    result = run(template(step(10, "bad")), workspace, actions=acts)
+    s = result.steps["bad"]
+    assert (s.status, s.exit_code, s.stdout, s.stderr, s.error) == (StepStatus.failed, 3, "out\n", "oops\n",
+                                                                     "exit code 3: oops")
+
+
+def test_pipefail_and_errexit_are_on(workspace):
+    acts = [shell_action("pipe", "false | true\necho unreachable")]
+    result = run(template(step(10, "pipe")), workspace, actions=acts)
+    assert result.steps["pipe"].status is StepStatus.failed
+    assert result.steps["pipe"].stdout == ""
+
+
+def test_template_copy_renders_and_merges_json(workspace, home):
+    target = home / ".vscode" / "settings.json"
+    target.parent.mkdir()
+    target.write_text(json.dumps({"editor.tabSize": 2, "python.analysis": {"a": 1}}))
+    doc = template(step(10, "create_vscode_settings", action_config={
+        "settings": {"python.analysis": {"b": 2}, "user": "{{ workspace.linux_username }}"}}))
+    result = run(doc, workspace)
+    assert result.success, result.error
+    assert json.loads(target.read_text()) == {"editor.tabSize": 2, "python.analysis": {"a": 1, "b": 2},
+                                              "user": "alice"}
+    assert result.steps["create_vscode_settings"].result["created"] is False
+
+
+def test_template_copy_rollback_removes_only_a_file_it_created(workspace, home):
+    (home / "keep.yaml").write_text("a: 1\n")
+    acts = [action("fail", "tests.helpers:boom")]
+    doc = template(step(10, "write_file", id="new", action_config={"target_path": "~/sub/new.yaml", "content": {"k": [1, 2]}}),
+                   step(20, "write_file", id="old", action_config={"target_path": "~/keep.yaml", "content": {"b": 2},
+                                                                    "merge": True}),
+                   step(30, "fail", requires=["new", "old"]))
+    result = run(doc, workspace, actions=acts)
+    assert result.status.value == "failed"
+    assert not (home / "sub" / "new.yaml").exists()
+    assert yaml.safe_load((home / "keep.yaml").read_text()) == {"a": 1, "b": 2}
+    assert result.steps["new"].status is StepStatus.rolled_back
+    assert result.steps["old"].status is StepStatus.completed  # nothing of its own to undo
+
+
+class _Handler(BaseHTTPRequestHandler):
+    seen: list = []
+
+    def do_POST(self):  # noqa: N802
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        _Handler.seen.append((self.path, self.headers.get("X-Token"), json.loads(body) if body else None))
+        code = 201 if self.path.startswith("/ok") else 500
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(json.dumps({"path": self.path}).encode())
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def http_server():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    _Handler.seen = []
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_api_call_success_and_failure(http_server, workspace):
+    acts = [{"name": "notify", "action_type": "api_call", "execution_handler": "POST {{ config.url }}",
+             "max_retries": 1, "config_schema": {"type": "object", "properties": {
+                 "url": {"type": "string"}, "json": {}, "headers": {}}}}]
+    doc = template(step(10, "notify", id="good", action_config={"url": http_server + "/ok/{{ workspace.id }}",
+                                                                "json": {"user": "{{ workspace.linux_username }}"},
+                                                                "headers": {"X-Token": "t"}}),
+                   step(20, "notify", id="bad", skip_on_error=True, action_config={"url": http_server + "/fail"}))
+    result = run(doc, workspace, actions=acts)
+    assert result.steps["good"].status is StepStatus.completed
+    assert result.steps["good"].result == {"status": 201, "body": {"path": "/ok/ws1"}}
+    assert ("/ok/ws1", "t", {"user": "alice"}) in _Handler.seen
+    assert result.steps["bad"].status is StepStatus.failed
+    assert result.steps["bad"].error == f"POST {http_server}/fail returned HTTP 500"
+
+
+def test_api_call_unreachable_is_a_failed_attempt(workspace):
+    acts = [{"name": "ping", "action_type": "api_call", "execution_handler": "GET http://127.0.0.1:9/x",
+             "max_retries": 1}]
+    result = run(template(step(10, "ping")), workspace, actions=acts)
+    assert result.steps["ping"].status is StepStatus.failed
+    assert result.steps["ping"].error.startswith("GET http://127.0.0.1:9/x failed:")
+
+
+def test_python_handler_exception_becomes_a_failed_attempt(workspace):
+    result = run(template(step(10, "x")), workspace, actions=[action("x", "tests.helpers:boom")])
+    assert result.steps["x"].error == "RuntimeError: boom"
+
+
+def test_handler_prefix_python_overrides_action_type(workspace):
+    acts = [shell_action("mixed", "echo hi", validation_handler="python:tests.helpers:noop")]
+    assert run(template(step(10, "mixed")), workspace, actions=acts).success
+
+
+def test_bad_jinja_in_an_inline_shell_handler_is_a_compile_error(workspace):
+    with pytest.raises(TemplateError) as exc:
+        run(template(step(10, "x")), workspace, actions=[shell_action("x", "echo {{ unclosed")])
+    assert "bad handler" in str(exc.value)

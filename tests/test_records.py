@@ -1,0 +1,109 @@
+"""Records: every run and attempt lands in the database, on SQLite and on
+the machine's real PostgreSQL, streamed while the run goes on."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from sqlalchemy import create_engine, select
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from dagrun import run_template
+from dagrun.store import normalize_url
+from dagrun.models import ProvisioningRun, TemplateAction, WorkspaceActionExecution
+from tests.helpers import action, script_step, step, template
+
+
+def rows(url, run_id):
+    engine = create_engine(normalize_url(url))
+    try:
+        with Session(engine) as s:
+            run = s.get(ProvisioningRun, run_id)
+            attempts = s.scalars(select(WorkspaceActionExecution).where(WorkspaceActionExecution.run_id == run_id)
+                                 .order_by(WorkspaceActionExecution.step_id,
+                                           WorkspaceActionExecution.attempt_number)).all()
+            actions = {a.id: a.name for a in s.scalars(select(TemplateAction)).all()}
+            return run, attempts, actions
+    finally:
+        engine.dispose()
+
+
+def _retry_template():
+    acts = [action("flaky", "tests.helpers:flaky", max_retries=2, retry_delay_seconds=0.05,
+                   config_schema={"properties": {"succeed_on": {}}}, default_config={"succeed_on": 2}),
+            action("fail", "tests.helpers:boom")]
+    doc = template(step(10, "flaky", id="flaky"),
+                   script_step(20, "echo {{ workspace.linux_username }}", id="echo"),
+                   step(30, "fail", id="optional", skip_on_error=True),
+                   step(40, "flaky", id="after_optional", requires=["optional"]))
+    return doc, acts
+
+
+@pytest.mark.parametrize("store", ["sqlite", "postgres"])
+def test_every_attempt_is_recorded(store, request, workspace):
+    url = request.getfixturevalue("db_url" if store == "sqlite" else "pg_url")
+    doc, acts = _retry_template()
+    result = run_template(doc, workspace, database_url=url, actions=acts)
+    assert result.database_url == url and result.error is None
+    run, attempts, actions = rows(url, result.run_id)
+    assert (run.status, run.total_steps, run.completed_steps, run.failed_steps, run.skipped_steps) == (
+        "succeeded", 4, 2, 1, 1)
+    assert run.template_snapshot["name"] == "t" and run.completed_at is not None
+    got = [(a.step_id, a.attempt_number, a.status, a.workspace_id, actions[a.action_id]) for a in attempts]
+    assert got == [("after_optional", 0, "skipped", "ws1", "flaky"),
+                   ("echo", 1, "completed", "ws1", "execute_custom_script"),
+                   ("flaky", 1, "failed", "ws1", "flaky"),
+                   ("flaky", 2, "completed", "ws1", "flaky"),
+                   ("optional", 1, "failed", "ws1", "fail")]
+    first = attempts[2]
+    assert first.next_retry_at is not None and first.error_message == "attempt 1 fails on purpose"
+    assert first.max_retries == 2
+    echo = attempts[1]
+    assert echo.execution_output == "alice\n" and echo.exit_code == 0
+    assert echo.action_config["script"] == "echo alice"  # the interpolated config that ran
+    assert attempts[0].error_message == "upstream failed"
+
+
+@pytest.mark.parametrize("store", ["sqlite", "postgres"])
+def test_attempt_rows_stream_while_the_run_goes_on(store, request, workspace, tmp_path):
+    """The step waits for a file; meanwhile another connection sees it running."""
+    url = request.getfixturevalue("db_url" if store == "sqlite" else "pg_url")
+    gate = tmp_path / "gate"
+    doc = template(script_step(10, "echo quick", id="quick"),
+                   script_step(20, f"for i in $(seq 400); do [ -f {gate} ] && exit 0; sleep 0.05; done; exit 1",
+                               id="waiting", requires=["quick"]))
+    seen = {}
+
+    def watch():
+        engine = create_engine(normalize_url(url))
+        try:
+            for _ in range(400):
+                try:
+                    with Session(engine) as s:
+                        found = {(a.step_id, a.status) for a in s.scalars(select(WorkspaceActionExecution)).all()}
+                except SQLAlchemyError:  # the run has not created the tables yet
+                    found = set()
+                if ("waiting", "running") in found:
+                    seen["rows"] = found
+                    break
+                time.sleep(0.05)
+        finally:
+            engine.dispose()
+            gate.touch()
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    result = run_template(doc, workspace, database_url=url)
+    watcher.join()
+    assert result.success
+    assert seen["rows"] == {("quick", "completed"), ("waiting", "running")}
+
+
+def test_bad_database_url_is_one_clear_error(workspace):
+    from dagrun.errors import InputError
+    with pytest.raises(InputError) as exc:
+        run_template(template(script_step(10, "true")), workspace, database_url="nosuchdb://x")
+    assert "bad database URL" in str(exc.value)
