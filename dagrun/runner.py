@@ -28,7 +28,7 @@ import structlog
 from .attempt import AttemptJob, run_attempt, run_rollback
 from .events import (AttemptFinished, Observer, RetryScheduled, RunFinished, RunStarted, StepFinished,
                      StepRolledBack, StepSkipped, StepStarted)
-from .executors import make_executor, submit_with_context
+from .executors import dispatch, make_executor, submit_with_context
 from .outcome import Outcome, RunStatus, StepStatus
 from .result import RunResult, StepResult
 from .scheduler import UPSTREAM_FAILED, Failed, Retry, RunState
@@ -43,6 +43,7 @@ DEFAULT_MAX_WORKERS = 8
 # handlers that cannot be killed (Python code), which are then abandoned.
 DEADLINE_GRACE_SECONDS = 5.0
 _WAKE = object()
+_NO_STEPS: Mapping[str, Any] = {}
 
 
 class Runner:
@@ -150,7 +151,7 @@ class Runner:
     def _job(self, sid: str, attempt: int, *, evaluate_condition: bool) -> AttemptJob:
         step = self.plan.steps[sid]
         steps = {r: {"status": self.state.status[r].value, "result": self._steps[r].result}
-                 for r in step.step_refs}
+                 for r in step.step_refs} if step.step_refs else _NO_STEPS
         return AttemptJob(step=step, attempt=attempt, handlers=self.plan.handlers[step.action.name],
                           workspace=self.workspace, variables=self.variables, env=self.env, steps=steps,
                           home=self.home, cancel=self.cancel_token, evaluate_condition=evaluate_condition)
@@ -168,20 +169,17 @@ class Runner:
         first = sid not in self._conditioned
         self._conditioned.add(sid)
         job = self._job(sid, attempt, evaluate_condition=first)
-        future = submit_with_context(executor, run_attempt, job)
         put = self._queue.put
-        future.add_done_callback(lambda f: put((key, f)))
+        dispatch(executor, run_attempt, (job,), lambda outcome, error: put((key, outcome, error)))
 
     def _handle(self, item: Any) -> None:
         if item is _WAKE:
             return
-        key, future = item
+        key, outcome, error = item
         if self._inflight.pop(key, None) is None:
             return  # an abandoned attempt finally returned; its outcome was already decided
-        try:
-            outcome = future.result()
-        except BaseException as exc:  # noqa: BLE001 - e.g. a remote executor lost the task
-            outcome = Outcome(key[0], key[1], StepStatus.failed, error=f"executor error: {exc!r}")
+        if error is not None:  # e.g. a remote executor lost the task
+            outcome = Outcome(key[0], key[1], StepStatus.failed, error=f"executor error: {error!r}")
         self._apply(outcome)
 
     def _expire(self, now: float) -> None:
