@@ -34,3 +34,44 @@ def dask_threaded(deps: dict[str, list[str]], fn: Callable[..., object], workers
     import dask.threaded
     graph = {sid: (fn, *parents) for sid, parents in deps.items()}
     dask.threaded.get(graph, list(deps), num_workers=workers)
+
+
+class BareThreads:
+    """The machine's floor for any threaded Python scheduler: Kahn's
+    algorithm with pre-started threads and one completion queue, no
+    bookkeeping at all. Threads persist across calls (like dagrun's pool)."""
+
+    def __init__(self, workers: int):
+        import queue
+        import threading
+        self.work: queue.SimpleQueue = queue.SimpleQueue()
+        self.done: queue.SimpleQueue = queue.SimpleQueue()
+        for _ in range(workers):
+            threading.Thread(target=self._loop, daemon=True).start()
+
+    def _loop(self) -> None:
+        while True:
+            fn, node = self.work.get()
+            fn(node)
+            self.done.put(node)
+
+    def run(self, deps: dict[str, list[str]], fn: Callable[[str], object], workers: int) -> None:
+        children: dict[str, list[str]] = {n: [] for n in deps}
+        unmet = {n: len(p) for n, p in deps.items()}
+        for n, parents in deps.items():
+            for p in parents:
+                children[p].append(n)
+        ready = [n for n, c in unmet.items() if c == 0]
+        running = 0
+        left = len(deps)
+        while left:
+            while ready and running < workers:
+                self.work.put((fn, ready.pop()))
+                running += 1
+            node = self.done.get()
+            running -= 1
+            left -= 1
+            for child in children[node]:
+                unmet[child] -= 1
+                if unmet[child] == 0:
+                    ready.append(child)

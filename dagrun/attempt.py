@@ -28,92 +28,94 @@ from .spec import StepSpec
 
 @dataclass(frozen=True, slots=True)
 class AttemptJob:
+    """What every attempt of one step needs; built once per step and run."""
+
     step: StepSpec
-    attempt: int
     handlers: ActionHandlers
     workspace: Mapping[str, Any]
     variables: Mapping[str, Any]
     env: Mapping[str, str]
-    steps: Mapping[str, Any]  # results of the upstream steps this step reads
     home: str | None
     cancel: CancelToken
-    evaluate_condition: bool = True
 
 
-def _context(job: AttemptJob, config: Mapping[str, Any]) -> dict[str, Any]:
+def _context(job: AttemptJob, config: Mapping[str, Any], steps: Mapping[str, Any]) -> dict[str, Any]:
     return expressions.build_context(workspace=job.workspace, config=config, variables=job.variables,
-                                     env=job.env, steps=job.steps, home=job.home)
+                                     env=job.env, steps=steps, home=job.home)
 
 
-def _outcome(job: AttemptJob, status: StepStatus, started: float, t0: float, **fields: Any) -> Outcome:
-    return Outcome(step_id=job.step.id, attempt=job.attempt, status=status, started_at=started,
-                   duration=time.perf_counter() - t0, **fields)
+def _outcome(job: AttemptJob, attempt: int, status: StepStatus, started: float, t0: float, **fields: Any) -> Outcome:
+    return Outcome(job.step.id, attempt, status, started, time.perf_counter() - t0, **fields)
 
 
-def _from_handler(job: AttemptJob, result: HandlerResult, started: float, t0: float,
+def _from_handler(job: AttemptJob, attempt: int, result: HandlerResult, started: float, t0: float,
                   config: dict[str, Any], error_prefix: str = "") -> Outcome:
-    if result.cancelled or (job.cancel.cancelled and not result.ok):
-        status = StepStatus.cancelled
-    else:
-        status = StepStatus.completed if result.ok else StepStatus.failed
-    error = None if result.ok else error_prefix + (result.error or "failed")
-    return _outcome(job, status, started, t0, error=error, exit_code=result.exit_code, stdout=result.stdout,
-                    stderr=result.stderr, data=result.data, config=config, timed_out=result.timed_out)
+    if result.ok:
+        return Outcome(job.step.id, attempt, StepStatus.completed, started, time.perf_counter() - t0,
+                       exit_code=result.exit_code, stdout=result.stdout, stderr=result.stderr, data=result.data,
+                       config=config)
+    status = StepStatus.cancelled if result.cancelled or job.cancel.cancelled else StepStatus.failed
+    return _outcome(job, attempt, status, started, t0, error=error_prefix + (result.error or "failed"),
+                    exit_code=result.exit_code, stdout=result.stdout, stderr=result.stderr, data=result.data,
+                    config=config, timed_out=result.timed_out)
 
 
-def run_attempt(job: AttemptJob) -> Outcome:
+def run_attempt(job: AttemptJob, attempt: int, steps: Mapping[str, Any], evaluate_condition: bool) -> Outcome:
+    """Attempt ``attempt`` of the job's step; ``steps`` holds the results of
+    the upstream steps it reads."""
     started, t0 = time.time(), time.perf_counter()
     step = job.step
     config: dict[str, Any] = dict(step.config)
     try:
-        if job.evaluate_condition and step.condition is not None:
-            if not step.condition.evaluate(_context(job, config)):
-                return _outcome(job, StepStatus.skipped, started, t0,
+        if evaluate_condition and step.condition is not None:
+            if not step.condition.evaluate(_context(job, config, steps)):
+                return _outcome(job, attempt, StepStatus.skipped, started, t0,
                                 skip_reason=f"condition is false: {step.condition.source}")
         if step.templated:
-            config = expressions.render_value(config, _context(job, config), shell_fields=step.shell_fields)
+            config = expressions.render_value(config, _context(job, config, steps), shell_fields=step.shell_fields)
             problems = config_problems(config, step.action.config_schema, allow_templates=False)
             if problems:
                 raise PermanentError("invalid config after interpolation: "
                                      + "; ".join(f"{f}: {m}" for f, m in problems))
-        ctx = StepContext(step_id=step.id, action=step.action, config=config, workspace=job.workspace,
-                          variables=job.variables, steps=job.steps, env=job.env, home=job.home,
-                          attempt=job.attempt, timeout=step.timeout_seconds, cancel=job.cancel)
+        ctx = StepContext(step.id, step.action, config, job.workspace, job.variables, steps, job.env, job.home,
+                          attempt, step.timeout_seconds, job.cancel)
         validate = job.handlers.validate
         if step.check_first and validate is not None:
             check = validate(ctx)
             if check.ok:
-                return _outcome(job, StepStatus.completed, started, t0, config=config,
+                return _outcome(job, attempt, StepStatus.completed, started, t0, config=config,
                                 data={**check.data, "already_satisfied": True}, stdout=check.stdout)
         result = job.handlers.execute(ctx)
         if not result.ok or validate is None:
-            return _from_handler(job, result, started, t0, config)
+            return _from_handler(job, attempt, result, started, t0, config)
         ctx.result = result.data
         check = validate(ctx)
         if not check.ok:
-            return _from_handler(job, check, started, t0, config, error_prefix="validation failed: ")
-        out = _from_handler(job, result, started, t0, config)
+            return _from_handler(job, attempt, check, started, t0, config, error_prefix="validation failed: ")
+        out = _from_handler(job, attempt, result, started, t0, config)
         out.stdout += check.stdout
         return out
     except PermanentError as exc:
-        return _outcome(job, StepStatus.failed, started, t0, error=str(exc), retryable=False, config=config)
+        return _outcome(job, attempt, StepStatus.failed, started, t0, error=str(exc), retryable=False, config=config)
     except JinjaError as exc:
-        return _outcome(job, StepStatus.failed, started, t0, error=f"template error: {exc}", retryable=False,
-                        config=config)
+        return _outcome(job, attempt, StepStatus.failed, started, t0, error=f"template error: {exc}",
+                        retryable=False, config=config)
     except Exception as exc:  # a handler bug is a failed attempt, not a crashed run
-        return _outcome(job, StepStatus.failed, started, t0, error=f"{type(exc).__name__}: {exc}", config=config)
+        return _outcome(job, attempt, StepStatus.failed, started, t0, error=f"{type(exc).__name__}: {exc}",
+                        config=config)
 
 
-def run_rollback(job: AttemptJob, result: dict[str, Any], config: Mapping[str, Any] | None) -> Outcome:
+def run_rollback(job: AttemptJob, attempt: int, steps: Mapping[str, Any], result: dict[str, Any],
+                 config: Mapping[str, Any] | None) -> Outcome:
     """Run the rollback handler of a completed step with its execute result."""
     started, t0 = time.time(), time.perf_counter()
     step = job.step
     cfg = dict(config if config is not None else step.config)
     try:
-        ctx = StepContext(step_id=step.id, action=step.action, config=cfg, workspace=job.workspace,
-                          variables=job.variables, steps=job.steps, env=job.env, home=job.home,
-                          attempt=job.attempt, timeout=step.timeout_seconds, cancel=job.cancel, result=result)
+        ctx = StepContext(step.id, step.action, cfg, job.workspace, job.variables, steps, job.env, job.home,
+                          attempt, step.timeout_seconds, job.cancel, result=result)
         assert job.handlers.rollback is not None
-        return _from_handler(job, job.handlers.rollback(ctx), started, t0, cfg)
+        return _from_handler(job, attempt, job.handlers.rollback(ctx), started, t0, cfg)
     except Exception as exc:
-        return _outcome(job, StepStatus.failed, started, t0, error=f"{type(exc).__name__}: {exc}", config=cfg)
+        return _outcome(job, attempt, StepStatus.failed, started, t0, error=f"{type(exc).__name__}: {exc}",
+                        config=cfg)

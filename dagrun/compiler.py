@@ -209,13 +209,18 @@ class _Compiler:
         self.check()
         order = tuple(s["id"] for s in bound)
         priority = self._bottom_levels(graph, specs)
+        position = {sid: i for i, sid in enumerate(order)}
+        dispatch_order = tuple(sorted(order, key=lambda sid: (-priority[sid], specs[sid].sequence_order,
+                                                              position[sid])))
         return Plan(
             name=self.name, version=self.doc["version"], description=self.doc["description"],
             steps=frozen_mapping(specs), order=order,
             predecessors=frozen_mapping({n: tuple(sorted(graph.predecessors(n), key=order.index)) for n in order}),
             successors=frozen_mapping({n: tuple(graph.successors(n)) for n in order}),
             conflicts=frozen_mapping(conflicts), lock_capacity=frozen_mapping(capacity),
-            priority=frozen_mapping(priority), global_config=self.global_config,
+            priority=frozen_mapping(priority), dispatch_order=dispatch_order,
+            dispatch_rank=frozen_mapping({sid: i for i, sid in enumerate(dispatch_order)}),
+            global_config=self.global_config,
             variables=frozen_mapping(self.variables), handlers=frozen_mapping(self.handlers),
             snapshot=frozen_mapping(self.doc),
         )

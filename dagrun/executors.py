@@ -10,8 +10,8 @@ bindings (run id, step) follow it onto the worker.
 from __future__ import annotations
 
 import contextvars
+import _thread
 import queue
-import threading
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from typing import Any, Callable
 
@@ -37,40 +37,53 @@ class WorkerPool(Executor):
     Besides ``submit()`` it offers :meth:`run`, which delivers the result to
     a callback with no ``Future`` at all: no per-task condition variable,
     lock or callback list, which is most of a no-op step's cost in a
-    ``ThreadPoolExecutor``. Threads are daemons so a handler that never
-    returns (abandoned after its timeout) cannot keep the process alive.
+    ``ThreadPoolExecutor``.
+
+    The pool grows on demand (a task never waits for a busy thread: each run
+    bounds its own concurrency) and keeps idle threads for the next run, as
+    dask's threaded scheduler does: starting threads costs a GIL round-trip
+    each, which a provisioning service would otherwise pay on every run.
+    Threads are daemons, so a handler that never returns (abandoned after
+    its timeout) cannot keep the process alive.
     """
 
-    def __init__(self, max_workers: int, thread_name_prefix: str = "dagrun"):
-        if max_workers < 1:
-            raise ValueError("max_workers must be at least 1")
-        self._max_workers = max_workers
-        self._prefix = thread_name_prefix
+    def __init__(self) -> None:
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._threads: list[threading.Thread] = []
-        self._shutdown = False
+        self._lock = _thread.allocate_lock()
+        self._idle = 0
+        self._threads = 0
+
+    @property
+    def threads(self) -> int:
+        return self._threads
 
     def run(self, fn: Callable[..., Any], args: tuple, deliver: Deliver) -> None:
-        if self._shutdown:
-            raise RuntimeError("cannot schedule work after shutdown")
+        with self._lock:
+            if self._idle:
+                self._idle -= 1
+                start = False
+            else:
+                self._threads += 1
+                start = True
         self._queue.put((fn, args, deliver, contextvars.copy_context()))
-        if len(self._threads) < self._max_workers:
-            thread = threading.Thread(target=self._work, name=f"{self._prefix}-{len(self._threads)}", daemon=True)
-            self._threads.append(thread)
-            thread.start()
+        if start:
+            # A low-level thread: starting it does not wait for it to run
+            # (threading.Thread.start does, a context switch per thread).
+            _thread.start_new_thread(self._work, ())
 
     def _work(self) -> None:
-        get = self._queue.get
+        get, lock = self._queue.get, self._lock
         while True:
-            item = get()
-            if item is None:
-                return
-            fn, args, deliver, context = item
+            fn, args, deliver, context = get()
             try:
                 result = context.run(fn, *args)
             except BaseException as exc:  # noqa: BLE001 - delivered as data
+                with lock:
+                    self._idle += 1
                 deliver(None, exc)
                 continue
+            with lock:  # idle before delivering: the next task may be dispatched at once
+                self._idle += 1
             deliver(result, None)
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
@@ -87,12 +100,19 @@ class WorkerPool(Executor):
         return future
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        self._shutdown = True
-        for _ in self._threads:
-            self._queue.put(None)
-        if wait:
-            for thread in self._threads:
-                thread.join()
+        """The shared pool outlives runs; its idle threads cost nothing."""
+
+
+_default_pool: WorkerPool | None = None
+_default_lock = _thread.allocate_lock()
+
+
+def default_pool() -> WorkerPool:
+    global _default_pool
+    with _default_lock:
+        if _default_pool is None:
+            _default_pool = WorkerPool()
+        return _default_pool
 
 
 def dispatch(executor: Executor, fn: Callable[..., Any], args: tuple, deliver: Deliver) -> None:
@@ -137,7 +157,7 @@ def submit_with_context(executor: Executor, fn: Callable[..., Any], *args: Any) 
 
 def make_executor(kind: str, max_workers: int) -> Executor:
     if kind == "threads":
-        return WorkerPool(max_workers)
+        return default_pool()
     if kind == "sync":
         return SynchronousExecutor()
     if kind.startswith("dask"):

@@ -77,6 +77,7 @@ class Runner:
                 self._steps[sid] = old
         self._configs: dict[str, dict[str, Any]] = {}
         self._conditioned: set[str] = set()
+        self._jobs: dict[str, AttemptJob] = {}
         self._critical: tuple[str, str] | None = None  # (step id, error)
 
     # -- public ---------------------------------------------------------------
@@ -92,21 +93,15 @@ class Runner:
         started = time.time()
         self._emit(RunStarted(self.run_id, self.plan.name, self.plan.version, str(self.workspace["id"]),
                               len(self.plan.order), self.max_workers, started, self.plan, self.workspace))
-        own_executor = self.executor is None
         executor = self.executor or make_executor("threads", self.max_workers)
-        try:
-            while True:
-                try:
-                    self._loop(executor)
-                    break
-                except KeyboardInterrupt:
-                    self.cancel("interrupted")
-            if (self._critical and self._cancel_reason is None
-                    and self.plan.global_config.rollback_on_failure):
-                self._rollback(executor)
-        finally:
-            if own_executor:
-                executor.shutdown(wait=self._abandoned == 0, cancel_futures=True)
+        while True:
+            try:
+                self._loop(executor)
+                break
+            except KeyboardInterrupt:
+                self.cancel("interrupted")
+        if self._critical and self._cancel_reason is None and self.plan.global_config.rollback_on_failure:
+            self._rollback(executor)
         result = self._result(started)
         self._emit(RunFinished(self.run_id, result, time.time()))
         return result
@@ -148,29 +143,38 @@ class Runner:
             wake = deadlines[0][0] if wake is None else min(wake, deadlines[0][0])
         return None if wake is None else max(0.0, wake - now)
 
-    def _job(self, sid: str, attempt: int, *, evaluate_condition: bool) -> AttemptJob:
-        step = self.plan.steps[sid]
-        steps = {r: {"status": self.state.status[r].value, "result": self._steps[r].result}
-                 for r in step.step_refs} if step.step_refs else _NO_STEPS
-        return AttemptJob(step=step, attempt=attempt, handlers=self.plan.handlers[step.action.name],
-                          workspace=self.workspace, variables=self.variables, env=self.env, steps=steps,
-                          home=self.home, cancel=self.cancel_token, evaluate_condition=evaluate_condition)
+    def _job(self, sid: str) -> AttemptJob:
+        job = self._jobs.get(sid)
+        if job is None:
+            step = self.plan.steps[sid]
+            job = self._jobs[sid] = AttemptJob(step, self.plan.handlers[step.action.name], self.workspace,
+                                               self.variables, self.env, self.home, self.cancel_token)
+        return job
+
+    def _upstream(self, sid: str) -> Mapping[str, Any]:
+        """Results of the upstream steps ``sid`` reads (``steps.<id>``)."""
+        refs = self.plan.steps[sid].step_refs
+        if not refs:
+            return _NO_STEPS
+        return {r: {"status": self.state.status[r].value, "result": self._steps[r].result} for r in refs}
 
     def _submit(self, executor: Executor, sid: str, attempt: int, now: float) -> None:
-        step = self.plan.steps[sid]
+        job = self._job(sid)
         key = (sid, attempt)
-        deadline = now + step.timeout_seconds + DEADLINE_GRACE_SECONDS
+        deadline = now + job.step.timeout_seconds + DEADLINE_GRACE_SECONDS
         self._inflight[key] = deadline
         heapq.heappush(self._deadlines, (deadline, key))
         if self.observers:
+            step = job.step
             self._emit(StepStarted(self.run_id, sid, attempt, step.retry.max_attempts, step.display_name,
                                    time.time()))
         # The condition is evaluated once, when the step first becomes ready in this run.
         first = sid not in self._conditioned
-        self._conditioned.add(sid)
-        job = self._job(sid, attempt, evaluate_condition=first)
+        if first:
+            self._conditioned.add(sid)
         put = self._queue.put
-        dispatch(executor, run_attempt, (job,), lambda outcome, error: put((key, outcome, error)))
+        dispatch(executor, run_attempt, (job, attempt, self._upstream(sid), first),
+                 lambda outcome, error: put((key, outcome, error)))
 
     def _handle(self, item: Any) -> None:
         if item is _WAKE:
@@ -202,7 +206,8 @@ class Runner:
         record.attempts = outcome.attempt
         record.duration_seconds = (record.duration_seconds or 0.0) + outcome.duration
         record.exit_code = outcome.exit_code
-        record.stdout, record.stderr = bounded(outcome.stdout), bounded(outcome.stderr)
+        if outcome.stdout or outcome.stderr:
+            record.stdout, record.stderr = bounded(outcome.stdout), bounded(outcome.stderr)
         if outcome.config is not None:
             self._configs[sid] = outcome.config
         if self.observers:
@@ -260,9 +265,8 @@ class Runner:
             step = self.plan.steps[sid]
             if self.plan.handlers[step.action.name].rollback is None:
                 continue
-            job = self._job(sid, self.state.attempts[sid], evaluate_condition=False)
-            future = submit_with_context(executor, run_rollback, job, self._steps[sid].result,
-                                         self._configs.get(sid))
+            future = submit_with_context(executor, run_rollback, self._job(sid), self.state.attempts[sid],
+                                         self._upstream(sid), self._steps[sid].result, self._configs.get(sid))
             outcome = future.result()
             record = self._steps[sid]
             if outcome.status is StepStatus.completed and outcome.data.get("nothing_to_undo"):

@@ -9,8 +9,9 @@ threads, no database and no clock: ``now`` is always passed in.
 Invariants:
 
 - a step is *ready* when every predecessor is completed or skipped; ready
-  steps wait in a heap ordered by (longest remaining critical path first,
-  then sequence_order, then plan order), so dispatch is deterministic;
+  steps wait in a heap of their dispatch rank (longest remaining critical
+  path first, then sequence_order, then plan order; ranked once at compile
+  time), so dispatch is deterministic;
 - at most ``max_workers`` steps run; a ready step whose conflicting step is
   running, or whose lock is at capacity, stays in the heap (it does not
   block the steps behind it);
@@ -25,6 +26,7 @@ from __future__ import annotations
 import heapq
 import random
 from dataclasses import dataclass, field
+from typing import Mapping
 
 from .outcome import StepStatus
 from .spec import Plan
@@ -61,11 +63,12 @@ class RunState:
     completion_order: list[str] = field(init=False)
     halted: str | None = field(init=False, default=None)
     _unmet: dict[str, int] = field(init=False)
-    _ready: list[tuple[float, int, int, str]] = field(init=False)
+    _ready: list[int] = field(init=False)  # dispatch ranks
     _retry: list[tuple[float, int, str]] = field(init=False)
     _running: set[str] = field(init=False)
     _held: dict[str, int] = field(init=False)
-    _rank: dict[str, int] = field(init=False)
+    _rank: Mapping[str, int] = field(init=False)
+    _constrained: frozenset[str] = field(init=False)  # steps with conflicts or locks
 
     def __post_init__(self) -> None:
         if self.max_workers < 1:
@@ -75,7 +78,8 @@ class RunState:
         self.attempts = dict.fromkeys(plan.order, 0)
         self.skip_reason = {}
         self.completion_order = []
-        self._rank = {sid: i for i, sid in enumerate(plan.order)}
+        self._rank = plan.dispatch_rank
+        self._constrained = frozenset(sid for sid in plan.order if plan.conflicts[sid] or plan.steps[sid].locks)
         self._unmet = {sid: len(plan.predecessors[sid]) for sid in plan.order}
         self._ready = []
         self._retry = []
@@ -139,20 +143,23 @@ class RunState:
             return []
         launched: list[tuple[str, int]] = []
         blocked = []
-        while self._ready and len(self._running) < self.max_workers:
-            item = heapq.heappop(self._ready)
-            sid = item[3]
-            if self._blocked(sid):
-                blocked.append(item)
-                continue
-            self._running.add(sid)
-            for lock in self.plan.steps[sid].locks:
-                self._held[lock.name] += 1
-            self.attempts[sid] += 1
-            self.status[sid] = StepStatus.running
-            launched.append((sid, self.attempts[sid]))
-        for item in blocked:
-            heapq.heappush(self._ready, item)
+        ready, running, attempts, status = self._ready, self._running, self.attempts, self.status
+        names, constrained, pop = self.plan.dispatch_order, self._constrained, heapq.heappop
+        while ready and len(running) < self.max_workers:
+            rank = pop(ready)
+            sid = names[rank]
+            if sid in constrained:
+                if self._blocked(sid):
+                    blocked.append(rank)
+                    continue
+                for lock in self.plan.steps[sid].locks:
+                    self._held[lock.name] += 1
+            running.add(sid)
+            attempt = attempts[sid] = attempts[sid] + 1
+            status[sid] = StepStatus.running
+            launched.append((sid, attempt))
+        for rank in blocked:
+            heapq.heappush(ready, rank)
         return launched
 
     def _blocked(self, sid: str) -> bool:
@@ -167,20 +174,21 @@ class RunState:
         return False
 
     def _push_ready(self, sid: str) -> None:
-        step = self.plan.steps[sid]
-        heapq.heappush(self._ready, (-self.plan.priority[sid], step.sequence_order, self._rank[sid], sid))
+        heapq.heappush(self._ready, self._rank[sid])
 
     def _release(self, sid: str) -> None:
         self._running.discard(sid)
-        for lock in self.plan.steps[sid].locks:
-            self._held[lock.name] -= 1
+        if sid in self._constrained:
+            for lock in self.plan.steps[sid].locks:
+                self._held[lock.name] -= 1
 
     def _satisfy(self, sid: str) -> None:
-        unmet = self._unmet
+        unmet, status, ready, rank = self._unmet, self.status, self._ready, self._rank
+        pending = StepStatus.pending
         for succ in self.plan.successors[sid]:
-            unmet[succ] -= 1
-            if unmet[succ] == 0 and self.status[succ] is StepStatus.pending:
-                self._push_ready(succ)
+            left = unmet[succ] = unmet[succ] - 1
+            if left == 0 and status[succ] is pending:
+                heapq.heappush(ready, rank[succ])
 
     # -- outcomes -------------------------------------------------------------
 
@@ -226,7 +234,7 @@ class RunState:
     def _drop_from_queues(self, sids: set[str]) -> None:
         if not sids:
             return
-        self._ready = [i for i in self._ready if i[3] not in sids]
+        self._ready = [r for r in self._ready if self.plan.dispatch_order[r] not in sids]
         heapq.heapify(self._ready)
         self._retry = [i for i in self._retry if i[2] not in sids]
         heapq.heapify(self._retry)

@@ -155,6 +155,10 @@ class Plan:
     conflicts: Mapping[str, frozenset[str]]
     lock_capacity: Mapping[str, int]
     priority: Mapping[str, float]
+    # Steps sorted by dispatch preference (longest remaining path, then
+    # sequence_order, then plan order): the scheduler's heap holds ranks.
+    dispatch_order: tuple[str, ...]
+    dispatch_rank: Mapping[str, int]
     global_config: GlobalConfig
     variables: Mapping[str, Any]
     handlers: Mapping[str, Any]  # action name -> handler_types.ActionHandlers
