@@ -24,6 +24,7 @@ Pipeline (every stage collects problems; nothing runs unless all pass):
 from __future__ import annotations
 
 import difflib
+import copy
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -105,34 +106,83 @@ def _inheritance_chain(doc: dict[str, Any], origin: str, base_dir: Path | None,
     return chain
 
 
-def _step_key_matches(step: Mapping[str, Any], other: Mapping[str, Any]) -> bool:
-    if step.get("id") and other.get("id"):
-        return step["id"] == other["id"]
-    return step.get("sequence_order") == other.get("sequence_order")
+class _StepIndex:
+    """Inherited steps in order, found by id or sequence_order in O(1).
+
+    A child step matches the base step with the same id when both have one,
+    otherwise the base step with the same sequence_order.
+    """
+
+    def __init__(self) -> None:
+        self.steps: dict[int, dict[str, Any]] = {}  # insertion-ordered by token
+        self.by_id: dict[str, int] = {}
+        self.by_seq: dict[int, int] = {}
+        self.next_token = 0
+
+    def find(self, raw: Mapping[str, Any], before: int) -> int | None:
+        """The step ``raw`` overrides, among those added before token ``before``."""
+        if raw.get("id") and raw["id"] in self.by_id:
+            token = self.by_id[raw["id"]]
+            return token if token < before else None
+        token = self.by_seq.get(raw.get("sequence_order"))
+        if token is None or token >= before or (raw.get("id") and self.steps[token].get("id")):
+            return None  # not inherited, or both have ids and they differ
+        return token
+
+    def _index(self, token: int, step: dict[str, Any]) -> None:
+        if step.get("id"):
+            self.by_id[step["id"]] = token
+        self.by_seq[step["sequence_order"]] = token
+
+    def _unindex(self, token: int) -> None:
+        step = self.steps[token]
+        if self.by_id.get(step.get("id")) == token:
+            del self.by_id[step["id"]]
+        if self.by_seq.get(step["sequence_order"]) == token:
+            del self.by_seq[step["sequence_order"]]
+
+    def add(self, step: dict[str, Any]) -> None:
+        token = self.next_token
+        self.next_token += 1
+        self.steps[token] = step
+        self._index(token, step)
+
+    def replace(self, token: int, step: dict[str, Any]) -> None:
+        self._unindex(token)
+        self.steps[token] = step
+        self._index(token, step)
+
+    def remove(self, token: int) -> None:
+        self._unindex(token)
+        del self.steps[token]
 
 
 def _merge_chain(chain: list[tuple[dict[str, Any], str]], name: str) -> dict[str, Any]:
-    steps: list[dict[str, Any]] = []
+    index = _StepIndex()
     global_config: dict[str, Any] = {}
     variables: dict[str, Any] = {}
     for doc, origin in chain:
         global_config = deep_merge(global_config, doc.get("global_config") or {})
         variables = deep_merge(variables, doc.get("vars") or {})
+        boundary = index.next_token
         for raw in doc.get("actions") or []:
-            index = next((i for i, s in enumerate(steps) if _step_key_matches(raw, s)), None)
+            # A template's own steps never override each other (duplicates
+            # are reported later); only inherited ones can be matched.
+            token = index.find(raw, boundary)
             if raw.get("remove"):
-                if index is None:
+                if token is None:
                     raise TemplateError(Problem(str(doc.get("name", origin)), "remove: no inherited step to remove",
                                                 step=str(raw.get("id") or raw["sequence_order"])))
-                del steps[index]
-            elif index is None:
-                steps.append(dict(raw))
+                index.remove(token)
+            elif token is None:
+                index.add(dict(raw))
             else:
-                base = steps[index]
+                base = index.steps[token]
                 if raw.get("action_name") and raw["action_name"] != base.get("action_name"):
-                    steps[index] = dict(raw)  # a different action replaces the step outright
+                    index.replace(token, dict(raw))  # a different action replaces the step outright
                 else:
-                    steps[index] = deep_merge(base, raw)
+                    index.replace(token, deep_merge(base, raw))
+    steps = list(index.steps.values())
     top = chain[-1][0]
     return {
         "name": name,
@@ -156,12 +206,24 @@ def _shell_fields(schema: Mapping[str, Any]) -> frozenset[str]:
     return frozenset(k for k, v in props.items() if isinstance(v, Mapping) and v.get("x-dagrun-format") == "shell")
 
 
+_validators: dict[int, tuple[Mapping[str, Any], Any]] = {}
+
+
+def _config_validator(schema: Mapping[str, Any]) -> Any:
+    """One validator per action schema object (they live as long as the library)."""
+    entry = _validators.get(id(schema))
+    if entry is None or entry[0] is not schema:
+        plain = copy.deepcopy(dict(schema))  # the top level is a read-only proxy
+        entry = _validators[id(schema)] = (schema, jsonschema.validators.validator_for(plain)(plain))
+    return entry[1]
+
+
 def config_problems(config: Mapping[str, Any], schema: Mapping[str, Any], *, allow_templates: bool) -> list[tuple[str, str]]:
     """``(field, message)`` for each schema violation. With ``allow_templates``,
     a violation by a string still holding ``{{ }}`` is deferred to run time."""
     if not schema:
         return []
-    validator = jsonschema.validators.validator_for(schema)(schema)
+    validator = _config_validator(schema)
     found = []
     for error in validator.iter_errors(dict(config)):
         if allow_templates and expressions.has_template(error.instance):
@@ -215,7 +277,8 @@ class _Compiler:
         return Plan(
             name=self.name, version=self.doc["version"], description=self.doc["description"],
             steps=frozen_mapping(specs), order=order,
-            predecessors=frozen_mapping({n: tuple(sorted(graph.predecessors(n), key=order.index)) for n in order}),
+            predecessors=frozen_mapping({n: tuple(sorted(graph.predecessors(n), key=position.__getitem__))
+                                         for n in order}),
             successors=frozen_mapping({n: tuple(graph.successors(n)) for n in order}),
             conflicts=frozen_mapping(conflicts), lock_capacity=frozen_mapping(capacity),
             priority=frozen_mapping(priority), dispatch_order=dispatch_order,
@@ -324,6 +387,8 @@ class _Compiler:
                     graph.add_edge(a, b)
 
     def _reject_cycles(self, graph: nx.DiGraph, bound: list[dict[str, Any]]) -> None:
+        if nx.is_directed_acyclic_graph(graph):  # O(V + E); find_cycle is far slower on big DAGs
+            return
         try:
             cycle = nx.find_cycle(graph)
         except nx.NetworkXNoCycle:

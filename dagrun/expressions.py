@@ -189,7 +189,8 @@ class Reference:
     attr: str | None  # first attribute or constant key below the root, if any
 
 
-def references(source: str, *, condition: bool = False) -> set[Reference]:
+@functools.lru_cache(maxsize=4096)
+def references(source: str, *, condition: bool = False) -> frozenset[Reference]:
     """Names (and first attributes) used by a template string or condition."""
     text = "{{ " + translate_condition(source) + " }}" if condition else source
     ast = PLAIN.parse(text)
@@ -204,7 +205,7 @@ def references(source: str, *, condition: bool = False) -> set[Reference]:
         elif isinstance(node, nodes.Const) and has_template(node.value):
             found |= references(node.value)  # file_exists('~/{{ workspace.x }}')
     assigned = {n.name for n in ast.find_all(nodes.Name) if n.ctx in ("store", "param")}
-    return {r for r in found if r.root not in assigned}
+    return frozenset(r for r in found if r.root not in assigned)
 
 
 def _walk(node: nodes.Node) -> Iterator[nodes.Node]:

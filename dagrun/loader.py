@@ -76,11 +76,24 @@ def load_schema(name: str) -> dict[str, Any]:
     return json.loads((package_dir("schema") / f"{name}.schema.json").read_text())
 
 
+def _inline_refs(node: Any, defs: Mapping[str, Any]) -> Any:
+    """Replace local ``{"$ref": "#/$defs/x"}`` by the definition: resolving
+    references costs jsonschema more than the checks themselves."""
+    if isinstance(node, dict):
+        ref = node.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/$defs/") and len(node) == 1:
+            return _inline_refs(defs[ref[len("#/$defs/"):]], defs)
+        return {k: _inline_refs(v, defs) for k, v in node.items() if k != "$defs"}
+    if isinstance(node, list):
+        return [_inline_refs(v, defs) for v in node]
+    return node
+
+
 @functools.cache
 def _validator(name: str) -> jsonschema.protocols.Validator:
     schema = load_schema(name)
     cls = jsonschema.validators.validator_for(schema)
-    return cls(schema)
+    return cls(_inline_refs(schema, schema.get("$defs", {})))
 
 
 def field_path(parts: Iterable[Any]) -> str:
