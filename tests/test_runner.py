@@ -275,3 +275,27 @@ def test_interpolated_config_is_validated_at_run_time(workspace):
     assert result.steps["typed"].status is StepStatus.failed
     assert "invalid config after interpolation: port: 'alice' is not of type 'integer'" in result.steps["typed"].error
     assert result.steps["typed"].attempts == 1
+
+
+def test_any_executor_with_submit_works(workspace):
+    """An executor dagrun does not know (like a Dask client's) goes through
+    futures and done-callbacks."""
+    from concurrent.futures import Executor, ThreadPoolExecutor
+
+    class Foreign(Executor):
+        def __init__(self):
+            self.pool = ThreadPoolExecutor(2)
+            self.submitted = 0
+
+        def submit(self, fn, /, *args, **kwargs):
+            self.submitted += 1
+            return self.pool.submit(fn, *args, **kwargs)
+
+    foreign = Foreign()
+    acts = [action("fail", "tests.helpers:boom")]
+    result = run(template(script_step(10, "echo one", id="one"), script_step(20, "echo two", id="two"),
+                          step(30, "fail", id="bad", skip_on_error=True)),
+                 workspace, actions=acts, executor=foreign)
+    foreign.pool.shutdown()
+    assert foreign.submitted == 3
+    assert result.steps["two"].stdout == "two\n" and result.steps["bad"].error == "RuntimeError: boom"

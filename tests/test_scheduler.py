@@ -182,3 +182,15 @@ def test_dispatch_is_deterministic():
         runs.append(order)
     assert runs[0] == runs[1] == runs[2]
     assert len(runs[0]) == 29
+
+
+def test_retry_delay_policy_backoff_cap_and_jitter():
+    import random
+
+    from dagrun.spec import RetryPolicy
+    policy = RetryPolicy(max_attempts=6, delay_seconds=5, exponential_backoff=True, max_delay_seconds=30)
+    assert [policy.delay_after(n) for n in range(1, 6)] == [5, 10, 20, 30, 30]
+    assert RetryPolicy(delay_seconds=5, exponential_backoff=False).delay_after(4) == 5
+    jittered = RetryPolicy(delay_seconds=8, jitter=True)
+    delays = [jittered.delay_after(2, random.Random(1)) for _ in range(3)]
+    assert delays[0] == delays[1] == delays[2] and 0 <= delays[0] <= 16  # seeded: reproducible
