@@ -11,6 +11,8 @@ retryable.
 
 from __future__ import annotations
 
+import os
+import shutil
 import time
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -37,6 +39,7 @@ class AttemptJob:
     env: Mapping[str, str]
     home: str | None
     cancel: CancelToken
+    sudo: tuple[str, ...] = ()  # prefix for privileged commands ("sudo", "-n") when not root
 
 
 def _context(job: AttemptJob, config: Mapping[str, Any], steps: Mapping[str, Any]) -> dict[str, Any]:
@@ -60,6 +63,14 @@ def _from_handler(job: AttemptJob, attempt: int, result: HandlerResult, started:
                     config=config, timed_out=result.timed_out)
 
 
+def check_disk_space(home: str | None, required_mb: int) -> None:
+    """Refuse a step whose action needs more free space than there is."""
+    where = home if home and os.path.isdir(home) else os.getcwd()
+    free_mb = shutil.disk_usage(where).free // (1024 * 1024)
+    if free_mb < required_mb:
+        raise PermanentError(f"needs {required_mb} MB free on {where}, only {free_mb} MB available")
+
+
 def run_attempt(job: AttemptJob, attempt: int, steps: Mapping[str, Any], evaluate_condition: bool) -> Outcome:
     """Attempt ``attempt`` of the job's step; ``steps`` holds the results of
     the upstream steps it reads."""
@@ -77,8 +88,10 @@ def run_attempt(job: AttemptJob, attempt: int, steps: Mapping[str, Any], evaluat
             if problems:
                 raise PermanentError("invalid config after interpolation: "
                                      + "; ".join(f"{f}: {m}" for f, m in problems))
+        if step.action.disk_space_required_mb:
+            check_disk_space(job.home, step.action.disk_space_required_mb)
         ctx = StepContext(step.id, step.action, config, job.workspace, job.variables, steps, job.env, job.home,
-                          attempt, step.timeout_seconds, job.cancel)
+                          attempt, step.timeout_seconds, job.cancel, sudo=job.sudo)
         validate = job.handlers.validate
         if step.check_first and validate is not None:
             check = validate(ctx)
@@ -113,7 +126,7 @@ def run_rollback(job: AttemptJob, attempt: int, steps: Mapping[str, Any], result
     cfg = dict(config if config is not None else step.config)
     try:
         ctx = StepContext(step.id, step.action, cfg, job.workspace, job.variables, steps, job.env, job.home,
-                          attempt, step.timeout_seconds, job.cancel, result=result)
+                          attempt, step.timeout_seconds, job.cancel, result=result, sudo=job.sudo)
         assert job.handlers.rollback is not None
         return _from_handler(job, attempt, job.handlers.rollback(ctx), started, t0, cfg)
     except Exception as exc:

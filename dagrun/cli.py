@@ -79,7 +79,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         result = run_template(args.template, workspace, database_url=url, max_workers=args.workers,
                               variables=variables, actions=args.actions, observers=[Progress(console)],
-                              runner_hook=lambda r: holder.update(runner=r))
+                              runner_hook=lambda r: holder.update(runner=r), allow_sudo=args.allow_sudo)
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
@@ -176,6 +176,23 @@ def cmd_graph(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_migrate_legacy(args: argparse.Namespace) -> int:
+    from .compiler import compile_template
+    from .legacy import convert, is_legacy
+    source = Path(args.file)
+    doc = read_document(source)
+    if not is_legacy(doc):
+        raise InputError(f"{source} is not a legacy monolithic config (it has no legacy keys, or has actions)")
+    template = convert(doc, name=args.name)
+    compile_template(template, actions=args.actions)  # the result must validate
+    output = Path(args.output) if args.output else source.with_name(source.stem + ".template.yaml")
+    if output.exists() and not args.force:
+        raise InputError(f"{output} exists (use --force to overwrite)")
+    output.write_text(yaml.safe_dump(template, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    print(f"wrote {output}: {len(template['actions'])} steps")
+    return 0
+
+
 def cmd_actions(args: argparse.Namespace) -> int:
     from .api import list_actions
     library = list_actions(args.actions)
@@ -207,6 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--home", metavar="DIR", help="workspace home directory (default ./dagrun-workspaces/ID)")
     run.add_argument("--workers", type=int, metavar="N", help="maximum steps running at once")
     run.add_argument("--db", metavar="URL", help="SQLAlchemy database URL (default: SQLite file, or $DAGRUN_DATABASE_URL)")
+    run.add_argument("--allow-sudo", action="store_true", help="let root-only actions use sudo -n when not root")
     run.add_argument("--json", action="store_true", help="print the result as JSON")
     run.set_defaults(func=cmd_run)
 
@@ -226,6 +244,14 @@ def build_parser() -> argparse.ArgumentParser:
     graph.add_argument("--format", choices=("dot", "mermaid", "svg", "png"), default="dot")
     graph.add_argument("-o", "--output", metavar="FILE")
     graph.set_defaults(func=cmd_graph)
+
+    migrate = sub.add_parser("migrate-legacy", help="convert a monolithic legacy config to a template")
+    migrate.add_argument("file")
+    migrate.add_argument("-o", "--output", metavar="FILE", help="default: FILE.template.yaml beside it")
+    migrate.add_argument("--name", help="template name (default: the config's name)")
+    migrate.add_argument("--force", action="store_true", help="overwrite the output")
+    migrate.add_argument("--actions", action="append", metavar="PATH")
+    migrate.set_defaults(func=cmd_migrate_legacy)
 
     actions = sub.add_parser("actions", help="list the action library")
     actions.add_argument("--actions", action="append", metavar="PATH")

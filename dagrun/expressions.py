@@ -236,6 +236,11 @@ def render_string(source: str, context: Mapping[str, Any], *, shell: bool = Fals
     return _template(source, shell).render(context)
 
 
+def render_text(source: str, context: Mapping[str, Any], *, shell: bool = False) -> str:
+    """Render a whole document (a file template): always text."""
+    return _template(source, shell).render(context)
+
+
 def render_value(value: Any, context: Mapping[str, Any], *, shell_fields: frozenset[str] = frozenset(),
                  _top: bool = True) -> Any:
     """Render every template string inside a config structure.

@@ -35,7 +35,7 @@ import yaml
 from . import expressions
 from .errors import PermanentError
 from .outcome import HandlerResult
-from .shell import CancelToken, run_script
+from .shell import CancelToken, run_command, run_script
 from .spec import ActionSpec
 from .util import deep_merge
 
@@ -56,6 +56,7 @@ class StepContext:
     timeout: float | None
     cancel: CancelToken
     result: dict[str, Any] = field(default_factory=dict)  # execute's result, for validate / rollback
+    sudo: tuple[str, ...] = ()  # prefix privileged commands with this (empty when root)
 
     def template_context(self) -> dict[str, Any]:
         return expressions.build_context(workspace=self.workspace, config=self.config, variables=self.variables,
@@ -80,12 +81,27 @@ class StepContext:
 
     def run_shell(self, script: str, *, cwd: str | None = None, env: Mapping[str, str] | None = None) -> HandlerResult:
         """Run script text that is already final (no templating)."""
+        cwd = self._cwd(cwd)
+        result = run_script(script, env={**self.process_env(), **(env or {})}, cwd=cwd,
+                            timeout=self.timeout, cancel=self.cancel)
+        return self._result(result)
+
+    def run(self, argv: list[str], *, cwd: str | None = None, env: Mapping[str, str] | None = None,
+            input: bytes | None = None) -> HandlerResult:
+        """Run one program (no shell: arguments are never parsed as code)."""
+        result = run_command([str(a) for a in argv], env={**self.process_env(), **(env or {})},
+                             cwd=self._cwd(cwd), timeout=self.timeout, cancel=self.cancel, input=input)
+        return self._result(result)
+
+    def _cwd(self, cwd: str | None) -> str | None:
         if cwd:
             cwd = self.path(cwd)
             if not os.path.isdir(cwd):
                 raise PermanentError(f"working directory {cwd} does not exist")
-        result = run_script(script, env={**self.process_env(), **(env or {})}, cwd=cwd or self.home,
-                            timeout=self.timeout, cancel=self.cancel)
+            return cwd
+        return self.home if self.home and os.path.isdir(self.home) else None
+
+    def _result(self, result: Any) -> HandlerResult:
         error = None
         if result.timed_out:
             error = f"timed out after {self.timeout:g} s"
@@ -176,7 +192,7 @@ def build_template_copy(action: ActionSpec, text: str) -> Handler:
         if not target_text:
             raise PermanentError("template_copy needs config.target_path")
         target = Path(ctx.path(str(target_text)))
-        rendered = expressions._template(source, False).render(ctx.template_context())
+        rendered = expressions.render_text(source, ctx.template_context())
         existed = target.exists()
         if ctx.config.get("merge") and existed and target.suffix in (".json", ".yaml", ".yml"):
             rendered = _merge_document(target, rendered)

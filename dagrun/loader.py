@@ -257,7 +257,15 @@ class TemplateSource:
                         continue
 
     def open(self, ref: Any) -> tuple[dict[str, Any], str, Path | None]:
-        """Resolve what a user passed: a dict, a path, or a template name."""
+        """Resolve what a user passed: a dict, a path, or a template name.
+        A legacy monolithic config is converted on the fly."""
+        from .legacy import convert, is_legacy
+        doc, origin, base_dir = self._open(ref)
+        if is_legacy(doc):
+            doc = convert(doc)
+        return doc, origin, base_dir
+
+    def _open(self, ref: Any) -> tuple[dict[str, Any], str, Path | None]:
         if isinstance(ref, Mapping):
             return dict(ref), ref.get("name", "<dict>"), None
         path = Path(ref)
@@ -266,7 +274,7 @@ class TemplateSource:
                 raise InputError(f"template file {path} does not exist")
             return read_document(path), str(path), path.parent.resolve()
         seeds = package_dir("seeds") / "templates"
-        for suffix in (".yaml", ".yml", ".json"):
+        for suffix in (".yaml", ".yml", ".json"):  # by file name first: dagrun run demo
             if (seeds / f"{ref}{suffix}").exists():
                 p = seeds / f"{ref}{suffix}"
                 return read_document(p), str(p), seeds

@@ -51,7 +51,7 @@ class Runner:
                  variables: Mapping[str, Any] | None = None, max_workers: int | None = None,
                  executor: Executor | None = None, observers: Iterable[Observer] = (),
                  env: Mapping[str, str] | None = None, state: RunState | None = None,
-                 previous: Mapping[str, StepResult] | None = None):
+                 previous: Mapping[str, StepResult] | None = None, sudo: tuple[str, ...] = ()):
         self.plan = plan
         self.workspace = workspace
         self.run_id = run_id or uuid.uuid4().hex
@@ -61,6 +61,7 @@ class Runner:
         self.observers = list(observers)
         self.env = dict(os.environ if env is None else env)
         self.home = workspace.get("home_dir")
+        self.sudo = tuple(sudo)
         self.state = state or RunState(plan, self.max_workers)
         self.cancel_token = CancelToken()
         self._cancel_reason: str | None = None
@@ -148,7 +149,7 @@ class Runner:
         if job is None:
             step = self.plan.steps[sid]
             job = self._jobs[sid] = AttemptJob(step, self.plan.handlers[step.action.name], self.workspace,
-                                               self.variables, self.env, self.home, self.cancel_token)
+                                               self.variables, self.env, self.home, self.cancel_token, self.sudo)
         return job
 
     def _upstream(self, sid: str) -> Mapping[str, Any]:

@@ -87,40 +87,47 @@ def run_script(script: str, *, env: dict[str, str], cwd: str | None = None, time
         with open(script_path, "w", encoding="utf-8") as fh:
             fh.write(script)
         open(output_path, "w").close()
-        env = {**env, "DAGRUN_OUTPUT": output_path}
-        proc = subprocess.Popen(
-            ["bash", "--noprofile", "--norc", "-eo", "pipefail", script_path],
-            cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            start_new_session=True,
-        )
-        if cancel is not None:
-            cancel.register(proc)
-        timed_out = False
-        try:
-            try:
-                out, err = proc.communicate(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                timed_out = True
-                kill_group(proc)
-                try:
-                    out, err = proc.communicate(timeout=5)
-                except subprocess.TimeoutExpired:  # a grandchild left the group and holds the pipes
-                    proc.kill()
-                    out, err = b"", b"(output lost: a process outside the group kept the pipes open)"
-        finally:
-            if cancel is not None:
-                cancel.unregister(proc)
+        result = run_command(["bash", "--noprofile", "--norc", "-eo", "pipefail", script_path],
+                             env={**env, "DAGRUN_OUTPUT": output_path}, cwd=cwd, timeout=timeout, cancel=cancel)
         outputs = {}
         with open(output_path, encoding="utf-8", errors="replace") as fh:
             for line in fh:
                 key, sep, value = line.rstrip("\n").partition("=")
                 if sep and key:
                     outputs[key.strip()] = value
+    result.outputs = outputs
+    return result
+
+
+def run_command(argv: list[str], *, env: dict[str, str], cwd: str | None = None, timeout: float | None = None,
+                cancel: CancelToken | None = None, input: bytes | None = None) -> ShellResult:
+    """Run one program (no shell) in its own process group, with a timeout."""
+    try:
+        proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    except FileNotFoundError:
+        return ShellResult(exit_code=127, stdout="", stderr=f"{argv[0]}: command not found")
+    if cancel is not None:
+        cancel.register(proc)
+    timed_out = False
+    try:
+        try:
+            out, err = proc.communicate(input=input, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            kill_group(proc)
+            try:
+                out, err = proc.communicate(timeout=5)
+            except subprocess.TimeoutExpired:  # a grandchild left the group and holds the pipes
+                proc.kill()
+                out, err = b"", b"(output lost: a process outside the group kept the pipes open)"
+    finally:
+        if cancel is not None:
+            cancel.unregister(proc)
     return ShellResult(
         exit_code=proc.returncode,
         stdout=out.decode("utf-8", errors="replace"),
         stderr=err.decode("utf-8", errors="replace"),
         timed_out=timed_out,
         cancelled=bool(cancel and cancel.cancelled),
-        outputs=outputs,
     )

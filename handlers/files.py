@@ -26,3 +26,29 @@ def remove_created(ctx: StepContext) -> HandlerResult:
     except FileNotFoundError:
         pass
     return HandlerResult(data={"removed": ctx.result["target_path"]})
+
+
+def copy_template(ctx: StepContext) -> HandlerResult:
+    from pathlib import Path
+
+    from jinja2 import TemplateSyntaxError
+
+    from dagrun import expressions
+    from dagrun.errors import PermanentError
+
+    source = Path(ctx.path(str(ctx.config["source"])))
+    if not source.is_file():
+        raise PermanentError(f"template {source} does not exist")
+    target = Path(ctx.path(str(ctx.config["target_path"])))
+    try:
+        rendered = expressions.render_text(source.read_text(encoding="utf-8"), ctx.template_context())
+    except TemplateSyntaxError as exc:
+        raise PermanentError(f"template {source} line {exc.lineno}: {exc.message}") from None
+    existed = target.exists()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.dagrun-tmp")
+    tmp.write_text(rendered, encoding="utf-8")
+    if ctx.config.get("mode"):
+        os.chmod(tmp, int(ctx.config["mode"], 8))
+    os.replace(tmp, target)
+    return HandlerResult(data={"target_path": str(target), "created": not existed})

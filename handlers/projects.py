@@ -1,0 +1,45 @@
+"""Project scaffolding: a Django project made by the venv's django-admin."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+from dagrun.errors import PermanentError
+from dagrun.handler_types import StepContext
+from dagrun.outcome import HandlerResult
+
+from .scripts import NOTHING_TO_UNDO
+
+
+def _directory(ctx: StepContext) -> str:
+    return ctx.path(ctx.config.get("directory") or f"~/{ctx.config['project_name']}")
+
+
+def create_django_project(ctx: StepContext) -> HandlerResult:
+    name, directory = ctx.config["project_name"], _directory(ctx)
+    if os.path.isfile(os.path.join(directory, "manage.py")):
+        return HandlerResult(data={"directory": directory, "created": False})
+    admin = os.path.join(ctx.path(ctx.config["venv_path"]), "bin", "django-admin")
+    if not os.access(admin, os.X_OK):
+        raise PermanentError(f"{admin} does not exist: install Django into the venv first")
+    created = not os.path.exists(directory)
+    os.makedirs(directory, exist_ok=True)
+    result = ctx.run([admin, "startproject", name, directory])
+    if not result.ok and created:
+        shutil.rmtree(directory, ignore_errors=True)
+    result.data = {"directory": directory, "created": created, "project_name": name}
+    return result
+
+
+def validate_django_project(ctx: StepContext) -> HandlerResult:
+    directory = _directory(ctx)
+    python = os.path.join(ctx.path(ctx.config["venv_path"]), "bin", "python")
+    return ctx.run([python, "manage.py", "check"], cwd=directory)
+
+
+def remove_django_project(ctx: StepContext) -> HandlerResult:
+    if not ctx.result.get("created"):
+        return HandlerResult(data=dict(NOTHING_TO_UNDO))
+    shutil.rmtree(ctx.result["directory"], ignore_errors=True)
+    return HandlerResult(data={"removed": ctx.result["directory"]})

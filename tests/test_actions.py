@@ -1,0 +1,360 @@
+"""The standard action library, each against the real thing on this machine:
+dpkg/apt (already-installed packages and apt's simulation, so CI changes
+nothing), useradd, the local PostgreSQL server, real venvs and pip, git
+clones of local bare repositories, VS Code files. The VS Code CLI cannot be
+installed here: a fake `code` script stands in for it (said where used)."""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import subprocess
+import uuid
+import zipfile
+from pathlib import Path
+
+import psycopg2
+import pytest
+
+from dagrun import InputError, run_template
+from dagrun.outcome import StepStatus
+from tests.helpers import action, step, template
+
+
+def run(doc, workspace, **kw):
+    kw.setdefault("record", False)
+    return run_template(doc, workspace, **kw)
+
+
+FAIL = [action("fail", "tests.helpers:boom")]
+
+
+# -- system -------------------------------------------------------------------
+
+def test_packages_already_installed_run_nothing(workspace):
+    result = run(template(step(10, "install_system_packages", action_config={"packages": ["bash", "coreutils"]})),
+                 workspace)
+    data = result.steps["install_system_packages"].result
+    assert result.success, result.error
+    assert data["already_installed"] == ["bash", "coreutils"] and data["installed"] == [] and data["commands"] == []
+
+
+def test_package_install_command_line_in_simulation(workspace):
+    result = run(template(step(10, "install_system_packages",
+                               action_config={"packages": ["bash", "cowsay"], "simulate": True})), workspace)
+    s = result.steps["install_system_packages"]
+    assert s.result["commands"] == [["apt-get", "-y", "-q", "-o", "DPkg::Lock::Timeout=300", "-s", "install",
+                                     "--no-install-recommends", "cowsay"]]
+    known = subprocess.run(["apt-cache", "show", "cowsay"], capture_output=True).returncode == 0
+    if known:  # apt's package lists are present: the simulation succeeds and installs nothing
+        assert result.success and s.result["installed"] == []
+        assert "Inst cowsay" in s.stdout
+        assert subprocess.run(["dpkg-query", "-W", "cowsay"], capture_output=True).returncode != 0
+    else:  # no package lists on this machine: apt's own error comes back
+        assert s.status is StepStatus.failed and "Unable to locate package cowsay" in s.stderr
+
+
+def test_package_steps_share_the_dpkg_lock(workspace):
+    from dagrun import compile_template
+    plan = compile_template(template(step(10, "install_system_packages", id="a", action_config={"packages": ["bash"]}),
+                                     step(20, "install_system_packages", id="b", action_config={"packages": ["git"]})))
+    assert dict(plan.lock_capacity) == {"dpkg": 1}
+    assert plan.predecessors["b"] == ()
+
+
+def test_sudo_actions_are_refused_unless_allowed(workspace, monkeypatch):
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)  # pretend not to be root: the check runs before anything
+    doc = template(step(10, "install_system_packages", action_config={"packages": ["bash"]}))
+    with pytest.raises(InputError, match="steps install_system_packages need root"):
+        run(doc, workspace)
+
+
+def test_disk_space_is_checked_before_the_step_runs(workspace):
+    acts = [action("huge", disk_space_required_mb=10 ** 12)]
+    result = run(template(step(10, "huge")), workspace, actions=acts)
+    assert result.steps["huge"].status is StepStatus.failed
+    assert "needs 1000000000000 MB free" in result.steps["huge"].error
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="useradd needs root (CI runs as root)")
+def test_create_linux_user_with_key_and_rollback(workspace):
+    name = f"dgr{uuid.uuid4().hex[:8]}"
+    key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI test@dagrun"
+    try:
+        doc = template(step(10, "create_linux_user", action_config={"username": name, "ssh_public_key": key}))
+        result = run(doc, workspace)
+        assert result.success, result.error
+        user = pwd.getpwnam(name)
+        keys = Path(user.pw_dir) / ".ssh" / "authorized_keys"
+        assert keys.read_text() == key + "\n" and oct(keys.stat().st_mode)[-3:] == "600"
+        assert keys.stat().st_uid == user.pw_uid
+        # a second run finds the user: nothing created, so a failure afterwards removes nothing
+        doc2 = template(step(10, "create_linux_user", action_config={"username": name}), step(20, "fail", requires=[10]))
+        assert run(doc2, workspace, actions=FAIL).status.value == "failed"
+        assert pwd.getpwnam(name)
+    finally:
+        subprocess.run(["userdel", "--remove", name], capture_output=True)
+    other = f"dgr{uuid.uuid4().hex[:8]}"
+    doc = template(step(10, "create_linux_user", action_config={"username": other}), step(20, "fail", requires=[10]))
+    result = run(doc, workspace, actions=FAIL)
+    assert result.steps["create_linux_user"].status is StepStatus.rolled_back
+    with pytest.raises(KeyError):
+        pwd.getpwnam(other)
+
+
+# -- database -----------------------------------------------------------------
+
+def _exists(conn, query, name):
+    with conn.cursor() as cur:
+        cur.execute(query, (name,))
+        return cur.fetchone() is not None
+
+
+ROLE = "SELECT 1 FROM pg_roles WHERE rolname = %s"
+DB = "SELECT 1 FROM pg_database WHERE datname = %s"
+
+
+@pytest.fixture
+def pg_names(pg_server):
+    names = {"role": f"dagrun_role_{uuid.uuid4().hex[:8]}", "db": f"dagrun_db_{uuid.uuid4().hex[:8]}",
+             "odd_role": f'odd "role"; DROP ROLE x; -- {uuid.uuid4().hex[:6]}'}
+    yield names
+    with pg_server.cursor() as cur:
+        cur.execute(f'DROP DATABASE IF EXISTS "{names["db"]}" WITH (FORCE)')
+        for role in (names["role"], names["odd_role"]):
+            cur.execute('DROP ROLE IF EXISTS "{}"'.format(role.replace('"', '""')))
+
+
+def _pg_template(names, owner_key="role", fail=False):
+    steps = [step(10, "create_postgresql_user", action_config={"username": names[owner_key], "password": "s3cret"}),
+             step(20, "create_postgresql_database",
+                  action_config={"database_name": names["db"], "owner": names[owner_key]})]
+    if fail:
+        steps.append(step(30, "fail", requires=[20]))
+    return template(*steps)
+
+
+def test_postgres_role_and_database_are_created_and_validated(workspace, pg_server, pg_names):
+    result = run(_pg_template(pg_names), workspace)
+    assert result.success, result.error
+    assert _exists(pg_server, ROLE, pg_names["role"]) and _exists(pg_server, DB, pg_names["db"])
+    assert result.steps["create_postgresql_database"].result == {"database": pg_names["db"], "owner": pg_names["role"],
+                                                                 "created": True}
+    with pg_server.cursor() as cur:
+        cur.execute("SELECT pg_encoding_to_char(encoding) FROM pg_database WHERE datname = %s", (pg_names["db"],))
+        assert cur.fetchone()[0] == "UTF8"
+    again = run(_pg_template(pg_names), workspace)  # idempotent: nothing created the second time
+    assert again.success and again.steps["create_postgresql_user"].result["created"] is False
+
+
+def test_postgres_identifiers_are_quoted(workspace, pg_server, pg_names):
+    result = run(_pg_template(pg_names, owner_key="odd_role"), workspace)
+    assert result.success, result.error
+    assert _exists(pg_server, ROLE, pg_names["odd_role"])  # the whole string is one identifier
+
+
+def test_postgres_rollback_drops_what_it_created(workspace, pg_server, pg_names):
+    result = run(_pg_template(pg_names, fail=True), workspace, actions=FAIL)
+    assert result.status.value == "failed"
+    assert result.steps["create_postgresql_database"].status is StepStatus.rolled_back
+    assert result.steps["create_postgresql_user"].status is StepStatus.rolled_back
+    assert not _exists(pg_server, DB, pg_names["db"]) and not _exists(pg_server, ROLE, pg_names["role"])
+
+
+def test_database_needs_the_user_action(workspace):
+    from dagrun import TemplateError
+    with pytest.raises(TemplateError, match="requires action 'create_postgresql_user'"):
+        run(template(step(20, "create_postgresql_database", action_config={"database_name": "x", "owner": "y"})),
+            workspace)
+
+
+# -- environment --------------------------------------------------------------
+
+def make_wheel(directory: Path, name: str = "dagrun_probe", version: str = "1.0") -> Path:
+    """A real (tiny) wheel, written by hand: pip installs it offline."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{name}-{version}-py3-none-any.whl"
+    dist = f"{name}-{version}.dist-info"
+    files = {f"{name}/__init__.py": f"VALUE = {version!r}\n",
+             f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+             f"{dist}/WHEEL": "Wheel-Version: 1.0\nGenerator: dagrun-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    record = "".join(f"{p},,\n" for p in files) + f"{dist}/RECORD,,\n"
+    with zipfile.ZipFile(path, "w") as zf:
+        for p, text in files.items():
+            zf.writestr(p, text)
+        zf.writestr(f"{dist}/RECORD", record)
+    return path
+
+
+def test_venv_and_pip_install_from_a_local_wheel(workspace, home, tmp_path):
+    make_wheel(tmp_path / "wheels")
+    (home / "requirements.txt").write_text("dagrun_probe==1.0\n")
+    doc = template(step(10, "create_python_venv", action_config={"venv_path": "~/env"}),
+                   step(20, "install_pip_requirements", action_config={
+                       "venv_path": "~/env", "requirements_file": "~/requirements.txt",
+                       "find_links": [str(tmp_path / "wheels")], "no_index": True}))
+    result = run(doc, workspace)
+    assert result.success, result.error
+    out = subprocess.run([str(home / "env/bin/python"), "-c", "import dagrun_probe; print(dagrun_probe.VALUE)"],
+                         capture_output=True, text=True)
+    assert out.stdout == "1.0\n"
+    assert result.steps["create_python_venv"].result["created"] is True
+
+
+def test_venv_rollback_removes_only_a_venv_it_created(workspace, home):
+    doc = template(step(10, "create_python_venv", action_config={"venv_path": "~/env", "with_pip": False}),
+                   step(20, "fail", requires=[10]))
+    result = run(doc, workspace, actions=FAIL)
+    assert result.steps["create_python_venv"].status is StepStatus.rolled_back
+    assert not (home / "env").exists()
+
+
+def test_pip_needs_the_venv_action_and_a_missing_file_is_permanent(workspace, home):
+    doc = template(step(10, "create_python_venv", action_config={"venv_path": "~/env", "with_pip": False}),
+                   step(20, "install_pip_requirements", action_config={"venv_path": "~/env",
+                                                                       "requirements_file": "~/nope.txt"},
+                        max_retries=3))
+    result = run(doc, workspace)
+    assert result.steps["install_pip_requirements"].attempts == 1
+    assert result.steps["install_pip_requirements"].error.endswith("nope.txt does not exist")
+
+
+# -- repository ---------------------------------------------------------------
+
+@pytest.fixture
+def bare_repo(tmp_path):
+    """A local bare repository with branches main (3 commits) and dev."""
+    work, bare = tmp_path / "work", tmp_path / "origin.git"
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@x", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@x"}
+    git = lambda *a, cwd=work: subprocess.run(["git", *a], cwd=cwd, env=env, check=True, capture_output=True)  # noqa: E731
+    work.mkdir()
+    git("init", "-q", "-b", "main")
+    for i in range(3):
+        (work / "f.txt").write_text(str(i))
+        git("add", "f.txt")
+        git("commit", "-q", "-m", f"c{i}")
+    git("checkout", "-q", "-b", "dev")
+    (work / "dev.txt").write_text("dev")
+    git("add", "dev.txt")
+    git("commit", "-q", "-m", "dev")
+    git("clone", "-q", "--bare", str(work), str(bare), cwd=tmp_path)
+    return bare
+
+
+def test_clone_branch_and_shallow(workspace, home, bare_repo):
+    doc = template(step(10, "clone_git_repository", id="dev", action_config={
+                       "url": str(bare_repo), "branch": "dev", "target_dir": "~/src/dev"}),
+                   step(20, "clone_git_repository", id="shallow", action_config={
+                       "url": f"file://{bare_repo}", "branch": "main", "target_dir": "~/src/shallow",
+                       "shallow": True}))
+    result = run(doc, workspace)
+    assert result.success, result.error
+    assert (home / "src/dev/dev.txt").read_text() == "dev"
+    count = subprocess.run(["git", "-C", str(home / "src/shallow"), "rev-list", "--count", "HEAD"],
+                           capture_output=True, text=True)
+    assert count.stdout.strip() == "1"
+    assert not (home / "src/shallow/dev.txt").exists()
+    again = run(doc, workspace)  # an existing checkout of the same URL counts as done
+    assert again.success and again.steps["dev"].result["created"] is False
+
+
+def test_clone_rollback_removes_only_what_it_created(workspace, home, bare_repo):
+    (home / "kept").mkdir()
+    subprocess.run(["git", "clone", "-q", "-b", "main", str(bare_repo), str(home / "kept")], check=True)
+    doc = template(step(10, "clone_git_repository", id="new", action_config={"url": str(bare_repo),
+                                                                             "target_dir": "~/new"}),
+                   step(20, "clone_git_repository", id="kept", action_config={"url": str(bare_repo),
+                                                                              "target_dir": "~/kept"}),
+                   step(30, "fail", requires=["new", "kept"]))
+    result = run(doc, workspace, actions=FAIL)
+    assert result.steps["new"].status is StepStatus.rolled_back and not (home / "new").exists()
+    assert result.steps["kept"].status is StepStatus.completed and (home / "kept/.git").is_dir()
+
+
+def test_clone_of_a_missing_branch_fails_at_once(workspace, bare_repo):
+    result = run(template(step(10, "clone_git_repository", action_config={"url": str(bare_repo), "branch": "nope",
+                                                                          "target_dir": "~/x"})), workspace)
+    s = result.steps["clone_git_repository"]
+    assert s.status is StepStatus.failed and s.attempts == 1 and "branch 'nope' does not exist" in s.error
+
+
+def test_private_clone_is_skipped_without_an_ssh_key(workspace, bare_repo):
+    result = run(template(step(10, "clone_git_repository", action_config={"url": str(bare_repo), "private": True})),
+                 workspace)
+    assert result.steps["clone_git_repository"].status is StepStatus.skipped
+
+
+# -- VS Code ------------------------------------------------------------------
+
+def test_launch_and_workspace_files(workspace, home):
+    doc = template(step(10, "create_launch_json", action_config={"configurations": [
+                       {"name": "Run", "type": "debugpy", "request": "launch", "program": "{{ path('~/app.py') }}"}]}),
+                   step(20, "create_workspace_file", action_config={"folders": [{"path": "src"}],
+                                                                     "extensions": ["ms-python.python"]}))
+    result = run(doc, workspace)
+    assert result.success, result.error
+    launch = json.loads((home / ".vscode/launch.json").read_text())
+    assert launch == {"version": "0.2.0", "configurations": [
+        {"name": "Run", "type": "debugpy", "request": "launch", "program": f"{home}/app.py"}]}
+    ws = json.loads((home / "workspace.code-workspace").read_text())
+    assert ws == {"folders": [{"path": "src"}], "settings": {}, "extensions": {"recommendations": ["ms-python.python"]}}
+
+
+FAKE_CODE = """#!/bin/sh
+# FAKE VS Code CLI: the real one cannot be installed on this machine.
+# It keeps the installed extensions in a file and logs every call.
+echo "$@" >> "$(dirname "$0")/calls.log"
+state="$(dirname "$0")/extensions"
+touch "$state"
+case "$1" in
+  --list-extensions) cat "$state" ;;
+  --install-extension) echo "$2" >> "$state"; echo "Extension '$2' was successfully installed." ;;
+  --uninstall-extension) grep -v -x "$2" "$state" > "$state.new"; mv "$state.new" "$state" ;;
+esac
+"""
+
+
+def test_vscode_extensions_with_a_fake_cli(workspace, tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "code").write_text(FAKE_CODE)
+    (bin_dir / "code").chmod(0o755)
+    (bin_dir / "extensions").write_text("ms-python.python\n")
+    os.environ["PATH"] = f"{bin_dir}:{os.environ['PATH']}"
+    try:
+        doc = template(step(10, "install_vscode_extensions",
+                            action_config={"extensions": ["ms-python.python", "ms-python.debugpy"]}),
+                       step(20, "fail", requires=[10]))
+        result = run(doc, workspace, actions=FAIL)
+    finally:
+        os.environ["PATH"] = os.environ["PATH"].split(":", 1)[1]
+    calls = (bin_dir / "calls.log").read_text().splitlines()
+    assert "--install-extension ms-python.debugpy --force" in calls
+    assert "--install-extension ms-python.python --force" not in calls  # already there
+    assert "--uninstall-extension ms-python.debugpy" in calls  # rollback undoes only its own
+    assert (bin_dir / "extensions").read_text() == "ms-python.python\n"
+
+
+def test_vscode_extensions_without_any_cli_is_a_clear_error(workspace, tmp_path):
+    env_path = os.environ["PATH"]
+    os.environ["PATH"] = "/usr/bin:/bin"
+    try:
+        assert shutil.which("code") is None
+        result = run(template(step(10, "install_vscode_extensions", action_config={"extensions": ["a.b"]})), workspace)
+    finally:
+        os.environ["PATH"] = env_path
+    s = result.steps["install_vscode_extensions"]
+    assert s.attempts == 1 and s.error.startswith("neither code nor code-server is installed")
+
+
+def test_template_copy_action(workspace, home):
+    (home / "tpl.conf.j2").write_text("user={{ workspace.linux_username }}\nport={{ vars.port }}\n")
+    result = run(template(step(10, "template_copy", action_config={"source": "~/tpl.conf.j2",
+                                                                     "target_path": "~/etc/app.conf", "mode": "600"}),
+                          vars={"port": 8069}), workspace)
+    assert result.success, result.error
+    assert (home / "etc/app.conf").read_text() == "user=alice\nport=8069\n"
+    assert oct((home / "etc/app.conf").stat().st_mode)[-3:] == "600"
