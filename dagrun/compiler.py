@@ -201,6 +201,12 @@ def _schema_defaults(schema: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v["default"] for k, v in props.items() if isinstance(v, Mapping) and "default" in v}
 
 
+def _secret_fields(schema: Mapping[str, Any]) -> frozenset[str]:
+    props = schema.get("properties") or {}
+    return frozenset(k for k, v in props.items()
+                     if isinstance(v, Mapping) and (v.get("x-secret") or v.get("writeOnly")))
+
+
 def _shell_fields(schema: Mapping[str, Any]) -> frozenset[str]:
     props = schema.get("properties") or {}
     return frozenset(k for k, v in props.items() if isinstance(v, Mapping) and v.get("x-dagrun-format") == "shell")
@@ -469,7 +475,8 @@ class _Compiler:
                     max_delay_seconds=action.max_retry_delay_seconds, jitter=action.retry_jitter),
                 timeout_seconds=float(s.get("timeout_seconds") or action.timeout_seconds),
                 estimated_duration_seconds=float(DEFAULT_DURATION if est is None else est),
-                locks=locks, check_first=bool(s.get("check_first", False)),
+                locks=locks, check_first=bool(_first(s.get("check_first"), action.check_first)),
+                secret_fields=_secret_fields(action.config_schema),
                 templated=templated, shell_fields=shell_fields, step_refs=frozenset(step_refs),
             )
         return specs

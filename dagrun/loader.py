@@ -168,6 +168,7 @@ def parse_action(doc: Mapping[str, Any], *, source: str = "<dict>", base_dir: Pa
         disk_space_required_mb=doc.get("disk_space_required_mb"),
         is_active=doc.get("is_active", True),
         is_system=doc.get("is_system", True),
+        check_first=doc.get("check_first", False),
         source=source,
         base_dir=base_dir,
     )

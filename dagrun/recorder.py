@@ -29,6 +29,7 @@ from .events import (AttemptFinished, RetryScheduled, RunFinished, RunStarted, S
                      StepSkipped, StepStarted)
 from .models import ProvisioningRun, TemplateAction, WorkspaceActionExecution
 from .outcome import StepStatus
+from .spec import MASK
 from .store import describe_url, engine_for
 from .util import bounded
 
@@ -149,7 +150,8 @@ class Recorder:
                 run_id=run_id, workspace_id=self._run["workspace_id"], step_id=step_id,
                 action_name=step.action.name, action_id=self._action_id(session, step.action),
                 attempt_number=attempt, max_retries=step.retry.max_attempts,
-                action_config=_jsonable(dict(step.config)), **fields)
+                action_config=_jsonable({k: (MASK if k in step.secret_fields and v not in (None, "") else v)
+                                         for k, v in step.config.items()}), **fields)
             session.add(row)
             session.flush()
             self._rows[(run_id, step_id, attempt)] = row.id

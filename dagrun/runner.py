@@ -33,7 +33,7 @@ from .outcome import Outcome, RunStatus, StepStatus
 from .result import RunResult, StepResult
 from .scheduler import UPSTREAM_FAILED, Failed, Retry, RunState
 from .shell import CancelToken
-from .spec import Plan
+from .spec import MASK, Plan
 from .util import bounded
 
 log = structlog.get_logger("dagrun")
@@ -44,6 +44,20 @@ DEFAULT_MAX_WORKERS = 8
 DEADLINE_GRACE_SECONDS = 5.0
 _WAKE = object()
 _NO_STEPS: Mapping[str, Any] = {}
+
+
+def mask_secrets(outcome: Outcome, fields: frozenset[str]) -> None:
+    """Replace secret config values in what the outcome shows (config, output,
+    error) before any observer sees it."""
+    if outcome.config is None:
+        return
+    values = [str(outcome.config[k]) for k in fields if outcome.config.get(k) not in (None, "")]
+    outcome.config = {k: (MASK if k in fields and v not in (None, "") else v) for k, v in outcome.config.items()}
+    for value in values:
+        outcome.stdout = outcome.stdout.replace(value, MASK)
+        outcome.stderr = outcome.stderr.replace(value, MASK)
+        if outcome.error:
+            outcome.error = outcome.error.replace(value, MASK)
 
 
 class Runner:
@@ -203,14 +217,16 @@ class Runner:
     def _apply(self, outcome: Outcome) -> None:
         sid = outcome.step_id
         step = self.plan.steps[sid]
+        if outcome.config is not None:
+            self._configs[sid] = outcome.config  # unmasked: a rollback may need it
+        if step.secret_fields:
+            mask_secrets(outcome, step.secret_fields)
         record = self._steps[sid]
         record.attempts = outcome.attempt
         record.duration_seconds = (record.duration_seconds or 0.0) + outcome.duration
         record.exit_code = outcome.exit_code
         if outcome.stdout or outcome.stderr:
             record.stdout, record.stderr = bounded(outcome.stdout), bounded(outcome.stderr)
-        if outcome.config is not None:
-            self._configs[sid] = outcome.config
         if self.observers:
             self._emit(AttemptFinished(self.run_id, outcome, step.retry.max_attempts))
         status = outcome.status

@@ -17,6 +17,9 @@ from typing import Any, Mapping
 EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 
+MASK = "********"
+
+
 def frozen_mapping(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
     return MappingProxyType(dict(value or {}))
 
@@ -93,6 +96,7 @@ class ActionSpec:
     disk_space_required_mb: int | None = None
     is_active: bool = True
     is_system: bool = True
+    check_first: bool = False
     # Where the definition came from: scripts named by handlers are looked
     # up beside it.
     source: str = "<dict>"
@@ -117,6 +121,7 @@ class StepSpec:
     templated: bool = False  # does the config hold any {{ }}?
     shell_fields: frozenset[str] = frozenset()  # config keys holding shell script text
     step_refs: frozenset[str] = frozenset()  # upstream steps whose results it reads
+    secret_fields: frozenset[str] = frozenset()  # config keys masked in records, logs and output
 
     @property
     def label(self) -> str:

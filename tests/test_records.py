@@ -107,3 +107,19 @@ def test_bad_database_url_is_one_clear_error(workspace):
     with pytest.raises(InputError) as exc:
         run_template(template(script_step(10, "true")), workspace, database_url="nosuchdb://x")
     assert "bad database URL" in str(exc.value)
+
+
+def test_secret_config_values_are_masked_in_records_and_results(workspace, db_url):
+    acts = [{"name": "login", "action_type": "shell", "max_retries": 1,
+             "execution_handler": 'echo "connecting with {{ config.password }}"; echo "bad {{ config.password }}" >&2; exit 1',
+             "config_schema": {"type": "object", "properties": {"user": {"type": "string"},
+                                                                 "password": {"type": "string", "x-secret": True}}}}]
+    doc = template(step(10, "login", action_config={"user": "bob", "password": "hunter2-{{ workspace.id }}"}))
+    result = run_template(doc, workspace, database_url=db_url, actions=acts)
+    s = result.steps["login"]
+    assert "hunter2" not in s.stdout + s.stderr + s.error
+    assert s.stdout == "connecting with ********\n"
+    _, attempts, _ = rows(db_url, result.run_id)
+    row = attempts[0]
+    assert row.action_config == {"user": "bob", "password": "********"}
+    assert "hunter2" not in (row.execution_output or "") + (row.error_message or "")

@@ -299,3 +299,16 @@ def test_any_executor_with_submit_works(workspace):
     foreign.pool.shutdown()
     assert foreign.submitted == 3
     assert result.steps["two"].stdout == "two\n" and result.steps["bad"].error == "RuntimeError: boom"
+
+
+def test_check_first_skips_work_that_is_already_done(workspace, home):
+    (home / "done").touch()
+    doc = template(script_step(10, "echo ran > ~/ran1", id="satisfied", check_first=True,
+                               action_config={"validate_script": "test -f ~/done"}),
+                   script_step(20, "touch ~/done2", id="needed", check_first=True,
+                               action_config={"validate_script": "test -f ~/done2"}))
+    result = run(doc, workspace)
+    assert result.success, result.error
+    assert not (home / "ran1").exists()
+    assert result.steps["satisfied"].result == {"already_satisfied": True}
+    assert (home / "done2").exists() and "already_satisfied" not in result.steps["needed"].result
