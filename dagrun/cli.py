@@ -125,7 +125,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
             "levels": lv, "critical_path": path,
             "critical_path_seconds": plan.priority[path[0]] if path else 0.0,
             "estimated_seconds": estimate, "workers": workers,
-            "conflicts": sorted({tuple(sorted((a, b))) for a in plan.order for b in plan.conflicts[a]}),
+            "conflicts": render.conflict_pairs(plan),
             "locks": dict(plan.lock_capacity),
             "order": [{"id": s, "sequence_order": plan.steps[s].sequence_order, "action": plan.steps[s].action.name,
                        "phase": plan.steps[s].phase.name, "requires": list(plan.predecessors[s]),
@@ -146,7 +146,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
             extra = f" [{', '.join(flags)}]" if flags else ""
             print(f"  {step.sequence_order:>5}  {sid}  {step.display_name} ({step.phase.name}, "
                   f"~{step.estimated_duration_seconds:g}s){extra}{after}{cond}")
-    pairs = sorted({tuple(sorted((a, b))) for a in plan.order for b in plan.conflicts[a]})
+    pairs = render.conflict_pairs(plan)
     if pairs:
         print("never together: " + "; ".join(f"{a} / {b}" for a, b in pairs))
     if plan.lock_capacity:

@@ -76,6 +76,13 @@ def estimated_duration(plan: Plan, max_workers: int) -> float:
         state.succeeded(sid)
 
 
+def conflict_pairs(plan: Plan) -> list[tuple[str, str]]:
+    """Each pair of steps that may never run together, once, in plan order."""
+    rank = {sid: i for i, sid in enumerate(plan.order)}
+    return sorted({tuple(sorted((a, b), key=rank.__getitem__)) for a in plan.order for b in plan.conflicts[a]},
+                  key=lambda pair: (rank[pair[0]], rank[pair[1]]))
+
+
 def _label(plan: Plan, sid: str) -> str:
     step = plan.steps[sid]
     return f"{sid}\\n{step.action.name} [{step.phase.name}]"
@@ -90,13 +97,8 @@ def to_dot(plan: Plan, statuses: Mapping[str, str] | None = None) -> str:
     for sid in plan.order:
         for succ in plan.successors[sid]:
             lines.append(f'  "{sid}" -> "{succ}";')
-    drawn: set[frozenset[str]] = set()
-    for sid in plan.order:
-        for other in sorted(plan.conflicts[sid]):
-            pair = frozenset((sid, other))
-            if pair not in drawn:
-                drawn.add(pair)
-                lines.append(f'  "{sid}" -> "{other}" [dir=none, style=dashed, color="#c62828", constraint=false];')
+    for a, b in conflict_pairs(plan):
+        lines.append(f'  "{a}" -> "{b}" [dir=none, style=dashed, color="#c62828", constraint=false];')
     lines.append("}")
     return "\n".join(lines) + "\n"
 
@@ -110,13 +112,8 @@ def to_mermaid(plan: Plan, statuses: Mapping[str, str] | None = None) -> str:
     for sid in plan.order:
         for succ in plan.successors[sid]:
             lines.append(f"  {ident[sid]} --> {ident[succ]}")
-    drawn: set[frozenset[str]] = set()
-    for sid in plan.order:
-        for other in sorted(plan.conflicts[sid]):
-            pair = frozenset((sid, other))
-            if pair not in drawn:
-                drawn.add(pair)
-                lines.append(f"  {ident[sid]} -.-x {ident[other]}")
+    for a, b in conflict_pairs(plan):
+        lines.append(f"  {ident[a]} -.-x {ident[b]}")
     for status, colour in STATUS_COLOURS.items():
         members = [ident[s] for s in plan.order if (statuses or {}).get(s) == status]
         if members:

@@ -170,24 +170,12 @@ class Plan:
     snapshot: Mapping[str, Any] = field(default_factory=lambda: EMPTY)  # the resolved template document
 
     def descendants(self, step_id: str) -> list[str]:
-        seen: set[str] = set()
-        stack = list(self.successors[step_id])
-        while stack:
-            node = stack.pop()
-            if node not in seen:
-                seen.add(node)
-                stack.extend(self.successors[node])
-        return [s for s in self.order if s in seen]
+        """Steps downstream of ``step_id``, in plan order."""
+        below = _reachable(step_id, self.successors)
+        return [s for s in self.order if s in below]
 
     def ancestors(self, step_id: str) -> set[str]:
-        seen: set[str] = set()
-        stack = list(self.predecessors[step_id])
-        while stack:
-            node = stack.pop()
-            if node not in seen:
-                seen.add(node)
-                stack.extend(self.predecessors[node])
-        return seen
+        return _reachable(step_id, self.predecessors)
 
     def graph(self):
         """The dependency graph as a networkx DiGraph (built on demand)."""
@@ -202,3 +190,14 @@ class Plan:
             for succ in self.successors[sid]:
                 g.add_edge(sid, succ)
         return g
+
+
+def _reachable(start: str, edges: Mapping[str, tuple[str, ...]]) -> set[str]:
+    seen: set[str] = set()
+    stack = list(edges[start])
+    while stack:
+        node = stack.pop()
+        if node not in seen:
+            seen.add(node)
+            stack.extend(edges[node])
+    return seen
