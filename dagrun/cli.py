@@ -193,6 +193,41 @@ def cmd_migrate_legacy(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_runs(args: argparse.Namespace) -> int:
+    from .history import list_runs
+    from .store import default_database_url
+    runs = list_runs(args.db or default_database_url(), workspace=args.workspace, status=args.status,
+                     limit=args.limit)
+    if args.json:
+        print(json.dumps(runs, indent=2))
+        return 0
+    for r in runs:
+        print(f"{r['run_id']}  {r['started_at'] or '-':<32} {r['status']:<10} {r['workspace_id']:<12} "
+              f"{r['template']} {r['version']}  {r['completed']}/{r['total']} done, {r['failed']} failed")
+    if not runs:
+        print("no runs", file=sys.stderr)
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from .history import show_run
+    from .store import default_database_url
+    run = show_run(args.db or default_database_url(), args.run_id, output=args.output)
+    if args.json:
+        print(json.dumps(run, indent=2, default=str))
+        return 0
+    print(f"run {run['run_id']}: {run['template']} {run['version']} for workspace {run['workspace_id']}, "
+          f"{run['status']}" + (f" ({run['error']})" if run["error"] else ""))
+    for a in run["attempts"]:
+        duration = "" if a["duration_seconds"] is None else f" {a['duration_seconds']:.2f}s"
+        print(f"  {a['step_id']:<24} attempt {a['attempt']}/{a['max_attempts']} {a['status']:<11}{duration}"
+              + (f"  {a['error']}" if a["error"] else ""))
+        if args.output and a.get("output"):
+            for line in a["output"].rstrip().splitlines():
+                print(f"      | {line}")
+    return 0
+
+
 def cmd_actions(args: argparse.Namespace) -> int:
     from .api import list_actions
     library = list_actions(args.actions)
@@ -252,6 +287,21 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.add_argument("--force", action="store_true", help="overwrite the output")
     migrate.add_argument("--actions", action="append", metavar="PATH")
     migrate.set_defaults(func=cmd_migrate_legacy)
+
+    runs = sub.add_parser("runs", help="run history from the store")
+    runs.add_argument("--workspace", metavar="ID")
+    runs.add_argument("--status", choices=("pending", "running", "succeeded", "failed", "cancelled"))
+    runs.add_argument("--limit", type=int, default=50)
+    runs.add_argument("--db", metavar="URL")
+    runs.add_argument("--json", action="store_true")
+    runs.set_defaults(func=cmd_runs)
+
+    show = sub.add_parser("show", help="one run: steps, attempts, durations, errors")
+    show.add_argument("run_id", help="a run id (or an unambiguous prefix)")
+    show.add_argument("--output", action="store_true", help="include each attempt's output")
+    show.add_argument("--db", metavar="URL")
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(func=cmd_show)
 
     actions = sub.add_parser("actions", help="list the action library")
     actions.add_argument("--actions", action="append", metavar="PATH")

@@ -122,3 +122,21 @@ def test_sigterm_cancels_cleanly_without_orphans(tmp_path):
     assert proc.returncode == 130, err
     assert json.loads(out)["execution_details"][0]["status"] == "cancelled"
     assert not pid_alive(int(pidfile.read_text()))
+
+
+def test_runs_and_show_read_the_history(tmp_path):
+    (tmp_path / "t.yaml").write_text(yaml.safe_dump(template(
+        script_step(10, "echo hello", id="hi"), script_step(20, "echo oops >&2; exit 3", id="bad", requires=["hi"]))))
+    db = f"sqlite:///{tmp_path}/h.db"
+    ran = dagrun("run", "t.yaml", "--db", db, "--ws", "id=w9", "--json", cwd=tmp_path)
+    run_id = json.loads(ran.stdout)["run_id"]
+    runs = json.loads(dagrun("runs", "--db", db, "--workspace", "w9", "--json", cwd=tmp_path).stdout)
+    assert [(r["run_id"], r["status"], r["completed"], r["failed"]) for r in runs] == [(run_id, "failed", 1, 1)]
+    assert json.loads(dagrun("runs", "--db", db, "--status", "succeeded", "--json", cwd=tmp_path).stdout) == []
+    shown = dagrun("show", run_id[:8], "--db", db, "--output", cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert "hi                       attempt 1/1 completed" in shown.stdout
+    assert "bad                      attempt 1/1 failed" in shown.stdout and "exit code 3: oops" in shown.stdout
+    assert "      | hello" in shown.stdout
+    missing = dagrun("show", "nope", "--db", db, cwd=tmp_path)
+    assert missing.returncode == 2 and "no run 'nope' in the store" in missing.stderr

@@ -1,0 +1,57 @@
+"""Reading runs back from the store: history and per-run detail."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from .errors import InputError
+from .models import ProvisioningRun, WorkspaceActionExecution
+from .store import engine_for
+
+
+def _iso(value: Any) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def list_runs(url: str, *, workspace: str | None = None, status: str | None = None,
+              limit: int = 50) -> list[dict[str, Any]]:
+    query = select(ProvisioningRun).order_by(ProvisioningRun.started_at.desc()).limit(limit)
+    if workspace is not None:
+        query = query.where(ProvisioningRun.workspace_id == str(workspace))
+    if status is not None:
+        query = query.where(ProvisioningRun.status == status)
+    with Session(engine_for(url)) as session:
+        return [{"run_id": r.id, "workspace_id": r.workspace_id, "template": r.template_name,
+                 "version": r.template_version, "status": r.status, "started_at": _iso(r.started_at),
+                 "completed_at": _iso(r.completed_at), "total": r.total_steps, "completed": r.completed_steps,
+                 "failed": r.failed_steps, "skipped": r.skipped_steps, "error": r.error}
+                for r in session.scalars(query)]
+
+
+def show_run(url: str, run_id: str, *, output: bool = False) -> dict[str, Any]:
+    with Session(engine_for(url)) as session:
+        run = session.get(ProvisioningRun, run_id)
+        if run is None:
+            matches = session.scalars(select(ProvisioningRun).where(ProvisioningRun.id.startswith(run_id))).all()
+            if len(matches) != 1:
+                raise InputError(f"no run {run_id!r} in the store" if not matches
+                                 else f"{run_id!r} matches {len(matches)} runs: give more characters")
+            run = matches[0]
+        attempts = session.scalars(select(WorkspaceActionExecution).where(WorkspaceActionExecution.run_id == run.id)
+                                   .order_by(WorkspaceActionExecution.id)).all()
+        return {
+            "run_id": run.id, "workspace_id": run.workspace_id, "template": run.template_name,
+            "version": run.template_version, "status": run.status, "started_at": _iso(run.started_at),
+            "completed_at": _iso(run.completed_at), "heartbeat_at": _iso(run.heartbeat_at), "error": run.error,
+            "attempts": [{
+                "step_id": a.step_id, "action": a.action_name, "attempt": a.attempt_number,
+                "max_attempts": a.max_retries, "status": a.status, "started_at": _iso(a.started_at),
+                "duration_seconds": a.duration_seconds, "exit_code": a.exit_code, "error": a.error_message,
+                "next_retry_at": _iso(a.next_retry_at),
+                **({"output": a.execution_output, "config": a.action_config, "result": a.result_data}
+                   if output else {}),
+            } for a in attempts],
+        }
