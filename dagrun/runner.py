@@ -20,7 +20,7 @@ import os
 import queue
 import time
 import uuid
-from concurrent.futures import Executor, Future
+from concurrent.futures import Executor
 from typing import Any, Iterable, Mapping
 
 import structlog

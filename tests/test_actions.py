@@ -15,7 +15,6 @@ import uuid
 import zipfile
 from pathlib import Path
 
-import psycopg2
 import pytest
 
 from dagrun import InputError, run_template
@@ -335,6 +334,7 @@ def test_vscode_extensions_with_a_fake_cli(workspace, tmp_path):
     assert "--install-extension ms-python.debugpy --force" in calls
     assert "--install-extension ms-python.python --force" not in calls  # already there
     assert "--uninstall-extension ms-python.debugpy" in calls  # rollback undoes only its own
+    assert result.steps["install_vscode_extensions"].status is StepStatus.rolled_back
     assert (bin_dir / "extensions").read_text() == "ms-python.python\n"
 
 

@@ -16,7 +16,6 @@ import sys
 import uuid
 from pathlib import Path
 
-import psycopg2
 import pytest
 import yaml
 
