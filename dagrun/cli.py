@@ -228,6 +228,18 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_db(args: argparse.Namespace) -> int:
+    from . import migrate
+    from .store import default_database_url, describe_url, engine_for
+    if args.db_command == "sql":
+        sys.stdout.write(migrate.ddl(args.dialect))
+        return 0
+    url = args.db or default_database_url()
+    engine = engine_for(url)  # migrates on first use
+    print(f"{describe_url(url)}: at revision {migrate.current(engine)}")
+    return 0
+
+
 def cmd_actions(args: argparse.Namespace) -> int:
     from .api import list_actions
     library = list_actions(args.actions)
@@ -302,6 +314,14 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--db", metavar="URL")
     show.add_argument("--json", action="store_true")
     show.set_defaults(func=cmd_show)
+
+    db = sub.add_parser("db", help="the store's schema")
+    db_sub = db.add_subparsers(dest="db_command", required=True)
+    upgrade = db_sub.add_parser("upgrade", help="migrate the database to the newest schema")
+    upgrade.add_argument("--db", metavar="URL")
+    sql = db_sub.add_parser("sql", help="print the DDL of every migration (offline)")
+    sql.add_argument("--dialect", default="postgresql", choices=("postgresql", "sqlite"))
+    db.set_defaults(func=cmd_db)
 
     actions = sub.add_parser("actions", help="list the action library")
     actions.add_argument("--actions", action="append", metavar="PATH")

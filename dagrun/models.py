@@ -132,6 +132,12 @@ class ProvisioningRun(Base):
     skipped_steps: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(Text)
     started_by: Mapped[str | None] = mapped_column(String(200))
+    # What resume needs to run the same thing again (secrets are not stored).
+    workspace: Mapped[Any] = mapped_column(JSONType, nullable=True)
+    variables: Mapped[Any] = mapped_column(JSONType, nullable=True)
+    max_workers: Mapped[int | None] = mapped_column(Integer)
+    # The process running it ("host:pid"): with heartbeat_at, tells a live run from a dead one.
+    owner: Mapped[str | None] = mapped_column(String(200))
 
     __table_args__ = (Index("idx_runs_workspace", "workspace_id", "started_at"),)
 

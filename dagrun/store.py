@@ -16,7 +16,6 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from .errors import InputError
-from .models import Base
 
 
 def default_database_url() -> str:
@@ -46,7 +45,8 @@ def describe_url(url: str) -> str:
 
 
 def engine_for(url: str) -> Engine:
-    """One engine per URL and process, with the schema created on first use."""
+    """One engine per URL and process; the schema is migrated to the newest
+    revision on first use."""
     return _engine(normalize_url(url))
 
 
@@ -69,7 +69,8 @@ def _engine(url: str) -> Engine:
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()
     try:
-        Base.metadata.create_all(engine)
+        from .migrate import upgrade
+        upgrade(engine)
     except SQLAlchemyError as exc:
         _engine.cache_clear()
         raise InputError(f"cannot open database {describe_url(url)}: {exc.__class__.__name__}: "
