@@ -12,7 +12,7 @@ from sqlalchemy import create_engine, inspect
 from dagrun import migrate
 from dagrun.loader import package_dir
 from dagrun.models import Base
-from dagrun.store import engine_for, normalize_url
+from dagrun.store import engine_for
 
 
 @pytest.mark.parametrize("store", ["sqlite", "postgres"])
