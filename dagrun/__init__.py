@@ -6,15 +6,15 @@ retries, timeouts, conditions, validation and rollback
 (:func:`run_template`), streaming each attempt to a database.
 """
 
-from .api import plan, run_template
+from .api import plan, resume, run_template
 from .compiler import compile_template
 from .errors import (ActionDefinitionError, CycleError, DagrunError, InputError, PermanentError, Problem,
-                     TemplateError)
+                     RunConflictError, TemplateError)
 from .outcome import HandlerResult, RunStatus, StepStatus
 from .result import RunResult, StepResult
 
 __all__ = [
-    "run_template", "compile_template", "plan", "RunResult", "StepResult", "RunStatus", "StepStatus",
+    "run_template", "resume", "compile_template", "plan", "RunConflictError", "RunResult", "StepResult", "RunStatus", "StepStatus",
     "HandlerResult", "DagrunError", "TemplateError", "CycleError", "ActionDefinitionError", "InputError",
     "PermanentError", "Problem",
 ]

@@ -1,28 +1,33 @@
-"""The Python API: ``run_template``, ``compile_template``, ``plan``.
+"""The Python API: ``run_template``, ``resume``, ``compile_template``, ``plan``.
 
 ``run_template`` is what a provisioning service calls instead of its old
 ``apply_workspace_template()``: it compiles (rejecting bad input before
-anything runs), records the run in the store, runs it and returns a
-:class:`~dagrun.result.RunResult` once every record is committed.
+anything runs), claims the workspace in the store (one active run per
+workspace), runs, and returns a :class:`~dagrun.result.RunResult` once every
+record is committed. ``resume`` continues a failed, cancelled or
+interrupted run in the same run record.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from concurrent.futures import Executor
 from typing import Any, Callable, Iterable, Mapping
 
 from .compiler import compile_template
-from .errors import InputError
+from .errors import InputError, RunConflictError
 from .events import Observer
 from .loader import build_library
 from .logs import log_events
+from .outcome import StepStatus
 from .recorder import Recorder
-from .result import RunResult
+from .result import RunResult, StepResult
 from .runner import Runner
+from .runs import claim, is_alive, load_for_resume
 from .spec import Plan
-from .store import default_database_url
+from .store import default_database_url, engine_for
 from .workspace import normalize_workspace
 
 
@@ -35,31 +40,107 @@ def run_template(template: Any, workspace: Any, *, database_url: str | None = No
                  allow_sudo: bool = False) -> RunResult:
     """Compile ``template`` and run it for ``workspace``.
 
-    ``template``: a path, the name of a template in ``seeds/``, or a dict.
-    ``workspace``: a mapping or object with at least an ``id``.
-    ``actions``: extra action definitions (dicts or files) extending or
-    overriding the standard library. ``on_event`` receives typed events.
-    ``record=False`` runs without a database. ``runner_hook`` receives the
-    runner before it starts (to keep a handle for ``cancel()``).
+    ``template``: a path, the name of a template in ``seeds/``, a dict, or a
+    legacy monolithic config. ``workspace``: a mapping or object with at
+    least an ``id``. ``actions``: extra action definitions (dicts or files)
+    extending or overriding the standard library. ``on_event`` receives typed
+    events. ``record=False`` runs without a database. ``runner_hook``
+    receives the runner before it starts (to keep a handle for ``cancel()``).
     ``allow_sudo`` lets actions marked ``requires_sudo`` run through
     ``sudo -n`` when not running as root; otherwise such a template is
-    refused before anything runs.
+    refused before anything runs. Raises RunConflictError when the workspace
+    already has an active run.
     """
-    if max_workers is not None and (not isinstance(max_workers, int) or max_workers < 1):
-        raise InputError(f"max_workers must be a positive integer, not {max_workers!r}")
+    _check_workers(max_workers)
     ws = normalize_workspace(workspace)
     plan = compile_template(template, actions=actions, variables=variables, workspace=ws, templates=templates)
+    return _execute(plan, ws, run_id=run_id or str(uuid.uuid4()), variables=variables, max_workers=max_workers,
+                    url=(database_url or default_database_url()) if record else None, executor=executor,
+                    observers=observers, on_event=on_event, runner_hook=runner_hook, allow_sudo=allow_sudo)
+
+
+def resume(run_id: str, *, database_url: str | None = None, from_step: str | None = None,
+           max_workers: int | None = None, actions: Iterable[Any] | None = None,
+           on_event: Callable[[Any], None] | None = None, executor: Executor | None = None,
+           observers: Iterable[Observer] = (), runner_hook: Callable[[Runner], None] | None = None,
+           allow_sudo: bool = False) -> RunResult:
+    """Continue a run from its snapshot, in the same run record.
+
+    Completed steps (and steps skipped by their condition) are not run
+    again; failed, cancelled, interrupted, rolled-back, skipped-because-
+    upstream-failed and never-started steps are, with attempt numbers
+    continuing. ``from_step`` also re-runs that step and everything
+    downstream of it.
+    """
+    _check_workers(max_workers)
+    url = database_url or default_database_url()
+    engine = engine_for(url)
+    run, attempts = load_for_resume(engine, run_id)
+    if is_alive(run):
+        raise RunConflictError(f"run {run.id} is still running (owner {run.owner})")
+    if run.workspace is None:
+        raise InputError(f"run {run.id} was recorded without its workspace: it cannot be resumed")
+    ws = normalize_workspace(run.workspace)
+    plan = compile_template(run.template_snapshot, actions=actions, variables=run.variables, workspace=ws)
+    again: set[str] = set()
+    if from_step is not None:
+        if from_step not in plan.steps:
+            raise InputError(f"run {run.id} has no step {from_step!r} (steps: {', '.join(plan.order)})")
+        again = {from_step, *plan.descendants(from_step)}
+    elif run.status == "succeeded":
+        raise InputError(f"run {run.id} already succeeded: use from_step (--from STEP) to run steps again")
+    previous: dict[str, StepResult] = {}
+    numbers: dict[str, int] = {}
+    for sid in plan.order:
+        rows = attempts.get(sid, [])
+        numbers[sid] = max((r.attempt_number for r in rows), default=0)
+        last = rows[-1] if rows else None
+        # A condition skip (attempt >= 1) stands; an "upstream failed" skip (attempt 0) is retried.
+        satisfied = last is not None and (last.status == "completed"
+                                          or (last.status == "skipped" and last.attempt_number > 0))
+        if satisfied and sid not in again:
+            step = plan.steps[sid]
+            previous[sid] = StepResult(
+                step_id=sid, sequence_order=step.sequence_order, action_name=step.action.name,
+                display_name=step.display_name, status=StepStatus(last.status), attempts=numbers[sid],
+                duration_seconds=sum(r.duration_seconds or 0.0 for r in rows), result=dict(last.result_data or {}),
+                skip_reason=last.error_message if last.status == "skipped" else None, exit_code=last.exit_code)
+    return _execute(plan, ws, run_id=run.id, variables=run.variables, url=url,
+                    max_workers=max_workers or run.max_workers, executor=executor, observers=observers,
+                    on_event=on_event, runner_hook=runner_hook, allow_sudo=allow_sudo,
+                    previous=previous, attempts=numbers)
+
+
+def _check_workers(max_workers: int | None) -> None:
+    if max_workers is not None and (not isinstance(max_workers, int) or max_workers < 1):
+        raise InputError(f"max_workers must be a positive integer, not {max_workers!r}")
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+def _execute(plan: Plan, ws: Mapping[str, Any], *, run_id: str, variables: Mapping[str, Any] | None,
+             url: str | None, max_workers: int | None, executor: Executor | None, observers: Iterable[Observer],
+             on_event: Callable[[Any], None] | None, runner_hook: Callable[[Runner], None] | None,
+             allow_sudo: bool, previous: Mapping[str, StepResult] | None = None,
+             attempts: Mapping[str, int] | None = None) -> RunResult:
     sudo = sudo_prefix(plan, allow_sudo)
-    url = (database_url or default_database_url()) if record else None
-    recorder = Recorder(url) if url else None
+    recorder = None
+    if url:
+        claim(engine_for(url), run_id=run_id, workspace_id=str(ws["id"]), fields={
+            "template_name": plan.name, "template_version": plan.version, "total_steps": len(plan.order),
+            "template_snapshot": _jsonable(dict(plan.snapshot)), "workspace": _jsonable(dict(ws)),
+            "variables": _jsonable(dict(variables or {})), "max_workers": max_workers})
+        recorder = Recorder(url)
     all_observers: list[Observer] = [log_events]
     if recorder:
         all_observers.append(recorder)
     all_observers += list(observers)
     if on_event:
         all_observers.append(on_event)
-    runner = Runner(plan, ws, run_id=run_id or str(uuid.uuid4()), variables=variables, max_workers=max_workers,
-                    executor=executor, observers=all_observers, sudo=sudo)
+    runner = Runner(plan, ws, run_id=run_id, variables=variables, max_workers=max_workers, executor=executor,
+                    observers=all_observers, sudo=sudo, previous=previous, attempts=attempts)
     if runner_hook:
         runner_hook(runner)
     try:

@@ -58,16 +58,13 @@ def _console(stderr: bool = False):
     return Console(stderr=stderr, highlight=False, soft_wrap=True)
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from .api import run_template
+def _run_with_progress(args: argparse.Namespace, start: Any, url: str, home: str | None) -> int:
+    """Run ``start(observers=..., runner_hook=...)`` with progress, signals
+    that cancel cleanly, and the summary; returns the exit code."""
     from .progress import Progress, summary_table, wall
-    from .store import default_database_url, describe_url
+    from .store import describe_url
 
-    workspace = _workspace(args)
-    variables = _pairs(args.set, "--set")
-    url = args.db or default_database_url()
     console = _console(stderr=args.json)
-    Path(workspace["home_dir"]).mkdir(parents=True, exist_ok=True)
     holder: dict[str, Any] = {}
 
     def on_signal(signum: int, _frame: Any) -> None:
@@ -77,9 +74,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        result = run_template(args.template, workspace, database_url=url, max_workers=args.workers,
-                              variables=variables, actions=args.actions, observers=[Progress(console)],
-                              runner_hook=lambda r: holder.update(runner=r), allow_sudo=args.allow_sudo)
+        result = start(observers=[Progress(console)], runner_hook=lambda r: holder.update(runner=r))
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
@@ -87,7 +82,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(json.dumps(result.as_dict(), indent=2, default=str))
     else:
         console.print(summary_table(result))
-        console.print(f"workspace: {workspace['home_dir']}")
+        if home:
+            console.print(f"workspace: {home}")
         console.print(f"records: {describe_url(url)} (run {result.run_id})")
         colour = "green" if result.success else "red"
         console.print(f"[{colour}]{result.status.value}[/] in {wall(result.duration_seconds)}: "
@@ -98,6 +94,29 @@ def cmd_run(args: argparse.Namespace) -> int:
     if result.status.value == "cancelled":
         return EXIT_CANCELLED
     return 0 if result.success else EXIT_FAILED
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .api import run_template
+    from .store import default_database_url
+
+    workspace = _workspace(args)
+    variables = _pairs(args.set, "--set")
+    url = args.db or default_database_url()
+    Path(workspace["home_dir"]).mkdir(parents=True, exist_ok=True)
+    return _run_with_progress(args, lambda **kw: run_template(
+        args.template, workspace, database_url=url, max_workers=args.workers, variables=variables,
+        actions=args.actions, allow_sudo=args.allow_sudo, **kw), url, workspace["home_dir"])
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from .api import resume
+    from .store import default_database_url
+
+    url = args.db or default_database_url()
+    return _run_with_progress(args, lambda **kw: resume(
+        args.run_id, database_url=url, from_step=args.from_step, max_workers=args.workers,
+        actions=args.actions, allow_sudo=args.allow_sudo, **kw), url, None)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -274,6 +293,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--allow-sudo", action="store_true", help="let root-only actions use sudo -n when not root")
     run.add_argument("--json", action="store_true", help="print the result as JSON")
     run.set_defaults(func=cmd_run)
+
+    res = sub.add_parser("resume", help="continue a failed, cancelled or interrupted run")
+    res.add_argument("run_id", help="a run id (or an unambiguous prefix)")
+    res.add_argument("--from", dest="from_step", metavar="STEP", help="also re-run STEP and its downstream")
+    res.add_argument("--workers", type=int, metavar="N")
+    res.add_argument("--db", metavar="URL")
+    res.add_argument("--actions", action="append", metavar="PATH")
+    res.add_argument("--allow-sudo", action="store_true")
+    res.add_argument("--json", action="store_true")
+    res.set_defaults(func=cmd_resume)
 
     validate = sub.add_parser("validate", help="check templates and action definitions")
     validate.add_argument("files", nargs="+")

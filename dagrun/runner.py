@@ -64,8 +64,10 @@ class Runner:
     def __init__(self, plan: Plan, workspace: Mapping[str, Any], *, run_id: str | None = None,
                  variables: Mapping[str, Any] | None = None, max_workers: int | None = None,
                  executor: Executor | None = None, observers: Iterable[Observer] = (),
-                 env: Mapping[str, str] | None = None, state: RunState | None = None,
-                 previous: Mapping[str, StepResult] | None = None, sudo: tuple[str, ...] = ()):
+                 env: Mapping[str, str] | None = None, previous: Mapping[str, StepResult] | None = None,
+                 attempts: Mapping[str, int] | None = None, sudo: tuple[str, ...] = ()):
+        """``previous`` (resume): results of steps already done, which are
+        not run again; ``attempts``: attempt numbers to continue from."""
         self.plan = plan
         self.workspace = workspace
         self.run_id = run_id or uuid.uuid4().hex
@@ -76,7 +78,11 @@ class Runner:
         self.env = dict(os.environ if env is None else env)
         self.home = workspace.get("home_dir")
         self.sudo = tuple(sudo)
-        self.state = state or RunState(plan, self.max_workers)
+        if previous is None and attempts is None:
+            self.state = RunState(plan, self.max_workers)
+        else:
+            self.state = RunState.resumed(plan, self.max_workers, attempts=dict(attempts or {}),
+                                          done={sid: r.status for sid, r in (previous or {}).items()})
         self.cancel_token = CancelToken()
         self._cancel_reason: str | None = None
         self._queue: queue.SimpleQueue = queue.SimpleQueue()

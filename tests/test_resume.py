@@ -1,0 +1,135 @@
+"""Resume, crash recovery and one active run per workspace, on SQLite and on
+the machine's real PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import yaml
+
+from dagrun import InputError, RunConflictError, resume, run_template
+from dagrun.events import StepStarted
+from dagrun.history import list_runs, show_run
+from tests.helpers import pid_alive, script_step, template
+
+STORES = ["sqlite", "postgres"]
+
+
+def store_url(request, store):
+    return request.getfixturevalue("db_url" if store == "sqlite" else "pg_url")
+
+
+def chain(gate):
+    """a -> b -> c; b waits for the gate file (or fails when told not to wait)."""
+    return template(
+        script_step(10, "echo a >> ~/count", id="a"),
+        script_step(20, 'echo $$ > ~/b.pid\nfor i in $(seq {{ vars.polls }}); do [ -f ' + str(gate) + ' ] && exit 0; '
+                        'sleep 0.05; done\necho "no gate" >&2; exit 1', id="b", requires=["a"]),
+        script_step(30, "echo c", id="c", requires=["b"]), vars={"polls": 1})
+
+
+def attempts(url, run_id):
+    return [(a["step_id"], a["attempt"], a["status"], a["error"]) for a in show_run(url, run_id)["attempts"]]
+
+
+@pytest.mark.parametrize("store", STORES)
+def test_a_second_active_run_for_the_workspace_is_refused(store, request, workspace, tmp_path):
+    url = store_url(request, store)
+    gate = tmp_path / "gate"
+    started = threading.Event()
+    outcome = {}
+
+    def first():
+        outcome["result"] = run_template(chain(gate), workspace, database_url=url, variables={"polls": 1200},
+                                         on_event=lambda e: started.set() if isinstance(e, StepStarted)
+                                         and e.step_id == "b" else None)
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    assert started.wait(30)
+    try:
+        with pytest.raises(RunConflictError) as exc:
+            run_template(template(script_step(10, "true")), workspace, database_url=url)
+    finally:
+        gate.touch()
+        thread.join()
+    assert outcome["result"].run_id in str(exc.value)
+    assert outcome["result"].success
+    assert run_template(template(script_step(10, "true")), workspace, database_url=url).success  # free again
+
+
+@pytest.mark.parametrize("store", STORES)
+def test_sigkill_mid_run_then_resume_completes_without_rerunning(store, request, tmp_path):
+    url = store_url(request, store)
+    gate, home = tmp_path / "gate", tmp_path / "home"
+    (tmp_path / "t.yaml").write_text(yaml.safe_dump(chain(gate)))
+    env = {**os.environ, "XDG_DATA_HOME": str(tmp_path / "xdg")}
+    proc = subprocess.Popen([sys.executable, "-m", "dagrun", "run", "t.yaml", "--db", url, "--ws", "id=crash",
+                             "--home", str(home), "--set", "polls=100000"], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    pidfile = home / "b.pid"
+    for _ in range(600):
+        if pidfile.exists() and pidfile.read_text().strip():
+            break
+        time.sleep(0.05)
+    time.sleep(0.3)  # let the writer record b's attempt as running
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    step_pid = int(pidfile.read_text())
+    os.killpg(step_pid, signal.SIGKILL)  # the step outlived its parent, as after a power loss it would not
+    [run] = list_runs(url, workspace="crash")
+    assert run["status"] == "running"  # what a crash leaves behind
+    gate.touch()
+    out = subprocess.run([sys.executable, "-m", "dagrun", "resume", run["run_id"], "--db", url, "--json"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["run_id"] == run["run_id"] and result["success"] is True
+    assert (home / "count").read_text() == "a\n"  # a was not run again
+    assert attempts(url, run["run_id"]) == [("a", 1, "completed", None), ("b", 1, "failed", "interrupted"),
+                                            ("b", 2, "completed", None), ("c", 1, "completed", None)]
+    assert not pid_alive(step_pid)
+
+
+@pytest.mark.parametrize("store", STORES)
+def test_resume_a_failed_run_continues_attempt_numbers(store, request, workspace, home, tmp_path):
+    url = store_url(request, store)
+    gate = tmp_path / "gate"
+    failed = run_template(chain(gate), workspace, database_url=url)
+    assert failed.status.value == "failed" and failed.failed_action == "execute_custom_script"
+    gate.touch()
+    resumed = resume(failed.run_id, database_url=url)
+    assert resumed.success and resumed.run_id == failed.run_id
+    assert resumed.completed_actions == 3
+    assert (home / "count").read_text() == "a\n"
+    assert attempts(url, failed.run_id) == [("a", 1, "completed", None), ("b", 1, "failed", "exit code 1: no gate"),
+                                            ("b", 2, "completed", None), ("c", 1, "completed", None)]
+    assert list_runs(url, workspace="ws1")[0]["status"] == "succeeded"
+
+
+def test_resume_from_a_step_reruns_it_and_its_downstream(workspace, home, tmp_path, db_url):
+    gate = tmp_path / "gate"
+    gate.touch()
+    first = run_template(chain(gate), workspace, database_url=db_url)
+    assert first.success
+    with pytest.raises(InputError, match="already succeeded"):
+        resume(first.run_id, database_url=db_url)
+    with pytest.raises(InputError, match="has no step 'nope'"):
+        resume(first.run_id, database_url=db_url, from_step="nope")
+    again = resume(first.run_id, database_url=db_url, from_step="b")
+    assert again.success
+    assert sorted((s, a) for s, a, _, _ in attempts(db_url, first.run_id)) == [("a", 1), ("b", 1), ("b", 2),
+                                                                              ("c", 1), ("c", 2)]
+    assert (home / "count").read_text() == "a\n"
+
+
+def test_resume_of_an_unknown_run_is_a_clear_error(db_url):
+    with pytest.raises(InputError, match="no run 'missing' in the store"):
+        resume("missing", database_url=db_url)
