@@ -1,29 +1,35 @@
 """Streams a run's events to the database from a writer thread.
 
 The runner calls the recorder like any observer; the call only puts the
-event on a queue, so the scheduler never waits on a database round-trip. The
-writer thread owns its own session: it takes whatever events have queued up,
-applies them as one batch and commits once. An attempt row is inserted
-``running`` when the attempt starts and updated when it ends.
+event on a queue, so the scheduler never waits on a database round-trip.
+The writer thread turns the events that have queued up (for at most
+``BATCH_WINDOW`` seconds) into row operations keyed by (run, step, attempt)
+and applies them in one transaction: one multi-row INSERT for the attempts
+that started, one UPDATE per kind of change, one run update with the
+heartbeat. An attempt row appears ``running`` when the attempt starts and is
+updated when it ends.
 
-Every operation finds its row by natural key (run, step, attempt), so a
-batch that failed (database unreachable) can be applied again: the writer
-retries with backoff and loses nothing. :meth:`Recorder.close` returns once
-every queued event is committed.
+A batch that fails because the database is unreachable is retried with
+backoff for up to ``retry_limit_seconds``; after that its operations go to a
+local journal (JSON lines) that ``dagrun db recover`` replays, and the run
+says so in its result: nothing is lost silently. :meth:`Recorder.close`
+returns once every queued event is committed (or journalled).
 """
 
 from __future__ import annotations
 
+import json
+import os
 import queue
 import threading
 import time
 from datetime import datetime, timezone
-from typing import Any
+from pathlib import Path
+from typing import Any, Iterable, Mapping
 
 import structlog
-from sqlalchemy import select
+from sqlalchemy import Engine, and_, bindparam, insert, select, update
 from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
-from sqlalchemy.orm import Session
 
 from .events import (AttemptFinished, RetryScheduled, RunFinished, RunStarted, StepFinished, StepRolledBack,
                      StepSkipped, StepStarted)
@@ -36,8 +42,11 @@ from .util import bounded
 log = structlog.get_logger("dagrun.store")
 
 HEARTBEAT_SECONDS = 5.0
-MAX_BATCH = 500
+BATCH_WINDOW = 0.05
+MAX_BATCH = 2000
 _STOP = object()
+ATTEMPTS = WorkspaceActionExecution.__table__
+RUNS = ProvisioningRun.__table__
 
 
 def _ts(epoch: float | None) -> datetime | None:
@@ -52,8 +61,106 @@ def _output(stdout: str, stderr: str) -> str:
 
 
 def _jsonable(value: Any) -> Any:
-    import json
     return json.loads(json.dumps(value, default=str))
+
+
+def journal_dir() -> Path:
+    data_home = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+    return data_home / "dagrun" / "journal"
+
+
+# -- row operations -------------------------------------------------------------
+# An operation is a plain dict, so a batch that cannot be written can be
+# journalled as JSON and replayed later by apply_operations().
+
+def apply_operations(engine: Engine, ops: list[dict[str, Any]], action_ids: dict[str, int],
+                     specs: Mapping[str, Any] | None = None) -> None:
+    """Apply operations in one transaction, coalescing what can be.
+    ``specs``: action definitions by name, for actions not yet in
+    ``template_actions``."""
+    inserts: dict[tuple, dict[str, Any]] = {}
+    updates: list[tuple[str, tuple, dict[str, Any]]] = []
+    run_values: dict[str, dict[str, Any]] = {}
+    for op in ops:
+        if op["op"] == "run":
+            run_values.setdefault(op["run_id"], {}).update(op["values"])
+        elif op["op"] == "insert":
+            key = (op["row"]["run_id"], op["row"]["step_id"], op["row"]["attempt_number"])
+            inserts.setdefault(key, {}).update(op["row"])
+        else:
+            key = tuple(op["key"])
+            if key in inserts and op["op"] == "update":
+                inserts[key].update(op["values"])  # started and changed in the same batch: one INSERT
+            else:
+                updates.append((op["op"], key, op["values"]))
+    with engine.begin() as conn:
+        for run_id, values in run_values.items():
+            conn.execute(update(RUNS).where(RUNS.c.id == run_id).values(**values))
+        if inserts:
+            names = {row["action_name"] for row in inserts.values()} - set(action_ids)
+            if names:
+                _ensure_actions(conn, names, action_ids, specs or {})
+            rows = [{**row, "action_id": action_ids.get(row["action_name"])} for row in inserts.values()]
+            for run_id, step_id, _ in (k for k in inserts if k[2] == 0):  # "upstream failed" rows are replaced
+                conn.execute(ATTEMPTS.delete().where(ATTEMPTS.c.run_id == run_id, ATTEMPTS.c.step_id == step_id,
+                                                     ATTEMPTS.c.attempt_number == 0))
+            columns = set().union(*rows)
+            conn.execute(insert(ATTEMPTS), [{c: row.get(c) for c in columns} for row in rows])
+        # consecutive updates with the same columns go out as one executemany
+        group: list[dict[str, Any]] = []
+        shape: tuple | None = None
+        for kind, key, values in updates + [("end", (), {})]:
+            this = (kind, tuple(sorted(values)))
+            if group and this != shape:
+                _flush_updates(conn, shape, group)
+                group = []
+            shape = this
+            if kind != "end":
+                group.append({"k_run": key[0], "k_step": key[1], **({"k_attempt": key[2]} if len(key) > 2 else {}),
+                              **{f"v_{c}": v for c, v in values.items()}})
+
+
+def _flush_updates(conn: Any, shape: tuple, params: list[dict[str, Any]]) -> None:
+    kind, columns = shape
+    where = [ATTEMPTS.c.run_id == bindparam("k_run"), ATTEMPTS.c.step_id == bindparam("k_step")]
+    if kind == "update":
+        where.append(ATTEMPTS.c.attempt_number == bindparam("k_attempt"))
+    elif kind == "rollback":  # the step's completed attempt
+        where.append(ATTEMPTS.c.status == StepStatus.completed.value)
+    statement = update(ATTEMPTS).where(and_(*where)).values({c: bindparam(f"v_{c}") for c in columns})
+    conn.execute(statement, params)
+
+
+def _ensure_actions(conn: Any, names: Iterable[str], action_ids: dict[str, int], specs: Mapping[str, Any]) -> None:
+    table = TemplateAction.__table__
+    names = set(names)
+    found = dict(conn.execute(select(table.c.name, table.c.id).where(table.c.name.in_(names))).all())
+    for name in sorted(names - set(found)):
+        action = specs.get(name)
+        if action is None:  # replaying a journal: only the name is known
+            row = {"name": name, "display_name": name, "category": "custom", "action_type": "python_function",
+                   "execution_handler": "?"}
+        else:
+            row = {"name": action.name, "display_name": action.display_name, "category": action.category,
+                   "description": action.description, "action_type": action.action_type,
+                   "execution_handler": action.execution_handler, "validation_handler": action.validation_handler,
+                   "rollback_handler": action.rollback_handler,
+                   "config_schema": _jsonable(dict(action.config_schema)),
+                   "default_config": _jsonable(dict(action.default_config)), "max_retries": action.max_retries,
+                   "timeout_seconds": action.timeout_seconds, "retry_delay_seconds": action.retry_delay_seconds,
+                   "exponential_backoff": action.exponential_backoff,
+                   "requires_actions": list(action.requires_actions),
+                   "conflicts_with_actions": list(action.conflicts_with_actions),
+                   "condition_expression": action.condition_expression,
+                   "estimated_duration_seconds": action.estimated_duration_seconds,
+                   "requires_sudo": action.requires_sudo, "requires_network": action.requires_network,
+                   "disk_space_required_mb": action.disk_space_required_mb, "is_active": action.is_active,
+                   "is_system": action.is_system}
+        defaults = {"max_retries": 3, "timeout_seconds": 300, "retry_delay_seconds": 5, "exponential_backoff": True,
+                    "requires_sudo": False, "requires_network": False, "is_active": True, "is_system": False,
+                    "created_at": datetime.now(timezone.utc), "updated_at": datetime.now(timezone.utc)}
+        found[name] = conn.execute(insert(table).values(**{**defaults, **row}).returning(table.c.id)).scalar_one()
+    action_ids.update(found)
 
 
 class Recorder:
@@ -64,9 +171,9 @@ class Recorder:
         self.engine = engine_for(url)
         self.retry_limit_seconds = retry_limit_seconds
         self.error: str | None = None
+        self.journal: Path | None = None
         self._queue: queue.Queue = queue.Queue()
         self._action_ids: dict[str, int] = {}
-        self._rows: dict[tuple[str, str, int], int] = {}
         self._run: dict[str, Any] = {}
         self._thread = threading.Thread(target=self._work, name="dagrun-recorder", daemon=True)
         self._thread.start()
@@ -83,167 +190,160 @@ class Recorder:
     def _work(self) -> None:
         last_beat = time.monotonic()
         stopping = False
+        get = self._queue.get
         while not stopping:
             try:
-                first = self._queue.get(timeout=HEARTBEAT_SECONDS)
-                batch = [first]
+                batch = [get(timeout=HEARTBEAT_SECONDS)]
             except queue.Empty:
                 batch = []
-            while len(batch) < MAX_BATCH:
+            deadline = time.monotonic() + BATCH_WINDOW
+            while batch and batch[-1] is not _STOP and len(batch) < MAX_BATCH:
+                remaining = deadline - time.monotonic()
                 try:
-                    batch.append(self._queue.get_nowait())
+                    batch.append(get(timeout=remaining) if remaining > 0 else self._queue.get_nowait())
                 except queue.Empty:
                     break
-            if batch and batch[-1] is _STOP or _STOP in batch:
+            if _STOP in batch:
                 stopping = True
                 batch = [e for e in batch if e is not _STOP]
-            beat = time.monotonic() - last_beat >= HEARTBEAT_SECONDS
-            if batch or (beat and self._run):
-                self._commit(batch)
+            ops = [op for event in batch for op in self._operations(event)]
+            # Each round-trip gives the GIL away and may wait a switch interval to get
+            # it back, so the heartbeat rides along only every HEARTBEAT_SECONDS.
+            if self._run.get("running") and time.monotonic() - last_beat >= HEARTBEAT_SECONDS:
+                ops.append({"op": "run", "run_id": self._run["id"],
+                            "values": {"heartbeat_at": datetime.now(timezone.utc)}})
                 last_beat = time.monotonic()
+            if ops:
+                self._commit(ops)
 
-    def _commit(self, batch: list[Any]) -> None:
+    def _commit(self, ops: list[dict[str, Any]]) -> None:
         delay, waited = 0.2, 0.0
         while True:
             try:
-                with Session(self.engine) as session, session.begin():
-                    for event in batch:
-                        self._apply(session, event)
-                    if self._run.get("id") and self._run.get("running"):
-                        run = session.get(ProvisioningRun, self._run["id"])
-                        if run is not None:
-                            run.heartbeat_at = datetime.now(timezone.utc)
+                apply_operations(self.engine, ops, self._action_ids, self._run.get("actions"))
                 return
             except SQLAlchemyError as exc:
-                self._rows.clear()  # ids from a rolled-back transaction are void
-                self._action_ids.clear()
-                if not isinstance(exc, (OperationalError, InterfaceError)):  # a bug, not an outage
-                    self.error = f"could not record {len(batch)} event(s): {str(exc).splitlines()[0]}"
-                    log.error("store rejected records", error=self.error)
+                self._action_ids.clear()  # ids from a rolled-back transaction may be void
+                reason = str(exc).splitlines()[0]
+                if not isinstance(exc, (OperationalError, InterfaceError)) or waited >= self.retry_limit_seconds:
+                    self._to_journal(ops, reason, waited)
                     return
-                if waited >= self.retry_limit_seconds:
-                    self.error = (f"could not write to {describe_url(self.url)} for {waited:.0f} s: "
-                                  f"{str(exc).splitlines()[0]}")
-                    log.error("store unreachable; records lost", error=self.error, events=len(batch))
-                    return
-                log.warning("store write failed; retrying", error=str(exc).splitlines()[0], delay=delay)
+                log.warning("store write failed; retrying", error=reason, delay=delay)
                 time.sleep(delay)
                 waited += delay
                 delay = min(delay * 2, 5.0)
 
-    def _row(self, session: Session, run_id: str, step_id: str, attempt: int) -> WorkspaceActionExecution | None:
-        key = (run_id, step_id, attempt)
-        if key in self._rows:
-            return session.get(WorkspaceActionExecution, self._rows[key])
-        row = session.scalar(select(WorkspaceActionExecution).where(
-            WorkspaceActionExecution.run_id == run_id, WorkspaceActionExecution.step_id == step_id,
-            WorkspaceActionExecution.attempt_number == attempt))
-        if row is not None:
-            self._rows[key] = row.id
-        return row
+    def _to_journal(self, ops: list[dict[str, Any]], reason: str, waited: float) -> None:
+        directory = journal_dir()
+        directory.mkdir(parents=True, exist_ok=True)
+        self.journal = directory / f"{self._run.get('id', 'unknown')}.jsonl"
+        with self.journal.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps({"url": self.url, "ops": ops}, default=_encode) + "\n")
+        self.error = (f"could not write to {describe_url(self.url)} ({reason}"
+                      + (f", for {waited:.0f} s" if waited else "") + f"); records kept in {self.journal}, "
+                      "replay them with: dagrun db recover")
+        log.error("store write failed; records journalled", error=self.error, operations=len(ops))
 
-    def _new_row(self, session: Session, run_id: str, step_id: str, attempt: int, **fields: Any) -> WorkspaceActionExecution:
-        row = self._row(session, run_id, step_id, attempt)
-        if row is None:
-            step = self._run["plan"].steps[step_id]
-            row = WorkspaceActionExecution(
-                run_id=run_id, workspace_id=self._run["workspace_id"], step_id=step_id,
-                action_name=step.action.name, action_id=self._action_id(session, step.action),
-                attempt_number=attempt, max_retries=step.retry.max_attempts,
-                action_config=_jsonable({k: (MASK if k in step.secret_fields and v not in (None, "") else v)
-                                         for k, v in step.config.items()}), **fields)
-            session.add(row)
-            session.flush()
-            self._rows[(run_id, step_id, attempt)] = row.id
-        return row
+    # -- events -> operations -------------------------------------------------
 
-    def _action_id(self, session: Session, action: Any) -> int:
-        if action.name not in self._action_ids:
-            row = session.scalar(select(TemplateAction).where(TemplateAction.name == action.name))
-            if row is None:
-                row = TemplateAction(
-                    name=action.name, display_name=action.display_name, category=action.category,
-                    description=action.description, action_type=action.action_type,
-                    execution_handler=action.execution_handler, validation_handler=action.validation_handler,
-                    rollback_handler=action.rollback_handler, config_schema=_jsonable(dict(action.config_schema)),
-                    default_config=_jsonable(dict(action.default_config)), max_retries=action.max_retries,
-                    timeout_seconds=action.timeout_seconds, retry_delay_seconds=action.retry_delay_seconds,
-                    exponential_backoff=action.exponential_backoff,
-                    requires_actions=list(action.requires_actions),
-                    conflicts_with_actions=list(action.conflicts_with_actions),
-                    condition_expression=action.condition_expression,
-                    estimated_duration_seconds=action.estimated_duration_seconds,
-                    requires_sudo=action.requires_sudo, requires_network=action.requires_network,
-                    disk_space_required_mb=action.disk_space_required_mb, is_active=action.is_active,
-                    is_system=action.is_system)
-                session.add(row)
-                session.flush()
-            self._action_ids[action.name] = row.id
-        return self._action_ids[action.name]
+    def _masked_config(self, step: Any) -> dict[str, Any]:
+        cache = self._run["configs"]
+        if step.id not in cache:  # the same for every attempt of the step
+            cache[step.id] = _jsonable({k: (MASK if k in step.secret_fields and v not in (None, "") else v)
+                                        for k, v in step.config.items()})
+        return cache[step.id]
 
-    def _apply(self, session: Session, event: Any) -> None:
+    def _new_row(self, run_id: str, step_id: str, attempt: int, **values: Any) -> dict[str, Any]:
+        step = self._run["plan"].steps[step_id]
+        now = datetime.now(timezone.utc)
+        row = {"run_id": run_id, "workspace_id": self._run["workspace_id"], "step_id": step_id,
+               "action_name": step.action.name, "attempt_number": attempt, "max_retries": step.retry.max_attempts,
+               "action_config": self._masked_config(step), "created_at": now, "updated_at": now}
+        row.update(values)
+        return {"op": "insert", "row": row}
+
+    def _operations(self, event: Any) -> list[dict[str, Any]]:
+        now = datetime.now(timezone.utc)
         if isinstance(event, RunStarted):
-            self._run = {"id": event.run_id, "plan": event.plan, "workspace_id": event.workspace_id, "running": True}
-            run = session.get(ProvisioningRun, event.run_id)
-            if run is None:
-                run = ProvisioningRun(id=event.run_id, workspace_id=event.workspace_id,
-                                      template_name=event.template, template_version=event.version,
-                                      template_snapshot=_jsonable(dict(event.plan.snapshot)),
-                                      total_steps=event.total_steps)
-                session.add(run)
-            run.status = "running"
-            run.started_at = run.started_at or _ts(event.time)
-            run.heartbeat_at = _ts(event.time)
-        elif isinstance(event, StepStarted):
-            row = self._new_row(session, event.run_id, event.step_id, event.attempt, status="running",
-                                started_at=_ts(event.time))
-            row.status, row.started_at = "running", _ts(event.time)
-        elif isinstance(event, AttemptFinished):
+            self._run = {"id": event.run_id, "plan": event.plan, "workspace_id": event.workspace_id, "running": True,
+                         "started": set(), "configs": {}, "actions": {s.action.name: s.action for s in event.plan.steps.values()}}
+            return [{"op": "run", "run_id": event.run_id, "values": {"status": "running",
+                                                                     "heartbeat_at": _ts(event.time)}}]
+        if isinstance(event, StepStarted):
+            self._run["started"].add((event.step_id, event.attempt))
+            return [self._new_row(event.run_id, event.step_id, event.attempt, status="running",
+                                  started_at=_ts(event.time))]
+        if isinstance(event, AttemptFinished):
             o = event.outcome
-            row = self._new_row(session, event.run_id, o.step_id, o.attempt, status=o.status.value)
-            row.status = o.status.value
-            row.started_at = row.started_at or _ts(o.started_at)
-            row.completed_at = _ts(o.started_at + o.duration)
-            row.duration_seconds = round(o.duration, 6)
-            row.execution_output = _output(o.stdout, o.stderr)
-            row.error_message = o.error or o.skip_reason
-            row.exit_code = o.exit_code
-            row.result_data = _jsonable(o.data)
+            values = {"status": o.status.value, "completed_at": _ts(o.started_at + o.duration),
+                      "duration_seconds": round(o.duration, 6), "execution_output": _output(o.stdout, o.stderr),
+                      "error_message": o.error or o.skip_reason, "exit_code": o.exit_code,
+                      "result_data": _jsonable(o.data) if o.data else {}, "updated_at": now}
             if o.config is not None:
-                row.action_config = _jsonable(o.config)
-        elif isinstance(event, RetryScheduled):
-            row = self._row(session, event.run_id, event.step_id, event.attempt)
-            if row is not None:
-                row.next_retry_at = _ts(event.next_retry_at)
-        elif isinstance(event, StepSkipped):
-            row = self._row(session, event.run_id, event.step_id, 1)
-            if row is None:  # skipped without an attempt (upstream failed)
-                self._new_row(session, event.run_id, event.step_id, 0, status=StepStatus.skipped.value,
-                              error_message=event.reason, completed_at=_ts(event.time))
-        elif isinstance(event, StepFinished):
-            if event.status is StepStatus.cancelled and event.attempts:
-                row = self._row(session, event.run_id, event.step_id, event.attempts)
-                if row is not None and row.status != "cancelled":
-                    row.status, row.next_retry_at = "cancelled", None
-                    row.error_message = event.error
-        elif isinstance(event, StepRolledBack):
-            rows = session.scalars(select(WorkspaceActionExecution).where(
-                WorkspaceActionExecution.run_id == event.run_id, WorkspaceActionExecution.step_id == event.step_id,
-                WorkspaceActionExecution.status == "completed")).all()
-            for row in rows:
-                if event.ok:
-                    row.status = StepStatus.rolled_back.value
-                else:
-                    row.error_message = f"rollback failed: {event.error}"
-        elif isinstance(event, RunFinished):
+                values["action_config"] = _jsonable(o.config)
+            if (o.step_id, o.attempt) not in self._run["started"]:  # e.g. abandoned, or no StepStarted seen
+                return [self._new_row(event.run_id, o.step_id, o.attempt, started_at=_ts(o.started_at), **values)]
+            return [{"op": "update", "key": [event.run_id, o.step_id, o.attempt], "values": values}]
+        if isinstance(event, RetryScheduled):
+            return [{"op": "update", "key": [event.run_id, event.step_id, event.attempt],
+                     "values": {"next_retry_at": _ts(event.next_retry_at)}}]
+        if isinstance(event, StepSkipped):
+            if any(s == event.step_id for s, _ in self._run["started"]):
+                return []  # skipped by its condition: the attempt row says so
+            return [self._new_row(event.run_id, event.step_id, 0, status=StepStatus.skipped.value,
+                                  error_message=event.reason, completed_at=_ts(event.time))]
+        if isinstance(event, StepFinished) and event.status is StepStatus.cancelled and event.attempts:
+            return [{"op": "update", "key": [event.run_id, event.step_id, event.attempts],
+                     "values": {"status": "cancelled", "next_retry_at": None, "error_message": event.error}}]
+        if isinstance(event, StepRolledBack):
+            values = ({"status": StepStatus.rolled_back.value} if event.ok
+                      else {"error_message": f"rollback failed: {event.error}"})
+            return [{"op": "rollback", "key": [event.run_id, event.step_id], "values": values}]
+        if isinstance(event, RunFinished):
             result = event.result
-            run = session.get(ProvisioningRun, event.run_id)
-            if run is not None:
-                run.status = result.status.value
-                run.completed_at = _ts(event.time)
-                run.completed_steps = result.completed_actions
-                run.failed_steps = result.failed_actions
-                run.skipped_steps = result.skipped_actions
-                run.error = result.error
-                run.heartbeat_at = _ts(event.time)
             self._run["running"] = False
+            return [{"op": "run", "run_id": event.run_id, "values": {
+                "status": result.status.value, "completed_at": _ts(event.time),
+                "completed_steps": result.completed_actions, "failed_steps": result.failed_actions,
+                "skipped_steps": result.skipped_actions, "error": result.error, "heartbeat_at": _ts(event.time)}}]
+        return []
+
+
+def _encode(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return {"$dt": value.isoformat()}
+    return str(value)
+
+
+def _decode(value: Any) -> Any:
+    if isinstance(value, dict):
+        if set(value) == {"$dt"}:
+            return datetime.fromisoformat(value["$dt"])
+        return {k: _decode(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_decode(v) for v in value]
+    return value
+
+
+def recover(journal: Path | None = None) -> list[tuple[Path, int, str | None]]:
+    """Replay journalled operations; ``(file, batches applied, error)`` per file.
+    A file is removed once all its batches are applied."""
+    files = [journal] if journal else sorted(journal_dir().glob("*.jsonl"))
+    report = []
+    for path in files:
+        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        applied, error = 0, None
+        for line in lines:
+            entry = json.loads(line)
+            try:
+                apply_operations(engine_for(entry["url"]), _decode(entry["ops"]), {})
+            except SQLAlchemyError as exc:
+                error = str(exc).splitlines()[0]
+                break
+            applied += 1
+        if error is None:
+            path.unlink()
+        else:
+            path.write_text("\n".join(lines[applied:]) + "\n", encoding="utf-8")
+        report.append((path, applied, error))
+    return report
