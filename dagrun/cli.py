@@ -253,6 +253,19 @@ def cmd_db(args: argparse.Namespace) -> int:
     if args.db_command == "sql":
         sys.stdout.write(migrate.ddl(args.dialect))
         return 0
+    if args.db_command == "recover":
+        from .recorder import journal_dir, recover
+        report = recover(Path(args.journal) if args.journal else None)
+        if not report:
+            print(f"nothing to recover in {journal_dir()}")
+        failed = 0
+        for path, applied, error in report:
+            if error:
+                failed += 1
+                print(f"{path}: {applied} batch(es) replayed, stopped: {error}", file=sys.stderr)
+            else:
+                print(f"{path}: {applied} batch(es) replayed")
+        return EXIT_FAILED if failed else 0
     url = args.db or default_database_url()
     engine = engine_for(url)  # migrates on first use
     print(f"{describe_url(url)}: at revision {migrate.current(engine)}")
@@ -348,6 +361,8 @@ def build_parser() -> argparse.ArgumentParser:
     db_sub = db.add_subparsers(dest="db_command", required=True)
     upgrade = db_sub.add_parser("upgrade", help="migrate the database to the newest schema")
     upgrade.add_argument("--db", metavar="URL")
+    rec = db_sub.add_parser("recover", help="replay records journalled while the database was unreachable")
+    rec.add_argument("journal", nargs="?", help="one journal file (default: all in the journal folder)")
     sql = db_sub.add_parser("sql", help="print the DDL of every migration (offline)")
     sql.add_argument("--dialect", default="postgresql", choices=("postgresql", "sqlite"))
     db.set_defaults(func=cmd_db)

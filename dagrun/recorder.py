@@ -42,6 +42,7 @@ from .util import bounded
 log = structlog.get_logger("dagrun.store")
 
 HEARTBEAT_SECONDS = 5.0
+RETRY_LIMIT_SECONDS = float(os.environ.get("DAGRUN_STORE_RETRY_SECONDS", 120))
 BATCH_WINDOW = 0.05
 MAX_BATCH = 2000
 _STOP = object()
@@ -166,10 +167,10 @@ def _ensure_actions(conn: Any, names: Iterable[str], action_ids: dict[str, int],
 class Recorder:
     """An observer writing events to ``url`` from its own thread."""
 
-    def __init__(self, url: str, *, retry_limit_seconds: float = 120.0):
+    def __init__(self, url: str, *, retry_limit_seconds: float | None = None):
         self.url = url
         self.engine = engine_for(url)
-        self.retry_limit_seconds = retry_limit_seconds
+        self.retry_limit_seconds = RETRY_LIMIT_SECONDS if retry_limit_seconds is None else retry_limit_seconds
         self.error: str | None = None
         self.journal: Path | None = None
         self._queue: queue.Queue = queue.Queue()

@@ -34,20 +34,43 @@ def workspace(home):
 PG_ADMIN_URL = os.environ.get("DAGRUN_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
+class PgAdmin:
+    """An autocommit admin connection to the real server that reconnects
+    (a test restarts the server)."""
+
+    def __init__(self, url: str):
+        import psycopg2
+        self._connect = lambda: psycopg2.connect(url, connect_timeout=5)
+        self.conn = self._connect()
+        self.conn.autocommit = True
+
+    def cursor(self):
+        import psycopg2
+        try:
+            with self.conn.cursor() as cur:
+                cur.execute("SELECT 1")
+        except (psycopg2.OperationalError, psycopg2.InterfaceError):
+            self.conn = self._connect()
+            self.conn.autocommit = True
+        return self.conn.cursor()
+
+    def close(self):
+        self.conn.close()
+
+
 @pytest.fixture(scope="session")
 def pg_server():
     """The machine's real PostgreSQL server. In CI it must be there: a
     missing server fails the tests instead of skipping them."""
     import psycopg2
     try:
-        conn = psycopg2.connect(PG_ADMIN_URL, connect_timeout=5)
+        admin = PgAdmin(PG_ADMIN_URL)
     except psycopg2.OperationalError as exc:
         if os.environ.get("CI"):
             pytest.fail(f"PostgreSQL is not reachable at {PG_ADMIN_URL}: {exc}")
         pytest.skip(f"PostgreSQL is not reachable at {PG_ADMIN_URL} (set CI=1 to make this fatal)")
-    conn.autocommit = True
-    yield conn
-    conn.close()
+    yield admin
+    admin.close()
 
 
 @pytest.fixture
