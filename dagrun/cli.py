@@ -179,11 +179,21 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def cmd_graph(args: argparse.Namespace) -> int:
     from .api import plan as compile_plan
-    plan = compile_plan(args.template, actions=args.actions, variables=_pairs(args.set, "--set"))
-    if args.format == "mermaid":
-        data: bytes = render.to_mermaid(plan).encode()
+    statuses = None
+    if args.run:
+        from .history import step_statuses
+        from .store import default_database_url
+        snapshot, statuses = step_statuses(args.db or default_database_url(), args.run)
+        template = snapshot if args.template == "-" else args.template
     else:
-        dot = render.to_dot(plan)
+        if args.template == "-":
+            raise InputError("give a template, or --run RUN_ID with '-' to draw the run's own template")
+        template = args.template
+    plan = compile_plan(template, actions=args.actions, variables=_pairs(args.set, "--set"))
+    if args.format == "mermaid":
+        data: bytes = render.to_mermaid(plan, statuses).encode()
+    else:
+        dot = render.to_dot(plan, statuses)
         data = dot.encode() if args.format == "dot" else render.render_image(dot, args.format)
     if args.output:
         Path(args.output).write_bytes(data)
@@ -332,6 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
     template_args(graph)
     graph.add_argument("--format", choices=("dot", "mermaid", "svg", "png"), default="dot")
     graph.add_argument("-o", "--output", metavar="FILE")
+    graph.add_argument("--run", metavar="RUN_ID", help="colour steps by this run's statuses (template '-': the run's own)")
+    graph.add_argument("--db", metavar="URL")
     graph.set_defaults(func=cmd_graph)
 
     migrate = sub.add_parser("migrate-legacy", help="convert a monolithic legacy config to a template")

@@ -55,3 +55,15 @@ def show_run(url: str, run_id: str, *, output: bool = False) -> dict[str, Any]:
                    if output else {}),
             } for a in attempts],
         }
+
+
+def step_statuses(url: str, run_id: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """A run's template snapshot and each step's latest status."""
+    run = show_run(url, run_id)
+    with Session(engine_for(url)) as session:
+        snapshot = session.get(ProvisioningRun, run["run_id"]).template_snapshot
+    latest: dict[str, tuple[int, str]] = {}
+    for attempt in run["attempts"]:
+        if attempt["step_id"] not in latest or attempt["attempt"] >= latest[attempt["step_id"]][0]:
+            latest[attempt["step_id"]] = (attempt["attempt"], attempt["status"])
+    return snapshot, {sid: status for sid, (_, status) in latest.items()}

@@ -140,3 +140,17 @@ def test_runs_and_show_read_the_history(tmp_path):
     assert "      | hello" in shown.stdout
     missing = dagrun("show", "nope", "--db", db, cwd=tmp_path)
     assert missing.returncode == 2 and "no run 'nope' in the store" in missing.stderr
+
+
+def test_graph_coloured_by_a_runs_statuses(tmp_path):
+    (tmp_path / "t.yaml").write_text(yaml.safe_dump(template(
+        script_step(10, "true", id="ok"), script_step(20, "exit 1", id="bad", requires=["ok"]),
+        script_step(30, "true", id="never", requires=["bad"]))))
+    db = f"sqlite:///{tmp_path}/g.db"
+    run_id = json.loads(dagrun("run", "t.yaml", "--db", db, "--json", cwd=tmp_path).stdout)["run_id"]
+    dot = dagrun("graph", "-", "--run", run_id, "--db", db, cwd=tmp_path)
+    assert dot.returncode == 0, dot.stderr
+    assert '"ok" [label="ok\\nexecute_custom_script [main]", fillcolor="#a5d6a7"]' in dot.stdout  # completed
+    assert '"bad" [label="bad\\nexecute_custom_script [main]", fillcolor="#ef9a9a"]' in dot.stdout  # failed
+    mermaid = dagrun("graph", "t.yaml", "--run", run_id, "--db", db, "--format", "mermaid", cwd=tmp_path)
+    assert "class s1 failed" in mermaid.stdout and "class s0 completed" in mermaid.stdout
