@@ -16,6 +16,8 @@ import uuid
 from concurrent.futures import Executor
 from typing import Any, Callable, Iterable, Mapping
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from .compiler import compile_template
 from .errors import InputError, RunConflictError
 from .events import Observer
@@ -26,6 +28,7 @@ from .recorder import Recorder
 from .result import RunResult, StepResult
 from .runner import Runner
 from .runs import claim, is_alive, load_for_resume
+from .seeding import mark_applied, stored_templates
 from .spec import Plan
 from .store import default_database_url, engine_for
 from .workspace import normalize_workspace
@@ -53,9 +56,13 @@ def run_template(template: Any, workspace: Any, *, database_url: str | None = No
     """
     _check_workers(max_workers)
     ws = normalize_workspace(workspace)
+    url = (database_url or default_database_url()) if record else None
+    templates = list(templates)
+    if url and isinstance(template, str) and not os.path.exists(template):
+        templates += stored_templates(url)  # a template stored with `dagrun seed` runs by name
     plan = compile_template(template, actions=actions, variables=variables, workspace=ws, templates=templates)
     return _execute(plan, ws, run_id=run_id or str(uuid.uuid4()), variables=variables, max_workers=max_workers,
-                    url=(database_url or default_database_url()) if record else None, executor=executor,
+                    url=url, executor=executor,
                     observers=observers, on_event=on_event, runner_hook=runner_hook, allow_sudo=allow_sudo)
 
 
@@ -151,6 +158,11 @@ def _execute(plan: Plan, ws: Mapping[str, Any], *, run_id: str, variables: Mappi
     result.database_url = url
     if recorder and recorder.error:
         result.error = (result.error + "; " if result.error else "") + f"records incomplete: {recorder.error}"
+    elif url and result.success and previous is None:
+        try:
+            mark_applied(url, plan.name, plan.version)
+        except SQLAlchemyError as exc:  # the work is done; only the counter is missing
+            result.error = f"template usage count not updated: {str(exc).splitlines()[0]}"
     return result
 
 

@@ -282,6 +282,16 @@ def cmd_db(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_seed(args: argparse.Namespace) -> int:
+    from .seeding import seed
+    from .store import default_database_url, describe_url
+    url = args.db or default_database_url()
+    counts = seed(url, actions=args.actions, templates=[Path(f) for f in args.templates] or None)
+    print(f"{describe_url(url)}: {counts['actions']} actions, {counts['templates']} templates "
+          f"({counts['steps']} steps) stored")
+    return 0
+
+
 def cmd_actions(args: argparse.Namespace) -> int:
     from .api import list_actions
     library = list_actions(args.actions)
@@ -378,6 +388,12 @@ def build_parser() -> argparse.ArgumentParser:
     sql = db_sub.add_parser("sql", help="print the DDL of every migration (offline)")
     sql.add_argument("--dialect", default="postgresql", choices=("postgresql", "sqlite"))
     db.set_defaults(func=cmd_db)
+
+    seed_cmd = sub.add_parser("seed", help="store the action library and templates (default: the seeds)")
+    seed_cmd.add_argument("templates", nargs="*", metavar="TEMPLATE_FILE")
+    seed_cmd.add_argument("--actions", action="append", metavar="PATH")
+    seed_cmd.add_argument("--db", metavar="URL")
+    seed_cmd.set_defaults(func=cmd_seed)
 
     actions = sub.add_parser("actions", help="list the action library")
     actions.add_argument("--actions", action="append", metavar="PATH")

@@ -274,8 +274,11 @@ class TemplateSource:
             if not path.exists():
                 raise InputError(f"template file {path} does not exist")
             return read_document(path), str(path), path.parent.resolve()
+        for doc in self.documents:  # templates given (or stored in the database) come first
+            if doc.get("name") == str(ref):
+                return dict(doc), str(ref), None
         seeds = package_dir("seeds") / "templates"
-        for suffix in (".yaml", ".yml", ".json"):  # by file name first: dagrun run demo
+        for suffix in (".yaml", ".yml", ".json"):  # by file name: dagrun run demo
             if (seeds / f"{ref}{suffix}").exists():
                 p = seeds / f"{ref}{suffix}"
                 return read_document(p), str(p), seeds

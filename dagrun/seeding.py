@@ -1,0 +1,118 @@
+"""Putting the action library and templates into the store, and reading
+templates back by name.
+
+``seed()`` is idempotent: actions are upserted by name, templates by (name,
+version), and a template's ``template_action_sequences`` rows are replaced
+by its current steps. A template stored this way runs by name
+(``dagrun run odoo-18``); a successful run bumps its ``usage_count`` and
+``last_applied_at``, as the seed's provisioner did.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session
+
+from .loader import build_library, package_dir, read_document
+from .models import TemplateAction, TemplateActionSequence, WorkspaceTemplate
+from .spec import ActionSpec
+from .store import engine_for
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+def _action_values(action: ActionSpec) -> dict[str, Any]:
+    return {
+        "display_name": action.display_name, "category": action.category, "description": action.description,
+        "action_type": action.action_type, "execution_handler": action.execution_handler,
+        "validation_handler": action.validation_handler, "rollback_handler": action.rollback_handler,
+        "config_schema": _jsonable(dict(action.config_schema)), "default_config": _jsonable(dict(action.default_config)),
+        "max_retries": action.max_retries, "timeout_seconds": action.timeout_seconds,
+        "retry_delay_seconds": action.retry_delay_seconds, "exponential_backoff": action.exponential_backoff,
+        "requires_actions": list(action.requires_actions), "conflicts_with_actions": list(action.conflicts_with_actions),
+        "condition_expression": action.condition_expression,
+        "estimated_duration_seconds": action.estimated_duration_seconds, "requires_sudo": action.requires_sudo,
+        "requires_network": action.requires_network, "disk_space_required_mb": action.disk_space_required_mb,
+        "is_active": action.is_active, "is_system": action.is_system,
+    }
+
+
+def seed(url: str, *, actions: Iterable[Any] | None = None, templates: Iterable[Path] | None = None) -> dict[str, int]:
+    """Load the library and templates (default: the shipped seeds) into the store."""
+    from .compiler import compile_template
+
+    library = build_library(actions)
+    files = list(templates) if templates is not None else sorted(
+        p for p in (package_dir("seeds") / "templates").iterdir() if p.suffix in (".yaml", ".yml", ".json"))
+    documents = [read_document(Path(p)) for p in files]
+    for path, doc in zip(files, documents):  # refuse to store a template that does not compile
+        compile_template(path, library=library, templates=documents)
+    counts = {"actions": 0, "templates": 0, "steps": 0}
+    with Session(engine_for(url)) as session, session.begin():
+        ids: dict[str, int] = {}
+        for action in library.values():
+            row = session.scalar(select(TemplateAction).where(TemplateAction.name == action.name))
+            if row is None:
+                row = TemplateAction(name=action.name)
+                session.add(row)
+            for key, value in _action_values(action).items():
+                setattr(row, key, value)
+            row.updated_at = datetime.now(timezone.utc)
+            session.flush()
+            ids[action.name] = row.id
+            counts["actions"] += 1
+        stored: dict[str, WorkspaceTemplate] = {}
+        for doc in documents:
+            version = str(doc.get("version", "1.0.0"))
+            row = session.scalar(select(WorkspaceTemplate).where(WorkspaceTemplate.name == doc["name"],
+                                                                 WorkspaceTemplate.version == version))
+            if row is None:
+                row = WorkspaceTemplate(name=doc["name"], version=version, usage_count=0)
+                session.add(row)
+            row.description = doc.get("description")
+            row.global_config = _jsonable(doc.get("global_config") or {})
+            row.document = _jsonable(doc)
+            row.updated_at = datetime.now(timezone.utc)
+            session.flush()
+            stored[doc["name"]] = row
+            session.execute(delete(TemplateActionSequence).where(TemplateActionSequence.template_id == row.id))
+            for step in doc.get("actions") or []:
+                if step.get("remove") or not step.get("action_name"):
+                    continue  # overrides of inherited steps live in the document
+                session.add(TemplateActionSequence(
+                    template_id=row.id, action_id=ids[step["action_name"]], step_id=step.get("id"),
+                    sequence_order=step["sequence_order"], phase=step.get("phase") or "main",
+                    action_config=_jsonable(step.get("action_config") or {}),
+                    condition_expression=step.get("condition_expression"),
+                    skip_on_error=bool(step.get("skip_on_error", False)), max_retries=step.get("max_retries"),
+                    timeout_seconds=step.get("timeout_seconds"), requires=step.get("requires")))
+                counts["steps"] += 1
+            counts["templates"] += 1
+        for doc in documents:
+            parent = doc.get("extends")
+            parent_name = parent.get("name") if isinstance(parent, dict) else parent
+            if parent_name in stored:
+                stored[doc["name"]].base_template_id = stored[parent_name].id
+    return counts
+
+
+def stored_templates(url: str) -> list[dict[str, Any]]:
+    """Every stored template document (newest version of a name first)."""
+    with Session(engine_for(url)) as session:
+        rows = session.scalars(select(WorkspaceTemplate).order_by(WorkspaceTemplate.name,
+                                                                  WorkspaceTemplate.updated_at.desc())).all()
+        return [dict(row.document) for row in rows if row.document]
+
+
+def mark_applied(url: str, name: str, version: str) -> None:
+    with Session(engine_for(url)) as session, session.begin():
+        session.execute(update(WorkspaceTemplate).where(
+            WorkspaceTemplate.name == name, WorkspaceTemplate.version == version).values(
+            usage_count=WorkspaceTemplate.usage_count + 1, last_applied_at=datetime.now(timezone.utc)))
