@@ -292,6 +292,25 @@ def cmd_seed(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_watch(args: argparse.Namespace) -> int:
+    from .history import show_run, watch
+    from .store import default_database_url
+    url = args.db or default_database_url()
+    run_id = show_run(url, args.run_id)["run_id"]  # resolves a prefix, or a clear error
+    final = "running"
+    for event in watch(url, run_id, timeout=args.timeout):
+        if args.json:
+            print(json.dumps(event, default=str), flush=True)
+        elif event["event"] == "attempt":
+            error = f"  {event['error']}" if event["error"] else ""
+            print(f"{event['step_id']:<24} attempt {event['attempt']}/{event['max_attempts']} "
+                  f"{event['status']}{error}", flush=True)
+        elif event["event"] == "run":
+            print(f"run {run_id} {event['status']}" + (f": {event['error']}" if event["error"] else ""), flush=True)
+        final = event.get("status", final) if event["event"] == "run" else final
+    return 0 if final == "succeeded" else EXIT_FAILED
+
+
 def cmd_actions(args: argparse.Namespace) -> int:
     from .api import list_actions
     library = list_actions(args.actions)
@@ -394,6 +413,13 @@ def build_parser() -> argparse.ArgumentParser:
     seed_cmd.add_argument("--actions", action="append", metavar="PATH")
     seed_cmd.add_argument("--db", metavar="URL")
     seed_cmd.set_defaults(func=cmd_seed)
+
+    watch_cmd = sub.add_parser("watch", help="follow a run live (from another terminal)")
+    watch_cmd.add_argument("run_id")
+    watch_cmd.add_argument("--db", metavar="URL")
+    watch_cmd.add_argument("--timeout", type=float, metavar="SECONDS", help="give up after this long")
+    watch_cmd.add_argument("--json", action="store_true", help="one JSON object per line")
+    watch_cmd.set_defaults(func=cmd_watch)
 
     actions = sub.add_parser("actions", help="list the action library")
     actions.add_argument("--actions", action="append", metavar="PATH")

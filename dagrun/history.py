@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterator
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -67,3 +67,47 @@ def step_statuses(url: str, run_id: str) -> tuple[dict[str, Any], dict[str, str]
         if attempt["step_id"] not in latest or attempt["attempt"] >= latest[attempt["step_id"]][0]:
             latest[attempt["step_id"]] = (attempt["attempt"], attempt["status"])
     return snapshot, {sid: status for sid, (_, status) in latest.items()}
+
+
+def watch(url: str, run_id: str, *, poll_seconds: float = 0.5, timeout: float | None = None) -> Iterator[dict[str, Any]]:
+    """Follow a run from another process: yields one event per attempt change
+    (and the run's final state), until the run is no longer running.
+    PostgreSQL wakes the watcher with LISTEN/NOTIFY; SQLite is polled."""
+    import time
+    engine = engine_for(url)
+    listener = None
+    if engine.dialect.name == "postgresql":
+        import psycopg2
+        # A connection of its own: in autocommit and LISTENing, it must not go back to the pool.
+        listener = psycopg2.connect(engine.url.render_as_string(hide_password=False).replace(
+            "postgresql+psycopg2://", "postgresql://"))
+        listener.autocommit = True
+        with listener.cursor() as cur:
+            cur.execute("LISTEN dagrun_runs")
+    seen: dict[tuple[str, int], tuple] = {}
+    started = time.monotonic()
+    try:
+        while True:
+            run = show_run(url, run_id)
+            for attempt in run["attempts"]:
+                key = (attempt["step_id"], attempt["attempt"])
+                state = (attempt["status"], attempt["error"])
+                if seen.get(key) != state:
+                    seen[key] = state
+                    yield {"event": "attempt", **attempt}
+            if run["status"] != "running":
+                yield {"event": "run", "run_id": run["run_id"], "status": run["status"], "error": run["error"]}
+                return
+            if timeout is not None and time.monotonic() - started > timeout:
+                yield {"event": "timeout", "run_id": run["run_id"]}
+                return
+            if listener is not None:
+                import select as select_module
+                if select_module.select([listener], [], [], poll_seconds * 10)[0]:
+                    listener.poll()
+                    listener.notifies.clear()
+            else:
+                time.sleep(poll_seconds)
+    finally:
+        if listener is not None:
+            listener.close()

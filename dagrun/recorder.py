@@ -95,6 +95,10 @@ def apply_operations(engine: Engine, ops: list[dict[str, Any]], action_ids: dict
             else:
                 updates.append((op["op"], key, op["values"]))
     with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":  # wakes `dagrun watch` (delivered at commit)
+            for run_id in {op["run_id"] if op["op"] == "run" else (op["row"]["run_id"] if op["op"] == "insert"
+                                                                    else op["key"][0]) for op in ops}:
+                conn.exec_driver_sql("SELECT pg_notify('dagrun_runs', %(id)s)", {"id": run_id})
         for run_id, values in run_values.items():
             conn.execute(update(RUNS).where(RUNS.c.id == run_id).values(**values))
         if inserts:

@@ -133,3 +133,38 @@ def test_resume_from_a_step_reruns_it_and_its_downstream(workspace, home, tmp_pa
 def test_resume_of_an_unknown_run_is_a_clear_error(db_url):
     with pytest.raises(InputError, match="no run 'missing' in the store"):
         resume("missing", database_url=db_url)
+
+
+@pytest.mark.parametrize("store", STORES)
+def test_watch_follows_a_run_live_from_another_process(store, request, workspace, tmp_path):
+    url = store_url(request, store)
+    gate = tmp_path / "gate"
+    run_id = "watched-" + store
+    outcome = {}
+    started = threading.Event()
+
+    def run():
+        outcome["result"] = run_template(chain(gate), workspace, database_url=url, run_id=run_id,
+                                         variables={"polls": 1200},
+                                         on_event=lambda e: started.set() if isinstance(e, StepStarted) else None)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    assert started.wait(30)
+    watcher = subprocess.Popen([sys.executable, "-m", "dagrun", "watch", run_id, "--db", url, "--json",
+                                "--timeout", "60"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = watcher.stdout.readline()
+    if not line:  # pragma: no cover - diagnostics
+        gate.touch()
+        thread.join()
+        pytest.fail(f"watch printed nothing: {watcher.communicate()[1]}")
+    first = json.loads(line)  # the watcher sees the run while it is going
+    assert first["event"] == "attempt" and first["step_id"] == "a"
+    gate.touch()
+    out, err = watcher.communicate(timeout=60)
+    thread.join()
+    assert watcher.returncode == 0, err
+    events = [first] + [json.loads(line) for line in out.splitlines()]
+    assert ("b", "completed") in {(e.get("step_id"), e.get("status")) for e in events}
+    assert events[-1] == {"event": "run", "run_id": run_id, "status": "succeeded", "error": None}
+    assert outcome["result"].success
