@@ -33,15 +33,34 @@ def steps(n: int):
                       for i in range(1, n + 1)])
 
 
-def after_first_step(action):
-    def on_event(event):
+class AfterFirstStep:
+    """Runs ``action`` in a thread once step s1 has finished; keeps its error."""
+
+    def __init__(self, action):
+        self.action = action
+        self.thread = None
+        self.errors = []
+
+    def _run(self):
+        try:
+            self.action()
+        except Exception as exc:  # reported by the test, not lost in a thread
+            self.errors.append(exc)
+
+    def __call__(self, event):
         if isinstance(event, StepFinished) and event.step_id == "s1":
-            threading.Thread(target=action, daemon=True).start()
-    return on_event
+            self.thread = threading.Thread(target=self._run, daemon=True)
+            self.thread.start()
+
+    def done(self):
+        self.thread.join(120)
+        return self.errors
 
 
 def test_a_postgres_restart_mid_run_loses_nothing(workspace, pg_url):
-    result = run_template(steps(6), workspace, database_url=pg_url, on_event=after_first_step(lambda: pg_ctl("restart")))
+    restart = AfterFirstStep(lambda: pg_ctl("restart"))
+    result = run_template(steps(6), workspace, database_url=pg_url, on_event=restart)
+    assert restart.done() == []
     assert result.success and result.error is None
     run = show_run(pg_url, result.run_id)
     assert run["status"] == "succeeded"
@@ -51,8 +70,10 @@ def test_a_postgres_restart_mid_run_loses_nothing(workspace, pg_url):
 def test_a_long_outage_is_journalled_and_recovered(workspace, pg_url, tmp_path, monkeypatch):
     monkeypatch.setattr(dagrun.recorder, "RETRY_LIMIT_SECONDS", 1.0)
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    stop = AfterFirstStep(lambda: pg_ctl("stop"))
     try:
-        result = run_template(steps(4), workspace, database_url=pg_url, on_event=after_first_step(lambda: pg_ctl("stop")))
+        result = run_template(steps(4), workspace, database_url=pg_url, on_event=stop)
+        assert stop.done() == []
     finally:
         pg_ctl("start")
     assert result.success  # the work itself did not need the database
