@@ -40,7 +40,7 @@ def run_template(template: Any, workspace: Any, *, database_url: str | None = No
                  executor: Executor | None = None, record: bool = True, run_id: str | None = None,
                  templates: Iterable[Mapping[str, Any]] = (),
                  observers: Iterable[Observer] = (), runner_hook: Callable[[Runner], None] | None = None,
-                 allow_sudo: bool = False) -> RunResult:
+                 allow_sudo: bool = False, secrets: Mapping[str, Any] | None = None) -> RunResult:
     """Compile ``template`` and run it for ``workspace``.
 
     ``template``: a path, the name of a template in ``seeds/``, a dict, or a
@@ -51,8 +51,10 @@ def run_template(template: Any, workspace: Any, *, database_url: str | None = No
     receives the runner before it starts (to keep a handle for ``cancel()``).
     ``allow_sudo`` lets actions marked ``requires_sudo`` run through
     ``sudo -n`` when not running as root; otherwise such a template is
-    refused before anything runs. Raises RunConflictError when the workspace
-    already has an active run.
+    refused before anything runs. ``secrets`` are variables (``vars.x``)
+    whose values are masked in results, events, records and logs, and are
+    not stored with the run (pass them again to ``resume``). Raises
+    RunConflictError when the workspace already has an active run.
     """
     _check_workers(max_workers)
     ws = normalize_workspace(workspace)
@@ -60,8 +62,10 @@ def run_template(template: Any, workspace: Any, *, database_url: str | None = No
     templates = list(templates)
     if url and isinstance(template, str) and not os.path.exists(template):
         templates += stored_templates(url)  # a template stored with `dagrun seed` runs by name
-    plan = compile_template(template, actions=actions, variables=variables, workspace=ws, templates=templates)
-    return _execute(plan, ws, run_id=run_id or str(uuid.uuid4()), variables=variables, max_workers=max_workers,
+    merged = {**(variables or {}), **(secrets or {})}
+    plan = compile_template(template, actions=actions, variables=merged, workspace=ws, templates=templates)
+    return _execute(plan, ws, run_id=run_id or str(uuid.uuid4()), variables=variables, secrets=secrets,
+                    max_workers=max_workers,
                     url=url, executor=executor,
                     observers=observers, on_event=on_event, runner_hook=runner_hook, allow_sudo=allow_sudo)
 
@@ -70,7 +74,7 @@ def resume(run_id: str, *, database_url: str | None = None, from_step: str | Non
            max_workers: int | None = None, actions: Iterable[Any] | None = None,
            on_event: Callable[[Any], None] | None = None, executor: Executor | None = None,
            observers: Iterable[Observer] = (), runner_hook: Callable[[Runner], None] | None = None,
-           allow_sudo: bool = False) -> RunResult:
+           allow_sudo: bool = False, secrets: Mapping[str, Any] | None = None) -> RunResult:
     """Continue a run from its snapshot, in the same run record.
 
     Completed steps (and steps skipped by their condition) are not run
@@ -88,7 +92,8 @@ def resume(run_id: str, *, database_url: str | None = None, from_step: str | Non
     if run.workspace is None:
         raise InputError(f"run {run.id} was recorded without its workspace: it cannot be resumed")
     ws = normalize_workspace(run.workspace)
-    plan = compile_template(run.template_snapshot, actions=actions, variables=run.variables, workspace=ws)
+    plan = compile_template(run.template_snapshot, actions=actions, workspace=ws,
+                            variables={**(run.variables or {}), **(secrets or {})})
     again: set[str] = set()
     if from_step is not None:
         if from_step not in plan.steps:
@@ -112,7 +117,7 @@ def resume(run_id: str, *, database_url: str | None = None, from_step: str | Non
                 display_name=step.display_name, status=StepStatus(last.status), attempts=numbers[sid],
                 duration_seconds=sum(r.duration_seconds or 0.0 for r in rows), result=dict(last.result_data or {}),
                 skip_reason=last.error_message if last.status == "skipped" else None, exit_code=last.exit_code)
-    return _execute(plan, ws, run_id=run.id, variables=run.variables, url=url,
+    return _execute(plan, ws, run_id=run.id, variables=run.variables, secrets=secrets, url=url,
                     max_workers=max_workers or run.max_workers, executor=executor, observers=observers,
                     on_event=on_event, runner_hook=runner_hook, allow_sudo=allow_sudo,
                     previous=previous, attempts=numbers)
@@ -128,7 +133,7 @@ def _jsonable(value: Any) -> Any:
 
 
 def _execute(plan: Plan, ws: Mapping[str, Any], *, run_id: str, variables: Mapping[str, Any] | None,
-             url: str | None, max_workers: int | None, executor: Executor | None, observers: Iterable[Observer],
+             url: str | None, secrets: Mapping[str, Any] | None = None, max_workers: int | None, executor: Executor | None, observers: Iterable[Observer],
              on_event: Callable[[Any], None] | None, runner_hook: Callable[[Runner], None] | None,
              allow_sudo: bool, previous: Mapping[str, StepResult] | None = None,
              attempts: Mapping[str, int] | None = None) -> RunResult:
@@ -146,8 +151,9 @@ def _execute(plan: Plan, ws: Mapping[str, Any], *, run_id: str, variables: Mappi
     all_observers += list(observers)
     if on_event:
         all_observers.append(on_event)
-    runner = Runner(plan, ws, run_id=run_id, variables=variables, max_workers=max_workers, executor=executor,
-                    observers=all_observers, sudo=sudo, previous=previous, attempts=attempts)
+    runner = Runner(plan, ws, run_id=run_id, variables={**(variables or {}), **(secrets or {})},
+                    max_workers=max_workers, executor=executor, observers=all_observers, sudo=sudo,
+                    previous=previous, attempts=attempts, secret_values=[str(v) for v in (secrets or {}).values()])
     if runner_hook:
         runner_hook(runner)
     try:

@@ -38,6 +38,20 @@ def _pairs(items: Sequence[str] | None, what: str) -> dict[str, Any]:
     return out
 
 
+def _secrets(items: Sequence[str] | None) -> dict[str, str]:
+    """``--secret NAME=ENV_VAR``: the value comes from the environment, so it
+    is never on a command line (visible to other users in ps)."""
+    out = {}
+    for item in items or ():
+        name, sep, var = item.partition("=")
+        if not sep or not name.strip() or not var.strip():
+            raise InputError(f"--secret expects NAME=ENV_VAR, got {item!r}")
+        if var.strip() not in os.environ:
+            raise InputError(f"--secret {name}: environment variable {var.strip()} is not set")
+        out[name.strip()] = os.environ[var.strip()]
+    return out
+
+
 def _workspace(args: argparse.Namespace) -> dict[str, Any]:
     workspace: dict[str, Any] = {}
     if args.workspace:
@@ -106,7 +120,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     Path(workspace["home_dir"]).mkdir(parents=True, exist_ok=True)
     return _run_with_progress(args, lambda **kw: run_template(
         args.template, workspace, database_url=url, max_workers=args.workers, variables=variables,
-        actions=args.actions, allow_sudo=args.allow_sudo, **kw), url, workspace["home_dir"])
+        actions=args.actions, allow_sudo=args.allow_sudo, secrets=_secrets(args.secret), **kw),
+        url, workspace["home_dir"])
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -116,7 +131,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     url = args.db or default_database_url()
     return _run_with_progress(args, lambda **kw: resume(
         args.run_id, database_url=url, from_step=args.from_step, max_workers=args.workers,
-        actions=args.actions, allow_sudo=args.allow_sudo, **kw), url, None)
+        actions=args.actions, allow_sudo=args.allow_sudo, secrets=_secrets(args.secret), **kw), url, None)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -343,6 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--workers", type=int, metavar="N", help="maximum steps running at once")
     run.add_argument("--db", metavar="URL", help="SQLAlchemy database URL (default: SQLite file, or $DAGRUN_DATABASE_URL)")
     run.add_argument("--allow-sudo", action="store_true", help="let root-only actions use sudo -n when not root")
+    run.add_argument("--secret", action="append", metavar="NAME=ENV_VAR",
+                     help="secret variable vars.NAME read from ENV_VAR; masked everywhere, not stored")
     run.add_argument("--json", action="store_true", help="print the result as JSON")
     run.set_defaults(func=cmd_run)
 
@@ -353,6 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
     res.add_argument("--db", metavar="URL")
     res.add_argument("--actions", action="append", metavar="PATH")
     res.add_argument("--allow-sudo", action="store_true")
+    res.add_argument("--secret", action="append", metavar="NAME=ENV_VAR")
     res.add_argument("--json", action="store_true")
     res.set_defaults(func=cmd_resume)
 

@@ -46,18 +46,33 @@ _WAKE = object()
 _NO_STEPS: Mapping[str, Any] = {}
 
 
-def mask_secrets(outcome: Outcome, fields: frozenset[str]) -> None:
-    """Replace secret config values in what the outcome shows (config, output,
-    error) before any observer sees it."""
-    if outcome.config is None:
-        return
-    values = [str(outcome.config[k]) for k in fields if outcome.config.get(k) not in (None, "")]
-    outcome.config = {k: (MASK if k in fields and v not in (None, "") else v) for k, v in outcome.config.items()}
-    for value in values:
-        outcome.stdout = outcome.stdout.replace(value, MASK)
-        outcome.stderr = outcome.stderr.replace(value, MASK)
-        if outcome.error:
-            outcome.error = outcome.error.replace(value, MASK)
+def mask_secrets(outcome: Outcome, fields: frozenset[str], values: Iterable[str] = ()) -> None:
+    """Replace secrets in what the outcome shows (config, output, error,
+    result) before any observer sees it: the values of secret config fields,
+    and ``values`` (secret variables) wherever they appear."""
+    config = outcome.config or {}
+    secrets = [str(config[k]) for k in fields if config.get(k) not in (None, "")] + list(values)
+    secrets = sorted({v for v in secrets if len(v) >= 3}, key=len, reverse=True)  # longest first
+    if outcome.config is not None:
+        outcome.config = {k: (MASK if k in fields and v not in (None, "") else _mask(v, secrets))
+                          for k, v in outcome.config.items()}
+    outcome.stdout = _mask(outcome.stdout, secrets)
+    outcome.stderr = _mask(outcome.stderr, secrets)
+    outcome.error = _mask(outcome.error, secrets)
+    if outcome.data and values:
+        outcome.data = _mask(outcome.data, secrets)
+
+
+def _mask(value: Any, secrets: list[str]) -> Any:
+    if isinstance(value, str):
+        for secret in secrets:
+            value = value.replace(secret, MASK)
+        return value
+    if isinstance(value, dict):
+        return {k: _mask(v, secrets) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_mask(v, secrets) for v in value]
+    return value
 
 
 class Runner:
@@ -65,7 +80,8 @@ class Runner:
                  variables: Mapping[str, Any] | None = None, max_workers: int | None = None,
                  executor: Executor | None = None, observers: Iterable[Observer] = (),
                  env: Mapping[str, str] | None = None, previous: Mapping[str, StepResult] | None = None,
-                 attempts: Mapping[str, int] | None = None, sudo: tuple[str, ...] = ()):
+                 attempts: Mapping[str, int] | None = None, sudo: tuple[str, ...] = (),
+                 secret_values: Iterable[str] = ()):
         """``previous`` (resume): results of steps already done, which are
         not run again; ``attempts``: attempt numbers to continue from."""
         self.plan = plan
@@ -78,6 +94,7 @@ class Runner:
         self.env = dict(os.environ if env is None else env)
         self.home = workspace.get("home_dir")
         self.sudo = tuple(sudo)
+        self.secret_values = tuple(str(v) for v in secret_values if v not in (None, ""))
         if previous is None and attempts is None:
             self.state = RunState(plan, self.max_workers)
         else:
@@ -225,8 +242,8 @@ class Runner:
         step = self.plan.steps[sid]
         if outcome.config is not None:
             self._configs[sid] = outcome.config  # unmasked: a rollback may need it
-        if step.secret_fields:
-            mask_secrets(outcome, step.secret_fields)
+        if step.secret_fields or self.secret_values:
+            mask_secrets(outcome, step.secret_fields, self.secret_values)
         record = self._steps[sid]
         record.attempts = outcome.attempt
         record.duration_seconds = (record.duration_seconds or 0.0) + outcome.duration

@@ -123,3 +123,28 @@ def test_secret_config_values_are_masked_in_records_and_results(workspace, db_ur
     row = attempts[0]
     assert row.action_config == {"user": "bob", "password": "********"}
     assert "hunter2" not in (row.execution_output or "") + (row.error_message or "")
+
+
+def test_secret_variables_are_masked_everywhere_and_not_stored(workspace, db_url, tmp_path):
+    import json as jsonlib
+    import os
+    import subprocess
+    import sys
+    doc = template(script_step(10, 'echo "token={{ vars.token }}"; echo "x=y{{ vars.token }}" >> "$DAGRUN_OUTPUT"',
+                               id="use"),
+                   script_step(20, 'echo "bad {{ vars.token }}" >&2; exit 1', id="leak", requires=["use"]))
+    result = run_template(doc, workspace, database_url=db_url, secrets={"token": "s3cr3t-value"})
+    text = jsonlib.dumps(result.as_dict()) + result.steps["use"].stdout + result.steps["leak"].stderr
+    assert "s3cr3t-value" not in text
+    assert result.steps["use"].stdout == "token=********\n" and result.steps["use"].result == {"x": "y********"}
+    run, attempts, _ = rows(db_url, result.run_id)
+    stored = jsonlib.dumps([run.variables, run.workspace, run.error] + [
+        [a.execution_output, a.error_message, a.action_config, a.result_data] for a in attempts], default=str)
+    assert "s3cr3t-value" not in stored and run.variables == {}
+    # the CLI takes secrets from the environment, never from its command line
+    (tmp_path / "t.yaml").write_text(__import__("yaml").safe_dump(template(script_step(10, "echo {{ vars.pw }}", id="e"))))
+    env = {**os.environ, "MY_PW": "hunter22", "XDG_DATA_HOME": str(tmp_path / "xdg")}
+    out = subprocess.run([sys.executable, "-m", "dagrun", "run", "t.yaml", "--secret", "pw=MY_PW", "--db", db_url,
+                          "--ws", "id=sec", "--json"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "hunter22" not in out.stdout + out.stderr
