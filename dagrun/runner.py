@@ -128,6 +128,11 @@ class Runner:
         self._queue.put(_WAKE)
 
     def run(self) -> RunResult:
+        # Every log line of the run (workers copy this context) names it and its workspace.
+        with structlog.contextvars.bound_contextvars(run_id=self.run_id, workspace=str(self.workspace["id"])):
+            return self._run()
+
+    def _run(self) -> RunResult:
         started = time.time()
         self._emit(RunStarted(self.run_id, self.plan.name, self.plan.version, str(self.workspace["id"]),
                               len(self.plan.order), self.max_workers, started, self.plan, self.workspace))

@@ -84,3 +84,23 @@ def test_variables_override_template_vars(workspace):
     doc = template(script_step(10, "echo {{ vars.who }}", id="s"), vars={"who": "default"})
     assert run_template(doc, workspace, record=False).steps["s"].stdout == "default\n"
     assert run_template(doc, workspace, variables={"who": "given"}, record=False).steps["s"].stdout == "given\n"
+
+
+def test_audit_log_lines_are_json_bound_with_run_workspace_and_step(tmp_path):
+    """Run in a fresh process: logging is configured once per process."""
+    import json
+    import subprocess
+    import sys
+    code = """
+import io, logging, sys
+from dagrun.logs import configure
+configure(json=True, level=logging.INFO)
+from dagrun import run_template
+run_template({"name": "t", "actions": [{"sequence_order": 10, "id": "s", "action_name": "noop"}]},
+             {"id": "w1"}, record=False)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    lines = [json.loads(line) for line in out.stderr.splitlines()]
+    assert [line["event"] for line in lines] == ["run started", "step finished", "run finished"]
+    assert all(line["workspace"] == "w1" and line["run_id"] == lines[0]["run_id"] for line in lines)
+    assert lines[1]["step"] == "s" and lines[1]["status"] == "completed"
