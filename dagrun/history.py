@@ -31,15 +31,21 @@ def list_runs(url: str, *, workspace: str | None = None, status: str | None = No
                 for r in session.scalars(query)]
 
 
+def find_run(session: Session, run_id: str) -> ProvisioningRun:
+    """A run by id or unambiguous id prefix, or a clear error."""
+    run = session.get(ProvisioningRun, run_id)
+    if run is None:
+        matches = session.scalars(select(ProvisioningRun).where(ProvisioningRun.id.startswith(run_id))).all()
+        if len(matches) != 1:
+            raise InputError(f"no run {run_id!r} in the store" if not matches
+                             else f"{run_id!r} matches {len(matches)} runs: give more characters")
+        run = matches[0]
+    return run
+
+
 def show_run(url: str, run_id: str, *, output: bool = False) -> dict[str, Any]:
     with Session(engine_for(url)) as session:
-        run = session.get(ProvisioningRun, run_id)
-        if run is None:
-            matches = session.scalars(select(ProvisioningRun).where(ProvisioningRun.id.startswith(run_id))).all()
-            if len(matches) != 1:
-                raise InputError(f"no run {run_id!r} in the store" if not matches
-                                 else f"{run_id!r} matches {len(matches)} runs: give more characters")
-            run = matches[0]
+        run = find_run(session, run_id)
         attempts = session.scalars(select(WorkspaceActionExecution).where(WorkspaceActionExecution.run_id == run.id)
                                    .order_by(WorkspaceActionExecution.id)).all()
         return {

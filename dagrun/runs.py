@@ -121,13 +121,8 @@ def claim(engine: Engine, *, run_id: str, workspace_id: str, fields: Mapping[str
 def load_for_resume(engine: Engine, run_id: str) -> tuple[ProvisioningRun, dict[str, list[WorkspaceActionExecution]]]:
     """The run row and its attempts by step (in attempt order), detached."""
     with Session(engine, expire_on_commit=False) as session:
-        run = session.get(ProvisioningRun, run_id)
-        if run is None:
-            matches = session.scalars(select(ProvisioningRun).where(ProvisioningRun.id.startswith(run_id))).all()
-            run = matches[0] if len(matches) == 1 else None
-        if run is None:
-            from .errors import InputError
-            raise InputError(f"no run {run_id!r} in the store")
+        from .history import find_run
+        run = find_run(session, run_id)
         by_step: dict[str, list[WorkspaceActionExecution]] = {}
         for attempt in session.scalars(select(WorkspaceActionExecution).where(
                 WorkspaceActionExecution.run_id == run.id).order_by(WorkspaceActionExecution.attempt_number)):
