@@ -30,7 +30,7 @@ def main() -> None:
     args = parser.parse_args()
     quiet_logs()
     from dagrun import compile_template
-    from dagrun.logs import log_events
+    from dagrun.run.logs import log_events
 
     n, w = args.n, args.workers
     shapes_ = {"chain": shapes.chain(n), "fan-out/fan-in": shapes.fan_out_in(n),

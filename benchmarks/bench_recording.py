@@ -66,7 +66,7 @@ def main() -> None:
                              f"{100 * (seconds / times['none'] - 1):+.1f}%"])
     finally:
         if pg_name:
-            from dagrun.store import engine_for
+            from dagrun.store.engine import engine_for
             engine_for(stores["postgres"]).dispose()
             admin.cursor().execute(f'DROP DATABASE IF EXISTS "{pg_name}" WITH (FORCE)')
     table(f"cost of recording (best of {args.repeat})", ["case", "store", "ms", "us per step", "vs no store"], rows)

@@ -12,7 +12,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 
 def quiet_logs() -> None:
-    from dagrun.logs import configure
+    from dagrun.run.logs import configure
     configure(json=True, level=logging.ERROR)
 
 
@@ -37,7 +37,7 @@ def table(title: str, header: list[str], rows: list[list[object]]) -> None:
 
 
 def run_plan(plan, workers: int, observers=()):
-    from dagrun.runner import Runner
+    from dagrun.run.runner import Runner
     result = Runner(plan, {"id": "bench", "home_dir": None}, max_workers=workers, observers=list(observers)).run()
     assert result.success, result.error
     return result

@@ -7,11 +7,11 @@ retries, timeouts, conditions, validation and rollback
 """
 
 from .api import plan, resume, run_template
-from .compiler import compile_template
+from .compile.compiler import compile_template
 from .errors import (ActionDefinitionError, CycleError, DagrunError, InputError, PermanentError, Problem,
                      RunConflictError, TemplateError)
-from .outcome import HandlerResult, RunStatus, StepStatus
-from .result import RunResult, StepResult
+from .run.outcome import HandlerResult, RunStatus, StepStatus
+from .run.result import RunResult, StepResult
 
 __all__ = [
     "run_template", "resume", "compile_template", "plan", "RunConflictError", "RunResult", "StepResult", "RunStatus", "StepStatus",

@@ -3,7 +3,7 @@
 ``run_template`` is what a provisioning service calls instead of its old
 ``apply_workspace_template()``: it compiles (rejecting bad input before
 anything runs), claims the workspace in the store (one active run per
-workspace), runs, and returns a :class:`~dagrun.result.RunResult` once every
+workspace), runs, and returns a :class:`~dagrun.run.result.RunResult` once every
 record is committed. ``resume`` continues a failed, cancelled or
 interrupted run in the same run record.
 """
@@ -18,19 +18,19 @@ from typing import Any, Callable, Iterable, Mapping
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from .compiler import compile_template
+from .compile.compiler import compile_template
 from .errors import InputError, RunConflictError
-from .events import Observer
-from .loader import build_library
-from .logs import log_events
-from .outcome import StepStatus
-from .recorder import Recorder
-from .result import RunResult, StepResult
-from .runner import Runner
-from .runs import claim, is_alive, load_for_resume
-from .seeding import mark_applied, stored_templates
+from .run.events import Observer
+from .compile.loader import build_library
+from .run.logs import log_events
+from .run.outcome import StepStatus
+from .store.recorder import Recorder
+from .run.result import RunResult, StepResult
+from .run.runner import Runner
+from .store.runs import claim, is_alive, load_for_resume
+from .store.seeding import mark_applied, stored_templates
 from .spec import Plan
-from .store import default_database_url, engine_for
+from .store.engine import default_database_url, engine_for
 from .workspace import normalize_workspace
 
 

@@ -2,7 +2,7 @@
 
 Compile-time problems (bad templates, action definitions, workspaces, options)
 are exceptions raised before anything runs. Step failures during a run are not
-exceptions: they are recorded as data in an :class:`~dagrun.outcome.Outcome`.
+exceptions: they are recorded as data in an :class:`~dagrun.run.outcome.Outcome`.
 The one exception a handler may raise on purpose is :class:`PermanentError`,
 which tells the scheduler that retrying cannot help.
 """

@@ -1,7 +1,7 @@
 """Views of a plan: levels, critical path, estimated duration, DOT, Mermaid.
 
 The estimated duration is not a formula: it replays the plan through the
-real scheduler core (:class:`~dagrun.scheduler.RunState`) on a simulated
+real scheduler core (:class:`~dagrun.run.scheduler.RunState`) on a simulated
 clock, with each step taking its estimated duration, so it honours workers,
 conflicts, locks and the dispatch policy exactly as a run would.
 """
@@ -14,7 +14,7 @@ import subprocess
 from typing import Mapping
 
 from .errors import InputError
-from .scheduler import RunState
+from .run.scheduler import RunState
 from .spec import Plan
 
 STATUS_COLOURS = {

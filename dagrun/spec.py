@@ -1,7 +1,7 @@
 """Frozen specifications: actions, steps, policies and the compiled plan.
 
-Everything here is immutable once built by :mod:`dagrun.compiler`; run state
-lives apart in :mod:`dagrun.scheduler`. Mappings are read-only proxies and
+Everything here is immutable once built by :mod:`dagrun.compile.compiler`; run state
+lives apart in :mod:`dagrun.run.scheduler`. Mappings are read-only proxies and
 sequences are tuples, so a plan can be shared by threads without locks.
 """
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from dagrun.handler_types import StepContext
+from dagrun.run.handler_types import StepContext
 
 
 def noop(ctx: StepContext) -> None:

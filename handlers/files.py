@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 
-from dagrun.handler_types import StepContext
-from dagrun.outcome import HandlerResult
+from dagrun.run.handler_types import StepContext
+from dagrun.run.outcome import HandlerResult
 
 from .scripts import NOTHING_TO_UNDO
 
@@ -33,7 +33,7 @@ def copy_template(ctx: StepContext) -> HandlerResult:
 
     from jinja2 import TemplateSyntaxError
 
-    from dagrun import expressions
+    from dagrun.compile import expressions
     from dagrun.errors import PermanentError
 
     source = Path(ctx.path(str(ctx.config["source"])))

@@ -8,8 +8,8 @@ import os
 import shutil
 
 from dagrun.errors import PermanentError
-from dagrun.handler_types import StepContext
-from dagrun.outcome import HandlerResult
+from dagrun.run.handler_types import StepContext
+from dagrun.run.outcome import HandlerResult
 
 from .scripts import NOTHING_TO_UNDO
 

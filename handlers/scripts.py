@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from dagrun.handler_types import StepContext
-from dagrun.outcome import HandlerResult
+from dagrun.run.handler_types import StepContext
+from dagrun.run.outcome import HandlerResult
 
 NOTHING_TO_UNDO = {"nothing_to_undo": True}
 

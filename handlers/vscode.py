@@ -5,8 +5,8 @@ from __future__ import annotations
 import shutil
 
 from dagrun.errors import PermanentError
-from dagrun.handler_types import StepContext
-from dagrun.outcome import HandlerResult
+from dagrun.run.handler_types import StepContext
+from dagrun.run.outcome import HandlerResult
 
 CLIS = ("code", "code-server")
 

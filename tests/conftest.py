@@ -6,7 +6,7 @@ import uuid
 
 import pytest
 
-from dagrun.logs import configure
+from dagrun.run.logs import configure
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -82,7 +82,7 @@ def pg_url(pg_server):
         cur.execute(f'CREATE DATABASE "{name}"')
     url = make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
     yield url
-    from dagrun.store import engine_for
+    from dagrun.store.engine import engine_for
     engine_for(url).dispose()  # close the pooled connections before the drop
     with pg_server.cursor() as cur:
         cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from dagrun.errors import PermanentError
-from dagrun.handler_types import StepContext
-from dagrun.outcome import HandlerResult
+from dagrun.run.handler_types import StepContext
+from dagrun.run.outcome import HandlerResult
 
 
 def noop(ctx: StepContext) -> None:

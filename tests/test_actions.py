@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from dagrun import InputError, run_template
-from dagrun.outcome import StepStatus
+from dagrun.run.outcome import StepStatus
 from tests.helpers import action, step, template
 
 

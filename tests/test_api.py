@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from dagrun import InputError, RunResult, TemplateError, compile_template, run_template
-from dagrun.events import (AttemptFinished, RetryScheduled, RunFinished, RunStarted, StepFinished, StepSkipped,
+from dagrun.run.events import (AttemptFinished, RetryScheduled, RunFinished, RunStarted, StepFinished, StepSkipped,
                            StepStarted)
 from tests.helpers import action, script_step, step, template
 
@@ -93,7 +93,7 @@ def test_audit_log_lines_are_json_bound_with_run_workspace_and_step(tmp_path):
     import sys
     code = """
 import io, logging, sys
-from dagrun.logs import configure
+from dagrun.run.logs import configure
 configure(json=True, level=logging.INFO)
 from dagrun import run_template
 run_template({"name": "t", "actions": [{"sequence_order": 10, "id": "s", "action_name": "noop"}]},

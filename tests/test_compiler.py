@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from dagrun import CycleError, TemplateError, compile_template
-from dagrun.loader import read_document
+from dagrun.compile.loader import read_document
 from dagrun.spec import Phase
 from tests.helpers import action, script_step, step, template
 

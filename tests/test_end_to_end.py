@@ -20,8 +20,8 @@ import pytest
 import yaml
 
 from dagrun import compile_template, run_template
-from dagrun.loader import package_dir
-from dagrun.outcome import StepStatus
+from dagrun.compile.loader import package_dir
+from dagrun.run.outcome import StepStatus
 from tests.helpers import action
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -8,7 +8,7 @@ import pytest
 from jinja2 import TemplateSyntaxError, UndefinedError
 from jinja2.exceptions import SecurityError
 
-from dagrun.expressions import (Reference, compile_condition, references, render_string, render_value,
+from dagrun.compile.expressions import (Reference, compile_condition, references, render_string, render_value,
                                 shell_quote, translate_condition)
 
 NASTY = ["a; touch /tmp/pwned", "$(touch /tmp/pwned)", "`touch /tmp/pwned`", "it's \"quoted\"",

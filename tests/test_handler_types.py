@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from dagrun import TemplateError, run_template
-from dagrun.outcome import StepStatus
+from dagrun.run.outcome import StepStatus
 from tests.helpers import action, shell_action, step, template
 
 

@@ -9,10 +9,10 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, inspect
 
-from dagrun import migrate
-from dagrun.loader import package_dir
-from dagrun.models import Base
-from dagrun.store import engine_for
+from dagrun.store import migrate
+from dagrun.compile.loader import package_dir
+from dagrun.store.models import Base
+from dagrun.store.engine import engine_for
 
 
 @pytest.mark.parametrize("store", ["sqlite", "postgres"])

@@ -12,8 +12,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from dagrun import run_template
-from dagrun.store import normalize_url
-from dagrun.models import ProvisioningRun, TemplateAction, WorkspaceActionExecution
+from dagrun.store.engine import normalize_url
+from dagrun.store.models import ProvisioningRun, TemplateAction, WorkspaceActionExecution
 from tests.helpers import action, script_step, step, template
 
 

@@ -15,8 +15,8 @@ import pytest
 import yaml
 
 from dagrun import InputError, RunConflictError, resume, run_template
-from dagrun.events import StepStarted
-from dagrun.history import list_runs, show_run
+from dagrun.run.events import StepStarted
+from dagrun.store.history import list_runs, show_run
 from tests.helpers import pid_alive, script_step, template
 
 STORES = ["sqlite", "postgres"]

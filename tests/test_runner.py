@@ -8,11 +8,11 @@ import time
 
 import pytest
 
-import dagrun.runner
+import dagrun.run.runner
 from dagrun import run_template
-from dagrun.events import AttemptFinished, RetryScheduled, StepFinished, StepRolledBack, StepStarted
-from dagrun.executors import SynchronousExecutor
-from dagrun.outcome import RunStatus, StepStatus
+from dagrun.run.events import AttemptFinished, RetryScheduled, StepFinished, StepRolledBack, StepStarted
+from dagrun.run.executors import SynchronousExecutor
+from dagrun.run.outcome import RunStatus, StepStatus
 from tests.helpers import action, pid_alive, script_step, shell_action, step, template
 
 RENDEZVOUS = """
@@ -98,7 +98,7 @@ def test_timeout_is_retried(workspace, tmp_path):
 
 
 def test_unkillable_python_handler_is_abandoned_at_its_deadline(workspace, monkeypatch):
-    monkeypatch.setattr(dagrun.runner, "DEADLINE_GRACE_SECONDS", 0.2)
+    monkeypatch.setattr(dagrun.run.runner, "DEADLINE_GRACE_SECONDS", 0.2)
     acts = [action("hang", "tests.helpers:sleep_forever", timeout_seconds=0.3,
                    config_schema={"properties": {"seconds": {}}})]
     result = run(template(step(10, "hang", action_config={"seconds": 3})), workspace, actions=acts)

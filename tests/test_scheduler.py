@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from dagrun import compile_template
-from dagrun.outcome import StepStatus
-from dagrun.scheduler import Failed, Retry, RunState
+from dagrun.run.outcome import StepStatus
+from dagrun.run.scheduler import Failed, Retry, RunState
 from tests.helpers import action, step, template
 
 ACTIONS = [action("a"), action("b", conflicts_with_actions=["c"]), action("c"),

@@ -10,10 +10,10 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from dagrun import run_template
-from dagrun.loader import build_library
-from dagrun.models import TemplateAction, TemplateActionSequence, WorkspaceTemplate
-from dagrun.seeding import seed
-from dagrun.store import engine_for
+from dagrun.compile.loader import build_library
+from dagrun.store.models import TemplateAction, TemplateActionSequence, WorkspaceTemplate
+from dagrun.store.seeding import seed
+from dagrun.store.engine import engine_for
 from tests.helpers import script_step, template
 
 

@@ -11,10 +11,10 @@ import threading
 
 import pytest
 
-import dagrun.recorder
+import dagrun.store.recorder
 from dagrun import run_template
-from dagrun.events import StepFinished
-from dagrun.history import show_run
+from dagrun.run.events import StepFinished
+from dagrun.store.history import show_run
 from tests.helpers import script_step, template
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="restarting PostgreSQL needs root (CI runs as root)")
@@ -68,7 +68,7 @@ def test_a_postgres_restart_mid_run_loses_nothing(workspace, pg_url):
 
 
 def test_a_long_outage_is_journalled_and_recovered(workspace, pg_url, tmp_path, monkeypatch):
-    monkeypatch.setattr(dagrun.recorder, "RETRY_LIMIT_SECONDS", 1.0)
+    monkeypatch.setattr(dagrun.store.recorder, "RETRY_LIMIT_SECONDS", 1.0)
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
     stop = AfterFirstStep(lambda: pg_ctl("stop"))
     try:

@@ -8,7 +8,7 @@ the URL in ``sqlalchemy.url``.
 
 from alembic import context
 
-from dagrun.models import Base
+from dagrun.store.models import Base
 
 config = context.config
 target_metadata = Base.metadata

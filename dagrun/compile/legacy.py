@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from .errors import Problem, TemplateError
+from ..errors import Problem, TemplateError
 
 LEGACY_KEYS = frozenset({"ssh_required", "packages", "extensions", "repositories", "settings", "postgresql",
                          "launch_json", "workspace_file", "environment", "post_create_script"})

@@ -12,9 +12,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from .events import (AttemptFinished, RetryScheduled, RunFinished, RunStarted, StepFinished, StepRolledBack,
+from ..run.events import (AttemptFinished, RetryScheduled, RunFinished, RunStarted, StepFinished, StepRolledBack,
                      StepSkipped, StepStarted)
-from .result import RunResult
+from ..run.result import RunResult
 
 STYLE = {"completed": "green", "failed": "red", "skipped": "yellow", "rolled_back": "magenta",
          "cancelled": "bright_black", "pending": "white", "running": "cyan"}

@@ -33,13 +33,13 @@ import networkx as nx
 from jinja2 import TemplateSyntaxError
 
 from . import expressions
-from .errors import CycleError, InputError, Problem, TemplateError
-from .handler_types import build_handlers
+from ..errors import CycleError, InputError, Problem, TemplateError
+from ..run.handler_types import build_handlers
 from .loader import TemplateSource, build_library, schema_problems
-from .spec import (ActionSpec, GlobalConfig, Lock, Phase, Plan, RetryPolicy, StepSpec,
+from ..spec import (ActionSpec, GlobalConfig, Lock, Phase, Plan, RetryPolicy, StepSpec,
                    frozen_mapping)
-from .util import deep_merge
-from .workspace import normalize_workspace
+from ..util import deep_merge
+from ..workspace import normalize_workspace
 
 DEFAULT_DURATION = 1.0
 MAX_INHERITANCE_DEPTH = 32

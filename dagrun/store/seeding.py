@@ -18,10 +18,10 @@ from typing import Any, Iterable
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
-from .loader import build_library, package_dir, read_document
+from ..compile.loader import build_library, package_dir, read_document
 from .models import TemplateAction, TemplateActionSequence, WorkspaceTemplate
-from .spec import ActionSpec
-from .store import engine_for
+from ..spec import ActionSpec
+from .engine import engine_for
 
 
 def _jsonable(value: Any) -> Any:
@@ -46,7 +46,7 @@ def _action_values(action: ActionSpec) -> dict[str, Any]:
 
 def seed(url: str, *, actions: Iterable[Any] | None = None, templates: Iterable[Path] | None = None) -> dict[str, int]:
     """Load the library and templates (default: the shipped seeds) into the store."""
-    from .compiler import compile_template
+    from ..compile.compiler import compile_template
 
     library = build_library(actions)
     files = list(templates) if templates is not None else sorted(

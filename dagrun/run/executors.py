@@ -164,9 +164,9 @@ def make_executor(kind: str, max_workers: int) -> Executor:
         try:
             from distributed import Client
         except ImportError:
-            from .errors import InputError
+            from ..errors import InputError
             raise InputError("the dask executor needs the 'distributed' package: pip install 'dagrun[dask]'") from None
         address = kind.partition(":")[2] or None
         return Client(address).get_executor()
-    from .errors import InputError
+    from ..errors import InputError
     raise InputError(f"unknown executor {kind!r} (expected threads, sync or dask[:ADDRESS])")

@@ -17,9 +17,9 @@ from typing import Any, Sequence
 
 import yaml
 
-from . import render
-from .errors import DagrunError, InputError, TemplateError
-from .loader import read_document
+from .. import render
+from ..errors import DagrunError, InputError, TemplateError
+from ..compile.loader import read_document
 
 EXIT_FAILED, EXIT_USAGE, EXIT_CANCELLED = 1, 2, 130
 
@@ -76,7 +76,7 @@ def _run_with_progress(args: argparse.Namespace, start: Any, url: str, home: str
     """Run ``start(observers=..., runner_hook=...)`` with progress, signals
     that cancel cleanly, and the summary; returns the exit code."""
     from .progress import Progress, summary_table, wall
-    from .store import describe_url
+    from ..store.engine import describe_url
 
     console = _console(stderr=args.json)
     holder: dict[str, Any] = {}
@@ -111,8 +111,8 @@ def _run_with_progress(args: argparse.Namespace, start: Any, url: str, home: str
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .api import run_template
-    from .store import default_database_url
+    from ..api import run_template
+    from ..store.engine import default_database_url
 
     workspace = _workspace(args)
     variables = _pairs(args.set, "--set")
@@ -125,8 +125,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from .api import resume
-    from .store import default_database_url
+    from ..api import resume
+    from ..store.engine import default_database_url
 
     url = args.db or default_database_url()
     return _run_with_progress(args, lambda **kw: resume(
@@ -135,7 +135,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from .compiler import validate_files
+    from ..compile.compiler import validate_files
     failed = 0
     for path, error in validate_files(args.files, actions=args.actions):
         if error is None:
@@ -147,7 +147,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from .api import plan as compile_plan
+    from ..api import plan as compile_plan
     plan = compile_plan(args.template, actions=args.actions, variables=_pairs(args.set, "--set"))
     workers = args.workers or plan.global_config.max_workers or 8
     lv = render.levels(plan)
@@ -193,11 +193,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_graph(args: argparse.Namespace) -> int:
-    from .api import plan as compile_plan
+    from ..api import plan as compile_plan
     statuses = None
     if args.run:
-        from .history import step_statuses
-        from .store import default_database_url
+        from ..store.history import step_statuses
+        from ..store.engine import default_database_url
         snapshot, statuses = step_statuses(args.db or default_database_url(), args.run)
         template = snapshot if args.template == "-" else args.template
     else:
@@ -221,8 +221,8 @@ def cmd_graph(args: argparse.Namespace) -> int:
 
 
 def cmd_migrate_legacy(args: argparse.Namespace) -> int:
-    from .compiler import compile_template
-    from .legacy import convert, is_legacy
+    from ..compile.compiler import compile_template
+    from ..compile.legacy import convert, is_legacy
     source = Path(args.file)
     doc = read_document(source)
     if not is_legacy(doc):
@@ -238,8 +238,8 @@ def cmd_migrate_legacy(args: argparse.Namespace) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    from .history import list_runs
-    from .store import default_database_url
+    from ..store.history import list_runs
+    from ..store.engine import default_database_url
     runs = list_runs(args.db or default_database_url(), workspace=args.workspace, status=args.status,
                      limit=args.limit)
     if args.json:
@@ -254,8 +254,8 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from .history import show_run
-    from .store import default_database_url
+    from ..store.history import show_run
+    from ..store.engine import default_database_url
     run = show_run(args.db or default_database_url(), args.run_id, output=args.output)
     if args.json:
         print(json.dumps(run, indent=2, default=str))
@@ -273,13 +273,13 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_db(args: argparse.Namespace) -> int:
-    from . import migrate
-    from .store import default_database_url, describe_url, engine_for
+    from ..store import migrate
+    from ..store.engine import default_database_url, describe_url, engine_for
     if args.db_command == "sql":
         sys.stdout.write(migrate.ddl(args.dialect))
         return 0
     if args.db_command == "recover":
-        from .recorder import journal_dir, recover
+        from ..store.recorder import journal_dir, recover
         report = recover(Path(args.journal) if args.journal else None)
         if not report:
             print(f"nothing to recover in {journal_dir()}")
@@ -298,8 +298,8 @@ def cmd_db(args: argparse.Namespace) -> int:
 
 
 def cmd_seed(args: argparse.Namespace) -> int:
-    from .seeding import seed
-    from .store import default_database_url, describe_url
+    from ..store.seeding import seed
+    from ..store.engine import default_database_url, describe_url
     url = args.db or default_database_url()
     counts = seed(url, actions=args.actions, templates=[Path(f) for f in args.templates] or None)
     print(f"{describe_url(url)}: {counts['actions']} actions, {counts['templates']} templates "
@@ -308,8 +308,8 @@ def cmd_seed(args: argparse.Namespace) -> int:
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
-    from .history import show_run, watch
-    from .store import default_database_url
+    from ..store.history import show_run, watch
+    from ..store.engine import default_database_url
     url = args.db or default_database_url()
     run_id = show_run(url, args.run_id)["run_id"]  # resolves a prefix, or a clear error
     final = "running"
@@ -327,7 +327,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
 
 def cmd_actions(args: argparse.Namespace) -> int:
-    from .api import list_actions
+    from ..api import list_actions
     library = list_actions(args.actions)
     if args.json:
         print(json.dumps([{"name": a.name, "display_name": a.display_name, "category": a.category,
@@ -449,7 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from .logs import configure
+    from ..run.logs import configure
     level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)]
     configure(json=True if args.log_json else None, level=level)
     if getattr(args, "workers", None) is not None and args.workers < 1:

@@ -27,9 +27,9 @@ from typing import Any, Iterator, Mapping
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
-from .errors import RunConflictError
+from ..errors import RunConflictError
 from .models import ProvisioningRun, WorkspaceActionExecution
-from .outcome import StepStatus
+from ..run.outcome import StepStatus
 
 STALE_SECONDS = float(os.environ.get("DAGRUN_HEARTBEAT_STALE_SECONDS", 30))
 INTERRUPTED = "interrupted: the process running it stopped (no heartbeat)"

@@ -32,12 +32,12 @@ from typing import Any, Callable, Mapping, Protocol
 
 import yaml
 
-from . import expressions
-from .errors import PermanentError
+from ..compile import expressions
+from ..errors import PermanentError
 from .outcome import HandlerResult
 from .shell import CancelToken, run_command, run_script
-from .spec import ActionSpec
-from .util import deep_merge
+from ..spec import ActionSpec
+from ..util import deep_merge
 
 
 @dataclass

@@ -7,9 +7,9 @@ from typing import Any, Iterator
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from .errors import InputError
+from ..errors import InputError
 from .models import ProvisioningRun, WorkspaceActionExecution
-from .store import engine_for
+from .engine import engine_for
 
 
 def _iso(value: Any) -> str | None:

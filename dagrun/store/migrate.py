@@ -16,7 +16,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, inspect
 
-from .loader import package_dir
+from ..compile.loader import package_dir
 
 FIRST_REVISION = "0001"
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 from .outcome import StepStatus
-from .spec import Plan
+from ..spec import Plan
 
 UPSTREAM_FAILED = "upstream failed"
 

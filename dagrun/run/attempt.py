@@ -1,7 +1,7 @@
 """One attempt of one step, as run on a worker.
 
 ``run_attempt`` never raises: whatever happens becomes an
-:class:`~dagrun.outcome.Outcome`. Order of work: condition (first attempt
+:class:`~dagrun.run.outcome.Outcome`. Order of work: condition (first attempt
 only, i.e. when the step becomes ready) -> interpolate config -> re-validate
 interpolated config -> optional ``check_first`` validation -> execute ->
 validate. Errors that cannot succeed on retry (undefined variables, invalid
@@ -19,13 +19,13 @@ from typing import Any, Mapping
 
 from jinja2 import TemplateError as JinjaError
 
-from . import expressions
-from .compiler import config_problems
-from .errors import PermanentError
+from ..compile import expressions
+from ..compile.compiler import config_problems
+from ..errors import PermanentError
 from .handler_types import ActionHandlers, StepContext
 from .outcome import HandlerResult, Outcome, StepStatus
 from .shell import CancelToken
-from .spec import StepSpec
+from ..spec import StepSpec
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,7 @@ from pathlib import Path
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
-from .errors import InputError
+from ..errors import InputError
 
 
 def default_database_url() -> str:

@@ -17,8 +17,8 @@ from typing import Any, Iterable, Iterator, Mapping
 import jsonschema
 import yaml
 
-from .errors import ActionDefinitionError, InputError, Problem, TemplateError
-from .spec import ActionSpec, Lock, frozen_mapping
+from ..errors import ActionDefinitionError, InputError, Problem, TemplateError
+from ..spec import ActionSpec, Lock, frozen_mapping
 
 
 def package_dir(name: str) -> Path:

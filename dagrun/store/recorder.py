@@ -31,13 +31,13 @@ import structlog
 from sqlalchemy import Engine, and_, bindparam, insert, select, update
 from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 
-from .events import (AttemptFinished, RetryScheduled, RunFinished, RunStarted, StepFinished, StepRolledBack,
+from ..run.events import (AttemptFinished, RetryScheduled, RunFinished, RunStarted, StepFinished, StepRolledBack,
                      StepSkipped, StepStarted)
 from .models import ProvisioningRun, TemplateAction, WorkspaceActionExecution
-from .outcome import StepStatus
-from .spec import MASK
-from .store import describe_url, engine_for
-from .util import bounded
+from ..run.outcome import StepStatus
+from ..spec import MASK
+from .engine import describe_url, engine_for
+from ..util import bounded
 
 log = structlog.get_logger("dagrun.store")
 

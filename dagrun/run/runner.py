@@ -33,8 +33,8 @@ from .outcome import Outcome, RunStatus, StepStatus
 from .result import RunResult, StepResult
 from .scheduler import UPSTREAM_FAILED, Failed, Retry, RunState
 from .shell import CancelToken
-from .spec import MASK, Plan
-from .util import bounded
+from ..spec import MASK, Plan
+from ..util import bounded
 
 log = structlog.get_logger("dagrun")
 
