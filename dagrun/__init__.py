@@ -7,15 +7,15 @@ retries, timeouts, conditions, validation and rollback
 """
 
 from .api import plan, resume, run_template
-from .compile.compiler import compile_template
+from .compile import compile_template
 from .errors import (ActionDefinitionError, CycleError, DagrunError, InputError, PermanentError, Problem,
-                     RunConflictError, TemplateError)
+                     RunConflictError, StoreError, TemplateError)
 from .run.outcome import HandlerResult, RunStatus, StepStatus
 from .run.result import RunResult, StepResult
 
 __all__ = [
     "run_template", "resume", "compile_template", "plan", "RunConflictError", "RunResult", "StepResult", "RunStatus", "StepStatus",
     "HandlerResult", "DagrunError", "TemplateError", "CycleError", "ActionDefinitionError", "InputError",
-    "PermanentError", "Problem",
+    "PermanentError", "Problem", "StoreError",
 ]
 __version__ = "0.1.0"

@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from .compile.compiler import compile_template
+from .compile import compile_template
 from .errors import InputError, RunConflictError
 from .run.events import Observer
 from .compile.loader import build_library
@@ -31,7 +31,8 @@ from .store.runs import claim, is_alive, load_for_resume
 from .store.seeding import mark_applied, stored_templates
 from .spec import Plan
 from .store.engine import default_database_url, engine_for
-from .workspace import normalize_workspace
+from .spec import MASK
+from .workspace import normalize_workspace, stored_fields
 
 
 def run_template(template: Any, workspace: Any, *, database_url: str | None = None,
@@ -40,7 +41,8 @@ def run_template(template: Any, workspace: Any, *, database_url: str | None = No
                  executor: Executor | None = None, record: bool = True, run_id: str | None = None,
                  templates: Iterable[Mapping[str, Any]] = (),
                  observers: Iterable[Observer] = (), runner_hook: Callable[[Runner], None] | None = None,
-                 allow_sudo: bool = False, secrets: Mapping[str, Any] | None = None) -> RunResult:
+                 allow_sudo: bool = False, secrets: Mapping[str, Any] | None = None,
+                 env_passthrough: Iterable[str] = ()) -> RunResult:
     """Compile ``template`` and run it for ``workspace``.
 
     ``template``: a path, the name of a template in ``seeds/``, a dict, or a
@@ -53,21 +55,48 @@ def run_template(template: Any, workspace: Any, *, database_url: str | None = No
     ``sudo -n`` when not running as root; otherwise such a template is
     refused before anything runs. ``secrets`` are variables (``vars.x``)
     whose values are masked in results, events, records and logs, and are
-    not stored with the run (pass them again to ``resume``). Raises
-    RunConflictError when the workspace already has an active run.
+    not stored with the run (pass them again to ``resume``). Steps see only
+    PATH, LANG, LC_*, TZ and TERM of the caller's environment, plus the names
+    the template declares in ``global_config.env_passthrough`` and those in
+    ``env_passthrough``. Raises RunConflictError when the workspace already
+    has an active run.
     """
     _check_workers(max_workers)
-    ws = normalize_workspace(workspace)
     url = (database_url or default_database_url()) if record else None
     templates = list(templates)
     if url and isinstance(template, str) and not os.path.exists(template):
         templates += stored_templates(url)  # a template stored with `dagrun seed` runs by name
-    merged = {**(variables or {}), **(secrets or {})}
-    plan = compile_template(template, actions=actions, variables=merged, workspace=ws, templates=templates)
+    plan, ws = compile_for(template, workspace, actions=actions, variables=variables, secrets=secrets,
+                           templates=templates, env_passthrough=env_passthrough)
     return _execute(plan, ws, run_id=run_id or str(uuid.uuid4()), variables=variables, secrets=secrets,
                     max_workers=max_workers,
                     url=url, executor=executor,
                     observers=observers, on_event=on_event, runner_hook=runner_hook, allow_sudo=allow_sudo)
+
+
+def compile_for(template: Any, workspace: Any, *, actions: Iterable[Any] | None = None,
+                variables: Mapping[str, Any] | None = None, secrets: Mapping[str, Any] | None = None,
+                templates: Iterable[Mapping[str, Any]] = (), env_passthrough: Iterable[str] = ()
+                ) -> tuple[Plan, Mapping[str, Any]]:
+    """Compile ``template`` for ``workspace``: the plan, and the workspace as
+    a mapping. An object workspace is read through the fields the template
+    uses, so it is compiled once to learn them."""
+    options = dict(actions=actions, templates=list(templates), env_passthrough=tuple(env_passthrough))
+    merged = {**(variables or {}), **(secrets or {})}
+    if workspace is None or isinstance(workspace, Mapping):
+        ws = normalize_workspace(workspace)
+    else:
+        ws = normalize_workspace(workspace, fields=compile_template(template, variables=merged, **options)
+                                 .workspace_fields)
+    plan = compile_template(template, variables=merged, workspace=ws, **options)
+    undeclared = sorted(set(variables or {}) - set(plan.snapshot.get("vars") or {}))
+    if undeclared:
+        from .compile.graph import did_you_mean
+        declared = plan.snapshot.get("vars") or {}
+        raise InputError("; ".join(f"variable {name!r} is not declared by template {plan.name!r}"
+                                   f"{did_you_mean(name, declared)}" for name in undeclared)
+                         + f" (it declares: {', '.join(declared) or 'none'})")
+    return plan, ws
 
 
 def resume(run_id: str, *, database_url: str | None = None, from_step: str | None = None,
@@ -92,8 +121,16 @@ def resume(run_id: str, *, database_url: str | None = None, from_step: str | Non
     if run.workspace is None:
         raise InputError(f"run {run.id} was recorded without its workspace: it cannot be resumed")
     ws = normalize_workspace(run.workspace)
-    plan = compile_template(run.template_snapshot, actions=actions, workspace=ws,
-                            variables={**(run.variables or {}), **(secrets or {})})
+    secrets = dict(secrets or {})
+    missing = [name for name in run.secret_names or () if name not in secrets]
+    if missing:
+        raise InputError(f"run {run.id} was started with secrets that are not stored: {', '.join(missing)}; "
+                         "give them again (secrets=..., dagrun resume --secret NAME=ENV_VAR)")
+    snapshot = with_secret_literals(run.template_snapshot, secrets)
+    step_secrets = {k: v for k, v in secrets.items() if "." in k}
+    secrets = {k: v for k, v in secrets.items() if "." not in k}
+    plan = compile_template(snapshot, actions=actions, workspace=ws,
+                            variables={**(run.variables or {}), **secrets})
     again: set[str] = set()
     if from_step is not None:
         if from_step not in plan.steps:
@@ -117,7 +154,7 @@ def resume(run_id: str, *, database_url: str | None = None, from_step: str | Non
                 display_name=step.display_name, status=StepStatus(last.status), attempts=numbers[sid],
                 duration_seconds=sum(r.duration_seconds or 0.0 for r in rows), result=dict(last.result_data or {}),
                 skip_reason=last.error_message if last.status == "skipped" else None, exit_code=last.exit_code)
-    return _execute(plan, ws, run_id=run.id, variables=run.variables, secrets=secrets, url=url,
+    return _execute(plan, ws, run_id=run.id, variables=run.variables, secrets={**secrets, **step_secrets}, url=url,
                     max_workers=max_workers or run.max_workers, executor=executor, observers=observers,
                     on_event=on_event, runner_hook=runner_hook, allow_sudo=allow_sudo,
                     previous=previous, attempts=numbers)
@@ -132,6 +169,41 @@ def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
+def _snapshot_step(snapshot: Mapping[str, Any], sequence_order: int) -> dict[str, Any] | None:
+    for step in snapshot.get("actions") or ():
+        if step.get("sequence_order") == sequence_order:
+            return step
+    return None
+
+
+def masked_snapshot(plan: Plan) -> dict[str, Any]:
+    """The template as stored with the run: x-secret values written in the
+    template are masked (a resume is given them again as ``step.field``)."""
+    snapshot = _jsonable(dict(plan.snapshot))
+    for sid, key in plan.secret_literals:
+        step = _snapshot_step(snapshot, plan.steps[sid].sequence_order)
+        if step is not None and key in (step.get("action_config") or {}):
+            step["action_config"][key] = MASK
+    return snapshot
+
+
+def with_secret_literals(snapshot: Mapping[str, Any], secrets: Mapping[str, Any]) -> dict[str, Any]:
+    """Put the ``step.field`` secrets given to a resume back into the snapshot."""
+    snapshot = _jsonable(dict(snapshot))
+    for name, value in secrets.items():
+        sid, dot, key = name.partition(".")
+        if not dot:
+            continue
+        for step in snapshot.get("actions") or ():
+            if (step.get("id") or step.get("action_name")) == sid or str(step.get("sequence_order")) == sid:
+                step.setdefault("action_config", {})[key] = value
+    return snapshot
+
+
+def secret_names(plan: Plan, secrets: Mapping[str, Any] | None) -> list[str]:
+    return sorted({*(k for k in secrets or {} if "." not in k), *(f"{sid}.{key}" for sid, key in plan.secret_literals)})
+
+
 def _execute(plan: Plan, ws: Mapping[str, Any], *, run_id: str, variables: Mapping[str, Any] | None,
              url: str | None, secrets: Mapping[str, Any] | None = None, max_workers: int | None, executor: Executor | None, observers: Iterable[Observer],
              on_event: Callable[[Any], None] | None, runner_hook: Callable[[Runner], None] | None,
@@ -142,8 +214,10 @@ def _execute(plan: Plan, ws: Mapping[str, Any], *, run_id: str, variables: Mappi
     if url:
         claim(engine_for(url), run_id=run_id, workspace_id=str(ws["id"]), fields={
             "template_name": plan.name, "template_version": plan.version, "total_steps": len(plan.order),
-            "template_snapshot": _jsonable(dict(plan.snapshot)), "workspace": _jsonable(dict(ws)),
-            "variables": _jsonable(dict(variables or {})), "max_workers": max_workers})
+            "template_snapshot": masked_snapshot(plan),
+            "workspace": _jsonable(stored_fields(ws, plan.workspace_fields)),
+            "variables": _jsonable(dict(variables or {})), "max_workers": max_workers,
+            "secret_names": secret_names(plan, secrets)})
         recorder = Recorder(url)
     all_observers: list[Observer] = [log_events]
     if recorder:
@@ -151,7 +225,8 @@ def _execute(plan: Plan, ws: Mapping[str, Any], *, run_id: str, variables: Mappi
     all_observers += list(observers)
     if on_event:
         all_observers.append(on_event)
-    runner = Runner(plan, ws, run_id=run_id, variables={**(variables or {}), **(secrets or {})},
+    secret_vars = {k: v for k, v in (secrets or {}).items() if "." not in k}
+    runner = Runner(plan, ws, run_id=run_id, variables={**(variables or {}), **secret_vars},
                     max_workers=max_workers, executor=executor, observers=all_observers, sudo=sudo,
                     previous=previous, attempts=attempts, secret_values=[str(v) for v in (secrets or {}).values()])
     if runner_hook:

@@ -74,6 +74,12 @@ class RunConflictError(DagrunError):
     """Another run is active for the same workspace."""
 
 
+class StoreError(DagrunError):
+    """The database cannot be opened, reached or written (the message names
+    it with its password masked). Not bad input: the same call may succeed
+    once the database is back."""
+
+
 class PermanentError(Exception):
     """Raised by a handler when retrying the attempt cannot succeed
     (invalid configuration, missing program, permission refused)."""

@@ -1,6 +1,6 @@
 """Frozen specifications: actions, steps, policies and the compiled plan.
 
-Everything here is immutable once built by :mod:`dagrun.compile.compiler`; run state
+Everything here is immutable once built by :mod:`dagrun.compile`; run state
 lives apart in :mod:`dagrun.run.scheduler`. Mappings are read-only proxies and
 sequences are tuples, so a plan can be shared by threads without locks.
 """
@@ -11,17 +11,39 @@ import enum
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any, Mapping
-
-EMPTY: Mapping[str, Any] = MappingProxyType({})
-
 
 MASK = "********"
 
 
+class FrozenDict(dict):
+    """A read-only dict: C-speed lookups (the scheduler's hot path reads the
+    plan's mappings) and picklable, unlike ``MappingProxyType``."""
+
+    __slots__ = ()
+
+    def _readonly(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError("a compiled plan is read-only")
+
+    __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = _readonly  # type: ignore[assignment]
+    __ior__ = _readonly  # type: ignore[assignment]
+
+    def __reduce__(self) -> tuple:
+        return (FrozenDict, (dict(self),))
+
+    def __copy__(self) -> "FrozenDict":
+        return self
+
+    def __deepcopy__(self, memo: dict) -> dict:
+        import copy
+        return {copy.deepcopy(k, memo): copy.deepcopy(v, memo) for k, v in self.items()}
+
+
+EMPTY: Mapping[str, Any] = FrozenDict()
+
+
 def frozen_mapping(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
-    return MappingProxyType(dict(value or {}))
+    return value if isinstance(value, FrozenDict) else FrozenDict(value or {})
 
 
 class Phase(enum.IntEnum):
@@ -32,6 +54,11 @@ class Phase(enum.IntEnum):
     main = 1
     post_setup = 2
     validation = 3
+
+    @classmethod
+    def parse(cls, value: str | None) -> "Phase":
+        """A step's ``phase`` field (``None``: ``main``)."""
+        return cls[value or "main"]
 
 
 HANDLER_TYPES = ("shell", "python_function", "template_copy", "api_call")
@@ -66,6 +93,15 @@ class Lock:
 
     name: str
     capacity: int = 1
+
+    @classmethod
+    def parse(cls, item: "str | Mapping[str, Any] | Lock") -> "Lock":
+        """A ``locks:`` entry: a name, or ``{name, capacity}``."""
+        if isinstance(item, Lock):
+            return item
+        if isinstance(item, str):
+            return cls(item)
+        return cls(item["name"], int(item.get("capacity", 1)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +158,8 @@ class StepSpec:
     shell_fields: frozenset[str] = frozenset()  # config keys holding shell script text
     step_refs: frozenset[str] = frozenset()  # upstream steps whose results it reads
     secret_fields: frozenset[str] = frozenset()  # config keys masked in records, logs and output
+    config_order: tuple[str, ...] = ()  # templated top-level config fields, in render order
+    origin: str = ""  # the template that defined (or last overrode) the step
 
     @property
     def label(self) -> str:
@@ -138,6 +176,16 @@ class GlobalConfig:
     parallel_execution_enabled: bool = True
     rollback_on_failure: bool = True
     max_workers: int | None = None
+    env_passthrough: tuple[str, ...] = ()  # caller environment variables steps and templates may see
+
+
+# What every step's environment holds of the caller's (besides the names a
+# template declares in env_passthrough): never dagrun's own settings.
+BASE_ENV_NAMES = frozenset({"PATH", "LANG", "LANGUAGE", "TZ", "TERM"})
+
+
+def is_base_env(name: str) -> bool:
+    return name in BASE_ENV_NAMES or name.startswith("LC_")
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,8 +214,9 @@ class Plan:
     dispatch_rank: Mapping[str, int]
     global_config: GlobalConfig
     variables: Mapping[str, Any]
-    handlers: Mapping[str, Any]  # action name -> handler_types.ActionHandlers
     snapshot: Mapping[str, Any] = field(default_factory=lambda: EMPTY)  # the resolved template document
+    workspace_fields: frozenset[str] = frozenset()  # the workspace fields the template reads
+    secret_literals: tuple[tuple[str, str], ...] = ()  # (step, field): x-secret values written in the template
 
     def descendants(self, step_id: str) -> list[str]:
         """Steps downstream of ``step_id``, in plan order."""

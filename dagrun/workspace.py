@@ -1,32 +1,90 @@
 """The workspace being provisioned, as the read-only mapping templates see.
 
-A workspace may be any mapping or object with at least an ``id``. The
-well-known fields are always present (``None`` when not given) so the seed's
-``workspace.ssh_public_key IS NULL`` works for a workspace that has no key.
+A workspace is a mapping with at least an ``id``. An object (a SQLAlchemy
+model of the provisioner, say) is read through a declared list of fields:
+the well-known ones below and those the template uses; it is never walked
+attribute by attribute, so its tokens and password hashes stay where they
+are. The well-known fields are always present (``None`` when not given) so
+the seed's ``workspace.ssh_public_key IS NULL`` works for a workspace that
+has no key. Values are plain data (strings, numbers, booleans, lists and
+mappings of them); anything else is read as its text.
 """
 
 from __future__ import annotations
 
-from types import MappingProxyType
-from typing import Any, Mapping
+import datetime
+import decimal
+import uuid
+from typing import Any, Iterable, Mapping
 
-from .errors import InputError
+from .errors import InputError, TemplateError
+from .spec import FrozenDict
 
-KNOWN_FIELDS = ("id", "name", "linux_username", "db_name", "port", "ssh_public_key", "home_dir")
+KNOWN_FIELDS = ("id", "name", "linux_username", "db_name", "port", "ssh_public_key", "home_dir", "host")
+# What a run keeps of its workspace besides the fields its template reads.
+ALWAYS_STORED = ("id", "home_dir", "linux_username", "host")
 
 
-def normalize_workspace(workspace: Any) -> Mapping[str, Any]:
+def _plain(value: Any, name: str) -> Any:
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v, f"{name}.{k}") for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_plain(v, f"{name}[]") for v in value]
+    if isinstance(value, (datetime.date, datetime.time, decimal.Decimal, uuid.UUID)):
+        return str(value)
+    if hasattr(value, "__fspath__"):
+        return str(value)
+    raise InputError(f"workspace field {name} is a {type(value).__name__}, not plain data "
+                     "(a string, number, boolean, list or mapping)")
+
+
+def _read(workspace: Any, fields: Iterable[str]) -> dict[str, Any]:
+    data: dict[str, Any] = {}
+    for name in fields:
+        try:
+            value = getattr(workspace, name)
+        except AttributeError:
+            continue
+        except Exception as exc:  # a property that raises
+            raise InputError(f"workspace field {name!r} could not be read: {type(exc).__name__}: {exc}") from None
+        if not callable(value):
+            data[name] = value
+    return data
+
+
+def normalize_workspace(workspace: Any, fields: Iterable[str] = ()) -> Mapping[str, Any]:
+    """A read-only mapping of the workspace. ``fields``: the names the
+    template reads (for a workspace given as an object)."""
     if workspace is None:
         raise InputError("a workspace is required (a mapping or object with at least an 'id')")
     if isinstance(workspace, Mapping):
         data = dict(workspace)
     else:
-        data = {k: getattr(workspace, k) for k in dir(workspace)
-                if not k.startswith("_") and not callable(getattr(workspace, k, None))}
+        data = _read(workspace, dict.fromkeys([*KNOWN_FIELDS, *(f for f in fields if f != "*")]))
     if data.get("id") in (None, ""):
         raise InputError("the workspace has no 'id'")
+    data = {str(k): _plain(v, str(k)) for k, v in data.items()}
+    if not isinstance(data["id"], (str, int)) or isinstance(data["id"], bool):
+        raise InputError(f"the workspace id must be a string or an integer, not {data['id']!r}")
+    from .compile.loader import check_shape
+    try:
+        check_shape(data, "workspace")
+    except TemplateError as exc:
+        raise InputError(str(exc)) from None
     for name in KNOWN_FIELDS:
         data.setdefault(name, None)
     if data["home_dir"] is not None:
         data["home_dir"] = str(data["home_dir"])
-    return MappingProxyType(data)
+    return FrozenDict(data)
+
+
+def stored_fields(workspace: Mapping[str, Any], used: Iterable[str]) -> dict[str, Any]:
+    """What a run record keeps of the workspace: the fields its template
+    reads (all of them when it reads the whole workspace) and the few a
+    resume needs."""
+    used = set(used)
+    if "*" in used:
+        return dict(workspace)
+    return {k: v for k, v in workspace.items() if k in used or k in ALWAYS_STORED}

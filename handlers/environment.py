@@ -54,21 +54,24 @@ def pip_install(ctx: StepContext) -> HandlerResult:
     python = _venv_python(ctx)
     if not os.access(python, os.X_OK):
         raise PermanentError(f"no venv at {ctx.path(ctx.config['venv_path'])}")
+    # Every value is glued to its option (--opt=value) or comes after "--":
+    # none can be read as an option of pip.
     command = [python, "-m", "pip", "install", "--disable-pip-version-check", "--no-input"]
     for link in ctx.config.get("find_links") or []:
-        command += ["--find-links", ctx.path(link)]
+        command.append(f"--find-links={ctx.path(link)}")
     if ctx.config.get("no_index"):
         command.append("--no-index")
     if ctx.config.get("index_url"):
-        command += ["--index-url", ctx.config["index_url"]]
+        command.append(f"--index-url={ctx.config['index_url']}")
     requirements = ctx.config.get("requirements_file")
     packages = list(ctx.config.get("packages") or [])
     if requirements:
         path = ctx.path(requirements)
         if not os.path.isfile(path):
             raise PermanentError(f"requirements file {path} does not exist")
-        command += ["-r", path]
-    command += packages
+        command.append(f"--requirement={path}")
+    if packages:
+        command += ["--", *packages]
     result = ctx.run(command)
     result.data = {"requirements_file": ctx.path(requirements) if requirements else None, "packages": packages}
     return result

@@ -29,25 +29,16 @@ def remove_created(ctx: StepContext) -> HandlerResult:
 
 
 def copy_template(ctx: StepContext) -> HandlerResult:
+    """Write the rendered template (``config.template``: the step's config
+    interpolation rendered it, and a ``source`` file was inlined into it at
+    compile time) to ``target_path``."""
     from pathlib import Path
 
-    from jinja2 import TemplateSyntaxError
-
-    from dagrun.compile import expressions
-    from dagrun.errors import PermanentError
-
-    source = Path(ctx.path(str(ctx.config["source"])))
-    if not source.is_file():
-        raise PermanentError(f"template {source} does not exist")
     target = Path(ctx.path(str(ctx.config["target_path"])))
-    try:
-        rendered = expressions.render_text(source.read_text(encoding="utf-8"), ctx.template_context())
-    except TemplateSyntaxError as exc:
-        raise PermanentError(f"template {source} line {exc.lineno}: {exc.message}") from None
     existed = target.exists()
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.dagrun-tmp")
-    tmp.write_text(rendered, encoding="utf-8")
+    tmp.write_text(str(ctx.config.get("template") or ""), encoding="utf-8")
     if ctx.config.get("mode"):
         os.chmod(tmp, int(ctx.config["mode"], 8))
     os.replace(tmp, target)

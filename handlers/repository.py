@@ -13,7 +13,8 @@ from dagrun.run.outcome import HandlerResult
 
 from .scripts import NOTHING_TO_UNDO
 
-GIT_ENV = {"GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "/bin/false"}
+# No prompts, and only transports that cannot run a command (ext:: and fd:: can).
+GIT_ENV = {"GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "/bin/false", "GIT_ALLOW_PROTOCOL": "file:git:http:https:ssh"}
 
 
 def _target(ctx: StepContext) -> str:
@@ -46,9 +47,9 @@ def clone(ctx: StepContext) -> HandlerResult:
     if os.path.exists(target) and os.listdir(target):
         raise PermanentError(f"{target} exists and is not empty")
     created_parent = not os.path.exists(target)
-    command = ["git", "clone", "--branch", branch, "--single-branch"]
+    command = ["git", "clone", f"--branch={branch}", "--single-branch"]
     if ctx.config.get("shallow"):
-        command += ["--depth", str(ctx.config.get("depth", 1))]
+        command.append(f"--depth={int(ctx.config.get('depth', 1))}")
     result = ctx.run([*command, "--", url, target], env=_env(ctx))
     if not result.ok:
         if os.path.isdir(target) and created_parent:

@@ -152,5 +152,11 @@ ALTER TABLE provisioning_runs ADD COLUMN owner VARCHAR(200);
 
 UPDATE alembic_version SET version_num='0002' WHERE alembic_version.version_num = '0001';
 
+-- Running upgrade 0002 -> 0003
+
+ALTER TABLE provisioning_runs ADD COLUMN secret_names JSONB;
+
+UPDATE alembic_version SET version_num='0003' WHERE alembic_version.version_num = '0002';
+
 COMMIT;
 

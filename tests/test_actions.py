@@ -16,8 +16,9 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import yaml
 
-from dagrun import InputError, run_template
+from dagrun import InputError, TemplateError, run_template
 from dagrun.run.outcome import StepStatus
 from tests.helpers import action, step, template
 
@@ -350,11 +351,25 @@ def test_vscode_extensions_without_any_cli_is_a_clear_error(workspace, tmp_path)
     assert s.attempts == 1 and s.error.startswith("neither code nor code-server is installed")
 
 
-def test_template_copy_action(workspace, home):
-    (home / "tpl.conf.j2").write_text("user={{ workspace.linux_username }}\nport={{ vars.port }}\n")
-    result = run(template(step(10, "template_copy", action_config={"source": "~/tpl.conf.j2",
-                                                                     "target_path": "~/etc/app.conf", "mode": "600"}),
-                          vars={"port": 8069}), workspace)
+def test_template_copy_action(workspace, home, tmp_path):
+    """The template file sits beside the template document (author text, read at compile time)."""
+    (tmp_path / "tpl.conf.j2").write_text("user={{ workspace.linux_username }}\nport={{ vars.port }}\n")
+    (tmp_path / "t.yaml").write_text(yaml.safe_dump(template(step(10, "template_copy", action_config={
+        "source": "tpl.conf.j2", "target_path": "~/etc/app.conf", "mode": "600"}), vars={"port": 8069})))
+    result = run(str(tmp_path / "t.yaml"), workspace)
     assert result.success, result.error
     assert (home / "etc/app.conf").read_text() == "user=alice\nport=8069\n"
     assert oct((home / "etc/app.conf").stat().st_mode)[-3:] == "600"
+
+
+def test_template_copy_never_renders_a_file_from_the_workspace(workspace, home, tmp_path):
+    (home / "evil.j2").write_text("{{ env }}")
+    folder = tmp_path / "templates"
+    folder.mkdir()
+    for source in ("~/evil.j2", str(home / "evil.j2"), "../home/evil.j2", "{{ workspace.x }}"):
+        (folder / "t.yaml").write_text(yaml.safe_dump(template(step(10, "template_copy", action_config={
+            "source": source, "target_path": "~/out"}))))
+        with pytest.raises(TemplateError, match="field 'action_config.source'"):
+            run(str(folder / "t.yaml"), workspace)
+    with pytest.raises(TemplateError, match="a template given as data has no folder"):
+        run(template(step(10, "template_copy", action_config={"source": "x.j2", "target_path": "~/out"})), workspace)

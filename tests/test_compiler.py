@@ -172,6 +172,15 @@ def test_inheritance_cycle_and_missing_base(tmp_path):
 
 def test_seed_json_examples_load_and_compile():
     odoo = read_document(FIXTURES / "seed_odoo.json")  # comments and all
+    # The seed's odoo.conf step puts {{ workspace.db_name }} in a quoted here-document, where
+    # nothing expands (the seed's string replace made it code): refused, with the fix.
+    with pytest.raises(TemplateError) as exc:
+        compile_template(odoo, actions=SEED_ACTIONS)
+    assert problems(exc) == ["Odoo 18.4 Development: step execute_custom_script: field 'action_config.script': "
+                             "line 7: a {{ }} value cannot be used inside a quoted here-document "
+                             "(<<'EOF' expands nothing: use <<EOF)"]
+    conf = next(s for s in odoo["actions"] if s["action_name"] == "execute_custom_script")
+    conf["action_config"]["script"] = conf["action_config"]["script"].replace("<< 'CONF'", "<< CONF")
     plan = compile_template(odoo, actions=SEED_ACTIONS)
     assert len(plan.order) == 10
     # the seed's Odoo template is sequential: one chain in (phase, sequence) order
@@ -197,7 +206,7 @@ def test_bad_action_definition_is_reported():
 def test_missing_python_handler_is_a_compile_error():
     with pytest.raises(TemplateError) as exc:
         compile_(step(10, "x"), actions=[action("x", handler="tests.helpers:does_not_exist")])
-    assert "has a bad handler: module 'tests.helpers' has no attribute 'does_not_exist'" in str(exc.value)
+    assert "has a bad execution_handler: module 'tests.helpers' has no attribute 'does_not_exist'" in str(exc.value)
 
 
 def test_plan_is_immutable():

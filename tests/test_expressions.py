@@ -1,4 +1,4 @@
-"""Jinja sandbox interpolation, the SQL-like condition spelling, shell quoting."""
+"""Jinja sandbox interpolation, the SQL-like condition spelling, bounded evaluation."""
 
 from __future__ import annotations
 
@@ -8,11 +8,9 @@ import pytest
 from jinja2 import TemplateSyntaxError, UndefinedError
 from jinja2.exceptions import SecurityError
 
-from dagrun.compile.expressions import (Reference, compile_condition, references, render_string, render_value,
-                                shell_quote, translate_condition)
-
-NASTY = ["a; touch /tmp/pwned", "$(touch /tmp/pwned)", "`touch /tmp/pwned`", "it's \"quoted\"",
-         "line1\nEOF\ntouch /tmp/pwned", "tab\there", "back\\slash", "", "unicode é ✓", "-n", "*"]
+from dagrun.compile.configs import render_value
+from dagrun.compile.expressions import (Reference, compile_condition, references, render_shell, render_string,
+                                        translate_condition)
 
 
 @pytest.mark.parametrize("text,expected", [
@@ -74,22 +72,48 @@ def test_references_list_names_and_first_attributes():
     assert Reference("workspace", "linux_username") in cond
 
 
-@pytest.mark.parametrize("value", NASTY)
-def test_shell_quote_round_trips_through_bash(value, tmp_path):
-    script = f"printf '%s' {shell_quote(value)}"
-    out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, cwd=tmp_path)
-    assert out.returncode == 0
-    assert out.stdout == value
+def test_shell_values_become_environment_variables_never_script_text(tmp_path):
+    script = render_shell("printf '%s|' {{ v }} \"{{ v }}\" > out\n", {"v": "$(touch pwned); `x` 'q'"})
+    assert "touch" not in script.text
+    assert script.text == "printf '%s|' \"${DAGRUN_VALUE_1}\" \"${DAGRUN_VALUE_2}\" > out\n"
+    subprocess.run(["bash", "-c", script.text], check=True, cwd=tmp_path, env=dict(script.values))
+    assert (tmp_path / "out").read_text() == "$(touch pwned); `x` 'q'|$(touch pwned); `x` 'q'|"
     assert not (tmp_path / "pwned").exists()
 
 
-def test_shell_quote_inside_heredoc_cannot_end_it(tmp_path):
-    value = "x\nEOF\ntouch pwned\ncat <<'EOF'"
-    script = render_string("cat > out.txt <<'EOF'\nv={{ v }}\nEOF\n", {"v": value}, shell=True)
-    subprocess.run(["bash", "-c", script], check=True, cwd=tmp_path)
-    assert not (tmp_path / "pwned").exists()
-    assert "touch pwned" in (tmp_path / "out.txt").read_text()
+def test_shell_lists_become_one_word_per_item():
+    script = render_shell("apt-get install {{ vars.p }}", {"vars": {"p": ["a b", "c"]}})
+    assert script.text == 'apt-get install "${DAGRUN_VALUE_1}" "${DAGRUN_VALUE_2}"'
+    assert dict(script.values) == {"DAGRUN_VALUE_1": "a b", "DAGRUN_VALUE_2": "c"}
 
 
-def test_shell_quote_lists_become_words():
-    assert shell_quote(["a b", "c"]) == "'a b' c"
+def test_path_functions_never_render_what_they_receive(tmp_path):
+    context = {"vars": {"p": "x{{ 7*7 }}"}, "file_exists": None}
+    from dagrun.compile.expressions import make_functions
+    context.update(make_functions(str(tmp_path)))
+    assert render_string("{{ path(vars.p) }}", context) == f"{tmp_path}/x{{{{ 7*7 }}}}"
+    (tmp_path / "alice").touch()
+    cond = compile_condition("file_exists('~/{{ vars.u }}')")  # a literal is template text: expanded
+    assert cond.evaluate({**context, "vars": {"u": "alice"}}) is True
+    assert cond.evaluate({**context, "vars": {"u": "{{ 'alice' }}"}}) is False
+
+
+@pytest.mark.parametrize("source", [
+    "{{ 9**(9**9) }}", "{{ 'x' * 10**10 }}", "{{ '%0999999999d' % 1 }}", "{{ 'x'.ljust(10**9) }}",
+    "{{ '{:>999999999}'.format(1) }}", "{{ 'x'|center(10**9) }}", "{{ range(10**9)|list }}",
+    "{% for a in range(9999) %}{% for b in range(9999) %}x{% endfor %}{% endfor %}",
+    "{{ ('a' * 1000)|replace('a', 'b' * 100000) }}",
+])
+def test_unbounded_evaluation_is_refused(source):
+    with pytest.raises(SecurityError):  # without the bounds, this would not return for hours
+        render_string(source, {})
+
+
+def test_conditions_are_bounded_too():
+    with pytest.raises(SecurityError):
+        compile_condition("9**(9**9) > 1").evaluate({})
+
+
+def test_deep_nesting_is_a_syntax_error_not_a_recursion_error():
+    with pytest.raises(TemplateSyntaxError, match="nested"):
+        compile_condition("(" * 2000 + "1" + ")" * 2000)

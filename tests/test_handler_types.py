@@ -27,7 +27,7 @@ def test_shell_handler_from_a_file_beside_the_definition(tmp_path, workspace, ho
     result = run(template(step(10, "hello", action_config={"who": "world; rm -rf /"})), workspace,
                  actions=[tmp_path / "hello.yaml"])
     assert result.success, result.error
-    assert (home / "hello.txt").read_text() == "hello 'world; rm -rf /'\n"  # quoted: one shell word
+    assert (home / "hello.txt").read_text() == "hello world; rm -rf /\n"  # the value, as data
     assert result.steps["hello"].stdout == "world; rm -rf /\n"
 
 
@@ -103,7 +103,7 @@ def http_server():
 def test_api_call_success_and_failure(http_server, workspace):
     acts = [{"name": "notify", "action_type": "api_call", "execution_handler": "POST {{ config.url }}",
              "max_retries": 1, "config_schema": {"type": "object", "properties": {
-                 "url": {"type": "string"}, "json": {}, "headers": {}}}}]
+                 "url": {"type": "string", "x-dagrun-format": "url"}, "json": {}, "headers": {}}}}]
     doc = template(step(10, "notify", id="good", action_config={"url": http_server + "/ok/{{ workspace.id }}",
                                                                 "json": {"user": "{{ workspace.linux_username }}"},
                                                                 "headers": {"X-Token": "t"}}),
@@ -114,6 +114,21 @@ def test_api_call_success_and_failure(http_server, workspace):
     assert ("/ok/ws1", "t", {"user": "alice"}) in _Handler.seen
     assert result.steps["bad"].status is StepStatus.failed
     assert result.steps["bad"].error == f"POST {http_server}/fail returned HTTP 500"
+
+
+def test_api_call_values_are_percent_encoded(http_server, home):
+    """A value inserted into a URL stays one path segment: no ../, no ?, no #."""
+    acts = [{"name": "notify", "action_type": "api_call", "execution_handler": "POST {{ config.base }}/ok/{{ workspace.id }}",
+             "max_retries": 1, "config_schema": {"type": "object", "properties": {"base": {"type": "string"}}}},
+            {"name": "field", "action_type": "api_call", "execution_handler": "POST {{ config.url }}", "max_retries": 1,
+             "config_schema": {"type": "object", "properties": {"url": {"type": "string", "x-dagrun-format": "url"}}}}]
+    ws = {"id": "../admin?x=1#", "home_dir": str(home)}
+    doc = template(step(10, "notify", action_config={"base": http_server}),
+                   step(20, "field", action_config={"url": http_server + "/ok/{{ workspace.id }}"}))
+    result = run(doc, ws, actions=acts)
+    assert result.success, result.error
+    assert result.steps["notify"].result["body"] == {"path": "/ok/..%2Fadmin%3Fx%3D1%23"}
+    assert result.steps["field"].result["body"] == {"path": "/ok/..%2Fadmin%3Fx%3D1%23"}
 
 
 def test_api_call_unreachable_is_a_failed_attempt(workspace):
@@ -137,4 +152,4 @@ def test_handler_prefix_python_overrides_action_type(workspace):
 def test_bad_jinja_in_an_inline_shell_handler_is_a_compile_error(workspace):
     with pytest.raises(TemplateError) as exc:
         run(template(step(10, "x")), workspace, actions=[shell_action("x", "echo {{ unclosed")])
-    assert "bad handler" in str(exc.value)
+    assert "bad execution_handler" in str(exc.value)

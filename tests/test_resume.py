@@ -171,12 +171,11 @@ def test_watch_follows_a_run_live_from_another_process(store, request, workspace
 
 
 def test_resume_needs_the_secrets_again(workspace, tmp_path, db_url):
-    from dagrun import TemplateError
     gate = tmp_path / "gate"
     doc = template(script_step(10, f"test -f {gate}; echo {{{{ vars.token }}}}", id="s"))
     failed = run_template(doc, workspace, database_url=db_url, secrets={"token": "abc123"})
     assert not failed.success
-    with pytest.raises(TemplateError, match="undefined variable vars.token"):
+    with pytest.raises(InputError, match="started with secrets that are not stored: token; give them again"):
         resume(failed.run_id, database_url=db_url)  # secrets are not stored with the run
     gate.touch()
     again = resume(failed.run_id, database_url=db_url, secrets={"token": "abc123"})

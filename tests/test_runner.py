@@ -213,26 +213,6 @@ def test_upstream_results_flow_downstream(workspace):
     assert result.steps["use"].stdout == "got /srv/x y\n"
 
 
-@pytest.mark.parametrize("nasty", ["x; touch PWNED", "$(touch PWNED)", "`touch PWNED`", "a'b\"c; touch PWNED",
-                                   "l1\ntouch PWNED", "l1\nEOF\ntouch PWNED\ncat <<'EOF'"])
-def test_no_value_can_inject_shell_code(home, nasty):
-    ws = {"id": "inj", "home_dir": str(home), "linux_username": nasty, "db_name": nasty}
-    doc = template(
-        script_step(10, "printf '%s' {{ workspace.linux_username }} > out1", id="plain"),
-        script_step(20, 'cat > out2 <<\'EOF\'\n{{ workspace.db_name }}\nEOF', id="heredoc"),
-        script_step(30, "printf '%s' {{ vars.v }} > out3", id="var"),
-        script_step(40, 'printf "%s" "$GREETING" > out4', id="env", action_config={"env": {"GREETING": "{{ workspace.db_name }}"}}),
-        vars={"v": nasty})
-    result = run(doc, ws)
-    assert result.success, result.error
-    assert not (home / "PWNED").exists()
-    assert (home / "out1").read_text() == nasty
-    assert (home / "out3").read_text() == nasty
-    assert (home / "out4").read_text() == nasty
-    # inside a quoted here-document the value stays one quoted word: it cannot end the document
-    assert "EOF" not in (home / "out2").read_text().splitlines()
-
-
 def test_cancel_stops_dispatch_and_kills_running_groups(workspace, tmp_path):
     pidfile = tmp_path / "child.pid"
     doc = template(script_step(10, f"sleep 300 &\necho $! > {pidfile}\nwait", id="long"),

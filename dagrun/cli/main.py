@@ -18,10 +18,10 @@ from typing import Any, Sequence
 import yaml
 
 from .. import render
-from ..errors import DagrunError, InputError, TemplateError
+from ..errors import DagrunError, InputError, StoreError, TemplateError
 from ..compile.loader import read_document
 
-EXIT_FAILED, EXIT_USAGE, EXIT_CANCELLED = 1, 2, 130
+EXIT_FAILED, EXIT_USAGE, EXIT_STORE, EXIT_CANCELLED = 1, 2, 3, 130
 
 
 def _pairs(items: Sequence[str] | None, what: str) -> dict[str, Any]:
@@ -95,16 +95,17 @@ def _run_with_progress(args: argparse.Namespace, start: Any, url: str, home: str
     if args.json:
         print(json.dumps(result.as_dict(), indent=2, default=str))
     else:
+        from rich.text import Text
         console.print(summary_table(result))
         if home:
-            console.print(f"workspace: {home}")
-        console.print(f"records: {describe_url(url)} (run {result.run_id})")
+            console.print(Text(f"workspace: {home}"))
+        console.print(Text(f"records: {describe_url(url)} (run {result.run_id})"))
         colour = "green" if result.success else "red"
-        console.print(f"[{colour}]{result.status.value}[/] in {wall(result.duration_seconds)}: "
-                      f"{result.completed_actions} completed, {result.failed_actions} failed, "
-                      f"{result.skipped_actions} skipped, {result.rolled_back_actions} rolled back")
+        console.print(Text.assemble((result.status.value, colour), f" in {wall(result.duration_seconds)}: "
+                                    f"{result.completed_actions} completed, {result.failed_actions} failed, "
+                                    f"{result.skipped_actions} skipped, {result.rolled_back_actions} rolled back"))
         if result.error:
-            console.print(f"[red]{result.error}[/]")
+            console.print(Text(result.error, style="red"))
     if result.status.value == "cancelled":
         return EXIT_CANCELLED
     return 0 if result.success else EXIT_FAILED
@@ -120,7 +121,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     Path(workspace["home_dir"]).mkdir(parents=True, exist_ok=True)
     return _run_with_progress(args, lambda **kw: run_template(
         args.template, workspace, database_url=url, max_workers=args.workers, variables=variables,
-        actions=args.actions, allow_sudo=args.allow_sudo, secrets=_secrets(args.secret), **kw),
+        actions=args.actions, allow_sudo=args.allow_sudo, secrets=_secrets(args.secret),
+        env_passthrough=args.env_passthrough or (), **kw),
         url, workspace["home_dir"])
 
 
@@ -135,7 +137,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from ..compile.compiler import validate_files
+    from ..compile import validate_files
     failed = 0
     for path, error in validate_files(args.files, actions=args.actions):
         if error is None:
@@ -221,7 +223,7 @@ def cmd_graph(args: argparse.Namespace) -> int:
 
 
 def cmd_migrate_legacy(args: argparse.Namespace) -> int:
-    from ..compile.compiler import compile_template
+    from ..compile import compile_template
     from ..compile.legacy import convert, is_legacy
     source = Path(args.file)
     doc = read_document(source)
@@ -280,7 +282,8 @@ def cmd_db(args: argparse.Namespace) -> int:
         return 0
     if args.db_command == "recover":
         from ..store.recorder import journal_dir, recover
-        report = recover(Path(args.journal) if args.journal else None)
+        report = recover(Path(args.journal) if args.journal else None,
+                         url=args.db or os.environ.get("DAGRUN_DATABASE_URL"))
         if not report:
             print(f"nothing to recover in {journal_dir()}")
         failed = 0
@@ -360,6 +363,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--allow-sudo", action="store_true", help="let root-only actions use sudo -n when not root")
     run.add_argument("--secret", action="append", metavar="NAME=ENV_VAR",
                      help="secret variable vars.NAME read from ENV_VAR; masked everywhere, not stored")
+    run.add_argument("--env", action="append", metavar="NAME", dest="env_passthrough",
+                     help="pass this environment variable to steps (env.NAME); steps see only PATH, LANG, "
+                          "LC_*, TZ, TERM and the names the template declares otherwise")
     run.add_argument("--json", action="store_true", help="print the result as JSON")
     run.set_defaults(func=cmd_run)
 
@@ -422,6 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
     upgrade.add_argument("--db", metavar="URL")
     rec = db_sub.add_parser("recover", help="replay records journalled while the database was unreachable")
     rec.add_argument("journal", nargs="?", help="one journal file (default: all in the journal folder)")
+    rec.add_argument("--db", metavar="URL", help="the database to replay into (the journal keeps no password)")
     sql = db_sub.add_parser("sql", help="print the DDL of every migration (offline)")
     sql.add_argument("--dialect", default="postgresql", choices=("postgresql", "sqlite"))
     db.set_defaults(func=cmd_db)
@@ -459,6 +466,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TemplateError as exc:
         print(f"dagrun: invalid template: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except StoreError as exc:
+        print(f"dagrun: {exc}", file=sys.stderr)
+        return EXIT_STORE
     except DagrunError as exc:
         print(f"dagrun: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -1,20 +1,34 @@
-"""Variables and conditions in a Jinja2 sandbox.
+"""Variables and conditions, evaluated in the bounded Jinja2 sandbox.
 
-Two environments share one configuration: ``PLAIN`` renders config values,
-``SHELL`` renders shell script text and passes every ``{{ }}`` result through
-:func:`shell_quote`, so a value can only ever become one shell word, never
-code. Both use ``StrictUndefined``: an unknown name is an error, never "".
+Only template text is a template. The template's author writes config
+strings, conditions, handler scripts and template files; everything else
+(workspace fields, variables, secrets, upstream results, file contents) is a
+*value*: it is inserted where a ``{{ }}`` asks for it and never rendered
+again. Three environments share the sandbox of :mod:`.sandbox`:
+
+- ``PLAIN`` renders config strings and template files: values become text;
+- ``SHELL`` renders shell script text: values become references to
+  environment variables (:mod:`.shell_text`), never script text;
+- ``URL`` renders URLs (``api_call`` lines, ``x-dagrun-format: url`` fields):
+  a value that begins the URL supplies its scheme and host (it must be an
+  http(s) URL); every other value is percent-encoded, one path segment or
+  query value, never a ``/``, ``?`` or ``#``.
+
+All use ``StrictUndefined``: an unknown name is an error, never "".
 
 Conditions accept Jinja expressions and the seed's SQL-like spelling
 (``IS NOT NULL``, ``AND``, ``=``, ``<>``, ``TRUE``...). A small tokenizer
 translates the SQL words to Jinja tokens (string literals are left alone),
 then Jinja parses the result: nothing is ever ``eval``-ed or matched as a
-substring.
+substring. A string literal given to ``path``, ``file_exists`` or
+``dir_exists`` may hold ``{{ }}`` (``file_exists('~/{{ workspace.x }}')``):
+that literal is template text, expanded when the expression is compiled;
+what the functions receive at run time is never rendered.
 
 Names a template may use: ``workspace``, ``config``, ``vars``, ``env``,
-``steps`` (upstream results only) and the functions ``file_exists``,
-``dir_exists`` and ``path``. :func:`references` lists what an expression uses
-so the compiler can reject unknown names before anything runs.
+``steps`` (upstream results only) and the functions above.
+:func:`references` lists what an expression uses so the compiler can reject
+unknown names before anything runs.
 """
 
 from __future__ import annotations
@@ -23,58 +37,18 @@ import functools
 import json
 import os
 import re
-import shlex
+import urllib.parse
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping
 
-from jinja2 import StrictUndefined, TemplateSyntaxError, Undefined, nodes
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2 import TemplateSyntaxError, Undefined, nodes
+
+from . import shell_text
+from .sandbox import BoundedSandbox, budget
 
 ROOT_NAMES = frozenset({"workspace", "config", "vars", "env", "steps"})
 FUNCTION_NAMES = frozenset({"file_exists", "dir_exists", "path"})
 KNOWN_NAMES = ROOT_NAMES | FUNCTION_NAMES
-
-_SAFE_WORD = re.compile(r"^[A-Za-z0-9_@%+=:,./-]+$")
-
-
-def shell_quote(value: Any) -> str:
-    """Render ``value`` as shell word(s) that can never run as code.
-
-    Lists become several quoted words. Values holding newlines or other
-    control characters use bash's ``$'...'`` quoting, so no raw newline from a
-    value ever reaches the script text (it could end a here-document early).
-    """
-    if isinstance(value, (list, tuple)):
-        return " ".join(shell_quote(v) for v in value)
-    if value is None:
-        text = ""
-    elif isinstance(value, bool):
-        text = "true" if value else "false"
-    elif isinstance(value, (dict,)):
-        text = json.dumps(value, sort_keys=True)
-    else:
-        text = str(value)
-    if "\0" in text:
-        raise ValueError("a value with a NUL character cannot be passed to a shell script")
-    if text and _SAFE_WORD.match(text):
-        return text
-    if any(ord(c) < 32 or ord(c) == 127 for c in text):
-        return _ansi_c_quote(text)
-    return shlex.quote(text)
-
-
-def _ansi_c_quote(text: str) -> str:
-    out = []
-    for c in text:
-        if c == "\\":
-            out.append("\\\\")
-        elif c == "'":
-            out.append("\\'")
-        elif ord(c) < 32 or ord(c) == 127:
-            out.append(f"\\x{ord(c):02x}")
-        else:
-            out.append(c)
-    return "$'" + "".join(out) + "'"
 
 
 def _to_json(value: Any, indent: int | None = 2) -> str:
@@ -86,34 +60,70 @@ def _to_yaml(value: Any) -> str:
     return yaml.safe_dump(value, sort_keys=False, default_flow_style=False)
 
 
-def _make_env(**kwargs: Any) -> ImmutableSandboxedEnvironment:
-    env = ImmutableSandboxedEnvironment(undefined=StrictUndefined, keep_trailing_newline=True,
-                                        autoescape=False, **kwargs)
+_HTTP_URL = re.compile(r"\Ahttps?://[^\s\x00-\x1f\x7f]+\Z")
+
+
+def _expand_literal_args(template: nodes.Template) -> nodes.Template:
+    """``path('~/{{ x }}')`` -> ``path('~/' ~ x)``: the literal is template text."""
+    for call in template.find_all(nodes.Call):
+        if isinstance(call.node, nodes.Name) and call.node.name in FUNCTION_NAMES:
+            call.args = [_literal_to_expression(a) for a in call.args]
+    return template
+
+
+def _literal_to_expression(arg: nodes.Expr) -> nodes.Expr:
+    if not (isinstance(arg, nodes.Const) and has_template(arg.value)):
+        return arg
+    inner = PLAIN.parse(arg.value)
+    parts: list[nodes.Expr] = []
+    for node in inner.body:
+        if not isinstance(node, nodes.Output):
+            raise TemplateSyntaxError("only {{ }} may appear inside a string given to path() or file_exists()",
+                                      arg.lineno)
+        for child in node.nodes:
+            parts.append(nodes.Const(child.data) if isinstance(child, nodes.TemplateData) else child)
+    return nodes.Concat(parts, lineno=arg.lineno)
+
+
+class _Environment(BoundedSandbox):
+    def transform(self, template: nodes.Template) -> nodes.Template:
+        return super().transform(_expand_literal_args(template))
+
+
+def _make_env(**kwargs: Any) -> _Environment:
+    env = _Environment(**kwargs)
     env.filters["to_json"] = _to_json
     env.filters["to_yaml"] = _to_yaml
-    env.filters["shell_quote"] = shell_quote
     return env
 
 
 PLAIN = _make_env()
-SHELL = _make_env(finalize=shell_quote)
+SHELL = _make_env(finalize=shell_text.finalize_marker)
+URL = _make_env(finalize=shell_text.finalize_marker)
 
 
 def has_template(text: Any) -> bool:
     return isinstance(text, str) and ("{{" in text or "{%" in text)
 
 
-_SOLE_EXPRESSION = re.compile(r"^\s*\{\{((?:(?!\}\}|\{\{).)*)\}\}\s*$", re.S)
+# Exactly one {{ expr }} and nothing around it (not even whitespace, which would be lost).
+_SOLE_EXPRESSION = re.compile(r"\A\{\{((?:(?!\}\}|\{\{).)*)\}\}\Z", re.S)
 
 
 @functools.lru_cache(maxsize=4096)
-def _template(source: str, shell: bool):
-    return (SHELL if shell else PLAIN).from_string(source)
+def _template(source: str, kind: str):
+    return {"plain": PLAIN, "shell": SHELL, "url": URL}[kind].from_string(source)
 
 
 @functools.lru_cache(maxsize=4096)
 def _expression(source: str):
     return PLAIN.compile_expression(source, undefined_to_none=False)
+
+
+def sole_expression(source: str) -> str | None:
+    """The expression of a string that is exactly one ``{{ expr }}``."""
+    m = _SOLE_EXPRESSION.match(source)
+    return m.group(1).strip() if m else None
 
 
 # -- conditions --------------------------------------------------------------
@@ -141,9 +151,9 @@ def translate_condition(text: str) -> str:
     'workspace.ssh_public_key is not none or config.private == false'
     """
     text = text.strip()
-    sole = _SOLE_EXPRESSION.match(text)
-    if sole:  # "{{ expr }}" is accepted as a condition too
-        text = sole.group(1).strip()
+    sole = sole_expression(text)
+    if sole is not None:  # "{{ expr }}" is accepted as a condition too
+        text = sole
     out: list[str] = []
     pos = 0
     previous = ""
@@ -167,11 +177,14 @@ def translate_condition(text: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Condition:
+    """A parsed condition: plain strings, so a plan holding it pickles."""
+
     source: str
     expression: str  # the Jinja spelling
 
     def evaluate(self, context: Mapping[str, Any]) -> bool:
-        return bool(_expression(self.expression)(**context))
+        with budget():
+            return bool(_expression(self.expression)(**context))
 
 
 def compile_condition(text: str) -> Condition:
@@ -205,7 +218,7 @@ def references(source: str, *, condition: bool = False) -> frozenset[Reference]:
         elif isinstance(node, nodes.Const) and has_template(node.value):
             found |= references(node.value)  # file_exists('~/{{ workspace.x }}')
     assigned = {n.name for n in ast.find_all(nodes.Name) if n.ctx in ("store", "param")}
-    return frozenset(r for r in found if r.root not in assigned)
+    return frozenset(r for r in found if r.root not in assigned and r.root != "_dagrun_loop")
 
 
 def _walk(node: nodes.Node) -> Iterator[nodes.Node]:
@@ -215,52 +228,70 @@ def _walk(node: nodes.Node) -> Iterator[nodes.Node]:
 
 
 def parse_template(source: str, *, shell: bool = False) -> None:
-    """Raise ``TemplateSyntaxError`` if ``source`` is not a valid template."""
-    _template(source, shell)
+    """Raise ``TemplateSyntaxError`` if ``source`` is not a valid template, or
+    :class:`~.shell_text.UnsafeContext` if shell text puts a value where bash
+    would parse it."""
+    _template(source, "shell" if shell else "plain")
+    if shell:
+        shell_text.check_source(source)
 
 
 # -- rendering ---------------------------------------------------------------
 
-def render_string(source: str, context: Mapping[str, Any], *, shell: bool = False) -> Any:
-    """Render one string. A string that is exactly one ``{{ expr }}`` keeps the
-    expression's native type (a list stays a list) outside shell text."""
+def render_string(source: str, context: Mapping[str, Any]) -> Any:
+    """Render one config string. A string that is exactly one ``{{ expr }}``
+    keeps the expression's native type (a list stays a list)."""
     if not has_template(source):
         return source
-    if not shell:
-        sole = _SOLE_EXPRESSION.match(source)
-        if sole:
-            value = _expression(sole.group(1).strip())(**context)
+    with budget():
+        sole = sole_expression(source)
+        if sole is not None:
+            value = _expression(sole)(**context)
             if isinstance(value, Undefined):
                 value._fail_with_undefined_error()  # raises UndefinedError naming the variable
             return value
-    return _template(source, shell).render(context)
+        return _template(source, "plain").render(context)
 
 
-def render_text(source: str, context: Mapping[str, Any], *, shell: bool = False) -> str:
-    """Render a whole document (a file template): always text."""
-    return _template(source, shell).render(context)
+def render_text(source: str, context: Mapping[str, Any]) -> str:
+    """Render a whole document (a template file): always text."""
+    with budget():
+        return _template(source, "plain").render(context)
 
 
-def render_value(value: Any, context: Mapping[str, Any], *, shell_fields: frozenset[str] = frozenset(),
-                 _top: bool = True) -> Any:
-    """Render every template string inside a config structure.
+def render_shell(source: str, context: Mapping[str, Any]) -> shell_text.ShellScript:
+    """Render shell script text: values become environment variables."""
+    if not has_template(source):
+        return shell_text.ShellScript(source, {})
+    values, token = shell_text.collecting()
+    try:
+        with budget():
+            rendered = _template(source, "shell").render(context)
+    finally:
+        shell_text.release(token)
+    return shell_text.substitute(rendered, values)
 
-    Top-level keys in ``shell_fields`` hold shell script text and are rendered
-    with shell quoting.
-    """
-    if isinstance(value, str):
-        return render_string(value, context)
-    if isinstance(value, Mapping):
-        out = {}
-        for key, item in value.items():
-            if _top and key in shell_fields and isinstance(item, str):
-                out[key] = render_string(item, context, shell=True)
-            else:
-                out[key] = render_value(item, context, _top=False)
-        return out
-    if isinstance(value, (list, tuple)):
-        return [render_value(v, context, _top=False) for v in value]
-    return value
+
+def render_url(source: str, context: Mapping[str, Any]) -> str:
+    """Render a URL: a value that begins it must be an http(s) URL itself,
+    the others are percent-encoded."""
+    source = source.strip()
+    values, token = shell_text.collecting()
+    try:
+        with budget():
+            rendered = _template(source, "url").render(context)
+    finally:
+        shell_text.release(token)
+
+    def value(m: re.Match) -> str:
+        text = shell_text.as_text(values[int(m.group(1))])
+        if m.start() == 0:
+            if not _HTTP_URL.match(text):
+                raise ValueError(f"{text!r} is not an http(s) URL")
+            return text
+        return urllib.parse.quote(text, safe="")
+
+    return shell_text.MARKER.sub(value, rendered)
 
 
 def template_strings(value: Any, path: str = "") -> Iterator[tuple[str, str]]:
@@ -277,22 +308,28 @@ def template_strings(value: Any, path: str = "") -> Iterator[tuple[str, str]]:
 
 
 def expand_path(text: str, home: str | None) -> str:
-    """Expand ``~`` to the workspace's home directory (or the user's)."""
-    if home and (text == "~" or text.startswith("~/")):
-        return home + text[1:]
-    return os.path.expanduser(text)
+    """``~`` is the workspace home; a relative path is relative to it too.
+    Without a home (no workspace), ``~`` is left alone."""
+    text = str(text)
+    if home:
+        if text == "~" or text.startswith("~/"):
+            return home + text[1:]
+        if not text.startswith(("/", "~")):
+            return os.path.join(home, text)
+    return text
 
 
-def make_functions(context_ref: Callable[[], Mapping[str, Any]], home: str | None) -> dict[str, Any]:
-    """The functions conditions and templates may call, bound to one context."""
+def make_functions(home: str | None) -> dict[str, Callable[[Any], Any]]:
+    """The functions conditions and templates may call. They take values as
+    they are: nothing they receive is rendered."""
 
-    def path(text: str) -> str:
-        return expand_path(str(render_string(str(text), context_ref())), home)
+    def path(text: Any) -> str:
+        return expand_path(str(text), home)
 
-    def file_exists(text: str) -> bool:
+    def file_exists(text: Any) -> bool:
         return os.path.exists(path(text))
 
-    def dir_exists(text: str) -> bool:
+    def dir_exists(text: Any) -> bool:
         return os.path.isdir(path(text))
 
     return {"file_exists": file_exists, "dir_exists": dir_exists, "path": path}
@@ -303,5 +340,5 @@ def build_context(*, workspace: Any, config: Mapping[str, Any], variables: Mappi
     context: dict[str, Any] = {
         "workspace": workspace, "config": config, "vars": variables, "env": env, "steps": steps,
     }
-    context.update(make_functions(lambda: context, home))
+    context.update(make_functions(home))
     return context

@@ -16,12 +16,48 @@ the converted template to a file.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Mapping
 
 from ..errors import Problem, TemplateError
 
 LEGACY_KEYS = frozenset({"ssh_required", "packages", "extensions", "repositories", "settings", "postgresql",
                          "launch_json", "workspace_file", "environment", "post_create_script"})
+
+
+_QUOTED_HEREDOC = re.compile(r"<<(-?)\s*(['\"])(\w+)\2")
+_VALUE = re.compile(r"(\{\{.*?\}\})")
+
+
+def unquote_heredocs(script: str) -> str:
+    """Legacy scripts put ``{{ }}`` in quoted here-documents (``<<'CONF'``),
+    where nothing expands: the old string replace made that "work" and made
+    every value code. The converted script uses an unquoted here-document
+    whose own text is escaped (``\\``, ``$``, backticks), so it still reads
+    literally, and whose values arrive as data."""
+    lines = script.split("\n")
+    out: list[str] = []
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        m = _QUOTED_HEREDOC.search(line)
+        end = None
+        if m:
+            delimiter, strip = m.group(3), m.group(1) == "-"
+            end = next((j for j in range(i + 1, len(lines))
+                        if (lines[j].lstrip("\t") if strip else lines[j]) == delimiter), None)
+        if m is None or end is None or not any("{{" in body for body in lines[i + 1:end]):
+            out.append(line)
+            i += 1
+            continue
+        out.append(line[:m.start()] + f"<<{m.group(1)}{m.group(3)}" + line[m.end():])
+        for body in lines[i + 1:end]:
+            out.append("".join(part if _VALUE.fullmatch(part) else
+                               part.replace("\\", "\\\\").replace("$", "\\$").replace("`", "\\`")
+                               for part in _VALUE.split(body)))
+        out.append(lines[end])
+        i = end + 1
+    return "\n".join(out)
 
 
 def is_legacy(doc: Mapping[str, Any]) -> bool:
@@ -117,7 +153,7 @@ def convert(doc: Mapping[str, Any], *, name: str | None = None) -> dict[str, Any
             cfg["target_path"] = f"~/{wf.get('filename') or wf['name'] + '.code-workspace'}"
         add(92, "workspace_file", "create_workspace_file", cfg, phase="post_setup")
     if config.get("post_create_script"):
-        add(100, "post_create", "execute_custom_script", {"script": str(config["post_create_script"])},
+        add(100, "post_create", "execute_custom_script", {"script": unquote_heredocs(str(config["post_create_script"]))},
             phase="post_setup")
     return {
         "name": name,

@@ -5,12 +5,19 @@ Documents are YAML or JSON. JSON may carry the seed's comments (``// ...``
 lines and trailing ``-- ...``), which are stripped outside string literals.
 Every document is checked against its JSON Schema in ``schema/``; each
 violation becomes a :class:`~dagrun.errors.Problem` naming the field.
+
+Documents may come from anyone who can edit a template, so reading one is
+bounded: at most :data:`MAX_DOCUMENT_BYTES`, valid UTF-8, nested at most
+:data:`MAX_DEPTH` levels and at most :data:`MAX_NODES` values once YAML
+aliases are expanded (an alias "bomb" is refused before anything walks it).
+Each limit is one clear problem naming the file, never a traceback.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import logging
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
@@ -19,6 +26,13 @@ import yaml
 
 from ..errors import ActionDefinitionError, InputError, Problem, TemplateError
 from ..spec import ActionSpec, Lock, frozen_mapping
+from .configs import field_path
+
+log = logging.getLogger("dagrun")
+
+MAX_DOCUMENT_BYTES = 1_000_000
+MAX_DEPTH = 64
+MAX_NODES = 200_000
 
 
 def package_dir(name: str) -> Path:
@@ -54,20 +68,65 @@ def strip_json_comments(text: str) -> str:
     return "".join(out)
 
 
-def read_document(path: Path) -> dict[str, Any]:
+def read_text(path: Path, limit: int = MAX_DOCUMENT_BYTES) -> str:
+    """A text file, bounded and UTF-8, or one clear problem."""
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, "rb") as fh:
+            data = fh.read(limit + 1)
     except OSError as exc:
         raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if len(data) > limit:
+        raise TemplateError(Problem(str(path), f"larger than {limit} bytes"))
     try:
-        if path.suffix.lower() == ".json":
-            data = json.loads(strip_json_comments(text))
-        else:
-            data = yaml.safe_load(text)
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise TemplateError(Problem(str(path), f"not UTF-8 text (byte {exc.start}, line {line})")) from None
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader; aliases are counted by :func:`check_shape`."""
+
+
+def parse_text(text: str, source: str, *, json_document: bool) -> Any:
+    try:
+        if json_document:
+            return json.loads(strip_json_comments(text))
+        return yaml.load(text, Loader=_BoundedLoader)  # noqa: S506 - a SafeLoader subclass
+    except RecursionError:
+        raise TemplateError(Problem(source, f"nested more than {MAX_DEPTH} levels deep")) from None
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise TemplateError(Problem(str(path), f"not valid {path.suffix.lstrip('.').upper() or 'YAML'}: {exc}")) from None
+        kind = "JSON" if json_document else "YAML"
+        raise TemplateError(Problem(source, f"not valid {kind}: {exc}")) from None
+
+
+def check_shape(data: Any, source: str) -> None:
+    """Refuse documents too deep or too large once aliases are expanded.
+    Iterative, and stops at the first bound: it never walks a bomb whole."""
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    nodes = 0
+    while stack:
+        value, depth = stack.pop()
+        nodes += 1
+        if nodes > MAX_NODES:
+            raise TemplateError(Problem(source, f"more than {MAX_NODES} values (YAML aliases included)"))
+        if depth > MAX_DEPTH:
+            raise TemplateError(Problem(source, f"nested more than {MAX_DEPTH} levels deep"))
+        if isinstance(value, Mapping):
+            stack.extend((v, depth + 1) for v in value.values())
+            stack.extend((k, depth + 1) for k in value.keys() if not isinstance(k, (str, int, float, bool)))
+        elif isinstance(value, (list, tuple)):
+            stack.extend((v, depth + 1) for v in value)
+        elif isinstance(value, str) and len(value) > MAX_DOCUMENT_BYTES:
+            raise TemplateError(Problem(source, f"a string longer than {MAX_DOCUMENT_BYTES} characters"))
+
+
+def read_document(path: Path) -> dict[str, Any]:
+    text = read_text(path)
+    data = parse_text(text, str(path), json_document=path.suffix.lower() == ".json")
     if not isinstance(data, dict):
         raise TemplateError(Problem(str(path), "expected a mapping at the top level"))
+    check_shape(data, str(path))
     return data
 
 
@@ -91,16 +150,9 @@ def _inline_refs(node: Any, defs: Mapping[str, Any]) -> Any:
 
 @functools.cache
 def _validator(name: str) -> jsonschema.protocols.Validator:
+    from .configs import strict_validator
     schema = load_schema(name)
-    cls = jsonschema.validators.validator_for(schema)
-    return cls(_inline_refs(schema, schema.get("$defs", {})))
-
-
-def field_path(parts: Iterable[Any]) -> str:
-    text = ""
-    for part in parts:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return text
+    return strict_validator(_inline_refs(schema, schema.get("$defs", {})))
 
 
 def schema_problems(document: Any, schema: str, source: str) -> list[Problem]:
@@ -128,7 +180,7 @@ def _describe(error: jsonschema.ValidationError) -> str:
 # -- actions ------------------------------------------------------------------
 
 def _locks(items: Iterable[Any]) -> tuple[Lock, ...]:
-    return tuple(Lock(i) if isinstance(i, str) else Lock(i["name"], i.get("capacity", 1)) for i in items or ())
+    return tuple(Lock.parse(i) for i in items or ())
 
 
 def parse_action(doc: Mapping[str, Any], *, source: str = "<dict>", base_dir: Path | None = None) -> ActionSpec:
@@ -254,7 +306,8 @@ class TemplateSource:
                     seen.add(path)
                     try:
                         yield read_document(path), str(path), path.parent
-                    except (TemplateError, InputError):
+                    except (TemplateError, InputError) as exc:  # a neighbour that is not a template
+                        log.warning("skipped %s while looking for templates: %s", path, exc)
                         continue
 
     def open(self, ref: Any) -> tuple[dict[str, Any], str, Path | None]:
@@ -268,7 +321,8 @@ class TemplateSource:
 
     def _open(self, ref: Any) -> tuple[dict[str, Any], str, Path | None]:
         if isinstance(ref, Mapping):
-            return dict(ref), ref.get("name", "<dict>"), None
+            check_shape(ref, str(ref.get("name", "<dict>")))
+            return dict(ref), str(ref.get("name", "<dict>")), None
         path = Path(ref)
         if path.suffix in (".yaml", ".yml", ".json") or path.exists():
             if not path.exists():

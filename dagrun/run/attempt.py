@@ -1,12 +1,15 @@
-"""One attempt of one step, as run on a worker.
+"""One attempt of one step, as run on a worker (a thread, or another process).
 
 ``run_attempt`` never raises: whatever happens becomes an
-:class:`~dagrun.run.outcome.Outcome`. Order of work: condition (first attempt
-only, i.e. when the step becomes ready) -> interpolate config -> re-validate
-interpolated config -> optional ``check_first`` validation -> execute ->
-validate. Errors that cannot succeed on retry (undefined variables, invalid
-interpolated config, :class:`~dagrun.errors.PermanentError`) are marked not
-retryable.
+:class:`~dagrun.run.outcome.Outcome`. Order of work: condition (at every
+attempt: it may read upstream results and the file system) -> interpolate
+config, field by field in dependency order -> re-validate the interpolated
+config -> optional ``check_first`` validation -> execute -> validate. Errors
+that cannot succeed on retry (a condition that raises, undefined variables,
+invalid interpolated config, a value refused by the shell rules,
+:class:`~dagrun.errors.PermanentError`) are marked not retryable.
+
+A job is plain data (it pickles): the handlers are resolved here, by action.
 """
 
 from __future__ import annotations
@@ -20,25 +23,24 @@ from typing import Any, Mapping
 from jinja2 import TemplateError as JinjaError
 
 from ..compile import expressions
-from ..compile.compiler import config_problems
+from ..compile.configs import config_problems, render_config
+from ..compile.shell_text import ShellValueError, UnsafeContext
 from ..errors import PermanentError
-from .handler_types import ActionHandlers, StepContext
+from ..spec import StepSpec
+from .handler_types import ActionHandlers, StepContext, handlers_for
 from .outcome import HandlerResult, Outcome, StepStatus
 from .shell import CancelToken
-from ..spec import StepSpec
 
 
 @dataclass(frozen=True, slots=True)
 class AttemptJob:
-    """What every attempt of one step needs; built once per step and run."""
+    """What every attempt of one step needs; built once per step."""
 
     step: StepSpec
-    handlers: ActionHandlers
     workspace: Mapping[str, Any]
     variables: Mapping[str, Any]
-    env: Mapping[str, str]
+    env: Mapping[str, str]  # the step's environment: the allowlisted part of the caller's
     home: str | None
-    cancel: CancelToken
     sudo: tuple[str, ...] = ()  # prefix for privileged commands ("sudo", "-n") when not root
 
 
@@ -52,12 +54,12 @@ def _outcome(job: AttemptJob, attempt: int, status: StepStatus, started: float, 
 
 
 def _from_handler(job: AttemptJob, attempt: int, result: HandlerResult, started: float, t0: float,
-                  config: dict[str, Any], error_prefix: str = "") -> Outcome:
+                  config: dict[str, Any], cancel: CancelToken, error_prefix: str = "") -> Outcome:
     if result.ok:
         return Outcome(job.step.id, attempt, StepStatus.completed, started, time.perf_counter() - t0,
                        exit_code=result.exit_code, stdout=result.stdout, stderr=result.stderr, data=result.data,
                        config=config)
-    status = StepStatus.cancelled if result.cancelled or job.cancel.cancelled else StepStatus.failed
+    status = StepStatus.cancelled if result.cancelled or cancel.cancelled else StepStatus.failed
     return _outcome(job, attempt, status, started, t0, error=error_prefix + (result.error or "failed"),
                     exit_code=result.exit_code, stdout=result.stdout, stderr=result.stderr, data=result.data,
                     config=config, timed_out=result.timed_out)
@@ -71,44 +73,57 @@ def check_disk_space(home: str | None, required_mb: int) -> None:
         raise PermanentError(f"needs {required_mb} MB free on {where}, only {free_mb} MB available")
 
 
-def run_attempt(job: AttemptJob, attempt: int, steps: Mapping[str, Any], evaluate_condition: bool) -> Outcome:
+def _context_for(job: AttemptJob, steps: Mapping[str, Any], attempt: int, cancel: CancelToken,
+                 config: dict[str, Any], result: dict[str, Any] | None = None) -> StepContext:
+    step = job.step
+    return StepContext(step.id, step.action, config, job.workspace, job.variables, steps, job.env, job.home,
+                       attempt, step.timeout_seconds, cancel, result=result or {}, sudo=job.sudo)
+
+
+def run_attempt(job: AttemptJob, attempt: int, steps: Mapping[str, Any], cancel: CancelToken) -> Outcome:
     """Attempt ``attempt`` of the job's step; ``steps`` holds the results of
     the upstream steps it reads."""
     started, t0 = time.time(), time.perf_counter()
     step = job.step
     config: dict[str, Any] = dict(step.config)
     try:
-        if evaluate_condition and step.condition is not None:
-            if not step.condition.evaluate(_context(job, config, steps)):
+        if step.condition is not None:
+            try:
+                holds = step.condition.evaluate(_context(job, config, steps))
+            except Exception as exc:  # a condition that cannot be evaluated never lets the step run
+                return _outcome(job, attempt, StepStatus.failed, started, t0, retryable=False, config=config,
+                                error=f"condition {step.condition.source!r} failed: {type(exc).__name__}: {exc}")
+            if not holds:
                 return _outcome(job, attempt, StepStatus.skipped, started, t0,
                                 skip_reason=f"condition is false: {step.condition.source}")
         if step.templated:
-            config = expressions.render_value(config, _context(job, config, steps), shell_fields=step.shell_fields)
+            config = render_config(config, step.config_order, schema=step.action.config_schema,
+                                   shell=step.shell_fields, make_context=lambda c: _context(job, c, steps))
             problems = config_problems(config, step.action.config_schema, allow_templates=False)
             if problems:
                 raise PermanentError("invalid config after interpolation: "
                                      + "; ".join(f"{f}: {m}" for f, m in problems))
         if step.action.disk_space_required_mb:
             check_disk_space(job.home, step.action.disk_space_required_mb)
-        ctx = StepContext(step.id, step.action, config, job.workspace, job.variables, steps, job.env, job.home,
-                          attempt, step.timeout_seconds, job.cancel, sudo=job.sudo)
-        validate = job.handlers.validate
+        handlers = handlers_for(step.action)
+        ctx = _context_for(job, steps, attempt, cancel, config)
+        validate = handlers.validate
         if step.check_first and validate is not None:
             check = validate(ctx)
             if check.ok:
                 return _outcome(job, attempt, StepStatus.completed, started, t0, config=config,
                                 data={**check.data, "already_satisfied": True}, stdout=check.stdout)
-        result = job.handlers.execute(ctx)
+        result = handlers.execute(ctx)
         if not result.ok or validate is None:
-            return _from_handler(job, attempt, result, started, t0, config)
+            return _from_handler(job, attempt, result, started, t0, config, cancel)
         ctx.result = result.data
         check = validate(ctx)
         if not check.ok:
-            return _from_handler(job, attempt, check, started, t0, config, error_prefix="validation failed: ")
-        out = _from_handler(job, attempt, result, started, t0, config)
+            return _from_handler(job, attempt, check, started, t0, config, cancel, error_prefix="validation failed: ")
+        out = _from_handler(job, attempt, result, started, t0, config, cancel)
         out.stdout += check.stdout
         return out
-    except PermanentError as exc:
+    except (PermanentError, ShellValueError, UnsafeContext) as exc:
         return _outcome(job, attempt, StepStatus.failed, started, t0, error=str(exc), retryable=False, config=config)
     except JinjaError as exc:
         return _outcome(job, attempt, StepStatus.failed, started, t0, error=f"template error: {exc}",
@@ -119,16 +134,16 @@ def run_attempt(job: AttemptJob, attempt: int, steps: Mapping[str, Any], evaluat
 
 
 def run_rollback(job: AttemptJob, attempt: int, steps: Mapping[str, Any], result: dict[str, Any],
-                 config: Mapping[str, Any] | None) -> Outcome:
+                 config: Mapping[str, Any] | None, cancel: CancelToken) -> Outcome:
     """Run the rollback handler of a completed step with its execute result."""
     started, t0 = time.time(), time.perf_counter()
-    step = job.step
-    cfg = dict(config if config is not None else step.config)
+    cfg = dict(config if config is not None else job.step.config)
     try:
-        ctx = StepContext(step.id, step.action, cfg, job.workspace, job.variables, steps, job.env, job.home,
-                          attempt, step.timeout_seconds, job.cancel, result=result, sudo=job.sudo)
-        assert job.handlers.rollback is not None
-        return _from_handler(job, attempt, job.handlers.rollback(ctx), started, t0, cfg)
+        rollback = handlers_for(job.step.action).rollback
+        if rollback is None:
+            return _outcome(job, attempt, StepStatus.completed, started, t0, data={"nothing_to_undo": True})
+        ctx = _context_for(job, steps, attempt, cancel, cfg, result)
+        return _from_handler(job, attempt, rollback(ctx), started, t0, cfg, cancel)
     except Exception as exc:
         return _outcome(job, attempt, StepStatus.failed, started, t0, error=f"{type(exc).__name__}: {exc}",
                         config=cfg)

@@ -5,18 +5,24 @@ turned into a :class:`Handler`, a callable taking a :class:`StepContext`, by
 the builder of the action's ``action_type`` in :data:`BUILDERS`:
 
 - ``shell``: a script file beside the definition, or inline script text.
-  It is a Jinja template rendered with shell quoting (values are always one
-  shell word), run by bash in its own process group. The config is also
-  exported as ``CONFIG_<KEY>`` variables and as JSON in ``DAGRUN_CONFIG``.
+  It is a Jinja template whose values reach bash as environment variables,
+  never as script text (:mod:`dagrun.compile.shell_text`), run by bash in its
+  own process group. The config is also exported as ``CONFIG_<KEY>``
+  variables and as JSON in ``DAGRUN_CONFIG``.
 - ``python_function``: ``module:function``, called with the context.
 - ``template_copy``: a template file beside the definition, or inline text,
   rendered to ``config.target_path``; JSON/YAML targets can be deep-merged
   into what is there (``config.merge``).
-- ``api_call``: ``"METHOD URL"`` (a template); the body is ``config.json``
-  or ``config.body``; a 2xx status is success.
+- ``api_call``: ``"METHOD URL"`` (a template whose values are
+  percent-encoded); the body is ``config.json`` or ``config.body``; a 2xx
+  status is success.
 
 A handler written ``python:module:function`` is a Python callable whatever
 the action type (e.g. a Python rollback for a shell action).
+
+Handlers are resolved by action, in the process that runs the attempt
+(:func:`handlers_for`): a plan holds only data, so it can be pickled to
+another process.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import re
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
@@ -33,6 +40,7 @@ from typing import Any, Callable, Mapping, Protocol
 import yaml
 
 from ..compile import expressions
+from ..compile.shell_text import ShellScript, UnsafeContext
 from ..errors import PermanentError
 from .outcome import HandlerResult
 from .shell import CancelToken, run_command, run_script
@@ -79,10 +87,14 @@ class StepContext:
                 env[f"CONFIG_{key.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
         return env
 
-    def run_shell(self, script: str, *, cwd: str | None = None, env: Mapping[str, str] | None = None) -> HandlerResult:
-        """Run script text that is already final (no templating)."""
+    def run_shell(self, script: str | ShellScript, *, cwd: str | None = None,
+                  env: Mapping[str, str] | None = None) -> HandlerResult:
+        """Run script text that is already final: a rendered :class:`ShellScript`
+        (its values arrive as environment variables) or plain text."""
         cwd = self._cwd(cwd)
-        result = run_script(script, env={**self.process_env(), **(env or {})}, cwd=cwd,
+        values = script.values if isinstance(script, ShellScript) else {}
+        text = script.text if isinstance(script, ShellScript) else script
+        result = run_script(text, env={**self.process_env(), **(env or {}), **values}, cwd=cwd,
                             timeout=self.timeout, cancel=self.cancel)
         return self._result(result)
 
@@ -119,12 +131,21 @@ class Handler(Protocol):
     def __call__(self, ctx: StepContext) -> HandlerResult: ...
 
 
+_FILE_NAME = re.compile(r"^[\w./-]+\.(sh|bash|j2|jinja|tmpl|tpl|txt|json|ya?ml|conf|ini|toml|py)$")
+
+
 def _text_or_file(action: ActionSpec, text: str) -> tuple[str, str | None]:
-    """A handler value names a file beside the definition, or is the text itself."""
-    if "\n" not in text and action.base_dir is not None and len(text) < 256:
-        candidate = action.base_dir / text
-        if candidate.is_file():
-            return candidate.read_text(encoding="utf-8"), str(candidate)
+    """A handler value names a file beside the definition, or is the text
+    itself. A value that looks like a file name must be one: a missing
+    ``greet.sh`` is an error, not a one-line script that exits 127."""
+    if "\n" not in text and len(text) < 256:
+        candidate = action.base_dir / text if action.base_dir is not None else None
+        if candidate is not None and candidate.is_file():
+            from ..compile.loader import read_text
+            return read_text(candidate), str(candidate)
+        if _FILE_NAME.match(text.strip()):
+            where = f"beside {action.source}" if action.base_dir is not None else "(the action was given as data)"
+            raise ValueError(f"handler file {text.strip()!r} does not exist {where}")
     return text, None
 
 
@@ -175,8 +196,7 @@ def build_shell(action: ActionSpec, text: str) -> Handler:
     expressions.parse_template(script, shell=True)
 
     def handler(ctx: StepContext) -> HandlerResult:
-        rendered = expressions.render_string(script, ctx.template_context(), shell=True)
-        return ctx.run_shell(rendered)
+        return ctx.run_shell(expressions.render_shell(script, ctx.template_context()))
 
     handler.__name__ = origin or "inline script"
     handler.template_source = script  # type: ignore[attr-defined]
@@ -223,12 +243,19 @@ def _merge_document(target: Path, rendered: str) -> str:
 
 def build_api_call(action: ActionSpec, text: str) -> Handler:
     expressions.parse_template(text)
+    handler_source = text
+
+    method_text, _, url_text = text.strip().partition(" ")
+    if not url_text:
+        method_text, url_text = "GET", method_text
 
     def handler(ctx: StepContext) -> HandlerResult:
-        line = str(expressions.render_string(text, ctx.template_context())).strip()
-        method, _, url = line.partition(" ")
-        if not url:
-            method, url = "GET", method
+        context = ctx.template_context()
+        method = method_text.strip()
+        try:
+            url = expressions.render_url(url_text, context)
+        except ValueError as exc:
+            raise PermanentError(str(exc)) from None
         body = None
         headers = {str(k): str(v) for k, v in (ctx.config.get("headers") or {}).items()}
         if ctx.config.get("json") is not None:
@@ -255,6 +282,7 @@ def build_api_call(action: ActionSpec, text: str) -> Handler:
                              error=None if ok else f"{method.upper()} {url} returned HTTP {status}")
 
     handler.__name__ = text
+    handler.template_source = handler_source  # type: ignore[attr-defined]
     return handler
 
 
@@ -280,10 +308,55 @@ def build_handler(action: ActionSpec, text: str) -> Handler:
 
 
 def build_handlers(action: ActionSpec) -> ActionHandlers:
-    """Resolve an action's handlers; raises ValueError / TemplateSyntaxError
-    with the reason when one cannot be built (the compiler reports it)."""
+    """Resolve an action's handlers; raises ValueError / TemplateSyntaxError /
+    UnsafeContext with the reason when one cannot be built."""
     return ActionHandlers(
         execute=build_handler(action, action.execution_handler),
         validate=build_handler(action, action.validation_handler) if action.validation_handler else None,
         rollback=build_handler(action, action.rollback_handler) if action.rollback_handler else None,
     )
+
+
+def _key(action: ActionSpec) -> tuple:
+    return (action.name, action.action_type, action.execution_handler, action.validation_handler,
+            action.rollback_handler, action.source, str(action.base_dir))
+
+
+_HANDLERS: dict[tuple, ActionHandlers] = {}
+
+
+def handlers_for(action: ActionSpec) -> ActionHandlers:
+    """The action's handlers, built once per process (cached by definition)."""
+    key = _key(action)
+    handlers = _HANDLERS.get(key)
+    if handlers is None:
+        handlers = _HANDLERS[key] = build_handlers(action)
+    return handlers
+
+
+def handler_problems(action: ActionSpec) -> list[tuple[str, str]]:
+    """``(field, reason)`` for each handler of the action that cannot be built."""
+    found = []
+    for field in ("execution_handler", "validation_handler", "rollback_handler"):
+        text = getattr(action, field)
+        if not text:
+            continue
+        try:
+            build_handler(action, text)
+        except Exception as exc:  # ValueError, TemplateSyntaxError, UnsafeContext, a bad file...
+            message = getattr(exc, "message", None) if not isinstance(exc, UnsafeContext) else None
+            found.append((field, str(message or exc)))
+    if not found:
+        handlers_for(action)  # cache what was just checked
+    return found
+
+
+def handler_templates(action: ActionSpec) -> list[tuple[str, str]]:
+    """``(field, template source)`` of the action's templated handlers."""
+    try:
+        handlers = handlers_for(action)
+    except Exception:  # reported by handler_problems
+        return []
+    named = (("execution_handler", handlers.execute), ("validation_handler", handlers.validate),
+             ("rollback_handler", handlers.rollback))
+    return [(name, h.template_source) for name, h in named if h is not None and hasattr(h, "template_source")]

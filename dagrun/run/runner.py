@@ -16,6 +16,7 @@ running process groups; the run ends ``cancelled``.
 from __future__ import annotations
 
 import heapq
+import logging
 import os
 import queue
 import time
@@ -26,6 +27,8 @@ from typing import Any, Iterable, Mapping
 import structlog
 
 from .attempt import AttemptJob, run_attempt, run_rollback
+from .handler_types import handlers_for
+from .redact import Redactor
 from .events import (AttemptFinished, Observer, RetryScheduled, RunFinished, RunStarted, StepFinished,
                      StepRolledBack, StepSkipped, StepStarted)
 from .executors import dispatch, make_executor, submit_with_context
@@ -33,10 +36,10 @@ from .outcome import Outcome, RunStatus, StepStatus
 from .result import RunResult, StepResult
 from .scheduler import UPSTREAM_FAILED, Failed, Retry, RunState
 from .shell import CancelToken
-from ..spec import MASK, Plan
+from ..spec import Plan, is_base_env
 from ..util import bounded
 
-log = structlog.get_logger("dagrun")
+log = logging.getLogger("dagrun")
 
 DEFAULT_MAX_WORKERS = 8
 # Shell steps kill themselves at their timeout; this backstop catches
@@ -46,33 +49,14 @@ _WAKE = object()
 _NO_STEPS: Mapping[str, Any] = {}
 
 
-def mask_secrets(outcome: Outcome, fields: frozenset[str], values: Iterable[str] = ()) -> None:
-    """Replace secrets in what the outcome shows (config, output, error,
-    result) before any observer sees it: the values of secret config fields,
-    and ``values`` (secret variables) wherever they appear."""
-    config = outcome.config or {}
-    secrets = [str(config[k]) for k in fields if config.get(k) not in (None, "")] + list(values)
-    secrets = sorted({v for v in secrets if len(v) >= 3}, key=len, reverse=True)  # longest first
-    if outcome.config is not None:
-        outcome.config = {k: (MASK if k in fields and v not in (None, "") else _mask(v, secrets))
-                          for k, v in outcome.config.items()}
-    outcome.stdout = _mask(outcome.stdout, secrets)
-    outcome.stderr = _mask(outcome.stderr, secrets)
-    outcome.error = _mask(outcome.error, secrets)
-    if outcome.data and values:
-        outcome.data = _mask(outcome.data, secrets)
-
-
-def _mask(value: Any, secrets: list[str]) -> Any:
-    if isinstance(value, str):
-        for secret in secrets:
-            value = value.replace(secret, MASK)
-        return value
-    if isinstance(value, dict):
-        return {k: _mask(v, secrets) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_mask(v, secrets) for v in value]
-    return value
+def step_environment(passthrough: Iterable[str] = (), source: Mapping[str, str] | None = None) -> dict[str, str]:
+    """What steps see of the caller's environment: a small base (PATH, LANG,
+    LC_*, TZ, TERM) and the names the template (or caller) passes through.
+    dagrun's own settings (DAGRUN_*) never reach a step."""
+    source = os.environ if source is None else source
+    wanted = set(passthrough)
+    return {k: v for k, v in source.items()
+            if (is_base_env(k) or k in wanted) and not k.startswith("DAGRUN_")}
 
 
 class Runner:
@@ -91,10 +75,10 @@ class Runner:
         self.max_workers = max_workers or plan.global_config.max_workers or DEFAULT_MAX_WORKERS
         self.executor = executor
         self.observers = list(observers)
-        self.env = dict(os.environ if env is None else env)
+        self.env = step_environment(plan.global_config.env_passthrough) if env is None else dict(env)
         self.home = workspace.get("home_dir")
         self.sudo = tuple(sudo)
-        self.secret_values = tuple(str(v) for v in secret_values if v not in (None, ""))
+        self.redactor = Redactor(secret_values)
         if previous is None and attempts is None:
             self.state = RunState(plan, self.max_workers)
         else:
@@ -113,8 +97,8 @@ class Runner:
         for sid, old in (previous or {}).items():
             if sid in self._steps:
                 self._steps[sid] = old
-        self._configs: dict[str, dict[str, Any]] = {}
-        self._conditioned: set[str] = set()
+        self._configs: dict[str, dict[str, Any]] = {}  # real rendered configs (a rollback needs them)
+        self._data: dict[str, dict[str, Any]] = {sid: dict(r.result) for sid, r in (previous or {}).items()}
         self._jobs: dict[str, AttemptJob] = {}
         self._critical: tuple[str, str] | None = None  # (step id, error)
 
@@ -190,8 +174,7 @@ class Runner:
         job = self._jobs.get(sid)
         if job is None:
             step = self.plan.steps[sid]
-            job = self._jobs[sid] = AttemptJob(step, self.plan.handlers[step.action.name], self.workspace,
-                                               self.variables, self.env, self.home, self.cancel_token, self.sudo)
+            job = self._jobs[sid] = AttemptJob(step, self.workspace, self.variables, self.env, self.home, self.sudo)
         return job
 
     def _upstream(self, sid: str) -> Mapping[str, Any]:
@@ -199,7 +182,7 @@ class Runner:
         refs = self.plan.steps[sid].step_refs
         if not refs:
             return _NO_STEPS
-        return {r: {"status": self.state.status[r].value, "result": self._steps[r].result} for r in refs}
+        return {r: {"status": self.state.status[r].value, "result": self._data.get(r, {})} for r in refs}
 
     def _submit(self, executor: Executor, sid: str, attempt: int, now: float) -> None:
         job = self._job(sid)
@@ -211,12 +194,8 @@ class Runner:
             step = job.step
             self._emit(StepStarted(self.run_id, sid, attempt, step.retry.max_attempts, step.display_name,
                                    time.time()))
-        # The condition is evaluated once, when the step first becomes ready in this run.
-        first = sid not in self._conditioned
-        if first:
-            self._conditioned.add(sid)
         put = self._queue.put
-        dispatch(executor, run_attempt, (job, attempt, self._upstream(sid), first),
+        dispatch(executor, run_attempt, (job, attempt, self._upstream(sid), self.cancel_token),
                  lambda outcome, error: put((key, outcome, error)))
 
     def _handle(self, item: Any) -> None:
@@ -247,8 +226,10 @@ class Runner:
         step = self.plan.steps[sid]
         if outcome.config is not None:
             self._configs[sid] = outcome.config  # unmasked: a rollback may need it
-        if step.secret_fields or self.secret_values:
-            mask_secrets(outcome, step.secret_fields, self.secret_values)
+            self.redactor.learn(outcome.config, step.secret_fields)
+        if outcome.status is StepStatus.completed:
+            self._data[sid] = outcome.data  # unmasked: downstream steps read it
+        outcome = self.redactor.outcome(outcome, step.secret_fields)  # what leaves the run
         record = self._steps[sid]
         record.attempts = outcome.attempt
         record.duration_seconds = (record.duration_seconds or 0.0) + outcome.duration
@@ -308,11 +289,12 @@ class Runner:
         rollback is recorded and the others still run."""
         for sid in reversed(self.state.completion_order):
             step = self.plan.steps[sid]
-            if self.plan.handlers[step.action.name].rollback is None:
+            if handlers_for(step.action).rollback is None:
                 continue
             future = submit_with_context(executor, run_rollback, self._job(sid), self.state.attempts[sid],
-                                         self._upstream(sid), self._steps[sid].result, self._configs.get(sid))
-            outcome = future.result()
+                                         self._upstream(sid), self._data.get(sid, {}), self._configs.get(sid),
+                                         self.cancel_token)
+            outcome = self.redactor.outcome(future.result(), step.secret_fields)
             record = self._steps[sid]
             if outcome.status is StepStatus.completed and outcome.data.get("nothing_to_undo"):
                 continue
@@ -330,8 +312,9 @@ class Runner:
         for observer in self.observers:
             try:
                 observer(event)
-            except Exception:  # an observer's bug must not break the run
-                log.exception("observer failed", observer=repr(observer), event=type(event).__name__)
+            except Exception:  # an observer's bug never breaks the run: reported once, then detached
+                log.exception("observer %r failed on %s and was detached", observer, type(event).__name__)
+                self.observers = [o for o in self.observers if o is not observer]
 
     def _result(self, started: float) -> RunResult:
         if self._cancel_reason is not None:

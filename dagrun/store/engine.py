@@ -15,7 +15,7 @@ from pathlib import Path
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
-from ..errors import InputError
+from ..errors import InputError, StoreError
 
 
 def default_database_url() -> str:
@@ -52,11 +52,11 @@ def engine_for(url: str) -> Engine:
 
 @functools.cache
 def _engine(url: str) -> Engine:
+    if url.startswith("sqlite:///"):
+        path = url[len("sqlite:///"):].split("?", 1)[0]
+        if path and path != ":memory:":
+            _private_file(Path(path))
     try:
-        if url.startswith("sqlite:///"):
-            path = url[len("sqlite:///"):]
-            if path and path != ":memory:":
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
         options = {}
         if url.startswith("postgresql+psycopg2"):
             options["executemany_mode"] = "values_plus_batch"  # batched UPDATEs: one round-trip, not one per row
@@ -79,6 +79,17 @@ def _engine(url: str) -> Engine:
         upgrade(engine)
     except SQLAlchemyError as exc:
         _engine.cache_clear()
-        raise InputError(f"cannot open database {describe_url(url)}: {exc.__class__.__name__}: "
+        raise StoreError(f"cannot open database {describe_url(url)}: {exc.__class__.__name__}: "
                          f"{str(exc).splitlines()[0]}") from None
     return engine
+
+
+def _private_file(path: Path) -> None:
+    """Create the SQLite file (and its folder) readable by its owner only:
+    records hold configs, output and errors. SQLite gives its -wal and -shm
+    files the database file's permissions."""
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+    except OSError as exc:
+        raise StoreError(f"cannot open database {path}: {exc.strerror or exc}") from None

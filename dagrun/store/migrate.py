@@ -39,6 +39,12 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
         command.upgrade(config, revision)
 
 
+def head() -> str:
+    """The newest revision of the shipped migrations."""
+    from alembic.script import ScriptDirectory
+    return ScriptDirectory.from_config(_config()).get_current_head()
+
+
 def current(engine: Engine) -> str | None:
     from alembic.runtime.migration import MigrationContext
     with engine.connect() as connection:

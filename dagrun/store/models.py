@@ -135,6 +135,9 @@ class ProvisioningRun(Base):
     # What resume needs to run the same thing again (secrets are not stored).
     workspace: Mapped[Any] = mapped_column(JSONType, nullable=True)
     variables: Mapped[Any] = mapped_column(JSONType, nullable=True)
+    # Names of the secrets (variables, and step.field for x-secret values written in the
+    # template) the run was given: a resume must be given them again.
+    secret_names: Mapped[Any] = mapped_column(JSONType, nullable=True)
     max_workers: Mapped[int | None] = mapped_column(Integer)
     # The process running it ("host:pid"): with heartbeat_at, tells a live run from a dead one.
     owner: Mapped[str | None] = mapped_column(String(200))

@@ -36,6 +36,7 @@ from ..run.events import (AttemptFinished, RetryScheduled, RunFinished, RunStart
 from .models import ProvisioningRun, TemplateAction, WorkspaceActionExecution
 from ..run.outcome import StepStatus
 from ..spec import MASK
+from ..errors import InputError
 from .engine import describe_url, engine_for
 from ..util import bounded
 
@@ -240,10 +241,12 @@ class Recorder:
 
     def _to_journal(self, ops: list[dict[str, Any]], reason: str, waited: float) -> None:
         directory = journal_dir()
-        directory.mkdir(parents=True, exist_ok=True)
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.journal = directory / f"{self._run.get('id', 'unknown')}.jsonl"
-        with self.journal.open("a", encoding="utf-8") as fh:
-            fh.write(json.dumps({"url": self.url, "ops": ops}, default=_encode) + "\n")
+        # Owner-only, and never the database password: recover is given the URL again.
+        fd = os.open(self.journal, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        with os.fdopen(fd, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps({"url": describe_url(self.url), "ops": ops}, default=_encode) + "\n")
         self.error = (f"could not write to {describe_url(self.url)} ({reason}"
                       + (f", for {waited:.0f} s" if waited else "") + f"); records kept in {self.journal}, "
                       "replay them with: dagrun db recover")
@@ -330,9 +333,21 @@ def _decode(value: Any) -> Any:
     return value
 
 
-def recover(journal: Path | None = None) -> list[tuple[Path, int, str | None]]:
+def _replay_url(journalled: str, given: str | None) -> str:
+    """The journal keeps the database URL without its password: a URL that
+    had one must be given again (``--db`` or ``$DAGRUN_DATABASE_URL``)."""
+    if given:
+        return given
+    if "***" in journalled:
+        raise InputError(f"the journal was written for {journalled}, whose password is not kept: "
+                         "give the database URL (dagrun db recover --db URL, or DAGRUN_DATABASE_URL)")
+    return journalled
+
+
+def recover(journal: Path | None = None, url: str | None = None) -> list[tuple[Path, int, str | None]]:
     """Replay journalled operations; ``(file, batches applied, error)`` per file.
-    A file is removed once all its batches are applied."""
+    A file is removed once all its batches are applied. ``url``: the
+    database to replay into (needed when the journalled URL had a password)."""
     files = [journal] if journal else sorted(journal_dir().glob("*.jsonl"))
     report = []
     for path in files:
@@ -341,7 +356,7 @@ def recover(journal: Path | None = None) -> list[tuple[Path, int, str | None]]:
         for line in lines:
             entry = json.loads(line)
             try:
-                apply_operations(engine_for(entry["url"]), _decode(entry["ops"]), {})
+                apply_operations(engine_for(_replay_url(entry["url"], url)), _decode(entry["ops"]), {})
             except SQLAlchemyError as exc:
                 error = str(exc).splitlines()[0]
                 break

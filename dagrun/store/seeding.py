@@ -46,7 +46,7 @@ def _action_values(action: ActionSpec) -> dict[str, Any]:
 
 def seed(url: str, *, actions: Iterable[Any] | None = None, templates: Iterable[Path] | None = None) -> dict[str, int]:
     """Load the library and templates (default: the shipped seeds) into the store."""
-    from ..compile.compiler import compile_template
+    from ..compile import compile_template
 
     library = build_library(actions)
     files = list(templates) if templates is not None else sorted(

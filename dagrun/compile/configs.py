@@ -1,0 +1,197 @@
+"""Step configs: defaults, schema validation, secret and shell fields, and
+rendering in dependency order.
+
+This is what an attempt needs at run time, so it imports nothing of the
+compiler's graph building: ``run/attempt.py`` imports this module alone.
+
+A step's config is the action's schema defaults, deep-merged with its
+``default_config``, deep-merged with the step's ``action_config``; it is
+validated against the action's ``config_schema`` (JSON Schema 2020-12).
+Strings holding ``{{ }}`` are validated after interpolation, at run time.
+
+Config fields may refer to other config fields (``b: "x-{{ config.a }}"``).
+Top-level fields are rendered in dependency order (:func:`render_order`), so
+``config.a`` in ``b`` is ``a``'s *rendered value*, never its template text,
+and a field is never rendered twice; a cycle is a compile error. A rendered
+value keeps the type the field's schema asks for: ``{{ workspace.id }}`` in
+a ``string`` field is a string even when the id is a number.
+
+Schema extensions: ``x-secret: true`` (or ``writeOnly``) masks a field in
+records, logs and output; ``x-dagrun-format: shell`` marks shell script text,
+rendered by :func:`~.expressions.render_shell`; ``x-dagrun-format: url`` a
+URL whose values are percent-encoded; ``x-dagrun-format: template-file`` a
+file beside the template, inlined at compile time.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from graphlib import CycleError as _GraphCycle
+from graphlib import TopologicalSorter
+from typing import Any, Callable, Mapping
+
+import jsonschema
+
+from . import expressions
+from .shell_text import ShellScript
+
+_JSON_TYPES: dict[str, tuple[type, ...]] = {
+    "string": (str,), "integer": (int,), "number": (int, float), "boolean": (bool,),
+    "object": (Mapping,), "array": (list, tuple), "null": (type(None),),
+}
+
+
+def _properties(schema: Mapping[str, Any]) -> Mapping[str, Any]:
+    return schema.get("properties") or {}
+
+
+def schema_defaults(schema: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: copy.deepcopy(v["default"]) for k, v in _properties(schema).items()
+            if isinstance(v, Mapping) and "default" in v}
+
+
+def secret_fields(schema: Mapping[str, Any]) -> frozenset[str]:
+    return frozenset(k for k, v in _properties(schema).items()
+                     if isinstance(v, Mapping) and (v.get("x-secret") or v.get("writeOnly")))
+
+
+def format_fields(schema: Mapping[str, Any], kind: str) -> frozenset[str]:
+    return frozenset(k for k, v in _properties(schema).items()
+                     if isinstance(v, Mapping) and v.get("x-dagrun-format") == kind)
+
+
+def shell_fields(schema: Mapping[str, Any]) -> frozenset[str]:
+    return format_fields(schema, "shell")
+
+
+_validators: dict[int, tuple[Mapping[str, Any], Any]] = {}
+_END = re.compile(r"(?<!\\)\$$")
+
+
+def _pattern(validator: Any, pattern: str, instance: Any, schema: Mapping[str, Any]) -> Any:
+    """``pattern`` with JSON Schema's (ECMA 262) meaning of ``$``: the end of
+    the string. Python's ``$`` also matches before a final newline, which
+    would let ``"alice\\n"`` through ``^[a-z]+$``."""
+    if isinstance(instance, str) and not re.search(_END.sub(r"\\Z", pattern), instance):
+        yield jsonschema.ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+def strict_validator(schema: Mapping[str, Any]) -> Any:
+    """A validator for ``schema`` (its own draft) with the strict ``pattern``."""
+    plain = copy.deepcopy(dict(schema))
+    cls = jsonschema.validators.validator_for(plain)
+    return jsonschema.validators.extend(cls, {"pattern": _pattern})(plain)
+
+
+def config_validator(schema: Mapping[str, Any]) -> Any:
+    """One validator per action schema object (they live as long as the library)."""
+    entry = _validators.get(id(schema))
+    if entry is None or entry[0] is not schema:
+        entry = _validators[id(schema)] = (schema, strict_validator(schema))
+    return entry[1]
+
+
+def field_path(parts: Any) -> str:
+    text = ""
+    for part in parts:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def config_problems(config: Mapping[str, Any], schema: Mapping[str, Any], *,
+                    allow_templates: bool) -> list[tuple[str, str]]:
+    """``(field, message)`` for each schema violation. With ``allow_templates``,
+    a violation by a string still holding ``{{ }}`` is deferred to run time."""
+    if not schema:
+        return []
+    plain = {k: (v.text if isinstance(v, ShellScript) else v) for k, v in config.items()}
+    found = []
+    for error in config_validator(schema).iter_errors(plain):
+        if allow_templates and expressions.has_template(error.instance):
+            continue
+        found.append((field_path(error.absolute_path) or "action_config", error.message))
+    return found
+
+
+def config_references(value: Any) -> set[str]:
+    """Top-level config fields the templates inside ``value`` read."""
+    from jinja2 import TemplateSyntaxError
+    names: set[str] = set()
+    for _, text in expressions.template_strings(value):
+        try:
+            names |= {r.attr for r in expressions.references(text) if r.root == "config" and r.attr}
+        except TemplateSyntaxError:  # reported where the field is parsed
+            continue
+    return names
+
+
+def render_order(config: Mapping[str, Any]) -> tuple[str, ...]:
+    """Templated top-level fields, each after the fields it reads.
+    Raises ``ValueError`` naming the fields of a cycle."""
+    graph: dict[str, set[str]] = {}
+    for key, value in config.items():
+        if any(True for _ in expressions.template_strings(value)):
+            graph[key] = {name for name in config_references(value) if name in config and name != key}
+            if key in config_references(value):
+                raise ValueError(f"config.{key} refers to itself")
+    try:
+        return tuple(TopologicalSorter(graph).static_order())
+    except _GraphCycle as exc:
+        cycle = exc.args[1]
+        raise ValueError("config fields refer to each other in a cycle: "
+                         + " -> ".join(f"config.{n}" for n in cycle)) from None
+
+
+def coerce(value: Any, schema: Mapping[str, Any] | None) -> Any:
+    """Give a rendered value the type its schema asks for, where the value
+    is a scalar that reads naturally as a string (``7`` in a string field)."""
+    if not isinstance(schema, Mapping):
+        return value
+    kinds = schema.get("type")
+    allowed = [kinds] if isinstance(kinds, str) else list(kinds or [])
+    if isinstance(value, Mapping):
+        props = _properties(schema)
+        return {k: coerce(v, props.get(k)) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        items = schema.get("items")
+        return [coerce(v, items if isinstance(items, Mapping) else None) for v in value]
+    if not allowed or "string" not in allowed or value is None:
+        return value
+    if any(isinstance(value, _JSON_TYPES[k]) and not (k in ("integer", "number") and isinstance(value, bool))
+           for k in allowed if k in _JSON_TYPES):
+        return value
+    if isinstance(value, (int, float, bool)):
+        return ("true" if value else "false") if isinstance(value, bool) else str(value)
+    return value
+
+
+def render_config(config: Mapping[str, Any], order: tuple[str, ...], *, schema: Mapping[str, Any],
+                  shell: frozenset[str], make_context: Callable[[Mapping[str, Any]], Mapping[str, Any]]) -> dict[str, Any]:
+    """Render a step's config: fields in ``order`` (see :func:`render_order`),
+    shell fields as :class:`ShellScript`, each value coerced to its schema."""
+    rendered = dict(config)
+    context = make_context(rendered)  # later fields see the rendered values of earlier ones
+    props = _properties(schema)
+    urls = format_fields(schema, "url")
+    for key in order:
+        value = rendered[key]
+        if key in shell and isinstance(value, str):
+            rendered[key] = expressions.render_shell(value, context)
+        elif key in urls and isinstance(value, str):
+            rendered[key] = expressions.render_url(value, context)
+        else:
+            rendered[key] = coerce(render_value(value, context), props.get(key))
+    return rendered
+
+
+def render_value(value: Any, context: Mapping[str, Any]) -> Any:
+    """Render every template string inside a structure (strings that are one
+    ``{{ expr }}`` keep the expression's type)."""
+    if isinstance(value, str):
+        return expressions.render_string(value, context)
+    if isinstance(value, Mapping):
+        return {key: render_value(item, context) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [render_value(v, context) for v in value]
+    return value

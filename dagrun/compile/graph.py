@@ -1,0 +1,427 @@
+"""From a merged template document to an immutable :class:`~dagrun.spec.Plan`.
+
+Stages (every stage runs and collects problems, so the author sees all of
+them at once; a step that could not be bound is left out of the graph, and
+references to it are not reported twice):
+
+1. bind each step to its action: defaults, deep-merged config validated
+   against the action's ``config_schema`` (see :mod:`.configs`);
+2. add edges: ``requires``, action ``requires_actions``, phase barriers
+   (sinks of a phase -> sources of the next non-empty phase) and, with
+   ``parallel_execution_enabled: false``, a chain in sequence order;
+3. reject cycles (printing the cycle), parse conditions and ``{{ }}``
+   expressions and check every name they use (``steps.<id>`` must be
+   upstream, ``env.X`` must be passed through), and check that shell text
+   puts values only where bash cannot parse them (:mod:`.shell_text`);
+4. derive conflicts, lock capacities and each step's bottom level (the
+   remaining critical path) for the scheduler.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import networkx as nx
+from jinja2 import TemplateSyntaxError
+
+from ..errors import CycleError, InputError, Problem, TemplateError
+from ..spec import (ActionSpec, GlobalConfig, Lock, Phase, Plan, RetryPolicy, StepSpec, frozen_mapping,
+                    is_base_env)
+from ..util import deep_merge
+from . import configs, expressions
+from .inherit import INVALID, ORIGIN, ORIGIN_DIR, Merged
+from .shell_text import UnsafeContext
+
+DEFAULT_DURATION = 1.0
+PRIVATE_KEYS = (INVALID, ORIGIN, ORIGIN_DIR)
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+class Compiler:
+    def __init__(self, merged: Merged, library: Mapping[str, ActionSpec], variables: Mapping[str, Any],
+                 workspace: Mapping[str, Any] | None, env_passthrough: Iterable[str] = ()):
+        self.name = merged.name
+        self.doc = merged.document
+        self.base_dir = merged.base_dir
+        self.library = library
+        self.variables = deep_merge(self.doc.get("vars") or {}, variables)
+        self.workspace = workspace
+        self.problems: list[Problem] = list(merged.problems)
+        gc = self.doc.get("global_config") or {}
+        passthrough = tuple(dict.fromkeys([*(gc.get("env_passthrough") or ()), *env_passthrough]))
+        for name in passthrough:
+            if name.startswith("DAGRUN_"):
+                self.problem(f"{name} is one of dagrun's own settings: it never reaches a step",
+                             field="global_config.env_passthrough")
+        self.global_config = GlobalConfig(
+            continue_on_non_critical_errors=gc.get("continue_on_non_critical_errors", True),
+            parallel_execution_enabled=gc.get("parallel_execution_enabled", True),
+            rollback_on_failure=gc.get("rollback_on_failure", True),
+            max_workers=gc.get("max_workers"),
+            env_passthrough=tuple(n for n in passthrough if not n.startswith("DAGRUN_")),
+        )
+        self.workspace_fields: set[str] = set()
+        self.secret_literals: list[tuple[str, str]] = []
+
+    def problem(self, message: str, step: str | None = None, field: str | None = None) -> None:
+        self.problems.append(Problem(self.name, message, step=step, field=field))
+
+    def compile(self) -> Plan:
+        bound = self._bind(self.doc["actions"])
+        graph = self._edges(bound)
+        self._reject_cycles(graph, bound)
+        conflicts, capacity = self._conflicts(bound)
+        specs = self._specs(bound, graph)
+        if self.problems:
+            raise TemplateError(self.problems)
+        order = tuple(s["id"] for s in bound)
+        priority = self._bottom_levels(graph, specs)
+        position = {sid: i for i, sid in enumerate(order)}
+        dispatch_order = tuple(sorted(order, key=lambda sid: (-priority[sid], specs[sid].sequence_order,
+                                                              position[sid])))
+        return Plan(
+            name=self.name, version=self.doc["version"], description=self.doc["description"],
+            steps=frozen_mapping(specs), order=order,
+            predecessors=frozen_mapping({n: tuple(sorted(graph.predecessors(n), key=position.__getitem__))
+                                         for n in order}),
+            successors=frozen_mapping({n: tuple(graph.successors(n)) for n in order}),
+            conflicts=frozen_mapping(conflicts), lock_capacity=frozen_mapping(capacity),
+            priority=frozen_mapping(priority), dispatch_order=dispatch_order,
+            dispatch_rank=frozen_mapping({sid: i for i, sid in enumerate(dispatch_order)}),
+            global_config=self.global_config, variables=frozen_mapping(self.variables),
+            snapshot=frozen_mapping(_public(self.doc)),
+            workspace_fields=frozenset(self.workspace_fields), secret_literals=tuple(self.secret_literals),
+        )
+
+    # 1. bind steps to actions
+    def _bind(self, raw_steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        from ..run.handler_types import handler_problems
+        bound = []
+        uses: dict[str, int] = {}
+        for raw in raw_steps:
+            uses[raw.get("action_name", "")] = uses.get(raw.get("action_name", ""), 0) + 1
+        seen_ids: set[str] = set()
+        seen_seq: set[Any] = set()
+        self._by_seq: dict[Any, str] = {}
+        self._ids: set[str] = set()
+        checked_actions: set[str] = set()
+        ordered = sorted(raw_steps, key=lambda s: (_phase_rank(s.get("phase")), _seq_rank(s.get("sequence_order"))))
+        for raw in ordered:
+            seq = raw.get("sequence_order")
+            action_name = raw.get("action_name")
+            step_id = raw.get("id") or (action_name if uses.get(action_name) == 1 else f"{action_name}_{seq}")
+            label = str(step_id or seq)
+            if seq in seen_seq:
+                self.problem(f"sequence_order {seq} is used by two steps", label, "sequence_order")
+            seen_seq.add(seq)
+            if step_id in seen_ids:
+                self.problem(f"step id {step_id!r} is used by two steps", label, "id")
+            seen_ids.add(step_id)
+            self._by_seq[seq] = step_id
+            self._ids.add(step_id)
+            if raw.get(INVALID):
+                continue  # its schema problems are reported; its id still exists for references
+            if not action_name:
+                self.problem("no action_name", label, "action_name")
+                continue
+            action = self.library.get(action_name)
+            if action is None:
+                self.problem(f"unknown action {action_name!r}{did_you_mean(action_name, self.library)}", label,
+                             "action_name")
+                continue
+            if not action.is_active:
+                self.problem(f"action {action_name!r} is not active", label, "action_name")
+                continue
+            if action.name not in checked_actions:
+                checked_actions.add(action.name)
+                for field, message in handler_problems(action):
+                    self.problem(f"action {action.name!r} has a bad {field}: {message}", label, field)
+            config = deep_merge(deep_merge(configs.schema_defaults(action.config_schema), action.default_config),
+                                raw.get("action_config") or {})
+            config = self._inline_template_files(config, action, raw, label)
+            for field, message in configs.config_problems(config, action.config_schema, allow_templates=True):
+                self.problem(message, label, f"action_config.{field}" if field != "action_config" else field)
+            for key in configs.secret_fields(action.config_schema):
+                if config.get(key) not in (None, "") and not expressions.has_template(config.get(key)):
+                    self.secret_literals.append((step_id, key))
+            bound.append({**raw, "id": step_id, "action": action, "config": config})
+        return bound
+
+    def _inline_template_files(self, config: dict[str, Any], action: ActionSpec, raw: dict[str, Any],
+                               label: str) -> dict[str, Any]:
+        """Fields marked ``x-dagrun-format: template-file`` name a file beside
+        the template (author text): it is read now, into the field the
+        schema's ``x-dagrun-inline-to`` names, so the plan and the run's
+        snapshot are self-contained and nothing in the workspace is ever
+        rendered as a template."""
+        props = action.config_schema.get("properties") or {}
+        for key, schema in props.items():
+            if not (isinstance(schema, Mapping) and schema.get("x-dagrun-format") == "template-file"):
+                continue
+            name = config.get(key)
+            if not isinstance(name, str) or not name:
+                continue
+            if expressions.has_template(name):
+                self.problem("a template file is named by the template's author: no {{ }} here", label,
+                             f"action_config.{key}")
+                continue
+            folder = Path(raw[ORIGIN_DIR]) if raw.get(ORIGIN_DIR) else None
+            if folder is None:
+                self.problem(f"{name!r}: a template given as data has no folder to read files from; "
+                             f"use action_config.{schema.get('x-dagrun-inline-to', 'template')} with the text",
+                             label, f"action_config.{key}")
+                continue
+            path = (folder / name).resolve()
+            if folder.resolve() not in path.parents:
+                self.problem(f"{name!r} is outside the template's folder {folder}", label, f"action_config.{key}")
+                continue
+            from .loader import read_text
+            try:
+                text = read_text(path)
+            except TemplateError as exc:
+                self.problems += exc.problems
+                continue
+            except InputError as exc:
+                self.problem(str(exc), label, f"action_config.{key}")
+                continue
+            target = schema.get("x-dagrun-inline-to", "template")
+            config = {**{k: v for k, v in config.items() if k != key}, target: text}
+            # the document step (our own copy) carries the text too, for the run's snapshot
+            raw_config = {k: v for k, v in (raw.get("action_config") or {}).items() if k != key}
+            raw["action_config"] = {**raw_config, target: text}  # type: ignore[index]
+        return config
+
+    # 2. edges
+    def _resolve(self, ref: Any) -> str | None:
+        if isinstance(ref, int) or (isinstance(ref, str) and ref.isdigit()):
+            return self._by_seq.get(int(ref))
+        return ref if ref in self._ids else None
+
+    def _edges(self, bound: list[dict[str, Any]]) -> nx.DiGraph:
+        graph = nx.DiGraph()
+        graph.add_nodes_from(s["id"] for s in bound)
+        by_action: dict[str, list[str]] = {}
+        for s in bound:
+            by_action.setdefault(s["action"].name, []).append(s["id"])
+        for s in bound:
+            for ref in s.get("requires") or ():
+                target = self._resolve(ref)
+                if target is None:
+                    self.problem(f"requires unknown step {ref!r}{did_you_mean(str(ref), self._ids)}", s["id"],
+                                 "requires")
+                elif target == s["id"]:
+                    self.problem("a step cannot require itself", s["id"], "requires")
+                elif target in graph:  # an unbound target was reported already
+                    graph.add_edge(target, s["id"])
+            for needed in s["action"].requires_actions:
+                providers = [p for p in by_action.get(needed, []) if p != s["id"]]
+                if not providers:
+                    self.problem(f"action {s['action'].name!r} requires action {needed!r}, "
+                                 f"but no step of the template uses it", s["id"], "action_name")
+                for p in providers:
+                    graph.add_edge(p, s["id"])
+        if self.global_config.parallel_execution_enabled:
+            self._phase_barriers(graph, bound)
+        else:  # the seed's behaviour: one at a time in (phase, sequence_order)
+            for a, b in zip(bound, bound[1:]):
+                graph.add_edge(a["id"], b["id"])
+        return graph
+
+    def _phase_barriers(self, graph: nx.DiGraph, bound: list[dict[str, Any]]) -> None:
+        phases: dict[Phase, list[str]] = {}
+        for s in bound:
+            phases.setdefault(Phase.parse(s.get("phase")), []).append(s["id"])
+        ordered = [phases[p] for p in sorted(phases)]
+        for earlier, later in zip(ordered, ordered[1:]):
+            members = set(earlier)
+            sinks = [n for n in earlier if not any(m in members for m in graph.successors(n))]
+            later_members = set(later)
+            sources = [n for n in later if not any(m in later_members for m in graph.predecessors(n))]
+            for a in sinks:
+                for b in sources:
+                    graph.add_edge(a, b)
+
+    def _reject_cycles(self, graph: nx.DiGraph, bound: list[dict[str, Any]]) -> None:
+        if nx.is_directed_acyclic_graph(graph):  # O(V + E); find_cycle is far slower on big DAGs
+            return
+        cycle = nx.find_cycle(graph)
+        actions = {s["id"]: s["action"].name for s in bound}
+        error = CycleError(self.name, [f"{u} ({actions[u]})" for u, _ in cycle])
+        if not self.problems:
+            raise error
+        self.problems += error.problems
+        graph.remove_edges_from(cycle)  # so later stages can still run
+        if not nx.is_directed_acyclic_graph(graph):
+            raise TemplateError(self.problems)
+
+    # 3. expressions
+    def _check_refs(self, refs: Iterable[expressions.Reference], step: dict[str, Any], field: str,
+                    upstream: set[str], step_refs: set[str]) -> None:
+        sid = step["id"]
+        for ref in sorted(refs, key=lambda r: (r.root, r.attr or "")):
+            if ref.root not in expressions.KNOWN_NAMES:
+                self.problem(f"unknown variable {ref.root!r}{did_you_mean(ref.root, expressions.KNOWN_NAMES)} "
+                             "(known: workspace, config, vars, env, steps)", sid, field)
+            elif ref.root == "workspace":
+                if ref.attr is None:
+                    self.workspace_fields.add("*")  # the whole workspace: every field is read
+                    continue
+                self.workspace_fields.add(ref.attr)
+                if self.workspace is not None and ref.attr not in self.workspace:
+                    self.problem(f"the workspace has no field {ref.attr!r}{did_you_mean(ref.attr, self.workspace)}",
+                                 sid, field)
+            elif ref.attr is None:
+                continue
+            elif ref.root == "steps":
+                if ref.attr not in upstream:
+                    what = "is not a step" if ref.attr not in self._ids else "is not upstream of this step"
+                    self.problem(f"steps.{ref.attr} {what}{did_you_mean(ref.attr, upstream)}", sid, field)
+                step_refs.add(ref.attr)
+            elif ref.root == "vars" and ref.attr not in self.variables:
+                self.problem(f"undefined variable vars.{ref.attr}{did_you_mean(ref.attr, self.variables)}", sid,
+                             field)
+            elif ref.root == "config" and ref.attr not in step["config"] and \
+                    ref.attr not in (step["action"].config_schema.get("properties") or {}):
+                choices = set(step["config"]) | set(step["action"].config_schema.get("properties") or {})
+                self.problem(f"config.{ref.attr} is not a config field of action {step['action'].name!r}"
+                             f"{did_you_mean(ref.attr, choices)}", sid, field)
+            elif ref.root == "env":
+                self._check_env(ref.attr, sid, field)
+
+    def _check_env(self, name: str, sid: str, field: str) -> None:
+        import os
+        if name.startswith("DAGRUN_"):
+            self.problem(f"env.{name} is one of dagrun's own settings: templates cannot read it", sid, field)
+        elif not is_base_env(name) and name not in self.global_config.env_passthrough:
+            self.problem(f"env.{name} is not passed through: declare it in global_config.env_passthrough "
+                         "(or pass --env NAME / env_passthrough=)", sid, field)
+        elif self.workspace is not None and name not in os.environ:
+            self.problem(f"environment variable {name} is not set", sid, field)
+
+    def _specs(self, bound: list[dict[str, Any]], graph: nx.DiGraph) -> dict[str, StepSpec]:
+        from ..run.handler_types import handler_templates
+        specs: dict[str, StepSpec] = {}
+        for s in bound:
+            sid, action = s["id"], s["action"]
+            upstream = nx.ancestors(graph, sid) if self._mentions_steps(s) else set()
+            step_refs: set[str] = set()
+            condition = None
+            text = s.get("condition_expression") or action.condition_expression
+            field = "condition_expression" if s.get("condition_expression") else "condition_expression (action)"
+            if text:
+                try:
+                    condition = expressions.compile_condition(text)
+                    self._check_refs(expressions.references(text, condition=True), s, field, upstream, step_refs)
+                except TemplateSyntaxError as exc:
+                    self.problem(f"cannot parse condition {text!r}: {exc.message}", sid, field)
+            shell = configs.shell_fields(action.config_schema)
+            templated = False
+            for path, value in expressions.template_strings(s["config"]):
+                templated = True
+                try:
+                    expressions.parse_template(value, shell=path in shell)
+                    self._check_refs(expressions.references(value), s, f"action_config.{path}", upstream, step_refs)
+                except TemplateSyntaxError as exc:
+                    self.problem(f"cannot parse {value!r}: {exc.message}", sid, f"action_config.{path}")
+                except UnsafeContext as exc:
+                    self.problem(str(exc), sid, f"action_config.{path}")
+            try:
+                order = configs.render_order(s["config"]) if templated else ()
+            except ValueError as exc:
+                self.problem(str(exc), sid, "action_config")
+                order = ()
+            for name, source in handler_templates(action):
+                self._check_refs(expressions.references(source), s, name, upstream, step_refs)
+            locks = tuple(action.locks) + tuple(Lock.parse(i) for i in s.get("locks") or ())
+            est = s.get("estimated_duration_seconds")
+            if est is None:
+                est = action.estimated_duration_seconds
+            specs[sid] = StepSpec(
+                id=sid, sequence_order=s["sequence_order"], action=action, phase=Phase.parse(s.get("phase")),
+                config=frozen_mapping(s["config"]), condition=condition,
+                skip_on_error=bool(s.get("skip_on_error", False)),
+                retry=RetryPolicy(
+                    max_attempts=s.get("max_retries") or action.max_retries,
+                    delay_seconds=_first(s.get("retry_delay_seconds"), action.retry_delay_seconds),
+                    exponential_backoff=_first(s.get("exponential_backoff"), action.exponential_backoff),
+                    max_delay_seconds=action.max_retry_delay_seconds, jitter=action.retry_jitter),
+                timeout_seconds=float(s.get("timeout_seconds") or action.timeout_seconds),
+                estimated_duration_seconds=float(DEFAULT_DURATION if est is None else est),
+                locks=locks, check_first=bool(_first(s.get("check_first"), action.check_first)),
+                secret_fields=configs.secret_fields(action.config_schema),
+                templated=templated, shell_fields=shell, step_refs=frozenset(step_refs),
+                config_order=order, origin=str(s.get(ORIGIN) or self.name),
+            )
+        return specs
+
+    @staticmethod
+    def _mentions_steps(step: dict[str, Any]) -> bool:
+        # ancestors() is O(graph); only pay for it where `steps.` can appear.
+        action = step["action"]
+        text = repr(step["config"]) + str(step.get("condition_expression") or action.condition_expression)
+        text += " ".join(filter(None, (action.execution_handler, action.validation_handler, action.rollback_handler)))
+        return "steps" in text
+
+    # 4. conflicts, locks, priorities
+    def _conflicts(self, bound: list[dict[str, Any]]) -> tuple[dict[str, frozenset[str]], dict[str, int]]:
+        conflicts: dict[str, set[str]] = {s["id"]: set() for s in bound}
+        by_action: dict[str, list[str]] = {}
+        for s in bound:
+            by_action.setdefault(s["action"].name, []).append(s["id"])
+        for s in bound:
+            for other_action in s["action"].conflicts_with_actions:
+                for other in by_action.get(other_action, []):
+                    if other != s["id"]:
+                        conflicts[s["id"]].add(other)
+                        conflicts[other].add(s["id"])
+            for ref in s.get("conflicts_with") or ():
+                other = self._resolve(ref)
+                if other is None:
+                    self.problem(f"conflicts_with unknown step {ref!r}{did_you_mean(str(ref), self._ids)}", s["id"],
+                                 "conflicts_with")
+                elif other != s["id"] and other in conflicts:
+                    conflicts[s["id"]].add(other)
+                    conflicts[other].add(s["id"])
+        capacity: dict[str, int] = {}
+        for s in bound:
+            for lock in (*s["action"].locks, *(Lock.parse(i) for i in s.get("locks") or ())):
+                if capacity.setdefault(lock.name, lock.capacity) != lock.capacity:
+                    self.problem(f"lock {lock.name!r} is declared with capacities {capacity[lock.name]} and "
+                                 f"{lock.capacity}", s["id"], "locks")
+        return {k: frozenset(v) for k, v in conflicts.items()}, capacity
+
+    @staticmethod
+    def _bottom_levels(graph: nx.DiGraph, specs: Mapping[str, StepSpec]) -> dict[str, float]:
+        level: dict[str, float] = {}
+        for node in reversed(list(nx.topological_sort(graph))):
+            below = max((level[s] for s in graph.successors(node)), default=0.0)
+            level[node] = specs[node].estimated_duration_seconds + below
+        return level
+
+
+def _first(value: Any, default: Any) -> Any:
+    return default if value is None else value
+
+
+def _phase_rank(value: Any) -> int:
+    try:
+        return Phase.parse(value)
+    except KeyError:
+        return Phase.main
+
+
+def _seq_rank(value: Any) -> tuple[int, str]:
+    return (value, "") if isinstance(value, int) else (0, str(value))
+
+
+def _public(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """The resolved template as a document again (what a resume recompiles):
+    template files inlined, the compiler's private keys removed."""
+    steps = [{k: v for k, v in raw.items() if k not in PRIVATE_KEYS} for raw in doc["actions"]]
+    return {**doc, "actions": steps}

@@ -1,0 +1,118 @@
+"""Masking secrets at the edge of a run.
+
+The run state keeps real values (a downstream step reading
+``{{ steps.b.result.token }}`` gets the token); everything that leaves the
+run — events, results, records, logs, CLI output, the journal — gets a
+masked copy made here. A secret is a value of a config field the action's
+schema marks ``x-secret`` (or ``writeOnly``), or a variable passed as a
+secret. It is masked wherever it appears as text, in its plain form and in
+the forms a script is likely to print it in: JSON-escaped, URL-encoded and
+base64 (at each of the three byte alignments, so a secret inside a longer
+base64 blob such as ``user:password`` is caught too).
+
+Secrets shorter than :data:`MIN_LENGTH` characters are masked only as whole
+field values: masking every "ab" in a log would destroy it and protect
+nothing.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import re
+import threading
+import urllib.parse
+from typing import Any, Iterable, Mapping
+
+from ..compile.shell_text import ShellScript
+from ..spec import MASK
+from .outcome import Outcome
+
+MIN_LENGTH = 3
+
+
+def variants(secret: str) -> set[str]:
+    """The forms of ``secret`` that output may show."""
+    found = {secret, json.dumps(secret)[1:-1], urllib.parse.quote(secret, safe=""),
+             urllib.parse.quote_plus(secret), urllib.parse.quote(secret)}
+    raw = secret.encode("utf-8", "surrogateescape")
+    for offset in range(3):  # the secret preceded by 0, 1 or 2 unknown bytes
+        data = b"\0" * offset + raw
+        encoded = base64.b64encode(data).decode()
+        start = 0 if offset == 0 else 4  # the first group mixes unknown bytes with the secret's
+        complete = (len(data) // 3) * 4  # a trailing partial group depends on what follows
+        for text in (encoded, encoded.rstrip("=")) if offset == 0 else (encoded[start:complete],):
+            if len(text) >= 6:
+                found.add(text)
+                found.add(text.replace("+", "-").replace("/", "_"))
+    return {v for v in found if len(v) >= MIN_LENGTH}
+
+
+class Redactor:
+    """Knows the run's secrets and masks them in copies of what it is given.
+    ``add`` may be called from the loop thread while observers read."""
+
+    def __init__(self, secrets: Iterable[Any] = ()):
+        self._lock = threading.Lock()
+        self._known: set[str] = set()
+        self._pattern: re.Pattern[str] | None = None
+        for secret in secrets:
+            self.add(secret)
+
+    def __bool__(self) -> bool:
+        return self._pattern is not None
+
+    def add(self, secret: Any) -> None:
+        if secret is None or isinstance(secret, bool):
+            return
+        text = secret if isinstance(secret, str) else str(secret)
+        if len(text) < MIN_LENGTH or text in self._known:
+            return
+        with self._lock:
+            self._known.add(text)
+            forms = set().union(*(variants(s) for s in self._known))
+            alternatives = sorted(forms, key=len, reverse=True)  # longest first: no partial masks
+            self._pattern = re.compile("|".join(re.escape(f) for f in alternatives))
+
+    def text(self, value: str | None) -> str | None:
+        pattern = self._pattern
+        if pattern is None or not value:
+            return value
+        return pattern.sub(MASK, value)
+
+    def value(self, value: Any) -> Any:
+        """A masked copy of a JSON-like structure (keys are masked too)."""
+        if self._pattern is None:
+            return value
+        if isinstance(value, str):
+            return self.text(value)
+        if isinstance(value, Mapping):
+            return {self.text(k) if isinstance(k, str) else k: self.value(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [self.value(v) for v in value]
+        if isinstance(value, ShellScript):  # shown as its display, which holds the values
+            return self.text(str(value))
+        return value
+
+    def config(self, config: Mapping[str, Any] | None, secret_fields: frozenset[str]) -> dict[str, Any] | None:
+        """Secret fields replaced whole; other fields masked where a secret shows."""
+        if config is None:
+            return None
+        return {k: (MASK if k in secret_fields and v not in (None, "") else self.value(v)) for k, v in config.items()}
+
+    def learn(self, config: Mapping[str, Any] | None, secret_fields: frozenset[str]) -> None:
+        """Add the values of a step's secret fields (as rendered) to the secrets."""
+        for key in secret_fields:
+            value = (config or {}).get(key)
+            if isinstance(value, str):
+                self.add(value)
+
+    def outcome(self, outcome: Outcome, secret_fields: frozenset[str] = frozenset()) -> Outcome:
+        """A masked copy of ``outcome`` (the same object when nothing is secret)."""
+        if self._pattern is None and not secret_fields:
+            return outcome
+        return dataclasses.replace(
+            outcome, config=self.config(outcome.config, secret_fields), stdout=self.text(outcome.stdout) or "",
+            stderr=self.text(outcome.stderr) or "", error=self.text(outcome.error),
+            skip_reason=self.text(outcome.skip_reason), data=self.value(outcome.data))
