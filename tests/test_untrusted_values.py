@@ -180,3 +180,361 @@ def test_a_rendered_value_keeps_the_type_its_schema_asks_for(home):
     result = run_template(doc, {"id": 7, "home_dir": str(home)}, record=False)
     # the id 7 became the string "7" (the schema's type), so the attempt got as far as connecting
     assert "cannot connect to PostgreSQL" in result.steps["u"].error
+
+
+# -- every library action ------------------------------------------------------------
+
+MINIMAL = {  # a valid config for each library action, harmless on this machine
+    "install_system_packages": {"packages": ["bash"], "simulate": True},
+    "create_linux_user": {"username": "dagrun_corpus"},
+    "create_postgresql_user": {"username": "dagrun_corpus"},
+    "create_postgresql_database": {"database_name": "dagrun_corpus", "owner": "dagrun_corpus"},
+    "create_python_venv": {"venv_path": "~/venv", "with_pip": False},
+    "install_pip_requirements": {"venv_path": "~/venv", "requirements_file": "~/empty.txt", "no_index": True},
+    "clone_git_repository": {"url": "/nonexistent/repo.git"},
+    "create_vscode_settings": {"settings": {"a": 1}},
+    "create_launch_json": {"configurations": [{"name": "n", "type": "t", "request": "launch"}]},
+    "create_workspace_file": {"folders": [{"path": "."}]},
+    "install_vscode_extensions": {"extensions": ["a.b"], "cli": "/nonexistent/code"},
+    "write_file": {"target_path": "~/f", "content": "x"},
+    "template_copy": {"template": "x", "target_path": "~/t"},
+    "execute_custom_script": {"script": "true"},
+    "create_django_project": {"project_name": "p", "venv_path": "~/venv"},
+    "noop": {},
+    "sleep": {"seconds": 0},
+}
+# Fields whose values reach a command, a query or a path (the others are
+# shapes: booleans, numbers, mappings written as JSON).
+STRING_FIELDS = {
+    name: [k for k, v in (schema.get("properties") or {}).items()
+           if "string" in ([v.get("type")] if isinstance(v.get("type"), str) else v.get("type") or [])
+           or v.get("type") == "array" and (v.get("items") or {}).get("type") == "string"]
+    for name, schema in ((n, dict(a.config_schema)) for n, a in __import__(
+        "dagrun.compile.loader", fromlist=["x"]).standard_library().items())
+}
+
+
+@pytest.mark.parametrize("action", sorted(MINIMAL))
+def test_every_library_action_refuses_or_contains_hostile_values(action, home, pg_server):
+    import psycopg2.sql
+    """Each string field of each library action gets each corpus value through
+    a workspace field: the step is refused (at compile, or after interpolation)
+    or runs with the value as data. No marker ever appears."""
+    from dagrun import compile_template
+    from dagrun.compile.loader import standard_library
+    from dagrun.workspace import normalize_workspace
+    values = corpus(home)
+    (home / "empty.txt").write_text("")
+    workspace = normalize_workspace({"id": "corpus", "home_dir": str(home),
+                                     **{f"f{i}": v for i, v in enumerate(values)}})
+    library = standard_library()
+    providers, needed = [], list(library[action].requires_actions)
+    while needed:  # steps of the actions this one requires (requires_actions)
+        name = needed.pop()
+        config = {**MINIMAL[name], "with_pip": True} if name == "create_python_venv" else MINIMAL[name]
+        providers.append(step(1000 + len(providers), name, id=f"provider_{name}", action_config=config,
+                              max_retries=1))
+        needed += library[name].requires_actions
+    steps, refused = [], 0
+    for field in STRING_FIELDS[action]:
+        for i in range(len(values)):
+            config = dict(MINIMAL[action])
+            is_list = isinstance(config.get(field), list) or field in ("packages", "extensions", "find_links")
+            config[field] = ["{{ workspace.f%d }}" % i] if is_list else "{{ workspace.f%d }}" % i
+            candidate = step(len(steps) + 1, action, id=f"{field}_{i}", action_config=config, skip_on_error=True,
+                             max_retries=1)
+            try:
+                compile_template(template(candidate, *providers), workspace=workspace)
+            except TemplateError:
+                refused += 1
+                continue
+            steps.append(candidate)
+    assert steps or not STRING_FIELDS[action]
+    doc = template(*steps, *providers, global_config={"rollback_on_failure": False})
+    result = run_template(doc, workspace, record=False)
+    assert not (home / MARK).exists()
+    outcomes = [result.steps[s["id"]] for s in steps]
+    assert all(o.status in (StepStatus.completed, StepStatus.failed, StepStatus.skipped) for o in outcomes)
+    for o in outcomes:  # a value refused by the action's own rules is refused at once, with the rule
+        if o.status is StepStatus.failed and "invalid config after interpolation" in (o.error or ""):
+            assert o.attempts == 1
+    if action.startswith("create_postgresql"):  # roles and databases it made with odd names: gone
+        with pg_server.cursor() as cur:
+            cur.execute("SELECT datname FROM pg_database WHERE datname = ANY(%s)", (values + ["dagrun_corpus"],))
+            for (database,) in cur.fetchall():
+                cur.execute(psycopg2.sql.SQL("DROP DATABASE {} WITH (FORCE)").format(psycopg2.sql.Identifier(database)))
+            cur.execute("SELECT rolname FROM pg_roles WHERE rolname = ANY(%s)", (values + ["dagrun_corpus"],))
+            for (role,) in cur.fetchall():
+                cur.execute(psycopg2.sql.SQL("DROP ROLE {}").format(psycopg2.sql.Identifier(role)))
+
+
+# -- each finding of the untrusted-values issue, as a user hits it ----------------------
+
+def dagrun_cli(*args, cwd, env=None):
+    import os
+    import subprocess
+    import sys
+    env = {**os.environ, "XDG_DATA_HOME": str(cwd / "xdg"), "COLUMNS": "200", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "dagrun", *map(str, args)], cwd=cwd, capture_output=True,
+                          text=True, env=env, timeout=300)
+
+
+def test_cli_workspace_fields_cannot_run_code_in_the_demo(tmp_path):
+    mark = tmp_path / "PWNED"
+    for field in (f"id=$(touch {mark})", f"linux_username=John O'Brien\"; touch {mark}; \"",
+                  f"port=`touch {mark}`", f"id=x'; touch {mark}; '"):
+        out = dagrun_cli("run", "demo", "--ws", field, "--home", tmp_path / "home", cwd=tmp_path)
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert not mark.exists(), field
+    summary = (tmp_path / "home" / "hello" / "WORKSPACE.md").read_text()
+    assert summary.startswith("# hello\n")
+
+
+def test_steps_and_templates_see_only_an_allowlisted_environment(home, monkeypatch):
+    monkeypatch.setenv("SECRET_KEY", "provisioner-secret")
+    monkeypatch.setenv("DAGRUN_DATABASE_URL", "postgresql://app:hunter2@db/app")
+    monkeypatch.setenv("TOKEN", "t0k3n")
+    ws = {"id": "w", "home_dir": str(home)}
+    with pytest.raises(TemplateError, match="env.SECRET_KEY is not passed through: declare it in "
+                                            "global_config.env_passthrough"):
+        run_template(template(script_step(10, "echo {{ env.SECRET_KEY }}")), ws, record=False)
+    with pytest.raises(TemplateError, match="DAGRUN_DATABASE_URL is one of dagrun's own settings"):
+        run_template(template(script_step(10, "true"), global_config={"env_passthrough": ["DAGRUN_DATABASE_URL"]}),
+                     ws, record=False)
+    doc = template(script_step(10, 'env > ~/env.txt; printf "%s" {{ env.TOKEN }} > ~/token', id="env"),
+                   global_config={"env_passthrough": ["TOKEN"]})
+    result = run_template(doc, ws, record=False)
+    assert result.success, result.error
+    seen = dict(line.split("=", 1) for line in (home / "env.txt").read_text().splitlines() if "=" in line)
+    assert "SECRET_KEY" not in seen and "DAGRUN_DATABASE_URL" not in seen and seen["TOKEN"] == "t0k3n"
+    assert seen["PATH"] and seen["HOME"] == str(home)
+    assert (home / "token").read_text() == "t0k3n"
+    # the caller may pass a name through for one run
+    result = run_template(template(script_step(10, "echo $SECRET_KEY", id="e")), ws, record=False,
+                          env_passthrough=["SECRET_KEY"])
+    assert result.steps["e"].stdout == "provisioner-secret\n"
+
+
+def test_unbounded_expressions_never_hang_validate_or_a_run(tmp_path, home):
+    doc = template(script_step(10, "echo {{ 9**(9**9) }}", id="power"),
+                   script_step(20, "true", id="cond", condition_expression="9**(9**9) > 1", requires=["power"]),
+                   step(30, "write_file", id="repeat", action_config={"target_path": "~/x",
+                                                                      "content": "{{ 'x' * 10**10 }}"}))
+    (tmp_path / "t.yaml").write_text(__import__("yaml").safe_dump(doc))
+    out = dagrun_cli("validate", "t.yaml", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr  # well-formed; bounded when evaluated
+    for s in doc["actions"]:
+        s["skip_on_error"] = True
+        s.pop("requires", None)
+    result = run_template(doc, {"id": "w", "home_dir": str(home)}, record=False)
+    assert "larger than 65536 bits" in result.steps["power"].error
+    assert "larger than 65536 bits" in result.steps["cond"].error
+    assert "larger than 1000000 items" in result.steps["repeat"].error
+    assert all(s.attempts == 1 for s in result.steps.values())
+
+
+def test_a_condition_that_raises_fails_the_step_at_once(home):
+    doc = template(script_step(10, "touch ~/ran", id="guarded", max_retries=3, retry_delay_seconds=0,
+                               condition_expression="workspace.port + 'x' > 1"))
+    result = run_template(doc, {"id": "w", "home_dir": str(home), "port": 1}, record=False)
+    s = result.steps["guarded"]
+    assert (s.status, s.attempts) == (StepStatus.failed, 1)
+    assert s.error.startswith("condition \"workspace.port + 'x' > 1\" failed: TypeError")
+    assert not (home / "ran").exists()
+
+
+@pytest.mark.parametrize("config,field", [
+    ({"venv_path": "~/v", "packages": ["--log=/tmp/x"]}, "packages[0]"),
+    ({"venv_path": "~/v", "packages": ["-r/etc/shadow"]}, "packages[0]"),
+    ({"venv_path": "~/v", "requirements_file": "--log=x"}, "requirements_file"),
+])
+def test_names_never_become_options_of_a_tool(config, field, home):
+    doc = template(step(5, "create_python_venv", action_config={"venv_path": "~/v"}),
+                   step(10, "install_pip_requirements", action_config=config))
+    with pytest.raises(TemplateError) as exc:
+        run_template(doc, {"id": "w", "home_dir": str(home)}, record=False)
+    assert f"field 'action_config.{field}'" in str(exc.value)
+    # the same value through a workspace field is refused after interpolation, before pip runs
+    value = config.get("packages", [config.get("requirements_file")])[0]
+    key = "packages" if "packages" in config else "requirements_file"
+    doc["actions"][1]["action_config"] = {"venv_path": "~/v", key: ["{{ workspace.v }}"] if key == "packages"
+                                          else "{{ workspace.v }}"}
+    result = run_template(doc, {"id": "w", "home_dir": str(home), "v": value}, record=False)
+    s = result.steps["install_pip_requirements"]
+    assert s.attempts == 1 and s.error.startswith("invalid config after interpolation")
+
+
+def test_git_values_cannot_be_options_or_command_transports(home):
+    for config in ({"url": "--upload-pack=touch x"}, {"url": "ext::sh -c touch% x"},
+                   {"url": "/srv/repo.git", "branch": "--upload-pack=x"}, {"url": "/srv/r.git", "branch": "a..b"}):
+        with pytest.raises(TemplateError, match="clone_git_repository: field 'action_config"):
+            run_template(template(step(10, "clone_git_repository", id="clone_git_repository", action_config=config)),
+                         {"id": "w", "home_dir": str(home)}, record=False)
+
+
+def test_object_workspaces_are_read_through_declared_fields(home, db_url):
+    class Workspace:  # a provisioner's model
+        id = 42
+        linux_username = "alice"
+        home_dir = str(home)
+        password_hash = "pbkdf2$secret"
+        api_token = "tok-123"
+
+        @property
+        def expensive(self):
+            raise RuntimeError("must never be read")
+
+        @property
+        def colour(self):
+            return "blue"
+
+    doc = template(script_step(10, "echo {{ workspace.colour }}", id="s"))
+    result = run_template(doc, Workspace(), database_url=db_url)
+    assert result.success and result.steps["s"].stdout == "blue\n"
+    from dagrun.store.history import show_run  # noqa: F401 - the run record, as stored
+    from dagrun.store.engine import engine_for
+    from dagrun.store.models import ProvisioningRun
+    from sqlalchemy.orm import Session
+    with Session(engine_for(db_url)) as session:
+        stored = session.get(ProvisioningRun, result.run_id).workspace
+    assert stored == {"id": 42, "home_dir": str(home), "linux_username": "alice", "host": None, "colour": "blue"}
+
+    class Broken(Workspace):
+        @property
+        def colour(self):
+            raise RuntimeError("database gone")
+
+    from dagrun import InputError
+    with pytest.raises(InputError, match="workspace field 'colour' could not be read: RuntimeError: database gone"):
+        run_template(doc, Broken(), record=False)
+
+
+def test_undeclared_variables_are_errors(home):
+    from dagrun import InputError
+    doc = template(script_step(10, "echo {{ vars.project }}"), vars={"project": "p"})
+    with pytest.raises(InputError, match="variable 'projetc' is not declared by template 't' \\(did you mean "
+                                         "'project'\\?\\)"):
+        run_template(doc, {"id": "w", "home_dir": str(home)}, variables={"projetc": "x"}, record=False)
+
+
+# -- secrets ------------------------------------------------------------------------
+
+SECRET_ACTION = {
+    "name": "with_secret", "action_type": "shell", "max_retries": 1, "retry_delay_seconds": 0,
+    "execution_handler": 'echo "token={{ config.token }}" >> "$DAGRUN_OUTPUT"; echo "used {{ config.token }}"',
+    "rollback_handler": 'echo "undoing with {{ config.token }}"; echo "{{ config.token }}" | base64',
+    "config_schema": {"type": "object", "properties": {"token": {"type": "string", "x-secret": True}}},
+}
+
+
+def test_secrets_are_masked_everywhere_but_reach_downstream_steps_intact(home, db_url):
+    import base64
+    secret = "s3cr3t-Tok/en+value"
+    doc = template(step(10, "with_secret", id="make", action_config={"token": secret}),
+                   script_step(20, 'printf "%s" {{ steps.make.result.token }} > ~/got', id="use", requires=["make"]),
+                   script_step(30, "exit 1", id="boom", requires=["use"]))
+    events = []
+    result = run_template(doc, {"id": "w", "home_dir": str(home)}, actions=[SECRET_ACTION], database_url=db_url,
+                          on_event=events.append)
+    assert (home / "got").read_text() == secret  # the downstream step got the real value
+    assert result.steps["make"].status is StepStatus.rolled_back
+    forms = [secret, base64.b64encode(secret.encode()).decode().rstrip("="), json.dumps(secret)[1:-1],
+             __import__("urllib.parse").parse.quote(secret, safe="")]
+    shown = json.dumps(result.as_dict()) + repr(events) + "".join(s.stdout for s in result.steps.values())
+    from dagrun.store.engine import engine_for
+    from dagrun.store.models import ProvisioningRun, WorkspaceActionExecution
+    from sqlalchemy.orm import Session
+    with Session(engine_for(db_url)) as session:
+        run = session.get(ProvisioningRun, result.run_id)
+        rows = session.query(WorkspaceActionExecution).filter_by(run_id=result.run_id).all()
+        stored = json.dumps([run.template_snapshot, run.variables, run.workspace, run.error] + [
+            [r.execution_output, r.error_message, r.action_config, r.result_data] for r in rows], default=str)
+        assert run.secret_names == ["make.token"]
+    for form in forms:
+        assert form not in shown and form not in stored, form
+    assert "********" in stored  # masked, not dropped
+    rollback_events = [e for e in events if type(e).__name__ == "StepRolledBack"]
+    assert rollback_events and "********" in rollback_events[0].outcome.stdout
+    # a resume needs the literal secret again, named step.field
+    from dagrun import InputError, resume
+    with pytest.raises(InputError, match="secrets that are not stored: make.token"):
+        resume(result.run_id, database_url=db_url, actions=[SECRET_ACTION])
+    again = resume(result.run_id, database_url=db_url, secrets={"make.token": secret}, from_step="make",
+                   actions=[SECRET_ACTION])
+    assert (home / "got").read_text() == secret and again.steps["make"].status is not StepStatus.pending
+
+
+def test_the_sqlite_store_and_the_journal_are_private(tmp_path, home):
+    import os
+    import stat
+    url = f"sqlite:///{tmp_path / 'store' / 'dagrun.db'}"
+    run_template(template(script_step(10, "true")), {"id": "w", "home_dir": str(home)}, database_url=url)
+    for path in (tmp_path / "store" / "dagrun.db", tmp_path / "store"):
+        assert stat.S_IMODE(os.stat(path).st_mode) & 0o077 == 0, path
+
+
+# -- observers ------------------------------------------------------------------------
+
+def test_an_observer_that_raises_is_detached_and_the_run_goes_on(home, caplog):
+    calls = []
+
+    def bad(event):
+        calls.append(event)
+        raise ValueError("observer bug")
+
+    seen = []
+    doc = template(script_step(10, "true", id="a"), script_step(20, "true", id="b", requires=["a"]))
+    result = run_template(doc, {"id": "w", "home_dir": str(home)}, record=False, on_event=bad,
+                          observers=[seen.append])
+    assert result.success
+    assert len(calls) == 1  # detached after its first failure
+    assert [type(e).__name__ for e in seen][-1] == "RunFinished"  # the others go on
+    assert sum("observer" in r.getMessage() and "detached" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_step_output_is_printed_as_text_never_markup(tmp_path):
+    doc = template(script_step(10, 'echo "see [/var/log/app] [bold]x[/bold]"; echo "[red]oops[/" >&2; exit 1',
+                               id="noisy"))
+    (tmp_path / "t.yaml").write_text(__import__("yaml").safe_dump(doc))
+    out = dagrun_cli("run", "t.yaml", cwd=tmp_path)
+    assert out.returncode == 1, out.stderr
+    assert "Traceback" not in out.stdout + out.stderr
+    assert "[red]oops[/" in out.stdout  # the error, as text
+
+
+# -- hostile documents -------------------------------------------------------------------
+
+BOMB = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{chr(98 + i)}: &{chr(98 + i)} [*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, "
+    f"*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}]\n" for i in range(9))
+
+
+@pytest.mark.parametrize("name,content,message", [
+    ("bomb.yaml", "name: bomb\nvars:\n  " + BOMB.replace("\n", "\n  "), "more than 200000 values"),
+    ("deep.yaml", "name: deep\nactions:\n- sequence_order: 1\n  action_name: noop\n  condition_expression: '"
+     + "(" * 2000 + "1" + ")" * 2000 + "'\n", "nested more than 100 levels deep"),
+    ("latin1.yaml", b"name: caf\xe9\n", "not UTF-8 text (byte 9, line 1)"),
+    ("big.yaml", "name: big\ndescription: " + "x" * 1_100_000 + "\n", "larger than 1000000 bytes"),
+])
+def test_hostile_documents_get_one_line_and_exit_2(tmp_path, name, content, message):
+    path = tmp_path / name
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    out = dagrun_cli("validate", name, cwd=tmp_path)
+    assert out.returncode == 2
+    assert message in out.stderr and "Traceback" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_an_unreadable_neighbour_of_a_template_is_skipped_with_a_warning(tmp_path, home):
+    (tmp_path / "base.yaml").write_text("name: base\nactions:\n- {sequence_order: 1, action_name: noop}\n")
+    (tmp_path / "a-notes.yaml").write_bytes(b"\xff\xfe garbage")
+    (tmp_path / "child.yaml").write_text("name: child\nextends: base\n")
+    out = dagrun_cli("validate", "child.yaml", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "a-notes.yaml" in out.stderr and "not UTF-8" in out.stderr
+
+
+def test_a_database_that_cannot_be_opened_is_one_line(tmp_path):
+    out = dagrun_cli("run", "demo", "--db", "sqlite:////proc/nope/x.db", cwd=tmp_path)
+    assert out.returncode == 3
+    assert out.stderr.strip() == "dagrun: cannot open database /proc/nope/x.db: No such file or directory"

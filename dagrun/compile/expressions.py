@@ -208,12 +208,14 @@ def references(source: str, *, condition: bool = False) -> frozenset[Reference]:
     text = "{{ " + translate_condition(source) + " }}" if condition else source
     ast = PLAIN.parse(text)
     found: set[Reference] = set()
+    bases: set[int] = set()  # names read through an attribute or key (workspace.x), not whole
     for node in _walk(ast):
         if isinstance(node, (nodes.Getattr, nodes.Getitem)) and isinstance(node.node, nodes.Name):
             key = node.attr if isinstance(node, nodes.Getattr) else (
                 node.arg.value if isinstance(node.arg, nodes.Const) else None)
             found.add(Reference(node.node.name, None if key is None else str(key)))
-        elif isinstance(node, nodes.Name) and node.ctx == "load":
+            bases.add(id(node.node))
+        elif isinstance(node, nodes.Name) and node.ctx == "load" and id(node) not in bases:
             found.add(Reference(node.name, None))
         elif isinstance(node, nodes.Const) and has_template(node.value):
             found |= references(node.value)  # file_exists('~/{{ workspace.x }}')

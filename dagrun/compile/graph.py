@@ -279,6 +279,8 @@ class Compiler:
             elif ref.attr is None:
                 continue
             elif ref.root == "steps":
+                if ref.attr in self._ids and ref.attr not in self._bound:
+                    continue  # a step that could not be bound is reported once, where it is
                 if ref.attr not in upstream:
                     what = "is not a step" if ref.attr not in self._ids else "is not upstream of this step"
                     self.problem(f"steps.{ref.attr} {what}{did_you_mean(ref.attr, upstream)}", sid, field)
@@ -306,6 +308,7 @@ class Compiler:
 
     def _specs(self, bound: list[dict[str, Any]], graph: nx.DiGraph) -> dict[str, StepSpec]:
         from ..run.handler_types import handler_templates
+        self._bound = {s["id"] for s in bound}
         specs: dict[str, StepSpec] = {}
         for s in bound:
             sid, action = s["id"], s["action"]

@@ -26,7 +26,7 @@ import urllib.parse
 from typing import Any, Iterable, Mapping
 
 from ..compile.shell_text import ShellScript
-from ..spec import MASK
+from ..spec import MASK, FrozenDict, Plan
 from .outcome import Outcome
 
 MIN_LENGTH = 3
@@ -107,6 +107,17 @@ class Redactor:
             value = (config or {}).get(key)
             if isinstance(value, str):
                 self.add(value)
+
+    def plan(self, plan: Plan) -> Plan:
+        """The plan observers see: secret config values written in the
+        template are masked (the run keeps the real plan)."""
+        masked = {sid: dataclasses.replace(step, config=FrozenDict(self.config(step.config, step.secret_fields)))
+                  for sid, step in plan.steps.items()
+                  if any(step.config.get(k) not in (None, "") for k in step.secret_fields)}
+        if not masked:
+            return plan
+        return dataclasses.replace(plan, steps=FrozenDict({**plan.steps, **masked}),
+                                   snapshot=FrozenDict(self.value(dict(plan.snapshot))))
 
     def outcome(self, outcome: Outcome, secret_fields: frozenset[str] = frozenset()) -> Outcome:
         """A masked copy of ``outcome`` (the same object when nothing is secret)."""

@@ -26,6 +26,7 @@ from typing import Any, Iterable, Mapping
 
 import structlog
 
+from ..compile.expressions import has_template
 from .attempt import AttemptJob, run_attempt, run_rollback
 from .handler_types import handlers_for
 from .redact import Redactor
@@ -118,8 +119,12 @@ class Runner:
 
     def _run(self) -> RunResult:
         started = time.time()
+        for step in self.plan.steps.values():  # secret values written in the template itself
+            literal = {k: v for k, v in step.config.items() if k in step.secret_fields and not has_template(v)}
+            self.redactor.learn(literal, step.secret_fields)
         self._emit(RunStarted(self.run_id, self.plan.name, self.plan.version, str(self.workspace["id"]),
-                              len(self.plan.order), self.max_workers, started, self.plan, self.workspace))
+                              len(self.plan.order), self.max_workers, started, self.redactor.plan(self.plan),
+                              self.workspace))
         executor = self.executor or make_executor("threads", self.max_workers)
         while True:
             try:
