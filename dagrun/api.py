@@ -26,13 +26,14 @@ from .run.logs import log_events
 from .run.outcome import StepStatus
 from .store.recorder import Recorder
 from .run.result import RunResult, StepResult
-from .run.runner import Runner
+from .run.redact import Redactor
+from .run.runner import Runner, known_secrets
 from .store.runs import claim, is_alive, load_for_resume
 from .store.seeding import mark_applied, stored_templates
 from .spec import Plan
 from .store.engine import default_database_url, engine_for
 from .spec import MASK
-from .workspace import normalize_workspace, stored_fields
+from .workspace import normalize_workspace, stored_fields, with_home
 
 
 def run_template(template: Any, workspace: Any, *, database_url: str | None = None,
@@ -42,7 +43,7 @@ def run_template(template: Any, workspace: Any, *, database_url: str | None = No
                  templates: Iterable[Mapping[str, Any]] = (),
                  observers: Iterable[Observer] = (), runner_hook: Callable[[Runner], None] | None = None,
                  allow_sudo: bool = False, secrets: Mapping[str, Any] | None = None,
-                 env_passthrough: Iterable[str] = ()) -> RunResult:
+                 env_passthrough: Iterable[str] = (), sandbox: bool = True) -> RunResult:
     """Compile ``template`` and run it for ``workspace``.
 
     ``template``: a path, the name of a template in ``seeds/``, a dict, or a
@@ -69,6 +70,7 @@ def run_template(template: Any, workspace: Any, *, database_url: str | None = No
     plan, ws = compile_for(template, workspace, actions=actions, variables=variables, secrets=secrets,
                            templates=templates, env_passthrough=env_passthrough)
     return _execute(plan, ws, run_id=run_id or str(uuid.uuid4()), variables=variables, secrets=secrets,
+                    sandbox=sandbox,
                     max_workers=max_workers,
                     url=url, executor=executor,
                     observers=observers, on_event=on_event, runner_hook=runner_hook, allow_sudo=allow_sudo)
@@ -88,6 +90,7 @@ def compile_for(template: Any, workspace: Any, *, actions: Iterable[Any] | None 
     else:
         ws = normalize_workspace(workspace, fields=compile_template(template, variables=merged, **options)
                                  .workspace_fields)
+    ws = with_home(ws)
     plan = compile_template(template, variables=merged, workspace=ws, **options)
     undeclared = sorted(set(variables or {}) - set(plan.snapshot.get("vars") or {}))
     if undeclared:
@@ -103,7 +106,7 @@ def resume(run_id: str, *, database_url: str | None = None, from_step: str | Non
            max_workers: int | None = None, actions: Iterable[Any] | None = None,
            on_event: Callable[[Any], None] | None = None, executor: Executor | None = None,
            observers: Iterable[Observer] = (), runner_hook: Callable[[Runner], None] | None = None,
-           allow_sudo: bool = False, secrets: Mapping[str, Any] | None = None) -> RunResult:
+           allow_sudo: bool = False, secrets: Mapping[str, Any] | None = None, sandbox: bool = True) -> RunResult:
     """Continue a run from its snapshot, in the same run record.
 
     Completed steps (and steps skipped by their condition) are not run
@@ -120,12 +123,14 @@ def resume(run_id: str, *, database_url: str | None = None, from_step: str | Non
         raise RunConflictError(f"run {run.id} is still running (owner {run.owner})")
     if run.workspace is None:
         raise InputError(f"run {run.id} was recorded without its workspace: it cannot be resumed")
-    ws = normalize_workspace(run.workspace)
     secrets = dict(secrets or {})
     missing = [name for name in run.secret_names or () if name not in secrets]
     if missing:
         raise InputError(f"run {run.id} was started with secrets that are not stored: {', '.join(missing)}; "
                          "give them again (secrets=..., dagrun resume --secret NAME=ENV_VAR)")
+    given_fields = {k.split(".", 1)[1]: v for k, v in secrets.items() if k.startswith("workspace.")}
+    secrets = {k: v for k, v in secrets.items() if not k.startswith("workspace.")}
+    ws = with_home(normalize_workspace({**(run.workspace or {}), **given_fields}))
     snapshot = with_secret_literals(run.template_snapshot, secrets)
     step_secrets = {k: v for k, v in secrets.items() if "." in k}
     secrets = {k: v for k, v in secrets.items() if "." not in k}
@@ -157,7 +162,7 @@ def resume(run_id: str, *, database_url: str | None = None, from_step: str | Non
     return _execute(plan, ws, run_id=run.id, variables=run.variables, secrets={**secrets, **step_secrets}, url=url,
                     max_workers=max_workers or run.max_workers, executor=executor, observers=observers,
                     on_event=on_event, runner_hook=runner_hook, allow_sudo=allow_sudo,
-                    previous=previous, attempts=numbers)
+                    previous=previous, attempts=numbers, sandbox=sandbox)
 
 
 def _check_workers(max_workers: int | None) -> None:
@@ -208,16 +213,22 @@ def _execute(plan: Plan, ws: Mapping[str, Any], *, run_id: str, variables: Mappi
              url: str | None, secrets: Mapping[str, Any] | None = None, max_workers: int | None, executor: Executor | None, observers: Iterable[Observer],
              on_event: Callable[[Any], None] | None, runner_hook: Callable[[Runner], None] | None,
              allow_sudo: bool, previous: Mapping[str, StepResult] | None = None,
-             attempts: Mapping[str, int] | None = None) -> RunResult:
+             attempts: Mapping[str, int] | None = None, sandbox: bool = True) -> RunResult:
     sudo = sudo_prefix(plan, allow_sudo)
+    check_sandbox(plan, sandbox)
     recorder = None
     if url:
+        # A workspace field that is a secret (the value of an x-secret field) is not stored either.
+        redactor = Redactor([*(str(v) for v in (secrets or {}).values()),
+                             *known_secrets(plan, ws, {**(variables or {}), **(secrets or {})}, {})])
+        stored = stored_fields(ws, plan.workspace_fields)
+        hidden = redactor.masked_fields(stored)
         claim(engine_for(url), run_id=run_id, workspace_id=str(ws["id"]), fields={
             "template_name": plan.name, "template_version": plan.version, "total_steps": len(plan.order),
             "template_snapshot": masked_snapshot(plan),
-            "workspace": _jsonable(stored_fields(ws, plan.workspace_fields)),
+            "workspace": _jsonable(redactor.value(stored)),
             "variables": _jsonable(dict(variables or {})), "max_workers": max_workers,
-            "secret_names": secret_names(plan, secrets)})
+            "secret_names": sorted({*secret_names(plan, secrets), *(f"workspace.{k}" for k in hidden)})})
         recorder = Recorder(url)
     all_observers: list[Observer] = [log_events]
     if recorder:
@@ -228,7 +239,8 @@ def _execute(plan: Plan, ws: Mapping[str, Any], *, run_id: str, variables: Mappi
     secret_vars = {k: v for k, v in (secrets or {}).items() if "." not in k}
     runner = Runner(plan, ws, run_id=run_id, variables={**(variables or {}), **secret_vars},
                     max_workers=max_workers, executor=executor, observers=all_observers, sudo=sudo,
-                    previous=previous, attempts=attempts, secret_values=[str(v) for v in (secrets or {}).values()])
+                    previous=previous, attempts=attempts, secret_values=[str(v) for v in (secrets or {}).values()],
+                    sandbox=sandbox)
     if runner_hook:
         runner_hook(runner)
     try:
@@ -245,6 +257,15 @@ def _execute(plan: Plan, ws: Mapping[str, Any], *, run_id: str, variables: Mappi
         except SQLAlchemyError as exc:  # the work is done; only the counter is missing
             result.error = f"template usage count not updated: {str(exc).splitlines()[0]}"
     return result
+
+
+def check_sandbox(plan: Plan, sandbox: bool) -> None:
+    """Sandboxed steps need bubblewrap: refused before anything runs without it."""
+    from .run.isolation import sandbox_available
+    needing = [sid for sid in plan.order if plan.steps[sid].sandbox]
+    if sandbox and needing and not sandbox_available():
+        raise InputError(f"steps {', '.join(needing)} run in a sandbox, but bubblewrap (bwrap) is not installed: "
+                         "apt-get install bubblewrap, or run without the sandbox (sandbox=False, --no-sandbox)")
 
 
 def sudo_prefix(plan: Plan, allow_sudo: bool) -> tuple[str, ...]:

@@ -105,6 +105,20 @@ class Lock:
 
 
 @dataclass(frozen=True, slots=True)
+class Limits:
+    """Resource limits of one step's processes (``limits:`` of an action)."""
+
+    memory_mb: int | None = None  # address space of each process (RLIMIT_AS)
+    processes: int | None = None  # processes at once (a pids cgroup, else RLIMIT_NPROC)
+    file_size_mb: int | None = None  # largest file a process may write (RLIMIT_FSIZE)
+    open_files: int | None = None  # descriptors per process (RLIMIT_NOFILE)
+
+    @classmethod
+    def parse(cls, value: Mapping[str, Any] | None) -> "Limits | None":
+        return None if not value else cls(**{k: int(v) for k, v in value.items() if v is not None})
+
+
+@dataclass(frozen=True, slots=True)
 class ActionSpec:
     name: str
     display_name: str
@@ -133,10 +147,13 @@ class ActionSpec:
     is_active: bool = True
     is_system: bool = True
     check_first: bool = False
+    limits: Limits | None = None
     # Where the definition came from: scripts named by handlers are looked
-    # up beside it.
+    # up beside it. ``library``: shipped with dagrun (trusted code); set by the
+    # loader, never by the document, since it decides who runs unsandboxed.
     source: str = "<dict>"
     base_dir: Path | None = None
+    library: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +177,8 @@ class StepSpec:
     secret_fields: frozenset[str] = frozenset()  # config keys masked in records, logs and output
     config_order: tuple[str, ...] = ()  # templated top-level config fields, in render order
     origin: str = ""  # the template that defined (or last overrode) the step
+    run_as: str = "workspace"  # "workspace": as the workspace's Linux user (when root), or "root"
+    sandbox: bool = False  # commands and Python handlers run in bubblewrap
 
     @property
     def label(self) -> str:
@@ -177,6 +196,8 @@ class GlobalConfig:
     rollback_on_failure: bool = True
     max_workers: int | None = None
     env_passthrough: tuple[str, ...] = ()  # caller environment variables steps and templates may see
+    run_as: str = "workspace"  # default of the steps' run_as
+    sandbox: bool | None = None  # default of the steps' sandbox (None: user-defined actions only)
 
 
 # What every step's environment holds of the caller's (besides the names a

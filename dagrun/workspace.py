@@ -14,7 +14,12 @@ from __future__ import annotations
 
 import datetime
 import decimal
+import hashlib
+import os
+import pwd
+import re
 import uuid
+from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from .errors import InputError, TemplateError
@@ -78,6 +83,44 @@ def normalize_workspace(workspace: Any, fields: Iterable[str] = ()) -> Mapping[s
     if data["home_dir"] is not None:
         data["home_dir"] = str(data["home_dir"])
     return FrozenDict(data)
+
+
+_SAFE_ID = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
+
+
+def slug(workspace_id: Any) -> str:
+    """A folder name for a workspace id: the id itself when it is a plain
+    name, otherwise its safe characters and a hash (never a path: no ``/``,
+    no ``..``, and two ids never share a folder)."""
+    text = str(workspace_id)
+    if _SAFE_ID.match(text) and ".." not in text:
+        return text
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._-")[:40] or "workspace"
+    return f"{safe}-{hashlib.sha256(text.encode()).hexdigest()[:10]}"
+
+
+def default_home(workspace: Mapping[str, Any], root: Path | None = None) -> str:
+    """Where a workspace given without ``home_dir`` lives: its Linux user's
+    home when dagrun is root and it names one, else a folder of dagrun's data
+    (never the caller's own home by surprise)."""
+    user = workspace.get("linux_username")
+    if user and os.geteuid() == 0:
+        try:
+            return pwd.getpwnam(str(user)).pw_dir
+        except KeyError:
+            return f"/home/{user}"  # where create_linux_user (useradd) will make it
+    from .locations import workspaces_dir
+    return str((root or workspaces_dir()) / slug(workspace["id"]))
+
+
+def with_home(workspace: Mapping[str, Any], root: Path | None = None) -> Mapping[str, Any]:
+    """The workspace with an absolute, normalized ``home_dir``."""
+    home = workspace.get("home_dir")
+    if home is None or home == "":
+        home = default_home(workspace, root)
+    elif not os.path.isabs(str(home)):
+        raise InputError(f"the workspace home_dir must be an absolute path, not {home!r}")
+    return FrozenDict({**workspace, "home_dir": os.path.normpath(str(home))})
 
 
 def stored_fields(workspace: Mapping[str, Any], used: Iterable[str]) -> dict[str, Any]:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import time
-
 from dagrun.run.handler_types import StepContext
+from dagrun.run.outcome import HandlerResult
 
 
 def noop(ctx: StepContext) -> None:
     return None
 
 
-def sleep(ctx: StepContext) -> None:
-    time.sleep(float(ctx.config["seconds"]))
+def sleep(ctx: StepContext) -> HandlerResult | None:
+    """Sleeps on the run's cancel token: Ctrl-C or a cancel ends it at once."""
+    if ctx.cancel.wait(float(ctx.config["seconds"])):
+        return HandlerResult(ok=False, error="cancelled", cancelled=True)
+    return None

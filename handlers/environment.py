@@ -1,15 +1,26 @@
-"""Python environments: create a venv, install requirements into it."""
+"""Python environments: create a venv, install requirements into it.
+
+The venv's folder is inside the workspace home. Rollback removes exactly
+what the step created: the whole folder if it made it, or only the entries
+it added to a folder that existed (a pre-existing folder and its files stay).
+pip never reads configuration the workspace controls (``PIP_CONFIG_FILE``
+is ``/dev/null``), and every value reaches it glued to its option or after
+``--``.
+"""
 
 from __future__ import annotations
 
 import os
-import shutil
 
 from dagrun.errors import PermanentError
+from dagrun.run import paths
 from dagrun.run.handler_types import StepContext
 from dagrun.run.outcome import HandlerResult
 
 from .scripts import NOTHING_TO_UNDO
+
+PIP_ENV = {"PIP_CONFIG_FILE": "/dev/null", "PIP_NO_INPUT": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+           "PYTHONNOUSERSITE": "1"}
 
 
 def _venv_python(ctx: StepContext) -> str:
@@ -19,20 +30,24 @@ def _venv_python(ctx: StepContext) -> str:
 def create_venv(ctx: StepContext) -> HandlerResult:
     path = ctx.path(ctx.config["venv_path"])
     python = ctx.config["python_version"]
-    if shutil.which(python) is None and not os.path.isfile(python):
-        raise PermanentError(f"{python} is not installed")
     existed = os.path.exists(os.path.join(path, "pyvenv.cfg"))
+    folder_existed = os.path.isdir(path)
+    before = paths.entries(path)
     command = [python, "-m", "venv"]
     if ctx.config.get("system_site_packages"):
         command.append("--system-site-packages")
     if not ctx.config.get("with_pip", True):
         command.append("--without-pip")
-    result = ctx.run([*command, path])
+    result = ctx.run([*command, "--", path], env=PIP_ENV)
+    if result.exit_code == 127:
+        raise PermanentError(f"{python} is not installed")
     if result.ok and ctx.config.get("upgrade_pip") and ctx.config.get("with_pip", True):
-        result = ctx.run([_venv_python(ctx), "-m", "pip", "install", "-q", "--upgrade", "pip"])
+        result = ctx.run([_venv_python(ctx), "-m", "pip", "install", "-q", "--upgrade", "pip"], env=PIP_ENV)
     version = ctx.run([_venv_python(ctx), "-c", "import sys; print('%d.%d.%d' % sys.version_info[:3])"])
+    # What rollback may remove: the folder if this step made it, else only what it added.
+    created = None if not folder_existed else sorted(paths.entries(path) - before)
     result.data = {"venv_path": path, "python": _venv_python(ctx), "created": not existed,
-                   "version": version.stdout.strip()}
+                   "created_entries": created, "version": version.stdout.strip()}
     return result
 
 
@@ -46,8 +61,8 @@ def validate_venv(ctx: StepContext) -> HandlerResult:
 def remove_venv(ctx: StepContext) -> HandlerResult:
     if not ctx.result.get("created"):
         return HandlerResult(data=dict(NOTHING_TO_UNDO))
-    shutil.rmtree(ctx.result["venv_path"], ignore_errors=True)
-    return HandlerResult(data={"removed": ctx.result["venv_path"]})
+    removed = paths.remove_created(ctx.result["venv_path"], ctx.result.get("created_entries"))
+    return HandlerResult(data={"removed": removed})
 
 
 def pip_install(ctx: StepContext) -> HandlerResult:
@@ -58,7 +73,7 @@ def pip_install(ctx: StepContext) -> HandlerResult:
     # none can be read as an option of pip.
     command = [python, "-m", "pip", "install", "--disable-pip-version-check", "--no-input"]
     for link in ctx.config.get("find_links") or []:
-        command.append(f"--find-links={ctx.path(link)}")
+        command.append(f"--find-links={ctx.expand(link)}")
     if ctx.config.get("no_index"):
         command.append("--no-index")
     if ctx.config.get("index_url"):
@@ -66,16 +81,16 @@ def pip_install(ctx: StepContext) -> HandlerResult:
     requirements = ctx.config.get("requirements_file")
     packages = list(ctx.config.get("packages") or [])
     if requirements:
-        path = ctx.path(requirements)
+        path = ctx.expand(requirements)
         if not os.path.isfile(path):
             raise PermanentError(f"requirements file {path} does not exist")
         command.append(f"--requirement={path}")
     if packages:
         command += ["--", *packages]
-    result = ctx.run(command)
-    result.data = {"requirements_file": ctx.path(requirements) if requirements else None, "packages": packages}
+    result = ctx.run(command, env=PIP_ENV)
+    result.data = {"requirements_file": ctx.expand(requirements) if requirements else None, "packages": packages}
     return result
 
 
 def validate_pip(ctx: StepContext) -> HandlerResult:
-    return ctx.run([_venv_python(ctx), "-m", "pip", "check"])
+    return ctx.run([_venv_python(ctx), "-m", "pip", "check"], env=PIP_ENV)

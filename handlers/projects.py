@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
-import shutil
 
 from dagrun.errors import PermanentError
+from dagrun.run import paths
 from dagrun.run.handler_types import StepContext
 from dagrun.run.outcome import HandlerResult
 
@@ -23,12 +23,17 @@ def create_django_project(ctx: StepContext) -> HandlerResult:
     admin = os.path.join(ctx.path(ctx.config["venv_path"]), "bin", "django-admin")
     if not os.access(admin, os.X_OK):
         raise PermanentError(f"{admin} does not exist: install Django into the venv first")
-    created = not os.path.exists(directory)
-    os.makedirs(directory, exist_ok=True)
-    result = ctx.run([admin, "startproject", name, directory])
-    if not result.ok and created:
-        shutil.rmtree(directory, ignore_errors=True)
-    result.data = {"directory": directory, "created": created, "project_name": name}
+    folder_existed = os.path.isdir(directory)
+    before = paths.entries(directory)
+    # django-admin makes the folder as the workspace user (mkdir in this process would be root's)
+    result = ctx.run(["mkdir", "-p", "--", directory])
+    if result.ok:
+        result = ctx.run([admin, "startproject", "--", name, directory])
+    created_entries = sorted(paths.entries(directory) - before) if folder_existed else None
+    if not result.ok:
+        paths.remove_created(directory, created_entries)
+    result.data = {"directory": directory, "created": True, "created_entries": created_entries,
+                   "project_name": name}
     return result
 
 
@@ -41,5 +46,5 @@ def validate_django_project(ctx: StepContext) -> HandlerResult:
 def remove_django_project(ctx: StepContext) -> HandlerResult:
     if not ctx.result.get("created"):
         return HandlerResult(data=dict(NOTHING_TO_UNDO))
-    shutil.rmtree(ctx.result["directory"], ignore_errors=True)
-    return HandlerResult(data={"removed": ctx.result["directory"]})
+    removed = paths.remove_created(ctx.result["directory"], ctx.result.get("created_entries"))
+    return HandlerResult(data={"removed": removed})

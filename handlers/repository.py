@@ -1,20 +1,32 @@
 """Git repositories: clone a branch (optionally shallow, optionally private
 with the workspace's ssh key), validate the checkout, and on rollback remove
-only a directory the clone created."""
+exactly what the clone created.
+
+git never reads configuration the workspace controls when it runs as root
+(``GIT_CONFIG_GLOBAL``/``GIT_CONFIG_NOSYSTEM`` pinned), never runs hooks, and
+speaks only transports that cannot run a command. The ssh command is a
+constant: the key's path reaches it as an environment variable, never as
+text of a command line.
+"""
 
 from __future__ import annotations
 
 import os
-import shutil
 
 from dagrun.errors import PermanentError
+from dagrun.run import paths
 from dagrun.run.handler_types import StepContext
 from dagrun.run.outcome import HandlerResult
 
 from .scripts import NOTHING_TO_UNDO
 
 # No prompts, and only transports that cannot run a command (ext:: and fd:: can).
-GIT_ENV = {"GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "/bin/false", "GIT_ALLOW_PROTOCOL": "file:git:http:https:ssh"}
+GIT_ENV = {"GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "/bin/false", "GIT_ALLOW_PROTOCOL": "file:git:http:https:ssh",
+           "GIT_SSH_VARIANT": "ssh"}
+# A constant command: sh expands "$DAGRUN_SSH_KEY" from the environment, as data.
+SSH_COMMAND = ('ssh -i "$DAGRUN_SSH_KEY" -o IdentitiesOnly=yes -o BatchMode=yes '
+               '-o StrictHostKeyChecking=accept-new')
+NO_HOOKS = ["-c", "core.hooksPath=/dev/null"]
 
 
 def _target(ctx: StepContext) -> str:
@@ -27,44 +39,52 @@ def _target(ctx: StepContext) -> str:
 
 def _env(ctx: StepContext) -> dict[str, str]:
     env = dict(GIT_ENV)
+    if os.geteuid() == 0 and ctx.isolation.user is None:  # root: the workspace's ~/.gitconfig is not ours
+        env.update({"GIT_CONFIG_GLOBAL": "/dev/null", "GIT_CONFIG_NOSYSTEM": "1"})
     if ctx.config.get("private"):
-        key = ctx.path(ctx.config.get("ssh_key_path") or "~/.ssh/id_ed25519")
+        key = ctx.expand(ctx.config.get("ssh_key_path") or "~/.ssh/id_ed25519")
         if not os.path.isfile(key):
             raise PermanentError(f"private repository: ssh key {key} does not exist")
-        env["GIT_SSH_COMMAND"] = (f"ssh -i '{key}' -o IdentitiesOnly=yes -o BatchMode=yes "
-                                  "-o StrictHostKeyChecking=accept-new")
+        env.update({"GIT_SSH_COMMAND": SSH_COMMAND, "DAGRUN_SSH_KEY": key})
     return env
+
+
+def _git(ctx: StepContext, *args: str) -> HandlerResult:
+    return ctx.run(["git", *NO_HOOKS, *args], env=_env(ctx))
 
 
 def clone(ctx: StepContext) -> HandlerResult:
     url, branch, target = ctx.config["url"], ctx.config["branch"], _target(ctx)
     if os.path.isdir(os.path.join(target, ".git")):
-        origin = ctx.run(["git", "-C", target, "remote", "get-url", "origin"])
+        origin = _git(ctx, "-C", target, "remote", "get-url", "origin")
         if origin.stdout.strip() != url:
             raise PermanentError(f"{target} is a checkout of {origin.stdout.strip() or 'another remote'}, not {url}")
-        head = ctx.run(["git", "-C", target, "rev-parse", "HEAD"])
+        head = _git(ctx, "-C", target, "rev-parse", "HEAD")
         return HandlerResult(data={"target_dir": target, "created": False, "commit": head.stdout.strip()})
-    if os.path.exists(target) and os.listdir(target):
+    folder_existed = os.path.isdir(target)
+    if folder_existed and paths.entries(target):
         raise PermanentError(f"{target} exists and is not empty")
-    created_parent = not os.path.exists(target)
-    command = ["git", "clone", f"--branch={branch}", "--single-branch"]
+    command = ["clone", f"--branch={branch}", "--single-branch"]
     if ctx.config.get("shallow"):
         command.append(f"--depth={int(ctx.config.get('depth', 1))}")
-    result = ctx.run([*command, "--", url, target], env=_env(ctx))
+    result = _git(ctx, *command, "--", url, target)
+    # What rollback may remove: the folder if the clone made it, else what it put in it.
+    created_entries = sorted(paths.entries(target)) if folder_existed else None
     if not result.ok:
-        if os.path.isdir(target) and created_parent:
-            shutil.rmtree(target, ignore_errors=True)  # leave no half clone behind for the retry
+        if os.path.isdir(target):  # leave no half clone behind for the retry
+            paths.remove_created(target, created_entries)
         if "Remote branch" in result.stderr and "not found" in result.stderr:
             raise PermanentError(f"branch {branch!r} does not exist in {url}")
         return result
-    head = ctx.run(["git", "-C", target, "rev-parse", "HEAD"])
-    result.data = {"target_dir": target, "created": True, "commit": head.stdout.strip(), "branch": branch}
+    head = _git(ctx, "-C", target, "rev-parse", "HEAD")
+    result.data = {"target_dir": target, "created": True, "created_entries": created_entries,
+                   "commit": head.stdout.strip(), "branch": branch}
     return result
 
 
 def validate_clone(ctx: StepContext) -> HandlerResult:
     target = _target(ctx)
-    branch = ctx.run(["git", "-C", target, "rev-parse", "--abbrev-ref", "HEAD"])
+    branch = _git(ctx, "-C", target, "rev-parse", "--abbrev-ref", "HEAD")
     if not branch.ok:
         return HandlerResult(ok=False, error=f"{target} is not a git checkout")
     if branch.stdout.strip() != ctx.config["branch"]:
@@ -75,5 +95,5 @@ def validate_clone(ctx: StepContext) -> HandlerResult:
 def remove_clone(ctx: StepContext) -> HandlerResult:
     if not ctx.result.get("created"):
         return HandlerResult(data=dict(NOTHING_TO_UNDO))
-    shutil.rmtree(ctx.result["target_dir"], ignore_errors=True)
-    return HandlerResult(data={"removed": ctx.result["target_dir"]})
+    removed = paths.remove_created(ctx.result["target_dir"], ctx.result.get("created_entries"))
+    return HandlerResult(data={"removed": removed})

@@ -2,8 +2,11 @@
 
 Package installs are non-interactive, wait for the dpkg lock (and share the
 ``dpkg`` lock with other package steps), install only what is missing and
-roll back only what they installed. Users are created with ``useradd``; the
-workspace's ssh key goes to ``~user/.ssh/authorized_keys``.
+roll back exactly what they installed, the dependencies apt pulled in
+included. Users are created with ``useradd``, never over a system account,
+an existing user or an existing home (unless ``adopt_existing``); the
+workspace's ssh key goes to ``~user/.ssh/authorized_keys``, written without
+following symlinks.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import pwd
 import shutil
 
 from dagrun.errors import PermanentError
+from dagrun.run import paths
 from dagrun.run.handler_types import StepContext
 from dagrun.run.outcome import HandlerResult
 
@@ -54,9 +58,17 @@ def install_packages(ctx: StepContext) -> HandlerResult:
             return result
     command = _apt(ctx, *(["-s"] if simulate else []), "install", "--no-install-recommends", *missing)
     data["commands"].append(command)
+    before = set() if simulate else _all_installed(ctx)
     result = ctx.run(command, env=APT_ENV)
-    result.data = {**data, "installed": [] if simulate else missing}
+    # What rollback removes: every package this step installed, the dependencies apt pulled in included.
+    installed = [] if simulate else sorted(_all_installed(ctx) - before)
+    result.data = {**data, "installed": installed}
     return result
+
+
+def _all_installed(ctx: StepContext) -> set[str]:
+    out = ctx.run(["dpkg-query", "-W", "-f=${Package} ${Status}\\n"])
+    return {line.split(" ", 1)[0] for line in out.stdout.splitlines() if line.endswith("install ok installed")}
 
 
 def validate_packages(ctx: StepContext) -> HandlerResult:
@@ -78,6 +90,9 @@ def remove_packages(ctx: StepContext) -> HandlerResult:
 
 # -- users --------------------------------------------------------------------
 
+SYSTEM_UID_MAX = 999
+
+
 def _user(name: str) -> pwd.struct_passwd | None:
     try:
         return pwd.getpwnam(name)
@@ -85,14 +100,37 @@ def _user(name: str) -> pwd.struct_passwd | None:
         return None
 
 
+def _authorize(user: pwd.struct_passwd, key: str) -> None:
+    """Add ``key`` to the user's authorized_keys, walking from the home with
+    O_NOFOLLOW: a planted ``~/.ssh`` symlink is refused, never followed."""
+    owner = (user.pw_uid, user.pw_gid)
+    keys_path = os.path.join(user.pw_dir, ".ssh", "authorized_keys")
+    current = paths.read_file(keys_path, home=user.pw_dir)
+    lines = [] if current is None else current.decode("utf-8", errors="replace").splitlines()
+    if key.strip() in lines:
+        return
+    paths.write_file(keys_path, ("\n".join([*lines, key.strip()]) + "\n").encode(), home=user.pw_dir, mode=0o600,
+                     owner=owner, folder_mode=0o700)
+
+
 def create_user(ctx: StepContext) -> HandlerResult:
     name = ctx.config["username"]
+    adopt = bool(ctx.config.get("adopt_existing"))
+    existing = _user(name)
+    if existing is not None and (existing.pw_uid <= SYSTEM_UID_MAX or name == "root"):
+        raise PermanentError(f"{name} is a system account (uid {existing.pw_uid}): not a workspace user")
+    if existing is not None and not adopt:
+        raise PermanentError(f"user {name} already exists and this step did not create it "
+                             "(adopt_existing: true to use it)")
+    home = ctx.config.get("home") or f"/home/{name}"
     created = False
-    if _user(name) is None:
-        command = [*ctx.sudo, "useradd", "--create-home", "--shell", ctx.config["shell"], "--user-group"]
-        if ctx.config.get("home"):
-            command += ["--home-dir", ctx.config["home"]]
-        result = ctx.run([*command, name])
+    if existing is None:
+        if os.path.lexists(home) and not adopt:
+            raise PermanentError(f"{home} already exists: a new user does not take over a home "
+                                 "(adopt_existing: true to use it)")
+        command = [*ctx.sudo, "useradd", "--create-home", f"--shell={ctx.config['shell']}", "--user-group",
+                   f"--home-dir={home}", "--", name]
+        result = ctx.run(command)
         if not result.ok:
             if "Permission denied" in result.stderr or "cannot lock" in result.stderr:
                 raise PermanentError(f"useradd refused: {result.stderr.strip()}")
@@ -100,18 +138,11 @@ def create_user(ctx: StepContext) -> HandlerResult:
         created = True
     user = _user(name)
     assert user is not None
+    if user.pw_uid <= SYSTEM_UID_MAX:  # useradd made a system account (a misconfigured UID_MIN)
+        raise PermanentError(f"{name} got uid {user.pw_uid}, a system account's")
     key = ctx.config.get("ssh_public_key")
     if key:
-        ssh_dir = os.path.join(user.pw_dir, ".ssh")
-        os.makedirs(ssh_dir, mode=0o700, exist_ok=True)
-        keys_path = os.path.join(ssh_dir, "authorized_keys")
-        existing = open(keys_path).read().splitlines() if os.path.exists(keys_path) else []
-        if key.strip() not in existing:
-            with open(keys_path, "a") as fh:
-                fh.write(key.strip() + "\n")
-        os.chmod(keys_path, 0o600)
-        for path in (ssh_dir, keys_path):
-            os.chown(path, user.pw_uid, user.pw_gid)
+        _authorize(user, key)
     return HandlerResult(data={"username": name, "uid": user.pw_uid, "home": user.pw_dir, "created": created})
 
 
@@ -127,4 +158,4 @@ def validate_user(ctx: StepContext) -> HandlerResult:
 def remove_user(ctx: StepContext) -> HandlerResult:
     if not ctx.result.get("created"):
         return HandlerResult(data=dict(NOTHING_TO_UNDO))
-    return ctx.run([*ctx.sudo, "userdel", "--remove", ctx.config["username"]])
+    return ctx.run([*ctx.sudo, "userdel", "--remove", "--", ctx.config["username"]])

@@ -28,7 +28,7 @@ def home(tmp_path):
 
 @pytest.fixture
 def workspace(home):
-    return {"id": "ws1", "linux_username": "alice", "db_name": "alice_db", "home_dir": str(home)}
+    return {"id": "ws1", "name": "alice", "db_name": "alice_db", "home_dir": str(home)}
 
 
 PG_ADMIN_URL = os.environ.get("DAGRUN_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")

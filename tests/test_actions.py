@@ -353,7 +353,7 @@ def test_vscode_extensions_without_any_cli_is_a_clear_error(workspace, tmp_path)
 
 def test_template_copy_action(workspace, home, tmp_path):
     """The template file sits beside the template document (author text, read at compile time)."""
-    (tmp_path / "tpl.conf.j2").write_text("user={{ workspace.linux_username }}\nport={{ vars.port }}\n")
+    (tmp_path / "tpl.conf.j2").write_text("user={{ workspace.name }}\nport={{ vars.port }}\n")
     (tmp_path / "t.yaml").write_text(yaml.safe_dump(template(step(10, "template_copy", action_config={
         "source": "tpl.conf.j2", "target_path": "~/etc/app.conf", "mode": "600"}), vars={"port": 8069})))
     result = run(str(tmp_path / "t.yaml"), workspace)

@@ -15,7 +15,7 @@ class Workspace:
 
     def __init__(self, home):
         self.id = 42
-        self.linux_username = "bob"
+        self.name = "bob"
         self.db_name = "bob_db"
         self.port = 8069
         self.ssh_public_key = None
@@ -26,7 +26,7 @@ class Workspace:
 
 
 def test_run_template_with_an_object_workspace_and_seed_summary(home, db_url):
-    result = run_template(template(script_step(10, "echo {{ workspace.linux_username }} {{ workspace.port }}", id="a"),
+    result = run_template(template(script_step(10, "echo {{ workspace.name }} {{ workspace.port }}", id="a"),
                                    script_step(20, "true", id="b", condition_expression="workspace.ssh_public_key IS NOT NULL")),
                           Workspace(home), database_url=db_url)
     assert isinstance(result, RunResult)

@@ -51,7 +51,7 @@ def test_template_copy_renders_and_merges_json(workspace, home):
     target.parent.mkdir()
     target.write_text(json.dumps({"editor.tabSize": 2, "python.analysis": {"a": 1}}))
     doc = template(step(10, "create_vscode_settings", action_config={
-        "settings": {"python.analysis": {"b": 2}, "user": "{{ workspace.linux_username }}"}}))
+        "settings": {"python.analysis": {"b": 2}, "user": "{{ workspace.name }}"}}))
     result = run(doc, workspace)
     assert result.success, result.error
     assert json.loads(target.read_text()) == {"editor.tabSize": 2, "python.analysis": {"a": 1, "b": 2},
@@ -105,7 +105,7 @@ def test_api_call_success_and_failure(http_server, workspace):
              "max_retries": 1, "config_schema": {"type": "object", "properties": {
                  "url": {"type": "string", "x-dagrun-format": "url"}, "json": {}, "headers": {}}}}]
     doc = template(step(10, "notify", id="good", action_config={"url": http_server + "/ok/{{ workspace.id }}",
-                                                                "json": {"user": "{{ workspace.linux_username }}"},
+                                                                "json": {"user": "{{ workspace.name }}"},
                                                                 "headers": {"X-Token": "t"}}),
                    step(20, "notify", id="bad", skip_on_error=True, action_config={"url": http_server + "/fail"}))
     result = run(doc, workspace, actions=acts)

@@ -36,7 +36,7 @@ def _retry_template():
                    config_schema={"properties": {"succeed_on": {}}}, default_config={"succeed_on": 2}),
             action("fail", "tests.helpers:boom")]
     doc = template(step(10, "flaky", id="flaky"),
-                   script_step(20, "echo {{ workspace.linux_username }}", id="echo"),
+                   script_step(20, "echo {{ workspace.name }}", id="echo"),
                    step(30, "fail", id="optional", skip_on_error=True),
                    step(40, "flaky", id="after_optional", requires=["optional"]))
     return doc, acts

@@ -24,6 +24,7 @@ echo "{{ config.other }} never ran at the same time" >&2; exit 1
 
 def run(doc, workspace, *, actions=None, events=None, **options):
     options.setdefault("record", False)
+    options.setdefault("sandbox", False)  # engine semantics; the sandbox has tests of its own
     return run_template(doc, workspace, actions=actions, on_event=events.append if events is not None else None,
                         **options)
 
@@ -198,7 +199,7 @@ def test_condition_false_skips_and_satisfies_dependents_and_file_exists_expands_
                    script_step(20, "echo after", id="after", requires=["no_key"]),
                    script_step(30, "echo yes", id="has_file", condition_expression="file_exists('~/present.txt')"),
                    script_step(40, "echo no", id="no_file",
-                               condition_expression="file_exists('~/{{ workspace.linux_username }}.txt')"))
+                               condition_expression="file_exists('~/{{ workspace.name }}.txt')"))
     result = run(doc, workspace)
     assert result.success
     statuses = {s: r.status.value for s, r in result.steps.items()}
@@ -249,7 +250,7 @@ def test_runs_are_deterministic_with_the_synchronous_executor(workspace):
 
 def test_interpolated_config_is_validated_at_run_time(workspace):
     acts = [action("typed", config_schema={"type": "object", "properties": {"port": {"type": "integer"}}})]
-    result = run(template(step(10, "typed", action_config={"port": "{{ workspace.linux_username }}"})),
+    result = run(template(step(10, "typed", action_config={"port": "{{ workspace.name }}"})),
                  workspace, actions=acts)
     assert result.steps["typed"].status is StepStatus.failed
     assert "invalid config after interpolation: port: 'alice' is not of type 'integer'" in result.steps["typed"].error

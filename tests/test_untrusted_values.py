@@ -281,7 +281,7 @@ def dagrun_cli(*args, cwd, env=None):
 
 def test_cli_workspace_fields_cannot_run_code_in_the_demo(tmp_path):
     mark = tmp_path / "PWNED"
-    for field in (f"id=$(touch {mark})", f"linux_username=John O'Brien\"; touch {mark}; \"",
+    for field in (f"id=$(touch {mark})", f"name=John O'Brien\"; touch {mark}; \"",
                   f"port=`touch {mark}`", f"id=x'; touch {mark}; '"):
         out = dagrun_cli("run", "demo", "--ws", field, "--home", tmp_path / "home", cwd=tmp_path)
         assert out.returncode == 0, out.stdout + out.stderr
@@ -375,7 +375,7 @@ def test_git_values_cannot_be_options_or_command_transports(home):
 def test_object_workspaces_are_read_through_declared_fields(home, db_url):
     class Workspace:  # a provisioner's model
         id = 42
-        linux_username = "alice"
+        db_name = "alice"
         home_dir = str(home)
         password_hash = "pbkdf2$secret"
         api_token = "tok-123"
@@ -397,7 +397,7 @@ def test_object_workspaces_are_read_through_declared_fields(home, db_url):
     from sqlalchemy.orm import Session
     with Session(engine_for(db_url)) as session:
         stored = session.get(ProvisioningRun, result.run_id).workspace
-    assert stored == {"id": 42, "home_dir": str(home), "linux_username": "alice", "host": None, "colour": "blue"}
+    assert stored == {"id": 42, "home_dir": str(home), "linux_username": None, "host": None, "colour": "blue"}
 
     class Broken(Workspace):
         @property
@@ -538,3 +538,96 @@ def test_a_database_that_cannot_be_opened_is_one_line(tmp_path):
     out = dagrun_cli("run", "demo", "--db", "sqlite:////proc/nope/x.db", cwd=tmp_path)
     assert out.returncode == 3
     assert out.stderr.strip() == "dagrun: cannot open database /proc/nope/x.db: No such file or directory"
+
+
+# -- regressions from an attack on the first version (each ran code, or leaked) ----------
+
+ATTACKS = [  # each must be refused when the template is compiled
+    "for ((i=0; i<1<<0; i++)); do :; done\neval {{ workspace.v }}",  # a false here-document
+    'echo ${x:-"}"}\neval {{ workspace.v }}',  # quotes inside ${ }
+    "echo $(if true; then case a in a) eval {{ workspace.v }};; esac; fi)",  # case after a keyword
+    "a[1<<2]=x\neval {{ workspace.v }}", "a[{{ workspace.v }}]=1", "arr=([{{ workspace.v }}]=1)",
+    "for ((i=0; i<{{ workspace.v }}; i++)); do :; done",
+    "[[ 1 == 1 && {{ workspace.v }} -eq 1 ]]", "[[ ( {{ workspace.v }} -gt 1 ) ]]",
+    "declare -i x; x[0]={{ workspace.v }}", "declare -i i; for i in {{ workspace.v }}; do :; done",
+    "test -v a{{ workspace.v }}", "printf -vx{{ workspace.v }} %s 1", "printf -v 2>/dev/null {{ workspace.v }} %s 1",
+    "\\eval {{ workspace.v }}", '"eval" {{ workspace.v }}', "time -p eval {{ workspace.v }}",
+    "command -p eval {{ workspace.v }}", "coproc eval {{ workspace.v }}", "source /dev/stdin <<< {{ workspace.v }}",
+    ". <(printf %s {{ workspace.v }})", 'eval "$(printf %s {{ workspace.v }})"', 'sh -c "echo {{ workspace.v }}"',
+    "bash -c {{ workspace.v }}", "{{ workspace.v }} x", "python3 -c \"print('{{ workspace.v }}')\"",
+    "python3 <<EOF\n{{ workspace.v }}\nEOF", "sed -i \"s/a/{{ workspace.v }}/\" f", "env -- sort {{ workspace.v }}",
+    "ssh host echo {{ workspace.v }}", "xargs echo {{ workspace.v }}", "find . -exec echo {{ workspace.v }} ;",
+    "{% filter format(workspace.v) %}echo %s{% endfilter %}", "echo `echo {{ workspace.v }}`",
+    'echo "$(( {{ workspace.v }} ))"', "x={{ workspace.v }}\neval \"$x\" 'unterminated",
+]
+
+
+@pytest.mark.parametrize("script", ATTACKS)
+def test_attacks_on_the_shell_rules_are_refused(script, home):
+    with pytest.raises(TemplateError, match="action_config.script"):
+        run_template(template(script_step(10, script)), {"id": "w", "home_dir": str(home), "v": "x"}, record=False)
+
+
+@pytest.mark.parametrize("script,fields", [
+    ("sort {{ workspace.e }}{{ workspace.v }} /etc/hostname", {"e": "", "v": "--output=MARK"}),
+    ("sort $''{{ workspace.v }} /etc/hostname", {"v": "--output=MARK"}),
+    ("sort /etc/hostname {{ workspace.l }}", {"l": ["", "--output=MARK"]}),
+])
+def test_options_cannot_sneak_in_behind_empty_values(script, fields, home):
+    result = run_template(template(script_step(10, script, id="s")), {"id": "w", "home_dir": str(home), **fields},
+                          record=False)
+    assert "a value starts with '-' and would be read as an option" in result.steps["s"].error
+    assert "MARK" not in result.steps["s"].error and not (home / "MARK").exists()
+
+
+@pytest.mark.parametrize("content", [
+    "{% set a = 'x'*1000000 %}{% set a = a~a %}{{ a }}", "{{ (['x'*1000000]*3000)|join }}",
+    "{{ '%(a)3000000000s' % {'a':'x'} }}", "{{ [[1]]|tojson(indent=1500000000) }}",
+    "{{ ([1]|batch(400000000, 0)|first)|length }}", "{{ ('a'*600000) + ('b'*600000) }}",
+])
+def test_template_output_is_bounded_too(content, home):
+    doc = template(step(10, "write_file", id="w", action_config={"target_path": "~/x", "content": content}))
+    result = run_template(doc, {"id": "w", "home_dir": str(home)}, record=False)
+    assert result.steps["w"].status is StepStatus.failed and result.steps["w"].attempts == 1
+    assert not (home / "x").exists()
+
+
+def test_bounded_filters_still_work(home):
+    doc = template(step(10, "write_file", id="w", action_config={
+        "target_path": "~/x", "content": "{{ 'a b'|replace('a','b') }}|{{ 'hello world foo'|wordwrap(5) }}|"
+                                         "{{ [1, 2]|join(',') }}|{{ 'x' ~ 1 }}|{{ 'hello world'|truncate(8, leeway=0) }}"}))
+    result = run_template(doc, {"id": "w", "home_dir": str(home)}, record=False)
+    assert result.success, result.error
+    assert (home / "x").read_text() == "b b|hello\nworld\nfoo|1,2|x1|hello..."
+
+
+@pytest.mark.parametrize("document,message", [
+    ("name: t\nactions:\n- {sequence_order: 1, action_name: noop, retry_delay_seconds: .nan}\n", "nan is not a number"),
+    ("name: t\nactions:\n- {sequence_order: 1, action_name: noop, timeout_seconds: .inf}\n", "inf is not a number"),
+    ("name: t\nvars: {n: " + "9" * 5000 + "}\n", "a value cannot be read"),
+    ("name: t\nactions:\n- {sequence_order: 1, id: [1, 2], action_name: noop}\n", "is not of type 'string'"),
+])
+def test_documents_with_unusable_numbers_or_shapes_are_one_line(document, message, tmp_path):
+    (tmp_path / "t.yaml").write_text(document)
+    out = dagrun_cli("validate", "t.yaml", cwd=tmp_path)
+    assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr
+
+
+def test_a_secret_workspace_field_is_masked_from_its_first_appearance_and_not_stored(home, db_url):
+    """An x-secret field filled from the workspace: masked even in a step that
+    runs before the one that uses it, and the run record keeps its name only."""
+    secret = "Sup3rS3cretPw"
+    doc = template(script_step(10, "echo connecting with {{ workspace.db_password }}", id="early"),
+                   step(20, "with_secret", id="db", requires=["early"],
+                        action_config={"token": "{{ workspace.db_password }}"}))
+    events = []
+    result = run_template(doc, {"id": "w", "home_dir": str(home), "db_password": secret}, actions=[SECRET_ACTION],
+                          database_url=db_url, on_event=events.append)
+    assert result.steps["early"].stdout == "connecting with ********\n"
+    assert secret not in repr(events) + json.dumps(result.as_dict())
+    from dagrun.store.engine import engine_for
+    from dagrun.store.models import ProvisioningRun
+    from sqlalchemy.orm import Session
+    with Session(engine_for(db_url)) as session:
+        run = session.get(ProvisioningRun, result.run_id)
+        assert secret not in json.dumps(run.workspace) and "workspace.db_password" in run.secret_names

@@ -60,10 +60,12 @@ def _workspace(args: argparse.Namespace) -> dict[str, Any]:
     workspace.setdefault("id", "local")
     if args.home:
         workspace["home_dir"] = args.home
-    if not workspace.get("home_dir"):
+    if not workspace.get("home_dir") and not (workspace.get("linux_username") and os.geteuid() == 0):
         # Never provision the invoking user's real home by surprise.
-        workspace["home_dir"] = str(Path("dagrun-workspaces") / str(workspace["id"]))
-    workspace["home_dir"] = str(Path(os.path.expanduser(str(workspace["home_dir"]))).resolve())
+        from ..workspace import slug
+        workspace["home_dir"] = str(Path("dagrun-workspaces") / slug(workspace["id"]))
+    if workspace.get("home_dir"):
+        workspace["home_dir"] = str(Path(os.path.expanduser(str(workspace["home_dir"]))).absolute())
     return workspace
 
 
@@ -118,12 +120,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     workspace = _workspace(args)
     variables = _pairs(args.set, "--set")
     url = args.db or default_database_url()
-    Path(workspace["home_dir"]).mkdir(parents=True, exist_ok=True)
     return _run_with_progress(args, lambda **kw: run_template(
         args.template, workspace, database_url=url, max_workers=args.workers, variables=variables,
         actions=args.actions, allow_sudo=args.allow_sudo, secrets=_secrets(args.secret),
-        env_passthrough=args.env_passthrough or (), **kw),
-        url, workspace["home_dir"])
+        env_passthrough=args.env_passthrough or (), sandbox=not args.no_sandbox, **kw),
+        url, workspace.get("home_dir"))
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -133,7 +134,8 @@ def cmd_resume(args: argparse.Namespace) -> int:
     url = args.db or default_database_url()
     return _run_with_progress(args, lambda **kw: resume(
         args.run_id, database_url=url, from_step=args.from_step, max_workers=args.workers,
-        actions=args.actions, allow_sudo=args.allow_sudo, secrets=_secrets(args.secret), **kw), url, None)
+        actions=args.actions, allow_sudo=args.allow_sudo, secrets=_secrets(args.secret),
+        sandbox=not args.no_sandbox, **kw), url, None)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -363,6 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--allow-sudo", action="store_true", help="let root-only actions use sudo -n when not root")
     run.add_argument("--secret", action="append", metavar="NAME=ENV_VAR",
                      help="secret variable vars.NAME read from ENV_VAR; masked everywhere, not stored")
+    run.add_argument("--no-sandbox", action="store_true",
+                     help="run user-defined actions without bubblewrap (when it is not installed)")
     run.add_argument("--env", action="append", metavar="NAME", dest="env_passthrough",
                      help="pass this environment variable to steps (env.NAME); steps see only PATH, LANG, "
                           "LC_*, TZ, TERM and the names the template declares otherwise")
@@ -377,6 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
     res.add_argument("--actions", action="append", metavar="PATH")
     res.add_argument("--allow-sudo", action="store_true")
     res.add_argument("--secret", action="append", metavar="NAME=ENV_VAR")
+    res.add_argument("--no-sandbox", action="store_true")
     res.add_argument("--json", action="store_true")
     res.set_defaults(func=cmd_resume)
 

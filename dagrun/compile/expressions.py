@@ -52,6 +52,8 @@ KNOWN_NAMES = ROOT_NAMES | FUNCTION_NAMES
 
 
 def _to_json(value: Any, indent: int | None = 2) -> str:
+    if indent is not None and not 0 <= int(indent) <= 16:
+        raise TemplateSyntaxError("to_json: indent must be between 0 and 16", 1)
     return json.dumps(value, indent=indent, default=str)
 
 
@@ -86,12 +88,20 @@ def _literal_to_expression(arg: nodes.Expr) -> nodes.Expr:
 
 
 class _Environment(BoundedSandbox):
+    def __init__(self, *, values_are_marked: bool = False, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.values_are_marked = values_are_marked
+
     def transform(self, template: nodes.Template) -> nodes.Template:
+        if self.values_are_marked:  # a {% filter %} block's output skips finalize: values would be text
+            for block in template.find_all(nodes.FilterBlock):
+                raise TemplateSyntaxError("{% filter %} blocks cannot be used in shell text or URLs: "
+                                          "apply the filter inside {{ }}", block.lineno)
         return super().transform(_expand_literal_args(template))
 
 
 def _make_env(**kwargs: Any) -> _Environment:
-    env = _Environment(**kwargs)
+    env = _Environment(values_are_marked="finalize" in kwargs, **kwargs)
     env.filters["to_json"] = _to_json
     env.filters["to_yaml"] = _to_yaml
     return env

@@ -65,6 +65,8 @@ class Compiler:
             rollback_on_failure=gc.get("rollback_on_failure", True),
             max_workers=gc.get("max_workers"),
             env_passthrough=tuple(n for n in passthrough if not n.startswith("DAGRUN_")),
+            run_as=gc.get("run_as") or "workspace",
+            sandbox=gc.get("sandbox"),
         )
         self.workspace_fields: set[str] = set()
         self.secret_literals: list[tuple[str, str]] = []
@@ -360,6 +362,8 @@ class Compiler:
                 secret_fields=configs.secret_fields(action.config_schema),
                 templated=templated, shell_fields=shell, step_refs=frozenset(step_refs),
                 config_order=order, origin=str(s.get(ORIGIN) or self.name),
+                run_as="root" if action.requires_sudo else (s.get("run_as") or self.global_config.run_as),
+                sandbox=_first(s.get("sandbox"), _first(self.global_config.sandbox, not action.library)),
             )
         return specs
 

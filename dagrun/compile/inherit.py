@@ -113,6 +113,10 @@ def _mark_invalid(doc: dict[str, Any], problems: list[Problem]) -> dict[str, Any
             step[INVALID] = True
             if not isinstance(step.get("action_config"), (Mapping, type(None))):
                 step["action_config"] = {}
+            if not isinstance(step.get("id"), str):  # ids and orders are looked up: they must be hashable
+                step.pop("id", None)
+            if not isinstance(step.get("sequence_order"), int):
+                step["sequence_order"] = f"#{i + 1}"
         marked.append(step)
     out["actions"] = marked
     return out

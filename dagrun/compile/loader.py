@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
@@ -25,7 +26,7 @@ import jsonschema
 import yaml
 
 from ..errors import ActionDefinitionError, InputError, Problem, TemplateError
-from ..spec import ActionSpec, Lock, frozen_mapping
+from ..spec import ActionSpec, Limits, Lock, frozen_mapping
 from .configs import field_path
 
 log = logging.getLogger("dagrun")
@@ -98,6 +99,8 @@ def parse_text(text: str, source: str, *, json_document: bool) -> Any:
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
         kind = "JSON" if json_document else "YAML"
         raise TemplateError(Problem(source, f"not valid {kind}: {exc}")) from None
+    except ValueError as exc:  # e.g. an integer of more digits than Python converts
+        raise TemplateError(Problem(source, f"a value cannot be read: {exc}")) from None
 
 
 def check_shape(data: Any, source: str) -> None:
@@ -119,6 +122,10 @@ def check_shape(data: Any, source: str) -> None:
             stack.extend((v, depth + 1) for v in value)
         elif isinstance(value, str) and len(value) > MAX_DOCUMENT_BYTES:
             raise TemplateError(Problem(source, f"a string longer than {MAX_DOCUMENT_BYTES} characters"))
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise TemplateError(Problem(source, f"{value} is not a number dagrun can use (only finite numbers)"))
+        elif isinstance(value, int) and value.bit_length() > 256:
+            raise TemplateError(Problem(source, "a number too large to be meant (more than 256 bits)"))
 
 
 def read_document(path: Path) -> dict[str, Any]:
@@ -183,7 +190,8 @@ def _locks(items: Iterable[Any]) -> tuple[Lock, ...]:
     return tuple(Lock.parse(i) for i in items or ())
 
 
-def parse_action(doc: Mapping[str, Any], *, source: str = "<dict>", base_dir: Path | None = None) -> ActionSpec:
+def parse_action(doc: Mapping[str, Any], *, source: str = "<dict>", base_dir: Path | None = None,
+                 library: bool = False) -> ActionSpec:
     name = doc.get("name", source) if isinstance(doc, Mapping) else source
     problems = schema_problems(doc, "action", f"action {name}")
     if not problems and doc.get("config_schema"):
@@ -221,8 +229,10 @@ def parse_action(doc: Mapping[str, Any], *, source: str = "<dict>", base_dir: Pa
         is_active=doc.get("is_active", True),
         is_system=doc.get("is_system", True),
         check_first=doc.get("check_first", False),
+        limits=Limits.parse(doc.get("limits")),
         source=source,
         base_dir=base_dir,
+        library=library,
     )
 
 
@@ -233,11 +243,11 @@ def _action_files(root: Path) -> Iterator[Path]:
                 yield path
 
 
-def load_action_file(path: Path) -> list[ActionSpec]:
+def load_action_file(path: Path, *, library: bool = False) -> list[ActionSpec]:
     """A file holds one action, or a list of actions under ``actions:``."""
     doc = read_document(path)
     items = doc["actions"] if isinstance(doc.get("actions"), list) else [doc]
-    return [parse_action(item, source=str(path), base_dir=path.parent) for item in items]
+    return [parse_action(item, source=str(path), base_dir=path.parent, library=library) for item in items]
 
 
 @functools.cache
@@ -247,7 +257,7 @@ def standard_library() -> Mapping[str, ActionSpec]:
     problems: list[Problem] = []
     for path in _action_files(package_dir("handlers")):
         try:
-            for action in load_action_file(path):
+            for action in load_action_file(path, library=True):
                 library[action.name] = action
         except TemplateError as exc:
             problems += exc.problems

@@ -129,7 +129,7 @@ def _multiply(left: Any, right: Any) -> Any:
     return left * right
 
 
-_FORMAT_FIELD = re.compile(r"%[-#0 +]*(\*|\d+)?(?:\.(\*|\d+))?")
+_FORMAT_FIELD = re.compile(r"%(?:\([^)]*\))?[-#0 +]*(\*|\d+)?(?:\.(\*|\d+))?")
 
 
 def _check_percent_format(text: str) -> None:
@@ -148,8 +148,26 @@ def _modulo(left: Any, right: Any) -> Any:
     return result
 
 
+def _add(left: Any, right: Any) -> Any:
+    if isinstance(left, (str, list, tuple)) and isinstance(right, (str, list, tuple)):
+        if len(left) + len(right) > MAX_STRING:
+            raise BudgetExceeded(f"a sum larger than {MAX_STRING} items")
+    elif isinstance(left, int) and isinstance(right, int):
+        _check_int(left), _check_int(right)
+    return left + right
+
+
+def _concat(*parts: Any) -> str:
+    """``a ~ b``: bounded like ``+`` (an AST rewrite routes ``~`` here)."""
+    texts = [str(p) for p in parts]
+    if sum(map(len, texts)) > MAX_STRING:
+        raise BudgetExceeded(f"a concatenation larger than {MAX_STRING} characters")
+    _spend()
+    return "".join(texts)
+
+
 _BINOPS: dict[str, Callable[[Any, Any], Any]] = {
-    "**": _power, "*": _multiply, "%": _modulo, "//": operator.floordiv,
+    "**": _power, "*": _multiply, "%": _modulo, "//": operator.floordiv, "+": _add,
 }
 
 # String methods whose result size is set by an argument, not by the input.
@@ -170,11 +188,16 @@ def _safe_range(*args: int) -> range:
     return rng
 
 
-def _width_filter(name: str, inner: Callable[..., Any]) -> Callable[..., Any]:
-    def bounded_filter(value: Any, *args: Any, **kwargs: Any) -> Any:
+def _bounded_filter(name: str, inner: Callable[..., Any]) -> Callable[..., Any]:
+    """``inner`` with its size-setting arguments checked first. Jinja's
+    ``pass_eval_context`` / ``pass_environment`` marker is kept."""
+    passes_context = getattr(inner, "jinja_pass_arg", None) is not None
+
+    def bounded_filter(*call: Any, **kwargs: Any) -> Any:
+        value, args = (call[1], call[2:]) if passes_context else (call[0], call[1:])
         numbers = [a for a in (*args, *kwargs.values()) if isinstance(a, int) and not isinstance(a, bool)]
         if any(abs(n) > 10_000 for n in numbers):
-            raise BudgetExceeded(f"|{name} with a width above 10000")
+            raise BudgetExceeded(f"|{name} with a size above 10000")
         if name == "replace" and len(args) >= 2:
             old, new = str(args[0]), str(args[1])
             worst = (len(str(value)) // max(len(old), 1) + 1) * len(new) + len(str(value))
@@ -182,11 +205,20 @@ def _width_filter(name: str, inner: Callable[..., Any]) -> Callable[..., Any]:
                 raise BudgetExceeded(f"|replace could produce more than {MAX_STRING} characters")
         if name == "format":
             _check_percent_format(str(value))
-        result = inner(value, *args, **kwargs)
+        if name == "join" and not isinstance(value, (str, bytes)):
+            items = list(value)
+            separator = str(args[0]) if args else str(kwargs.get("d", ""))
+            if sum(len(str(i)) for i in items) + len(separator) * len(items) > MAX_STRING:
+                raise BudgetExceeded(f"|join would produce more than {MAX_STRING} characters")
+            call = (*call[:1], items, *call[2:]) if passes_context else (items, *call[1:])
+        _spend()
+        result = inner(*call, **kwargs)
         if _size(result) > MAX_STRING:
-            raise BudgetExceeded(f"|{name} produced more than {MAX_STRING} characters")
+            raise BudgetExceeded(f"|{name} produced more than {MAX_STRING} items")
         return result
 
+    bounded_filter.jinja_pass_arg = getattr(inner, "jinja_pass_arg", None)  # type: ignore[attr-defined]
+    bounded_filter.__name__ = name
     return bounded_filter
 
 
@@ -201,8 +233,10 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
         # Jinja's defaults without lipsum (its size is an argument); range is capped.
         self.globals = {"range": _safe_range, "dict": dict, "cycler": Cycler, "joiner": Joiner,
                         "namespace": Namespace, "_dagrun_loop": _loop}
-        for name in ("center", "indent", "wordwrap", "replace", "format", "truncate"):
-            self.filters[name] = _width_filter(name, self.filters[name])
+        for name in ("center", "indent", "wordwrap", "replace", "format", "truncate", "join", "batch", "slice",
+                     "tojson", "list", "unique", "map", "select", "reject", "sort", "dictsort", "groupby"):
+            self.filters[name] = _bounded_filter(name, self.filters[name])
+        self.globals["_dagrun_concat"] = _concat
 
     def wrap_str_format(self, value: Any) -> Any:
         """``str.format`` pads to any width its format string asks for: refused."""
@@ -257,13 +291,35 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
 
 
 def bound_loops(template: nodes.Template) -> nodes.Template:
-    """Route every ``{% for %}`` through ``_dagrun_loop`` so iterations count."""
+    """Route every ``{% for %}`` through ``_dagrun_loop`` so iterations count,
+    and every ``~`` through ``_dagrun_concat`` so its size is checked."""
+    for concat in list(template.find_all(nodes.Concat)):
+        call = nodes.Call(nodes.Name("_dagrun_concat", "load"), list(concat.nodes), [], None, None,
+                          lineno=concat.lineno)
+        _replace(template, concat, call)
     for loop in template.find_all(nodes.For):
         body_size = sum(len(d.data) for n in loop.body for d in n.find_all(nodes.TemplateData))
         body_size += sum(len(n.data) for n in loop.body if isinstance(n, nodes.TemplateData))
         loop.iter = nodes.Call(nodes.Name("_dagrun_loop", "load"), [loop.iter, nodes.Const(body_size)], [],
                                None, None, lineno=loop.lineno)
     return template
+
+
+def _replace(tree: nodes.Node, old: nodes.Node, new: nodes.Node) -> None:
+    """Put ``new`` where ``old`` is in ``tree`` (Jinja nodes have no parent links)."""
+    for node in tree.find_all(nodes.Node):
+        for field in node.fields:
+            value = getattr(node, field, None)
+            if value is old:
+                setattr(node, field, new)
+                return
+            if isinstance(value, list) and any(v is old for v in value):
+                setattr(node, field, [new if v is old else v for v in value])
+                return
+    for field in tree.fields:  # old may be a direct child of the root
+        value = getattr(tree, field, None)
+        if isinstance(value, list) and any(v is old for v in value):
+            setattr(tree, field, [new if v is old else v for v in value])
 
 
 def check_nesting(source: str) -> None:

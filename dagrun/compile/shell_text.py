@@ -52,14 +52,38 @@ _REFERENCE = re.compile(r'\$\{(' + VALUE_PREFIX + r'\d+)\}')
 _STATEMENT = re.compile(r"\{%-?.*?-?%\}|\{#.*?#\}", re.S)
 _EXPRESSION = re.compile(r"\{\{.*?\}\}", re.S)
 _ARITH_OPS = frozenset({"-eq", "-ne", "-lt", "-le", "-gt", "-ge"})
-# Builtins that run an argument as code, or take variable *names* (bash
-# evaluates a name's subscript as arithmetic: read 'a[$(cmd)]' runs cmd).
-_CODE_BUILTINS = frozenset({"eval", "let", "trap", "source", ".", "alias"})
-_NAME_BUILTINS = frozenset({"read", "mapfile", "readarray", "unset", "getopts", "wait"})
-_DECLARE_BUILTINS = frozenset({"declare", "typeset", "local", "export", "readonly"})
-_ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\+?=")
-_CONTROL = frozenset({"then", "do", "else", "elif", "if", "while", "until", "time", "!", "{", "}"})
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\+?=")
+# Commands that run another command, or their arguments as code: a value may
+# not be given to them at all (not as an argument, a here-document, a
+# here-string, or through a $( ) in their arguments). Pass it through a
+# variable or a file instead.
+RUNNERS = frozenset({
+    "eval", "source", ".", "trap", "let", "alias", "coproc", "exec", "command", "builtin", "time", "enable",
+    "su", "sudo", "doas", "runuser", "pkexec", "ssh", "rsh", "chroot", "setsid", "nohup", "nice", "ionice",
+    "timeout", "env", "stdbuf", "flock", "watch", "script", "unshare", "nsenter", "bwrap", "systemd-run",
+    "xargs", "parallel", "find", "expect", "at", "batch", "crontab", "strace", "ltrace", "taskset", "chrt",
+    "make", "gdb", "vim", "vi", "ex", "emacs",
+})
+# Interpreters run a program given inline (-c, -e...), as their first operand
+# (a file), or on stdin. A value may be an argument of that program, never
+# the program: not in the inline code, not as the script, not on stdin when
+# the program comes from stdin.
+INTERPRETERS = frozenset({"sh", "bash", "dash", "zsh", "ksh", "mksh", "fish", "csh", "tcsh", "busybox", "rbash",
+                          "perl", "ruby", "node", "nodejs", "php", "lua", "tclsh", "wish", "bc", "dc", "osascript"})
+# Little languages: the program is the first operand (or -e / -f); their input is data.
+SCRIPTED = frozenset({"awk", "gawk", "mawk", "nawk", "sed", "jq"})
+_CODE_FLAGS = frozenset({"-c", "-e", "-E", "-r", "-m", "-f", "--eval", "--command", "--expression", "--file",
+                         "--from-file"})
+_GLUED_CODE = ("-c", "-e", "-E", "-r", "-m")
+# Builtins whose arguments are variable names (bash evaluates a name's
+# subscript as arithmetic: read 'a[$(cmd)]' runs cmd).
+NAME_BUILTINS = frozenset({"read", "mapfile", "readarray", "unset", "getopts", "wait", "declare", "typeset",
+                           "local", "export", "readonly"})
+DECLARE_BUILTINS = frozenset({"declare", "typeset", "local", "export", "readonly"})
+_CONTROL = frozenset({"then", "do", "else", "elif", "if", "while", "until", "!", "{", "}"})
+_ASSIGNMENT = re.compile(r"\A[A-Za-z_][A-Za-z0-9_]*(\[[^]]*\])?\+?=")
+_LITERAL_NAME = re.compile(r"\A[A-Za-z0-9_./+-][A-Za-z0-9_.,:/+@%=-]*\Z")
+_PYTHON_LIKE = re.compile(r"\A(python[0-9.]*|pypy[0-9.]*|perl[0-9.]*|ruby[0-9.]*|php[0-9.]*|node[0-9]*|lua[0-9.]*|"
+                          r"Rscript|julia|deno|bun)\Z")
 
 
 class UnsafeContext(ValueError):
@@ -79,8 +103,10 @@ class ShellValueError(ValueError):
 class Slot:
     index: int
     quoted: bool  # inside "..." or a here-document body: ${V}; else a bare word: "${V}"
-    word_start: bool  # the value begins a word (a leading '-' makes it an option)
+    word_start: bool  # the value begins a word (a leading '-' makes it an option) if `before` are empty
     line: int
+    before: tuple[int, ...] = ()  # values earlier in the same word, with nothing else between
+    options_end: bool = False  # after "--" (or a redirection's target): a '-' is no option here
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,12 +126,16 @@ class ShellScript:
 
 
 class _Lexer:
-    """Just enough of bash's grammar to know the quoting context of a marker.
+    """Just enough of bash's grammar to know the context of every marker.
 
-    A stack of contexts: ``cmd`` (commands: top level, ``$( )``, subshells),
-    ``dq`` (double quotes), ``sq`` / ``ansi`` (single quotes, ``$'...'``),
-    ``param`` (``${ }``), ``arith`` (``$(( ))``, ``(( ))``, ``$[ ]``),
-    ``bt`` (backticks), ``heredoc`` (a body being read).
+    A stack of contexts: ``cmd`` (commands: top level, ``$( )``, ``<( )``,
+    subshells), ``dq`` (double quotes), ``sq`` / ``ansi`` (single quotes,
+    ``$'...'``), ``param`` (``${ }``), ``arith`` (``$(( ))``, ``(( ))``,
+    ``$[ ]``, array subscripts), ``bt`` (backticks), ``heredoc`` (a body).
+    A context may carry ``deny``, the reason any marker inside it (however
+    deep) is refused; nested contexts inherit it. The lexer fails closed: a
+    script that does not end where it began (an open quote, substitution,
+    ``[[`` or here-document) is refused, since its reading could be wrong.
     """
 
     def __init__(self, text: str):
@@ -113,15 +143,27 @@ class _Lexer:
         self.i = 0
         self.line = 1
         self.slots: list[Slot] = []
-        self.stack: list[dict[str, Any]] = [self._new_cmd()]
-        self.pending_heredocs: list[tuple[str, bool, bool]] = []  # (delimiter, quoted, strip tabs)
-        self.integer_names: set[str] = set()  # declared -i or -n: assigning to them is arithmetic
+        self.stack: list[dict[str, Any]] = [self._new_cmd(None, None)]
+        self.pending_heredocs: list[tuple[str, bool, bool, str | None]] = []  # delimiter, quoted, strip, deny
+        self.integer_names: set[str] = set()  # declared -i / -n: assigning to them is arithmetic
 
-    @staticmethod
-    def _new_cmd(closer: str | None = None) -> dict[str, Any]:
-        return {"kind": "cmd", "closer": closer, "depth": 0, "case": 0, "word": "", "word_marker": False,
-                "words": [], "marker_words": set(), "command_start": True, "command": None,
-                "dashdash": False, "cond": False, "integer_declare": False, "redirect": False}
+    # -- contexts and helpers -------------------------------------------------
+
+    def _new_cmd(self, closer: str | None, deny: str | None) -> dict[str, Any]:
+        return {"kind": "cmd", "closer": closer, "deny": deny, "depth": 0, "case": 0, "word": "",
+                "word_markers": [], "word_literal": True, "words": [], "marker_words": set(),
+                "command_start": True, "command": None, "command_literal": True, "dashdash": False,
+                "cond": False, "integer_declare": False, "redirect": False, "for_name": None, "command_index": 0}
+
+    def _push(self, kind: str, deny: str | None = None, **fields: Any) -> None:
+        inherited = self._deny()
+        self.stack.append({"kind": kind, "deny": inherited or deny, **fields})
+
+    def _deny(self) -> str | None:
+        for ctx in reversed(self.stack):
+            if ctx.get("deny"):
+                return ctx["deny"]
+        return None
 
     def fail(self, reason: str) -> None:
         raise UnsafeContext(self.line, reason)
@@ -130,9 +172,13 @@ class _Lexer:
         while self.i < len(self.text):
             top = self.stack[-1]
             getattr(self, "_" + top["kind"])(top)
+        top = self.stack[-1]
+        if top["kind"] == "cmd":
+            self._end_command(top)
+        if len(self.stack) != 1 or self.pending_heredocs or self.stack[0]["cond"]:
+            self.fail("in a script that leaves a quote, $( ), ${ }, [[ or here-document open "
+                      "(dagrun cannot tell how bash reads it)")
         return self.slots
-
-    # -- helpers --------------------------------------------------------------
 
     def _advance(self, n: int = 1) -> str:
         chunk = self.text[self.i:self.i + n]
@@ -140,12 +186,12 @@ class _Lexer:
         self.i += n
         return chunk
 
-    def _marker(self) -> int | None:
+    def _marker(self) -> int:
         m = _MARKER.match(self.text, self.i)
         if m is None:
-            return None
-        self.i = m.end()
-        return int(m.group(1))
+            self.fail("next to a stray \\x01 character")
+        self.i = m.end()  # type: ignore[union-attr]
+        return int(m.group(1))  # type: ignore[union-attr]
 
     def _cmd_ctx(self) -> dict[str, Any]:
         for ctx in reversed(self.stack):
@@ -153,98 +199,177 @@ class _Lexer:
                 return ctx
         raise AssertionError("no command context")
 
+    # -- words and commands -----------------------------------------------------
+
+    @staticmethod
+    def _kind(cmd: dict[str, Any]) -> str | None:
+        """``runner``, ``interpreter``, ``scripted`` or None, for the current command."""
+        name = cmd["command"]
+        if name is None:
+            return None
+        base = name.rsplit("/", 1)[-1]
+        if base in RUNNERS:
+            return "runner"
+        if base in INTERPRETERS or _PYTHON_LIKE.match(base):
+            return "interpreter"
+        if base in SCRIPTED:
+            return "scripted"
+        return None
+
+    @staticmethod
+    def _program(cmd: dict[str, Any]) -> tuple[bool, bool, bool]:
+        """For an interpreter's command so far: is its program fixed (a file
+        operand or inline code given)? is the next word inline code? does
+        the program come from stdin?"""
+        args = cmd["words"][cmd["command_index"] + 1:]
+        fixed = expect_code = stdin = False
+        for word in args:
+            if expect_code:
+                fixed, expect_code = True, False
+            elif fixed:
+                break
+            elif word in _CODE_FLAGS:
+                expect_code = True
+            elif word.startswith(_GLUED_CODE) and len(word) > 2 and not word.startswith("--"):
+                fixed = True
+            elif word == "-s" or word == "-":
+                stdin = True
+            elif word.startswith("-") or word.startswith("+"):
+                continue  # an option of the interpreter
+            else:
+                fixed = True  # the script file
+        return fixed, expect_code, stdin
+
+    def _command_deny(self, cmd: dict[str, Any], *, stdin: bool = False) -> str | None:
+        """Why no value may appear at the current point of the current command
+        (``stdin``: in its input, a here-document or here-string), if so."""
+        if cmd["command"] is None:
+            return None
+        if not cmd["command_literal"]:
+            return "in a command whose name is not a plain word (dagrun cannot tell what it does with a value)"
+        kind = self._kind(cmd)
+        name = cmd["command"].rsplit("/", 1)[-1]
+        if kind == "runner":
+            return (f"in a command of {name}, which runs its arguments (or another command) as code: pass the "
+                    f"value through a variable or a file (v={{{{ x }}}}; ... \"$v\")")
+        if kind in ("interpreter", "scripted"):
+            fixed, expect_code, from_stdin = self._program(cmd)
+            word = cmd["word"]
+            if expect_code or (word.startswith(_GLUED_CODE) and not word.startswith("--")):
+                return f"in the code {name} runs (-c / -e): pass it as an argument of that code instead"
+            if stdin:
+                if kind == "interpreter" and (not fixed or from_stdin):
+                    return f"in the input of {name}, which runs its input as a program: write the value to a file"
+                return None
+            if not fixed:
+                return (f"as (or before) the program {name} runs: a value can be an argument of a script, "
+                        "never the script")
+        return None
+
     def _end_word(self, ctx: dict[str, Any]) -> None:
-        word = ctx["word"]
-        if not word and not ctx["word_marker"]:
+        word, markers = ctx["word"], ctx["word_markers"]
+        if not word and not markers:
             return
         if ctx["redirect"]:  # a redirection's target is not an argument of the command
-            ctx.update(word="", word_marker=False, redirect=False)
+            ctx.update(word="", word_markers=[], word_literal=True, redirect=False)
             return
         index = len(ctx["words"])
         ctx["words"].append(word)
-        if ctx["word_marker"]:
+        if markers:
             ctx["marker_words"].add(index)
-        if ctx["command_start"]:
-            if ctx["word_marker"] or not _NAME.match(word):
-                ctx["command_start"] = False
-                ctx["command"] = None if ctx["word_marker"] else word
-                if word == "[[":
-                    ctx["cond"] = True
-        elif word == "--":
+        if ctx["command_start"] and not (not markers and _ASSIGNMENT.match(word)):
+            ctx["command_start"] = False
+            ctx["command"] = word
+            ctx["command_index"] = index
+            ctx["command_literal"] = not markers and ctx["word_literal"] and (
+                bool(_LITERAL_NAME.match(word)) or word in ("[", "[["))
+            if word == "[[":
+                ctx["cond"] = True
+            if word == "case":
+                ctx["case"] += 1  # its patterns end with ')' that must not close a $( )
+            if word in _CONTROL:
+                ctx["command_start"] = True
+                ctx["command"] = None
+        elif ctx["command"] == "for" and ctx["for_name"] is None:
+            ctx["for_name"] = word
+        elif word == "--" and ctx["command"] is not None:
             ctx["dashdash"] = True
-        elif ctx["command"] in _DECLARE_BUILTINS and word.startswith("-") and set(word[1:]) & {"i", "n"}:
+        elif ctx["command"] in DECLARE_BUILTINS and word.startswith("-") and set(word[1:]) & {"i", "n"}:
             ctx["integer_declare"] = True
-        elif ctx["integer_declare"]:
-            self.integer_names.add(word.split("=", 1)[0].rstrip("+"))
-        if word == "case" and ctx["command"] == "case" and len(ctx["words"]) == 1:
-            ctx["case"] += 1  # its patterns end with ')' that must not close a $( )
-        elif word == "esac" and ctx["case"]:
+        elif ctx["integer_declare"] and not markers:
+            self.integer_names.add(word.split("=", 1)[0].split("[", 1)[0].rstrip("+"))
+        if word == "esac" and ctx["case"]:
             ctx["case"] -= 1
         if ctx["cond"]:
             self._check_condition(ctx)
             if word == "]]":
                 ctx["cond"] = False
-        if word in _CONTROL:
-            ctx["command_start"] = True
-        ctx["word"] = ""
-        ctx["word_marker"] = False
+        ctx.update(word="", word_markers=[], word_literal=True)
 
-    def _check_use(self, cmd: dict[str, Any], word: str) -> None:
-        """Refuse a value where the command would run it or read it as a name
-        (``word``: the part of the current word before the value)."""
+    def _check_use(self, cmd: dict[str, Any], index: int) -> None:
+        """Refuse a value where the command would run it or read it as a name."""
+        deny = self._deny() or self._command_deny(cmd, stdin=cmd["redirect"] == "<<<")
+        if deny:
+            self.fail(deny)
         if cmd["redirect"]:
             return
+        word = cmd["word"]
+        if cmd["command_start"] and not _ASSIGNMENT.match(word):
+            self.fail("as the command itself (a value cannot choose what runs)")
         command = cmd["command"]
-        previous = cmd["words"][-1] if cmd["words"] and not word else None
+        previous = cmd["words"][-1] if cmd["words"] else None
         assignment = _ASSIGNMENT.match(word)
-        if command in ("command", "builtin") and len(cmd["words"]) >= 2:
-            command = cmd["words"][1]
-        if command in _CODE_BUILTINS:
-            self.fail(f"in the arguments of {command} (it runs them as code)")
-        if command in _NAME_BUILTINS:
-            self.fail(f"in the arguments of {command} (they are variable names, whose subscripts bash evaluates)")
-        if command == "printf" and previous == "-v" or command in ("[", "test", "[[") and previous in ("-v", "-R"):
-            self.fail(f"as the variable name after {previous}")
-        if command in _DECLARE_BUILTINS:
-            if not assignment:
-                self.fail(f"as a variable name in {command}")
-            if cmd["integer_declare"]:
-                self.fail(f"as the value of an integer or nameref variable ({command} -i / -n)")
-        if assignment and assignment.group().rstrip("+=") in self.integer_names:
-            self.fail(f"as the value of {assignment.group().rstrip('+=')}, declared -i or -n (arithmetic)")
-        if cmd["cond"] and previous in _ARITH_OPS:
+        if command in NAME_BUILTINS and not (command in DECLARE_BUILTINS and assignment):
+            self.fail(f"in the arguments of {command}: they are variable names, whose subscripts bash evaluates")
+        if command in DECLARE_BUILTINS and cmd["integer_declare"]:
+            self.fail(f"as the value of an integer or nameref variable ({command} -i / -n)")
+        if command == "printf" and (previous == "-v" or word.startswith("-v")):
+            self.fail("as the variable name of printf -v")
+        if command in ("[", "test", "[[") and (previous in ("-v", "-R") or word[:2] in ("-v", "-R")):
+            self.fail(f"as the variable name of {command} -v")
+        name = assignment.group().rstrip("+=").split("[", 1)[0] if assignment else None
+        if name is not None and name in self.integer_names:
+            self.fail(f"as the value of {name}, declared -i or -n (arithmetic)")
+        if command == "for" and cmd["for_name"] in self.integer_names:
+            self.fail(f"in the list of a for loop over {cmd['for_name']}, declared -i (arithmetic)")
+        if cmd["cond"] and previous in _ARITH_OPS and not word:
             self.fail(f"as an operand of {previous} in [[ ]] (bash evaluates it as arithmetic); use [ ] or test")
 
     def _check_condition(self, ctx: dict[str, Any]) -> None:
         words, marked = ctx["words"], ctx["marker_words"]
         for i, word in enumerate(words):
             if word in _ARITH_OPS and ({i - 1, i + 1} & marked):
-                self.fail(f"as an operand of {word} in [[ ]] (bash evaluates it as arithmetic); use test / [ ]")
+                self.fail(f"as an operand of {word} in [[ ]] (bash evaluates it as arithmetic); use [ ] or test")
 
     def _end_command(self, ctx: dict[str, Any]) -> None:
         self._end_word(ctx)
-        ctx.update(words=[], marker_words=set(), command_start=True, command=None, dashdash=False, cond=False,
-                   integer_declare=False, redirect=False)
+        if ctx["cond"]:
+            return  # [[ ... ]] goes on over &&, ||, ( and ) until its ]]
+        ctx.update(words=[], marker_words=set(), command_start=True, command=None, command_literal=True,
+                   dashdash=False, integer_declare=False, redirect=False, for_name=None)
 
-    def _slot(self, index: int, quoted: bool, word_start: bool, dashdash: bool = False) -> None:
-        self.slots.append(Slot(index, quoted, word_start and not dashdash, self.line))
+    def _word_start(self, ctx: dict[str, Any]) -> tuple[bool, tuple[int, ...]]:
+        """Does the current point begin a word (only empty quotes, or values
+        that may be empty, before it)? And which values come before it."""
+        rest = ctx["word"]
+        for empty in ("$''", '$""', "''", '""'):
+            rest = rest.replace(empty, "")
+        return not rest, tuple(ctx["word_markers"])
 
-    # -- contexts -------------------------------------------------------------
+    def _slot(self, index: int, quoted: bool, start: tuple[bool, tuple[int, ...]] | None,
+              dashdash: bool = False) -> None:
+        word_start, before = start if start is not None else (False, ())
+        self.slots.append(Slot(index, quoted, word_start, self.line, before, options_end=dashdash or start is None))
 
-    @staticmethod
-    def _at_word_start(ctx: dict[str, Any]) -> bool:
-        """Nothing but empty quotes ('' or "") before this point of the word."""
-        return not ctx["word_marker"] and not ctx["word"].replace("''", "").replace('""', "")
+    # -- the contexts -----------------------------------------------------------
 
     def _cmd(self, ctx: dict[str, Any]) -> None:
         text, c = self.text, self.text[self.i]
         if c == OPEN:
             index = self._marker()
-            if index is None:
-                self.fail("next to a stray \\x01 character")
-            self._check_use(ctx, ctx["word"])
-            self._slot(index, False, self._at_word_start(ctx), ctx["dashdash"] or ctx["redirect"])
-            ctx["word_marker"] = True
+            self._check_use(ctx, index)
+            self._slot(index, False, self._word_start(ctx), ctx["dashdash"] or ctx["redirect"])
+            ctx["word_markers"].append(index)
             return
         if c == "\\":
             if text.startswith(OPEN, self.i + 1):
@@ -252,9 +377,10 @@ class _Lexer:
             if text.startswith("\n", self.i + 1):  # line continuation
                 self._advance(2)
                 return
+            ctx["word_literal"] = False
             ctx["word"] += self._advance(2)
             return
-        if c == "#" and not ctx["word"] and not ctx["word_marker"]:
+        if c == "#" and not ctx["word"] and not ctx["word_markers"]:
             end = text.find("\n", self.i)
             end = len(text) if end < 0 else end
             for m in _MARKER.finditer(text, self.i, end):
@@ -262,36 +388,59 @@ class _Lexer:
             self.i = end
             return
         if c == "'":
-            self.stack.append({"kind": "sq"})
+            self._push("sq")
+            ctx["word_literal"] = False
             ctx["word"] += self._advance()
             return
         if c == '"':
-            self.stack.append({"kind": "dq", "word_start": self._at_word_start(ctx), "content": False})
+            self._push("dq", word_start=self._word_start(ctx), content=False)
+            ctx["word_literal"] = False
             ctx["word"] += self._advance()
             return
         if c == "`":
-            self.stack.append({"kind": "bt"})
+            self._push("bt", deny="inside backticks (use $( ) instead)")
+            ctx["word_literal"] = False
             ctx["word"] += self._advance()
             return
         if c == "$":
+            ctx["word_literal"] = False
             if self._dollar(ctx):
                 return
-        if c == "(" and ctx["command_start"] and not ctx["word"] and text.startswith("((", self.i):
-            self.stack.append({"kind": "arith", "closer": "))", "depth": 0})
+        if c == "(" and _ASSIGNMENT.match(ctx["word"]) and ctx["word"].endswith("=") and not ctx["word_markers"]:
+            name = ctx["word"].split("=", 1)[0].rstrip("+").split("[", 1)[0]
+            integer = name in self.integer_names or ctx["integer_declare"]
+            ctx["word"] += self._advance()  # name=( ... ): an array's elements, up to the )
+            self._push("array", deny="as an element of an integer array (arithmetic)" if integer else None)
+            return
+        if c == "(" and not ctx["word"] and not ctx["word_markers"] and text.startswith("((", self.i):
+            self._push("arith", deny="in arithmetic (bash evaluates a[$(cmd)] there)", closer="))", depth=0)
             self._advance(2)
             return
-        if c in "<>" and text.startswith("(", self.i + 1):  # process substitution
-            ctx["word"] += self._advance(2)
-            self.stack.append(self._new_cmd(")"))
+        if c == "[" and ctx["word"] and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", ctx["word"]) \
+                and not ctx["word_markers"] and not ctx["cond"]:
+            ctx["word"] += self._advance()  # an array subscript: arithmetic, up to its ]
+            self._push("arith", deny="in an array subscript (bash evaluates it as arithmetic)", closer="]", depth=0)
             return
-        if c == "<" and text.startswith("<<", self.i) and not text.startswith("<<<", self.i):
+        if c in "<>" and text.startswith("(", self.i + 1) and not ctx["cond"]:  # process substitution
+            ctx["word_literal"] = False
+            ctx["word"] += self._advance(2)
+            self._push_cmd(")", ctx)
+            return
+        if c == "<" and text.startswith("<<", self.i) and not text.startswith("<<<", self.i) and not ctx["cond"]:
             self._heredoc_operator(ctx)
             return
-        if c in "<>":
+        if c in "<>" and not ctx["cond"]:
+            if ctx["word"].isdigit() and not ctx["word_markers"]:  # 2>file: a descriptor, not an argument
+                ctx.update(word="", word_literal=True)
             self._end_word(ctx)
+            operator = ""
             while self.i < len(text) and text[self.i] in "<>&|":
-                self._advance()
-            ctx["redirect"] = True
+                operator += self._advance()
+            ctx["redirect"] = operator
+            return
+        if ctx["cond"] and (c in "()<>" or text.startswith(("&&", "||"), self.i)):
+            self._end_word(ctx)  # operators of [[ ]]: words of the condition, not separators
+            ctx["words"].append(self._advance(2 if text.startswith(("&&", "||"), self.i) else 1))
             return
         if c == "(":
             self._end_word(ctx)
@@ -300,8 +449,9 @@ class _Lexer:
             self._end_command(ctx)
             return
         if c == ")":
+            self._end_word(ctx)  # "esac)" ends the case before the ) is read
             if ctx["closer"] == ")" and ctx["depth"] == 0 and ctx["case"] == 0:
-                self._end_word(ctx)
+                self._end_command(ctx)
                 self.stack.pop()
                 self._advance()
                 return
@@ -325,26 +475,72 @@ class _Lexer:
             return
         ctx["word"] += self._advance()
 
+    def _push_cmd(self, closer: str, outer: dict[str, Any] | None) -> None:
+        """A nested command context: a $( ) in the arguments of a code runner
+        feeds it, so it inherits the runner's refusal."""
+        deny = self._deny()
+        if outer is not None and outer["kind"] == "cmd" and deny is None:
+            deny = self._command_deny(outer) if outer["command"] is not None else None
+        self.stack.append(self._new_cmd(closer, deny))
+
     def _dollar(self, ctx: dict[str, Any]) -> bool:
         """``$`` openings shared by commands, double quotes and heredoc bodies."""
         text = self.text
         nxt = text[self.i + 1:self.i + 2]
+        outer = self._cmd_ctx()
         if text.startswith("$((", self.i):
-            self.stack.append({"kind": "arith", "closer": "))", "depth": 0})
+            self._push("arith", deny="in arithmetic (bash evaluates a[$(cmd)] there)", closer="))", depth=0)
+            size = 3
         elif nxt == "(":
-            self.stack.append(self._new_cmd(")"))
+            self._push_cmd(")", outer)
+            size = 2
         elif nxt == "{":
-            self.stack.append({"kind": "param", "depth": 0})
+            self._push("param", deny="inside ${...} (subscripts and offsets there are arithmetic)", depth=0)
+            size = 2
         elif nxt == "[":
-            self.stack.append({"kind": "arith", "closer": "]", "depth": 0})
+            self._push("arith", deny="in arithmetic (bash evaluates a[$(cmd)] there)", closer="]", depth=0)
+            size = 2
         elif nxt == "'" and ctx["kind"] == "cmd":
-            self.stack.append({"kind": "ansi"})
+            self._push("ansi", deny="inside $'...' quotes")
+            size = 2
         else:
             return False
         if ctx["kind"] == "cmd":
-            ctx["word"] += "$"
-        self._advance(2 if not text.startswith("$((", self.i) else 3)
+            ctx["word"] += text[self.i:self.i + size]
+        self._advance(size)
         return True
+
+    def _array(self, ctx: dict[str, Any]) -> None:
+        """The elements of ``name=( ... )``: values are data, but ``[k]=`` keys are arithmetic."""
+        c = self.text[self.i]
+        if c == OPEN:
+            if ctx.get("deny"):
+                self.fail(ctx["deny"])
+            index = self._marker()
+            self._slot(index, False, None)
+            return
+        if c == ")":
+            self._cmd_ctx()["word"] += self._advance()
+            self.stack.pop()
+            return
+        if c == "[":
+            self._advance()
+            self._push("arith", deny="in an array key (bash evaluates it as arithmetic)", closer="]", depth=0)
+            return
+        if c == "'":
+            self._push("sq")
+        elif c == '"':
+            self._push("dq", word_start=None, content=True)
+        elif c == "$" and self._dollar(ctx):
+            return
+        elif c == "\\":
+            if self.text.startswith(OPEN, self.i + 1):
+                self.fail("right after a backslash")
+            self._advance(2)
+            return
+        elif c == "#":
+            self.fail("in an array with a comment (dagrun does not read those)")
+        self._advance()
 
     def _sq(self, ctx: dict[str, Any]) -> None:
         end = self.text.find("'", self.i)
@@ -352,32 +548,34 @@ class _Lexer:
         if self.text.find(OPEN, self.i, end) >= 0:
             self._advance(self.text.find(OPEN, self.i, end) - self.i)
             self.fail("inside single quotes (nothing expands there; close the quotes around it)")
-        self._advance(end + 1 - self.i)
-        self.stack.pop()
+        self._cmd_ctx()["word"] += self._advance(end + 1 - self.i)
+        if end < len(self.text):
+            self.stack.pop()
 
     def _ansi(self, ctx: dict[str, Any]) -> None:
         c = self.text[self.i]
+        cmd = self._cmd_ctx()
         if c == OPEN:
-            self.fail("inside $'...' quotes")
+            self.fail(ctx["deny"])
         if c == "\\":
             self._advance(2)
+            cmd["word"] += "x"
         elif c == "'":
-            self._advance()
+            cmd["word"] += self._advance()
             self.stack.pop()
         else:
             self._advance()
+            cmd["word"] += "x"
 
     def _dq(self, ctx: dict[str, Any]) -> None:
         c = self.text[self.i]
+        cmd = self._cmd_ctx()
         if c == OPEN:
             index = self._marker()
-            if index is None:
-                self.fail("next to a stray \\x01 character")
-            cmd = self._cmd_ctx()
-            self._check_use(cmd, cmd["word"])
-            self._slot(index, True, ctx["word_start"] and not ctx["content"], cmd["dashdash"])
-            ctx["content"] = True
-            cmd["word_marker"] = True
+            self._check_use(cmd, index)
+            start = ctx["word_start"] if not ctx["content"] else None
+            self._slot(index, True, start, cmd["dashdash"] or cmd["redirect"])
+            cmd["word_markers"].append(index)
             return
         if c == "\\":
             if self.text.startswith(OPEN, self.i + 1):
@@ -386,22 +584,24 @@ class _Lexer:
             ctx["content"] = True
             return
         if c == '"':
-            self._advance()
+            cmd["word"] += self._advance()
             self.stack.pop()
             return
         if c == "`":
-            self.stack.append({"kind": "bt"})
+            self._push("bt", deny="inside backticks (use $( ) instead)")
             self._advance()
             return
         if c == "$" and self._dollar(ctx):
+            ctx["content"] = True
             return
         ctx["content"] = True
+        cmd["word"] += "x"  # the word has text now (its exact characters do not matter)
         self._advance()
 
     def _bt(self, ctx: dict[str, Any]) -> None:
         c = self.text[self.i]
         if c == OPEN:
-            self.fail("inside backticks (use $( ) instead)")
+            self.fail(ctx["deny"])
         if c == "\\":
             self._advance(2)
         elif c == "`":
@@ -413,25 +613,36 @@ class _Lexer:
     def _param(self, ctx: dict[str, Any]) -> None:
         c = self.text[self.i]
         if c == OPEN:
-            self.fail("inside ${...} (subscripts and offsets there are arithmetic)")
+            self.fail(ctx["deny"])
         if c == "\\":
             self._advance(2)
+        elif c == "'":
+            self._push("sq")
+            self._advance()
+        elif c == '"':
+            self._push("dq", word_start=None, content=True)
+            self._advance()
+        elif c == "$" and self._dollar(ctx):
             return
-        if c == "{":
+        elif c == "{":
             ctx["depth"] += 1
+            self._advance()
         elif c == "}":
+            self._advance()
             if ctx["depth"] == 0:
-                self._advance()
                 self.stack.pop()
-                return
-            ctx["depth"] -= 1
-        self._advance()
+            else:
+                ctx["depth"] -= 1
+        else:
+            self._advance()
 
     def _arith(self, ctx: dict[str, Any]) -> None:
         c = self.text[self.i]
         if c == OPEN:
-            self.fail("in arithmetic (bash evaluates a[$(cmd)] there)")
-        if ctx["closer"] == "))" and c == "(":
+            self.fail(ctx["deny"])
+        if c == "$" and self._dollar(ctx):
+            return
+        if c in "([":
             ctx["depth"] += 1
         elif ctx["closer"] == "))" and c == ")":
             if ctx["depth"] == 0 and self.text.startswith("))", self.i):
@@ -440,9 +651,13 @@ class _Lexer:
                 return
             ctx["depth"] = max(0, ctx["depth"] - 1)
         elif ctx["closer"] == "]" and c == "]":
-            self._advance()
-            self.stack.pop()
-            return
+            if ctx["depth"] == 0:
+                self._cmd_ctx()["word"] += self._advance()
+                self.stack.pop()
+                return
+            ctx["depth"] -= 1
+        elif c == "]":
+            ctx["depth"] = max(0, ctx["depth"] - 1)
         self._advance()
 
     # -- here-documents ---------------------------------------------------------
@@ -474,12 +689,16 @@ class _Lexer:
                 self._advance(2)
             else:
                 delimiter += self._advance()
-        self.pending_heredocs.append((delimiter, quoted, strip))
+        if not delimiter:
+            self.fail("in a script with a here-document that has no delimiter")
+        # The body is the command's input: an interpreter reading its program there runs it.
+        self.pending_heredocs.append((delimiter, quoted, strip, self._deny() or self._command_deny(ctx, stdin=True)))
+        ctx["heredoc_command"] = True
 
     def _start_heredoc(self) -> None:
-        delimiter, quoted, strip = self.pending_heredocs.pop(0)
+        delimiter, quoted, strip, deny = self.pending_heredocs.pop(0)
         self.stack.append({"kind": "heredoc", "delimiter": delimiter, "quoted": quoted, "strip": strip,
-                           "line_start": True})
+                           "line_start": True, "deny": deny})
 
     def _heredoc(self, ctx: dict[str, Any]) -> None:
         text = self.text
@@ -503,10 +722,10 @@ class _Lexer:
                 return
         c = text[self.i]
         if c == OPEN:
+            if ctx.get("deny"):
+                self.fail(ctx["deny"])
             index = self._marker()
-            if index is None:
-                self.fail("next to a stray \\x01 character")
-            self._slot(index, True, False)
+            self._slot(index, True, None)
             return
         if c == "\\":
             if text.startswith(OPEN, self.i + 1):
@@ -514,7 +733,7 @@ class _Lexer:
             self._advance(2)
             return
         if c == "`":
-            self.stack.append({"kind": "bt"})
+            self._push("bt", deny="inside backticks (use $( ) instead)")
             self._advance()
             return
         if c == "$" and self._dollar(ctx):
@@ -595,26 +814,31 @@ def substitute(rendered: str, values: list[Any], *, start: int = 1) -> ShellScri
     env: dict[str, str] = {}
     counter = [start]
 
-    def var(text: str, slot: Slot) -> str:
+    def var(text: str, slot: Slot, word_start: bool) -> str:
         if "\0" in text:
             raise ShellValueError(f"line {slot.line}: a value holds a NUL character, which a script cannot receive")
-        if len(text.encode("utf-8", "surrogateescape")) > MAX_VALUE_BYTES:
+        if len(text.encode("utf-8", "surrogatepass")) > MAX_VALUE_BYTES:
             raise ShellValueError(f"line {slot.line}: a value is larger than {MAX_VALUE_BYTES} bytes")
-        if slot.word_start and text.startswith("-"):
-            raise ShellValueError(f"line {slot.line}: the value {text[:40]!r} starts with '-' and would be read "
-                                  "as an option; put '--' before it in the script")
+        if word_start and text.startswith("-"):  # the message never shows the value: it may be a secret
+            raise ShellValueError(f"line {slot.line}: a value starts with '-' and would be read as an option; "
+                                  "put '--' before it in the script")
         name = f"{VALUE_PREFIX}{counter[0]}"
         counter[0] += 1
         env[name] = text
         return name
 
+    def starts_word(slot: Slot) -> bool:
+        """A value begins its word when every value before it in the word is empty."""
+        return slot.word_start and not slot.options_end and all(as_text(values[i]) == "" for i in slot.before)
+
     def replace(m: re.Match) -> str:
         slot = slots[int(m.group(1))]
         value = values[slot.index]
         if slot.quoted:
-            return "${" + var(as_text(value), slot) + "}"
-        if isinstance(value, (list, tuple)):  # one word per item
-            return " ".join('"${' + var(as_text(v), slot) + '}"' for v in value)
-        return '"${' + var(as_text(value), slot) + '}"'
+            return "${" + var(as_text(value), slot, starts_word(slot)) + "}"
+        if isinstance(value, (list, tuple)):  # one word per item: each after the first begins a word
+            return " ".join('"${' + var(as_text(v), slot, starts_word(slot) if i == 0 else not slot.options_end)
+                            + '}"' for i, v in enumerate(value))
+        return '"${' + var(as_text(value), slot, starts_word(slot)) + '}"'
 
     return ShellScript(_MARKER.sub(replace, rendered), env)

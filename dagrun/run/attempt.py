@@ -27,7 +27,8 @@ from ..compile.configs import config_problems, render_config
 from ..compile.shell_text import ShellValueError, UnsafeContext
 from ..errors import PermanentError
 from ..spec import StepSpec
-from .handler_types import ActionHandlers, StepContext, handlers_for
+from .handler_types import StepContext, handlers_for
+from .isolation import Isolation, User, ensure_home
 from .outcome import HandlerResult, Outcome, StepStatus
 from .shell import CancelToken
 
@@ -42,6 +43,9 @@ class AttemptJob:
     env: Mapping[str, str]  # the step's environment: the allowlisted part of the caller's
     home: str | None
     sudo: tuple[str, ...] = ()  # prefix for privileged commands ("sudo", "-n") when not root
+    user: str | None = None  # run the step's processes as this Linux user
+    sandbox: bool = False
+    run_id: str | None = None
 
 
 def _context(job: AttemptJob, config: Mapping[str, Any], steps: Mapping[str, Any]) -> dict[str, Any]:
@@ -65,6 +69,18 @@ def _from_handler(job: AttemptJob, attempt: int, result: HandlerResult, started:
                     config=config, timed_out=result.timed_out)
 
 
+def home_usage(home: str | None) -> int:
+    """Bytes used under the workspace home (what a step's files cost)."""
+    total = 0
+    for root, _dirs, files in os.walk(home or "/nonexistent"):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_blocks * 512
+            except OSError:
+                continue
+    return total
+
+
 def check_disk_space(home: str | None, required_mb: int) -> None:
     """Refuse a step whose action needs more free space than there is."""
     where = home if home and os.path.isdir(home) else os.getcwd()
@@ -73,11 +89,33 @@ def check_disk_space(home: str | None, required_mb: int) -> None:
         raise PermanentError(f"needs {required_mb} MB free on {where}, only {free_mb} MB available")
 
 
+def isolation_for(job: AttemptJob) -> Isolation:
+    """The step's isolation, resolved now: the workspace user may have been
+    created by an earlier step of the run."""
+    action = job.step.action
+    user = User.lookup(job.user) if job.user else None
+    if job.home and (user is not None or not os.path.exists(job.home)):
+        ensure_home(job.home, user)
+    return Isolation(user=user, sandbox=job.sandbox, network=action.requires_network, limits=action.limits,
+                     home=job.home)
+
+
 def _context_for(job: AttemptJob, steps: Mapping[str, Any], attempt: int, cancel: CancelToken,
-                 config: dict[str, Any], result: dict[str, Any] | None = None) -> StepContext:
+                 config: dict[str, Any], result: dict[str, Any] | None = None,
+                 isolation: Isolation | None = None) -> StepContext:
     step = job.step
     return StepContext(step.id, step.action, config, job.workspace, job.variables, steps, job.env, job.home,
-                       attempt, step.timeout_seconds, cancel, result=result or {}, sudo=job.sudo)
+                       attempt, step.timeout_seconds, cancel, result=result or {}, sudo=job.sudo,
+                       isolation=isolation or Isolation(), run_id=job.run_id)
+
+
+def _isolated(handler: Any, field: str, action: Any, isolation: Isolation) -> Any:
+    """A Python handler of a user-defined action runs in a worker process
+    when its step is sandboxed or runs as the workspace user."""
+    if handler is None or action.library or not getattr(handler, "python", False) or not isolation.restricted:
+        return handler
+    from .worker import call_isolated
+    return lambda ctx: call_isolated(field, ctx)
 
 
 def run_attempt(job: AttemptJob, attempt: int, steps: Mapping[str, Any], cancel: CancelToken) -> Outcome:
@@ -105,15 +143,24 @@ def run_attempt(job: AttemptJob, attempt: int, steps: Mapping[str, Any], cancel:
                                      + "; ".join(f"{f}: {m}" for f, m in problems))
         if step.action.disk_space_required_mb:
             check_disk_space(job.home, step.action.disk_space_required_mb)
+        isolation = isolation_for(job)
         handlers = handlers_for(step.action)
-        ctx = _context_for(job, steps, attempt, cancel, config)
-        validate = handlers.validate
+        ctx = _context_for(job, steps, attempt, cancel, config, isolation=isolation)
+        validate = _isolated(handlers.validate, "validation_handler", step.action, isolation)
+        execute = _isolated(handlers.execute, "execution_handler", step.action, isolation)
         if step.check_first and validate is not None:
             check = validate(ctx)
             if check.ok:
                 return _outcome(job, attempt, StepStatus.completed, started, t0, config=config,
                                 data={**check.data, "already_satisfied": True}, stdout=check.stdout)
-        result = handlers.execute(ctx)
+        used_before = home_usage(job.home) if step.sandbox and step.action.disk_space_required_mb else None
+        result = execute(ctx)
+        if used_before is not None and result.ok:
+            grew = (home_usage(job.home) - used_before) // (1024 * 1024)
+            if grew > step.action.disk_space_required_mb:
+                return _outcome(job, attempt, StepStatus.failed, started, t0, config=config, retryable=False,
+                                error=f"the step used {grew} MB of the workspace home, more than the "
+                                      f"{step.action.disk_space_required_mb} MB its action declares")
         if not result.ok or validate is None:
             return _from_handler(job, attempt, result, started, t0, config, cancel)
         ctx.result = result.data
@@ -125,6 +172,9 @@ def run_attempt(job: AttemptJob, attempt: int, steps: Mapping[str, Any], cancel:
         return out
     except (PermanentError, ShellValueError, UnsafeContext) as exc:
         return _outcome(job, attempt, StepStatus.failed, started, t0, error=str(exc), retryable=False, config=config)
+    except PermissionError as exc:  # refused by the system: retrying cannot help
+        return _outcome(job, attempt, StepStatus.failed, started, t0, error=f"permission refused: {exc}",
+                        retryable=False, config=config)
     except JinjaError as exc:
         return _outcome(job, attempt, StepStatus.failed, started, t0, error=f"template error: {exc}",
                         retryable=False, config=config)
@@ -139,10 +189,11 @@ def run_rollback(job: AttemptJob, attempt: int, steps: Mapping[str, Any], result
     started, t0 = time.time(), time.perf_counter()
     cfg = dict(config if config is not None else job.step.config)
     try:
-        rollback = handlers_for(job.step.action).rollback
+        isolation = isolation_for(job)
+        rollback = _isolated(handlers_for(job.step.action).rollback, "rollback_handler", job.step.action, isolation)
         if rollback is None:
             return _outcome(job, attempt, StepStatus.completed, started, t0, data={"nothing_to_undo": True})
-        ctx = _context_for(job, steps, attempt, cancel, cfg, result)
+        ctx = _context_for(job, steps, attempt, cancel, cfg, result, isolation=isolation)
         return _from_handler(job, attempt, rollback(ctx), started, t0, cfg, cancel)
     except Exception as exc:
         return _outcome(job, attempt, StepStatus.failed, started, t0, error=f"{type(exc).__name__}: {exc}",

@@ -42,6 +42,8 @@ import yaml
 from ..compile import expressions
 from ..compile.shell_text import ShellScript, UnsafeContext
 from ..errors import PermanentError
+from . import paths
+from .isolation import Isolation
 from .outcome import HandlerResult
 from .shell import CancelToken, run_command, run_script
 from ..spec import ActionSpec
@@ -65,16 +67,44 @@ class StepContext:
     cancel: CancelToken
     result: dict[str, Any] = field(default_factory=dict)  # execute's result, for validate / rollback
     sudo: tuple[str, ...] = ()  # prefix privileged commands with this (empty when root)
+    isolation: Isolation = field(default_factory=Isolation)  # as whom / inside what commands run
+    run_id: str | None = None
 
     def template_context(self) -> dict[str, Any]:
         return expressions.build_context(workspace=self.workspace, config=self.config, variables=self.variables,
                                          env=self.env, steps=self.steps, home=self.home)
 
     def path(self, text: str) -> str:
-        return expressions.expand_path(text, self.home)
+        """A path named by the config: ``~`` and relative paths are in the
+        workspace home, and it must stay there (after symlinks) unless the
+        action is ``requires_sudo``."""
+        return paths.inside_home(text, self.home, anywhere=self.action.requires_sudo)
+
+    def expand(self, text: str) -> str:
+        """A path the step only reads (a wheel folder, a key): ``~`` and
+        relative paths in the home, anywhere else allowed."""
+        return paths.expand(text, self.home)
+
+    @property
+    def owner(self) -> tuple[int, int] | None:
+        """Who files a handler writes should belong to (the workspace user)."""
+        user = self.isolation.user
+        return (user.uid, user.gid) if user is not None and os.geteuid() == 0 else None
+
+    def write(self, path: str, data: str | bytes, *, mode: int | None = None) -> bool:
+        """Write a file inside the home, atomically and never through a
+        symlink, owned by the workspace user; True if it did not exist."""
+        payload = data.encode("utf-8") if isinstance(data, str) else data
+        return paths.write_file(path, payload, home=self.home, mode=mode, owner=self.owner,
+                                anywhere=self.action.requires_sudo)
+
+    def read(self, path: str) -> str | None:
+        """A file inside the home (None when missing), never through a symlink."""
+        data = paths.read_file(path, home=None if self.action.requires_sudo else self.home)
+        return None if data is None else data.decode("utf-8", errors="replace")
 
     def process_env(self) -> dict[str, str]:
-        env = dict(self.env)
+        env = self.isolation.environment(dict(self.env))
         if self.home:
             env["HOME"] = self.home
         env["DAGRUN_STEP_ID"] = self.step_id
@@ -95,14 +125,15 @@ class StepContext:
         values = script.values if isinstance(script, ShellScript) else {}
         text = script.text if isinstance(script, ShellScript) else script
         result = run_script(text, env={**self.process_env(), **(env or {}), **values}, cwd=cwd,
-                            timeout=self.timeout, cancel=self.cancel)
+                            timeout=self.timeout, cancel=self.cancel, run_id=self.run_id, isolation=self.isolation)
         return self._result(result)
 
     def run(self, argv: list[str], *, cwd: str | None = None, env: Mapping[str, str] | None = None,
             input: bytes | None = None) -> HandlerResult:
         """Run one program (no shell: arguments are never parsed as code)."""
         result = run_command([str(a) for a in argv], env={**self.process_env(), **(env or {})},
-                             cwd=self._cwd(cwd), timeout=self.timeout, cancel=self.cancel, input=input)
+                             cwd=self._cwd(cwd), timeout=self.timeout, cancel=self.cancel, input=input,
+                             run_id=self.run_id, isolation=self.isolation)
         return self._result(result)
 
     def _cwd(self, cwd: str | None) -> str | None:
@@ -188,6 +219,7 @@ def build_python(action: ActionSpec, text: str) -> Handler:
         return coerce_result(function(ctx))
 
     handler.__name__ = text
+    handler.python = True  # type: ignore[attr-defined]
     return handler
 
 
@@ -213,27 +245,24 @@ def build_template_copy(action: ActionSpec, text: str) -> Handler:
             raise PermanentError("template_copy needs config.target_path")
         target = Path(ctx.path(str(target_text)))
         rendered = expressions.render_text(source, ctx.template_context())
-        existed = target.exists()
-        if ctx.config.get("merge") and existed and target.suffix in (".json", ".yaml", ".yml"):
-            rendered = _merge_document(target, rendered)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.dagrun-tmp")
-        tmp.write_text(rendered, encoding="utf-8")
-        os.replace(tmp, target)  # readers never see a half-written file
-        return HandlerResult(data={"target_path": str(target), "created": not existed})
+        current = ctx.read(str(target)) if ctx.config.get("merge") else None
+        if current is not None and target.suffix in (".json", ".yaml", ".yml"):
+            rendered = _merge_document(target, current, rendered)
+        created = ctx.write(str(target), rendered)  # atomic: readers never see a half-written file
+        return HandlerResult(data={"target_path": str(target), "created": created})
 
     handler.__name__ = origin or "inline template"
     handler.template_source = source  # type: ignore[attr-defined]
     return handler
 
 
-def _merge_document(target: Path, rendered: str) -> str:
+def _merge_document(target: Path, text: str, rendered: str) -> str:
     is_json = target.suffix == ".json"
     load = json.loads if is_json else yaml.safe_load
     try:
-        current = load(target.read_text(encoding="utf-8") or "{}") or {}
-    except (ValueError, yaml.YAMLError) as exc:
-        raise PermanentError(f"cannot merge into {target}: it is not valid {'JSON' if is_json else 'YAML'} ({exc})")
+        current = load(text or "{}") or {}
+    except (ValueError, yaml.YAMLError):  # the parser's message would quote the file: not repeated
+        raise PermanentError(f"cannot merge into {target}: it is not valid {'JSON' if is_json else 'YAML'}")
     new = load(rendered) or {}
     if not isinstance(current, dict) or not isinstance(new, dict):
         raise PermanentError(f"cannot merge into {target}: both documents must be mappings")

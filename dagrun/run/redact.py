@@ -110,14 +110,19 @@ class Redactor:
 
     def plan(self, plan: Plan) -> Plan:
         """The plan observers see: secret config values written in the
-        template are masked (the run keeps the real plan)."""
+        template and secret variables are masked (the run keeps the real plan)."""
         masked = {sid: dataclasses.replace(step, config=FrozenDict(self.config(step.config, step.secret_fields)))
                   for sid, step in plan.steps.items()
                   if any(step.config.get(k) not in (None, "") for k in step.secret_fields)}
-        if not masked:
+        if not masked and self._pattern is None:
             return plan
         return dataclasses.replace(plan, steps=FrozenDict({**plan.steps, **masked}),
-                                   snapshot=FrozenDict(self.value(dict(plan.snapshot))))
+                                   snapshot=FrozenDict(self.value(dict(plan.snapshot))),
+                                   variables=FrozenDict(self.value(dict(plan.variables))))
+
+    def masked_fields(self, mapping: Mapping[str, Any]) -> list[str]:
+        """The keys of ``mapping`` whose whole value is a secret."""
+        return [k for k, v in mapping.items() if isinstance(v, str) and v in self._known]
 
     def outcome(self, outcome: Outcome, secret_fields: frozenset[str] = frozenset()) -> Outcome:
         """A masked copy of ``outcome`` (the same object when nothing is secret)."""

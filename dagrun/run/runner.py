@@ -60,13 +60,39 @@ def step_environment(passthrough: Iterable[str] = (), source: Mapping[str, str] 
             if (is_base_env(k) or k in wanted) and not k.startswith("DAGRUN_")}
 
 
+def known_secrets(plan: Plan, workspace: Mapping[str, Any], variables: Mapping[str, Any],
+                  env: Mapping[str, str]) -> list[str]:
+    """The values of x-secret config fields that can be known before the run:
+    written in the template, or rendered from the workspace, variables or
+    environment. (One that reads an upstream result is learned when its step
+    has run.) Knowing them early masks them wherever they show first."""
+    from ..compile.expressions import build_context, render_string
+    found = []
+    for step in plan.steps.values():
+        for key in step.secret_fields:
+            value = step.config.get(key)
+            if value in (None, ""):
+                continue
+            if not has_template(value):
+                found.append(str(value))
+                continue
+            try:
+                rendered = render_string(value, build_context(workspace=workspace, config=step.config,
+                                                              variables=variables, env=env, steps={}, home=None))
+            except Exception:  # reads an upstream step, or fails: its attempt will tell
+                continue
+            if rendered not in (None, ""):
+                found.append(str(rendered))
+    return found
+
+
 class Runner:
     def __init__(self, plan: Plan, workspace: Mapping[str, Any], *, run_id: str | None = None,
                  variables: Mapping[str, Any] | None = None, max_workers: int | None = None,
                  executor: Executor | None = None, observers: Iterable[Observer] = (),
                  env: Mapping[str, str] | None = None, previous: Mapping[str, StepResult] | None = None,
                  attempts: Mapping[str, int] | None = None, sudo: tuple[str, ...] = (),
-                 secret_values: Iterable[str] = ()):
+                 secret_values: Iterable[str] = (), sandbox: bool = True):
         """``previous`` (resume): results of steps already done, which are
         not run again; ``attempts``: attempt numbers to continue from."""
         self.plan = plan
@@ -79,6 +105,9 @@ class Runner:
         self.env = step_environment(plan.global_config.env_passthrough) if env is None else dict(env)
         self.home = workspace.get("home_dir")
         self.sudo = tuple(sudo)
+        self.sandbox = sandbox  # False: --no-sandbox, for a machine without bubblewrap
+        # Steps run as the workspace's Linux user when dagrun is root and it names one.
+        self.user = workspace.get("linux_username") if os.geteuid() == 0 else None
         self.redactor = Redactor(secret_values)
         if previous is None and attempts is None:
             self.state = RunState(plan, self.max_workers)
@@ -119,12 +148,11 @@ class Runner:
 
     def _run(self) -> RunResult:
         started = time.time()
-        for step in self.plan.steps.values():  # secret values written in the template itself
-            literal = {k: v for k, v in step.config.items() if k in step.secret_fields and not has_template(v)}
-            self.redactor.learn(literal, step.secret_fields)
+        for secret in known_secrets(self.plan, self.workspace, self.variables, self.env):
+            self.redactor.add(secret)
         self._emit(RunStarted(self.run_id, self.plan.name, self.plan.version, str(self.workspace["id"]),
                               len(self.plan.order), self.max_workers, started, self.redactor.plan(self.plan),
-                              self.workspace))
+                              self.redactor.value(dict(self.workspace)) if self.redactor else self.workspace))
         executor = self.executor or make_executor("threads", self.max_workers)
         while True:
             try:
@@ -179,7 +207,10 @@ class Runner:
         job = self._jobs.get(sid)
         if job is None:
             step = self.plan.steps[sid]
-            job = self._jobs[sid] = AttemptJob(step, self.workspace, self.variables, self.env, self.home, self.sudo)
+            job = self._jobs[sid] = AttemptJob(
+                step, self.workspace, self.variables, self.env, self.home, self.sudo,
+                user=self.user if step.run_as == "workspace" else None,
+                sandbox=step.sandbox and self.sandbox, run_id=self.run_id)
         return job
 
     def _upstream(self, sid: str) -> Mapping[str, Any]:

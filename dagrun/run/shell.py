@@ -1,67 +1,73 @@
-"""Running shell scripts as process groups that can always be stopped.
+"""Running commands whose whole process tree can always be stopped.
 
-Each script runs under ``bash -eo pipefail`` in a new session (its own
-process group), so a timeout or a cancel kills the script and every child it
-started, and a Ctrl-C in the terminal reaches dagrun only, which then stops
-the groups itself. Live groups are registered with a :class:`CancelToken`.
+Each command runs in a new session and in a :class:`~.processes.ProcessTree`
+(a cgroup of its own, or its process group plus an environment tag), so a
+timeout or a cancel ends the command and every process it started, daemons
+included, and a Ctrl-C in the terminal reaches dagrun only, which then stops
+the trees itself. The command is over when its main process exits: whatever
+it left running is killed then, so a script that exits is never reported as
+timed out because a daemon kept its output open.
+
+Scripts run under ``bash --noprofile --norc -eo pipefail``. Live commands
+are registered with a :class:`CancelToken`, which Python handlers may also
+wait on (``ctx.cancel.wait(seconds)``) so that a cancel stops them at once.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
 import tempfile
 import threading
 from dataclasses import dataclass
+from typing import Protocol
+
+from .isolation import Isolation
+from .processes import ProcessTree
 
 TERM_GRACE_SECONDS = 1.0
+MAX_OUTPUT_BYTES = 4 * 1024 * 1024  # per stream, kept as head and tail
+MAX_RESULT_BYTES = 1024 * 1024  # what a step may write to $DAGRUN_OUTPUT
+
+
+class Stoppable(Protocol):
+    def stop(self) -> None: ...
 
 
 class CancelToken:
-    """Shared by a run and its workers: ``cancel()`` kills every live group."""
+    """Shared by a run and its workers: ``cancel()`` stops every live command."""
 
     def __init__(self) -> None:
         self._event = threading.Event()
         self._lock = threading.Lock()
-        self._procs: set[subprocess.Popen] = set()
+        self._live: set[Stoppable] = set()
 
     @property
     def cancelled(self) -> bool:
         return self._event.is_set()
 
-    def register(self, proc: subprocess.Popen) -> None:
-        with self._lock:
-            self._procs.add(proc)
-        if self.cancelled:
-            kill_group(proc)
+    def wait(self, seconds: float) -> bool:
+        """Sleep up to ``seconds``; True as soon as the run is cancelled."""
+        return self._event.wait(seconds)
 
-    def unregister(self, proc: subprocess.Popen) -> None:
+    def register(self, item: Stoppable) -> None:
         with self._lock:
-            self._procs.discard(proc)
+            self._live.add(item)
+        if self.cancelled:
+            item.stop()
+
+    def unregister(self, item: Stoppable) -> None:
+        with self._lock:
+            self._live.discard(item)
 
     def cancel(self) -> None:
         self._event.set()
         with self._lock:
-            procs = list(self._procs)
-        for proc in procs:
-            threading.Thread(target=kill_group, args=(proc,), daemon=True).start()
-
-
-def kill_group(proc: subprocess.Popen, grace: float = TERM_GRACE_SECONDS) -> None:
-    """SIGTERM the process group, then SIGKILL whatever is left of it."""
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    try:
-        proc.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        pass
-    try:  # children may outlive the leader: kill the whole group regardless
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+            live = list(self._live)
+        for item in live:
+            threading.Thread(target=item.stop, daemon=True).start()
 
 
 @dataclass(slots=True)
@@ -74,60 +80,134 @@ class ShellResult:
     outputs: dict[str, str] | None = None
 
 
+class _Reader(threading.Thread):
+    """Drains one pipe, keeping the head and tail of very long output."""
+
+    def __init__(self, pipe) -> None:  # noqa: ANN001
+        super().__init__(daemon=True)
+        self.pipe = pipe
+        self.head = bytearray()
+        self.tail = bytearray()
+        self.dropped = 0
+
+    def run(self) -> None:
+        half = MAX_OUTPUT_BYTES // 2
+        while chunk := self.pipe.read1(65536) if hasattr(self.pipe, "read1") else self.pipe.read(65536):
+            if len(self.head) < half:
+                take = chunk[:half - len(self.head)]
+                self.head += take
+                chunk = chunk[len(take):]
+            self.tail += chunk
+            if len(self.tail) > half:
+                self.dropped += len(self.tail) - half
+                del self.tail[:len(self.tail) - half]
+
+    def text(self) -> str:
+        data = bytes(self.head)
+        if self.dropped:
+            data += f"\n... [{self.dropped} bytes dropped] ...\n".encode()
+        return (data + bytes(self.tail)).decode("utf-8", errors="replace")
+
+
+class _Command:
+    """One running command: its process, its tree, and how to stop them."""
+
+    def __init__(self, proc: subprocess.Popen, tree: ProcessTree):
+        self.proc = proc
+        self.tree = tree
+
+    def stop(self, grace: float = TERM_GRACE_SECONDS) -> None:
+        """SIGTERM the tree, then SIGKILL whatever is left of it."""
+        self.tree.signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            pass
+        self.tree.kill()
+
+
 def run_script(script: str, *, env: dict[str, str], cwd: str | None = None, timeout: float | None = None,
-               cancel: CancelToken | None = None) -> ShellResult:
+               cancel: CancelToken | None = None, run_id: str | None = None,
+               isolation: Isolation | None = None) -> ShellResult:
     """Run ``script`` with bash; collect output and the ``$DAGRUN_OUTPUT`` file.
 
     Lines ``key=value`` written to ``$DAGRUN_OUTPUT`` become the step's
     result fields (``steps.<id>.result.key`` downstream).
     """
-    with tempfile.TemporaryDirectory(prefix="dagrun-") as tmp:
+    user = isolation.user if isolation is not None else None
+    # The script and its output file live where the step's user (and its
+    # sandbox, which has a /tmp of its own) can reach them: the home.
+    where = isolation.home if isolation is not None and isolation.restricted and isolation.home else None
+    with tempfile.TemporaryDirectory(prefix=".dagrun-", dir=where) as tmp:
         script_path = os.path.join(tmp, "script.sh")
         output_path = os.path.join(tmp, "output")
         with open(script_path, "w", encoding="utf-8") as fh:
             fh.write(script)
         open(output_path, "w").close()
+        if user is not None and os.geteuid() == 0:
+            for path in (tmp, output_path):
+                os.chown(path, user.uid, user.gid)
         result = run_command(["bash", "--noprofile", "--norc", "-eo", "pipefail", script_path],
-                             env={**env, "DAGRUN_OUTPUT": output_path}, cwd=cwd, timeout=timeout, cancel=cancel)
+                             env={**env, "DAGRUN_OUTPUT": output_path}, cwd=cwd, timeout=timeout, cancel=cancel,
+                             run_id=run_id, isolation=isolation)
         outputs = {}
-        with open(output_path, encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                key, sep, value = line.rstrip("\n").partition("=")
-                if sep and key:
-                    outputs[key.strip()] = value
+        with open(output_path, "rb") as fh:
+            data = fh.read(MAX_RESULT_BYTES)
+        for line in data.decode("utf-8", errors="replace").splitlines():
+            key, sep, value = line.partition("=")
+            if sep and key.strip():
+                outputs[key.strip()] = value
     result.outputs = outputs
     return result
 
 
 def run_command(argv: list[str], *, env: dict[str, str], cwd: str | None = None, timeout: float | None = None,
-                cancel: CancelToken | None = None, input: bytes | None = None) -> ShellResult:
-    """Run one program (no shell) in its own process group, with a timeout."""
+                cancel: CancelToken | None = None, input: bytes | None = None,
+                run_id: str | None = None, isolation: Isolation | None = None) -> ShellResult:
+    """Run one program (no shell) in a process tree of its own, with a
+    timeout, isolated as ``isolation`` says (user, sandbox, limits)."""
+    limits = isolation.limits if isolation is not None else None
+    tree = ProcessTree(run_id, pids_max=limits.processes if limits is not None else None)
+    if isolation is not None and isolation.restricted:
+        argv = dataclasses.replace(isolation, pids_cgroup=tree.limited).wrap(argv)
     try:
-        proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+        proc = subprocess.Popen(tree.argv(argv), cwd=cwd, env=tree.env(env),
+                                stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     except FileNotFoundError:
+        tree.close()
         return ShellResult(exit_code=127, stdout="", stderr=f"{argv[0]}: command not found")
+    tree.leader = proc.pid
+    command = _Command(proc, tree)
+    readers = [_Reader(proc.stdout), _Reader(proc.stderr)]
+    for reader in readers:
+        reader.start()
     if cancel is not None:
-        cancel.register(proc)
+        cancel.register(command)
     timed_out = False
     try:
+        if input is not None:
+            try:
+                proc.stdin.write(input)  # type: ignore[union-attr]
+                proc.stdin.close()  # type: ignore[union-attr]
+            except BrokenPipeError:
+                pass
         try:
-            out, err = proc.communicate(input=input, timeout=timeout)
+            proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             timed_out = True
-            kill_group(proc)
-            try:
-                out, err = proc.communicate(timeout=5)
-            except subprocess.TimeoutExpired:  # a grandchild left the group and holds the pipes
-                proc.kill()
-                out, err = b"", b"(output lost: a process outside the group kept the pipes open)"
+            command.stop()
+            proc.wait()
     finally:
         if cancel is not None:
-            cancel.unregister(proc)
+            cancel.unregister(command)
+        tree.close()  # the main process is gone: so is everything it started
+    for reader in readers:
+        reader.join(timeout=5)  # a process outside the tree could hold a pipe: give up on it
     return ShellResult(
         exit_code=proc.returncode,
-        stdout=out.decode("utf-8", errors="replace"),
-        stderr=err.decode("utf-8", errors="replace"),
+        stdout=readers[0].text(),
+        stderr=readers[1].text(),
         timed_out=timed_out,
         cancelled=bool(cancel and cancel.cancelled),
     )

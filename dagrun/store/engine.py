@@ -22,8 +22,8 @@ def default_database_url() -> str:
     url = os.environ.get("DAGRUN_DATABASE_URL")
     if url:
         return url
-    data_home = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
-    return f"sqlite:///{data_home / 'dagrun' / 'dagrun.db'}"
+    from ..locations import data_dir
+    return f"sqlite:///{data_dir() / 'dagrun.db'}"
 
 
 def normalize_url(url: str) -> str:

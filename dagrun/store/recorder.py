@@ -67,8 +67,8 @@ def _jsonable(value: Any) -> Any:
 
 
 def journal_dir() -> Path:
-    data_home = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
-    return data_home / "dagrun" / "journal"
+    from ..locations import journal_dir as where
+    return where()
 
 
 # -- row operations -------------------------------------------------------------

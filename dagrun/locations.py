@@ -1,0 +1,26 @@
+"""Where dagrun keeps things on this machine.
+
+Everything lives under one data folder, ``$XDG_DATA_HOME/dagrun`` (by
+default ``~/.local/share/dagrun``) of the user running dagrun: the SQLite
+store, the journal of records the store could not take, and the homes of
+workspaces given without a ``home_dir``. It is created readable by its owner
+only.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "dagrun"
+
+
+def journal_dir() -> Path:
+    return data_dir() / "journal"
+
+
+def workspaces_dir() -> Path:
+    return data_dir() / "workspaces"

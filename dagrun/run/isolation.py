@@ -1,0 +1,175 @@
+"""As whom, and inside what, a step's processes run.
+
+Three independent restrictions, decided per step when an attempt starts:
+
+- **run as the workspace user**: when dagrun runs as root and the workspace
+  names a ``linux_username``, every command of a step that is not
+  ``requires_sudo`` (and not ``run_as: root``) runs as that user: uid, gid,
+  supplementary groups, ``HOME`` = the workspace home. The switch happens in
+  the command's process with ``setpriv``, after it joined its process tree's
+  cgroup (only root may place it there);
+- **a sandbox** (bubblewrap) for user-defined actions, and for steps that ask
+  (``sandbox: true``): the system read-only, secrets of ``/etc`` hidden,
+  other homes and dagrun's data invisible, the workspace home and a private
+  ``/tmp`` writable, its own PID namespace, and no network unless the action
+  ``requires_network`` (then the host's; without it, a loopback of its own);
+- **limits** from the action's ``limits:``, through ``prlimit`` (address
+  space, file size, open files) and a pids cgroup for the number of
+  processes (``RLIMIT_NPROC`` when no cgroup can be made: it counts per user).
+
+:meth:`Isolation.wrap` turns a command line into the one that applies them;
+every command a handler starts goes through it (``StepContext.run``).
+"""
+
+from __future__ import annotations
+
+import functools
+import grp
+import os
+import pwd
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import PermanentError
+from ..spec import Limits
+
+STANDARD_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# Files of /etc a sandboxed step never sees, even read-only.
+HIDDEN_FILES = ("/etc/shadow", "/etc/gshadow", "/etc/shadow-", "/etc/gshadow-", "/etc/sudoers",
+                "/etc/security/opasswd")
+HIDDEN_DIRS = ("/etc/ssl/private", "/etc/sudoers.d", "/etc/ssh", "/etc/dagrun")
+
+
+@functools.cache
+def bwrap() -> str | None:
+    return shutil.which("bwrap")
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    name: str
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+    home: str
+
+    @classmethod
+    def lookup(cls, name: str) -> "User":
+        try:
+            entry = pwd.getpwnam(name)
+        except KeyError:
+            raise PermanentError(f"the workspace user {name!r} does not exist: create it first (create_linux_user), "
+                                 "or run the step as root (run_as: root)") from None
+        groups = tuple(sorted({g.gr_gid for g in grp.getgrall() if name in g.gr_mem} | {entry.pw_gid}))
+        return cls(name, entry.pw_uid, entry.pw_gid, groups, entry.pw_dir)
+
+
+@dataclass(frozen=True, slots=True)
+class Isolation:
+    """How one step's commands run. The default runs them as dagrun does."""
+
+    user: User | None = None
+    sandbox: bool = False
+    network: bool = True
+    limits: Limits | None = None
+    home: str | None = None
+    readable: tuple[str, ...] = field(default=())  # extra paths a sandbox may read (the Python worker's)
+    pids_cgroup: bool = False  # the process tree limits the number of processes
+
+    @property
+    def restricted(self) -> bool:
+        return self.user is not None or self.sandbox or self.limits is not None
+
+    def environment(self, env: dict[str, str]) -> dict[str, str]:
+        """A command's environment as the workspace user: their names."""
+        if self.user is None:
+            return env
+        return {**env, "USER": self.user.name, "LOGNAME": self.user.name}
+
+    def wrap(self, argv: list[str]) -> list[str]:
+        """The command line that runs ``argv`` under this isolation."""
+        prefix: list[str] = []
+        if self.user is not None:
+            prefix += ["setpriv", f"--reuid={self.user.uid}", f"--regid={self.user.gid}",
+                       "--groups=" + ",".join(map(str, self.user.groups)), "--inh-caps=-all", "--"]
+        limits = self.limits
+        if limits is not None:
+            rl = ["prlimit"]
+            if limits.memory_mb:
+                rl.append(f"--as={limits.memory_mb * 1024 * 1024}")
+            if limits.file_size_mb:
+                rl.append(f"--fsize={limits.file_size_mb * 1024 * 1024}")
+            if limits.open_files:
+                rl.append(f"--nofile={limits.open_files}")
+            if limits.processes and self.user is not None and not self.pids_cgroup:
+                rl.append(f"--nproc={limits.processes}")  # counts per user: the fallback of a pids cgroup
+            if len(rl) > 1:
+                prefix += [*rl, "--"]
+        if self.sandbox:
+            prefix += self._bwrap()
+        return prefix + argv
+
+    def _bwrap(self) -> list[str]:
+        program = bwrap()
+        if program is None:
+            raise PermanentError("this step runs in a sandbox, but bubblewrap (bwrap) is not installed: "
+                                 "apt-get install bubblewrap, or run it with sandbox: false / --no-sandbox")
+        args = [program, "--die-with-parent", "--new-session", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
+                "--unshare-cgroup-try"]
+        if not self.network:
+            args.append("--unshare-net")
+        for top in ("/usr", "/etc", "/opt", "/var/lib"):
+            if os.path.isdir(top):
+                args += ["--ro-bind", top, top]
+        for link in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
+            if os.path.islink(link):
+                args += ["--symlink", os.readlink(link), link]
+            elif os.path.isdir(link):
+                args += ["--ro-bind", link, link]
+        for path in HIDDEN_FILES:
+            if os.path.exists(path):
+                args += ["--ro-bind", "/dev/null", path]
+        for path in HIDDEN_DIRS:
+            if os.path.isdir(path):
+                args += ["--tmpfs", path]
+        for path in self.readable:
+            if os.path.exists(path):
+                args += ["--ro-bind", path, path]
+        args += ["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp", "--tmpfs", "/run"]
+        if self.home:
+            args += ["--bind", self.home, self.home]
+        if self.user is None and os.geteuid() == 0:
+            args += ["--cap-drop", "ALL"]
+        return [*args, "--"]
+
+
+def python_paths() -> tuple[str, ...]:
+    """What a sandboxed Python worker must be able to read: the interpreter
+    and the folders its modules come from."""
+    paths = {sys.prefix, sys.base_prefix, os.path.dirname(os.path.realpath(sys.executable))}
+    paths |= {p for p in sys.path if p and os.path.isdir(p)}
+    return tuple(sorted(p for p in paths if not any(p.startswith(q + os.sep) for q in paths if q != p)))
+
+
+def sandbox_available() -> bool:
+    return bwrap() is not None
+
+
+def home_owner(home: str | None, user: User | None) -> tuple[int, int] | None:
+    """Who files written for the step should belong to."""
+    if user is not None:
+        return (user.uid, user.gid)
+    return None
+
+
+def ensure_home(home: str, user: User | None) -> None:
+    """Create the workspace home if it is missing, owned by the user whose
+    steps use it (so their steps can write in it)."""
+    path = Path(home)
+    if path.is_dir():
+        return
+    path.mkdir(mode=0o755 if user is None else 0o750, parents=True)
+    if user is not None and os.geteuid() == 0:
+        os.chown(path, user.uid, user.gid)
