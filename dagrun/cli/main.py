@@ -84,13 +84,21 @@ def _run_with_progress(args: argparse.Namespace, start: Any, url: str, home: str
     holder: dict[str, Any] = {}
 
     def on_signal(signum: int, _frame: Any) -> None:
+        reason = "interrupted" if signum == signal.SIGINT else "terminated"
         runner = holder.get("runner")
-        if runner is not None:
-            runner.cancel("interrupted" if signum == signal.SIGINT else "terminated")
+        if runner is None:  # not running yet (compiling, claiming): cancel it as soon as it exists
+            holder["cancel"] = reason
+        else:
+            runner.cancel(reason)
+
+    def hook(runner: Any) -> None:
+        holder["runner"] = runner
+        if "cancel" in holder:
+            runner.cancel(holder["cancel"])
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        result = start(observers=[Progress(console)], runner_hook=lambda r: holder.update(runner=r))
+        result = start(observers=[Progress(console)], runner_hook=hook)
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
@@ -168,7 +176,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
             "order": [{"id": s, "sequence_order": plan.steps[s].sequence_order, "action": plan.steps[s].action.name,
                        "phase": plan.steps[s].phase.name, "requires": list(plan.predecessors[s]),
                        "requires_network": plan.steps[s].action.requires_network,
-                       "requires_sudo": plan.steps[s].action.requires_sudo} for s in plan.order],
+                       "requires_sudo": plan.steps[s].action.requires_sudo,
+                       "run_as": plan.steps[s].run_as, "sandbox": plan.steps[s].sandbox,
+                       "limits": None if plan.steps[s].action.limits is None
+                       else {k: v for k, v in vars_of(plan.steps[s].action.limits).items() if v is not None}}
+                      for s in plan.order],
         }, indent=2))
         return 0
     print(f"{plan.name} {plan.version}: {len(plan.order)} steps in {len(lv)} levels "
@@ -177,8 +189,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
         print(f"level {i}:")
         for sid in level:
             step = plan.steps[sid]
-            flags = [f for f, on in (("network", step.action.requires_network), ("sudo", step.action.requires_sudo))
-                     if on]
+            flags = [f for f, on in (("network", step.action.requires_network), ("sudo", step.action.requires_sudo),
+                                     ("as root", step.run_as == "root" and not step.action.requires_sudo),
+                                     ("sandbox" + ("" if step.action.requires_network else ", no network"),
+                                      step.sandbox), ("limits", step.action.limits is not None)) if on]
             after = f" after {', '.join(plan.predecessors[sid])}" if plan.predecessors[sid] else ""
             cond = f" if {step.condition.source}" if step.condition else ""
             extra = f" [{', '.join(flags)}]" if flags else ""
@@ -194,6 +208,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
     print(f"estimated duration with {workers} workers: ~{estimate:g} s "
           f"(sequential: ~{sum(plan.steps[s].estimated_duration_seconds for s in plan.order):g} s)")
     return 0
+
+
+def vars_of(limits: Any) -> dict[str, Any]:
+    from dataclasses import asdict
+    return asdict(limits)
 
 
 def cmd_graph(args: argparse.Namespace) -> int:

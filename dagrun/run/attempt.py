@@ -44,6 +44,7 @@ class AttemptJob:
     home: str | None
     sudo: tuple[str, ...] = ()  # prefix for privileged commands ("sudo", "-n") when not root
     user: str | None = None  # run the step's processes as this Linux user
+    workspace_user: str | None = None  # the workspace's user steps run as (even when this one is root's)
     sandbox: bool = False
     run_id: str | None = None
 
@@ -94,7 +95,9 @@ def isolation_for(job: AttemptJob) -> Isolation:
     created by an earlier step of the run."""
     action = job.step.action
     user = User.lookup(job.user) if job.user else None
-    if job.home and (user is not None or not os.path.exists(job.home)):
+    # The home is made for the steps that work in it: the workspace user's (the user's
+    # own home is made by create_linux_user, which a root step before it must not pre-empt).
+    if job.home and not os.path.exists(job.home) and (user is not None or not job.workspace_user):
         ensure_home(job.home, user)
     return Isolation(user=user, sandbox=job.sandbox, network=action.requires_network, limits=action.limits,
                      home=job.home)

@@ -83,10 +83,12 @@ class Isolation:
         return self.user is not None or self.sandbox or self.limits is not None
 
     def environment(self, env: dict[str, str]) -> dict[str, str]:
-        """A command's environment as the workspace user: their names."""
+        """A command's environment as the workspace user: their names, and a
+        PATH of the folders they can reach (dagrun's own may be private)."""
         if self.user is None:
             return env
-        return {**env, "USER": self.user.name, "LOGNAME": self.user.name}
+        path = ":".join(p for p in env.get("PATH", STANDARD_PATH).split(":") if p and reachable(p, self.user))
+        return {**env, "USER": self.user.name, "LOGNAME": self.user.name, "PATH": path or STANDARD_PATH}
 
     def wrap(self, argv: list[str]) -> list[str]:
         """The command line that runs ``argv`` under this isolation."""
@@ -143,6 +145,28 @@ class Isolation:
         if self.user is None and os.geteuid() == 0:
             args += ["--cap-drop", "ALL"]
         return [*args, "--"]
+
+
+def reachable(path: str, user: User) -> bool:
+    """Can ``user`` traverse every folder down to ``path``?"""
+    current = os.path.abspath(path)
+    while True:
+        try:
+            info = os.stat(current)
+        except OSError:
+            return False
+        if info.st_uid == user.uid:
+            allowed = info.st_mode & 0o100
+        elif info.st_gid in user.groups:
+            allowed = info.st_mode & 0o010
+        else:
+            allowed = info.st_mode & 0o001
+        if not allowed:
+            return False
+        parent = os.path.dirname(current)
+        if parent == current:
+            return True
+        current = parent
 
 
 def python_paths() -> tuple[str, ...]:

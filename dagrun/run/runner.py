@@ -46,6 +46,9 @@ DEFAULT_MAX_WORKERS = 8
 # Shell steps kill themselves at their timeout; this backstop catches
 # handlers that cannot be killed (Python code), which are then abandoned.
 DEADLINE_GRACE_SECONDS = 5.0
+# After a cancel, a handler that did not stop (Python code ignoring its
+# cancel token) is abandoned after this long, not after its full timeout.
+CANCEL_GRACE_SECONDS = 2.0
 _WAKE = object()
 _NO_STEPS: Mapping[str, Any] = {}
 
@@ -176,6 +179,11 @@ class Runner:
             if self._cancel_reason is not None and state.halted is None:
                 for sid in state.halt(self._cancel_reason):
                     self._finish(sid, StepStatus.cancelled, self._cancel_reason)
+                grace = now + CANCEL_GRACE_SECONDS  # running handlers get a short grace, then are abandoned
+                for key, deadline in list(self._inflight.items()):
+                    if deadline > grace:
+                        self._inflight[key] = grace
+                        heapq.heappush(self._deadlines, (grace, key))
             for sid, attempt in state.start(now):
                 self._submit(executor, sid, attempt, now)
             if state.finished:
@@ -197,8 +205,8 @@ class Runner:
     def _timeout(self, now: float) -> float | None:
         wake = self.state.next_wakeup()
         deadlines = self._deadlines
-        while deadlines and deadlines[0][1] not in self._inflight:
-            heapq.heappop(deadlines)  # lazily drop deadlines of finished attempts
+        while deadlines and self._inflight.get(deadlines[0][1]) != deadlines[0][0]:
+            heapq.heappop(deadlines)  # lazily drop deadlines of finished (or re-dated) attempts
         if deadlines:
             wake = deadlines[0][0] if wake is None else min(wake, deadlines[0][0])
         return None if wake is None else max(0.0, wake - now)
@@ -209,7 +217,7 @@ class Runner:
             step = self.plan.steps[sid]
             job = self._jobs[sid] = AttemptJob(
                 step, self.workspace, self.variables, self.env, self.home, self.sudo,
-                user=self.user if step.run_as == "workspace" else None,
+                user=self.user if step.run_as == "workspace" else None, workspace_user=self.user,
                 sandbox=step.sandbox and self.sandbox, run_id=self.run_id)
         return job
 
@@ -246,10 +254,15 @@ class Runner:
 
     def _expire(self, now: float) -> None:
         while self._deadlines and self._deadlines[0][0] <= now:
-            _, key = heapq.heappop(self._deadlines)
-            if self._inflight.pop(key, None) is None:
-                continue
+            deadline, key = heapq.heappop(self._deadlines)
+            if self._inflight.get(key) != deadline:
+                continue  # finished, or re-dated
+            del self._inflight[key]
             self._abandoned += 1
+            if self._cancel_reason is not None:
+                self._apply(Outcome(key[0], key[1], StepStatus.cancelled, started_at=time.time(),
+                                    error=f"{self._cancel_reason} (the handler did not stop; abandoned)"))
+                continue
             timeout = self.plan.steps[key[0]].timeout_seconds
             self._apply(Outcome(key[0], key[1], StepStatus.failed, started_at=time.time(), duration=timeout,
                                 error=f"timed out after {timeout:g} s (handler did not stop; abandoned)",

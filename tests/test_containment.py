@@ -1,0 +1,389 @@
+"""Steps reach only what they own: run as the workspace user, paths kept in
+the home, no symlink followed, rollback of exactly what a step made, a
+bubblewrap sandbox for user-defined actions, limits, and process trees that
+end with their step.
+
+These run as root (CI does): a real throwaway user is made with useradd and
+removed afterwards; the sandbox is Debian's bubblewrap.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dagrun import InputError, TemplateError, compile_template, run_template
+from dagrun.run.outcome import StepStatus
+from tests.helpers import action, pid_alive, script_step, shell_action, step, template
+
+root_only = pytest.mark.skipif(os.geteuid() != 0 and not os.environ.get("CI"),
+                               reason="running steps as another user needs root (CI runs as root)")
+
+
+@pytest.fixture
+def user():
+    """A real throwaway Linux user with a home, removed after the test."""
+    if os.geteuid() != 0:
+        pytest.fail("this test needs root") if os.environ.get("CI") else pytest.skip("needs root")
+    name = f"dgt{uuid.uuid4().hex[:8]}"
+    subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", name], check=True)
+    entry = pwd.getpwnam(name)
+    yield entry
+    subprocess.run(["pkill", "-KILL", "-u", name], capture_output=True)
+    subprocess.run(["userdel", "--remove", name], capture_output=True)
+
+
+@pytest.fixture
+def shared(tmp_path):
+    """A folder other users can read (pytest's own tmp is private to root)."""
+    path = Path(tempfile.mkdtemp(prefix="dagrun-shared-", dir="/tmp"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def bare_repo(where: Path, owner: pwd.struct_passwd | None = None) -> str:
+    """A local bare repository (owned by ``owner``: git refuses a repository
+    another user owns, "dubious ownership")."""
+    work = where / "src"
+    work.mkdir()
+    env = {**os.environ, "GIT_CONFIG_GLOBAL": "/dev/null"}
+    for command in (["git", "init", "-q", "-b", "main"], ["git", "-c", "user.name=t", "-c", "user.email=t@t",
+                                                          "commit", "-q", "--allow-empty", "-m", "x"]):
+        subprocess.run(command, cwd=work, check=True, env=env)
+    subprocess.run(["git", "clone", "-q", "--bare", str(work), str(where / "repo.git")], check=True, env=env)
+    for path in where.rglob("*"):
+        path.chmod(path.stat().st_mode | 0o755 if path.is_dir() else path.stat().st_mode | 0o644)
+        if owner is not None:
+            os.chown(path, owner.pw_uid, owner.pw_gid)
+    return str(where / "repo.git")
+
+
+# -- run as the workspace user -------------------------------------------------------
+
+@root_only
+def test_steps_run_as_the_workspace_user_and_own_what_they_make(user, shared):
+    doc = template(
+        script_step(10, "id -u > ~/uid; id -G > ~/groups; echo $HOME $USER", id="who"),
+        step(20, "write_file", id="file", action_config={"target_path": "~/sub/f.txt", "content": "x"}),
+        step(30, "create_python_venv", id="venv", action_config={"venv_path": "~/venv", "with_pip": False}),
+        step(40, "clone_git_repository", id="clone", action_config={"url": bare_repo(shared, user),
+                                                                     "target_dir": "~/repo"}),
+        script_step(50, "id -u", id="as_root", run_as="root"))
+    ws = {"id": "u", "linux_username": user.pw_name}
+    result = run_template(doc, ws, record=False)
+    assert result.success, result.error
+    home = Path(user.pw_dir)
+    assert (home / "uid").read_text() == f"{user.pw_uid}\n"
+    assert result.steps["who"].stdout == f"{home} {user.pw_name}\n"  # the home is the user's
+    for made in ("uid", "sub", "sub/f.txt", "venv", "venv/bin/python", "repo", "repo/.git/HEAD"):
+        assert (home / made).lstat().st_uid == user.pw_uid, made
+    assert result.steps["as_root"].stdout == "0\n"  # run_as: root opts out, and says so in the plan
+    plan = compile_template(doc)
+    assert plan.steps["as_root"].run_as == "root" and plan.steps["who"].run_as == "workspace"
+
+
+@root_only
+def test_a_missing_workspace_user_is_named(tmp_path):
+    result = run_template(template(script_step(10, "true", id="s")),
+                          {"id": "u", "linux_username": "nobody_here_x", "home_dir": str(tmp_path / "h")}, record=False)
+    assert result.steps["s"].attempts == 1
+    assert result.steps["s"].error.startswith("the workspace user 'nobody_here_x' does not exist: create it first")
+
+
+@root_only
+def test_a_template_creates_its_user_then_works_as_it(shared):
+    name = f"dgt{uuid.uuid4().hex[:8]}"
+    try:
+        doc = template(step(10, "create_linux_user", id="user", phase="pre_setup",
+                            action_config={"username": name, "ssh_public_key": "ssh-ed25519 AAAAC3Nz me@host"}),
+                       script_step(20, "id -un > ~/me", id="me"))
+        result = run_template(doc, {"id": "w", "linux_username": name}, record=False)
+        assert result.success, result.error
+        entry = pwd.getpwnam(name)
+        assert Path(entry.pw_dir, "me").read_text() == f"{name}\n"
+        keys = Path(entry.pw_dir, ".ssh", "authorized_keys")
+        assert keys.read_text() == "ssh-ed25519 AAAAC3Nz me@host\n"
+        assert stat.S_IMODE(keys.stat().st_mode) == 0o600 and keys.stat().st_uid == entry.pw_uid
+        assert stat.S_IMODE(keys.parent.stat().st_mode) == 0o700
+    finally:
+        subprocess.run(["userdel", "--remove", name], capture_output=True)
+
+
+# -- privileged tools and workspace configuration ------------------------------------
+
+@root_only
+@pytest.mark.parametrize("as_user", [True, False])
+def test_a_workspace_gitconfig_hook_never_runs(as_user, user, shared):
+    """~/.gitconfig of the workspace points hooks at its own script: git never runs it
+    (hooks are off for clones), and as root it does not even read that file."""
+    home = Path(user.pw_dir)
+    hooks = home / "hooks"
+    hooks.mkdir()
+    marker = shared / "hook-ran"
+    (hooks / "post-checkout").write_text(f"#!/bin/sh\nid -u >> {marker}\n")
+    (hooks / "post-checkout").chmod(0o755)
+    (home / ".gitconfig").write_text(f"[core]\n\thooksPath = {hooks}\n")
+    ws = {"id": "g", "home_dir": str(home), **({"linux_username": user.pw_name} if as_user else {})}
+    doc = template(step(10, "clone_git_repository", id="c", action_config={
+        "url": bare_repo(shared, user if as_user else None), "target_dir": "~/r"}))
+    result = run_template(doc, ws, record=False)
+    assert result.success, result.error
+    assert not marker.exists()
+
+
+@root_only
+def test_a_quote_and_command_substitution_in_the_home_and_key_path_run_nothing(shared):
+    home = shared / "it's $(touch MARK) `touch MARK2`"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "id_ed25519").write_text("not a real key\n")
+    doc = template(step(10, "clone_git_repository", id="c", max_retries=1, action_config={
+        "url": "ssh://git@127.0.0.1:1/repo.git", "private": True, "target_dir": "~/r"}))
+    result = run_template(doc, {"id": "k", "home_dir": str(home), "ssh_public_key": "ssh-ed25519 AAAA x"},
+                          record=False)
+    assert result.steps["c"].status is StepStatus.failed  # nothing listens there; what matters is below
+    assert not any(p.name.startswith("MARK") for p in shared.rglob("*"))
+    assert not Path("MARK").exists()
+
+
+# -- paths -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("target", ["~/../escape.txt", "/tmp/dagrun-escape-{}.txt", "~/.vscode/settings.json"])
+def test_file_actions_never_write_outside_the_home(target, tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (home / ".vscode").symlink_to(elsewhere)  # a planted symlinked folder
+    target = target.format(uuid.uuid4().hex)
+    for doc in (template(step(10, "write_file", id="w", action_config={"target_path": target, "content": "x"})),
+                template(step(10, "create_vscode_settings", id="w", action_config={"settings": {"a": 1},
+                                                                                  "target_path": target}))):
+        result = run_template(doc, {"id": "p", "home_dir": str(home)}, record=False)
+        assert result.steps["w"].status is StepStatus.failed
+        assert "outside the workspace home" in result.steps["w"].error
+        assert result.steps["w"].attempts == 1
+    assert list(elsewhere.iterdir()) == [] and not (tmp_path / "escape.txt").exists()
+    assert not Path(target).exists() or target.startswith("~")
+
+
+def test_a_symlinked_file_is_not_written_through(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    (home / "settings.json").symlink_to(victim)
+    doc = template(step(10, "write_file", id="w", action_config={"target_path": "~/settings.json", "content": "x"}))
+    result = run_template(doc, {"id": "p", "home_dir": str(home)}, record=False)
+    assert result.steps["w"].status is StepStatus.failed
+    assert victim.read_text() == "precious"
+
+
+def test_workspace_ids_become_paths_only_through_a_slug(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    monkeypatch.setenv("HOME", str(tmp_path / "caller-home"))
+    doc = template(script_step(10, "pwd", id="s"))
+    for ws_id in ("../../x", "/root", "a/b"):
+        result = run_template(doc, {"id": ws_id}, record=False)
+        home = Path(result.steps["s"].stdout.strip())
+        assert home.parent == tmp_path / "data" / "dagrun" / "workspaces", home
+        assert "/" not in home.name and ".." not in home.name
+    with pytest.raises(InputError, match="home_dir must be an absolute path"):
+        run_template(doc, {"id": "x", "home_dir": "relative/home"}, record=False)
+    assert not (tmp_path / "caller-home").exists()  # never the caller's own home
+
+
+# -- create_linux_user ----------------------------------------------------------------
+
+@root_only
+def test_create_linux_user_refuses_system_accounts_existing_users_and_homes(user, tmp_path):
+    for config, message in (({"username": "root"}, "root is a system account"),
+                            ({"username": "daemon"}, "daemon is a system account"),
+                            ({"username": user.pw_name}, f"user {user.pw_name} already exists and this step did not "
+                                                         "create it")):
+        result = run_template(template(step(10, "create_linux_user", id="u", action_config=config)),
+                              {"id": "x", "home_dir": str(tmp_path)}, record=False)
+        assert result.steps["u"].error.startswith(message), result.steps["u"].error
+        assert result.steps["u"].attempts == 1
+    # a home planted before the user exists is not taken over
+    name = f"dgt{uuid.uuid4().hex[:8]}"
+    planted = Path("/home") / name
+    root_dir = tmp_path / "root-owned"
+    root_dir.mkdir()
+    planted.mkdir()
+    (planted / ".ssh").symlink_to(root_dir)
+    try:
+        result = run_template(template(step(10, "create_linux_user", id="u", action_config={
+            "username": name, "ssh_public_key": "ssh-ed25519 AAAA x"})), {"id": "x", "home_dir": str(tmp_path)},
+            record=False)
+        assert result.steps["u"].error.startswith(f"/home/{name} already exists: a new user does not take over")
+        assert list(root_dir.iterdir()) == [] and root_dir.stat().st_uid == 0
+    finally:
+        shutil.rmtree(planted)
+        subprocess.run(["userdel", "--remove", name], capture_output=True)
+
+
+@root_only
+def test_adopting_a_user_never_follows_a_planted_ssh_symlink(user, tmp_path):
+    root_dir = tmp_path / "root-owned"
+    root_dir.mkdir()
+    (root_dir / "authorized_keys").write_text("root's keys\n")
+    (Path(user.pw_dir) / ".ssh").symlink_to(root_dir)
+    result = run_template(template(step(10, "create_linux_user", id="u", action_config={
+        "username": user.pw_name, "adopt_existing": True, "ssh_public_key": "ssh-ed25519 AAAA attacker"})),
+        {"id": "x", "home_dir": str(tmp_path)}, record=False)
+    assert result.steps["u"].status is StepStatus.failed
+    assert "outside the workspace home" in result.steps["u"].error  # it leads through the planted symlink
+    assert (root_dir / "authorized_keys").read_text() == "root's keys\n"
+    assert (root_dir / "authorized_keys").stat().st_uid == 0
+
+
+# -- rollback --------------------------------------------------------------------------
+
+FAIL = [action("fail", "tests.helpers:boom")]
+
+
+def test_rollback_never_removes_a_folder_or_files_that_were_there(tmp_path, shared):
+    home = tmp_path / "home"
+    (home / "venv").mkdir(parents=True)
+    (home / "venv" / "notes.txt").write_text("mine")
+    (home / "checkout").mkdir()  # an empty folder the clone fills
+    doc = template(step(10, "create_python_venv", id="venv", action_config={"venv_path": "~/venv", "with_pip": False}),
+                   step(20, "clone_git_repository", id="clone", action_config={"url": bare_repo(shared),
+                                                                                "target_dir": "~/checkout"}),
+                   step(30, "fail", id="boom", requires=["venv", "clone"]))
+    result = run_template(doc, {"id": "r", "home_dir": str(home)}, actions=FAIL, record=False, sandbox=False)
+    assert result.steps["venv"].status is StepStatus.rolled_back
+    assert result.steps["clone"].status is StepStatus.rolled_back
+    assert sorted(p.name for p in (home / "venv").iterdir()) == ["notes.txt"]  # only what the venv added is gone
+    assert (home / "checkout").is_dir() and list((home / "checkout").iterdir()) == []
+
+
+# -- the sandbox ---------------------------------------------------------------------
+
+PROBE = """
+if (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null; then echo net=yes; else echo net=no; fi
+if touch /etc/dagrun-sandbox-probe 2>/dev/null; then echo etc=writable; rm -f /etc/dagrun-sandbox-probe; else echo etc=read-only; fi
+if cat /etc/shadow >/dev/null 2>&1; then echo shadow=readable; else echo shadow=hidden; fi
+if ls /root >/dev/null 2>&1 && [ -n "$(ls -A /root 2>/dev/null)" ]; then echo root=visible; else echo root=hidden; fi
+touch ~/written && echo home=writable
+echo $$ > ~/pid
+"""
+
+
+@root_only
+@pytest.mark.parametrize("network", [False, True])
+def test_a_user_defined_action_runs_in_the_sandbox(network, tmp_path, pg_server):
+    home = tmp_path / "home"
+    home.mkdir()
+    acts = [shell_action("probe", PROBE, requires_network=network)]
+    result = run_template(template(step(10, "probe", id="p")), {"id": "s", "home_dir": str(home)}, actions=acts,
+                          record=False)
+    assert result.success, result.error
+    out = dict(line.split("=") for line in result.steps["p"].stdout.split())
+    assert out == {"net": "yes" if network else "no", "etc": "read-only", "shadow": "hidden", "root": "hidden",
+                   "home": "writable"}
+    assert (home / "pid").read_text() != "" and int((home / "pid").read_text()) < 10  # a PID namespace of its own
+    assert compile_template(template(step(10, "probe")), actions=acts).steps["probe"].sandbox
+
+
+@root_only
+def test_a_sandboxed_python_handler_runs_in_a_worker_process(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    acts = [action("pyprobe", "tests.helpers:describe_process")]
+    result = run_template(template(step(10, "pyprobe", id="p")), {"id": "s", "home_dir": str(home)}, actions=acts,
+                          record=False)
+    assert result.success, result.error
+    facts = result.steps["p"].result
+    assert facts["pid"] != os.getpid() and facts["etc_writable"] is False and facts["shadow_readable"] is False
+
+
+def test_the_library_is_not_sandboxed_and_execute_custom_script_opts_in(tmp_path):
+    plan = compile_template(template(script_step(10, "true", id="plain"), script_step(20, "true", id="boxed",
+                                                                                      sandbox=True)))
+    assert (plan.steps["plain"].sandbox, plan.steps["boxed"].sandbox) == (False, True)
+
+
+def test_without_bubblewrap_sandboxed_steps_are_refused_before_anything_runs(tmp_path, monkeypatch):
+    from dagrun.run import isolation
+    monkeypatch.setattr(isolation, "bwrap", lambda: None)
+    home = tmp_path / "home"
+    home.mkdir()
+    doc = template(script_step(10, "touch ~/ran", id="first"), step(20, "probe", id="p"))
+    with pytest.raises(InputError, match="steps p run in a sandbox, but bubblewrap \\(bwrap\\) is not installed"):
+        run_template(doc, {"id": "s", "home_dir": str(home)}, actions=[shell_action("probe", "true")], record=False)
+    assert not (home / "ran").exists()
+    result = run_template(doc, {"id": "s", "home_dir": str(home)}, actions=[shell_action("probe", "true")],
+                          record=False, sandbox=False)
+    assert result.success
+
+
+# -- limits ---------------------------------------------------------------------------
+
+@root_only
+@pytest.mark.parametrize("limits,script", [
+    ({"file_size_mb": 1}, "head -c 3000000 /dev/zero > ~/big"),
+    ({"processes": 5}, "for i in $(seq 20); do sleep 2 & done; wait"),
+    ({"memory_mb": 64}, "python3 -c 'x = bytearray(512 * 1024 * 1024)'"),
+])
+def test_limits_stop_a_step_that_goes_beyond_them(limits, script, tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    acts = [shell_action("greedy", script, limits=limits)]
+    result = run_template(template(step(10, "greedy", id="g")), {"id": "l", "home_dir": str(home)}, actions=acts,
+                          record=False)
+    assert result.steps["g"].status is StepStatus.failed, result.steps["g"].stdout
+
+
+@root_only
+def test_disk_use_is_checked_after_a_sandboxed_step(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    acts = [shell_action("filler", "head -c 3000000 /dev/urandom > ~/fill", disk_space_required_mb=1)]
+    result = run_template(template(step(10, "filler", id="f")), {"id": "d", "home_dir": str(home)}, actions=acts,
+                          record=False)
+    assert result.steps["f"].error.startswith("the step used 2 MB of the workspace home, more than the 1 MB")
+
+
+# -- processes ---------------------------------------------------------------------------
+
+def test_a_daemon_started_with_setsid_ends_with_its_step(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    pidfile = tmp_path / "daemon.pid"
+    doc = template(script_step(10, f"setsid sleep 300 > /dev/null 2>&1 < /dev/null &\necho $! > {pidfile}\n"
+                                   "setsid sleep 301 &\necho started", id="s", timeout_seconds=60))
+    result = run_template(doc, {"id": "p", "home_dir": str(home)}, record=False)
+    s = result.steps["s"]
+    assert (s.status, s.stdout, s.error) == (StepStatus.completed, "started\n", None)  # not "timed out"
+    assert not pid_alive(int(pidfile.read_text()))
+
+
+def test_ctrl_c_stops_a_sleeping_python_handler_at_once(tmp_path):
+    (tmp_path / "t.yaml").write_text(yaml.safe_dump(template(step(10, "sleep", id="nap", action_config={"seconds": 600}))))
+    env = {**os.environ, "XDG_DATA_HOME": str(tmp_path / "xdg")}
+    proc = subprocess.Popen([sys.executable, "-m", "dagrun", "run", "t.yaml"], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for _ in range(200):  # wait for the step to start
+        time.sleep(0.05)
+        db = tmp_path / "xdg" / "dagrun" / "dagrun.db"
+        if db.exists() and b"nap" in db.read_bytes() + (db.with_name("dagrun.db-wal").read_bytes()
+                                                        if db.with_name("dagrun.db-wal").exists() else b""):
+            break
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)  # a hang guard: without the cancel token this waits 600 s
+    assert proc.returncode == 130, out + err
+    assert "cancelled" in out
