@@ -1,11 +1,22 @@
 """The Python API: ``run_template``, ``resume``, ``compile_template``, ``plan``.
 
 ``run_template`` is what a provisioning service calls instead of its old
-``apply_workspace_template()``: it compiles (rejecting bad input before
-anything runs), claims the workspace in the store (one active run per
-workspace), runs, and returns a :class:`~dagrun.run.result.RunResult` once every
-record is committed. ``resume`` continues a failed, cancelled or
-interrupted run in the same run record.
+``apply_workspace_template()``. Every run goes through the same three
+stages, so that everything that can be refused is refused before anything
+runs:
+
+1. **prepare** (:func:`prepare` / :func:`prepare_resume`): compile the
+   template for the workspace (bad input raises), check sudo and the
+   sandbox, decide the workspace home, what a resume does not run again;
+2. **claim** (:func:`claim`): record the run as this process's in the store
+   (one active run per workspace: a conflict raises), ending what a dead
+   earlier run left running;
+3. **execute** (:func:`execute`): run, streaming records (write-ahead), and
+   return a :class:`~dagrun.run.result.RunResult` once every record is
+   committed.
+
+``resume`` continues a failed, cancelled or interrupted run in the same run
+record.
 """
 
 from __future__ import annotations
@@ -14,26 +25,38 @@ import json
 import os
 import uuid
 from concurrent.futures import Executor
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
-from sqlalchemy.exc import SQLAlchemyError
-
 from .compile import compile_template
-from .errors import InputError, RunConflictError
-from .run.events import Observer
 from .compile.loader import build_library
-from .run.logs import log_events
-from .run.outcome import StepStatus
-from .store.recorder import Recorder
-from .run.result import RunResult, StepResult
+from .errors import InputError, RunConflictError, StoreError
+from .run.events import Observer
 from .run.redact import Redactor
-from .run.runner import Runner, known_secrets
-from .store.runs import claim, is_alive, load_for_resume
-from .store.seeding import mark_applied, stored_templates
-from .spec import Plan
-from .store.engine import default_database_url, engine_for
-from .spec import MASK
+from .run.result import RunResult
+from .run.runner import Done, Runner, known_secrets
+from .spec import MASK, Plan
 from .workspace import normalize_workspace, stored_fields, with_home
+
+
+@dataclass
+class PreparedRun:
+    """A run that compiled and passed every check, not yet claimed."""
+
+    plan: Plan
+    workspace: Mapping[str, Any]
+    run_id: str
+    url: str | None  # None: not recorded
+    variables: Mapping[str, Any] = field(default_factory=dict)  # stored with the run
+    secrets: Mapping[str, Any] = field(default_factory=dict)  # never stored
+    max_workers: int | None = None
+    executor: Executor | None = None
+    sudo: tuple[str, ...] = ()
+    sandbox: bool = True
+    done: Mapping[str, Done] = field(default_factory=dict)  # a resume: steps not run again
+    attempts: Mapping[str, int] | None = None
+    fleet_id: str | None = None
+    resumed: bool = False
 
 
 def run_template(template: Any, workspace: Any, *, database_url: str | None = None,
@@ -46,34 +69,115 @@ def run_template(template: Any, workspace: Any, *, database_url: str | None = No
                  env_passthrough: Iterable[str] = (), sandbox: bool = True) -> RunResult:
     """Compile ``template`` and run it for ``workspace``.
 
-    ``template``: a path, the name of a template in ``seeds/``, a dict, or a
-    legacy monolithic config. ``workspace``: a mapping or object with at
-    least an ``id``. ``actions``: extra action definitions (dicts or files)
-    extending or overriding the standard library. ``on_event`` receives typed
-    events. ``record=False`` runs without a database. ``runner_hook``
-    receives the runner before it starts (to keep a handle for ``cancel()``).
-    ``allow_sudo`` lets actions marked ``requires_sudo`` run through
-    ``sudo -n`` when not running as root; otherwise such a template is
-    refused before anything runs. ``secrets`` are variables (``vars.x``)
-    whose values are masked in results, events, records and logs, and are
-    not stored with the run (pass them again to ``resume``). Steps see only
-    PATH, LANG, LC_*, TZ and TERM of the caller's environment, plus the names
-    the template declares in ``global_config.env_passthrough`` and those in
-    ``env_passthrough``. Raises RunConflictError when the workspace already
-    has an active run.
+    ``template``: a path, the name of a template in ``seeds/`` or stored with
+    ``dagrun seed``, a dict, or a legacy monolithic config. ``workspace``: a
+    mapping or object with at least an ``id``. ``actions``: extra action
+    definitions (dicts or files) extending or overriding the standard
+    library. ``on_event`` receives typed events. ``record=False`` runs
+    without a database. ``runner_hook`` receives the runner before it starts
+    (to keep a handle for ``cancel()``). ``allow_sudo`` lets actions marked
+    ``requires_sudo`` run through ``sudo -n`` when not running as root;
+    otherwise such a template is refused before anything runs. ``secrets``
+    are variables (``vars.x``) whose values are masked in results, events,
+    records and logs, and are not stored with the run (pass them again to
+    ``resume``). Steps see only PATH, LANG, LC_*, TZ and TERM of the
+    caller's environment, plus the names the template declares in
+    ``global_config.env_passthrough`` and those in ``env_passthrough``.
+    ``sandbox=False`` runs user-defined actions without bubblewrap. Raises
+    RunConflictError when the workspace already has an active run.
     """
+    prepared = prepare(template, workspace, database_url=database_url, max_workers=max_workers,
+                       variables=variables, actions=actions, executor=executor, record=record, run_id=run_id,
+                       templates=templates, allow_sudo=allow_sudo, secrets=secrets,
+                       env_passthrough=env_passthrough, sandbox=sandbox)
+    claim(prepared)
+    return execute(prepared, observers=observers, on_event=on_event, runner_hook=runner_hook)
+
+
+def resume(run_id: str, *, database_url: str | None = None, from_step: str | None = None,
+           max_workers: int | None = None, actions: Iterable[Any] | None = None,
+           on_event: Callable[[Any], None] | None = None, executor: Executor | None = None,
+           observers: Iterable[Observer] = (), runner_hook: Callable[[Runner], None] | None = None,
+           allow_sudo: bool = False, secrets: Mapping[str, Any] | None = None, sandbox: bool = True) -> RunResult:
+    """Continue a run from its snapshot, in the same run record.
+
+    Completed steps (and steps skipped by their condition) are not run
+    again; failed, cancelled, interrupted, rolled-back, skipped-because-
+    upstream-failed and never-started steps are, with attempt numbers
+    continuing. ``from_step`` also re-runs that step and everything
+    downstream of it. A run whose process died is detected (stale heartbeat)
+    and what it left running is ended before the resume starts.
+    """
+    prepared = prepare_resume(run_id, database_url=database_url, from_step=from_step, max_workers=max_workers,
+                              actions=actions, executor=executor, allow_sudo=allow_sudo, secrets=secrets,
+                              sandbox=sandbox)
+    claim(prepared)
+    return execute(prepared, observers=observers, on_event=on_event, runner_hook=runner_hook)
+
+
+# -- 1. prepare ---------------------------------------------------------------------
+
+def prepare(template: Any, workspace: Any, *, database_url: str | None = None, max_workers: int | None = None,
+            variables: Mapping[str, Any] | None = None, actions: Iterable[Any] | None = None,
+            executor: Executor | None = None, record: bool = True, run_id: str | None = None,
+            templates: Iterable[Mapping[str, Any]] = (), allow_sudo: bool = False,
+            secrets: Mapping[str, Any] | None = None, env_passthrough: Iterable[str] = (),
+            sandbox: bool = True, fleet_id: str | None = None) -> PreparedRun:
+    """Compile and check a new run; raises on bad input, runs nothing."""
     _check_workers(max_workers)
     url = (database_url or default_database_url()) if record else None
     templates = list(templates)
     if url and isinstance(template, str) and not os.path.exists(template):
+        from .store.seeding import stored_templates
         templates += stored_templates(url)  # a template stored with `dagrun seed` runs by name
     plan, ws = compile_for(template, workspace, actions=actions, variables=variables, secrets=secrets,
                            templates=templates, env_passthrough=env_passthrough)
-    return _execute(plan, ws, run_id=run_id or str(uuid.uuid4()), variables=variables, secrets=secrets,
-                    sandbox=sandbox,
-                    max_workers=max_workers,
-                    url=url, executor=executor,
-                    observers=observers, on_event=on_event, runner_hook=runner_hook, allow_sudo=allow_sudo)
+    check_sandbox(plan, sandbox)
+    return PreparedRun(plan=plan, workspace=ws, run_id=run_id or str(uuid.uuid4()), url=url,
+                       variables=dict(variables or {}), secrets=dict(secrets or {}), max_workers=max_workers,
+                       executor=executor, sudo=sudo_prefix(plan, allow_sudo), sandbox=sandbox, fleet_id=fleet_id)
+
+
+def prepare_resume(run_id: str, *, database_url: str | None = None, from_step: str | None = None,
+                   max_workers: int | None = None, actions: Iterable[Any] | None = None,
+                   executor: Executor | None = None, allow_sudo: bool = False,
+                   secrets: Mapping[str, Any] | None = None, sandbox: bool = True) -> PreparedRun:
+    """Compile and check the resume of a recorded run; raises on bad input."""
+    from .store.engine import store_errors, writable
+    from .store.runs import done_steps, is_alive, load_for_resume
+    _check_workers(max_workers)
+    url = database_url or default_database_url()
+    engine = writable(url)
+    with store_errors(url, "cannot read"):
+        run, rows = load_for_resume(engine, run_id)
+    if is_alive(run):
+        raise RunConflictError(f"run {run.id} is still running (owner {run.owner})")
+    if run.workspace is None:
+        raise InputError(f"run {run.id} was recorded without its workspace: it cannot be resumed")
+    secrets = dict(secrets or {})
+    missing = [name for name in run.secret_names or () if name not in secrets]
+    if missing:
+        raise InputError(f"run {run.id} was started with secrets that are not stored: {', '.join(missing)}; "
+                         "give them again (secrets=..., dagrun resume --secret NAME=ENV_VAR)")
+    given_fields = {k.split(".", 1)[1]: v for k, v in secrets.items() if k.startswith("workspace.")}
+    ws = with_home(normalize_workspace({**(run.workspace or {}), **given_fields}))
+    step_secrets = {k: v for k, v in secrets.items() if "." in k and not k.startswith("workspace.")}
+    secret_vars = {k: v for k, v in secrets.items() if "." not in k}
+    plan = compile_template(with_secret_literals(run.template_snapshot, step_secrets), actions=actions,
+                            workspace=ws, variables={**(run.variables or {}), **secret_vars})
+    again: set[str] = set()
+    if from_step is not None:
+        if from_step not in plan.steps:
+            raise InputError(f"run {run.id} has no step {from_step!r} (steps: {', '.join(plan.order)})")
+        again = {from_step, *plan.descendants(from_step)}
+    elif run.status == "succeeded":
+        raise InputError(f"run {run.id} already succeeded: use from_step (--from STEP) to run steps again")
+    check_sandbox(plan, sandbox)
+    done, numbers = done_steps(rows, plan.order, again)
+    return PreparedRun(plan=plan, workspace=ws, run_id=run.id, url=url, variables=dict(run.variables or {}),
+                       secrets=secrets, max_workers=max_workers or run.max_workers, executor=executor,
+                       sudo=sudo_prefix(plan, allow_sudo), sandbox=sandbox, done=done, attempts=numbers,
+                       fleet_id=run.fleet_id, resumed=True)
 
 
 def compile_for(template: Any, workspace: Any, *, actions: Iterable[Any] | None = None,
@@ -102,72 +206,97 @@ def compile_for(template: Any, workspace: Any, *, actions: Iterable[Any] | None 
     return plan, ws
 
 
-def resume(run_id: str, *, database_url: str | None = None, from_step: str | None = None,
-           max_workers: int | None = None, actions: Iterable[Any] | None = None,
-           on_event: Callable[[Any], None] | None = None, executor: Executor | None = None,
-           observers: Iterable[Observer] = (), runner_hook: Callable[[Runner], None] | None = None,
-           allow_sudo: bool = False, secrets: Mapping[str, Any] | None = None, sandbox: bool = True) -> RunResult:
-    """Continue a run from its snapshot, in the same run record.
+def check_sandbox(plan: Plan, sandbox: bool) -> None:
+    """Sandboxed steps need bubblewrap: refused before anything runs without it."""
+    from .run.isolation import sandbox_available
+    needing = [sid for sid in plan.order if plan.steps[sid].sandbox]
+    if sandbox and needing and not sandbox_available():
+        raise InputError(f"steps {', '.join(needing)} run in a sandbox, but bubblewrap (bwrap) is not installed: "
+                         "apt-get install bubblewrap, or run without the sandbox (sandbox=False, --no-sandbox)")
 
-    Completed steps (and steps skipped by their condition) are not run
-    again; failed, cancelled, interrupted, rolled-back, skipped-because-
-    upstream-failed and never-started steps are, with attempt numbers
-    continuing. ``from_step`` also re-runs that step and everything
-    downstream of it.
-    """
-    _check_workers(max_workers)
-    url = database_url or default_database_url()
-    engine = engine_for(url)
-    run, attempts = load_for_resume(engine, run_id)
-    if is_alive(run):
-        raise RunConflictError(f"run {run.id} is still running (owner {run.owner})")
-    if run.workspace is None:
-        raise InputError(f"run {run.id} was recorded without its workspace: it cannot be resumed")
-    secrets = dict(secrets or {})
-    missing = [name for name in run.secret_names or () if name not in secrets]
-    if missing:
-        raise InputError(f"run {run.id} was started with secrets that are not stored: {', '.join(missing)}; "
-                         "give them again (secrets=..., dagrun resume --secret NAME=ENV_VAR)")
-    given_fields = {k.split(".", 1)[1]: v for k, v in secrets.items() if k.startswith("workspace.")}
-    secrets = {k: v for k, v in secrets.items() if not k.startswith("workspace.")}
-    ws = with_home(normalize_workspace({**(run.workspace or {}), **given_fields}))
-    snapshot = with_secret_literals(run.template_snapshot, secrets)
-    step_secrets = {k: v for k, v in secrets.items() if "." in k}
-    secrets = {k: v for k, v in secrets.items() if "." not in k}
-    plan = compile_template(snapshot, actions=actions, workspace=ws,
-                            variables={**(run.variables or {}), **secrets})
-    again: set[str] = set()
-    if from_step is not None:
-        if from_step not in plan.steps:
-            raise InputError(f"run {run.id} has no step {from_step!r} (steps: {', '.join(plan.order)})")
-        again = {from_step, *plan.descendants(from_step)}
-    elif run.status == "succeeded":
-        raise InputError(f"run {run.id} already succeeded: use from_step (--from STEP) to run steps again")
-    previous: dict[str, StepResult] = {}
-    numbers: dict[str, int] = {}
-    for sid in plan.order:
-        rows = attempts.get(sid, [])
-        numbers[sid] = max((r.attempt_number for r in rows), default=0)
-        last = rows[-1] if rows else None
-        # A condition skip (attempt >= 1) stands; an "upstream failed" skip (attempt 0) is retried.
-        satisfied = last is not None and (last.status == "completed"
-                                          or (last.status == "skipped" and last.attempt_number > 0))
-        if satisfied and sid not in again:
-            step = plan.steps[sid]
-            previous[sid] = StepResult(
-                step_id=sid, sequence_order=step.sequence_order, action_name=step.action.name,
-                display_name=step.display_name, status=StepStatus(last.status), attempts=numbers[sid],
-                duration_seconds=sum(r.duration_seconds or 0.0 for r in rows), result=dict(last.result_data or {}),
-                skip_reason=last.error_message if last.status == "skipped" else None, exit_code=last.exit_code)
-    return _execute(plan, ws, run_id=run.id, variables=run.variables, secrets={**secrets, **step_secrets}, url=url,
-                    max_workers=max_workers or run.max_workers, executor=executor, observers=observers,
-                    on_event=on_event, runner_hook=runner_hook, allow_sudo=allow_sudo,
-                    previous=previous, attempts=numbers, sandbox=sandbox)
+
+def sudo_prefix(plan: Plan, allow_sudo: bool) -> tuple[str, ...]:
+    """How privileged commands run, or an error naming the steps that need root."""
+    if os.geteuid() == 0:
+        return ()
+    needing = [sid for sid in plan.order if plan.steps[sid].action.requires_sudo]
+    if needing and not allow_sudo:
+        raise InputError(f"steps {', '.join(needing)} need root: run as root, or allow sudo "
+                         f"(allow_sudo=True, dagrun run --allow-sudo)")
+    return ("sudo", "-n") if needing else ()
 
 
 def _check_workers(max_workers: int | None) -> None:
     if max_workers is not None and (not isinstance(max_workers, int) or max_workers < 1):
         raise InputError(f"max_workers must be a positive integer, not {max_workers!r}")
+
+
+# -- 2. claim -------------------------------------------------------------------------
+
+def claim(prepared: PreparedRun) -> None:
+    """Record the run as this process's; raises RunConflictError when its
+    workspace has another active run. Nothing to do for an unrecorded run."""
+    if prepared.url is None:
+        return
+    from .store.engine import store_errors, writable
+    from .store.runs import claim as claim_in_store
+    plan, ws = prepared.plan, prepared.workspace
+    # A workspace field that is a secret (the value of an x-secret field) is not stored either.
+    redactor = Redactor([*(str(v) for v in prepared.secrets.values()),
+                         *known_secrets(plan, ws, {**prepared.variables, **_secret_vars(prepared)}, {})])
+    stored = stored_fields(ws, plan.workspace_fields)
+    hidden = redactor.masked_fields(stored)
+    names = sorted({*secret_names(plan, prepared.secrets), *(f"workspace.{k}" for k in hidden)})
+    with store_errors(prepared.url, "cannot write to"):
+        claim_in_store(writable(prepared.url), run_id=prepared.run_id, workspace_id=str(ws["id"]), fields={
+            "template_name": plan.name, "template_version": plan.version, "total_steps": len(plan.order),
+            "template_snapshot": masked_snapshot(plan), "workspace": _jsonable(redactor.value(stored)),
+            "variables": _jsonable(dict(prepared.variables)), "max_workers": prepared.max_workers,
+            "secret_names": names, "fleet_id": prepared.fleet_id})
+
+
+# -- 3. execute -------------------------------------------------------------------------
+
+def execute(prepared: PreparedRun, *, observers: Iterable[Observer] = (),
+            on_event: Callable[[Any], None] | None = None,
+            runner_hook: Callable[[Runner], None] | None = None) -> RunResult:
+    """Run a claimed run; returns once every record is committed."""
+    from .run import logs
+    secret_vars = _secret_vars(prepared)
+    runner = Runner(prepared.plan, prepared.workspace, run_id=prepared.run_id,
+                    variables={**prepared.variables, **secret_vars}, max_workers=prepared.max_workers,
+                    executor=prepared.executor, sudo=prepared.sudo, done=prepared.done,
+                    attempts=prepared.attempts, secret_values=[str(v) for v in prepared.secrets.values()],
+                    sandbox=prepared.sandbox, write_ahead=prepared.url is not None)
+    recorder = None
+    if prepared.url is not None:
+        from .store.recorder import Recorder
+        recorder = Recorder(prepared.url, on_durable=runner.durable)
+    runner.observers = [o for o in (logs.log_events if logs.enabled() else None, recorder, *observers, on_event)
+                        if o is not None]
+    if runner_hook:
+        runner_hook(runner)
+    try:
+        result = runner.run()
+    finally:
+        if recorder:
+            recorder.close()
+    result.database_url = prepared.url
+    if recorder and recorder.error:
+        result.error = (result.error + "; " if result.error else "") + f"records incomplete: {recorder.error}"
+    elif prepared.url and result.success and not prepared.resumed:
+        from .store.seeding import mark_applied
+        try:
+            mark_applied(prepared.url, prepared.plan.name, prepared.plan.version)
+        except StoreError as exc:  # the work is done; only the counter is missing
+            result.error = f"template usage count not updated: {exc}"
+    return result
+
+
+# -- what the store keeps of a run --------------------------------------------------------
+
+def _secret_vars(prepared: PreparedRun) -> dict[str, Any]:
+    return {k: v for k, v in prepared.secrets.items() if "." not in k}
 
 
 def _jsonable(value: Any) -> Any:
@@ -206,78 +335,16 @@ def with_secret_literals(snapshot: Mapping[str, Any], secrets: Mapping[str, Any]
 
 
 def secret_names(plan: Plan, secrets: Mapping[str, Any] | None) -> list[str]:
-    return sorted({*(k for k in secrets or {} if "." not in k), *(f"{sid}.{key}" for sid, key in plan.secret_literals)})
+    return sorted({*(k for k in secrets or {} if "." not in k),
+                   *(f"{sid}.{key}" for sid, key in plan.secret_literals)})
 
 
-def _execute(plan: Plan, ws: Mapping[str, Any], *, run_id: str, variables: Mapping[str, Any] | None,
-             url: str | None, secrets: Mapping[str, Any] | None = None, max_workers: int | None, executor: Executor | None, observers: Iterable[Observer],
-             on_event: Callable[[Any], None] | None, runner_hook: Callable[[Runner], None] | None,
-             allow_sudo: bool, previous: Mapping[str, StepResult] | None = None,
-             attempts: Mapping[str, int] | None = None, sandbox: bool = True) -> RunResult:
-    sudo = sudo_prefix(plan, allow_sudo)
-    check_sandbox(plan, sandbox)
-    recorder = None
-    if url:
-        # A workspace field that is a secret (the value of an x-secret field) is not stored either.
-        redactor = Redactor([*(str(v) for v in (secrets or {}).values()),
-                             *known_secrets(plan, ws, {**(variables or {}), **(secrets or {})}, {})])
-        stored = stored_fields(ws, plan.workspace_fields)
-        hidden = redactor.masked_fields(stored)
-        claim(engine_for(url), run_id=run_id, workspace_id=str(ws["id"]), fields={
-            "template_name": plan.name, "template_version": plan.version, "total_steps": len(plan.order),
-            "template_snapshot": masked_snapshot(plan),
-            "workspace": _jsonable(redactor.value(stored)),
-            "variables": _jsonable(dict(variables or {})), "max_workers": max_workers,
-            "secret_names": sorted({*secret_names(plan, secrets), *(f"workspace.{k}" for k in hidden)})})
-        recorder = Recorder(url)
-    all_observers: list[Observer] = [log_events]
-    if recorder:
-        all_observers.append(recorder)
-    all_observers += list(observers)
-    if on_event:
-        all_observers.append(on_event)
-    secret_vars = {k: v for k, v in (secrets or {}).items() if "." not in k}
-    runner = Runner(plan, ws, run_id=run_id, variables={**(variables or {}), **secret_vars},
-                    max_workers=max_workers, executor=executor, observers=all_observers, sudo=sudo,
-                    previous=previous, attempts=attempts, secret_values=[str(v) for v in (secrets or {}).values()],
-                    sandbox=sandbox)
-    if runner_hook:
-        runner_hook(runner)
-    try:
-        result = runner.run()
-    finally:
-        if recorder:
-            recorder.close()
-    result.database_url = url
-    if recorder and recorder.error:
-        result.error = (result.error + "; " if result.error else "") + f"records incomplete: {recorder.error}"
-    elif url and result.success and previous is None:
-        try:
-            mark_applied(url, plan.name, plan.version)
-        except SQLAlchemyError as exc:  # the work is done; only the counter is missing
-            result.error = f"template usage count not updated: {str(exc).splitlines()[0]}"
-    return result
+def default_database_url() -> str:
+    from .store.engine import default_database_url as default
+    return default()
 
 
-def check_sandbox(plan: Plan, sandbox: bool) -> None:
-    """Sandboxed steps need bubblewrap: refused before anything runs without it."""
-    from .run.isolation import sandbox_available
-    needing = [sid for sid in plan.order if plan.steps[sid].sandbox]
-    if sandbox and needing and not sandbox_available():
-        raise InputError(f"steps {', '.join(needing)} run in a sandbox, but bubblewrap (bwrap) is not installed: "
-                         "apt-get install bubblewrap, or run without the sandbox (sandbox=False, --no-sandbox)")
-
-
-def sudo_prefix(plan: Plan, allow_sudo: bool) -> tuple[str, ...]:
-    """How privileged commands run, or an error naming the steps that need root."""
-    if os.geteuid() == 0:
-        return ()
-    needing = [sid for sid in plan.order if plan.steps[sid].action.requires_sudo]
-    if needing and not allow_sudo:
-        raise InputError(f"steps {', '.join(needing)} need root: run as root, or allow sudo "
-                         f"(allow_sudo=True, dagrun run --allow-sudo)")
-    return ("sudo", "-n") if needing else ()
-
+# -- compile-only ---------------------------------------------------------------------------
 
 def plan(template: Any, *, actions: Iterable[Any] | None = None, variables: Mapping[str, Any] | None = None,
          templates: Iterable[Mapping[str, Any]] = ()) -> Plan:

@@ -13,12 +13,12 @@ from dagrun import run_template
 from dagrun.compile.loader import build_library
 from dagrun.store.models import TemplateAction, TemplateActionSequence, WorkspaceTemplate
 from dagrun.store.seeding import seed
-from dagrun.store.engine import engine_for
+from dagrun.store.engine import writable
 from tests.helpers import script_step, template
 
 
 def count(url, model):
-    with Session(engine_for(url)) as s:
+    with Session(writable(url)) as s:
         return s.scalar(select(func.count()).select_from(model))
 
 
@@ -31,7 +31,7 @@ def test_seed_is_idempotent(store, request):
     assert count(url, TemplateAction) == len(build_library())
     assert count(url, WorkspaceTemplate) == first["templates"] == 4
     assert count(url, TemplateActionSequence) == first["steps"]
-    with Session(engine_for(url)) as s:
+    with Session(writable(url)) as s:
         django = s.scalar(select(WorkspaceTemplate).where(WorkspaceTemplate.name == "django"))
         base = s.scalar(select(WorkspaceTemplate).where(WorkspaceTemplate.name == "python-base"))
         assert django.base_template_id == base.id
@@ -48,7 +48,7 @@ def test_a_stored_template_runs_by_name_and_counts_its_uses(tmp_path, db_url, wo
     path.unlink()  # only the database has it now
     result = run_template("stored-only", workspace, database_url=db_url)
     assert result.success and result.steps["s"].stdout == "stored\n"
-    with Session(engine_for(db_url)) as s:
+    with Session(writable(db_url)) as s:
         row = s.scalar(select(WorkspaceTemplate).where(WorkspaceTemplate.name == "stored-only"))
         assert row.usage_count == 1 and row.last_applied_at is not None
 

@@ -297,12 +297,13 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def cmd_db(args: argparse.Namespace) -> int:
     from ..store import migrate
-    from ..store.engine import default_database_url, describe_url, engine_for
+    from ..store.engine import default_database_url, describe_url, writable
     if args.db_command == "sql":
         sys.stdout.write(migrate.ddl(args.dialect))
         return 0
     if args.db_command == "recover":
-        from ..store.recorder import journal_dir, recover
+        from ..locations import journal_dir
+        from ..store.journal import recover
         report = recover(Path(args.journal) if args.journal else None,
                          url=args.db or os.environ.get("DAGRUN_DATABASE_URL"))
         if not report:
@@ -316,7 +317,7 @@ def cmd_db(args: argparse.Namespace) -> int:
                 print(f"{path}: {applied} batch(es) replayed")
         return EXIT_FAILED if failed else 0
     url = args.db or default_database_url()
-    engine = engine_for(url)  # migrates on first use
+    engine = writable(url)  # migrates to the newest revision
     print(f"{describe_url(url)}: at revision {migrate.current(engine)}")
     return 0
 

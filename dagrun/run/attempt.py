@@ -105,11 +105,11 @@ def isolation_for(job: AttemptJob) -> Isolation:
 
 def _context_for(job: AttemptJob, steps: Mapping[str, Any], attempt: int, cancel: CancelToken,
                  config: dict[str, Any], result: dict[str, Any] | None = None,
-                 isolation: Isolation | None = None) -> StepContext:
+                 isolation: Isolation | None = None, report: Any = None) -> StepContext:
     step = job.step
     return StepContext(step.id, step.action, config, job.workspace, job.variables, steps, job.env, job.home,
                        attempt, step.timeout_seconds, cancel, result=result or {}, sudo=job.sudo,
-                       isolation=isolation or Isolation(), run_id=job.run_id)
+                       isolation=isolation or Isolation(), run_id=job.run_id, report=report)
 
 
 def _isolated(handler: Any, field: str, action: Any, isolation: Isolation) -> Any:
@@ -121,9 +121,11 @@ def _isolated(handler: Any, field: str, action: Any, isolation: Isolation) -> An
     return lambda ctx: call_isolated(field, ctx)
 
 
-def run_attempt(job: AttemptJob, attempt: int, steps: Mapping[str, Any], cancel: CancelToken) -> Outcome:
+def run_attempt(job: AttemptJob, attempt: int, steps: Mapping[str, Any], cancel: CancelToken,
+                report: Any = None) -> Outcome:
     """Attempt ``attempt`` of the job's step; ``steps`` holds the results of
-    the upstream steps it reads."""
+    the upstream steps it reads; ``report(pid, started)`` hears of each
+    command it starts."""
     started, t0 = time.time(), time.perf_counter()
     step = job.step
     config: dict[str, Any] = dict(step.config)
@@ -148,7 +150,7 @@ def run_attempt(job: AttemptJob, attempt: int, steps: Mapping[str, Any], cancel:
             check_disk_space(job.home, step.action.disk_space_required_mb)
         isolation = isolation_for(job)
         handlers = handlers_for(step.action)
-        ctx = _context_for(job, steps, attempt, cancel, config, isolation=isolation)
+        ctx = _context_for(job, steps, attempt, cancel, config, isolation=isolation, report=report)
         validate = _isolated(handlers.validate, "validation_handler", step.action, isolation)
         execute = _isolated(handlers.execute, "execution_handler", step.action, isolation)
         if step.check_first and validate is not None:

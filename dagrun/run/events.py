@@ -37,6 +37,18 @@ class StepStarted:
 
 
 @dataclass(frozen=True, slots=True)
+class ProcessStarted:
+    """An attempt started a command (its process group leader, and the
+    leader's start time in clock ticks since boot, as /proc/PID/stat says)."""
+
+    run_id: str
+    step_id: str
+    attempt: int
+    pid: int
+    started: float | None
+
+
+@dataclass(frozen=True, slots=True)
 class AttemptFinished:
     run_id: str
     outcome: Outcome
@@ -88,6 +100,6 @@ class RunFinished:
     time: float
 
 
-Event = Union[RunStarted, StepStarted, AttemptFinished, RetryScheduled, StepFinished, StepSkipped,
+Event = Union[RunStarted, StepStarted, ProcessStarted, AttemptFinished, RetryScheduled, StepFinished, StepSkipped,
               StepRolledBack, RunFinished]
 Observer = Callable[[Event], None]

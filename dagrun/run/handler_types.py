@@ -69,6 +69,7 @@ class StepContext:
     sudo: tuple[str, ...] = ()  # prefix privileged commands with this (empty when root)
     isolation: Isolation = field(default_factory=Isolation)  # as whom / inside what commands run
     run_id: str | None = None
+    report: Any = None  # report(pid, started): the run records each command's process group
 
     def template_context(self) -> dict[str, Any]:
         return expressions.build_context(workspace=self.workspace, config=self.config, variables=self.variables,
@@ -125,7 +126,8 @@ class StepContext:
         values = script.values if isinstance(script, ShellScript) else {}
         text = script.text if isinstance(script, ShellScript) else script
         result = run_script(text, env={**self.process_env(), **(env or {}), **values}, cwd=cwd,
-                            timeout=self.timeout, cancel=self.cancel, run_id=self.run_id, isolation=self.isolation)
+                            timeout=self.timeout, cancel=self.cancel, run_id=self.run_id, isolation=self.isolation,
+                            on_start=self.report)
         return self._result(result)
 
     def run(self, argv: list[str], *, cwd: str | None = None, env: Mapping[str, str] | None = None,
@@ -133,7 +135,7 @@ class StepContext:
         """Run one program (no shell: arguments are never parsed as code)."""
         result = run_command([str(a) for a in argv], env={**self.process_env(), **(env or {})},
                              cwd=self._cwd(cwd), timeout=self.timeout, cancel=self.cancel, input=input,
-                             run_id=self.run_id, isolation=self.isolation)
+                             run_id=self.run_id, isolation=self.isolation, on_start=self.report)
         return self._result(result)
 
     def _cwd(self, cwd: str | None) -> str | None:

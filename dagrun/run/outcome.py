@@ -54,6 +54,7 @@ class HandlerResult:
     error: str | None = None
     timed_out: bool = False
     cancelled: bool = False
+    changed: bool | None = None  # did the handler change anything? (None: it does not say)
 
 
 @dataclass(slots=True)
@@ -74,3 +75,4 @@ class Outcome:
     config: dict[str, Any] | None = None  # the interpolated config used
     timed_out: bool = False
     skip_reason: str | None = None
+    changed: bool | None = None  # did the attempt change anything (None: the handler does not say)

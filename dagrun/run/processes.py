@@ -176,6 +176,28 @@ class ProcessTree:
                 group.parent.rmdir()  # the run's folder, once empty
 
 
+def start_time(pid: int) -> float | None:
+    """When a process started (clock ticks since boot): with its pid, names
+    it uniquely, so a reused pid is never mistaken for it."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return float(fh.read().rsplit(b")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def kill_group(pgid: int, started: float | None) -> bool:
+    """SIGKILL a recorded process group if its leader is still the process
+    that was recorded (same start time)."""
+    if started is None or start_time(pgid) != started:
+        return False
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
 def tagged(name: str, value: str) -> list[int]:
     """Processes whose environment holds ``name=value`` (those we may read)."""
     needle = f"{name}={value}".encode()

@@ -31,6 +31,7 @@ class StepResult:
     stdout: str = ""
     stderr: str = ""
     rollback_error: str | None = None
+    changed: bool | None = None  # did the step change anything? (None: its handler does not say)
 
 
 @dataclass(slots=True)

@@ -1,16 +1,25 @@
 """The driver: one thread owns the run state and talks to the executor.
 
 Loop: ask the scheduler core for steps to start, submit each attempt to the
-executor (a done-callback puts the finished future on a completion queue),
-then block on that queue until a completion arrives or the next deadline
-(a parked retry becoming due, or an attempt overrunning its timeout). The
-loop never polls and never sleeps; workers never wait for retries.
+executor (its outcome comes back on a completion queue), then block on that
+queue until a completion arrives or the next deadline (a parked retry
+becoming due, or an attempt overrunning its timeout). The loop never polls
+and never sleeps; workers never wait for retries. The clocks are injected.
 
+:class:`~.scheduler.RunState` owns every step's status; the runner keeps
+what a result shows besides (attempts, output, errors) in per-step records.
 Outcomes become events for the observers (store, logs, progress, the
-caller's ``on_event``). After a critical failure, completed steps with a
-rollback handler are rolled back in reverse completion order. ``cancel()``
-(any thread, Ctrl-C, SIGTERM via the CLI) stops dispatch and kills the
-running process groups; the run ends ``cancelled``.
+caller's ``on_event``), masked at the edge by the :class:`~.redact.Redactor`.
+
+Write-ahead: when the run is recorded, a finished step's dependents are held
+back until the recorder says its record is committed (``durable()``): a
+crash never makes a resume redo a step whose dependent had started.
+
+After a critical failure, completed steps with a rollback handler are rolled
+back in reverse completion order, one at a time, through the same queue and
+with deadlines: a rollback that hangs is abandoned, the others still run.
+``cancel()`` (any thread, Ctrl-C, SIGTERM via the CLI) stops dispatch and
+kills the running process trees; the run ends ``cancelled``.
 """
 
 from __future__ import annotations
@@ -22,23 +31,24 @@ import queue
 import time
 import uuid
 from concurrent.futures import Executor
-from typing import Any, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping
 
 import structlog
 
 from ..compile.expressions import has_template
+from ..spec import Plan, is_base_env
+from ..util import bounded
 from .attempt import AttemptJob, run_attempt, run_rollback
+from .events import (AttemptFinished, Observer, ProcessStarted, RetryScheduled, RunFinished, RunStarted,
+                     StepFinished, StepRolledBack, StepSkipped, StepStarted)
+from .executors import dispatch, make_executor
 from .handler_types import handlers_for
-from .redact import Redactor
-from .events import (AttemptFinished, Observer, RetryScheduled, RunFinished, RunStarted, StepFinished,
-                     StepRolledBack, StepSkipped, StepStarted)
-from .executors import dispatch, make_executor, submit_with_context
 from .outcome import Outcome, RunStatus, StepStatus
+from .redact import Redactor
 from .result import RunResult, StepResult
 from .scheduler import UPSTREAM_FAILED, Failed, Retry, RunState
 from .shell import CancelToken
-from ..spec import Plan, is_base_env
-from ..util import bounded
 
 log = logging.getLogger("dagrun")
 
@@ -49,7 +59,7 @@ DEADLINE_GRACE_SECONDS = 5.0
 # After a cancel, a handler that did not stop (Python code ignoring its
 # cancel token) is abandoned after this long, not after its full timeout.
 CANCEL_GRACE_SECONDS = 2.0
-_WAKE = object()
+_WAKE = ("wake",)
 _NO_STEPS: Mapping[str, Any] = {}
 
 
@@ -89,15 +99,47 @@ def known_secrets(plan: Plan, workspace: Mapping[str, Any], variables: Mapping[s
     return found
 
 
+@dataclass(slots=True)
+class StepRecord:
+    """What a step's result shows besides its status (RunState owns that)."""
+
+    attempts: int = 0
+    duration: float = 0.0
+    error: str | None = None
+    skip_reason: str | None = None
+    result: dict[str, Any] = field(default_factory=dict)  # masked
+    exit_code: int | None = None
+    stdout: str = ""
+    stderr: str = ""
+    rollback_error: str | None = None
+    changed: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    """A step a resumed run does not run again (read back from the store)."""
+
+    status: StepStatus  # completed, or skipped by its condition
+    attempts: int
+    duration: float
+    result: Mapping[str, Any]
+    skip_reason: str | None = None
+    exit_code: int | None = None
+    changed: bool | None = None
+
+
 class Runner:
     def __init__(self, plan: Plan, workspace: Mapping[str, Any], *, run_id: str | None = None,
                  variables: Mapping[str, Any] | None = None, max_workers: int | None = None,
                  executor: Executor | None = None, observers: Iterable[Observer] = (),
-                 env: Mapping[str, str] | None = None, previous: Mapping[str, StepResult] | None = None,
+                 env: Mapping[str, str] | None = None, done: Mapping[str, Done] | None = None,
                  attempts: Mapping[str, int] | None = None, sudo: tuple[str, ...] = (),
-                 secret_values: Iterable[str] = (), sandbox: bool = True):
-        """``previous`` (resume): results of steps already done, which are
-        not run again; ``attempts``: attempt numbers to continue from."""
+                 secret_values: Iterable[str] = (), sandbox: bool = True, write_ahead: bool = False,
+                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time):
+        """``done`` (resume): steps already done, which are not run again;
+        ``attempts``: attempt numbers to continue from. ``write_ahead``: a
+        finished step's dependents wait for :meth:`durable` (the recorder
+        calls it once the step's record is committed)."""
         self.plan = plan
         self.workspace = workspace
         self.run_id = run_id or uuid.uuid4().hex
@@ -112,37 +154,43 @@ class Runner:
         # Steps run as the workspace's Linux user when dagrun is root and it names one.
         self.user = workspace.get("linux_username") if os.geteuid() == 0 else None
         self.redactor = Redactor(secret_values)
-        if previous is None and attempts is None:
+        self.write_ahead = write_ahead
+        self.clock, self.wall = clock, wall
+        done = dict(done or {})
+        if not done and attempts is None:
             self.state = RunState(plan, self.max_workers)
         else:
             self.state = RunState.resumed(plan, self.max_workers, attempts=dict(attempts or {}),
-                                          done={sid: r.status for sid, r in (previous or {}).items()})
+                                          done={sid: d.status for sid, d in done.items()})
         self.cancel_token = CancelToken()
         self._cancel_reason: str | None = None
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._inflight: dict[tuple[str, int], float] = {}
+        self._inflight: dict[tuple[str, int], float] = {}  # attempt -> its deadline
+        self._submitted: dict[tuple[str, int], float] = {}  # attempt -> wall time it was submitted
         self._deadlines: list[tuple[float, tuple[str, int]]] = []
         self._abandoned = 0
-        self._steps: dict[str, StepResult] = {
-            sid: StepResult(step_id=sid, sequence_order=s.sequence_order, action_name=s.action.name,
-                            display_name=s.display_name, status=StepStatus.pending)
-            for sid, s in plan.steps.items()}
-        for sid, old in (previous or {}).items():
-            if sid in self._steps:
-                self._steps[sid] = old
+        self._records: dict[str, StepRecord] = {sid: StepRecord() for sid in plan.order}
+        for sid, d in done.items():
+            if sid in self._records:
+                self._records[sid] = StepRecord(attempts=d.attempts, duration=d.duration, result=dict(d.result),
+                                                skip_reason=d.skip_reason, exit_code=d.exit_code, changed=d.changed)
         self._configs: dict[str, dict[str, Any]] = {}  # real rendered configs (a rollback needs them)
-        self._data: dict[str, dict[str, Any]] = {sid: dict(r.result) for sid, r in (previous or {}).items()}
+        self._data: dict[str, dict[str, Any]] = {sid: dict(d.result) for sid, d in done.items()}  # real results
         self._jobs: dict[str, AttemptJob] = {}
         self._critical: tuple[str, str] | None = None  # (step id, error)
 
     # -- public ---------------------------------------------------------------
 
     def cancel(self, reason: str = "cancelled") -> None:
-        """Thread-safe: stop dispatching and kill running process groups."""
+        """Thread-safe: stop dispatching and kill running process trees."""
         if self._cancel_reason is None:
             self._cancel_reason = reason
         self.cancel_token.cancel()
         self._queue.put(_WAKE)
+
+    def durable(self, step_ids: list[str]) -> None:
+        """Thread-safe (the recorder's thread): these steps' records are committed."""
+        self._queue.put(("durable", step_ids))
 
     def run(self) -> RunResult:
         # Every log line of the run (workers copy this context) names it and its workspace.
@@ -150,7 +198,7 @@ class Runner:
             return self._run()
 
     def _run(self) -> RunResult:
-        started = time.time()
+        started = self.wall()
         for secret in known_secrets(self.plan, self.workspace, self.variables, self.env):
             self.redactor.add(secret)
         self._emit(RunStarted(self.run_id, self.plan.name, self.plan.version, str(self.workspace["id"]),
@@ -160,47 +208,46 @@ class Runner:
         while True:
             try:
                 self._loop(executor)
+                if self._critical and self._cancel_reason is None and self.plan.global_config.rollback_on_failure:
+                    self._rollback(executor)
                 break
             except KeyboardInterrupt:
                 self.cancel("interrupted")
-        if self._critical and self._cancel_reason is None and self.plan.global_config.rollback_on_failure:
-            self._rollback(executor)
         result = self._result(started)
-        self._emit(RunFinished(self.run_id, result, time.time()))
+        self._emit(RunFinished(self.run_id, result, self.wall()))
         return result
 
     # -- the loop -------------------------------------------------------------
 
     def _loop(self, executor: Executor) -> None:
         state = self.state
-        get = self._queue.get
         while True:
-            now = time.monotonic()
+            now = self.clock()
             if self._cancel_reason is not None and state.halted is None:
                 for sid in state.halt(self._cancel_reason):
                     self._finish(sid, StepStatus.cancelled, self._cancel_reason)
-                grace = now + CANCEL_GRACE_SECONDS  # running handlers get a short grace, then are abandoned
-                for key, deadline in list(self._inflight.items()):
-                    if deadline > grace:
-                        self._inflight[key] = grace
-                        heapq.heappush(self._deadlines, (grace, key))
+                self._redate(now + CANCEL_GRACE_SECONDS)  # running handlers get a short grace, then are abandoned
             for sid, attempt in state.start(now):
                 self._submit(executor, sid, attempt, now)
             if state.finished:
                 return
-            timeout = self._timeout(now)
+            self._wait(now)
+
+    def _wait(self, now: float) -> None:
+        """Block until something arrives or the next deadline; handle it all."""
+        timeout = self._timeout(now)
+        try:
+            item = self._queue.get(timeout=timeout) if timeout is None or timeout > 0 else self._queue.get_nowait()
+        except queue.Empty:
+            self._expire(self.clock())
+            return
+        self._handle(item)
+        while True:  # drain whatever else arrived meanwhile
             try:
-                item = get(timeout=timeout) if timeout is None or timeout > 0 else self._queue.get_nowait()
+                item = self._queue.get_nowait()
             except queue.Empty:
-                self._expire(time.monotonic())
-                continue
+                return
             self._handle(item)
-            while True:  # drain whatever else finished meanwhile
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                self._handle(item)
 
     def _timeout(self, now: float) -> float | None:
         wake = self.state.next_wakeup()
@@ -210,6 +257,12 @@ class Runner:
         if deadlines:
             wake = deadlines[0][0] if wake is None else min(wake, deadlines[0][0])
         return None if wake is None else max(0.0, wake - now)
+
+    def _redate(self, deadline: float) -> None:
+        for key, current in list(self._inflight.items()):
+            if current > deadline:
+                self._inflight[key] = deadline
+                heapq.heappush(self._deadlines, (deadline, key))
 
     def _job(self, sid: str) -> AttemptJob:
         job = self._jobs.get(sid)
@@ -231,26 +284,40 @@ class Runner:
     def _submit(self, executor: Executor, sid: str, attempt: int, now: float) -> None:
         job = self._job(sid)
         key = (sid, attempt)
-        deadline = now + job.step.timeout_seconds + DEADLINE_GRACE_SECONDS
-        self._inflight[key] = deadline
-        heapq.heappush(self._deadlines, (deadline, key))
+        self._track(key, now + job.step.timeout_seconds + DEADLINE_GRACE_SECONDS)
         if self.observers:
             step = job.step
             self._emit(StepStarted(self.run_id, sid, attempt, step.retry.max_attempts, step.display_name,
-                                   time.time()))
+                                   self._submitted[key]))
         put = self._queue.put
-        dispatch(executor, run_attempt, (job, attempt, self._upstream(sid), self.cancel_token),
-                 lambda outcome, error: put((key, outcome, error)))
+        report = None
+        if self.observers:
+            def report(pid: int, started: float | None) -> None:
+                put(("process", key, pid, started))
+        dispatch(executor, run_attempt, (job, attempt, self._upstream(sid), self.cancel_token, report),
+                 lambda outcome, error: put(("done", key, outcome, error)))
 
-    def _handle(self, item: Any) -> None:
-        if item is _WAKE:
-            return
-        key, outcome, error = item
-        if self._inflight.pop(key, None) is None:
-            return  # an abandoned attempt finally returned; its outcome was already decided
-        if error is not None:  # e.g. a remote executor lost the task
-            outcome = Outcome(key[0], key[1], StepStatus.failed, error=f"executor error: {error!r}")
-        self._apply(outcome)
+    def _track(self, key: tuple[str, int], deadline: float) -> None:
+        self._inflight[key] = deadline
+        self._submitted[key] = self.wall()
+        heapq.heappush(self._deadlines, (deadline, key))
+
+    def _handle(self, item: tuple) -> None:
+        kind = item[0]
+        if kind == "done":
+            _, key, outcome, error = item
+            if self._inflight.pop(key, None) is None:
+                return  # an abandoned attempt finally returned; its outcome was already decided
+            started = self._submitted.pop(key, None)
+            if error is not None:  # e.g. a remote executor lost the task
+                outcome = Outcome(key[0], key[1], StepStatus.failed, started_at=started or self.wall(),
+                                  duration=self.wall() - (started or self.wall()), error=f"executor error: {error!r}")
+            self._apply(outcome)
+        elif kind == "durable":
+            self.state.durable(item[1])
+        elif kind == "process" and item[1] in self._inflight:
+            _, (sid, attempt), pid, started = item
+            self._emit(ProcessStarted(self.run_id, sid, attempt, pid, started))
 
     def _expire(self, now: float) -> None:
         while self._deadlines and self._deadlines[0][0] <= now:
@@ -258,13 +325,15 @@ class Runner:
             if self._inflight.get(key) != deadline:
                 continue  # finished, or re-dated
             del self._inflight[key]
+            started = self._submitted.pop(key, self.wall())
             self._abandoned += 1
+            elapsed = max(0.0, self.wall() - started)
             if self._cancel_reason is not None:
-                self._apply(Outcome(key[0], key[1], StepStatus.cancelled, started_at=time.time(),
+                self._apply(Outcome(key[0], key[1], StepStatus.cancelled, started_at=started, duration=elapsed,
                                     error=f"{self._cancel_reason} (the handler did not stop; abandoned)"))
                 continue
             timeout = self.plan.steps[key[0]].timeout_seconds
-            self._apply(Outcome(key[0], key[1], StepStatus.failed, started_at=time.time(), duration=timeout,
+            self._apply(Outcome(key[0], key[1], StepStatus.failed, started_at=started, duration=elapsed,
                                 error=f"timed out after {timeout:g} s (handler did not stop; abandoned)",
                                 timed_out=True))
 
@@ -279,10 +348,11 @@ class Runner:
         if outcome.status is StepStatus.completed:
             self._data[sid] = outcome.data  # unmasked: downstream steps read it
         outcome = self.redactor.outcome(outcome, step.secret_fields)  # what leaves the run
-        record = self._steps[sid]
+        record = self._records[sid]
         record.attempts = outcome.attempt
-        record.duration_seconds = (record.duration_seconds or 0.0) + outcome.duration
+        record.duration += outcome.duration
         record.exit_code = outcome.exit_code
+        record.changed = outcome.changed
         if outcome.stdout or outcome.stderr:
             record.stdout, record.stderr = bounded(outcome.stdout), bounded(outcome.stderr)
         if self.observers:
@@ -290,21 +360,21 @@ class Runner:
         status = outcome.status
         if status is StepStatus.completed:
             record.result, record.error = outcome.data, None
-            self.state.succeeded(sid)
+            self.state.succeeded(sid, hold=self.write_ahead)
             self._finish(sid, status, None)
         elif status is StepStatus.skipped:
-            self.state.skipped(sid, outcome.skip_reason or "skipped")
-            self._skip(sid, outcome.skip_reason or "skipped")
+            reason = outcome.skip_reason or "skipped"
+            self.state.skipped(sid, reason, hold=self.write_ahead)
+            self._skip(sid, reason)
         elif status is StepStatus.cancelled:
             self.state.cancelled(sid)
             self._finish(sid, status, outcome.error or "cancelled")
         else:
-            decision = self.state.failed(sid, time.monotonic(), retryable=outcome.retryable)
+            decision = self.state.failed(sid, self.clock(), retryable=outcome.retryable)
+            record.error = outcome.error
             if isinstance(decision, Retry):
-                record.status = StepStatus.pending
-                record.error = outcome.error
                 self._emit(RetryScheduled(self.run_id, sid, outcome.attempt, outcome.attempt + 1,
-                                          decision.delay, time.time() + decision.delay))
+                                          decision.delay, self.wall() + decision.delay))
                 return
             self._finish(sid, StepStatus.failed, outcome.error)
             self._on_failed(sid, outcome, decision)
@@ -319,41 +389,63 @@ class Runner:
             self._skip(down, UPSTREAM_FAILED)
 
     def _finish(self, sid: str, status: StepStatus, error: str | None) -> None:
-        record = self._steps[sid]
-        record.status = status
+        record = self._records[sid]
         if status is not StepStatus.completed:
             record.error = error
         if self.observers:
-            self._emit(StepFinished(self.run_id, sid, status, record.attempts, error, time.time()))
+            self._emit(StepFinished(self.run_id, sid, status, record.attempts, error, self.wall()))
 
     def _skip(self, sid: str, reason: str) -> None:
-        record = self._steps[sid]
-        record.status = StepStatus.skipped
-        record.skip_reason = reason
+        self._records[sid].skip_reason = reason
         if self.observers:
-            self._emit(StepSkipped(self.run_id, sid, reason, time.time()))
+            self._emit(StepSkipped(self.run_id, sid, reason, self.wall()))
+
+    # -- rollback -------------------------------------------------------------
 
     def _rollback(self, executor: Executor) -> None:
-        """Undo completed steps in reverse completion order; a failing
-        rollback is recorded and the others still run."""
+        """Undo completed steps in reverse completion order, one at a time and
+        each with a deadline; a failing (or hung) rollback is recorded and the
+        others still run."""
         for sid in reversed(self.state.completion_order):
             step = self.plan.steps[sid]
             if handlers_for(step.action).rollback is None:
                 continue
-            future = submit_with_context(executor, run_rollback, self._job(sid), self.state.attempts[sid],
-                                         self._upstream(sid), self._data.get(sid, {}), self._configs.get(sid),
-                                         self.cancel_token)
-            outcome = self.redactor.outcome(future.result(), step.secret_fields)
-            record = self._steps[sid]
+            key = (sid, -1)  # a rollback's key: it shares the queue and deadlines with attempts
+            self._track(key, self.clock() + step.timeout_seconds + DEADLINE_GRACE_SECONDS)
+            put = self._queue.put
+            dispatch(executor, run_rollback, (self._job(sid), self.state.attempts[sid], self._upstream(sid),
+                                              self._data.get(sid, {}), self._configs.get(sid), self.cancel_token),
+                     lambda outcome, error: put(("rolled back", key, outcome, error)))
+            outcome = self._await_rollback(key, step.timeout_seconds)
+            outcome = self.redactor.outcome(outcome, step.secret_fields)
             if outcome.status is StepStatus.completed and outcome.data.get("nothing_to_undo"):
                 continue
             if outcome.status is StepStatus.completed:
                 self.state.rolled_back(sid)
-                record.status = StepStatus.rolled_back
             else:
-                record.rollback_error = outcome.error
+                self._records[sid].rollback_error = outcome.error
             self._emit(StepRolledBack(self.run_id, sid, outcome.status is StepStatus.completed,
-                                      outcome.error, outcome, time.time()))
+                                      outcome.error, outcome, self.wall()))
+
+    def _await_rollback(self, key: tuple[str, int], timeout: float) -> Outcome:
+        while True:
+            wait = max(0.0, self._inflight[key] - self.clock())
+            try:
+                item = self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
+            except queue.Empty:
+                del self._inflight[key]
+                started = self._submitted.pop(key, self.wall())
+                return Outcome(key[0], 0, StepStatus.failed, started_at=started, duration=self.wall() - started,
+                               error=f"rollback timed out after {timeout:g} s (abandoned)", timed_out=True)
+            if item[0] == "rolled back" and item[1] == key:
+                self._inflight.pop(key, None)
+                started = self._submitted.pop(key, self.wall())
+                if item[3] is not None:
+                    return Outcome(key[0], 0, StepStatus.failed, started_at=started, error=f"executor error: {item[3]!r}")
+                return item[2]
+            if item[0] == "durable":
+                self.state.durable(item[1])
+            # anything else is a late outcome of an abandoned attempt: its fate was decided
 
     # -- events and result ----------------------------------------------------
 
@@ -371,9 +463,21 @@ class Runner:
         elif self._critical is not None:
             sid, message = self._critical
             action = self.plan.steps[sid].action.name
-            status, error, failed_action = RunStatus.failed, f"Critical action failed: {action} (step {sid}): {message}", action
+            status, error, failed_action = (RunStatus.failed,
+                                            f"Critical action failed: {action} (step {sid}): {message}", action)
         else:
             status, error, failed_action = RunStatus.succeeded, None, None
+        steps = {}
+        for sid in self.plan.order:
+            spec, record, state = self.plan.steps[sid], self._records[sid], self.state.status[sid]
+            steps[sid] = StepResult(
+                step_id=sid, sequence_order=spec.sequence_order, action_name=spec.action.name,
+                display_name=spec.display_name, status=state, attempts=record.attempts,
+                duration_seconds=record.duration if record.attempts or record.duration else None,
+                error=record.error if state is not StepStatus.completed else None,
+                skip_reason=record.skip_reason if state is StepStatus.skipped else None, result=record.result,
+                exit_code=record.exit_code, stdout=record.stdout, stderr=record.stderr,
+                rollback_error=record.rollback_error, changed=record.changed)
         return RunResult(run_id=self.run_id, template=self.plan.name, version=self.plan.version,
-                         workspace_id=str(self.workspace["id"]), status=status, steps=dict(self._steps),
-                         started_at=started, finished_at=time.time(), error=error, failed_action=failed_action)
+                         workspace_id=str(self.workspace["id"]), status=status, steps=steps,
+                         started_at=started, finished_at=self.wall(), error=error, failed_action=failed_action)

@@ -18,7 +18,12 @@ Invariants:
 - a failed attempt with attempts left is parked in a retry heap until its
   due time: waiting never holds a worker;
 - after a critical failure or a cancel the state is *halted*: nothing new
-  starts, parked retries are cancelled, running steps finish.
+  starts, parked retries are cancelled, running steps finish;
+- write-ahead: a step finished with ``hold=True`` (the run records to a
+  store) frees its worker at once, but its dependents become ready only
+  when :meth:`durable` says its record is committed, so a crash never makes
+  a resume redo a step whose dependent had started. Steps that do not
+  depend on it never wait.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from __future__ import annotations
 import heapq
 import random
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Iterable, Mapping
 
 from .outcome import StepStatus
 from ..spec import Plan
@@ -66,9 +71,10 @@ class RunState:
     _ready: list[int] = field(init=False)  # dispatch ranks
     _retry: list[tuple[float, int, str]] = field(init=False)
     _running: set[str] = field(init=False)
-    _held: dict[str, int] = field(init=False)
+    _locks: dict[str, int] = field(init=False)
     _rank: Mapping[str, int] = field(init=False)
     _constrained: frozenset[str] = field(init=False)  # steps with conflicts or locks
+    _held: set[str] = field(init=False)  # finished, waiting for their record to be committed
 
     def __post_init__(self) -> None:
         if self.max_workers < 1:
@@ -84,7 +90,8 @@ class RunState:
         self._ready = []
         self._retry = []
         self._running = set()
-        self._held = dict.fromkeys(plan.lock_capacity, 0)
+        self._locks = dict.fromkeys(plan.lock_capacity, 0)
+        self._held = set()
         for sid in plan.order:
             if self._unmet[sid] == 0:
                 self._push_ready(sid)
@@ -118,7 +125,14 @@ class RunState:
         """True when nothing runs and nothing more can start."""
         if self._running:
             return False
-        return self.halted is not None or not (self._ready or self._retry)
+        if self.halted is not None:
+            return True
+        return not (self._ready or self._retry or self._held)
+
+    @property
+    def awaiting_records(self) -> frozenset[str]:
+        """Finished steps whose dependents wait for their record."""
+        return frozenset(self._held)
 
     def next_wakeup(self) -> float | None:
         """The earliest time a parked retry becomes due, if any."""
@@ -153,7 +167,7 @@ class RunState:
                     blocked.append(rank)
                     continue
                 for lock in self.plan.steps[sid].locks:
-                    self._held[lock.name] += 1
+                    self._locks[lock.name] += 1
             running.add(sid)
             attempt = attempts[sid] = attempts[sid] + 1
             status[sid] = StepStatus.running
@@ -169,7 +183,7 @@ class RunState:
                 if other in running:
                     return True
         for lock in self.plan.steps[sid].locks:
-            if self._held[lock.name] >= self.plan.lock_capacity[lock.name]:
+            if self._locks[lock.name] >= self.plan.lock_capacity[lock.name]:
                 return True
         return False
 
@@ -180,7 +194,7 @@ class RunState:
         self._running.discard(sid)
         if sid in self._constrained:
             for lock in self.plan.steps[sid].locks:
-                self._held[lock.name] -= 1
+                self._locks[lock.name] -= 1
 
     def _satisfy(self, sid: str) -> None:
         unmet, status, ready, rank = self._unmet, self.status, self._ready, self._rank
@@ -192,18 +206,32 @@ class RunState:
 
     # -- outcomes -------------------------------------------------------------
 
-    def succeeded(self, sid: str) -> None:
+    def succeeded(self, sid: str, *, hold: bool = False) -> None:
+        """``hold``: its dependents wait for :meth:`durable`."""
         self._release(sid)
         self.status[sid] = StepStatus.completed
         self.completion_order.append(sid)
-        self._satisfy(sid)
+        self._satisfy_or_hold(sid, hold)
 
-    def skipped(self, sid: str, reason: str) -> None:
+    def skipped(self, sid: str, reason: str, *, hold: bool = False) -> None:
         """The step's condition was false: it counts as done for its dependents."""
         self._release(sid)
         self.status[sid] = StepStatus.skipped
         self.skip_reason[sid] = reason
-        self._satisfy(sid)
+        self._satisfy_or_hold(sid, hold)
+
+    def _satisfy_or_hold(self, sid: str, hold: bool) -> None:
+        if hold and self.plan.successors[sid]:
+            self._held.add(sid)
+        else:
+            self._satisfy(sid)
+
+    def durable(self, sids: "Iterable[str]") -> None:
+        """The records of these finished steps are committed: their dependents may start."""
+        for sid in sids:
+            if sid in self._held:
+                self._held.discard(sid)
+                self._satisfy(sid)
 
     def cancelled(self, sid: str) -> None:
         self._release(sid)

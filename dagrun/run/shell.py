@@ -22,14 +22,17 @@ import subprocess
 import tempfile
 import threading
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Callable, Protocol
 
 from .isolation import Isolation
-from .processes import ProcessTree
+from .processes import ProcessTree, start_time
 
 TERM_GRACE_SECONDS = 1.0
 MAX_OUTPUT_BYTES = 4 * 1024 * 1024  # per stream, kept as head and tail
 MAX_RESULT_BYTES = 1024 * 1024  # what a step may write to $DAGRUN_OUTPUT
+
+
+OnStart = Callable[[int, "float | None"], None]
 
 
 class Stoppable(Protocol):
@@ -128,7 +131,7 @@ class _Command:
 
 def run_script(script: str, *, env: dict[str, str], cwd: str | None = None, timeout: float | None = None,
                cancel: CancelToken | None = None, run_id: str | None = None,
-               isolation: Isolation | None = None) -> ShellResult:
+               isolation: Isolation | None = None, on_start: OnStart | None = None) -> ShellResult:
     """Run ``script`` with bash; collect output and the ``$DAGRUN_OUTPUT`` file.
 
     Lines ``key=value`` written to ``$DAGRUN_OUTPUT`` become the step's
@@ -149,7 +152,7 @@ def run_script(script: str, *, env: dict[str, str], cwd: str | None = None, time
                 os.chown(path, user.uid, user.gid)
         result = run_command(["bash", "--noprofile", "--norc", "-eo", "pipefail", script_path],
                              env={**env, "DAGRUN_OUTPUT": output_path}, cwd=cwd, timeout=timeout, cancel=cancel,
-                             run_id=run_id, isolation=isolation)
+                             run_id=run_id, isolation=isolation, on_start=on_start)
         outputs = {}
         with open(output_path, "rb") as fh:
             data = fh.read(MAX_RESULT_BYTES)
@@ -163,9 +166,11 @@ def run_script(script: str, *, env: dict[str, str], cwd: str | None = None, time
 
 def run_command(argv: list[str], *, env: dict[str, str], cwd: str | None = None, timeout: float | None = None,
                 cancel: CancelToken | None = None, input: bytes | None = None,
-                run_id: str | None = None, isolation: Isolation | None = None) -> ShellResult:
+                run_id: str | None = None, isolation: Isolation | None = None,
+                on_start: OnStart | None = None) -> ShellResult:
     """Run one program (no shell) in a process tree of its own, with a
-    timeout, isolated as ``isolation`` says (user, sandbox, limits)."""
+    timeout, isolated as ``isolation`` says (user, sandbox, limits).
+    ``on_start(pid, start time)`` hears of the process group it started."""
     limits = isolation.limits if isolation is not None else None
     tree = ProcessTree(run_id, pids_max=limits.processes if limits is not None else None)
     if isolation is not None and isolation.restricted:
@@ -178,6 +183,8 @@ def run_command(argv: list[str], *, env: dict[str, str], cwd: str | None = None,
         tree.close()
         return ShellResult(exit_code=127, stdout="", stderr=f"{argv[0]}: command not found")
     tree.leader = proc.pid
+    if on_start is not None:
+        on_start(proc.pid, start_time(proc.pid))
     command = _Command(proc, tree)
     readers = [_Reader(proc.stdout), _Reader(proc.stderr)]
     for reader in readers:

@@ -1,21 +1,46 @@
-"""The database: where it is, how to connect, and the schema on first use.
+"""The database: where it is, how to connect, and which schema dagrun's
+tables live in.
 
-SQLite by default (a file under ``$XDG_DATA_HOME/dagrun``; zero set-up), any
-SQLAlchemy URL by option or ``DAGRUN_DATABASE_URL`` (Postgres in
+SQLite by default (a file in dagrun's data folder; zero set-up), any
+SQLAlchemy URL by option or ``DAGRUN_DATABASE_URL`` (PostgreSQL in
 production). SQLite runs in WAL mode so another process can read a run's
-progress while it is being written.
+progress while it is being written, and its file is readable by its owner
+only.
+
+On PostgreSQL dagrun's tables live in a schema of their own (``dagrun`` by
+default; ``DAGRUN_SCHEMA``, the URL option ``?dagrun_schema=name`` or the
+``schema=`` keyword choose another), with their own migration history, so
+dagrun can share the database of the application that provisions
+workspaces: its tables and its ``alembic_version`` are never touched. The
+models are written without a schema; the engine maps them into it
+(``schema_translate_map``).
+
+Opening an engine never changes the database. Writers call
+:func:`writable` (migrate to the newest schema on first use, under a lock);
+readers call :func:`readable`, which says to run ``dagrun db upgrade`` when
+the schema is older than this dagrun. Every database failure becomes one
+:class:`~dagrun.errors.StoreError` naming the database, password masked.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import re
 from pathlib import Path
+from typing import Iterator
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from ..errors import InputError, StoreError
+
+DEFAULT_SCHEMA = "dagrun"
+SCHEMA_OPTION = "dagrun_schema"
+_IDENTIFIER = re.compile(r"\A[A-Za-z_][A-Za-z0-9_]{0,62}\Z")
+_schemas: dict[int, str | None] = {}  # id(engine) -> the schema its tables live in
 
 
 def default_database_url() -> str:
@@ -38,31 +63,45 @@ def normalize_url(url: str) -> str:
 def describe_url(url: str) -> str:
     """The URL without its password, for output."""
     try:
-        from sqlalchemy.engine import make_url
         return make_url(url).render_as_string(hide_password=True)
     except ArgumentError:
         return url
 
 
-def engine_for(url: str) -> Engine:
-    """One engine per URL and process; the schema is migrated to the newest
-    revision on first use."""
-    return _engine(normalize_url(url))
+def schema_of(engine: Engine) -> str | None:
+    """The schema dagrun's tables live in (None on SQLite)."""
+    return _schemas.get(id(engine))
+
+
+def engine_for(url: str, *, schema: str | None = None) -> Engine:
+    """One engine per URL (and schema) and process. Never changes the database."""
+    return _engine(normalize_url(url), schema or os.environ.get("DAGRUN_SCHEMA") or None)
 
 
 @functools.cache
-def _engine(url: str) -> Engine:
-    if url.startswith("sqlite:///"):
-        path = url[len("sqlite:///"):].split("?", 1)[0]
-        if path and path != ":memory:":
-            _private_file(Path(path))
+def _engine(url: str, schema: str | None) -> Engine:
     try:
-        options = {}
-        if url.startswith("postgresql+psycopg2"):
-            options["executemany_mode"] = "values_plus_batch"  # batched UPDATEs: one round-trip, not one per row
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise InputError(f"bad database URL {describe_url(url)!r}: {exc}") from None
+    if SCHEMA_OPTION in parsed.query:
+        schema = schema or str(parsed.query[SCHEMA_OPTION])
+        parsed = parsed.difference_update_query([SCHEMA_OPTION])
+    if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
+        _private_file(Path(parsed.database))
+    options: dict = {}
+    if parsed.get_backend_name() == "postgresql":
+        schema = schema or DEFAULT_SCHEMA
+        if not _IDENTIFIER.match(schema):
+            raise InputError(f"bad schema name {schema!r} (letters, digits and _)")
+        options["executemany_mode"] = "values_plus_batch"  # batched UPDATEs: one round-trip, not one per row
+        options["execution_options"] = {"schema_translate_map": {None: schema}}
+    else:
+        schema = None
+    try:
         # No pre-ping: it costs a round-trip per checkout, and the writer retries
         # on a dropped connection anyway (its first use raises, is invalidated).
-        engine = create_engine(url, **options)
+        engine = create_engine(parsed, **options)
     except (ArgumentError, ImportError) as exc:
         raise InputError(f"bad database URL {describe_url(url)!r}: {exc}") from None
     if engine.dialect.name == "sqlite":
@@ -74,14 +113,54 @@ def _engine(url: str) -> Engine:
             cur.execute("PRAGMA busy_timeout=10000")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()
-    try:
-        from .migrate import upgrade
-        upgrade(engine)
-    except SQLAlchemyError as exc:
-        _engine.cache_clear()
-        raise StoreError(f"cannot open database {describe_url(url)}: {exc.__class__.__name__}: "
-                         f"{str(exc).splitlines()[0]}") from None
+    _schemas[id(engine)] = schema
     return engine
+
+
+_ready: set[int] = set()
+
+
+def writable(url: str, *, schema: str | None = None) -> Engine:
+    """The engine of a store that is about to be written: its schema is
+    created or migrated to the newest revision (once per process)."""
+    engine = engine_for(url, schema=schema)
+    if id(engine) not in _ready:
+        from .migrate import upgrade
+        with store_errors(url, "cannot open database"):
+            upgrade(engine)
+        _ready.add(id(engine))
+    return engine
+
+
+def readable(url: str, *, schema: str | None = None) -> Engine:
+    """The engine of a store to read: refused with what to do when the
+    database holds no dagrun records yet or an older schema. Reading never
+    migrates."""
+    engine = engine_for(url, schema=schema)
+    if id(engine) not in _ready:
+        from .migrate import current, head
+        with store_errors(url, "cannot read database"):
+            revision = current(engine)
+        if revision is None:
+            raise StoreError(f"{describe_url(url)} holds no dagrun records yet (run a template, or "
+                             "dagrun db upgrade to create the tables)")
+        if revision != head():
+            raise StoreError(f"{describe_url(url)} has dagrun's schema at revision {revision}, older than this "
+                             f"dagrun's ({head()}): run dagrun db upgrade")
+        _ready.add(id(engine))
+    return engine
+
+
+@contextlib.contextmanager
+def store_errors(url: str, what: str = "database error") -> Iterator[None]:
+    """Database failures as one StoreError naming the database."""
+    try:
+        yield
+    except StoreError:
+        raise
+    except SQLAlchemyError as exc:
+        reason = str(exc.orig if getattr(exc, "orig", None) is not None else exc).strip().splitlines()
+        raise StoreError(f"{what} {describe_url(url)}: {reason[0] if reason else type(exc).__name__}") from None
 
 
 def _private_file(path: Path) -> None:

@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 
 from ..errors import InputError
 from .models import ProvisioningRun, WorkspaceActionExecution
-from .engine import engine_for
+from .engine import readable, store_errors
 
 
 def _iso(value: Any) -> str | None:
@@ -23,7 +23,7 @@ def list_runs(url: str, *, workspace: str | None = None, status: str | None = No
         query = query.where(ProvisioningRun.workspace_id == str(workspace))
     if status is not None:
         query = query.where(ProvisioningRun.status == status)
-    with Session(engine_for(url)) as session:
+    with store_errors(url, "cannot read"), Session(readable(url)) as session:
         return [{"run_id": r.id, "workspace_id": r.workspace_id, "template": r.template_name,
                  "version": r.template_version, "status": r.status, "started_at": _iso(r.started_at),
                  "completed_at": _iso(r.completed_at), "total": r.total_steps, "completed": r.completed_steps,
@@ -44,7 +44,7 @@ def find_run(session: Session, run_id: str) -> ProvisioningRun:
 
 
 def show_run(url: str, run_id: str, *, output: bool = False) -> dict[str, Any]:
-    with Session(engine_for(url)) as session:
+    with store_errors(url, "cannot read"), Session(readable(url)) as session:
         run = find_run(session, run_id)
         attempts = session.scalars(select(WorkspaceActionExecution).where(WorkspaceActionExecution.run_id == run.id)
                                    .order_by(WorkspaceActionExecution.id)).all()
@@ -66,7 +66,7 @@ def show_run(url: str, run_id: str, *, output: bool = False) -> dict[str, Any]:
 def step_statuses(url: str, run_id: str) -> tuple[dict[str, Any], dict[str, str]]:
     """A run's template snapshot and each step's latest status."""
     run = show_run(url, run_id)
-    with Session(engine_for(url)) as session:
+    with store_errors(url, "cannot read"), Session(readable(url)) as session:
         snapshot = session.get(ProvisioningRun, run["run_id"]).template_snapshot
     latest: dict[str, tuple[int, str]] = {}
     for attempt in run["attempts"]:
@@ -80,7 +80,7 @@ def watch(url: str, run_id: str, *, poll_seconds: float = 0.5, timeout: float | 
     (and the run's final state), until the run is no longer running.
     PostgreSQL wakes the watcher with LISTEN/NOTIFY; SQLite is polled."""
     import time
-    engine = engine_for(url)
+    engine = readable(url)
     listener = None
     if engine.dialect.name == "postgresql":
         import psycopg2

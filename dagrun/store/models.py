@@ -141,8 +141,9 @@ class ProvisioningRun(Base):
     max_workers: Mapped[int | None] = mapped_column(Integer)
     # The process running it ("host:pid"): with heartbeat_at, tells a live run from a dead one.
     owner: Mapped[str | None] = mapped_column(String(200))
+    fleet_id: Mapped[str | None] = mapped_column(String(36))  # runs started together by run_fleet
 
-    __table_args__ = (Index("idx_runs_workspace", "workspace_id", "started_at"),)
+    __table_args__ = (Index("idx_runs_workspace", "workspace_id", "started_at"), Index("idx_runs_fleet", "fleet_id"))
 
 
 class WorkspaceActionExecution(Base):
@@ -167,6 +168,13 @@ class WorkspaceActionExecution(Base):
     error_message: Mapped[str | None] = mapped_column(Text)
     exit_code: Mapped[int | None] = mapped_column(Integer)
     result_data: Mapped[Any] = mapped_column(JSONType, nullable=True)
+    # Why a skipped step was skipped: "condition" (it stands on resume) or "upstream failed" (it runs again).
+    skip_reason: Mapped[str | None] = mapped_column(String(30))
+    changed: Mapped[bool | None] = mapped_column(Boolean)  # did the attempt change anything?
+    # The attempt's last process group and its start time (clock ticks since boot, as in
+    # /proc/PID/stat): a resume of a dead run ends what it left running, never a reused pid.
+    process_group: Mapped[int | None] = mapped_column(Integer)
+    process_started: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
 

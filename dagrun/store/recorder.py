@@ -19,34 +19,36 @@ returns once every queued event is committed (or journalled).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import queue
 import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
-import structlog
 from sqlalchemy import Engine, and_, bindparam, insert, select, update
 from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 
-from ..run.events import (AttemptFinished, RetryScheduled, RunFinished, RunStarted, StepFinished, StepRolledBack,
+from ..run.events import (AttemptFinished, ProcessStarted, RetryScheduled, RunFinished, RunStarted, StepFinished,
+                          StepRolledBack,
                      StepSkipped, StepStarted)
 from .models import ProvisioningRun, TemplateAction, WorkspaceActionExecution
 from ..run.outcome import StepStatus
+from ..run.scheduler import UPSTREAM_FAILED
 from ..spec import MASK
-from ..errors import InputError
-from .engine import describe_url, engine_for
+from . import journal
+from .engine import describe_url, writable
 from ..util import bounded
 
-log = structlog.get_logger("dagrun.store")
+log = logging.getLogger("dagrun.store")
 
 HEARTBEAT_SECONDS = 5.0
 RETRY_LIMIT_SECONDS = float(os.environ.get("DAGRUN_STORE_RETRY_SECONDS", 120))
-BATCH_WINDOW = 0.05
 MAX_BATCH = 2000
 _STOP = object()
+CONDITION = "condition"  # skip_reason of a step whose condition was false (it stands on resume)
 ATTEMPTS = WorkspaceActionExecution.__table__
 RUNS = ProvisioningRun.__table__
 
@@ -64,11 +66,6 @@ def _output(stdout: str, stderr: str) -> str:
 
 def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
-
-
-def journal_dir() -> Path:
-    from ..locations import journal_dir as where
-    return where()
 
 
 # -- row operations -------------------------------------------------------------
@@ -170,15 +167,25 @@ def _ensure_actions(conn: Any, names: Iterable[str], action_ids: dict[str, int],
 
 
 class Recorder:
-    """An observer writing events to ``url`` from its own thread."""
+    """An observer writing events to ``url`` from its own thread.
 
-    def __init__(self, url: str, *, retry_limit_seconds: float | None = None):
+    Write-ahead: a step's completion (and the result its dependents read) is
+    committed before any dependent starts. The runner holds the dependents
+    back; the writer commits whatever has queued up (completions that arrive
+    together share one commit) and then calls ``on_durable`` with the steps
+    whose completions are now safe, from its own thread. A batch the store
+    cannot take goes to the journal (synced to disk) and counts as safe too.
+    """
+
+    def __init__(self, url: str, *, retry_limit_seconds: float | None = None,
+                 on_durable: Callable[[list[str]], None] | None = None):
         self.url = url
-        self.engine = engine_for(url)
+        self.engine = writable(url)
         self.retry_limit_seconds = RETRY_LIMIT_SECONDS if retry_limit_seconds is None else retry_limit_seconds
+        self.on_durable = on_durable
         self.error: str | None = None
         self.journal: Path | None = None
-        self._queue: queue.Queue = queue.Queue()
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._action_ids: dict[str, int] = {}
         self._run: dict[str, Any] = {}
         self._thread = threading.Thread(target=self._work, name="dagrun-recorder", daemon=True)
@@ -188,6 +195,7 @@ class Recorder:
         self._queue.put(event)
 
     def close(self) -> None:
+        """Returns once every queued event is committed (or journalled)."""
         self._queue.put(_STOP)
         self._thread.join()
 
@@ -196,23 +204,28 @@ class Recorder:
     def _work(self) -> None:
         last_beat = time.monotonic()
         stopping = False
-        get = self._queue.get
+        get, get_nowait = self._queue.get, self._queue.get_nowait
         while not stopping:
             try:
                 batch = [get(timeout=HEARTBEAT_SECONDS)]
             except queue.Empty:
                 batch = []
-            deadline = time.monotonic() + BATCH_WINDOW
-            while batch and batch[-1] is not _STOP and len(batch) < MAX_BATCH:
-                remaining = deadline - time.monotonic()
+            # Group commit: whatever queued up while the last commit ran goes in this one.
+            while batch and len(batch) < MAX_BATCH:
                 try:
-                    batch.append(get(timeout=remaining) if remaining > 0 else self._queue.get_nowait())
+                    batch.append(get_nowait())
                 except queue.Empty:
                     break
             if _STOP in batch:
                 stopping = True
                 batch = [e for e in batch if e is not _STOP]
-            ops = [op for event in batch for op in self._operations(event)]
+            ops: list[dict[str, Any]] = []
+            durable: list[str] = []
+            for event in batch:
+                ops += self._operations(event)
+                if isinstance(event, StepFinished) and event.status is StepStatus.completed \
+                        or isinstance(event, StepSkipped) and event.reason != UPSTREAM_FAILED:
+                    durable.append(event.step_id)
             # Each round-trip gives the GIL away and may wait a switch interval to get
             # it back, so the heartbeat rides along only every HEARTBEAT_SECONDS.
             if self._run.get("running") and time.monotonic() - last_beat >= HEARTBEAT_SECONDS:
@@ -221,6 +234,8 @@ class Recorder:
                 last_beat = time.monotonic()
             if ops:
                 self._commit(ops)
+            if durable and self.on_durable is not None:
+                self.on_durable(durable)
 
     def _commit(self, ops: list[dict[str, Any]]) -> None:
         delay, waited = 0.2, 0.0
@@ -234,23 +249,17 @@ class Recorder:
                 if not isinstance(exc, (OperationalError, InterfaceError)) or waited >= self.retry_limit_seconds:
                     self._to_journal(ops, reason, waited)
                     return
-                log.warning("store write failed; retrying", error=reason, delay=delay)
+                log.warning("store write failed (%s); retrying in %.1f s", reason, delay)
                 time.sleep(delay)
                 waited += delay
                 delay = min(delay * 2, 5.0)
 
     def _to_journal(self, ops: list[dict[str, Any]], reason: str, waited: float) -> None:
-        directory = journal_dir()
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.journal = directory / f"{self._run.get('id', 'unknown')}.jsonl"
-        # Owner-only, and never the database password: recover is given the URL again.
-        fd = os.open(self.journal, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        with os.fdopen(fd, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps({"url": describe_url(self.url), "ops": ops}, default=_encode) + "\n")
+        self.journal = journal.append(self._run.get("id", "unknown"), self.url, ops)
         self.error = (f"could not write to {describe_url(self.url)} ({reason}"
                       + (f", for {waited:.0f} s" if waited else "") + f"); records kept in {self.journal}, "
                       "replay them with: dagrun db recover")
-        log.error("store write failed; records journalled", error=self.error, operations=len(ops))
+        log.error("store write failed; %d records journalled: %s", len(ops), self.error)
 
     # -- events -> operations -------------------------------------------------
 
@@ -274,11 +283,13 @@ class Recorder:
         now = datetime.now(timezone.utc)
         if isinstance(event, RunStarted):
             self._run = {"id": event.run_id, "plan": event.plan, "workspace_id": event.workspace_id, "running": True,
-                         "started": set(), "configs": {}, "actions": {s.action.name: s.action for s in event.plan.steps.values()}}
+                         "started": set(), "started_steps": set(), "configs": {},
+                         "actions": {s.action.name: s.action for s in event.plan.steps.values()}}
             return [{"op": "run", "run_id": event.run_id, "values": {"status": "running",
                                                                      "heartbeat_at": _ts(event.time)}}]
         if isinstance(event, StepStarted):
             self._run["started"].add((event.step_id, event.attempt))
+            self._run["started_steps"].add(event.step_id)
             return [self._new_row(event.run_id, event.step_id, event.attempt, status="running",
                                   started_at=_ts(event.time))]
         if isinstance(event, AttemptFinished):
@@ -286,7 +297,9 @@ class Recorder:
             values = {"status": o.status.value, "completed_at": _ts(o.started_at + o.duration),
                       "duration_seconds": round(o.duration, 6), "execution_output": _output(o.stdout, o.stderr),
                       "error_message": o.error or o.skip_reason, "exit_code": o.exit_code,
-                      "result_data": _jsonable(o.data) if o.data else {}, "updated_at": now}
+                      "result_data": _jsonable(o.data) if o.data else {}, "updated_at": now,
+                      "skip_reason": CONDITION if o.status is StepStatus.skipped else None,
+                      "changed": o.changed}
             if o.config is not None:
                 values["action_config"] = _jsonable(o.config)
             if (o.step_id, o.attempt) not in self._run["started"]:  # e.g. abandoned, or no StepStarted seen
@@ -296,10 +309,14 @@ class Recorder:
             return [{"op": "update", "key": [event.run_id, event.step_id, event.attempt],
                      "values": {"next_retry_at": _ts(event.next_retry_at)}}]
         if isinstance(event, StepSkipped):
-            if any(s == event.step_id for s, _ in self._run["started"]):
+            if event.step_id in self._run["started_steps"]:
                 return []  # skipped by its condition: the attempt row says so
             return [self._new_row(event.run_id, event.step_id, 0, status=StepStatus.skipped.value,
-                                  error_message=event.reason, completed_at=_ts(event.time))]
+                                  skip_reason=UPSTREAM_FAILED, error_message=event.reason,
+                                  completed_at=_ts(event.time))]
+        if isinstance(event, ProcessStarted):
+            return [{"op": "update", "key": [event.run_id, event.step_id, event.attempt],
+                     "values": {"process_group": event.pid, "process_started": event.started}}]
         if isinstance(event, StepFinished) and event.status is StepStatus.cancelled and event.attempts:
             return [{"op": "update", "key": [event.run_id, event.step_id, event.attempts],
                      "values": {"status": "cancelled", "next_retry_at": None, "error_message": event.error}}]
@@ -315,55 +332,3 @@ class Recorder:
                 "completed_steps": result.completed_actions, "failed_steps": result.failed_actions,
                 "skipped_steps": result.skipped_actions, "error": result.error, "heartbeat_at": _ts(event.time)}}]
         return []
-
-
-def _encode(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return {"$dt": value.isoformat()}
-    return str(value)
-
-
-def _decode(value: Any) -> Any:
-    if isinstance(value, dict):
-        if set(value) == {"$dt"}:
-            return datetime.fromisoformat(value["$dt"])
-        return {k: _decode(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_decode(v) for v in value]
-    return value
-
-
-def _replay_url(journalled: str, given: str | None) -> str:
-    """The journal keeps the database URL without its password: a URL that
-    had one must be given again (``--db`` or ``$DAGRUN_DATABASE_URL``)."""
-    if given:
-        return given
-    if "***" in journalled:
-        raise InputError(f"the journal was written for {journalled}, whose password is not kept: "
-                         "give the database URL (dagrun db recover --db URL, or DAGRUN_DATABASE_URL)")
-    return journalled
-
-
-def recover(journal: Path | None = None, url: str | None = None) -> list[tuple[Path, int, str | None]]:
-    """Replay journalled operations; ``(file, batches applied, error)`` per file.
-    A file is removed once all its batches are applied. ``url``: the
-    database to replay into (needed when the journalled URL had a password)."""
-    files = [journal] if journal else sorted(journal_dir().glob("*.jsonl"))
-    report = []
-    for path in files:
-        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        applied, error = 0, None
-        for line in lines:
-            entry = json.loads(line)
-            try:
-                apply_operations(engine_for(_replay_url(entry["url"], url)), _decode(entry["ops"]), {})
-            except SQLAlchemyError as exc:
-                error = str(exc).splitlines()[0]
-                break
-            applied += 1
-        if error is None:
-            path.unlink()
-        else:
-            path.write_text("\n".join(lines[applied:]) + "\n", encoding="utf-8")
-        report.append((path, applied, error))
-    return report

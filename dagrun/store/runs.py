@@ -22,13 +22,16 @@ import os
 import socket
 import zlib
 from datetime import datetime, timedelta, timezone
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
 from ..errors import RunConflictError
+from ..run import processes
+from ..run.runner import Done
 from .models import ProvisioningRun, WorkspaceActionExecution
+from .recorder import CONDITION
 from ..run.outcome import StepStatus
 
 STALE_SECONDS = float(os.environ.get("DAGRUN_HEARTBEAT_STALE_SECONDS", 30))
@@ -72,7 +75,8 @@ def workspace_lock(engine: Engine, session: Session, workspace_id: str) -> Itera
     if engine.dialect.name != "sqlite" or not database or database == ":memory:":
         yield
         return
-    with open(f"{database}.lock", "a") as fh:  # one writer at a time across processes
+    fd = os.open(f"{database}.lock", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    with os.fdopen(fd, "a") as fh:  # one writer at a time across processes
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield
@@ -81,13 +85,22 @@ def workspace_lock(engine: Engine, session: Session, workspace_id: str) -> Itera
 
 
 def interrupt(session: Session, run: ProvisioningRun) -> None:
-    """Close a dead run so it can be resumed."""
+    """Close a dead run so it can be resumed. What its attempts left running
+    on this host is ended first, so a resume never races the old attempt of
+    the same step."""
     now = datetime.now(timezone.utc)
+    host = (run.owner or "").rpartition(":")[0]
+    running = session.scalars(select(WorkspaceActionExecution).where(
+        WorkspaceActionExecution.run_id == run.id, WorkspaceActionExecution.status == "running")).all()
+    if host == socket.gethostname():
+        processes.kill_run(run.id)  # its cgroups, and processes carrying its tag
+        for attempt in running:  # and recorded process groups whose leader is still the one recorded
+            if attempt.process_group:
+                processes.kill_group(attempt.process_group, attempt.process_started)
     run.status = "failed"
     run.error = INTERRUPTED
     run.completed_at = now
-    for attempt in session.scalars(select(WorkspaceActionExecution).where(
-            WorkspaceActionExecution.run_id == run.id, WorkspaceActionExecution.status == "running")):
+    for attempt in running:
         attempt.status = StepStatus.failed.value
         attempt.error_message = "interrupted"
         attempt.completed_at = now
@@ -116,6 +129,34 @@ def claim(engine: Engine, *, run_id: str, workspace_id: str, fields: Mapping[str
         run.owner = owner_id()
         run.heartbeat_at = now
         run.started_at = run.started_at or now
+
+
+def done_steps(rows: Mapping[str, list[WorkspaceActionExecution]], step_ids: Iterable[str],
+               again: Iterable[str] = ()) -> tuple[dict[str, Done], dict[str, int]]:
+    """What a resume does not run again, and the attempt numbers to go on from.
+
+    A step stands when its last record says ``completed``, or ``skipped`` by
+    its condition. Failed, cancelled, interrupted, rolled back, never started
+    and skipped-because-upstream-failed steps run again, as do ``again``
+    (``--from STEP`` and its downstream)."""
+    again = set(again)
+    done: dict[str, Done] = {}
+    numbers: dict[str, int] = {}
+    for sid in step_ids:
+        attempts = rows.get(sid, [])
+        numbers[sid] = max((r.attempt_number for r in attempts), default=0)
+        last = attempts[-1] if attempts else None
+        if last is None or sid in again:
+            continue
+        condition_skip = last.status == StepStatus.skipped.value and (
+            last.skip_reason == CONDITION or (last.skip_reason is None and last.attempt_number > 0))  # older rows
+        if last.status == StepStatus.completed.value or condition_skip:
+            done[sid] = Done(status=StepStatus(last.status), attempts=numbers[sid],
+                             duration=sum(r.duration_seconds or 0.0 for r in attempts),
+                             result=dict(last.result_data or {}),
+                             skip_reason=last.error_message if condition_skip else None, exit_code=last.exit_code,
+                             changed=last.changed)
+    return done, numbers
 
 
 def load_for_resume(engine: Engine, run_id: str) -> tuple[ProvisioningRun, dict[str, list[WorkspaceActionExecution]]]:

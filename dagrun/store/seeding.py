@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from ..compile.loader import build_library, package_dir, read_document
 from .models import TemplateAction, TemplateActionSequence, WorkspaceTemplate
 from ..spec import ActionSpec
-from .engine import engine_for
+from .engine import store_errors, writable
 
 
 def _jsonable(value: Any) -> Any:
@@ -55,7 +55,7 @@ def seed(url: str, *, actions: Iterable[Any] | None = None, templates: Iterable[
     for path, doc in zip(files, documents):  # refuse to store a template that does not compile
         compile_template(path, library=library, templates=documents)
     counts = {"actions": 0, "templates": 0, "steps": 0}
-    with Session(engine_for(url)) as session, session.begin():
+    with store_errors(url, "cannot write to"), Session(writable(url)) as session, session.begin():
         ids: dict[str, int] = {}
         for action in library.values():
             row = session.scalar(select(TemplateAction).where(TemplateAction.name == action.name))
@@ -105,14 +105,14 @@ def seed(url: str, *, actions: Iterable[Any] | None = None, templates: Iterable[
 
 def stored_templates(url: str) -> list[dict[str, Any]]:
     """Every stored template document (newest version of a name first)."""
-    with Session(engine_for(url)) as session:
+    with store_errors(url, "cannot read"), Session(writable(url)) as session:
         rows = session.scalars(select(WorkspaceTemplate).order_by(WorkspaceTemplate.name,
                                                                   WorkspaceTemplate.updated_at.desc())).all()
         return [dict(row.document) for row in rows if row.document]
 
 
 def mark_applied(url: str, name: str, version: str) -> None:
-    with Session(engine_for(url)) as session, session.begin():
+    with store_errors(url, "cannot write to"), Session(writable(url)) as session, session.begin():
         session.execute(update(WorkspaceTemplate).where(
             WorkspaceTemplate.name == name, WorkspaceTemplate.version == version).values(
             usage_count=WorkspaceTemplate.usage_count + 1, last_applied_at=datetime.now(timezone.utc)))

@@ -1,0 +1,90 @@
+"""Records the store could not take, kept on local disk until it can.
+
+When the database stays unreachable longer than the writer's retry limit,
+or refuses a write, the batch of row operations goes to a JSON-lines file in
+dagrun's data folder (``journal/<run id>.jsonl``), created readable by its
+owner only. It never keeps the database password: ``dagrun db recover``
+(:func:`recover`) is given the URL again when the journalled one had one.
+A file is removed once all its batches are replayed; a batch that fails
+stays for the next attempt.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from ..errors import InputError
+from ..locations import journal_dir
+from .engine import describe_url, writable
+
+
+def append(run_id: str, url: str, ops: list[dict[str, Any]]) -> Path:
+    """Add one batch to the run's journal; the file it went to."""
+    directory = journal_dir()
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = directory / f"{run_id}.jsonl"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    with os.fdopen(fd, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps({"url": describe_url(url), "ops": ops}, default=_encode) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())  # as durable as a commit: dependents may start after this
+    return path
+
+
+def _encode(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return {"$dt": value.isoformat()}
+    return str(value)
+
+
+def _decode(value: Any) -> Any:
+    if isinstance(value, dict):
+        if set(value) == {"$dt"}:
+            return datetime.fromisoformat(value["$dt"])
+        return {k: _decode(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_decode(v) for v in value]
+    return value
+
+
+def _replay_url(journalled: str, given: str | None) -> str:
+    """The journal keeps the database URL without its password: a URL that
+    had one must be given again (``--db`` or ``$DAGRUN_DATABASE_URL``)."""
+    if given:
+        return given
+    if "***" in journalled:
+        raise InputError(f"the journal was written for {journalled}, whose password is not kept: "
+                         "give the database URL (dagrun db recover --db URL, or DAGRUN_DATABASE_URL)")
+    return journalled
+
+
+def recover(journal: Path | None = None, url: str | None = None) -> list[tuple[Path, int, str | None]]:
+    """Replay journalled operations; ``(file, batches applied, error)`` per file.
+    ``url``: the database to replay into (needed when the journalled URL had a
+    password)."""
+    from .recorder import apply_operations
+    files = [journal] if journal else sorted(journal_dir().glob("*.jsonl"))
+    report = []
+    for path in files:
+        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        applied, error = 0, None
+        for line in lines:
+            entry = json.loads(line)
+            try:
+                apply_operations(writable(_replay_url(entry["url"], url)), _decode(entry["ops"]), {})
+            except SQLAlchemyError as exc:
+                error = str(exc).splitlines()[0]
+                break
+            applied += 1
+        if error is None:
+            path.unlink()
+        else:
+            path.write_text("\n".join(lines[applied:]) + "\n", encoding="utf-8")
+        report.append((path, applied, error))
+    return report
