@@ -66,7 +66,8 @@ def run_template(template: Any, workspace: Any, *, database_url: str | None = No
                  templates: Iterable[Mapping[str, Any]] = (),
                  observers: Iterable[Observer] = (), runner_hook: Callable[[Runner], None] | None = None,
                  allow_sudo: bool = False, secrets: Mapping[str, Any] | None = None,
-                 env_passthrough: Iterable[str] = (), sandbox: bool = True) -> RunResult:
+                 env_passthrough: Iterable[str] = (), sandbox: bool = True,
+                 trusted_actions: Iterable[Any] | None = None) -> RunResult:
     """Compile ``template`` and run it for ``workspace``.
 
     ``template``: a path, the name of a template in ``seeds/`` or stored with
@@ -83,13 +84,15 @@ def run_template(template: Any, workspace: Any, *, database_url: str | None = No
     ``resume``). Steps see only PATH, LANG, LC_*, TZ and TERM of the
     caller's environment, plus the names the template declares in
     ``global_config.env_passthrough`` and those in ``env_passthrough``.
-    ``sandbox=False`` runs user-defined actions without bubblewrap. Raises
+    ``sandbox=False`` runs user-defined actions without bubblewrap;
+    ``trusted_actions`` are the operator's own actions, trusted like the
+    standard library (they may need root and run unsandboxed). Raises
     RunConflictError when the workspace already has an active run.
     """
     prepared = prepare(template, workspace, database_url=database_url, max_workers=max_workers,
                        variables=variables, actions=actions, executor=executor, record=record, run_id=run_id,
                        templates=templates, allow_sudo=allow_sudo, secrets=secrets,
-                       env_passthrough=env_passthrough, sandbox=sandbox)
+                       env_passthrough=env_passthrough, sandbox=sandbox, trusted_actions=trusted_actions)
     claim(prepared)
     return execute(prepared, observers=observers, on_event=on_event, runner_hook=runner_hook)
 
@@ -98,7 +101,8 @@ def resume(run_id: str, *, database_url: str | None = None, from_step: str | Non
            max_workers: int | None = None, actions: Iterable[Any] | None = None,
            on_event: Callable[[Any], None] | None = None, executor: Executor | None = None,
            observers: Iterable[Observer] = (), runner_hook: Callable[[Runner], None] | None = None,
-           allow_sudo: bool = False, secrets: Mapping[str, Any] | None = None, sandbox: bool = True) -> RunResult:
+           allow_sudo: bool = False, secrets: Mapping[str, Any] | None = None, sandbox: bool = True,
+           trusted_actions: Iterable[Any] | None = None) -> RunResult:
     """Continue a run from its snapshot, in the same run record.
 
     Completed steps (and steps skipped by their condition) are not run
@@ -110,7 +114,7 @@ def resume(run_id: str, *, database_url: str | None = None, from_step: str | Non
     """
     prepared = prepare_resume(run_id, database_url=database_url, from_step=from_step, max_workers=max_workers,
                               actions=actions, executor=executor, allow_sudo=allow_sudo, secrets=secrets,
-                              sandbox=sandbox)
+                              sandbox=sandbox, trusted_actions=trusted_actions)
     claim(prepared)
     return execute(prepared, observers=observers, on_event=on_event, runner_hook=runner_hook)
 
@@ -122,7 +126,8 @@ def prepare(template: Any, workspace: Any, *, database_url: str | None = None, m
             executor: Executor | None = None, record: bool = True, run_id: str | None = None,
             templates: Iterable[Mapping[str, Any]] = (), allow_sudo: bool = False,
             secrets: Mapping[str, Any] | None = None, env_passthrough: Iterable[str] = (),
-            sandbox: bool = True, fleet_id: str | None = None) -> PreparedRun:
+            sandbox: bool = True, fleet_id: str | None = None,
+            trusted_actions: Iterable[Any] | None = None) -> PreparedRun:
     """Compile and check a new run; raises on bad input, runs nothing."""
     _check_workers(max_workers)
     url = (database_url or default_database_url()) if record else None
@@ -131,7 +136,7 @@ def prepare(template: Any, workspace: Any, *, database_url: str | None = None, m
         from .store.seeding import stored_templates
         templates += stored_templates(url)  # a template stored with `dagrun seed` runs by name
     plan, ws = compile_for(template, workspace, actions=actions, variables=variables, secrets=secrets,
-                           templates=templates, env_passthrough=env_passthrough)
+                           templates=templates, env_passthrough=env_passthrough, trusted_actions=trusted_actions)
     check_sandbox(plan, sandbox)
     return PreparedRun(plan=plan, workspace=ws, run_id=run_id or str(uuid.uuid4()), url=url,
                        variables=dict(variables or {}), secrets=dict(secrets or {}), max_workers=max_workers,
@@ -141,7 +146,8 @@ def prepare(template: Any, workspace: Any, *, database_url: str | None = None, m
 def prepare_resume(run_id: str, *, database_url: str | None = None, from_step: str | None = None,
                    max_workers: int | None = None, actions: Iterable[Any] | None = None,
                    executor: Executor | None = None, allow_sudo: bool = False,
-                   secrets: Mapping[str, Any] | None = None, sandbox: bool = True) -> PreparedRun:
+                   secrets: Mapping[str, Any] | None = None, sandbox: bool = True,
+                   trusted_actions: Iterable[Any] | None = None) -> PreparedRun:
     """Compile and check the resume of a recorded run; raises on bad input."""
     from .store.engine import store_errors, writable
     from .store.runs import done_steps, is_alive, load_for_resume
@@ -164,7 +170,8 @@ def prepare_resume(run_id: str, *, database_url: str | None = None, from_step: s
     step_secrets = {k: v for k, v in secrets.items() if "." in k and not k.startswith("workspace.")}
     secret_vars = {k: v for k, v in secrets.items() if "." not in k}
     plan = compile_template(with_secret_literals(run.template_snapshot, step_secrets), actions=actions,
-                            workspace=ws, variables={**(run.variables or {}), **secret_vars})
+                            workspace=ws, variables={**(run.variables or {}), **secret_vars},
+                            trusted_actions=trusted_actions)
     again: set[str] = set()
     if from_step is not None:
         if from_step not in plan.steps:
@@ -182,12 +189,13 @@ def prepare_resume(run_id: str, *, database_url: str | None = None, from_step: s
 
 def compile_for(template: Any, workspace: Any, *, actions: Iterable[Any] | None = None,
                 variables: Mapping[str, Any] | None = None, secrets: Mapping[str, Any] | None = None,
-                templates: Iterable[Mapping[str, Any]] = (), env_passthrough: Iterable[str] = ()
-                ) -> tuple[Plan, Mapping[str, Any]]:
+                templates: Iterable[Mapping[str, Any]] = (), env_passthrough: Iterable[str] = (),
+                trusted_actions: Iterable[Any] | None = None) -> tuple[Plan, Mapping[str, Any]]:
     """Compile ``template`` for ``workspace``: the plan, and the workspace as
     a mapping. An object workspace is read through the fields the template
     uses, so it is compiled once to learn them."""
-    options = dict(actions=actions, templates=list(templates), env_passthrough=tuple(env_passthrough))
+    options = dict(actions=actions, templates=list(templates), env_passthrough=tuple(env_passthrough),
+                   trusted_actions=trusted_actions)
     merged = {**(variables or {}), **(secrets or {})}
     if workspace is None or isinstance(workspace, Mapping):
         ws = normalize_workspace(workspace)

@@ -82,10 +82,16 @@ def normalize_workspace(workspace: Any, fields: Iterable[str] = ()) -> Mapping[s
         data.setdefault(name, None)
     if data["home_dir"] is not None:
         data["home_dir"] = str(data["home_dir"])
+    user = data["linux_username"]
+    if user is not None and not (isinstance(user, str) and _USERNAME.match(user)):
+        raise InputError(f"the workspace linux_username {str(user)[:40]!r} is not a Linux user name "
+                         "(lowercase letters, digits, _ and -)")
     return FrozenDict(data)
 
 
 _SAFE_ID = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
+_HASHED = re.compile(r"-[0-9a-f]{10}\Z")  # what slug() appends: an id that looks like it gets one too
+_USERNAME = re.compile(r"\A[a-z_][a-z0-9_-]{0,31}\$?\Z")
 
 
 def slug(workspace_id: Any) -> str:
@@ -93,7 +99,7 @@ def slug(workspace_id: Any) -> str:
     name, otherwise its safe characters and a hash (never a path: no ``/``,
     no ``..``, and two ids never share a folder)."""
     text = str(workspace_id)
-    if _SAFE_ID.match(text) and ".." not in text:
+    if _SAFE_ID.match(text) and ".." not in text and not _HASHED.search(text):
         return text
     safe = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._-")[:40] or "workspace"
     return f"{safe}-{hashlib.sha256(text.encode()).hexdigest()[:10]}"

@@ -32,7 +32,7 @@ def create_venv(ctx: StepContext) -> HandlerResult:
     python = ctx.config["python_version"]
     existed = os.path.exists(os.path.join(path, "pyvenv.cfg"))
     folder_existed = os.path.isdir(path)
-    before = paths.entries(path)
+    before = paths.entries(path, home=ctx.home)
     command = [python, "-m", "venv"]
     if ctx.config.get("system_site_packages"):
         command.append("--system-site-packages")
@@ -45,7 +45,7 @@ def create_venv(ctx: StepContext) -> HandlerResult:
         result = ctx.run([_venv_python(ctx), "-m", "pip", "install", "-q", "--upgrade", "pip"], env=PIP_ENV)
     version = ctx.run([_venv_python(ctx), "-c", "import sys; print('%d.%d.%d' % sys.version_info[:3])"])
     # What rollback may remove: the folder if this step made it, else only what it added.
-    created = None if not folder_existed else sorted(paths.entries(path) - before)
+    created = None if not folder_existed else sorted(paths.entries(path, home=ctx.home) - before)
     result.data = {"venv_path": path, "python": _venv_python(ctx), "created": not existed,
                    "created_entries": created, "version": version.stdout.strip()}
     return result
@@ -61,7 +61,7 @@ def validate_venv(ctx: StepContext) -> HandlerResult:
 def remove_venv(ctx: StepContext) -> HandlerResult:
     if not ctx.result.get("created"):
         return HandlerResult(data=dict(NOTHING_TO_UNDO))
-    removed = paths.remove_created(ctx.result["venv_path"], ctx.result.get("created_entries"))
+    removed = paths.remove_created(ctx.result["venv_path"], ctx.result.get("created_entries"), home=ctx.home)
     return HandlerResult(data={"removed": removed})
 
 

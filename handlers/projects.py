@@ -24,14 +24,14 @@ def create_django_project(ctx: StepContext) -> HandlerResult:
     if not os.access(admin, os.X_OK):
         raise PermanentError(f"{admin} does not exist: install Django into the venv first")
     folder_existed = os.path.isdir(directory)
-    before = paths.entries(directory)
+    before = paths.entries(directory, home=ctx.home)
     # django-admin makes the folder as the workspace user (mkdir in this process would be root's)
     result = ctx.run(["mkdir", "-p", "--", directory])
     if result.ok:
         result = ctx.run([admin, "startproject", "--", name, directory])
-    created_entries = sorted(paths.entries(directory) - before) if folder_existed else None
+    created_entries = sorted(paths.entries(directory, home=ctx.home) - before) if folder_existed else None
     if not result.ok:
-        paths.remove_created(directory, created_entries)
+        paths.remove_created(directory, created_entries, home=ctx.home)
     result.data = {"directory": directory, "created": True, "created_entries": created_entries,
                    "project_name": name}
     return result
@@ -46,5 +46,5 @@ def validate_django_project(ctx: StepContext) -> HandlerResult:
 def remove_django_project(ctx: StepContext) -> HandlerResult:
     if not ctx.result.get("created"):
         return HandlerResult(data=dict(NOTHING_TO_UNDO))
-    removed = paths.remove_created(ctx.result["directory"], ctx.result.get("created_entries"))
+    removed = paths.remove_created(ctx.result["directory"], ctx.result.get("created_entries"), home=ctx.home)
     return HandlerResult(data={"removed": removed})

@@ -62,17 +62,17 @@ def clone(ctx: StepContext) -> HandlerResult:
         head = _git(ctx, "-C", target, "rev-parse", "HEAD")
         return HandlerResult(data={"target_dir": target, "created": False, "commit": head.stdout.strip()})
     folder_existed = os.path.isdir(target)
-    if folder_existed and paths.entries(target):
+    if folder_existed and paths.entries(target, home=ctx.home):
         raise PermanentError(f"{target} exists and is not empty")
     command = ["clone", f"--branch={branch}", "--single-branch"]
     if ctx.config.get("shallow"):
         command.append(f"--depth={int(ctx.config.get('depth', 1))}")
     result = _git(ctx, *command, "--", url, target)
     # What rollback may remove: the folder if the clone made it, else what it put in it.
-    created_entries = sorted(paths.entries(target)) if folder_existed else None
+    created_entries = sorted(paths.entries(target, home=ctx.home)) if folder_existed else None
     if not result.ok:
         if os.path.isdir(target):  # leave no half clone behind for the retry
-            paths.remove_created(target, created_entries)
+            paths.remove_created(target, created_entries, home=ctx.home)
         if "Remote branch" in result.stderr and "not found" in result.stderr:
             raise PermanentError(f"branch {branch!r} does not exist in {url}")
         return result
@@ -95,5 +95,5 @@ def validate_clone(ctx: StepContext) -> HandlerResult:
 def remove_clone(ctx: StepContext) -> HandlerResult:
     if not ctx.result.get("created"):
         return HandlerResult(data=dict(NOTHING_TO_UNDO))
-    removed = paths.remove_created(ctx.result["target_dir"], ctx.result.get("created_entries"))
+    removed = paths.remove_created(ctx.result["target_dir"], ctx.result.get("created_entries"), home=ctx.home)
     return HandlerResult(data={"removed": removed})

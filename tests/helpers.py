@@ -106,3 +106,16 @@ def describe_process(ctx: StepContext) -> dict[str, Any]:
     return {"pid": os.getpid(), "uid": os.getuid(),
             "etc_writable": can(lambda: open("/etc/dagrun-probe", "w").close()),
             "shadow_readable": can(lambda: open("/etc/shadow").read(1))}
+
+
+def ignore_cancel_then_run(ctx: StepContext) -> None:
+    """A handler that ignores its cancel token: starts a long command and,
+    meanwhile, does not return (abandoned at its deadline)."""
+    import subprocess as sp
+    import threading as th
+
+    def command() -> None:
+        ctx.run(["bash", "-c", f"echo $$ > {ctx.config['pidfile']}; exec sleep 60"])
+
+    th.Thread(target=command, daemon=True).start()
+    time.sleep(120)

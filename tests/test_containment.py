@@ -387,3 +387,169 @@ def test_ctrl_c_stops_a_sleeping_python_handler_at_once(tmp_path):
     out, err = proc.communicate(timeout=60)  # a hang guard: without the cancel token this waits 600 s
     assert proc.returncode == 130, out + err
     assert "cancelled" in out
+
+
+# -- regressions from an attack on the first version (each escaped) ---------------------
+
+def test_user_defined_actions_never_run_as_root(tmp_path):
+    acts = [shell_action("su_do", "id", requires_sudo=True), shell_action("plain", "id")]
+    with pytest.raises(TemplateError, match="action 'su_do' is user-defined: it cannot be requires_sudo"):
+        compile_template(template(step(10, "su_do")), actions=acts)
+    with pytest.raises(TemplateError, match="action 'plain' is user-defined: its steps cannot run as root"):
+        compile_template(template(step(10, "plain", run_as="root")), actions=acts)
+    # the operator's own actions are trusted like the library
+    plan = compile_template(template(step(10, "su_do")), trusted_actions=[acts[0]])
+    assert plan.steps["su_do"].run_as == "root" and not plan.steps["su_do"].sandbox
+
+
+def test_user_defined_handlers_read_only_what_their_step_gives_them(tmp_path):
+    acts = [shell_action("peek", "echo {{ vars.token }}"), shell_action("peek2", "echo {{ workspace.api_key }}")]
+    for name in ("peek", "peek2"):
+        with pytest.raises(TemplateError, match="is user-defined: its execution_handler reads only its config"):
+            compile_template(template(step(10, name)), actions=acts)
+
+
+@root_only
+def test_a_user_python_module_is_imported_only_in_its_sandbox(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    marker = home / "imported"  # the home is all the sandbox may write
+    (tmp_path / "evil_mod_x.py").write_text(f"import os\nopen({str(marker)!r}, 'a').write(str(os.getpid()) + '\\n')\n"
+                                            "def run(ctx):\n    return {'vars': dict(ctx.variables)}\n")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        acts = [action("evil", "evil_mod_x:run")]
+        doc = template(step(10, "evil", id="e"), vars={"token": "s3cret"})
+        compile_template(doc, actions=acts)
+        assert not marker.exists()  # compiling did not run it
+        result = run_template(doc, {"id": "m", "home_dir": str(home)}, actions=acts, record=False,
+                              secrets={"token": "s3cret"})
+        assert result.success, result.error
+        assert str(os.getpid()) not in marker.read_text().split()  # imported in its worker, not here
+        assert result.steps["e"].result == {"vars": {}}  # and given no variables
+    finally:
+        sys.path.remove(str(tmp_path))
+
+
+def test_a_handler_file_outside_the_actions_folder_is_refused(tmp_path):
+    (tmp_path / "acts").mkdir()
+    (tmp_path / "acts" / "leak.yaml").write_text(yaml.safe_dump(
+        {"name": "leak", "action_type": "template_copy", "execution_handler": "../secret.txt"}))
+    (tmp_path / "secret.txt").write_text("root only")
+    with pytest.raises(TemplateError, match="is outside the folder of"):
+        compile_template(template(step(10, "leak", action_config={"target_path": "~/x"})),
+                         actions=[tmp_path / "acts"])
+
+
+def test_a_result_file_swapped_for_a_symlink_is_not_read(tmp_path):
+    secret = tmp_path / "root-only.env"
+    secret.write_text("DB_PASSWORD=root-only\n")
+    secret.chmod(0o600)
+    home = tmp_path / "home"
+    home.mkdir()
+    result = run_template(template(script_step(10, f'ln -sf {secret} "$DAGRUN_OUTPUT"', id="s")),
+                          {"id": "o", "home_dir": str(home)}, record=False)
+    assert result.success and result.steps["s"].result == {}
+
+
+@root_only
+@pytest.mark.parametrize("name", ["root", "daemon"])
+def test_system_accounts_are_never_the_workspace_user(name, tmp_path):
+    result = run_template(template(script_step(10, "id", id="s")), {"id": "r", "linux_username": name}, record=False)
+    assert result.steps["s"].error.startswith(f"the workspace user {name!r} is a system account")
+    assert result.steps["s"].stdout == ""
+
+
+def test_a_linux_username_must_be_a_user_name():
+    with pytest.raises(InputError, match="is not a Linux user name"):
+        run_template(template(script_step(10, "true")), {"id": "r", "linux_username": "a\0b"}, record=False)
+
+
+@root_only
+def test_a_home_the_workspace_user_could_swap_is_refused(user, tmp_path):
+    nested = Path(user.pw_dir) / "ws"  # inside a folder the user owns: it could become a link to /root
+    result = run_template(template(script_step(10, "true", id="s")),
+                          {"id": "h", "linux_username": user.pw_name, "home_dir": str(nested)}, record=False)
+    assert "which its user" in result.steps["s"].error and "can change" in result.steps["s"].error
+    link = tmp_path / "link-home"
+    link.symlink_to(user.pw_dir)
+    result = run_template(template(script_step(10, "true", id="s")),
+                          {"id": "h", "linux_username": user.pw_name, "home_dir": str(link)}, record=False)
+    assert "goes through a symlink" in result.steps["s"].error
+
+
+@root_only
+def test_rollback_never_follows_a_folder_swapped_for_a_symlink(user, tmp_path):
+    victim = tmp_path / "victim"
+    for name in ("bin", "lib", "pyvenv.cfg"):
+        (victim / name).mkdir(parents=True) if name != "pyvenv.cfg" else (victim / name).write_text("x")
+    home = Path(user.pw_dir)
+    (home / "venv").mkdir()
+    os.chown(home / "venv", user.pw_uid, user.pw_gid)
+    doc = template(step(10, "create_python_venv", id="venv", action_config={"venv_path": "~/venv", "with_pip": False}),
+                   script_step(20, f"mv ~/venv ~/venv.old && ln -s {victim} ~/venv && exit 1", id="swap",
+                               requires=["venv"]))
+    result = run_template(doc, {"id": "w", "linux_username": user.pw_name}, record=False)
+    assert result.steps["swap"].status is StepStatus.failed
+    assert sorted(p.name for p in victim.iterdir()) == ["bin", "lib", "pyvenv.cfg"]
+
+
+@root_only
+def test_a_user_api_call_is_sandboxed_and_speaks_http_only(tmp_path):
+    import http.server
+    import threading
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    home = tmp_path / "home"
+    home.mkdir()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/"
+        for network, expected in ((False, StepStatus.failed), (True, StepStatus.completed)):
+            acts = [{"name": "call", "action_type": "api_call", "execution_handler": f"GET {url}", "max_retries": 1,
+                     "requires_network": network}]
+            result = run_template(template(step(10, "call", id="c")), {"id": "a", "home_dir": str(home)},
+                                  actions=acts, record=False)
+            assert result.steps["c"].status is expected, result.steps["c"].error
+        acts = [{"name": "file", "action_type": "api_call", "execution_handler": "GET file:///etc/shadow",
+                 "max_retries": 1, "requires_network": True}]
+        result = run_template(template(step(10, "file", id="f")), {"id": "a", "home_dir": str(home)}, actions=acts,
+                              record=False)
+        assert "speaks http and https only" in result.steps["f"].error
+    finally:
+        server.shutdown()
+
+
+def test_an_abandoned_attempt_leaves_nothing_running(tmp_path, monkeypatch):
+    import dagrun.run.runner
+    monkeypatch.setattr(dagrun.run.runner, "DEADLINE_GRACE_SECONDS", 0.2)
+    home = tmp_path / "home"
+    home.mkdir()
+    pidfile = tmp_path / "pid"
+    acts = [action("stubborn", "tests.helpers:ignore_cancel_then_run", timeout_seconds=1,
+                   config_schema={"properties": {"pidfile": {}}})]
+    result = run_template(template(step(10, "stubborn", id="s", action_config={"pidfile": str(pidfile)})),
+                          {"id": "a", "home_dir": str(home)}, actions=acts, record=False, sandbox=False)
+    assert "abandoned" in result.steps["s"].error
+    for _ in range(100):  # the kill is asynchronous
+        if pidfile.exists() and not pid_alive(int(pidfile.read_text())):
+            break
+        time.sleep(0.05)
+    assert pidfile.exists() and not pid_alive(int(pidfile.read_text()))
+
+
+@root_only
+def test_the_sandbox_shows_only_what_programs_need_of_the_system(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    acts = [shell_action("look", "ls /etc; echo ---; ls /var/lib 2>&1 || true; echo ---; ls /opt 2>&1 || true")]
+    result = run_template(template(step(10, "look", id="l")), {"id": "e", "home_dir": str(home)}, actions=acts,
+                          record=False)
+    etc, var_lib, opt = result.steps["l"].stdout.split("---\n")
+    assert "passwd" in etc.split() and "shadow" not in etc.split() and "ssh" not in etc.split()
+    assert "No such file" in var_lib and "No such file" in opt
+
+
+def test_workspace_folders_never_collide():
+    from dagrun.workspace import slug
+    assert slug("team/alice") != slug(slug("team/alice"))
+    assert slug("alice") == "alice" and "/" not in slug("../../x")

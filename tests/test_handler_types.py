@@ -102,7 +102,7 @@ def http_server():
 
 def test_api_call_success_and_failure(http_server, workspace):
     acts = [{"name": "notify", "action_type": "api_call", "execution_handler": "POST {{ config.url }}",
-             "max_retries": 1, "config_schema": {"type": "object", "properties": {
+             "max_retries": 1, "requires_network": True, "config_schema": {"type": "object", "properties": {
                  "url": {"type": "string", "x-dagrun-format": "url"}, "json": {}, "headers": {}}}}]
     doc = template(step(10, "notify", id="good", action_config={"url": http_server + "/ok/{{ workspace.id }}",
                                                                 "json": {"user": "{{ workspace.name }}"},
@@ -119,8 +119,9 @@ def test_api_call_success_and_failure(http_server, workspace):
 def test_api_call_values_are_percent_encoded(http_server, home):
     """A value inserted into a URL stays one path segment: no ../, no ?, no #."""
     acts = [{"name": "notify", "action_type": "api_call", "execution_handler": "POST {{ config.base }}/ok/{{ workspace.id }}",
-             "max_retries": 1, "config_schema": {"type": "object", "properties": {"base": {"type": "string"}}}},
+             "max_retries": 1, "requires_network": True, "config_schema": {"type": "object", "properties": {"base": {"type": "string"}}}},
             {"name": "field", "action_type": "api_call", "execution_handler": "POST {{ config.url }}", "max_retries": 1,
+             "requires_network": True,
              "config_schema": {"type": "object", "properties": {"url": {"type": "string", "x-dagrun-format": "url"}}}}]
     ws = {"id": "../admin?x=1#", "home_dir": str(home)}
     doc = template(step(10, "notify", action_config={"base": http_server}),

@@ -16,8 +16,8 @@ from dagrun.run.outcome import RunStatus, StepStatus
 from tests.helpers import action, pid_alive, script_step, shell_action, step, template
 
 RENDEZVOUS = """
-touch {{ vars.dir }}/{{ config.me }}
-for i in $(seq 200); do [ -f {{ vars.dir }}/{{ config.other }} ] && exit 0; sleep 0.05; done
+touch {{ config.dir }}/{{ config.me }}
+for i in $(seq 200); do [ -f {{ config.dir }}/{{ config.other }} ] && exit 0; sleep 0.05; done
 echo "{{ config.other }} never ran at the same time" >&2; exit 1
 """
 
@@ -31,20 +31,20 @@ def run(doc, workspace, *, actions=None, events=None, **options):
 
 def test_independent_steps_run_concurrently(workspace, tmp_path):
     """a and b each wait for the other's marker: only a parallel run finishes."""
-    acts = [shell_action("meet", RENDEZVOUS, config_schema={"properties": {"me": {}, "other": {}}})]
-    doc = template(step(10, "meet", id="a", action_config={"me": "a", "other": "b"}),
-                   step(20, "meet", id="b", action_config={"me": "b", "other": "a"}), vars={"dir": str(tmp_path)})
+    acts = [shell_action("meet", RENDEZVOUS, config_schema={"properties": {"me": {}, "other": {}, "dir": {}}})]
+    doc = template(step(10, "meet", id="a", action_config={"me": "a", "other": "b", "dir": str(tmp_path)}),
+                   step(20, "meet", id="b", action_config={"me": "b", "other": "a", "dir": str(tmp_path)}))
     result = run(doc, workspace, actions=acts, max_workers=2)
     assert result.success, result.error
     assert result.completed_actions == 2
 
 
 OVERLAP_GUARD = """
-mkdir {{ vars.dir }}/inside || { echo "overlap detected" >&2; exit 1; }
-echo "start {{ config.n }}" >> {{ vars.dir }}/log
+mkdir {{ config.dir }}/inside || { echo "overlap detected" >&2; exit 1; }
+echo "start {{ config.n }}" >> {{ config.dir }}/log
 sleep 0.1
-echo "end {{ config.n }}" >> {{ vars.dir }}/log
-rmdir {{ vars.dir }}/inside
+echo "end {{ config.n }}" >> {{ config.dir }}/log
+rmdir {{ config.dir }}/inside
 """
 
 
@@ -52,11 +52,11 @@ rmdir {{ vars.dir }}/inside
 def test_conflicting_steps_never_overlap(workspace, tmp_path, how):
     fields = {"conflicts_with_actions": {"conflicts_with_actions": ["guarded"]}, "lock": {"locks": ["dpkg"]},
               "step_conflicts": {}}[how]
-    acts = [shell_action("guarded", OVERLAP_GUARD, config_schema={"properties": {"n": {}}}, **fields)]
-    steps = [step(i, "guarded", id=f"g{i}", action_config={"n": i},
+    acts = [shell_action("guarded", OVERLAP_GUARD, config_schema={"properties": {"n": {}, "dir": {}}}, **fields)]
+    steps = [step(i, "guarded", id=f"g{i}", action_config={"n": i, "dir": str(tmp_path)},
                   **({"conflicts_with": [j for j in range(1, 5) if j != i]} if how == "step_conflicts" else {}))
              for i in range(1, 5)]
-    result = run(template(*steps, vars={"dir": str(tmp_path)}), workspace, actions=acts, max_workers=4)
+    result = run(template(*steps), workspace, actions=acts, max_workers=4)
     assert result.success, result.error
     lines = (tmp_path / "log").read_text().split()
     pairs = list(zip(lines[0::4], lines[1::4], lines[2::4], lines[3::4]))

@@ -60,30 +60,33 @@ def expected(context: str, value: str) -> str:
     return value
 
 
-def _reference(source: str, i: int) -> str:
-    return {"workspace": f"workspace.f{i}", "vars": f"vars.v{i}", "config": f"config.c{i}"}[source]
-
-
 def _documents(style: str, source: str, values: list[str], scripts: dict[str, str]):
-    """One step per (context, value); each writes into a folder of its own. A config
-    field's own text is the author's: hostile values reach it from the workspace
-    (``c3: "{{ workspace.f3 }}"``), then the script reads ``config.c3``."""
+    """One step per (context, value); each writes into a folder of its own.
+
+    ``execute_custom_script`` (a library action) reads workspace fields and
+    variables directly; a user-defined ``shell`` action reads only its config,
+    so there the template passes each value through a config field
+    (``c3: "{{ workspace.f3 }}"``), and the script reads ``config.c3``. The
+    ``config`` source does that for execute_custom_script too, through
+    ``config.env``."""
     steps, actions = [], []
     config_schema = {"type": "object", "properties": {f"c{i}": {"type": "string"} for i in range(len(values))}}
-    if style == "shell":
-        for n, (context, script) in enumerate(scripts.items()):
-            for i in range(len(values)):
-                body = f"mkdir -p ~/{context}/{i} && cd ~/{context}/{i}\n" + script.replace("V", _reference(source, i))
+    origin = {"workspace": "workspace.f%d", "vars": "vars.v%d", "config": "workspace.f%d"}[source]
+    for n, (context, script) in enumerate(scripts.items()):
+        for i in range(len(values)):
+            head = f"mkdir -p ~/{context}/{i} && cd ~/{context}/{i}\n"
+            if style == "shell":
+                body = head + script.replace("V", f"config.c{i}")
                 actions.append(shell_action(f"a_{context}_{i}", body, config_schema=config_schema))
                 steps.append(step(1000 * n + i, f"a_{context}_{i}", id=f"{context}_{i}",
-                                  action_config={f"c{i}": "{{ workspace.f%d }}" % i}))
-    else:  # execute_custom_script: config values (from the workspace) reach the script via config.env
-        for n, (context, script) in enumerate(scripts.items()):
-            for i in range(len(values)):
-                ref = _reference(source, i).replace("config.c", "config.env.c")
-                body = f"mkdir -p ~/{context}/{i} && cd ~/{context}/{i}\n" + script.replace("V", ref)
-                cfg = {"env": {f"c{i}": "{{ workspace.f%d }}" % i}} if source == "config" else {}
-                steps.append(script_step(1000 * n + i, body, id=f"{context}_{i}", action_config=cfg))
+                                  action_config={f"c{i}": "{{ %s }}" % (origin % i)}))
+            elif source == "config":
+                body = head + script.replace("V", f"config.env.c{i}")
+                steps.append(script_step(1000 * n + i, body, id=f"{context}_{i}",
+                                         action_config={"env": {f"c{i}": "{{ %s }}" % (origin % i)}}))
+            else:
+                body = head + script.replace("V", origin % i)
+                steps.append(script_step(1000 * n + i, body, id=f"{context}_{i}"))
     doc = template(*steps, vars={f"v{i}": v for i, v in enumerate(values)},
                    global_config={"max_workers": 8, "continue_on_non_critical_errors": True})
     return doc, actions

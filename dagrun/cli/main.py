@@ -131,7 +131,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     return _run_with_progress(args, lambda **kw: run_template(
         args.template, workspace, database_url=url, max_workers=args.workers, variables=variables,
         actions=args.actions, allow_sudo=args.allow_sudo, secrets=_secrets(args.secret),
-        env_passthrough=args.env_passthrough or (), sandbox=not args.no_sandbox, **kw),
+        env_passthrough=args.env_passthrough or (), sandbox=not args.no_sandbox,
+        trusted_actions=args.trusted_actions, **kw),
         url, workspace.get("home_dir"))
 
 
@@ -143,7 +144,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     return _run_with_progress(args, lambda **kw: resume(
         args.run_id, database_url=url, from_step=args.from_step, max_workers=args.workers,
         actions=args.actions, allow_sudo=args.allow_sudo, secrets=_secrets(args.secret),
-        sandbox=not args.no_sandbox, **kw), url, None)
+        sandbox=not args.no_sandbox, trusted_actions=args.trusted_actions, **kw), url, None)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -385,6 +386,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--allow-sudo", action="store_true", help="let root-only actions use sudo -n when not root")
     run.add_argument("--secret", action="append", metavar="NAME=ENV_VAR",
                      help="secret variable vars.NAME read from ENV_VAR; masked everywhere, not stored")
+    run.add_argument("--trusted-actions", action="append", metavar="PATH",
+                     help="the operator's own action definitions: trusted like the standard library "
+                          "(may need root, run unsandboxed)")
     run.add_argument("--no-sandbox", action="store_true",
                      help="run user-defined actions without bubblewrap (when it is not installed)")
     run.add_argument("--env", action="append", metavar="NAME", dest="env_passthrough",
@@ -402,6 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
     res.add_argument("--allow-sudo", action="store_true")
     res.add_argument("--secret", action="append", metavar="NAME=ENV_VAR")
     res.add_argument("--no-sandbox", action="store_true")
+    res.add_argument("--trusted-actions", action="append", metavar="PATH")
     res.add_argument("--json", action="store_true")
     res.set_defaults(func=cmd_resume)
 

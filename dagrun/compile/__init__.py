@@ -23,17 +23,19 @@ def compile_template(template: Any, *, actions: Iterable[Any] | None = None,
                      variables: Mapping[str, Any] | None = None, workspace: Mapping[str, Any] | None = None,
                      templates: Iterable[Mapping[str, Any]] = (),
                      library: Mapping[str, ActionSpec] | None = None,
-                     env_passthrough: Iterable[str] = ()) -> Plan:
+                     env_passthrough: Iterable[str] = (), trusted_actions: Iterable[Any] | None = None) -> Plan:
     """Compile ``template`` (a path, a seed template name, or a dict).
 
     ``actions`` extends or overrides the standard action library; ``templates``
     are extra documents a template may extend by name. When ``workspace`` (a
     normalized mapping) is given, references to its fields and to ``env`` are
     checked too. ``env_passthrough`` adds to the template's own
-    ``global_config.env_passthrough``.
+    ``global_config.env_passthrough``. ``trusted_actions`` are the
+    operator's own actions: trusted like the standard library (they may be
+    ``requires_sudo`` and run unsandboxed).
     """
     if library is None:
-        library = build_library(actions)
+        library = build_library(actions, trusted_actions)
     merged = resolve(template, TemplateSource(templates))
     return Compiler(merged, library, variables or {}, workspace, env_passthrough).compile()
 

@@ -33,6 +33,7 @@ from ..util import deep_merge
 from . import configs, expressions
 from .inherit import INVALID, ORIGIN, ORIGIN_DIR, Merged
 from .shell_text import UnsafeContext
+from ..workspace import KNOWN_FIELDS
 
 DEFAULT_DURATION = 1.0
 PRIVATE_KEYS = (INVALID, ORIGIN, ORIGIN_DIR)
@@ -144,6 +145,13 @@ class Compiler:
                 checked_actions.add(action.name)
                 for field, message in handler_problems(action):
                     self.problem(f"action {action.name!r} has a bad {field}: {message}", label, field)
+                if action.requires_sudo and not action.library:
+                    self.problem(f"action {action_name!r} is user-defined: it cannot be requires_sudo (only the "
+                                 "standard library and trusted actions (--trusted-actions) run as root)", label,
+                                 "action_name")
+            if raw.get("run_as") == "root" and not action.library:
+                self.problem(f"action {action_name!r} is user-defined: its steps cannot run as root (only the "
+                             "standard library and trusted actions do)", label, "run_as")
             config = deep_merge(deep_merge(configs.schema_defaults(action.config_schema), action.default_config),
                                 raw.get("action_config") or {})
             config = self._inline_template_files(config, action, raw, label)
@@ -342,7 +350,14 @@ class Compiler:
                 self.problem(str(exc), sid, "action_config")
                 order = ()
             for name, source in handler_templates(action):
-                self._check_refs(expressions.references(source), s, name, upstream, step_refs)
+                refs = expressions.references(source)
+                if not action.library and any(r.root == "vars" or r.root == "workspace" and r.attr not in
+                                              KNOWN_FIELDS for r in refs):
+                    self.problem(f"action {action.name!r} is user-defined: its {name} reads only its config, "
+                                 "steps, env and the workspace's well-known fields (vars and other workspace "
+                                 "fields may hold secrets); the template passes what it needs through action_config",
+                                 sid, name)
+                self._check_refs(refs, s, name, upstream, step_refs)
             locks = tuple(action.locks) + tuple(Lock.parse(i) for i in s.get("locks") or ())
             est = s.get("estimated_duration_seconds")
             if est is None:
@@ -362,7 +377,8 @@ class Compiler:
                 secret_fields=configs.secret_fields(action.config_schema),
                 templated=templated, shell_fields=shell, step_refs=frozenset(step_refs),
                 config_order=order, origin=str(s.get(ORIGIN) or self.name),
-                run_as="root" if action.requires_sudo else (s.get("run_as") or self.global_config.run_as),
+                run_as="root" if action.requires_sudo else (
+                    (s.get("run_as") or self.global_config.run_as) if action.library else "workspace"),
                 sandbox=_first(s.get("sandbox"), _first(self.global_config.sandbox, not action.library)),
             )
         return specs

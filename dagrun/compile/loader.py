@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import json
+from dataclasses import replace
 import logging
 import math
 from pathlib import Path
@@ -266,23 +267,26 @@ def standard_library() -> Mapping[str, ActionSpec]:
     return frozen_mapping(library)
 
 
-def build_library(extra: Iterable[Any] | None = None) -> dict[str, ActionSpec]:
+def build_library(extra: Iterable[Any] | None = None, trusted: Iterable[Any] | None = None) -> dict[str, ActionSpec]:
     """The standard library extended (or overridden) by user-defined actions:
-    dicts, ActionSpecs, definition files or folders of them."""
+    dicts, ActionSpecs, definition files or folders of them. ``trusted``
+    ones are the operator's own: like the standard library, they may need
+    root and run unsandboxed; the others are untrusted code."""
     library = dict(standard_library())
     problems: list[Problem] = []
-    for item in extra or ():
+    items = [(item, False) for item in extra or ()] + [(item, True) for item in trusted or ()]
+    for item, is_trusted in items:
         try:
             if isinstance(item, ActionSpec):
-                found = [item]
+                found = [item if item.library == is_trusted else replace(item, library=is_trusted)]
             elif isinstance(item, Mapping):
-                found = [parse_action(item)]
+                found = [parse_action(item, library=is_trusted)]
             else:
                 path = Path(item)
                 if path.is_dir():
-                    found = [a for f in _action_files(path) for a in load_action_file(f)]
+                    found = [a for f in _action_files(path) for a in load_action_file(f, library=is_trusted)]
                 elif path.exists():
-                    found = load_action_file(path)
+                    found = load_action_file(path, library=is_trusted)
                 else:
                     raise InputError(f"action definition {path} does not exist")
             for action in found:

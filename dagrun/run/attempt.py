@@ -28,7 +28,7 @@ from ..compile.shell_text import ShellValueError, UnsafeContext
 from ..errors import PermanentError
 from ..spec import StepSpec
 from .handler_types import StepContext, handlers_for
-from .isolation import Isolation, User, ensure_home
+from .isolation import Isolation, User, check_home, ensure_home
 from .outcome import HandlerResult, Outcome, StepStatus
 from .shell import CancelToken
 
@@ -95,6 +95,8 @@ def isolation_for(job: AttemptJob) -> Isolation:
     created by an earlier step of the run."""
     action = job.step.action
     user = User.lookup(job.user) if job.user else None
+    if user is not None and job.home:
+        check_home(job.home, user)
     # The home is made for the steps that work in it: the workspace user's (the user's
     # own home is made by create_linux_user, which a root step before it must not pre-empt).
     if job.home and not os.path.exists(job.home) and (user is not None or not job.workspace_user):
@@ -109,13 +111,16 @@ def _context_for(job: AttemptJob, steps: Mapping[str, Any], attempt: int, cancel
     step = job.step
     return StepContext(step.id, step.action, config, job.workspace, job.variables, steps, job.env, job.home,
                        attempt, step.timeout_seconds, cancel, result=result or {}, sudo=job.sudo,
-                       isolation=isolation or Isolation(), run_id=job.run_id, report=report)
+                       isolation=isolation or Isolation(), run_id=job.run_id, report=report,
+                       deadline=time.monotonic() + step.timeout_seconds)
 
 
 def _isolated(handler: Any, field: str, action: Any, isolation: Isolation) -> Any:
-    """A Python handler of a user-defined action runs in a worker process
-    when its step is sandboxed or runs as the workspace user."""
-    if handler is None or action.library or not getattr(handler, "python", False) or not isolation.restricted:
+    """A handler of a user-defined action that runs in Python (a callable,
+    an api_call, a template_copy) runs in a worker process when its step is
+    sandboxed or runs as the workspace user. (Shell handlers isolate each
+    command they run.)"""
+    if handler is None or action.library or not getattr(handler, "in_worker", False) or not isolation.restricted:
         return handler
     from .worker import call_isolated
     return lambda ctx: call_isolated(field, ctx)

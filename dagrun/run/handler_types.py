@@ -31,6 +31,7 @@ import importlib
 import json
 import os
 import re
+import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
@@ -70,6 +71,13 @@ class StepContext:
     isolation: Isolation = field(default_factory=Isolation)  # as whom / inside what commands run
     run_id: str | None = None
     report: Any = None  # report(pid, started): the run records each command's process group
+    deadline: float | None = None  # time.monotonic() by which the attempt must be over
+
+    def remaining(self) -> float | None:
+        """Seconds left of the attempt's timeout: what a command may still take."""
+        if self.deadline is None:
+            return self.timeout
+        return max(0.1, self.deadline - time.monotonic())
 
     def template_context(self) -> dict[str, Any]:
         return expressions.build_context(workspace=self.workspace, config=self.config, variables=self.variables,
@@ -126,7 +134,7 @@ class StepContext:
         values = script.values if isinstance(script, ShellScript) else {}
         text = script.text if isinstance(script, ShellScript) else script
         result = run_script(text, env={**self.process_env(), **(env or {}), **values}, cwd=cwd,
-                            timeout=self.timeout, cancel=self.cancel, run_id=self.run_id, isolation=self.isolation,
+                            timeout=self.remaining(), cancel=self.cancel, run_id=self.run_id, isolation=self.isolation,
                             on_start=self.report)
         return self._result(result)
 
@@ -134,7 +142,7 @@ class StepContext:
             input: bytes | None = None) -> HandlerResult:
         """Run one program (no shell: arguments are never parsed as code)."""
         result = run_command([str(a) for a in argv], env={**self.process_env(), **(env or {})},
-                             cwd=self._cwd(cwd), timeout=self.timeout, cancel=self.cancel, input=input,
+                             cwd=self._cwd(cwd), timeout=self.remaining(), cancel=self.cancel, input=input,
                              run_id=self.run_id, isolation=self.isolation, on_start=self.report)
         return self._result(result)
 
@@ -164,6 +172,7 @@ class Handler(Protocol):
     def __call__(self, ctx: StepContext) -> HandlerResult: ...
 
 
+MAX_RESPONSE_BYTES = 16 * 1024 * 1024
 _FILE_NAME = re.compile(r"^[\w./-]+\.(sh|bash|j2|jinja|tmpl|tpl|txt|json|ya?ml|conf|ini|toml|py)$")
 
 
@@ -172,8 +181,10 @@ def _text_or_file(action: ActionSpec, text: str) -> tuple[str, str | None]:
     itself. A value that looks like a file name must be one: a missing
     ``greet.sh`` is an error, not a one-line script that exits 127."""
     if "\n" not in text and len(text) < 256:
-        candidate = action.base_dir / text if action.base_dir is not None else None
+        candidate = (action.base_dir / text).resolve() if action.base_dir is not None else None
         if candidate is not None and candidate.is_file():
+            if action.base_dir.resolve() not in candidate.parents:  # type: ignore[union-attr]
+                raise ValueError(f"handler file {text.strip()!r} is outside the folder of {action.source}")
             from ..compile.loader import read_text
             return read_text(candidate), str(candidate)
         if _FILE_NAME.match(text.strip()):
@@ -214,14 +225,30 @@ def import_callable(reference: str) -> Callable[..., Any]:
     return target
 
 
+_REFERENCE = re.compile(r"\A[A-Za-z_][\w.]*:[A-Za-z_][\w.]*\Z")
+
+
 def build_python(action: ActionSpec, text: str) -> Handler:
-    function = import_callable(text)
+    """A callable handler. A user-defined action's module is somebody else's
+    code: it is never imported in dagrun's process before its step runs
+    (in its worker, sandboxed); here only its name is checked."""
+    if action.library:
+        function = import_callable(text)
+    else:
+        if not _REFERENCE.match(text):
+            raise ValueError(f"{text!r} is not of the form 'module:function'")
+        import importlib.util
+        top = text.split(":")[0].split(".")[0]
+        if importlib.util.find_spec(top) is None:  # finds the top-level module without running it
+            raise ValueError(f"cannot import module {top!r}: no such module")
+        function = None
 
     def handler(ctx: StepContext) -> HandlerResult:
-        return coerce_result(function(ctx))
+        return coerce_result((function or import_callable(text))(ctx))
 
     handler.__name__ = text
     handler.python = True  # type: ignore[attr-defined]
+    handler.in_worker = True  # type: ignore[attr-defined]
     return handler
 
 
@@ -255,6 +282,7 @@ def build_template_copy(action: ActionSpec, text: str) -> Handler:
 
     handler.__name__ = origin or "inline template"
     handler.template_source = source  # type: ignore[attr-defined]
+    handler.in_worker = True  # type: ignore[attr-defined]
     return handler
 
 
@@ -295,9 +323,14 @@ def build_api_call(action: ActionSpec, text: str) -> Handler:
         elif ctx.config.get("body") is not None:
             body = str(ctx.config["body"]).encode()
         request = urllib.request.Request(url, data=body, method=method.upper(), headers=headers)
+        if not url.startswith(("http://", "https://")):
+            raise PermanentError(f"{url!r}: api_call speaks http and https only")
         try:
             with urllib.request.urlopen(request, timeout=ctx.timeout) as response:
-                status, payload = response.status, response.read()
+                status, payload = response.status or 0, response.read(MAX_RESPONSE_BYTES + 1)
+            if len(payload) > MAX_RESPONSE_BYTES:
+                return HandlerResult(ok=False, error=f"{method.upper()} {url}: the response is larger than "
+                                                     f"{MAX_RESPONSE_BYTES} bytes")
         except urllib.error.HTTPError as exc:
             status, payload = exc.code, exc.read()
         except (urllib.error.URLError, OSError) as exc:
@@ -314,6 +347,7 @@ def build_api_call(action: ActionSpec, text: str) -> Handler:
 
     handler.__name__ = text
     handler.template_source = handler_source  # type: ignore[attr-defined]
+    handler.in_worker = True  # type: ignore[attr-defined]
     return handler
 
 

@@ -36,10 +36,15 @@ from ..errors import PermanentError
 from ..spec import Limits
 
 STANDARD_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-# Files of /etc a sandboxed step never sees, even read-only.
-HIDDEN_FILES = ("/etc/shadow", "/etc/gshadow", "/etc/shadow-", "/etc/gshadow-", "/etc/sudoers",
-                "/etc/security/opasswd")
-HIDDEN_DIRS = ("/etc/ssl/private", "/etc/sudoers.d", "/etc/ssh", "/etc/dagrun")
+# What a sandboxed step sees of /etc: what programs need to run, resolve names
+# and check certificates; nothing else (no shadow, sudoers, ssh host keys,
+# private keys, service configuration).
+ETC_VISIBLE = ("passwd", "group", "hosts", "hostname", "resolv.conf", "nsswitch.conf", "host.conf", "localtime",
+               "timezone", "ssl/certs", "ca-certificates", "ca-certificates.conf", "alternatives", "ld.so.cache",
+               "ld.so.conf", "ld.so.conf.d", "mime.types", "protocols", "services", "os-release",
+               "debian_version", "lsb-release", "bash.bashrc", "profile", "environment", "inputrc", "locale.alias",
+               "locale.gen", "default/locale", "gitconfig", "pip.conf", "python3", "python3.11", "npmrc", "magic",
+               "mailcap", "papersize", "shells", "login.defs", "terminfo")
 
 
 @functools.cache
@@ -62,6 +67,9 @@ class User:
         except KeyError:
             raise PermanentError(f"the workspace user {name!r} does not exist: create it first (create_linux_user), "
                                  "or run the step as root (run_as: root)") from None
+        if entry.pw_uid < 1000 or name == "root":
+            raise PermanentError(f"the workspace user {name!r} is a system account (uid {entry.pw_uid}): "
+                                 "steps never run as one")
         groups = tuple(sorted({g.gr_gid for g in grp.getgrall() if name in g.gr_mem} | {entry.pw_gid}))
         return cls(name, entry.pw_uid, entry.pw_gid, groups, entry.pw_dir)
 
@@ -122,26 +130,25 @@ class Isolation:
                 "--unshare-cgroup-try"]
         if not self.network:
             args.append("--unshare-net")
-        for top in ("/usr", "/etc", "/opt", "/var/lib"):
-            if os.path.isdir(top):
-                args += ["--ro-bind", top, top]
+        args += ["--ro-bind", "/usr", "/usr"]
         for link in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
             if os.path.islink(link):
                 args += ["--symlink", os.readlink(link), link]
             elif os.path.isdir(link):
                 args += ["--ro-bind", link, link]
-        for path in HIDDEN_FILES:
-            if os.path.exists(path):
-                args += ["--ro-bind", "/dev/null", path]
-        for path in HIDDEN_DIRS:
-            if os.path.isdir(path):
-                args += ["--tmpfs", path]
-        for path in self.readable:
+        args += ["--tmpfs", "/etc"]
+        for name in ETC_VISIBLE:
+            path = os.path.join("/etc", name)
             if os.path.exists(path):
                 args += ["--ro-bind", path, path]
+        args += ["--remount-ro", "/etc"]
         args += ["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp", "--tmpfs", "/run"]
+        for path in self.readable:  # after the /tmp tmpfs, which would hide a worker path under /tmp
+            if os.path.exists(path):
+                args += ["--ro-bind", path, path]
         if self.home:
             args += ["--bind", self.home, self.home]
+        args += ["--remount-ro", "/"]  # the sandbox's own root too: only the home and /tmp are writable
         if self.user is None and os.geteuid() == 0:
             args += ["--cap-drop", "ALL"]
         return [*args, "--"]
@@ -186,6 +193,39 @@ def home_owner(home: str | None, user: User | None) -> tuple[int, int] | None:
     if user is not None:
         return (user.uid, user.gid)
     return None
+
+
+def check_home(home: str, user: User) -> None:
+    """A home that steps of ``user`` work in, but where root's library
+    handlers write too: no symlink on its path, no folder above it the user
+    could change (so it cannot be swapped for a link to /root), and not
+    somebody else's."""
+    path = os.path.normpath(home)
+    existing = path
+    while not os.path.lexists(existing):
+        existing = os.path.dirname(existing)
+    if os.path.realpath(existing) != existing:
+        raise PermanentError(f"the workspace home {home} goes through a symlink: refused for a workspace user")
+    folder = os.path.dirname(path)
+    while True:
+        try:
+            info = os.stat(folder)
+        except FileNotFoundError:
+            info = None
+        if info is not None:
+            writable_by_user = (info.st_uid == user.uid or (info.st_gid in user.groups and info.st_mode & 0o020)
+                                or (info.st_mode & 0o002 and not info.st_mode & 0o1000))
+            if writable_by_user:
+                raise PermanentError(f"the workspace home {home} is inside {folder}, which its user {user.name} can "
+                                     "change: refused (the home could be swapped for a link elsewhere)")
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            break
+        folder = parent
+    if os.path.isdir(path):
+        owner = os.stat(path).st_uid
+        if owner not in (user.uid, 0):
+            raise PermanentError(f"the workspace home {home} belongs to another user (uid {owner})")
 
 
 def ensure_home(home: str, user: User | None) -> None:

@@ -56,8 +56,14 @@ def _relative(path: str, home: str) -> list[str]:
 
 @contextlib.contextmanager
 def _open_dir(home: str, parts: list[str], *, create: bool, mode: int = 0o755, owner: tuple[int, int] | None = None):
-    """A descriptor of ``home/parts...``, walked without following symlinks."""
-    fd = os.open(home, os.O_RDONLY | os.O_DIRECTORY)
+    """A descriptor of ``home/parts...``, walked without following symlinks
+    (the home itself included)."""
+    try:
+        fd = os.open(home, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise PermanentError(f"the workspace home {home} is a symlink or not a folder") from None
+        raise
     try:
         for part in parts:
             try:
@@ -162,31 +168,58 @@ def remove_file(path: str, *, home: str | None) -> None:
         pass
 
 
-def entries(path: str) -> set[str]:
-    """The names in a folder (empty when it does not exist)."""
+def entries(path: str, *, home: str | None = None) -> set[str]:
+    """The names in a folder (empty when it does not exist or is a symlink),
+    read through a descriptor walked from the home without following symlinks."""
+    if not home:
+        try:
+            return set(os.listdir(path)) if not os.path.islink(path) else set()
+        except (FileNotFoundError, NotADirectoryError):
+            return set()
     try:
-        return set(os.listdir(path))
-    except (FileNotFoundError, NotADirectoryError):
+        with _open_dir(home, _relative(path, home), create=False) as fd:
+            return set(os.listdir(fd))
+    except (FileNotFoundError, NotADirectoryError, PermanentError):
         return set()
 
 
-def remove_created(path: str, created: list[str] | None) -> list[str]:
+def remove_created(path: str, created: list[str] | None, *, home: str | None = None) -> list[str]:
     """Undo a step that filled ``path``: remove ``path`` itself if ``created``
     is None (the step made the folder), else only the listed entries in it.
-    Never follows a symlink out. Returns what was removed."""
+    Every removal happens relative to a folder descriptor walked from the
+    home without following symlinks: a folder swapped for a symlink after
+    the step is never followed (the symlink itself is what goes). Returns
+    what was removed."""
+    if not home:
+        raise PermanentError("nothing is removed outside a workspace home")
+    parts = _relative(path, home)
     removed = []
-    if created is None:
-        if os.path.islink(path):
-            os.unlink(path)
-        else:
-            shutil.rmtree(path, ignore_errors=True)
-        return [path]
-    for name in created:
-        entry = os.path.join(path, name)
-        if os.path.islink(entry) or os.path.isfile(entry):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(entry)
-        else:
-            shutil.rmtree(entry, ignore_errors=True)
-        removed.append(entry)
+    try:
+        if created is None:
+            *folders, name = parts
+            with _open_dir(home, folders, create=False) as fd:
+                _remove_entry(fd, name)
+            return [path]
+        with _open_dir(home, parts, create=False) as fd:
+            for name in created:
+                if "/" in name or name in (".", ".."):
+                    continue
+                _remove_entry(fd, name)
+                removed.append(os.path.join(path, name))
+    except (FileNotFoundError, PermanentError):
+        pass  # gone already, or no longer a folder of ours: nothing of the step's is left to remove there
     return removed
+
+
+def _remove_entry(dir_fd: int, name: str) -> None:
+    """Remove ``name`` in the folder ``dir_fd``: a file or symlink is
+    unlinked, a folder removed with everything in it (shutil.rmtree's
+    descriptor-based walk, which never follows symlinks)."""
+    try:
+        info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(info.st_mode):
+        shutil.rmtree(name, dir_fd=dir_fd, ignore_errors=True)
+    else:
+        os.unlink(name, dir_fd=dir_fd)

@@ -167,6 +167,7 @@ class Runner:
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._inflight: dict[tuple[str, int], float] = {}  # attempt -> its deadline
         self._submitted: dict[tuple[str, int], float] = {}  # attempt -> wall time it was submitted
+        self._tokens: dict[tuple[str, int], CancelToken] = {}  # attempt -> its own cancel token
         self._deadlines: list[tuple[float, tuple[str, int]]] = []
         self._abandoned = 0
         self._records: dict[str, StepRecord] = {sid: StepRecord() for sid in plan.order}
@@ -294,7 +295,8 @@ class Runner:
         if self.observers:
             def report(pid: int, started: float | None) -> None:
                 put(("process", key, pid, started))
-        dispatch(executor, run_attempt, (job, attempt, self._upstream(sid), self.cancel_token, report),
+        token = self._tokens[key] = self.cancel_token.child()  # abandoning the attempt cancels this one
+        dispatch(executor, run_attempt, (job, attempt, self._upstream(sid), token, report),
                  lambda outcome, error: put(("done", key, outcome, error)))
 
     def _track(self, key: tuple[str, int], deadline: float) -> None:
@@ -308,6 +310,7 @@ class Runner:
             _, key, outcome, error = item
             if self._inflight.pop(key, None) is None:
                 return  # an abandoned attempt finally returned; its outcome was already decided
+            self._release_token(key)
             started = self._submitted.pop(key, None)
             if error is not None:  # e.g. a remote executor lost the task
                 outcome = Outcome(key[0], key[1], StepStatus.failed, started_at=started or self.wall(),
@@ -319,12 +322,21 @@ class Runner:
             _, (sid, attempt), pid, started = item
             self._emit(ProcessStarted(self.run_id, sid, attempt, pid, started))
 
+    def _release_token(self, key: tuple[str, int]) -> None:
+        token = self._tokens.pop(key, None)
+        if token is not None:
+            self.cancel_token.unregister(token)
+
     def _expire(self, now: float) -> None:
         while self._deadlines and self._deadlines[0][0] <= now:
             deadline, key = heapq.heappop(self._deadlines)
             if self._inflight.get(key) != deadline:
                 continue  # finished, or re-dated
             del self._inflight[key]
+            token = self._tokens.pop(key, None)
+            if token is not None:  # whatever the abandoned attempt still runs is stopped
+                token.cancel()
+                self.cancel_token.unregister(token)
             started = self._submitted.pop(key, self.wall())
             self._abandoned += 1
             elapsed = max(0.0, self.wall() - started)

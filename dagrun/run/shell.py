@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
+import stat
 import subprocess
 import tempfile
 import threading
@@ -71,6 +72,15 @@ class CancelToken:
             live = list(self._live)
         for item in live:
             threading.Thread(target=item.stop, daemon=True).start()
+
+    def stop(self) -> None:  # a child token is stopped by cancelling it
+        self.cancel()
+
+    def child(self) -> "CancelToken":
+        """A token of its own (one attempt's) that this one's cancel reaches too."""
+        token = CancelToken()
+        self.register(token)
+        return token
 
 
 @dataclass(slots=True)
@@ -149,19 +159,34 @@ def run_script(script: str, *, env: dict[str, str], cwd: str | None = None, time
         open(output_path, "w").close()
         if user is not None and os.geteuid() == 0:
             for path in (tmp, output_path):
-                os.chown(path, user.uid, user.gid)
+                os.chown(path, user.uid, user.gid, follow_symlinks=False)
         result = run_command(["bash", "--noprofile", "--norc", "-eo", "pipefail", script_path],
                              env={**env, "DAGRUN_OUTPUT": output_path}, cwd=cwd, timeout=timeout, cancel=cancel,
                              run_id=run_id, isolation=isolation, on_start=on_start)
         outputs = {}
-        with open(output_path, "rb") as fh:
-            data = fh.read(MAX_RESULT_BYTES)
+        data = _read_result(tmp, "output")
         for line in data.decode("utf-8", errors="replace").splitlines():
             key, sep, value = line.partition("=")
             if sep and key.strip():
                 outputs[key.strip()] = value
     result.outputs = outputs
     return result
+
+
+def _read_result(folder: str, name: str) -> bytes:
+    """The step's $DAGRUN_OUTPUT, never through a symlink the step put there
+    (it could point at a file only dagrun may read), and only a regular file."""
+    dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
+    except OSError:
+        return b""  # removed, or replaced by a symlink: no result
+    finally:
+        os.close(dir_fd)
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+            return b""
+        return fh.read(MAX_RESULT_BYTES)
 
 
 def run_command(argv: list[str], *, env: dict[str, str], cwd: str | None = None, timeout: float | None = None,

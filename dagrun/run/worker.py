@@ -27,6 +27,7 @@ import threading
 from dataclasses import asdict, replace
 from typing import Any
 
+from ..workspace import KNOWN_FIELDS
 from .isolation import Isolation, python_paths
 from .outcome import HandlerResult
 from .processes import ProcessTree
@@ -38,9 +39,13 @@ GRACE_SECONDS = 2.0
 def call_isolated(field: str, ctx: Any) -> HandlerResult:
     """Call the action's ``field`` handler for ``ctx`` in a worker process."""
     isolation: Isolation = replace(ctx.isolation, readable=python_paths()) if ctx.isolation.sandbox else ctx.isolation
-    call = {"field": field, "sys_path": list(sys.path), "context": {
-        name: getattr(ctx, name) for name in ("step_id", "action", "config", "workspace", "variables", "steps",
-                                              "env", "home", "attempt", "timeout", "result", "sudo", "run_id")}}
+    context = {name: getattr(ctx, name) for name in ("step_id", "action", "config", "workspace", "steps", "env",
+                                                     "home", "attempt", "timeout", "result", "sudo", "run_id")}
+    # Somebody else's code gets what its step passes it (config), never the run's variables:
+    # they may hold secrets. Of the workspace, the well-known fields only.
+    context["variables"] = {}
+    context["workspace"] = {k: v for k, v in ctx.workspace.items() if k in KNOWN_FIELDS}
+    call = {"field": field, "sys_path": list(sys.path), "context": context}
     limits = isolation.limits
     tree = ProcessTree(ctx.run_id, pids_max=limits.processes if limits is not None else None)
     read_end, write_end = os.pipe()
@@ -110,12 +115,19 @@ def call_isolated(field: str, ctx: Any) -> HandlerResult:
     return _result(data, stdout, stderr)
 
 
+MAX_REPLY_BYTES = 16 * 1024 * 1024
+
+
 def _read_all(fd: int) -> bytes:
-    chunks = []
+    """The worker's reply, at most MAX_REPLY_BYTES (a bigger one is refused,
+    and the rest drained so the worker is not blocked)."""
+    chunks, size = [], 0
     with os.fdopen(fd, "rb") as fh:
         while chunk := fh.read(65536):
-            chunks.append(chunk)
-    return b"".join(chunks)
+            size += len(chunk)
+            if size <= MAX_REPLY_BYTES:
+                chunks.append(chunk)
+    return b"".join(chunks) if size <= MAX_REPLY_BYTES else b""
 
 
 def _result(data: dict[str, Any], stdout: str, stderr: str) -> HandlerResult:
