@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dagrun import InputError, TemplateError, run_template
+from dagrun import InputError, TemplateError, compile_template, run_template
 from dagrun.run.outcome import StepStatus
 from tests.helpers import action, step, template
 
@@ -373,3 +373,17 @@ def test_template_copy_never_renders_a_file_from_the_workspace(workspace, home, 
             run(str(folder / "t.yaml"), workspace)
     with pytest.raises(TemplateError, match="a template given as data has no folder"):
         run(template(step(10, "template_copy", action_config={"source": "x.j2", "target_path": "~/out"})), workspace)
+
+
+def test_every_shipped_config_schema_is_a_valid_json_schema():
+    # Loading the standard library skips this check (a third of start-up): it is made here.
+    import jsonschema
+
+    from dagrun.compile.loader import standard_library
+    for action in standard_library().values():
+        schema = dict(action.config_schema)
+        jsonschema.validators.validator_for(schema).check_schema(schema)
+    bad = {"name": "bad", "action_type": "shell", "execution_handler": "true",
+           "config_schema": {"type": "object", "properties": {"x": {"type": "no-such-type"}}}}
+    with pytest.raises(TemplateError, match="invalid JSON Schema"):
+        compile_template(template(step(10, "bad")), actions=[bad])
