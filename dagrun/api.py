@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 from .compile import compile_template
 from .compile.loader import build_library
-from .errors import InputError, RunConflictError, StoreError
+from .errors import InputError, RunConflictError
 from .run.events import Observer
 from .run.redact import Redactor
 from .run.result import RunResult
@@ -67,7 +67,7 @@ def run_template(template: Any, workspace: Any, *, database_url: str | None = No
                  observers: Iterable[Observer] = (), runner_hook: Callable[[Runner], None] | None = None,
                  allow_sudo: bool = False, secrets: Mapping[str, Any] | None = None,
                  env_passthrough: Iterable[str] = (), sandbox: bool = True,
-                 trusted_actions: Iterable[Any] | None = None) -> RunResult:
+                 trusted_actions: Iterable[Any] | None = None, database_schema: str | None = None) -> RunResult:
     """Compile ``template`` and run it for ``workspace``.
 
     ``template``: a path, the name of a template in ``seeds/`` or stored with
@@ -86,11 +86,13 @@ def run_template(template: Any, workspace: Any, *, database_url: str | None = No
     ``global_config.env_passthrough`` and those in ``env_passthrough``.
     ``sandbox=False`` runs user-defined actions without bubblewrap;
     ``trusted_actions`` are the operator's own actions, trusted like the
-    standard library (they may need root and run unsandboxed). Raises
-    RunConflictError when the workspace already has an active run.
+    standard library (they may need root and run unsandboxed).
+    ``database_schema``: the PostgreSQL schema of dagrun's tables (default
+    ``dagrun``, or ``$DAGRUN_SCHEMA``). Raises RunConflictError when the
+    workspace already has an active run.
     """
-    prepared = prepare(template, workspace, database_url=database_url, max_workers=max_workers,
-                       variables=variables, actions=actions, executor=executor, record=record, run_id=run_id,
+    prepared = prepare(template, workspace, database_url=_url(database_url, database_schema),
+                       max_workers=max_workers, variables=variables, actions=actions, executor=executor, record=record, run_id=run_id,
                        templates=templates, allow_sudo=allow_sudo, secrets=secrets,
                        env_passthrough=env_passthrough, sandbox=sandbox, trusted_actions=trusted_actions)
     claim(prepared)
@@ -102,7 +104,7 @@ def resume(run_id: str, *, database_url: str | None = None, from_step: str | Non
            on_event: Callable[[Any], None] | None = None, executor: Executor | None = None,
            observers: Iterable[Observer] = (), runner_hook: Callable[[Runner], None] | None = None,
            allow_sudo: bool = False, secrets: Mapping[str, Any] | None = None, sandbox: bool = True,
-           trusted_actions: Iterable[Any] | None = None) -> RunResult:
+           trusted_actions: Iterable[Any] | None = None, database_schema: str | None = None) -> RunResult:
     """Continue a run from its snapshot, in the same run record.
 
     Completed steps (and steps skipped by their condition) are not run
@@ -112,8 +114,8 @@ def resume(run_id: str, *, database_url: str | None = None, from_step: str | Non
     downstream of it. A run whose process died is detected (stale heartbeat)
     and what it left running is ended before the resume starts.
     """
-    prepared = prepare_resume(run_id, database_url=database_url, from_step=from_step, max_workers=max_workers,
-                              actions=actions, executor=executor, allow_sudo=allow_sudo, secrets=secrets,
+    prepared = prepare_resume(run_id, database_url=_url(database_url, database_schema), from_step=from_step,
+                              max_workers=max_workers, actions=actions, executor=executor, allow_sudo=allow_sudo, secrets=secrets,
                               sandbox=sandbox, trusted_actions=trusted_actions)
     claim(prepared)
     return execute(prepared, observers=observers, on_event=on_event, runner_hook=runner_hook)
@@ -279,7 +281,8 @@ def execute(prepared: PreparedRun, *, observers: Iterable[Observer] = (),
     recorder = None
     if prepared.url is not None:
         from .store.recorder import Recorder
-        recorder = Recorder(prepared.url, on_durable=runner.durable)
+        # A new run that succeeds counts as a use of its template (in the run's last commit).
+        recorder = Recorder(prepared.url, on_durable=runner.durable, count_use=not prepared.resumed)
     runner.observers = [o for o in (logs.log_events if logs.enabled() else None, recorder, *observers, on_event)
                         if o is not None]
     if runner_hook:
@@ -292,12 +295,6 @@ def execute(prepared: PreparedRun, *, observers: Iterable[Observer] = (),
     result.database_url = prepared.url
     if recorder and recorder.error:
         result.error = (result.error + "; " if result.error else "") + f"records incomplete: {recorder.error}"
-    elif prepared.url and result.success and not prepared.resumed:
-        from .store.seeding import mark_applied
-        try:
-            mark_applied(prepared.url, prepared.plan.name, prepared.plan.version)
-        except StoreError as exc:  # the work is done; only the counter is missing
-            result.error = f"template usage count not updated: {exc}"
     return result
 
 
@@ -345,6 +342,13 @@ def with_secret_literals(snapshot: Mapping[str, Any], secrets: Mapping[str, Any]
 def secret_names(plan: Plan, secrets: Mapping[str, Any] | None) -> list[str]:
     return sorted({*(k for k in secrets or {} if "." not in k),
                    *(f"{sid}.{key}" for sid, key in plan.secret_literals)})
+
+
+def _url(database_url: str | None, schema: str | None) -> str | None:
+    if not schema:
+        return database_url
+    from .store.engine import with_schema
+    return with_schema(database_url or default_database_url(), schema)
 
 
 def default_database_url() -> str:

@@ -111,7 +111,6 @@ def describe_process(ctx: StepContext) -> dict[str, Any]:
 def ignore_cancel_then_run(ctx: StepContext) -> None:
     """A handler that ignores its cancel token: starts a long command and,
     meanwhile, does not return (abandoned at its deadline)."""
-    import subprocess as sp
     import threading as th
 
     def command() -> None:

@@ -95,13 +95,18 @@ def test_dagrun_shares_an_application_database(pg_url, pg_server, tmp_path, work
     app.close()
 
 
-def test_a_schema_of_ones_own_choosing(pg_url, pg_server, workspace):
+def test_a_schema_of_ones_own_choosing(pg_url, pg_server, workspace, monkeypatch):
     url = pg_url + "?dagrun_schema=provisioning"
     assert run_template(template(script_step(10, "true")), workspace, database_url=url).success
+    assert run_template(template(script_step(10, "true")), {**workspace, "id": "k"}, database_url=pg_url,
+                        database_schema="by_keyword").success
+    monkeypatch.setenv("DAGRUN_SCHEMA", "from_env")
+    assert run_template(template(script_step(10, "true")), {**workspace, "id": "e"}, database_url=pg_url).success
     app = psycopg2.connect(pg_url)
     with app.cursor() as cur:
-        cur.execute("SELECT count(*) FROM provisioning.provisioning_runs")
-        assert cur.fetchone() == (1,)
+        for schema in ("provisioning", "by_keyword", "from_env"):
+            cur.execute(f"SELECT workspace_id FROM {schema}.provisioning_runs")
+            assert len(cur.fetchall()) == 1, schema
     app.close()
 
 
@@ -150,3 +155,10 @@ def test_an_unreachable_database_is_one_line_with_its_password_masked(tmp_path):
 def test_shipped_postgres_ddl_is_up_to_date():
     shipped = (package_dir("schema") / "postgres.sql").read_text().split("\n", 1)[1]
     assert shipped == migrate.ddl("postgresql")
+
+
+def test_the_head_revision_read_from_the_files_is_alembics():
+    from alembic.script import ScriptDirectory
+
+    from dagrun.store.migrate import _config, head, revisions
+    assert head() == ScriptDirectory.from_config(_config()).get_current_head() == max(revisions())

@@ -194,3 +194,36 @@ def test_retry_delay_policy_backoff_cap_and_jitter():
     jittered = RetryPolicy(delay_seconds=8, jitter=True)
     delays = [jittered.delay_after(2, random.Random(1)) for _ in range(3)]
     assert delays[0] == delays[1] == delays[2] and 0 <= delays[0] <= 16  # seeded: reproducible
+
+
+def test_a_held_completion_holds_its_dependents_until_its_record_is_durable():
+    """
+        a ─┐
+           ├─> c        b is still running when a finishes: committing a's
+        b ─┘            record is not urgent yet; once b finishes too, c waits only for records.
+    """
+    p = plan(step(10, "a", id="a"), step(20, "a", id="b"), step(30, "a", id="c", requires=["a", "b"]))
+    state = RunState(p, max_workers=4)
+    assert state.start(0) == [("a", 1), ("b", 1)]
+    state.succeeded("a", hold=True)
+    assert state.awaiting_records == {"a"} and not state.waiting_for_records
+    state.succeeded("b", hold=True)
+    assert state.waiting_for_records and state.start(0) == []
+    state.durable(["a"])
+    assert state.waiting_for_records and state.start(0) == []  # b's record is still missing
+    state.durable(["b"])
+    assert not state.waiting_for_records and state.start(0) == [("c", 1)]
+
+
+def test_records_are_urgent_when_nothing_else_can_happen():
+    """a's dependent c also needs b, which failed for good: nothing will start,
+    but the run cannot finish before a's record is committed either."""
+    p = plan(step(10, "a", id="a"), step(20, "a", id="b", skip_on_error=True),
+             step(30, "a", id="c", requires=["a", "b"]), global_config={"continue_on_non_critical_errors": True})
+    state = RunState(p, max_workers=4)
+    state.start(0)
+    state.succeeded("a", hold=True)
+    assert state.failed("b", 0, retryable=False) == Failed(critical=False, skipped=("c",))
+    assert state.waiting_for_records and not state.finished
+    state.durable(["a"])
+    assert not state.waiting_for_records

@@ -394,7 +394,6 @@ def test_object_workspaces_are_read_through_declared_fields(home, db_url):
     doc = template(script_step(10, "echo {{ workspace.colour }}", id="s"))
     result = run_template(doc, Workspace(), database_url=db_url)
     assert result.success and result.steps["s"].stdout == "blue\n"
-    from dagrun.store.history import show_run  # noqa: F401 - the run record, as stored
     from dagrun.store.engine import engine_for
     from dagrun.store.models import ProvisioningRun
     from sqlalchemy.orm import Session

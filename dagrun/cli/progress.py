@@ -15,8 +15,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from ..run.events import (AttemptFinished, RetryScheduled, RunFinished, RunStarted, StepFinished, StepRolledBack,
-                     StepSkipped, StepStarted)
+from ..run.events import (AttemptFinished, RetryScheduled, RunStarted, StepFinished, StepRolledBack, StepSkipped,
+                          StepStarted)
 from ..run.result import RunResult
 
 STYLE = {"completed": "green", "failed": "red", "skipped": "yellow", "rolled_back": "magenta",

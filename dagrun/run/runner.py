@@ -147,6 +147,7 @@ class Runner:
         self.max_workers = max_workers or plan.global_config.max_workers or DEFAULT_MAX_WORKERS
         self.executor = executor
         self.observers = list(observers)
+        self._pending: list[Any] = []  # events for batch observers, delivered before the loop waits
         self.env = step_environment(plan.global_config.env_passthrough) if env is None else dict(env)
         self.home = workspace.get("home_dir")
         self.sudo = tuple(sudo)
@@ -216,6 +217,7 @@ class Runner:
                 self.cancel("interrupted")
         result = self._result(started)
         self._emit(RunFinished(self.run_id, result, self.wall()))
+        self._flush(urgent=True)
         return result
 
     # -- the loop -------------------------------------------------------------
@@ -232,6 +234,7 @@ class Runner:
                 self._submit(executor, sid, attempt, now)
             if state.finished:
                 return
+            self._flush(state.waiting_for_records)
             self._wait(now)
 
     def _wait(self, now: float) -> None:
@@ -291,10 +294,7 @@ class Runner:
             self._emit(StepStarted(self.run_id, sid, attempt, step.retry.max_attempts, step.display_name,
                                    self._submitted[key]))
         put = self._queue.put
-        report = None
-        if self.observers:
-            def report(pid: int, started: float | None) -> None:
-                put(("process", key, pid, started))
+        report = (lambda pid, started: put(("process", key, pid, started))) if self.observers else None
         token = self._tokens[key] = self.cancel_token.child()  # abandoning the attempt cancels this one
         dispatch(executor, run_attempt, (job, attempt, self._upstream(sid), token, report),
                  lambda outcome, error: put(("done", key, outcome, error)))
@@ -428,6 +428,7 @@ class Runner:
             dispatch(executor, run_rollback, (self._job(sid), self.state.attempts[sid], self._upstream(sid),
                                               self._data.get(sid, {}), self._configs.get(sid), self.cancel_token),
                      lambda outcome, error: put(("rolled back", key, outcome, error)))
+            self._flush(urgent=True)
             outcome = self._await_rollback(key, step.timeout_seconds)
             outcome = self.redactor.outcome(outcome, step.secret_fields)
             if outcome.status is StepStatus.completed and outcome.data.get("nothing_to_undo"):
@@ -461,13 +462,44 @@ class Runner:
 
     # -- events and result ----------------------------------------------------
 
+    @property
+    def observers(self) -> list[Observer]:
+        return self._observers
+
+    @observers.setter
+    def observers(self, observers: Iterable[Observer]) -> None:
+        # An observer with ``observe_batch`` (the recorder) gets the events of one turn of
+        # the loop in one call: one hand-over to its thread per turn, not one per event.
+        self._observers = list(observers)
+        self._each = [o for o in self._observers if not hasattr(o, "observe_batch")]
+        self._batched = [o for o in self._observers if hasattr(o, "observe_batch")]
+
     def _emit(self, event: Any) -> None:
-        for observer in self.observers:
+        if self._batched:
+            self._pending.append(event)
+        for observer in self._each:
             try:
                 observer(event)
             except Exception:  # an observer's bug never breaks the run: reported once, then detached
-                log.exception("observer %r failed on %s and was detached", observer, type(event).__name__)
-                self.observers = [o for o in self.observers if o is not observer]
+                self._detach(observer, type(event).__name__)
+
+    def _flush(self, urgent: bool = False) -> None:
+        """Hand the pending events to the batch observers (before the loop
+        waits: a held dependent waits for its upstream's record). ``urgent``:
+        a step waits for these records (or the run ends), so the recorder
+        commits at once instead of waiting a moment for more."""
+        if not self._pending:
+            return
+        events, self._pending = self._pending, []
+        for observer in self._batched:
+            try:
+                observer.observe_batch(events, urgent)  # type: ignore[attr-defined]
+            except Exception:
+                self._detach(observer, "a batch of events")
+
+    def _detach(self, observer: Observer, what: str) -> None:
+        log.exception("observer %r failed on %s and was detached", observer, what)
+        self.observers = [o for o in self._observers if o is not observer]
 
     def _result(self, started: float) -> RunResult:
         if self._cancel_reason is not None:

@@ -75,6 +75,8 @@ class RunState:
     _rank: Mapping[str, int] = field(init=False)
     _constrained: frozenset[str] = field(init=False)  # steps with conflicts or locks
     _held: set[str] = field(init=False)  # finished, waiting for their record to be committed
+    _undone: dict[str, int] = field(init=False)  # upstream steps not finished (committed or not)
+    _awaiting: set[str] = field(init=False)  # steps that could start but for their upstreams' records
 
     def __post_init__(self) -> None:
         if self.max_workers < 1:
@@ -92,6 +94,8 @@ class RunState:
         self._running = set()
         self._locks = dict.fromkeys(plan.lock_capacity, 0)
         self._held = set()
+        self._undone = dict(self._unmet)
+        self._awaiting = set()
         for sid in plan.order:
             if self._unmet[sid] == 0:
                 self._push_ready(sid)
@@ -108,6 +112,7 @@ class RunState:
                 state.status[sid] = status
                 for succ in plan.successors[sid]:
                     state._unmet[succ] -= 1
+                    state._undone[succ] -= 1
         for sid in plan.order:
             if state.status[sid] is StepStatus.pending and state._unmet[sid] == 0:
                 state._push_ready(sid)
@@ -133,6 +138,12 @@ class RunState:
     def awaiting_records(self) -> frozenset[str]:
         """Finished steps whose dependents wait for their record."""
         return frozenset(self._held)
+
+    @property
+    def waiting_for_records(self) -> bool:
+        """Could a step start now but for the records of its upstream steps?
+        (Then committing them is urgent; otherwise it may wait for company.)"""
+        return bool(self._awaiting) or bool(self._held and not self._running and not self._ready)
 
     def next_wakeup(self) -> float | None:
         """The earliest time a parked retry becomes due, if any."""
@@ -196,13 +207,19 @@ class RunState:
             for lock in self.plan.steps[sid].locks:
                 self._locks[lock.name] -= 1
 
-    def _satisfy(self, sid: str) -> None:
-        unmet, status, ready, rank = self._unmet, self.status, self._ready, self._rank
+    def _satisfy(self, sid: str, *, counted: bool = False) -> None:
+        """``sid``'s dependents have one unmet upstream less (``counted``: its
+        finish was counted when it was held)."""
+        unmet, undone, status, ready, rank = self._unmet, self._undone, self.status, self._ready, self._rank
         pending = StepStatus.pending
         for succ in self.plan.successors[sid]:
             left = unmet[succ] = unmet[succ] - 1
+            if not counted:
+                undone[succ] -= 1
             if left == 0 and status[succ] is pending:
                 heapq.heappush(ready, rank[succ])
+                if counted:
+                    self._awaiting.discard(succ)
 
     # -- outcomes -------------------------------------------------------------
 
@@ -221,8 +238,13 @@ class RunState:
         self._satisfy_or_hold(sid, hold)
 
     def _satisfy_or_hold(self, sid: str, hold: bool) -> None:
-        if hold and self.plan.successors[sid]:
+        successors = self.plan.successors[sid]
+        if hold and successors:
             self._held.add(sid)
+            for succ in successors:
+                left = self._undone[succ] = self._undone[succ] - 1
+                if left == 0:
+                    self._awaiting.add(succ)
         else:
             self._satisfy(sid)
 
@@ -231,7 +253,7 @@ class RunState:
         for sid in sids:
             if sid in self._held:
                 self._held.discard(sid)
-                self._satisfy(sid)
+                self._satisfy(sid, counted=True)
 
     def cancelled(self, sid: str) -> None:
         self._release(sid)

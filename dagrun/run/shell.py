@@ -21,6 +21,7 @@ import signal
 import stat
 import subprocess
 import tempfile
+import _thread
 import threading
 from dataclasses import dataclass
 from typing import Callable, Protocol
@@ -41,35 +42,53 @@ class Stoppable(Protocol):
 
 
 class CancelToken:
-    """Shared by a run and its workers: ``cancel()`` stops every live command."""
+    """Shared by a run and its workers: ``cancel()`` stops every live command.
+
+    Cheap to make (one per attempt): the event a ``wait()`` sleeps on is
+    created by the first wait."""
+
+    __slots__ = ("_cancelled", "_lock", "_live", "_event")
 
     def __init__(self) -> None:
-        self._event = threading.Event()
-        self._lock = threading.Lock()
-        self._live: set[Stoppable] = set()
+        self._cancelled = False
+        self._lock = _thread.allocate_lock()
+        self._live: set[Stoppable] | None = None
+        self._event: threading.Event | None = None
 
     @property
     def cancelled(self) -> bool:
-        return self._event.is_set()
+        return self._cancelled
 
     def wait(self, seconds: float) -> bool:
         """Sleep up to ``seconds``; True as soon as the run is cancelled."""
-        return self._event.wait(seconds)
+        with self._lock:
+            if self._cancelled:
+                return True
+            if self._event is None:
+                self._event = threading.Event()
+            event = self._event
+        return event.wait(seconds)
 
     def register(self, item: Stoppable) -> None:
         with self._lock:
-            self._live.add(item)
-        if self.cancelled:
-            item.stop()
+            if not self._cancelled:
+                if self._live is None:
+                    self._live = set()
+                self._live.add(item)
+                return
+        item.stop()
 
     def unregister(self, item: Stoppable) -> None:
         with self._lock:
-            self._live.discard(item)
+            if self._live is not None:
+                self._live.discard(item)
 
     def cancel(self) -> None:
-        self._event.set()
         with self._lock:
-            live = list(self._live)
+            self._cancelled = True
+            event, live = self._event, list(self._live or ())
+        if event is not None:
+            event.set()
         for item in live:
             threading.Thread(target=item.stop, daemon=True).start()
 

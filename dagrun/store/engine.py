@@ -60,6 +60,17 @@ def normalize_url(url: str) -> str:
     return url
 
 
+def with_schema(url: str, schema: str | None) -> str:
+    """``url`` naming the PostgreSQL schema dagrun's tables live in (the
+    ``database_schema=`` keyword of the API, carried as the URL option)."""
+    if not schema:
+        return url
+    try:
+        return make_url(url).update_query_dict({SCHEMA_OPTION: schema}).render_as_string(hide_password=False)
+    except ArgumentError as exc:
+        raise InputError(f"bad database URL {describe_url(url)!r}: {exc}") from None
+
+
 def describe_url(url: str) -> str:
     """The URL without its password, for output."""
     try:
@@ -125,9 +136,10 @@ def writable(url: str, *, schema: str | None = None) -> Engine:
     created or migrated to the newest revision (once per process)."""
     engine = engine_for(url, schema=schema)
     if id(engine) not in _ready:
-        from .migrate import upgrade
+        from .migrate import current, head, upgrade
         with store_errors(url, "cannot open database"):
-            upgrade(engine)
+            if current(engine) != head():  # Alembic is imported only when there is work for it
+                upgrade(engine)
         _ready.add(id(engine))
     return engine
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,26 +30,10 @@ def append(run_id: str, url: str, ops: list[dict[str, Any]]) -> Path:
     path = directory / f"{run_id}.jsonl"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     with os.fdopen(fd, "a", encoding="utf-8") as fh:
-        fh.write(json.dumps({"url": describe_url(url), "ops": ops}, default=_encode) + "\n")
+        fh.write(json.dumps({"url": describe_url(url), "ops": ops}, default=str) + "\n")
         fh.flush()
         os.fsync(fh.fileno())  # as durable as a commit: dependents may start after this
     return path
-
-
-def _encode(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return {"$dt": value.isoformat()}
-    return str(value)
-
-
-def _decode(value: Any) -> Any:
-    if isinstance(value, dict):
-        if set(value) == {"$dt"}:
-            return datetime.fromisoformat(value["$dt"])
-        return {k: _decode(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_decode(v) for v in value]
-    return value
 
 
 def _replay_url(journalled: str, given: str | None) -> str:
@@ -68,7 +51,7 @@ def recover(journal: Path | None = None, url: str | None = None) -> list[tuple[P
     """Replay journalled operations; ``(file, batches applied, error)`` per file.
     ``url``: the database to replay into (needed when the journalled URL had a
     password)."""
-    from .recorder import apply_operations
+    from .operations import apply_operations
     files = [journal] if journal else sorted(journal_dir().glob("*.jsonl"))
     report = []
     for path in files:
@@ -77,7 +60,7 @@ def recover(journal: Path | None = None, url: str | None = None) -> list[tuple[P
         for line in lines:
             entry = json.loads(line)
             try:
-                apply_operations(writable(_replay_url(entry["url"], url)), _decode(entry["ops"]), {})
+                apply_operations(writable(_replay_url(entry["url"], url)), entry["ops"], {})
             except SQLAlchemyError as exc:
                 error = str(exc).splitlines()[0]
                 break

@@ -31,7 +31,7 @@ from ..errors import RunConflictError
 from ..run import processes
 from ..run.runner import Done
 from .models import ProvisioningRun, WorkspaceActionExecution
-from .recorder import CONDITION
+from .operations import CONDITION
 from ..run.outcome import StepStatus
 
 STALE_SECONDS = float(os.environ.get("DAGRUN_HEARTBEAT_STALE_SECONDS", 30))

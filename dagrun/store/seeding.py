@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from ..compile.loader import build_library, package_dir, read_document
@@ -28,7 +28,7 @@ def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
-def _action_values(action: ActionSpec) -> dict[str, Any]:
+def action_values(action: ActionSpec) -> dict[str, Any]:
     return {
         "display_name": action.display_name, "category": action.category, "description": action.description,
         "action_type": action.action_type, "execution_handler": action.execution_handler,
@@ -62,7 +62,7 @@ def seed(url: str, *, actions: Iterable[Any] | None = None, templates: Iterable[
             if row is None:
                 row = TemplateAction(name=action.name)
                 session.add(row)
-            for key, value in _action_values(action).items():
+            for key, value in action_values(action).items():
                 setattr(row, key, value)
             row.updated_at = datetime.now(timezone.utc)
             session.flush()
@@ -109,10 +109,3 @@ def stored_templates(url: str) -> list[dict[str, Any]]:
         rows = session.scalars(select(WorkspaceTemplate).order_by(WorkspaceTemplate.name,
                                                                   WorkspaceTemplate.updated_at.desc())).all()
         return [dict(row.document) for row in rows if row.document]
-
-
-def mark_applied(url: str, name: str, version: str) -> None:
-    with store_errors(url, "cannot write to"), Session(writable(url)) as session, session.begin():
-        session.execute(update(WorkspaceTemplate).where(
-            WorkspaceTemplate.name == name, WorkspaceTemplate.version == version).values(
-            usage_count=WorkspaceTemplate.usage_count + 1, last_applied_at=datetime.now(timezone.utc)))
