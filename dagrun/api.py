@@ -25,6 +25,7 @@ import json
 import os
 import uuid
 from concurrent.futures import Executor
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
@@ -57,6 +58,7 @@ class PreparedRun:
     attempts: Mapping[str, int] | None = None
     fleet_id: str | None = None
     resumed: bool = False
+    check: bool = False  # validate only: what would change (dagrun run --check)
 
 
 def run_template(template: Any, workspace: Any, *, database_url: str | None = None,
@@ -67,7 +69,8 @@ def run_template(template: Any, workspace: Any, *, database_url: str | None = No
                  observers: Iterable[Observer] = (), runner_hook: Callable[[Runner], None] | None = None,
                  allow_sudo: bool = False, secrets: Mapping[str, Any] | None = None,
                  env_passthrough: Iterable[str] = (), sandbox: bool = True,
-                 trusted_actions: Iterable[Any] | None = None, database_schema: str | None = None) -> RunResult:
+                 trusted_actions: Iterable[Any] | None = None, database_schema: str | None = None,
+                 check: bool = False) -> RunResult:
     """Compile ``template`` and run it for ``workspace``.
 
     ``template``: a path, the name of a template in ``seeds/`` or stored with
@@ -88,13 +91,16 @@ def run_template(template: Any, workspace: Any, *, database_url: str | None = No
     ``trusted_actions`` are the operator's own actions, trusted like the
     standard library (they may need root and run unsandboxed).
     ``database_schema``: the PostgreSQL schema of dagrun's tables (default
-    ``dagrun``, or ``$DAGRUN_SCHEMA``). Raises RunConflictError when the
-    workspace already has an active run.
+    ``dagrun``, or ``$DAGRUN_SCHEMA``). ``check=True`` runs no execute
+    handler: each step's validation says whether it would change anything
+    (each step's ``changed``), and nothing but the run's record changes.
+    Raises RunConflictError when the workspace already has an active run.
     """
     prepared = prepare(template, workspace, database_url=_url(database_url, database_schema),
                        max_workers=max_workers, variables=variables, actions=actions, executor=executor, record=record, run_id=run_id,
                        templates=templates, allow_sudo=allow_sudo, secrets=secrets,
-                       env_passthrough=env_passthrough, sandbox=sandbox, trusted_actions=trusted_actions)
+                       env_passthrough=env_passthrough, sandbox=sandbox, trusted_actions=trusted_actions,
+                       check=check)
     claim(prepared)
     return execute(prepared, observers=observers, on_event=on_event, runner_hook=runner_hook)
 
@@ -129,7 +135,7 @@ def prepare(template: Any, workspace: Any, *, database_url: str | None = None, m
             templates: Iterable[Mapping[str, Any]] = (), allow_sudo: bool = False,
             secrets: Mapping[str, Any] | None = None, env_passthrough: Iterable[str] = (),
             sandbox: bool = True, fleet_id: str | None = None,
-            trusted_actions: Iterable[Any] | None = None) -> PreparedRun:
+            trusted_actions: Iterable[Any] | None = None, check: bool = False) -> PreparedRun:
     """Compile and check a new run; raises on bad input, runs nothing."""
     _check_workers(max_workers)
     url = (database_url or default_database_url()) if record else None
@@ -140,9 +146,12 @@ def prepare(template: Any, workspace: Any, *, database_url: str | None = None, m
     plan, ws = compile_for(template, workspace, actions=actions, variables=variables, secrets=secrets,
                            templates=templates, env_passthrough=env_passthrough, trusted_actions=trusted_actions)
     check_sandbox(plan, sandbox)
+    if url:
+        plan = learned(plan, url)
     return PreparedRun(plan=plan, workspace=ws, run_id=run_id or str(uuid.uuid4()), url=url,
                        variables=dict(variables or {}), secrets=dict(secrets or {}), max_workers=max_workers,
-                       executor=executor, sudo=sudo_prefix(plan, allow_sudo), sandbox=sandbox, fleet_id=fleet_id)
+                       executor=executor, sudo=sudo_prefix(plan, allow_sudo), sandbox=sandbox, fleet_id=fleet_id,
+                       check=check)
 
 
 def prepare_resume(run_id: str, *, database_url: str | None = None, from_step: str | None = None,
@@ -160,6 +169,9 @@ def prepare_resume(run_id: str, *, database_url: str | None = None, from_step: s
         run, rows = load_for_resume(engine, run_id)
     if is_alive(run):
         raise RunConflictError(f"run {run.id} is still running (owner {run.owner})")
+    if run.mode == "check":
+        raise InputError(f"run {run.id} was a check (--check): it changed nothing, so there is nothing to resume; "
+                         "run the template again")
     if run.workspace is None:
         raise InputError(f"run {run.id} was recorded without its workspace: it cannot be resumed")
     secrets = dict(secrets or {})
@@ -182,6 +194,7 @@ def prepare_resume(run_id: str, *, database_url: str | None = None, from_step: s
     elif run.status == "succeeded":
         raise InputError(f"run {run.id} already succeeded: use from_step (--from STEP) to run steps again")
     check_sandbox(plan, sandbox)
+    plan = learned(plan, url)
     done, numbers = done_steps(rows, plan.order, again)
     return PreparedRun(plan=plan, workspace=ws, run_id=run.id, url=url, variables=dict(run.variables or {}),
                        secrets=secrets, max_workers=max_workers or run.max_workers, executor=executor,
@@ -206,14 +219,21 @@ def compile_for(template: Any, workspace: Any, *, actions: Iterable[Any] | None 
                                  .workspace_fields)
     ws = with_home(ws)
     plan = compile_template(template, variables=merged, workspace=ws, **options)
-    undeclared = sorted(set(variables or {}) - set(plan.snapshot.get("vars") or {}))
-    if undeclared:
-        from .compile.graph import did_you_mean
-        declared = plan.snapshot.get("vars") or {}
-        raise InputError("; ".join(f"variable {name!r} is not declared by template {plan.name!r}"
-                                   f"{did_you_mean(name, declared)}" for name in undeclared)
-                         + f" (it declares: {', '.join(declared) or 'none'})")
+    _check_variables(plan, variables)
     return plan, ws
+
+
+def learned(plan: Plan, url: str) -> Plan:
+    """The plan with the durations its steps took here before (their
+    dispatch order follows), where the store has them."""
+    from .store.engine import store_errors, writable
+    from .store.estimates import learned_estimates
+    with store_errors(url, "cannot read"):
+        found = learned_estimates(writable(url), plan)
+    if not found:
+        return plan
+    return plan.with_estimates({sid: e.seconds for sid, e in found.items()},
+                               {sid: f"learned ({e.runs} run{'s' if e.runs != 1 else ''})" for sid, e in found.items()})
 
 
 def check_sandbox(plan: Plan, sandbox: bool) -> None:
@@ -262,7 +282,7 @@ def claim(prepared: PreparedRun) -> None:
             "template_name": plan.name, "template_version": plan.version, "total_steps": len(plan.order),
             "template_snapshot": masked_snapshot(plan), "workspace": _jsonable(redactor.value(stored)),
             "variables": _jsonable(dict(prepared.variables)), "max_workers": prepared.max_workers,
-            "secret_names": names, "fleet_id": prepared.fleet_id})
+            "secret_names": names, "fleet_id": prepared.fleet_id, "mode": "check" if prepared.check else None})
 
 
 # -- 3. execute -------------------------------------------------------------------------
@@ -277,12 +297,13 @@ def execute(prepared: PreparedRun, *, observers: Iterable[Observer] = (),
                     variables={**prepared.variables, **secret_vars}, max_workers=prepared.max_workers,
                     executor=prepared.executor, sudo=prepared.sudo, done=prepared.done,
                     attempts=prepared.attempts, secret_values=[str(v) for v in prepared.secrets.values()],
-                    sandbox=prepared.sandbox, write_ahead=prepared.url is not None)
+                    sandbox=prepared.sandbox, write_ahead=prepared.url is not None, check=prepared.check)
     recorder = None
     if prepared.url is not None:
         from .store.recorder import Recorder
         # A new run that succeeds counts as a use of its template (in the run's last commit).
-        recorder = Recorder(prepared.url, on_durable=runner.durable, count_use=not prepared.resumed)
+        recorder = Recorder(prepared.url, on_durable=runner.durable,
+                            count_use=not prepared.resumed and not prepared.check)
     runner.observers = [o for o in (logs.log_events if logs.enabled() else None, recorder, *observers, on_event)
                         if o is not None]
     if runner_hook:
@@ -359,10 +380,163 @@ def default_database_url() -> str:
 # -- compile-only ---------------------------------------------------------------------------
 
 def plan(template: Any, *, actions: Iterable[Any] | None = None, variables: Mapping[str, Any] | None = None,
-         templates: Iterable[Mapping[str, Any]] = ()) -> Plan:
-    """Compile without running (``dagrun plan``)."""
-    return compile_template(template, actions=actions, variables=variables, templates=templates)
+         templates: Iterable[Mapping[str, Any]] = (), database_url: str | None = None,
+         trusted_actions: Iterable[Any] | None = None) -> Plan:
+    """Compile without running (``dagrun plan``). With ``database_url``, a
+    template stored with ``dagrun seed`` is found by name, and the steps'
+    durations are learned from the runs recorded there
+    (``plan.estimate_sources``)."""
+    found = _with_stored(template, database_url, templates)
+    compiled = compile_template(template, actions=actions, variables=variables, templates=found,
+                                trusted_actions=trusted_actions)
+    _check_variables(compiled, variables)
+    return learned(compiled, database_url) if database_url and _has_store(database_url) else compiled
 
 
-def list_actions(actions: Iterable[Any] | None = None):
-    return build_library(actions)
+def validate(items: Iterable[str], *, actions: Iterable[Any] | None = None, workspace: Any = None,
+             variables: Mapping[str, Any] | None = None, database_url: str | None = None,
+             trusted_actions: Iterable[Any] | None = None) -> list[tuple[str, Exception | None]]:
+    """Check templates (files, seed or stored names) and action definition
+    files; ``(item, error or None)`` each. Every problem of a template is in
+    its one error. With ``workspace`` (and ``variables``), its fields and the
+    variables are checked as a run would check them."""
+    from .compile.loader import load_action_file, read_document
+    from .errors import TemplateError
+    results: list[tuple[str, Exception | None]] = []
+    for item in items:
+        try:
+            path = Path(item)
+            doc = read_document(path) if path.is_file() else None
+            if doc is not None and ("action_type" in doc or (isinstance(doc.get("actions"), list) and doc["actions"]
+                                                            and "action_type" in doc["actions"][0])):
+                load_action_file(path)
+            else:
+                found = _with_stored(item, database_url, ())
+                if workspace is not None:
+                    compile_for(item, workspace, actions=actions, variables=variables, templates=found,
+                                trusted_actions=trusted_actions)
+                else:
+                    _check_variables(compile_template(item, actions=actions, variables=variables, templates=found,
+                                                      trusted_actions=trusted_actions), variables)
+            results.append((item, None))
+        except (TemplateError, InputError) as exc:
+            results.append((item, exc))
+    return results
+
+
+def explain(template: Any, *, step: str | None = None, actions: Iterable[Any] | None = None,
+            variables: Mapping[str, Any] | None = None, database_url: str | None = None,
+            trusted_actions: Iterable[Any] | None = None) -> dict[str, Any]:
+    """The effective template after inheritance and defaults, each value
+    with its origin (a base template and file, the child, the action's
+    default, the schema's default, ``--set``)."""
+    from .compile.explain import explain as explain_template
+    return explain_template(template, step=step, actions=actions, variables=variables,
+                            templates=_with_stored(template, database_url, ()), trusted_actions=trusted_actions)
+
+
+def list_actions(actions: Iterable[Any] | None = None, trusted_actions: Iterable[Any] | None = None):
+    return build_library(actions, trusted_actions)
+
+
+def list_templates(database_url: str | None = None) -> list[dict[str, Any]]:
+    """The templates a run can name: the shipped seeds, and those stored
+    with ``dagrun seed`` in ``database_url`` (when it has dagrun's tables)."""
+    from .compile.loader import package_dir, read_document
+    found = []
+    for path in sorted((package_dir("seeds") / "templates").iterdir()):
+        if path.suffix in (".yaml", ".yml", ".json"):
+            doc = read_document(path)
+            found.append({"name": str(doc.get("name") or path.stem), "version": str(doc.get("version", "1.0.0")),
+                          "description": (doc.get("description") or "").strip(), "source": "seed",
+                          "extends": _extends(doc), "steps": len(doc.get("actions") or ())})
+    if database_url and _has_store(database_url):
+        from .store.seeding import stored_templates
+        for doc in stored_templates(database_url):
+            found.append({"name": str(doc.get("name")), "version": str(doc.get("version", "1.0.0")),
+                          "description": (doc.get("description") or "").strip(), "source": "stored",
+                          "extends": _extends(doc), "steps": len(doc.get("actions") or ())})
+    return found
+
+
+def _extends(doc: Mapping[str, Any]) -> str | None:
+    parent = doc.get("extends")
+    return parent.get("name") if isinstance(parent, Mapping) else parent
+
+
+def _with_stored(template: Any, database_url: str | None, templates: Iterable[Mapping[str, Any]]) -> list:
+    """Extra documents for ``template``: those stored in the database when
+    ``template`` is a name (not a file) and the database has dagrun's tables."""
+    templates = list(templates)
+    if database_url and isinstance(template, str) and not os.path.exists(template) and _has_store(database_url):
+        from .store.seeding import stored_templates
+        templates += stored_templates(database_url)
+    return templates
+
+
+def _has_store(database_url: str) -> bool:
+    """Does the database hold dagrun's tables (reading never creates them)?"""
+    from .store.engine import engine_for, store_errors
+    from .store.migrate import current
+    with store_errors(database_url, "cannot read"):
+        return current(engine_for(database_url)) is not None
+
+
+def _check_variables(compiled: Plan, variables: Mapping[str, Any] | None) -> None:
+    undeclared = sorted(set(variables or {}) - set(compiled.snapshot.get("vars") or {}))
+    if undeclared:
+        from .compile.graph import did_you_mean
+        declared = compiled.snapshot.get("vars") or {}
+        raise InputError("; ".join(f"variable {name!r} is not declared by template {compiled.name!r}"
+                                   f"{did_you_mean(name, declared)}" for name in undeclared)
+                         + f" (it declares: {', '.join(declared) or 'none'})")
+
+
+# -- the store: history, upkeep -------------------------------------------------------------
+
+def list_runs(*, database_url: str | None = None, workspace: str | None = None, status: str | None = None,
+              limit: int = 50) -> list[dict[str, Any]]:
+    """Recorded runs, newest first."""
+    from .store.history import list_runs as runs
+    return runs(database_url or default_database_url(), workspace=workspace, status=status, limit=limit)
+
+
+def get_run(run_id: str, *, database_url: str | None = None, output: bool = False) -> dict[str, Any]:
+    """One run (by id or unambiguous prefix): its steps and every attempt."""
+    from .store.history import show_run
+    return show_run(database_url or default_database_url(), run_id, output=output)
+
+
+def watch_run(run_id: str, *, database_url: str | None = None, timeout: float | None = None):
+    """Follow a run from another process: one event per attempt change, then its end."""
+    from .store.history import watch
+    url = database_url or default_database_url()
+    return watch(url, get_run(run_id, database_url=url)["run_id"], timeout=timeout)
+
+
+def upgrade_database(database_url: str | None = None) -> str:
+    """Create or migrate dagrun's tables; the revision they are at."""
+    from .store import migrate
+    from .store.engine import writable
+    return migrate.current(writable(database_url or default_database_url())) or ""
+
+
+def database_sql(dialect: str = "postgresql") -> str:
+    """The DDL of every migration (offline)."""
+    from .store import migrate
+    return migrate.ddl(dialect)
+
+
+def recover_journal(journal: str | None = None, *, database_url: str | None = None):
+    """Replay records journalled while the database was unreachable:
+    ``(file, batches replayed, error or None)`` per journal file."""
+    from .store.journal import recover
+    return recover(Path(journal) if journal else None, url=database_url or os.environ.get("DAGRUN_DATABASE_URL"))
+
+
+def seed(*, database_url: str | None = None, actions: Iterable[Any] | None = None,
+         templates: Iterable[str] | None = None) -> dict[str, int]:
+    """Store the action library and templates (default: the shipped seeds)."""
+    from .store.seeding import seed as seed_store
+    return seed_store(database_url or default_database_url(), actions=actions,
+                      templates=[Path(t) for t in templates] if templates else None)

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import enum
 import random
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -65,14 +66,43 @@ HANDLER_TYPES = ("shell", "python_function", "template_copy", "api_call")
 
 
 @dataclass(frozen=True, slots=True)
+class ErrorMatch:
+    """Which failures a retry rule is about: an exit code among
+    ``exit_codes``, or output matching one of ``patterns``."""
+
+    exit_codes: frozenset[int] = frozenset()
+    patterns: tuple[re.Pattern[str], ...] = ()
+
+    @classmethod
+    def parse(cls, doc: Mapping[str, Any] | None) -> "ErrorMatch | None":
+        """Raises re.error for a bad pattern (the compiler reports it)."""
+        if not doc:
+            return None
+        return cls(frozenset(doc.get("exit_codes") or ()), tuple(re.compile(p) for p in doc.get("output_matches") or ()))
+
+    def matches(self, exit_code: int | None, output: str) -> bool:
+        return exit_code in self.exit_codes or any(p.search(output) for p in self.patterns)
+
+
+@dataclass(frozen=True, slots=True)
 class RetryPolicy:
-    """``max_attempts`` is the total number of attempts ("attempt 3/3")."""
+    """``max_attempts`` is the total number of attempts ("attempt 3/3").
+    ``retry_when``: only matching failures are retried; ``never_retry_when``:
+    matching failures fail at once."""
 
     max_attempts: int = 3
     delay_seconds: float = 5.0
     exponential_backoff: bool = True
     max_delay_seconds: float = 300.0
     jitter: bool = False
+    retry_when: ErrorMatch | None = None
+    never_retry_when: ErrorMatch | None = None
+
+    def allows(self, exit_code: int | None, output: str) -> bool:
+        """May a failure with this exit code and output be retried?"""
+        if self.never_retry_when is not None and self.never_retry_when.matches(exit_code, output):
+            return False
+        return self.retry_when is None or self.retry_when.matches(exit_code, output)
 
     def delay_after(self, attempt: int, rng: random.Random | None = None) -> float:
         """Seconds to wait after failed attempt ``attempt`` (1-based) before the next."""
@@ -136,6 +166,8 @@ class ActionSpec:
     exponential_backoff: bool = True
     max_retry_delay_seconds: float = 300.0
     retry_jitter: bool = False
+    retry_when: ErrorMatch | None = None
+    never_retry_when: ErrorMatch | None = None
     requires_actions: tuple[str, ...] = ()
     conflicts_with_actions: tuple[str, ...] = ()
     locks: tuple[Lock, ...] = ()
@@ -239,6 +271,19 @@ class Plan:
     workspace_fields: frozenset[str] = frozenset()  # the workspace fields the template reads
     secret_literals: tuple[tuple[str, str], ...] = ()  # (step, field): x-secret values written in the template
 
+    estimate_sources: Mapping[str, str] = field(default_factory=lambda: EMPTY)  # step -> "learned (N runs)"
+
+    def with_estimates(self, seconds: Mapping[str, float], sources: Mapping[str, str] | None = None) -> "Plan":
+        """The same plan with these steps' estimated durations (learned from
+        history), and the dispatch priorities they imply."""
+        steps = {sid: (replace(spec, estimated_duration_seconds=float(seconds[sid])) if sid in seconds else spec)
+                 for sid, spec in self.steps.items()}
+        priority, dispatch_order = scheduling(self.order, self.successors, steps)
+        return replace(self, steps=frozen_mapping(steps), priority=frozen_mapping(priority),
+                       dispatch_order=dispatch_order,
+                       dispatch_rank=frozen_mapping({sid: i for i, sid in enumerate(dispatch_order)}),
+                       estimate_sources=frozen_mapping({**self.estimate_sources, **(sources or {})}))
+
     def descendants(self, step_id: str) -> list[str]:
         """Steps downstream of ``step_id``, in plan order."""
         below = _reachable(step_id, self.successors)
@@ -260,6 +305,29 @@ class Plan:
             for succ in self.successors[sid]:
                 g.add_edge(sid, succ)
         return g
+
+
+def scheduling(order: tuple[str, ...], successors: Mapping[str, tuple[str, ...]],
+               steps: Mapping[str, StepSpec]) -> tuple[dict[str, float], tuple[str, ...]]:
+    """Each step's bottom level (its estimated duration plus the longest
+    estimated path below it) and the dispatch preference it implies: longest
+    remaining path first, then sequence_order, then plan order."""
+    level: dict[str, float] = {}
+    for root in order:  # iterative post-order: a deep chain never hits the recursion limit
+        stack = [(root, False)]
+        while stack:
+            node, expanded = stack.pop()
+            if node in level:
+                continue
+            if expanded:
+                below = max((level[s] for s in successors[node]), default=0.0)
+                level[node] = steps[node].estimated_duration_seconds + below
+            else:
+                stack.append((node, True))
+                stack.extend((s, False) for s in successors[node] if s not in level)
+    position = {sid: i for i, sid in enumerate(order)}
+    dispatch_order = tuple(sorted(order, key=lambda sid: (-level[sid], steps[sid].sequence_order, position[sid])))
+    return level, dispatch_order
 
 
 def _reachable(start: str, edges: Mapping[str, tuple[str, ...]]) -> set[str]:

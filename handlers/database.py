@@ -60,7 +60,7 @@ def create_role(ctx: StepContext) -> HandlerResult:
     name = ctx.config["username"]
     with connect(ctx) as conn:
         if _exists(conn, ROLE_EXISTS, name):
-            return HandlerResult(data={"role": name, "created": False})
+            return HandlerResult(data={"role": name, "created": False}, changed=False)
         options = [sql.SQL("LOGIN")]
         if ctx.config.get("createdb"):
             options.append(sql.SQL("CREATEDB"))
@@ -76,7 +76,7 @@ def create_role(ctx: StepContext) -> HandlerResult:
                 cur.execute(query, params)
         except (psycopg2.errors.InsufficientPrivilege, psycopg2.errors.SyntaxError) as exc:
             raise _permanent(exc) from None
-    return HandlerResult(data={"role": name, "created": True})
+    return HandlerResult(data={"role": name, "created": True}, changed=True)
 
 
 def validate_role(ctx: StepContext) -> HandlerResult:
@@ -98,7 +98,7 @@ def create_database(ctx: StepContext) -> HandlerResult:
     name, owner = ctx.config["database_name"], ctx.config["owner"]
     with connect(ctx) as conn:
         if _exists(conn, DB_EXISTS, name):
-            return HandlerResult(data={"database": name, "created": False})
+            return HandlerResult(data={"database": name, "created": False}, changed=False)
         if not _exists(conn, ROLE_EXISTS, owner):
             raise PermanentError(f"owner role {owner!r} does not exist")
         query = sql.SQL("CREATE DATABASE {} OWNER {} ENCODING {} TEMPLATE {}").format(
@@ -110,7 +110,7 @@ def create_database(ctx: StepContext) -> HandlerResult:
         except (psycopg2.errors.InsufficientPrivilege, psycopg2.errors.InvalidParameterValue,
                 psycopg2.errors.UndefinedObject) as exc:
             raise _permanent(exc) from None
-    return HandlerResult(data={"database": name, "owner": owner, "created": True})
+    return HandlerResult(data={"database": name, "owner": owner, "created": True}, changed=True)
 
 
 def validate_database(ctx: StepContext) -> HandlerResult:

@@ -32,6 +32,11 @@ def create_venv(ctx: StepContext) -> HandlerResult:
     python = ctx.config["python_version"]
     existed = os.path.exists(os.path.join(path, "pyvenv.cfg"))
     folder_existed = os.path.isdir(path)
+    if existed and not ctx.config.get("upgrade_pip"):  # already there: nothing to change
+        version = ctx.run([_venv_python(ctx), "-c", "import sys; print('%d.%d.%d' % sys.version_info[:3])"])
+        if version.ok:
+            return HandlerResult(data={"venv_path": path, "python": _venv_python(ctx), "created": False,
+                                       "created_entries": None, "version": version.stdout.strip()}, changed=False)
     before = paths.entries(path, home=ctx.home)
     command = [python, "-m", "venv"]
     if ctx.config.get("system_site_packages"):
@@ -48,6 +53,7 @@ def create_venv(ctx: StepContext) -> HandlerResult:
     created = None if not folder_existed else sorted(paths.entries(path, home=ctx.home) - before)
     result.data = {"venv_path": path, "python": _venv_python(ctx), "created": not existed,
                    "created_entries": created, "version": version.stdout.strip()}
+    result.changed = not existed or "Successfully installed" in result.stdout
     return result
 
 
@@ -89,6 +95,7 @@ def pip_install(ctx: StepContext) -> HandlerResult:
         command += ["--", *packages]
     result = ctx.run(command, env=PIP_ENV)
     result.data = {"requirements_file": ctx.expand(requirements) if requirements else None, "packages": packages}
+    result.changed = "Successfully installed" in result.stdout  # pip says so only when it installed something
     return result
 
 

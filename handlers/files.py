@@ -6,6 +6,7 @@ user; rollback removes a file only if the step created it."""
 from __future__ import annotations
 
 import os
+import stat
 
 from dagrun.run import paths
 from dagrun.run.handler_types import StepContext
@@ -35,5 +36,8 @@ def copy_template(ctx: StepContext) -> HandlerResult:
     compile time) to ``target_path``."""
     target = ctx.path(str(ctx.config["target_path"]))
     mode = int(ctx.config["mode"], 8) if ctx.config.get("mode") else None
-    created = ctx.write(target, str(ctx.config.get("template") or ""), mode=mode)
-    return HandlerResult(data={"target_path": target, "created": created})
+    text = str(ctx.config.get("template") or "")
+    if ctx.read(target) == text and (mode is None or stat.S_IMODE(os.lstat(target).st_mode) == mode):
+        return HandlerResult(data={"target_path": target, "created": False}, changed=False)  # already so
+    created = ctx.write(target, text, mode=mode)
+    return HandlerResult(data={"target_path": target, "created": created}, changed=True)

@@ -19,7 +19,7 @@ def _directory(ctx: StepContext) -> str:
 def create_django_project(ctx: StepContext) -> HandlerResult:
     name, directory = ctx.config["project_name"], _directory(ctx)
     if os.path.isfile(os.path.join(directory, "manage.py")):
-        return HandlerResult(data={"directory": directory, "created": False})
+        return HandlerResult(data={"directory": directory, "created": False}, changed=False)
     admin = os.path.join(ctx.path(ctx.config["venv_path"]), "bin", "django-admin")
     if not os.access(admin, os.X_OK):
         raise PermanentError(f"{admin} does not exist: install Django into the venv first")
@@ -34,6 +34,7 @@ def create_django_project(ctx: StepContext) -> HandlerResult:
         paths.remove_created(directory, created_entries, home=ctx.home)
     result.data = {"directory": directory, "created": True, "created_entries": created_entries,
                    "project_name": name}
+    result.changed = result.ok
     return result
 
 

@@ -60,7 +60,8 @@ def clone(ctx: StepContext) -> HandlerResult:
         if origin.stdout.strip() != url:
             raise PermanentError(f"{target} is a checkout of {origin.stdout.strip() or 'another remote'}, not {url}")
         head = _git(ctx, "-C", target, "rev-parse", "HEAD")
-        return HandlerResult(data={"target_dir": target, "created": False, "commit": head.stdout.strip()})
+        return HandlerResult(data={"target_dir": target, "created": False, "commit": head.stdout.strip()},
+                             changed=False)
     folder_existed = os.path.isdir(target)
     if folder_existed and paths.entries(target, home=ctx.home):
         raise PermanentError(f"{target} exists and is not empty")
@@ -79,6 +80,7 @@ def clone(ctx: StepContext) -> HandlerResult:
     head = _git(ctx, "-C", target, "rev-parse", "HEAD")
     result.data = {"target_dir": target, "created": True, "created_entries": created_entries,
                    "commit": head.stdout.strip(), "branch": branch}
+    result.changed = True
     return result
 
 

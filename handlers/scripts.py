@@ -21,18 +21,18 @@ def _env(ctx: StepContext) -> dict[str, str]:
 
 
 def run_script(ctx: StepContext) -> HandlerResult:
-    return ctx.run_shell(ctx.config["script"], cwd=ctx.config.get("working_dir"), env=_env(ctx))
+    return ctx.run_shell(ctx.config["script"], cwd=ctx.config.get("working_dir"), env=_env(ctx), name="script")
 
 
 def validate_script(ctx: StepContext) -> HandlerResult:
     script = ctx.config.get("validate_script")
     if not script:
-        return HandlerResult()
-    return ctx.run_shell(script, cwd=ctx.config.get("working_dir"), env=_env(ctx))
+        return HandlerResult(data={"nothing_to_validate": True})
+    return ctx.run_shell(script, cwd=ctx.config.get("working_dir"), env=_env(ctx), name="validate_script")
 
 
 def rollback_script(ctx: StepContext) -> HandlerResult:
     script = ctx.config.get("rollback_script")
     if not script:
         return HandlerResult(data=dict(NOTHING_TO_UNDO))
-    return ctx.run_shell(script, cwd=ctx.config.get("working_dir"), env=_env(ctx))
+    return ctx.run_shell(script, cwd=ctx.config.get("working_dir"), env=_env(ctx), name="rollback_script")

@@ -49,7 +49,7 @@ def install_packages(ctx: StepContext) -> HandlerResult:
     data = {"requested": packages, "installed": [], "already_installed": [p for p in packages if p not in missing],
             "simulated": simulate, "commands": []}
     if not missing:
-        return HandlerResult(data=data)
+        return HandlerResult(data=data, changed=False)
     if ctx.config.get("update_cache"):
         command = _apt(ctx, "update")
         data["commands"].append(command)
@@ -63,6 +63,7 @@ def install_packages(ctx: StepContext) -> HandlerResult:
     # What rollback removes: every package this step installed, the dependencies apt pulled in included.
     installed = [] if simulate else sorted(_all_installed(ctx) - before)
     result.data = {**data, "installed": installed}
+    result.changed = bool(installed)
     return result
 
 
@@ -100,7 +101,7 @@ def _user(name: str) -> pwd.struct_passwd | None:
         return None
 
 
-def _authorize(user: pwd.struct_passwd, key: str) -> None:
+def _authorize(user: pwd.struct_passwd, key: str) -> bool:
     """Add ``key`` to the user's authorized_keys, walking from the home with
     O_NOFOLLOW: a planted ``~/.ssh`` symlink is refused, never followed."""
     owner = (user.pw_uid, user.pw_gid)
@@ -108,9 +109,10 @@ def _authorize(user: pwd.struct_passwd, key: str) -> None:
     current = paths.read_file(keys_path, home=user.pw_dir)
     lines = [] if current is None else current.decode("utf-8", errors="replace").splitlines()
     if key.strip() in lines:
-        return
+        return False
     paths.write_file(keys_path, ("\n".join([*lines, key.strip()]) + "\n").encode(), home=user.pw_dir, mode=0o600,
                      owner=owner, folder_mode=0o700)
+    return True
 
 
 def create_user(ctx: StepContext) -> HandlerResult:
@@ -141,9 +143,9 @@ def create_user(ctx: StepContext) -> HandlerResult:
     if user.pw_uid <= SYSTEM_UID_MAX:  # useradd made a system account (a misconfigured UID_MIN)
         raise PermanentError(f"{name} got uid {user.pw_uid}, a system account's")
     key = ctx.config.get("ssh_public_key")
-    if key:
-        _authorize(user, key)
-    return HandlerResult(data={"username": name, "uid": user.pw_uid, "home": user.pw_dir, "created": created})
+    key_added = bool(key) and _authorize(user, key)
+    return HandlerResult(data={"username": name, "uid": user.pw_uid, "home": user.pw_dir, "created": created},
+                         changed=created or key_added)
 
 
 def validate_user(ctx: StepContext) -> HandlerResult:

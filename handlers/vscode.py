@@ -41,7 +41,8 @@ def install_extensions(ctx: StepContext) -> HandlerResult:
             result.data = {"installed": installed}
             return result
         installed.append(extension)
-    return HandlerResult(data={"cli": cli, "installed": installed}, stdout="".join(output))
+    return HandlerResult(data={"cli": cli, "installed": installed}, stdout="".join(output),
+                         changed=bool(installed))
 
 
 def validate_extensions(ctx: StepContext) -> HandlerResult:

@@ -177,5 +177,15 @@ CREATE INDEX idx_runs_fleet ON provisioning_runs (fleet_id);
 
 UPDATE alembic_version SET version_num='0004' WHERE alembic_version.version_num = '0003';
 
+-- Running upgrade 0004 -> 0005
+
+ALTER TABLE provisioning_runs ADD COLUMN mode VARCHAR(10);
+
+ALTER TABLE workspace_action_executions ADD COLUMN config_key VARCHAR(32);
+
+CREATE INDEX idx_execution_config ON workspace_action_executions (action_name, config_key);
+
+UPDATE alembic_version SET version_num='0005' WHERE alembic_version.version_num = '0004';
+
 COMMIT;
 

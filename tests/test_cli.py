@@ -45,7 +45,7 @@ def test_run_json_and_failure_exit_code(tmp_path):
     assert out.returncode == 1
     result = json.loads(out.stdout)
     assert result["success"] is False and result["failed_action"] == "execute_custom_script"
-    assert result["execution_details"][0]["error"] == "exit code 4: nope"
+    assert result["execution_details"][0]["error"] == "script: exit code 4: nope"
 
 
 def test_validate_reports_each_problem_without_traceback(tmp_path):

@@ -71,7 +71,31 @@ def test_template_document_schema_errors():
                          actions=ACTIONS)
     found = problems(exc)
     assert any("field 'sequence_order'" in p for p in found)
-    assert any("unknown field(s) ('colour' was unexpected)" in p for p in found)
+    assert any("field 'colour': unknown field" in p for p in found)
+
+
+def test_one_pass_reports_every_kind_of_problem_with_suggestions():
+    """An unknown field does not hide the step's other mistakes: all are reported at once,
+    each with what was probably meant."""
+    with pytest.raises(TemplateError) as exc:
+        compile_template(template(
+            script_step(10, "echo {{ vars.projetc }}", id="a"),
+            script_step(20, "echo {{ workspace.nmae }}", id="b", requirs=["a"], action_config={"timeout": 1}),
+            step(30, "write_file", id="c", requires=["zz"], condition_expression="workspace.name ==",
+                 action_config={"target_path": "~/x", "content": "x"}),
+            step(40, "execute_custom_scrpt", id="d"), vars={"project": "x"}),
+            workspace={"id": "w", "name": "n", "home_dir": "/tmp/w"})
+    found = problems(exc)
+    expected = ["step b: field 'requirs': unknown field (did you mean 'requires'?)",
+                "step b: field 'action_config.timeout': unknown field",
+                "step a: field 'action_config.script': undefined variable vars.projetc (did you mean 'project'?)",
+                "step b: field 'action_config.script': the workspace has no field 'nmae' (did you mean 'name'?)",
+                "step c: field 'requires': requires unknown step 'zz'",
+                "step c: field 'condition_expression': cannot parse condition",
+                "step d: field 'action_name': unknown action 'execute_custom_scrpt' "
+                "(did you mean 'execute_custom_script'?)"]
+    for text in expected:
+        assert any(text in p for p in found), (text, found)
 
 
 def test_requires_by_id_and_sequence_order_and_requires_actions():

@@ -36,7 +36,7 @@ def test_shell_exit_code_and_stderr_are_captured(workspace):
     result = run(template(step(10, "bad")), workspace, actions=acts)
     s = result.steps["bad"]
     assert (s.status, s.exit_code, s.stdout, s.stderr, s.error) == (StepStatus.failed, 3, "out\n", "oops\n",
-                                                                     "exit code 3: oops")
+                                                                     "bad's script: exit code 3: oops")
 
 
 def test_pipefail_and_errexit_are_on(workspace):

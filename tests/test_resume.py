@@ -109,7 +109,7 @@ def test_resume_a_failed_run_continues_attempt_numbers(store, request, workspace
     assert resumed.success and resumed.run_id == failed.run_id
     assert resumed.completed_actions == 3
     assert (home / "count").read_text() == "a\n"
-    assert attempts(url, failed.run_id) == [("a", 1, "completed", None), ("b", 1, "failed", "exit code 1: no gate"),
+    assert attempts(url, failed.run_id) == [("a", 1, "completed", None), ("b", 1, "failed", "script: exit code 1: no gate"),
                                             ("b", 2, "completed", None), ("c", 1, "completed", None)]
     assert list_runs(url, workspace="ws1")[0]["status"] == "succeeded"
 

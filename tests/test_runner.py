@@ -87,7 +87,7 @@ def test_timeout_kills_the_whole_process_group(workspace, tmp_path):
     doc = template(script_step(10, f"sleep 300 &\necho $! > {pidfile}\nsleep 300", id="slow", timeout_seconds=1))
     result = run(doc, workspace)
     assert result.steps["slow"].status is StepStatus.failed
-    assert result.steps["slow"].error == "timed out after 1 s"
+    assert result.steps["slow"].error == "script: timed out after 1 s"
     assert not pid_alive(int(pidfile.read_text()))
 
 
@@ -150,8 +150,8 @@ def test_critical_failure_stops_dispatch(workspace):
     result = run(template(step(10, "fail", id="bad", estimated_duration_seconds=9), step(20, "a", id="x"),
                           step(30, "a", id="y")), workspace, actions=acts, max_workers=1)
     assert result.status is RunStatus.failed
-    assert [result.steps[s].status for s in ("bad", "x", "y")] == [StepStatus.failed, StepStatus.pending,
-                                                                    StepStatus.pending]
+    assert [result.steps[s].status for s in ("bad", "x", "y")] == [StepStatus.failed, StepStatus.not_started,
+                                                                    StepStatus.not_started]
 
 
 def test_skip_on_error_skips_downstream_and_independent_branches_go_on(workspace):
@@ -174,7 +174,7 @@ def test_validation_failure_fails_the_attempt_and_is_retried(workspace, tmp_path
     result = run(doc, workspace, events=events)
     assert result.success
     failures = [e.outcome.error for e in events if isinstance(e, AttemptFinished) and e.outcome.error]
-    assert failures == ["validation failed: exit code 1"]
+    assert failures == ["validation failed: validate_script: exit code 1"]
     assert result.steps["v"].attempts == 2
 
 
@@ -231,7 +231,7 @@ def test_cancel_stops_dispatch_and_kills_running_groups(workspace, tmp_path):
     result = run(doc, workspace, runner_hook=lambda r: holder.update(runner=r))
     assert result.status is RunStatus.cancelled
     assert result.steps["long"].status is StepStatus.cancelled
-    assert result.steps["later"].status is StepStatus.pending
+    assert result.steps["later"].status is StepStatus.not_started
     assert not pid_alive(int(pidfile.read_text()))
 
 

@@ -110,6 +110,15 @@ def config_problems(config: Mapping[str, Any], schema: Mapping[str, Any], *,
     for error in config_validator(schema).iter_errors(plain):
         if allow_templates and expressions.has_template(error.instance):
             continue
+        if error.validator == "additionalProperties" and isinstance(error.instance, Mapping):
+            import difflib
+            known = list((error.schema.get("properties") or {}).keys())
+            for key in sorted(str(k) for k in set(error.instance) - set(known)):
+                close = difflib.get_close_matches(key, known, n=1)
+                found.append((field_path([*error.absolute_path, key]),
+                              "unknown field" + (f" (did you mean {close[0]!r}?)" if close else
+                                                 f" (it has: {', '.join(known)})")))
+            continue
         found.append((field_path(error.absolute_path) or "action_config", error.message))
     return found
 

@@ -20,6 +20,7 @@ references to it are not reported twice):
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -27,16 +28,16 @@ import networkx as nx
 from jinja2 import TemplateSyntaxError
 
 from ..errors import CycleError, InputError, Problem, TemplateError
-from ..spec import (ActionSpec, GlobalConfig, Lock, Phase, Plan, RetryPolicy, StepSpec, frozen_mapping,
-                    is_base_env)
+from ..spec import (ActionSpec, ErrorMatch, GlobalConfig, Lock, Phase, Plan, RetryPolicy, StepSpec, frozen_mapping,
+                    is_base_env, scheduling)
 from ..util import deep_merge
 from . import configs, expressions
-from .inherit import INVALID, ORIGIN, ORIGIN_DIR, Merged
+from .inherit import INVALID, ORIGIN, ORIGIN_DIR, ORIGINS, Merged
 from .shell_text import UnsafeContext
 from ..workspace import KNOWN_FIELDS
 
 DEFAULT_DURATION = 1.0
-PRIVATE_KEYS = (INVALID, ORIGIN, ORIGIN_DIR)
+PRIVATE_KEYS = (INVALID, ORIGIN, ORIGIN_DIR, ORIGINS)
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
@@ -84,16 +85,15 @@ class Compiler:
         if self.problems:
             raise TemplateError(self.problems)
         order = tuple(s["id"] for s in bound)
-        priority = self._bottom_levels(graph, specs)
         position = {sid: i for i, sid in enumerate(order)}
-        dispatch_order = tuple(sorted(order, key=lambda sid: (-priority[sid], specs[sid].sequence_order,
-                                                              position[sid])))
+        successors = {n: tuple(graph.successors(n)) for n in order}
+        priority, dispatch_order = scheduling(order, successors, specs)
         return Plan(
             name=self.name, version=self.doc["version"], description=self.doc["description"],
             steps=frozen_mapping(specs), order=order,
             predecessors=frozen_mapping({n: tuple(sorted(graph.predecessors(n), key=position.__getitem__))
                                          for n in order}),
-            successors=frozen_mapping({n: tuple(graph.successors(n)) for n in order}),
+            successors=frozen_mapping(successors),
             conflicts=frozen_mapping(conflicts), lock_capacity=frozen_mapping(capacity),
             priority=frozen_mapping(priority), dispatch_order=dispatch_order,
             dispatch_rank=frozen_mapping({sid: i for i, sid in enumerate(dispatch_order)}),
@@ -316,6 +316,16 @@ class Compiler:
         elif self.workspace is not None and name not in os.environ:
             self.problem(f"environment variable {name} is not set", sid, field)
 
+    def _error_match(self, step: Mapping[str, Any], key: str, default: ErrorMatch | None) -> ErrorMatch | None:
+        """The step's own retry rule, or the action's."""
+        if key not in step:
+            return default
+        try:
+            return ErrorMatch.parse(step[key])
+        except re.error as exc:
+            self.problem(f"bad regular expression: {exc}", step["id"], f"{key}.output_matches")
+            return None
+
     def _specs(self, bound: list[dict[str, Any]], graph: nx.DiGraph) -> dict[str, StepSpec]:
         from ..run.handler_types import handler_templates
         self._bound = {s["id"] for s in bound}
@@ -370,7 +380,9 @@ class Compiler:
                     max_attempts=s.get("max_retries") or action.max_retries,
                     delay_seconds=_first(s.get("retry_delay_seconds"), action.retry_delay_seconds),
                     exponential_backoff=_first(s.get("exponential_backoff"), action.exponential_backoff),
-                    max_delay_seconds=action.max_retry_delay_seconds, jitter=action.retry_jitter),
+                    max_delay_seconds=action.max_retry_delay_seconds, jitter=action.retry_jitter,
+                    retry_when=self._error_match(s, "retry_when", action.retry_when),
+                    never_retry_when=self._error_match(s, "never_retry_when", action.never_retry_when)),
                 timeout_seconds=float(s.get("timeout_seconds") or action.timeout_seconds),
                 estimated_duration_seconds=float(DEFAULT_DURATION if est is None else est),
                 locks=locks, check_first=bool(_first(s.get("check_first"), action.check_first)),
@@ -418,15 +430,6 @@ class Compiler:
                     self.problem(f"lock {lock.name!r} is declared with capacities {capacity[lock.name]} and "
                                  f"{lock.capacity}", s["id"], "locks")
         return {k: frozenset(v) for k, v in conflicts.items()}, capacity
-
-    @staticmethod
-    def _bottom_levels(graph: nx.DiGraph, specs: Mapping[str, StepSpec]) -> dict[str, float]:
-        level: dict[str, float] = {}
-        for node in reversed(list(nx.topological_sort(graph))):
-            below = max((level[s] for s in graph.successors(node)), default=0.0)
-            level[node] = specs[node].estimated_duration_seconds + below
-        return level
-
 
 def _first(value: Any, default: Any) -> Any:
     return default if value is None else value

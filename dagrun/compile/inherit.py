@@ -30,6 +30,7 @@ MAX_INHERITANCE_DEPTH = 32
 INVALID = "__invalid__"  # key marking a step that failed the schema
 ORIGIN = "__origin__"  # key naming the template each step (last) came from
 ORIGIN_DIR = "__origin_dir__"  # the folder of that template's file, if it has one
+ORIGINS = "__origins__"  # per step: which template set each field ("action_config.script": "base (base.yaml)")
 
 
 @dataclass
@@ -41,6 +42,7 @@ class Merged:
     chain: list[str]  # template names, root first
     problems: list[Problem] = field(default_factory=list)
     base_dir: Path | None = None  # folder of the (child) template file, for files it names
+    origins: dict[str, str] = field(default_factory=dict)  # "vars.x" / "global_config.y": the template that set it
 
 
 def resolve(template: Any, source: TemplateSource) -> Merged:
@@ -49,8 +51,17 @@ def resolve(template: Any, source: TemplateSource) -> Merged:
     name = str(doc.get("name") or origin)
     problems: list[Problem] = []
     chain = _chain(doc, origin, base_dir, source, problems)
-    merged = _merge(chain, name, problems)
-    return Merged(name, merged, [str(d.get("name") or o) for d, o, _ in chain], problems, base_dir)
+    origins: dict[str, str] = {}
+    merged = _merge(chain, name, problems, origins)
+    return Merged(name, merged, [str(d.get("name") or o) for d, o, _ in chain], problems, base_dir, origins)
+
+
+def _leaves(value: Any, prefix: str) -> list[str]:
+    """Dotted paths of the values in ``value`` (a list is one value)."""
+    if isinstance(value, Mapping) and value:
+        return [p for k, v in value.items() if not str(k).startswith("__")
+                for p in _leaves(v, f"{prefix}.{k}" if prefix else str(k))]
+    return [prefix] if prefix else []
 
 
 def _chain(doc: dict[str, Any], origin: str, base_dir: Path | None, source: TemplateSource,
@@ -96,7 +107,12 @@ def _chain(doc: dict[str, Any], origin: str, base_dir: Path | None, source: Temp
 def _mark_invalid(doc: dict[str, Any], problems: list[Problem]) -> dict[str, Any]:
     """A copy of ``doc`` whose steps with schema problems carry :data:`INVALID`,
     and whose malformed top-level sections are dropped (defaults apply)."""
-    bad_steps = {p.step for p in problems if p.step is not None}
+    from .loader import step_fields
+    known = step_fields()
+    # A step whose only problems are unknown fields is still checked in full (its
+    # other mistakes are reported in the same pass); the unknown fields are dropped.
+    bad_steps = {p.step for p in problems if p.step is not None and (p.field or "").split(".")[0] in known}
+    bad_steps |= {p.step for p in problems if p.step is not None and not p.field}
     bad_fields = {(p.field or "").split(".")[0].split("[")[0] for p in problems if p.step is None}
     out = {k: v for k, v in doc.items() if k not in bad_fields or k in ("name", "actions")}
     steps = doc.get("actions")
@@ -108,7 +124,7 @@ def _mark_invalid(doc: dict[str, Any], problems: list[Problem]) -> dict[str, Any
         if not isinstance(raw, Mapping):
             continue
         label = str(raw.get("id") or raw.get("sequence_order", f"#{i + 1}"))
-        step = dict(raw)
+        step = {k: v for k, v in raw.items() if k in known or k.startswith("__")}
         if label in bad_steps or not isinstance(step.get("sequence_order"), int):
             step[INVALID] = True
             if not isinstance(step.get("action_config"), (Mapping, type(None))):
@@ -174,14 +190,17 @@ class _StepIndex:
 
 
 def _merge(chain: list[tuple[dict[str, Any], str, Path | None]], name: str,
-           problems: list[Problem]) -> dict[str, Any]:
+           problems: list[Problem], origins: dict[str, str]) -> dict[str, Any]:
     index = _StepIndex()
     global_config: dict[str, Any] = {}
     variables: dict[str, Any] = {}
     for doc, origin, folder in chain:
         doc_name = str(doc.get("name") or origin)
+        label = doc_name if doc_name == origin else f"{doc_name} ({origin})"
         global_config = deep_merge(global_config, doc.get("global_config") or {})
         variables = deep_merge(variables, doc.get("vars") or {})
+        origins.update({p: label for p in _leaves({"global_config": doc.get("global_config") or {},
+                                                    "vars": doc.get("vars") or {}}, "")})
         boundary = index.next_token
         for raw in doc["actions"]:
             token = index.find(raw, boundary)
@@ -192,7 +211,8 @@ def _merge(chain: list[tuple[dict[str, Any], str, Path | None]], name: str,
                 else:
                     index.remove(token)
                 continue
-            own = {**raw, ORIGIN: doc_name, ORIGIN_DIR: None if folder is None else str(folder)}
+            own = {**raw, ORIGIN: doc_name, ORIGIN_DIR: None if folder is None else str(folder),
+                   ORIGINS: {p: label for p in _leaves(raw, "")}}
             if token is None:
                 index.add(own)
                 continue
@@ -200,7 +220,8 @@ def _merge(chain: list[tuple[dict[str, Any], str, Path | None]], name: str,
             if raw.get("action_name") and raw["action_name"] != base.get("action_name"):
                 index.replace(token, own)  # a different action replaces the step outright
             else:
-                merged = deep_merge({k: v for k, v in base.items() if k != INVALID}, own)
+                own[ORIGINS] = {**base.get(ORIGINS, {}), **own[ORIGINS]}
+                merged = deep_merge({k: v for k, v in base.items() if k not in (INVALID, ORIGINS)}, own)
                 if base.get(INVALID) or raw.get(INVALID):
                     merged[INVALID] = True
                 index.replace(token, merged)

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import functools
 import json
-from dataclasses import replace
 import logging
 import math
+import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
@@ -27,7 +28,7 @@ import jsonschema
 import yaml
 
 from ..errors import ActionDefinitionError, InputError, Problem, TemplateError
-from ..spec import ActionSpec, Limits, Lock, frozen_mapping
+from ..spec import ActionSpec, ErrorMatch, Limits, Lock, frozen_mapping
 from .configs import field_path
 
 log = logging.getLogger("dagrun")
@@ -174,8 +175,26 @@ def schema_problems(document: Any, schema: str, source: str) -> list[Problem]:
             item = document["actions"][path[1]]
             step = str(item.get("id") or item.get("sequence_order", f"#{path[1] + 1}")) if isinstance(item, dict) else f"#{path[1] + 1}"
             path = path[2:]
+        if error.validator == "additionalProperties" and isinstance(error.instance, Mapping):
+            known = list((error.schema.get("properties") or {}).keys())
+            for key in sorted(str(k) for k in set(error.instance) - set(known)):
+                problems.append(Problem(source, f"unknown field{_did_you_mean(key, known)}", step=step,
+                                        field=field_path([*path, key])))
+            continue
         problems.append(Problem(source, _describe(error), step=step, field=field_path(path) or None))
     return problems
+
+
+def _did_you_mean(word: str, choices: Iterable[str]) -> str:
+    import difflib
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+@functools.cache
+def step_fields() -> frozenset[str]:
+    """The fields a template step may have."""
+    return frozenset(load_schema("template")["$defs"]["step"]["properties"])
 
 
 def _describe(error: jsonschema.ValidationError) -> str:
@@ -203,6 +222,12 @@ def parse_action(doc: Mapping[str, Any], *, source: str = "<dict>", base_dir: Pa
             jsonschema.validators.validator_for(doc["config_schema"]).check_schema(doc["config_schema"])
         except jsonschema.SchemaError as exc:
             problems.append(Problem(f"action {name}", f"invalid JSON Schema: {exc.message}", field="config_schema"))
+    matches = {}
+    for key in ("retry_when", "never_retry_when"):
+        try:
+            matches[key] = ErrorMatch.parse(doc.get(key)) if not problems else None
+        except re.error as exc:
+            problems.append(Problem(f"action {name}", f"bad regular expression: {exc}", field=f"{key}.output_matches"))
     if problems:
         raise ActionDefinitionError(problems)
     return ActionSpec(
@@ -222,6 +247,7 @@ def parse_action(doc: Mapping[str, Any], *, source: str = "<dict>", base_dir: Pa
         exponential_backoff=doc.get("exponential_backoff", True),
         max_retry_delay_seconds=float(doc.get("max_retry_delay_seconds", 300)),
         retry_jitter=doc.get("retry_jitter", False),
+        retry_when=matches["retry_when"], never_retry_when=matches["never_retry_when"],
         requires_actions=tuple(doc.get("requires_actions", ())),
         conflicts_with_actions=tuple(doc.get("conflicts_with_actions", ())),
         locks=_locks(doc.get("locks")),

@@ -47,6 +47,7 @@ class AttemptJob:
     workspace_user: str | None = None  # the workspace's user steps run as (even when this one is root's)
     sandbox: bool = False
     run_id: str | None = None
+    check: bool = False  # --check: validate only, change nothing
 
 
 def _context(job: AttemptJob, config: Mapping[str, Any], steps: Mapping[str, Any]) -> dict[str, Any]:
@@ -63,7 +64,7 @@ def _from_handler(job: AttemptJob, attempt: int, result: HandlerResult, started:
     if result.ok:
         return Outcome(job.step.id, attempt, StepStatus.completed, started, time.perf_counter() - t0,
                        exit_code=result.exit_code, stdout=result.stdout, stderr=result.stderr, data=result.data,
-                       config=config)
+                       config=config, changed=result.changed)
     status = StepStatus.cancelled if result.cancelled or cancel.cancelled else StepStatus.failed
     return _outcome(job, attempt, status, started, t0, error=error_prefix + (result.error or "failed"),
                     exit_code=result.exit_code, stdout=result.stdout, stderr=result.stderr, data=result.data,
@@ -99,7 +100,9 @@ def isolation_for(job: AttemptJob) -> Isolation:
         check_home(job.home, user)
     # The home is made for the steps that work in it: the workspace user's (the user's
     # own home is made by create_linux_user, which a root step before it must not pre-empt).
-    if job.home and not os.path.exists(job.home) and (user is not None or not job.workspace_user):
+    # A check makes nothing.
+    if job.home and not os.path.exists(job.home) and (user is not None or not job.workspace_user) \
+            and not job.check:
         ensure_home(job.home, user)
     return Isolation(user=user, sandbox=job.sandbox, network=action.requires_network, limits=action.limits,
                      home=job.home)
@@ -151,6 +154,8 @@ def run_attempt(job: AttemptJob, attempt: int, steps: Mapping[str, Any], cancel:
             if problems:
                 raise PermanentError("invalid config after interpolation: "
                                      + "; ".join(f"{f}: {m}" for f, m in problems))
+        if job.check:
+            return _check(job, attempt, steps, cancel, config, report, started, t0)
         if step.action.disk_space_required_mb:
             check_disk_space(job.home, step.action.disk_space_required_mb)
         isolation = isolation_for(job)
@@ -162,7 +167,7 @@ def run_attempt(job: AttemptJob, attempt: int, steps: Mapping[str, Any], cancel:
             check = validate(ctx)
             if check.ok:
                 return _outcome(job, attempt, StepStatus.completed, started, t0, config=config,
-                                data={**check.data, "already_satisfied": True}, stdout=check.stdout)
+                                data={**check.data, "already_satisfied": True}, stdout=check.stdout, changed=False)
         used_before = home_usage(job.home) if step.sandbox and step.action.disk_space_required_mb else None
         result = execute(ctx)
         if used_before is not None and result.ok:
@@ -186,11 +191,41 @@ def run_attempt(job: AttemptJob, attempt: int, steps: Mapping[str, Any], cancel:
         return _outcome(job, attempt, StepStatus.failed, started, t0, error=f"permission refused: {exc}",
                         retryable=False, config=config)
     except JinjaError as exc:
+        if job.check:  # most likely a value an earlier step would produce
+            return _outcome(job, attempt, StepStatus.completed, started, t0, config=config,
+                            data={"check": f"cannot tell before earlier steps run: template error: {exc}"})
         return _outcome(job, attempt, StepStatus.failed, started, t0, error=f"template error: {exc}",
                         retryable=False, config=config)
     except Exception as exc:  # a handler bug is a failed attempt, not a crashed run
         return _outcome(job, attempt, StepStatus.failed, started, t0, error=f"{type(exc).__name__}: {exc}",
                         config=config)
+
+
+def _check(job: AttemptJob, attempt: int, steps: Mapping[str, Any], cancel: CancelToken, config: dict[str, Any],
+           report: Any, started: float, t0: float) -> Outcome:
+    """``--check``: would the step change anything? Its validation (which
+    reads, never writes) says: passing means already so (unchanged), failing
+    means the step would run and change it. No execute handler runs."""
+    def answer(changed: bool | None, reason: str) -> Outcome:
+        return _outcome(job, attempt, StepStatus.completed, started, t0, config=config, changed=changed,
+                        data={"check": reason})
+
+    if job.home and not os.path.isdir(job.home):
+        return answer(True, f"would run: the workspace home {job.home} does not exist yet")
+    try:
+        isolation = isolation_for(job)
+    except PermanentError as exc:  # e.g. the workspace user is created by an earlier step
+        return answer(None, f"cannot tell before earlier steps run: {exc}")
+    handlers = handlers_for(job.step.action)
+    if handlers.validate is None:
+        return answer(None, "would run: its action has no validation to tell whether anything would change")
+    ctx = _context_for(job, steps, attempt, cancel, config, isolation=isolation, report=report)
+    result = _isolated(handlers.validate, "validation_handler", job.step.action, isolation)(ctx)
+    if result.ok and result.data.get("nothing_to_validate"):
+        return answer(None, "would run: it has no validation to tell whether anything would change")
+    if result.ok:
+        return answer(False, "already as it should be")
+    return answer(True, f"would change: {result.error or 'its validation fails'}")
 
 
 def run_rollback(job: AttemptJob, attempt: int, steps: Mapping[str, Any], result: dict[str, Any],

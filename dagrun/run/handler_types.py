@@ -31,6 +31,7 @@ import importlib
 import json
 import os
 import re
+import shlex
 import time
 import urllib.error
 import urllib.request
@@ -127,16 +128,17 @@ class StepContext:
         return env
 
     def run_shell(self, script: str | ShellScript, *, cwd: str | None = None,
-                  env: Mapping[str, str] | None = None) -> HandlerResult:
+                  env: Mapping[str, str] | None = None, name: str = "script") -> HandlerResult:
         """Run script text that is already final: a rendered :class:`ShellScript`
-        (its values arrive as environment variables) or plain text."""
+        (its values arrive as environment variables) or plain text. ``name``
+        says which script in error messages."""
         cwd = self._cwd(cwd)
         values = script.values if isinstance(script, ShellScript) else {}
         text = script.text if isinstance(script, ShellScript) else script
         result = run_script(text, env={**self.process_env(), **(env or {}), **values}, cwd=cwd,
                             timeout=self.remaining(), cancel=self.cancel, run_id=self.run_id, isolation=self.isolation,
                             on_start=self.report)
-        return self._result(result)
+        return self._result(result, name)
 
     def run(self, argv: list[str], *, cwd: str | None = None, env: Mapping[str, str] | None = None,
             input: bytes | None = None) -> HandlerResult:
@@ -144,7 +146,7 @@ class StepContext:
         result = run_command([str(a) for a in argv], env={**self.process_env(), **(env or {})},
                              cwd=self._cwd(cwd), timeout=self.remaining(), cancel=self.cancel, input=input,
                              run_id=self.run_id, isolation=self.isolation, on_start=self.report)
-        return self._result(result)
+        return self._result(result, shlex.join(str(a) for a in argv))
 
     def _cwd(self, cwd: str | None) -> str | None:
         if cwd:
@@ -154,18 +156,32 @@ class StepContext:
             return cwd
         return self.home if self.home and os.path.isdir(self.home) else None
 
-    def _result(self, result: Any) -> HandlerResult:
+    def _result(self, result: Any, command: str) -> HandlerResult:
         error = None
         if result.timed_out:
-            error = f"timed out after {self.timeout:g} s"
+            error = f"{command}: timed out after {self.timeout:g} s"
         elif result.cancelled:
             error = "cancelled"
         elif result.exit_code != 0:
-            tail = (result.stderr.strip() or result.stdout.strip()).splitlines()[-1:] or [""]
-            error = f"exit code {result.exit_code}" + (f": {tail[0]}" if tail[0] else "")
-        return HandlerResult(ok=error is None, data=dict(result.outputs or {}), exit_code=result.exit_code,
+            error = f"{command}: exit code {result.exit_code}" + output_tail(result.stdout, result.stderr)
+        data = dict(result.outputs or {})
+        # A script says whether it changed anything with changed=true|false in $DAGRUN_OUTPUT.
+        changed = {"true": True, "false": False}.get(str(data.pop("changed", "")).strip().lower())
+        return HandlerResult(ok=error is None, data=data, exit_code=result.exit_code,
                              stdout=result.stdout, stderr=result.stderr, error=error,
-                             timed_out=result.timed_out, cancelled=result.cancelled)
+                             timed_out=result.timed_out, cancelled=result.cancelled, changed=changed)
+
+
+TAIL_LINES = 5
+
+
+def output_tail(stdout: str, stderr: str) -> str:
+    """The last lines a failed command printed (stderr if it wrote any), for
+    its error message: what a user needs to see without opening the logs."""
+    lines = [line for line in (stderr.strip() or stdout.strip()).splitlines() if line.strip()][-TAIL_LINES:]
+    if not lines:
+        return ""
+    return ": " + lines[0] if len(lines) == 1 else ", last output:\n" + "\n".join("  " + line for line in lines)
 
 
 class Handler(Protocol):
@@ -256,8 +272,10 @@ def build_shell(action: ActionSpec, text: str) -> Handler:
     script, origin = _text_or_file(action, text)
     expressions.parse_template(script, shell=True)
 
+    name = os.path.basename(origin) if origin else f"{action.name}'s script"
+
     def handler(ctx: StepContext) -> HandlerResult:
-        return ctx.run_shell(expressions.render_shell(script, ctx.template_context()))
+        return ctx.run_shell(expressions.render_shell(script, ctx.template_context()), name=name)
 
     handler.__name__ = origin or "inline script"
     handler.template_source = script  # type: ignore[attr-defined]

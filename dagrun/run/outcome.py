@@ -19,6 +19,7 @@ class StepStatus(str, enum.Enum):
     skipped = "skipped"
     rolled_back = "rolled_back"
     cancelled = "cancelled"
+    not_started = "not_started"  # the run ended (failed, cancelled) before the step could start
 
     @property
     def terminal(self) -> bool:
@@ -30,7 +31,7 @@ class StepStatus(str, enum.Enum):
 
 
 _TERMINAL = frozenset({StepStatus.completed, StepStatus.failed, StepStatus.skipped,
-                       StepStatus.rolled_back, StepStatus.cancelled})
+                       StepStatus.rolled_back, StepStatus.cancelled, StepStatus.not_started})
 
 
 class RunStatus(str, enum.Enum):

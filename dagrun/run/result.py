@@ -47,6 +47,7 @@ class RunResult:
     error: str | None = None
     failed_action: str | None = None
     database_url: str | None = None
+    check: bool = False  # a --check run: "changed" means "would change"; nothing was done
 
     @property
     def success(self) -> bool:
@@ -76,6 +77,20 @@ class RunResult:
         return self._count(StepStatus.rolled_back)
 
     @property
+    def not_started_actions(self) -> int:
+        return self._count(StepStatus.not_started)
+
+    @property
+    def changed_actions(self) -> int:
+        """Completed steps that changed something (or do not say: a script)."""
+        return sum(1 for s in self.steps.values() if s.status is StepStatus.completed and s.changed is not False)
+
+    @property
+    def unchanged_actions(self) -> int:
+        """Completed steps that found everything already as it should be."""
+        return sum(1 for s in self.steps.values() if s.status is StepStatus.completed and s.changed is False)
+
+    @property
     def duration_seconds(self) -> float:
         return self.finished_at - self.started_at
 
@@ -86,15 +101,18 @@ class RunResult:
             "display_name": s.display_name, "status": s.status.value, "attempts": s.attempts,
             "duration_seconds": None if s.duration_seconds is None else round(s.duration_seconds, 3),
             "error": s.error, "skip_reason": s.skip_reason,
+            "changed": None if s.status is not StepStatus.completed else s.changed is not False,
         } for s in self.steps.values()]
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "run_id": self.run_id, "template": self.template, "version": self.version,
             "workspace_id": self.workspace_id, "status": self.status.value, "success": self.success,
+            "check": self.check,
             "total_actions": self.total_actions, "completed_actions": self.completed_actions,
             "failed_actions": self.failed_actions, "skipped_actions": self.skipped_actions,
-            "rolled_back_actions": self.rolled_back_actions,
+            "rolled_back_actions": self.rolled_back_actions, "not_started_actions": self.not_started_actions,
+            "changed_actions": self.changed_actions, "unchanged_actions": self.unchanged_actions,
             "execution_details": self.execution_details, "error": self.error, "failed_action": self.failed_action,
             "duration_seconds": round(self.duration_seconds, 3), "database_url": self.database_url,
             "results": {sid: s.result for sid, s in self.steps.items()},

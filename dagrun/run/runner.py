@@ -135,11 +135,14 @@ class Runner:
                  env: Mapping[str, str] | None = None, done: Mapping[str, Done] | None = None,
                  attempts: Mapping[str, int] | None = None, sudo: tuple[str, ...] = (),
                  secret_values: Iterable[str] = (), sandbox: bool = True, write_ahead: bool = False,
-                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time):
+                 check: bool = False, clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time):
         """``done`` (resume): steps already done, which are not run again;
         ``attempts``: attempt numbers to continue from. ``write_ahead``: a
         finished step's dependents wait for :meth:`durable` (the recorder
-        calls it once the step's record is committed)."""
+        calls it once the step's record is committed). ``check``: each step
+        only says, through its validation, whether it would change anything
+        (no execute handler, no retry, no rollback)."""
         self.plan = plan
         self.workspace = workspace
         self.run_id = run_id or uuid.uuid4().hex
@@ -156,6 +159,7 @@ class Runner:
         self.user = workspace.get("linux_username") if os.geteuid() == 0 else None
         self.redactor = Redactor(secret_values)
         self.write_ahead = write_ahead
+        self.check = check
         self.clock, self.wall = clock, wall
         done = dict(done or {})
         if not done and attempts is None:
@@ -210,7 +214,8 @@ class Runner:
         while True:
             try:
                 self._loop(executor)
-                if self._critical and self._cancel_reason is None and self.plan.global_config.rollback_on_failure:
+                if self._critical and self._cancel_reason is None and self.plan.global_config.rollback_on_failure \
+                        and not self.check:
                     self._rollback(executor)
                 break
             except KeyboardInterrupt:
@@ -275,7 +280,7 @@ class Runner:
             job = self._jobs[sid] = AttemptJob(
                 step, self.workspace, self.variables, self.env, self.home, self.sudo,
                 user=self.user if step.run_as == "workspace" else None, workspace_user=self.user,
-                sandbox=step.sandbox and self.sandbox, run_id=self.run_id)
+                sandbox=step.sandbox and self.sandbox, run_id=self.run_id, check=self.check)
         return job
 
     def _upstream(self, sid: str) -> Mapping[str, Any]:
@@ -361,7 +366,9 @@ class Runner:
             self._data[sid] = outcome.data  # unmasked: downstream steps read it
         outcome = self.redactor.outcome(outcome, step.secret_fields)  # what leaves the run
         record = self._records[sid]
-        record.attempts = outcome.attempt
+        condition_skip = outcome.status is StepStatus.skipped
+        # A step skipped by its condition made no attempt (its row keeps the number, for the record).
+        record.attempts = outcome.attempt - 1 if condition_skip else outcome.attempt
         record.duration += outcome.duration
         record.exit_code = outcome.exit_code
         record.changed = outcome.changed
@@ -382,7 +389,9 @@ class Runner:
             self.state.cancelled(sid)
             self._finish(sid, status, outcome.error or "cancelled")
         else:
-            decision = self.state.failed(sid, self.clock(), retryable=outcome.retryable)
+            retryable = outcome.retryable and not self.check and step.retry.allows(
+                outcome.exit_code, "\n".join(t for t in (outcome.error, outcome.stderr, outcome.stdout) if t))
+            decision = self.state.failed(sid, self.clock(), retryable=retryable)
             record.error = outcome.error
             if isinstance(decision, Retry):
                 self._emit(RetryScheduled(self.run_id, sid, outcome.attempt, outcome.attempt + 1,
@@ -514,6 +523,8 @@ class Runner:
         steps = {}
         for sid in self.plan.order:
             spec, record, state = self.plan.steps[sid], self._records[sid], self.state.status[sid]
+            if state is StepStatus.pending:
+                state = StepStatus.not_started
             steps[sid] = StepResult(
                 step_id=sid, sequence_order=spec.sequence_order, action_name=spec.action.name,
                 display_name=spec.display_name, status=state, attempts=record.attempts,
@@ -524,4 +535,5 @@ class Runner:
                 rollback_error=record.rollback_error, changed=record.changed)
         return RunResult(run_id=self.run_id, template=self.plan.name, version=self.plan.version,
                          workspace_id=str(self.workspace["id"]), status=status, steps=steps,
-                         started_at=started, finished_at=self.wall(), error=error, failed_action=failed_action)
+                         started_at=started, finished_at=self.wall(), error=error, failed_action=failed_action,
+                         check=self.check)

@@ -142,6 +142,7 @@ class ProvisioningRun(Base):
     # The process running it ("host:pid"): with heartbeat_at, tells a live run from a dead one.
     owner: Mapped[str | None] = mapped_column(String(200))
     fleet_id: Mapped[str | None] = mapped_column(String(36))  # runs started together by run_fleet
+    mode: Mapped[str | None] = mapped_column(String(10))  # "check" for dagrun run --check (None: a real run)
 
     __table_args__ = (Index("idx_runs_workspace", "workspace_id", "started_at"), Index("idx_runs_fleet", "fleet_id"))
 
@@ -175,6 +176,8 @@ class WorkspaceActionExecution(Base):
     # /proc/PID/stat): a resume of a dead run ends what it left running, never a reused pid.
     process_group: Mapped[int | None] = mapped_column(Integer)
     process_started: Mapped[float | None] = mapped_column(Float)
+    # The step's configuration as compiled (secrets masked), hashed: durations are learned per key.
+    config_key: Mapped[str | None] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
 
@@ -182,4 +185,5 @@ class WorkspaceActionExecution(Base):
         Index("idx_workspace_executions", "workspace_id", "started_at"),
         Index("idx_execution_status", "workspace_id", "status"),
         Index("idx_execution_run", "run_id", "step_id", "attempt_number", unique=True),
+        Index("idx_execution_config", "action_name", "config_key"),
     )

@@ -41,7 +41,7 @@ JSON_COLUMNS = frozenset({"action_config", "result_data"})
 INSERT_COLUMNS = ("run_id", "workspace_id", "step_id", "action_name", "action_id", "attempt_number", "max_retries",
                   "status", "action_config", "started_at", "completed_at", "duration_seconds", "execution_output",
                   "error_message", "exit_code", "result_data", "skip_reason", "changed", "process_group",
-                  "process_started", "next_retry_at", "created_at", "updated_at")
+                  "process_started", "next_retry_at", "config_key", "created_at", "updated_at")
 _INSERT_TIMES = tuple(i for i, c in enumerate(INSERT_COLUMNS) if c in TIMESTAMPS - {"created_at", "updated_at"})
 _CREATED, _UPDATED = INSERT_COLUMNS.index("created_at"), INSERT_COLUMNS.index("updated_at")
 # Multi-row statements on SQLite: UPDATE ... FROM since 3.33; 32766 parameters since 3.32 (999 before).

@@ -33,10 +33,10 @@ from ..run.events import (AttemptFinished, ProcessStarted, RetryScheduled, RunFi
                           StepRolledBack, StepSkipped, StepStarted)
 from ..run.outcome import StepStatus
 from ..run.scheduler import UPSTREAM_FAILED
-from ..spec import MASK
 from ..util import bounded
 from . import journal
 from .engine import describe_url, writable
+from .estimates import config_key, masked_config
 from .operations import CONDITION, apply_operations
 
 log = logging.getLogger("dagrun.store")
@@ -167,18 +167,20 @@ class Recorder:
 
     # -- events -> operations -------------------------------------------------
 
-    def _masked_config(self, step: Any) -> str:
+    def _config(self, step: Any) -> tuple[str, str]:
+        """The step's masked config as JSON, and its key (the same for every attempt)."""
         cache = self._run["configs"]
-        if step.id not in cache:  # the same for every attempt of the step
-            cache[step.id] = _json({k: (MASK if k in step.secret_fields and v not in (None, "") else v)
-                                    for k, v in step.config.items()})
+        if step.id not in cache:
+            text = json.dumps(masked_config(step), default=str, sort_keys=True)
+            cache[step.id] = (text, config_key(step, text))
         return cache[step.id]
 
     def _new_row(self, run_id: str, step_id: str, attempt: int, **values: Any) -> dict[str, Any]:
         step = self._run["plan"].steps[step_id]
+        config, key = self._config(step)
         row = {"run_id": run_id, "workspace_id": self._run["workspace_id"], "step_id": step_id,
                "action_name": step.action.name, "attempt_number": attempt, "max_retries": step.retry.max_attempts,
-               "action_config": self._masked_config(step)}
+               "action_config": config, "config_key": key}
         row.update(values)
         return {"op": "insert", "row": row}
 

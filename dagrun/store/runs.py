@@ -151,7 +151,9 @@ def done_steps(rows: Mapping[str, list[WorkspaceActionExecution]], step_ids: Ite
         condition_skip = last.status == StepStatus.skipped.value and (
             last.skip_reason == CONDITION or (last.skip_reason is None and last.attempt_number > 0))  # older rows
         if last.status == StepStatus.completed.value or condition_skip:
-            done[sid] = Done(status=StepStatus(last.status), attempts=numbers[sid],
+            made = sum(1 for r in attempts if r.attempt_number > 0 and not (  # a condition skip is no attempt
+                r.status == StepStatus.skipped.value and r.skip_reason == CONDITION))
+            done[sid] = Done(status=StepStatus(last.status), attempts=made,
                              duration=sum(r.duration_seconds or 0.0 for r in attempts),
                              result=dict(last.result_data or {}),
                              skip_reason=last.error_message if condition_skip else None, exit_code=last.exit_code,

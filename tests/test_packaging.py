@@ -1,0 +1,33 @@
+"""What ``pip install`` ships: every folder of the action library, schemas
+and seeds is a listed package (setuptools warns about each one that is not,
+hundreds of lines on a first install), and every file of them is package data."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SHIPPED = {"handlers": "dagrun.handlers", "schema": "dagrun.schema", "seeds": "dagrun.seeds"}
+
+
+def _config() -> dict:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+
+
+def test_every_data_folder_is_a_listed_package():
+    packages = set(_config()["packages"])
+    for folder, package in SHIPPED.items():
+        for path in [ROOT / folder, *(p for p in (ROOT / folder).rglob("*") if p.is_dir())]:
+            if path.name == "__pycache__":
+                continue
+            name = ".".join([package, *path.relative_to(ROOT / folder).parts])
+            assert name in packages, f"{path.relative_to(ROOT)} is not listed in pyproject.toml as {name}"
+
+
+def test_every_shipped_file_matches_a_package_data_pattern():
+    patterns = _config()["package-data"]["*"]
+    for folder in SHIPPED:
+        for path in (ROOT / folder).rglob("*"):
+            if path.is_file() and "__pycache__" not in path.parts:
+                assert any(path.match(p) for p in patterns), f"{path.relative_to(ROOT)} would not be installed"
