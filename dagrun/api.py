@@ -70,7 +70,8 @@ def run_template(template: Any, workspace: Any, *, database_url: str | None = No
                  allow_sudo: bool = False, secrets: Mapping[str, Any] | None = None,
                  env_passthrough: Iterable[str] = (), sandbox: bool = True,
                  trusted_actions: Iterable[Any] | None = None, database_schema: str | None = None,
-                 check: bool = False) -> RunResult:
+                 check: bool = False, home_roots: Iterable[str] = (),
+                 allow_network: Iterable[str] = ()) -> RunResult:
     """Compile ``template`` and run it for ``workspace``.
 
     ``template``: a path, the name of a template in ``seeds/`` or stored with
@@ -94,13 +95,17 @@ def run_template(template: Any, workspace: Any, *, database_url: str | None = No
     ``dagrun``, or ``$DAGRUN_SCHEMA``). ``check=True`` runs no execute
     handler: each step's validation says whether it would change anything
     (each step's ``changed``), and nothing but the run's record changes.
+    As root, the workspace home must be inside ``/home``, ``/srv/workspaces``,
+    dagrun's workspaces folder, ``$DAGRUN_WORKSPACE_ROOTS`` or ``home_roots``;
+    user-defined actions run as the workspace's ``linux_username`` (required
+    then) and reach the network only when named in ``allow_network``.
     Raises RunConflictError when the workspace already has an active run.
     """
     prepared = prepare(template, workspace, database_url=_url(database_url, database_schema),
                        max_workers=max_workers, variables=variables, actions=actions, executor=executor, record=record, run_id=run_id,
                        templates=templates, allow_sudo=allow_sudo, secrets=secrets,
                        env_passthrough=env_passthrough, sandbox=sandbox, trusted_actions=trusted_actions,
-                       check=check)
+                       check=check, home_roots=home_roots, allow_network=allow_network)
     claim(prepared)
     return execute(prepared, observers=observers, on_event=on_event, runner_hook=runner_hook)
 
@@ -110,7 +115,8 @@ def resume(run_id: str, *, database_url: str | None = None, from_step: str | Non
            on_event: Callable[[Any], None] | None = None, executor: Executor | None = None,
            observers: Iterable[Observer] = (), runner_hook: Callable[[Runner], None] | None = None,
            allow_sudo: bool = False, secrets: Mapping[str, Any] | None = None, sandbox: bool = True,
-           trusted_actions: Iterable[Any] | None = None, database_schema: str | None = None) -> RunResult:
+           trusted_actions: Iterable[Any] | None = None, database_schema: str | None = None,
+           home_roots: Iterable[str] = (), allow_network: Iterable[str] = ()) -> RunResult:
     """Continue a run from its snapshot, in the same run record.
 
     Completed steps (and steps skipped by their condition) are not run
@@ -122,7 +128,8 @@ def resume(run_id: str, *, database_url: str | None = None, from_step: str | Non
     """
     prepared = prepare_resume(run_id, database_url=_url(database_url, database_schema), from_step=from_step,
                               max_workers=max_workers, actions=actions, executor=executor, allow_sudo=allow_sudo, secrets=secrets,
-                              sandbox=sandbox, trusted_actions=trusted_actions)
+                              sandbox=sandbox, trusted_actions=trusted_actions, home_roots=home_roots,
+                              allow_network=allow_network)
     claim(prepared)
     return execute(prepared, observers=observers, on_event=on_event, runner_hook=runner_hook)
 
@@ -135,7 +142,8 @@ def prepare(template: Any, workspace: Any, *, database_url: str | None = None, m
             templates: Iterable[Mapping[str, Any]] = (), allow_sudo: bool = False,
             secrets: Mapping[str, Any] | None = None, env_passthrough: Iterable[str] = (),
             sandbox: bool = True, fleet_id: str | None = None,
-            trusted_actions: Iterable[Any] | None = None, check: bool = False) -> PreparedRun:
+            trusted_actions: Iterable[Any] | None = None, check: bool = False, home_roots: Iterable[str] = (),
+            allow_network: Iterable[str] = ()) -> PreparedRun:
     """Compile and check a new run; raises on bad input, runs nothing."""
     _check_workers(max_workers)
     url = (database_url or default_database_url()) if record else None
@@ -144,8 +152,9 @@ def prepare(template: Any, workspace: Any, *, database_url: str | None = None, m
         from .store.seeding import stored_templates
         templates += stored_templates(url)  # a template stored with `dagrun seed` runs by name
     plan, ws = compile_for(template, workspace, actions=actions, variables=variables, secrets=secrets,
-                           templates=templates, env_passthrough=env_passthrough, trusted_actions=trusted_actions)
-    check_sandbox(plan, sandbox)
+                           templates=templates, env_passthrough=env_passthrough, trusted_actions=trusted_actions,
+                           home_roots=home_roots)
+    check_sandbox(plan, sandbox, ws, allow_network)
     if url:
         plan = learned(plan, url)
     return PreparedRun(plan=plan, workspace=ws, run_id=run_id or str(uuid.uuid4()), url=url,
@@ -158,7 +167,8 @@ def prepare_resume(run_id: str, *, database_url: str | None = None, from_step: s
                    max_workers: int | None = None, actions: Iterable[Any] | None = None,
                    executor: Executor | None = None, allow_sudo: bool = False,
                    secrets: Mapping[str, Any] | None = None, sandbox: bool = True,
-                   trusted_actions: Iterable[Any] | None = None) -> PreparedRun:
+                   trusted_actions: Iterable[Any] | None = None, home_roots: Iterable[str] = (),
+                   allow_network: Iterable[str] = ()) -> PreparedRun:
     """Compile and check the resume of a recorded run; raises on bad input."""
     from .store.engine import store_errors, writable
     from .store.runs import done_steps, is_alive, load_for_resume
@@ -180,7 +190,8 @@ def prepare_resume(run_id: str, *, database_url: str | None = None, from_step: s
         raise InputError(f"run {run.id} was started with secrets that are not stored: {', '.join(missing)}; "
                          "give them again (secrets=..., dagrun resume --secret NAME=ENV_VAR)")
     given_fields = {k.split(".", 1)[1]: v for k, v in secrets.items() if k.startswith("workspace.")}
-    ws = with_home(normalize_workspace({**(run.workspace or {}), **given_fields}))
+    from .workspace import home_roots as allowed_roots
+    ws = with_home(normalize_workspace({**(run.workspace or {}), **given_fields}), roots=allowed_roots(home_roots))
     step_secrets = {k: v for k, v in secrets.items() if "." in k and not k.startswith("workspace.")}
     secret_vars = {k: v for k, v in secrets.items() if "." not in k}
     plan = compile_template(with_secret_literals(run.template_snapshot, step_secrets), actions=actions,
@@ -193,7 +204,7 @@ def prepare_resume(run_id: str, *, database_url: str | None = None, from_step: s
         again = {from_step, *plan.descendants(from_step)}
     elif run.status == "succeeded":
         raise InputError(f"run {run.id} already succeeded: use from_step (--from STEP) to run steps again")
-    check_sandbox(plan, sandbox)
+    check_sandbox(plan, sandbox, ws, allow_network)
     plan = learned(plan, url)
     done, numbers = done_steps(rows, plan.order, again)
     return PreparedRun(plan=plan, workspace=ws, run_id=run.id, url=url, variables=dict(run.variables or {}),
@@ -205,7 +216,8 @@ def prepare_resume(run_id: str, *, database_url: str | None = None, from_step: s
 def compile_for(template: Any, workspace: Any, *, actions: Iterable[Any] | None = None,
                 variables: Mapping[str, Any] | None = None, secrets: Mapping[str, Any] | None = None,
                 templates: Iterable[Mapping[str, Any]] = (), env_passthrough: Iterable[str] = (),
-                trusted_actions: Iterable[Any] | None = None) -> tuple[Plan, Mapping[str, Any]]:
+                trusted_actions: Iterable[Any] | None = None,
+                home_roots: Iterable[str] = ()) -> tuple[Plan, Mapping[str, Any]]:
     """Compile ``template`` for ``workspace``: the plan, and the workspace as
     a mapping. An object workspace is read through the fields the template
     uses, so it is compiled once to learn them."""
@@ -217,7 +229,8 @@ def compile_for(template: Any, workspace: Any, *, actions: Iterable[Any] | None 
     else:
         ws = normalize_workspace(workspace, fields=compile_template(template, variables=merged, **options)
                                  .workspace_fields)
-    ws = with_home(ws)
+    from .workspace import home_roots as allowed_roots
+    ws = with_home(ws, roots=allowed_roots(home_roots))
     plan = compile_template(template, variables=merged, workspace=ws, **options)
     _check_variables(plan, variables)
     return plan, ws
@@ -236,13 +249,29 @@ def learned(plan: Plan, url: str) -> Plan:
                                {sid: f"learned ({e.runs} run{'s' if e.runs != 1 else ''})" for sid, e in found.items()})
 
 
-def check_sandbox(plan: Plan, sandbox: bool) -> None:
-    """Sandboxed steps need bubblewrap: refused before anything runs without it."""
+def check_sandbox(plan: Plan, sandbox: bool, workspace: Mapping[str, Any] | None = None,
+                  allow_network: Iterable[str] = ()) -> None:
+    """What sandboxed steps need, refused before anything runs without it:
+    bubblewrap; as root, a workspace user to run as (root in a sandbox is
+    still root to the files it is shown); for a user-defined action that
+    asks for the network, the operator's consent."""
     from .run.isolation import sandbox_available
     needing = [sid for sid in plan.order if plan.steps[sid].sandbox]
     if sandbox and needing and not sandbox_available():
         raise InputError(f"steps {', '.join(needing)} run in a sandbox, but bubblewrap (bwrap) is not installed: "
                          "apt-get install bubblewrap, or run without the sandbox (sandbox=False, --no-sandbox)")
+    allowed = set(allow_network)
+    asking = sorted({plan.steps[sid].action.name for sid in plan.order
+                     if not plan.steps[sid].action.library and plan.steps[sid].action.requires_network}
+                    - allowed)
+    if asking:
+        raise InputError(f"user-defined action(s) {', '.join(asking)} ask for the network (requires_network); a "
+                         "step with the network shares the host's, loopback services included: allow it with "
+                         "allow_network=[...] / --allow-network NAME")
+    if sandbox and needing and os.geteuid() == 0 and workspace is not None and not workspace.get("linux_username"):
+        raise InputError(f"steps {', '.join(needing)} run in a sandbox as the workspace's Linux user, and the "
+                         "workspace has no linux_username: give one (create it with create_linux_user), or run "
+                         "them unconfined as root (sandbox=False, --no-sandbox)")
 
 
 def sudo_prefix(plan: Plan, allow_sudo: bool) -> tuple[str, ...]:

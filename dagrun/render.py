@@ -132,3 +132,100 @@ def render_image(dot_source: str, fmt: str) -> bytes:
     if proc.returncode != 0:
         raise InputError(f"dot failed: {proc.stderr.decode(errors='replace').strip()}")
     return proc.stdout
+
+
+# -- text views (the CLI's) ----------------------------------------------------------
+
+def plan_dict(plan: Plan, workers: int) -> dict:
+    """Everything ``dagrun plan --json`` says: levels, critical path, each
+    step's estimate and where it comes from (learned or declared)."""
+    from dataclasses import asdict
+    path = critical_path(plan)
+    return {
+        "template": plan.name, "version": plan.version, "steps": len(plan.order), "levels": levels(plan),
+        "critical_path": path, "critical_path_seconds": plan.priority[path[0]] if path else 0.0,
+        "estimated_seconds": estimated_duration(plan, workers), "workers": workers,
+        "conflicts": conflict_pairs(plan), "locks": dict(plan.lock_capacity),
+        "order": [{
+            "id": s, "position": i, "sequence_order": plan.steps[s].sequence_order,
+            "action": plan.steps[s].action.name, "phase": plan.steps[s].phase.name,
+            "requires": list(plan.predecessors[s]),
+            "estimated_seconds": plan.steps[s].estimated_duration_seconds,
+            "estimate_source": plan.estimate_sources.get(s, "declared"),
+            "requires_network": plan.steps[s].action.requires_network,
+            "requires_sudo": plan.steps[s].action.requires_sudo, "run_as": plan.steps[s].run_as,
+            "sandbox": plan.steps[s].sandbox,
+            "limits": None if plan.steps[s].action.limits is None
+            else {k: v for k, v in asdict(plan.steps[s].action.limits).items() if v is not None},
+        } for i, s in enumerate(plan.order, 1)],
+    }
+
+
+def plan_lines(plan: Plan, workers: int) -> list[str]:
+    """``dagrun plan``: one line per step, level by level, numbered as a run's progress numbers them."""
+    lv = levels(plan)
+    position = {sid: i for i, sid in enumerate(plan.order, 1)}
+    out = [f"{plan.name} {plan.version}: {len(plan.order)} steps in {len(lv)} levels"
+           + ("" if plan.global_config.parallel_execution_enabled else " (parallel execution off)")]
+    learned = 0
+    for i, level in enumerate(lv, 1):
+        out.append(f"level {i}:")
+        for sid in level:
+            step = plan.steps[sid]
+            source = plan.estimate_sources.get(sid)
+            learned += source is not None
+            flags = [f for f, on in (("network", step.action.requires_network), ("sudo", step.action.requires_sudo),
+                                     ("as root", step.run_as == "root" and not step.action.requires_sudo),
+                                     ("sandbox" + ("" if step.action.requires_network else ", no network"),
+                                      step.sandbox), ("limits", step.action.limits is not None)) if on]
+            after = f" after {', '.join(plan.predecessors[sid])}" if plan.predecessors[sid] else ""
+            cond = f" if {step.condition.source}" if step.condition else ""
+            extra = f" [{', '.join(flags)}]" if flags else ""
+            estimate = f"~{_seconds(step.estimated_duration_seconds)}" + ("" if source is None else " learned")
+            out.append(f"  {position[sid]:>3}  {sid}  {step.display_name} ({estimate}){extra}{after}{cond}")
+    pairs = conflict_pairs(plan)
+    if pairs:
+        out.append("never together: " + "; ".join(f"{a} / {b}" for a, b in pairs))
+    if plan.lock_capacity:
+        out.append("locks: " + ", ".join(f"{k} (capacity {v})" for k, v in plan.lock_capacity.items()))
+    path = critical_path(plan)
+    if path:
+        out.append(f"critical path: {' -> '.join(path)} (~{_seconds(plan.priority[path[0]])})")
+    sequential = sum(plan.steps[s].estimated_duration_seconds for s in plan.order)
+    out.append(f"estimated duration with {workers} workers: ~{_seconds(estimated_duration(plan, workers))} "
+               f"(one at a time: ~{_seconds(sequential)}); "
+               + (f"{learned} of {len(plan.order)} estimates learned from recorded runs" if learned
+                  else "estimates as declared (no recorded runs of these steps)"))
+    return out
+
+
+def _seconds(value: float) -> str:
+    if value >= 60:
+        return f"{value / 60:.1f} min"
+    return f"{value:.2g} s" if value < 10 else f"{value:.0f} s"
+
+
+def explain_lines(explained: dict) -> list[str]:
+    """``dagrun explain``: the effective template, each value with its origin after a #."""
+    import json
+    out = [f"# {explained['template']} {explained['version']}, from {' <- '.join(reversed(explained['chain']))}"]
+
+    def value(v: object) -> str:
+        return json.dumps(v, default=str) if not isinstance(v, str) or "\n" in v else v
+
+    for section in ("vars", "global_config"):
+        if explained.get(section):
+            out.append(f"{section}:")
+            for key, item in explained[section].items():
+                out.append(f"  {key}: {value(item['value'])}    # {item['origin']}")
+    for step in explained["steps"]:
+        out.append(f"step {step['id']} (#{step['sequence_order']}, {step['display_name']}; "
+                   f"defined in {step['defined_in']}):")
+        for key, item in step["fields"].items():
+            if item["value"] not in (None, [], ""):
+                out.append(f"  {key}: {value(item['value'])}    # {item['origin']}")
+        if step["config"]:
+            out.append("  action_config:")
+            for key, item in step["config"].items():
+                out.append(f"    {key}: {value(item['value'])}    # {item['origin']}")
+    return out

@@ -86,7 +86,19 @@ def normalize_workspace(workspace: Any, fields: Iterable[str] = ()) -> Mapping[s
     if user is not None and not (isinstance(user, str) and _USERNAME.match(user)):
         raise InputError(f"the workspace linux_username {str(user)[:40]!r} is not a Linux user name "
                          "(lowercase letters, digits, _ and -)")
+    if user is not None:
+        try:
+            entry = pwd.getpwnam(user)
+        except KeyError:
+            entry = None  # created by the run (create_linux_user)
+        if user == "root" or entry is not None and entry.pw_uid < SYSTEM_UID_LIMIT:
+            raise InputError(f"the workspace user {user!r} is a system account"
+                             + (f" (uid {entry.pw_uid})" if entry is not None else "")
+                             + ": steps never run as one")
     return FrozenDict(data)
+
+
+SYSTEM_UID_LIMIT = 1000  # uids below are system accounts (Debian's UID_MIN)
 
 
 _SAFE_ID = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
@@ -119,14 +131,70 @@ def default_home(workspace: Mapping[str, Any], root: Path | None = None) -> str:
     return str((root or workspaces_dir()) / slug(workspace["id"]))
 
 
-def with_home(workspace: Mapping[str, Any], root: Path | None = None) -> Mapping[str, Any]:
-    """The workspace with an absolute, normalized ``home_dir``."""
+def cli_workspace(fields: Mapping[str, Any], home: str | None = None) -> dict[str, Any]:
+    """A workspace typed on the command line: ``id`` "local" unless given;
+    the home from ``home`` (``--home``) or the fields, else the Linux user's
+    (as root, when one is named), else ``./dagrun-workspaces/<id>`` in the
+    current folder, never the caller's own home by surprise."""
+    workspace = dict(fields)
+    workspace.setdefault("id", "local")
+    if home:
+        workspace["home_dir"] = home
+    if not workspace.get("home_dir") and not (workspace.get("linux_username") and os.geteuid() == 0):
+        workspace["home_dir"] = str(Path("dagrun-workspaces") / slug(workspace["id"]))
+    if workspace.get("home_dir"):
+        workspace["home_dir"] = str(Path(os.path.expanduser(str(workspace["home_dir"]))).absolute())
+    return workspace
+
+
+HOME_ROOTS_ENV = "DAGRUN_WORKSPACE_ROOTS"
+
+
+def home_roots(extra: Iterable[str] = ()) -> tuple[str, ...]:
+    """The folders workspace homes may live in when dagrun runs as root:
+    ``$DAGRUN_WORKSPACE_ROOTS`` (``:``-separated), else ``/home`` and
+    ``/srv/workspaces``; and dagrun's own workspaces folder; plus ``extra``."""
+    from .locations import workspaces_dir
+    configured = os.environ.get(HOME_ROOTS_ENV)
+    roots = configured.split(os.pathsep) if configured else ["/home", "/srv/workspaces"]
+    # dagrun's own workspaces folder is always one: it is where a workspace without a home_dir lives
+    return tuple(os.path.realpath(r) for r in [*roots, str(workspaces_dir()), *extra] if r and os.path.isabs(r))
+
+
+def _resolved(path: str) -> str:
+    """``path`` with its existing part's symlinks resolved."""
+    existing, rest = path, []
+    while not os.path.lexists(existing) and os.path.dirname(existing) != existing:
+        existing, name = os.path.dirname(existing), os.path.basename(existing)
+        rest.insert(0, name)
+    return os.path.join(os.path.realpath(existing), *rest)
+
+
+def check_home_root(home: str, roots: Iterable[str]) -> None:
+    """A home chosen by whoever fills in a workspace (a web form) is data: as
+    root, dagrun works only in homes strictly inside the allowed roots, after
+    symlinks (never ``/root``, ``/etc`` or a root itself)."""
+    real = _resolved(home)
+    roots = tuple(roots)
+    if any(real.startswith(root.rstrip(os.sep) + os.sep) and real != root for root in roots):
+        return
+    raise InputError(f"the workspace home_dir {home} is outside the folders workspaces may live in "
+                     f"({', '.join(roots) or 'none'}): set {HOME_ROOTS_ENV} (or home_roots=) to allow another")
+
+
+def with_home(workspace: Mapping[str, Any], root: Path | None = None,
+              roots: Iterable[str] | None = None) -> Mapping[str, Any]:
+    """The workspace with an absolute, normalized ``home_dir``; as root, one
+    inside the allowed roots (:func:`home_roots`, or ``roots``)."""
     home = workspace.get("home_dir")
     if home is None or home == "":
         home = default_home(workspace, root)
     elif not os.path.isabs(str(home)):
         raise InputError(f"the workspace home_dir must be an absolute path, not {home!r}")
-    return FrozenDict({**workspace, "home_dir": os.path.normpath(str(home))})
+    home = os.path.normpath(str(home))
+    if os.geteuid() == 0:
+        check_home_root(home, home_roots() if roots is None else roots)
+    return FrozenDict({**workspace, "home_dir": home})
 
 
 def stored_fields(workspace: Mapping[str, Any], used: Iterable[str]) -> dict[str, Any]:

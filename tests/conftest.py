@@ -14,6 +14,18 @@ def _quiet_logs():
     configure(json=True, level=logging.ERROR)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _workspace_roots(tmp_path_factory):
+    """As root, workspace homes must be inside allowed folders: the tests'
+    homes are in pytest's temporary folder, /tmp (folders other users can
+    read) and /home (throwaway users'), so that is the operator's choice here
+    (subprocesses inherit it). Tests of the rule itself set their own."""
+    from dagrun.workspace import HOME_ROOTS_ENV
+    os.environ[HOME_ROOTS_ENV] = os.pathsep.join([str(tmp_path_factory.getbasetemp()), "/home", "/tmp"])
+    yield
+    os.environ.pop(HOME_ROOTS_ENV, None)
+
+
 @pytest.fixture
 def db_url(tmp_path):
     return f"sqlite:///{tmp_path / 'dagrun.db'}"

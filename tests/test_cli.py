@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import shutil
 import signal
@@ -26,13 +27,16 @@ def test_run_demo_shows_progress_and_records_in_sqlite(tmp_path):
     out = dagrun("run", "demo", "--ws", "id=dev1", "--ws", "ssh_public_key=ssh-ed25519 AAAAC3Nz dev@host",
                  cwd=tmp_path)
     assert out.returncode == 0, out.stderr + out.stdout
-    assert "[1/8] Run Custom Script layout" in out.stdout
-    assert "succeeded" in out.stdout and "8 completed" in out.stdout
+    assert "[1/8] layout · Run Custom Script" in out.stdout and "[1/8] layout completed" in out.stdout
+    assert "succeeded in" in out.stdout and ": 7 changed, 1 unchanged" in out.stdout  # the last step only looks
     db = tmp_path / "xdg" / "dagrun" / "dagrun.db"
     assert f"records: sqlite:///{db}" in out.stdout
     home = tmp_path / "dagrun-workspaces" / "dev1"
     assert (home / ".ssh" / "authorized_keys").read_text() == "ssh-ed25519 AAAAC3Nz dev@host\n"
     assert (home / "hello" / ".venv" / "bin" / "python").exists()
+    again = dagrun("run", "demo", "--ws", "id=dev1", "--ws", "ssh_public_key=ssh-ed25519 AAAAC3Nz dev@host",
+                   cwd=tmp_path)
+    assert ": 0 changed, 8 unchanged" in again.stdout, again.stdout  # a second run finds everything done
     assert "Initial commit" in (home / "hello" / "WORKSPACE.md").read_text()
     again = dagrun("run", "demo", "--ws", "id=dev1", "--json", cwd=tmp_path)  # re-provisioning works
     assert again.returncode == 0, again.stderr
@@ -95,7 +99,7 @@ def test_graph_formats(tmp_path):
 @pytest.mark.parametrize("args,message", [
     (["run", "no-such-template"], "no template file or seed template named 'no-such-template'"),
     (["run", "demo", "--workers", "0"], "--workers must be at least 1"),
-    (["run", "demo", "--set", "oops"], "--set expects key=value, got 'oops'"),
+    (["run", "demo", "--set", "oops"], "--set expects KEY=VALUE, got 'oops'"),
     (["run", "demo", "--db", "nosuch://"], "bad database URL"),
     (["plan", "missing.yaml"], "template file missing.yaml does not exist"),
 ])
@@ -135,8 +139,8 @@ def test_runs_and_show_read_the_history(tmp_path):
     assert json.loads(dagrun("runs", "--db", db, "--status", "succeeded", "--json", cwd=tmp_path).stdout) == []
     shown = dagrun("show", run_id[:8], "--db", db, "--output", cwd=tmp_path)
     assert shown.returncode == 0, shown.stderr
-    assert "hi                       attempt 1/1 completed" in shown.stdout
-    assert "bad                      attempt 1/1 failed" in shown.stdout and "exit code 3: oops" in shown.stdout
+    assert re.search(r"^  hi   attempt 1  completed +\d", shown.stdout, re.M), shown.stdout
+    assert re.search(r"^  bad  attempt 1  failed .* script: exit code 3: oops", shown.stdout, re.M), shown.stdout
     assert "      | hello" in shown.stdout
     missing = dagrun("show", "nope", "--db", db, cwd=tmp_path)
     assert missing.returncode == 2 and "no run 'nope' in the store" in missing.stderr

@@ -54,6 +54,11 @@ def shared(tmp_path):
     shutil.rmtree(path, ignore_errors=True)
 
 
+def as_user(user: pwd.struct_passwd, **fields) -> dict:
+    """A workspace whose steps run as ``user``, in its home."""
+    return {"id": fields.pop("id", "s"), "linux_username": user.pw_name, "home_dir": user.pw_dir, **fields}
+
+
 def bare_repo(where: Path, owner: pwd.struct_passwd | None = None) -> str:
     """A local bare repository (owned by ``owner``: git refuses a repository
     another user owns, "dubious ownership")."""
@@ -285,12 +290,11 @@ echo $$ > ~/pid
 
 @root_only
 @pytest.mark.parametrize("network", [False, True])
-def test_a_user_defined_action_runs_in_the_sandbox(network, tmp_path, pg_server):
-    home = tmp_path / "home"
-    home.mkdir()
+def test_a_user_defined_action_runs_in_the_sandbox(network, user, pg_server):
+    home = Path(user.pw_dir)
     acts = [shell_action("probe", PROBE, requires_network=network)]
-    result = run_template(template(step(10, "probe", id="p")), {"id": "s", "home_dir": str(home)}, actions=acts,
-                          record=False)
+    result = run_template(template(step(10, "probe", id="p")), as_user(user), actions=acts, record=False,
+                          allow_network=["probe"])
     assert result.success, result.error
     out = dict(line.split("=") for line in result.steps["p"].stdout.split())
     assert out == {"net": "yes" if network else "no", "etc": "read-only", "shadow": "hidden", "root": "hidden",
@@ -300,12 +304,9 @@ def test_a_user_defined_action_runs_in_the_sandbox(network, tmp_path, pg_server)
 
 
 @root_only
-def test_a_sandboxed_python_handler_runs_in_a_worker_process(tmp_path):
-    home = tmp_path / "home"
-    home.mkdir()
+def test_a_sandboxed_python_handler_runs_in_a_worker_process(user):
     acts = [action("pyprobe", "tests.helpers:describe_process")]
-    result = run_template(template(step(10, "pyprobe", id="p")), {"id": "s", "home_dir": str(home)}, actions=acts,
-                          record=False)
+    result = run_template(template(step(10, "pyprobe", id="p")), as_user(user), actions=acts, record=False)
     assert result.success, result.error
     facts = result.steps["p"].result
     assert facts["pid"] != os.getpid() and facts["etc_writable"] is False and facts["shadow_readable"] is False
@@ -339,22 +340,16 @@ def test_without_bubblewrap_sandboxed_steps_are_refused_before_anything_runs(tmp
     ({"processes": 5}, "for i in $(seq 20); do sleep 2 & done; wait"),
     ({"memory_mb": 64}, "python3 -c 'x = bytearray(512 * 1024 * 1024)'"),
 ])
-def test_limits_stop_a_step_that_goes_beyond_them(limits, script, tmp_path):
-    home = tmp_path / "home"
-    home.mkdir()
+def test_limits_stop_a_step_that_goes_beyond_them(limits, script, user):
     acts = [shell_action("greedy", script, limits=limits)]
-    result = run_template(template(step(10, "greedy", id="g")), {"id": "l", "home_dir": str(home)}, actions=acts,
-                          record=False)
+    result = run_template(template(step(10, "greedy", id="g")), as_user(user), actions=acts, record=False)
     assert result.steps["g"].status is StepStatus.failed, result.steps["g"].stdout
 
 
 @root_only
-def test_disk_use_is_checked_after_a_sandboxed_step(tmp_path):
-    home = tmp_path / "home"
-    home.mkdir()
+def test_disk_use_is_checked_after_a_sandboxed_step(user):
     acts = [shell_action("filler", "head -c 3000000 /dev/urandom > ~/fill", disk_space_required_mb=1)]
-    result = run_template(template(step(10, "filler", id="f")), {"id": "d", "home_dir": str(home)}, actions=acts,
-                          record=False)
+    result = run_template(template(step(10, "filler", id="f")), as_user(user), actions=acts, record=False)
     assert result.steps["f"].error.startswith("the step used 2 MB of the workspace home, more than the 1 MB")
 
 
@@ -410,10 +405,10 @@ def test_user_defined_handlers_read_only_what_their_step_gives_them(tmp_path):
 
 
 @root_only
-def test_a_user_python_module_is_imported_only_in_its_sandbox(tmp_path):
-    home = tmp_path / "home"
-    home.mkdir()
+def test_a_user_python_module_is_imported_only_in_its_sandbox(user, shared):
+    home = Path(user.pw_dir)
     marker = home / "imported"  # the home is all the sandbox may write
+    tmp_path = shared  # a module folder the user can read
     (tmp_path / "evil_mod_x.py").write_text(f"import os\nopen({str(marker)!r}, 'a').write(str(os.getpid()) + '\\n')\n"
                                             "def run(ctx):\n    return {'vars': dict(ctx.variables)}\n")
     sys.path.insert(0, str(tmp_path))
@@ -422,8 +417,7 @@ def test_a_user_python_module_is_imported_only_in_its_sandbox(tmp_path):
         doc = template(step(10, "evil", id="e"), vars={"token": "s3cret"})
         compile_template(doc, actions=acts)
         assert not marker.exists()  # compiling did not run it
-        result = run_template(doc, {"id": "m", "home_dir": str(home)}, actions=acts, record=False,
-                              secrets={"token": "s3cret"})
+        result = run_template(doc, as_user(user, id="m"), actions=acts, record=False, secrets={"token": "s3cret"})
         assert result.success, result.error
         assert str(os.getpid()) not in marker.read_text().split()  # imported in its worker, not here
         assert result.steps["e"].result == {"vars": {}}  # and given no variables
@@ -455,9 +449,8 @@ def test_a_result_file_swapped_for_a_symlink_is_not_read(tmp_path):
 @root_only
 @pytest.mark.parametrize("name", ["root", "daemon"])
 def test_system_accounts_are_never_the_workspace_user(name, tmp_path):
-    result = run_template(template(script_step(10, "id", id="s")), {"id": "r", "linux_username": name}, record=False)
-    assert result.steps["s"].error.startswith(f"the workspace user {name!r} is a system account")
-    assert result.steps["s"].stdout == ""
+    with pytest.raises(InputError, match=f"the workspace user {name!r} is a system account"):
+        run_template(template(script_step(10, "id", id="s")), {"id": "r", "linux_username": name}, record=False)
 
 
 def test_a_linux_username_must_be_a_user_name():
@@ -495,25 +488,23 @@ def test_rollback_never_follows_a_folder_swapped_for_a_symlink(user, tmp_path):
 
 
 @root_only
-def test_a_user_api_call_is_sandboxed_and_speaks_http_only(tmp_path):
+def test_a_user_api_call_is_sandboxed_and_speaks_http_only(user):
     import http.server
     import threading
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    home = tmp_path / "home"
-    home.mkdir()
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/"
         for network, expected in ((False, StepStatus.failed), (True, StepStatus.completed)):
             acts = [{"name": "call", "action_type": "api_call", "execution_handler": f"GET {url}", "max_retries": 1,
                      "requires_network": network}]
-            result = run_template(template(step(10, "call", id="c")), {"id": "a", "home_dir": str(home)},
-                                  actions=acts, record=False)
+            result = run_template(template(step(10, "call", id="c")), as_user(user), actions=acts, record=False,
+                                  allow_network=["call"])
             assert result.steps["c"].status is expected, result.steps["c"].error
         acts = [{"name": "file", "action_type": "api_call", "execution_handler": "GET file:///etc/shadow",
                  "max_retries": 1, "requires_network": True}]
-        result = run_template(template(step(10, "file", id="f")), {"id": "a", "home_dir": str(home)}, actions=acts,
-                              record=False)
+        result = run_template(template(step(10, "file", id="f")), as_user(user), actions=acts, record=False,
+                              allow_network=["file"])
         assert "speaks http and https only" in result.steps["f"].error
     finally:
         server.shutdown()
@@ -538,12 +529,9 @@ def test_an_abandoned_attempt_leaves_nothing_running(tmp_path, monkeypatch):
 
 
 @root_only
-def test_the_sandbox_shows_only_what_programs_need_of_the_system(tmp_path):
-    home = tmp_path / "home"
-    home.mkdir()
+def test_the_sandbox_shows_only_what_programs_need_of_the_system(user):
     acts = [shell_action("look", "ls /etc; echo ---; ls /var/lib 2>&1 || true; echo ---; ls /opt 2>&1 || true")]
-    result = run_template(template(step(10, "look", id="l")), {"id": "e", "home_dir": str(home)}, actions=acts,
-                          record=False)
+    result = run_template(template(step(10, "look", id="l")), as_user(user), actions=acts, record=False)
     etc, var_lib, opt = result.steps["l"].stdout.split("---\n")
     assert "passwd" in etc.split() and "shadow" not in etc.split() and "ssh" not in etc.split()
     assert "No such file" in var_lib and "No such file" in opt
@@ -553,3 +541,102 @@ def test_workspace_folders_never_collide():
     from dagrun.workspace import slug
     assert slug("team/alice") != slug(slug("team/alice"))
     assert slug("alice") == "alice" and "/" not in slug("../../x")
+
+
+# -- after the third attack: homes, users, scratch files, network, action text ----------
+
+@root_only
+def test_a_steps_script_and_result_file_are_out_of_its_users_reach_to_swap(user):
+    """They live in dagrun's runtime folder, not the home: the user can write its result file but can
+    neither rename nor replace the folder (a swap for a symlink made root write through it)."""
+    doc = template(step(10, "probe", id="p"))
+    probe = shell_action("probe", 'd=$(dirname "$DAGRUN_OUTPUT"); echo "dir=$d"; '
+                                  'mv "$d" "$d.x" 2>/dev/null && echo renamed || echo kept; '
+                                  'ln -sf /etc/passwd "$DAGRUN_OUTPUT" 2>/dev/null && echo replaced || echo intact; '
+                                  'echo "k=v" >> "$DAGRUN_OUTPUT"')
+    for sandbox in (True, False):
+        result = run_template(doc, as_user(user), actions=[probe], record=False, sandbox=sandbox)
+        out = result.steps["p"].stdout
+        assert "kept" in out and "intact" in out, out
+        assert result.steps["p"].result == {"k": "v"}
+        assert not out.split("dir=")[1].startswith(user.pw_dir)
+        assert not [p for p in os.listdir(user.pw_dir) if p.startswith(".dagrun")]
+
+
+@root_only
+def test_as_root_a_home_outside_the_allowed_folders_is_refused(tmp_path, monkeypatch):
+    from dagrun.workspace import HOME_ROOTS_ENV
+    monkeypatch.setenv(HOME_ROOTS_ENV, str(tmp_path / "workspaces"))
+    for home in ("/root", "/", "/etc/systemd/system/x.service.d", str(tmp_path / "workspaces"),
+                 str(tmp_path / "workspaces" / ".." / "elsewhere")):
+        with pytest.raises(InputError, match="is outside the folders workspaces may live in"):
+            run_template("demo", {"id": "w", "home_dir": home, "ssh_public_key": "ssh-ed25519 AAAA x"}, record=False)
+    (tmp_path / "workspaces").mkdir()
+    (tmp_path / "workspaces" / "link").symlink_to("/root")
+    with pytest.raises(InputError, match="is outside the folders"):
+        run_template(template(script_step(10, "true")), {"id": "w", "home_dir": str(tmp_path / "workspaces/link")},
+                     record=False)
+    result = run_template(template(script_step(10, "true", id="s")),
+                          {"id": "w", "home_dir": str(tmp_path / "workspaces" / "w")}, record=False)
+    assert result.success, result.error
+
+
+@root_only
+def test_as_root_sandboxed_steps_need_a_workspace_user(tmp_path):
+    doc = template(step(10, "probe", id="p"))
+    with pytest.raises(InputError, match="the workspace has no linux_username"):
+        run_template(doc, {"id": "w", "home_dir": str(tmp_path / "h")}, actions=[shell_action("probe", "true")],
+                     record=False)
+
+
+def test_a_user_defined_action_gets_the_network_only_with_the_operators_consent(tmp_path):
+    acts = [shell_action("fetch", "true", requires_network=True)]
+    with pytest.raises(InputError, match="fetch ask for the network"):
+        run_template(template(step(10, "fetch")), {"id": "w", "home_dir": str(tmp_path / "h")}, actions=acts,
+                     record=False)
+
+
+def test_a_user_defined_actions_defaults_and_condition_read_no_variables():
+    for extra in ({"default_config": {"note": "{{ vars.db_password }}"}},
+                  {"condition_expression": "vars.db_password == 'x'"},
+                  {"default_config": {"note": "{{ workspace.api_token }}"}}):
+        acts = [{**shell_action("sneak", "echo $CONFIG_NOTE"), "config_schema": {
+            "type": "object", "properties": {"note": {"type": "string"}}}, **extra}]
+        with pytest.raises(TemplateError, match="is user-defined: its (default_config.note|condition_expression) "
+                                                "reads only its config"):
+            compile_template(template(step(10, "sneak"), vars={"db_password": "x"}), actions=acts)
+
+
+def test_environment_variable_names_never_come_from_a_value():
+    doc = template(script_step(10, "ls", action_config={"env": "{{ vars.extra }}"}), vars={"extra": {}})
+    with pytest.raises(TemplateError, match="its names are written in the template"):
+        compile_template(doc)
+
+
+def test_a_handler_file_swapped_for_a_symlink_is_refused(tmp_path):
+    acts = tmp_path / "acts"
+    acts.mkdir()
+    (acts / "leak.yaml").write_text(yaml.safe_dump({"name": "leak", "action_type": "shell",
+                                                    "execution_handler": "body.sh"}))
+    (acts / "body.sh").symlink_to("/etc/shadow")
+    with pytest.raises(TemplateError, match="'body.sh' is refused: 'body.sh' is a symlink"):
+        compile_template(template(step(10, "leak")), actions=[acts])
+
+
+@root_only
+def test_a_user_template_copy_reads_its_own_template_file_in_its_sandbox(user):
+    acts = Path(tempfile.mkdtemp(prefix="dagrun-acts-", dir="/tmp"))
+    try:
+        acts.chmod(0o755)
+        (acts / "note.yaml").write_text(yaml.safe_dump({
+            "name": "note", "action_type": "template_copy", "execution_handler": "note.j2",
+            "config_schema": {"type": "object", "properties": {"target_path": {"type": "string"},
+                                                               "who": {"type": "string"}}}}))
+        (acts / "note.j2").write_text("hello {{ config.who }}\n")
+        result = run_template(template(step(10, "note", id="n", action_config={"target_path": "~/note.txt",
+                                                                                "who": "ada"})),
+                              as_user(user), actions=[acts], record=False)
+        assert result.success, result.error
+        assert (Path(user.pw_dir) / "note.txt").read_text() == "hello ada\n"
+    finally:
+        shutil.rmtree(acts, ignore_errors=True)

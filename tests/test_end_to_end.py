@@ -86,7 +86,8 @@ def test_injected_failure_rolls_everything_back(tmp_path, wheelhouse, names, pg_
     home = tmp_path / "home"
     home.mkdir()
     result = run_template(django_child(wheelhouse, names, fail=True), {"id": "e2e", "home_dir": str(home)},
-                          database_url=db_url, actions=[action("fail", "tests.helpers:boom")])
+                          database_url=db_url, actions=[action("fail", "tests.helpers:boom")],
+                          sandbox=False)  # a user action that fails on purpose: about rollback, not the sandbox
     assert result.status.value == "failed"
     assert result.failed_action == "fail"
     rolled = {s for s, r in result.steps.items() if r.status is StepStatus.rolled_back}

@@ -15,6 +15,8 @@ from tests.helpers import action, shell_action, step, template
 
 
 def run(doc, workspace, actions=None, **kw):
+    # Handler types, not the sandbox (tests/test_containment.py): user-defined actions run unconfined here.
+    kw.setdefault("sandbox", False)
     return run_template(doc, workspace, actions=actions, record=False, **kw)
 
 
@@ -108,7 +110,7 @@ def test_api_call_success_and_failure(http_server, workspace):
                                                                 "json": {"user": "{{ workspace.name }}"},
                                                                 "headers": {"X-Token": "t"}}),
                    step(20, "notify", id="bad", skip_on_error=True, action_config={"url": http_server + "/fail"}))
-    result = run(doc, workspace, actions=acts)
+    result = run(doc, workspace, actions=acts, allow_network=["notify"])
     assert result.steps["good"].status is StepStatus.completed
     assert result.steps["good"].result == {"status": 201, "body": {"path": "/ok/ws1"}}
     assert ("/ok/ws1", "t", {"user": "alice"}) in _Handler.seen
@@ -126,7 +128,7 @@ def test_api_call_values_are_percent_encoded(http_server, home):
     ws = {"id": "../admin?x=1#", "home_dir": str(home)}
     doc = template(step(10, "notify", action_config={"base": http_server}),
                    step(20, "field", action_config={"url": http_server + "/ok/{{ workspace.id }}"}))
-    result = run(doc, ws, actions=acts)
+    result = run(doc, ws, actions=acts, allow_network=["notify", "field"])
     assert result.success, result.error
     assert result.steps["notify"].result["body"] == {"path": "/ok/..%2Fadmin%3Fx%3D1%23"}
     assert result.steps["field"].result["body"] == {"path": "/ok/..%2Fadmin%3Fx%3D1%23"}

@@ -11,10 +11,17 @@ from sqlalchemy import create_engine, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from dagrun import run_template
+from dagrun import run_template as _run_template
 from dagrun.store.engine import normalize_url
 from dagrun.store.models import ProvisioningRun, TemplateAction, WorkspaceActionExecution
 from tests.helpers import action, script_step, step, template
+
+
+def run_template(*args, **kwargs):
+    """User-defined actions here stand in for steps that fail, flake or say something: what is
+    tested is not the sandbox (tests/test_containment.py), so they run unconfined."""
+    kwargs.setdefault("sandbox", False)
+    return _run_template(*args, **kwargs)
 
 
 def rows(url, run_id):

@@ -15,9 +15,18 @@ from pathlib import Path
 
 import pytest
 
-from dagrun import TemplateError, run_template
+from dagrun import TemplateError, compile_template
+from dagrun import run_template as _run_template
 from dagrun.run.outcome import StepStatus
 from tests.helpers import script_step, shell_action, step, template
+
+
+def run_template(*args, **kwargs):
+    """These tests are about values reaching steps as data (the shell rules, the
+    sandboxed Jinja, masking), not about the sandbox: user-defined actions run
+    unconfined here (as root in CI; the sandbox has tests/test_containment.py)."""
+    kwargs.setdefault("sandbox", False)
+    return _run_template(*args, **kwargs)
 
 MARK = "MARK"  # relative to the workspace home; each value names it
 
@@ -462,8 +471,8 @@ def test_secrets_are_masked_everywhere_but_reach_downstream_steps_intact(home, d
     with pytest.raises(InputError, match="secrets that are not stored: make.token"):
         resume(result.run_id, database_url=db_url, actions=[SECRET_ACTION])
     again = resume(result.run_id, database_url=db_url, secrets={"make.token": secret}, from_step="make",
-                   actions=[SECRET_ACTION])
-    assert (home / "got").read_text() == secret and again.steps["make"].status is not StepStatus.pending
+                   actions=[SECRET_ACTION], sandbox=False)
+    assert (home / "got").read_text() == secret and again.steps["make"].status is not StepStatus.not_started
 
 
 def test_the_sqlite_store_and_the_journal_are_private(tmp_path, home):
@@ -633,3 +642,23 @@ def test_a_secret_workspace_field_is_masked_from_its_first_appearance_and_not_st
     with Session(engine_for(db_url)) as session:
         run = session.get(ProvisioningRun, result.run_id)
         assert secret not in json.dumps(run.workspace) and "workspace.db_password" in run.secret_names
+
+
+@pytest.mark.parametrize("script", ["ls $EMPTY{{ workspace.name }}", "ls {,{{ workspace.name }}}",
+                                    "ls ${E:-}{{ workspace.name }}", "ls $(true){{ workspace.name }}",
+                                    "ls `true`{{ workspace.name }}"])
+def test_a_leading_dash_after_what_may_expand_to_nothing_is_still_an_option(script, home):
+    """Found by an attack: an expansion that may be empty before the value left it at the start of its
+    word, where '-rf' is read as options."""
+    result = run_template(template(script_step(10, script, id="s")), {"id": "w", "name": "-rf", "home_dir": str(home)},
+                          record=False)
+    assert result.steps["s"].status is StepStatus.failed
+    assert "would be read as an option" in result.steps["s"].error
+
+
+@pytest.mark.parametrize("script", ["sed 's/a/b/' -e {{ workspace.name }} /dev/null",
+                                    "awk '{print}' -f {{ workspace.name }} /dev/null"])
+def test_a_value_is_never_a_later_program_of_sed_or_awk(script):
+    """GNU sed and awk read options after their program too: -e VALUE there is code."""
+    with pytest.raises(TemplateError, match="in the code (sed|awk) runs"):
+        compile_template(template(script_step(10, script)))

@@ -1,7 +1,10 @@
-"""The ``dagrun`` command: parses, checks, calls the library, prints.
+"""The ``dagrun`` command: parses options, calls :mod:`dagrun.api`, prints.
 
-Errors are one clear message on stderr and a non-zero exit code (2 for bad
-input, 1 for a failed run, 130 for a cancelled one), never a traceback.
+Errors are one clear message on stderr and an exit code, never a
+traceback: 2 for bad input (a template, a workspace, an option), 3 when the
+database cannot be reached or written, 1 for a run that failed, 130 for a
+cancelled one. Options shared by several commands come from parent parsers,
+so they read the same everywhere; ``-v`` and ``--log-json`` go anywhere.
 """
 
 from __future__ import annotations
@@ -13,24 +16,34 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
-import yaml
-
-from .. import render
+from .. import api, render
 from ..errors import DagrunError, InputError, StoreError, TemplateError
-from ..compile.loader import read_document
 
 EXIT_FAILED, EXIT_USAGE, EXIT_STORE, EXIT_CANCELLED = 1, 2, 3, 130
+DESCRIPTION = ("Provision developer workspaces from action-based templates: compile a template to a dependency "
+               "graph, run its independent steps in parallel, record every attempt.")
+EPILOG = """examples:
+  dagrun run demo                          run the demo template (records in a local SQLite file)
+  dagrun run demo --check                  what would change, changing nothing
+  dagrun plan django --set project=shop    levels, critical path and estimate; runs nothing
+  dagrun explain django venv               the effective step, each value with its origin
+  dagrun runs; dagrun show RUN_ID          history and one run's attempts
 
+database: --db URL, else $DAGRUN_DATABASE_URL, else SQLite in ~/.local/share/dagrun/dagrun.db"""
+
+
+# -- option values ------------------------------------------------------------------
 
 def _pairs(items: Sequence[str] | None, what: str) -> dict[str, Any]:
     """``key=value`` pairs; values are read as YAML scalars (1, true, [a, b])."""
+    import yaml
     out: dict[str, Any] = {}
     for item in items or ():
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise InputError(f"{what} expects key=value, got {item!r}")
+            raise InputError(f"{what} expects KEY=VALUE, got {item!r}")
         try:
             out[key.strip()] = yaml.safe_load(value) if value.strip() else ""
         except yaml.YAMLError:
@@ -52,34 +65,33 @@ def _secrets(items: Sequence[str] | None) -> dict[str, str]:
     return out
 
 
-def _workspace(args: argparse.Namespace) -> dict[str, Any]:
-    workspace: dict[str, Any] = {}
-    if args.workspace:
-        workspace.update(read_document(Path(args.workspace)))
-    workspace.update(_pairs(args.ws, "--ws"))
-    workspace.setdefault("id", "local")
-    if args.home:
-        workspace["home_dir"] = args.home
-    if not workspace.get("home_dir") and not (workspace.get("linux_username") and os.geteuid() == 0):
-        # Never provision the invoking user's real home by surprise.
-        from ..workspace import slug
-        workspace["home_dir"] = str(Path("dagrun-workspaces") / slug(workspace["id"]))
-    if workspace.get("home_dir"):
-        workspace["home_dir"] = str(Path(os.path.expanduser(str(workspace["home_dir"]))).absolute())
-    return workspace
+def _workspace(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The workspace given on the command line (None when none was)."""
+    if not (args.workspace or args.ws or getattr(args, "home", None)):
+        return None
+    from ..compile.loader import read_document
+    from ..workspace import cli_workspace
+    fields = dict(read_document(Path(args.workspace))) if args.workspace else {}
+    fields.update(_pairs(args.ws, "--ws"))
+    return cli_workspace(fields, home=getattr(args, "home", None))
 
 
-def _console(stderr: bool = False):
-    from rich.console import Console
-    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+def _db(args: argparse.Namespace) -> str:
+    return args.db or api.default_database_url()
 
 
-def _run_with_progress(args: argparse.Namespace, start: Any, url: str, home: str | None) -> int:
-    """Run ``start(observers=..., runner_hook=...)`` with progress, signals
-    that cancel cleanly, and the summary; returns the exit code."""
-    from .progress import Progress, summary_table, wall
-    from ..store.engine import describe_url
+def _home_roots(workspace: dict[str, Any]) -> list[str]:
+    """Whoever types the command line is the operator: the home it names is allowed."""
+    home = workspace.get("home_dir")
+    return [os.path.dirname(home)] if home else []
 
+
+# -- running ------------------------------------------------------------------------
+
+def _run_with_progress(args: argparse.Namespace, start: Callable[..., Any], home: str | None) -> int:
+    """Run ``start(observers=..., runner_hook=...)`` with progress and signals
+    that cancel cleanly; print the summary; return the exit code."""
+    from .progress import Progress, print_summary
     console = _console(stderr=args.json)
     holder: dict[str, Any] = {}
 
@@ -105,130 +117,79 @@ def _run_with_progress(args: argparse.Namespace, start: Any, url: str, home: str
     if args.json:
         print(json.dumps(result.as_dict(), indent=2, default=str))
     else:
-        from rich.text import Text
-        console.print(summary_table(result))
-        if home:
-            console.print(Text(f"workspace: {home}"))
-        console.print(Text(f"records: {describe_url(url)} (run {result.run_id})"))
-        colour = "green" if result.success else "red"
-        console.print(Text.assemble((result.status.value, colour), f" in {wall(result.duration_seconds)}: "
-                                    f"{result.completed_actions} completed, {result.failed_actions} failed, "
-                                    f"{result.skipped_actions} skipped, {result.rolled_back_actions} rolled back"))
-        if result.error:
-            console.print(Text(result.error, style="red"))
+        print_summary(console, result, home=home)
     if result.status.value == "cancelled":
         return EXIT_CANCELLED
     return 0 if result.success else EXIT_FAILED
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from ..api import run_template
-    from ..store.engine import default_database_url
+def _console(stderr: bool = False):
+    from rich.console import Console
+    return Console(stderr=stderr, highlight=False, soft_wrap=False)
 
-    workspace = _workspace(args)
-    variables = _pairs(args.set, "--set")
-    url = args.db or default_database_url()
-    return _run_with_progress(args, lambda **kw: run_template(
-        args.template, workspace, database_url=url, max_workers=args.workers, variables=variables,
-        actions=args.actions, allow_sudo=args.allow_sudo, secrets=_secrets(args.secret),
-        env_passthrough=args.env_passthrough or (), sandbox=not args.no_sandbox,
-        trusted_actions=args.trusted_actions, **kw),
-        url, workspace.get("home_dir"))
+
+def _run_options(args: argparse.Namespace) -> dict[str, Any]:
+    return dict(max_workers=args.workers, actions=args.actions, trusted_actions=args.trusted_actions,
+                allow_sudo=args.allow_sudo, secrets=_secrets(args.secret), sandbox=not args.no_sandbox,
+                allow_network=args.allow_network or ())
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from ..workspace import cli_workspace
+    workspace = _workspace(args) or cli_workspace({})
+    url = _db(args)
+    options = _run_options(args)
+    return _run_with_progress(args, lambda **kw: api.run_template(
+        args.template, workspace, database_url=url, variables=_pairs(args.set, "--set"),
+        env_passthrough=args.env_passthrough or (), check=args.check, home_roots=_home_roots(workspace),
+        **options, **kw), workspace.get("home_dir"))
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from ..api import resume
-    from ..store.engine import default_database_url
+    url = _db(args)
+    options = _run_options(args)
+    return _run_with_progress(args, lambda **kw: api.resume(
+        args.run_id, database_url=url, from_step=args.from_step, **options, **kw), None)
 
-    url = args.db or default_database_url()
-    return _run_with_progress(args, lambda **kw: resume(
-        args.run_id, database_url=url, from_step=args.from_step, max_workers=args.workers,
-        actions=args.actions, allow_sudo=args.allow_sudo, secrets=_secrets(args.secret),
-        sandbox=not args.no_sandbox, trusted_actions=args.trusted_actions, **kw), url, None)
 
+# -- compile-only commands -----------------------------------------------------------
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from ..compile import validate_files
     failed = 0
-    for path, error in validate_files(args.files, actions=args.actions):
+    for item, error in api.validate(args.templates, actions=args.actions, trusted_actions=args.trusted_actions,
+                                    workspace=_workspace(args), variables=_pairs(args.set, "--set"),
+                                    database_url=_db(args)):
         if error is None:
-            print(f"{path}: ok")
+            print(f"{item}: ok")
         else:
             failed += 1
-            print(f"{path}: {error}", file=sys.stderr)
+            print(f"{item}: {error}", file=sys.stderr)
     return EXIT_USAGE if failed else 0
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from ..api import plan as compile_plan
-    plan = compile_plan(args.template, actions=args.actions, variables=_pairs(args.set, "--set"))
+    plan = api.plan(args.template, actions=args.actions, trusted_actions=args.trusted_actions,
+                    variables=_pairs(args.set, "--set"), database_url=_db(args))
     workers = args.workers or plan.global_config.max_workers or 8
-    lv = render.levels(plan)
-    path = render.critical_path(plan)
-    estimate = render.estimated_duration(plan, workers)
     if args.json:
-        print(json.dumps({
-            "template": plan.name, "version": plan.version, "steps": len(plan.order),
-            "levels": lv, "critical_path": path,
-            "critical_path_seconds": plan.priority[path[0]] if path else 0.0,
-            "estimated_seconds": estimate, "workers": workers,
-            "conflicts": render.conflict_pairs(plan),
-            "locks": dict(plan.lock_capacity),
-            "order": [{"id": s, "sequence_order": plan.steps[s].sequence_order, "action": plan.steps[s].action.name,
-                       "phase": plan.steps[s].phase.name, "requires": list(plan.predecessors[s]),
-                       "requires_network": plan.steps[s].action.requires_network,
-                       "requires_sudo": plan.steps[s].action.requires_sudo,
-                       "run_as": plan.steps[s].run_as, "sandbox": plan.steps[s].sandbox,
-                       "limits": None if plan.steps[s].action.limits is None
-                       else {k: v for k, v in vars_of(plan.steps[s].action.limits).items() if v is not None}}
-                      for s in plan.order],
-        }, indent=2))
+        print(json.dumps(render.plan_dict(plan, workers), indent=2))
         return 0
-    print(f"{plan.name} {plan.version}: {len(plan.order)} steps in {len(lv)} levels "
-          f"(parallel execution {'on' if plan.global_config.parallel_execution_enabled else 'off'})")
-    for i, level in enumerate(lv, 1):
-        print(f"level {i}:")
-        for sid in level:
-            step = plan.steps[sid]
-            flags = [f for f, on in (("network", step.action.requires_network), ("sudo", step.action.requires_sudo),
-                                     ("as root", step.run_as == "root" and not step.action.requires_sudo),
-                                     ("sandbox" + ("" if step.action.requires_network else ", no network"),
-                                      step.sandbox), ("limits", step.action.limits is not None)) if on]
-            after = f" after {', '.join(plan.predecessors[sid])}" if plan.predecessors[sid] else ""
-            cond = f" if {step.condition.source}" if step.condition else ""
-            extra = f" [{', '.join(flags)}]" if flags else ""
-            print(f"  {step.sequence_order:>5}  {sid}  {step.display_name} ({step.phase.name}, "
-                  f"~{step.estimated_duration_seconds:g}s){extra}{after}{cond}")
-    pairs = render.conflict_pairs(plan)
-    if pairs:
-        print("never together: " + "; ".join(f"{a} / {b}" for a, b in pairs))
-    if plan.lock_capacity:
-        print("locks: " + ", ".join(f"{k} (capacity {v})" for k, v in plan.lock_capacity.items()))
-    if path:
-        print(f"critical path: {' -> '.join(path)} (~{plan.priority[path[0]]:g} s)")
-    print(f"estimated duration with {workers} workers: ~{estimate:g} s "
-          f"(sequential: ~{sum(plan.steps[s].estimated_duration_seconds for s in plan.order):g} s)")
+    for line in render.plan_lines(plan, workers):
+        print(line)
     return 0
 
 
-def vars_of(limits: Any) -> dict[str, Any]:
-    from dataclasses import asdict
-    return asdict(limits)
-
-
 def cmd_graph(args: argparse.Namespace) -> int:
-    from ..api import plan as compile_plan
     statuses = None
+    template: Any = args.template
     if args.run:
         from ..store.history import step_statuses
-        from ..store.engine import default_database_url
-        snapshot, statuses = step_statuses(args.db or default_database_url(), args.run)
+        snapshot, statuses = step_statuses(_db(args), args.run)
         template = snapshot if args.template == "-" else args.template
-    else:
-        if args.template == "-":
-            raise InputError("give a template, or --run RUN_ID with '-' to draw the run's own template")
-        template = args.template
-    plan = compile_plan(template, actions=args.actions, variables=_pairs(args.set, "--set"))
+    elif args.template == "-":
+        raise InputError("give a template, or --run RUN_ID with '-' to draw the run's own template")
+    plan = api.plan(template, actions=args.actions, trusted_actions=args.trusted_actions,
+                    variables=_pairs(args.set, "--set"), database_url=_db(args) if args.template != "-" else None)
     if args.format == "mermaid":
         data: bytes = render.to_mermaid(plan, statuses).encode()
     else:
@@ -244,9 +205,49 @@ def cmd_graph(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_explain(args: argparse.Namespace) -> int:
+    explained = api.explain(args.template, step=args.step, actions=args.actions,
+                            trusted_actions=args.trusted_actions, variables=_pairs(args.set, "--set"),
+                            database_url=_db(args))
+    if args.json:
+        print(json.dumps(explained, indent=2, default=str))
+        return 0
+    for line in render.explain_lines(explained):
+        print(line)
+    return 0
+
+
+def cmd_templates(args: argparse.Namespace) -> int:
+    found = api.list_templates(_db(args))
+    if args.json:
+        print(json.dumps(found, indent=2))
+        return 0
+    width = max((len(t["name"]) for t in found), default=4)
+    for t in found:
+        base = f" (extends {t['extends']})" if t["extends"] else ""
+        print(f"{t['name']:<{width}}  {t['version']:<8} {t['source']:<6} {t['steps']:>3} steps  "
+              f"{_first_line(t['description'])}{base}")
+    return 0
+
+
+def cmd_actions(args: argparse.Namespace) -> int:
+    library = api.list_actions(args.actions, args.trusted_actions)
+    if args.json:
+        print(json.dumps([{"name": a.name, "display_name": a.display_name, "category": a.category,
+                           "action_type": a.action_type, "source": a.source, "library": a.library}
+                          for a in library.values()], indent=2))
+        return 0
+    for action in sorted(library.values(), key=lambda a: (a.category, a.name)):
+        print(f"{action.category:<14} {action.name:<28} {action.display_name}")
+    return 0
+
+
 def cmd_migrate_legacy(args: argparse.Namespace) -> int:
+    import yaml
+
     from ..compile import compile_template
     from ..compile.legacy import convert, is_legacy
+    from ..compile.loader import read_document
     source = Path(args.file)
     doc = read_document(source)
     if not is_legacy(doc):
@@ -261,34 +262,37 @@ def cmd_migrate_legacy(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- the store ---------------------------------------------------------------------------
+
 def cmd_runs(args: argparse.Namespace) -> int:
-    from ..store.history import list_runs
-    from ..store.engine import default_database_url
-    runs = list_runs(args.db or default_database_url(), workspace=args.workspace, status=args.status,
-                     limit=args.limit)
+    runs = api.list_runs(database_url=_db(args), workspace=args.ws_id, status=args.status, limit=args.limit)
     if args.json:
         print(json.dumps(runs, indent=2))
         return 0
-    for r in runs:
-        print(f"{r['run_id']}  {r['started_at'] or '-':<32} {r['status']:<10} {r['workspace_id']:<12} "
-              f"{r['template']} {r['version']}  {r['completed']}/{r['total']} done, {r['failed']} failed")
     if not runs:
         print("no runs", file=sys.stderr)
+    for r in runs:
+        started = (r["started_at"] or "-")[:19].replace("T", " ")
+        print(f"{r['run_id'][:8]}  {started:<19}  {r['status']:<9} {_cut(r['workspace_id'], 14):<14} "
+              f"{_cut(r['template'], 16)} {r['version']}  {r['completed']}/{r['total']} done"
+              + (f", {r['failed']} failed" if r["failed"] else ""))
     return 0
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from ..store.history import show_run
-    from ..store.engine import default_database_url
-    run = show_run(args.db or default_database_url(), args.run_id, output=args.output)
+    run = api.get_run(args.run_id, database_url=_db(args), output=args.output)
     if args.json:
         print(json.dumps(run, indent=2, default=str))
         return 0
-    print(f"run {run['run_id']}: {run['template']} {run['version']} for workspace {run['workspace_id']}, "
-          f"{run['status']}" + (f" ({run['error']})" if run["error"] else ""))
+    print(f"run {run['run_id']}: {run['template']} {run['version']} for workspace {run['workspace_id']}: "
+          f"{run['status']}" + (" (a check)" if run.get("mode") == "check" else ""))
+    if run["error"]:
+        print(f"  {run['error']}")
+    width = max((len(a["step_id"]) for a in run["attempts"]), default=4)
     for a in run["attempts"]:
-        duration = "" if a["duration_seconds"] is None else f" {a['duration_seconds']:.2f}s"
-        print(f"  {a['step_id']:<24} attempt {a['attempt']}/{a['max_attempts']} {a['status']:<11}{duration}"
+        duration = "" if a["duration_seconds"] is None else f"{a['duration_seconds']:.2f}s"
+        number = "-" if a["attempt"] == 0 else f"{a['attempt']}"
+        print(f"  {a['step_id']:<{width}}  attempt {number:<2} {a['status']:<11} {duration:>8}"
               + (f"  {a['error']}" if a["error"] else ""))
         if args.output and a.get("output"):
             for line in a["output"].rstrip().splitlines():
@@ -296,17 +300,32 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_watch(args: argparse.Namespace) -> int:
+    final = "running"
+    for event in api.watch_run(args.run_id, database_url=_db(args), timeout=args.timeout):
+        if args.json:
+            print(json.dumps(event, default=str), flush=True)
+        elif event["event"] == "attempt":
+            error = f"  {event['error']}" if event["error"] else ""
+            print(f"{event['step_id']}  attempt {event['attempt']}: {event['status']}{error}", flush=True)
+        elif event["event"] == "run":
+            print(f"run {event['run_id']} {event['status']}" + (f": {event['error']}" if event["error"] else ""),
+                  flush=True)
+        elif event["event"] == "timeout":
+            print(f"still running after {args.timeout:g} s", file=sys.stderr)
+        if event["event"] == "run":
+            final = event["status"]
+    return 0 if final == "succeeded" else EXIT_FAILED
+
+
 def cmd_db(args: argparse.Namespace) -> int:
-    from ..store import migrate
-    from ..store.engine import default_database_url, describe_url, writable
+    from ..store.engine import describe_url
     if args.db_command == "sql":
-        sys.stdout.write(migrate.ddl(args.dialect))
+        sys.stdout.write(api.database_sql(args.dialect))
         return 0
     if args.db_command == "recover":
         from ..locations import journal_dir
-        from ..store.journal import recover
-        report = recover(Path(args.journal) if args.journal else None,
-                         url=args.db or os.environ.get("DAGRUN_DATABASE_URL"))
+        report = api.recover_journal(args.journal, database_url=args.db)
         if not report:
             print(f"nothing to recover in {journal_dir()}")
         failed = 0
@@ -317,180 +336,180 @@ def cmd_db(args: argparse.Namespace) -> int:
             else:
                 print(f"{path}: {applied} batch(es) replayed")
         return EXIT_FAILED if failed else 0
-    url = args.db or default_database_url()
-    engine = writable(url)  # migrates to the newest revision
-    print(f"{describe_url(url)}: at revision {migrate.current(engine)}")
+    url = _db(args)
+    print(f"{describe_url(url)}: at revision {api.upgrade_database(url)}")
     return 0
 
 
 def cmd_seed(args: argparse.Namespace) -> int:
-    from ..store.seeding import seed
-    from ..store.engine import default_database_url, describe_url
-    url = args.db or default_database_url()
-    counts = seed(url, actions=args.actions, templates=[Path(f) for f in args.templates] or None)
+    from ..store.engine import describe_url
+    url = _db(args)
+    counts = api.seed(database_url=url, actions=args.actions, templates=args.templates or None)
     print(f"{describe_url(url)}: {counts['actions']} actions, {counts['templates']} templates "
           f"({counts['steps']} steps) stored")
     return 0
 
 
-def cmd_watch(args: argparse.Namespace) -> int:
-    from ..store.history import show_run, watch
-    from ..store.engine import default_database_url
-    url = args.db or default_database_url()
-    run_id = show_run(url, args.run_id)["run_id"]  # resolves a prefix, or a clear error
-    final = "running"
-    for event in watch(url, run_id, timeout=args.timeout):
-        if args.json:
-            print(json.dumps(event, default=str), flush=True)
-        elif event["event"] == "attempt":
-            error = f"  {event['error']}" if event["error"] else ""
-            print(f"{event['step_id']:<24} attempt {event['attempt']}/{event['max_attempts']} "
-                  f"{event['status']}{error}", flush=True)
-        elif event["event"] == "run":
-            print(f"run {run_id} {event['status']}" + (f": {event['error']}" if event["error"] else ""), flush=True)
-        final = event.get("status", final) if event["event"] == "run" else final
-    return 0 if final == "succeeded" else EXIT_FAILED
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else ""
 
 
-def cmd_actions(args: argparse.Namespace) -> int:
-    from ..api import list_actions
-    library = list_actions(args.actions)
-    if args.json:
-        print(json.dumps([{"name": a.name, "display_name": a.display_name, "category": a.category,
-                           "action_type": a.action_type, "source": a.source} for a in library.values()], indent=2))
-        return 0
-    for action in sorted(library.values(), key=lambda a: (a.category, a.name)):
-        print(f"{action.category:<15} {action.name:<30} {action.display_name}")
-    return 0
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[:width - 1] + "…"
 
+
+# -- the parser ------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dagrun", description=__doc__.splitlines()[0])
-    parser.add_argument("--log-json", action="store_true", help="log as JSON lines")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-v info, -vv debug)")
-    sub = parser.add_subparsers(dest="command", required=True)
+    # Options that go anywhere: on the main parser and on every subcommand. SUPPRESS keeps a
+    # subcommand's default from overwriting what was given before the subcommand.
+    everywhere = argparse.ArgumentParser(add_help=False)
+    everywhere.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
+                            help="log more (-v: info, -vv: debug) to stderr")
+    everywhere.add_argument("--log-json", action="store_true", default=argparse.SUPPRESS,
+                            help="log as JSON lines (the default when stderr is not a terminal)")
+    db = argparse.ArgumentParser(add_help=False)
+    db.add_argument("--db", metavar="URL",
+                    help="database URL (default: $DAGRUN_DATABASE_URL, else a SQLite file in dagrun's data folder)")
+    actions = argparse.ArgumentParser(add_help=False)
+    actions.add_argument("--actions", action="append", metavar="PATH",
+                         help="more action definitions (a file or folder; may repeat): user-defined, sandboxed")
+    actions.add_argument("--trusted-actions", action="append", metavar="PATH",
+                         help="the operator's own action definitions, trusted like the standard library")
+    variables = argparse.ArgumentParser(add_help=False)
+    variables.add_argument("--set", action="append", metavar="KEY=VALUE",
+                           help="a template variable (vars.KEY); the template must declare it; may repeat")
+    workspace = argparse.ArgumentParser(add_help=False)
+    workspace.add_argument("--workspace", metavar="FILE", help="the workspace as a JSON or YAML file")
+    workspace.add_argument("--ws", action="append", metavar="KEY=VALUE",
+                           help="a workspace field (id, name, linux_username, db_name, ...); may repeat")
+    running = argparse.ArgumentParser(add_help=False)
+    running.add_argument("--workers", type=int, metavar="N", help="the most steps running at once (default 8)")
+    running.add_argument("--allow-sudo", action="store_true",
+                         help="when not root, run root-only actions through sudo -n")
+    running.add_argument("--secret", action="append", metavar="NAME=ENV_VAR",
+                         help="a secret variable vars.NAME, read from the environment variable ENV_VAR; masked "
+                              "everywhere and never stored; may repeat")
+    running.add_argument("--no-sandbox", action="store_true",
+                         help="run user-defined actions without bubblewrap (and, as root, as root)")
+    running.add_argument("--allow-network", action="append", metavar="ACTION",
+                         help="let this user-defined action use the network it asks for; may repeat")
+    running.add_argument("--json", action="store_true", help="print the result as JSON (progress goes to stderr)")
 
-    def template_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("template", help="template file, or the name of a seed template (e.g. demo)")
-        p.add_argument("--actions", action="append", metavar="PATH",
-                       help="extra action definitions (file or folder); may repeat")
-        p.add_argument("--set", action="append", metavar="KEY=VALUE", help="template variable (vars.KEY)")
+    parser = argparse.ArgumentParser(prog="dagrun", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, parents=[everywhere])
+    parser.add_argument("--version", action="version", version=f"dagrun {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = sub.add_parser("run", help="run a template for a workspace")
-    template_args(run)
-    run.add_argument("--workspace", metavar="FILE", help="workspace as a JSON/YAML file")
-    run.add_argument("--ws", action="append", metavar="KEY=VALUE", help="workspace field (id, linux_username...)")
-    run.add_argument("--home", metavar="DIR", help="workspace home directory (default ./dagrun-workspaces/ID)")
-    run.add_argument("--workers", type=int, metavar="N", help="maximum steps running at once")
-    run.add_argument("--db", metavar="URL", help="SQLAlchemy database URL (default: SQLite file, or $DAGRUN_DATABASE_URL)")
-    run.add_argument("--allow-sudo", action="store_true", help="let root-only actions use sudo -n when not root")
-    run.add_argument("--secret", action="append", metavar="NAME=ENV_VAR",
-                     help="secret variable vars.NAME read from ENV_VAR; masked everywhere, not stored")
-    run.add_argument("--trusted-actions", action="append", metavar="PATH",
-                     help="the operator's own action definitions: trusted like the standard library "
-                          "(may need root, run unsandboxed)")
-    run.add_argument("--no-sandbox", action="store_true",
-                     help="run user-defined actions without bubblewrap (when it is not installed)")
+    def command(name: str, func: Callable[[argparse.Namespace], int], help: str,
+                *parents: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help[0].upper() + help[1:] + ".",
+                           parents=[everywhere, *parents])
+        p.set_defaults(func=func)
+        return p
+
+    template_help = "a template file, or the name of a seed or stored template (dagrun templates)"
+    run = command("run", cmd_run, "run a template for a workspace", actions, variables, workspace, running, db)
+    run.add_argument("template", help=template_help)
+    run.add_argument("--home", metavar="DIR", help="the workspace home (default: ./dagrun-workspaces/ID)")
+    run.add_argument("--check", action="store_true",
+                     help="change nothing: each step's validation says whether it would change anything")
     run.add_argument("--env", action="append", metavar="NAME", dest="env_passthrough",
-                     help="pass this environment variable to steps (env.NAME); steps see only PATH, LANG, "
-                          "LC_*, TZ, TERM and the names the template declares otherwise")
-    run.add_argument("--json", action="store_true", help="print the result as JSON")
-    run.set_defaults(func=cmd_run)
+                     help="pass this environment variable to steps (env.NAME); steps see only PATH, LANG, LC_*, "
+                          "TZ, TERM and the names the template declares otherwise; may repeat")
 
-    res = sub.add_parser("resume", help="continue a failed, cancelled or interrupted run")
-    res.add_argument("run_id", help="a run id (or an unambiguous prefix)")
-    res.add_argument("--from", dest="from_step", metavar="STEP", help="also re-run STEP and its downstream")
-    res.add_argument("--workers", type=int, metavar="N")
-    res.add_argument("--db", metavar="URL")
-    res.add_argument("--actions", action="append", metavar="PATH")
-    res.add_argument("--allow-sudo", action="store_true")
-    res.add_argument("--secret", action="append", metavar="NAME=ENV_VAR")
-    res.add_argument("--no-sandbox", action="store_true")
-    res.add_argument("--trusted-actions", action="append", metavar="PATH")
-    res.add_argument("--json", action="store_true")
-    res.set_defaults(func=cmd_resume)
+    resume = command("resume", cmd_resume, "continue a failed, cancelled or interrupted run", actions, running, db)
+    resume.add_argument("run_id", help="a run id, or an unambiguous prefix of one")
+    resume.add_argument("--from", dest="from_step", metavar="STEP", help="also run STEP and its downstream again")
 
-    validate = sub.add_parser("validate", help="check templates and action definitions")
-    validate.add_argument("files", nargs="+")
-    validate.add_argument("--actions", action="append", metavar="PATH")
-    validate.set_defaults(func=cmd_validate)
+    validate = command("validate", cmd_validate, "check templates and action definitions; runs nothing",
+                       actions, variables, workspace, db)
+    validate.add_argument("templates", nargs="+", metavar="TEMPLATE",
+                          help="template or action files, or template names")
 
-    plan = sub.add_parser("plan", help="show levels, conflicts, critical path and estimate; runs nothing")
-    template_args(plan)
-    plan.add_argument("--workers", type=int, metavar="N")
-    plan.add_argument("--json", action="store_true")
-    plan.set_defaults(func=cmd_plan)
+    plan = command("plan", cmd_plan, "show levels, conflicts, critical path and estimate; runs nothing",
+                   actions, variables, db)
+    plan.add_argument("template", help=template_help)
+    plan.add_argument("--workers", type=int, metavar="N", help="the workers to estimate for (default 8)")
+    plan.add_argument("--json", action="store_true", help="print the plan as JSON")
 
-    graph = sub.add_parser("graph", help="render the dependency graph")
-    template_args(graph)
-    graph.add_argument("--format", choices=("dot", "mermaid", "svg", "png"), default="dot")
-    graph.add_argument("-o", "--output", metavar="FILE")
-    graph.add_argument("--run", metavar="RUN_ID", help="colour steps by this run's statuses (template '-': the run's own)")
-    graph.add_argument("--db", metavar="URL")
-    graph.set_defaults(func=cmd_graph)
+    graph = command("graph", cmd_graph, "draw the dependency graph (dot, mermaid, svg, png)", actions, variables, db)
+    graph.add_argument("template", help=template_help + "; '-' with --run: the run's own")
+    graph.add_argument("--format", choices=("dot", "mermaid", "svg", "png"), default="dot",
+                       help="output format (svg and png need graphviz's dot)")
+    graph.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
+    graph.add_argument("--run", metavar="RUN_ID", help="colour the steps by this run's statuses")
 
-    migrate = sub.add_parser("migrate-legacy", help="convert a monolithic legacy config to a template")
-    migrate.add_argument("file")
-    migrate.add_argument("-o", "--output", metavar="FILE", help="default: FILE.template.yaml beside it")
-    migrate.add_argument("--name", help="template name (default: the config's name)")
-    migrate.add_argument("--force", action="store_true", help="overwrite the output")
-    migrate.add_argument("--actions", action="append", metavar="PATH")
-    migrate.set_defaults(func=cmd_migrate_legacy)
+    explain = command("explain", cmd_explain, "the effective template, with where each value came from",
+                      actions, variables, db)
+    explain.add_argument("template", help=template_help)
+    explain.add_argument("step", nargs="?", help="only this step")
+    explain.add_argument("--json", action="store_true", help="print it as JSON")
 
-    runs = sub.add_parser("runs", help="run history from the store")
-    runs.add_argument("--workspace", metavar="ID")
-    runs.add_argument("--status", choices=("pending", "running", "succeeded", "failed", "cancelled"))
-    runs.add_argument("--limit", type=int, default=50)
-    runs.add_argument("--db", metavar="URL")
-    runs.add_argument("--json", action="store_true")
-    runs.set_defaults(func=cmd_runs)
+    templates = command("templates", cmd_templates, "list the seed templates and those stored in the database", db)
+    templates.add_argument("--json", action="store_true", help="print them as JSON")
 
-    show = sub.add_parser("show", help="one run: steps, attempts, durations, errors")
-    show.add_argument("run_id", help="a run id (or an unambiguous prefix)")
+    listed = command("actions", cmd_actions, "list the action library", actions)
+    listed.add_argument("--json", action="store_true", help="print it as JSON")
+
+    runs = command("runs", cmd_runs, "the run history", db)
+    runs.add_argument("--workspace", dest="ws_id", metavar="ID", help="only this workspace's runs")
+    runs.add_argument("--status", choices=("running", "succeeded", "failed", "cancelled"), help="only runs so")
+    runs.add_argument("--limit", type=int, default=50, metavar="N", help="at most N runs (default 50)")
+    runs.add_argument("--json", action="store_true", help="print them as JSON")
+
+    show = command("show", cmd_show, "one run: its steps, attempts, durations and errors", db)
+    show.add_argument("run_id", help="a run id, or an unambiguous prefix of one")
     show.add_argument("--output", action="store_true", help="include each attempt's output")
-    show.add_argument("--db", metavar="URL")
-    show.add_argument("--json", action="store_true")
-    show.set_defaults(func=cmd_show)
+    show.add_argument("--json", action="store_true", help="print it as JSON")
 
-    db = sub.add_parser("db", help="the store's schema")
-    db_sub = db.add_subparsers(dest="db_command", required=True)
-    upgrade = db_sub.add_parser("upgrade", help="migrate the database to the newest schema")
-    upgrade.add_argument("--db", metavar="URL")
-    rec = db_sub.add_parser("recover", help="replay records journalled while the database was unreachable")
-    rec.add_argument("journal", nargs="?", help="one journal file (default: all in the journal folder)")
-    rec.add_argument("--db", metavar="URL", help="the database to replay into (the journal keeps no password)")
-    sql = db_sub.add_parser("sql", help="print the DDL of every migration (offline)")
-    sql.add_argument("--dialect", default="postgresql", choices=("postgresql", "sqlite"))
-    db.set_defaults(func=cmd_db)
+    watch = command("watch", cmd_watch, "follow a run live, from another terminal", db)
+    watch.add_argument("run_id", help="a run id, or an unambiguous prefix of one")
+    watch.add_argument("--timeout", type=float, metavar="SECONDS", help="give up after this long")
+    watch.add_argument("--json", action="store_true", help="one JSON object per line")
 
-    seed_cmd = sub.add_parser("seed", help="store the action library and templates (default: the seeds)")
-    seed_cmd.add_argument("templates", nargs="*", metavar="TEMPLATE_FILE")
-    seed_cmd.add_argument("--actions", action="append", metavar="PATH")
-    seed_cmd.add_argument("--db", metavar="URL")
-    seed_cmd.set_defaults(func=cmd_seed)
+    database = command("db", cmd_db, "the database: schema, SQL, journal")
+    db_sub = database.add_subparsers(dest="db_command", required=True, metavar="DB_COMMAND")
+    db_sub.add_parser("upgrade", help="create or migrate dagrun's tables", parents=[everywhere, db])
+    recover = db_sub.add_parser("recover", help="replay records journalled while the database was unreachable",
+                                parents=[everywhere])
+    recover.add_argument("journal", nargs="?", help="one journal file (default: every one)")
+    recover.add_argument("--db", metavar="URL", help="the database to replay into (the journal keeps no password)")
+    sql = db_sub.add_parser("sql", help="print the DDL of every migration, offline", parents=[everywhere])
+    sql.add_argument("--dialect", default="postgresql", choices=("postgresql", "sqlite"), help="SQL dialect")
 
-    watch_cmd = sub.add_parser("watch", help="follow a run live (from another terminal)")
-    watch_cmd.add_argument("run_id")
-    watch_cmd.add_argument("--db", metavar="URL")
-    watch_cmd.add_argument("--timeout", type=float, metavar="SECONDS", help="give up after this long")
-    watch_cmd.add_argument("--json", action="store_true", help="one JSON object per line")
-    watch_cmd.set_defaults(func=cmd_watch)
+    seed = command("seed", cmd_seed, "store the action library and templates in the database (default: the seeds)",
+                   actions, db)
+    seed.add_argument("templates", nargs="*", metavar="TEMPLATE_FILE", help="templates to store")
 
-    actions = sub.add_parser("actions", help="list the action library")
-    actions.add_argument("--actions", action="append", metavar="PATH")
-    actions.add_argument("--json", action="store_true")
-    actions.set_defaults(func=cmd_actions)
+    legacy = command("migrate-legacy", cmd_migrate_legacy, "convert a monolithic legacy config to a template",
+                     actions)
+    legacy.add_argument("file", help="the legacy JSON or YAML config")
+    legacy.add_argument("-o", "--output", metavar="FILE", help="default: FILE.template.yaml beside it")
+    legacy.add_argument("--name", help="the template's name (default: the config's)")
+    legacy.add_argument("--force", action="store_true", help="overwrite the output")
     return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("dagrun")
+    except PackageNotFoundError:
+        from .. import __version__
+        return __version__
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     from ..run.logs import configure
-    level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)]
-    configure(json=True if args.log_json else None, level=level)
-    if getattr(args, "workers", None) is not None and args.workers < 1:
-        parser.error("--workers must be at least 1")
+    verbose = getattr(args, "verbose", 0)
+    configure(json=True if getattr(args, "log_json", False) else None,
+              level=(logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)])
+    for option in ("workers", "limit"):
+        if getattr(args, option, None) is not None and getattr(args, option) < 1:
+            parser.error(f"--{option} must be at least 1")
     try:
         return args.func(args)
     except TemplateError as exc:

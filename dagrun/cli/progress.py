@@ -1,9 +1,11 @@
-"""Terminal progress for ``dagrun run`` (used by the CLI only).
+"""What ``dagrun run`` prints (the CLI only): progress, then a summary.
 
-One line per transition, readable in a terminal and in CI logs alike:
-``[3/15] Create Python venv (attempt 2/3)``, then a final table. Everything a
-step produced (its id, output, errors) is printed as text, never as Rich
-markup: ``see [/var/log/app]`` in an error is just those characters.
+One line per transition, readable in a terminal and in CI logs alike, each
+step numbered by its place in the plan (the same number as in the table)
+and named by its id first: ``[3/8] venv · Create Python venv``. The table
+fits 80 columns (identifiers are cut with …, never split); errors and skip
+reasons go under it, in full. Everything a step produced is printed as text,
+never as Rich markup: ``see [/var/log/app]`` in an error is just that.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -20,62 +23,134 @@ from ..run.events import (AttemptFinished, RetryScheduled, RunStarted, StepFinis
 from ..run.result import RunResult
 
 STYLE = {"completed": "green", "failed": "red", "skipped": "yellow", "rolled_back": "magenta",
-         "cancelled": "bright_black", "pending": "white", "running": "cyan"}
+         "cancelled": "bright_black", "not_started": "bright_black", "running": "cyan"}
+WORDS = {"rolled_back": "rolled back", "not_started": "not started"}
 
 
 class Progress:
     def __init__(self, console: Console):
         self.console = console
         self.total = 0
-        self.index: dict[str, int] = {}
+        self.position: dict[str, int] = {}
         self.names: dict[str, str] = {}
+        self.tries: dict[str, int] = {}  # attempts made in this process (a resume starts again at 1)
 
     def _n(self, sid: str) -> str:
-        if sid not in self.index:
-            self.index[sid] = len(self.index) + 1
-        return f"[{self.index[sid]}/{self.total}]"
+        width = len(str(self.total))
+        return f"[{self.position.get(sid, 0):>{width}}/{self.total}]"
 
     def _print(self, *parts: str | tuple[str, str]) -> None:
-        self.console.print(Text.assemble(*parts), highlight=False)
+        self.console.print(Text.assemble(*parts), highlight=False, soft_wrap=True)
 
     def __call__(self, event: Any) -> None:
         out = self._print
         if isinstance(event, RunStarted):
             self.total = event.total_steps
+            self.position = {sid: i for i, sid in enumerate(event.plan.order, 1)}
             self.names = {sid: s.display_name for sid, s in event.plan.steps.items()}
             out((event.template, "bold"), f" {event.version}: {event.total_steps} steps, "
                 f"{event.max_workers} workers, run {event.run_id}")
         elif isinstance(event, StepStarted):
-            attempt = f" (attempt {event.attempt}/{event.max_attempts})" if event.max_attempts > 1 else ""
-            out(f"{self._n(event.step_id)} {event.display_name} ", (event.step_id, "dim"), attempt)
+            tries = self.tries[event.step_id] = self.tries.get(event.step_id, 0) + 1
+            attempt = f" (attempt {tries}/{event.max_attempts})" if tries > 1 else ""
+            out(f"{self._n(event.step_id)} ", (event.step_id, "bold"), f" · {event.display_name}{attempt}")
         elif isinstance(event, AttemptFinished) and event.outcome.status.value == "failed":
             o = event.outcome
-            out("  ", ("✗", "red"), f" {o.step_id} attempt {o.attempt}/{event.max_attempts} failed: {o.error}")
+            first = (o.error or "failed").splitlines()[0]
+            out(" " * (len(self._n(o.step_id)) + 1), ("✗", "red"), f" {o.step_id}: {first}")
         elif isinstance(event, RetryScheduled):
-            out("  ", ("↻", "yellow"), f" {event.step_id} retry in {event.delay:.1f} s")
+            out(" " * (len(self._n(event.step_id)) + 1), ("↻", "yellow"),
+                f" {event.step_id}: again in {event.delay:.1f} s")
         elif isinstance(event, StepFinished):
-            style = STYLE.get(event.status.value, "white")
-            out(f"{self._n(event.step_id)} ", (event.status.value, style), f" {self.names.get(event.step_id, '')} ",
-                (event.step_id, "dim"))
+            status = event.status.value
+            out(f"{self._n(event.step_id)} ", (event.step_id, "bold"), " ",
+                (WORDS.get(status, status), STYLE.get(status, "white")))
         elif isinstance(event, StepSkipped):
-            out(f"{self._n(event.step_id)} ", ("skipped", "yellow"), f" {self.names.get(event.step_id, '')} ",
-                (event.step_id, "dim"), f": {event.reason}")
+            out(f"{self._n(event.step_id)} ", (event.step_id, "bold"), " ", ("skipped", "yellow"),
+                f": {event.reason}")
         elif isinstance(event, StepRolledBack):
             state = ("rolled back", "magenta") if event.ok else ("rollback failed", "red")
-            out(f"  ↶ {event.step_id} ", state, "" if event.ok else f": {event.error}")
+            out(" " * (len(self._n(event.step_id)) + 1), f"↶ {event.step_id} ", state,
+                "" if event.ok else f": {event.error}")
 
 
-def summary_table(result: RunResult) -> Table:
-    table = Table(title=Text(f"{result.template} {result.version} — run {result.run_id}"), title_justify="left")
-    for column in ("#", "step", "action", "status", "attempts", "time", "detail"):
-        table.add_column(column, overflow="fold")
-    for step in result.steps.values():
-        style = STYLE.get(step.status.value, "white")
-        detail = step.error or step.skip_reason or step.rollback_error or ""
-        table.add_row(str(step.sequence_order), Text(step.step_id), Text(step.action_name),
-                      Text(step.status.value, style=style), str(step.attempts),
-                      "" if step.duration_seconds is None else f"{step.duration_seconds:.2f}s", Text(detail))
+def summary_table(result: RunResult, width: int = 80) -> Table:
+    """One row per step; cut, never wrapped, so it reads at 80 columns."""
+    wide = width >= 110
+    table = Table(title=Text(f"{result.template} {result.version}: run {result.run_id}"), title_justify="left",
+                  box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    table.add_column("#", justify="right", no_wrap=True)
+    table.add_column("step", no_wrap=True, overflow="ellipsis", max_width=28 if wide else 18)
+    if wide:
+        table.add_column("action", no_wrap=True, overflow="ellipsis", max_width=30)
+    table.add_column("status", no_wrap=True)
+    table.add_column("tries", justify="right", no_wrap=True)
+    table.add_column("time", justify="right", no_wrap=True)
+    table.add_column("would change" if result.check else "changed", no_wrap=True)
+    for i, step in enumerate(result.steps.values(), 1):
+        status = step.status.value
+        if status != "completed":
+            changed = ""
+        elif result.check:
+            changed = {True: "yes", False: "no", None: "?"}[step.changed]
+        else:
+            changed = "no" if step.changed is False else "yes"
+        row = [str(i), Text(step.step_id)] + ([Text(step.action_name)] if wide else []) + [
+            Text(WORDS.get(status, status), style=STYLE.get(status, "white")), str(step.attempts),
+            "" if step.duration_seconds is None else _short(step.duration_seconds), changed]
+        table.add_row(*row)
     return table
+
+
+def details(result: RunResult) -> list[Text]:
+    """What the table cannot hold: each step's error, skip reason or check note, in full."""
+    lines = []
+    for i, step in enumerate(result.steps.values(), 1):
+        note = step.error or step.skip_reason or step.rollback_error or (
+            step.result.get("check") if result.check and step.changed is not False else None)
+        if note:
+            lines.append(Text.assemble((f"{i:>3} {step.step_id}: ", "bold"), str(note)))
+    return lines
+
+
+def summary_line(result: RunResult) -> Text:
+    """``succeeded in 3.1 s: 5 changed, 2 unchanged, 1 skipped`` and the like."""
+    status = result.status.value
+    failed, skipped, rolled, not_started = (result.failed_actions, result.skipped_actions,
+                                            result.rolled_back_actions, result.not_started_actions)
+    if result.success and failed:
+        status = f"succeeded with {failed} non-critical failure{'s' if failed != 1 else ''}"
+    if result.check:
+        unknown = sum(1 for s in result.steps.values() if s.status.value == "completed" and s.changed is None)
+        counts = [f"{result.changed_actions - unknown} would change", f"{result.unchanged_actions} unchanged"]
+        if unknown:
+            counts.append(f"{unknown} cannot tell")
+        status = "check " + status
+    else:
+        counts = [f"{result.changed_actions} changed", f"{result.unchanged_actions} unchanged"]
+    counts += [f"{n} {word}" for n, word in ((failed, "failed"), (skipped, "skipped"), (rolled, "rolled back"),
+                                             (not_started, "not started")) if n]
+    colour = "green" if result.success else "red"
+    return Text.assemble((status, colour), f" in {wall(result.duration_seconds)}: {', '.join(counts)}"
+                         + (" (nothing was changed)" if result.check else ""))
+
+
+def print_summary(console: Console, result: RunResult, *, home: str | None = None) -> None:
+    from ..store.engine import describe_url
+    console.print(summary_table(result, console.width))
+    for line in details(result):
+        console.print(line, soft_wrap=True)
+    if home:
+        console.print(Text(f"workspace: {home}"), soft_wrap=True)
+    if result.database_url:
+        console.print(Text(f"records: {describe_url(result.database_url)} (run {result.run_id})"), soft_wrap=True)
+    console.print(summary_line(result), soft_wrap=True)
+    if result.error:
+        console.print(Text(result.error, style="red"), soft_wrap=True)
+
+
+def _short(seconds: float) -> str:
+    return f"{seconds:.2f}s" if seconds < 10 else (f"{seconds:.0f}s" if seconds < 600 else f"{seconds / 60:.0f}m")
 
 
 def wall(seconds: float) -> str:

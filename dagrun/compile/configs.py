@@ -107,6 +107,15 @@ def config_problems(config: Mapping[str, Any], schema: Mapping[str, Any], *,
         return []
     plain = {k: (v.text if isinstance(v, ShellScript) else v) for k, v in config.items()}
     found = []
+    for key, prop in (schema.get("properties") or {}).items():
+        # A mapping whose names become something (environment variable names) is written out by the
+        # template's author: a value rendered from a variable never supplies the names.
+        if isinstance(prop, Mapping) and prop.get("x-dagrun-keys") == "literal" and key in plain:
+            value = plain[key]
+            if isinstance(value, str) and expressions.has_template(value) or isinstance(value, Mapping) and any(
+                    expressions.has_template(str(name)) for name in value):
+                found.append((key, "its names are written in the template: give a mapping (its values may "
+                                   "hold {{ }}, its names may not)"))
     for error in config_validator(schema).iter_errors(plain):
         if allow_templates and expressions.has_template(error.instance):
             continue

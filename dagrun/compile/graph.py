@@ -316,6 +316,17 @@ class Compiler:
         elif self.workspace is not None and name not in os.environ:
             self.problem(f"environment variable {name} is not set", sid, field)
 
+    def _user_action_reads(self, action: ActionSpec, where: str, refs: Iterable[Any], sid: str) -> None:
+        """A user-defined action's own text reads only its config, steps, env
+        and the workspace's well-known fields: vars and other workspace fields
+        may hold secrets (the template passes what it needs in action_config)."""
+        if action.library:
+            return
+        if any(r.root == "vars" or r.root == "workspace" and r.attr not in KNOWN_FIELDS for r in refs):
+            self.problem(f"action {action.name!r} is user-defined: its {where} reads only its config, steps, env "
+                         "and the workspace's well-known fields (vars and other workspace fields may hold "
+                         "secrets); the template passes what it needs through action_config", sid, where)
+
     def _error_match(self, step: Mapping[str, Any], key: str, default: ErrorMatch | None) -> ErrorMatch | None:
         """The step's own retry rule, or the action's."""
         if key not in step:
@@ -361,13 +372,20 @@ class Compiler:
                 order = ()
             for name, source in handler_templates(action):
                 refs = expressions.references(source)
-                if not action.library and any(r.root == "vars" or r.root == "workspace" and r.attr not in
-                                              KNOWN_FIELDS for r in refs):
-                    self.problem(f"action {action.name!r} is user-defined: its {name} reads only its config, "
-                                 "steps, env and the workspace's well-known fields (vars and other workspace "
-                                 "fields may hold secrets); the template passes what it needs through action_config",
-                                 sid, name)
+                self._user_action_reads(action, name, refs, sid)
                 self._check_refs(refs, s, name, upstream, step_refs)
+            if not action.library:  # its defaults and condition are the action's text too, not the template's
+                for path, value in expressions.template_strings(dict(action.default_config)):
+                    try:
+                        self._user_action_reads(action, f"default_config.{path}", expressions.references(value), sid)
+                    except TemplateSyntaxError as exc:
+                        self.problem(f"cannot parse {value!r}: {exc.message}", sid, f"default_config.{path}")
+                if action.condition_expression and not s.get("condition_expression"):
+                    try:
+                        refs = expressions.references(action.condition_expression, condition=True)
+                        self._user_action_reads(action, "condition_expression", refs, sid)
+                    except TemplateSyntaxError:
+                        pass  # reported above, with the step's condition
             locks = tuple(action.locks) + tuple(Lock.parse(i) for i in s.get("locks") or ())
             est = s.get("estimated_duration_seconds")
             if est is None:

@@ -78,6 +78,53 @@ def read_text(path: Path, limit: int = MAX_DOCUMENT_BYTES) -> str:
             data = fh.read(limit + 1)
     except OSError as exc:
         raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
+    return _decode(data, path, limit)
+
+
+def read_beneath(folder: Path, name: str, limit: int = MAX_DOCUMENT_BYTES) -> str | None:
+    """The file ``name`` inside ``folder`` (None when there is none), opened
+    component by component from the folder's descriptor without following
+    a symlink: whoever can write in the folder cannot swap a checked path
+    for a link to a file only dagrun may read."""
+    import errno
+    import os
+    import stat
+    parts = name.split("/")
+    if name.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise ValueError(f"{name!r} is outside the folder {folder}")
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for part in parts[:-1]:
+            try:
+                next_fd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            except FileNotFoundError:
+                return None
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise ValueError(f"{name!r} goes through a symlink or a file: refused") from None
+                raise
+            os.close(fd)
+            fd = next_fd
+        try:
+            handle = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=fd)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise ValueError(f"{name!r} is a symlink: refused") from None
+            if exc.errno == errno.EISDIR:
+                return None
+            raise
+        with os.fdopen(handle, "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                return None
+            data = fh.read(limit + 1)
+    finally:
+        os.close(fd)
+    return _decode(data, folder / name, limit)
+
+
+def _decode(data: bytes, path: Path, limit: int) -> str:
     if len(data) > limit:
         raise TemplateError(Problem(str(path), f"larger than {limit} bytes"))
     try:

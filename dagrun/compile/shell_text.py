@@ -109,6 +109,11 @@ class Slot:
     options_end: bool = False  # after "--" (or a redirection's target): a '-' is no option here
 
 
+# Word text that may expand to nothing: what is left of $NAME, ${...}, $(...), $((...)), $[...] and `...` in a
+# word (their insides are read by contexts of their own), and brace-expansion punctuation.
+_MAY_BE_EMPTY = re.compile(r"\$\{[^}]*\}?|\$\(\(?|\$\[|\$[A-Za-z_][A-Za-z0-9_]*|\$[0-9@*#?$!-]|`[^`]*`?|[{},]")
+
+
 @dataclass(frozen=True, slots=True)
 class ShellScript:
     """Script text that references its values as environment variables.
@@ -217,17 +222,22 @@ class _Lexer:
         return None
 
     @staticmethod
-    def _program(cmd: dict[str, Any]) -> tuple[bool, bool, bool]:
+    def _program(cmd: dict[str, Any], permutes: bool = False) -> tuple[bool, bool, bool]:
         """For an interpreter's command so far: is its program fixed (a file
         operand or inline code given)? is the next word inline code? does
-        the program come from stdin?"""
+        the program come from stdin? ``permutes``: the tool reads options
+        after its operands too (GNU sed, awk, jq), so a later -e is code."""
         args = cmd["words"][cmd["command_index"] + 1:]
         fixed = expect_code = stdin = False
         for word in args:
             if expect_code:
                 fixed, expect_code = True, False
-            elif fixed:
+            elif word == "--":
                 break
+            elif fixed and not permutes:
+                break
+            elif fixed and word not in _CODE_FLAGS and not (word.startswith(_GLUED_CODE) and len(word) > 2):
+                continue
             elif word in _CODE_FLAGS:
                 expect_code = True
             elif word.startswith(_GLUED_CODE) and len(word) > 2 and not word.startswith("--"):
@@ -253,7 +263,7 @@ class _Lexer:
             return (f"in a command of {name}, which runs its arguments (or another command) as code: pass the "
                     f"value through a variable or a file (v={{{{ x }}}}; ... \"$v\")")
         if kind in ("interpreter", "scripted"):
-            fixed, expect_code, from_stdin = self._program(cmd)
+            fixed, expect_code, from_stdin = self._program(cmd, permutes=kind == "scripted")
             word = cmd["word"]
             if expect_code or (word.startswith(_GLUED_CODE) and not word.startswith("--")):
                 return f"in the code {name} runs (-c / -e): pass it as an argument of that code instead"
@@ -354,6 +364,9 @@ class _Lexer:
         rest = ctx["word"]
         for empty in ("$''", '$""', "''", '""'):
             rest = rest.replace(empty, "")
+        # What may expand to nothing counts as nothing: parameter expansions, command
+        # substitutions, brace-expansion punctuation ({,x} yields an empty word first).
+        rest = _MAY_BE_EMPTY.sub("", rest)
         return not rest, tuple(ctx["word_markers"])
 
     def _slot(self, index: int, quoted: bool, start: tuple[bool, tuple[int, ...]] | None,

@@ -196,16 +196,20 @@ def _text_or_file(action: ActionSpec, text: str) -> tuple[str, str | None]:
     """A handler value names a file beside the definition, or is the text
     itself. A value that looks like a file name must be one: a missing
     ``greet.sh`` is an error, not a one-line script that exits 127."""
-    if "\n" not in text and len(text) < 256:
-        candidate = (action.base_dir / text).resolve() if action.base_dir is not None else None
-        if candidate is not None and candidate.is_file():
-            if action.base_dir.resolve() not in candidate.parents:  # type: ignore[union-attr]
-                raise ValueError(f"handler file {text.strip()!r} is outside the folder of {action.source}")
-            from ..compile.loader import read_text
-            return read_text(candidate), str(candidate)
-        if _FILE_NAME.match(text.strip()):
+    name = text.strip()
+    if "\n" not in text and len(text) < 256 and name and not any(c.isspace() for c in name):
+        if action.base_dir is not None:
+            from ..compile.loader import read_beneath
+            try:
+                content = read_beneath(action.base_dir, name)
+            except ValueError as exc:
+                where = "is outside the folder of" if "outside" in str(exc) else "is refused: " + str(exc) + ", in"
+                raise ValueError(f"handler file {name!r} {where} {action.source}") from None
+            if content is not None:
+                return content, str(action.base_dir / name)
+        if _FILE_NAME.match(name):
             where = f"beside {action.source}" if action.base_dir is not None else "(the action was given as data)"
-            raise ValueError(f"handler file {text.strip()!r} does not exist {where}")
+            raise ValueError(f"handler file {name!r} does not exist {where}")
     return text, None
 
 
@@ -292,11 +296,13 @@ def build_template_copy(action: ActionSpec, text: str) -> Handler:
             raise PermanentError("template_copy needs config.target_path")
         target = Path(ctx.path(str(target_text)))
         rendered = expressions.render_text(source, ctx.template_context())
-        current = ctx.read(str(target)) if ctx.config.get("merge") else None
-        if current is not None and target.suffix in (".json", ".yaml", ".yml"):
+        current = ctx.read(str(target))
+        if current is not None and ctx.config.get("merge") and target.suffix in (".json", ".yaml", ".yml"):
             rendered = _merge_document(target, current, rendered)
+        if current == rendered:  # already so: not rewritten, reported unchanged
+            return HandlerResult(data={"target_path": str(target), "created": False}, changed=False)
         created = ctx.write(str(target), rendered)  # atomic: readers never see a half-written file
-        return HandlerResult(data={"target_path": str(target), "created": created})
+        return HandlerResult(data={"target_path": str(target), "created": created}, changed=True)
 
     handler.__name__ = origin or "inline template"
     handler.template_source = source  # type: ignore[attr-defined]

@@ -84,6 +84,7 @@ class Isolation:
     limits: Limits | None = None
     home: str | None = None
     readable: tuple[str, ...] = field(default=())  # extra paths a sandbox may read (the Python worker's)
+    writable: tuple[str, ...] = field(default=())  # extra paths a sandbox may write (a script's result file)
     pids_cgroup: bool = False  # the process tree limits the number of processes
 
     @property
@@ -99,11 +100,17 @@ class Isolation:
         return {**env, "USER": self.user.name, "LOGNAME": self.user.name, "PATH": path or STANDARD_PATH}
 
     def wrap(self, argv: list[str]) -> list[str]:
-        """The command line that runs ``argv`` under this isolation."""
+        """The command line that runs ``argv`` under this isolation. In a
+        sandbox, bubblewrap runs first (as dagrun: it may show the step
+        read-only paths its user could not reach, such as dagrun's own
+        Python under a private folder) and the user switch happens inside."""
         prefix: list[str] = []
+        if self.sandbox:
+            prefix += self._bwrap()
         if self.user is not None:
             prefix += ["setpriv", f"--reuid={self.user.uid}", f"--regid={self.user.gid}",
-                       "--groups=" + ",".join(map(str, self.user.groups)), "--inh-caps=-all", "--"]
+                       "--groups=" + ",".join(map(str, self.user.groups)), "--inh-caps=-all",
+                       "--bounding-set=-all", "--no-new-privs", "--"]
         limits = self.limits
         if limits is not None:
             rl = ["prlimit"]
@@ -117,8 +124,6 @@ class Isolation:
                 rl.append(f"--nproc={limits.processes}")  # counts per user: the fallback of a pids cgroup
             if len(rl) > 1:
                 prefix += [*rl, "--"]
-        if self.sandbox:
-            prefix += self._bwrap()
         return prefix + argv
 
     def _bwrap(self) -> list[str]:
@@ -143,11 +148,26 @@ class Isolation:
                 args += ["--ro-bind", path, path]
         args += ["--remount-ro", "/etc"]
         args += ["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp", "--tmpfs", "/run"]
-        for path in self.readable:  # after the /tmp tmpfs, which would hide a worker path under /tmp
+        made: set[str] = set()
+
+        def folders_to(path: str) -> list[str]:
+            # Folders above a mount point are made traversable (bubblewrap, as root, would make them 0700).
+            out = []
+            for folder in reversed(Path(path).parents):
+                name = str(folder)
+                if name != "/" and name not in made and not name.startswith(("/usr/", "/etc/", "/proc/", "/dev/")):
+                    made.add(name)
+                    out += ["--perms", "0755", "--dir", name]
+            return out
+
+        for path in self.readable:  # after the /tmp and /run tmpfs, which would hide them
             if os.path.exists(path):
-                args += ["--ro-bind", path, path]
+                args += [*folders_to(path), "--ro-bind", path, path]
+        for path in self.writable:
+            if os.path.exists(path):
+                args += [*folders_to(path), "--bind", path, path]
         if self.home:
-            args += ["--bind", self.home, self.home]
+            args += [*folders_to(self.home), "--bind", self.home, self.home]
         args += ["--remount-ro", "/"]  # the sandbox's own root too: only the home and /tmp are writable
         if self.user is None and os.geteuid() == 0:
             args += ["--cap-drop", "ALL"]
@@ -179,8 +199,12 @@ def reachable(path: str, user: User) -> bool:
 def python_paths() -> tuple[str, ...]:
     """What a sandboxed Python worker must be able to read: the interpreter
     and the folders its modules come from."""
+    import dagrun
+    from ..compile.loader import package_dir
     paths = {sys.prefix, sys.base_prefix, os.path.dirname(os.path.realpath(sys.executable))}
     paths |= {p for p in sys.path if p and os.path.isdir(p)}
+    # dagrun itself and its handlers, wherever they are (an editable install keeps them in its checkout)
+    paths |= {os.path.dirname(os.path.dirname(os.path.realpath(dagrun.__file__))), str(package_dir("handlers"))}
     return tuple(sorted(p for p in paths if not any(p.startswith(q + os.sep) for q in paths if q != p)))
 
 

@@ -16,11 +16,8 @@ wait on (``ctx.cancel.wait(seconds)``) so that a cancel stops them at once.
 from __future__ import annotations
 
 import dataclasses
-import os
 import signal
-import stat
 import subprocess
-import tempfile
 import _thread
 import threading
 from dataclasses import dataclass
@@ -28,10 +25,10 @@ from typing import Callable, Protocol
 
 from .isolation import Isolation
 from .processes import ProcessTree, start_time
+from .scratch import scratch
 
 TERM_GRACE_SECONDS = 1.0
 MAX_OUTPUT_BYTES = 4 * 1024 * 1024  # per stream, kept as head and tail
-MAX_RESULT_BYTES = 1024 * 1024  # what a step may write to $DAGRUN_OUTPUT
 
 
 OnStart = Callable[[int, "float | None"], None]
@@ -167,45 +164,20 @@ def run_script(script: str, *, env: dict[str, str], cwd: str | None = None, time
     result fields (``steps.<id>.result.key`` downstream).
     """
     user = isolation.user if isolation is not None else None
-    # The script and its output file live where the step's user (and its
-    # sandbox, which has a /tmp of its own) can reach them: the home.
-    where = isolation.home if isolation is not None and isolation.restricted and isolation.home else None
-    with tempfile.TemporaryDirectory(prefix=".dagrun-", dir=where) as tmp:
-        script_path = os.path.join(tmp, "script.sh")
-        output_path = os.path.join(tmp, "output")
-        with open(script_path, "w", encoding="utf-8") as fh:
-            fh.write(script)
-        open(output_path, "w").close()
-        if user is not None and os.geteuid() == 0:
-            for path in (tmp, output_path):
-                os.chown(path, user.uid, user.gid, follow_symlinks=False)
-        result = run_command(["bash", "--noprofile", "--norc", "-eo", "pipefail", script_path],
-                             env={**env, "DAGRUN_OUTPUT": output_path}, cwd=cwd, timeout=timeout, cancel=cancel,
+    with scratch(script, owner=(user.uid, user.gid) if user is not None else None) as folder:
+        if isolation is not None and isolation.sandbox:  # the sandbox sees the two files, and only them
+            isolation = dataclasses.replace(isolation, readable=(*isolation.readable, folder.path),
+                                            writable=(*isolation.writable, folder.output))
+        result = run_command(["bash", "--noprofile", "--norc", "-eo", "pipefail", folder.script],
+                             env={**env, "DAGRUN_OUTPUT": folder.output}, cwd=cwd, timeout=timeout, cancel=cancel,
                              run_id=run_id, isolation=isolation, on_start=on_start)
         outputs = {}
-        data = _read_result(tmp, "output")
-        for line in data.decode("utf-8", errors="replace").splitlines():
+        for line in folder.read_output().decode("utf-8", errors="replace").splitlines():
             key, sep, value = line.partition("=")
             if sep and key.strip():
                 outputs[key.strip()] = value
     result.outputs = outputs
     return result
-
-
-def _read_result(folder: str, name: str) -> bytes:
-    """The step's $DAGRUN_OUTPUT, never through a symlink the step put there
-    (it could point at a file only dagrun may read), and only a regular file."""
-    dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
-    except OSError:
-        return b""  # removed, or replaced by a symlink: no result
-    finally:
-        os.close(dir_fd)
-    with os.fdopen(fd, "rb") as fh:
-        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
-            return b""
-        return fh.read(MAX_RESULT_BYTES)
 
 
 def run_command(argv: list[str], *, env: dict[str, str], cwd: str | None = None, timeout: float | None = None,

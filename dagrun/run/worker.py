@@ -38,7 +38,9 @@ GRACE_SECONDS = 2.0
 
 def call_isolated(field: str, ctx: Any) -> HandlerResult:
     """Call the action's ``field`` handler for ``ctx`` in a worker process."""
-    isolation: Isolation = replace(ctx.isolation, readable=python_paths()) if ctx.isolation.sandbox else ctx.isolation
+    extra = (str(ctx.action.base_dir),) if ctx.action.base_dir is not None else ()  # its own files (templates)
+    isolation: Isolation = (replace(ctx.isolation, readable=(*python_paths(), *extra)) if ctx.isolation.sandbox
+                            else ctx.isolation)
     context = {name: getattr(ctx, name) for name in ("step_id", "action", "config", "workspace", "steps", "env",
                                                      "home", "attempt", "timeout", "result", "sudo", "run_id")}
     # Somebody else's code gets what its step passes it (config), never the run's variables:
@@ -138,7 +140,8 @@ def _result(data: dict[str, Any], stdout: str, stderr: str) -> HandlerResult:
     result = HandlerResult(ok=bool(data.get("ok")), data=data["data"] if isinstance(data.get("data"), dict) else {},
                            exit_code=data.get("exit_code") if isinstance(data.get("exit_code"), int) else None,
                            error=str(data["error"]) if data.get("error") is not None else None,
-                           timed_out=bool(data.get("timed_out")), cancelled=bool(data.get("cancelled")))
+                           timed_out=bool(data.get("timed_out")), cancelled=bool(data.get("cancelled")),
+                           changed=data["changed"] if isinstance(data.get("changed"), bool) else None)
     result.stdout = stdout + str(data.get("stdout") or "")
     result.stderr = stderr + str(data.get("stderr") or "")
     return result

@@ -27,7 +27,8 @@ def list_runs(url: str, *, workspace: str | None = None, status: str | None = No
         return [{"run_id": r.id, "workspace_id": r.workspace_id, "template": r.template_name,
                  "version": r.template_version, "status": r.status, "started_at": _iso(r.started_at),
                  "completed_at": _iso(r.completed_at), "total": r.total_steps, "completed": r.completed_steps,
-                 "failed": r.failed_steps, "skipped": r.skipped_steps, "error": r.error}
+                 "failed": r.failed_steps, "skipped": r.skipped_steps, "error": r.error, "mode": r.mode,
+                 "fleet_id": r.fleet_id}
                 for r in session.scalars(query)]
 
 
@@ -52,11 +53,12 @@ def show_run(url: str, run_id: str, *, output: bool = False) -> dict[str, Any]:
             "run_id": run.id, "workspace_id": run.workspace_id, "template": run.template_name,
             "version": run.template_version, "status": run.status, "started_at": _iso(run.started_at),
             "completed_at": _iso(run.completed_at), "heartbeat_at": _iso(run.heartbeat_at), "error": run.error,
+            "mode": run.mode, "fleet_id": run.fleet_id, "total_steps": run.total_steps,
             "attempts": [{
                 "step_id": a.step_id, "action": a.action_name, "attempt": a.attempt_number,
                 "max_attempts": a.max_retries, "status": a.status, "started_at": _iso(a.started_at),
                 "duration_seconds": a.duration_seconds, "exit_code": a.exit_code, "error": a.error_message,
-                "next_retry_at": _iso(a.next_retry_at),
+                "next_retry_at": _iso(a.next_retry_at), "changed": a.changed, "skip_reason": a.skip_reason,
                 **({"output": a.execution_output, "config": a.action_config, "result": a.result_data}
                    if output else {}),
             } for a in attempts],
