@@ -6,7 +6,8 @@ retries, timeouts, conditions, validation and rollback
 (:func:`run_template`), streaming each attempt to a database.
 """
 
-from .api import plan, resume, run_template
+from .api import (RunHandle, cancel_run, get_run, list_runs, list_templates, plan, resume, run_template,
+                  start_resume, start_run)
 from .compile import compile_template
 from .errors import (ActionDefinitionError, CycleError, DagrunError, InputError, PermanentError, Problem,
                      RunConflictError, StoreError, TemplateError)
@@ -14,7 +15,8 @@ from .run.outcome import HandlerResult, RunStatus, StepStatus
 from .run.result import RunResult, StepResult
 
 __all__ = [
-    "run_template", "resume", "compile_template", "plan", "RunConflictError", "RunResult", "StepResult", "RunStatus", "StepStatus",
+    "run_template", "start_run", "start_resume", "RunHandle", "cancel_run", "resume", "list_runs", "get_run",
+    "list_templates", "compile_template", "plan", "RunConflictError", "RunResult", "StepResult", "RunStatus", "StepStatus",
     "HandlerResult", "DagrunError", "TemplateError", "CycleError", "ActionDefinitionError", "InputError",
     "PermanentError", "Problem", "StoreError",
 ]

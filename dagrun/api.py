@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import uuid
 from concurrent.futures import Executor
 from pathlib import Path
@@ -59,6 +60,8 @@ class PreparedRun:
     fleet_id: str | None = None
     resumed: bool = False
     check: bool = False  # validate only: what would change (dagrun run --check)
+    home_root: str | None = None  # the allowed folder the workspace home is in
+    adopt_users: tuple[str, ...] = ()  # existing accounts the operator lets any workspace use
 
 
 def run_template(template: Any, workspace: Any, *, database_url: str | None = None,
@@ -71,7 +74,7 @@ def run_template(template: Any, workspace: Any, *, database_url: str | None = No
                  env_passthrough: Iterable[str] = (), sandbox: bool = True,
                  trusted_actions: Iterable[Any] | None = None, database_schema: str | None = None,
                  check: bool = False, home_roots: Iterable[str] = (),
-                 allow_network: Iterable[str] = ()) -> RunResult:
+                 allow_network: Iterable[str] = (), adopt_users: Iterable[str] = ()) -> RunResult:
     """Compile ``template`` and run it for ``workspace``.
 
     ``template``: a path, the name of a template in ``seeds/`` or stored with
@@ -98,14 +101,16 @@ def run_template(template: Any, workspace: Any, *, database_url: str | None = No
     As root, the workspace home must be inside ``/home``, ``/srv/workspaces``,
     dagrun's workspaces folder, ``$DAGRUN_WORKSPACE_ROOTS`` or ``home_roots``;
     user-defined actions run as the workspace's ``linux_username`` (required
-    then) and reach the network only when named in ``allow_network``.
+    then) and reach the network only when named in ``allow_network``. A
+    ``linux_username`` must be an account create_linux_user made for this
+    workspace, or one named in ``adopt_users`` (``*``: any non-system one).
     Raises RunConflictError when the workspace already has an active run.
     """
     prepared = prepare(template, workspace, database_url=_url(database_url, database_schema),
                        max_workers=max_workers, variables=variables, actions=actions, executor=executor, record=record, run_id=run_id,
                        templates=templates, allow_sudo=allow_sudo, secrets=secrets,
                        env_passthrough=env_passthrough, sandbox=sandbox, trusted_actions=trusted_actions,
-                       check=check, home_roots=home_roots, allow_network=allow_network)
+                       check=check, home_roots=home_roots, allow_network=allow_network, adopt_users=adopt_users)
     claim(prepared)
     return execute(prepared, observers=observers, on_event=on_event, runner_hook=runner_hook)
 
@@ -116,7 +121,8 @@ def resume(run_id: str, *, database_url: str | None = None, from_step: str | Non
            observers: Iterable[Observer] = (), runner_hook: Callable[[Runner], None] | None = None,
            allow_sudo: bool = False, secrets: Mapping[str, Any] | None = None, sandbox: bool = True,
            trusted_actions: Iterable[Any] | None = None, database_schema: str | None = None,
-           home_roots: Iterable[str] = (), allow_network: Iterable[str] = ()) -> RunResult:
+           home_roots: Iterable[str] = (), allow_network: Iterable[str] = (),
+           adopt_users: Iterable[str] = ()) -> RunResult:
     """Continue a run from its snapshot, in the same run record.
 
     Completed steps (and steps skipped by their condition) are not run
@@ -129,9 +135,112 @@ def resume(run_id: str, *, database_url: str | None = None, from_step: str | Non
     prepared = prepare_resume(run_id, database_url=_url(database_url, database_schema), from_step=from_step,
                               max_workers=max_workers, actions=actions, executor=executor, allow_sudo=allow_sudo, secrets=secrets,
                               sandbox=sandbox, trusted_actions=trusted_actions, home_roots=home_roots,
-                              allow_network=allow_network)
+                              allow_network=allow_network, adopt_users=adopt_users)
     claim(prepared)
     return execute(prepared, observers=observers, on_event=on_event, runner_hook=runner_hook)
+
+
+# -- in the background ----------------------------------------------------------------
+
+class RunHandle:
+    """A run started in the background by :func:`start_run` or
+    :func:`start_resume`: everything that can be refused was refused before
+    it was returned; the run itself goes on in a thread of this process."""
+
+    def __init__(self, prepared: PreparedRun, observers: Iterable[Observer] = (),
+                 on_event: Callable[[Any], None] | None = None):
+        self.run_id = prepared.run_id
+        self.prepared = prepared
+        self.runner: Runner | None = None
+        self._result: RunResult | None = None
+        self._error: BaseException | None = None
+        self._done = threading.Event()
+        self._ready = threading.Event()
+        self._cancel: str | None = None
+        self._thread = threading.Thread(target=self._work, args=(list(observers), on_event),
+                                        name=f"dagrun-run-{self.run_id[:8]}", daemon=True)
+        _handles[self.run_id] = self
+        self._thread.start()
+
+    def _hook(self, runner: Runner) -> None:
+        self.runner = runner
+        self._ready.set()
+        if self._cancel is not None:
+            runner.cancel(self._cancel)
+
+    def _work(self, observers: list[Observer], on_event: Callable[[Any], None] | None) -> None:
+        try:
+            self._result = execute(self.prepared, observers=observers, on_event=on_event, runner_hook=self._hook)
+        except BaseException as exc:  # noqa: BLE001 - handed to whoever waits
+            self._error = exc
+        finally:
+            self._ready.set()
+            self._done.set()
+            _handles.pop(self.run_id, None)
+
+    def status(self) -> str:
+        """``running`` until the run ends, then its status."""
+        if not self._done.is_set():
+            return "running"
+        return self._result.status.value if self._result is not None else "failed"
+
+    def wait(self, timeout: float | None = None) -> RunResult | None:
+        """The result once the run ends (None if ``timeout`` passed first).
+        Re-raises what made the run itself fail (a store it cannot write)."""
+        if not self._done.wait(timeout):
+            return None
+        if self._error is not None:
+            raise self._error
+        return self._result
+
+    def cancel(self, reason: str = "cancelled") -> None:
+        """Stop dispatching and end what runs (thread-safe; returns at once)."""
+        self._cancel = reason
+        if self.runner is not None:
+            self.runner.cancel(reason)
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+
+_handles: dict[str, RunHandle] = {}  # runs of this process, by id (while they run)
+
+
+def running_here(run_id: str) -> RunHandle | None:
+    """The handle of a run going on in this process, if it is one."""
+    return _handles.get(run_id)
+
+
+def start_run(template: Any, workspace: Any, *, observers: Iterable[Observer] = (),
+              on_event: Callable[[Any], None] | None = None, **options: Any) -> RunHandle:
+    """Like :func:`run_template`, but returns once the run is compiled,
+    checked and claimed (bad input raises :class:`InputError` /
+    :class:`TemplateError`, an active run of the workspace
+    :class:`RunConflictError`, before anything runs); the run goes on in
+    the background."""
+    prepared = prepare(template, workspace, **options)
+    claim(prepared)
+    return RunHandle(prepared, observers, on_event)
+
+
+def start_resume(run_id: str, *, observers: Iterable[Observer] = (),
+                 on_event: Callable[[Any], None] | None = None, **options: Any) -> RunHandle:
+    """:func:`resume` in the background, refused as :func:`start_run` is."""
+    prepared = prepare_resume(run_id, **options)
+    claim(prepared)
+    return RunHandle(prepared, observers, on_event)
+
+
+def cancel_run(run_id: str, *, database_url: str | None = None, reason: str = "cancelled") -> str:
+    """Ask a run to stop, wherever it runs: at once in this process, else
+    through its record (its recorder looks every second). Returns the run id."""
+    handle = running_here(run_id)
+    if handle is not None:
+        handle.cancel(reason)
+        return run_id
+    from .store.runs import request_cancel
+    return request_cancel(database_url or default_database_url(), run_id, reason)
 
 
 # -- 1. prepare ---------------------------------------------------------------------
@@ -143,7 +252,7 @@ def prepare(template: Any, workspace: Any, *, database_url: str | None = None, m
             secrets: Mapping[str, Any] | None = None, env_passthrough: Iterable[str] = (),
             sandbox: bool = True, fleet_id: str | None = None,
             trusted_actions: Iterable[Any] | None = None, check: bool = False, home_roots: Iterable[str] = (),
-            allow_network: Iterable[str] = ()) -> PreparedRun:
+            allow_network: Iterable[str] = (), adopt_users: Iterable[str] = ()) -> PreparedRun:
     """Compile and check a new run; raises on bad input, runs nothing."""
     _check_workers(max_workers)
     url = (database_url or default_database_url()) if record else None
@@ -155,12 +264,13 @@ def prepare(template: Any, workspace: Any, *, database_url: str | None = None, m
                            templates=templates, env_passthrough=env_passthrough, trusted_actions=trusted_actions,
                            home_roots=home_roots)
     check_sandbox(plan, sandbox, ws, allow_network)
+    check_account(ws, adopt_users)
     if url:
         plan = learned(plan, url)
     return PreparedRun(plan=plan, workspace=ws, run_id=run_id or str(uuid.uuid4()), url=url,
                        variables=dict(variables or {}), secrets=dict(secrets or {}), max_workers=max_workers,
                        executor=executor, sudo=sudo_prefix(plan, allow_sudo), sandbox=sandbox, fleet_id=fleet_id,
-                       check=check)
+                       check=check, home_root=_home_root(ws, home_roots), adopt_users=tuple(adopt_users))
 
 
 def prepare_resume(run_id: str, *, database_url: str | None = None, from_step: str | None = None,
@@ -168,7 +278,7 @@ def prepare_resume(run_id: str, *, database_url: str | None = None, from_step: s
                    executor: Executor | None = None, allow_sudo: bool = False,
                    secrets: Mapping[str, Any] | None = None, sandbox: bool = True,
                    trusted_actions: Iterable[Any] | None = None, home_roots: Iterable[str] = (),
-                   allow_network: Iterable[str] = ()) -> PreparedRun:
+                   allow_network: Iterable[str] = (), adopt_users: Iterable[str] = ()) -> PreparedRun:
     """Compile and check the resume of a recorded run; raises on bad input."""
     from .store.engine import store_errors, writable
     from .store.runs import done_steps, is_alive, load_for_resume
@@ -178,7 +288,7 @@ def prepare_resume(run_id: str, *, database_url: str | None = None, from_step: s
     with store_errors(url, "cannot read"):
         run, rows = load_for_resume(engine, run_id)
     if is_alive(run):
-        raise RunConflictError(f"run {run.id} is still running (owner {run.owner})")
+        raise RunConflictError(f"run {run.id} is still running (owner {run.owner})", run_id=run.id)
     if run.mode == "check":
         raise InputError(f"run {run.id} was a check (--check): it changed nothing, so there is nothing to resume; "
                          "run the template again")
@@ -205,12 +315,14 @@ def prepare_resume(run_id: str, *, database_url: str | None = None, from_step: s
     elif run.status == "succeeded":
         raise InputError(f"run {run.id} already succeeded: use from_step (--from STEP) to run steps again")
     check_sandbox(plan, sandbox, ws, allow_network)
+    check_account(ws, adopt_users)
     plan = learned(plan, url)
     done, numbers = done_steps(rows, plan.order, again)
     return PreparedRun(plan=plan, workspace=ws, run_id=run.id, url=url, variables=dict(run.variables or {}),
                        secrets=secrets, max_workers=max_workers or run.max_workers, executor=executor,
                        sudo=sudo_prefix(plan, allow_sudo), sandbox=sandbox, done=done, attempts=numbers,
-                       fleet_id=run.fleet_id, resumed=True)
+                       fleet_id=run.fleet_id, resumed=True, home_root=_home_root(ws, home_roots),
+                       adopt_users=tuple(adopt_users))
 
 
 def compile_for(template: Any, workspace: Any, *, actions: Iterable[Any] | None = None,
@@ -234,6 +346,22 @@ def compile_for(template: Any, workspace: Any, *, actions: Iterable[Any] | None 
     plan = compile_template(template, variables=merged, workspace=ws, **options)
     _check_variables(plan, variables)
     return plan, ws
+
+
+def _home_root(workspace: Mapping[str, Any], extra: Iterable[str]) -> str | None:
+    from .workspace import home_root, home_roots
+    return home_root(str(workspace["home_dir"]), home_roots(extra)) if workspace.get("home_dir") else None
+
+
+def check_account(workspace: Mapping[str, Any], adopt_users: Iterable[str] = ()) -> None:
+    """As root, an existing ``linux_username`` must be this workspace's
+    (marked by create_linux_user) or one the operator allows."""
+    name = workspace.get("linux_username")
+    if name and os.geteuid() == 0:
+        from .run.accounts import account_problem
+        problem = account_problem(str(name), str(workspace["id"]), adopt_users)
+        if problem:
+            raise InputError(problem)
 
 
 def learned(plan: Plan, url: str) -> Plan:
@@ -326,13 +454,14 @@ def execute(prepared: PreparedRun, *, observers: Iterable[Observer] = (),
                     variables={**prepared.variables, **secret_vars}, max_workers=prepared.max_workers,
                     executor=prepared.executor, sudo=prepared.sudo, done=prepared.done,
                     attempts=prepared.attempts, secret_values=[str(v) for v in prepared.secrets.values()],
-                    sandbox=prepared.sandbox, write_ahead=prepared.url is not None, check=prepared.check)
+                    sandbox=prepared.sandbox, write_ahead=prepared.url is not None, check=prepared.check,
+                    home_root=prepared.home_root, adopt_users=prepared.adopt_users)
     recorder = None
     if prepared.url is not None:
         from .store.recorder import Recorder
         # A new run that succeeds counts as a use of its template (in the run's last commit).
         recorder = Recorder(prepared.url, on_durable=runner.durable,
-                            count_use=not prepared.resumed and not prepared.check)
+                            count_use=not prepared.resumed and not prepared.check, on_cancel=runner.cancel)
     runner.observers = [o for o in (logs.log_events if logs.enabled() else None, recorder, *observers, on_event)
                         if o is not None]
     if runner_hook:
@@ -525,15 +654,33 @@ def _check_variables(compiled: Plan, variables: Mapping[str, Any] | None) -> Non
 
 def list_runs(*, database_url: str | None = None, workspace: str | None = None, status: str | None = None,
               limit: int = 50) -> list[dict[str, Any]]:
-    """Recorded runs, newest first."""
+    """Recorded runs, newest first (none for a database without dagrun's tables)."""
     from .store.history import list_runs as runs
-    return runs(database_url or default_database_url(), workspace=workspace, status=status, limit=limit)
+    url = database_url or default_database_url()
+    if not _has_store(url):
+        return []
+    return runs(url, workspace=workspace, status=status, limit=limit)
 
 
-def get_run(run_id: str, *, database_url: str | None = None, output: bool = False) -> dict[str, Any]:
-    """One run (by id or unambiguous prefix): its steps and every attempt."""
-    from .store.history import show_run
-    return show_run(database_url or default_database_url(), run_id, output=output)
+def get_run(run_id: str, *, database_url: str | None = None, output: bool = False,
+            actions: Iterable[Any] | None = None, trusted_actions: Iterable[Any] | None = None) -> dict[str, Any]:
+    """One run (by id or unambiguous prefix): every attempt, and each step
+    with its status, attempts, duration, error, the tail of its output and,
+    while it has not started, ``waiting_for`` (why). ``actions``: the
+    user-defined actions the run used (to read its graph)."""
+    from .store.steps import run_steps
+    from .store.history import run_snapshot, show_run
+    url = database_url or default_database_url()
+    if not _has_store(url):
+        raise InputError(f"no run {run_id!r} in the store")
+    run = show_run(url, run_id, output=True)
+    run["steps"] = run_steps(run, run_snapshot(url, run["run_id"]), running_here(run["run_id"]),
+                             actions=actions, trusted_actions=trusted_actions)
+    if not output:
+        for attempt in run["attempts"]:
+            for key in ("output", "config", "result"):
+                attempt.pop(key, None)
+    return run
 
 
 def watch_run(run_id: str, *, database_url: str | None = None, timeout: float | None = None):
@@ -561,6 +708,15 @@ def recover_journal(journal: str | None = None, *, database_url: str | None = No
     ``(file, batches replayed, error or None)`` per journal file."""
     from .store.journal import recover
     return recover(Path(journal) if journal else None, url=database_url or os.environ.get("DAGRUN_DATABASE_URL"))
+
+
+def save_template(document: Mapping[str, Any], *, database_url: str | None = None,
+                  actions: Iterable[Any] | None = None) -> str:
+    """Store a template document (a new version when its version is already
+    stored with other content); raises TemplateError with every problem when
+    it does not compile. Returns the version stored."""
+    from .store.seeding import store_template
+    return store_template(database_url or default_database_url(), dict(document), actions=actions)
 
 
 def seed(*, database_url: str | None = None, actions: Iterable[Any] | None = None,

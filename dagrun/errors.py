@@ -71,7 +71,11 @@ class InputError(DagrunError):
 
 
 class RunConflictError(DagrunError):
-    """Another run is active for the same workspace."""
+    """Another run is active for the same workspace (``run_id``: that run)."""
+
+    def __init__(self, message: str, run_id: str | None = None):
+        super().__init__(message)
+        self.run_id = run_id
 
 
 class StoreError(DagrunError):

@@ -229,3 +229,48 @@ def explain_lines(explained: dict) -> list[str]:
             for key, item in step["config"].items():
                 out.append(f"    {key}: {value(item['value'])}    # {item['origin']}")
     return out
+
+
+# -- SVG (the web page's graph) ---------------------------------------------------------
+
+def to_svg(plan: Plan, statuses: Mapping[str, str] | None = None) -> str:
+    """The dependency graph as a self-contained SVG, levels left to right.
+    Each step is a ``<g class="step" data-step-id=... data-status=...>``, so
+    a page restyles it live by changing ``data-status``; no JavaScript
+    library and no graphviz needed."""
+    from html import escape
+    node_w, node_h, gap_x, gap_y, pad = 190, 46, 70, 14, 16
+    lv = levels(plan)
+    pos: dict[str, tuple[float, float]] = {}
+    height = 0.0
+    for col, level in enumerate(lv):
+        for row, sid in enumerate(level):
+            pos[sid] = (pad + col * (node_w + gap_x), pad + row * (node_h + gap_y))
+        height = max(height, pad * 2 + len(level) * (node_h + gap_y) - gap_y)
+    width = pad * 2 + len(lv) * (node_w + gap_x) - gap_x if lv else pad * 2
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" class="dag" width="{width:.0f}" height="{height:.0f}" '
+           f'viewBox="0 0 {width:.0f} {height:.0f}" role="img" aria-label="dependency graph of {escape(plan.name)}">',
+           '<defs><marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" markerHeight="7" '
+           'orient="auto-start-reverse"><path d="M 0 0 L 10 5 L 0 10 z" class="arrow"/></marker></defs>']
+    for sid in plan.order:
+        x1, y1 = pos[sid]
+        for succ in plan.successors[sid]:
+            x2, y2 = pos[succ]
+            sx, sy, ex, ey = x1 + node_w, y1 + node_h / 2, x2, y2 + node_h / 2
+            mid = (sx + ex) / 2
+            out.append(f'<path class="edge" data-from="{escape(sid)}" data-to="{escape(succ)}" '
+                       f'd="M {sx:.0f} {sy:.0f} C {mid:.0f} {sy:.0f}, {mid:.0f} {ey:.0f}, {ex:.0f} {ey:.0f}" '
+                       'marker-end="url(#arrow)"/>')
+    for sid in plan.order:
+        x, y = pos[sid]
+        step = plan.steps[sid]
+        status = (statuses or {}).get(sid, "pending")
+        label = sid if len(sid) <= 24 else sid[:23] + "…"
+        sub = step.display_name if len(step.display_name) <= 28 else step.display_name[:27] + "…"
+        out.append(f'<g class="step" data-step-id="{escape(sid)}" data-status="{escape(status)}" '
+                   f'transform="translate({x:.0f},{y:.0f})"><title>{escape(sid)}: {escape(step.display_name)}'
+                   f'</title><rect width="{node_w}" height="{node_h}" rx="6"/>'
+                   f'<text x="10" y="19" class="id">{escape(label)}</text>'
+                   f'<text x="10" y="36" class="sub">{escape(sub)}</text></g>')
+    out.append("</svg>")
+    return "\n".join(out)

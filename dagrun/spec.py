@@ -284,6 +284,13 @@ class Plan:
                        dispatch_rank=frozen_mapping({sid: i for i, sid in enumerate(dispatch_order)}),
                        estimate_sources=frozen_mapping({**self.estimate_sources, **(sources or {})}))
 
+    def to_dict(self, workers: int | None = None) -> dict[str, Any]:
+        """The plan as JSON-able data: levels, critical path, estimates and
+        their sources, each step's dependencies (what ``dagrun plan --json``
+        prints)."""
+        from .render import plan_dict  # a view of the plan: kept out of the data module
+        return plan_dict(self, workers or self.global_config.max_workers or 8)
+
     def descendants(self, step_id: str) -> list[str]:
         """Steps downstream of ``step_id``, in plan order."""
         below = _reachable(step_id, self.successors)

@@ -25,3 +25,13 @@ def bounded(text: str, limit: int = 64_000) -> str:
     half = limit // 2
     cut = len(text) - 2 * half
     return f"{text[:half]}\n... [{cut} characters truncated] ...\n{text[-half:]}"
+
+
+def package_version() -> str:
+    """dagrun's installed version (the package's own when not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("dagrun")
+    except PackageNotFoundError:
+        from . import __version__
+        return __version__

@@ -170,16 +170,29 @@ def _resolved(path: str) -> str:
     return os.path.join(os.path.realpath(existing), *rest)
 
 
-def check_home_root(home: str, roots: Iterable[str]) -> None:
+def check_home_root(home: str, roots: Iterable[str], owner: int | None = None) -> None:
     """A home chosen by whoever fills in a workspace (a web form) is data: as
     root, dagrun works only in homes strictly inside the allowed roots, after
-    symlinks (never ``/root``, ``/etc`` or a root itself)."""
+    symlinks (never ``/root``, ``/etc`` or a root itself), below folders only
+    root can change, and in a home that is root's or the workspace user's
+    (``owner``), never another tenant's."""
+    from .run.paths import home_ancestry_problem
     real = _resolved(home)
     roots = tuple(roots)
-    if any(real.startswith(root.rstrip(os.sep) + os.sep) and real != root for root in roots):
-        return
-    raise InputError(f"the workspace home_dir {home} is outside the folders workspaces may live in "
-                     f"({', '.join(roots) or 'none'}): set {HOME_ROOTS_ENV} (or home_roots=) to allow another")
+    inside = [root for root in roots if real.startswith(root.rstrip(os.sep) + os.sep) and real != root]
+    if not inside:
+        raise InputError(f"the workspace home_dir {home} is outside the folders workspaces may live in "
+                         f"({', '.join(roots) or 'none'}): set {HOME_ROOTS_ENV} (or home_roots=) to allow another")
+    problem = home_ancestry_problem(real, max(inside, key=len), owner)
+    if problem:
+        raise InputError(problem)
+
+
+def home_root(home: str, roots: Iterable[str]) -> str | None:
+    """The allowed root ``home`` is inside (the deepest), if any."""
+    real = _resolved(home)
+    inside = [root for root in roots if real.startswith(root.rstrip(os.sep) + os.sep) and real != root]
+    return max(inside, key=len) if inside else None
 
 
 def with_home(workspace: Mapping[str, Any], root: Path | None = None,
@@ -193,7 +206,14 @@ def with_home(workspace: Mapping[str, Any], root: Path | None = None,
         raise InputError(f"the workspace home_dir must be an absolute path, not {home!r}")
     home = os.path.normpath(str(home))
     if os.geteuid() == 0:
-        check_home_root(home, home_roots() if roots is None else roots)
+        owner = None
+        if workspace.get("linux_username"):
+            try:
+                owner = pwd.getpwnam(str(workspace["linux_username"])).pw_uid
+            except KeyError:
+                owner = None  # made by the run: until then the home is root's or missing
+        check_home_root(home, home_roots() if roots is None else roots, owner)
+        home = _resolved(home)  # checked after symlinks, used after symlinks: a link swapped later leads nowhere
     return FrozenDict({**workspace, "home_dir": home})
 
 

@@ -29,7 +29,7 @@ def _venv_python(ctx: StepContext) -> str:
 
 def create_venv(ctx: StepContext) -> HandlerResult:
     path = ctx.path(ctx.config["venv_path"])
-    python = ctx.config["python_version"]
+    python = ctx.program(ctx.config["python_version"])
     existed = os.path.exists(os.path.join(path, "pyvenv.cfg"))
     folder_existed = os.path.isdir(path)
     if existed and not ctx.config.get("upgrade_pip"):  # already there: nothing to change

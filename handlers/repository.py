@@ -42,11 +42,19 @@ def _env(ctx: StepContext) -> dict[str, str]:
     if os.geteuid() == 0 and ctx.isolation.user is None:  # root: the workspace's ~/.gitconfig is not ours
         env.update({"GIT_CONFIG_GLOBAL": "/dev/null", "GIT_CONFIG_NOSYSTEM": "1"})
     if ctx.config.get("private"):
-        key = ctx.expand(ctx.config.get("ssh_key_path") or "~/.ssh/id_ed25519")
+        key = ctx.private_file(ctx.config.get("ssh_key_path") or "~/.ssh/id_ed25519")
         if not os.path.isfile(key):
             raise PermanentError(f"private repository: ssh key {key} does not exist")
         env.update({"GIT_SSH_COMMAND": SSH_COMMAND, "DAGRUN_SSH_KEY": key})
     return env
+
+
+def _local_source(ctx: StepContext, url: str) -> None:
+    """As root, a repository on this machine must be one every user could
+    read: a URL (a value) never makes root copy a private folder."""
+    path = url[len("file://"):] if url.startswith("file://") else url
+    if ctx.privileged and path.startswith("/"):
+        ctx.expand(path)  # refuses what not everyone could read
 
 
 def _git(ctx: StepContext, *args: str) -> HandlerResult:
@@ -62,6 +70,7 @@ def clone(ctx: StepContext) -> HandlerResult:
         head = _git(ctx, "-C", target, "rev-parse", "HEAD")
         return HandlerResult(data={"target_dir": target, "created": False, "commit": head.stdout.strip()},
                              changed=False)
+    _local_source(ctx, url)
     folder_existed = os.path.isdir(target)
     if folder_existed and paths.entries(target, home=ctx.home):
         raise PermanentError(f"{target} exists and is not empty")

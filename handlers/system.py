@@ -124,13 +124,28 @@ def create_user(ctx: StepContext) -> HandlerResult:
     if existing is not None and not adopt:
         raise PermanentError(f"user {name} already exists and this step did not create it "
                              "(adopt_existing: true to use it)")
+    if existing is not None:  # adopting: only this workspace's account, or one the operator allows
+        from dagrun.run.accounts import account_problem
+        problem = account_problem(name, str(ctx.workspace.get("id")), ctx.adopt_users)
+        if problem:
+            raise PermanentError(problem)
     home = ctx.config.get("home") or f"/home/{name}"
+    if os.geteuid() == 0:  # a home is made only where workspace homes may live (not in /etc/...)
+        from dagrun.errors import InputError
+        from dagrun.workspace import check_home_root, home_roots
+        try:
+            check_home_root(home, home_roots([ctx.home_root] if ctx.home_root else []),
+                            existing.pw_uid if existing is not None else None)
+        except InputError as exc:
+            raise PermanentError(str(exc)) from None
     created = False
     if existing is None:
         if os.path.lexists(home) and not adopt:
             raise PermanentError(f"{home} already exists: a new user does not take over a home "
                                  "(adopt_existing: true to use it)")
+        from dagrun.run.accounts import marker
         command = [*ctx.sudo, "useradd", "--create-home", f"--shell={ctx.config['shell']}", "--user-group",
+                   f"--comment={marker(str(ctx.workspace.get('id')))}",
                    f"--home-dir={home}", "--", name]
         result = ctx.run(command)
         if not result.ok:

@@ -187,5 +187,11 @@ CREATE INDEX idx_execution_config ON workspace_action_executions (action_name, c
 
 UPDATE alembic_version SET version_num='0005' WHERE alembic_version.version_num = '0004';
 
+-- Running upgrade 0005 -> 0006
+
+ALTER TABLE provisioning_runs ADD COLUMN cancel_requested VARCHAR(200);
+
+UPDATE alembic_version SET version_num='0006' WHERE alembic_version.version_num = '0005';
+
 COMMIT;
 

@@ -26,6 +26,24 @@ def _workspace_roots(tmp_path_factory):
     os.environ.pop(HOME_ROOTS_ENV, None)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _readable_temp(tmp_path_factory):
+    """pytest makes its temporary folders private to root (0700). As root,
+    dagrun reads a path a value names outside the home (a wheelhouse, a local
+    repository) only if every user could read it, so the tests' fixtures
+    live in folders everyone may read, like a system wheelhouse would; the
+    tests of that rule make their own private folders."""
+    base = tmp_path_factory.getbasetemp()
+    for folder in (base.parent, base):
+        folder.chmod(0o755)
+
+
+@pytest.fixture
+def tmp_path(tmp_path):
+    tmp_path.chmod(0o755)
+    return tmp_path
+
+
 @pytest.fixture
 def db_url(tmp_path):
     return f"sqlite:///{tmp_path / 'dagrun.db'}"

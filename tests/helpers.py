@@ -118,3 +118,66 @@ def ignore_cancel_then_run(ctx: StepContext) -> None:
 
     th.Thread(target=command, daemon=True).start()
     time.sleep(120)
+
+
+class Server:
+    """``dagrun serve`` in a subprocess on a free port (the real WSGI server)."""
+
+    def __init__(self, db_url: str, cwd: Path, *, token: str | None = None, extra: tuple[str, ...] = ()):
+        import socket
+        import subprocess
+        import sys
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.token = token
+        env = {**os.environ, "XDG_DATA_HOME": str(cwd / "xdg")}
+        args = [sys.executable, "-m", "dagrun", "serve", "--port", str(self.port), "--db", db_url, *extra]
+        if token:
+            args += ["--token", token]
+        self.log = open(cwd / "serve.log", "w")
+        self.process = subprocess.Popen(args, cwd=cwd, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if self.get("/api/health")[0] == 200:
+                    return
+            except OSError:
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"dagrun serve did not start: {(cwd / 'serve.log').read_text()}")
+
+    def request(self, method: str, path: str, body: Any = None, headers: dict | None = None) -> tuple[int, Any]:
+        import json
+        import urllib.error
+        import urllib.request
+        data = None if body is None else json.dumps(body).encode()
+        all_headers = {"Content-Type": "application/json", **(headers or {})}
+        if self.token:
+            all_headers.setdefault("Authorization", f"Bearer {self.token}")
+        request = urllib.request.Request(self.url + path, data=data, method=method, headers=all_headers)
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                raw = response.read()
+                status = response.status
+        except urllib.error.HTTPError as exc:
+            raw, status = exc.read(), exc.code
+        try:
+            return status, json.loads(raw)
+        except ValueError:
+            return status, raw.decode(errors="replace")
+
+    def get(self, path: str, **kw: Any) -> tuple[int, Any]:
+        return self.request("GET", path, **kw)
+
+    def post(self, path: str, body: Any = None, **kw: Any) -> tuple[int, Any]:
+        return self.request("POST", path, body if body is not None else {}, **kw)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except Exception:  # noqa: BLE001
+            self.process.kill()
+        self.log.close()

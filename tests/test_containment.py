@@ -38,7 +38,8 @@ def user():
     if os.geteuid() != 0:
         pytest.fail("this test needs root") if os.environ.get("CI") else pytest.skip("needs root")
     name = f"dgt{uuid.uuid4().hex[:8]}"
-    subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", name], check=True)
+    # marked as an account any workspace may use (what create_linux_user marks for its own workspace)
+    subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", "--comment", "dagrun-workspace=*", name], check=True)
     entry = pwd.getpwnam(name)
     yield entry
     subprocess.run(["pkill", "-KILL", "-u", name], capture_output=True)
@@ -134,9 +135,9 @@ def test_a_template_creates_its_user_then_works_as_it(shared):
 def test_a_workspace_gitconfig_hook_never_runs(as_user, user, shared):
     """~/.gitconfig of the workspace points hooks at its own script: git never runs it
     (hooks are off for clones), and as root it does not even read that file."""
-    home = Path(user.pw_dir)
+    home = Path(user.pw_dir) if as_user else shared / "root-home"  # without a user, a home root owns
     hooks = home / "hooks"
-    hooks.mkdir()
+    hooks.mkdir(parents=True)
     marker = shared / "hook-ran"
     (hooks / "post-checkout").write_text(f"#!/bin/sh\nid -u >> {marker}\n")
     (hooks / "post-checkout").chmod(0o755)
@@ -337,7 +338,8 @@ def test_without_bubblewrap_sandboxed_steps_are_refused_before_anything_runs(tmp
 @root_only
 @pytest.mark.parametrize("limits,script", [
     ({"file_size_mb": 1}, "head -c 3000000 /dev/zero > ~/big"),
-    ({"processes": 5}, "for i in $(seq 20); do sleep 2 & done; wait"),
+    # (python, not bash: bash retries a failed fork with back-off, and finishes once the children do)
+    ({"processes": 5}, "python3 -c 'import os, time\nfor _ in range(20):\n    os.fork() or (time.sleep(5), os._exit(0))'"),
     ({"memory_mb": 64}, "python3 -c 'x = bytearray(512 * 1024 * 1024)'"),
 ])
 def test_limits_stop_a_step_that_goes_beyond_them(limits, script, user):
@@ -460,15 +462,23 @@ def test_a_linux_username_must_be_a_user_name():
 
 @root_only
 def test_a_home_the_workspace_user_could_swap_is_refused(user, tmp_path):
-    nested = Path(user.pw_dir) / "ws"  # inside a folder the user owns: it could become a link to /root
-    result = run_template(template(script_step(10, "true", id="s")),
-                          {"id": "h", "linux_username": user.pw_name, "home_dir": str(nested)}, record=False)
-    assert "which its user" in result.steps["s"].error and "can change" in result.steps["s"].error
+    """Refused before anything runs: a home inside a folder its user owns
+    (it could become a link to /root), a symlink to a home elsewhere."""
+    nested = Path(user.pw_dir) / "ws"
+    with pytest.raises(InputError, match=f"belongs to uid {user.pw_uid}, not root"):
+        run_template(template(script_step(10, "true", id="s")),
+                     {"id": "h", "linux_username": user.pw_name, "home_dir": str(nested)}, record=False)
     link = tmp_path / "link-home"
-    link.symlink_to(user.pw_dir)
-    result = run_template(template(script_step(10, "true", id="s")),
+    link.symlink_to("/root")
+    with pytest.raises(InputError, match="outside the folders workspaces may live in"):
+        run_template(template(script_step(10, "true", id="s")),
+                     {"id": "h", "linux_username": user.pw_name, "home_dir": str(link)}, record=False)
+    link.unlink()
+    link.symlink_to(user.pw_dir)  # a link to its own home: the run works in the real folder, not through the link
+    result = run_template(template(script_step(10, "pwd -P > where; pwd >> where", id="s")),
                           {"id": "h", "linux_username": user.pw_name, "home_dir": str(link)}, record=False)
-    assert "goes through a symlink" in result.steps["s"].error
+    assert result.success, result.error
+    assert (Path(user.pw_dir) / "where").read_text().split() == [user.pw_dir, user.pw_dir]
 
 
 @root_only
@@ -640,3 +650,112 @@ def test_a_user_template_copy_reads_its_own_template_file_in_its_sandbox(user):
         assert (Path(user.pw_dir) / "note.txt").read_text() == "hello ada\n"
     finally:
         shutil.rmtree(acts, ignore_errors=True)
+
+
+# -- what root reads, runs and works in on a value's behalf ------------------------------------
+
+@root_only
+def test_tools_dagrun_runs_as_root_never_come_from_the_steps_path(user, shared):
+    """setpriv (and prlimit) start as root, before dropping to the user: a
+    PATH the template gives its step never makes root run a program planted
+    in the home."""
+    planted = Path(user.pw_dir) / "bin"
+    planted.mkdir()
+    marker = shared / "planted-ran"
+    for name in ("setpriv", "prlimit"):
+        (planted / name).write_text(f"#!/bin/sh\nid -u >> {marker}\nexec /usr/bin/{name} \"$@\"\n")
+        (planted / name).chmod(0o755)
+    doc = template(script_step(10, "echo $PATH", id="s", action_config={"env": {"PATH": f"{planted}:/usr/bin:/bin"}}))
+    result = run_template(doc, as_user(user), record=False)
+    assert result.success, result.error
+    assert result.steps["s"].stdout.startswith(str(planted))  # the step has its PATH; dagrun's tools do not use it
+    assert not marker.exists()
+
+
+@root_only
+def test_as_root_a_python_another_user_could_have_planted_is_not_run(user, tmp_path, shared):
+    fake = Path(user.pw_dir) / "python3"
+    marker = shared / "fake-python-ran"
+    fake.write_text(f"#!/bin/sh\nid -u >> {marker}\n")
+    fake.chmod(0o755)
+    os.chown(fake, user.pw_uid, user.pw_gid)
+    doc = template(step(10, "create_python_venv", id="v", max_retries=1, action_config={
+        "venv_path": "~/venv", "python_version": str(fake), "with_pip": False}))
+    result = run_template(doc, {"id": "p", "home_dir": str(tmp_path / "h")}, record=False)
+    assert "is not a program only root could have installed" in result.steps["v"].error
+    assert not marker.exists()
+
+
+@root_only
+def test_as_root_a_value_never_makes_dagrun_read_a_private_file(tmp_path):
+    """/etc/shadow as a requirements file, a root-only repository as a clone
+    URL: root reads outside the home only what every user could read."""
+    private = Path(tempfile.mkdtemp(prefix="dagrun-private-", dir="/tmp"))  # 0700, root's
+    try:
+        repo = bare_repo(private)
+        doc = template(step(5, "create_python_venv", id="v", action_config={"venv_path": "~/venv", "with_pip": False}),
+                       step(10, "install_pip_requirements", id="r", max_retries=1, requires=["v"], skip_on_error=True, action_config={
+                           "venv_path": "~/venv", "requirements_file": "/etc/shadow"}),
+                       step(20, "clone_git_repository", id="c", max_retries=1, skip_on_error=True, action_config={
+                           "url": repo, "target_dir": "~/r"}),
+                       step(30, "clone_git_repository", id="f", max_retries=1, skip_on_error=True, action_config={
+                           "url": f"file://{repo}", "target_dir": "~/f"}))
+        result = run_template(doc, {"id": "priv", "home_dir": str(tmp_path / "h")}, record=False)
+        for sid, path in (("r", "/etc/shadow"), ("c", repo), ("f", repo)):
+            assert result.steps[sid].error.startswith(f"{path} is outside the workspace home and not readable by "
+                                                      "everyone"), result.steps[sid].error
+        assert not (tmp_path / "h" / "r").exists() and not (tmp_path / "h" / "f").exists()
+    finally:
+        shutil.rmtree(private)
+
+
+@root_only
+def test_another_tenants_account_is_never_the_workspace_user(tmp_path):
+    """An account create_linux_user made for workspace A (or one nobody
+    marked) is not workspace B's, whatever B's form says; the operator's
+    adopt list allows one on purpose."""
+    name = f"dgt{uuid.uuid4().hex[:8]}"
+    subprocess.run(["useradd", "--create-home", "--comment", "dagrun-workspace=tenant-a", name], check=True)
+    try:
+        doc = template(script_step(10, "id -un", id="s"))
+        with pytest.raises(InputError, match=r"is not this workspace's \(it is marked for dagrun-workspace=tenant-a\)"):
+            run_template(doc, {"id": "tenant-b", "linux_username": name, "home_dir": f"/home/{name}"}, record=False)
+        assert run_template(doc, {"id": "tenant-a", "linux_username": name, "home_dir": f"/home/{name}"},
+                            record=False).success
+        result = run_template(doc, {"id": "tenant-b", "linux_username": name, "home_dir": f"/home/{name}"},
+                              adopt_users=[name], record=False)
+        assert result.success and result.steps["s"].stdout.strip() == name
+        adopt = template(step(10, "create_linux_user", id="u", action_config={"username": name,
+                                                                            "adopt_existing": True}))
+        result = run_template(adopt, {"id": "tenant-b", "home_dir": str(tmp_path / "h")}, record=False)
+        assert "is not this workspace's" in result.steps["u"].error
+    finally:
+        subprocess.run(["userdel", "--remove", name], capture_output=True)
+
+
+@root_only
+def test_a_home_another_user_owns_is_not_a_root_workspaces(user):
+    with pytest.raises(InputError, match=f"the workspace home {user.pw_dir} belongs to another user"):
+        run_template(template(script_step(10, "true")), {"id": "nouser", "home_dir": user.pw_dir}, record=False)
+
+
+@root_only
+def test_create_linux_user_makes_homes_only_where_workspaces_may_live(tmp_path):
+    name = f"dgt{uuid.uuid4().hex[:8]}"
+    try:
+        result = run_template(template(step(10, "create_linux_user", id="u", action_config={
+            "username": name, "home": "/etc/dagrun-evil"})), {"id": "x", "home_dir": str(tmp_path / "h")},
+            record=False)
+        assert "is outside the folders workspaces may live in" in result.steps["u"].error
+        assert not os.path.exists("/etc/dagrun-evil")
+        with pytest.raises(KeyError):
+            pwd.getpwnam(name)
+    finally:
+        subprocess.run(["userdel", "--remove", name], capture_output=True)
+
+
+def test_a_user_defined_action_never_reads_other_steps_results():
+    acts = [{**shell_action("peek", "echo {{ steps.first.result.secret }}")}]
+    with pytest.raises(TemplateError, match="is user-defined"):
+        compile_template(template(script_step(10, "true", id="first"), step(20, "peek", requires=["first"])),
+                         actions=acts)

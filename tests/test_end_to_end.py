@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="session")
 def wheelhouse(tmp_path_factory):
     path = tmp_path_factory.mktemp("wheelhouse")
+    path.chmod(0o755)  # a wheelhouse every user may read (what root reads on a value's behalf)
     subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--only-binary=:all:", "-d", str(path),
                     "django"], check=True, timeout=300)
     return path

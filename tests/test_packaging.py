@@ -8,7 +8,8 @@ import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SHIPPED = {"handlers": "dagrun.handlers", "schema": "dagrun.schema", "seeds": "dagrun.seeds"}
+SHIPPED = {"handlers": "dagrun.handlers", "schema": "dagrun.schema", "seeds": "dagrun.seeds",
+           "dagrun/web": "dagrun.web"}
 
 
 def _config() -> dict:

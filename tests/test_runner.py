@@ -3,6 +3,7 @@ timeouts, failures, rollback, cancel, conditions and injection."""
 
 from __future__ import annotations
 
+import shutil
 import threading
 import time
 
@@ -292,3 +293,13 @@ def test_check_first_skips_work_that_is_already_done(workspace, home):
     assert not (home / "ran1").exists()
     assert result.steps["satisfied"].result == {"already_satisfied": True}
     assert (home / "done2").exists() and "already_satisfied" not in result.steps["needed"].result
+
+
+def test_steps_that_start_together_share_a_home_made_on_the_spot(tmp_path):
+    """Found by the web tests: two first steps both made the missing home; one failed with FileExistsError."""
+    home = tmp_path / "new-home"
+    doc = template(*[script_step(10 + i, "true", id=f"s{i}") for i in range(8)])
+    for _ in range(3):
+        result = run(doc, {"id": "h", "home_dir": str(home)})
+        assert result.success, result.error
+        shutil.rmtree(home)

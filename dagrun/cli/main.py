@@ -131,7 +131,7 @@ def _console(stderr: bool = False):
 def _run_options(args: argparse.Namespace) -> dict[str, Any]:
     return dict(max_workers=args.workers, actions=args.actions, trusted_actions=args.trusted_actions,
                 allow_sudo=args.allow_sudo, secrets=_secrets(args.secret), sandbox=not args.no_sandbox,
-                allow_network=args.allow_network or ())
+                allow_network=args.allow_network or (), adopt_users=args.adopt_user or ())
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -350,6 +350,14 @@ def cmd_seed(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from ..web.serve import serve, token_from_environment
+    serve(host=args.host, port=args.port, token=args.token or token_from_environment(), threads=args.threads,
+          database_url=_db(args), actions=args.actions, trusted_actions=args.trusted_actions,
+          allow_network=args.allow_network or (), sandbox=not args.no_sandbox)
+    return 0
+
+
 def _first_line(text: str) -> str:
     return text.strip().splitlines()[0] if text.strip() else ""
 
@@ -394,6 +402,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="run user-defined actions without bubblewrap (and, as root, as root)")
     running.add_argument("--allow-network", action="append", metavar="ACTION",
                          help="let this user-defined action use the network it asks for; may repeat")
+    running.add_argument("--adopt-user", action="append", metavar="NAME",
+                         help="let the workspace run as this existing Linux account, which create_linux_user did "
+                              "not make for it ('*': any non-system account); may repeat")
     running.add_argument("--json", action="store_true", help="print the result as JSON (progress goes to stderr)")
 
     parser = argparse.ArgumentParser(prog="dagrun", description=DESCRIPTION, epilog=EPILOG,
@@ -482,6 +493,20 @@ def build_parser() -> argparse.ArgumentParser:
                    actions, db)
     seed.add_argument("templates", nargs="*", metavar="TEMPLATE_FILE", help="templates to store")
 
+    serve = command("serve", cmd_serve, "the HTTP API and the web page (runs, graphs, the template editor)",
+                    actions, db)
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1); anything "
+                                                           "but loopback needs --token")
+    serve.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    serve.add_argument("--token", help="require this token (Authorization: Bearer TOKEN; a browser opens "
+                                       "/login?token=TOKEN once); default $DAGRUN_TOKEN")
+    serve.add_argument("--threads", type=int, default=64, help="worker threads; each live event stream holds one "
+                                                               "(default 64)")
+    serve.add_argument("--allow-network", action="append", metavar="ACTION",
+                       help="let this user-defined action use the network it asks for; may repeat")
+    serve.add_argument("--no-sandbox", action="store_true",
+                       help="run user-defined actions without bubblewrap (and, as root, as root)")
+
     legacy = command("migrate-legacy", cmd_migrate_legacy, "convert a monolithic legacy config to a template",
                      actions)
     legacy.add_argument("file", help="the legacy JSON or YAML config")
@@ -492,12 +517,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-    try:
-        return version("dagrun")
-    except PackageNotFoundError:
-        from .. import __version__
-        return __version__
+    from ..util import package_version
+    return package_version()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -322,10 +322,10 @@ class Compiler:
         may hold secrets (the template passes what it needs in action_config)."""
         if action.library:
             return
-        if any(r.root == "vars" or r.root == "workspace" and r.attr not in KNOWN_FIELDS for r in refs):
-            self.problem(f"action {action.name!r} is user-defined: its {where} reads only its config, steps, env "
-                         "and the workspace's well-known fields (vars and other workspace fields may hold "
-                         "secrets); the template passes what it needs through action_config", sid, where)
+        if any(r.root in ("vars", "steps") or r.root == "workspace" and r.attr not in KNOWN_FIELDS for r in refs):
+            self.problem(f"action {action.name!r} is user-defined: its {where} reads only its config, env and the "
+                         "workspace's well-known fields (vars, other workspace fields and other steps' results may "
+                         "hold secrets); the template passes what it needs through action_config", sid, where)
 
     def _error_match(self, step: Mapping[str, Any], key: str, default: ErrorMatch | None) -> ErrorMatch | None:
         """The step's own retry rule, or the action's."""
@@ -418,6 +418,8 @@ class Compiler:
         # ancestors() is O(graph); only pay for it where `steps.` can appear.
         action = step["action"]
         text = repr(step["config"]) + str(step.get("condition_expression") or action.condition_expression)
+        from ..run.handler_types import handler_templates
+        text += " ".join(source for _, source in handler_templates(action))  # the handlers' text, files included
         text += " ".join(filter(None, (action.execution_handler, action.validation_handler, action.rollback_handler)))
         return "steps" in text
 

@@ -48,6 +48,8 @@ class AttemptJob:
     sandbox: bool = False
     run_id: str | None = None
     check: bool = False  # --check: validate only, change nothing
+    home_root: str | None = None  # the allowed folder the home is in (as root, the home is checked up to it)
+    adopt_users: tuple[str, ...] = ()  # accounts the operator lets any workspace run as
 
 
 def _context(job: AttemptJob, config: Mapping[str, Any], steps: Mapping[str, Any]) -> dict[str, Any]:
@@ -91,13 +93,27 @@ def check_disk_space(home: str | None, required_mb: int) -> None:
         raise PermanentError(f"needs {required_mb} MB free on {where}, only {free_mb} MB available")
 
 
+def _uid(name: str | None) -> int | None:
+    import pwd
+    try:
+        return pwd.getpwnam(name).pw_uid if name else None
+    except KeyError:
+        return None
+
+
 def isolation_for(job: AttemptJob) -> Isolation:
     """The step's isolation, resolved now: the workspace user may have been
     created by an earlier step of the run."""
     action = job.step.action
+    if job.user and os.geteuid() == 0:
+        from .accounts import account_problem
+        problem = account_problem(job.user, str(job.workspace["id"]), job.adopt_users)
+        if problem:
+            raise PermanentError(problem)
     user = User.lookup(job.user) if job.user else None
-    if user is not None and job.home:
-        check_home(job.home, user)
+    if job.home and os.geteuid() == 0:
+        owner = user.uid if user is not None else _uid(job.workspace_user)
+        check_home(job.home, owner, job.home_root)
     # The home is made for the steps that work in it: the workspace user's (the user's
     # own home is made by create_linux_user, which a root step before it must not pre-empt).
     # A check makes nothing.
@@ -115,7 +131,8 @@ def _context_for(job: AttemptJob, steps: Mapping[str, Any], attempt: int, cancel
     return StepContext(step.id, step.action, config, job.workspace, job.variables, steps, job.env, job.home,
                        attempt, step.timeout_seconds, cancel, result=result or {}, sudo=job.sudo,
                        isolation=isolation or Isolation(), run_id=job.run_id, report=report,
-                       deadline=time.monotonic() + step.timeout_seconds)
+                       deadline=time.monotonic() + step.timeout_seconds, adopt_users=job.adopt_users,
+                       home_root=job.home_root)
 
 
 def _isolated(handler: Any, field: str, action: Any, isolation: Isolation) -> Any:

@@ -73,6 +73,8 @@ class StepContext:
     run_id: str | None = None
     report: Any = None  # report(pid, started): the run records each command's process group
     deadline: float | None = None  # time.monotonic() by which the attempt must be over
+    adopt_users: tuple[str, ...] = ()  # accounts the operator lets any workspace use (create_linux_user adopts them)
+    home_root: str | None = None  # the allowed folder of the workspace home (homes a step makes stay in such)
 
     def remaining(self) -> float | None:
         """Seconds left of the attempt's timeout: what a command may still take."""
@@ -90,10 +92,44 @@ class StepContext:
         action is ``requires_sudo``."""
         return paths.inside_home(text, self.home, anywhere=self.action.requires_sudo)
 
+    @property
+    def privileged(self) -> bool:
+        """Do this step's commands run as root (not as a workspace user)?"""
+        return os.geteuid() == 0 and self.isolation.user is None
+
     def expand(self, text: str) -> str:
-        """A path the step only reads (a wheel folder, a key): ``~`` and
-        relative paths in the home, anywhere else allowed."""
-        return paths.expand(text, self.home)
+        """A path the step only reads (a wheel folder, a requirements file):
+        ``~`` and relative paths in the home. As root, a path outside the
+        home must be one every user could read: a value never makes root
+        read a file on its behalf (/etc/shadow, another tenant's folder)."""
+        path = paths.expand(text, self.home)
+        if self.privileged and not self._in_home(path) and not paths.readable_by_everyone(path):
+            raise PermanentError(f"{path} is outside the workspace home and not readable by everyone: "
+                                 "dagrun, as root, does not read it on a value's behalf")
+        return path
+
+    def private_file(self, text: str) -> str:
+        """A secret file the step reads (an ssh key): in the home, as root."""
+        path = paths.expand(text, self.home)
+        if self.privileged and not self._in_home(path):
+            raise PermanentError(f"{path} is outside the workspace home: as root, dagrun reads private files "
+                                 "only there")
+        return path
+
+    def program(self, name: str) -> str:
+        """A program named by the config (a python): a bare name, or, as
+        root, an absolute path only root could have put there."""
+        if "/" in name and self.privileged and not paths.root_owned_program(name):
+            raise PermanentError(f"{name} is not a program only root could have installed (it, or a folder "
+                                 "above it, belongs to or is writable by another user): dagrun, as root, "
+                                 "does not run it")
+        return name
+
+    def _in_home(self, path: str) -> bool:
+        if not self.home:
+            return False
+        real_home, real = os.path.realpath(self.home), os.path.realpath(path)
+        return real == real_home or real.startswith(real_home + os.sep)
 
     @property
     def owner(self) -> tuple[int, int] | None:

@@ -23,6 +23,7 @@ every command a handler starts goes through it (``StepContext.run``).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import grp
 import os
@@ -47,9 +48,18 @@ ETC_VISIBLE = ("passwd", "group", "hosts", "hostname", "resolv.conf", "nsswitch.
                "mailcap", "papersize", "shells", "login.defs", "terminfo")
 
 
+SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"  # where the tools dagrun runs as root come from
+
+
 @functools.cache
+def system_program(name: str) -> str | None:
+    """A system tool by absolute path, never looked up in a step's PATH
+    (the step's environment is the template's and may name its home)."""
+    return shutil.which(name, path=SYSTEM_PATH)
+
+
 def bwrap() -> str | None:
-    return shutil.which("bwrap")
+    return system_program("bwrap")
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,12 +118,12 @@ class Isolation:
         if self.sandbox:
             prefix += self._bwrap()
         if self.user is not None:
-            prefix += ["setpriv", f"--reuid={self.user.uid}", f"--regid={self.user.gid}",
+            prefix += [_required("setpriv"), f"--reuid={self.user.uid}", f"--regid={self.user.gid}",
                        "--groups=" + ",".join(map(str, self.user.groups)), "--inh-caps=-all",
                        "--bounding-set=-all", "--no-new-privs", "--"]
         limits = self.limits
         if limits is not None:
-            rl = ["prlimit"]
+            rl = [_required("prlimit")]
             if limits.memory_mb:
                 rl.append(f"--as={limits.memory_mb * 1024 * 1024}")
             if limits.file_size_mb:
@@ -174,6 +184,13 @@ class Isolation:
         return [*args, "--"]
 
 
+def _required(name: str) -> str:
+    found = system_program(name)
+    if found is None:
+        raise PermanentError(f"{name} is not installed in {SYSTEM_PATH} (util-linux)")
+    return found
+
+
 def reachable(path: str, user: User) -> bool:
     """Can ``user`` traverse every folder down to ``path``?"""
     current = os.path.abspath(path)
@@ -219,37 +236,15 @@ def home_owner(home: str | None, user: User | None) -> tuple[int, int] | None:
     return None
 
 
-def check_home(home: str, user: User) -> None:
-    """A home that steps of ``user`` work in, but where root's library
-    handlers write too: no symlink on its path, no folder above it the user
-    could change (so it cannot be swapped for a link to /root), and not
-    somebody else's."""
-    path = os.path.normpath(home)
-    existing = path
-    while not os.path.lexists(existing):
-        existing = os.path.dirname(existing)
-    if os.path.realpath(existing) != existing:
-        raise PermanentError(f"the workspace home {home} goes through a symlink: refused for a workspace user")
-    folder = os.path.dirname(path)
-    while True:
-        try:
-            info = os.stat(folder)
-        except FileNotFoundError:
-            info = None
-        if info is not None:
-            writable_by_user = (info.st_uid == user.uid or (info.st_gid in user.groups and info.st_mode & 0o020)
-                                or (info.st_mode & 0o002 and not info.st_mode & 0o1000))
-            if writable_by_user:
-                raise PermanentError(f"the workspace home {home} is inside {folder}, which its user {user.name} can "
-                                     "change: refused (the home could be swapped for a link elsewhere)")
-        parent = os.path.dirname(folder)
-        if parent == folder:
-            break
-        folder = parent
-    if os.path.isdir(path):
-        owner = os.stat(path).st_uid
-        if owner not in (user.uid, 0):
-            raise PermanentError(f"the workspace home {home} belongs to another user (uid {owner})")
+def check_home(home: str, owner: int | None, root: str | None) -> None:
+    """The home a step works in, checked again as the step starts (an earlier
+    step may have changed the folders): no symlink or folder another user
+    could change between the allowed ``root`` and it, and not somebody
+    else's (``owner``: the workspace user's uid, if there is one)."""
+    from .paths import home_ancestry_problem
+    problem = home_ancestry_problem(home, root, owner)
+    if problem:
+        raise PermanentError(problem)
 
 
 def ensure_home(home: str, user: User | None) -> None:
@@ -258,6 +253,17 @@ def ensure_home(home: str, user: User | None) -> None:
     path = Path(home)
     if path.is_dir():
         return
-    path.mkdir(mode=0o755 if user is None else 0o750, parents=True)
-    if user is not None and os.geteuid() == 0:
-        os.chown(path, user.uid, user.gid)
+    path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+    from .paths import open_folder
+    parent = open_folder(str(path.parent))
+    try:  # made and handed over through the parent's descriptor: no path a swap could redirect
+        with contextlib.suppress(FileExistsError):  # steps that start together make it once
+            os.mkdir(path.name, 0o755 if user is None else 0o750, dir_fd=parent)
+        if user is not None and os.geteuid() == 0:
+            fd = os.open(path.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=parent)
+            try:
+                os.fchown(fd, user.uid, user.gid)
+            finally:
+                os.close(fd)
+    finally:
+        os.close(parent)

@@ -34,6 +34,85 @@ def expand(text: str, home: str | None) -> str:
     return os.path.normpath(text) if text else text
 
 
+def home_ancestry_problem(home: str, root: str | None, owner: int | None) -> str | None:
+    """Why root may not work in ``home``, if it may not: a folder between the
+    allowed ``root`` and the home (or above the home, without a root) that is
+    a symlink, not root's, or writable by others could be swapped, or is
+    somebody else's; an existing home must be ``owner``'s (the workspace
+    user's) or root's."""
+    path = os.path.normpath(home)
+    top = os.path.normpath(root) if root else "/"
+    folder = os.path.dirname(path)
+    chain = []
+    while folder != top and folder.startswith(top.rstrip(os.sep) + os.sep):
+        chain.append(folder)
+        folder = os.path.dirname(folder)
+    for folder in reversed(chain):
+        try:
+            info = os.lstat(folder)
+        except FileNotFoundError:
+            break  # made by root when the home is made
+        if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
+            return f"{folder} (above the workspace home {home}) is a symlink or not a folder"
+        if info.st_uid != 0:
+            return (f"{folder} (above the workspace home {home}) belongs to uid {info.st_uid}, not root: its "
+                    "owner could swap what is below it")
+        if info.st_mode & 0o022:
+            return f"{folder} (above the workspace home {home}) is writable by others: refused"
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
+        return f"the workspace home {home} is a symlink or not a folder"
+    if info.st_uid not in (0, owner):
+        return f"the workspace home {home} belongs to another user (uid {info.st_uid})"
+    return None
+
+
+def readable_by_everyone(path: str) -> bool:
+    """Could any user read ``path`` (every folder down to it searchable by
+    others, the file or folder itself readable by others)? What root may
+    read on behalf of a value: nothing a local user could not."""
+    real = os.path.realpath(path)
+    try:
+        info = os.stat(real)
+    except OSError:
+        return False
+    if not info.st_mode & 0o004 or (stat.S_ISDIR(info.st_mode) and not info.st_mode & 0o001):
+        return False
+    folder = os.path.dirname(real)
+    while True:
+        try:
+            if not os.stat(folder).st_mode & 0o001:
+                return False
+        except OSError:
+            return False
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            return True
+        folder = parent
+
+
+def root_owned_program(path: str) -> bool:
+    """Is ``path`` a program only root could have put there (it and every
+    folder above it owned by root, writable by nobody else)?"""
+    current = os.path.realpath(path)
+    try:
+        if not stat.S_ISREG(os.stat(current).st_mode):
+            return False
+    except OSError:
+        return False
+    while True:
+        info = os.stat(current)
+        if info.st_uid != 0 or info.st_mode & 0o022:
+            return False
+        parent = os.path.dirname(current)
+        if parent == current:
+            return True
+        current = parent
+
+
 def inside_home(text: str, home: str | None, *, anywhere: bool = False) -> str:
     """The absolute path ``text`` names, refused when it leaves the home."""
     path = expand(text, home)
@@ -54,16 +133,29 @@ def _relative(path: str, home: str) -> list[str]:
     return [part for part in rel.split(os.sep) if part]
 
 
+def open_folder(path: str) -> int:
+    """A descriptor of the folder ``path`` (absolute), opened component by
+    component from ``/`` with O_NOFOLLOW."""
+    fd = os.open("/", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for part in [p for p in os.path.normpath(path).split(os.sep) if p]:
+            child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            os.close(fd)
+            fd = child
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise PermanentError(f"the workspace home {path} goes through a symlink or a file") from None
+        raise
+    return fd
+
+
 @contextlib.contextmanager
 def _open_dir(home: str, parts: list[str], *, create: bool, mode: int = 0o755, owner: tuple[int, int] | None = None):
-    """A descriptor of ``home/parts...``, walked without following symlinks
-    (the home itself included)."""
-    try:
-        fd = os.open(home, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-    except OSError as exc:
-        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-            raise PermanentError(f"the workspace home {home} is a symlink or not a folder") from None
-        raise
+    """A descriptor of ``home/parts...``, walked from ``/`` without following
+    a symlink anywhere (the home and every folder above it included: one
+    swapped for a link after the home was checked leads nowhere)."""
+    fd = open_folder(home)
     try:
         for part in parts:
             try:

@@ -135,7 +135,8 @@ class Runner:
                  env: Mapping[str, str] | None = None, done: Mapping[str, Done] | None = None,
                  attempts: Mapping[str, int] | None = None, sudo: tuple[str, ...] = (),
                  secret_values: Iterable[str] = (), sandbox: bool = True, write_ahead: bool = False,
-                 check: bool = False, clock: Callable[[], float] = time.monotonic,
+                 check: bool = False, home_root: str | None = None, adopt_users: Iterable[str] = (),
+                 clock: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time):
         """``done`` (resume): steps already done, which are not run again;
         ``attempts``: attempt numbers to continue from. ``write_ahead``: a
@@ -160,6 +161,8 @@ class Runner:
         self.redactor = Redactor(secret_values)
         self.write_ahead = write_ahead
         self.check = check
+        self.home_root = home_root  # as root: the allowed folder the home is checked up to
+        self.adopt_users = tuple(adopt_users)
         self.clock, self.wall = clock, wall
         done = dict(done or {})
         if not done and attempts is None:
@@ -280,7 +283,8 @@ class Runner:
             job = self._jobs[sid] = AttemptJob(
                 step, self.workspace, self.variables, self.env, self.home, self.sudo,
                 user=self.user if step.run_as == "workspace" else None, workspace_user=self.user,
-                sandbox=step.sandbox and self.sandbox, run_id=self.run_id, check=self.check)
+                sandbox=step.sandbox and self.sandbox, run_id=self.run_id, check=self.check,
+                home_root=self.home_root, adopt_users=self.adopt_users)
         return job
 
     def _upstream(self, sid: str) -> Mapping[str, Any]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import stat
 import tempfile
 from dataclasses import dataclass
@@ -38,8 +39,34 @@ def _base() -> str:
         info = os.lstat(path)
         if stat.S_ISDIR(info.st_mode) and info.st_uid == os.geteuid() and not info.st_mode & 0o022:
             os.chmod(path, 0o711)
+            _sweep(path)
             return path
     raise OSError("no private runtime folder for step scripts (/run/dagrun or the temp folder)")
+
+
+_swept: set[str] = set()
+
+
+def _sweep(base: str) -> None:
+    """Once per process: remove the scratch folders of processes that died
+    without cleaning up (killed runs); each folder is named by its pid."""
+    if base in _swept:
+        return
+    _swept.add(base)
+    for name in os.listdir(base):
+        parts = name.split("-")
+        if len(parts) >= 3 and parts[0] == "step" and parts[1].isdigit() and not _alive(int(parts[1])):
+            shutil.rmtree(os.path.join(base, name), ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +98,7 @@ class Scratch:
 def scratch(script: str, owner: tuple[int, int] | None = None) -> Iterator[Scratch]:
     """A folder holding ``script.sh`` and an empty ``output``, both the
     step's (``owner``: its user) and nobody else's."""
-    path = tempfile.mkdtemp(prefix="step-", dir=_base())
+    path = tempfile.mkdtemp(prefix=f"step-{os.getpid()}-", dir=_base())
     os.chmod(path, 0o711)  # the step's user reaches its two files by name, and lists nothing
     dir_fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     try:

@@ -16,6 +16,8 @@ wait on (``ctx.cancel.wait(seconds)``) so that a cancel stops them at once.
 from __future__ import annotations
 
 import dataclasses
+import os
+import shutil
 import signal
 import subprocess
 import _thread
@@ -23,7 +25,7 @@ import threading
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
-from .isolation import Isolation
+from .isolation import STANDARD_PATH, Isolation
 from .processes import ProcessTree, start_time
 from .scratch import scratch
 
@@ -188,6 +190,11 @@ def run_command(argv: list[str], *, env: dict[str, str], cwd: str | None = None,
     timeout, isolated as ``isolation`` says (user, sandbox, limits).
     ``on_start(pid, start time)`` hears of the process group it started."""
     limits = isolation.limits if isolation is not None else None
+    if "/" not in argv[0] and (isolation is None or isolation.user is None):
+        # A program dagrun runs itself (not as the workspace user) is found in dagrun's own PATH,
+        # never in the step's, which the template may point at the workspace home.
+        found = shutil.which(argv[0], path=os.environ.get("PATH") or STANDARD_PATH)
+        argv = [found, *argv[1:]] if found else argv
     tree = ProcessTree(run_id, pids_max=limits.processes if limits is not None else None)
     if isolation is not None and isolation.restricted:
         argv = dataclasses.replace(isolation, pids_cgroup=tree.limited).wrap(argv)

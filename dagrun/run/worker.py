@@ -46,6 +46,7 @@ def call_isolated(field: str, ctx: Any) -> HandlerResult:
     # Somebody else's code gets what its step passes it (config), never the run's variables:
     # they may hold secrets. Of the workspace, the well-known fields only.
     context["variables"] = {}
+    context["steps"] = {}  # nor other steps' results (a secret an earlier step produced)
     context["workspace"] = {k: v for k, v in ctx.workspace.items() if k in KNOWN_FIELDS}
     call = {"field": field, "sys_path": list(sys.path), "context": context}
     limits = isolation.limits

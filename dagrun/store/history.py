@@ -54,6 +54,7 @@ def show_run(url: str, run_id: str, *, output: bool = False) -> dict[str, Any]:
             "version": run.template_version, "status": run.status, "started_at": _iso(run.started_at),
             "completed_at": _iso(run.completed_at), "heartbeat_at": _iso(run.heartbeat_at), "error": run.error,
             "mode": run.mode, "fleet_id": run.fleet_id, "total_steps": run.total_steps,
+            "max_workers": run.max_workers, "cancel_requested": run.cancel_requested,
             "attempts": [{
                 "step_id": a.step_id, "action": a.action_name, "attempt": a.attempt_number,
                 "max_attempts": a.max_retries, "status": a.status, "started_at": _iso(a.started_at),
@@ -63,6 +64,13 @@ def show_run(url: str, run_id: str, *, output: bool = False) -> dict[str, Any]:
                    if output else {}),
             } for a in attempts],
         }
+
+
+def run_snapshot(url: str, run_id: str) -> dict[str, Any] | None:
+    """The template a run ran (as stored with it)."""
+    with store_errors(url, "cannot read"), Session(readable(url)) as session:
+        run = find_run(session, run_id)
+        return dict(run.template_snapshot) if run.template_snapshot else None
 
 
 def step_statuses(url: str, run_id: str) -> tuple[dict[str, Any], dict[str, str]]:
@@ -77,10 +85,13 @@ def step_statuses(url: str, run_id: str) -> tuple[dict[str, Any], dict[str, str]
     return snapshot, {sid: status for sid, (_, status) in latest.items()}
 
 
-def watch(url: str, run_id: str, *, poll_seconds: float = 0.5, timeout: float | None = None) -> Iterator[dict[str, Any]]:
+def watch(url: str, run_id: str, *, poll_seconds: float = 0.5, timeout: float | None = None,
+          heartbeat: float | None = None) -> Iterator[dict[str, Any]]:
     """Follow a run from another process: yields one event per attempt change
     (and the run's final state), until the run is no longer running.
-    PostgreSQL wakes the watcher with LISTEN/NOTIFY; SQLite is polled."""
+    PostgreSQL wakes the watcher with LISTEN/NOTIFY; SQLite is polled.
+    ``heartbeat``: also yield ``{"event": "heartbeat"}`` after that many
+    seconds without news (a stream's keep-alive)."""
     import time
     engine = readable(url)
     listener = None
@@ -93,7 +104,7 @@ def watch(url: str, run_id: str, *, poll_seconds: float = 0.5, timeout: float | 
         with listener.cursor() as cur:
             cur.execute("LISTEN dagrun_runs")
     seen: dict[tuple[str, int], tuple] = {}
-    started = time.monotonic()
+    started = news = time.monotonic()
     try:
         while True:
             run = show_run(url, run_id)
@@ -102,6 +113,7 @@ def watch(url: str, run_id: str, *, poll_seconds: float = 0.5, timeout: float | 
                 state = (attempt["status"], attempt["error"])
                 if seen.get(key) != state:
                     seen[key] = state
+                    news = time.monotonic()
                     yield {"event": "attempt", **attempt}
             if run["status"] != "running":
                 yield {"event": "run", "run_id": run["run_id"], "status": run["status"], "error": run["error"]}
@@ -109,11 +121,19 @@ def watch(url: str, run_id: str, *, poll_seconds: float = 0.5, timeout: float | 
             if timeout is not None and time.monotonic() - started > timeout:
                 yield {"event": "timeout", "run_id": run["run_id"]}
                 return
+            if heartbeat is not None and time.monotonic() - news >= heartbeat:
+                news = time.monotonic()
+                yield {"event": "heartbeat"}
             if listener is not None:
                 import select as select_module
-                if select_module.select([listener], [], [], poll_seconds * 10)[0]:
-                    listener.poll()
-                    listener.notifies.clear()
+                deadline = time.monotonic() + poll_seconds * 10
+                while time.monotonic() < deadline:  # wake only for this run's commits (or to look again)
+                    if select_module.select([listener], [], [], max(0.0, deadline - time.monotonic()))[0]:
+                        listener.poll()
+                        mine = any(n.payload == run["run_id"] for n in listener.notifies)
+                        listener.notifies.clear()
+                        if mine:
+                            break
             else:
                 time.sleep(poll_seconds)
     finally:

@@ -143,6 +143,8 @@ class ProvisioningRun(Base):
     owner: Mapped[str | None] = mapped_column(String(200))
     fleet_id: Mapped[str | None] = mapped_column(String(36))  # runs started together by run_fleet
     mode: Mapped[str | None] = mapped_column(String(10))  # "check" for dagrun run --check (None: a real run)
+    # Set by another process to stop the run (why, and by whom); the run's recorder polls it.
+    cancel_requested: Mapped[str | None] = mapped_column(String(200))
 
     __table_args__ = (Index("idx_runs_workspace", "workspace_id", "started_at"), Index("idx_runs_fleet", "fleet_id"))
 

@@ -37,11 +37,12 @@ from ..util import bounded
 from . import journal
 from .engine import describe_url, writable
 from .estimates import config_key, masked_config
-from .operations import CONDITION, apply_operations
+from .operations import CONDITION, RUNS, apply_operations
 
 log = logging.getLogger("dagrun.store")
 
 HEARTBEAT_SECONDS = 5.0
+CANCEL_POLL_SECONDS = 1.0  # how often a running run looks for a cancel asked by another process
 RETRY_LIMIT_SECONDS = float(os.environ.get("DAGRUN_STORE_RETRY_SECONDS", 120))
 MAX_BATCH = 5000
 BATCH_WINDOW = 0.01  # how long records nobody waits for may wait for more (a crash loses at most these)
@@ -71,12 +72,14 @@ class Recorder:
     """
 
     def __init__(self, url: str, *, retry_limit_seconds: float | None = None,
-                 on_durable: Callable[[list[str]], None] | None = None, count_use: bool = False):
+                 on_durable: Callable[[list[str]], None] | None = None, count_use: bool = False,
+                 on_cancel: Callable[[str], None] | None = None):
         self.url = url
         self.engine = writable(url)
         self.retry_limit_seconds = RETRY_LIMIT_SECONDS if retry_limit_seconds is None else retry_limit_seconds
         self.on_durable = on_durable
         self.count_use = count_use  # a successful run adds one to its template's usage_count
+        self.on_cancel = on_cancel  # called (from the writer thread) when another process asks the run to stop
         self.error: str | None = None
         self.journal: Path | None = None
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
@@ -102,12 +105,16 @@ class Recorder:
     # -- writer thread --------------------------------------------------------
 
     def _work(self) -> None:
-        last_beat = time.monotonic()
+        last_beat = last_poll = time.monotonic()
         stopping = False
         get, get_nowait = self._queue.get, self._queue.get_nowait
         while not stopping:
+            if self.on_cancel is not None and self._run.get("running") \
+                    and time.monotonic() - last_poll >= CANCEL_POLL_SECONDS:
+                last_poll = time.monotonic()
+                self._poll_cancel()
             try:
-                events, urgent = get(timeout=HEARTBEAT_SECONDS)
+                events, urgent = get(timeout=CANCEL_POLL_SECONDS if self.on_cancel is not None else HEARTBEAT_SECONDS)
                 batch = list(events)
             except queue.Empty:
                 batch, urgent = [], True
@@ -140,6 +147,17 @@ class Recorder:
                 self._commit(ops, urgent or stopping)
             if durable and self.on_durable is not None:
                 self.on_durable(durable)
+
+    def _poll_cancel(self) -> None:
+        from sqlalchemy import select
+        try:
+            with self.engine.connect() as conn:
+                reason = conn.execute(select(RUNS.c.cancel_requested).where(RUNS.c.id == self._run["id"])).scalar()
+        except SQLAlchemyError:
+            return  # the store is away: the run goes on (and its records are retried)
+        if reason:
+            self.on_cancel(reason)  # type: ignore[misc]
+            self.on_cancel = None
 
     def _commit(self, ops: list[dict[str, Any]], urgent: bool = True) -> None:
         delay, waited = 0.2, 0.0

@@ -114,7 +114,7 @@ def claim(engine: Engine, *, run_id: str, workspace_id: str, fields: Mapping[str
         for run in active:
             if is_alive(run):
                 raise RunConflictError(f"workspace {workspace_id} already has an active run {run.id} "
-                                       f"(owner {run.owner}, heartbeat {run.heartbeat_at})")
+                                       f"(owner {run.owner}, heartbeat {run.heartbeat_at})", run_id=run.id)
             interrupt(session, run)
         run = session.get(ProvisioningRun, run_id)
         if run is None:
@@ -125,10 +125,24 @@ def claim(engine: Engine, *, run_id: str, workspace_id: str, fields: Mapping[str
             setattr(run, key, value)
         run.status = "running"
         run.error = None
+        run.cancel_requested = None
         run.completed_at = None
         run.owner = owner_id()
         run.heartbeat_at = now
         run.started_at = run.started_at or now
+
+
+def request_cancel(url: str, run_id: str, reason: str) -> str:
+    """Mark a running run to be cancelled by the process that runs it."""
+    from ..errors import InputError
+    from .engine import store_errors, writable
+    from .history import find_run
+    with store_errors(url, "cannot write to"), Session(writable(url)) as session, session.begin():
+        run = find_run(session, run_id)
+        if run.status != "running":
+            raise InputError(f"run {run.id} is not running (it {run.status})")
+        run.cancel_requested = reason[:200]
+        return run.id
 
 
 def done_steps(rows: Mapping[str, list[WorkspaceActionExecution]], step_ids: Iterable[str],

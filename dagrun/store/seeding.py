@@ -44,16 +44,24 @@ def action_values(action: ActionSpec) -> dict[str, Any]:
     }
 
 
-def seed(url: str, *, actions: Iterable[Any] | None = None, templates: Iterable[Path] | None = None) -> dict[str, int]:
-    """Load the library and templates (default: the shipped seeds) into the store."""
+def seed(url: str, *, actions: Iterable[Any] | None = None, templates: Iterable[Path] | None = None,
+         documents: Iterable[dict[str, Any]] | None = None) -> dict[str, int]:
+    """Load the library and templates (files, or ``documents``; default: the
+    shipped seeds) into the store. A template that does not compile is refused."""
     from ..compile import compile_template
 
     library = build_library(actions)
-    files = list(templates) if templates is not None else sorted(
-        p for p in (package_dir("seeds") / "templates").iterdir() if p.suffix in (".yaml", ".yml", ".json"))
-    documents = [read_document(Path(p)) for p in files]
-    for path, doc in zip(files, documents):  # refuse to store a template that does not compile
-        compile_template(path, library=library, templates=documents)
+    if documents is not None:
+        documents = [dict(d) for d in documents]
+        sources: list[Any] = list(documents)
+    else:
+        files = list(templates) if templates is not None else sorted(
+            p for p in (package_dir("seeds") / "templates").iterdir() if p.suffix in (".yaml", ".yml", ".json"))
+        documents = [read_document(Path(p)) for p in files]
+        sources = files
+    known = documents + (stored_templates(url) if _has_tables(url) else [])
+    for source in sources:  # refuse to store a template that does not compile
+        compile_template(source, library=library, templates=known)
     counts = {"actions": 0, "templates": 0, "steps": 0}
     with store_errors(url, "cannot write to"), Session(writable(url)) as session, session.begin():
         ids: dict[str, int] = {}
@@ -101,6 +109,34 @@ def seed(url: str, *, actions: Iterable[Any] | None = None, templates: Iterable[
             if parent_name in stored:
                 stored[doc["name"]].base_template_id = stored[parent_name].id
     return counts
+
+
+def store_template(url: str, document: dict[str, Any], *, actions: Iterable[Any] | None = None) -> str:
+    """Store ``document`` (the editor's save): as its version when that is
+    new or unchanged, else as the next version (1.0.0 -> 1.0.1). Returns the
+    version stored. Raises TemplateError when it does not compile."""
+    doc = dict(document)
+    existing = {str(d.get("version")): d for d in (stored_templates(url) if _has_tables(url) else [])
+                if d.get("name") == doc.get("name")}
+    version = str(doc.get("version") or "1.0.0")
+    while version in existing and existing[version] != {**doc, "version": version}:
+        version = _next_version(version)
+    doc["version"] = version
+    seed(url, actions=actions, documents=[doc])
+    return version
+
+
+def _next_version(version: str) -> str:
+    head, _, last = version.rpartition(".")
+    return f"{head}.{int(last) + 1}" if last.isdigit() and head else (
+        str(int(version) + 1) if version.isdigit() else f"{version}.1")
+
+
+def _has_tables(url: str) -> bool:
+    from .engine import engine_for
+    from .migrate import current
+    with store_errors(url, "cannot read"):
+        return current(engine_for(url)) is not None
 
 
 def stored_templates(url: str) -> list[dict[str, Any]]:

@@ -1,0 +1,407 @@
+"""The Flask blueprint: the seed's HTTP API, live events, and the pages.
+
+Everything goes through :mod:`dagrun.api`: a run is compiled, checked and
+claimed before the 202 goes out (so a bad template is a 422 listing every
+problem and an active run of the workspace a 409), then runs in the
+background of this process. Reads come from the store, so runs started by
+another process show too. The host application decides who may do what
+through ``authorize(action, **resource)``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, Callable, Iterable, Iterator, Mapping
+
+from flask import Blueprint, Response, abort, jsonify, render_template, request, stream_with_context
+from werkzeug.exceptions import HTTPException
+
+from .. import api, render
+from ..errors import DagrunError, InputError, RunConflictError, StoreError, TemplateError
+from .security import Guard
+
+Authorize = Callable[..., bool]
+_NAME = re.compile(r"\A[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}\Z")
+KEEPALIVE_SECONDS = 15.0
+
+
+class Service:
+    """What the blueprint was configured with."""
+
+    def __init__(self, *, database_url: str | None, actions: Iterable[Any] | None,
+                 trusted_actions: Iterable[Any] | None, authorize: Authorize | None, allow_network: Iterable[str],
+                 home_roots: Iterable[str], sandbox: bool, max_workers: int | None,
+                 adopt_users: Iterable[str] = ()) -> None:
+        self.database_url = database_url or api.default_database_url()
+        self.actions = list(actions or [])
+        self.trusted_actions = list(trusted_actions or [])
+        self.authorize = authorize
+        self.allow_network = tuple(allow_network)
+        self.home_roots = tuple(home_roots)
+        self.sandbox = sandbox
+        self.max_workers = max_workers
+        self.adopt_users = tuple(adopt_users)
+
+    def run_options(self) -> dict[str, Any]:
+        return dict(database_url=self.database_url, actions=self.actions or None,
+                    trusted_actions=self.trusted_actions or None, allow_network=self.allow_network,
+                    home_roots=self.home_roots, sandbox=self.sandbox, max_workers=self.max_workers,
+                    adopt_users=self.adopt_users)
+
+
+def create_blueprint(*, database_url: str | None = None, actions: Iterable[Any] | None = None,
+                     trusted_actions: Iterable[Any] | None = None, authorize: Authorize | None = None,
+                     token: str | None = None, allow_network: Iterable[str] = (), home_roots: Iterable[str] = (),
+                     sandbox: bool = True, max_workers: int | None = None, adopt_users: Iterable[str] = (),
+                     name: str = "dagrun") -> Blueprint:
+    """The API (``/api/...``) and the pages, to mount in a Flask app.
+
+    ``authorize(action, **resource)`` (optional) is called in the request
+    context for every request (``action``: read, run, cancel, resume, edit;
+    ``resource``: workspace_id, run_id, template as they apply) and returns
+    whether it is allowed (403 otherwise). ``token``: API calls and pages
+    need it (``Authorization: Bearer TOKEN``, or the cookie ``/login`` sets).
+    """
+    service = Service(database_url=database_url, actions=actions, trusted_actions=trusted_actions,
+                      authorize=authorize, allow_network=allow_network, home_roots=home_roots, sandbox=sandbox,
+                      max_workers=max_workers, adopt_users=adopt_users)
+    guard = Guard(token)
+    bp = Blueprint(name, __name__, template_folder="templates", static_folder="static",
+                   static_url_path="/static/dagrun")
+    bp.before_request(guard.check)
+
+    def allowed(action: str, **resource: Any) -> None:
+        if service.authorize is not None and not service.authorize(action, **resource):
+            abort(403, description=f"not allowed to {action}")
+
+    # -- errors as JSON (for the API) ----------------------------------------------------
+
+    @bp.errorhandler(TemplateError)
+    def template_error(exc: TemplateError):  # noqa: ANN202
+        return jsonify(error=str(exc).splitlines()[0] if len(exc.problems) > 1 else str(exc),
+                       problems=[{"text": str(p), "source": p.source, "step": p.step, "field": p.field,
+                                  "message": p.message} for p in exc.problems]), 422
+
+    @bp.errorhandler(RunConflictError)
+    def conflict(exc: RunConflictError):  # noqa: ANN202
+        return jsonify(error=str(exc), run_id=exc.run_id), 409
+
+    @bp.errorhandler(StoreError)
+    def store_error(exc: StoreError):  # noqa: ANN202
+        return jsonify(error=str(exc)), 503
+
+    @bp.errorhandler(HTTPException)
+    def http_error(exc: HTTPException):  # noqa: ANN202
+        if request.path.startswith(f"{bp.url_prefix or ''}/api/"):
+            return jsonify(error=exc.description), exc.code
+        return render_template("dagrun/error.html", code=exc.code, message=exc.description), exc.code
+
+    @bp.errorhandler(DagrunError)
+    def input_error(exc: DagrunError):  # noqa: ANN202
+        status = 404 if str(exc).startswith("no run ") or " not found" in str(exc) else 422
+        return jsonify(error=str(exc)), status
+
+    # -- health, templates, actions -----------------------------------------------------
+
+    @bp.get("/api/health")
+    def health():  # noqa: ANN202
+        from ..store.engine import describe_url
+        return jsonify(status="ok", version=_version(), database=describe_url(service.database_url))
+
+    @bp.get("/api/templates")
+    def templates():  # noqa: ANN202
+        allowed("read")
+        return jsonify(templates=api.list_templates(service.database_url))
+
+    @bp.get("/api/templates/<name>")
+    def template(name: str):  # noqa: ANN202
+        allowed("read", template=name)
+        document = _template_document(service, name)
+        explained = api.explain(document, actions=service.actions or None,
+                                trusted_actions=service.trusted_actions or None,
+                                database_url=service.database_url)
+        return jsonify(name=name, document=document, explained=explained)
+
+    @bp.get("/api/templates/<name>/actions")
+    def template_actions(name: str):  # noqa: ANN202
+        allowed("read", template=name)
+        document = _template_document(service, name)
+        plan = api.plan(document, actions=service.actions or None, trusted_actions=service.trusted_actions or None,
+                        database_url=service.database_url)
+        library = api.list_actions(service.actions or None, service.trusted_actions or None)
+        ids = {n: i for i, n in enumerate(sorted(library), 1)}
+        return jsonify(template_id=document.get("template_id") or name, name=plan.name, version=plan.version,
+                       total_actions=len(plan.order), actions=[{
+                           "sequence_order": step.sequence_order, "step_id": sid, "phase": step.phase.name,
+                           "requires": list(plan.predecessors[sid]),
+                           "action": {"id": ids.get(step.action.name), "name": step.action.name,
+                                      "display_name": step.action.display_name, "category": step.action.category},
+                           "config": _masked_config(step)} for sid, step in plan.steps.items()])
+
+    @bp.put("/api/templates/<name>")
+    def save_template(name: str):  # noqa: ANN202
+        allowed("edit", template=name)
+        document = _json_body()
+        if document.get("name", name) != name:
+            raise InputError(f"the document is named {document.get('name')!r}, not {name!r}")
+        version = api.save_template({**document, "name": name}, database_url=service.database_url,
+                                    actions=service.actions or None)
+        return jsonify(name=name, version=version), 200
+
+    @bp.get("/api/actions")
+    def actions():  # noqa: ANN202
+        allowed("read")
+        library = api.list_actions(service.actions or None, service.trusted_actions or None)
+        return jsonify(actions=[{
+            "name": a.name, "display_name": a.display_name, "category": a.category, "description": a.description,
+            "action_type": a.action_type, "config_schema": _plain(a.config_schema),
+            "default_config": _plain(a.default_config), "requires_sudo": a.requires_sudo,
+            "requires_network": a.requires_network, "max_retries": a.max_retries,
+            "timeout_seconds": a.timeout_seconds, "estimated_duration_seconds": a.estimated_duration_seconds,
+            "library": a.library} for a in sorted(library.values(), key=lambda a: (a.category, a.name))])
+
+    # -- runs ---------------------------------------------------------------------------
+
+    @bp.post("/api/workspaces/<ws_id>/runs")
+    def start(ws_id: str):  # noqa: ANN202
+        allowed("run", workspace_id=ws_id)
+        body = _json_body()
+        workspace = body.get("workspace") or {}
+        if not isinstance(workspace, Mapping):
+            raise InputError("workspace must be an object")
+        if "id" in workspace and str(workspace["id"]) != ws_id:
+            raise InputError(f"the workspace's id {workspace['id']!r} is not {ws_id!r} (the one in the URL)")
+        template = body.get("template")
+        handle = api.start_run(_template_for_run(service, template), {**workspace, "id": ws_id},
+                               variables=body.get("variables") or None, **service.run_options())
+        return jsonify(run_id=handle.run_id), 202
+
+    @bp.get("/api/workspaces/<ws_id>/action-executions")
+    def executions(ws_id: str):  # noqa: ANN202
+        allowed("read", workspace_id=ws_id)
+        run_id = request.args.get("run_id") or _latest_run(service, ws_id)
+        run = _run(service, run_id)
+        if run["workspace_id"] != ws_id:
+            abort(404, description=f"run {run_id} is not a run of workspace {ws_id}")
+        steps = run["steps"]
+        count = lambda *s: sum(1 for step in steps if step["status"] in s)  # noqa: E731
+        return jsonify(workspace_id=ws_id, run_id=run["run_id"], status=run["status"], total_actions=len(steps),
+                       completed=count("completed"), failed=count("failed"),
+                       pending=count("pending", "running", "waiting_retry", "not_started"),
+                       skipped=count("skipped"), executions=[{
+                           "step_id": s["step_id"], "action_name": s["action_name"],
+                           "display_name": s["display_name"], "status": s["status"], "attempts": s["attempts"],
+                           "duration_seconds": s["duration_seconds"], "error": s["error"]} for s in steps])
+
+    @bp.post("/api/workspaces/<ws_id>/actions/resume")
+    def resume_workspace(ws_id: str):  # noqa: ANN202
+        allowed("resume", workspace_id=ws_id)
+        body = _json_body(optional=True)
+        run_id = body.get("run_id") or _latest_run(service, ws_id)
+        return _resume(service, run_id, body)
+
+    @bp.post("/api/runs/<run_id>/resume")
+    def resume_run(run_id: str):  # noqa: ANN202
+        run = _run(service, run_id, steps=False)
+        allowed("resume", workspace_id=run["workspace_id"], run_id=run["run_id"])
+        return _resume(service, run["run_id"], _json_body(optional=True))
+
+    @bp.get("/api/runs")
+    def runs():  # noqa: ANN202
+        allowed("read", workspace_id=request.args.get("workspace"))
+        limit = min(int(request.args.get("limit", 50)), 500)
+        return jsonify(runs=api.list_runs(database_url=service.database_url, workspace=request.args.get("workspace"),
+                                          status=request.args.get("status"), limit=limit))
+
+    @bp.get("/api/runs/<run_id>")
+    def run(run_id: str):  # noqa: ANN202
+        found = _run(service, run_id, output=request.args.get("output") == "1")
+        allowed("read", workspace_id=found["workspace_id"], run_id=found["run_id"])
+        return jsonify(found)
+
+    @bp.post("/api/runs/<run_id>/cancel")
+    def cancel(run_id: str):  # noqa: ANN202
+        found = _run(service, run_id, steps=False)
+        allowed("cancel", workspace_id=found["workspace_id"], run_id=found["run_id"])
+        api.cancel_run(found["run_id"], database_url=service.database_url, reason="cancelled from the web")
+        return jsonify(run_id=found["run_id"], status="cancelling"), 202
+
+    @bp.get("/api/runs/<run_id>/events")
+    def events(run_id: str):  # noqa: ANN202
+        found = _run(service, run_id, steps=False)
+        allowed("read", workspace_id=found["workspace_id"], run_id=found["run_id"])
+        stream = _event_stream(service.database_url, found["run_id"])
+        return Response(stream_with_context(stream), mimetype="text/event-stream",
+                        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    @bp.get("/api/runs/<run_id>/graph.svg")
+    def graph(run_id: str):  # noqa: ANN202
+        found = _run(service, run_id)
+        allowed("read", workspace_id=found["workspace_id"], run_id=found["run_id"])
+        plan = _run_plan(service, found["run_id"])
+        statuses = {s["step_id"]: s["status"] for s in found["steps"]}
+        if request.args.get("format") == "mermaid":
+            return Response(render.to_mermaid(plan, statuses), mimetype="text/plain")
+        return Response(render.to_svg(plan, statuses), mimetype="image/svg+xml")
+
+    # -- pages ------------------------------------------------------------------------------
+
+    @bp.get("/")
+    def index_page():  # noqa: ANN202
+        allowed("read")
+        runs = api.list_runs(database_url=service.database_url, limit=100)
+        return render_template("dagrun/runs.html", runs=runs, templates=api.list_templates(service.database_url))
+
+    @bp.get("/runs/<run_id>")
+    def run_page(run_id: str):  # noqa: ANN202
+        found = _run(service, run_id)
+        allowed("read", workspace_id=found["workspace_id"], run_id=found["run_id"])
+        statuses = {s["step_id"]: s["status"] for s in found["steps"]}
+        svg = render.to_svg(_run_plan(service, found["run_id"]), statuses) if found["steps"] else ""
+        return render_template("dagrun/run.html", run=found, svg=svg)
+
+    @bp.get("/templates/<name>")
+    def template_page(name: str):  # noqa: ANN202
+        allowed("read", template=name)
+        document = _template_document(service, name)
+        explained = api.explain(document, actions=service.actions or None,
+                                trusted_actions=service.trusted_actions or None, database_url=service.database_url)
+        library = api.list_actions(service.actions or None, service.trusted_actions or None)
+        return render_template("dagrun/template.html", name=name, document=document, explained=explained,
+                               actions=sorted(library), schemas={n: _plain(a.config_schema)
+                                                                 for n, a in library.items()})
+
+    @bp.get("/actions")
+    def actions_page():  # noqa: ANN202
+        allowed("read")
+        library = api.list_actions(service.actions or None, service.trusted_actions or None)
+        return render_template("dagrun/actions.html",
+                               actions=sorted(library.values(), key=lambda a: (a.category, a.name)),
+                               schema_json=lambda a: json.dumps(_plain(a.config_schema), indent=2))
+
+    bp.add_url_rule("/login", "login", guard.login, methods=["GET"])
+
+    @bp.app_template_filter("dagrun_json")
+    def dagrun_json(value: Any) -> str:
+        return json.dumps(value, indent=2, default=str)
+
+    @bp.context_processor
+    def globals_for_pages() -> dict[str, Any]:
+        from flask import url_for
+        return {"dagrun_version": _version(), "csrf_header": guard.CSRF_HEADER,
+                "api_root": url_for(f"{bp.name}.health")[:-len("/api/health")]}
+
+    bp.dagrun_service = service  # type: ignore[attr-defined]
+    return bp
+
+
+# -- helpers ----------------------------------------------------------------------------
+
+def _json_body(optional: bool = False) -> dict[str, Any]:
+    if not request.data and optional:
+        return {}
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise InputError("the request body must be a JSON object")
+    return body
+
+
+def _template_document(service: Service, name: str) -> dict[str, Any]:
+    """A seed or stored template by name, as a document (never a file of the
+    server: a name from a URL or a body is not a path)."""
+    if not _NAME.match(name):
+        raise InputError(f"{name!r} is not a template name")
+    from ..compile.loader import package_dir, read_document
+    for doc in _stored(service):
+        if doc.get("name") == name:
+            return doc
+    for suffix in (".yaml", ".yml", ".json"):
+        path = package_dir("seeds") / "templates" / f"{name}{suffix}"
+        if path.is_file():
+            return read_document(path)
+    raise InputError(f"template {name!r} not found (GET /api/templates lists them)")
+
+
+def _stored(service: Service) -> list[dict[str, Any]]:
+    if not api._has_store(service.database_url):  # noqa: SLF001 - the store read, without creating it
+        return []
+    from ..store.seeding import stored_templates
+    return stored_templates(service.database_url)
+
+
+def _template_for_run(service: Service, template: Any) -> Any:
+    if isinstance(template, str):
+        return _template_document(service, template)
+    if isinstance(template, Mapping):
+        return dict(template)  # the caller's own document: its author is the caller
+    raise InputError("template must be a template name or a template document (an object)")
+
+
+def _latest_run(service: Service, ws_id: str) -> str:
+    runs = api.list_runs(database_url=service.database_url, workspace=ws_id, limit=1)
+    if not runs:
+        abort(404, description=f"workspace {ws_id} has no runs")
+    return runs[0]["run_id"]
+
+
+def _run(service: Service, run_id: str, *, steps: bool = True, output: bool = False) -> dict[str, Any]:
+    if not api._has_store(service.database_url):  # noqa: SLF001 - nothing recorded yet: no such run
+        abort(404, description=f"no run {run_id!r} in the store")
+    if steps:
+        return api.get_run(run_id, database_url=service.database_url, output=output,
+                           actions=service.actions or None, trusted_actions=service.trusted_actions or None)
+    from ..store.history import show_run
+    return show_run(service.database_url, run_id)
+
+
+def _run_plan(service: Service, run_id: str) -> Any:
+    from ..store.history import run_snapshot
+    return api.plan(run_snapshot(service.database_url, run_id), actions=service.actions or None,
+                    trusted_actions=service.trusted_actions or None)
+
+
+def _resume(service: Service, run_id: str, body: Mapping[str, Any]) -> Any:
+    start_from = body.get("resume_from_action_id")
+    if body.get("retry_failed_action") is False and start_from is None:
+        raise InputError("a resume runs the failed steps again: retry_failed_action false needs "
+                         "resume_from_action_id (the step to start from)")
+    from_step = None
+    if start_from is not None:
+        steps = api.get_run(run_id, database_url=service.database_url, actions=service.actions or None,
+                            trusted_actions=service.trusted_actions or None)["steps"]
+        match = [s["step_id"] for s in steps if s["step_id"] == str(start_from)
+                 or str(s["sequence_order"]) == str(start_from)]
+        if not match:
+            raise InputError(f"the run has no step {start_from!r} (steps: {', '.join(s['step_id'] for s in steps)})")
+        from_step = match[0]
+    options = service.run_options()
+    options.pop("home_roots")
+    handle = api.start_resume(run_id, from_step=from_step, home_roots=service.home_roots, **options)
+    return jsonify(run_id=handle.run_id), 202
+
+
+def _event_stream(url: str, run_id: str) -> Iterator[str]:
+    """Server-Sent Events: one ``attempt`` event per attempt change, a
+    ``run`` event when the run ends; comments keep the connection open."""
+    from ..store.history import watch
+    yield "retry: 2000\n\n"
+    for event in watch(url, run_id, poll_seconds=0.5, heartbeat=KEEPALIVE_SECONDS):
+        if event["event"] == "heartbeat":
+            yield ": keep-alive\n\n"
+            continue
+        yield f"event: {event['event']}\ndata: {json.dumps(event, default=str)}\n\n"
+
+
+def _masked_config(step: Any) -> dict[str, Any]:
+    from ..store.estimates import masked_config
+    return _plain(masked_config(step))
+
+
+def _plain(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+def _version() -> str:
+    from ..util import package_version
+    return package_version()

@@ -1,0 +1,317 @@
+"""The HTTP service: every endpoint and status code of the blueprint (Flask's
+test client, on SQLite and on the real PostgreSQL), the background run API
+it is built on (start_run, get_run's waiting_for), runs started by another
+process, the token and cross-site guard, and live events from the real
+server (dagrun serve, waitress)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dagrun import api, get_run, start_run
+from dagrun.errors import InputError, RunConflictError, TemplateError
+from dagrun.web import create_app
+from tests.helpers import Server, script_step, step, template
+
+CSRF = {"X-Dagrun-Request": "1"}
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(request, tmp_path):
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/web.db"
+    return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture
+def client(store):
+    app = create_app(database_url=store)
+    app.testing = True
+    return app.test_client()
+
+
+def gated(gate: Path, name: str = "gated") -> dict:
+    """prepare -> gate (fails until the gate file exists) -> finish; and an independent side step."""
+    return template(script_step(10, "sleep 0.3; echo preparing", id="prepare"),
+                    script_step(20, f"echo checking; test -e {gate}", id="gate", requires=["prepare"], max_retries=1),
+                    script_step(30, "echo done", id="finish", requires=["gate"]),
+                    script_step(40, "echo side", id="side"), name=name)
+
+
+def wait_done(run_id: str, store: str, timeout: float = 60) -> dict:
+    handle = api.running_here(run_id)
+    if handle is not None:
+        handle.wait(timeout)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        run = get_run(run_id, database_url=store)
+        if run["status"] != "running":
+            return run
+        time.sleep(0.1)
+    raise AssertionError(f"run {run_id} still running")
+
+
+# -- the Python API the service is built on ---------------------------------------------
+
+def test_start_run_refuses_before_returning_and_then_runs_in_the_background(tmp_path, store):
+    home = tmp_path / "home"
+    with pytest.raises(TemplateError):
+        start_run(template(step(10, "nope")), {"id": "w", "home_dir": str(home)}, database_url=store)
+    gate = tmp_path / "gate"
+    slow = template(script_step(10, f"while [ ! -e {gate} ]; do sleep 0.05; done", id="wait"))
+    handle = start_run(slow, {"id": "w", "home_dir": str(home)}, database_url=store)
+    assert handle.status() == "running" and handle.wait(0.1) is None
+    with pytest.raises(RunConflictError) as conflict:
+        start_run(slow, {"id": "w", "home_dir": str(home)}, database_url=store)
+    assert conflict.value.run_id == handle.run_id
+    gate.touch()
+    result = handle.wait(30)
+    assert result is not None and result.success and handle.status() == "succeeded"
+
+
+def test_waiting_for_says_why_each_step_waits(tmp_path, store):
+    gate = tmp_path / "gate"
+    doc = template(script_step(10, f"while [ ! -e {gate} ]; do sleep 0.05; done", id="a", locks=["db"]),
+                   script_step(20, "true", id="b", requires=["a"]),
+                   script_step(30, "true", id="c", locks=["db"]),
+                   script_step(40, f"test -e {gate}.never", id="flaky", max_retries=3, retry_delay_seconds=30))
+    handle = start_run(doc, {"id": "w", "home_dir": str(tmp_path / "h")}, database_url=store, max_workers=4)
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            steps = {s["step_id"]: s for s in get_run(handle.run_id, database_url=store)["steps"]}
+            if steps["flaky"]["status"] == "waiting_retry":
+                break
+            time.sleep(0.05)
+        reasons = {sid: [w["reason"] for w in steps[sid].get("waiting_for", [])] for sid in steps}
+        assert reasons["b"] == ["upstream"] and "a (running)" in steps["b"]["waiting_for"][0]["text"]
+        assert reasons["c"] == ["lock"] and steps["c"]["waiting_for"][0]["held_by"] == ["a"]
+        assert reasons["flaky"] == ["retry"] and "retries at" in steps["flaky"]["waiting_for"][0]["text"]
+    finally:
+        handle.cancel()
+        gate.touch()
+        handle.wait(30)
+
+
+# -- the HTTP API ------------------------------------------------------------------------
+
+def test_health_templates_and_actions(client):
+    assert client.get("/api/health").json["status"] == "ok"
+    names = {t["name"] for t in client.get("/api/templates").json["templates"]}
+    assert {"demo", "django"} <= names
+    seq = client.get("/api/templates/demo/actions").json
+    assert seq["name"] == "demo" and seq["total_actions"] == len(seq["actions"]) == 8
+    first = seq["actions"][0]
+    assert set(first) == {"sequence_order", "step_id", "phase", "requires", "action", "config"}
+    assert set(first["action"]) == {"id", "name", "display_name", "category"}
+    assert client.get("/api/templates/nope/actions").status_code == 404
+    assert client.get("/api/templates/..%2Fetc%2Fpasswd/actions").status_code in (404, 422)
+    library = client.get("/api/actions").json["actions"]
+    write = next(a for a in library if a["name"] == "write_file")
+    assert write["config_schema"]["properties"]["target_path"] and "default_config" in write
+
+
+def test_a_run_through_the_api(client, store, tmp_path):
+    gate = tmp_path / "gate"
+    body = {"template": gated(gate), "workspace": {"home_dir": str(tmp_path / "h")}}
+    started = client.post("/api/workspaces/ws1/runs", json=body, headers=CSRF)
+    assert started.status_code == 202
+    run_id = started.json["run_id"]
+    busy = client.post("/api/workspaces/ws1/runs", json=body, headers=CSRF)
+    assert busy.status_code == 409 and busy.json["run_id"] == run_id
+    wait_done(run_id, store)
+    executions = client.get("/api/workspaces/ws1/action-executions").json
+    assert (executions["run_id"], executions["status"], executions["total_actions"]) == (run_id, "failed", 4)
+    assert (executions["completed"], executions["failed"], executions["pending"]) == (2, 1, 1)
+    gate_row = next(e for e in executions["executions"] if e["step_id"] == "gate")
+    assert gate_row["status"] == "failed" and "script: exit code 1: checking" in gate_row["error"]
+    assert set(gate_row) == {"step_id", "action_name", "display_name", "status", "attempts", "duration_seconds",
+                             "error"}
+    gate.touch()
+    resumed = client.post("/api/workspaces/ws1/actions/resume", json={"retry_failed_action": True}, headers=CSRF)
+    assert resumed.status_code == 202 and resumed.json["run_id"] == run_id  # the same run record
+    assert wait_done(run_id, store)["status"] == "succeeded"
+    run = client.get(f"/api/runs/{run_id}").json
+    assert [s["status"] for s in run["steps"]] == ["completed"] * 4
+    assert {r["run_id"] for r in client.get("/api/runs?workspace=ws1").json["runs"]} == {run_id}
+    assert client.get("/api/runs?status=failed").json["runs"] == []
+    svg = client.get(f"/api/runs/{run_id}/graph.svg")
+    assert svg.mimetype == "image/svg+xml" and b'data-step-id="finish" data-status="completed"' in svg.data
+    assert b"finish" in client.get(f"/api/runs/{run_id}/graph.svg?format=mermaid").data
+    assert client.get("/api/runs/nope").status_code == 404
+
+
+def test_api_errors_are_json_with_a_proper_status(client, tmp_path):
+    bad = {"template": template(step(10, "write_fil"), script_step(20, "echo {{ vars.x }}")),
+           "workspace": {"home_dir": str(tmp_path / "h")}}
+    answer = client.post("/api/workspaces/w/runs", json=bad, headers=CSRF)
+    assert answer.status_code == 422 and len(answer.json["problems"]) == 2
+    assert {p["field"] for p in answer.json["problems"]} == {"action_name", "action_config.script"}
+    assert api.list_runs(database_url=client.application.blueprints["dagrun"].dagrun_service.database_url,
+                         workspace="w") == []  # nothing ran, nothing recorded
+    assert client.post("/api/workspaces/w/runs", data="not json", headers=CSRF).status_code == 422
+    assert client.post("/api/workspaces/w/runs", json={"template": "/etc/passwd"}, headers=CSRF).status_code == 422
+    other = client.post("/api/workspaces/w/runs", json={"template": "demo", "workspace": {"id": "x"}}, headers=CSRF)
+    assert other.status_code == 422 and "is not 'w'" in other.json["error"]
+    assert client.get("/api/workspaces/never/action-executions").status_code == 404
+    assert client.post("/api/runs/nope/cancel", headers=CSRF).status_code == 404
+
+
+def test_saving_a_template_checks_it_and_stores_a_new_version(client):
+    doc = template(script_step(10, "echo one", id="one"), name="mine")
+    assert client.put("/api/templates/mine", json=doc, headers=CSRF).json == {"name": "mine", "version": "1.0.0"}
+    changed = template(script_step(10, "echo two", id="one"), name="mine")
+    assert client.put("/api/templates/mine", json=changed, headers=CSRF).json["version"] == "1.0.1"
+    broken = template(script_step(10, "echo {{ vars.nope }}", id="one", requirs=["x"]), name="mine")
+    answer = client.put("/api/templates/mine", json=broken, headers=CSRF)
+    assert answer.status_code == 422 and len(answer.json["problems"]) == 2
+    assert client.get("/api/templates/mine/actions").json["version"] == "1.0.1"
+    assert client.put("/api/templates/mine", json={**doc, "name": "other"}, headers=CSRF).status_code == 422
+
+
+def test_cancel_from_the_api(client, store, tmp_path):
+    doc = template(script_step(10, "sleep 60", id="long"), script_step(20, "true", id="after", requires=["long"]))
+    run_id = client.post("/api/workspaces/wc/runs", json={"template": doc, "workspace": {
+        "home_dir": str(tmp_path / "h")}}, headers=CSRF).json["run_id"]
+    time.sleep(0.5)
+    assert client.post(f"/api/runs/{run_id}/cancel", headers=CSRF).status_code == 202
+    run = wait_done(run_id, store, timeout=20)
+    assert run["status"] == "cancelled"
+    assert client.post(f"/api/runs/{run_id}/cancel", headers=CSRF).status_code == 422  # not running any more
+
+
+def test_a_run_of_another_process_shows_and_can_be_cancelled(client, store, tmp_path):
+    doc = tmp_path / "long.yaml"
+    doc.write_text(yaml.safe_dump(template(script_step(10, "sleep 60", id="long"))))
+    env = {**os.environ, "XDG_DATA_HOME": str(tmp_path / "xdg")}
+    other = subprocess.Popen([sys.executable, "-m", "dagrun", "run", str(doc), "--db", store, "--ws", "id=elsewhere",
+                              "--home", str(tmp_path / "h2")], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        runs = []
+        while time.monotonic() < deadline and not runs:
+            runs = client.get("/api/runs?workspace=elsewhere&status=running").json["runs"] if api._has_store(store) \
+                else []
+            time.sleep(0.1)
+        assert runs, "the other process's run never showed"
+        run_id = runs[0]["run_id"]
+        steps = client.get(f"/api/runs/{run_id}").json["steps"]
+        assert steps[0]["step_id"] == "long"
+        assert client.post(f"/api/runs/{run_id}/cancel", headers=CSRF).status_code == 202
+        out, err = other.communicate(timeout=30)  # its recorder saw the request and cancelled the run
+        assert other.returncode == 130, err
+        assert get_run(run_id, database_url=store)["status"] == "cancelled"
+    finally:
+        if other.poll() is None:
+            other.kill()
+
+
+def test_pages_render(client, tmp_path, store):
+    run_id = client.post("/api/workspaces/wp/runs", json={"template": "demo", "workspace": {
+        "home_dir": str(tmp_path / "h")}}, headers=CSRF).json["run_id"]
+    wait_done(run_id, store)
+    page = client.get(f"/runs/{run_id}").data.decode()
+    assert 'data-step-id="layout" data-status="completed"' in page and ">Cancel</button>" in page
+    assert ">Resume</button>" in page and "<svg" in page
+    assert "python-base" in client.get("/templates/django").data.decode()
+    assert "create_linux_user" in client.get("/actions").data.decode()
+    assert run_id[:8] in client.get("/").data.decode()
+    assert client.get("/runs/nope").status_code == 404
+
+
+# -- who may call it ------------------------------------------------------------------------
+
+def test_the_token_and_the_cross_site_guard(store, tmp_path):
+    app = create_app(database_url=store, token="s3cret")
+    c = app.test_client()
+    assert c.get("/api/runs").status_code == 401
+    assert c.get("/api/runs", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert c.get("/api/runs", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+    assert c.get("/").status_code == 401
+    assert c.get("/login?token=wrong").status_code == 401
+    login = c.get("/login?token=s3cret")
+    assert login.status_code == 302 and "HttpOnly" in login.headers["Set-Cookie"]
+    assert "SameSite=Strict" in login.headers["Set-Cookie"]
+    assert c.get("/").status_code == 200  # the browser's cookie
+    body = {"template": "demo", "workspace": {"home_dir": str(tmp_path / "h")}}
+    assert c.post("/api/workspaces/x/runs", json=body).status_code == 403  # cookie, no header: a cross-site form
+    cross = c.post("/api/workspaces/x/runs", json=body, headers={**CSRF, "Origin": "https://evil.example"})
+    assert cross.status_code == 403
+    ok = c.post("/api/workspaces/x/runs", json=body, headers={**CSRF, "Origin": "http://localhost"})
+    assert ok.status_code == 202, ok.json
+    api.running_here(ok.json["run_id"]).wait(60)
+
+
+def test_authorize_decides_who_may_do_what(store, tmp_path):
+    seen = []
+
+    def authorize(action, **resource):
+        seen.append((action, resource.get("workspace_id")))
+        return action == "read" or resource.get("workspace_id") == "mine"
+
+    c = create_app(database_url=store, authorize=authorize).test_client()
+    body = {"template": "demo", "workspace": {"home_dir": str(tmp_path / "h")}}
+    assert c.post("/api/workspaces/theirs/runs", json=body, headers=CSRF).status_code == 403
+    started = c.post("/api/workspaces/mine/runs", json=body, headers=CSRF)
+    assert started.status_code == 202
+    api.running_here(started.json["run_id"]).wait(60)
+    assert ("run", "theirs") in seen and ("run", "mine") in seen
+
+
+def test_serve_refuses_a_public_address_without_a_token(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "dagrun", "serve", "--host", "0.0.0.0", "--db",
+                          f"sqlite:///{tmp_path}/s.db"], capture_output=True, text=True, timeout=30,
+                         env={**os.environ, "DAGRUN_TOKEN": ""})
+    assert out.returncode == 2 and "needs a token" in out.stderr
+
+
+# -- live events from the real server ------------------------------------------------------------
+
+def test_live_events_over_sse_from_the_real_server(tmp_path, store):
+    server = Server(store, tmp_path)
+    try:
+        gate, go = tmp_path / "gate", tmp_path / "go"
+        doc = gated(gate)
+        doc["actions"][0]["action_config"]["script"] = f"while [ ! -e {go} ]; do sleep 0.05; done"
+        status, body = server.post("/api/workspaces/live/runs", {"template": doc, "workspace": {
+            "home_dir": str(tmp_path / "h")}}, headers=CSRF)
+        assert status == 202, body
+        run_id = body["run_id"]
+        events: list[tuple[str, dict]] = []
+
+        def listen() -> None:
+            request = urllib.request.Request(f"{server.url}/api/runs/{run_id}/events")
+            with urllib.request.urlopen(request, timeout=60) as stream:
+                kind = None
+                for raw in stream:
+                    line = raw.decode().rstrip("\n")
+                    if line.startswith("event: "):
+                        kind = line[len("event: "):]
+                    elif line.startswith("data: "):
+                        events.append((kind, json.loads(line[len("data: "):])))
+                        if events[-1][1].get("status") == "running":
+                            go.touch()  # seen running, live: now let it finish
+                        if kind == "run":
+                            return
+
+        reader = threading.Thread(target=listen, daemon=True)
+        reader.start()
+        reader.join(timeout=60)
+        assert not reader.is_alive(), "the stream never ended"
+        attempts = [(e["step_id"], e["status"]) for kind, e in events if kind == "attempt"]
+        assert ("prepare", "running") in attempts and ("prepare", "completed") in attempts  # live, as it happened
+        assert attempts.index(("prepare", "running")) < attempts.index(("prepare", "completed"))
+        assert events[-1] == ("run", {"event": "run", "run_id": run_id, "status": "failed", "error": events[-1][1][
+            "error"]})
+    finally:
+        server.stop()
