@@ -315,3 +315,29 @@ def test_live_events_over_sse_from_the_real_server(tmp_path, store):
             "error"]})
     finally:
         server.stop()
+
+
+def test_runs_started_together_on_a_fresh_database_all_start(client, store, tmp_path):
+    """The first requests of a new service arrive together: the store is
+    created once (Alembic's context is process-global), every run starts,
+    and every attempt is recorded (the first runs add the same action rows
+    at the same time)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def start(n: int):
+        return client.post(f"/api/workspaces/together{n}/runs", json={
+            "template": template(script_step(10, "true", id="s"), step(20, "write_file", id="w", requires=["s"],
+                                                                       action_config={"target_path": "~/f",
+                                                                                      "content": "x"})),
+            "workspace": {"home_dir": str(tmp_path / f"h{n}")}}, headers=CSRF)
+
+    with ThreadPoolExecutor(12) as pool:
+        answers = list(pool.map(start, range(12)))
+    assert [a.status_code for a in answers] == [202] * 12
+    for answer in answers:
+        run_id = answer.get_json()["run_id"]
+        wait_done(run_id, store)
+        run = client.get(f"/api/runs/{run_id}").get_json()
+        assert run["status"] == "succeeded" and not run.get("journal")
+        assert [(s["step_id"], s["status"], s["attempts"]) for s in run["steps"]] == [("s", "completed", 1),
+                                                                                     ("w", "completed", 1)]

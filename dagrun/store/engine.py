@@ -28,6 +28,7 @@ import contextlib
 import functools
 import os
 import re
+import threading
 from pathlib import Path
 from typing import Iterator
 
@@ -129,18 +130,20 @@ def _engine(url: str, schema: str | None) -> Engine:
 
 
 _ready: set[int] = set()
+_migrating = threading.Lock()  # Alembic's command context is module-global: one migration at a time
 
 
 def writable(url: str, *, schema: str | None = None) -> Engine:
     """The engine of a store that is about to be written: its schema is
-    created or migrated to the newest revision (once per process)."""
+    created or migrated to the newest revision (once per process, even when
+    a service's first requests arrive together)."""
     engine = engine_for(url, schema=schema)
     if id(engine) not in _ready:
         from .migrate import current, head, upgrade
-        with store_errors(url, "cannot open database"):
-            if current(engine) != head():  # Alembic is imported only when there is work for it
+        with _migrating, store_errors(url, "cannot open database"):
+            if id(engine) not in _ready and current(engine) != head():  # Alembic only when there is work
                 upgrade(engine)
-        _ready.add(id(engine))
+            _ready.add(id(engine))
     return engine
 
 

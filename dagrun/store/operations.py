@@ -222,8 +222,6 @@ class _Writer:
 
 
 def _ensure_actions(conn: Any, names: Iterable[str], action_ids: dict[str, int], specs: Mapping[str, Any]) -> None:
-    from sqlalchemy import insert
-
     from .seeding import action_values
     table = TemplateAction.__table__
     names = set(names)
@@ -239,6 +237,19 @@ def _ensure_actions(conn: Any, names: Iterable[str], action_ids: dict[str, int],
         defaults = {"max_retries": 3, "timeout_seconds": 300, "retry_delay_seconds": 5, "exponential_backoff": True,
                     "requires_sudo": False, "requires_network": False, "is_active": True, "is_system": False,
                     "created_at": now, "updated_at": now}
-        found[name] = conn.execute(insert(table).values(**{**defaults, **row}).returning(table.c.id)).scalar_one()
+        # runs that start together may both add the same action: the first one wins, the others read its id
+        statement = _insert_if_absent(conn, table).values(**{**defaults, **row}).on_conflict_do_nothing(
+            index_elements=["name"])
+        conn.execute(statement)
+        found[name] = conn.execute(select(table.c.id).where(table.c.name == name)).scalar_one()
     action_ids.update(found)
+
+
+def _insert_if_absent(conn: Any, table: Any) -> Any:
+    """An INSERT that can say ON CONFLICT DO NOTHING (PostgreSQL, SQLite)."""
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert(table)
 
