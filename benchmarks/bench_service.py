@@ -22,12 +22,14 @@ import tempfile
 import threading
 import time
 import urllib.request
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from common import table
 
-HEADERS = {"Content-Type": "application/json", "X-Dagrun-Request": "1"}
+TOKEN = uuid.uuid4().hex
+HEADERS = {"Content-Type": "application/json", "Authorization": f"Bearer {TOKEN}"}
 
 
 def call(base: str, method: str, path: str, body: object = None) -> tuple[int, dict, float]:
@@ -58,7 +60,8 @@ def follow(base: str, run_id: str, seen: dict[str, list[str]]) -> None:
     """An SSE client: reads the run's events until its final one."""
     kinds: list[str] = []
     seen[run_id + f"#{threading.get_ident()}"] = kinds
-    with urllib.request.urlopen(f"{base}/api/runs/{run_id}/events", timeout=300) as stream:
+    request = urllib.request.Request(f"{base}/api/runs/{run_id}/events", headers=HEADERS)
+    with urllib.request.urlopen(request, timeout=300) as stream:
         for raw in stream:
             line = raw.decode().rstrip("\n")
             if line.startswith("event: "):
@@ -88,9 +91,10 @@ def main() -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     base = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "DAGRUN_WORKSPACE_ROOTS": str(folder)}
+    env = {**os.environ, "DAGRUN_WORKSPACE_ROOTS": str(folder), "DAGRUN_TOKEN": TOKEN}
     log = open(folder / "serve.log", "w")
-    server = subprocess.Popen([sys.executable, "-m", "dagrun", "serve", "--port", str(port), "--db", db],
+    server = subprocess.Popen([sys.executable, "-m", "dagrun", "serve", "--port", str(port), "--db", db,
+                               "--allow-inline-templates", "--threads", "128"],  # a stream per 2 threads
                               env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 30

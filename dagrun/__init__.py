@@ -9,13 +9,14 @@ retries, timeouts, conditions, validation and rollback
 from .api import (RunHandle, cancel_run, get_run, list_runs, list_templates, plan, resume, run_template,
                   start_resume, start_run)
 from .compile import compile_template
+from .fleet import FleetResult, resume_fleet, run_fleet
 from .errors import (ActionDefinitionError, CycleError, DagrunError, InputError, PermanentError, Problem,
                      RunConflictError, StoreError, TemplateError)
 from .run.outcome import HandlerResult, RunStatus, StepStatus
 from .run.result import RunResult, StepResult
 
 __all__ = [
-    "run_template", "start_run", "start_resume", "RunHandle", "cancel_run", "resume", "list_runs", "get_run",
+    "run_template", "run_fleet", "resume_fleet", "FleetResult", "start_run", "start_resume", "RunHandle", "cancel_run", "resume", "list_runs", "get_run",
     "list_templates", "compile_template", "plan", "RunConflictError", "RunResult", "StepResult", "RunStatus", "StepStatus",
     "HandlerResult", "DagrunError", "TemplateError", "CycleError", "ActionDefinitionError", "InputError",
     "PermanentError", "Problem", "StoreError",

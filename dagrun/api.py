@@ -62,6 +62,7 @@ class PreparedRun:
     check: bool = False  # validate only: what would change (dagrun run --check)
     home_root: str | None = None  # the allowed folder the workspace home is in
     adopt_users: tuple[str, ...] = ()  # existing accounts the operator lets any workspace use
+    shared_locks: Any = None  # a fleet's locks (run.shared_locks.SharedLocks), held with its other runs
 
 
 def run_template(template: Any, workspace: Any, *, database_url: str | None = None,
@@ -269,7 +270,8 @@ def prepare(template: Any, workspace: Any, *, database_url: str | None = None, m
         plan = learned(plan, url)
     return PreparedRun(plan=plan, workspace=ws, run_id=run_id or str(uuid.uuid4()), url=url,
                        variables=dict(variables or {}), secrets=dict(secrets or {}), max_workers=max_workers,
-                       executor=executor, sudo=sudo_prefix(plan, allow_sudo), sandbox=sandbox, fleet_id=fleet_id,
+                       executor=_executor(executor), sudo=sudo_prefix(plan, allow_sudo), sandbox=sandbox,
+                       fleet_id=fleet_id,
                        check=check, home_root=_home_root(ws, home_roots), adopt_users=tuple(adopt_users))
 
 
@@ -319,7 +321,7 @@ def prepare_resume(run_id: str, *, database_url: str | None = None, from_step: s
     plan = learned(plan, url)
     done, numbers = done_steps(rows, plan.order, again)
     return PreparedRun(plan=plan, workspace=ws, run_id=run.id, url=url, variables=dict(run.variables or {}),
-                       secrets=secrets, max_workers=max_workers or run.max_workers, executor=executor,
+                       secrets=secrets, max_workers=max_workers or run.max_workers, executor=_executor(executor),
                        sudo=sudo_prefix(plan, allow_sudo), sandbox=sandbox, done=done, attempts=numbers,
                        fleet_id=run.fleet_id, resumed=True, home_root=_home_root(ws, home_roots),
                        adopt_users=tuple(adopt_users))
@@ -351,6 +353,13 @@ def compile_for(template: Any, workspace: Any, *, actions: Iterable[Any] | None 
 def _home_root(workspace: Mapping[str, Any], extra: Iterable[str]) -> str | None:
     from .workspace import home_root, home_roots
     return home_root(str(workspace["home_dir"]), home_roots(extra)) if workspace.get("home_dir") else None
+
+
+def _executor(executor: Any) -> Any:
+    """``executor=`` as the runner takes it (a Dask address or client becomes
+    dagrun's Dask adapter)."""
+    from .run.executors import resolve_executor
+    return resolve_executor(executor)
 
 
 def check_account(workspace: Mapping[str, Any], adopt_users: Iterable[str] = ()) -> None:
@@ -455,7 +464,8 @@ def execute(prepared: PreparedRun, *, observers: Iterable[Observer] = (),
                     executor=prepared.executor, sudo=prepared.sudo, done=prepared.done,
                     attempts=prepared.attempts, secret_values=[str(v) for v in prepared.secrets.values()],
                     sandbox=prepared.sandbox, write_ahead=prepared.url is not None, check=prepared.check,
-                    home_root=prepared.home_root, adopt_users=prepared.adopt_users)
+                    home_root=prepared.home_root, adopt_users=prepared.adopt_users,
+                    shared_locks=prepared.shared_locks)
     recorder = None
     if prepared.url is not None:
         from .store.recorder import Recorder
@@ -653,13 +663,14 @@ def _check_variables(compiled: Plan, variables: Mapping[str, Any] | None) -> Non
 # -- the store: history, upkeep -------------------------------------------------------------
 
 def list_runs(*, database_url: str | None = None, workspace: str | None = None, status: str | None = None,
-              limit: int = 50) -> list[dict[str, Any]]:
-    """Recorded runs, newest first (none for a database without dagrun's tables)."""
+              limit: int = 50, fleet: str | None = None) -> list[dict[str, Any]]:
+    """Recorded runs, newest first (none for a database without dagrun's
+    tables); ``fleet``: the runs of one fleet run."""
     from .store.history import list_runs as runs
     url = database_url or default_database_url()
     if not _has_store(url):
         return []
-    return runs(url, workspace=workspace, status=status, limit=limit)
+    return runs(url, workspace=workspace, status=status, limit=limit, fleet=fleet)
 
 
 def get_run(run_id: str, *, database_url: str | None = None, output: bool = False,

@@ -119,19 +119,23 @@ class RetryPolicy:
 
 @dataclass(frozen=True, slots=True)
 class Lock:
-    """A named resource; at most ``capacity`` steps holding it run at once."""
+    """A named resource; at most ``capacity`` steps holding it run at once.
+    In a fleet run, the workspaces of one host share it (``scope: host``,
+    the default: ``apt``) or the whole fleet does (``scope: fleet``: a git
+    server)."""
 
     name: str
     capacity: int = 1
+    scope: str = "host"
 
     @classmethod
     def parse(cls, item: "str | Mapping[str, Any] | Lock") -> "Lock":
-        """A ``locks:`` entry: a name, or ``{name, capacity}``."""
+        """A ``locks:`` entry: a name, or ``{name, capacity, scope}``."""
         if isinstance(item, Lock):
             return item
         if isinstance(item, str):
             return cls(item)
-        return cls(item["name"], int(item.get("capacity", 1)))
+        return cls(item["name"], int(item.get("capacity", 1)), str(item.get("scope", "host")))
 
 
 @dataclass(frozen=True, slots=True)

@@ -86,17 +86,57 @@ def pip_install(ctx: StepContext) -> HandlerResult:
         command.append(f"--index-url={ctx.config['index_url']}")
     requirements = ctx.config.get("requirements_file")
     packages = list(ctx.config.get("packages") or [])
+    copy = None
     if requirements:
         path = ctx.expand(requirements)
         if not os.path.isfile(path):
             raise PermanentError(f"requirements file {path} does not exist")
+        if ctx.privileged:  # root's pip reads our checked copy, never a path or an include
+            path = copy = _checked_requirements(path)
         command.append(f"--requirement={path}")
     if packages:
         command += ["--", *packages]
-    result = ctx.run(command, env=PIP_ENV)
+    try:
+        result = ctx.run(command, env=PIP_ENV)
+    finally:
+        if copy is not None:
+            os.unlink(copy)
     result.data = {"requirements_file": ctx.expand(requirements) if requirements else None, "packages": packages}
     result.changed = "Successfully installed" in result.stdout  # pip says so only when it installed something
     return result
+
+
+# Lines of a requirements file that make pip read another file or folder.
+_READS_FILES = ("-r", "--requirement", "-c", "--constraint", "-e", "--editable", "-f", "--find-links")
+_MAX_REQUIREMENTS = 1024 * 1024
+
+
+def _checked_requirements(path: str) -> str:
+    """A private copy of the requirements file at ``path`` for pip run as
+    root: read without following a symlink, and refused when a line would
+    make pip read another file (``-r /etc/shadow``, a local path), which
+    root must not read on a value's behalf (its error would show the line)."""
+    import tempfile
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as exc:
+        raise PermanentError(f"cannot read the requirements file {path}: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as fh:
+        data = fh.read(_MAX_REQUIREMENTS + 1)
+    if len(data) > _MAX_REQUIREMENTS:
+        raise PermanentError(f"the requirements file {path} is larger than 1 MB")
+    text = data.decode("utf-8", errors="replace")
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.split(" #", 1)[0].strip()
+        option = line.split("=", 1)[0].split(None, 1)[0] if line.startswith("-") else ""
+        if option in _READS_FILES or (not option and line.startswith((".", "/", "~", "file:"))):
+            raise PermanentError(f"line {number} of the requirements file {path} makes pip read another file "
+                                 "or folder: as root, dagrun installs only what the file names itself "
+                                 "(use find_links, or a workspace user)")
+    fd, copy = tempfile.mkstemp(prefix="dagrun-requirements-", suffix=".txt")
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+    return copy
 
 
 def validate_pip(ctx: StepContext) -> HandlerResult:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -131,11 +132,10 @@ class Server:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        self.token = token
-        env = {**os.environ, "XDG_DATA_HOME": str(cwd / "xdg")}
-        args = [sys.executable, "-m", "dagrun", "serve", "--port", str(self.port), "--db", db_url, *extra]
-        if token:
-            args += ["--token", token]
+        self.token = token or uuid.uuid4().hex  # the service always has one
+        env = {**os.environ, "XDG_DATA_HOME": str(cwd / "xdg"), "DAGRUN_TOKEN": self.token}
+        args = [sys.executable, "-m", "dagrun", "serve", "--port", str(self.port), "--db", db_url,
+                "--allow-inline-templates", *extra]
         self.log = open(cwd / "serve.log", "w")
         self.process = subprocess.Popen(args, cwd=cwd, env=env, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 30

@@ -64,6 +64,7 @@ def test_a_run_page_follows_the_run_live_and_resumes_it(tmp_path, server, browse
     assert status == 202, body
     run_id = body["run_id"]
 
+    page.goto(f"{server.url}/login?token={server.token}")  # once: the browser keeps a session cookie
     page.goto(f"{server.url}/runs/{run_id}")
     run = page.locator("#run")
     assert run.get_attribute("data-status") == "running"
@@ -98,6 +99,7 @@ def test_the_editor_shows_every_problem_of_an_invalid_save(tmp_path, server, bro
     status, body = server.request("PUT", "/api/templates/edited", doc, headers=CSRF)
     assert status == 200, body
 
+    page.goto(f"{server.url}/login?token={server.token}")
     page.goto(f"{server.url}/templates/edited")
     steps = page.locator("#editor-steps li")
     playwright.expect(steps).to_have_count(2)

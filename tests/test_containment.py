@@ -754,6 +754,24 @@ def test_create_linux_user_makes_homes_only_where_workspaces_may_live(tmp_path):
         subprocess.run(["userdel", "--remove", name], capture_output=True)
 
 
+@root_only
+def test_as_root_a_requirements_file_never_includes_what_root_may_not_read(tmp_path, shared):
+    """A public requirements file saying ``-r /etc/shadow`` would make root's
+    pip read it and show its first line in the error."""
+    for n, line in enumerate(("-r /etc/shadow", "--requirement=/etc/shadow", "-c /etc/shadow",
+                              "-e /root/project", "/root/private.whl", "file:///etc/shadow")):
+        requirements = shared / f"req{n}.txt"
+        requirements.write_text(f"# looks harmless\n{line}\n")
+        requirements.chmod(0o644)
+        doc = template(step(5, "create_python_venv", id="v", action_config={"venv_path": "~/venv", "with_pip": False}),
+                       step(10, "install_pip_requirements", id="r", max_retries=1, requires=["v"], action_config={
+                           "venv_path": "~/venv", "requirements_file": str(requirements)}))
+        result = run_template(doc, {"id": f"req{n}", "home_dir": str(tmp_path / f"h{n}")}, record=False)
+        error = result.steps["r"].error
+        assert f"line 2 of the requirements file {requirements} makes pip read another file" in error, (line, error)
+        assert "root:" not in error
+
+
 def test_a_user_defined_action_never_reads_other_steps_results():
     acts = [{**shell_action("peek", "echo {{ steps.first.result.secret }}")}]
     with pytest.raises(TemplateError, match="is user-defined"):

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -35,7 +36,7 @@ def store(request, tmp_path):
 
 @pytest.fixture
 def client(store):
-    app = create_app(database_url=store)
+    app = create_app(database_url=store, allow_inline_templates=True)
     app.testing = True
     return app.test_client()
 
@@ -259,7 +260,7 @@ def test_authorize_decides_who_may_do_what(store, tmp_path):
         seen.append((action, resource.get("workspace_id")))
         return action == "read" or resource.get("workspace_id") == "mine"
 
-    c = create_app(database_url=store, authorize=authorize).test_client()
+    c = create_app(database_url=store, authorize=authorize, allow_inline_templates=True).test_client()
     body = {"template": "demo", "workspace": {"home_dir": str(tmp_path / "h")}}
     assert c.post("/api/workspaces/theirs/runs", json=body, headers=CSRF).status_code == 403
     started = c.post("/api/workspaces/mine/runs", json=body, headers=CSRF)
@@ -290,7 +291,8 @@ def test_live_events_over_sse_from_the_real_server(tmp_path, store):
         events: list[tuple[str, dict]] = []
 
         def listen() -> None:
-            request = urllib.request.Request(f"{server.url}/api/runs/{run_id}/events")
+            request = urllib.request.Request(f"{server.url}/api/runs/{run_id}/events",
+                                             headers={"Authorization": f"Bearer {server.token}"})
             with urllib.request.urlopen(request, timeout=60) as stream:
                 kind = None
                 for raw in stream:
@@ -341,3 +343,165 @@ def test_runs_started_together_on_a_fresh_database_all_start(client, store, tmp_
         assert run["status"] == "succeeded" and not run.get("journal")
         assert [(s["step_id"], s["status"], s["attempts"]) for s in run["steps"]] == [("s", "completed", 1),
                                                                                      ("w", "completed", 1)]
+
+
+# -- what a hostile caller tried (an attack on the service) -----------------------------------
+
+def test_dagrun_serve_always_has_a_token(tmp_path):
+    """Loopback is no trust boundary: every local user (and every workspace's
+    processes) can reach it. Without a token given, one is made and shown
+    once to whoever started the service."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k != "DAGRUN_TOKEN"}
+    process = subprocess.Popen([sys.executable, "-m", "dagrun", "serve", "--port", str(port), "--db",
+                                f"sqlite:///{tmp_path}/t.db"], stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        line = process.stderr.readline()
+        assert f"http://127.0.0.1:{port}/login?token=" in line, line
+        token = line.split("login?token=", 1)[1].split()[0]
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:  # the address is printed as the server starts listening
+            try:
+                urllib.request.urlopen(f"{base}/api/health", timeout=10).close()
+                break
+            except urllib.error.URLError:
+                assert time.monotonic() < deadline, "dagrun serve did not start"
+                time.sleep(0.1)
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"{base}/api/runs", timeout=10)
+        assert refused.value.code == 401
+        request = urllib.request.Request(f"{base}/api/runs", headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            assert answer.status == 200
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+def test_a_dns_rebinding_page_is_not_served(store):
+    c = create_app(database_url=store, allowed_hosts={"127.0.0.1", "localhost"}).test_client()
+    assert c.get("/api/runs", headers={"Host": "127.0.0.1:8080"}).status_code == 200
+    evil = c.post("/api/workspaces/w/runs", json={"template": "demo"}, headers={
+        **CSRF, "Host": "rebind.attacker.example:8080", "Origin": "http://rebind.attacker.example:8080",
+        "Sec-Fetch-Site": "same-origin"})
+    assert evil.status_code == 421
+    assert c.get("/api/runs", headers={"Host": "rebind.attacker.example"}).status_code == 421
+
+
+def test_pages_are_never_framed_and_the_cookie_is_not_the_token(store):
+    c = create_app(database_url=store, token="s3cret").test_client()
+    login = c.get("/login?token=s3cret")
+    assert "s3cret" not in login.headers["Set-Cookie"]  # a session value derived from it
+    page = c.get("/")
+    assert page.status_code == 200
+    assert page.headers["X-Frame-Options"] == "DENY"
+    assert "frame-ancestors 'none'" in page.headers["Content-Security-Policy"]
+    assert page.headers["X-Content-Type-Options"] == "nosniff"
+    session = login.headers["Set-Cookie"].split("=", 1)[1].split(";")[0]
+    fresh = c.application.test_client()  # no cookie: the derived value is not a bearer token
+    assert fresh.get("/api/runs", headers={"Authorization": f"Bearer {session}"}).status_code == 401
+
+
+def test_a_run_request_names_a_template_unless_the_operator_allows_documents(store, tmp_path):
+    seen = []
+
+    def authorize(action, **resource):
+        seen.append((action, resource))
+        return True
+
+    c = create_app(database_url=store, authorize=authorize).test_client()
+    inline = c.post("/api/workspaces/w/runs", json={"template": template(script_step(10, "id")), "workspace": {
+        "home_dir": str(tmp_path / "h")}}, headers=CSRF)
+    assert inline.status_code == 403 and "stored templates only" in inline.json["error"]
+    assert ("run", {"workspace_id": "w", "template": "<inline>"}) in seen
+    named = c.post("/api/workspaces/w/runs", json={"template": "demo", "workspace": {
+        "home_dir": str(tmp_path / "h")}}, headers=CSRF)
+    assert named.status_code == 202
+    assert ("run", {"workspace_id": "w", "template": "demo"}) in seen
+    wait_done(named.json["run_id"], store)
+    saved = c.put("/api/templates/python-base", json={"name": "python-base", "version": "9.9.9", "actions": [
+        script_step(10, "id")]}, headers=CSRF)
+    assert saved.status_code == 409 and "shipped with dagrun" in saved.json["error"]
+
+
+def test_a_workspace_url_never_resumes_another_workspaces_run(client, store, tmp_path):
+    theirs = client.post("/api/workspaces/bob/runs", json={"template": template(script_step(10, "exit 1", id="s")),
+                                                           "workspace": {"home_dir": str(tmp_path / "b")}},
+                         headers=CSRF)
+    run_id = theirs.json["run_id"]
+    assert wait_done(run_id, store)["status"] == "failed"
+    client.post("/api/workspaces/alice/runs", json={"template": template(script_step(10, "true")),
+                                                    "workspace": {"home_dir": str(tmp_path / "a")}}, headers=CSRF)
+    sneaky = client.post("/api/workspaces/alice/actions/resume", json={"run_id": run_id}, headers=CSRF)
+    assert sneaky.status_code == 404
+    assert get_run(run_id, database_url=store)["status"] == "failed"  # not resumed
+
+
+def test_stored_secrets_are_masked_when_read_and_kept_when_saved(client):
+    doc = template(step(10, "create_postgresql_user", id="role", action_config={
+        "username": "app", "password": "TopSecretPw123"}), name="withsecret")
+    assert client.put("/api/templates/withsecret", json=doc, headers=CSRF).status_code == 200
+    for answer in (client.get("/api/templates/withsecret"), client.get("/templates/withsecret")):
+        assert answer.status_code == 200 and b"TopSecretPw123" not in answer.data
+    shown = client.get("/api/templates/withsecret").json["document"]
+    assert shown["actions"][0]["action_config"]["password"] == "********"
+    shown["version"] = "1.0.1"
+    assert client.put("/api/templates/withsecret", json=shown, headers=CSRF).status_code == 200  # saved unchanged
+    from dagrun.store.seeding import stored_templates
+    url = client.application.blueprints["dagrun"].dagrun_service.database_url
+    kept = [t for t in stored_templates(url) if t["name"] == "withsecret"][0]
+    assert kept["actions"][0]["action_config"]["password"] == "TopSecretPw123"
+
+
+def test_event_streams_are_capped(store, tmp_path):
+    app = create_app(database_url=store, max_streams=1, allow_inline_templates=True)
+    c = app.test_client()
+    started = c.post("/api/workspaces/s/runs", json={"template": template(script_step(10, "sleep 1", id="s")),
+                                                     "workspace": {"home_dir": str(tmp_path / "h")}}, headers=CSRF)
+    run_id = started.json["run_id"]
+    first = c.get(f"/api/runs/{run_id}/events", buffered=False)
+    assert first.status_code == 200
+    second = c.get(f"/api/runs/{run_id}/events", buffered=False)
+    assert second.status_code == 429
+    first.close()  # the slot comes back when the server closes the stream
+    third = c.get(f"/api/runs/{run_id}/events", buffered=False)
+    assert third.status_code == 200
+    third.close()
+    wait_done(run_id, store)
+
+
+def test_bad_query_values_and_a_mounted_blueprint_answer_in_json(store):
+    from flask import Flask
+
+    from dagrun.web import create_blueprint
+    app = Flask("host")
+    app.register_blueprint(create_blueprint(database_url=store), url_prefix="/p")
+    c = app.test_client()
+    for limit in ("abc", "-1"):
+        answer = c.get(f"/p/api/runs?limit={limit}")
+        assert answer.status_code == 422 and "limit must be" in answer.json["error"]
+    missing = c.get("/p/api/runs/nope")
+    assert missing.status_code == 404 and missing.is_json
+
+
+def test_listings_show_only_the_runs_the_caller_may_read(store, tmp_path):
+    c = create_app(database_url=store, allow_inline_templates=True).test_client()
+    for ws in ("mine", "theirs"):
+        answer = c.post(f"/api/workspaces/{ws}/runs", json={"template": template(script_step(10, "true")),
+                                                            "workspace": {"home_dir": str(tmp_path / ws)}},
+                        headers=CSRF)
+        wait_done(answer.json["run_id"], store)
+    limited = create_app(database_url=store, authorize=lambda action, **r: r.get("workspace_id") in (None, "mine")
+                         ).test_client()
+    assert {r["workspace_id"] for r in limited.get("/api/runs").json["runs"]} == {"mine"}
+    assert "theirs" not in limited.get("/").data.decode()
+
+
+def test_a_password_in_the_url_query_is_never_shown(tmp_path):
+    from dagrun.store.engine import describe_url
+    shown = describe_url("postgresql://app@127.0.0.1:5432/db?password=SuperPw2&sslmode=require")
+    assert "SuperPw2" not in shown and "sslmode=require" in shown

@@ -131,7 +131,8 @@ def _console(stderr: bool = False):
 def _run_options(args: argparse.Namespace) -> dict[str, Any]:
     return dict(max_workers=args.workers, actions=args.actions, trusted_actions=args.trusted_actions,
                 allow_sudo=args.allow_sudo, secrets=_secrets(args.secret), sandbox=not args.no_sandbox,
-                allow_network=args.allow_network or (), adopt_users=args.adopt_user or ())
+                allow_network=args.allow_network or (), adopt_users=args.adopt_user or (),
+                executor=args.executor)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -145,11 +146,72 @@ def cmd_run(args: argparse.Namespace) -> int:
         **options, **kw), workspace.get("home_dir"))
 
 
+def _recorded_home_roots(url: str, run_ids: list[str]) -> list[str]:
+    """Whoever types ``dagrun resume`` is the operator: the homes the runs
+    worked in are allowed again."""
+    homes = [api.get_run(run_id, database_url=url).get("home_dir") for run_id in run_ids]
+    return sorted({os.path.dirname(h) for h in homes if h})
+
+
 def cmd_resume(args: argparse.Namespace) -> int:
     url = _db(args)
     options = _run_options(args)
+    roots = _recorded_home_roots(url, [args.run_id])
     return _run_with_progress(args, lambda **kw: api.resume(
-        args.run_id, database_url=url, from_step=args.from_step, **options, **kw), None)
+        args.run_id, database_url=url, from_step=args.from_step, home_roots=roots, **options, **kw), None)
+
+
+def cmd_fleet(args: argparse.Namespace) -> int:
+    from ..fleet import read_workspaces, resume_fleet, run_fleet
+    from ..workspace import cli_workspace
+    from .progress import FleetProgress, print_fleet_summary
+    if bool(args.template) == bool(args.resume):
+        raise InputError("dagrun fleet needs a TEMPLATE and --workspaces FILE, or --resume FLEET_ID")
+    url = _db(args)
+    options = _run_options(args)
+    console = _console(stderr=args.json)
+    runners: list[Any] = []
+    reason: list[str] = []
+
+    def hook(runner: Any) -> None:
+        runners.append(runner)
+        if reason:
+            runner.cancel(reason[0])
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        reason.append("interrupted" if signum == signal.SIGINT else "terminated")
+        for runner in list(runners):
+            runner.cancel(reason[0])
+
+    if args.resume:
+        roots = _recorded_home_roots(url, [r["run_id"] for r in api.list_runs(database_url=url, fleet=args.resume,
+                                                                              limit=100_000)])
+        start = lambda progress: resume_fleet(  # noqa: E731
+            args.resume, database_url=url, concurrency=args.concurrency, observers_for=progress, runner_hook=hook,
+            home_roots=roots, **options)
+        total = None
+    else:
+        if not args.workspaces:
+            raise InputError("dagrun fleet TEMPLATE needs --workspaces FILE (.jsonl, .json, .yaml or .csv)")
+        workspaces = [cli_workspace(ws) for ws in read_workspaces(args.workspaces)]
+        roots = sorted({root for ws in workspaces for root in _home_roots(ws)})
+        total = len(workspaces)
+        start = lambda progress: run_fleet(  # noqa: E731
+            args.template, workspaces, database_url=url, concurrency=args.concurrency,
+            variables=_pairs(args.set, "--set"), observers_for=progress, runner_hook=hook, home_roots=roots,
+            **options)
+    display = FleetProgress(console, total or 0)
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        fleet = start(lambda ws_id: [display.observer(ws_id)])
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if args.json:
+        print(json.dumps(fleet.as_dict(), indent=2, default=str))
+    else:
+        print_fleet_summary(console, fleet)
+    return 0 if fleet.success else EXIT_FAILED
 
 
 # -- compile-only commands -----------------------------------------------------------
@@ -351,10 +413,12 @@ def cmd_seed(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from ..web.serve import serve, token_from_environment
-    serve(host=args.host, port=args.port, token=args.token or token_from_environment(), threads=args.threads,
-          database_url=_db(args), actions=args.actions, trusted_actions=args.trusted_actions,
-          allow_network=args.allow_network or (), sandbox=not args.no_sandbox)
+    from ..web.serve import serve, token_from_environment, token_from_file
+    token = token_from_file(args.token_file) if args.token_file else args.token or token_from_environment()
+    serve(host=args.host, port=args.port, token=token, threads=args.threads, database_url=_db(args),
+          actions=args.actions, trusted_actions=args.trusted_actions, allow_network=args.allow_network or (),
+          sandbox=not args.no_sandbox, allowed_hosts=args.allowed_host or (),
+          allow_inline_templates=args.allow_inline_templates)
     return 0
 
 
@@ -405,6 +469,9 @@ def build_parser() -> argparse.ArgumentParser:
     running.add_argument("--adopt-user", action="append", metavar="NAME",
                          help="let the workspace run as this existing Linux account, which create_linux_user did "
                               "not make for it ('*': any non-system account); may repeat")
+    running.add_argument("--executor", metavar="URL",
+                         help="run the attempts on a Dask cluster (tcp://host:8786; pip install 'dagrun[dask]'); "
+                              "the default is a thread pool in this process")
     running.add_argument("--json", action="store_true", help="print the result as JSON (progress goes to stderr)")
 
     parser = argparse.ArgumentParser(prog="dagrun", description=DESCRIPTION, epilog=EPILOG,
@@ -428,6 +495,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--env", action="append", metavar="NAME", dest="env_passthrough",
                      help="pass this environment variable to steps (env.NAME); steps see only PATH, LANG, LC_*, "
                           "TZ, TERM and the names the template declares otherwise; may repeat")
+
+    fleet = command("fleet", cmd_fleet, "run a template for many workspaces (or resume a fleet's failed ones)",
+                    actions, variables, running, db)
+    fleet.add_argument("template", nargs="?", help=template_help)
+    fleet.add_argument("--workspaces", metavar="FILE", help="the workspaces: .jsonl, .json or .yaml (a list of "
+                                                            "objects), or .csv (a header row of field names)")
+    fleet.add_argument("--concurrency", type=int, metavar="N", help="workspaces running at once (default: all)")
+    fleet.add_argument("--resume", metavar="FLEET_ID", help="resume the runs of this fleet that did not succeed")
 
     resume = command("resume", cmd_resume, "continue a failed, cancelled or interrupted run", actions, running, db)
     resume.add_argument("run_id", help="a run id, or an unambiguous prefix of one")
@@ -496,10 +571,17 @@ def build_parser() -> argparse.ArgumentParser:
     serve = command("serve", cmd_serve, "the HTTP API and the web page (runs, graphs, the template editor)",
                     actions, db)
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1); anything "
-                                                           "but loopback needs --token")
+                                                           "but loopback needs a token given on purpose")
     serve.add_argument("--port", type=int, default=8080, help="port (default 8080)")
-    serve.add_argument("--token", help="require this token (Authorization: Bearer TOKEN; a browser opens "
-                                       "/login?token=TOKEN once); default $DAGRUN_TOKEN")
+    serve.add_argument("--token-file", metavar="FILE",
+                       help="the token, from a file (Authorization: Bearer TOKEN; a browser opens "
+                            "/login?token=TOKEN once); default $DAGRUN_TOKEN, else a new one printed at start")
+    serve.add_argument("--token", help=argparse.SUPPRESS)  # visible to every user in ps: --token-file instead
+    serve.add_argument("--allowed-host", action="append", metavar="NAME",
+                       help="a host name the service answers to besides loopback and --host; may repeat")
+    serve.add_argument("--allow-inline-templates", action="store_true",
+                       help="let a run request carry its own template document (a template runs code, as root "
+                            "for run_as: root steps: only for callers you would give root)")
     serve.add_argument("--threads", type=int, default=64, help="worker threads; each live event stream holds one "
                                                                "(default 64)")
     serve.add_argument("--allow-network", action="append", metavar="ACTION",

@@ -10,6 +10,7 @@ never as Rich markup: ``see [/var/log/app]`` in an error is just that.
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
@@ -20,6 +21,7 @@ from rich.text import Text
 
 from ..run.events import (AttemptFinished, RetryScheduled, RunStarted, StepFinished, StepRolledBack, StepSkipped,
                           StepStarted)
+from ..run.events import RunFinished as RunFinishedEvent
 from ..run.result import RunResult
 
 STYLE = {"completed": "green", "failed": "red", "skipped": "yellow", "rolled_back": "magenta",
@@ -155,3 +157,69 @@ def _short(seconds: float) -> str:
 
 def wall(seconds: float) -> str:
     return time.strftime("%H:%M:%S", time.gmtime(seconds)) if seconds >= 60 else f"{seconds:.2f} s"
+
+
+class FleetProgress:
+    """``dagrun fleet``'s live display: a line per workspace as it starts,
+    as a step of it fails, and as it ends, with how many are done."""
+
+    def __init__(self, console: Console, total: int):
+        self.console = console
+        self.total = total
+        self.done = 0
+        self.width = max(len("workspace"), 8)
+        self._lock = threading.Lock()
+
+    def observer(self, workspace_id: str) -> Any:
+        def seen(event: Any) -> None:
+            if isinstance(event, RunStarted):
+                self._line(workspace_id, ("started", "cyan"), f" {event.total_steps} steps, run {event.run_id[:8]}")
+            elif isinstance(event, StepFinished) and event.status.value == "failed":
+                first = (event.error or "failed").splitlines()[0]
+                self._line(workspace_id, ("✗", "red"), f" {event.step_id}: {first}")
+            elif isinstance(event, RunFinishedEvent):
+                with self._lock:
+                    self.done += 1
+                result = event.result
+                status = result.status.value
+                self._line(workspace_id, (status, "green" if result.success else "red"),
+                           f" in {wall(result.duration_seconds)} "
+                           f"({result.completed_actions}/{result.total_actions} steps) "
+                           f"[{self.done}/{self.total} done]" if self.total else f"[{self.done} done]")
+        return seen
+
+    def _line(self, workspace_id: str, *parts: str | tuple[str, str]) -> None:
+        with self._lock:
+            self.console.print(Text.assemble((f"{workspace_id} ", "bold"), *parts), highlight=False, soft_wrap=True)
+
+
+def fleet_table(fleet: Any, width: int = 80) -> Table:
+    """One row per workspace; cut, never wrapped."""
+    table = Table(title=Text(f"fleet {fleet.fleet_id}"), title_justify="left", box=box.SIMPLE_HEAD,
+                  pad_edge=False, collapse_padding=True)
+    table.add_column("workspace", no_wrap=True, overflow="ellipsis", max_width=24)
+    table.add_column("status", no_wrap=True, min_width=11)
+    table.add_column("steps", justify="right", no_wrap=True, min_width=5)
+    table.add_column("time", justify="right", no_wrap=True, min_width=6)
+    table.add_column("run", no_wrap=True, min_width=8)
+    table.add_column("error", no_wrap=True, overflow="ellipsis", max_width=max(10, width - 66))
+    for ws in fleet.order or list(fleet.results):
+        result = fleet.results.get(ws)
+        if result is None:
+            continue
+        status = result.status.value
+        table.add_row(Text(ws), Text(WORDS.get(status, status), style=STYLE.get(status, "white")),
+                      f"{result.completed_actions}/{result.total_actions}", _short(result.duration_seconds),
+                      result.run_id[:8], Text((result.error or "").splitlines()[0] if result.error else ""))
+    for ws, error in fleet.errors.items():
+        table.add_row(Text(ws), Text("not started", style="bright_black"), "", "", "", Text(error.splitlines()[0]))
+    return table
+
+
+def print_fleet_summary(console: Console, fleet: Any) -> None:
+    console.print(fleet_table(fleet, console.width))
+    ok, bad = len(fleet.succeeded), len(fleet.failed)
+    console.print(Text.assemble((f"{ok} succeeded", "green"), ", ", (f"{bad} failed", "red" if bad else "green"),
+                                f" in {wall(fleet.duration_seconds)}"), soft_wrap=True)
+    if bad:
+        console.print(Text(f"to resume them: dagrun fleet --resume {fleet.fleet_id}"), soft_wrap=True)

@@ -50,6 +50,7 @@ class AttemptJob:
     check: bool = False  # --check: validate only, change nothing
     home_root: str | None = None  # the allowed folder the home is in (as root, the home is checked up to it)
     adopt_users: tuple[str, ...] = ()  # accounts the operator lets any workspace run as
+    priority: float = 0.0  # the step's remaining critical path (seconds): a cluster runs longer paths first
 
 
 def _context(job: AttemptJob, config: Mapping[str, Any], steps: Mapping[str, Any]) -> dict[str, Any]:

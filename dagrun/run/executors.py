@@ -140,6 +140,11 @@ def dispatch(executor: Executor, fn: Callable[..., Any], args: tuple, deliver: D
         executor.submit(work)
         return
 
+    run = getattr(executor, "run", None)
+    if run is not None:  # an executor that delivers by itself (a Dask cluster: cluster.DaskExecutor)
+        run(fn, args, deliver)
+        return
+
     def done(future: Future) -> None:
         try:
             deliver(future.result(), None)
@@ -160,13 +165,36 @@ def make_executor(kind: str, max_workers: int) -> Executor:
         return default_pool()
     if kind == "sync":
         return SynchronousExecutor()
-    if kind.startswith("dask"):
-        try:
-            from distributed import Client
-        except ImportError:
+    return resolve_executor(kind)
+
+
+_clusters: dict[str, Any] = {}
+_clusters_lock = _thread.allocate_lock()
+
+
+def resolve_executor(executor: Any) -> Any:
+    """What ``executor=`` may be: None (dagrun's thread pool), an Executor,
+    ``"threads"``, ``"sync"``, a Dask scheduler address (``tcp://host:8786``,
+    ``tls://...``, ``dask:ADDRESS``), a ``distributed.Client`` or its
+    ``get_executor()``. A Dask address is connected once per process."""
+    if executor is None or isinstance(executor, (WorkerPool, ThreadPoolExecutor, SynchronousExecutor)):
+        return executor
+    if isinstance(executor, str):
+        if executor in ("threads", "sync"):
+            return make_executor(executor, 1)
+        address = executor.partition(":")[2] if executor.startswith("dask:") else executor
+        if "://" not in address:
             from ..errors import InputError
-            raise InputError("the dask executor needs the 'distributed' package: pip install 'dagrun[dask]'") from None
-        address = kind.partition(":")[2] or None
-        return Client(address).get_executor()
-    from ..errors import InputError
-    raise InputError(f"unknown executor {kind!r} (expected threads, sync or dask[:ADDRESS])")
+            raise InputError(f"unknown executor {executor!r} (expected threads, sync, or a Dask scheduler "
+                             "address such as tcp://host:8786)")
+        from .cluster import DaskExecutor
+        with _clusters_lock:
+            if address not in _clusters:
+                _clusters[address] = DaskExecutor.connect(address)
+            return _clusters[address]
+    module = type(executor).__module__
+    if module.startswith("distributed"):
+        from .cluster import DaskExecutor
+        client = getattr(executor, "_client", executor)  # Client.get_executor() wraps its client
+        return DaskExecutor(client)
+    return executor

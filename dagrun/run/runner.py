@@ -136,14 +136,16 @@ class Runner:
                  attempts: Mapping[str, int] | None = None, sudo: tuple[str, ...] = (),
                  secret_values: Iterable[str] = (), sandbox: bool = True, write_ahead: bool = False,
                  check: bool = False, home_root: str | None = None, adopt_users: Iterable[str] = (),
-                 clock: Callable[[], float] = time.monotonic,
+                 shared_locks: Any = None, clock: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time):
         """``done`` (resume): steps already done, which are not run again;
         ``attempts``: attempt numbers to continue from. ``write_ahead``: a
         finished step's dependents wait for :meth:`durable` (the recorder
         calls it once the step's record is committed). ``check``: each step
         only says, through its validation, whether it would change anything
-        (no execute handler, no retry, no rollback)."""
+        (no execute handler, no retry, no rollback). ``shared_locks``: a
+        fleet's :class:`~.shared_locks.SharedLocks`, which this run's locks
+        are held in, with the other runs of the fleet."""
         self.plan = plan
         self.workspace = workspace
         self.run_id = run_id or uuid.uuid4().hex
@@ -165,14 +167,17 @@ class Runner:
         self.adopt_users = tuple(adopt_users)
         self.clock, self.wall = clock, wall
         done = dict(done or {})
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._locks_view = None if shared_locks is None else shared_locks.view(
+            workspace.get("host"), plan.lock_capacity, lambda: self._queue.put(_WAKE))
         if not done and attempts is None:
-            self.state = RunState(plan, self.max_workers)
+            self.state = RunState(plan, self.max_workers, shared_locks=self._locks_view)
         else:
             self.state = RunState.resumed(plan, self.max_workers, attempts=dict(attempts or {}),
-                                          done={sid: d.status for sid, d in done.items()})
+                                          done={sid: d.status for sid, d in done.items()},
+                                          shared_locks=self._locks_view)
         self.cancel_token = CancelToken()
         self._cancel_reason: str | None = None
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._inflight: dict[tuple[str, int], float] = {}  # attempt -> its deadline
         self._submitted: dict[tuple[str, int], float] = {}  # attempt -> wall time it was submitted
         self._tokens: dict[tuple[str, int], CancelToken] = {}  # attempt -> its own cancel token
@@ -223,6 +228,8 @@ class Runner:
                 break
             except KeyboardInterrupt:
                 self.cancel("interrupted")
+        if self._locks_view is not None:
+            self._locks_view.close()
         result = self._result(started)
         self._emit(RunFinished(self.run_id, result, self.wall()))
         self._flush(urgent=True)
@@ -284,7 +291,7 @@ class Runner:
                 step, self.workspace, self.variables, self.env, self.home, self.sudo,
                 user=self.user if step.run_as == "workspace" else None, workspace_user=self.user,
                 sandbox=step.sandbox and self.sandbox, run_id=self.run_id, check=self.check,
-                home_root=self.home_root, adopt_users=self.adopt_users)
+                home_root=self.home_root, adopt_users=self.adopt_users, priority=self.plan.priority.get(sid, 0.0))
         return job
 
     def _upstream(self, sid: str) -> Mapping[str, Any]:

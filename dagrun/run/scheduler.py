@@ -31,7 +31,7 @@ from __future__ import annotations
 import heapq
 import random
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 from .outcome import StepStatus
 from ..spec import Plan
@@ -62,6 +62,7 @@ class RunState:
     plan: Plan
     max_workers: int
     rng: random.Random = field(default_factory=lambda: random.Random(0))
+    shared_locks: Any = None  # a fleet's LockView: its runs hold the template's locks together
     status: dict[str, StepStatus] = field(init=False)
     attempts: dict[str, int] = field(init=False)
     skip_reason: dict[str, str] = field(init=False)
@@ -102,10 +103,10 @@ class RunState:
 
     @classmethod
     def resumed(cls, plan: Plan, max_workers: int, *, done: dict[str, StepStatus],
-                attempts: dict[str, int] | None = None) -> "RunState":
+                attempts: dict[str, int] | None = None, shared_locks: Any = None) -> "RunState":
         """A state where the steps in ``done`` (completed / skipped) are
         already satisfied; attempt numbers continue from ``attempts``."""
-        state = cls(plan, max_workers)
+        state = cls(plan, max_workers, shared_locks=shared_locks)
         state._ready.clear()
         for sid, status in done.items():
             if status.satisfies_dependents:
@@ -174,11 +175,9 @@ class RunState:
             rank = pop(ready)
             sid = names[rank]
             if sid in constrained:
-                if self._blocked(sid):
+                if self._blocked(sid) or not self._take_locks(sid):
                     blocked.append(rank)
                     continue
-                for lock in self.plan.steps[sid].locks:
-                    self._locks[lock.name] += 1
             running.add(sid)
             attempt = attempts[sid] = attempts[sid] + 1
             status[sid] = StepStatus.running
@@ -193,10 +192,21 @@ class RunState:
             for other in self.plan.conflicts[sid]:
                 if other in running:
                     return True
-        for lock in self.plan.steps[sid].locks:
-            if self._locks[lock.name] >= self.plan.lock_capacity[lock.name]:
-                return True
         return False
+
+    def _take_locks(self, sid: str) -> bool:
+        """Take all of the step's locks, or none."""
+        locks = self.plan.steps[sid].locks
+        if not locks:
+            return True
+        if self.shared_locks is not None:
+            return self.shared_locks.take(locks)
+        capacity = self.plan.lock_capacity
+        if any(self._locks[lock.name] >= capacity[lock.name] for lock in locks):
+            return False
+        for lock in locks:
+            self._locks[lock.name] += 1
+        return True
 
     def _push_ready(self, sid: str) -> None:
         heapq.heappush(self._ready, self._rank[sid])
@@ -204,8 +214,13 @@ class RunState:
     def _release(self, sid: str) -> None:
         self._running.discard(sid)
         if sid in self._constrained:
-            for lock in self.plan.steps[sid].locks:
-                self._locks[lock.name] -= 1
+            locks = self.plan.steps[sid].locks
+            if self.shared_locks is not None:
+                if locks:
+                    self.shared_locks.release(locks)
+            else:
+                for lock in locks:
+                    self._locks[lock.name] -= 1
 
     def _satisfy(self, sid: str, *, counted: bool = False) -> None:
         """``sid``'s dependents have one unmet upstream less (``counted``: its

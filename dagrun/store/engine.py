@@ -73,11 +73,18 @@ def with_schema(url: str, schema: str | None) -> str:
 
 
 def describe_url(url: str) -> str:
-    """The URL without its password, for output."""
+    """The URL without its password (in the user part or in the query:
+    ``?password=``, ``sslpassword``, ``passfile``), for output."""
     try:
-        return make_url(url).render_as_string(hide_password=True)
+        parsed = make_url(url)
     except ArgumentError:
         return url
+    hidden = {k: "***" for k in parsed.query if k.lower() in _SECRET_QUERY_KEYS}
+    return parsed.update_query_dict(hidden).render_as_string(hide_password=True) if hidden else \
+        parsed.render_as_string(hide_password=True)
+
+
+_SECRET_QUERY_KEYS = frozenset({"password", "sslpassword", "passfile", "sslkey", "token"})
 
 
 def schema_of(engine: Engine) -> str | None:

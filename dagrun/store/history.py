@@ -17,8 +17,10 @@ def _iso(value: Any) -> str | None:
 
 
 def list_runs(url: str, *, workspace: str | None = None, status: str | None = None,
-              limit: int = 50) -> list[dict[str, Any]]:
+              limit: int = 50, fleet: str | None = None) -> list[dict[str, Any]]:
     query = select(ProvisioningRun).order_by(ProvisioningRun.started_at.desc()).limit(limit)
+    if fleet is not None:
+        query = query.where(ProvisioningRun.fleet_id == str(fleet))
     if workspace is not None:
         query = query.where(ProvisioningRun.workspace_id == str(workspace))
     if status is not None:
@@ -55,6 +57,7 @@ def show_run(url: str, run_id: str, *, output: bool = False) -> dict[str, Any]:
             "completed_at": _iso(run.completed_at), "heartbeat_at": _iso(run.heartbeat_at), "error": run.error,
             "mode": run.mode, "fleet_id": run.fleet_id, "total_steps": run.total_steps,
             "max_workers": run.max_workers, "cancel_requested": run.cancel_requested,
+            "home_dir": (run.workspace or {}).get("home_dir"),
             "attempts": [{
                 "step_id": a.step_id, "action": a.action_name, "attempt": a.attempt_number,
                 "max_attempts": a.max_retries, "status": a.status, "started_at": _iso(a.started_at),

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import re
+import threading
+import time
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from flask import Blueprint, Response, abort, jsonify, render_template, request, stream_with_context
@@ -24,6 +26,7 @@ from .security import Guard
 Authorize = Callable[..., bool]
 _NAME = re.compile(r"\A[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}\Z")
 KEEPALIVE_SECONDS = 15.0
+STREAM_SECONDS = 900.0
 
 
 class Service:
@@ -32,7 +35,7 @@ class Service:
     def __init__(self, *, database_url: str | None, actions: Iterable[Any] | None,
                  trusted_actions: Iterable[Any] | None, authorize: Authorize | None, allow_network: Iterable[str],
                  home_roots: Iterable[str], sandbox: bool, max_workers: int | None,
-                 adopt_users: Iterable[str] = ()) -> None:
+                 adopt_users: Iterable[str] = (), allow_inline_templates: bool = False, max_streams: int = 32) -> None:
         self.database_url = database_url or api.default_database_url()
         self.actions = list(actions or [])
         self.trusted_actions = list(trusted_actions or [])
@@ -42,6 +45,8 @@ class Service:
         self.sandbox = sandbox
         self.max_workers = max_workers
         self.adopt_users = tuple(adopt_users)
+        self.allow_inline_templates = allow_inline_templates
+        self.streams = threading.BoundedSemaphore(max_streams)  # each live stream holds a server thread
 
     def run_options(self) -> dict[str, Any]:
         return dict(database_url=self.database_url, actions=self.actions or None,
@@ -54,7 +59,8 @@ def create_blueprint(*, database_url: str | None = None, actions: Iterable[Any] 
                      trusted_actions: Iterable[Any] | None = None, authorize: Authorize | None = None,
                      token: str | None = None, allow_network: Iterable[str] = (), home_roots: Iterable[str] = (),
                      sandbox: bool = True, max_workers: int | None = None, adopt_users: Iterable[str] = (),
-                     name: str = "dagrun") -> Blueprint:
+                     allowed_hosts: Iterable[str] | None = None, allow_inline_templates: bool = False,
+                     max_streams: int = 32, name: str = "dagrun") -> Blueprint:
     """The API (``/api/...``) and the pages, to mount in a Flask app.
 
     ``authorize(action, **resource)`` (optional) is called in the request
@@ -62,14 +68,21 @@ def create_blueprint(*, database_url: str | None = None, actions: Iterable[Any] 
     ``resource``: workspace_id, run_id, template as they apply) and returns
     whether it is allowed (403 otherwise). ``token``: API calls and pages
     need it (``Authorization: Bearer TOKEN``, or the cookie ``/login`` sets).
+    ``allowed_hosts``: the host names the service answers to (None: the host
+    application checks Host). ``allow_inline_templates``: may a run request
+    carry its own template document? A template is code that runs as root
+    for ``run_as: root`` steps, so by default a request names a stored or
+    shipped template. ``max_streams``: live event streams at once (429 beyond).
     """
     service = Service(database_url=database_url, actions=actions, trusted_actions=trusted_actions,
                       authorize=authorize, allow_network=allow_network, home_roots=home_roots, sandbox=sandbox,
-                      max_workers=max_workers, adopt_users=adopt_users)
-    guard = Guard(token)
+                      max_workers=max_workers, adopt_users=adopt_users,
+                      allow_inline_templates=allow_inline_templates, max_streams=max_streams)
+    guard = Guard(token, allowed_hosts)
     bp = Blueprint(name, __name__, template_folder="templates", static_folder="static",
                    static_url_path="/static/dagrun")
     bp.before_request(guard.check)
+    bp.after_request(guard.headers)
 
     def allowed(action: str, **resource: Any) -> None:
         if service.authorize is not None and not service.authorize(action, **resource):
@@ -93,7 +106,7 @@ def create_blueprint(*, database_url: str | None = None, actions: Iterable[Any] 
 
     @bp.errorhandler(HTTPException)
     def http_error(exc: HTTPException):  # noqa: ANN202
-        if request.path.startswith(f"{bp.url_prefix or ''}/api/"):
+        if _is_api_request(bp.name):
             return jsonify(error=exc.description), exc.code
         return render_template("dagrun/error.html", code=exc.code, message=exc.description), exc.code
 
@@ -106,8 +119,8 @@ def create_blueprint(*, database_url: str | None = None, actions: Iterable[Any] 
 
     @bp.get("/api/health")
     def health():  # noqa: ANN202
-        from ..store.engine import describe_url
-        return jsonify(status="ok", version=_version(), database=describe_url(service.database_url))
+        # answered without a token (a load balancer asks): nothing about the database but its kind
+        return jsonify(status="ok", version=_version(), database=service.database_url.split(":", 1)[0])
 
     @bp.get("/api/templates")
     def templates():  # noqa: ANN202
@@ -117,7 +130,7 @@ def create_blueprint(*, database_url: str | None = None, actions: Iterable[Any] 
     @bp.get("/api/templates/<name>")
     def template(name: str):  # noqa: ANN202
         allowed("read", template=name)
-        document = _template_document(service, name)
+        document = _masked_document(service, _template_document(service, name))
         explained = api.explain(document, actions=service.actions or None,
                                 trusted_actions=service.trusted_actions or None,
                                 database_url=service.database_url)
@@ -145,6 +158,10 @@ def create_blueprint(*, database_url: str | None = None, actions: Iterable[Any] 
         document = _json_body()
         if document.get("name", name) != name:
             raise InputError(f"the document is named {document.get('name')!r}, not {name!r}")
+        if _shipped(name):
+            abort(409, description=f"{name} is a template shipped with dagrun: save yours under another name "
+                                   f"(it may say extends: {name})")
+        document = _unmasked_document(service, name, document)
         version = api.save_template({**document, "name": name}, database_url=service.database_url,
                                     actions=service.actions or None)
         return jsonify(name=name, version=version), 200
@@ -165,14 +182,14 @@ def create_blueprint(*, database_url: str | None = None, actions: Iterable[Any] 
 
     @bp.post("/api/workspaces/<ws_id>/runs")
     def start(ws_id: str):  # noqa: ANN202
-        allowed("run", workspace_id=ws_id)
         body = _json_body()
+        template = body.get("template")
+        allowed("run", workspace_id=ws_id, template=template if isinstance(template, str) else "<inline>")
         workspace = body.get("workspace") or {}
         if not isinstance(workspace, Mapping):
             raise InputError("workspace must be an object")
         if "id" in workspace and str(workspace["id"]) != ws_id:
             raise InputError(f"the workspace's id {workspace['id']!r} is not {ws_id!r} (the one in the URL)")
-        template = body.get("template")
         handle = api.start_run(_template_for_run(service, template), {**workspace, "id": ws_id},
                                variables=body.get("variables") or None, **service.run_options())
         return jsonify(run_id=handle.run_id), 202
@@ -198,8 +215,10 @@ def create_blueprint(*, database_url: str | None = None, actions: Iterable[Any] 
     def resume_workspace(ws_id: str):  # noqa: ANN202
         allowed("resume", workspace_id=ws_id)
         body = _json_body(optional=True)
-        run_id = body.get("run_id") or _latest_run(service, ws_id)
-        return _resume(service, run_id, body)
+        run = _run(service, body.get("run_id") or _latest_run(service, ws_id), steps=False)
+        if run["workspace_id"] != ws_id:
+            abort(404, description=f"run {run['run_id']} is not a run of workspace {ws_id}")
+        return _resume(service, run["run_id"], body)
 
     @bp.post("/api/runs/<run_id>/resume")
     def resume_run(run_id: str):  # noqa: ANN202
@@ -210,9 +229,9 @@ def create_blueprint(*, database_url: str | None = None, actions: Iterable[Any] 
     @bp.get("/api/runs")
     def runs():  # noqa: ANN202
         allowed("read", workspace_id=request.args.get("workspace"))
-        limit = min(int(request.args.get("limit", 50)), 500)
-        return jsonify(runs=api.list_runs(database_url=service.database_url, workspace=request.args.get("workspace"),
-                                          status=request.args.get("status"), limit=limit))
+        found = api.list_runs(database_url=service.database_url, workspace=request.args.get("workspace"),
+                              status=request.args.get("status"), limit=_limit())
+        return jsonify(runs=_readable(service, found))
 
     @bp.get("/api/runs/<run_id>")
     def run(run_id: str):  # noqa: ANN202
@@ -231,9 +250,13 @@ def create_blueprint(*, database_url: str | None = None, actions: Iterable[Any] 
     def events(run_id: str):  # noqa: ANN202
         found = _run(service, run_id, steps=False)
         allowed("read", workspace_id=found["workspace_id"], run_id=found["run_id"])
-        stream = _event_stream(service.database_url, found["run_id"])
-        return Response(stream_with_context(stream), mimetype="text/event-stream",
-                        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        if not service.streams.acquire(blocking=False):
+            abort(429, description="too many live event streams: poll GET /api/runs/<id> instead")
+        response = Response(stream_with_context(_event_stream(service.database_url, found["run_id"])),
+                            mimetype="text/event-stream", headers={"Cache-Control": "no-cache",
+                                                                   "X-Accel-Buffering": "no"})
+        response.call_on_close(service.streams.release)  # the server closes every response it started
+        return response
 
     @bp.get("/api/runs/<run_id>/graph.svg")
     def graph(run_id: str):  # noqa: ANN202
@@ -250,7 +273,7 @@ def create_blueprint(*, database_url: str | None = None, actions: Iterable[Any] 
     @bp.get("/")
     def index_page():  # noqa: ANN202
         allowed("read")
-        runs = api.list_runs(database_url=service.database_url, limit=100)
+        runs = _readable(service, api.list_runs(database_url=service.database_url, limit=100))
         return render_template("dagrun/runs.html", runs=runs, templates=api.list_templates(service.database_url))
 
     @bp.get("/runs/<run_id>")
@@ -264,7 +287,7 @@ def create_blueprint(*, database_url: str | None = None, actions: Iterable[Any] 
     @bp.get("/templates/<name>")
     def template_page(name: str):  # noqa: ANN202
         allowed("read", template=name)
-        document = _template_document(service, name)
+        document = _masked_document(service, _template_document(service, name))
         explained = api.explain(document, actions=service.actions or None,
                                 trusted_actions=service.trusted_actions or None, database_url=service.database_url)
         library = api.list_actions(service.actions or None, service.trusted_actions or None)
@@ -334,6 +357,9 @@ def _template_for_run(service: Service, template: Any) -> Any:
     if isinstance(template, str):
         return _template_document(service, template)
     if isinstance(template, Mapping):
+        if not service.allow_inline_templates:
+            abort(403, description="this service runs stored templates only: send the template's name "
+                                   "(PUT /api/templates/<name> stores one; allow_inline_templates=True allows documents)")
         return dict(template)  # the caller's own document: its author is the caller
     raise InputError("template must be a template name or a template document (an object)")
 
@@ -383,14 +409,90 @@ def _resume(service: Service, run_id: str, body: Mapping[str, Any]) -> Any:
 
 def _event_stream(url: str, run_id: str) -> Iterator[str]:
     """Server-Sent Events: one ``attempt`` event per attempt change, a
-    ``run`` event when the run ends; comments keep the connection open."""
+    ``run`` event when the run ends; comments keep the connection open. A
+    stream ends after STREAM_SECONDS (the browser reconnects by itself), so
+    idle clients cannot keep server threads forever."""
     from ..store.history import watch
+    deadline = time.monotonic() + STREAM_SECONDS
     yield "retry: 2000\n\n"
     for event in watch(url, run_id, poll_seconds=0.5, heartbeat=KEEPALIVE_SECONDS):
         if event["event"] == "heartbeat":
+            if time.monotonic() > deadline:
+                return
             yield ": keep-alive\n\n"
             continue
         yield f"event: {event['event']}\ndata: {json.dumps(event, default=str)}\n\n"
+
+
+def _is_api_request(blueprint: str) -> bool:
+    from flask import url_for
+    try:
+        api_root = url_for(f"{blueprint}.health")[:-len("health")]
+    except Exception:  # noqa: BLE001 - outside a request of this app
+        return False
+    return request.path.startswith(api_root[len(request.script_root):])
+
+
+def _limit() -> int:
+    raw = request.args.get("limit", "50")
+    if not raw.isdigit():
+        raise InputError(f"limit must be a whole number from 1 to 500, not {raw!r}")
+    return max(1, min(int(raw), 500))
+
+
+def _readable(service: Service, runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The runs this caller may read (``authorize`` decides per workspace)."""
+    if service.authorize is None:
+        return runs
+    return [r for r in runs if service.authorize("read", workspace_id=r["workspace_id"], run_id=r["run_id"])]
+
+
+def _shipped(name: str) -> bool:
+    from ..compile.loader import package_dir
+    return any((package_dir("seeds") / "templates" / f"{name}{suffix}").is_file()
+               for suffix in (".yaml", ".yml", ".json"))
+
+
+def _secret_fields(service: Service, document: Mapping[str, Any]) -> dict[int, frozenset[str]]:
+    """The secret config fields of each step, by sequence_order."""
+    try:
+        plan = api.plan(document, actions=service.actions or None, trusted_actions=service.trusted_actions or None)
+    except DagrunError:
+        return {}
+    return {step.sequence_order: step.secret_fields for step in plan.steps.values() if step.secret_fields}
+
+
+def _masked_document(service: Service, document: Mapping[str, Any]) -> dict[str, Any]:
+    """The document with its steps' secret config values masked (a stored
+    template may hold a literal password)."""
+    from ..spec import MASK
+    secret = _secret_fields(service, document)
+    out = dict(document)
+    out["actions"] = [
+        {**a, "action_config": {k: (MASK if k in secret.get(a.get("sequence_order"), ()) and v not in (None, "")
+                                    else v) for k, v in (a.get("action_config") or {}).items()}}
+        if isinstance(a, Mapping) and isinstance(a.get("action_config"), Mapping) else a
+        for a in document.get("actions") or []]
+    return out
+
+
+def _unmasked_document(service: Service, name: str, document: dict[str, Any]) -> dict[str, Any]:
+    """A saved edit keeps the stored secret values the editor only saw masked."""
+    from ..spec import MASK
+    try:
+        previous = _template_document(service, name)
+    except DagrunError:
+        return document
+    before = {a.get("sequence_order"): a.get("action_config") or {} for a in previous.get("actions") or []
+              if isinstance(a, Mapping)}
+    actions = []
+    for a in document.get("actions") or []:
+        if isinstance(a, Mapping) and isinstance(a.get("action_config"), Mapping):
+            old = before.get(a.get("sequence_order"), {})
+            a = {**a, "action_config": {k: (old[k] if v == MASK and k in old else v)
+                                        for k, v in a["action_config"].items()}}
+        actions.append(a)
+    return {**document, "actions": actions}
 
 
 def _masked_config(step: Any) -> dict[str, Any]:

@@ -2,7 +2,14 @@
 
 Each live event stream holds one of its threads, so there are many
 (``threads``); responses are sent as they are written (``send_bytes=1``),
-which event streams need. Anything but loopback needs a token.
+which event streams need.
+
+There is always a token: loopback is not a trust boundary (every local
+user, and every workspace's own processes, can reach 127.0.0.1), so
+without one given, a random one is made and the login address printed
+once. Anything but loopback needs a token given on purpose. The service
+answers only to the host names it was started for (a DNS-rebinding page
+names another).
 """
 
 from __future__ import annotations
@@ -10,7 +17,10 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
-from typing import Any
+import secrets
+import sys
+from pathlib import Path
+from typing import Any, Iterable
 
 from ..errors import InputError
 
@@ -27,19 +37,40 @@ def is_loopback(host: str) -> bool:
 
 
 def serve(*, host: str = "127.0.0.1", port: int = 8080, token: str | None = None, threads: int = 64,
-          **options: Any) -> None:
+          allowed_hosts: Iterable[str] = (), **options: Any) -> None:
     if not is_loopback(host) and not token:
-        raise InputError(f"serving on {host} (not loopback) needs a token: --token TOKEN or $DAGRUN_TOKEN")
+        raise InputError(f"serving on {host} (not loopback) needs a token: $DAGRUN_TOKEN or --token-file FILE")
     try:
         import waitress
     except ImportError:
         raise InputError("dagrun serve needs the web extra: pip install 'dagrun[web]'") from None
     from . import create_app
-    app = create_app(token=token, **options)
-    log.warning("dagrun serving on http://%s:%d/%s", host, port, " (token required)" if token else "")
+    made = token is None
+    token = token or secrets.token_urlsafe(24)
+    names = {"localhost", "127.0.0.1", "::1", host.lower(), *(h.lower() for h in allowed_hosts)}
+    app = create_app(token=token, allowed_hosts=names, max_streams=max(1, threads // 2), **options)
+    shown = f"[{host}]" if ":" in host else host
+    if made:  # printed once, to whoever started the service (not logged to a file)
+        print(f"dagrun serving on http://{shown}:{port}/ - open http://{shown}:{port}/login?token={token} "
+              "(a token made for this start; give one with $DAGRUN_TOKEN or --token-file)", file=sys.stderr,
+              flush=True)
+    else:
+        log.warning("dagrun serving on http://%s:%d/ (token required)", shown, port)
     waitress.serve(app, host=host, port=port, threads=threads, send_bytes=1, ident="dagrun",
                    clear_untrusted_proxy_headers=True, channel_timeout=3600)
 
 
 def token_from_environment() -> str | None:
     return os.environ.get("DAGRUN_TOKEN") or None
+
+
+def token_from_file(path: str) -> str:
+    """A token kept in a file (not on the command line, where every user
+    sees it in ps)."""
+    try:
+        token = Path(path).read_text().strip()
+    except OSError as exc:
+        raise InputError(f"cannot read the token file {path}: {exc.strerror}") from None
+    if not token:
+        raise InputError(f"the token file {path} is empty")
+    return token

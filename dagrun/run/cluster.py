@@ -1,0 +1,141 @@
+"""Attempts on a Dask cluster: the scheduler core, the records and the
+events stay in the driver; each attempt (execute, validate, rollback) runs
+in a Dask worker process and comes back as data (an ``Outcome``).
+
+What crosses to the worker is plain, picklable data: the attempt's job
+(its step spec, workspace, variables, environment) and the upstream
+results it reads. Handlers are resolved on the worker by name (the library
+ships with dagrun; a user-defined action's folder must exist at the same
+path on the workers). A cancel, or a timeout the driver decides, reaches
+the worker through a Dask ``Event`` named after the attempt: the worker
+cancels its local token, which ends the attempt's process tree.
+
+A workspace that names a ``host`` runs its steps only on workers that
+declare the Dask resource ``dagrun-host-<host>`` (``dask worker
+--resources "dagrun-host-web1=1000"``: a large amount, since each attempt
+takes one unit of it); other workspaces run anywhere.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from typing import Any, Callable
+
+from .executors import Deliver
+
+RESOURCE_PREFIX = "dagrun-host-"
+_CANCEL_POLL_SECONDS = 1.0
+
+
+def host_resource(host: str) -> str:
+    """The Dask resource a worker declares to take a host's steps."""
+    return RESOURCE_PREFIX + str(host)
+
+
+class DaskExecutor:
+    """dagrun's adapter to a ``distributed.Client``."""
+
+    def __init__(self, client: Any, *, owns_client: bool = False) -> None:
+        self.client = client
+        self._owns = owns_client
+
+    @classmethod
+    def connect(cls, address: str) -> "DaskExecutor":
+        try:
+            from distributed import Client
+        except ImportError:
+            from ..errors import InputError
+            raise InputError("a Dask executor needs the 'distributed' package: pip install 'dagrun[dask]'") from None
+        return cls(Client(address, set_as_default=False), owns_client=True)
+
+    def run(self, fn: Callable[..., Any], args: tuple, deliver: Deliver) -> None:
+        """``fn(*args)`` on a worker (``fn`` is ``run_attempt`` or
+        ``run_rollback``: their ``CancelToken`` argument becomes a Dask
+        event, their progress callback is not sent)."""
+        from .shell import CancelToken
+        job = args[0]
+        name = f"dagrun-cancel-{uuid.uuid4().hex}"
+        token = next((a for a in args if isinstance(a, CancelToken)), None)
+        remote_args = tuple(_CANCEL if isinstance(a, CancelToken) else (None if callable(a) else a) for a in args)
+        host = job.workspace.get("host") if hasattr(job, "workspace") else None
+        # Dask runs higher priorities first: across a fleet, the step with the longest path still to go
+        future = self.client.submit(_remote, fn, remote_args, name, pure=False, key=f"dagrun-{job.step.id}-{name[-8:]}",
+                                    resources={host_resource(host): 1} if host else None,
+                                    priority=int(getattr(job, "priority", 0.0) * 1000))
+        relay = _CancelRelay(self.client, name, future)
+        if token is not None:
+            token.register(relay)
+
+        def done(fut: Any) -> None:
+            if token is not None:
+                token.unregister(relay)
+            try:
+                deliver(fut.result(), None)
+            except BaseException as exc:  # noqa: BLE001 - a lost worker, a task error: delivered as data
+                deliver(None, exc)
+
+        future.add_done_callback(done)
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        return self.client.submit(fn, *args, pure=False, **kwargs)
+
+    def shutdown(self, wait: bool = True, **_: Any) -> None:
+        if self._owns:
+            self.client.close()
+
+
+class _Placeholder:
+    """Stands for the attempt's cancel token in what is sent to the worker."""
+
+    def __reduce__(self) -> Any:
+        return (_placeholder, ())
+
+
+def _placeholder() -> "_Placeholder":
+    return _CANCEL
+
+
+_CANCEL = _Placeholder()
+
+
+class _CancelRelay:
+    """Registered with the attempt's token in the driver: a cancel sets the
+    attempt's Dask event (the worker watches it), and cancels the task if it
+    has not started."""
+
+    def __init__(self, client: Any, name: str, future: Any) -> None:
+        self.client, self.name, self.future = client, name, future
+
+    def stop(self) -> None:
+        from distributed import Event
+        try:
+            Event(self.name, client=self.client).set()
+        except Exception:  # noqa: BLE001 - the cluster is gone: nothing runs there any more
+            pass
+
+
+def _remote(fn: Callable[..., Any], args: tuple, cancel_name: str) -> Any:
+    """On the worker: a local cancel token that the driver's event reaches."""
+    from distributed import Event, get_client
+
+    from .shell import CancelToken
+    token = CancelToken()
+    done = threading.Event()
+    event = Event(cancel_name, client=get_client())  # made in the task's thread: the watcher has no worker context
+
+    def watch() -> None:
+        while not done.is_set():
+            try:
+                if event.wait(_CANCEL_POLL_SECONDS):
+                    token.cancel()
+                    return
+            except Exception:  # noqa: BLE001 - the scheduler went away: the task is lost anyway
+                return
+
+    watcher = threading.Thread(target=watch, name="dagrun-cancel-watch", daemon=True)
+    watcher.start()
+    try:
+        return fn(*(token if a is _CANCEL else a for a in args))
+    finally:
+        done.set()

@@ -1,0 +1,142 @@
+"""Fleet runs: one template, many workspaces, shared locks, one record per
+workspace, failures that stay with their workspace, and the CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dagrun import InputError, api, run_fleet
+from tests.helpers import script_step, template
+
+
+def intervals(log: Path) -> dict[str, list[tuple[float, float, str]]]:
+    """step name -> [(start, end, workspace)] from lines "<step> <ws> start|end <time>"."""
+    opened: dict[tuple[str, str], float] = {}
+    spans: dict[str, list[tuple[float, float, str]]] = {}
+    for line in log.read_text().splitlines():
+        name, ws, edge, at = line.split()
+        if edge == "start":
+            opened[(name, ws)] = float(at)
+        else:
+            spans.setdefault(name, []).append((opened.pop((name, ws)), float(at), ws))
+    return spans
+
+
+def most_at_once(spans: list[tuple[float, float, str]]) -> int:
+    edges = sorted([(s, 1) for s, _, _ in spans] + [(e, -1) for _, e, _ in spans], key=lambda x: (x[0], x[1]))
+    now = best = 0
+    for _, step in edges:
+        now += step
+        best = max(best, now)
+    return best
+
+
+def logged(log: Path, name: str, body: str) -> str:
+    return (f"echo {name} {{{{ workspace.id }}}} start $(date +%s.%N) >> {log}; {body}; "
+            f"echo {name} {{{{ workspace.id }}}} end $(date +%s.%N) >> {log}")
+
+
+def test_a_capacity_one_lock_is_held_by_one_workspace_at_a_time(tmp_path, db_url):
+    log = tmp_path / "log"
+    doc = template(script_step(10, logged(log, "prep", "sleep 0.2"), id="prep"),
+                   script_step(20, logged(log, "apt", "sleep 0.1"), id="apt", requires=["prep"], locks=["apt"]),
+                   script_step(30, "true", id="after", requires=["apt"]))
+    fleet = run_fleet(doc, [{"id": f"w{n}", "home_dir": str(tmp_path / f"h{n}")} for n in range(8)],
+                      database_url=db_url)
+    assert sorted(fleet.succeeded) == [f"w{n}" for n in range(8)] and fleet.success
+    spans = intervals(log)
+    assert most_at_once(spans["apt"]) == 1  # never two workspaces in the locked step
+    assert most_at_once(spans["prep"]) > 1  # the rest ran side by side
+    runs = api.list_runs(database_url=db_url, fleet=fleet.fleet_id)
+    assert sorted(r["workspace_id"] for r in runs) == sorted(fleet.succeeded)  # a record per workspace
+    assert all(r["status"] == "succeeded" for r in runs)
+
+
+def test_host_locks_are_per_host_and_fleet_locks_are_fleet_wide(tmp_path):
+    log = tmp_path / "log"
+    doc = template(script_step(10, logged(log, "apt", "sleep 0.15"), id="apt", locks=["apt"]),
+                   script_step(20, logged(log, "git", "sleep 0.15"), id="git",
+                               locks=[{"name": "git-server", "capacity": 2, "scope": "fleet"}]))
+    workspaces = [{"id": f"w{n}", "host": f"host{n % 2}", "home_dir": str(tmp_path / f"h{n}")} for n in range(6)]
+    assert run_fleet(doc, workspaces, record=False).success
+    spans = intervals(log)
+    host = {f"w{n}": f"host{n % 2}" for n in range(6)}
+    for name in ("host0", "host1"):
+        assert most_at_once([s for s in spans["apt"] if host[s[2]] == name]) == 1
+    assert most_at_once(spans["apt"]) == 2  # one per host, two hosts
+    assert most_at_once(spans["git"]) == 2  # the whole fleet shares two
+
+
+def test_one_workspaces_failure_never_stops_the_others_and_a_resume_finishes_it(tmp_path, db_url):
+    gate = tmp_path / "gate"
+    doc = template(script_step(10, "true", id="a"),
+                   script_step(20, f"test {{{{ workspace.id }}}} != bad || test -e {gate}", id="b", requires=["a"],
+                               max_retries=1))
+    workspaces = [{"id": ws, "home_dir": str(tmp_path / ws)} for ws in ("one", "bad", "two")]
+    fleet = run_fleet(doc, workspaces, database_url=db_url, concurrency=2)
+    assert sorted(fleet.succeeded) == ["one", "two"] and fleet.failed == ["bad"]
+    assert fleet.as_dict()["workspaces"]["bad"]["status"] == "failed"
+    gate.touch()
+    from dagrun import resume_fleet
+    resumed = resume_fleet(fleet.fleet_id, database_url=db_url)
+    assert list(resumed.results) == ["bad"] and resumed.success  # only the failed one ran again
+    assert resumed.results["bad"].run_id == fleet.results["bad"].run_id  # the same run record, continued
+    assert resumed.results["bad"].steps["a"].attempts == 1  # its completed step was not run again
+
+
+def test_bad_workspaces_are_one_error_before_anything_runs(tmp_path, db_url):
+    doc = template(script_step(10, "true", id="a"))
+    with pytest.raises(InputError, match="appears twice"):
+        run_fleet(doc, [{"id": "x", "home_dir": str(tmp_path / "x")}, {"id": "x"}], database_url=db_url)
+    with pytest.raises(InputError) as bad:
+        run_fleet(doc, [{"id": "fine", "home_dir": str(tmp_path / "f")}, {"id": "rel", "home_dir": "relative/x"},
+                        {"id": "other", "linux_username": "a b"}], database_url=db_url)
+    text = str(bad.value)
+    assert "workspace rel" in text and "absolute path" in text and "workspace other" in text
+    assert api.list_runs(database_url=db_url) == []  # nothing ran
+
+
+def test_the_cli_runs_a_jsonl_fleet_and_resumes_its_failures(tmp_path):
+    gate = tmp_path / "gate"
+    (tmp_path / "t.yaml").write_text(json.dumps(template(
+        script_step(10, "true", id="a"),
+        script_step(20, f"test {{{{ workspace.id }}}} != bad || test -e {gate}", id="b", requires=["a"],
+                    max_retries=1), name="fleetcli")))
+    (tmp_path / "ws.jsonl").write_text("".join(json.dumps({"id": ws}) + "\n" for ws in ("one", "bad", "two")))
+    db = f"sqlite:///{tmp_path}/f.db"
+    out = subprocess.run([sys.executable, "-m", "dagrun", "fleet", "t.yaml", "--workspaces", "ws.jsonl", "--db", db,
+                          "--concurrency", "2"], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                         env={**__import__("os").environ, "COLUMNS": "80"})
+    assert out.returncode == 1, out.stderr
+    assert all(len(line) <= 80 for line in out.stdout.splitlines() if "--resume" not in line), out.stdout
+    assert "2 succeeded, 1 failed" in out.stdout
+    fleet_id = out.stdout.split("dagrun fleet --resume ", 1)[1].split()[0]
+    gate.touch()
+    again = subprocess.run([sys.executable, "-m", "dagrun", "fleet", "--resume", fleet_id, "--db", db, "--json"],
+                           cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    report = json.loads(again.stdout)
+    assert report["succeeded"] == ["bad"] and report["failed"] == []
+
+
+@pytest.mark.parametrize("suffix", ["json", "yaml", "csv"])
+def test_workspaces_files_in_every_format(tmp_path, suffix):
+    from dagrun.fleet import read_workspaces
+    rows = [{"id": "a", "name": "Ann"}, {"id": "b", "name": "Bob"}]
+    path = tmp_path / f"ws.{suffix}"
+    if suffix == "csv":
+        path.write_text("id,name\na,Ann\nb,Bob\n")
+    elif suffix == "yaml":
+        import yaml
+        path.write_text(yaml.safe_dump(rows))
+    else:
+        path.write_text(json.dumps(rows))
+    assert read_workspaces(str(path)) == rows
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(InputError, match="is not valid json"):
+        read_workspaces(str(tmp_path / "bad.json"))
