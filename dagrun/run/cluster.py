@@ -6,9 +6,9 @@ What crosses to the worker is plain, picklable data: the attempt's job
 (its step spec, workspace, variables, environment) and the upstream
 results it reads. Handlers are resolved on the worker by name (the library
 ships with dagrun; a user-defined action's folder must exist at the same
-path on the workers). A cancel, or a timeout the driver decides, reaches
-the worker through a Dask ``Event`` named after the attempt: the worker
-cancels its local token, which ends the attempt's process tree.
+path on the workers). A cancel, or a timeout the driver decides, cancels
+the Dask task; the worker running it sees that in its own task table and
+cancels the attempt's local token, which ends its process tree.
 
 A workspace that names a ``host`` runs its steps only on workers that
 declare the Dask resource ``dagrun-host-<host>`` (``dask worker
@@ -19,13 +19,14 @@ takes one unit of it); other workspaces run anywhere.
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from typing import Any, Callable
 
 from .executors import Deliver
 
 RESOURCE_PREFIX = "dagrun-host-"
-_CANCEL_POLL_SECONDS = 1.0
+_CANCEL_POLL_SECONDS = 0.2
 
 
 def host_resource(host: str) -> str:
@@ -51,25 +52,31 @@ class DaskExecutor:
 
     def run(self, fn: Callable[..., Any], args: tuple, deliver: Deliver) -> None:
         """``fn(*args)`` on a worker (``fn`` is ``run_attempt`` or
-        ``run_rollback``: their ``CancelToken`` argument becomes a Dask
-        event, their progress callback is not sent)."""
+        ``run_rollback``: their ``CancelToken`` becomes the task's own, which
+        cancelling the Dask task reaches; their progress callback is not
+        sent)."""
         from .shell import CancelToken
         job = args[0]
-        name = f"dagrun-cancel-{uuid.uuid4().hex}"
         token = next((a for a in args if isinstance(a, CancelToken)), None)
         remote_args = tuple(_CANCEL if isinstance(a, CancelToken) else (None if callable(a) else a) for a in args)
-        host = job.workspace.get("host") if hasattr(job, "workspace") else None
+        host = job.workspace.get("host")
         # Dask runs higher priorities first: across a fleet, the step with the longest path still to go
-        future = self.client.submit(_remote, fn, remote_args, name, pure=False, key=f"dagrun-{job.step.id}-{name[-8:]}",
+        future = self.client.submit(_remote, fn, remote_args, pure=False,
+                                    key=f"dagrun-{job.step.id}-{uuid.uuid4().hex}",
                                     resources={host_resource(host): 1} if host else None,
                                     priority=int(getattr(job, "priority", 0.0) * 1000))
-        relay = _CancelRelay(self.client, name, future)
+        relay = _CancelRelay(self.client, future)
         if token is not None:
             token.register(relay)
 
         def done(fut: Any) -> None:
             if token is not None:
                 token.unregister(relay)
+            if fut.cancelled():  # cancelled by the run (a cancel, a timeout): the attempt was cancelled
+                from .outcome import Outcome, StepStatus
+                deliver(Outcome(job.step.id, args[1] if len(args) > 1 and isinstance(args[1], int) else 0,
+                                StepStatus.cancelled, started_at=time.time(), error="cancelled"), None)
+                return
             try:
                 deliver(fut.result(), None)
             except BaseException as exc:  # noqa: BLE001 - a lost worker, a task error: delivered as data
@@ -100,41 +107,39 @@ _CANCEL = _Placeholder()
 
 
 class _CancelRelay:
-    """Registered with the attempt's token in the driver: a cancel sets the
-    attempt's Dask event (the worker watches it), and cancels the task if it
-    has not started."""
+    """Registered with the attempt's token in the driver: a cancel cancels
+    the Dask task, which its worker sees."""
 
-    def __init__(self, client: Any, name: str, future: Any) -> None:
-        self.client, self.name, self.future = client, name, future
+    def __init__(self, client: Any, future: Any) -> None:
+        self.client, self.future = client, future
 
     def stop(self) -> None:
-        from distributed import Event
         try:
-            Event(self.name, client=self.client).set()
+            self.client.cancel(self.future, force=True)
         except Exception:  # noqa: BLE001 - the cluster is gone: nothing runs there any more
             pass
 
 
-def _remote(fn: Callable[..., Any], args: tuple, cancel_name: str) -> Any:
-    """On the worker: a local cancel token that the driver's event reaches."""
-    from distributed import Event, get_client
+def _remote(fn: Callable[..., Any], args: tuple) -> Any:
+    """On the worker: a local cancel token, cancelled when the worker drops
+    the task (the driver cancelled it). The watch reads the worker's own
+    task table: no message to the scheduler while the attempt runs."""
+    from distributed import get_worker
 
     from .shell import CancelToken
+    worker = get_worker()
+    key = worker.get_current_task()
     token = CancelToken()
     done = threading.Event()
-    event = Event(cancel_name, client=get_client())  # made in the task's thread: the watcher has no worker context
 
     def watch() -> None:
-        while not done.is_set():
-            try:
-                if event.wait(_CANCEL_POLL_SECONDS):
-                    token.cancel()
-                    return
-            except Exception:  # noqa: BLE001 - the scheduler went away: the task is lost anyway
+        while not done.wait(_CANCEL_POLL_SECONDS):
+            task = worker.state.tasks.get(key)
+            if task is None or task.state in ("cancelled", "released", "forgotten"):
+                token.cancel()
                 return
 
-    watcher = threading.Thread(target=watch, name="dagrun-cancel-watch", daemon=True)
-    watcher.start()
+    threading.Thread(target=watch, name="dagrun-cancel-watch", daemon=True).start()
     try:
         return fn(*(token if a is _CANCEL else a for a in args))
     finally:
