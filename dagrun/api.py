@@ -541,7 +541,7 @@ def _url(database_url: str | None, schema: str | None) -> str | None:
 
 
 def default_database_url() -> str:
-    from .store.engine import default_database_url as default
+    from .locations import default_database_url as default  # without SQLAlchemy: validate never opens it
     return default()
 
 
@@ -644,6 +644,9 @@ def _with_stored(template: Any, database_url: str | None, templates: Iterable[Ma
 
 def _has_store(database_url: str) -> bool:
     """Does the database hold dagrun's tables (reading never creates them)?"""
+    if database_url.startswith("sqlite:///") and "?" not in database_url \
+            and not os.path.exists(database_url[len("sqlite:///"):]):
+        return False  # no file, no tables: said without loading SQLAlchemy
     from .store.engine import engine_for, store_errors
     from .store.migrate import current
     with store_errors(database_url, "cannot read"):

@@ -24,3 +24,11 @@ def journal_dir() -> Path:
 
 def workspaces_dir() -> Path:
     return data_dir() / "workspaces"
+
+
+def default_database_url() -> str:
+    """``$DAGRUN_DATABASE_URL``, else the SQLite file in dagrun's data folder."""
+    url = os.environ.get("DAGRUN_DATABASE_URL")
+    if url:
+        return url
+    return f"sqlite:///{data_dir() / 'dagrun.db'}"

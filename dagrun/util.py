@@ -6,6 +6,20 @@ import copy
 from typing import Any, Mapping
 
 
+class LazyModule:
+    """A module imported on first attribute access: a command that only
+    prints its help never pays for the engine."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attr: str) -> Any:
+        import importlib
+        module = importlib.import_module(self._name)
+        self.__dict__.update(vars(module))  # later lookups skip __getattr__
+        return getattr(module, attr)
+
+
 def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
     """Merge ``override`` into a copy of ``base``: mappings merge key by key,
     anything else (lists included) is replaced."""

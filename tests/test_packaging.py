@@ -32,3 +32,21 @@ def test_every_shipped_file_matches_a_package_data_pattern():
         for path in (ROOT / folder).rglob("*"):
             if path.is_file() and "__pycache__" not in path.parts:
                 assert any(path.match(p) for p in patterns), f"{path.relative_to(ROOT)} would not be installed"
+
+
+def test_import_dagrun_and_help_load_nothing_heavy():
+    """``import dagrun`` and ``dagrun --help`` load neither the store
+    (SQLAlchemy), the compiler (networkx) nor the server; ``validate`` of a
+    file loads no store when there is no database."""
+    import subprocess
+    import sys
+    probe = ("import sys, dagrun; from dagrun import InputError; "
+             "print(sorted(m for m in ('sqlalchemy', 'networkx', 'flask', 'structlog', 'jinja2') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
+    probe = ("import sys; from dagrun.cli.main import main\n"
+             "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+             "print('LOADED', sorted(m for m in ('sqlalchemy', 'networkx', 'flask', 'structlog', 'dagrun.api') "
+             "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "LOADED []", out.stdout

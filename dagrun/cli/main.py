@@ -18,8 +18,12 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .. import api, render
 from ..errors import DagrunError, InputError, StoreError, TemplateError
+from ..util import LazyModule
+
+# The engine is loaded by the commands that use it, not by `dagrun --help`.
+api = LazyModule("dagrun.api")
+render = LazyModule("dagrun.render")
 
 EXIT_FAILED, EXIT_USAGE, EXIT_STORE, EXIT_CANCELLED = 1, 2, 3, 130
 DESCRIPTION = ("Provision developer workspaces from action-based templates: compile a template to a dependency "
@@ -595,6 +599,8 @@ def build_parser() -> argparse.ArgumentParser:
     legacy.add_argument("-o", "--output", metavar="FILE", help="default: FILE.template.yaml beside it")
     legacy.add_argument("--name", help="the template's name (default: the config's)")
     legacy.add_argument("--force", action="store_true", help="overwrite the output")
+    for quiet in (validate, plan, graph, explain, templates, listed, legacy):
+        quiet.set_defaults(logs=False)  # they only compile or list
     return parser
 
 
@@ -606,10 +612,11 @@ def _version() -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from ..run.logs import configure
     verbose = getattr(args, "verbose", 0)
-    configure(json=True if getattr(args, "log_json", False) else None,
-              level=(logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)])
+    if getattr(args, "logs", True) or verbose:  # commands that only compile log nothing: no logging set-up to load
+        from ..run.logs import configure
+        configure(json=True if getattr(args, "log_json", False) else None,
+                  level=(logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)])
     for option in ("workers", "limit"):
         if getattr(args, option, None) is not None and getattr(args, option) < 1:
             parser.error(f"--{option} must be at least 1")

@@ -51,14 +51,28 @@ def schema_defaults(schema: Mapping[str, Any]) -> dict[str, Any]:
             if isinstance(v, Mapping) and "default" in v}
 
 
+_fields: dict[tuple[int, str], tuple[Mapping[str, Any], frozenset[str]]] = {}
+
+
+def _cached_fields(schema: Mapping[str, Any], kind: str, pick: Any) -> frozenset[str]:
+    """Fields of an action schema, worked out once per schema object (a
+    template uses the same few actions for thousands of steps)."""
+    seen = _fields.get((id(schema), kind))
+    if seen is not None and seen[0] is schema:
+        return seen[1]
+    found = frozenset(k for k, v in _properties(schema).items() if isinstance(v, Mapping) and pick(v))
+    if len(_fields) > 4096:  # a service compiling ever-new action definitions: stay bounded
+        _fields.clear()
+    _fields[(id(schema), kind)] = (schema, found)  # holds the schema, so its id stays its own
+    return found
+
+
 def secret_fields(schema: Mapping[str, Any]) -> frozenset[str]:
-    return frozenset(k for k, v in _properties(schema).items()
-                     if isinstance(v, Mapping) and (v.get("x-secret") or v.get("writeOnly")))
+    return _cached_fields(schema, "x-secret", lambda v: v.get("x-secret") or v.get("writeOnly"))
 
 
 def format_fields(schema: Mapping[str, Any], kind: str) -> frozenset[str]:
-    return frozenset(k for k, v in _properties(schema).items()
-                     if isinstance(v, Mapping) and v.get("x-dagrun-format") == kind)
+    return _cached_fields(schema, kind, lambda v: v.get("x-dagrun-format") == kind)
 
 
 def shell_fields(schema: Mapping[str, Any]) -> frozenset[str]:
@@ -99,6 +113,9 @@ def field_path(parts: Any) -> str:
     return text
 
 
+from .quick_schema import surely_valid  # noqa: E402
+
+
 def config_problems(config: Mapping[str, Any], schema: Mapping[str, Any], *,
                     allow_templates: bool) -> list[tuple[str, str]]:
     """``(field, message)`` for each schema violation. With ``allow_templates``,
@@ -116,6 +133,8 @@ def config_problems(config: Mapping[str, Any], schema: Mapping[str, Any], *,
                     expressions.has_template(str(name)) for name in value):
                 found.append((key, "its names are written in the template: give a mapping (its values may "
                                    "hold {{ }}, its names may not)"))
+    if surely_valid(schema, plain):  # the common case, without jsonschema's walk
+        return found
     for error in config_validator(schema).iter_errors(plain):
         if allow_templates and expressions.has_template(error.instance):
             continue

@@ -417,11 +417,9 @@ class Compiler:
     def _mentions_steps(step: dict[str, Any]) -> bool:
         # ancestors() is O(graph); only pay for it where `steps.` can appear.
         action = step["action"]
-        text = repr(step["config"]) + str(step.get("condition_expression") or action.condition_expression)
-        from ..run.handler_types import handler_templates
-        text += " ".join(source for _, source in handler_templates(action))  # the handlers' text, files included
-        text += " ".join(filter(None, (action.execution_handler, action.validation_handler, action.rollback_handler)))
-        return "steps" in text
+        if "steps" in repr(step["config"]) or "steps" in str(step.get("condition_expression") or ""):
+            return True
+        return _action_mentions_steps(action)
 
     # 4. conflicts, locks, priorities
     def _conflicts(self, bound: list[dict[str, Any]]) -> tuple[dict[str, frozenset[str]], dict[str, int]]:
@@ -471,3 +469,23 @@ def _public(doc: Mapping[str, Any]) -> dict[str, Any]:
     template files inlined, the compiler's private keys removed."""
     steps = [{k: v for k, v in raw.items() if k not in PRIVATE_KEYS} for raw in doc["actions"]]
     return {**doc, "actions": steps}
+
+
+_MENTIONS: dict[int, tuple[Any, bool]] = {}
+
+
+def _action_mentions_steps(action: Any) -> bool:
+    """Does the action's own text (condition, handlers, handler files) name
+    ``steps``? Once per action, not once per step."""
+    seen = _MENTIONS.get(id(action))
+    if seen is not None and seen[0] is action:
+        return seen[1]
+    from ..run.handler_types import handler_templates
+    text = str(action.condition_expression or "")
+    text += " ".join(source for _, source in handler_templates(action))  # the handlers' text, files included
+    text += " ".join(filter(None, (action.execution_handler, action.validation_handler, action.rollback_handler)))
+    found = "steps" in text
+    if len(_MENTIONS) > 4096:  # a service compiling ever-new action definitions: stay bounded
+        _MENTIONS.clear()
+    _MENTIONS[id(action)] = (action, found)
+    return found

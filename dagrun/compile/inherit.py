@@ -58,7 +58,7 @@ def resolve(template: Any, source: TemplateSource) -> Merged:
 
 def _leaves(value: Any, prefix: str) -> list[str]:
     """Dotted paths of the values in ``value`` (a list is one value)."""
-    if isinstance(value, Mapping) and value:
+    if (type(value) is dict or isinstance(value, Mapping)) and value:
         return [p for k, v in value.items() if not str(k).startswith("__")
                 for p in _leaves(v, f"{prefix}.{k}" if prefix else str(k))]
     return [prefix] if prefix else []

@@ -165,10 +165,14 @@ def check_shape(data: Any, source: str) -> None:
             raise TemplateError(Problem(source, f"more than {MAX_NODES} values (YAML aliases included)"))
         if depth > MAX_DEPTH:
             raise TemplateError(Problem(source, f"nested more than {MAX_DEPTH} levels deep"))
-        if isinstance(value, Mapping):
+        kind = type(value)
+        if kind is str:  # the common leaves first, by exact type (an ABC check costs more than the walk)
+            if len(value) > MAX_DOCUMENT_BYTES:
+                raise TemplateError(Problem(source, f"a string longer than {MAX_DOCUMENT_BYTES} characters"))
+        elif kind is dict or isinstance(value, Mapping):
             stack.extend((v, depth + 1) for v in value.values())
             stack.extend((k, depth + 1) for k in value.keys() if not isinstance(k, (str, int, float, bool)))
-        elif isinstance(value, (list, tuple)):
+        elif kind is list or isinstance(value, (list, tuple)):
             stack.extend((v, depth + 1) for v in value)
         elif isinstance(value, str) and len(value) > MAX_DOCUMENT_BYTES:
             raise TemplateError(Problem(source, f"a string longer than {MAX_DOCUMENT_BYTES} characters"))
@@ -212,10 +216,16 @@ def _validator(name: str) -> jsonschema.protocols.Validator:
     return strict_validator(_inline_refs(schema, schema.get("$defs", {})))
 
 
+from .quick_schema import surely_valid  # noqa: E402
+
+
 def schema_problems(document: Any, schema: str, source: str) -> list[Problem]:
     """Validate ``document`` against ``schema/<schema>.schema.json``."""
+    validator = _validator(schema)
+    if surely_valid(validator.schema, document):  # the common case, without jsonschema's walk
+        return []
     problems = []
-    for error in sorted(_validator(schema).iter_errors(document), key=lambda e: list(map(str, e.absolute_path))):
+    for error in sorted(validator.iter_errors(document), key=lambda e: list(map(str, e.absolute_path))):
         path = list(error.absolute_path)
         step = None
         if schema == "template" and len(path) >= 2 and path[0] == "actions":

@@ -450,12 +450,21 @@ def _key(action: ActionSpec) -> tuple:
 _HANDLERS: dict[tuple, ActionHandlers] = {}
 
 
+_BY_ACTION: dict[int, tuple[ActionSpec, ActionHandlers]] = {}  # the same spec object: no key to build
+
+
 def handlers_for(action: ActionSpec) -> ActionHandlers:
     """The action's handlers, built once per process (cached by definition)."""
+    seen = _BY_ACTION.get(id(action))
+    if seen is not None and seen[0] is action:
+        return seen[1]
     key = _key(action)
     handlers = _HANDLERS.get(key)
     if handlers is None:
         handlers = _HANDLERS[key] = build_handlers(action)
+    if len(_BY_ACTION) > 4096:  # a service compiling ever-new action definitions: stay bounded
+        _BY_ACTION.clear()
+    _BY_ACTION[id(action)] = (action, handlers)  # holds the spec, so its id stays its own
     return handlers
 
 

@@ -34,8 +34,6 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
-import structlog
-
 from ..compile.expressions import has_template
 from ..spec import Plan, is_base_env
 from ..util import bounded
@@ -208,6 +206,7 @@ class Runner:
 
     def run(self) -> RunResult:
         # Every log line of the run (workers copy this context) names it and its workspace.
+        import structlog.contextvars  # here, not at import: a command that only compiles never loads it
         with structlog.contextvars.bound_contextvars(run_id=self.run_id, workspace=str(self.workspace["id"])):
             return self._run()
 

@@ -44,12 +44,7 @@ _IDENTIFIER = re.compile(r"\A[A-Za-z_][A-Za-z0-9_]{0,62}\Z")
 _schemas: dict[int, str | None] = {}  # id(engine) -> the schema its tables live in
 
 
-def default_database_url() -> str:
-    url = os.environ.get("DAGRUN_DATABASE_URL")
-    if url:
-        return url
-    from ..locations import data_dir
-    return f"sqlite:///{data_dir() / 'dagrun.db'}"
+from ..locations import default_database_url  # noqa: E402,F401 - where it always was
 
 
 def normalize_url(url: str) -> str:

@@ -1,0 +1,49 @@
+"""The quick schema check may only ever say "valid" when jsonschema agrees:
+tried on every shipped action's config schema and the template schema, with
+values of every JSON type and the edge cases JSON Schema is particular
+about (booleans are not integers, 1.0 is, ``$`` is the end of the string)."""
+
+from __future__ import annotations
+
+import itertools
+
+from dagrun.api import list_actions
+from dagrun.compile.configs import strict_validator
+from dagrun.compile.loader import _validator
+from dagrun.compile.quick_schema import surely_valid
+
+VALUES = [None, True, False, 0, 1, -1, 2**40, 1.0, 1.5, "", "a", "alice", "alice\n", "Alice", "x" * 300,
+          "{{ vars.x }}", "/abs/path", "~/rel", [], ["a"], [1], ["a", "a"], [{"name": "x"}], {}, {"a": 1},
+          {"name": "lock", "capacity": 2}, {"name": "lock", "capacity": 0}, {"name": "lock", "scope": "nowhere"}]
+
+
+def agrees(schema, value, validator) -> None:
+    if surely_valid(schema, value):
+        errors = list(validator.iter_errors(value))
+        assert not errors, (schema, value, errors[0].message)
+
+
+def test_it_never_calls_an_invalid_config_valid():
+    checked = 0
+    for action in list_actions().values():
+        schema = action.config_schema
+        if not schema:
+            continue
+        validator = strict_validator(schema)
+        names = list((schema.get("properties") or {}))
+        base = dict(action.default_config or {})
+        agrees(schema, base, validator)
+        for name, value in itertools.product(names + ["unknown_field"], VALUES):
+            agrees(schema, {**base, name: value}, validator)
+            checked += 1
+    assert checked > 1000
+
+
+def test_it_never_calls_an_invalid_template_valid():
+    validator = _validator("template")
+    step = {"sequence_order": 10, "action_name": "noop"}
+    fields = ["id", "sequence_order", "action_name", "requires", "locks", "max_retries", "timeout_seconds", "phase",
+              "run_as", "skip_on_error", "conflicts_with", "condition_expression", "nonsense"]
+    for name, value in itertools.product(fields, VALUES):
+        agrees(validator.schema, {"name": "t", "actions": [{**step, name: value}]}, validator)
+    assert surely_valid(validator.schema, {"name": "t", "actions": [step]})  # and it does say yes
