@@ -521,7 +521,7 @@ BOMB = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
 
 
 @pytest.mark.parametrize("name,content,message", [
-    ("bomb.yaml", "name: bomb\nvars:\n  " + BOMB.replace("\n", "\n  "), "more than 200000 values"),
+    ("bomb.yaml", "name: bomb\nvars:\n  " + BOMB.replace("\n", "\n  "), "more than 2000000 values"),
     ("deep.yaml", "name: deep\nactions:\n- sequence_order: 1\n  action_name: noop\n  condition_expression: '"
      + "(" * 2000 + "1" + ")" * 2000 + "'\n", "nested more than 100 levels deep"),
     ("latin1.yaml", b"name: caf\xe9\n", "not UTF-8 text (byte 9, line 1)"),

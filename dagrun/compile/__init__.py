@@ -9,6 +9,7 @@ naming the template, step and field; nothing runs unless all pass.
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -36,8 +37,16 @@ def compile_template(template: Any, *, actions: Iterable[Any] | None = None,
     """
     if library is None:
         library = build_library(actions, trusted_actions)
-    merged = resolve(template, TemplateSource(templates))
-    return Compiler(merged, library, variables or {}, workspace, env_passthrough).compile()
+    # Compiling allocates many objects and frees none: the cyclic collector would walk them again and
+    # again (a third of the time at 100,000 steps) for no garbage. Paused for the compile only.
+    paused = gc.isenabled()
+    gc.disable()
+    try:
+        merged = resolve(template, TemplateSource(templates))
+        return Compiler(merged, library, variables or {}, workspace, env_passthrough).compile()
+    finally:
+        if paused:
+            gc.enable()
 
 
 def validate_files(paths: Iterable[str], **options: Any) -> list[tuple[str, Exception | None]]:
