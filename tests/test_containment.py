@@ -777,3 +777,18 @@ def test_a_user_defined_action_never_reads_other_steps_results():
     with pytest.raises(TemplateError, match="is user-defined"):
         compile_template(template(script_step(10, "true", id="first"), step(20, "peek", requires=["first"])),
                          actions=acts)
+
+
+def test_a_private_folder_is_never_shown_whole_to_a_sandbox(tmp_path, monkeypatch):
+    """A folder other users cannot enter (a checkout in mktemp -d, 0700) is
+    not bound whole (its user could not read it there); dagrun's own
+    packages are bound by themselves."""
+    import dagrun
+    from dagrun.run.isolation import python_paths
+    private = tmp_path / "private"
+    (private / "pkg").mkdir(parents=True)
+    private.chmod(0o700)
+    monkeypatch.setattr(sys, "path", [*sys.path, str(private)])
+    shown = python_paths()
+    assert str(private) not in shown
+    assert any(os.path.dirname(os.path.realpath(dagrun.__file__)).startswith(p) for p in shown)

@@ -220,9 +220,21 @@ def python_paths() -> tuple[str, ...]:
     from ..compile.loader import package_dir
     paths = {sys.prefix, sys.base_prefix, os.path.dirname(os.path.realpath(sys.executable))}
     paths |= {p for p in sys.path if p and os.path.isdir(p)}
-    # dagrun itself and its handlers, wherever they are (an editable install keeps them in its checkout)
-    paths |= {os.path.dirname(os.path.dirname(os.path.realpath(dagrun.__file__))), str(package_dir("handlers"))}
+    # dagrun's own packages, wherever they are (an editable install keeps them in its checkout)
+    packages = {os.path.dirname(os.path.realpath(dagrun.__file__)),
+                *(str(package_dir(name)) for name in ("handlers", "schema", "seeds"))}
+    # A folder other users cannot enter (a private checkout, 0700) is not shown whole: the step's
+    # user could not read it through the bind. What is needed inside it is bound by itself, below
+    # folders the sandbox makes enterable.
+    paths = {p for p in paths if _enterable(p)} | packages
     return tuple(sorted(p for p in paths if not any(p.startswith(q + os.sep) for q in paths if q != p)))
+
+
+def _enterable(path: str) -> bool:
+    try:
+        return bool(os.stat(path).st_mode & 0o001)
+    except OSError:
+        return False
 
 
 def sandbox_available() -> bool:
