@@ -448,7 +448,8 @@ def claim(prepared: PreparedRun) -> None:
             "template_name": plan.name, "template_version": plan.version, "total_steps": len(plan.order),
             "template_snapshot": masked_snapshot(plan), "workspace": _jsonable(redactor.value(stored)),
             "variables": _jsonable(dict(prepared.variables)), "max_workers": prepared.max_workers,
-            "secret_names": names, "fleet_id": prepared.fleet_id, "mode": "check" if prepared.check else None})
+            "secret_names": names, "fleet_id": prepared.fleet_id, "mode": "check" if prepared.check else None,
+            "home_dir": str(ws["home_dir"]) if ws.get("home_dir") else None})
 
 
 # -- 3. execute -------------------------------------------------------------------------

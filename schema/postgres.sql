@@ -193,5 +193,13 @@ ALTER TABLE provisioning_runs ADD COLUMN cancel_requested VARCHAR(200);
 
 UPDATE alembic_version SET version_num='0006' WHERE alembic_version.version_num = '0005';
 
+-- Running upgrade 0006 -> 0007
+
+ALTER TABLE provisioning_runs ADD COLUMN home_dir VARCHAR(1024);
+
+CREATE INDEX idx_runs_home ON provisioning_runs (home_dir);
+
+UPDATE alembic_version SET version_num='0007' WHERE alembic_version.version_num = '0006';
+
 COMMIT;
 

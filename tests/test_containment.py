@@ -792,3 +792,18 @@ def test_a_private_folder_is_never_shown_whole_to_a_sandbox(tmp_path, monkeypatc
     shown = python_paths()
     assert str(private) not in shown
     assert any(os.path.dirname(os.path.realpath(dagrun.__file__)).startswith(p) for p in shown)
+
+
+@pytest.mark.parametrize("store", ["sqlite", "postgres"])
+def test_a_home_belongs_to_the_workspace_that_used_it_first(store, tmp_path, request):
+    """A home_dir typed into a form never points a workspace's steps at
+    another workspace's home (without a Linux user both are root's, so the
+    owner check cannot tell them apart): the store knows whose it is."""
+    url = f"sqlite:///{tmp_path}/homes.db" if store == "sqlite" else request.getfixturevalue("pg_url")
+    home = tmp_path / "alice-home"
+    doc = template(script_step(10, "echo mine > ~/owner.txt", id="s"))
+    assert run_template(doc, {"id": "alice", "home_dir": str(home)}, database_url=url).success
+    with pytest.raises(InputError, match=f"the workspace home {home} is workspace alice's"):
+        run_template(doc, {"id": "mallory", "home_dir": str(home)}, database_url=url)
+    assert (home / "owner.txt").read_text() == "mine\n"
+    assert run_template(doc, {"id": "alice", "home_dir": str(home)}, database_url=url).success  # its own, again

@@ -266,7 +266,9 @@ def test_every_library_action_refuses_or_contains_hostile_values(action, home, p
     result = run_template(doc, workspace, record=False)
     assert not (home / MARK).exists()
     outcomes = [result.steps[s["id"]] for s in steps]
-    assert all(o.status in (StepStatus.completed, StepStatus.failed, StepStatus.skipped) for o in outcomes)
+    assert all(o.status in (StepStatus.completed, StepStatus.failed, StepStatus.skipped) for o in outcomes), [
+        (o.step_id, o.status.value, o.error) for o in outcomes
+        if o.status not in (StepStatus.completed, StepStatus.failed, StepStatus.skipped)]
     for o in outcomes:  # a value refused by the action's own rules is refused at once, with the rule
         if o.status is StepStatus.failed and "invalid config after interpolation" in (o.error or ""):
             assert o.attempts == 1
@@ -293,12 +295,12 @@ def dagrun_cli(*args, cwd, env=None):
 
 def test_cli_workspace_fields_cannot_run_code_in_the_demo(tmp_path):
     mark = tmp_path / "PWNED"
-    for field in (f"id=$(touch {mark})", f"name=John O'Brien\"; touch {mark}; \"",
-                  f"port=`touch {mark}`", f"id=x'; touch {mark}; '"):
-        out = dagrun_cli("run", "demo", "--ws", field, "--home", tmp_path / "home", cwd=tmp_path)
+    for n, field in enumerate((f"id=$(touch {mark})", f"name=John O'Brien\"; touch {mark}; \"",
+                               f"port=`touch {mark}`", f"id=x'; touch {mark}; '")):
+        out = dagrun_cli("run", "demo", "--ws", field, "--home", tmp_path / f"home{n}", cwd=tmp_path)
         assert out.returncode == 0, out.stdout + out.stderr
         assert not mark.exists(), field
-    summary = (tmp_path / "home" / "hello" / "WORKSPACE.md").read_text()
+    summary = (tmp_path / "home3" / "hello" / "WORKSPACE.md").read_text()
     assert summary.startswith("# hello\n")
 
 

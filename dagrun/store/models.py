@@ -146,7 +146,9 @@ class ProvisioningRun(Base):
     # Set by another process to stop the run (why, and by whom); the run's recorder polls it.
     cancel_requested: Mapped[str | None] = mapped_column(String(200))
 
-    __table_args__ = (Index("idx_runs_workspace", "workspace_id", "started_at"), Index("idx_runs_fleet", "fleet_id"))
+    home_dir: Mapped[str | None] = mapped_column(String(1024))  # the workspace's home: one workspace's only
+    __table_args__ = (Index("idx_runs_workspace", "workspace_id", "started_at"), Index("idx_runs_fleet", "fleet_id"),
+                      Index("idx_runs_home", "home_dir"))
 
 
 class WorkspaceActionExecution(Base):

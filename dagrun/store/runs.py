@@ -107,8 +107,20 @@ def interrupt(session: Session, run: ProvisioningRun) -> None:
 
 
 def claim(engine: Engine, *, run_id: str, workspace_id: str, fields: Mapping[str, Any]) -> None:
-    """Record the run as running for this process, or raise RunConflictError."""
+    """Record the run as running for this process, or raise RunConflictError
+    (another active run of the workspace) or InputError (its home is another
+    workspace's)."""
     with Session(engine) as session, session.begin(), workspace_lock(engine, session, workspace_id):
+        home = fields.get("home_dir")
+        if home:
+            if engine.dialect.name == "postgresql":  # two workspaces claiming one new home: one at a time
+                session.execute(select(func.pg_advisory_xact_lock(zlib.crc32(f"dagrun-home:{home}".encode()))))
+            other = session.scalars(select(ProvisioningRun.workspace_id).where(
+                ProvisioningRun.home_dir == home, ProvisioningRun.workspace_id != workspace_id).limit(1)).first()
+            if other is not None:
+                from ..errors import InputError
+                raise InputError(f"the workspace home {home} is workspace {other}'s (its runs worked there): "
+                                 "a home belongs to one workspace; give this one a home of its own")
         active = session.scalars(select(ProvisioningRun).where(
             ProvisioningRun.workspace_id == workspace_id, ProvisioningRun.status == "running")).all()
         for run in active:
