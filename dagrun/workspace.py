@@ -82,6 +82,12 @@ def normalize_workspace(workspace: Any, fields: Iterable[str] = ()) -> Mapping[s
         data.setdefault(name, None)
     if data["home_dir"] is not None:
         data["home_dir"] = str(data["home_dir"])
+    host = data["host"]
+    if host is not None:  # it names a machine (a Dask resource, a lock's scope): a host name, said one way
+        if not isinstance(host, str) or not _HOST.match(host.strip()):
+            raise InputError(f"the workspace host {str(host)[:60]!r} is not a host name (letters, digits, '.', "
+                             "'-' and '_', at most 253)")
+        data["host"] = host.strip().lower()
     user = data["linux_username"]
     if user is not None and not (isinstance(user, str) and _USERNAME.match(user)):
         raise InputError(f"the workspace linux_username {str(user)[:40]!r} is not a Linux user name "
@@ -104,6 +110,7 @@ SYSTEM_UID_LIMIT = 1000  # uids below are system accounts (Debian's UID_MIN)
 _SAFE_ID = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 _HASHED = re.compile(r"-[0-9a-f]{10}\Z")  # what slug() appends: an id that looks like it gets one too
 _USERNAME = re.compile(r"\A[a-z_][a-z0-9_-]{0,31}\$?\Z")
+_HOST = re.compile(r"\A[A-Za-z0-9](?:[A-Za-z0-9._-]{0,251}[A-Za-z0-9])?\Z")
 
 
 def slug(workspace_id: Any) -> str:

@@ -106,16 +106,22 @@ def pip_install(ctx: StepContext) -> HandlerResult:
     return result
 
 
-# Lines of a requirements file that make pip read another file or folder.
-_READS_FILES = ("-r", "--requirement", "-c", "--constraint", "-e", "--editable", "-f", "--find-links")
+# What a requirements file read by root's pip may say besides requirement specifiers: options
+# that read no local file, written out in full (pip also takes abbreviations and glued short
+# options; those are refused rather than parsed).
+_SAFE_OPTIONS = frozenset({"--index-url", "--extra-index-url", "--trusted-host", "--hash", "--pre",
+                           "--prefer-binary", "--only-binary", "--no-binary", "--require-hashes", "--no-index"})
+_REMOTE = ("https://", "http://", "git+https://")
 _MAX_REQUIREMENTS = 1024 * 1024
 
 
 def _checked_requirements(path: str) -> str:
     """A private copy of the requirements file at ``path`` for pip run as
-    root: read without following a symlink, and refused when a line would
-    make pip read another file (``-r /etc/shadow``, a local path), which
-    root must not read on a value's behalf (its error would show the line)."""
+    root: read without following a symlink, and refused when any line could
+    make pip read a file or folder of this machine (``-r /etc/shadow``, in
+    any spelling pip accepts; a local path or ``file:`` URL; an environment
+    variable), which root must not read on a value's behalf (pip's error
+    would show what it read)."""
     import tempfile
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
@@ -126,17 +132,45 @@ def _checked_requirements(path: str) -> str:
     if len(data) > _MAX_REQUIREMENTS:
         raise PermanentError(f"the requirements file {path} is larger than 1 MB")
     text = data.decode("utf-8", errors="replace")
+    # pip joins a line ending in a backslash with the next before reading it: so do we
+    logical: list[tuple[int, str]] = []
+    pending, first = "", 0
     for number, raw in enumerate(text.splitlines(), 1):
-        line = raw.split(" #", 1)[0].strip()
-        option = line.split("=", 1)[0].split(None, 1)[0] if line.startswith("-") else ""
-        if option in _READS_FILES or (not option and line.startswith((".", "/", "~", "file:"))):
-            raise PermanentError(f"line {number} of the requirements file {path} makes pip read another file "
-                                 "or folder: as root, dagrun installs only what the file names itself "
-                                 "(use find_links, or a workspace user)")
+        if not pending:
+            first = number
+        if raw.endswith("\\"):
+            pending += raw[:-1]
+            continue
+        logical.append((first, pending + raw))
+        pending = ""
+    if pending:
+        logical.append((first, pending))
+    for number, raw in logical:
+        line = raw.split(" #", 1)[0].strip() if not raw.lstrip().startswith("#") else ""
+        if line and _reads_local(line):
+            raise PermanentError(f"line {number} of the requirements file {path} could make pip read a file of "
+                                 "this machine: as root, dagrun installs only named packages and http(s) URLs, "
+                                 "with options that read no file (use find_links, or a workspace user)")
     fd, copy = tempfile.mkstemp(prefix="dagrun-requirements-", suffix=".txt")
     with os.fdopen(fd, "w") as out:
         out.write(text)
     return copy
+
+
+def _reads_local(line: str) -> bool:
+    """Could this (logical, comment-free) requirements line make pip open a
+    local path? Conservative: what is not plainly safe is refused."""
+    if "${" in line or "file:" in line.lower():
+        return True
+    if line.startswith("-"):
+        name = line.split("=", 1)[0].split(None, 1)[0]
+        return name not in _SAFE_OPTIONS
+    if line.startswith((".", "/", "~")) or os.sep in line.split("@", 1)[0].split(";", 1)[0]:
+        return True
+    if "@" in line:  # a direct reference: name @ URL
+        url = line.split("@", 1)[1].strip()
+        return not url.startswith(_REMOTE)
+    return False
 
 
 def validate_pip(ctx: StepContext) -> HandlerResult:

@@ -167,3 +167,36 @@ def test_the_cli_runs_on_a_cluster(cluster, tmp_path):
                           local.scheduler_address, "--db", f"sqlite:///{tmp_path}/c.db"], cwd=tmp_path,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr + out.stdout
+
+
+def test_on_a_cluster_host_locks_are_per_host_and_an_unserved_host_fails_at_once(tmp_path):
+    """Each host's workers take one `apt` at a time; two hosts, two at once.
+    A host no worker declares fails its steps at once, saying so."""
+    from dagrun import run_fleet
+    resources = {host_resource("host0"): 100, host_resource("host1"): 100}
+    local = distributed.LocalCluster(n_workers=2, threads_per_worker=4, processes=True, dashboard_address=None,
+                                     resources=resources)
+    client = distributed.Client(local, set_as_default=False)
+    try:
+        log = tmp_path / "log"
+        doc = template(script_step(10, f"echo {{{{ workspace.host }}}} start $(date +%s.%N) >> {log}; sleep 0.2; "
+                                        f"echo {{{{ workspace.host }}}} end $(date +%s.%N) >> {log}",
+                                    id="apt", locks=["apt"]))
+        fleet = run_fleet(doc, [{"id": f"w{n}", "host": f"host{n % 2}", "home_dir": str(tmp_path / f"h{n}")}
+                                for n in range(6)], executor=client, record=False)
+        assert fleet.success, fleet.as_dict()
+        events = sorted((float(t), host, edge) for host, edge, t in (l.split() for l in log.read_text().splitlines()))
+        most, per_host = 0, {}
+        for _, host, edge in events:
+            per_host[host] = per_host.get(host, 0) + (1 if edge == "start" else -1)
+            assert per_host[host] <= 1  # one per host
+            most = max(most, sum(per_host.values()))
+        assert most == 2  # two hosts, side by side
+        lost = run_template(template(script_step(10, "true", id="s")),
+                            {"id": "lost", "host": "nowhere", "home_dir": str(tmp_path / "lost")},
+                            executor=client, record=False)
+        assert lost.steps["s"].status is StepStatus.failed and lost.steps["s"].attempts == 1
+        assert "no Dask worker declares the resource dagrun-host-nowhere" in lost.steps["s"].error
+    finally:
+        client.close()
+        local.close()

@@ -759,7 +759,9 @@ def test_as_root_a_requirements_file_never_includes_what_root_may_not_read(tmp_p
     """A public requirements file saying ``-r /etc/shadow`` would make root's
     pip read it and show its first line in the error."""
     for n, line in enumerate(("-r /etc/shadow", "--requirement=/etc/shadow", "-c /etc/shadow",
-                              "-e /root/project", "/root/private.whl", "file:///etc/shadow")):
+                              "-e /root/project", "/root/private.whl", "file:///etc/shadow",
+                              "-r/etc/shadow", "--requirem=/etc/shadow", "-\\\nr /etc/shadow",
+                              "x @ file:///etc/shadow", "${HOME}/../../../etc/shadow", "pkg -r /etc/shadow")):
         requirements = shared / f"req{n}.txt"
         requirements.write_text(f"# looks harmless\n{line}\n")
         requirements.chmod(0o644)
@@ -768,7 +770,7 @@ def test_as_root_a_requirements_file_never_includes_what_root_may_not_read(tmp_p
                            "venv_path": "~/venv", "requirements_file": str(requirements)}))
         result = run_template(doc, {"id": f"req{n}", "home_dir": str(tmp_path / f"h{n}")}, record=False)
         error = result.steps["r"].error
-        assert f"line 2 of the requirements file {requirements} makes pip read another file" in error, (line, error)
+        assert f"line 2 of the requirements file {requirements} could make pip read a file" in error, (line, error)
         assert "root:" not in error
 
 
@@ -807,3 +809,7 @@ def test_a_home_belongs_to_the_workspace_that_used_it_first(store, tmp_path, req
         run_template(doc, {"id": "mallory", "home_dir": str(home)}, database_url=url)
     assert (home / "owner.txt").read_text() == "mine\n"
     assert run_template(doc, {"id": "alice", "home_dir": str(home)}, database_url=url).success  # its own, again
+    for nested in (home / "sub", tmp_path):  # inside alice's home, or around it
+        with pytest.raises(InputError, match="is workspace alice's"):
+            run_template(doc, {"id": "mallory", "home_dir": str(nested)}, database_url=url)
+    assert run_template(doc, {"id": "bob", "home_dir": str(tmp_path / "alice-home-2")}, database_url=url).success

@@ -57,19 +57,27 @@ def test_a_capacity_one_lock_is_held_by_one_workspace_at_a_time(tmp_path, db_url
     assert all(r["status"] == "succeeded" for r in runs)
 
 
-def test_host_locks_are_per_host_and_fleet_locks_are_fleet_wide(tmp_path):
+def test_on_one_machine_a_host_field_never_escapes_a_lock(tmp_path):
+    """Without a cluster every workspace runs on this machine: its host
+    field (a value) does not give it a lock of its own. A fleet-scoped lock
+    is shared by all."""
     log = tmp_path / "log"
     doc = template(script_step(10, logged(log, "apt", "sleep 0.15"), id="apt", locks=["apt"]),
                    script_step(20, logged(log, "git", "sleep 0.15"), id="git",
                                locks=[{"name": "git-server", "capacity": 2, "scope": "fleet"}]))
-    workspaces = [{"id": f"w{n}", "host": f"host{n % 2}", "home_dir": str(tmp_path / f"h{n}")} for n in range(6)]
+    hosts = ["web1", "WEB1", "web1 ", None, "other", "web2"]
+    workspaces = [{"id": f"w{n}", "host": host, "home_dir": str(tmp_path / f"h{n}")} for n, host in enumerate(hosts)]
     assert run_fleet(doc, workspaces, record=False).success
     spans = intervals(log)
-    host = {f"w{n}": f"host{n % 2}" for n in range(6)}
-    for name in ("host0", "host1"):
-        assert most_at_once([s for s in spans["apt"] if host[s[2]] == name]) == 1
-    assert most_at_once(spans["apt"]) == 2  # one per host, two hosts
-    assert most_at_once(spans["git"]) == 2  # the whole fleet shares two
+    assert most_at_once(spans["apt"]) == 1
+    assert most_at_once(spans["git"]) == 2
+
+
+def test_a_host_is_a_host_name(tmp_path):
+    for host in ("web1; rm -rf /", ["web1"], "-web", "a" * 300, "web/1"):
+        with pytest.raises(InputError, match="is not a host name"):
+            run_fleet(template(script_step(10, "true")), [{"id": "x", "host": host, "home_dir": str(tmp_path)}],
+                      record=False)
 
 
 def test_one_workspaces_failure_never_stops_the_others_and_a_resume_finishes_it(tmp_path, db_url):
@@ -140,3 +148,21 @@ def test_workspaces_files_in_every_format(tmp_path, suffix):
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(InputError, match="is not valid json"):
         read_workspaces(str(tmp_path / "bad.json"))
+
+
+@pytest.mark.skipif(__import__("os").geteuid() != 0 and not __import__("os").environ.get("CI"),
+                    reason="the allowed-folders rule applies when dagrun runs as root (CI does)")
+def test_a_workspaces_file_never_chooses_where_homes_may_be(tmp_path):
+    """The file is data: a home_dir in it must be inside the allowed folders,
+    whatever it says; the CLI allows only its own default homes."""
+    (tmp_path / "t.json").write_text(json.dumps(template(script_step(10, "echo x > ~/pwned.txt", id="s"),
+                                                         name="fleethomes")))
+    target = tmp_path / "elsewhere" / "etc-like"
+    (tmp_path / "ws.jsonl").write_text(json.dumps({"id": "mallory", "home_dir": str(target)}) + "\n"
+                                       + json.dumps({"id": "fine"}) + "\n")
+    env = {k: v for k, v in __import__("os").environ.items() if k != "DAGRUN_WORKSPACE_ROOTS"}
+    out = subprocess.run([sys.executable, "-m", "dagrun", "fleet", "t.json", "--workspaces", "ws.jsonl", "--db",
+                          f"sqlite:///{tmp_path}/f.db"], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                         env=env)
+    assert out.returncode == 2 and "is outside the folders workspaces may live in" in out.stderr, out.stderr
+    assert not target.exists()

@@ -481,7 +481,7 @@ def test_bad_query_values_and_a_mounted_blueprint_answer_in_json(store):
     app = Flask("host")
     app.register_blueprint(create_blueprint(database_url=store), url_prefix="/p")
     c = app.test_client()
-    for limit in ("abc", "-1"):
+    for limit in ("abc", "-1", "%C2%B2"):
         answer = c.get(f"/p/api/runs?limit={limit}")
         assert answer.status_code == 422 and "limit must be" in answer.json["error"]
     missing = c.get("/p/api/runs/nope")
@@ -505,3 +505,33 @@ def test_a_password_in_the_url_query_is_never_shown(tmp_path):
     from dagrun.store.engine import describe_url
     shown = describe_url("postgresql://app@127.0.0.1:5432/db?password=SuperPw2&sslmode=require")
     assert "SuperPw2" not in shown and "sslmode=require" in shown
+    for unreadable in ("host=h password=pw4 dbname=x", "postgresql://u:pw4@h:notaport/db"):
+        assert "pw4" not in describe_url(unreadable)
+
+
+def test_a_masked_secret_never_moves_where_it_shows(client):
+    """An editor who sees only masks cannot get a stored secret out by
+    moving the mask to another action, step or field."""
+    doc = template(step(10, "create_postgresql_user", id="role", action_config={
+        "username": "bob", "password": "S3CRET-PW"}), script_step(20, "true", id="other"), name="moves")
+    assert client.put("/api/templates/moves", json=doc, headers=CSRF).status_code == 200
+    shown = client.get("/api/templates/moves").json["document"]
+    role, other = shown["actions"]
+    for changed in ({**shown, "actions": [{**role, "action_name": "noop"}, other]},  # another action
+                    {**shown, "actions": [role, {**other, "action_config": {"script": role["action_config"][
+                        "password"]}}]},  # another step's field
+                    {**shown, "actions": [{**role, "id": "renamed"}, other]}):  # another step
+        answer = client.put("/api/templates/moves", json=changed, headers=CSRF)
+        assert answer.status_code == 422 and "a masked secret stays only" in answer.json["error"], answer.json
+    stored = client.get("/api/templates/moves")
+    assert b"S3CRET-PW" not in stored.data
+
+
+def test_a_template_with_a_literal_connection_url_is_shown_masked(client):
+    url = "postgresql://app:Pw-In-Url@127.0.0.1:5432/app"
+    doc = template(step(10, "create_postgresql_user", id="role", action_config={
+        "username": "app", "password": "DbAdminPw9", "connection_url": url}), name="withurl")
+    assert client.put("/api/templates/withurl", json=doc, headers=CSRF).status_code == 200
+    for answer in (client.get("/api/templates/withurl"), client.get("/templates/withurl")):
+        assert answer.status_code == 200, answer.data[:300]
+        assert b"Pw-In-Url" not in answer.data and b"DbAdminPw9" not in answer.data

@@ -197,8 +197,17 @@ def cmd_fleet(args: argparse.Namespace) -> int:
     else:
         if not args.workspaces:
             raise InputError("dagrun fleet TEMPLATE needs --workspaces FILE (.jsonl, .json, .yaml or .csv)")
-        workspaces = [cli_workspace(ws) for ws in read_workspaces(args.workspaces)]
-        roots = sorted({root for ws in workspaces for root in _home_roots(ws)})
+        # The file is data (sign-ups, a form's export), not the operator typing: a home_dir in it must be
+        # inside the allowed folders ($DAGRUN_WORKSPACE_ROOTS); only the CLI's own default homes
+        # (./dagrun-workspaces/<id>) are allowed on its behalf.
+        workspaces, allowed = [], set()
+        for ws in read_workspaces(args.workspaces):
+            if ws.get("home_dir"):
+                workspaces.append(dict(ws))
+            else:
+                workspaces.append(cli_workspace(ws))
+                allowed.update(_home_roots(workspaces[-1]))
+        roots = sorted(allowed)
         total = len(workspaces)
         start = lambda progress: run_fleet(  # noqa: E731
             args.template, workspaces, database_url=url, concurrency=args.concurrency,

@@ -40,6 +40,19 @@ class DaskExecutor:
     def __init__(self, client: Any, *, owns_client: bool = False) -> None:
         self.client = client
         self._owns = owns_client
+        self._hosts: set[str] = set()  # hosts some worker was seen to declare
+
+    def _serves(self, host: str) -> bool:
+        """Does a worker of the cluster declare the host's resource? (A host
+        no worker serves would leave its steps waiting until they time out.)"""
+        if host in self._hosts:
+            return True
+        resource = host_resource(host)
+        workers = self.client.scheduler_info().get("workers", {})
+        if any(resource in (w.get("resources") or {}) for w in workers.values()):
+            self._hosts.add(host)
+            return True
+        return False
 
     @classmethod
     def connect(cls, address: str) -> "DaskExecutor":
@@ -60,6 +73,13 @@ class DaskExecutor:
         token = next((a for a in args if isinstance(a, CancelToken)), None)
         remote_args = tuple(_CANCEL if isinstance(a, CancelToken) else (None if callable(a) else a) for a in args)
         host = job.workspace.get("host")
+        if host and not self._serves(host):
+            from .outcome import Outcome, StepStatus
+            deliver(Outcome(job.step.id, args[1] if len(args) > 1 and isinstance(args[1], int) else 0,
+                            StepStatus.failed, started_at=time.time(), retryable=False,
+                            error=f"no Dask worker declares the resource {host_resource(host)} (workspace host "
+                                  f"{host!r}): start one with --resources \"{host_resource(host)}=1000\""), None)
+            return
         # Dask runs higher priorities first: across a fleet, the step with the longest path still to go
         future = self.client.submit(_remote, fn, remote_args, pure=False,
                                     key=f"dagrun-{job.step.id}-{uuid.uuid4().hex}",

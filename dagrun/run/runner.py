@@ -167,7 +167,7 @@ class Runner:
         done = dict(done or {})
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._locks_view = None if shared_locks is None else shared_locks.view(
-            workspace.get("host"), plan.lock_capacity, lambda: self._queue.put(_WAKE))
+            _lock_host(workspace, executor), plan.lock_capacity, lambda: self._queue.put(_WAKE))
         if not done and attempts is None:
             self.state = RunState(plan, self.max_workers, shared_locks=self._locks_view)
         else:
@@ -547,3 +547,11 @@ class Runner:
                          workspace_id=str(self.workspace["id"]), status=status, steps=steps,
                          started_at=started, finished_at=self.wall(), error=error, failed_action=failed_action,
                          check=self.check)
+
+
+def _lock_host(workspace: Mapping[str, Any], executor: Any) -> str | None:
+    """The machine a workspace's steps run on, for host-scoped locks: its
+    ``host`` on a Dask cluster (where it picks the workers); this machine
+    otherwise, whatever the field says (a value never escapes a lock)."""
+    from .cluster import DaskExecutor
+    return workspace.get("host") if isinstance(executor, DaskExecutor) else None

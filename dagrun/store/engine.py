@@ -72,11 +72,17 @@ def describe_url(url: str) -> str:
     ``?password=``, ``sslpassword``, ``passfile``), for output."""
     try:
         parsed = make_url(url)
-    except ArgumentError:
-        return url
+    except (ArgumentError, ValueError):  # not a URL dagrun can read: still never show a password in it
+        return re.sub(r"(?i)(password\s*=\s*)\S+|(//[^/:@\s]*:)[^@/\s]*(@)", _hide, url)
     hidden = {k: "***" for k in parsed.query if k.lower() in _SECRET_QUERY_KEYS}
     return parsed.update_query_dict(hidden).render_as_string(hide_password=True) if hidden else \
         parsed.render_as_string(hide_password=True)
+
+
+def _hide(match: "re.Match[str]") -> str:
+    if match.group(1):
+        return match.group(1) + "***"
+    return f"{match.group(2)}***{match.group(3)}"
 
 
 _SECRET_QUERY_KEYS = frozenset({"password", "sslpassword", "passfile", "sslkey", "token"})

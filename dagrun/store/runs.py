@@ -22,6 +22,7 @@ import os
 import socket
 import zlib
 from datetime import datetime, timedelta, timezone
+from pathlib import PurePosixPath
 from typing import Any, Iterable, Iterator, Mapping
 
 from sqlalchemy import Engine, func, select
@@ -113,14 +114,7 @@ def claim(engine: Engine, *, run_id: str, workspace_id: str, fields: Mapping[str
     with Session(engine) as session, session.begin(), workspace_lock(engine, session, workspace_id):
         home = fields.get("home_dir")
         if home:
-            if engine.dialect.name == "postgresql":  # two workspaces claiming one new home: one at a time
-                session.execute(select(func.pg_advisory_xact_lock(zlib.crc32(f"dagrun-home:{home}".encode()))))
-            other = session.scalars(select(ProvisioningRun.workspace_id).where(
-                ProvisioningRun.home_dir == home, ProvisioningRun.workspace_id != workspace_id).limit(1)).first()
-            if other is not None:
-                from ..errors import InputError
-                raise InputError(f"the workspace home {home} is workspace {other}'s (its runs worked there): "
-                                 "a home belongs to one workspace; give this one a home of its own")
+            _check_home_is_its_own(engine, session, workspace_id, str(home))
         active = session.scalars(select(ProvisioningRun).where(
             ProvisioningRun.workspace_id == workspace_id, ProvisioningRun.status == "running")).all()
         for run in active:
@@ -142,6 +136,27 @@ def claim(engine: Engine, *, run_id: str, workspace_id: str, fields: Mapping[str
         run.owner = owner_id()
         run.heartbeat_at = now
         run.started_at = run.started_at or now
+
+
+def _check_home_is_its_own(engine: Engine, session: Session, workspace_id: str, home: str) -> None:
+    """A home belongs to the workspace whose runs used it first: no other
+    workspace's run worked in it, above it or below it (a home inside
+    another's, or around it, reaches its files too)."""
+    from sqlalchemy import or_
+    home = home.rstrip("/") or "/"
+    above = [str(p) for p in PurePosixPath(home).parents]  # "/a/b/c": "/a/b", "/a", "/"
+    if engine.dialect.name == "postgresql":  # two workspaces claiming related homes: one at a time
+        for path in sorted([home, *above]):
+            session.execute(select(func.pg_advisory_xact_lock(zlib.crc32(f"dagrun-home:{path}".encode()))))
+    other = session.execute(select(ProvisioningRun.workspace_id, ProvisioningRun.home_dir).where(
+        ProvisioningRun.workspace_id != workspace_id,
+        or_(ProvisioningRun.home_dir.in_([home, *above]),
+            ProvisioningRun.home_dir.startswith(home.rstrip("/") + "/", autoescape=True))).limit(1)).first()
+    if other is not None:
+        from ..errors import InputError
+        where = "" if other.home_dir == home else f" (it worked in {other.home_dir})"
+        raise InputError(f"the workspace home {home} is workspace {other.workspace_id}'s{where}: a home, and "
+                         "what is above and below it, belongs to one workspace; give this one a home of its own")
 
 
 def request_cancel(url: str, run_id: str, reason: str) -> str:

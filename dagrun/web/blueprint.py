@@ -130,10 +130,7 @@ def create_blueprint(*, database_url: str | None = None, actions: Iterable[Any] 
     @bp.get("/api/templates/<name>")
     def template(name: str):  # noqa: ANN202
         allowed("read", template=name)
-        document = _masked_document(service, _template_document(service, name))
-        explained = api.explain(document, actions=service.actions or None,
-                                trusted_actions=service.trusted_actions or None,
-                                database_url=service.database_url)
+        document, explained = _shown_template(service, name)
         return jsonify(name=name, document=document, explained=explained)
 
     @bp.get("/api/templates/<name>/actions")
@@ -287,9 +284,7 @@ def create_blueprint(*, database_url: str | None = None, actions: Iterable[Any] 
     @bp.get("/templates/<name>")
     def template_page(name: str):  # noqa: ANN202
         allowed("read", template=name)
-        document = _masked_document(service, _template_document(service, name))
-        explained = api.explain(document, actions=service.actions or None,
-                                trusted_actions=service.trusted_actions or None, database_url=service.database_url)
+        document, explained = _shown_template(service, name)
         library = api.list_actions(service.actions or None, service.trusted_actions or None)
         return render_template("dagrun/template.html", name=name, document=document, explained=explained,
                                actions=sorted(library), schemas={n: _plain(a.config_schema)
@@ -435,7 +430,7 @@ def _is_api_request(blueprint: str) -> bool:
 
 def _limit() -> int:
     raw = request.args.get("limit", "50")
-    if not raw.isdigit():
+    if not (raw.isascii() and raw.isdigit()):
         raise InputError(f"limit must be a whole number from 1 to 500, not {raw!r}")
     return max(1, min(int(raw), 500))
 
@@ -453,45 +448,92 @@ def _shipped(name: str) -> bool:
                for suffix in (".yaml", ".yml", ".json"))
 
 
-def _secret_fields(service: Service, document: Mapping[str, Any]) -> dict[int, frozenset[str]]:
-    """The secret config fields of each step, by sequence_order."""
-    try:
-        plan = api.plan(document, actions=service.actions or None, trusted_actions=service.trusted_actions or None)
-    except DagrunError:
-        return {}
-    return {step.sequence_order: step.secret_fields for step in plan.steps.values() if step.secret_fields}
+def _step_secrets(service: Service, entry: Any) -> frozenset[str] | None:
+    """The secret config fields of a template entry's action (None: its
+    action is not in the library, so every value is treated as secret)."""
+    from ..compile.configs import secret_fields
+    library = api.list_actions(service.actions or None, service.trusted_actions or None)
+    action = library.get(entry.get("action_name")) if isinstance(entry, Mapping) else None
+    return secret_fields(action.config_schema) if action is not None else None
 
 
-def _masked_document(service: Service, document: Mapping[str, Any]) -> dict[str, Any]:
-    """The document with its steps' secret config values masked (a stored
-    template may hold a literal password)."""
+def _identity(entry: Mapping[str, Any]) -> Any:
+    return ("id", entry["id"]) if entry.get("id") is not None else ("order", entry.get("sequence_order"))
+
+
+def _masked_document(service: Service, document: Mapping[str, Any]) -> tuple[dict[str, Any], set[str]]:
+    """The document with its steps' secret config values masked, decided by
+    each step's action alone (a template that does not compile is masked
+    too; a step whose action is unknown has every value masked), and the
+    secret values found."""
     from ..spec import MASK
-    secret = _secret_fields(service, document)
-    out = dict(document)
-    out["actions"] = [
-        {**a, "action_config": {k: (MASK if k in secret.get(a.get("sequence_order"), ()) and v not in (None, "")
-                                    else v) for k, v in (a.get("action_config") or {}).items()}}
-        if isinstance(a, Mapping) and isinstance(a.get("action_config"), Mapping) else a
-        for a in document.get("actions") or []]
-    return out
+    secrets: set[str] = set()
+    actions = []
+    for entry in document.get("actions") or []:
+        config = entry.get("action_config") if isinstance(entry, Mapping) else None
+        if not isinstance(config, Mapping):
+            actions.append(entry)
+            continue
+        fields = _step_secrets(service, entry)
+        shown = {}
+        for key, value in config.items():
+            if value not in (None, "") and (fields is None or key in fields):
+                if isinstance(value, str):
+                    secrets.add(value)
+                shown[key] = MASK
+            else:
+                shown[key] = value
+        actions.append({**entry, "action_config": shown})
+    return {**document, "actions": actions}, secrets
+
+
+def _shown_template(service: Service, name: str) -> tuple[dict[str, Any], Any]:
+    """A stored template as the editor and the API show it: the document
+    with secrets masked, and its explanation (of the real document) with
+    every secret value masked wherever it shows."""
+    from ..run.redact import Redactor
+    document = _template_document(service, name)
+    masked, secrets = _masked_document(service, document)
+    redactor = Redactor(secrets)
+    try:
+        explained = api.explain(document, actions=service.actions or None,
+                                trusted_actions=service.trusted_actions or None, database_url=service.database_url)
+    except TemplateError as exc:  # its problems may quote a value
+        from ..errors import Problem
+        raise TemplateError([Problem(p.source, redactor.text(p.message) or "", p.step, p.field)
+                             for p in exc.problems]) from None
+    return masked, redactor.value(explained)
 
 
 def _unmasked_document(service: Service, name: str, document: dict[str, Any]) -> dict[str, Any]:
-    """A saved edit keeps the stored secret values the editor only saw masked."""
+    """A saved edit keeps a stored secret the editor only saw masked, in the
+    same step (same id or order, same action) and the same secret field;
+    the mask anywhere else is refused (it would move a secret where it
+    shows)."""
     from ..spec import MASK
     try:
         previous = _template_document(service, name)
     except DagrunError:
-        return document
-    before = {a.get("sequence_order"): a.get("action_config") or {} for a in previous.get("actions") or []
-              if isinstance(a, Mapping)}
+        previous = {}
+    before = {_identity(a): a for a in previous.get("actions") or [] if isinstance(a, Mapping)}
     actions = []
-    for a in document.get("actions") or []:
-        if isinstance(a, Mapping) and isinstance(a.get("action_config"), Mapping):
-            old = before.get(a.get("sequence_order"), {})
-            a = {**a, "action_config": {k: (old[k] if v == MASK and k in old else v)
-                                        for k, v in a["action_config"].items()}}
-        actions.append(a)
+    for entry in document.get("actions") or []:
+        if isinstance(entry, Mapping) and isinstance(entry.get("action_config"), Mapping):
+            old = before.get(_identity(entry))
+            same = old is not None and old.get("action_name") == entry.get("action_name")
+            fields = _step_secrets(service, entry) if same else frozenset()
+            config = {}
+            for key, value in entry["action_config"].items():
+                if value == MASK:
+                    stored = (old.get("action_config") or {}) if same else {}
+                    if fields is not None and key not in fields or key not in stored:
+                        raise InputError(f"step {entry.get('id') or entry.get('sequence_order')}: "
+                                         f"{key} holds the mask {MASK}: a masked secret stays only in the step "
+                                         "and field it came from (type the value to change it)")
+                    value = stored[key]
+                config[key] = value
+            entry = {**entry, "action_config": config}
+        actions.append(entry)
     return {**document, "actions": actions}
 
 
