@@ -81,7 +81,7 @@ def main() -> None:
     try:
         import distributed
         cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=32, processes=True,
-                                           dashboard_address=None)
+                                           dashboard_address=":0")
         client = distributed.Client(cluster, set_as_default=False)
         try:
             start = time.perf_counter()

@@ -26,7 +26,7 @@ ANCESTRY = 'p=$$; while [ "$p" -gt 1 ]; do echo $p; p=$(ps -o ppid= -p $p | tr -
 
 @pytest.fixture(scope="module")
 def cluster():
-    local = distributed.LocalCluster(n_workers=2, threads_per_worker=2, processes=True, dashboard_address=None)
+    local = distributed.LocalCluster(n_workers=2, threads_per_worker=2, processes=True, dashboard_address=":0")
     client = distributed.Client(local, set_as_default=False)
     try:
         yield local, client
@@ -174,7 +174,7 @@ def test_on_a_cluster_host_locks_are_per_host_and_an_unserved_host_fails_at_once
     A host no worker declares fails its steps at once, saying so."""
     from dagrun import run_fleet
     resources = {host_resource("host0"): 100, host_resource("host1"): 100}
-    local = distributed.LocalCluster(n_workers=2, threads_per_worker=4, processes=True, dashboard_address=None,
+    local = distributed.LocalCluster(n_workers=2, threads_per_worker=4, processes=True, dashboard_address=":0",
                                      resources=resources)
     client = distributed.Client(local, set_as_default=False)
     try:
