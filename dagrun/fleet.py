@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import threading
 import time
 import uuid
@@ -30,6 +31,8 @@ from . import api
 from .errors import DagrunError, InputError, Problem, TemplateError
 from .run.result import RunResult
 from .run.shared_locks import SharedLocks
+
+log = logging.getLogger("dagrun.fleet")
 
 
 @dataclass
@@ -138,6 +141,11 @@ def _run_all(fleet_id: str, prepared: list[api.PreparedRun], concurrency: int | 
         except DagrunError as exc:  # another run of this workspace is active; the store refused
             with lock:
                 result.errors[ws_id] = str(exc)
+            return
+        except Exception as exc:  # noqa: BLE001 - a bug in one workspace's run never stops the others
+            log.exception("fleet %s: the run of workspace %s failed unexpectedly", fleet_id, ws_id)
+            with lock:
+                result.errors[ws_id] = f"{type(exc).__name__}: {exc}"
             return
         with lock:
             result.results[ws_id] = outcome

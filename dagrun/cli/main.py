@@ -626,7 +626,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ..run.logs import configure
         configure(json=True if getattr(args, "log_json", False) else None,
                   level=(logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)])
-    for option in ("workers", "limit"):
+    for option in ("workers", "limit", "concurrency", "threads"):
         if getattr(args, option, None) is not None and getattr(args, option) < 1:
             parser.error(f"--{option} must be at least 1")
     try:
