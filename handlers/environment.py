@@ -11,6 +11,7 @@ is ``/dev/null``), and every value reaches it glued to its option or after
 from __future__ import annotations
 
 import os
+import re
 
 from dagrun.errors import PermanentError
 from dagrun.run import paths
@@ -106,22 +107,31 @@ def pip_install(ctx: StepContext) -> HandlerResult:
     return result
 
 
-# What a requirements file read by root's pip may say besides requirement specifiers: options
-# that read no local file, written out in full (pip also takes abbreviations and glued short
-# options; those are refused rather than parsed).
-_SAFE_OPTIONS = frozenset({"--index-url", "--extra-index-url", "--trusted-host", "--hash", "--pre",
-                           "--prefer-binary", "--only-binary", "--no-binary", "--require-hashes", "--no-index"})
-_REMOTE = ("https://", "http://", "git+https://")
 _MAX_REQUIREMENTS = 1024 * 1024
+_NAME = r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?"
+_VERSION = r"\s*(?:===|==|!=|<=|>=|~=|<|>)\s*[A-Za-z0-9.*+!_-]+\s*"
+_MARKER = r"(?:\s*;\s*[A-Za-z0-9_.'\" <>=!~(),-]*)?"
+_HASHES = r"(?:\s+--hash=[a-z0-9]+:[A-Fa-f0-9]+)*"
+_URL = r"https?://[A-Za-z0-9._~:/?#\[\]@!$&'()*+,;=%-]+"
+_REQUIREMENT = re.compile(
+    rf"\A{_NAME}(?:\[\s*{_NAME}(?:\s*,\s*{_NAME})*\s*\])?"
+    rf"(?:(?:{_VERSION}(?:,{_VERSION})*)|\s*@\s*(?:git\+)?{_URL})?{_MARKER}{_HASHES}\Z")
+_OPTION = re.compile(
+    rf"\A(?:(?:--index-url|--extra-index-url|-i)(?:=|\s+){_URL}"
+    rf"|--trusted-host(?:=|\s+)[A-Za-z0-9.-]+(?::[0-9]+)?"
+    rf"|--(?:only|no)-binary(?:=|\s+)[A-Za-z0-9_.,:-]+"
+    rf"|--pre|--prefer-binary|--require-hashes|--no-index)\Z")
+_COMMENT = re.compile(r"(^|\s+)#.*$")
 
 
 def _checked_requirements(path: str) -> str:
-    """A private copy of the requirements file at ``path`` for pip run as
-    root: read without following a symlink, and refused when any line could
-    make pip read a file or folder of this machine (``-r /etc/shadow``, in
-    any spelling pip accepts; a local path or ``file:`` URL; an environment
-    variable), which root must not read on a value's behalf (pip's error
-    would show what it read)."""
+    """For pip run as root: the requirements file at ``path`` (read without
+    following a symlink) rewritten by dagrun, with only what it checked:
+    package names with versions, extras, markers and hashes, http(s)
+    direct URLs, and a few options whose value is an http(s) URL or a name.
+    pip never sees the original text, so nothing in it (an include in any
+    spelling, a continuation, a declared encoding, a local path or index)
+    can make root's pip open a file of this machine."""
     import tempfile
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
@@ -131,46 +141,32 @@ def _checked_requirements(path: str) -> str:
         data = fh.read(_MAX_REQUIREMENTS + 1)
     if len(data) > _MAX_REQUIREMENTS:
         raise PermanentError(f"the requirements file {path} is larger than 1 MB")
-    text = data.decode("utf-8", errors="replace")
-    # pip joins a line ending in a backslash with the next before reading it: so do we
-    logical: list[tuple[int, str]] = []
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise PermanentError(f"the requirements file {path} is not UTF-8") from None
+    kept: list[str] = []
     pending, first = "", 0
     for number, raw in enumerate(text.splitlines(), 1):
         if not pending:
             first = number
-        if raw.endswith("\\"):
+        if raw.endswith("\\") and not _COMMENT.search(raw):  # pip's rule: a comment line is never continued
             pending += raw[:-1]
             continue
-        logical.append((first, pending + raw))
-        pending = ""
+        line, pending = _COMMENT.sub("", pending + raw).strip(), ""
+        if not line:
+            continue
+        if not (_REQUIREMENT.match(line) or _OPTION.match(line)):
+            raise PermanentError(f"line {first} of the requirements file {path} is not a package, an http(s) URL or "
+                                 "an option dagrun lets root's pip read (-r, -c, -e, --find-links, local paths and "
+                                 "files are refused when dagrun runs as root; use find_links, or a workspace user)")
+        kept.append(line)
     if pending:
-        logical.append((first, pending))
-    for number, raw in logical:
-        line = raw.split(" #", 1)[0].strip() if not raw.lstrip().startswith("#") else ""
-        if line and _reads_local(line):
-            raise PermanentError(f"line {number} of the requirements file {path} could make pip read a file of "
-                                 "this machine: as root, dagrun installs only named packages and http(s) URLs, "
-                                 "with options that read no file (use find_links, or a workspace user)")
+        raise PermanentError(f"the requirements file {path} ends in a line continued with a backslash")
     fd, copy = tempfile.mkstemp(prefix="dagrun-requirements-", suffix=".txt")
-    with os.fdopen(fd, "w") as out:
-        out.write(text)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write("".join(line + "\n" for line in kept))
     return copy
-
-
-def _reads_local(line: str) -> bool:
-    """Could this (logical, comment-free) requirements line make pip open a
-    local path? Conservative: what is not plainly safe is refused."""
-    if "${" in line or "file:" in line.lower():
-        return True
-    if line.startswith("-"):
-        name = line.split("=", 1)[0].split(None, 1)[0]
-        return name not in _SAFE_OPTIONS
-    if line.startswith((".", "/", "~")) or os.sep in line.split("@", 1)[0].split(";", 1)[0]:
-        return True
-    if "@" in line:  # a direct reference: name @ URL
-        url = line.split("@", 1)[1].strip()
-        return not url.startswith(_REMOTE)
-    return False
 
 
 def validate_pip(ctx: StepContext) -> HandlerResult:
