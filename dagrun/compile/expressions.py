@@ -39,7 +39,8 @@ import os
 import re
 import urllib.parse
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Mapping
+from collections.abc import Mapping  # for isinstance: typing's alias is several times slower
+from typing import Any, Callable, Iterator
 
 from jinja2 import TemplateSyntaxError, Undefined, nodes
 

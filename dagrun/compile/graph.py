@@ -22,7 +22,8 @@ from __future__ import annotations
 import difflib
 import re
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from collections.abc import Mapping  # for isinstance: typing's alias is several times slower
+from typing import Any, Iterable
 
 import networkx as nx
 from jinja2 import TemplateSyntaxError

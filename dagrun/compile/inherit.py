@@ -20,7 +20,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from collections.abc import Mapping  # for isinstance: typing's alias is several times slower
+from typing import Any
 
 from ..errors import Problem, TemplateError
 from ..util import deep_merge

@@ -22,7 +22,8 @@ import math
 import re
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from collections.abc import Mapping  # for isinstance: typing's alias is several times slower
+from typing import Any, Iterable, Iterator
 
 import jsonschema
 import yaml

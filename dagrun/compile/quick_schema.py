@@ -7,12 +7,16 @@ valid under them; anything it does not understand (``$ref``, ``format``,
 ``if``, a float where an integer is expected...) is a "don't know", and the
 caller asks jsonschema, which also words every problem. So it can make a
 valid document cheaper; it can never let an invalid one through.
+
+Each schema is turned once into a checker (a closure over what its keywords
+say), so checking a value costs a few comparisons per keyword.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping  # for isinstance: typing's alias is several times slower
+from typing import Any, Callable
 
 # Keywords that say nothing about validity.
 _NOTES = frozenset({"description", "title", "default", "examples", "$comment", "$schema", "$id", "$defs",
@@ -21,113 +25,81 @@ _KNOWN = frozenset({"type", "properties", "additionalProperties", "required", "i
                     "minLength", "maxLength", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",
                     "pattern", "minItems", "maxItems", "oneOf", "anyOf", "minProperties", "maxProperties"})
 _END = re.compile(r"(?<!\\)\$$")
-_patterns: dict[str, re.Pattern[str]] = {}
-_read: dict[int, Any] = {}  # schemas whose keywords are all understood
+
+Checker = Callable[[Any], bool]
 
 
 class _Unknown(Exception):
-    """The schema says something this checker does not read."""
+    """The schema (or a value's type under it) says something this checker
+    does not read."""
+
+
+_checkers: dict[int, tuple[Any, Checker | None]] = {}  # id(schema) -> (schema, its checker or None)
 
 
 def surely_valid(schema: Any, value: Any) -> bool:
     """True when ``value`` is certainly valid under ``schema``; False when it
     is not, or when this checker cannot tell (ask jsonschema then)."""
+    check = _checker(schema)
+    if check is None:
+        return False
     try:
-        return _valid(schema, value)
+        return check(value)
     except _Unknown:
         return False
 
 
-def _type_ok(kind: str, value: Any) -> bool:
-    if kind == "object":
-        return isinstance(value, dict)
-    if kind == "array":
-        return isinstance(value, list)
-    if kind == "string":
-        return isinstance(value, str)
-    if kind == "boolean":
-        return isinstance(value, bool)
-    if kind == "null":
-        return value is None
-    if kind == "integer":
-        if isinstance(value, float):
-            raise _Unknown  # 1.0 is an integer to JSON Schema: let jsonschema say
-        return isinstance(value, int) and not isinstance(value, bool)
-    if kind == "number":
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
+def _checker(schema: Any) -> Checker | None:
+    seen = _checkers.get(id(schema))
+    if seen is not None and seen[0] is schema:
+        return seen[1]
+    try:
+        check: Checker | None = _build(schema)
+    except _Unknown:
+        check = None
+    if len(_checkers) > 4096:  # a service checking ever-new action schemas: stay bounded
+        _checkers.clear()
+    _checkers[id(schema)] = (schema, check)  # holds the schema, so its id stays its own
+    return check
+
+
+def _true(_value: Any) -> bool:
+    return True
+
+
+def _false(_value: Any) -> bool:
+    return False
+
+
+def _integer(value: Any) -> bool:
+    if type(value) is float:
+        raise _Unknown  # 1.0 is an integer to JSON Schema: let jsonschema say
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+_TYPES: dict[str, Checker] = {
+    "object": lambda v: isinstance(v, dict),
+    "array": lambda v: isinstance(v, list),
+    "string": lambda v: isinstance(v, str),
+    "boolean": lambda v: isinstance(v, bool),
+    "null": lambda v: v is None,
+    "integer": _integer,
+    "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+}
+
+
+def _unknown(_value: Any) -> bool:
     raise _Unknown
 
 
-def _valid(schema: Any, value: Any) -> bool:  # noqa: C901 - one keyword per branch
-    if schema is True or schema == {}:
-        return True
-    if schema is False:
-        return False
-    if type(schema) is not dict and not isinstance(schema, Mapping):
-        raise _Unknown
-    if _read.get(id(schema)) is not schema:  # each schema's keywords are looked at once
-        for key in schema:
-            if key not in _KNOWN and key not in _NOTES and not (isinstance(key, str) and key.startswith("x-")):
-                raise _Unknown
-        if len(_read) > 4096:  # a service checking ever-new action schemas: stay bounded
-            _read.clear()
-        _read[id(schema)] = schema  # kept alive here, so its id is never another's
-    kind = schema.get("type")
-    if kind is not None:
-        kinds = kind if isinstance(kind, list) else [kind]
-        if not any(_type_ok(k, value) for k in kinds):
-            return False
-    if "enum" in schema and not any(_same(value, option) for option in schema["enum"]):
-        return False
-    if "const" in schema and not _same(value, schema["const"]):
-        return False
-    if isinstance(value, str):
-        if len(value) < schema.get("minLength", 0) or len(value) > schema.get("maxLength", len(value)):
-            return False
-        pattern = schema.get("pattern")
-        if pattern is not None:
-            compiled = _patterns.get(pattern)
-            if compiled is None:
-                compiled = _patterns[pattern] = re.compile(_END.sub(r"\\Z", pattern))
-            if not compiled.search(value):
-                return False
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        if "minimum" in schema and value < schema["minimum"] or "maximum" in schema and value > schema["maximum"]:
-            return False
-        if "exclusiveMinimum" in schema and not value > schema["exclusiveMinimum"]:
-            return False
-        if "exclusiveMaximum" in schema and not value < schema["exclusiveMaximum"]:
-            return False
-    elif isinstance(value, list):
-        if len(value) < schema.get("minItems", 0) or len(value) > schema.get("maxItems", len(value)):
-            return False
-        items = schema.get("items")
-        if items is not None:
-            if not isinstance(items, Mapping) and not isinstance(items, bool):
-                raise _Unknown  # tuple form
-            if not all(_valid(items, v) for v in value):
-                return False
-    elif isinstance(value, dict):
-        if len(value) < schema.get("minProperties", 0) or len(value) > schema.get("maxProperties", len(value)):
-            return False
-        if any(key not in value for key in schema.get("required", ())):
-            return False
-        properties = schema.get("properties") or {}
-        extra = schema.get("additionalProperties", True)
-        for key, item in value.items():
-            sub = properties.get(key)
-            if sub is None:
-                if extra is False:
-                    return False
-                if extra is not True and not _valid(extra, item):
-                    return False
-            elif not _valid(sub, item):
-                return False
-    if "anyOf" in schema and not any(_valid(s, value) for s in schema["anyOf"]):
-        return False
-    if "oneOf" in schema and sum(1 for s in schema["oneOf"] if _valid(s, value)) != 1:
-        return False
-    return True
+def _part(schema: Any) -> Checker:
+    """The checker of a subschema; one this module does not read says
+    "don't know" only when a value is checked against it (a property that
+    is absent costs nothing)."""
+    try:
+        return _build(schema)
+    except _Unknown:
+        return _unknown
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -135,3 +107,105 @@ def _same(a: Any, b: Any) -> bool:
     if isinstance(a, bool) or isinstance(b, bool):
         return isinstance(a, bool) and isinstance(b, bool) and a == b
     return a == b
+
+
+def _build(schema: Any) -> Checker:  # noqa: C901 - one keyword per branch
+    if schema is True:
+        return _true
+    if schema is False:
+        return _false
+    if type(schema) is not dict and not isinstance(schema, Mapping):
+        raise _Unknown
+    if not schema:
+        return _true
+    for key in schema:
+        if key not in _KNOWN and key not in _NOTES and not (isinstance(key, str) and key.startswith("x-")):
+            raise _Unknown
+    checks: list[Checker] = []
+    kind = schema.get("type")
+    if kind is not None:
+        kinds = kind if isinstance(kind, list) else [kind]
+        if any(k not in _TYPES for k in kinds):
+            raise _Unknown
+        tests = [_TYPES[k] for k in kinds]
+        checks.append(tests[0] if len(tests) == 1 else (lambda v, t=tuple(tests): any(f(v) for f in t)))
+    if "enum" in schema:
+        options = list(schema["enum"])
+        checks.append(lambda v: any(_same(v, o) for o in options))
+    if "const" in schema:
+        const = schema["const"]
+        checks.append(lambda v: _same(v, const))
+    strings = [k for k in ("minLength", "maxLength", "pattern") if k in schema]
+    if strings:
+        low, high = schema.get("minLength", 0), schema.get("maxLength")
+        pattern = re.compile(_END.sub(r"\\Z", schema["pattern"])) if "pattern" in schema else None
+
+        def text(v: Any) -> bool:
+            if not isinstance(v, str):
+                return True
+            if len(v) < low or high is not None and len(v) > high:
+                return False
+            return pattern is None or pattern.search(v) is not None
+        checks.append(text)
+    numbers = [(k, schema[k]) for k in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum") if k in schema]
+    if numbers:
+        def number(v: Any) -> bool:
+            if not isinstance(v, (int, float)) or isinstance(v, bool):
+                return True
+            for key, limit in numbers:
+                if key == "minimum" and v < limit or key == "maximum" and v > limit \
+                        or key == "exclusiveMinimum" and not v > limit or key == "exclusiveMaximum" and not v < limit:
+                    return False
+            return True
+        checks.append(number)
+    if any(k in schema for k in ("minItems", "maxItems", "items")):
+        low_items, high_items = schema.get("minItems", 0), schema.get("maxItems")
+        items = schema.get("items")
+        if items is not None and not isinstance(items, (Mapping, bool)):
+            raise _Unknown  # the tuple form
+        item = _part(items) if items is not None else None
+
+        def array(v: Any) -> bool:
+            if not isinstance(v, list):
+                return True
+            if len(v) < low_items or high_items is not None and len(v) > high_items:
+                return False
+            return item is None or all(item(x) for x in v)
+        checks.append(array)
+    if any(k in schema for k in ("properties", "additionalProperties", "required", "minProperties", "maxProperties")):
+        properties = {k: _part(sub) for k, sub in (schema.get("properties") or {}).items()}
+        extra = schema.get("additionalProperties", True)
+        extra_check = None if extra is True or extra is False else _part(extra)
+        required = tuple(schema.get("required", ()))
+        low_props, high_props = schema.get("minProperties", 0), schema.get("maxProperties")
+
+        def mapping(v: Any) -> bool:
+            if not isinstance(v, dict):
+                return True
+            if len(v) < low_props or high_props is not None and len(v) > high_props:
+                return False
+            for key in required:
+                if key not in v:
+                    return False
+            get = properties.get
+            for key, value in v.items():
+                sub = get(key)
+                if sub is None:
+                    if extra is False or extra_check is not None and not extra_check(value):
+                        return False
+                elif not sub(value):
+                    return False
+            return True
+        checks.append(mapping)
+    if "anyOf" in schema:
+        any_of = [_part(s) for s in schema["anyOf"]]
+        checks.append(lambda v: any(f(v) for f in any_of))
+    if "oneOf" in schema:
+        one_of = [_part(s) for s in schema["oneOf"]]
+        checks.append(lambda v: sum(1 for f in one_of if f(v)) == 1)
+    if len(checks) == 1:
+        return checks[0]
+    if len(checks) == 2:
+        first, second = checks
+        return lambda v: first(v) and second(v)
+    return lambda v: all(f(v) for f in checks)
