@@ -166,3 +166,20 @@ def test_a_workspaces_file_never_chooses_where_homes_may_be(tmp_path):
                          env=env)
     assert out.returncode == 2 and "is outside the folders workspaces may live in" in out.stderr, out.stderr
     assert not target.exists()
+
+
+def test_an_unexpected_error_in_one_run_stays_with_its_workspace(tmp_path, monkeypatch):
+    """A bug in one workspace's run (faked here: a bug cannot be made to
+    happen on demand) is that workspace's error; the others finish."""
+    real = api.execute
+
+    def buggy(prepared, **kw):
+        if prepared.workspace["id"] == "boom":
+            raise RuntimeError("a bug")
+        return real(prepared, **kw)
+
+    monkeypatch.setattr(api, "execute", buggy)
+    fleet = run_fleet(template(script_step(10, "true", id="s")),
+                      [{"id": ws, "home_dir": str(tmp_path / ws)} for ws in ("one", "boom", "two")], record=False)
+    assert sorted(fleet.succeeded) == ["one", "two"]
+    assert fleet.errors == {"boom": "RuntimeError: a bug"} and not fleet.success

@@ -535,3 +535,15 @@ def test_a_template_with_a_literal_connection_url_is_shown_masked(client):
     for answer in (client.get("/api/templates/withurl"), client.get("/templates/withurl")):
         assert answer.status_code == 200, answer.data[:300]
         assert b"Pw-In-Url" not in answer.data and b"DbAdminPw9" not in answer.data
+
+
+def test_the_token_can_come_from_a_file(tmp_path):
+    token_file = tmp_path / "token"
+    token_file.write_text("from-a-file\n")
+    server = Server(f"sqlite:///{tmp_path}/f.db", tmp_path, token="from-the-environment",
+                    extra=("--token-file", str(token_file)))  # the file wins over $DAGRUN_TOKEN
+    try:
+        assert server.get("/api/runs", headers={"Authorization": "Bearer from-a-file"})[0] == 200
+        assert server.get("/api/runs", headers={"Authorization": "Bearer from-the-environment"})[0] == 401
+    finally:
+        server.stop()
