@@ -178,24 +178,21 @@ def read_workspaces(path: str) -> list[dict[str, Any]]:
     except OSError as exc:
         raise InputError(f"cannot read the workspaces file {path}: {exc.strerror}") from None
     suffix = file.suffix.lower()
+    if suffix not in (".jsonl", ".json", ".yaml", ".yml", ".csv"):
+        raise InputError(f"the workspaces file {path} must be .jsonl, .json, .yaml or .csv")
+    from .compile.loader import parse_text  # the bounded YAML/JSON reader templates use (no alias bombs)
     try:
         if suffix == ".jsonl":
             items = [json.loads(line) for line in text.splitlines() if line.strip()]
-        elif suffix == ".json":
-            items = json.loads(text)
-        elif suffix in (".yaml", ".yml"):
-            import yaml
-            items = yaml.safe_load(text)
         elif suffix == ".csv":
             items = [{k: v for k, v in row.items() if v not in (None, "")} for row in csv.DictReader(text.splitlines())]
         else:
-            raise InputError(f"the workspaces file {path} must be .jsonl, .json, .yaml or .csv")
+            items = parse_text(text, path, json_document=suffix == ".json")
     except (ValueError, TypeError) as exc:
         raise InputError(f"the workspaces file {path} is not valid {suffix[1:]}: {exc}") from None
-    except Exception as exc:  # noqa: BLE001 - a YAML syntax error
-        if isinstance(exc, InputError):
-            raise
-        raise InputError(f"the workspaces file {path} is not valid {suffix[1:]}: {exc}") from None
+    except TemplateError as exc:
+        reason = "; ".join(p.message for p in exc.problems)
+        raise InputError(f"the workspaces file {path} is not valid {suffix[1:]}: {reason}") from None
     if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
         raise InputError(f"the workspaces file {path} must hold a list of workspace objects")
     if not items:

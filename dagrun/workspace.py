@@ -178,12 +178,12 @@ def _resolved(path: str) -> str:
     return os.path.join(os.path.realpath(existing), *rest)
 
 
-def check_home_root(home: str, roots: Iterable[str], owner: int | None = None) -> None:
+def check_home_root(home: str, roots: Iterable[str], owner: int | None = None) -> str:
     """A home chosen by whoever fills in a workspace (a web form) is data: as
     root, dagrun works only in homes strictly inside the allowed roots, after
     symlinks (never ``/root``, ``/etc`` or a root itself), below folders only
     root can change, and in a home that is root's or the workspace user's
-    (``owner``), never another tenant's."""
+    (``owner``), never another tenant's. Returns the home after symlinks."""
     from .run.paths import home_ancestry_problem
     real = _resolved(home)
     roots = tuple(roots)
@@ -194,6 +194,7 @@ def check_home_root(home: str, roots: Iterable[str], owner: int | None = None) -
     problem = home_ancestry_problem(real, max(inside, key=len), owner)
     if problem:
         raise InputError(problem)
+    return real
 
 
 def home_root(home: str, roots: Iterable[str]) -> str | None:
@@ -220,8 +221,8 @@ def with_home(workspace: Mapping[str, Any], root: Path | None = None,
                 owner = pwd.getpwnam(str(workspace["linux_username"])).pw_uid
             except KeyError:
                 owner = None  # made by the run: until then the home is root's or missing
-        check_home_root(home, home_roots() if roots is None else roots, owner)
-        home = _resolved(home)  # checked after symlinks, used after symlinks: a link swapped later leads nowhere
+        # checked after symlinks, used after symlinks: a link swapped later leads nowhere
+        home = check_home_root(home, home_roots() if roots is None else roots, owner)
     return FrozenDict({**workspace, "home_dir": home})
 
 

@@ -29,15 +29,16 @@ import signal
 import time
 import uuid
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 TAG = "DAGRUN_PROCESS_TAG"
 RUN_TAG = "DAGRUN_RUN_ID"
 
 
-@functools.cache
-def cgroup_base() -> Path | None:
-    """``<cgroup2 mount>/dagrun`` if this process may create cgroups there."""
+def _dagrun_folder(mounted: Callable[[list[str]], bool], probe: bool) -> Path | None:
+    """``<mount>/dagrun`` under the first mount ``mounted`` picks (its
+    /proc/self/mounts fields), if this process may create it (and, with
+    ``probe``, folders in it)."""
     if os.environ.get("DAGRUN_NO_CGROUPS"):
         return None
     try:
@@ -46,13 +47,14 @@ def cgroup_base() -> Path | None:
         return None
     for line in mounts:
         parts = line.split()
-        if len(parts) > 2 and parts[2] == "cgroup2":
+        if mounted(parts):
             base = Path(parts[1]) / "dagrun"
             try:
                 base.mkdir(exist_ok=True)
-                probe = base / f"probe-{os.getpid()}"
-                probe.mkdir()
-                probe.rmdir()
+                if probe:
+                    test = base / f"probe-{os.getpid()}"
+                    test.mkdir()
+                    test.rmdir()
             except OSError:
                 return None
             return base
@@ -60,10 +62,16 @@ def cgroup_base() -> Path | None:
 
 
 @functools.cache
+def cgroup_base() -> Path | None:
+    """``<cgroup2 mount>/dagrun`` if this process may create cgroups there."""
+    return _dagrun_folder(lambda parts: len(parts) > 2 and parts[2] == "cgroup2", probe=True)
+
+
+@functools.cache
 def pids_base() -> Path | None:
     """``<pids cgroup v1 mount>/dagrun``, for a limit on a step's processes."""
-    if os.environ.get("DAGRUN_NO_CGROUPS"):
-        return None
+    return _dagrun_folder(lambda parts: len(parts) > 3 and parts[2] == "cgroup" and "pids" in parts[3].split(","),
+                          probe=False)
     try:
         mounts = Path("/proc/self/mounts").read_text().splitlines()
     except OSError:

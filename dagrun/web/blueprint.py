@@ -448,11 +448,10 @@ def _shipped(name: str) -> bool:
                for suffix in (".yaml", ".yml", ".json"))
 
 
-def _step_secrets(service: Service, entry: Any) -> frozenset[str] | None:
+def _step_secrets(library: Mapping[str, Any], entry: Any) -> frozenset[str] | None:
     """The secret config fields of a template entry's action (None: its
     action is not in the library, so every value is treated as secret)."""
     from ..compile.configs import secret_fields
-    library = api.list_actions(service.actions or None, service.trusted_actions or None)
     action = library.get(entry.get("action_name")) if isinstance(entry, Mapping) else None
     return secret_fields(action.config_schema) if action is not None else None
 
@@ -467,6 +466,7 @@ def _masked_document(service: Service, document: Mapping[str, Any]) -> tuple[dic
     too; a step whose action is unknown has every value masked), and the
     secret values found."""
     from ..spec import MASK
+    library = api.list_actions(service.actions or None, service.trusted_actions or None)
     secrets: set[str] = set()
     actions = []
     for entry in document.get("actions") or []:
@@ -474,7 +474,7 @@ def _masked_document(service: Service, document: Mapping[str, Any]) -> tuple[dic
         if not isinstance(config, Mapping):
             actions.append(entry)
             continue
-        fields = _step_secrets(service, entry)
+        fields = _step_secrets(library, entry)
         shown = {}
         for key, value in config.items():
             if value not in (None, "") and (fields is None or key in fields):
@@ -516,12 +516,13 @@ def _unmasked_document(service: Service, name: str, document: dict[str, Any]) ->
     except DagrunError:
         previous = {}
     before = {_identity(a): a for a in previous.get("actions") or [] if isinstance(a, Mapping)}
+    library = api.list_actions(service.actions or None, service.trusted_actions or None)
     actions = []
     for entry in document.get("actions") or []:
         if isinstance(entry, Mapping) and isinstance(entry.get("action_config"), Mapping):
             old = before.get(_identity(entry))
             same = old is not None and old.get("action_name") == entry.get("action_name")
-            fields = _step_secrets(service, entry) if same else frozenset()
+            fields = _step_secrets(library, entry) if same else frozenset()
             config = {}
             for key, value in entry["action_config"].items():
                 if value == MASK:
