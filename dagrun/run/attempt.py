@@ -28,14 +28,17 @@ from ..compile.shell_text import ShellValueError, UnsafeContext
 from ..errors import PermanentError
 from ..spec import StepSpec
 from .handler_types import StepContext, handlers_for
-from .isolation import Isolation, User, check_home, ensure_home
+from .isolation import Isolation, User, ensure_home
 from .outcome import HandlerResult, Outcome, StepStatus
+from .paths import home_ancestry_problem
 from .shell import CancelToken
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class AttemptJob:
-    """What every attempt of one step needs; built once per step."""
+    """What every attempt of one step needs; built once per step, never
+    changed after (not frozen: a frozen init costs a setattr call per field,
+    and one is built for every step of every run)."""
 
     step: StepSpec
     workspace: Mapping[str, Any]
@@ -95,9 +98,11 @@ def check_disk_space(home: str | None, required_mb: int) -> None:
 
 
 def _uid(name: str | None) -> int | None:
+    if not name:
+        return None
     import pwd
     try:
-        return pwd.getpwnam(name).pw_uid if name else None
+        return pwd.getpwnam(name).pw_uid
     except KeyError:
         return None
 
@@ -113,8 +118,13 @@ def isolation_for(job: AttemptJob) -> Isolation:
             raise PermanentError(problem)
     user = User.lookup(job.user) if job.user else None
     if job.home and os.geteuid() == 0:
+        # Checked again as each attempt starts (an earlier step may have changed the folders): no
+        # symlink or folder another user could change between the allowed root and the home, and
+        # the home not somebody else's.
         owner = user.uid if user is not None else _uid(job.workspace_user)
-        check_home(job.home, owner, job.home_root)
+        problem = home_ancestry_problem(job.home, job.home_root, owner)
+        if problem:
+            raise PermanentError(problem)
     # The home is made for the steps that work in it: the workspace user's (the user's
     # own home is made by create_linux_user, which a root step before it must not pre-empt).
     # A check makes nothing.

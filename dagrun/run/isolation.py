@@ -248,17 +248,6 @@ def home_owner(home: str | None, user: User | None) -> tuple[int, int] | None:
     return None
 
 
-def check_home(home: str, owner: int | None, root: str | None) -> None:
-    """The home a step works in, checked again as the step starts (an earlier
-    step may have changed the folders): no symlink or folder another user
-    could change between the allowed ``root`` and it, and not somebody
-    else's (``owner``: the workspace user's uid, if there is one)."""
-    from .paths import home_ancestry_problem
-    problem = home_ancestry_problem(home, root, owner)
-    if problem:
-        raise PermanentError(problem)
-
-
 def ensure_home(home: str, user: User | None) -> None:
     """Create the workspace home if it is missing, owned by the user whose
     steps use it (so their steps can write in it)."""

@@ -113,7 +113,7 @@ class Redactor:
         template and secret variables are masked (the run keeps the real plan)."""
         masked = {sid: dataclasses.replace(step, config=FrozenDict(self.config(step.config, step.secret_fields)))
                   for sid, step in plan.steps.items()
-                  if any(step.config.get(k) not in (None, "") for k in step.secret_fields)}
+                  if step.secret_fields and any(step.config.get(k) not in (None, "") for k in step.secret_fields)}
         if not masked and self._pattern is None:
             return plan
         return dataclasses.replace(plan, steps=FrozenDict({**plan.steps, **masked}),

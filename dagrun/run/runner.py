@@ -248,7 +248,8 @@ class Runner:
                 self._submit(executor, sid, attempt, now)
             if state.finished:
                 return
-            self._flush(state.waiting_for_records)
+            if self._pending:
+                self._flush(state.waiting_for_records)
             self._wait(now)
 
     def _wait(self, now: float) -> None:
@@ -301,17 +302,20 @@ class Runner:
         return {r: {"status": self.state.status[r].value, "result": self._data.get(r, {})} for r in refs}
 
     def _submit(self, executor: Executor, sid: str, attempt: int, now: float) -> None:
-        job = self._job(sid)
+        # The scheduler's hot path (once per attempt): plain attribute reads, no property.
+        job = self._jobs.get(sid) or self._job(sid)
+        step = job.step
         key = (sid, attempt)
-        self._track(key, now + job.step.timeout_seconds + DEADLINE_GRACE_SECONDS)
-        if self.observers:
-            step = job.step
-            self._emit(StepStarted(self.run_id, sid, attempt, step.retry.max_attempts, step.display_name,
-                                   self._submitted[key]))
+        self._track(key, now + step.timeout_seconds + DEADLINE_GRACE_SECONDS)
         put = self._queue.put
-        report = (lambda pid, started: put(("process", key, pid, started))) if self.observers else None
-        token = self._tokens[key] = self.cancel_token.child()  # abandoning the attempt cancels this one
-        dispatch(executor, run_attempt, (job, attempt, self._upstream(sid), token, report),
+        report = None
+        if self._observers:
+            self._emit(StepStarted(self.run_id, sid, attempt, step.retry.max_attempts, step.action.display_name,
+                                   self._submitted[key]))
+            report = lambda pid, started: put(("process", key, pid, started))  # noqa: E731
+        token = self._tokens[key] = CancelToken(self.cancel_token)  # abandoning the attempt cancels this one
+        dispatch(executor, run_attempt, (job, attempt, self._upstream(sid) if step.step_refs else _NO_STEPS,
+                                         token, report),
                  lambda outcome, error: put(("done", key, outcome, error)))
 
     def _track(self, key: tuple[str, int], deadline: float) -> None:
@@ -340,7 +344,7 @@ class Runner:
     def _release_token(self, key: tuple[str, int]) -> None:
         token = self._tokens.pop(key, None)
         if token is not None:
-            self.cancel_token.unregister(token)
+            token.detach()
 
     def _expire(self, now: float) -> None:
         while self._deadlines and self._deadlines[0][0] <= now:
@@ -351,7 +355,7 @@ class Runner:
             token = self._tokens.pop(key, None)
             if token is not None:  # whatever the abandoned attempt still runs is stopped
                 token.cancel()
-                self.cancel_token.unregister(token)
+                token.detach()
             started = self._submitted.pop(key, self.wall())
             self._abandoned += 1
             elapsed = max(0.0, self.wall() - started)
@@ -369,12 +373,15 @@ class Runner:
     def _apply(self, outcome: Outcome) -> None:
         sid = outcome.step_id
         step = self.plan.steps[sid]
+        secret_fields = step.secret_fields
         if outcome.config is not None:
             self._configs[sid] = outcome.config  # unmasked: a rollback may need it
-            self.redactor.learn(outcome.config, step.secret_fields)
+            if secret_fields:
+                self.redactor.learn(outcome.config, secret_fields)
         if outcome.status is StepStatus.completed:
             self._data[sid] = outcome.data  # unmasked: downstream steps read it
-        outcome = self.redactor.outcome(outcome, step.secret_fields)  # what leaves the run
+        if secret_fields or self.redactor:
+            outcome = self.redactor.outcome(outcome, secret_fields)  # what leaves the run
         record = self._records[sid]
         condition_skip = outcome.status is StepStatus.skipped
         # A step skipped by its condition made no attempt (its row keeps the number, for the record).
@@ -384,7 +391,7 @@ class Runner:
         record.changed = outcome.changed
         if outcome.stdout or outcome.stderr:
             record.stdout, record.stderr = bounded(outcome.stdout), bounded(outcome.stderr)
-        if self.observers:
+        if self._observers:
             self._emit(AttemptFinished(self.run_id, outcome, step.retry.max_attempts))
         status = outcome.status
         if status is StepStatus.completed:
@@ -423,12 +430,12 @@ class Runner:
         record = self._records[sid]
         if status is not StepStatus.completed:
             record.error = error
-        if self.observers:
+        if self._observers:
             self._emit(StepFinished(self.run_id, sid, status, record.attempts, error, self.wall()))
 
     def _skip(self, sid: str, reason: str) -> None:
         self._records[sid].skip_reason = reason
-        if self.observers:
+        if self._observers:
             self._emit(StepSkipped(self.run_id, sid, reason, self.wall()))
 
     # -- rollback -------------------------------------------------------------
@@ -537,7 +544,7 @@ class Runner:
                 state = StepStatus.not_started
             steps[sid] = StepResult(
                 step_id=sid, sequence_order=spec.sequence_order, action_name=spec.action.name,
-                display_name=spec.display_name, status=state, attempts=record.attempts,
+                display_name=spec.action.display_name, status=state, attempts=record.attempts,
                 duration_seconds=record.duration if record.attempts or record.duration else None,
                 error=record.error if state is not StepStatus.completed else None,
                 skip_reason=record.skip_reason if state is StepStatus.skipped else None, result=record.result,

@@ -43,20 +43,25 @@ class Stoppable(Protocol):
 class CancelToken:
     """Shared by a run and its workers: ``cancel()`` stops every live command.
 
-    Cheap to make (one per attempt): the event a ``wait()`` sleeps on is
-    created by the first wait."""
+    Cheap to make (one per attempt, on the scheduler's hot path): the event a
+    ``wait()`` sleeps on is created by the first wait, and a child token
+    attaches itself to its parent only once it has something to stop or
+    wake (most attempts of short steps never do)."""
 
-    __slots__ = ("_cancelled", "_lock", "_live", "_event")
+    __slots__ = ("_cancelled", "_lock", "_live", "_event", "_parent", "_attached")
 
-    def __init__(self) -> None:
+    def __init__(self, parent: "CancelToken | None" = None) -> None:
         self._cancelled = False
         self._lock = _thread.allocate_lock()
         self._live: set[Stoppable] | None = None
         self._event: threading.Event | None = None
+        self._parent = parent
+        self._attached = False
 
     @property
     def cancelled(self) -> bool:
-        return self._cancelled
+        parent = self._parent
+        return self._cancelled or (parent is not None and parent.cancelled)
 
     def wait(self, seconds: float) -> bool:
         """Sleep up to ``seconds``; True as soon as the run is cancelled."""
@@ -66,6 +71,7 @@ class CancelToken:
             if self._event is None:
                 self._event = threading.Event()
             event = self._event
+        self._attach()
         return event.wait(seconds)
 
     def register(self, item: Stoppable) -> None:
@@ -74,8 +80,26 @@ class CancelToken:
                 if self._live is None:
                     self._live = set()
                 self._live.add(item)
-                return
-        item.stop()
+                stop = False
+            else:
+                stop = True
+        if stop:
+            item.stop()
+        else:
+            self._attach()
+
+    def _attach(self) -> None:
+        """From now on the parent's cancel reaches this token (at once, if
+        the parent was cancelled already)."""
+        parent = self._parent
+        if parent is not None and not self._attached:
+            self._attached = True
+            parent.register(self)
+
+    def detach(self) -> None:
+        """The attempt is over: its parent need not reach it any more."""
+        if self._attached:
+            self._parent.unregister(self)  # type: ignore[union-attr]
 
     def unregister(self, item: Stoppable) -> None:
         with self._lock:
@@ -96,9 +120,7 @@ class CancelToken:
 
     def child(self) -> "CancelToken":
         """A token of its own (one attempt's) that this one's cancel reaches too."""
-        token = CancelToken()
-        self.register(token)
-        return token
+        return CancelToken(self)
 
 
 @dataclass(slots=True)
