@@ -36,8 +36,9 @@ def table(title: str, header: list[str], rows: list[list[object]]) -> None:
             print("  " + "  ".join("-" * w for w in widths))
 
 
-def run_plan(plan, workers: int, observers=()):
+def run_plan(plan, workers: int, observers=(), home=None, home_root=None):
     from dagrun.run.runner import Runner
-    result = Runner(plan, {"id": "bench", "home_dir": None}, max_workers=workers, observers=list(observers)).run()
+    result = Runner(plan, {"id": "bench", "home_dir": home}, max_workers=workers, observers=list(observers),
+                    home_root=home_root).run()
     assert result.success, result.error
     return result

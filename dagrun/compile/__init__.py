@@ -15,6 +15,7 @@ from typing import Any, Iterable, Mapping
 
 from ..errors import InputError, TemplateError
 from ..spec import ActionSpec, Plan
+from . import cache
 from .graph import Compiler
 from .inherit import resolve
 from .loader import TemplateSource, build_library
@@ -34,9 +35,24 @@ def compile_template(template: Any, *, actions: Iterable[Any] | None = None,
     ``global_config.env_passthrough``. ``trusted_actions`` are the
     operator's own actions: trusted like the standard library (they may be
     ``requires_sudo`` and run unsandboxed).
+
+    A successful compile of the same inputs is reused (:mod:`.cache`): a
+    plan is immutable.
     """
-    if library is None:
-        library = build_library(actions, trusted_actions)
+    templates, env_passthrough = list(templates), tuple(env_passthrough)
+    if library is not None:  # the caller's own library object: compiled each time
+        return _compile(template, library, variables, workspace, templates, env_passthrough)
+    actions = None if actions is None else list(actions)  # read twice: for the key, and to build the library
+    trusted_actions = None if trusted_actions is None else list(trusted_actions)
+    key = cache.key(template, templates=templates, variables=variables, workspace=workspace,
+                    env_passthrough=env_passthrough, actions=actions, trusted_actions=trusted_actions)
+    return cache.cached(key, lambda: _compile(template, build_library(actions, trusted_actions), variables,
+                                              workspace, templates, env_passthrough))
+
+
+def _compile(template: Any, library: Mapping[str, ActionSpec], variables: Mapping[str, Any] | None,
+             workspace: Mapping[str, Any] | None, templates: Iterable[Mapping[str, Any]],
+             env_passthrough: Iterable[str]) -> Plan:
     # Compiling allocates many objects and frees none: the cyclic collector would walk them again and
     # again (a third of the time at 100,000 steps) for no garbage. Paused for the compile only.
     paused = gc.isenabled()
