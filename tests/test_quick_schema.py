@@ -47,3 +47,28 @@ def test_it_never_calls_an_invalid_template_valid():
     for name, value in itertools.product(fields, VALUES):
         agrees(validator.schema, {"name": "t", "actions": [{**step, name: value}]}, validator)
     assert surely_valid(validator.schema, {"name": "t", "actions": [step]})  # and it does say yes
+
+
+def test_a_templated_field_is_deferred_exactly_as_jsonschema_would(monkeypatch):
+    """With ``{{ }}`` fields left to run time, the quick path reports the
+    same problems as jsonschema's walk (which the quick path skips when it
+    can): every shipped action schema, a templated value in each field, and
+    every edge value in each other field."""
+    from dagrun.compile import configs
+    templated = ["{{ vars.x }}", "{{ vars.x }} and text", "{% if vars.x %}a{% endif %}"]
+    cases = []
+    for action in list_actions().values():
+        schema = action.config_schema
+        names = list((schema or {}).get("properties") or {})
+        base = dict(action.default_config or {})
+        for name in names:
+            for text in templated:
+                cases.append((schema, {**base, name: text}))
+                for other, value in itertools.product([n for n in names if n != name][:3] + ["unknown_field"],
+                                                      VALUES):
+                    cases.append((schema, {**base, name: text, other: value}))
+    quick = [configs.config_problems(config, schema, allow_templates=True) for schema, config in cases]
+    monkeypatch.setattr(configs, "surely_valid", lambda *_: False)  # every case through jsonschema
+    walked = [configs.config_problems(config, schema, allow_templates=True) for schema, config in cases]
+    assert len(cases) > 1000
+    assert quick == walked

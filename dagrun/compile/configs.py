@@ -32,7 +32,6 @@ from graphlib import TopologicalSorter
 from collections.abc import Mapping  # for isinstance: typing's alias is several times slower
 from typing import Any, Callable
 
-import jsonschema
 
 from . import expressions
 from .shell_text import ShellScript
@@ -89,11 +88,13 @@ def _pattern(validator: Any, pattern: str, instance: Any, schema: Mapping[str, A
     the string. Python's ``$`` also matches before a final newline, which
     would let ``"alice\\n"`` through ``^[a-z]+$``."""
     if isinstance(instance, str) and not re.search(_END.sub(r"\\Z", pattern), instance):
+        import jsonschema
         yield jsonschema.ValidationError(f"{instance!r} does not match {pattern!r}")
 
 
 def strict_validator(schema: Mapping[str, Any]) -> Any:
     """A validator for ``schema`` (its own draft) with the strict ``pattern``."""
+    import jsonschema  # here: a valid document never needs it (quick_schema says so first)
     plain = copy.deepcopy(dict(schema))
     cls = jsonschema.validators.validator_for(plain)
     return jsonschema.validators.extend(cls, {"pattern": _pattern})(plain)
@@ -104,6 +105,25 @@ def config_validator(schema: Mapping[str, Any]) -> Any:
     entry = _validators.get(id(schema))
     if entry is None or entry[0] is not schema:
         entry = _validators[id(schema)] = (schema, strict_validator(schema))
+    return entry[1]
+
+
+_relaxed_schemas: dict[tuple[int, frozenset[str]], tuple[Mapping[str, Any], Mapping[str, Any]]] = {}
+
+
+def _relaxed(schema: Mapping[str, Any], fields: frozenset[str]) -> Mapping[str, Any]:
+    """``schema`` with its ``fields`` properties accepting anything (made once
+    per schema object and set of fields)."""
+    key = (id(schema), fields)
+    entry = _relaxed_schemas.get(key)
+    if entry is None or entry[0] is not schema:
+        properties = schema.get("properties")
+        relaxed = dict(schema)
+        if isinstance(properties, Mapping):
+            relaxed["properties"] = {**properties, **{k: True for k in fields if k in properties}}
+        if len(_relaxed_schemas) > 4096:  # ever-new action schemas: stay bounded
+            _relaxed_schemas.clear()
+        entry = _relaxed_schemas[key] = (schema, relaxed)
     return entry[1]
 
 
@@ -136,6 +156,12 @@ def config_problems(config: Mapping[str, Any], schema: Mapping[str, Any], *,
                                    "hold {{ }}, its names may not)"))
     if surely_valid(schema, plain):  # the common case, without jsonschema's walk
         return found
+    if allow_templates:
+        # A field whose whole value is a template string is checked once rendered: with only those
+        # fields unconstrained, a quick yes means jsonschema would report nothing that is not deferred.
+        deferred = frozenset(k for k, v in plain.items() if isinstance(v, str) and expressions.has_template(v))
+        if deferred and surely_valid(_relaxed(schema, deferred), plain):
+            return found
     for error in config_validator(schema).iter_errors(plain):
         if allow_templates and expressions.has_template(error.instance):
             continue

@@ -23,7 +23,8 @@ _NOTES = frozenset({"description", "title", "default", "examples", "$comment", "
                     "definitions", "deprecated", "readOnly", "writeOnly"})
 _KNOWN = frozenset({"type", "properties", "additionalProperties", "required", "items", "enum", "const",
                     "minLength", "maxLength", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",
-                    "pattern", "minItems", "maxItems", "oneOf", "anyOf", "minProperties", "maxProperties"})
+                    "pattern", "minItems", "maxItems", "uniqueItems", "oneOf", "anyOf", "minProperties",
+                    "maxProperties"})
 _END = re.compile(r"(?<!\\)\$$")
 
 Checker = Callable[[Any], bool]
@@ -158,18 +159,26 @@ def _build(schema: Any) -> Checker:  # noqa: C901 - one keyword per branch
                     return False
             return True
         checks.append(number)
-    if any(k in schema for k in ("minItems", "maxItems", "items")):
+    if any(k in schema for k in ("minItems", "maxItems", "items", "uniqueItems")):
         low_items, high_items = schema.get("minItems", 0), schema.get("maxItems")
         items = schema.get("items")
         if items is not None and not isinstance(items, (Mapping, bool)):
             raise _Unknown  # the tuple form
         item = _part(items) if items is not None else None
+        unique = schema.get("uniqueItems", False)
+        if unique not in (True, False):
+            raise _Unknown
 
         def array(v: Any) -> bool:
             if not isinstance(v, list):
                 return True
             if len(v) < low_items or high_items is not None and len(v) > high_items:
                 return False
+            if unique and len(v) > 1:
+                if not all(type(x) is str for x in v):
+                    raise _Unknown  # JSON equality of other values (1 == 1.0, True != 1): let jsonschema say
+                if len(set(v)) != len(v):
+                    return False
             return item is None or all(item(x) for x in v)
         checks.append(array)
     if any(k in schema for k in ("properties", "additionalProperties", "required", "minProperties", "maxProperties")):
