@@ -28,17 +28,18 @@ import uuid
 from concurrent.futures import Executor
 from pathlib import Path
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 from .compile import compile_template
 from .compile.loader import build_library
 from .errors import InputError, RunConflictError
-from .run.events import Observer
-from .run.redact import Redactor
-from .run.result import RunResult
-from .run.runner import Done, Runner, known_secrets
 from .spec import MASK, Plan
 from .workspace import normalize_workspace, stored_fields, with_home
+
+if TYPE_CHECKING:  # the engine is imported where a run starts: validate, plan and graph never load it
+    from .run.events import Observer
+    from .run.result import RunResult
+    from .run.runner import Done, Runner
 
 
 @dataclass
@@ -438,6 +439,8 @@ def claim(prepared: PreparedRun) -> None:
     from .store.runs import claim as claim_in_store
     plan, ws = prepared.plan, prepared.workspace
     # A workspace field that is a secret (the value of an x-secret field) is not stored either.
+    from .run.redact import Redactor
+    from .run.runner import known_secrets
     redactor = Redactor([*(str(v) for v in prepared.secrets.values()),
                          *known_secrets(plan, ws, {**prepared.variables, **_secret_vars(prepared)}, {})])
     stored = stored_fields(ws, plan.workspace_fields)
@@ -459,6 +462,7 @@ def execute(prepared: PreparedRun, *, observers: Iterable[Observer] = (),
             runner_hook: Callable[[Runner], None] | None = None) -> RunResult:
     """Run a claimed run; returns once every record is committed."""
     from .run import logs
+    from .run.runner import Runner
     secret_vars = _secret_vars(prepared)
     runner = Runner(prepared.plan, prepared.workspace, run_id=prepared.run_id,
                     variables={**prepared.variables, **secret_vars}, max_workers=prepared.max_workers,

@@ -23,14 +23,16 @@ import re
 from dataclasses import replace
 from pathlib import Path
 from collections.abc import Mapping  # for isinstance: typing's alias is several times slower
-from typing import Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
-import jsonschema
 import yaml
 
 from ..errors import ActionDefinitionError, InputError, Problem, TemplateError
 from ..spec import ActionSpec, ErrorMatch, Limits, Lock, frozen_mapping
 from .configs import field_path
+
+if TYPE_CHECKING:
+    import jsonschema  # loaded where a document has a problem to describe
 
 log = logging.getLogger("dagrun")
 
@@ -211,10 +213,15 @@ def _inline_refs(node: Any, defs: Mapping[str, Any]) -> Any:
 
 
 @functools.cache
-def _validator(name: str) -> jsonschema.protocols.Validator:
-    from .configs import strict_validator
+def _inlined_schema(name: str) -> dict[str, Any]:
     schema = load_schema(name)
-    return strict_validator(_inline_refs(schema, schema.get("$defs", {})))
+    return _inline_refs(schema, schema.get("$defs", {}))
+
+
+@functools.cache
+def _validator(name: str) -> "jsonschema.protocols.Validator":
+    from .configs import strict_validator  # jsonschema: loaded only for a document with a problem
+    return strict_validator(_inlined_schema(name))
 
 
 from .quick_schema import surely_valid  # noqa: E402
@@ -222,9 +229,9 @@ from .quick_schema import surely_valid  # noqa: E402
 
 def schema_problems(document: Any, schema: str, source: str) -> list[Problem]:
     """Validate ``document`` against ``schema/<schema>.schema.json``."""
-    validator = _validator(schema)
-    if surely_valid(validator.schema, document):  # the common case, without jsonschema's walk
+    if surely_valid(_inlined_schema(schema), document):  # the common case, without jsonschema's walk
         return []
+    validator = _validator(schema)
     problems = []
     for error in sorted(validator.iter_errors(document), key=lambda e: list(map(str, e.absolute_path))):
         path = list(error.absolute_path)
@@ -255,7 +262,7 @@ def step_fields() -> frozenset[str]:
     return frozenset(load_schema("template")["$defs"]["step"]["properties"])
 
 
-def _describe(error: jsonschema.ValidationError) -> str:
+def _describe(error: "jsonschema.ValidationError") -> str:
     if error.validator == "additionalProperties":
         return error.message.replace("Additional properties are not allowed", "unknown field(s)")
     if error.validator == "oneOf":
@@ -276,6 +283,7 @@ def parse_action(doc: Mapping[str, Any], *, source: str = "<dict>", base_dir: Pa
     name = doc.get("name", source) if isinstance(doc, Mapping) else source
     problems = schema_problems(doc, "action", f"action {name}")
     if not problems and doc.get("config_schema") and not shipped:
+        import jsonschema
         try:
             jsonschema.validators.validator_for(doc["config_schema"]).check_schema(doc["config_schema"])
         except jsonschema.SchemaError as exc:
