@@ -303,3 +303,31 @@ def test_steps_that_start_together_share_a_home_made_on_the_spot(tmp_path):
         result = run(doc, {"id": "h", "home_dir": str(home)})
         assert result.success, result.error
         shutil.rmtree(home)
+
+
+def test_cancel_tokens_wake_every_waiter_and_reach_children():
+    """The cancel token a sleeping handler waits on: a wait times out with
+    False; a cancel wakes every waiter at once (on the token, and on its
+    children whether they waited before or after), and cancelling twice is
+    harmless. No wall-clock assertion: a waiter still asleep at the join
+    would leave its thread alive."""
+    from dagrun.run.shell import CancelToken
+    run = CancelToken()
+    assert run.wait(0.01) is False
+    attempt, late = run.child(), run.child()
+    woken: list[bool] = []
+    waiters = [threading.Thread(target=lambda t=t: woken.append(t.wait(3600)), daemon=True)
+               for t in (run, run, attempt, attempt)]
+    for waiter in waiters:
+        waiter.start()
+    while not (run._gate and attempt._gate and attempt._attached):
+        time.sleep(0.001)  # every waiter's gate made: the cancel below reaches a sleeping wait
+    time.sleep(0.05)
+    run.cancel()
+    run.cancel()
+    for waiter in waiters:
+        waiter.join(timeout=10)
+    assert not any(w.is_alive() for w in waiters)
+    assert woken == [True] * 4
+    assert late.cancelled and late.wait(30) is True  # a child that never waited, cancelled through its parent
+    assert CancelToken(CancelToken()).wait(0) is False
