@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterable, Mapping
 from ..spec import Plan
 
 MAX_PLANS = 32
-MAX_STEPS = 200_000
+MAX_STEPS = 100_000
 _FORMAT = 1  # bump when what a plan holds changes for the same inputs
 
 _plans: "OrderedDict[bytes, Plan]" = OrderedDict()
@@ -53,7 +53,7 @@ def key(template: Any, *, templates: Iterable[Any], variables: Mapping[str, Any]
     else:
         return None
     inputs = (_FORMAT, source, list(templates), variables or {},
-              None if workspace is None else sorted(str(k) for k in workspace),
+              None if workspace is None else sorted((type(k).__name__, str(k)) for k in workspace),
               None if workspace is None else sorted(os.environ), list(env_passthrough),
               list(actions or ()), list(trusted_actions or ()))
     try:

@@ -219,7 +219,7 @@ def _inlined_schema(name: str) -> dict[str, Any]:
 
 
 @functools.cache
-def _validator(name: str) -> "jsonschema.protocols.Validator":
+def _validator(name: str) -> jsonschema.protocols.Validator:
     from .configs import strict_validator  # jsonschema: loaded only for a document with a problem
     return strict_validator(_inlined_schema(name))
 
@@ -262,7 +262,7 @@ def step_fields() -> frozenset[str]:
     return frozenset(load_schema("template")["$defs"]["step"]["properties"])
 
 
-def _describe(error: "jsonschema.ValidationError") -> str:
+def _describe(error: jsonschema.ValidationError) -> str:
     if error.validator == "additionalProperties":
         return error.message.replace("Additional properties are not allowed", "unknown field(s)")
     if error.validator == "oneOf":
