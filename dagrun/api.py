@@ -309,7 +309,7 @@ def prepare_resume(run_id: str, *, database_url: str | None = None, from_step: s
     secret_vars = {k: v for k, v in secrets.items() if "." not in k}
     plan = compile_template(with_secret_literals(run.template_snapshot, step_secrets), actions=actions,
                             workspace=ws, variables={**(run.variables or {}), **secret_vars},
-                            trusted_actions=trusted_actions)
+                            trusted_actions=trusted_actions, keep=not secrets)
     again: set[str] = set()
     if from_step is not None:
         if from_step not in plan.steps:
@@ -336,8 +336,9 @@ def compile_for(template: Any, workspace: Any, *, actions: Iterable[Any] | None 
     """Compile ``template`` for ``workspace``: the plan, and the workspace as
     a mapping. An object workspace is read through the fields the template
     uses, so it is compiled once to learn them."""
+    # A plan compiled with secrets in its variables is not kept beyond its run (compile cache).
     options = dict(actions=actions, templates=list(templates), env_passthrough=tuple(env_passthrough),
-                   trusted_actions=trusted_actions)
+                   trusted_actions=trusted_actions, keep=not secrets)
     merged = {**(variables or {}), **(secrets or {})}
     if workspace is None or isinstance(workspace, Mapping):
         ws = normalize_workspace(workspace)

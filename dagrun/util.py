@@ -21,6 +21,17 @@ class LazyModule:
         return getattr(module, attr)
 
 
+def fresh_copy(value: Any) -> Any:
+    """JSON-like data with new containers all the way down (a mapping becomes
+    a dict): what a handler gets of a plan shared between runs, so that
+    changing it in place never reaches another run."""
+    if type(value) is dict or isinstance(value, Mapping):
+        return {k: fresh_copy(v) for k, v in value.items()}
+    if type(value) is list:
+        return [fresh_copy(v) for v in value]
+    return value
+
+
 def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
     """Merge ``override`` into a copy of ``base``: mappings merge key by key,
     anything else (lists included) is replaced."""

@@ -22,6 +22,12 @@ def echo_config(ctx: StepContext) -> dict[str, Any]:
     return {"config": ctx.config, "steps": {k: dict(v) for k, v in ctx.steps.items()}}
 
 
+def append_workspace_id(ctx: StepContext) -> dict[str, Any]:
+    """Changes its config in place (as careless handler code may)."""
+    ctx.config["items"].append(ctx.workspace["id"])
+    return {"items": list(ctx.config["items"])}
+
+
 def flaky(ctx: StepContext) -> HandlerResult:
     """Fails until attempt ``config.succeed_on``."""
     if ctx.attempt < ctx.config.get("succeed_on", 2):

@@ -14,7 +14,7 @@ import pytest
 
 from dagrun import TemplateError, compile_template
 from dagrun.compile import cache, loader
-from tests.helpers import script_step, template
+from tests.helpers import action, script_step, step, template
 
 
 @pytest.fixture(autouse=True)
@@ -87,12 +87,18 @@ def test_a_template_file_is_read_again_each_time(tmp_path):
     assert first.order == ("a",) and again.order == ("b",)
 
 
-def test_an_edited_seed_template_is_compiled_again(tmp_path, monkeypatch):
-    seeds = tmp_path / "seeds"
-    (seeds / "templates").mkdir(parents=True)
+@pytest.fixture
+def seeds(tmp_path, monkeypatch):
+    """A seeds folder of the test's own (the shipped one is the repository's)."""
+    folder = tmp_path / "seeds"
+    (folder / "templates").mkdir(parents=True)
     real = loader.package_dir
-    monkeypatch.setattr(loader, "package_dir", lambda name: seeds if name == "seeds" else real(name))
-    seed = seeds / "templates" / "cached-seed.yaml"
+    monkeypatch.setattr(loader, "package_dir", lambda name: folder if name == "seeds" else real(name))
+    return folder / "templates"
+
+
+def test_an_edited_seed_template_is_compiled_again(seeds):
+    seed = seeds / "cached-seed.yaml"
     seed.write_text("name: cached-seed\nversion: '1'\nactions:\n- {sequence_order: 10, id: a, action_name: noop}\n")
     first = compile_template("cached-seed")
     assert compile_template("cached-seed") is first
@@ -104,12 +110,87 @@ def test_an_edited_seed_template_is_compiled_again(tmp_path, monkeypatch):
     assert again.order == ("a", "b") and again.version == "2"
 
 
-def test_data_that_is_not_plain_is_compiled_each_time():
+def test_a_document_extending_an_edited_seed_is_compiled_again(seeds):
+    """The service passes documents; a base they extend is read from the seeds folder."""
+    base = seeds / "cached-base.yaml"
+    base.write_text("name: cached-base\nversion: '1'\nactions:\n- {sequence_order: 10, id: a, action_name: noop}\n")
+    child = {"name": "child", "version": "1", "extends": "cached-base",
+             "actions": [{"sequence_order": 20, "id": "c", "action_name": "noop"}]}
+    first = compile_template(child)
+    assert first.order == ("a", "c") and compile_template(dict(child)) is first
+    stat = base.stat()
+    # The same size and modification time (as tar or rsync -t leave it): the change time still moves.
+    base.write_text("name: cached-base\nversion: '1'\nactions:\n- {sequence_order: 10, id: b, action_name: noop}\n")
+    os.utime(base, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert compile_template(child).order == ("b", "c")
+
+
+def test_a_dangling_symlink_among_the_seeds_does_not_break_compiles(seeds):
+    (seeds / "gone.yaml").symlink_to(seeds / "nowhere.yaml")
     doc = template(script_step(10, "echo hi"))
-    doc["description"] = Path("not plain data")  # marshal refuses it: no key, no cache
-    assert cache.key(doc, templates=[], variables=None, workspace=None, env_passthrough=(), actions=None,
-                     trusted_actions=None) is None
-    assert compile_template(dict(doc, description="x")) is compile_template(dict(doc, description="x"))
+    assert compile_template(doc) is compile_template(doc)
+
+
+def test_an_edited_action_definition_folder_is_read_again(tmp_path):
+    folder = tmp_path / "actions"
+    folder.mkdir()
+    definition = folder / "greet.yaml"
+    definition.write_text("name: greet\naction_type: shell\nexecution_handler: greet.sh\n")
+    (folder / "greet.sh").write_text("echo one\n")
+    doc = template(step(10, "greet"))
+    first = compile_template(doc, actions=[str(folder)])
+    assert compile_template(doc, actions=[str(folder)]) is first
+    definition.write_text("name: greet\naction_type: shell\nexecution_handler: greet.sh\ntimeout_seconds: 7\n")
+    again = compile_template(doc, actions=[str(folder)])
+    assert again is not first and again.steps[again.order[0]].timeout_seconds == 7
+
+
+def test_the_plan_shares_nothing_with_the_callers_document():
+    doc = template(script_step(10, "echo hi"))
+    plan = compile_template(doc)
+    doc["actions"][0]["action_config"]["script"] = "echo changed"  # after the call
+    assert plan.snapshot["actions"][0]["action_config"]["script"] == "echo hi"
+    assert compile_template(template(script_step(10, "echo hi"))) is plan
+
+
+def test_a_plan_compiled_with_secrets_is_not_kept(tmp_path):
+    from dagrun import run_template
+    doc = template(script_step(10, 'test -n "{{ vars.token }}"'))
+    result = run_template(doc, {"id": "s", "home_dir": str(tmp_path / "s")}, record=False,
+                          secrets={"token": "s3cret-value"}, home_roots=[str(tmp_path)])
+    assert result.success, result.error
+    assert not any("s3cret-value" in repr(dict(plan.variables)) for plan, _ in cache._plans.values())
+
+
+def test_big_inputs_are_not_kept(monkeypatch):
+    monkeypatch.setattr(cache, "MAX_ENTRY_BYTES", 10_000)
+    doc = template(script_step(10, "echo {{ vars.blob | length }}"))
+    blob = {"blob": "x" * 20_000}
+    assert compile_template(doc, variables=blob) is not compile_template(doc, variables=blob)
+    assert compile_template(doc, variables={"blob": "x"}) is compile_template(doc, variables={"blob": "x"})
+
+
+def test_the_collector_is_paused_while_any_compile_runs_and_enabled_after_the_last():
+    import gc
+    from dagrun import compile as compile_package
+    assert gc.isenabled()
+    first, second = compile_package._gc_paused(), compile_package._gc_paused()
+    first.__enter__()
+    second.__enter__()  # another thread's compile begins while the first runs
+    first.__exit__(None, None, None)
+    assert not gc.isenabled()  # the second is still compiling
+    second.__exit__(None, None, None)
+    assert gc.isenabled()
+
+
+def test_data_that_is_not_plain_is_compiled_each_time():
+    class Text(str):  # marshal takes exact types only: no key, no cache
+        pass
+
+    doc = template(script_step(10, "echo hi"), description=Text("an object of the caller's"))
+    assert compile_template(doc) is not compile_template(doc)
+    plain = template(script_step(10, "echo hi"), description="x")
+    assert compile_template(plain) is compile_template(dict(plain))
 
 
 def test_the_cache_is_bounded(monkeypatch):
@@ -117,6 +198,20 @@ def test_the_cache_is_bounded(monkeypatch):
     plans = [compile_template(template(script_step(10, f"echo {i}"))) for i in range(3)]
     assert compile_template(template(script_step(10, "echo 2"))) is plans[2]
     assert compile_template(template(script_step(10, "echo 0"))) is not plans[0]  # the oldest was dropped
+
+
+def test_a_handler_changing_its_config_never_reaches_another_run(tmp_path):
+    """A kept plan is shared by every workspace's run: a handler gets a copy."""
+    from dagrun import run_template
+    acts = [action("collect", handler="tests.helpers:append_workspace_id")]
+    doc = template(step(10, "collect", action_config={"items": ["base"]}))
+    seen = []
+    for name in ("a", "b"):
+        result = run_template(doc, {"id": name, "home_dir": str(tmp_path / name)}, record=False, actions=acts,
+                              home_roots=[str(tmp_path)], sandbox=False)
+        assert result.success, result.error
+        seen.append(next(iter(result.steps.values())).result["items"])
+    assert seen == [["base", "a"], ["base", "b"]]
 
 
 def test_runs_of_a_kept_plan_do_not_share_results(tmp_path):

@@ -316,8 +316,8 @@ def test_cancel_tokens_wake_every_waiter_and_reach_children():
     assert run.wait(0.01) is False
     attempt, late = run.child(), run.child()
     woken: list[bool] = []
-    waiters = [threading.Thread(target=lambda t=t: woken.append(t.wait(3600)), daemon=True)
-               for t in (run, run, attempt, attempt)]
+    waiters = [threading.Thread(target=lambda t=t, s=s: woken.append(t.wait(s)), daemon=True)
+               for t, s in ((run, 3600), (run, None), (attempt, 3600), (attempt, None))]  # None: until the cancel
     for waiter in waiters:
         waiter.start()
     while not (run._gate and attempt._gate and attempt._attached):

@@ -9,9 +9,11 @@ naming the template, step and field; nothing runs unless all pass.
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import threading
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 from ..errors import InputError, TemplateError
 from ..spec import ActionSpec, Plan
@@ -25,7 +27,8 @@ def compile_template(template: Any, *, actions: Iterable[Any] | None = None,
                      variables: Mapping[str, Any] | None = None, workspace: Mapping[str, Any] | None = None,
                      templates: Iterable[Mapping[str, Any]] = (),
                      library: Mapping[str, ActionSpec] | None = None,
-                     env_passthrough: Iterable[str] = (), trusted_actions: Iterable[Any] | None = None) -> Plan:
+                     env_passthrough: Iterable[str] = (), trusted_actions: Iterable[Any] | None = None,
+                     keep: bool = True) -> Plan:
     """Compile ``template`` (a path, a seed template name, or a dict).
 
     ``actions`` extends or overrides the standard action library; ``templates``
@@ -37,32 +40,56 @@ def compile_template(template: Any, *, actions: Iterable[Any] | None = None,
     ``requires_sudo`` and run unsandboxed).
 
     A successful compile of the same inputs is reused (:mod:`.cache`): a
-    plan is immutable.
+    plan is immutable. ``keep=False`` neither reuses nor keeps one (the
+    variables hold secrets: they stay in memory no longer than their run).
     """
     templates, env_passthrough = list(templates), tuple(env_passthrough)
-    if library is not None:  # the caller's own library object: compiled each time
-        return _compile(template, library, variables, workspace, templates, env_passthrough)
     actions = None if actions is None else list(actions)  # read twice: for the key, and to build the library
     trusted_actions = None if trusted_actions is None else list(trusted_actions)
-    key = cache.key(template, templates=templates, variables=variables, workspace=workspace,
-                    env_passthrough=env_passthrough, actions=actions, trusted_actions=trusted_actions)
-    return cache.cached(key, lambda: _compile(template, build_library(actions, trusted_actions), variables,
-                                              workspace, templates, env_passthrough))
+
+    def compile_(template: Any, templates: list, variables: Mapping[str, Any] | None, actions: list | None,
+                 trusted: list | None) -> Plan:
+        return _compile(template, library if library is not None else build_library(actions, trusted), variables,
+                        workspace, templates, env_passthrough)
+
+    if library is not None or not keep:  # the caller's own library object: compiled each time
+        return compile_(template, templates, variables, actions, trusted_actions)
+    return cache.compiled(compile_, template, templates=templates, variables=variables, workspace=workspace,
+                          env_passthrough=env_passthrough, actions=actions, trusted_actions=trusted_actions)
 
 
 def _compile(template: Any, library: Mapping[str, ActionSpec], variables: Mapping[str, Any] | None,
              workspace: Mapping[str, Any] | None, templates: Iterable[Mapping[str, Any]],
              env_passthrough: Iterable[str]) -> Plan:
-    # Compiling allocates many objects and frees none: the cyclic collector would walk them again and
-    # again (a third of the time at 100,000 steps) for no garbage. Paused for the compile only.
-    paused = gc.isenabled()
-    gc.disable()
-    try:
+    with _gc_paused():
         merged = resolve(template, TemplateSource(templates))
         return Compiler(merged, library, variables or {}, workspace, env_passthrough).compile()
+
+
+_gc_lock = threading.Lock()
+_gc_pauses = 0
+_gc_was_enabled = False
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Compiling allocates many objects and frees none: the cyclic collector
+    would walk them again and again (a third of the time at 100,000 steps)
+    for no garbage. Paused while any compile runs, and enabled again by the
+    last one to finish, if it was enabled before the first began."""
+    global _gc_pauses, _gc_was_enabled
+    with _gc_lock:
+        if _gc_pauses == 0:
+            _gc_was_enabled = gc.isenabled()
+            gc.disable()
+        _gc_pauses += 1
+    try:
+        yield
     finally:
-        if paused:
-            gc.enable()
+        with _gc_lock:
+            _gc_pauses -= 1
+            if _gc_pauses == 0 and _gc_was_enabled:
+                gc.enable()
 
 
 def validate_files(paths: Iterable[str], **options: Any) -> list[tuple[str, Exception | None]]:

@@ -6,19 +6,25 @@ compiling it again each time costs more than running its short steps. A
 runs), so one compile serves every call whose inputs are the same:
 
 - the template: a document given as data, or a template name (found among
-  the given documents or the shipped seed templates, whose files' sizes and
-  modification times are part of the key, so an edited seed compiles again);
+  the given documents or the shipped seed templates);
 - the documents it may extend, the variables, ``env_passthrough``, and the
-  action definitions given as data;
+  action definitions (given as data, or as files and folders);
 - the names (not the values) of the workspace's fields and of the process
-  environment: compile checks references against them.
+  environment: compile checks references against them;
+- the files compile may read: the shipped seed templates folder (bases a
+  template extends, files a template copies) and the folders of action
+  definitions given as paths, by each entry's inode, size, mtime and ctime
+  (a write always changes the ctime, even one that keeps the mtime).
 
 Inputs are compared by a digest of their exact serialization with
-:mod:`marshal`, which takes plain data only: anything else (a template file
-path, an action definition file, an ``ActionSpec``, a value of another
-type) is simply not cached. Only successful compiles are kept, at most
-:data:`MAX_PLANS` plans and :data:`MAX_STEPS` steps in all (least recently
-used first out).
+:mod:`marshal`, which takes plain data only: anything else (a template
+file path, an ``ActionSpec``, a value of another type) is simply not
+cached. A plan is compiled from a copy of exactly what was keyed (so it
+never shares an object with the caller's document), and kept only when the
+inputs read again after the compile still give the same key. Only
+successful compiles are kept, within :data:`MAX_PLANS` plans,
+:data:`MAX_STEPS` steps and :data:`MAX_BYTES` bytes of serialized inputs
+(least recently used first out).
 """
 
 from __future__ import annotations
@@ -35,76 +41,139 @@ from ..spec import Plan
 
 MAX_PLANS = 32
 MAX_STEPS = 100_000
-_FORMAT = 1  # bump when what a plan holds changes for the same inputs
+MAX_BYTES = 32 * 1024 * 1024  # of serialized inputs, a fair measure of what a plan holds
+MAX_ENTRY_BYTES = 8 * 1024 * 1024
+MAX_FOLDER_ENTRIES = 2_000  # a folder of action definitions bigger than this is read each time
+_FORMAT = 2  # bump when what a plan holds changes for the same inputs
 
-_plans: "OrderedDict[bytes, Plan]" = OrderedDict()
+# compile(template, templates, variables, actions, trusted_actions) -> Plan
+Compile = Callable[[Any, list, "Mapping[str, Any] | None", "list | None", "list | None"], Plan]
+
+_plans: "OrderedDict[bytes, tuple[Plan, int]]" = OrderedDict()  # digest -> (plan, bytes of its inputs)
 _lock = threading.Lock()
 _steps = 0
+_bytes = 0
 
 
-def key(template: Any, *, templates: Iterable[Any], variables: Mapping[str, Any] | None,
-        workspace: Mapping[str, Any] | None, env_passthrough: Iterable[str], actions: Iterable[Any] | None,
-        trusted_actions: Iterable[Any] | None) -> bytes | None:
-    """The cache key of a compile, or None when its inputs cannot be keyed."""
-    if isinstance(template, Mapping):
-        source: Any = template
-    elif isinstance(template, str) and not _names_a_file(template):
-        source = ("name", template, _seeds_signature())
-    else:
-        return None
-    inputs = (_FORMAT, source, list(templates), variables or {},
-              None if workspace is None else sorted((type(k).__name__, str(k)) for k in workspace),
-              None if workspace is None else sorted(os.environ), list(env_passthrough),
-              list(actions or ()), list(trusted_actions or ()))
-    try:
-        data = marshal.dumps(inputs, 2)  # version 2: no back-references, whose use depends on refcounts
-    except (ValueError, TypeError):  # not plain data: a path, an ActionSpec, an object of the caller's
-        return None
-    return hashlib.blake2b(data, digest_size=32).digest()
+class _NotKeyable(Exception):
+    pass
 
 
-def cached(key_: bytes | None, compile_: Callable[[], Plan]) -> Plan:
-    """The plan compiled for ``key_`` (compiled now if it is not kept)."""
-    global _steps
-    if key_ is None:
-        return compile_()
+def compiled(compile_: Compile, template: Any, *, templates: list, variables: Mapping[str, Any] | None,
+             workspace: Mapping[str, Any] | None, env_passthrough: tuple[str, ...], actions: list | None,
+             trusted_actions: list | None) -> Plan:
+    """The plan of these inputs: kept from an earlier call, or compiled now."""
+    def serialized() -> bytes | None:
+        try:
+            return marshal.dumps(_inputs(template, templates, variables, workspace, env_passthrough, actions,
+                                         trusted_actions), 2)  # version 2: no refcount-dependent back-references
+        except (_NotKeyable, ValueError, TypeError):  # not plain data, or files that cannot be keyed
+            return None
+
+    data = serialized()
+    if data is None or len(data) > MAX_ENTRY_BYTES:
+        return compile_(template, templates, variables, actions, trusted_actions)
+    digest = hashlib.blake2b(data, digest_size=32).digest()
     with _lock:
-        plan = _plans.get(key_)
-        if plan is not None:
-            _plans.move_to_end(key_)
-            return plan
-    plan = compile_()  # outside the lock: two first calls may both compile, and keep one
-    size = len(plan.order)
-    if size > MAX_STEPS:
-        return plan
-    with _lock:
-        if key_ not in _plans:
-            _plans[key_] = plan
-            _steps += size
-            while len(_plans) > MAX_PLANS or _steps > MAX_STEPS:
-                _, dropped = _plans.popitem(last=False)
-                _steps -= len(dropped.order)
+        entry = _plans.get(digest)
+        if entry is not None:
+            _plans.move_to_end(digest)
+            return entry[0]
+    # A copy of exactly what was keyed: the plan shares no object with the caller's arguments.
+    _, source, docs, vars_, _, _, _, acts, trusted, _ = marshal.loads(data)
+    plan = compile_(source[1] if isinstance(source, tuple) else source, docs, vars_, _unkeyed(acts),
+                    _unkeyed(trusted))
+    if serialized() == data:  # nothing changed while compiling (an environment variable, a file)
+        _keep(digest, plan, len(data))
     return plan
+
+
+def _keep(digest: bytes, plan: Plan, size: int) -> None:
+    global _steps, _bytes
+    steps = len(plan.order)
+    if steps > MAX_STEPS:
+        return
+    with _lock:
+        if digest in _plans:  # two first calls compiled together: one is kept
+            return
+        _plans[digest] = (plan, size)
+        _steps += steps
+        _bytes += size
+        while len(_plans) > MAX_PLANS or _steps > MAX_STEPS or _bytes > MAX_BYTES:
+            _, (dropped, dropped_size) = _plans.popitem(last=False)
+            _steps -= len(dropped.order)
+            _bytes -= dropped_size
 
 
 def clear() -> None:
     """Forget every kept plan."""
-    global _steps
+    global _steps, _bytes
     with _lock:
         _plans.clear()
-        _steps = 0
+        _steps = _bytes = 0
+
+
+def _inputs(template: Any, templates: list, variables: Mapping[str, Any] | None,
+            workspace: Mapping[str, Any] | None, env_passthrough: tuple[str, ...], actions: list | None,
+            trusted_actions: list | None) -> tuple:
+    if isinstance(template, Mapping):
+        source: Any = template
+    elif isinstance(template, str) and not _names_a_file(template):
+        source = ("name", template)
+    else:
+        raise _NotKeyable
+    from .loader import package_dir
+    return (_FORMAT, source, templates, variables or {},
+            None if workspace is None else sorted((type(k).__name__, str(k)) for k in workspace),
+            None if workspace is None else sorted(os.environ), list(env_passthrough),
+            _actions(actions), _actions(trusted_actions),
+            _folder_signature(package_dir("seeds") / "templates"))
+
+
+def _actions(items: list | None) -> list | None:
+    """Action definitions as keyed: data as it is, a path by what it holds."""
+    if items is None:
+        return None
+    keyed: list[Any] = []
+    for item in items:
+        if isinstance(item, Mapping):
+            keyed.append(item)
+        elif isinstance(item, (str, os.PathLike)):
+            path = os.path.realpath(item)
+            # A definition file's handler files are read from beside it: its whole folder is keyed.
+            folder = path if os.path.isdir(path) else os.path.dirname(path)
+            keyed.append(("path", path, _folder_signature(Path(folder))))
+        else:
+            raise _NotKeyable  # an ActionSpec, an object of the caller's
+    return keyed
+
+
+def _unkeyed(items: list | None) -> list | None:
+    """The action definitions to compile from their keyed form (a path is read again)."""
+    if items is None:
+        return None
+    return [item[1] if isinstance(item, tuple) else item for item in items]
+
+
+def _folder_signature(folder: Path) -> list[tuple[Any, ...]]:
+    """Every entry below ``folder``: name, inode, size, mtime and ctime (None
+    for an entry that cannot be read, such as a dangling symlink)."""
+    found: list[tuple[Any, ...]] = []
+    for root, dirs, files in os.walk(folder):
+        dirs.sort()
+        for name in sorted(files) + dirs:
+            path = os.path.join(root, name)
+            try:
+                info = os.stat(path)
+                found.append((path, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns))
+            except OSError:
+                found.append((path, None))
+            if len(found) > MAX_FOLDER_ENTRIES:
+                raise _NotKeyable
+    return found
 
 
 def _names_a_file(ref: str) -> bool:
     """Does the loader read ``ref`` as a file path? (As ``TemplateSource.open`` decides.)"""
     path = Path(ref)
     return path.suffix in (".yaml", ".yml", ".json") or path.exists()
-
-
-def _seeds_signature() -> list[tuple[str, int, int]]:
-    from .loader import package_dir
-    found = []
-    for entry in os.scandir(package_dir("seeds") / "templates"):
-        stat = entry.stat(follow_symlinks=True)
-        found.append((entry.name, stat.st_mtime_ns, stat.st_size))
-    return sorted(found)

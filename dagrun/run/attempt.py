@@ -27,6 +27,7 @@ from ..compile.configs import config_problems, render_config
 from ..compile.shell_text import ShellValueError, UnsafeContext
 from ..errors import PermanentError
 from ..spec import StepSpec
+from ..util import fresh_copy
 from .handler_types import StepContext, handlers_for
 from .isolation import Isolation, User, ensure_home
 from .outcome import HandlerResult, Outcome, StepStatus
@@ -164,7 +165,7 @@ def run_attempt(job: AttemptJob, attempt: int, steps: Mapping[str, Any], cancel:
     command it starts."""
     started, t0 = time.time(), time.perf_counter()
     step = job.step
-    config: dict[str, Any] = dict(step.config)
+    config: dict[str, Any] = fresh_copy(step.config)  # the plan is shared by other runs: never changed here
     try:
         if step.condition is not None:
             try:
@@ -260,7 +261,7 @@ def run_rollback(job: AttemptJob, attempt: int, steps: Mapping[str, Any], result
                  config: Mapping[str, Any] | None, cancel: CancelToken) -> Outcome:
     """Run the rollback handler of a completed step with its execute result."""
     started, t0 = time.time(), time.perf_counter()
-    cfg = dict(config if config is not None else job.step.config)
+    cfg = fresh_copy(config if config is not None else job.step.config)
     try:
         isolation = isolation_for(job)
         rollback = _isolated(handlers_for(job.step.action).rollback, "rollback_handler", job.step.action, isolation)

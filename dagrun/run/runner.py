@@ -36,7 +36,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 from ..compile.expressions import has_template
 from ..spec import Plan, is_base_env
-from ..util import bounded
+from ..util import bounded, fresh_copy
 from .attempt import AttemptJob, run_attempt, run_rollback
 from .events import (AttemptFinished, Observer, ProcessStarted, RetryScheduled, RunFinished, RunStarted,
                      StepFinished, StepRolledBack, StepSkipped, StepStarted)
@@ -147,7 +147,7 @@ class Runner:
         self.plan = plan
         self.workspace = workspace
         self.run_id = run_id or uuid.uuid4().hex
-        self.variables = dict(plan.variables) | dict(variables or {})
+        self.variables = fresh_copy(dict(plan.variables) | dict(variables or {}))  # the plan's are shared
         self.max_workers = max_workers or plan.global_config.max_workers or DEFAULT_MAX_WORKERS
         self.executor = executor
         self.observers = list(observers)

@@ -68,8 +68,9 @@ class CancelToken:
         parent = self._parent
         return self._cancelled or (parent is not None and parent.cancelled)
 
-    def wait(self, seconds: float) -> bool:
-        """Sleep up to ``seconds``; True as soon as the run is cancelled."""
+    def wait(self, seconds: float | None) -> bool:
+        """Sleep up to ``seconds`` (None: until the cancel); True as soon as
+        the run is cancelled."""
         gate = self._gate
         if gate is None:
             with self._lock:
@@ -81,7 +82,7 @@ class CancelToken:
                     self._gate = made
                 gate = self._gate
             self._attach()  # a parent cancelled already cancels this token now (and opens the gate)
-        if gate.acquire(True, min(max(0.0, seconds), threading.TIMEOUT_MAX)):
+        if gate.acquire(True, -1 if seconds is None else min(max(0.0, seconds), threading.TIMEOUT_MAX)):
             gate.release()  # open for the next waiter too
             return True
         return self._cancelled
