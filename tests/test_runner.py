@@ -3,6 +3,7 @@ timeouts, failures, rollback, cancel, conditions and injection."""
 
 from __future__ import annotations
 
+import queue
 import shutil
 import threading
 import time
@@ -331,3 +332,25 @@ def test_cancel_tokens_wake_every_waiter_and_reach_children():
     assert woken == [True] * 4
     assert late.cancelled and late.wait(30) is True  # a child that never waited, cancelled through its parent
     assert CancelToken(CancelToken()).wait(0) is False
+
+
+def test_the_worker_pool_reuses_free_threads_and_grows_only_when_all_are_busy():
+    from dagrun.run.executors import WorkerPool
+    pool = WorkerPool()
+    done: "queue.SimpleQueue" = queue.SimpleQueue()
+    for i in range(20):  # one after another: one thread does them all
+        pool.run(lambda i=i: i * 2, (), lambda result, error: done.put((result, error)))
+        assert done.get(timeout=10) == (i * 2, None)
+    assert pool.threads == 1
+    release = threading.Event()
+    for _ in range(4):  # four at once, each holding its thread until released
+        pool.run(release.wait, (10,), lambda result, error: done.put((result, error)))
+    pool.run(lambda: 1 / 0, (), lambda result, error: done.put((result, type(error))))
+    assert done.get(timeout=10) == (None, ZeroDivisionError)  # a failing task is delivered as its error
+    release.set()
+    assert sorted(done.get(timeout=10) for _ in range(4)) == [(True, None)] * 4
+    assert pool.threads == 5  # four blocked, and the fifth task found no free thread
+    for _ in range(5):
+        pool.run(lambda: None, (), lambda result, error: done.put(error))
+    assert [done.get(timeout=10) for _ in range(5)] == [None] * 5
+    assert pool.threads == 5  # the five free threads took them: none started

@@ -49,8 +49,10 @@ class WorkerPool(Executor):
 
     def __init__(self) -> None:
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._lock = _thread.allocate_lock()
-        self._idle = 0
+        # One token per thread that is free for a task. Taking and giving one are single C calls:
+        # no lock that a thread switch in the middle of a with-block would make the other side wait on.
+        self._idle: queue.SimpleQueue = queue.SimpleQueue()
+        self._grow = _thread.allocate_lock()  # several runs may dispatch at once
         self._threads = 0
 
     @property
@@ -58,13 +60,13 @@ class WorkerPool(Executor):
         return self._threads
 
     def run(self, fn: Callable[..., Any], args: tuple, deliver: Deliver) -> None:
-        with self._lock:
-            if self._idle:
-                self._idle -= 1
-                start = False
-            else:
+        try:
+            self._idle.get_nowait()
+            start = False
+        except queue.Empty:
+            with self._grow:
                 self._threads += 1
-                start = True
+            start = True
         self._queue.put((fn, args, deliver, contextvars.copy_context()))
         if start:
             # A low-level thread: starting it does not wait for it to run
@@ -72,18 +74,16 @@ class WorkerPool(Executor):
             _thread.start_new_thread(self._work, ())
 
     def _work(self) -> None:
-        get, lock = self._queue.get, self._lock
+        get, free = self._queue.get, self._idle.put
         while True:
             fn, args, deliver, context = get()
             try:
                 result = context.run(fn, *args)
             except BaseException as exc:  # noqa: BLE001 - delivered as data
-                with lock:
-                    self._idle += 1
+                free(None)
                 deliver(None, exc)
                 continue
-            with lock:  # idle before delivering: the next task may be dispatched at once
-                self._idle += 1
+            free(None)  # free before delivering: the next task may be dispatched at once
             deliver(result, None)
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
