@@ -57,6 +57,7 @@ class Redactor:
         self._lock = threading.Lock()
         self._known: set[str] = set()
         self._pattern: re.Pattern[str] | None = None
+        self.active = False  # any secret known (read once per attempt: an attribute, not a call)
         for secret in secrets:
             self.add(secret)
 
@@ -74,6 +75,7 @@ class Redactor:
             forms = set().union(*(variants(s) for s in self._known))
             alternatives = sorted(forms, key=len, reverse=True)  # longest first: no partial masks
             self._pattern = re.compile("|".join(re.escape(f) for f in alternatives))
+            self.active = True
 
     def text(self, value: str | None) -> str | None:
         pattern = self._pattern

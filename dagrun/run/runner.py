@@ -306,7 +306,9 @@ class Runner:
         job = self._jobs.get(sid) or self._job(sid)
         step = job.step
         key = (sid, attempt)
-        self._track(key, now + step.timeout_seconds + DEADLINE_GRACE_SECONDS)
+        deadline = self._inflight[key] = now + step.timeout_seconds + DEADLINE_GRACE_SECONDS
+        self._submitted[key] = self.wall()
+        heapq.heappush(self._deadlines, (deadline, key))
         put = self._queue.put
         report = None
         if self._observers:
@@ -329,7 +331,9 @@ class Runner:
             _, key, outcome, error = item
             if self._inflight.pop(key, None) is None:
                 return  # an abandoned attempt finally returned; its outcome was already decided
-            self._release_token(key)
+            token = self._tokens.pop(key, None)
+            if token is not None:
+                token.detach()
             started = self._submitted.pop(key, None)
             if error is not None:  # e.g. a remote executor lost the task
                 outcome = Outcome(key[0], key[1], StepStatus.failed, started_at=started or self.wall(),
@@ -340,11 +344,6 @@ class Runner:
         elif kind == "process" and item[1] in self._inflight:
             _, (sid, attempt), pid, started = item
             self._emit(ProcessStarted(self.run_id, sid, attempt, pid, started))
-
-    def _release_token(self, key: tuple[str, int]) -> None:
-        token = self._tokens.pop(key, None)
-        if token is not None:
-            token.detach()
 
     def _expire(self, now: float) -> None:
         while self._deadlines and self._deadlines[0][0] <= now:
@@ -380,7 +379,7 @@ class Runner:
                 self.redactor.learn(outcome.config, secret_fields)
         if outcome.status is StepStatus.completed:
             self._data[sid] = outcome.data  # unmasked: downstream steps read it
-        if secret_fields or self.redactor:
+        if secret_fields or self.redactor.active:
             outcome = self.redactor.outcome(outcome, secret_fields)  # what leaves the run
         record = self._records[sid]
         condition_skip = outcome.status is StepStatus.skipped
@@ -397,7 +396,8 @@ class Runner:
         if status is StepStatus.completed:
             record.result, record.error = outcome.data, None
             self.state.succeeded(sid, hold=self.write_ahead)
-            self._finish(sid, status, None)
+            if self._observers:
+                self._emit(StepFinished(self.run_id, sid, status, record.attempts, None, self.wall()))
         elif status is StepStatus.skipped:
             reason = outcome.skip_reason or "skipped"
             self.state.skipped(sid, reason, hold=self.write_ahead)

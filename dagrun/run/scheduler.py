@@ -240,10 +240,16 @@ class RunState:
 
     def succeeded(self, sid: str, *, hold: bool = False) -> None:
         """``hold``: its dependents wait for :meth:`durable`."""
-        self._release(sid)
+        if sid in self._constrained:
+            self._release(sid)
+        else:  # the common case, once per step: no call
+            self._running.discard(sid)
         self.status[sid] = StepStatus.completed
         self.completion_order.append(sid)
-        self._satisfy_or_hold(sid, hold)
+        if hold:
+            self._satisfy_or_hold(sid, hold)
+        else:
+            self._satisfy(sid)
 
     def skipped(self, sid: str, reason: str, *, hold: bool = False) -> None:
         """The step's condition was false: it counts as done for its dependents."""
