@@ -59,6 +59,15 @@ def test_every_option_of_every_command_says_what_it_does():
     assert "Provision developer workspaces" in parser.format_help() and '"""' not in parser.format_help()
 
 
+def test_help_fits_an_80_column_terminal(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    parser = build_parser()
+    commands = {name: p for a in parser._subparsers._group_actions for name, p in a.choices.items()}
+    long = [(name, line) for name, p in {"dagrun": parser, **commands}.items()
+            for line in p.format_help().splitlines() if len(line) > 80]
+    assert long == []
+
+
 def test_the_library_prints_nothing(tmp_path):
     code = textwrap.dedent(f"""
         from dagrun import run_template

@@ -26,16 +26,18 @@ api = LazyModule("dagrun.api")
 render = LazyModule("dagrun.render")
 
 EXIT_FAILED, EXIT_USAGE, EXIT_STORE, EXIT_CANCELLED = 1, 2, 3, 130
-DESCRIPTION = ("Provision developer workspaces from action-based templates: compile a template to a dependency "
-               "graph, run its independent steps in parallel, record every attempt.")
+DESCRIPTION = """Provision developer workspaces from action-based templates: compile a
+template to a dependency graph, run its independent steps in parallel,
+record every attempt."""
 EPILOG = """examples:
-  dagrun run demo                          run the demo template (records in a local SQLite file)
-  dagrun run demo --check                  what would change, changing nothing
-  dagrun plan django --set project=shop    levels, critical path and estimate; runs nothing
-  dagrun explain django venv               the effective step, each value with its origin
-  dagrun runs; dagrun show RUN_ID          history and one run's attempts
+  dagrun run demo                        run the demo (records in SQLite)
+  dagrun run demo --check                what would change, changing nothing
+  dagrun plan django --set project=shop  levels, critical path, estimate
+  dagrun explain django venv             the effective step, with origins
+  dagrun runs; dagrun show RUN_ID        history and one run's attempts
 
-database: --db URL, else $DAGRUN_DATABASE_URL, else SQLite in ~/.local/share/dagrun/dagrun.db"""
+database: --db URL, else $DAGRUN_DATABASE_URL,
+          else SQLite in ~/.local/share/dagrun/dagrun.db"""
 
 
 # -- option values ------------------------------------------------------------------
