@@ -25,10 +25,12 @@ def fresh_copy(value: Any) -> Any:
     """JSON-like data with new containers all the way down (a mapping becomes
     a dict): what a handler gets of a plan shared between runs, so that
     changing it in place never reaches another run."""
-    if type(value) is dict or isinstance(value, Mapping):
-        return {k: fresh_copy(v) for k, v in value.items()}
-    if type(value) is list:
-        return [fresh_copy(v) for v in value]
+    if isinstance(value, dict):  # the plan's FrozenDict included: a C check, once per attempt
+        return {k: fresh_copy(v) if isinstance(v, (dict, list)) else v for k, v in value.items()}
+    if isinstance(value, list):
+        return [fresh_copy(v) if isinstance(v, (dict, list)) else v for v in value]
+    if isinstance(value, Mapping):
+        return fresh_copy(dict(value))
     return value
 
 

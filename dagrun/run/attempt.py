@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from jinja2 import TemplateError as JinjaError
@@ -55,6 +55,7 @@ class AttemptJob:
     home_root: str | None = None  # the allowed folder the home is in (as root, the home is checked up to it)
     adopt_users: tuple[str, ...] = ()  # accounts the operator lets any workspace run as
     priority: float = 0.0  # the step's remaining critical path (seconds): a cluster runs longer paths first
+    plain_isolation: Isolation | None = field(default=None, compare=False, repr=False)  # made by the first attempt
 
 
 def _context(job: AttemptJob, config: Mapping[str, Any], steps: Mapping[str, Any]) -> dict[str, Any]:
@@ -132,8 +133,13 @@ def isolation_for(job: AttemptJob) -> Isolation:
     if job.home and not os.path.exists(job.home) and (user is not None or not job.workspace_user) \
             and not job.check:
         ensure_home(job.home, user)
-    return Isolation(user=user, sandbox=job.sandbox, network=action.requires_network, limits=action.limits,
-                     home=job.home)
+    if user is not None:
+        return Isolation(user=user, sandbox=job.sandbox, network=action.requires_network, limits=action.limits,
+                         home=job.home)
+    if job.plain_isolation is None:  # without a user, the same for every attempt of the step
+        job.plain_isolation = Isolation(sandbox=job.sandbox, network=action.requires_network, limits=action.limits,
+                                        home=job.home)
+    return job.plain_isolation
 
 
 def _context_for(job: AttemptJob, steps: Mapping[str, Any], attempt: int, cancel: CancelToken,
