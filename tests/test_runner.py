@@ -354,3 +354,28 @@ def test_the_worker_pool_reuses_free_threads_and_grows_only_when_all_are_busy():
         pool.run(lambda: None, (), lambda result, error: done.put(error))
     assert [done.get(timeout=10) for _ in range(5)] == [None] * 5
     assert pool.threads == 5  # the five free threads took them: none started
+
+
+def test_the_field_order_the_hot_path_builds_positionally():
+    """The runner and attempt build these once per step or attempt with
+    positional arguments (keywords cost four times as much): a field added
+    or moved must be added there too."""
+    import dataclasses
+    from dagrun.run.attempt import AttemptJob
+    from dagrun.run.handler_types import StepContext
+    from dagrun.run.outcome import Outcome
+    from dagrun.run.result import StepResult
+    names = {c.__name__: [f.name for f in dataclasses.fields(c)]
+             for c in (StepResult, AttemptJob, Outcome, StepContext)}
+    assert names == {
+        "StepResult": ["step_id", "sequence_order", "action_name", "display_name", "status", "attempts",
+                       "duration_seconds", "error", "skip_reason", "result", "exit_code", "stdout", "stderr",
+                       "rollback_error", "changed"],
+        "AttemptJob": ["step", "workspace", "variables", "env", "home", "sudo", "user", "workspace_user", "sandbox",
+                       "run_id", "check", "home_root", "adopt_users", "priority", "plain_isolation"],
+        "Outcome": ["step_id", "attempt", "status", "started_at", "duration", "error", "retryable", "exit_code",
+                    "stdout", "stderr", "data", "config", "timed_out", "skip_reason", "changed"],
+        "StepContext": ["step_id", "action", "config", "workspace", "variables", "steps", "env", "home", "attempt",
+                        "timeout", "cancel", "result", "sudo", "isolation", "run_id", "report", "deadline",
+                        "adopt_users", "home_root"],
+    }

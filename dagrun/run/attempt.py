@@ -69,10 +69,11 @@ def _outcome(job: AttemptJob, attempt: int, status: StepStatus, started: float, 
 
 def _from_handler(job: AttemptJob, attempt: int, result: HandlerResult, started: float, t0: float,
                   config: dict[str, Any], cancel: CancelToken, error_prefix: str = "") -> Outcome:
-    if result.ok:
-        return Outcome(job.step.id, attempt, StepStatus.completed, started, time.perf_counter() - t0,
-                       exit_code=result.exit_code, stdout=result.stdout, stderr=result.stderr, data=result.data,
-                       config=config, changed=result.changed)
+    if result.ok:  # positional, in field order (error, retryable, exit_code, stdout, stderr, data, config,
+        # timed_out, skip_reason, changed): once per attempt, and keywords cost four times as much
+        return Outcome(job.step.id, attempt, StepStatus.completed, started, time.perf_counter() - t0, None, True,
+                       result.exit_code, result.stdout, result.stderr, result.data, config, False, None,
+                       result.changed)
     status = StepStatus.cancelled if result.cancelled or cancel.cancelled else StepStatus.failed
     return _outcome(job, attempt, status, started, t0, error=error_prefix + (result.error or "failed"),
                     exit_code=result.exit_code, stdout=result.stdout, stderr=result.stderr, data=result.data,
@@ -146,11 +147,11 @@ def _context_for(job: AttemptJob, steps: Mapping[str, Any], attempt: int, cancel
                  config: dict[str, Any], result: dict[str, Any] | None = None,
                  isolation: Isolation | None = None, report: Any = None) -> StepContext:
     step = job.step
+    # Positional, in field order (... cancel, result, sudo, isolation, run_id, report, deadline,
+    # adopt_users, home_root): once per attempt, and keywords cost four times as much.
     return StepContext(step.id, step.action, config, job.workspace, job.variables, steps, job.env, job.home,
-                       attempt, step.timeout_seconds, cancel, result=result or {}, sudo=job.sudo,
-                       isolation=isolation or Isolation(), run_id=job.run_id, report=report,
-                       deadline=time.monotonic() + step.timeout_seconds, adopt_users=job.adopt_users,
-                       home_root=job.home_root)
+                       attempt, step.timeout_seconds, cancel, result or {}, job.sudo, isolation or Isolation(),
+                       job.run_id, report, time.monotonic() + step.timeout_seconds, job.adopt_users, job.home_root)
 
 
 def _isolated(handler: Any, field: str, action: Any, isolation: Isolation) -> Any:

@@ -287,11 +287,12 @@ class Runner:
         job = self._jobs.get(sid)
         if job is None:
             step = self.plan.steps[sid]
+            # Positional, in field order (user, workspace_user, sandbox, run_id, check, home_root,
+            # adopt_users, priority): once per step, and keywords cost four times as much.
             job = self._jobs[sid] = AttemptJob(
                 step, self.workspace, self.variables, self.env, self.home, self.sudo,
-                user=self.user if step.run_as == "workspace" else None, workspace_user=self.user,
-                sandbox=step.sandbox and self.sandbox, run_id=self.run_id, check=self.check,
-                home_root=self.home_root, adopt_users=self.adopt_users, priority=self.plan.priority.get(sid, 0.0))
+                self.user if step.run_as == "workspace" else None, self.user, step.sandbox and self.sandbox,
+                self.run_id, self.check, self.home_root, self.adopt_users, self.plan.priority.get(sid, 0.0))
         return job
 
     def _upstream(self, sid: str) -> Mapping[str, Any]:
@@ -542,14 +543,13 @@ class Runner:
             spec, record, state = self.plan.steps[sid], self._records[sid], self.state.status[sid]
             if state is StepStatus.pending:
                 state = StepStatus.not_started
+            # Positional, in field order: a dataclass init with 15 keywords costs four times as much.
             steps[sid] = StepResult(
-                step_id=sid, sequence_order=spec.sequence_order, action_name=spec.action.name,
-                display_name=spec.action.display_name, status=state, attempts=record.attempts,
-                duration_seconds=record.duration if record.attempts or record.duration else None,
-                error=record.error if state is not StepStatus.completed else None,
-                skip_reason=record.skip_reason if state is StepStatus.skipped else None, result=record.result,
-                exit_code=record.exit_code, stdout=record.stdout, stderr=record.stderr,
-                rollback_error=record.rollback_error, changed=record.changed)
+                sid, spec.sequence_order, spec.action.name, spec.action.display_name, state, record.attempts,
+                record.duration if record.attempts or record.duration else None,  # duration_seconds
+                record.error if state is not StepStatus.completed else None,  # error
+                record.skip_reason if state is StepStatus.skipped else None,  # skip_reason
+                record.result, record.exit_code, record.stdout, record.stderr, record.rollback_error, record.changed)
         return RunResult(run_id=self.run_id, template=self.plan.name, version=self.plan.version,
                          workspace_id=str(self.workspace["id"]), status=status, steps=steps,
                          started_at=started, finished_at=self.wall(), error=error, failed_action=failed_action,
