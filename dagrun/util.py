@@ -26,12 +26,16 @@ def fresh_copy(value: Any) -> Any:
     a dict): what a handler gets of a plan shared between runs, so that
     changing it in place never reaches another run."""
     if isinstance(value, dict):  # the plan's FrozenDict included: a C check, once per attempt
-        return {k: fresh_copy(v) if isinstance(v, (dict, list)) else v for k, v in value.items()}
-    if isinstance(value, list):
-        return [fresh_copy(v) if isinstance(v, (dict, list)) else v for v in value]
+        return {k: v if isinstance(v, _SCALARS) else fresh_copy(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):  # a tuple (from a Python caller) may hold a dict
+        items = [v if isinstance(v, _SCALARS) else fresh_copy(v) for v in value]
+        return items if isinstance(value, list) else tuple(items)
     if isinstance(value, Mapping):
         return fresh_copy(dict(value))
     return value
+
+
+_SCALARS = (str, int, float, type(None))  # bool is an int
 
 
 def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:

@@ -28,6 +28,12 @@ def append_workspace_id(ctx: StepContext) -> dict[str, Any]:
     return {"items": list(ctx.config["items"])}
 
 
+def append_to_nested(ctx: StepContext) -> dict[str, Any]:
+    """Changes a dict inside a tuple of its config in place."""
+    ctx.config["items"][0]["seen"].append(ctx.workspace["id"])
+    return {"seen": list(ctx.config["items"][0]["seen"])}
+
+
 def flaky(ctx: StepContext) -> HandlerResult:
     """Fails until attempt ``config.succeed_on``."""
     if ctx.attempt < ctx.config.get("succeed_on", 2):

@@ -223,3 +223,42 @@ def test_runs_of_a_kept_plan_do_not_share_results(tmp_path):
                               home_roots=[str(tmp_path)])
         assert result.success, result.error
     assert [(h / "out.txt").read_text().strip() for h in homes] == ["one", "two"]
+
+
+def test_tuples_in_a_kept_plan_are_copied_for_each_attempt_too(tmp_path):
+    from dagrun import run_template
+    acts = [action("collect", handler="tests.helpers:append_to_nested")]
+    doc = template(step(10, "collect", action_config={"items": ({"seen": []},)}))  # a Python caller's tuple
+    seen = []
+    for name in ("a", "b"):
+        result = run_template(doc, {"id": name, "home_dir": str(tmp_path / name)}, record=False, actions=acts,
+                              home_roots=[str(tmp_path)], sandbox=False)
+        assert result.success, result.error
+        seen.append(next(iter(result.steps.values())).result["seen"])
+    assert seen == [["a"], ["b"]]
+
+
+def test_a_symlinked_action_definition_reads_its_handlers_beside_the_link(tmp_path):
+    """As without the cache: handler files are looked up beside the path given."""
+    real, linked = tmp_path / "real", tmp_path / "linked"
+    real.mkdir()
+    linked.mkdir()
+    (real / "greet.yaml").write_text("name: greet\naction_type: shell\nexecution_handler: greet.sh\n")
+    (real / "greet.sh").write_text("echo real\n")
+    (linked / "greet.sh").write_text("echo beside the link\n")
+    (linked / "greet.yaml").symlink_to(real / "greet.yaml")
+    doc = template(step(10, "greet"))
+    kept = compile_template(doc, actions=[str(linked / "greet.yaml")])
+    fresh = compile_template(doc, actions=[str(linked / "greet.yaml")], keep=False)
+    assert str(kept.steps[kept.order[0]].action.base_dir) == str(fresh.steps[fresh.order[0]].action.base_dir) \
+        == str(linked)
+
+
+def test_deeply_nested_variables_are_one_clear_error():
+    nested: dict = {}
+    inner = nested
+    for _ in range(2000):
+        inner["x"] = {}
+        inner = inner["x"]
+    with pytest.raises(TemplateError, match="variables: nested more than"):
+        compile_template(template(script_step(10, "echo hi")), variables={"deep": nested})

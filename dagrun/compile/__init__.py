@@ -20,7 +20,7 @@ from ..spec import ActionSpec, Plan
 from . import cache
 from .graph import Compiler
 from .inherit import resolve
-from .loader import TemplateSource, build_library
+from .loader import TemplateSource, build_library, check_shape
 
 
 def compile_template(template: Any, *, actions: Iterable[Any] | None = None,
@@ -44,6 +44,11 @@ def compile_template(template: Any, *, actions: Iterable[Any] | None = None,
     variables hold secrets: they stay in memory no longer than their run).
     """
     templates, env_passthrough = list(templates), tuple(env_passthrough)
+    # The caller's data is bounded as documents are (depth, size): one clear error, never a RecursionError.
+    if variables:
+        check_shape(variables, "variables")
+    for document in templates:
+        check_shape(document, str(document.get("name", "<dict>")) if isinstance(document, Mapping) else "templates")
     actions = None if actions is None else list(actions)  # read twice: for the key, and to build the library
     trusted_actions = None if trusted_actions is None else list(trusted_actions)
 

@@ -139,17 +139,19 @@ def _actions(items: list | None) -> list | None:
         if isinstance(item, Mapping):
             keyed.append(item)
         elif isinstance(item, (str, os.PathLike)):
-            path = os.path.realpath(item)
-            # A definition file's handler files are read from beside it: its whole folder is keyed.
-            folder = path if os.path.isdir(path) else os.path.dirname(path)
-            keyed.append(("path", path, _folder_signature(Path(folder))))
+            given = os.path.abspath(item)
+            # A definition file's handler files are read from beside it, as given (beside a symlink,
+            # not its target): that whole folder is keyed. It is compiled from the path as given.
+            folder = given if os.path.isdir(given) else os.path.dirname(given)
+            keyed.append(("path", os.fspath(item), given, os.path.realpath(given),
+                          _folder_signature(Path(os.path.realpath(folder)))))
         else:
             raise _NotKeyable  # an ActionSpec, an object of the caller's
     return keyed
 
 
 def _unkeyed(items: list | None) -> list | None:
-    """The action definitions to compile from their keyed form (a path is read again)."""
+    """The action definitions to compile from their keyed form (a path, as given, is read again)."""
     if items is None:
         return None
     return [item[1] if isinstance(item, tuple) else item for item in items]
