@@ -57,7 +57,7 @@ def compile_template(template: Any, *, actions: Iterable[Any] | None = None,
         return _compile(template, library if library is not None else build_library(actions, trusted), variables,
                         workspace, templates, env_passthrough)
 
-    if library is not None or not keep:  # the caller's own library object: compiled each time
+    if library is not None or not keep:  # the caller's own library object, or secrets: not kept
         return compile_(template, templates, variables, actions, trusted_actions)
     return cache.compiled(compile_, template, templates=templates, variables=variables, workspace=workspace,
                           env_passthrough=env_passthrough, actions=actions, trusted_actions=trusted_actions)
