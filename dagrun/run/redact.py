@@ -62,7 +62,7 @@ class Redactor:
             self.add(secret)
 
     def __bool__(self) -> bool:
-        return self._pattern is not None
+        return self.active
 
     def add(self, secret: Any) -> None:
         if secret is None or isinstance(secret, bool):
