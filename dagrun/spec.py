@@ -12,7 +12,7 @@ import random
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 MASK = "********"
 
@@ -297,11 +297,11 @@ class Plan:
 
     def descendants(self, step_id: str) -> list[str]:
         """Steps downstream of ``step_id``, in plan order."""
-        below = _reachable(step_id, self.successors)
+        below = reachable(step_id, self.successors)
         return [s for s in self.order if s in below]
 
     def ancestors(self, step_id: str) -> set[str]:
-        return _reachable(step_id, self.predecessors)
+        return reachable(step_id, self.predecessors)
 
     def graph(self):
         """The dependency graph as a networkx DiGraph (built on demand)."""
@@ -341,7 +341,8 @@ def scheduling(order: tuple[str, ...], successors: Mapping[str, tuple[str, ...]]
     return level, dispatch_order
 
 
-def _reachable(start: str, edges: Mapping[str, tuple[str, ...]]) -> set[str]:
+def reachable(start: str, edges: Mapping[str, Iterable[str]]) -> set[str]:
+    """Every node reachable from ``start`` along ``edges`` (``start`` itself only through a cycle)."""
     seen: set[str] = set()
     stack = list(edges[start])
     while stack:

@@ -118,6 +118,51 @@ def test_cycle_error_prints_the_cycle():
     assert "dependency cycle: x (a) -> y (a) -> z (a) -> x (a)" in str(exc.value)
 
 
+def test_cycle_check_agrees_with_networkx_on_random_graphs():
+    """The compiler checks its graph with its own walk (networkx is the plan's
+    view, not imported to compile): on random graphs, acyclic or not, it
+    finds a cycle exactly when networkx does, and every cycle it names is one."""
+    import random
+
+    import networkx as nx
+
+    from dagrun.compile.graph import Edges
+    rng = random.Random(7)
+    for trial in range(300):
+        nodes = [f"n{i}" for i in range(rng.randint(1, 30))]
+        edges = Edges(nodes)
+        reference = nx.DiGraph()
+        reference.add_nodes_from(nodes)
+        for _ in range(rng.randint(0, 45)):
+            a, b = rng.choice(nodes), rng.choice(nodes)
+            if trial % 2 == 0 and nodes.index(a) >= nodes.index(b):
+                continue  # half the graphs are DAGs
+            edges.add_edge(a, b)
+            reference.add_edge(a, b)
+        cycle = edges.find_cycle()
+        assert (cycle is None) == nx.is_directed_acyclic_graph(reference), (trial, cycle)
+        if cycle is not None:
+            assert len(set(cycle)) == len(cycle)
+            assert all(reference.has_edge(u, v) for u, v in zip(cycle, cycle[1:] + cycle[:1])), cycle
+
+
+def test_a_long_chain_is_checked_without_recursion():
+    plan = compile_(*[step(i, "a", id=f"s{i}", requires=[f"s{i - 1}"] if i else []) for i in range(5000)])
+    assert plan.predecessors["s4999"] == ("s4998",)
+    with pytest.raises(CycleError) as exc:
+        compile_(*[step(i, "a", id=f"s{i}", requires=[f"s{(i - 1) % 5000}"]) for i in range(5000)])
+    assert len(exc.value.cycle) == 5000
+
+
+def test_the_plan_gives_its_graph_as_networkx():
+    plan = compile_(step(10, "a", id="x"), step(20, "a", id="y", requires=["x"]),
+                    step(30, "needs_a", id="z", requires=["y"]))
+    graph = plan.graph()
+    assert list(graph.nodes) == list(plan.order)
+    assert sorted(graph.edges) == sorted((p, s) for s in plan.order for p in plan.predecessors[s])
+    assert graph.nodes["z"]["action"] == "needs_a"
+
+
 def test_phase_cannot_require_a_later_phase():
     with pytest.raises(CycleError):
         compile_(step(10, "a", id="early", phase="pre_setup", requires=["late"]), step(20, "a", id="late"))
