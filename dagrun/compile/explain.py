@@ -25,7 +25,7 @@ def explain(template: Any, *, step: str | None = None, actions: Iterable[Any] | 
     "vars", "global_config", "steps"}``; each value is ``{"value", "origin"}``.
     ``step``: only that step (by id)."""
     library = build_library(actions, trusted_actions)
-    merged = resolve(template, TemplateSource(templates))
+    merged = resolve(template, TemplateSource(templates), origins=True)
     plan = Compiler(merged, library, variables or {}, None).compile()  # raises on any problem
     if step is not None and step not in plan.steps:
         raise InputError(f"template {plan.name!r} has no step {step!r}{did_you_mean(step, plan.order)} "

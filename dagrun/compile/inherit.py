@@ -46,15 +46,17 @@ class Merged:
     origins: dict[str, str] = field(default_factory=dict)  # "vars.x" / "global_config.y": the template that set it
 
 
-def resolve(template: Any, source: TemplateSource) -> Merged:
-    """Open ``template`` and merge it over its bases."""
+def resolve(template: Any, source: TemplateSource, *, origins: bool = False) -> Merged:
+    """Open ``template`` and merge it over its bases. ``origins``: also record
+    which template set each field (:data:`ORIGINS`, :attr:`Merged.origins`),
+    for ``dagrun explain``; a compile does not pay for it."""
     doc, origin, base_dir = source.open(template)
     name = str(doc.get("name") or origin)
     problems: list[Problem] = []
     chain = _chain(doc, origin, base_dir, source, problems)
-    origins: dict[str, str] = {}
-    merged = _merge(chain, name, problems, origins)
-    return Merged(name, merged, [str(d.get("name") or o) for d, o, _ in chain], problems, base_dir, origins)
+    found: dict[str, str] | None = {} if origins else None
+    merged = _merge(chain, name, problems, found)
+    return Merged(name, merged, [str(d.get("name") or o) for d, o, _ in chain], problems, base_dir, found or {})
 
 
 def _leaves(value: Any, prefix: str) -> list[str]:
@@ -191,7 +193,7 @@ class _StepIndex:
 
 
 def _merge(chain: list[tuple[dict[str, Any], str, Path | None]], name: str,
-           problems: list[Problem], origins: dict[str, str]) -> dict[str, Any]:
+           problems: list[Problem], origins: dict[str, str] | None) -> dict[str, Any]:
     index = _StepIndex()
     global_config: dict[str, Any] = {}
     variables: dict[str, Any] = {}
@@ -200,8 +202,9 @@ def _merge(chain: list[tuple[dict[str, Any], str, Path | None]], name: str,
         label = doc_name if doc_name == origin else f"{doc_name} ({origin})"
         global_config = deep_merge(global_config, doc.get("global_config") or {})
         variables = deep_merge(variables, doc.get("vars") or {})
-        origins.update({p: label for p in _leaves({"global_config": doc.get("global_config") or {},
-                                                    "vars": doc.get("vars") or {}}, "")})
+        if origins is not None:
+            origins.update({p: label for p in _leaves({"global_config": doc.get("global_config") or {},
+                                                        "vars": doc.get("vars") or {}}, "")})
         boundary = index.next_token
         for raw in doc["actions"]:
             token = index.find(raw, boundary)
@@ -212,8 +215,9 @@ def _merge(chain: list[tuple[dict[str, Any], str, Path | None]], name: str,
                 else:
                     index.remove(token)
                 continue
-            own = {**raw, ORIGIN: doc_name, ORIGIN_DIR: None if folder is None else str(folder),
-                   ORIGINS: {p: label for p in _leaves(raw, "")}}
+            own = {**raw, ORIGIN: doc_name, ORIGIN_DIR: None if folder is None else str(folder)}
+            if origins is not None:
+                own[ORIGINS] = {p: label for p in _leaves(raw, "")}
             if token is None:
                 index.add(own)
                 continue
@@ -221,7 +225,8 @@ def _merge(chain: list[tuple[dict[str, Any], str, Path | None]], name: str,
             if raw.get("action_name") and raw["action_name"] != base.get("action_name"):
                 index.replace(token, own)  # a different action replaces the step outright
             else:
-                own[ORIGINS] = {**base.get(ORIGINS, {}), **own[ORIGINS]}
+                if origins is not None:
+                    own[ORIGINS] = {**base.get(ORIGINS, {}), **own[ORIGINS]}
                 merged = deep_merge({k: v for k, v in base.items() if k not in (INVALID, ORIGINS)}, own)
                 if base.get(INVALID) or raw.get(INVALID):
                     merged[INVALID] = True
