@@ -18,7 +18,7 @@ import hashlib
 import os
 import pwd
 import re
-import uuid
+import sys
 from pathlib import Path
 from collections.abc import Mapping  # for isinstance: typing's alias is several times slower
 from typing import Any, Iterable
@@ -38,7 +38,10 @@ def _plain(value: Any, name: str) -> Any:
         return {str(k): _plain(v, f"{name}.{k}") for k, v in value.items()}
     if isinstance(value, (list, tuple, set, frozenset)):
         return [_plain(v, f"{name}[]") for v in value]
-    if isinstance(value, (datetime.date, datetime.time, decimal.Decimal, uuid.UUID)):
+    if isinstance(value, (datetime.date, datetime.time, decimal.Decimal)):
+        return str(value)
+    uuid = sys.modules.get("uuid")  # a UUID exists only once its module is loaded: validate need not load it
+    if uuid is not None and isinstance(value, uuid.UUID):
         return str(value)
     if hasattr(value, "__fspath__"):
         return str(value)

@@ -56,12 +56,12 @@ def test_compiling_a_valid_template_loads_neither_jsonschema_nor_the_engine():
     """A valid document is checked by the quick schema check alone, and
     compiling (validate, plan, graph) never loads the runner: jsonschema is
     imported to word a problem, the engine to run, networkx for
-    ``Plan.graph()``."""
+    ``Plan.graph()``, urllib (with http.client and ssl) for an api_call."""
     import subprocess
     import sys
     probe = ("import sys; from dagrun import api; api.validate(['demo']); "
              "print(sorted(m for m in ('jsonschema', 'dagrun.run.runner', 'dagrun.run.scheduler', 'sqlalchemy', "
-             "'networkx') "
+             "'networkx', 'urllib.request', 'uuid') "
              "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
                          env={**__import__("os").environ, "DAGRUN_DATABASE_URL": "sqlite:////nonexistent/x.db"})

@@ -19,7 +19,6 @@ references to it are not reported twice):
 
 from __future__ import annotations
 
-import difflib
 import re
 from pathlib import Path
 from collections.abc import Mapping  # for isinstance: typing's alias is several times slower
@@ -41,6 +40,7 @@ PRIVATE_KEYS = (INVALID, ORIGIN, ORIGIN_DIR, ORIGINS)
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    import difflib  # only to word a problem
     close = difflib.get_close_matches(word, list(choices), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
 

@@ -27,7 +27,6 @@ import functools
 import os
 import signal
 import time
-import uuid
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -98,7 +97,7 @@ class ProcessTree:
     """Where one command's processes live, and how to end all of them."""
 
     def __init__(self, run_id: str | None = None, name: str | None = None, *, pids_max: int | None = None):
-        self.tag = f"{run_id or 'run'}:{name or uuid.uuid4().hex[:12]}:{uuid.uuid4().hex[:8]}"
+        self.tag = f"{run_id or 'run'}:{name or os.urandom(6).hex()}:{os.urandom(4).hex()}"
         self.run_id = run_id
         self.cgroup = self._make(cgroup_base())
         self.pids = None if pids_max is None else self._make(pids_base())
