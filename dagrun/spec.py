@@ -318,27 +318,37 @@ class Plan:
         return g
 
 
-def scheduling(order: tuple[str, ...], successors: Mapping[str, tuple[str, ...]],
-               steps: Mapping[str, StepSpec]) -> tuple[dict[str, float], tuple[str, ...]]:
+def scheduling(order: tuple[str, ...], successors: Mapping[str, Iterable[str]], steps: Mapping[str, StepSpec],
+               postorder: Iterable[str] | None = None) -> tuple[dict[str, float], tuple[str, ...]]:
     """Each step's bottom level (its estimated duration plus the longest
     estimated path below it) and the dispatch preference it implies: longest
-    remaining path first, then sequence_order, then plan order."""
+    remaining path first, then sequence_order, then plan order.
+    ``postorder``: every step after all its successors, when the caller has
+    one (the compiler's cycle check walks the graph in that order)."""
     level: dict[str, float] = {}
-    for root in order:  # iterative post-order: a deep chain never hits the recursion limit
+    for node in _postorder(order, successors) if postorder is None else postorder:
+        level[node] = steps[node].estimated_duration_seconds + max(map(level.__getitem__, successors[node]),
+                                                                    default=0.0)
+    # sorted() is stable: steps alike in level and sequence_order keep plan order
+    dispatch_order = tuple(sorted(order, key=lambda sid: (-level[sid], steps[sid].sequence_order)))
+    return level, dispatch_order
+
+
+def _postorder(order: Iterable[str], successors: Mapping[str, Iterable[str]]) -> list[str]:
+    """Every node after all its successors (iterative: a deep chain never hits the recursion limit)."""
+    done: set[str] = set()
+    out: list[str] = []
+    for root in order:
         stack = [(root, False)]
         while stack:
             node, expanded = stack.pop()
-            if node in level:
-                continue
             if expanded:
-                below = max((level[s] for s in successors[node]), default=0.0)
-                level[node] = steps[node].estimated_duration_seconds + below
-            else:
+                out.append(node)
+            elif node not in done:
+                done.add(node)
                 stack.append((node, True))
-                stack.extend((s, False) for s in successors[node] if s not in level)
-    position = {sid: i for i, sid in enumerate(order)}
-    dispatch_order = tuple(sorted(order, key=lambda sid: (-level[sid], steps[sid].sequence_order, position[sid])))
-    return level, dispatch_order
+                stack.extend((s, False) for s in successors[node] if s not in done)
+    return out
 
 
 def reachable(start: str, edges: Mapping[str, Iterable[str]]) -> set[str]:

@@ -154,6 +154,25 @@ def test_a_long_chain_is_checked_without_recursion():
     assert len(exc.value.cycle) == 5000
 
 
+def test_priorities_from_the_cycle_checks_walk_equal_a_fresh_walk():
+    """The compiler hands its cycle check's post-order to the priority pass;
+    the priorities and dispatch order must be those of a walk of its own."""
+    import random
+
+    from dagrun.spec import scheduling
+    rng = random.Random(3)
+    steps = []
+    for i in range(300):
+        parents = rng.sample(range(i), min(i, rng.randint(0, 3)))
+        steps.append(step(1000 - i if i % 7 == 0 else i, "a", id=f"s{i}", requires=[f"s{p}" for p in parents],
+                          estimated_duration_seconds=rng.choice([0.5, 1.0, 2.0, 3.5])))
+    plan = compile_(*steps)
+    assert scheduling(plan.order, plan.successors, plan.steps) == (dict(plan.priority), plan.dispatch_order)
+    for sid, spec in plan.steps.items():  # each step's bottom level, by its definition
+        below = max((plan.priority[s] for s in plan.successors[sid]), default=0.0)
+        assert plan.priority[sid] == spec.estimated_duration_seconds + below
+
+
 def test_the_plan_gives_its_graph_as_networkx():
     plan = compile_(step(10, "a", id="x"), step(20, "a", id="y", requires=["x"]),
                     step(30, "needs_a", id="z", requires=["y"]))

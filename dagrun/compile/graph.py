@@ -52,11 +52,12 @@ class Edges:
     networkx alone costs every compile and every ``dagrun validate`` 0.1 s,
     more than checking the graph does."""
 
-    __slots__ = ("succ", "pred")
+    __slots__ = ("succ", "pred", "postorder")
 
     def __init__(self, nodes: Iterable[str]):
         self.succ: dict[str, dict[str, None]] = {n: {} for n in nodes}  # dicts as ordered sets
         self.pred: dict[str, dict[str, None]] = {n: {} for n in self.succ}
+        self.postorder: list[str] = []  # after find_cycle found none: every node after all its successors
 
     def __contains__(self, node: object) -> bool:
         return node in self.succ
@@ -72,6 +73,7 @@ class Edges:
         """The nodes of one cycle in edge order, or None: one depth-first
         walk, iterative (a 100,000-step chain is no recursion)."""
         state: dict[str, bool] = {}  # True: on the current path; False: finished
+        finished = self.postorder = []
         for root in self.succ:
             if root in state:
                 continue
@@ -88,7 +90,9 @@ class Edges:
                     if on_path:
                         return path[path.index(node):]
                 else:
-                    state[path.pop()] = False
+                    node = path.pop()
+                    state[node] = False
+                    finished.append(node)
                     stack.pop()
         return None
 
@@ -135,7 +139,7 @@ class Compiler:
         order = tuple(s["id"] for s in bound)
         position = {sid: i for i, sid in enumerate(order)}
         successors = {n: tuple(graph.succ[n]) for n in order}
-        priority, dispatch_order = scheduling(order, successors, specs)
+        priority, dispatch_order = scheduling(order, successors, specs, graph.postorder)
         return Plan(
             name=self.name, version=self.doc["version"], description=self.doc["description"],
             steps=frozen_mapping(specs), order=order,
@@ -162,6 +166,7 @@ class Compiler:
         self._by_seq: dict[Any, str] = {}
         self._ids: set[str] = set()
         checked_actions: set[str] = set()
+        action_defaults: dict[str, dict[str, Any]] = {}
         ordered = sorted(raw_steps, key=lambda s: (_phase_rank(s.get("phase")), _seq_rank(s.get("sequence_order"))))
         for raw in ordered:
             seq = raw.get("sequence_order")
@@ -200,8 +205,11 @@ class Compiler:
             if raw.get("run_as") == "root" and not action.library:
                 self.problem(f"action {action_name!r} is user-defined: its steps cannot run as root (only the "
                              "standard library and trusted actions do)", label, "run_as")
-            config = deep_merge(deep_merge(configs.schema_defaults(action.config_schema), action.default_config),
-                                raw.get("action_config") or {})
+            defaults = action_defaults.get(action.name)
+            if defaults is None:  # once per action: a template uses the same few for thousands of steps
+                defaults = action_defaults[action.name] = deep_merge(configs.schema_defaults(action.config_schema),
+                                                                     action.default_config)
+            config = deep_merge(defaults, raw.get("action_config") or {})
             config = self._inline_template_files(config, action, raw, label)
             for field, message in configs.config_problems(config, action.config_schema, allow_templates=True):
                 self.problem(message, label, f"action_config.{field}" if field != "action_config" else field)
@@ -389,8 +397,21 @@ class Compiler:
         from ..run.handler_types import handler_templates
         self._bound = {s["id"] for s in bound}
         specs: dict[str, StepSpec] = {}
+        # What depends on the action alone, worked out once per action: a
+        # template uses the same few actions for thousands of steps.
+        per_action: dict[str, tuple[frozenset[str], frozenset[str], list[tuple[str, str]], RetryPolicy]] = {}
+        no_refs: frozenset[str] = frozenset()
         for s in bound:
             sid, action = s["id"], s["action"]
+            fixed = per_action.get(action.name)
+            if fixed is None:
+                fixed = per_action[action.name] = (
+                    configs.shell_fields(action.config_schema), configs.secret_fields(action.config_schema),
+                    handler_templates(action),
+                    RetryPolicy(action.max_retries, action.retry_delay_seconds, action.exponential_backoff,
+                                action.max_retry_delay_seconds, action.retry_jitter, action.retry_when,
+                                action.never_retry_when))
+            shell, secret, handler_sources, action_retry = fixed
             upstream = reachable(sid, graph.pred) if self._mentions_steps(s) else set()
             step_refs: set[str] = set()
             condition = None
@@ -402,7 +423,6 @@ class Compiler:
                     self._check_refs(expressions.references(text, condition=True), s, field, upstream, step_refs)
                 except TemplateSyntaxError as exc:
                     self.problem(f"cannot parse condition {text!r}: {exc.message}", sid, field)
-            shell = configs.shell_fields(action.config_schema)
             templated = False
             for path, value in expressions.template_strings(s["config"]):
                 templated = True
@@ -418,7 +438,7 @@ class Compiler:
             except ValueError as exc:
                 self.problem(str(exc), sid, "action_config")
                 order = ()
-            for name, source in handler_templates(action):
+            for name, source in handler_sources:
                 refs = expressions.references(source)
                 self._user_action_reads(action, name, refs, sid)
                 self._check_refs(refs, s, name, upstream, step_refs)
@@ -434,26 +454,26 @@ class Compiler:
                         self._user_action_reads(action, "condition_expression", refs, sid)
                     except TemplateSyntaxError:
                         pass  # reported above, with the step's condition
-            locks = tuple(action.locks) + tuple(Lock.parse(i) for i in s.get("locks") or ())
+            locks = tuple(action.locks) + tuple(Lock.parse(i) for i in s["locks"]) if s.get("locks") else action.locks
+            retry = action_retry if _RETRY_FIELDS.isdisjoint(s) else RetryPolicy(
+                max_attempts=s.get("max_retries") or action.max_retries,
+                delay_seconds=_first(s.get("retry_delay_seconds"), action.retry_delay_seconds),
+                exponential_backoff=_first(s.get("exponential_backoff"), action.exponential_backoff),
+                max_delay_seconds=action.max_retry_delay_seconds, jitter=action.retry_jitter,
+                retry_when=self._error_match(s, "retry_when", action.retry_when),
+                never_retry_when=self._error_match(s, "never_retry_when", action.never_retry_when))
             est = s.get("estimated_duration_seconds")
             if est is None:
                 est = action.estimated_duration_seconds
             specs[sid] = StepSpec(
                 id=sid, sequence_order=s["sequence_order"], action=action, phase=Phase.parse(s.get("phase")),
                 config=frozen_mapping(s["config"]), condition=condition,
-                skip_on_error=bool(s.get("skip_on_error", False)),
-                retry=RetryPolicy(
-                    max_attempts=s.get("max_retries") or action.max_retries,
-                    delay_seconds=_first(s.get("retry_delay_seconds"), action.retry_delay_seconds),
-                    exponential_backoff=_first(s.get("exponential_backoff"), action.exponential_backoff),
-                    max_delay_seconds=action.max_retry_delay_seconds, jitter=action.retry_jitter,
-                    retry_when=self._error_match(s, "retry_when", action.retry_when),
-                    never_retry_when=self._error_match(s, "never_retry_when", action.never_retry_when)),
+                skip_on_error=bool(s.get("skip_on_error", False)), retry=retry,
                 timeout_seconds=float(s.get("timeout_seconds") or action.timeout_seconds),
                 estimated_duration_seconds=float(DEFAULT_DURATION if est is None else est),
                 locks=locks, check_first=bool(_first(s.get("check_first"), action.check_first)),
-                secret_fields=configs.secret_fields(action.config_schema),
-                templated=templated, shell_fields=shell, step_refs=frozenset(step_refs),
+                secret_fields=secret, templated=templated, shell_fields=shell,
+                step_refs=frozenset(step_refs) if step_refs else no_refs,
                 config_order=order, origin=str(s.get(ORIGIN) or self.name),
                 run_as="root" if action.requires_sudo else (
                     (s.get("run_as") or self.global_config.run_as) if action.library else "workspace"),
@@ -496,6 +516,11 @@ class Compiler:
                     self.problem(f"lock {lock.name!r} is declared with capacities {capacity[lock.name]} and "
                                  f"{lock.capacity}", s["id"], "locks")
         return {k: frozenset(v) for k, v in conflicts.items()}, capacity
+
+# A step's own retry fields: a step with none of them shares its action's RetryPolicy.
+_RETRY_FIELDS = frozenset({"max_retries", "retry_delay_seconds", "exponential_backoff", "retry_when",
+                           "never_retry_when"})
+
 
 def _first(value: Any, default: Any) -> Any:
     return default if value is None else value
