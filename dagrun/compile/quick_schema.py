@@ -89,6 +89,31 @@ _TYPES: dict[str, Checker] = {
 }
 
 
+# The keywords whose checker also tests the type, when it is the only one.
+_OWN_KEYWORDS = {
+    "string": ("minLength", "maxLength", "pattern"),
+    "array": ("minItems", "maxItems", "items", "uniqueItems"),
+    "object": ("properties", "additionalProperties", "required", "minProperties", "maxProperties"),
+}
+_PLAIN_TYPES = {"object": dict, "array": list, "string": str, "null": type(None), "boolean": bool}
+
+
+def _type_test(kinds: list[str]) -> Checker:
+    if len(kinds) == 1:
+        return _TYPES[kinds[0]]
+    if all(k in _PLAIN_TYPES for k in kinds):  # one isinstance: no int among them, so bool's is exact
+        plain = tuple(_PLAIN_TYPES[k] for k in kinds)
+        return lambda v: isinstance(v, plain)
+    tests = tuple(_TYPES[k] for k in kinds)
+
+    def any_type(v: Any) -> bool:
+        for test in tests:
+            if test(v):
+                return True
+        return False
+    return any_type
+
+
 def _unknown(_value: Any) -> bool:
     raise _Unknown
 
@@ -124,12 +149,17 @@ def _build(schema: Any) -> Checker:  # noqa: C901 - one keyword per branch
             raise _Unknown
     checks: list[Checker] = []
     kind = schema.get("type")
+    # A single type whose own keywords follow (string, array, object) is
+    # tested by their checker, which then refuses other types: one call per
+    # value instead of two, for every step of a template.
+    only = kind if isinstance(kind, str) else None
     if kind is not None:
         kinds = kind if isinstance(kind, list) else [kind]
         if any(k not in _TYPES for k in kinds):
             raise _Unknown
-        tests = [_TYPES[k] for k in kinds]
-        checks.append(tests[0] if len(tests) == 1 else (lambda v, t=tuple(tests): any(f(v) for f in t)))
+        if only not in _OWN_KEYWORDS or not any(k in schema for k in _OWN_KEYWORDS[only]):
+            checks.append(_type_test(kinds))
+            only = None
     if "enum" in schema:
         options = list(schema["enum"])
         checks.append(lambda v: any(_same(v, o) for o in options))
@@ -141,9 +171,11 @@ def _build(schema: Any) -> Checker:  # noqa: C901 - one keyword per branch
         low, high = schema.get("minLength", 0), schema.get("maxLength")
         pattern = re.compile(_END.sub(r"\\Z", schema["pattern"])) if "pattern" in schema else None
 
+        strict_text = only == "string"
+
         def text(v: Any) -> bool:
             if not isinstance(v, str):
-                return True
+                return not strict_text
             if len(v) < low or high is not None and len(v) > high:
                 return False
             return pattern is None or pattern.search(v) is not None
@@ -169,9 +201,11 @@ def _build(schema: Any) -> Checker:  # noqa: C901 - one keyword per branch
         if unique not in (True, False):
             raise _Unknown
 
+        strict_array = only == "array"
+
         def array(v: Any) -> bool:
             if not isinstance(v, list):
-                return True
+                return not strict_array
             if len(v) < low_items or high_items is not None and len(v) > high_items:
                 return False
             if unique and len(v) > 1:
@@ -188,9 +222,11 @@ def _build(schema: Any) -> Checker:  # noqa: C901 - one keyword per branch
         required = tuple(schema.get("required", ()))
         low_props, high_props = schema.get("minProperties", 0), schema.get("maxProperties")
 
+        strict_mapping = only == "object"
+
         def mapping(v: Any) -> bool:
             if not isinstance(v, dict):
-                return True
+                return not strict_mapping
             if len(v) < low_props or high_props is not None and len(v) > high_props:
                 return False
             for key in required:
