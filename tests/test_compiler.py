@@ -309,3 +309,13 @@ def test_plan_is_immutable():
         plan.steps["a"] = None  # type: ignore[index]
     with pytest.raises(Exception):
         plan.steps["a"].id = "b"  # type: ignore[misc]
+
+
+def test_render_order_keeps_field_order_and_puts_readers_after_what_they_read():
+    from dagrun.compile.configs import render_order
+    assert render_order({"b": "{{ vars.x }}", "plain": 1, "a": ["{{ vars.y }}"]}) == ("b", "a")
+    order = render_order({"c": "{{ config.a }}-{{ config.b }}", "a": "{{ vars.x }}", "b": "{{ config.a }}",
+                          "d": "{{ config.plain }}", "plain": 1})
+    assert set(order) >= {"a", "b", "c", "d"} and order.index("a") < order.index("b") < order.index("c")
+    with pytest.raises(ValueError, match="refers to itself"):
+        render_order({"a": "{{ config.a }}"})

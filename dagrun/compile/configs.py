@@ -196,9 +196,12 @@ def render_order(config: Mapping[str, Any]) -> tuple[str, ...]:
     graph: dict[str, set[str]] = {}
     for key, value in config.items():
         if any(True for _ in expressions.template_strings(value)):
-            graph[key] = {name for name in config_references(value) if name in config and name != key}
-            if key in config_references(value):
+            reads = config_references(value)
+            if key in reads:
                 raise ValueError(f"config.{key} refers to itself")
+            graph[key] = {name for name in reads if name in config}
+    if not any(graph.values()):  # the common case: no field reads another; the sorter would keep this order
+        return tuple(graph)
     try:
         return tuple(TopologicalSorter(graph).static_order())
     except _GraphCycle as exc:
