@@ -138,13 +138,13 @@ class Compiler:
             raise TemplateError(self.problems)
         order = tuple(s["id"] for s in bound)
         position = {sid: i for i, sid in enumerate(order)}
-        successors = {n: tuple(graph.succ[n]) for n in order}
+        successors = {n: tuple(s) for n, s in graph.succ.items()}
         priority, dispatch_order = scheduling(order, successors, specs, graph.postorder)
         return Plan(
             name=self.name, version=self.doc["version"], description=self.doc["description"],
             steps=frozen_mapping(specs), order=order,
-            predecessors=frozen_mapping({n: tuple(sorted(graph.pred[n], key=position.__getitem__))
-                                         for n in order}),
+            predecessors=frozen_mapping({n: tuple(sorted(p, key=position.__getitem__)) if len(p) > 1 else tuple(p)
+                                         for n, p in graph.pred.items()}),
             successors=frozen_mapping(successors),
             conflicts=frozen_mapping(conflicts), lock_capacity=frozen_mapping(capacity),
             priority=frozen_mapping(priority), dispatch_order=dispatch_order,
@@ -511,11 +511,13 @@ class Compiler:
                     conflicts[other].add(s["id"])
         capacity: dict[str, int] = {}
         for s in bound:
-            for lock in (*s["action"].locks, *(Lock.parse(i) for i in s.get("locks") or ())):
+            for lock in (*s["action"].locks, *(Lock.parse(i) for i in s["locks"])) if s.get("locks") else \
+                    s["action"].locks:
                 if capacity.setdefault(lock.name, lock.capacity) != lock.capacity:
                     self.problem(f"lock {lock.name!r} is declared with capacities {capacity[lock.name]} and "
                                  f"{lock.capacity}", s["id"], "locks")
-        return {k: frozenset(v) for k, v in conflicts.items()}, capacity
+        none: frozenset[str] = frozenset()  # most steps conflict with nothing: one shared empty set
+        return {k: frozenset(v) if v else none for k, v in conflicts.items()}, capacity
 
 # A step's own retry fields: a step with none of them shares its action's RetryPolicy.
 _RETRY_FIELDS = frozenset({"max_retries", "retry_delay_seconds", "exponential_backoff", "retry_when",
