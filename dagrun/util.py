@@ -41,27 +41,40 @@ _SCALARS = (str, int, float, type(None))  # bool is an int
 def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
     """Merge ``override`` into a copy of ``base``: mappings merge key by key,
     anything else (lists included) is replaced."""
-    out = {key: _deep_copy(value) for key, value in base.items()}
+    memo: dict[int, Any] = {}
+    out = {key: _deep_copy(value, memo) for key, value in base.items()}
     for key, value in override.items():
         if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
             out[key] = deep_merge(out[key], value)
         else:
-            out[key] = _deep_copy(value)
+            out[key] = _deep_copy(value, {})
     return out
 
 
-def _deep_copy(value: Any) -> Any:
+def _deep_copy(value: Any, memo: dict[int, Any]) -> Any:
     """``copy.deepcopy``, with documents' own types (plain dicts, lists and
     scalars, by exact type) copied directly: a compile merges every step's
-    config, and deepcopy's generic path costs several times more."""
+    config, and deepcopy's generic path costs several times more. Like
+    deepcopy, a container met twice is copied once (``memo``): a YAML
+    document's aliases (a file in a workspace, merged by template_copy) stay
+    shared instead of growing exponentially."""
     kind = type(value)
     if kind is str or kind is int or kind is float or kind is bool or value is None:
         return value
-    if kind is dict:
-        return {key: _deep_copy(item) for key, item in value.items()}
-    if kind is list:
-        return [_deep_copy(item) for item in value]
-    return copy.deepcopy(value)
+    if kind is dict or kind is list:
+        copied = memo.get(id(value))
+        if copied is not None:
+            return copied
+        out: Any
+        if kind is dict:
+            out = memo[id(value)] = {}
+            for key, item in value.items():
+                out[key] = _deep_copy(item, memo)
+        else:
+            out = memo[id(value)] = []
+            out.extend(_deep_copy(item, memo) for item in value)
+        return out
+    return copy.deepcopy(value, memo)
 
 
 def bounded(text: str, limit: int = 64_000) -> str:

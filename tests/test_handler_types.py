@@ -76,6 +76,29 @@ def test_template_copy_rollback_removes_only_a_file_it_created(workspace, home):
     assert result.steps["old"].status is StepStatus.completed  # nothing of its own to undo
 
 
+def test_template_copy_merges_into_a_yaml_file_full_of_aliases(workspace, home):
+    """The workspace's file is data from its user: aliases nested ten deep
+    (10**10 values once expanded) stay shared through the merge, as the
+    parser made them, instead of being copied out one by one."""
+    from dagrun.util import deep_merge
+    shared = [1, 2]
+    copied = deep_merge({"a": shared, "b": {"c": shared}}, {"d": [shared, shared]})
+    assert copied["a"] is copied["b"]["c"] and copied["a"] is not shared  # as copy.deepcopy keeps them
+    assert copied["d"][0] is copied["d"][1] and copied["d"][0] is not shared
+
+    levels = ["a: &a [x, x, x, x, x, x, x, x, x, x]"]
+    for i in range(1, 10):
+        prev, name = chr(96 + i), chr(97 + i)
+        levels.append(f"{name}: &{name} [" + ", ".join([f"*{prev}"] * 10) + "]")
+    (home / "laughs.yaml").write_text("\n".join(levels) + "\n")
+    doc = template(step(10, "write_file", action_config={"target_path": "~/laughs.yaml", "content": {"new": 1},
+                                                         "merge": True}))
+    result = run(doc, workspace)
+    assert result.success, result.error
+    merged = yaml.safe_load((home / "laughs.yaml").read_text())
+    assert merged["new"] == 1 and merged["j"][0] is merged["i"] and merged["j"][9][9] is merged["h"]
+
+
 class _Handler(BaseHTTPRequestHandler):
     seen: list = []
 
