@@ -14,6 +14,7 @@ A job is plain data (it pickles): the handlers are resolved here, by action.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import time
@@ -26,7 +27,7 @@ from ..compile import expressions
 from ..compile.configs import config_problems, render_config
 from ..compile.shell_text import ShellValueError, UnsafeContext
 from ..errors import PermanentError
-from ..spec import StepSpec
+from ..spec import Limits, StepSpec
 from ..util import fresh_copy
 from .handler_types import StepContext, handlers_for
 from .isolation import Isolation, User, ensure_home
@@ -138,9 +139,16 @@ def isolation_for(job: AttemptJob) -> Isolation:
         return Isolation(user=user, sandbox=job.sandbox, network=action.requires_network, limits=action.limits,
                          home=job.home)
     if job.plain_isolation is None:  # without a user, the same for every attempt of the step
-        job.plain_isolation = Isolation(sandbox=job.sandbox, network=action.requires_network, limits=action.limits,
-                                        home=job.home)
+        job.plain_isolation = _plain_isolation(job.sandbox, action.requires_network, action.limits, job.home)
     return job.plain_isolation
+
+
+@functools.lru_cache(maxsize=1024)
+def _plain_isolation(sandbox: bool, network: bool, limits: Limits | None, home: str | None) -> Isolation:
+    """Isolation is frozen: the steps of a run (and of runs) with the same
+    settings share one, instead of leaving one object per step for the
+    garbage collector to walk until the run ends."""
+    return Isolation(sandbox=sandbox, network=network, limits=limits, home=home)
 
 
 def _context_for(job: AttemptJob, steps: Mapping[str, Any], attempt: int, cancel: CancelToken,

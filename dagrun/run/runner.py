@@ -396,6 +396,7 @@ class Runner:
         status = outcome.status
         if status is StepStatus.completed:
             record.result, record.error = outcome.data, None
+            self._jobs.pop(sid, None)  # done with: not left for the garbage collector to walk until the run ends
             self.state.succeeded(sid, hold=self.write_ahead)
             if self._observers:
                 self._emit(StepFinished(self.run_id, sid, status, record.attempts, None, self.wall()))
