@@ -319,3 +319,13 @@ def test_render_order_keeps_field_order_and_puts_readers_after_what_they_read():
     assert set(order) >= {"a", "b", "c", "d"} and order.index("a") < order.index("b") < order.index("c")
     with pytest.raises(ValueError, match="refers to itself"):
         render_order({"a": "{{ config.a }}"})
+
+
+def test_steps_get_a_tuple_of_locks_even_from_an_action_built_with_a_list():
+    from dagrun.spec import ActionSpec, Lock
+    spec = ActionSpec(name="a", display_name="a", category="c", action_type="python_function",
+                      execution_handler="tests.helpers:noop", locks=[Lock("apt")])
+    plan = compile_template(template(step(10, "a", id="x"), step(20, "a", id="y", locks=["db"])), actions=[spec],
+                            keep=False)
+    assert plan.steps["x"].locks == (Lock("apt"),) and isinstance(plan.steps["x"].locks, tuple)
+    assert plan.steps["y"].locks == (Lock("apt"), Lock("db"))

@@ -99,6 +99,19 @@ def test_template_copy_merges_into_a_yaml_file_full_of_aliases(workspace, home):
     assert merged["new"] == 1 and merged["j"][0] is merged["i"] and merged["j"][9][9] is merged["h"]
 
 
+def test_template_copy_merges_into_a_deeply_nested_json_file(workspace, home):
+    """A workspace's JSON file nested 450 lists deep merges as it did with
+    copy.deepcopy (the copy costs no more stack per level than it did)."""
+    depth = 450
+    (home / "deep.json").write_text(json.dumps({"nested": json.loads("[" * depth + "]" * depth)}))
+    doc = template(step(10, "write_file", action_config={"target_path": "~/deep.json", "content": {"new": 1},
+                                                         "merge": True}))
+    result = run(doc, workspace)
+    assert result.success, result.error
+    merged = json.loads((home / "deep.json").read_text())
+    assert merged["new"] == 1 and json.dumps(merged["nested"]) == "[" * depth + "]" * depth
+
+
 class _Handler(BaseHTTPRequestHandler):
     seen: list = []
 

@@ -399,7 +399,8 @@ class Compiler:
         specs: dict[str, StepSpec] = {}
         # What depends on the action alone, worked out once per action: a
         # template uses the same few actions for thousands of steps.
-        per_action: dict[str, tuple[frozenset[str], frozenset[str], list[tuple[str, str]], RetryPolicy]] = {}
+        per_action: dict[str, tuple[frozenset[str], frozenset[str], list[tuple[str, str]], RetryPolicy,
+                                    tuple[Lock, ...]]] = {}
         no_refs: frozenset[str] = frozenset()
         for s in bound:
             sid, action = s["id"], s["action"]
@@ -410,8 +411,9 @@ class Compiler:
                     handler_templates(action),
                     RetryPolicy(action.max_retries, action.retry_delay_seconds, action.exponential_backoff,
                                 action.max_retry_delay_seconds, action.retry_jitter, action.retry_when,
-                                action.never_retry_when))
-            shell, secret, handler_sources, action_retry = fixed
+                                action.never_retry_when),
+                    tuple(action.locks))  # a tuple of its own: an ActionSpec built in Python may hold a list
+            shell, secret, handler_sources, action_retry, action_locks = fixed
             upstream = reachable(sid, graph.pred) if self._mentions_steps(s) else set()
             step_refs: set[str] = set()
             condition = None
@@ -454,7 +456,7 @@ class Compiler:
                         self._user_action_reads(action, "condition_expression", refs, sid)
                     except TemplateSyntaxError:
                         pass  # reported above, with the step's condition
-            locks = tuple(action.locks) + tuple(Lock.parse(i) for i in s["locks"]) if s.get("locks") else action.locks
+            locks = tuple(action.locks) + tuple(Lock.parse(i) for i in s["locks"]) if s.get("locks") else action_locks
             retry = action_retry if _RETRY_FIELDS.isdisjoint(s) else RetryPolicy(
                 max_attempts=s.get("max_retries") or action.max_retries,
                 delay_seconds=_first(s.get("retry_delay_seconds"), action.retry_delay_seconds),
