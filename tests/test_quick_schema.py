@@ -97,3 +97,29 @@ def test_type_and_keyword_checks_agree_with_jsonschema_both_ways():
             assert not quick or valid, (schema, value)
             if not isinstance(value, float):
                 assert quick == valid, (schema, value)
+
+
+def test_what_jsonschema_reads_otherwise_is_left_to_it():
+    """Cases where a quick yes would be wrong: nested booleans in enum and
+    const (True is not 1 at any depth), draft 4's boolean exclusive bounds
+    and missing const, NaN and Decimal (a rendered value may be either)
+    under bounds inside oneOf, and draft 3's forms, which must not crash."""
+    from decimal import Decimal
+    draft4 = "http://json-schema.org/draft-04/schema#"
+    cases = [
+        ({"enum": [[1, "x"]]}, [True, "x"]), ({"const": {"debug": 0}}, {"debug": False}),
+        ({"$schema": draft4, "type": "integer", "minimum": 1024, "exclusiveMinimum": True}, 1024),
+        ({"$schema": draft4, "type": "integer", "maximum": 0, "exclusiveMaximum": True}, 0),
+        ({"oneOf": [{"$schema": draft4, "const": "b"}, {"type": "string"}]}, "a"),
+        ({"oneOf": [{"exclusiveMinimum": 0}, {"type": "number"}]}, float("nan")),
+        ({"maximum": 0}, Decimal(5)),
+        ({"oneOf": [{"type": "number"}, {"maximum": 3}]}, Decimal(1)),
+    ]
+    for schema, value in cases:
+        errors = list(strict_validator(schema).iter_errors(value))
+        assert errors, (schema, value)  # each is invalid...
+        assert not surely_valid(schema, value), (schema, value)  # ...and never called valid
+    assert surely_valid({"enum": [[1, "x"]]}, [1, "x"]) and surely_valid({"const": {"a": [1]}}, {"a": [1]})
+    for schema in ({"properties": {"a": {"type": "string", "required": True}}},
+                   {"type": ["string", {"type": "integer"}]}):
+        assert surely_valid(schema, {"a": "x"}) is False  # draft 3: "don't know", not a TypeError

@@ -15,7 +15,8 @@ say), so checking a value costs a few comparisons per keyword.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping  # for isinstance: typing's alias is several times slower
+from collections.abc import Mapping, Sequence  # for isinstance: typing's alias is several times slower
+from numbers import Number
 from typing import Any, Callable
 
 # Keywords that say nothing about validity.
@@ -26,6 +27,8 @@ _KNOWN = frozenset({"type", "properties", "additionalProperties", "required", "i
                     "pattern", "minItems", "maxItems", "uniqueItems", "oneOf", "anyOf", "minProperties",
                     "maxProperties"})
 _END = re.compile(r"(?<!\\)\$$")
+# The drafts whose meaning of the keywords above this module reads (the default, without $schema, is 2020-12).
+_DRAFTS = ("draft-06", "draft-07", "2019-09", "2020-12")
 
 Checker = Callable[[Any], bool]
 
@@ -78,6 +81,20 @@ def _integer(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _plain_number(value: Any) -> bool:
+    """Is ``value`` an int or a float this module can compare? A NaN (every
+    comparison false) or another kind of number (a Decimal, from a rendered
+    value) is a "don't know": inside ``oneOf`` a wrong answer either way
+    would be a wrong yes."""
+    if isinstance(value, (int, float)):
+        if value != value:  # NaN
+            raise _Unknown
+        return not isinstance(value, bool)
+    if isinstance(value, Number):
+        raise _Unknown
+    return False
+
+
 _TYPES: dict[str, Checker] = {
     "object": lambda v: isinstance(v, dict),
     "array": lambda v: isinstance(v, list),
@@ -85,7 +102,7 @@ _TYPES: dict[str, Checker] = {
     "boolean": lambda v: isinstance(v, bool),
     "null": lambda v: v is None,
     "integer": _integer,
-    "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+    "number": _plain_number,
 }
 
 
@@ -129,9 +146,15 @@ def _part(schema: Any) -> Checker:
 
 
 def _same(a: Any, b: Any) -> bool:
-    """JSON equality: True is not 1."""
+    """JSON equality, at every level (as jsonschema's): True is not 1."""
     if isinstance(a, bool) or isinstance(b, bool):
         return isinstance(a, bool) and isinstance(b, bool) and a == b
+    if isinstance(a, str) or isinstance(b, str):
+        return a == b
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, Sequence) and isinstance(b, Sequence):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
     return a == b
 
 
@@ -147,8 +170,16 @@ def _build(schema: Any) -> Checker:  # noqa: C901 - one keyword per branch
     for key in schema:
         if key not in _KNOWN and key not in _NOTES and not (isinstance(key, str) and key.startswith("x-")):
             raise _Unknown
+    if "$schema" in schema and not any(d in str(schema["$schema"]) for d in _DRAFTS):
+        raise _Unknown  # draft 4 and older read exclusiveMinimum, required and type otherwise
     checks: list[Checker] = []
     kind = schema.get("type")
+    if kind is not None and not (isinstance(kind, str) or isinstance(kind, list) and
+                                 all(isinstance(k, str) for k in kind)):
+        raise _Unknown
+    if "required" in schema and not (isinstance(schema["required"], list) and
+                                     all(isinstance(k, str) for k in schema["required"])):
+        raise _Unknown
     # A single type whose own keywords follow (string, array, object) is
     # tested by their checker, which then refuses other types: one call per
     # value instead of two, for every step of a template.
@@ -183,7 +214,7 @@ def _build(schema: Any) -> Checker:  # noqa: C901 - one keyword per branch
     numbers = [(k, schema[k]) for k in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum") if k in schema]
     if numbers:
         def number(v: Any) -> bool:
-            if not isinstance(v, (int, float)) or isinstance(v, bool):
+            if not _plain_number(v):
                 return True
             for key, limit in numbers:
                 if key == "minimum" and v < limit or key == "maximum" and v > limit \
