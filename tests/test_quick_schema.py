@@ -123,3 +123,31 @@ def test_what_jsonschema_reads_otherwise_is_left_to_it():
     for schema in ({"properties": {"a": {"type": "string", "required": True}}},
                    {"type": ["string", {"type": "integer"}]}):
         assert surely_valid(schema, {"a": "x"}) is False  # draft 3: "don't know", not a TypeError
+
+
+def test_no_wrong_yes_through_oneof_from_nan_bounds_float_subclasses_identity_or_nested_drafts():
+    """A False inside oneOf must mean invalid, or oneOf turns it into a wrong
+    yes: NaN as a bound, a float subclass (a rendered value) under an
+    integer type, the very same NaN object (jsonschema's equality starts
+    with identity), a non-dict mapping as a subschema, and a $schema below
+    the top (jsonschema checks that part with the stock validator of its
+    draft)."""
+    from collections import UserDict
+    nan = float("nan")
+    same_list = [nan]
+
+    class Real(float):
+        pass
+    cases = [
+        ({"oneOf": [{"exclusiveMinimum": nan}, {"type": "integer"}]}, 5),
+        ({"oneOf": [{"exclusiveMaximum": nan}, {"type": "integer"}]}, 5),
+        ({"oneOf": [{"type": "integer"}, {"type": "number"}]}, Real(2.0)),
+        ({"oneOf": [{"const": nan}, {}]}, nan),
+        ({"oneOf": [{"enum": [same_list]}, {"type": "array"}]}, same_list),
+        ({"oneOf": [{"type": "object"}, {"additionalProperties": UserDict({"type": "string"})}]}, {"a": 1}),
+        ({"oneOf": [{"$schema": "https://json-schema.org/draft/2020-12/schema", "pattern": "^a+$"},
+                    {"type": "string"}]}, "a\n"),
+    ]
+    for schema, value in cases:
+        assert list(strict_validator(schema).iter_errors(value)), (schema, value)
+        assert not surely_valid(schema, value), (schema, value)

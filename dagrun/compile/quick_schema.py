@@ -58,7 +58,7 @@ def _checker(schema: Any) -> Checker | None:
     if seen is not None and seen[0] is schema:
         return seen[1]
     try:
-        check: Checker | None = _build(schema)
+        check: Checker | None = _build(schema, root=True)
     except _Unknown:
         check = None
     if len(_checkers) > 4096:  # a service checking ever-new action schemas: stay bounded
@@ -76,7 +76,7 @@ def _false(_value: Any) -> bool:
 
 
 def _integer(value: Any) -> bool:
-    if type(value) is float:
+    if isinstance(value, float):
         raise _Unknown  # 1.0 is an integer to JSON Schema: let jsonschema say
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -147,6 +147,8 @@ def _part(schema: Any) -> Checker:
 
 def _same(a: Any, b: Any) -> bool:
     """JSON equality, at every level (as jsonschema's): True is not 1."""
+    if a is b:  # jsonschema's first test too: the same NaN object equals itself
+        return True
     if isinstance(a, bool) or isinstance(b, bool):
         return isinstance(a, bool) and isinstance(b, bool) and a == b
     if isinstance(a, str) or isinstance(b, str):
@@ -158,20 +160,22 @@ def _same(a: Any, b: Any) -> bool:
     return a == b
 
 
-def _build(schema: Any) -> Checker:  # noqa: C901 - one keyword per branch
+def _build(schema: Any, root: bool = False) -> Checker:  # noqa: C901 - one keyword per branch
     if schema is True:
         return _true
     if schema is False:
         return _false
-    if type(schema) is not dict and not isinstance(schema, Mapping):
+    if not isinstance(schema, dict):  # a non-dict Mapping is no schema to jsonschema (it is "truthy")
         raise _Unknown
     if not schema:
         return _true
     for key in schema:
         if key not in _KNOWN and key not in _NOTES and not (isinstance(key, str) and key.startswith("x-")):
             raise _Unknown
-    if "$schema" in schema and not any(d in str(schema["$schema"]) for d in _DRAFTS):
-        raise _Unknown  # draft 4 and older read exclusiveMinimum, required and type otherwise
+    if "$schema" in schema and (not root or not any(d in str(schema["$schema"]) for d in _DRAFTS)):
+        # Draft 4 and older read exclusiveMinimum, required and type otherwise; below the top,
+        # jsonschema switches to that draft's own validator (its pattern is not the strict one).
+        raise _Unknown
     checks: list[Checker] = []
     kind = schema.get("type")
     if kind is not None and not (isinstance(kind, str) or isinstance(kind, list) and
@@ -213,12 +217,15 @@ def _build(schema: Any) -> Checker:  # noqa: C901 - one keyword per branch
         checks.append(text)
     numbers = [(k, schema[k]) for k in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum") if k in schema]
     if numbers:
+        if not all(_plain_number(limit) for _, limit in numbers):  # a NaN, a bool or no number: let jsonschema say
+            raise _Unknown
+
         def number(v: Any) -> bool:
             if not _plain_number(v):
                 return True
-            for key, limit in numbers:
+            for key, limit in numbers:  # jsonschema's own comparisons, so that they fail alike
                 if key == "minimum" and v < limit or key == "maximum" and v > limit \
-                        or key == "exclusiveMinimum" and not v > limit or key == "exclusiveMaximum" and not v < limit:
+                        or key == "exclusiveMinimum" and v <= limit or key == "exclusiveMaximum" and v >= limit:
                     return False
             return True
         checks.append(number)
