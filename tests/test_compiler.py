@@ -329,3 +329,18 @@ def test_steps_get_a_tuple_of_locks_even_from_an_action_built_with_a_list():
                             keep=False)
     assert plan.steps["x"].locks == (Lock("apt"),) and isinstance(plan.steps["x"].locks, tuple)
     assert plan.steps["y"].locks == (Lock("apt"), Lock("db"))
+
+
+def test_an_action_schema_names_its_draft_only_at_the_top():
+    """Below the top, jsonschema would check that part with its draft's
+    stock validator, whose pattern lets "alice\\n" through "^[a-z]+$"."""
+    nested = {"type": "object", "properties": {"user": {"$schema": "https://json-schema.org/draft/2020-12/schema",
+                                                         "type": "string", "pattern": "^[a-z]+$"}}}
+    with pytest.raises(TemplateError, match=r"\$schema is allowed only at the top of config_schema "
+                                            r"\(found at properties.user\)"):
+        compile_template(template(step(10, "a", id="x")), actions=[action("a", config_schema=nested)], keep=False)
+    top = {**nested, "$schema": "https://json-schema.org/draft/2020-12/schema",
+           "properties": {"user": {"type": "string", "pattern": "^[a-z]+$"}}}
+    with pytest.raises(TemplateError, match="does not match"):
+        compile_template(template(step(10, "a", id="x", action_config={"user": "alice\n"})),
+                         actions=[action("a", config_schema=top)], keep=False)

@@ -276,6 +276,20 @@ def _locks(items: Iterable[Any]) -> tuple[Lock, ...]:
     return tuple(Lock.parse(i) for i in items or ())
 
 
+def _nested_schema_keyword(schema: Any) -> str | None:
+    """The path of a ``$schema`` below the top of ``schema``, if any."""
+    stack: list[tuple[Any, str]] = [(schema, "")]
+    while stack:
+        node, path = stack.pop()
+        if isinstance(node, Mapping):
+            if path and "$schema" in node:
+                return path
+            stack.extend((v, f"{path}.{k}" if path else str(k)) for k, v in node.items())
+        elif isinstance(node, list):
+            stack.extend((v, f"{path}[{i}]") for i, v in enumerate(node))
+    return None
+
+
 def parse_action(doc: Mapping[str, Any], *, source: str = "<dict>", base_dir: Path | None = None,
                  library: bool = False, shipped: bool = False) -> ActionSpec:
     """``shipped``: an action of dagrun's own library, whose config schema
@@ -288,6 +302,13 @@ def parse_action(doc: Mapping[str, Any], *, source: str = "<dict>", base_dir: Pa
             jsonschema.validators.validator_for(doc["config_schema"]).check_schema(doc["config_schema"])
         except jsonschema.SchemaError as exc:
             problems.append(Problem(f"action {name}", f"invalid JSON Schema: {exc.message}", field="config_schema"))
+        else:
+            where = _nested_schema_keyword(doc["config_schema"])
+            if where is not None:
+                # jsonschema would check that part with the stock validator of its draft, whose
+                # pattern lets "alice\n" through "^[a-z]+$": one schema, one draft, checked strictly.
+                problems.append(Problem(f"action {name}", f"$schema is allowed only at the top of config_schema "
+                                                          f"(found at {where})", field="config_schema"))
     matches = {}
     for key in ("retry_when", "never_retry_when"):
         try:
