@@ -456,7 +456,7 @@ class Compiler:
                         self._user_action_reads(action, "condition_expression", refs, sid)
                     except TemplateSyntaxError:
                         pass  # reported above, with the step's condition
-            locks = tuple(action.locks) + tuple(Lock.parse(i) for i in s["locks"]) if s.get("locks") else action_locks
+            locks = action_locks + tuple(Lock.parse(i) for i in s["locks"]) if s.get("locks") else action_locks
             retry = action_retry if _RETRY_FIELDS.isdisjoint(s) else RetryPolicy(
                 max_attempts=s.get("max_retries") or action.max_retries,
                 delay_seconds=_first(s.get("retry_delay_seconds"), action.retry_delay_seconds),
@@ -520,6 +520,7 @@ class Compiler:
                                  f"{lock.capacity}", s["id"], "locks")
         none: frozenset[str] = frozenset()  # most steps conflict with nothing: one shared empty set
         return {k: frozenset(v) if v else none for k, v in conflicts.items()}, capacity
+
 
 # A step's own retry fields: a step with none of them shares its action's RetryPolicy.
 _RETRY_FIELDS = frozenset({"max_retries", "retry_delay_seconds", "exponential_backoff", "retry_when",
