@@ -21,6 +21,7 @@ record.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -642,10 +643,37 @@ def _with_stored(template: Any, database_url: str | None, templates: Iterable[Ma
     """Extra documents for ``template``: those stored in the database when
     ``template`` is a name (not a file) and the database has dagrun's tables."""
     templates = list(templates)
-    if database_url and isinstance(template, str) and not os.path.exists(template) and _has_store(database_url):
+    if database_url and isinstance(template, str) and not os.path.exists(template) \
+            and not _surely_no_stored_templates(database_url) and _has_store(database_url):
         from .store.seeding import stored_templates
         templates += stored_templates(database_url)
     return templates
+
+
+STORED_TEMPLATES_TABLE = "workspace_templates"  # store.models.WorkspaceTemplate's (a test holds them equal)
+
+
+def _surely_no_stored_templates(database_url: str) -> bool:
+    """True when a SQLite database certainly stores no template: asked
+    read-only through the standard library, so that ``dagrun validate NAME``
+    after a first recorded run does not load SQLAlchemy (0.35 s here) to
+    learn that the table is empty. Anything else (another database, a
+    stored template, a locked or unreadable file) says False, and the store
+    answers."""
+    if not database_url.startswith("sqlite:///") or "?" in database_url:
+        return False
+    path = Path(database_url[len("sqlite:///"):])
+    if not path.exists():
+        return True
+    import sqlite3
+    try:
+        with contextlib.closing(sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True, timeout=0)) as db:
+            if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                          (STORED_TEMPLATES_TABLE,)).fetchone() is None:
+                return True
+            return db.execute(f"SELECT 1 FROM {STORED_TEMPLATES_TABLE} LIMIT 1").fetchone() is None
+    except sqlite3.Error:
+        return False
 
 
 def _has_store(database_url: str) -> bool:

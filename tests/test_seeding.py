@@ -60,3 +60,30 @@ def test_seed_refuses_a_template_that_does_not_compile(tmp_path, db_url):
     with pytest.raises(TemplateError, match="unknown action 'nope'"):
         seed(db_url, templates=[path])
     assert count(db_url, WorkspaceTemplate) == 0
+
+
+def test_validate_by_name_asks_sqlite_with_the_standard_library_first(tmp_path, db_url, workspace):
+    """After a first recorded run the default SQLite database exists but
+    stores no template: validating a seed by name answers without loading
+    SQLAlchemy. Once a template is stored, validate finds it by name."""
+    import os
+    import subprocess
+    import sys
+
+    from dagrun import api
+    from dagrun.store.models import WorkspaceTemplate
+    assert api.STORED_TEMPLATES_TABLE == WorkspaceTemplate.__tablename__
+    assert run_template(template(script_step(10, "echo hi", id="s")), workspace, database_url=db_url).success
+    probe = ("import sys; from dagrun.cli.main import main\n"
+             "try:\n    main(['validate', 'demo'])\nexcept SystemExit:\n    pass\n"
+             "print(sorted(m for m in ('sqlalchemy', 'dagrun.store') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                         env={**os.environ, "DAGRUN_DATABASE_URL": db_url})
+    assert out.stdout.splitlines() == ["demo: ok", "[]"], out.stdout + out.stderr
+
+    path = tmp_path / "custom.yaml"
+    path.write_text(yaml.safe_dump(template(script_step(10, "echo stored", id="s"), name="stored-only")))
+    seed(db_url, templates=[path])
+    path.unlink()  # only the database has it now
+    assert api.validate(["stored-only"], database_url=db_url) == [("stored-only", None)]
+    assert api.validate(["nowhere"], database_url=db_url)[0][1] is not None
