@@ -660,14 +660,15 @@ def _surely_no_stored_templates(database_url: str) -> bool:
     learn that the table is empty. Anything else (another database, a
     stored template, a locked or unreadable file) says False, and the store
     answers."""
-    if not database_url.startswith("sqlite:///") or "?" in database_url:
+    path = _sqlite_file(database_url)
+    if path is None:
         return False
-    path = Path(database_url[len("sqlite:///"):])
-    if not path.exists():
+    if not os.path.exists(path):
         return True
     import sqlite3
+    read_only = Path(path).resolve().as_uri() + "?mode=ro"
     try:
-        with contextlib.closing(sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True, timeout=0)) as db:
+        with contextlib.closing(sqlite3.connect(read_only, uri=True, timeout=0)) as db:
             if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
                           (STORED_TEMPLATES_TABLE,)).fetchone() is None:
                 return True
@@ -676,10 +677,17 @@ def _surely_no_stored_templates(database_url: str) -> bool:
         return False
 
 
+def _sqlite_file(database_url: str) -> str | None:
+    """The file of a plain SQLite URL (no query options), else None."""
+    if database_url.startswith("sqlite:///") and "?" not in database_url:
+        return database_url[len("sqlite:///"):]
+    return None
+
+
 def _has_store(database_url: str) -> bool:
     """Does the database hold dagrun's tables (reading never creates them)?"""
-    if database_url.startswith("sqlite:///") and "?" not in database_url \
-            and not os.path.exists(database_url[len("sqlite:///"):]):
+    path = _sqlite_file(database_url)
+    if path is not None and not os.path.exists(path):
         return False  # no file, no tables: said without loading SQLAlchemy
     from .store.engine import engine_for, store_errors
     from .store.migrate import current

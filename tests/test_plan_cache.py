@@ -202,16 +202,9 @@ def test_the_cache_is_bounded(monkeypatch):
 
 def test_a_handler_changing_its_config_never_reaches_another_run(tmp_path):
     """A kept plan is shared by every workspace's run: a handler gets a copy."""
-    from dagrun import run_template
     acts = [action("collect", handler="tests.helpers:append_workspace_id")]
     doc = template(step(10, "collect", action_config={"items": ["base"]}))
-    seen = []
-    for name in ("a", "b"):
-        result = run_template(doc, {"id": name, "home_dir": str(tmp_path / name)}, record=False, actions=acts,
-                              home_roots=[str(tmp_path)], sandbox=False)
-        assert result.success, result.error
-        seen.append(next(iter(result.steps.values())).result["items"])
-    assert seen == [["base", "a"], ["base", "b"]]
+    assert _results_of_two_runs(tmp_path, doc, acts, "items") == [["base", "a"], ["base", "b"]]
 
 
 def test_runs_of_a_kept_plan_do_not_share_results(tmp_path):
@@ -226,16 +219,21 @@ def test_runs_of_a_kept_plan_do_not_share_results(tmp_path):
 
 
 def test_tuples_in_a_kept_plan_are_copied_for_each_attempt_too(tmp_path):
-    from dagrun import run_template
     acts = [action("collect", handler="tests.helpers:append_to_nested")]
     doc = template(step(10, "collect", action_config={"items": ({"seen": []},)}))  # a Python caller's tuple
+    assert _results_of_two_runs(tmp_path, doc, acts, "seen") == [["a"], ["b"]]
+
+
+def _results_of_two_runs(tmp_path, doc, acts, key):
+    """``key`` of the one step's result, in runs for workspaces "a" then "b" (the plan kept between them)."""
+    from dagrun import run_template
     seen = []
     for name in ("a", "b"):
         result = run_template(doc, {"id": name, "home_dir": str(tmp_path / name)}, record=False, actions=acts,
                               home_roots=[str(tmp_path)], sandbox=False)
         assert result.success, result.error
-        seen.append(next(iter(result.steps.values())).result["seen"])
-    assert seen == [["a"], ["b"]]
+        seen.append(next(iter(result.steps.values())).result[key])
+    return seen
 
 
 def test_a_symlinked_action_definition_reads_its_handlers_beside_the_link(tmp_path):

@@ -32,7 +32,6 @@ from graphlib import TopologicalSorter
 from collections.abc import Mapping  # for isinstance: typing's alias is several times slower
 from typing import Any, Callable
 
-
 from . import expressions
 from .shell_text import ShellScript
 

@@ -316,7 +316,7 @@ class Runner:
             self._emit(StepStarted(self.run_id, sid, attempt, step.retry.max_attempts, step.action.display_name,
                                    self._submitted[key]))
             report = lambda pid, started: put(("process", key, pid, started))  # noqa: E731
-        token = self._tokens[key] = CancelToken(self.cancel_token)  # abandoning the attempt cancels this one
+        token = self._tokens[key] = self.cancel_token.child()  # abandoning the attempt cancels this one
         dispatch(executor, run_attempt, (job, attempt, self._upstream(sid) if step.step_refs else _NO_STEPS,
                                          token, report),
                  lambda outcome, error: put(("done", key, outcome, error)))
