@@ -592,6 +592,38 @@ def test_as_root_a_home_outside_the_allowed_folders_is_refused(tmp_path, monkeyp
 
 
 @root_only
+def test_the_folders_above_the_home_are_checked_again_before_each_attempt(tmp_path, monkeypatch):
+    """A step may change what is above the home: the next attempt, as root,
+    looks again (a folder made writable by others, the home made a link)."""
+    from dagrun.workspace import HOME_ROOTS_ENV
+    monkeypatch.setenv(HOME_ROOTS_ENV, str(tmp_path / "ws"))
+    home = tmp_path / "ws" / "mid" / "w"
+    opened = template(script_step(10, "chmod 777 ..", id="open"), script_step(20, "true", id="after", requires=["open"]))
+    result = run_template(opened, {"id": "w", "home_dir": str(home)}, record=False)
+    assert result.steps["open"].status is StepStatus.completed
+    assert result.steps["after"].status is StepStatus.failed
+    assert f"{home.parent} (above the workspace home {home}) is writable by others" in result.steps["after"].error
+    (home.parent).chmod(0o755)
+    linked = template(script_step(10, "cd .. && mv w w.old && ln -s /root w", id="link"),
+                      script_step(20, "touch planted", id="after", requires=["link"]))
+    result = run_template(linked, {"id": "w", "home_dir": str(home)}, record=False)
+    assert result.steps["after"].status is StepStatus.failed
+    assert f"the workspace home {home} is a symlink or not a folder" in result.steps["after"].error
+    assert not Path("/root/planted").exists()
+
+
+def test_a_home_is_checked_by_its_normalized_path(tmp_path):
+    """A trailing slash would make lstat follow a home that is a link."""
+    from dagrun.run.paths import home_state
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    owner = os.geteuid()
+    assert home_state(f"{tmp_path}/link/", str(tmp_path), owner)[0].endswith("is a symlink or not a folder")
+    assert home_state(f"{tmp_path}/real/", str(tmp_path), owner) == (None, True)
+    assert home_state(f"{tmp_path}/missing/x", str(tmp_path), owner) == (None, False)
+
+
+@root_only
 def test_as_root_sandboxed_steps_need_a_workspace_user(tmp_path):
     doc = template(step(10, "probe", id="p"))
     with pytest.raises(InputError, match="the workspace has no linux_username"):

@@ -32,7 +32,7 @@ from ..util import fresh_copy
 from .handler_types import StepContext, handlers_for
 from .isolation import Isolation, User, ensure_home
 from .outcome import HandlerResult, Outcome, StepStatus
-from .paths import home_ancestry_problem
+from .paths import home_state
 from .shell import CancelToken
 
 
@@ -121,19 +121,20 @@ def isolation_for(job: AttemptJob) -> Isolation:
         if problem:
             raise PermanentError(problem)
     user = User.lookup(job.user) if job.user else None
+    exists = None
     if job.home and os.geteuid() == 0:
         # Checked again as each attempt starts (an earlier step may have changed the folders): no
         # symlink or folder another user could change between the allowed root and the home, and
         # the home not somebody else's.
         owner = user.uid if user is not None else _uid(job.workspace_user)
-        problem = home_ancestry_problem(job.home, job.home_root, owner)
+        problem, exists = home_state(job.home, job.home_root, owner)
         if problem:
             raise PermanentError(problem)
     # The home is made for the steps that work in it: the workspace user's (the user's
     # own home is made by create_linux_user, which a root step before it must not pre-empt).
     # A check makes nothing.
-    if job.home and not os.path.exists(job.home) and (user is not None or not job.workspace_user) \
-            and not job.check:
+    if job.home and (user is not None or not job.workspace_user) and not job.check \
+            and not (os.path.exists(job.home) if exists is None else exists):
         ensure_home(job.home, user)
     if user is not None:
         return Isolation(user=user, sandbox=job.sandbox, network=action.requires_network, limits=action.limits,

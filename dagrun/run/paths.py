@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
 import shutil
 import stat
@@ -40,6 +41,42 @@ def home_ancestry_problem(home: str, root: str | None, owner: int | None) -> str
     a symlink, not root's, or writable by others could be swapped, or is
     somebody else's; an existing home must be ``owner``'s (the workspace
     user's) or root's."""
+    return home_state(home, root, owner)[0]
+
+
+def home_state(home: str, root: str | None, owner: int | None) -> tuple[str | None, bool]:
+    """``home_ancestry_problem`` and whether the home exists, from the same
+    ``lstat`` calls: run before every attempt as root, and each system call
+    lets another thread take the interpreter."""
+    path, folders = _ancestry(home, root)
+    for folder in folders:
+        try:
+            info = os.lstat(folder)
+        except FileNotFoundError:
+            return None, False  # made by root when the home is made
+        if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
+            return f"{folder} (above the workspace home {home}) is a symlink or not a folder", True
+        if info.st_uid != 0:
+            return (f"{folder} (above the workspace home {home}) belongs to uid {info.st_uid}, not root: its "
+                    "owner could swap what is below it"), True
+        if info.st_mode & 0o022:
+            return f"{folder} (above the workspace home {home}) is writable by others: refused", True
+    try:
+        info = os.lstat(path)  # normalized: a trailing "/" would follow a symlink
+    except FileNotFoundError:
+        return None, False
+    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
+        return f"the workspace home {home} is a symlink or not a folder", True
+    if info.st_uid not in (0, owner):
+        return f"the workspace home {home} belongs to another user (uid {info.st_uid})", True
+    return None, True
+
+
+@functools.lru_cache(maxsize=256)
+def _ancestry(home: str, root: str | None) -> tuple[str, tuple[str, ...]]:
+    """``home`` normalized, and the folders strictly between ``root`` (or
+    ``/``) and it, top first: the same few homes are checked before every
+    attempt."""
     path = os.path.normpath(home)
     top = os.path.normpath(root) if root else "/"
     folder = os.path.dirname(path)
@@ -47,27 +84,7 @@ def home_ancestry_problem(home: str, root: str | None, owner: int | None) -> str
     while folder != top and folder.startswith(top.rstrip(os.sep) + os.sep):
         chain.append(folder)
         folder = os.path.dirname(folder)
-    for folder in reversed(chain):
-        try:
-            info = os.lstat(folder)
-        except FileNotFoundError:
-            break  # made by root when the home is made
-        if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
-            return f"{folder} (above the workspace home {home}) is a symlink or not a folder"
-        if info.st_uid != 0:
-            return (f"{folder} (above the workspace home {home}) belongs to uid {info.st_uid}, not root: its "
-                    "owner could swap what is below it")
-        if info.st_mode & 0o022:
-            return f"{folder} (above the workspace home {home}) is writable by others: refused"
-    try:
-        info = os.lstat(path)
-    except FileNotFoundError:
-        return None
-    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
-        return f"the workspace home {home} is a symlink or not a folder"
-    if info.st_uid not in (0, owner):
-        return f"the workspace home {home} belongs to another user (uid {info.st_uid})"
-    return None
+    return path, tuple(reversed(chain))
 
 
 def readable_by_everyone(path: str) -> bool:
