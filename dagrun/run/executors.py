@@ -81,10 +81,10 @@ class WorkerPool(Executor):
                 result = context.run(fn, *args)
             except BaseException as exc:  # noqa: BLE001 - delivered as data
                 free(None)
-                deliver(None, exc)
+                context.run(deliver, None, exc)
                 continue
             free(None)  # free before delivering: the next task may be dispatched at once
-            deliver(result, None)
+            context.run(deliver, result, None)  # in the task's context: what it dispatches inherits it
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
         future: Future = Future()

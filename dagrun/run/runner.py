@@ -1,10 +1,19 @@
-"""The driver: one thread owns the run state and talks to the executor.
+"""The driver: one thread runs the run and talks to the executor.
 
 Loop: ask the scheduler core for steps to start, submit each attempt to the
 executor (its outcome comes back on a completion queue), then block on that
 queue until a completion arrives or the next deadline (a parked retry
 becoming due, or an attempt overrunning its timeout). The loop never polls
 and never sleeps; workers never wait for retries. The clocks are injected.
+
+Hand-over: whoever changes the run state holds one lock. On dagrun's own
+thread pool, when no observer needs the events in order and no record is
+awaited, a worker whose attempt completed takes that lock (if it is free)
+and does the driver's part itself: records the outcome and dispatches the
+steps it made ready. The driver is not woken and waited for (on a chain,
+one thread wake-up per step instead of two); it wakes when the run ends, at
+the nearest deadline (a worker that dispatches a nearer one wakes it), and
+for every failure, retry, cancel or event.
 
 :class:`~.scheduler.RunState` owns every step's status; the runner keeps
 what a result shows besides (attempts, output, errors) in per-step records.
@@ -24,6 +33,7 @@ kills the running process trees; the run ends ``cancelled``.
 
 from __future__ import annotations
 
+import _thread
 import heapq
 import logging
 import os
@@ -40,7 +50,7 @@ from ..util import bounded, fresh_copy
 from .attempt import AttemptJob, run_attempt, run_rollback
 from .events import (AttemptFinished, Observer, ProcessStarted, RetryScheduled, RunFinished, RunStarted,
                      StepFinished, StepRolledBack, StepSkipped, StepStarted)
-from .executors import dispatch, make_executor
+from .executors import WorkerPool, dispatch, make_executor
 from .handler_types import handlers_for
 from .outcome import Outcome, RunStatus, StepStatus
 from .redact import Redactor
@@ -190,6 +200,11 @@ class Runner:
         self._data: dict[str, dict[str, Any]] = {sid: dict(d.result) for sid, d in done.items()}  # real results
         self._jobs: dict[str, AttemptJob] = {}
         self._critical: tuple[str, str] | None = None  # (step id, error)
+        # Whoever changes the state holds this: the driver, or a worker handing over its own
+        # completion (see _completed). _wake_at: when the driver, blocked, next looks by itself.
+        self._sched = _thread.allocate_lock()
+        self._wake_at = 0.0
+        self._handover = False
 
     # -- public ---------------------------------------------------------------
 
@@ -238,35 +253,72 @@ class Runner:
 
     def _loop(self, executor: Executor) -> None:
         state = self.state
-        while True:
-            now = self.clock()
-            if self._cancel_reason is not None and state.halted is None:
-                for sid in state.halt(self._cancel_reason):
-                    self._finish(sid, StepStatus.cancelled, self._cancel_reason)
-                self._redate(now + CANCEL_GRACE_SECONDS)  # running handlers get a short grace, then are abandoned
-            for sid, attempt in state.start(now):
-                self._submit(executor, sid, attempt, now)
-            if state.finished:
-                return
-            if self._pending:
-                self._flush(state.waiting_for_records)
-            self._wait(now)
+        # Workers may hand over their own completions (no observer to keep in order, no record
+        # to wait for, no lock shared with other runs, dagrun's own pool).
+        handover = (isinstance(executor, WorkerPool) and not self.write_ahead and self._locks_view is None)
+        try:
+            while True:
+                with self._sched:
+                    now = self.clock()
+                    if self._cancel_reason is not None and state.halted is None:
+                        for sid in state.halt(self._cancel_reason):
+                            self._finish(sid, StepStatus.cancelled, self._cancel_reason)
+                        self._redate(now + CANCEL_GRACE_SECONDS)  # a short grace for running handlers, then abandoned
+                    for sid, attempt in state.start(now):
+                        self._submit(executor, sid, attempt, now)
+                    if state.finished:
+                        return
+                    if self._pending:
+                        self._flush(state.waiting_for_records)
+                    timeout = self._timeout(now)
+                    self._wake_at = float("inf") if timeout is None else now + timeout
+                    self._handover = handover and not self._observers
+                self._wait(timeout)
+        finally:
+            with self._sched:
+                self._handover = False
 
-    def _wait(self, now: float) -> None:
+    def _wait(self, timeout: float | None) -> None:
         """Block until something arrives or the next deadline; handle it all."""
-        timeout = self._timeout(now)
         try:
             item = self._queue.get(timeout=timeout) if timeout is None or timeout > 0 else self._queue.get_nowait()
         except queue.Empty:
-            self._expire(self.clock())
+            with self._sched:
+                self._expire(self.clock())
             return
-        self._handle(item)
-        while True:  # drain whatever else arrived meanwhile
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                return
+        with self._sched:
             self._handle(item)
+            while True:  # drain whatever else arrived meanwhile
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    return
+                self._handle(item)
+
+    def _completed(self, executor: Executor, key: tuple[str, int], outcome: Outcome | None,
+                   error: BaseException | None) -> None:
+        """An attempt's outcome, on its worker's thread. A completed step is
+        handled right here when nothing else holds the state: its successors
+        are dispatched without waking the driver and waiting for it (two
+        thread wake-ups per step on a chain, where one is enough). Anything
+        else (a failure, a retry, a cancel) goes to the driver."""
+        if error is None and outcome.status is StepStatus.completed and self._sched.acquire(False):
+            try:
+                if self._handover and self._cancel_reason is None and key in self._inflight:
+                    self._handle(("done", key, outcome, None))
+                    now = self.clock()
+                    for sid, attempt in self.state.start(now):
+                        self._submit(executor, sid, attempt, now)
+                    # The driver sleeps until _wake_at: wake it if it must look sooner.
+                    if self.state.finished or (self._deadlines and self._deadlines[0][0] < self._wake_at):
+                        self._queue.put(_WAKE)
+                    return
+            except BaseException as exc:  # a bug here must end the run as it would on the driver, not hang it
+                self._queue.put(("crashed", exc))
+                return
+            finally:
+                self._sched.release()
+        self._queue.put(("done", key, outcome, error))
 
     def _timeout(self, now: float) -> float | None:
         wake = self.state.next_wakeup()
@@ -319,7 +371,7 @@ class Runner:
         token = self._tokens[key] = self.cancel_token.child()  # abandoning the attempt cancels this one
         dispatch(executor, run_attempt, (job, attempt, self._upstream(sid) if step.step_refs else _NO_STEPS,
                                          token, report),
-                 lambda outcome, error: put(("done", key, outcome, error)))
+                 lambda outcome, error: self._completed(executor, key, outcome, error))
 
     def _track(self, key: tuple[str, int], deadline: float) -> None:
         self._inflight[key] = deadline
@@ -342,6 +394,8 @@ class Runner:
             self._apply(outcome)
         elif kind == "durable":
             self.state.durable(item[1])
+        elif kind == "crashed":
+            raise item[1]
         elif kind == "process" and item[1] in self._inflight:
             _, (sid, attempt), pid, started = item
             self._emit(ProcessStarted(self.run_id, sid, attempt, pid, started))

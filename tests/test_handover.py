@@ -1,0 +1,148 @@
+"""A worker hands over its own completed attempt (dispatching the steps it
+made ready) when nothing else holds the run state: the driver sleeps until
+it has to look. These tests check that the driver still wakes for what only
+it does: deadlines, cancels, the end of the run, a bug in the hand-over."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+
+import dagrun.run.runner
+from dagrun import compile_template, run_template
+from dagrun.run.outcome import RunStatus, StepStatus
+from dagrun.run.runner import Runner
+from tests.helpers import action, step, template
+
+RUNNERS: list[Runner] = []
+
+
+def cancel_the_run(ctx: Any) -> None:
+    RUNNERS[-1].cancel("stopped by a step")
+
+
+def bound_run_id(ctx: Any) -> dict[str, Any]:
+    import structlog.contextvars
+    return {"bound": structlog.contextvars.get_contextvars().get("run_id"), "mine": ctx.run_id}
+
+
+def chain(n: int, action_name: str = "a", **last: Any) -> dict[str, Any]:
+    steps = [step(i + 1, action_name, id=f"s{i}", requires=[f"s{i - 1}"] if i else []) for i in range(n)]
+    steps[-1].update(last)
+    return template(*steps)
+
+
+def finishes(fn, seconds: float = 60) -> Any:
+    """Liveness, not speed: a driver that is never woken would wait for a
+    far deadline (minutes) and this gives up long before."""
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - handed back to the test
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), "the run never ended: the driver was not woken"
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+class Spy(Runner):
+    """Records which thread handled each completion."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.handled_by: list[int] = []
+
+    def _handle(self, item: tuple) -> None:
+        if item[0] == "done":
+            self.handled_by.append(threading.get_ident())
+        super()._handle(item)
+
+
+def test_completions_are_handed_over_off_the_driver_thread_and_the_run_is_whole():
+    plan = compile_template(chain(300), actions=[action("a")])
+    runner = Spy(plan, {"id": "w"}, max_workers=4, sandbox=False)
+    driver: list[int] = []
+    result = finishes(lambda: driver.append(threading.get_ident()) or runner.run())
+    assert result.success and all(s.status is StepStatus.completed for s in result.steps.values())
+    assert len(runner.handled_by) == 300  # each completion handled once
+    assert any(thread != driver[0] for thread in runner.handled_by)
+
+
+def test_observers_or_write_ahead_keep_completions_on_the_driver():
+    plan = compile_template(chain(50), actions=[action("a")])
+    seen: list[Any] = []
+    runner = Spy(plan, {"id": "w"}, max_workers=4, sandbox=False, observers=[seen.append])
+    driver: list[int] = []
+    result = finishes(lambda: driver.append(threading.get_ident()) or runner.run())
+    assert result.success
+    assert set(runner.handled_by) == set(driver)  # every event in order, from one thread
+    ahead = Spy(plan, {"id": "w"}, max_workers=4, sandbox=False, write_ahead=True)
+    ahead_driver: list[int] = []
+
+    def run_recording() -> Any:
+        ahead_driver.append(threading.get_ident())
+        # what the recorder does: say each finished step's record is committed
+        ahead.observers = [type("Recorder", (), {"observe_batch": lambda self, events, urgent: ahead.durable(
+            [e.step_id for e in events if type(e).__name__ == "StepFinished"])})()]
+        return ahead.run()
+
+    assert finishes(run_recording).success
+    assert set(ahead.handled_by) == set(ahead_driver)
+
+
+def test_a_step_dispatched_by_a_worker_with_a_nearer_deadline_wakes_the_driver(monkeypatch):
+    """s0..s2 have 600 s deadlines; the last step hangs past 0.3 s. The
+    driver went to sleep until s0's deadline; the worker that dispatches the
+    hanging step must wake it, or it is abandoned ten minutes late."""
+    monkeypatch.setattr(dagrun.run.runner, "DEADLINE_GRACE_SECONDS", 0.2)
+    acts = [action("a", timeout_seconds=600),
+            action("hang", "tests.helpers:sleep_forever", timeout_seconds=0.3,
+                   config_schema={"properties": {"seconds": {}}})]
+    doc = chain(4, action_name="a")
+    doc["actions"][-1].update(action_name="hang", action_config={"seconds": 10})
+    result = finishes(lambda: run_template(doc, {"id": "w"}, actions=acts, record=False, sandbox=False))
+    assert [result.steps[f"s{i}"].status for i in range(3)] == [StepStatus.completed] * 3
+    assert "timed out after 0.3 s (handler did not stop; abandoned)" in result.steps["s3"].error
+
+
+def test_a_cancel_while_workers_hand_over_stops_dispatch():
+    acts = [action("a"), action("stop", "tests.test_handover:cancel_the_run")]
+    doc = chain(200)
+    doc["actions"][49]["action_name"] = "stop"
+    result = finishes(lambda: run_template(doc, {"id": "w"}, actions=acts, record=False, sandbox=False,
+                                           runner_hook=RUNNERS.append))
+    assert result.status is RunStatus.cancelled
+    assert all(result.steps[f"s{i}"].status is StepStatus.completed for i in range(50))
+    # s49's outcome and the cancel reach the driver in either order: s50 is cancelled or never started
+    assert result.steps["s50"].status in (StepStatus.cancelled, StepStatus.not_started)
+    assert all(result.steps[f"s{i}"].status is StepStatus.not_started for i in range(51, 200))
+
+
+def test_steps_dispatched_by_a_worker_keep_the_runs_log_bindings():
+    acts = [action("bound", "tests.test_handover:bound_run_id")]
+    result = finishes(lambda: run_template(chain(40, action_name="bound"), {"id": "w"}, actions=acts,
+                                           record=False, sandbox=False))
+    assert result.success
+    assert {s.result["bound"] for s in result.steps.values()} == {result.run_id}
+
+
+def test_a_bug_while_handing_over_ends_the_run_with_the_error_not_a_hang():
+    plan = compile_template(chain(20), actions=[action("a")])
+
+    class Broken(Runner):
+        def _job(self, sid: str) -> Any:
+            if sid == "s10":
+                raise RuntimeError("a bug in the scheduler")
+            return super()._job(sid)
+
+    with pytest.raises(RuntimeError, match="a bug in the scheduler"):
+        finishes(Broken(plan, {"id": "w"}, max_workers=4, sandbox=False).run)
