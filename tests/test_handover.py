@@ -5,7 +5,9 @@ it does: deadlines, cancels, the end of the run, a bug in the hand-over."""
 
 from __future__ import annotations
 
+import contextvars
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -17,10 +19,33 @@ from dagrun.run.runner import Runner
 from tests.helpers import action, step, template
 
 RUNNERS: list[Runner] = []
+STARTED: list[float] = []
+FAILED_AT: list[float] = []
+A_VAR: contextvars.ContextVar[str] = contextvars.ContextVar("a_var", default="unset")
 
 
 def cancel_the_run(ctx: Any) -> None:
     RUNNERS[-1].cancel("stopped by a step")
+
+
+def note_start(ctx: Any) -> None:
+    STARTED.append(time.monotonic())
+
+
+def fail_and_note(ctx: Any) -> None:
+    FAILED_AT.append(time.monotonic())
+    raise RuntimeError("critical step fails")
+
+
+def set_context(ctx: Any) -> None:
+    import structlog.contextvars
+    A_VAR.set(f"set by {ctx.step_id}")
+    structlog.contextvars.bind_contextvars(step=ctx.step_id)
+
+
+def read_context(ctx: Any) -> dict[str, Any]:
+    import structlog.contextvars
+    return {"var": A_VAR.get(), "step": structlog.contextvars.get_contextvars().get("step")}
 
 
 def bound_run_id(ctx: Any) -> dict[str, Any]:
@@ -146,3 +171,30 @@ def test_a_bug_while_handing_over_ends_the_run_with_the_error_not_a_hang():
 
     with pytest.raises(RuntimeError, match="a bug in the scheduler"):
         finishes(Broken(plan, {"id": "w"}, max_workers=4, sandbox=False).run)
+
+
+def test_a_context_a_handler_changes_does_not_reach_the_steps_after_it():
+    acts = [action("set", "tests.test_handover:set_context"), action("read", "tests.test_handover:read_context")]
+    doc = template(*[step(i + 1, "set" if i % 2 == 0 else "read", id=f"s{i}", requires=[f"s{i - 1}"] if i else [])
+                     for i in range(40)])
+    result = finishes(lambda: run_template(doc, {"id": "w"}, actions=acts, record=False, sandbox=False))
+    assert result.success
+    assert {(s.result["var"], s.result["step"]) for sid, s in result.steps.items() if int(sid[1:]) % 2} == \
+        {("unset", None)}
+
+
+def test_nothing_starts_after_a_critical_failure_but_what_was_already_running():
+    """Four chains of quick steps; a critical step fails early. Hand-overs
+    stop the moment it fails: at most the steps already dispatched start."""
+    acts = [action("a", "tests.test_handover:note_start"), action("bad", "tests.test_handover:fail_and_note")]
+    steps = [step(c * 1000 + i + 1, "a", id=f"c{c}_{i}", requires=[f"c{c}_{i - 1}"] if i else [])
+             for c in range(4) for i in range(600)]
+    steps.append(step(9999, "bad", id="bad", requires=["c0_20"]))  # a failure is critical by default
+    doc = template(*steps, global_config={"rollback_on_failure": False})
+    for _ in range(5):
+        STARTED.clear(), FAILED_AT.clear()
+        result = finishes(lambda: run_template(doc, {"id": "w"}, actions=acts, record=False, sandbox=False,
+                                               max_workers=5))
+        assert result.status is RunStatus.failed and result.steps["bad"].status is StepStatus.failed
+        late = [t for t in STARTED if t > FAILED_AT[0]]
+        assert len(late) <= 2 * 5, f"{len(late)} steps started after the critical failure"

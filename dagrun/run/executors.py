@@ -59,7 +59,10 @@ class WorkerPool(Executor):
     def threads(self) -> int:
         return self._threads
 
-    def run(self, fn: Callable[..., Any], args: tuple, deliver: Deliver) -> None:
+    def run(self, fn: Callable[..., Any], args: tuple, deliver: Deliver,
+            context: contextvars.Context | None = None) -> None:
+        """``fn(*args)`` in a copy of ``context`` (default: the caller's);
+        ``deliver(result, error)`` on the worker, outside it."""
         try:
             self._idle.get_nowait()
             start = False
@@ -67,7 +70,7 @@ class WorkerPool(Executor):
             with self._grow:
                 self._threads += 1
             start = True
-        self._queue.put((fn, args, deliver, contextvars.copy_context()))
+        self._queue.put((fn, args, deliver, contextvars.copy_context() if context is None else context.copy()))
         if start:
             # A low-level thread: starting it does not wait for it to run
             # (threading.Thread.start does, a context switch per thread).
@@ -81,10 +84,10 @@ class WorkerPool(Executor):
                 result = context.run(fn, *args)
             except BaseException as exc:  # noqa: BLE001 - delivered as data
                 free(None)
-                context.run(deliver, None, exc)
+                deliver(None, exc)
                 continue
             free(None)  # free before delivering: the next task may be dispatched at once
-            context.run(deliver, result, None)  # in the task's context: what it dispatches inherits it
+            deliver(result, None)
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
         future: Future = Future()
@@ -115,8 +118,11 @@ def default_pool() -> WorkerPool:
         return _default_pool
 
 
-def dispatch(executor: Executor, fn: Callable[..., Any], args: tuple, deliver: Deliver) -> None:
+def dispatch(executor: Executor, fn: Callable[..., Any], args: tuple, deliver: Deliver,
+             context: contextvars.Context | None = None) -> None:
     """Run ``fn(*args)`` on ``executor`` and hand ``(result, error)`` to ``deliver``.
+    In-process, ``fn`` runs in a copy of ``context`` (default: the caller's):
+    a worker dispatching the next step passes the run's, not its own.
 
     In-process executors deliver directly from the worker (no done-callback,
     no ``Future.result()`` lock round-trips: this is the scheduler's hot
@@ -124,10 +130,10 @@ def dispatch(executor: Executor, fn: Callable[..., Any], args: tuple, deliver: D
     done-callback.
     """
     if isinstance(executor, WorkerPool):
-        executor.run(fn, args, deliver)
+        executor.run(fn, args, deliver, context)
         return
     if isinstance(executor, (ThreadPoolExecutor, SynchronousExecutor)):
-        context = contextvars.copy_context()
+        context = contextvars.copy_context() if context is None else context.copy()
 
         def work() -> None:
             try:

@@ -34,6 +34,7 @@ kills the running process trees; the run ends ``cancelled``.
 from __future__ import annotations
 
 import _thread
+import contextvars
 import heapq
 import logging
 import os
@@ -205,6 +206,8 @@ class Runner:
         self._sched = _thread.allocate_lock()
         self._wake_at = 0.0
         self._handover = False
+        self._can_hand_over = False  # on dagrun's pool, with nothing to keep in order (see _loop)
+        self._context: contextvars.Context | None = None  # the run's, taken when it starts
 
     # -- public ---------------------------------------------------------------
 
@@ -227,6 +230,8 @@ class Runner:
 
     def _run(self) -> RunResult:
         started = self.wall()
+        # Every attempt runs in a copy of this (the run's log bindings), whichever thread dispatches it.
+        self._context = contextvars.copy_context()
         for secret in known_secrets(self.plan, self.workspace, self.variables, self.env):
             self.redactor.add(secret)
         self._emit(RunStarted(self.run_id, self.plan.name, self.plan.version, str(self.workspace["id"]),
@@ -255,7 +260,8 @@ class Runner:
         state = self.state
         # Workers may hand over their own completions (no observer to keep in order, no record
         # to wait for, no lock shared with other runs, dagrun's own pool).
-        handover = (isinstance(executor, WorkerPool) and not self.write_ahead and self._locks_view is None)
+        self._can_hand_over = (isinstance(executor, WorkerPool) and not self.write_ahead
+                               and self._locks_view is None)
         try:
             while True:
                 with self._sched:
@@ -272,20 +278,23 @@ class Runner:
                         self._flush(state.waiting_for_records)
                     timeout = self._timeout(now)
                     self._wake_at = float("inf") if timeout is None else now + timeout
-                    self._handover = handover and not self._observers
+                    # Not while something waits for the driver (a failure must halt the run first).
+                    self._handover = self._can_hand_over and not self._observers and self._queue.empty()
                 self._wait(timeout)
         finally:
             with self._sched:
-                self._handover = False
+                self._handover = self._can_hand_over = False
 
     def _wait(self, timeout: float | None) -> None:
         """Block until something arrives or the next deadline; handle it all."""
         try:
             item = self._queue.get(timeout=timeout) if timeout is None or timeout > 0 else self._queue.get_nowait()
         except queue.Empty:
+            self._handover = False  # workers leave the lock to the driver (they queue) until its turn ends
             with self._sched:
                 self._expire(self.clock())
             return
+        self._handover = False
         with self._sched:
             self._handle(item)
             while True:  # drain whatever else arrived meanwhile
@@ -318,6 +327,14 @@ class Runner:
                 return
             finally:
                 self._sched.release()
+        elif self._can_hand_over and (error is not None or outcome.status is not StepStatus.completed):
+            # The driver must see this before a later completion starts more steps (a critical
+            # failure halts the run): no more hand-overs until it has looked. (Under the lock: the
+            # driver turns hand-overs back on under it, only when nothing is queued.)
+            with self._sched:
+                self._handover = False
+                self._queue.put(("done", key, outcome, error))
+            return
         self._queue.put(("done", key, outcome, error))
 
     def _timeout(self, now: float) -> float | None:
@@ -371,7 +388,7 @@ class Runner:
         token = self._tokens[key] = self.cancel_token.child()  # abandoning the attempt cancels this one
         dispatch(executor, run_attempt, (job, attempt, self._upstream(sid) if step.step_refs else _NO_STEPS,
                                          token, report),
-                 lambda outcome, error: self._completed(executor, key, outcome, error))
+                 lambda outcome, error: self._completed(executor, key, outcome, error), self._context)
 
     def _track(self, key: tuple[str, int], deadline: float) -> None:
         self._inflight[key] = deadline
@@ -509,7 +526,7 @@ class Runner:
             put = self._queue.put
             dispatch(executor, run_rollback, (self._job(sid), self.state.attempts[sid], self._upstream(sid),
                                               self._data.get(sid, {}), self._configs.get(sid), self.cancel_token),
-                     lambda outcome, error: put(("rolled back", key, outcome, error)))
+                     lambda outcome, error: put(("rolled back", key, outcome, error)), self._context)
             self._flush(urgent=True)
             outcome = self._await_rollback(key, step.timeout_seconds)
             outcome = self.redactor.outcome(outcome, step.secret_fields)
