@@ -14,6 +14,7 @@ import pytest
 
 import dagrun.run.runner
 from dagrun import compile_template, run_template
+from dagrun.run.executors import WorkerPool
 from dagrun.run.outcome import RunStatus, StepStatus
 from dagrun.run.runner import Runner
 from tests.helpers import action, step, template
@@ -46,6 +47,23 @@ def set_context(ctx: Any) -> None:
 def read_context(ctx: Any) -> dict[str, Any]:
     import structlog.contextvars
     return {"var": A_VAR.get(), "step": structlog.contextvars.get_contextvars().get("step")}
+
+
+SECOND_MAY_FAIL = threading.Event()
+BOTH_RUNNING = threading.Barrier(2, timeout=5)
+
+
+def fail_now(ctx: Any) -> None:
+    raise RuntimeError("fails on purpose")
+
+
+def fail_when_told(ctx: Any) -> None:
+    SECOND_MAY_FAIL.wait(10)
+    raise RuntimeError("fails on purpose")
+
+
+def meet_the_other(ctx: Any) -> None:
+    BOTH_RUNNING.wait()  # both steps must be running at once, on the shared pool
 
 
 def bound_run_id(ctx: Any) -> dict[str, Any]:
@@ -198,3 +216,28 @@ def test_nothing_starts_after_a_critical_failure_but_what_was_already_running():
         assert result.status is RunStatus.failed and result.steps["bad"].status is StepStatus.failed
         late = [t for t in STARTED if t > FAILED_AT[0]]
         assert len(late) <= 2 * 5, f"{len(late)} steps started after the critical failure"
+
+
+def test_a_worker_delivering_a_failure_never_waits_for_the_driver():
+    """Its pool thread is already counted as free: waiting for the driver's
+    turn (here, a slow observer) would leave other runs' steps queued with no
+    thread. Run X's observer, busy with one failure, runs Y (two steps that
+    must run at the same time) while X's second failure is being delivered."""
+    SECOND_MAY_FAIL.clear()
+    BOTH_RUNNING.reset()
+    acts = [action("fail", "tests.test_handover:fail_now"), action("fail_later", "tests.test_handover:fail_when_told"),
+            action("meet", "tests.test_handover:meet_the_other")]
+    x = template(step(1, "fail", id="f1", skip_on_error=True), step(2, "fail_later", id="f2", skip_on_error=True))
+    y = template(step(1, "meet", id="y1"), step(2, "meet", id="y2"))
+    pool = WorkerPool()  # its own: X's two steps make its only two threads
+    inner: list[Any] = []
+
+    def observer(event: Any) -> None:
+        if type(event).__name__ == "StepFinished" and event.step_id == "f1":
+            SECOND_MAY_FAIL.set()
+            time.sleep(0.3)  # f2's worker delivers its failure meanwhile
+            inner.append(run_template(y, {"id": "y"}, actions=acts, record=False, sandbox=False, executor=pool))
+
+    finishes(lambda: run_template(x, {"id": "x"}, actions=acts, record=False, sandbox=False, on_event=observer,
+                                  executor=pool))
+    assert inner and inner[0].success, inner and {s: r.error for s, r in inner[0].steps.items()}

@@ -206,7 +206,6 @@ class Runner:
         self._sched = _thread.allocate_lock()
         self._wake_at = 0.0
         self._handover = False
-        self._can_hand_over = False  # on dagrun's pool, with nothing to keep in order (see _loop)
         self._context: contextvars.Context | None = None  # the run's, taken when it starts
 
     # -- public ---------------------------------------------------------------
@@ -260,8 +259,7 @@ class Runner:
         state = self.state
         # Workers may hand over their own completions (no observer to keep in order, no record
         # to wait for, no lock shared with other runs, dagrun's own pool).
-        self._can_hand_over = (isinstance(executor, WorkerPool) and not self.write_ahead
-                               and self._locks_view is None)
+        can_hand_over = isinstance(executor, WorkerPool) and not self.write_ahead and self._locks_view is None
         try:
             while True:
                 with self._sched:
@@ -278,12 +276,15 @@ class Runner:
                         self._flush(state.waiting_for_records)
                     timeout = self._timeout(now)
                     self._wake_at = float("inf") if timeout is None else now + timeout
-                    # Not while something waits for the driver (a failure must halt the run first).
-                    self._handover = self._can_hand_over and not self._observers and self._queue.empty()
+                    # Not while something waits for the driver (a failure must halt the run first):
+                    # turned on, then off again if anything is queued (see _completed).
+                    self._handover = can_hand_over and not self._observers
+                    if self._handover and not self._queue.empty():
+                        self._handover = False
                 self._wait(timeout)
         finally:
             with self._sched:
-                self._handover = self._can_hand_over = False
+                self._handover = False
 
     def _wait(self, timeout: float | None) -> None:
         """Block until something arrives or the next deadline; handle it all."""
@@ -323,19 +324,19 @@ class Runner:
                         self._queue.put(_WAKE)
                     return
             except BaseException as exc:  # a bug here must end the run as it would on the driver, not hang it
+                self._handover = False
                 self._queue.put(("crashed", exc))
                 return
             finally:
                 self._sched.release()
-        elif self._can_hand_over and (error is not None or outcome.status is not StepStatus.completed):
-            # The driver must see this before a later completion starts more steps (a critical
-            # failure halts the run): no more hand-overs until it has looked. (Under the lock: the
-            # driver turns hand-overs back on under it, only when nothing is queued.)
-            with self._sched:
-                self._handover = False
-                self._queue.put(("done", key, outcome, error))
-            return
         self._queue.put(("done", key, outcome, error))
+        if error is not None or outcome.status is not StepStatus.completed:
+            # The driver must see this before a later completion starts more steps (a critical
+            # failure halts the run): no more hand-overs until it has looked. Never waiting for
+            # the lock (this thread is already counted as free). Set after queueing, as the driver
+            # turns hand-overs on and then off again if its queue is not empty: whichever order
+            # the two threads go in, they end off.
+            self._handover = False
 
     def _timeout(self, now: float) -> float | None:
         wake = self.state.next_wakeup()
