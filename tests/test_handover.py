@@ -1,7 +1,10 @@
 """A worker hands over its own completed attempt (dispatching the steps it
 made ready) when nothing else holds the run state: the driver sleeps until
 it has to look. These tests check that the driver still wakes for what only
-it does: deadlines, cancels, the end of the run, a bug in the hand-over."""
+it does (deadlines, cancels, the end of the run, a bug in the hand-over),
+that a failure halts the run before hand-overs start more steps, that every
+attempt runs in the run's own context, and that a worker never waits for
+the run's lock."""
 
 from __future__ import annotations
 
@@ -21,7 +24,6 @@ from tests.helpers import action, step, template
 
 RUNNERS: list[Runner] = []
 STARTED: list[float] = []
-FAILED_AT: list[float] = []
 A_VAR: contextvars.ContextVar[str] = contextvars.ContextVar("a_var", default="unset")
 
 
@@ -33,8 +35,7 @@ def note_start(ctx: Any) -> None:
     STARTED.append(time.monotonic())
 
 
-def fail_and_note(ctx: Any) -> None:
-    FAILED_AT.append(time.monotonic())
+def fail(ctx: Any) -> None:
     raise RuntimeError("critical step fails")
 
 
@@ -63,7 +64,7 @@ def fail_when_told(ctx: Any) -> None:
 
 
 def meet_the_other(ctx: Any) -> None:
-    BOTH_RUNNING.wait()  # both steps must be running at once, on the shared pool
+    BOTH_RUNNING.wait()  # both steps must be running at once, on the same pool
 
 
 def bound_run_id(ctx: Any) -> dict[str, Any]:
@@ -71,10 +72,8 @@ def bound_run_id(ctx: Any) -> dict[str, Any]:
     return {"bound": structlog.contextvars.get_contextvars().get("run_id"), "mine": ctx.run_id}
 
 
-def chain(n: int, action_name: str = "a", **last: Any) -> dict[str, Any]:
-    steps = [step(i + 1, action_name, id=f"s{i}", requires=[f"s{i - 1}"] if i else []) for i in range(n)]
-    steps[-1].update(last)
-    return template(*steps)
+def chain(n: int, action_name: str = "a") -> dict[str, Any]:
+    return template(*[step(i + 1, action_name, id=f"s{i}", requires=[f"s{i - 1}"] if i else []) for i in range(n)])
 
 
 def finishes(fn, seconds: float = 60) -> Any:
@@ -202,20 +201,34 @@ def test_a_context_a_handler_changes_does_not_reach_the_steps_after_it():
 
 
 def test_nothing_starts_after_a_critical_failure_but_what_was_already_running():
-    """Four chains of quick steps; a critical step fails early. Hand-overs
-    stop the moment it fails: at most the steps already dispatched start."""
-    acts = [action("a", "tests.test_handover:note_start"), action("bad", "tests.test_handover:fail_and_note")]
+    """Four chains of quick steps; a critical step fails early. From the
+    moment its worker marks the failure for the driver, nothing is
+    dispatched: what starts after is what was already dispatched (at most
+    max_workers) or dispatched by a hand-over already under way (at most
+    max_workers)."""
+    acts = [action("a", "tests.test_handover:note_start"), action("bad", "tests.test_handover:fail")]
     steps = [step(c * 1000 + i + 1, "a", id=f"c{c}_{i}", requires=[f"c{c}_{i - 1}"] if i else [])
              for c in range(4) for i in range(600)]
     steps.append(step(9999, "bad", id="bad", requires=["c0_20"]))  # a failure is critical by default
     doc = template(*steps, global_config={"rollback_on_failure": False})
+    marked: list[float] = []
+
+    class MarkedAt(set):
+        def add(self, key: Any) -> None:
+            super().add(key)
+            marked.append(time.monotonic())  # just after the mark: a later time counts fewer starts
+
+    def watch(runner: Runner) -> None:
+        runner._unhandled = MarkedAt()
+
     for _ in range(5):
-        STARTED.clear(), FAILED_AT.clear()
+        STARTED.clear(), marked.clear()
         result = finishes(lambda: run_template(doc, {"id": "w"}, actions=acts, record=False, sandbox=False,
-                                               max_workers=5))
+                                               max_workers=5, runner_hook=watch))
         assert result.status is RunStatus.failed and result.steps["bad"].status is StepStatus.failed
-        late = [t for t in STARTED if t > FAILED_AT[0]]
-        assert len(late) <= 2 * 5, f"{len(late)} steps started after the critical failure"
+        assert len(marked) == 1
+        late = [t for t in STARTED if t > marked[0]]
+        assert len(late) <= 2 * 5, f"{len(late)} steps started after the critical failure was marked"
 
 
 def test_a_worker_delivering_a_failure_never_waits_for_the_driver():

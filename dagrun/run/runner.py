@@ -11,7 +11,8 @@ thread pool, when no observer needs the events in order and no record is
 awaited, a worker whose attempt completed takes that lock (if it is free)
 and does the driver's part itself: records the outcome and dispatches the
 steps it made ready. The driver is not woken and waited for (on a chain,
-one thread wake-up per step instead of two); it wakes when the run ends, at
+at most one thread wake-up per step instead of two: the pool's next get()
+usually finds the dispatched step at once); it wakes when the run ends, at
 the nearest deadline (a worker that dispatches a nearer one wakes it), and
 for every failure, retry, cancel or event.
 
@@ -206,6 +207,9 @@ class Runner:
         self._sched = _thread.allocate_lock()
         self._wake_at = 0.0
         self._handover = False
+        # Attempts that did not complete, on their way to the driver or queued, not yet handled: no
+        # step is dispatched while there is one (a critical failure must halt the run first).
+        self._unhandled: set[tuple[str, int]] = set()
         self._context: contextvars.Context | None = None  # the run's, taken when it starts
 
     # -- public ---------------------------------------------------------------
@@ -268,19 +272,16 @@ class Runner:
                         for sid in state.halt(self._cancel_reason):
                             self._finish(sid, StepStatus.cancelled, self._cancel_reason)
                         self._redate(now + CANCEL_GRACE_SECONDS)  # a short grace for running handlers, then abandoned
-                    for sid, attempt in state.start(now):
-                        self._submit(executor, sid, attempt, now)
+                    if not self._unhandled:  # else a failure is on its way here: it may halt the run
+                        for sid, attempt in state.start(now):
+                            self._submit(executor, sid, attempt, now)
                     if state.finished:
                         return
                     if self._pending:
                         self._flush(state.waiting_for_records)
                     timeout = self._timeout(now)
                     self._wake_at = float("inf") if timeout is None else now + timeout
-                    # Not while something waits for the driver (a failure must halt the run first):
-                    # turned on, then off again if anything is queued (see _completed).
                     self._handover = can_hand_over and not self._observers
-                    if self._handover and not self._queue.empty():
-                        self._handover = False
                 self._wait(timeout)
         finally:
             with self._sched:
@@ -309,12 +310,11 @@ class Runner:
                    error: BaseException | None) -> None:
         """An attempt's outcome, on its worker's thread. A completed step is
         handled right here when nothing else holds the state: its successors
-        are dispatched without waking the driver and waiting for it (two
-        thread wake-ups per step on a chain, where one is enough). Anything
+        are dispatched without waking the driver and waiting for it. Anything
         else (a failure, a retry, a cancel) goes to the driver."""
         if error is None and outcome.status is StepStatus.completed and self._sched.acquire(False):
             try:
-                if self._handover and self._cancel_reason is None and key in self._inflight:
+                if self._handover and not self._unhandled and self._cancel_reason is None and key in self._inflight:
                     self._handle(("done", key, outcome, None))
                     now = self.clock()
                     for sid, attempt in self.state.start(now):
@@ -329,14 +329,12 @@ class Runner:
                 return
             finally:
                 self._sched.release()
+        elif error is not None or outcome.status is not StepStatus.completed:
+            # Marked before it is queued, each a single call (no thread switch inside): from the
+            # mark on, neither a hand-over nor the driver dispatches a step until the driver has
+            # handled it. Never waiting for the lock: the pool already counts this thread as free.
+            self._unhandled.add(key)
         self._queue.put(("done", key, outcome, error))
-        if error is not None or outcome.status is not StepStatus.completed:
-            # The driver must see this before a later completion starts more steps (a critical
-            # failure halts the run): no more hand-overs until it has looked. Never waiting for
-            # the lock (this thread is already counted as free). Set after queueing, as the driver
-            # turns hand-overs on and then off again if its queue is not empty: whichever order
-            # the two threads go in, they end off.
-            self._handover = False
 
     def _timeout(self, now: float) -> float | None:
         wake = self.state.next_wakeup()
@@ -400,6 +398,7 @@ class Runner:
         kind = item[0]
         if kind == "done":
             _, key, outcome, error = item
+            self._unhandled.discard(key)  # handled in this turn, under the lock
             if self._inflight.pop(key, None) is None:
                 return  # an abandoned attempt finally returned; its outcome was already decided
             token = self._tokens.pop(key, None)
