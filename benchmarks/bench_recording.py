@@ -12,6 +12,7 @@ numbers include claiming the workspace and the final flush.
 from __future__ import annotations
 
 import argparse
+import shutil
 import tempfile
 import uuid
 
@@ -35,6 +36,7 @@ def main() -> None:
     from dagrun.api import claim, execute, prepare
 
     stores = {"none": None, "sqlite": f"sqlite:///{tempfile.mkdtemp()}/bench.db"}
+    homes = tempfile.mkdtemp(prefix="dagrun-bench-homes-")  # a home belongs to one workspace: one each
     pg_name = None
     if args.pg:
         import psycopg2
@@ -52,12 +54,13 @@ def main() -> None:
         for name, doc, workers in cases:
             times = {}
             for store, url in stores.items():
-                prepared = prepare(doc, {"id": "bench"}, database_url=url, record=url is not None,
-                                   max_workers=workers)
+                prepared = prepare(doc, {"id": "bench", "home_dir": f"{homes}/bench"}, database_url=url,
+                                   record=url is not None, max_workers=workers, home_roots=[homes])
                 best = float("inf")
                 for _ in range(args.repeat):
+                    wid = f"bench-{uuid.uuid4().hex[:8]}"
                     run = replace(prepared, run_id=str(uuid.uuid4()),
-                                  workspace={**prepared.workspace, "id": f"bench-{uuid.uuid4().hex[:8]}"})
+                                  workspace={**prepared.workspace, "id": wid, "home_dir": f"{homes}/{wid}"})
                     start = time.perf_counter()
                     claim(run)
                     result = execute(run)
@@ -69,6 +72,7 @@ def main() -> None:
                 rows.append([name, store, seconds * 1e3, seconds / steps * 1e6,
                              f"{100 * (seconds / times['none'] - 1):+.1f}%"])
     finally:
+        shutil.rmtree(homes, ignore_errors=True)
         if pg_name:
             from dagrun.store.engine import engine_for
             engine_for(stores["postgres"]).dispose()
