@@ -67,6 +67,19 @@ def meet_the_other(ctx: Any) -> None:
     BOTH_RUNNING.wait()  # both steps must be running at once, on the same pool
 
 
+INSIDE = {"now": 0, "most": 0}
+INSIDE_LOCK = threading.Lock()
+
+
+def hold_the_lock(ctx: Any) -> None:
+    with INSIDE_LOCK:
+        INSIDE["now"] += 1
+        INSIDE["most"] = max(INSIDE["most"], INSIDE["now"])
+    time.sleep(0.0005)
+    with INSIDE_LOCK:
+        INSIDE["now"] -= 1
+
+
 def bound_run_id(ctx: Any) -> dict[str, Any]:
     import structlog.contextvars
     return {"bound": structlog.contextvars.get_contextvars().get("run_id"), "mine": ctx.run_id}
@@ -254,3 +267,20 @@ def test_a_worker_delivering_a_failure_never_waits_for_the_driver():
     finishes(lambda: run_template(x, {"id": "x"}, actions=acts, record=False, sandbox=False, on_event=observer,
                                   executor=pool))
     assert inner and inner[0].success, inner and {s: r.error for s, r in inner[0].steps.items()}
+
+
+def test_a_fleets_shared_lock_holds_while_its_runs_hand_over():
+    """Runs of a fleet take and release a fleet-wide lock from their
+    workers' threads: never two holders of a capacity-one lock."""
+    from dagrun.fleet import run_fleet
+    INSIDE.update(now=0, most=0)
+    acts = [action("locked", "tests.test_handover:hold_the_lock"), action("a")]
+    steps = []
+    for i in range(30):
+        steps.append(step(2 * i + 1, "a", id=f"free{i}", requires=[f"locked{i - 1}"] if i else []))
+        steps.append(step(2 * i + 2, "locked", id=f"locked{i}", requires=[f"free{i}"],
+                          locks=[{"name": "one", "capacity": 1, "scope": "fleet"}]))
+    fleet = finishes(lambda: run_fleet(template(*steps), [{"id": f"w{n}"} for n in range(6)], actions=acts,
+                                       record=False, sandbox=False, max_workers=4, concurrency=6))
+    assert fleet.success and len(fleet.succeeded) == 6
+    assert INSIDE["most"] == 1

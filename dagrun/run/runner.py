@@ -261,9 +261,10 @@ class Runner:
 
     def _loop(self, executor: Executor) -> None:
         state = self.state
-        # Workers may hand over their own completions (no observer to keep in order, no record
-        # to wait for, no lock shared with other runs, dagrun's own pool).
-        can_hand_over = isinstance(executor, WorkerPool) and not self.write_ahead and self._locks_view is None
+        # Workers may hand over their own completions on dagrun's own pool, with no observer to
+        # keep in order and no record to wait for. (A fleet's shared locks are safe to take and
+        # release there: their registry has its own mutex and wakes other runs by queueing.)
+        can_hand_over = isinstance(executor, WorkerPool) and not self.write_ahead
         try:
             while True:
                 with self._sched:
