@@ -284,3 +284,24 @@ def test_a_fleets_shared_lock_holds_while_its_runs_hand_over():
                                        record=False, sandbox=False, max_workers=4, concurrency=6))
     assert fleet.success and len(fleet.succeeded) == 6
     assert INSIDE["most"] == 1
+
+
+def test_a_fleet_run_that_raises_gives_back_the_locks_its_steps_hold(monkeypatch):
+    """A bug while a worker hands over (here: making w0's second step's job
+    raises, after it took the fleet lock) ends w0's run with the error; w1,
+    waiting for the same capacity-one lock, still gets it."""
+    from dagrun.fleet import run_fleet
+    original = Runner._job
+
+    def job(self: Runner, sid: str) -> Any:
+        if self.workspace["id"] == "w0" and sid == "l2":
+            raise RuntimeError("can't start new thread")
+        return original(self, sid)
+
+    monkeypatch.setattr(Runner, "_job", job)
+    lock = [{"name": "one", "capacity": 1, "scope": "fleet"}]
+    doc = template(step(1, "a", id="l1", locks=lock), step(2, "a", id="l2", requires=["l1"], locks=lock))
+    fleet = finishes(lambda: run_fleet(doc, [{"id": "w0"}, {"id": "w1"}], actions=[action("a")], record=False,
+                                       sandbox=False, concurrency=2), seconds=30)
+    assert "can't start new thread" in str(fleet.errors.get("w0"))
+    assert fleet.results["w1"].success

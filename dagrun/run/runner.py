@@ -241,17 +241,26 @@ class Runner:
                               len(self.plan.order), self.max_workers, started, self.redactor.plan(self.plan),
                               self.redactor.value(dict(self.workspace)) if self.redactor else self.workspace))
         executor = self.executor or make_executor("threads", self.max_workers)
-        while True:
-            try:
-                self._loop(executor)
-                if self._critical and self._cancel_reason is None and self.plan.global_config.rollback_on_failure \
-                        and not self.check:
-                    self._rollback(executor)
-                break
-            except KeyboardInterrupt:
-                self.cancel("interrupted")
-        if self._locks_view is not None:
-            self._locks_view.close()
+        try:
+            while True:
+                try:
+                    self._loop(executor)
+                    if self._critical and self._cancel_reason is None \
+                            and self.plan.global_config.rollback_on_failure and not self.check:
+                        self._rollback(executor)
+                    break
+                except KeyboardInterrupt:
+                    self.cancel("interrupted")
+        except BaseException:
+            # A bug ends the run (raised to the caller): what it still runs is stopped, and the
+            # locks its steps hold are given back, or a fleet's other runs would wait for them forever.
+            self.cancel_token.cancel()
+            with self._sched:
+                self.state.abandon()
+            raise
+        finally:
+            if self._locks_view is not None:
+                self._locks_view.close()
         result = self._result(started)
         self._emit(RunFinished(self.run_id, result, self.wall()))
         self._flush(urgent=True)

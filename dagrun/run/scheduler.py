@@ -211,6 +211,12 @@ class RunState:
     def _push_ready(self, sid: str) -> None:
         heapq.heappush(self._ready, self._rank[sid])
 
+    def abandon(self) -> None:
+        """The run ended on an error: give back the locks of every step it
+        still counts as running (a fleet's other runs share them)."""
+        for sid in list(self._running):
+            self._release(sid)
+
     def _release(self, sid: str) -> None:
         self._running.discard(sid)
         if sid in self._constrained:
