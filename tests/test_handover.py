@@ -305,3 +305,30 @@ def test_a_fleet_run_that_raises_gives_back_the_locks_its_steps_hold(monkeypatch
                                        sandbox=False, concurrency=2), seconds=30)
     assert "can't start new thread" in str(fleet.errors.get("w0"))
     assert fleet.results["w1"].success
+
+
+def test_a_ctrl_c_while_an_observer_runs_still_ends_the_run(monkeypatch):
+    """The default SIGINT handler raises KeyboardInterrupt in the driver,
+    here inside an observer, after the attempt's outcome left the queue and
+    before the run state recorded it: the run is cancelled and ends (that
+    step is abandoned after the cancel's grace), it does not wait forever."""
+    import signal
+    from dagrun.run.events import AttemptFinished
+    monkeypatch.setattr(dagrun.run.runner, "CANCEL_GRACE_SECONDS", 0.2)
+    assert threading.current_thread() is threading.main_thread()  # where Python delivers signals
+    fired: list[int] = []
+
+    def on_event(event: Any) -> None:
+        if isinstance(event, AttemptFinished) and not fired:
+            fired.append(1)
+            signal.raise_signal(signal.SIGINT)
+
+    import faulthandler
+    faulthandler.dump_traceback_later(60, exit=True)  # a hang here ends the test process, loudly
+    try:
+        result = run_template(template(step(1, "a", id="a"), step(2, "a", id="b", requires=["a"])), {"id": "w"},
+                              actions=[action("a")], record=False, sandbox=False, on_event=on_event)
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+    assert fired and result.status is RunStatus.cancelled
+    assert result.steps["b"].status is StepStatus.not_started

@@ -251,6 +251,7 @@ class Runner:
                     break
                 except KeyboardInterrupt:
                     self.cancel("interrupted")
+                    self._track_lost()
         except BaseException:
             # A bug ends the run (raised to the caller): what it still runs is stopped, and the
             # locks its steps hold are given back, or a fleet's other runs would wait for them forever.
@@ -398,6 +399,16 @@ class Runner:
         dispatch(executor, run_attempt, (job, attempt, self._upstream(sid) if step.step_refs else _NO_STEPS,
                                          token, report),
                  lambda outcome, error: self._completed(executor, key, outcome, error), self._context)
+
+    def _track_lost(self) -> None:
+        """After a Ctrl-C in the driver: an attempt whose outcome was taken
+        from the queue but not yet applied (the interrupt landed in between)
+        would be running with no deadline, and the run would never end. It
+        gets the cancel's grace, then is abandoned like any other."""
+        with self._sched:
+            tracked = {sid for sid, _ in self._inflight}
+            for sid in self.state.running - tracked:
+                self._track((sid, self.state.attempts[sid]), self.clock() + CANCEL_GRACE_SECONDS)
 
     def _track(self, key: tuple[str, int], deadline: float) -> None:
         self._inflight[key] = deadline
