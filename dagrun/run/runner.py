@@ -284,8 +284,7 @@ class Runner:
                             self._finish(sid, StepStatus.cancelled, self._cancel_reason)
                         self._redate(now + CANCEL_GRACE_SECONDS)  # a short grace for running handlers, then abandoned
                     if not self._unhandled:  # else a failure is on its way here: it may halt the run
-                        for sid, attempt in state.start(now):
-                            self._submit(executor, sid, attempt, now)
+                        self._start_ready(executor, now)
                     if state.finished:
                         return
                     if self._pending:
@@ -303,12 +302,12 @@ class Runner:
         try:
             item = self._queue.get(timeout=timeout) if timeout is None or timeout > 0 else self._queue.get_nowait()
         except queue.Empty:
-            self._handover = False  # workers leave the lock to the driver (they queue) until its turn ends
-            with self._sched:
-                self._expire(self.clock())
-            return
-        self._handover = False
+            item = None
+        self._handover = False  # workers leave the lock to the driver (they queue) until its turn ends
         with self._sched:
+            if item is None:
+                self._expire(self.clock())
+                return
             self._handle(item)
             while True:  # drain whatever else arrived meanwhile
                 try:
@@ -327,9 +326,7 @@ class Runner:
             try:
                 if self._handover and not self._unhandled and self._cancel_reason is None and key in self._inflight:
                     self._handle(("done", key, outcome, None))
-                    now = self.clock()
-                    for sid, attempt in self.state.start(now):
-                        self._submit(executor, sid, attempt, now)
+                    self._start_ready(executor, self.clock())
                     # The driver sleeps until _wake_at: wake it if it must look sooner.
                     if self.state.finished or (self._deadlines and self._deadlines[0][0] < self._wake_at):
                         self._queue.put(_WAKE)
@@ -346,6 +343,10 @@ class Runner:
             # handled it. Never waiting for the lock: the pool already counts this thread as free.
             self._unhandled.add(key)
         self._queue.put(("done", key, outcome, error))
+
+    def _start_ready(self, executor: Executor, now: float) -> None:
+        for sid, attempt in self.state.start(now):
+            self._submit(executor, sid, attempt, now)
 
     def _timeout(self, now: float) -> float | None:
         wake = self.state.next_wakeup()
