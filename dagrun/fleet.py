@@ -29,6 +29,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 from . import api
 from .errors import DagrunError, InputError, Problem, TemplateError
+from .run.interrupts import ctrl_c_cancels
 from .run.result import RunResult
 from .run.shared_locks import SharedLocks
 
@@ -131,13 +132,27 @@ def _run_all(fleet_id: str, prepared: list[api.PreparedRun], concurrency: int | 
     # longest critical path first: with fewer slots than workspaces, the slowest start first
     prepared.sort(key=lambda p: -max(p.plan.priority.values(), default=0.0))
     lock = threading.Lock()
+    runners: list[Any] = []
+    stopping: list[str] = []
+
+    def hook(runner: Any) -> None:
+        runners.append(runner)
+        if stopping:  # a run starting after a Ctrl-C stops at once
+            runner.interrupt(stopping[0])
+        if runner_hook is not None:
+            runner_hook(runner)
+
+    def stop() -> None:  # Ctrl-C, in the main thread, with Python's default handler
+        stopping.append("interrupted")
+        for runner in list(runners):
+            runner.interrupt("interrupted")
 
     def one(run: api.PreparedRun) -> None:
         ws_id = str(run.workspace["id"])
         try:
             api.claim(run)
             outcome = api.execute(run, observers=list(observers_for(ws_id)) if observers_for else [],
-                                  on_event=on_event, runner_hook=runner_hook)
+                                  on_event=on_event, runner_hook=hook)
         except DagrunError as exc:  # another run of this workspace is active; the store refused
             with lock:
                 result.errors[ws_id] = str(exc)
@@ -151,7 +166,7 @@ def _run_all(fleet_id: str, prepared: list[api.PreparedRun], concurrency: int | 
             result.results[ws_id] = outcome
 
     slots = max(1, min(concurrency or len(prepared) or 1, len(prepared) or 1))
-    with ThreadPoolExecutor(slots, thread_name_prefix="dagrun-fleet") as pool:
+    with ctrl_c_cancels(stop), ThreadPoolExecutor(slots, thread_name_prefix="dagrun-fleet") as pool:
         for future in [pool.submit(one, run) for run in prepared]:
             future.result()
     result.duration_seconds = time.perf_counter() - started

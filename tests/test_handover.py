@@ -308,7 +308,8 @@ def test_a_fleet_run_that_raises_gives_back_the_locks_its_steps_hold(monkeypatch
 
 
 def test_a_ctrl_c_while_an_observer_runs_still_ends_the_run(monkeypatch):
-    """The default SIGINT handler raises KeyboardInterrupt in the driver,
+    """A caller's SIGINT handler that raises KeyboardInterrupt (dagrun
+    leaves a handler of the caller's own alone) raises it in the driver,
     here inside an observer, after the attempt's outcome left the queue and
     before the run state recorded it: the run is cancelled and ends (that
     step is abandoned after the cancel's grace), it does not wait forever."""
@@ -317,6 +318,11 @@ def test_a_ctrl_c_while_an_observer_runs_still_ends_the_run(monkeypatch):
     monkeypatch.setattr(dagrun.run.runner, "CANCEL_GRACE_SECONDS", 0.2)
     assert threading.current_thread() is threading.main_thread()  # where Python delivers signals
     fired: list[int] = []
+
+    def raising(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, raising)
 
     def on_event(event: Any) -> None:
         if isinstance(event, AttemptFinished) and not fired:
@@ -330,5 +336,7 @@ def test_a_ctrl_c_while_an_observer_runs_still_ends_the_run(monkeypatch):
                               actions=[action("a")], record=False, sandbox=False, on_event=on_event)
     finally:
         faulthandler.cancel_dump_traceback_later()
+        signal.signal(signal.SIGINT, previous)
     assert fired and result.status is RunStatus.cancelled
+    assert result.steps["a"].status is StepStatus.cancelled  # abandoned: its outcome was lost to the interrupt
     assert result.steps["b"].status is StepStatus.not_started

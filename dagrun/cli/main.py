@@ -107,7 +107,7 @@ def _run_with_progress(args: argparse.Namespace, start: Callable[..., Any], home
         if runner is None:  # not running yet (compiling, claiming): cancel it as soon as it exists
             holder["cancel"] = reason
         else:
-            runner.cancel(reason)
+            runner.interrupt(reason)  # not cancel(): it takes locks this thread may hold
 
     def hook(runner: Any) -> None:
         holder["runner"] = runner
@@ -187,7 +187,7 @@ def cmd_fleet(args: argparse.Namespace) -> int:
     def on_signal(signum: int, _frame: Any) -> None:
         reason.append("interrupted" if signum == signal.SIGINT else "terminated")
         for runner in list(runners):
-            runner.cancel(reason[0])
+            runner.interrupt(reason[0])  # not cancel(): it takes locks this thread may hold
 
     if args.resume:
         roots = _recorded_home_roots(url, [r["run_id"] for r in api.list_runs(database_url=url, fleet=args.resume,

@@ -28,8 +28,9 @@ crash never makes a resume redo a step whose dependent had started.
 After a critical failure, completed steps with a rollback handler are rolled
 back in reverse completion order, one at a time, through the same queue and
 with deadlines: a rollback that hangs is abandoned, the others still run.
-``cancel()`` (any thread, Ctrl-C, SIGTERM via the CLI) stops dispatch and
-kills the running process trees; the run ends ``cancelled``.
+``cancel()`` (any thread) or ``interrupt()`` (a signal handler: Ctrl-C,
+SIGTERM; see :mod:`.interrupts`) stops dispatch and kills the running
+process trees; the run ends ``cancelled``.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ from .events import (AttemptFinished, Observer, ProcessStarted, RetryScheduled, 
                      StepFinished, StepRolledBack, StepSkipped, StepStarted)
 from .executors import WorkerPool, dispatch, make_executor
 from .handler_types import handlers_for
+from .interrupts import ctrl_c_cancels
 from .outcome import Outcome, RunStatus, StepStatus
 from .redact import Redactor
 from .result import RunResult, StepResult
@@ -221,6 +223,14 @@ class Runner:
         self.cancel_token.cancel()
         self._queue.put(_WAKE)
 
+    def interrupt(self, reason: str = "interrupted") -> None:
+        """:meth:`cancel`, safe in a signal handler: the driver cancels at
+        its next turn, woken at once. (``cancel()`` takes locks, which the
+        thread the signal interrupted may be holding.)"""
+        if self._cancel_reason is None:  # from now on nothing new starts, nor a rollback
+            self._cancel_reason = reason
+        self._queue.put(("cancel", reason))  # SimpleQueue.put is reentrant
+
     def durable(self, step_ids: list[str]) -> None:
         """Thread-safe (the recorder's thread): these steps' records are committed."""
         self._queue.put(("durable", step_ids))
@@ -228,7 +238,8 @@ class Runner:
     def run(self) -> RunResult:
         # Every log line of the run (workers copy this context) names it and its workspace.
         import structlog.contextvars  # here, not at import: a command that only compiles never loads it
-        with structlog.contextvars.bound_contextvars(run_id=self.run_id, workspace=str(self.workspace["id"])):
+        with structlog.contextvars.bound_contextvars(run_id=self.run_id, workspace=str(self.workspace["id"])), \
+                ctrl_c_cancels(self.interrupt):
             return self._run()
 
     def _run(self) -> RunResult:
@@ -433,6 +444,8 @@ class Runner:
             self._apply(outcome)
         elif kind == "durable":
             self.state.durable(item[1])
+        elif kind == "cancel":
+            self.cancel(item[1])
         elif kind == "crashed":
             raise item[1]
         elif kind == "process" and item[1] in self._inflight:
@@ -540,6 +553,8 @@ class Runner:
         each with a deadline; a failing (or hung) rollback is recorded and the
         others still run."""
         for sid in reversed(self.state.completion_order):
+            if self._cancel_reason is not None:
+                break
             step = self.plan.steps[sid]
             if handlers_for(step.action).rollback is None:
                 continue
@@ -579,6 +594,9 @@ class Runner:
                 return item[2]
             if item[0] == "durable":
                 self.state.durable(item[1])
+            elif item[0] == "cancel":  # no more rollbacks; this one gets the cancel's grace
+                self.cancel(item[1])
+                self._redate(self.clock() + CANCEL_GRACE_SECONDS)
             # anything else is a late outcome of an abandoned attempt: its fate was decided
 
     # -- events and result ----------------------------------------------------

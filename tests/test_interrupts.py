@@ -1,0 +1,150 @@
+"""Ctrl-C in library use. With Python's default SIGINT handler in place and
+dagrun in the main thread, the first Ctrl-C cancels the run (or the fleet)
+as the CLI's handler does, instead of a KeyboardInterrupt landing in the
+run's bookkeeping; a second one raises KeyboardInterrupt as usual; a
+caller's own handler is left alone. Signals are real (``raise_signal``),
+delivered to the main thread, where pytest runs the tests."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from typing import Any
+
+import pytest
+
+import dagrun.run.runner
+from dagrun import run_fleet, run_template
+from dagrun.run.events import AttemptFinished
+from dagrun.run.outcome import RunStatus, StepStatus
+from tests.helpers import action, step, template
+
+ROLLED_BACK: list[str] = []
+
+
+def press_ctrl_c(ctx: Any = None) -> None:
+    """As a terminal's Ctrl-C: to the process, which Linux gives the main
+    thread (raise_signal from a worker would signal only that thread)."""
+    signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+
+
+def fail(ctx: Any) -> None:
+    raise RuntimeError("critical step fails")
+
+
+def rollback_pressing_ctrl_c(ctx: Any) -> None:
+    ROLLED_BACK.append(ctx.step_id)
+    press_ctrl_c()
+
+
+def rollback(ctx: Any) -> None:
+    ROLLED_BACK.append(ctx.step_id)
+
+
+@pytest.fixture(autouse=True)
+def default_sigint():
+    assert threading.current_thread() is threading.main_thread()  # where Python delivers signals
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    import faulthandler
+    faulthandler.dump_traceback_later(60, exit=True)  # a hang ends the test process, loudly
+    yield
+    faulthandler.cancel_dump_traceback_later()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # given back
+
+
+def test_ctrl_c_cancels_the_run_and_keeps_the_outcome_it_interrupted():
+    """Pressed while the driver records a's outcome (inside an observer,
+    between taking it off the queue and recording it): a is still recorded
+    completed, b never starts, the run ends cancelled and is returned."""
+    pressed: list[int] = []
+
+    def on_event(event: Any) -> None:
+        if isinstance(event, AttemptFinished) and not pressed:
+            pressed.append(1)
+            signal.raise_signal(signal.SIGINT)
+
+    result = run_template(template(step(1, "a", id="a"), step(2, "a", id="b", requires=["a"])), {"id": "w"},
+                          actions=[action("a")], record=False, sandbox=False, on_event=on_event)
+    assert pressed and result.status is RunStatus.cancelled
+    assert result.steps["a"].status is StepStatus.completed
+    assert result.steps["b"].status is StepStatus.not_started
+
+
+def test_ctrl_c_from_a_step_stops_the_others_running():
+    """Pressed while a 30 s step runs beside it (hand-over on, no observer):
+    that step is cancelled through its token, not waited for."""
+    result = run_template(template(step(1, "press", id="press"), step(2, "sleep", id="slow", action_config={"seconds": 30}),
+                                   step(3, "a", id="after", requires=["press", "slow"])), {"id": "w"},
+                          actions=[action("press", "tests.test_interrupts:press_ctrl_c"),
+                                   action("a")],
+                          record=False, sandbox=False, max_workers=2)
+    assert result.status is RunStatus.cancelled
+    assert result.steps["press"].status is StepStatus.completed
+    assert result.steps["slow"].status is StepStatus.cancelled
+    assert result.steps["after"].status is StepStatus.not_started
+
+
+def test_a_second_ctrl_c_raises_keyboard_interrupt_as_usual():
+    handler: list[Any] = []
+
+    def on_event(event: Any) -> None:
+        if isinstance(event, AttemptFinished) and not handler:
+            handler.append(signal.getsignal(signal.SIGINT))
+            signal.raise_signal(signal.SIGINT)  # cancels
+            with pytest.raises(KeyboardInterrupt):
+                signal.raise_signal(signal.SIGINT)  # the user insists
+
+    result = run_template(template(step(1, "a", id="a"), step(2, "a", id="b", requires=["a"])), {"id": "w"},
+                          actions=[action("a")], record=False, sandbox=False, on_event=on_event)
+    assert handler and handler[0] is not signal.default_int_handler
+    assert result.status is RunStatus.cancelled
+
+
+def test_a_handler_of_the_callers_own_is_left_alone():
+    calls: list[int] = []
+
+    def mine(signum: int, _frame: Any) -> None:
+        calls.append(signum)
+
+    signal.signal(signal.SIGINT, mine)
+    try:
+        result = run_template(template(step(1, "press", id="press"), step(2, "a", id="b", requires=["press"])),
+                              {"id": "w"}, actions=[action("press", "tests.test_interrupts:press_ctrl_c"),
+                                                    action("a")], record=False, sandbox=False)
+        assert signal.getsignal(signal.SIGINT) is mine
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    assert calls == [signal.SIGINT]
+    assert result.success  # the caller's handler decided: it did not cancel
+
+
+def test_ctrl_c_cancels_a_fleet_instead_of_waiting_for_its_runs():
+    """The fleet's main thread waits for its runs: the default handler's
+    KeyboardInterrupt would stop the waiting while the runs go on."""
+    doc = template(step(1, "press", id="press"), step(2, "sleep", id="slow", action_config={"seconds": 30}),
+                   step(3, "a", id="after", requires=["press", "slow"]))
+    try:
+        fleet = run_fleet(doc, [{"id": "w0"}, {"id": "w1"}, {"id": "w2"}], concurrency=2,
+                          actions=[action("press", "tests.test_interrupts:press_ctrl_c"),
+                                   action("a")],
+                          record=False, sandbox=False)
+    except KeyboardInterrupt:
+        pytest.fail("Ctrl-C raised out of run_fleet instead of cancelling its runs")
+    assert set(fleet.results) == {"w0", "w1", "w2"}  # the run starting after the Ctrl-C was cancelled too
+    for result in fleet.results.values():
+        assert result.status is RunStatus.cancelled
+        assert result.steps["after"].status is StepStatus.not_started
+
+
+def test_ctrl_c_during_rollback_stops_the_remaining_rollbacks(monkeypatch):
+    monkeypatch.setattr(dagrun.run.runner, "CANCEL_GRACE_SECONDS", 0.5)
+    ROLLED_BACK.clear()
+    acts = [action("first", rollback_handler="tests.test_interrupts:rollback"),
+            action("second", rollback_handler="tests.test_interrupts:rollback_pressing_ctrl_c"),
+            action("fail", "tests.test_interrupts:fail")]
+    result = run_template(template(step(1, "first", id="first"), step(2, "second", id="second", requires=["first"]),
+                                   step(3, "fail", id="fail", requires=["second"])), {"id": "w"},
+                          actions=acts, record=False, sandbox=False)
+    assert ROLLED_BACK == ["second"]  # rolled back in reverse order; Ctrl-C there stops before "first"
+    assert result.status is RunStatus.cancelled
+    assert result.steps["second"].status is StepStatus.rolled_back
