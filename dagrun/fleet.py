@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import queue
 import threading
 import time
 import uuid
@@ -29,7 +30,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 from . import api
 from .errors import DagrunError, InputError, Problem, TemplateError
-from .run.interrupts import ctrl_c_cancels
+from .run.interrupts import ctrl_c_cancels, signals_wake
 from .run.result import RunResult
 from .run.shared_locks import SharedLocks
 
@@ -166,9 +167,18 @@ def _run_all(fleet_id: str, prepared: list[api.PreparedRun], concurrency: int | 
             result.results[ws_id] = outcome
 
     slots = max(1, min(concurrency or len(prepared) or 1, len(prepared) or 1))
-    with ctrl_c_cancels(stop), ThreadPoolExecutor(slots, thread_name_prefix="dagrun-fleet") as pool:
-        for future in [pool.submit(one, run) for run in prepared]:
-            future.result()
+    ended: queue.SimpleQueue = queue.SimpleQueue()  # a run's future as it ends; None: a signal to handle
+    with signals_wake(lambda: ended.put(None)), ctrl_c_cancels(stop), \
+            ThreadPoolExecutor(slots, thread_name_prefix="dagrun-fleet") as pool:
+        futures = [pool.submit(one, run) for run in prepared]
+        for future in futures:
+            future.add_done_callback(ended.put)
+        left = len(futures)
+        while left:
+            if ended.get() is not None:
+                left -= 1
+        for future in futures:
+            future.result()  # a bug in one() itself
     result.duration_seconds = time.perf_counter() - started
     return result
 

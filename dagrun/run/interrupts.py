@@ -1,4 +1,5 @@
-"""Ctrl-C in library use: a cancel, not an exception in the run's bookkeeping.
+"""Signals while dagrun waits in the main thread: Ctrl-C is a cancel, not an
+exception in the run's bookkeeping, and every handler runs at once.
 
 Python's default SIGINT handler raises KeyboardInterrupt in the main thread
 wherever it happens to be. In a run's driver that can be between taking an
@@ -7,22 +8,36 @@ attempt's outcome off the queue and recording it, and that outcome is lost
 again). In a fleet's main thread it only stops the waiting, while the runs
 go on. So while dagrun runs in the main thread of a caller that left the
 default handler in place, the first Ctrl-C cancels (as the CLI's handler
-does) and a second one raises KeyboardInterrupt as usual, as ``asyncio.run``
-does. A caller with a handler of its own keeps it.
+does), and a second one raises :class:`Interrupted`, a KeyboardInterrupt,
+out of the call, as ``asyncio.run`` does. A caller with a handler of its
+own keeps it.
+
+Python runs a signal handler (this one, the CLI's, a caller's) only when
+the main thread is back in the interpreter: a signal landing just as the
+driver lets go of it to block on its queue would wait for the next
+deadline. The signal's C-level handler also writes a byte to the wakeup
+fd, whenever it lands: while dagrun waits in the main thread, a thread
+reading that fd wakes the waiting thread (:func:`signals_wake`), which then
+runs the handler.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
 from typing import Any, Callable, Iterator
 
 
+class Interrupted(KeyboardInterrupt):
+    """A second Ctrl-C: leave the run where it stands."""
+
+
 @contextlib.contextmanager
 def ctrl_c_cancels(cancel: Callable[[], None]) -> Iterator[None]:
-    """Within: the first Ctrl-C calls ``cancel()`` (which must be safe in a
-    signal handler: ``Runner.interrupt``, not ``Runner.cancel``)."""
+    """Within: the first Ctrl-C calls ``cancel()``, which must be safe in a
+    signal handler (``Runner.interrupt``, not ``Runner.cancel``)."""
     if threading.current_thread() is not threading.main_thread() \
             or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
         yield
@@ -31,7 +46,7 @@ def ctrl_c_cancels(cancel: Callable[[], None]) -> Iterator[None]:
 
     def on_sigint(signum: int, _frame: Any) -> None:
         if pressed:
-            raise KeyboardInterrupt
+            raise Interrupted
         pressed.append(signum)
         cancel()
 
@@ -41,3 +56,58 @@ def ctrl_c_cancels(cancel: Callable[[], None]) -> Iterator[None]:
     finally:
         if signal.getsignal(signal.SIGINT) is on_sigint:  # unless the caller changed it meanwhile
             signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+@contextlib.contextmanager
+def signals_wake(wake: Callable[[], None]) -> Iterator[None]:
+    """Within, in the main thread: ``wake()`` (called from another thread)
+    for every signal Python receives, so that the main thread's wait
+    returns and Python runs the signal's handler. Nothing when the main
+    thread is not the caller, or a wakeup fd is set already (an event
+    loop's: it is theirs to read)."""
+    relay = _WakeupRelay.start(wake) if threading.current_thread() is threading.main_thread() else None
+    try:
+        yield
+    finally:
+        if relay is not None:
+            relay.stop()
+
+
+class _WakeupRelay:
+    """A thread that calls ``wake()`` for each signal Python receives."""
+
+    def __init__(self, read: int, write: int, wake: Callable[[], None]):
+        self._read, self._write = read, write
+        self._thread = threading.Thread(target=self._relay, args=(wake,), name="dagrun-ctrl-c", daemon=True)
+
+    @classmethod
+    def start(cls, wake: Callable[[], None]) -> "_WakeupRelay | None":
+        read, write = os.pipe()
+        os.set_blocking(write, False)  # as set_wakeup_fd requires
+        previous = signal.set_wakeup_fd(write, warn_on_full_buffer=False)
+        if previous != -1:  # the caller's (an event loop's): it is theirs to read
+            signal.set_wakeup_fd(previous)
+            os.close(read)
+            os.close(write)
+            return None
+        relay = cls(read, write, wake)
+        relay._thread.start()
+        return relay
+
+    def _relay(self, wake: Callable[[], None]) -> None:
+        while True:
+            try:
+                data = os.read(self._read, 64)
+            except OSError:
+                return
+            if not data:  # stop() closed the write end
+                return
+            wake()
+
+    def stop(self) -> None:
+        current = signal.set_wakeup_fd(-1)
+        if current != self._write:  # somebody set theirs meanwhile: leave it
+            signal.set_wakeup_fd(current)
+        os.close(self._write)
+        self._thread.join()
+        os.close(self._read)
