@@ -168,7 +168,7 @@ def _run_all(fleet_id: str, prepared: list[api.PreparedRun], concurrency: int | 
 
     slots = max(1, min(concurrency or len(prepared) or 1, len(prepared) or 1))
     ended: queue.SimpleQueue = queue.SimpleQueue()  # a run's future as it ends; None: a signal to handle
-    with signals_wake(lambda: ended.put(None)), ctrl_c_cancels(stop), \
+    with ctrl_c_cancels(stop), signals_wake(lambda: ended.put(None)), \
             ThreadPoolExecutor(slots, thread_name_prefix="dagrun-fleet") as pool:
         futures = [pool.submit(one, run) for run in prepared]
         for future in futures:

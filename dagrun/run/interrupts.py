@@ -7,10 +7,11 @@ attempt's outcome off the queue and recording it, and that outcome is lost
 (the step is reported cancelled though it completed; a resume would run it
 again). In a fleet's main thread it only stops the waiting, while the runs
 go on. So while dagrun runs in the main thread of a caller that left the
-default handler in place, the first Ctrl-C cancels (as the CLI's handler
-does), and a second one raises :class:`Interrupted`, a KeyboardInterrupt,
-out of the call, as ``asyncio.run`` does. A caller with a handler of its
-own keeps it.
+default handler in place, Ctrl-C cancels, as the CLI's handler does. Later
+presses are ignored while the run winds down: a cancelled run ends within
+the cancel's grace, its process trees killed (a KeyboardInterrupt out of
+the call would leave the escalation to SIGKILL to daemon threads that die
+with the process). A caller with a handler of its own keeps it.
 
 Python runs a signal handler (this one, the CLI's, a caller's) only when
 the main thread is back in the interpreter: a signal landing just as the
@@ -30,24 +31,16 @@ import threading
 from typing import Any, Callable, Iterator
 
 
-class Interrupted(KeyboardInterrupt):
-    """A second Ctrl-C: leave the run where it stands."""
-
-
 @contextlib.contextmanager
 def ctrl_c_cancels(cancel: Callable[[], None]) -> Iterator[None]:
-    """Within: the first Ctrl-C calls ``cancel()``, which must be safe in a
-    signal handler (``Runner.interrupt``, not ``Runner.cancel``)."""
+    """Within: Ctrl-C calls ``cancel()``, which must be safe in a signal
+    handler (``Runner.interrupt``, not ``Runner.cancel``)."""
     if threading.current_thread() is not threading.main_thread() \
             or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
         yield
         return
-    pressed: list[int] = []
 
     def on_sigint(signum: int, _frame: Any) -> None:
-        if pressed:
-            raise Interrupted
-        pressed.append(signum)
         cancel()
 
     signal.signal(signal.SIGINT, on_sigint)
@@ -65,8 +58,10 @@ def signals_wake(wake: Callable[[], None]) -> Iterator[None]:
     returns and Python runs the signal's handler. Nothing when the main
     thread is not the caller, or a wakeup fd is set already (an event
     loop's: it is theirs to read)."""
-    relay = _WakeupRelay.start(wake) if threading.current_thread() is threading.main_thread() else None
+    relay = None
     try:
+        if threading.current_thread() is threading.main_thread():
+            relay = _WakeupRelay.start(wake)
         yield
     finally:
         if relay is not None:
@@ -78,36 +73,55 @@ class _WakeupRelay:
 
     def __init__(self, read: int, write: int, wake: Callable[[], None]):
         self._read, self._write = read, write
-        self._thread = threading.Thread(target=self._relay, args=(wake,), name="dagrun-ctrl-c", daemon=True)
+        self._stopping = False
+        self._thread = threading.Thread(target=self._relay, args=(wake,), name="dagrun-signals", daemon=True)
 
     @classmethod
     def start(cls, wake: Callable[[], None]) -> "_WakeupRelay | None":
         read, write = os.pipe()
-        os.set_blocking(write, False)  # as set_wakeup_fd requires
-        previous = signal.set_wakeup_fd(write, warn_on_full_buffer=False)
-        if previous != -1:  # the caller's (an event loop's): it is theirs to read
-            signal.set_wakeup_fd(previous)
+        previous = -1
+        try:
+            os.set_blocking(write, False)  # as set_wakeup_fd requires
+            previous = signal.set_wakeup_fd(write, warn_on_full_buffer=False)
+            if previous == -1:
+                relay = cls(read, write, wake)
+                relay._thread.start()
+                return relay
+        except BaseException:
+            if previous == -1:
+                signal.set_wakeup_fd(-1)
             os.close(read)
             os.close(write)
-            return None
-        relay = cls(read, write, wake)
-        relay._thread.start()
-        return relay
+            raise
+        # The caller's (an event loop's): it is theirs to read. (Whether it warned when full
+        # cannot be read back; it is put back without warnings, as trio sets it.)
+        signal.set_wakeup_fd(previous, warn_on_full_buffer=False)
+        os.close(read)
+        os.close(write)
+        return None
 
     def _relay(self, wake: Callable[[], None]) -> None:
-        while True:
+        while not self._stopping:
             try:
-                data = os.read(self._read, 64)
+                os.read(self._read, 64)
             except OSError:
                 return
-            if not data:  # stop() closed the write end
-                return
-            wake()
+            if not self._stopping:
+                wake()
 
     def stop(self) -> None:
-        current = signal.set_wakeup_fd(-1)
-        if current != self._write:  # somebody set theirs meanwhile: leave it
-            signal.set_wakeup_fd(current)
-        os.close(self._write)
-        self._thread.join()
-        os.close(self._read)
+        try:
+            current = signal.set_wakeup_fd(-1)
+            if current != self._write:  # somebody set theirs meanwhile: leave it
+                signal.set_wakeup_fd(current)
+        finally:
+            # A flag and a byte, not end-of-file: a child forked meanwhile holds the write end too.
+            self._stopping = True
+            try:
+                os.write(self._write, b"\0")
+            except BlockingIOError:  # full: the reader has bytes to wake it anyway
+                pass
+            finally:
+                self._thread.join()
+                os.close(self._write)
+                os.close(self._read)

@@ -55,7 +55,7 @@ from .events import (AttemptFinished, Observer, ProcessStarted, RetryScheduled, 
                      StepFinished, StepRolledBack, StepSkipped, StepStarted)
 from .executors import WorkerPool, dispatch, make_executor
 from .handler_types import handlers_for
-from .interrupts import Interrupted, ctrl_c_cancels, signals_wake
+from .interrupts import ctrl_c_cancels, signals_wake
 from .outcome import Outcome, RunStatus, StepStatus
 from .redact import Redactor
 from .result import RunResult, StepResult
@@ -204,7 +204,6 @@ class Runner:
         self._data: dict[str, dict[str, Any]] = {sid: dict(d.result) for sid, d in done.items()}  # real results
         self._jobs: dict[str, AttemptJob] = {}
         self._critical: tuple[str, str] | None = None  # (step id, error)
-        self._rollback_stopped = False  # a cancel came before every rollback had run
         # Whoever changes the state holds this: the driver, or a worker handing over its own
         # completion (see _completed). _wake_at: when the driver, blocked, next looks by itself.
         self._sched = _thread.allocate_lock()
@@ -240,7 +239,7 @@ class Runner:
         # Every log line of the run (workers copy this context) names it and its workspace.
         import structlog.contextvars  # here, not at import: a command that only compiles never loads it
         with structlog.contextvars.bound_contextvars(run_id=self.run_id, workspace=str(self.workspace["id"])), \
-                signals_wake(lambda: self._queue.put(_WAKE)), ctrl_c_cancels(self.interrupt):
+                ctrl_c_cancels(self.interrupt), signals_wake(lambda: self._queue.put(_WAKE)):
             return self._run()
 
     def _run(self) -> RunResult:
@@ -261,20 +260,12 @@ class Runner:
                             and self.plan.global_config.rollback_on_failure and not self.check:
                         self._rollback(executor)
                     break
-                except Interrupted:  # a second Ctrl-C: out of the call, the run left where it stands
-                    raise
                 except KeyboardInterrupt:  # raised by a SIGINT handler of the caller's own
                     self.cancel("interrupted")
                     self._track_lost()
-            # The verdict. A cancel that stopped nothing (it came as the last step ended), or one from
-            # now on (a late Ctrl-C), does not turn a run that finished into a cancelled one.
-            cancelled = self._cancel_reason
-            if cancelled is not None and not self._rollback_stopped and not any(
-                    status is StepStatus.pending or status is StepStatus.cancelled
-                    for status in self.state.status.values()):
-                cancelled = None
+            cancelled = self._cancel_reason  # the verdict: a cancel from now on (a late Ctrl-C) changes nothing
         except BaseException:
-            # A bug, or a second Ctrl-C, ends the run (raised to the caller): what it still runs is stopped, and the
+            # A bug ends the run (raised to the caller): what it still runs is stopped, and the
             # locks its steps hold are given back, or a fleet's other runs would wait for them forever.
             self.cancel_token.cancel()
             with self._sched:
@@ -564,7 +555,6 @@ class Runner:
         others still run."""
         for sid in reversed(self.state.completion_order):
             if self._cancel_reason is not None:
-                self._rollback_stopped = True
                 break
             step = self.plan.steps[sid]
             if handlers_for(step.action).rollback is None:
