@@ -53,6 +53,12 @@ def rollback(ctx: Any) -> None:
     ROLLED_BACK.append(ctx.step_id)
 
 
+def rollback_pressing_ctrl_c_then_hanging(ctx: Any) -> None:
+    ROLLED_BACK.append(ctx.step_id)
+    press_ctrl_c()
+    time.sleep(5)  # ignores the cancel: abandoned after the cancel's grace
+
+
 @pytest.fixture
 def one_cpu():
     """Every thread of this process on one CPU (the signal's sender and the driver take turns)."""
@@ -210,3 +216,18 @@ def test_ctrl_c_during_rollback_stops_the_remaining_rollbacks(monkeypatch):
     assert ROLLED_BACK == ["second"]  # rolled back in reverse order; Ctrl-C there stops before "first"
     assert result.status is RunStatus.cancelled
     assert result.steps["second"].status is StepStatus.rolled_back
+
+
+def test_a_rollback_that_ignores_the_cancel_is_abandoned_after_its_grace(monkeypatch):
+    monkeypatch.setattr(dagrun.run.runner, "CANCEL_GRACE_SECONDS", 0.5)
+    ROLLED_BACK.clear()
+    acts = [action("first", rollback_handler="tests.test_interrupts:rollback"),
+            action("second", rollback_handler="tests.test_interrupts:rollback_pressing_ctrl_c_then_hanging"),
+            action("fail", "tests.test_interrupts:fail")]
+    result = run_template(template(step(1, "first", id="first"), step(2, "second", id="second", requires=["first"]),
+                                   step(3, "fail", id="fail", requires=["second"])), {"id": "w"},
+                          actions=acts, record=False, sandbox=False)
+    assert ROLLED_BACK == ["second"]
+    assert result.status is RunStatus.cancelled
+    assert result.steps["second"].rollback_error == "rollback did not stop when the run was interrupted (abandoned)"
+

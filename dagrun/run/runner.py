@@ -585,8 +585,10 @@ class Runner:
             except queue.Empty:
                 del self._inflight[key]
                 started = self._submitted.pop(key, self.wall())
+                why = f"timed out after {timeout:g} s" if self._cancel_reason is None else \
+                    f"did not stop when the run was {self._cancel_reason}"
                 return Outcome(key[0], 0, StepStatus.failed, started_at=started, duration=self.wall() - started,
-                               error=f"rollback timed out after {timeout:g} s (abandoned)", timed_out=True)
+                               error=f"rollback {why} (abandoned)", timed_out=True)
             if item[0] == "rolled back" and item[1] == key:
                 self._inflight.pop(key, None)
                 started = self._submitted.pop(key, self.wall())

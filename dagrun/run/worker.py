@@ -17,6 +17,7 @@ parent.
 
 from __future__ import annotations
 
+import _thread
 import json
 import os
 import pickle
@@ -154,7 +155,8 @@ def main(argv: list[str]) -> int:
     sys.path[:0] = [p for p in call["sys_path"] if p not in sys.path]
     from .handler_types import StepContext, build_handler, coerce_result
     cancel = CancelToken()
-    signal.signal(signal.SIGTERM, lambda *_: cancel.cancel())
+    # cancel() takes the token's lock, which this thread may hold when the signal lands: from another thread.
+    signal.signal(signal.SIGTERM, lambda *_: _thread.start_new_thread(cancel.cancel, ()))
     ctx = StepContext(cancel=cancel, **call["context"])
     try:
         handler = build_handler(ctx.action, getattr(ctx.action, call["field"]))
