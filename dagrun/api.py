@@ -464,6 +464,7 @@ def execute(prepared: PreparedRun, *, observers: Iterable[Observer] = (),
             runner_hook: Callable[[Runner], None] | None = None) -> RunResult:
     """Run a claimed run; returns once every record is committed."""
     from .run import logs
+    from .run.interrupts import ctrl_c_cancels
     from .run.runner import Runner
     secret_vars = _secret_vars(prepared)
     runner = Runner(prepared.plan, prepared.workspace, run_id=prepared.run_id,
@@ -474,20 +475,24 @@ def execute(prepared: PreparedRun, *, observers: Iterable[Observer] = (),
                     home_root=prepared.home_root, adopt_users=prepared.adopt_users,
                     shared_locks=prepared.shared_locks)
     recorder = None
-    if prepared.url is not None:
-        from .store.recorder import Recorder
-        # A new run that succeeds counts as a use of its template (in the run's last commit).
-        recorder = Recorder(prepared.url, on_durable=runner.durable,
-                            count_use=not prepared.resumed and not prepared.check, on_cancel=runner.cancel)
-    runner.observers = [o for o in (logs.log_events if logs.enabled() else None, recorder, *observers, on_event)
-                        if o is not None]
-    if runner_hook:
-        runner_hook(runner)
-    try:
-        result = runner.run()
-    finally:
-        if recorder:
-            recorder.close()
+    # From here until every record is committed, Ctrl-C cancels (see run.interrupts): a
+    # KeyboardInterrupt before the run would leave it recorded as running, one while the last
+    # records are written would lose them.
+    with ctrl_c_cancels(runner.interrupt):
+        if prepared.url is not None:
+            from .store.recorder import Recorder
+            # A new run that succeeds counts as a use of its template (in the run's last commit).
+            recorder = Recorder(prepared.url, on_durable=runner.durable,
+                                count_use=not prepared.resumed and not prepared.check, on_cancel=runner.cancel)
+        runner.observers = [o for o in (logs.log_events if logs.enabled() else None, recorder, *observers,
+                                        on_event) if o is not None]
+        if runner_hook:
+            runner_hook(runner)
+        try:
+            result = runner.run()
+        finally:
+            if recorder:
+                recorder.close()
     result.database_url = prepared.url
     if recorder and recorder.error:
         result.error = (result.error + "; " if result.error else "") + f"records incomplete: {recorder.error}"

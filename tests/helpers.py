@@ -129,7 +129,7 @@ def hold_the_tokens_lock_then_wait(ctx: StepContext) -> HandlerResult:
     with ctx.cancel._lock:
         with open(os.path.join(ctx.home, "held"), "w") as fh:
             fh.write("held")
-        time.sleep(0.6)  # under the worker's 2 s grace before SIGKILL
+        time.sleep(0.4)  # under the worker's 1 s grace before SIGKILL
     if ctx.cancel.wait(30):
         return HandlerResult(ok=False, error="cancelled", cancelled=True)
     return HandlerResult(ok=True)

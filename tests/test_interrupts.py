@@ -1,9 +1,10 @@
 """Ctrl-C in library use. With Python's default SIGINT handler in place and
-dagrun in the main thread, the first Ctrl-C cancels the run (or the fleet)
-as the CLI's handler does, instead of a KeyboardInterrupt landing in the
-run's bookkeeping; a second one raises KeyboardInterrupt as usual; a
-caller's own handler is left alone. Signals are real (``raise_signal``),
-delivered to the main thread, where pytest runs the tests."""
+dagrun in the main thread, Ctrl-C cancels the run (or the fleet) as the
+CLI's handler does, instead of a KeyboardInterrupt landing in the run's
+bookkeeping; later presses are ignored while it winds down; a caller's own
+handler is left alone. Signals are real (``raise_signal``, or
+``pthread_kill`` to the main thread, where Linux delivers a terminal's),
+and pytest runs the tests in the main thread."""
 
 from __future__ import annotations
 
@@ -231,3 +232,32 @@ def test_a_rollback_that_ignores_the_cancel_is_abandoned_after_its_grace(monkeyp
     assert result.status is RunStatus.cancelled
     assert result.steps["second"].rollback_error == "rollback did not stop when the run was interrupted (abandoned)"
 
+
+
+def test_ctrl_c_before_a_recorded_run_starts_cancels_it_and_the_record_says_so(tmp_path):
+    """Pressed after the run is claimed and before it runs (its recorder
+    starting, the caller's runner_hook): not left recorded as running."""
+    from dagrun import get_run
+    url = f"sqlite:///{tmp_path}/runs.db"
+    result = run_template(template(step(1, "a", id="a")), {"id": "w", "home_dir": str(tmp_path / "w")},
+                          actions=[action("a")], database_url=url, sandbox=False, home_roots=[str(tmp_path)],
+                          runner_hook=lambda runner: signal.raise_signal(signal.SIGINT))
+    assert result.status is RunStatus.cancelled
+    assert get_run(result.run_id, database_url=url)["status"] == "cancelled"
+
+
+def test_ctrl_c_while_the_last_records_are_written_loses_nothing(tmp_path, monkeypatch):
+    from dagrun import get_run
+    from dagrun.store.recorder import Recorder
+    close = Recorder.close
+
+    def pressed_then_close(self: Any) -> None:
+        signal.raise_signal(signal.SIGINT)
+        close(self)
+
+    monkeypatch.setattr(Recorder, "close", pressed_then_close)
+    url = f"sqlite:///{tmp_path}/runs.db"
+    result = run_template(template(step(1, "a", id="a")), {"id": "w", "home_dir": str(tmp_path / "w")},
+                          actions=[action("a")], database_url=url, sandbox=False, home_roots=[str(tmp_path)])
+    assert result.success  # the run had ended: the press changes nothing
+    assert get_run(result.run_id, database_url=url)["status"] == "succeeded"

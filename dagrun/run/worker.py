@@ -34,7 +34,9 @@ from .outcome import HandlerResult
 from .processes import ProcessTree
 from .shell import TERM_GRACE_SECONDS, CancelToken, _Reader
 
-GRACE_SECONDS = 2.0
+# SIGTERM, then SIGKILL this long after: well within the run's cancel grace (2 s), as for shell steps,
+# so a cancelled run never returns while a worker is still to be killed.
+GRACE_SECONDS = TERM_GRACE_SECONDS
 
 
 def call_isolated(field: str, ctx: Any) -> HandlerResult:
@@ -149,14 +151,24 @@ def _result(data: dict[str, Any], stdout: str, stderr: str) -> HandlerResult:
     return result
 
 
+def _cancel_from_a_thread(cancel: CancelToken) -> None:
+    """On SIGTERM: cancel() takes the token's lock, which the thread the
+    signal interrupted may hold, so it runs in a thread of its own (a
+    low-level one: starting it does not wait). Without a thread to be had
+    (the worker's memory or process limit), here, as the last resort."""
+    try:
+        _thread.start_new_thread(cancel.cancel, ())
+    except RuntimeError:
+        cancel.cancel()
+
+
 def main(argv: list[str]) -> int:
     fd = int(argv[0])
     call = pickle.loads(sys.stdin.buffer.read())
     sys.path[:0] = [p for p in call["sys_path"] if p not in sys.path]
     from .handler_types import StepContext, build_handler, coerce_result
     cancel = CancelToken()
-    # cancel() takes the token's lock, which this thread may hold when the signal lands: from another thread.
-    signal.signal(signal.SIGTERM, lambda *_: _thread.start_new_thread(cancel.cancel, ()))
+    signal.signal(signal.SIGTERM, lambda *_: _cancel_from_a_thread(cancel))
     ctx = StepContext(cancel=cancel, **call["context"])
     try:
         handler = build_handler(ctx.action, getattr(ctx.action, call["field"]))
