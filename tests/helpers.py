@@ -121,20 +121,6 @@ def describe_process(ctx: StepContext) -> dict[str, Any]:
             "shadow_readable": can(lambda: open("/etc/shadow").read(1))}
 
 
-def hold_the_tokens_lock_then_wait(ctx: StepContext) -> HandlerResult:
-    """Holds the cancel token's lock for a moment (as its register and
-    unregister do), writes ``held`` in the home meanwhile, then waits for
-    the cancel."""
-    import time
-    with ctx.cancel._lock:
-        with open(os.path.join(ctx.home, "held"), "w") as fh:
-            fh.write("held")
-        time.sleep(0.4)  # under the worker's 1 s grace before SIGKILL
-    if ctx.cancel.wait(30):
-        return HandlerResult(ok=False, error="cancelled", cancelled=True)
-    return HandlerResult(ok=True)
-
-
 def ignore_cancel_then_run(ctx: StepContext) -> None:
     """A handler that ignores its cancel token: starts a long command and,
     meanwhile, does not return (abandoned at its deadline)."""

@@ -17,17 +17,15 @@ import stat
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
 
 from dagrun import InputError, TemplateError, compile_template, run_template
-from dagrun.run.outcome import RunStatus, StepStatus
+from dagrun.run.outcome import StepStatus
 from tests.helpers import action, pid_alive, script_step, shell_action, step, template
 
 root_only = pytest.mark.skipif(os.geteuid() != 0 and not os.environ.get("CI"),
@@ -313,27 +311,6 @@ def test_a_sandboxed_python_handler_runs_in_a_worker_process(user):
     assert result.success, result.error
     facts = result.steps["p"].result
     assert facts["pid"] != os.getpid() and facts["etc_writable"] is False and facts["shadow_readable"] is False
-
-
-@root_only
-def test_a_cancel_reaches_a_worker_process_while_it_holds_its_tokens_lock(user):
-    """The worker process's SIGTERM handler cancels from another thread:
-    cancel() takes the token's lock, which the interrupted thread may hold
-    (it would wait for itself until the SIGKILL, and give no result)."""
-    held = Path(user.pw_dir) / "held"
-    runners: list[Any] = []
-
-    def cancel_once_held() -> None:
-        while not held.exists():
-            time.sleep(0.01)
-        runners[0].cancel()
-
-    threading.Thread(target=cancel_once_held, daemon=True).start()
-    result = run_template(template(step(10, "hold", id="hold")), as_user(user),
-                          actions=[action("hold", "tests.helpers:hold_the_tokens_lock_then_wait")], record=False,
-                          sandbox=False, runner_hook=runners.append)  # as the user, no bwrap: the worker gets the SIGTERM
-    assert result.status is RunStatus.cancelled
-    assert result.steps["hold"].error == "cancelled"  # the handler's own answer, not "the worker gave no result"
 
 
 def test_the_library_is_not_sandboxed_and_execute_custom_script_opts_in(tmp_path):

@@ -261,3 +261,36 @@ def test_ctrl_c_while_the_last_records_are_written_loses_nothing(tmp_path, monke
                           actions=[action("a")], database_url=url, sandbox=False, home_roots=[str(tmp_path)])
     assert result.success  # the run had ended: the press changes nothing
     assert get_run(result.run_id, database_url=url)["status"] == "succeeded"
+
+
+def test_the_workers_sigterm_handler_does_not_wait_for_the_lock_its_own_thread_holds():
+    """The isolated worker's SIGTERM handler runs in whichever thread the
+    signal interrupted, perhaps inside the token's lock (register,
+    unregister, a wait's set-up): cancel() there would wait for itself."""
+    from dagrun.run.shell import CancelToken
+    from dagrun.run.worker import _cancel_from_a_thread
+    token = CancelToken()
+    returned = threading.Event()
+
+    def signal_lands_inside_the_lock() -> None:
+        with token._lock:
+            _cancel_from_a_thread(token)
+            returned.set()
+
+    threading.Thread(target=signal_lands_inside_the_lock, daemon=True).start()
+    assert returned.wait(10)  # it did not wait for itself (the old handler never returns)
+    assert token.wait(10)  # and the token is cancelled once the lock is free
+
+
+def test_without_a_thread_to_be_had_the_worker_cancels_in_place(monkeypatch):
+    """Under the worker's memory or process limit no thread may start."""
+    import dagrun.run.worker as worker
+    from dagrun.run.shell import CancelToken
+
+    def no_thread(*_args: Any) -> None:
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(worker._thread, "start_new_thread", no_thread)
+    token = CancelToken()
+    worker._cancel_from_a_thread(token)
+    assert token.cancelled
