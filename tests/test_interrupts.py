@@ -205,15 +205,20 @@ def test_ctrl_c_cancels_a_fleet_instead_of_waiting_for_its_runs():
         assert result.steps["after"].status is StepStatus.not_started
 
 
-def test_ctrl_c_during_rollback_stops_the_remaining_rollbacks(monkeypatch):
-    monkeypatch.setattr(dagrun.run.runner, "CANCEL_GRACE_SECONDS", 0.5)
+def rolled_back_after_a_failure(second_rollback: str) -> Any:
+    """first -> second -> fail: after fail, second's rollback (``second_rollback``), then first's."""
     ROLLED_BACK.clear()
     acts = [action("first", rollback_handler="tests.test_interrupts:rollback"),
-            action("second", rollback_handler="tests.test_interrupts:rollback_pressing_ctrl_c"),
+            action("second", rollback_handler=f"tests.test_interrupts:{second_rollback}"),
             action("fail", "tests.test_interrupts:fail")]
-    result = run_template(template(step(1, "first", id="first"), step(2, "second", id="second", requires=["first"]),
-                                   step(3, "fail", id="fail", requires=["second"])), {"id": "w"},
-                          actions=acts, record=False, sandbox=False)
+    return run_template(template(step(1, "first", id="first"), step(2, "second", id="second", requires=["first"]),
+                                 step(3, "fail", id="fail", requires=["second"])), {"id": "w"},
+                        actions=acts, record=False, sandbox=False)
+
+
+def test_ctrl_c_during_rollback_stops_the_remaining_rollbacks(monkeypatch):
+    monkeypatch.setattr(dagrun.run.runner, "CANCEL_GRACE_SECONDS", 0.5)
+    result = rolled_back_after_a_failure("rollback_pressing_ctrl_c")
     assert ROLLED_BACK == ["second"]  # rolled back in reverse order; Ctrl-C there stops before "first"
     assert result.status is RunStatus.cancelled
     assert result.steps["second"].status is StepStatus.rolled_back
@@ -221,13 +226,7 @@ def test_ctrl_c_during_rollback_stops_the_remaining_rollbacks(monkeypatch):
 
 def test_a_rollback_that_ignores_the_cancel_is_abandoned_after_its_grace(monkeypatch):
     monkeypatch.setattr(dagrun.run.runner, "CANCEL_GRACE_SECONDS", 0.5)
-    ROLLED_BACK.clear()
-    acts = [action("first", rollback_handler="tests.test_interrupts:rollback"),
-            action("second", rollback_handler="tests.test_interrupts:rollback_pressing_ctrl_c_then_hanging"),
-            action("fail", "tests.test_interrupts:fail")]
-    result = run_template(template(step(1, "first", id="first"), step(2, "second", id="second", requires=["first"]),
-                                   step(3, "fail", id="fail", requires=["second"])), {"id": "w"},
-                          actions=acts, record=False, sandbox=False)
+    result = rolled_back_after_a_failure("rollback_pressing_ctrl_c_then_hanging")
     assert ROLLED_BACK == ["second"]
     assert result.status is RunStatus.cancelled
     assert result.steps["second"].rollback_error == "rollback did not stop when the run was interrupted (abandoned)"
