@@ -44,7 +44,7 @@ import queue
 import time
 import uuid
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping
 
 from ..compile.expressions import has_template
@@ -109,22 +109,6 @@ def known_secrets(plan: Plan, workspace: Mapping[str, Any], variables: Mapping[s
             if rendered not in (None, ""):
                 found.append(str(rendered))
     return found
-
-
-@dataclass(slots=True)
-class StepRecord:
-    """What a step's result shows besides its status (RunState owns that)."""
-
-    attempts: int = 0
-    duration: float = 0.0
-    error: str | None = None
-    skip_reason: str | None = None
-    result: dict[str, Any] = field(default_factory=dict)  # masked
-    exit_code: int | None = None
-    stdout: str = ""
-    stderr: str = ""
-    rollback_error: str | None = None
-    changed: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,11 +179,14 @@ class Runner:
         self._tokens: dict[tuple[str, int], CancelToken] = {}  # attempt -> its own cancel token
         self._deadlines: list[tuple[float, tuple[str, int]]] = []
         self._abandoned = 0
-        self._records: dict[str, StepRecord] = {sid: StepRecord() for sid in plan.order}
+        # What each step's result shows besides its status (RunState owns that): made when the step
+        # first has something to show, and handed to the caller in the run's result when it ends.
+        self._records: dict[str, StepResult] = {}
         for sid, d in done.items():
-            if sid in self._records:
-                self._records[sid] = StepRecord(attempts=d.attempts, duration=d.duration, result=dict(d.result),
-                                                skip_reason=d.skip_reason, exit_code=d.exit_code, changed=d.changed)
+            if sid in plan.steps:
+                record = self._record(sid)
+                record.attempts, record.duration_seconds, record.result = d.attempts, d.duration, dict(d.result)
+                record.skip_reason, record.exit_code, record.changed = d.skip_reason, d.exit_code, d.changed
         self._configs: dict[str, dict[str, Any]] = {}  # real rendered configs (a rollback needs them)
         self._data: dict[str, dict[str, Any]] = {sid: dict(d.result) for sid, d in done.items()}  # real results
         self._jobs: dict[str, AttemptJob] = {}
@@ -387,6 +374,14 @@ class Runner:
                 self.run_id, self.check, self.home_root, self.adopt_users, self.plan.priority.get(sid, 0.0))
         return job
 
+    def _record(self, sid: str) -> StepResult:
+        record = self._records.get(sid)
+        if record is None:
+            spec = self.plan.steps[sid]
+            record = self._records[sid] = StepResult(sid, spec.sequence_order, spec.action.name,
+                                                     spec.action.display_name, StepStatus.pending)
+        return record
+
     def _upstream(self, sid: str) -> Mapping[str, Any]:
         """Results of the upstream steps ``sid`` reads (``steps.<id>``)."""
         refs = self.plan.steps[sid].step_refs
@@ -489,11 +484,11 @@ class Runner:
             self._data[sid] = outcome.data  # unmasked: downstream steps read it
         if secret_fields or self.redactor.active:
             outcome = self.redactor.outcome(outcome, secret_fields)  # what leaves the run
-        record = self._records[sid]
+        record = self._records.get(sid) or self._record(sid)
         condition_skip = outcome.status is StepStatus.skipped
         # A step skipped by its condition made no attempt (its row keeps the number, for the record).
         record.attempts = outcome.attempt - 1 if condition_skip else outcome.attempt
-        record.duration += outcome.duration
+        record.duration_seconds = (record.duration_seconds or 0.0) + outcome.duration
         record.exit_code = outcome.exit_code
         record.changed = outcome.changed
         if outcome.stdout or outcome.stderr:
@@ -536,14 +531,14 @@ class Runner:
             self._skip(down, UPSTREAM_FAILED)
 
     def _finish(self, sid: str, status: StepStatus, error: str | None) -> None:
-        record = self._records[sid]
+        record = self._record(sid)
         if status is not StepStatus.completed:
             record.error = error
         if self._observers:
             self._emit(StepFinished(self.run_id, sid, status, record.attempts, error, self.wall()))
 
     def _skip(self, sid: str, reason: str) -> None:
-        self._records[sid].skip_reason = reason
+        self._record(sid).skip_reason = reason
         if self._observers:
             self._emit(StepSkipped(self.run_id, sid, reason, self.wall()))
 
@@ -573,7 +568,7 @@ class Runner:
             if outcome.status is StepStatus.completed:
                 self.state.rolled_back(sid)
             else:
-                self._records[sid].rollback_error = outcome.error
+                self._record(sid).rollback_error = outcome.error
             self._emit(StepRolledBack(self.run_id, sid, outcome.status is StepStatus.completed,
                                       outcome.error, outcome, self.wall()))
 
@@ -653,18 +648,23 @@ class Runner:
                                             f"Critical action failed: {action} (step {sid}): {message}", action)
         else:
             status, error, failed_action = RunStatus.succeeded, None, None
+        # The records become the result: each gets its final status, and shows an error, a skip
+        # reason and a duration only where they apply.
         steps = {}
+        records, status_of = self._records, self.state.status
         for sid in self.plan.order:
-            spec, record, state = self.plan.steps[sid], self._records[sid], self.state.status[sid]
+            record = records.get(sid) or self._record(sid)
+            state = status_of[sid]
             if state is StepStatus.pending:
                 state = StepStatus.not_started
-            # Positional, in field order: a dataclass init with 15 keywords costs four times as much.
-            steps[sid] = StepResult(
-                sid, spec.sequence_order, spec.action.name, spec.action.display_name, state, record.attempts,
-                record.duration if record.attempts or record.duration else None,  # duration_seconds
-                record.error if state is not StepStatus.completed else None,  # error
-                record.skip_reason if state is StepStatus.skipped else None,  # skip_reason
-                record.result, record.exit_code, record.stdout, record.stderr, record.rollback_error, record.changed)
+            record.status = state
+            if state is StepStatus.completed:
+                record.error = None
+            if state is not StepStatus.skipped:
+                record.skip_reason = None
+            if not record.attempts and not record.duration_seconds:
+                record.duration_seconds = None
+            steps[sid] = record
         return RunResult(run_id=self.run_id, template=self.plan.name, version=self.plan.version,
                          workspace_id=str(self.workspace["id"]), status=status, steps=steps,
                          started_at=started, finished_at=self.wall(), error=error, failed_action=failed_action,
