@@ -263,9 +263,10 @@ def prepare(template: Any, workspace: Any, *, database_url: str | None = None, m
     if url and isinstance(template, str) and not os.path.exists(template):
         from .store.seeding import stored_templates
         templates += stored_templates(url)  # a template stored with `dagrun seed` runs by name
+    roots = _allowed_roots(home_roots)  # once: each root is resolved on disk
     plan, ws = compile_for(template, workspace, actions=actions, variables=variables, secrets=secrets,
                            templates=templates, env_passthrough=env_passthrough, trusted_actions=trusted_actions,
-                           home_roots=home_roots)
+                           roots=roots)
     check_sandbox(plan, sandbox, ws, allow_network)
     check_account(ws, adopt_users)
     if url:
@@ -274,7 +275,7 @@ def prepare(template: Any, workspace: Any, *, database_url: str | None = None, m
                        variables=dict(variables or {}), secrets=dict(secrets or {}), max_workers=max_workers,
                        executor=_executor(executor), sudo=sudo_prefix(plan, allow_sudo), sandbox=sandbox,
                        fleet_id=fleet_id,
-                       check=check, home_root=_home_root(ws, home_roots), adopt_users=tuple(adopt_users))
+                       check=check, home_root=_home_root(ws, roots), adopt_users=tuple(adopt_users))
 
 
 def prepare_resume(run_id: str, *, database_url: str | None = None, from_step: str | None = None,
@@ -304,8 +305,8 @@ def prepare_resume(run_id: str, *, database_url: str | None = None, from_step: s
         raise InputError(f"run {run.id} was started with secrets that are not stored: {', '.join(missing)}; "
                          "give them again (secrets=..., dagrun resume --secret NAME=ENV_VAR)")
     given_fields = {k.split(".", 1)[1]: v for k, v in secrets.items() if k.startswith("workspace.")}
-    from .workspace import home_roots as allowed_roots
-    ws = with_home(normalize_workspace({**(run.workspace or {}), **given_fields}), roots=allowed_roots(home_roots))
+    roots = _allowed_roots(home_roots)
+    ws = with_home(normalize_workspace({**(run.workspace or {}), **given_fields}), roots=roots)
     step_secrets = {k: v for k, v in secrets.items() if "." in k and not k.startswith("workspace.")}
     secret_vars = {k: v for k, v in secrets.items() if "." not in k}
     plan = compile_template(with_secret_literals(run.template_snapshot, step_secrets), actions=actions,
@@ -325,7 +326,7 @@ def prepare_resume(run_id: str, *, database_url: str | None = None, from_step: s
     return PreparedRun(plan=plan, workspace=ws, run_id=run.id, url=url, variables=dict(run.variables or {}),
                        secrets=secrets, max_workers=max_workers or run.max_workers, executor=_executor(executor),
                        sudo=sudo_prefix(plan, allow_sudo), sandbox=sandbox, done=done, attempts=numbers,
-                       fleet_id=run.fleet_id, resumed=True, home_root=_home_root(ws, home_roots),
+                       fleet_id=run.fleet_id, resumed=True, home_root=_home_root(ws, roots),
                        adopt_users=tuple(adopt_users))
 
 
@@ -333,10 +334,11 @@ def compile_for(template: Any, workspace: Any, *, actions: Iterable[Any] | None 
                 variables: Mapping[str, Any] | None = None, secrets: Mapping[str, Any] | None = None,
                 templates: Iterable[Mapping[str, Any]] = (), env_passthrough: Iterable[str] = (),
                 trusted_actions: Iterable[Any] | None = None,
-                home_roots: Iterable[str] = ()) -> tuple[Plan, Mapping[str, Any]]:
+                roots: tuple[str, ...] | None = None) -> tuple[Plan, Mapping[str, Any]]:
     """Compile ``template`` for ``workspace``: the plan, and the workspace as
     a mapping. An object workspace is read through the fields the template
-    uses, so it is compiled once to learn them."""
+    uses, so it is compiled once to learn them. ``roots``: the folders its
+    home may be in (:func:`_allowed_roots`; default: the configured ones)."""
     # A plan compiled with secrets in its variables is not kept beyond its run (compile cache).
     options = dict(actions=actions, templates=list(templates), env_passthrough=tuple(env_passthrough),
                    trusted_actions=trusted_actions, keep=not secrets)
@@ -346,16 +348,22 @@ def compile_for(template: Any, workspace: Any, *, actions: Iterable[Any] | None 
     else:
         ws = normalize_workspace(workspace, fields=compile_template(template, variables=merged, **options)
                                  .workspace_fields)
-    from .workspace import home_roots as allowed_roots
-    ws = with_home(ws, roots=allowed_roots(home_roots))
+    ws = with_home(ws, roots=_allowed_roots(()) if roots is None else roots)
     plan = compile_template(template, variables=merged, workspace=ws, **options)
     _check_variables(plan, variables)
     return plan, ws
 
 
-def _home_root(workspace: Mapping[str, Any], extra: Iterable[str]) -> str | None:
-    from .workspace import home_root, home_roots
-    return home_root(str(workspace["home_dir"]), home_roots(extra)) if workspace.get("home_dir") else None
+def _allowed_roots(extra: Iterable[str]) -> tuple[str, ...]:
+    """The folders workspace homes may live in (the configured ones and
+    ``extra``), each resolved on disk now."""
+    from .workspace import home_roots
+    return home_roots(extra)
+
+
+def _home_root(workspace: Mapping[str, Any], roots: tuple[str, ...]) -> str | None:
+    from .workspace import home_root
+    return home_root(str(workspace["home_dir"]), roots) if workspace.get("home_dir") else None
 
 
 def _executor(executor: Any) -> Any:
