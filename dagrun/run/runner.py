@@ -81,8 +81,8 @@ def step_environment(passthrough: Iterable[str] = (), source: Mapping[str, str] 
     dagrun's own settings (DAGRUN_*) never reach a step."""
     source = os.environ if source is None else source
     wanted = set(passthrough)
-    return {k: v for k, v in source.items()
-            if (is_base_env(k) or k in wanted) and not k.startswith("DAGRUN_")}
+    # Names first, values only of those kept: os.environ decodes each it hands out (once per run).
+    return {k: source[k] for k in source if (is_base_env(k) or k in wanted) and not k.startswith("DAGRUN_")}
 
 
 def known_secrets(plan: Plan, workspace: Mapping[str, Any], variables: Mapping[str, Any],
