@@ -19,7 +19,7 @@ import pytest
 import dagrun.run.runner
 from dagrun import run_fleet, run_template
 from dagrun.run.events import AttemptFinished, RunFinished
-from dagrun.run.interrupts import signals_wake
+from dagrun.run.interrupts import ctrl_c_cancels, signals_wake
 from dagrun.run.outcome import RunStatus, StepStatus
 from tests.helpers import action, step, template
 
@@ -337,16 +337,40 @@ def test_runs_share_one_signal_relay_thread():
 
 def test_a_child_forked_during_a_run_relays_its_own_signals(sigusr1_handled):
     """The child inherits the wakeup fd (the parent's relay's pipe) but not
-    the relay's thread: a run in the child takes the fd over with its own."""
-    with signals_wake(lambda: None):
+    the relay's thread: a run in the child takes the fd over with its own.
+    Ctrl-C is Python's own again in the child (it runs none of the
+    parent's runs)."""
+    with ctrl_c_cancels(lambda: None), signals_wake(lambda: None):
         pid = os.fork()
         if pid == 0:  # the child: nothing but this, then out without pytest's cleanup
             woken, ok = threading.Event(), False
             try:
                 with signals_wake(woken.set):
                     signal.raise_signal(signal.SIGUSR1)
-                    ok = woken.wait(10)
+                    ok = woken.wait(10) and signal.getsignal(signal.SIGINT) is signal.default_int_handler
             finally:
                 os._exit(0 if ok else 1)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_ctrl_c_in_a_run_started_by_an_observer_of_another_cancels_both():
+    """The inner run (started from the outer's observer, in the main
+    thread) and the run it is nested in are both cancelled."""
+    inner_results: list[Any] = []
+
+    def press(event: Any) -> None:
+        if isinstance(event, AttemptFinished):
+            signal.raise_signal(signal.SIGINT)
+
+    def start_inner(event: Any) -> None:
+        if isinstance(event, AttemptFinished) and not inner_results:
+            inner_results.append(run_template(template(step(1, "a", id="x"), step(2, "a", id="y", requires=["x"])),
+                                              {"id": "inner"}, actions=[action("a")], record=False, sandbox=False,
+                                              on_event=press))
+
+    outer = run_template(template(step(1, "a", id="a"), step(2, "a", id="b", requires=["a"])), {"id": "outer"},
+                         actions=[action("a")], record=False, sandbox=False, on_event=start_inner)
+    inner = inner_results[0]
+    assert inner.status is RunStatus.cancelled and inner.steps["y"].status is StepStatus.not_started
+    assert outer.status is RunStatus.cancelled and outer.steps["b"].status is StepStatus.not_started

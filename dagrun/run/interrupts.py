@@ -31,23 +31,36 @@ import threading
 from typing import Any, Callable, Iterator
 
 
-@contextlib.contextmanager
-def ctrl_c_cancels(cancel: Callable[[], None]) -> Iterator[None]:
-    """Within: Ctrl-C calls ``cancel()``, which must be safe in a signal
-    handler (``Runner.interrupt``, not ``Runner.cancel``)."""
-    if threading.current_thread() is not threading.main_thread() \
-            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
-        yield
-        return
+# The cancels of the runs within ctrl_c_cancels, outermost first (a run started by an observer of
+# another is nested in it): Ctrl-C cancels them all.
+_cancels: list[Callable[[], None]] = []
 
-    def on_sigint(signum: int, _frame: Any) -> None:
+
+def _on_sigint(signum: int, _frame: Any) -> None:
+    for cancel in list(_cancels):
         cancel()
 
-    signal.signal(signal.SIGINT, on_sigint)
+
+@contextlib.contextmanager
+def ctrl_c_cancels(cancel: Callable[[], None]) -> Iterator[None]:
+    """Within: Ctrl-C calls ``cancel()`` (and those of the runs this one is
+    nested in), which must be safe in a signal handler
+    (``Runner.interrupt``, not ``Runner.cancel``)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    current = signal.getsignal(signal.SIGINT)
+    if current is not signal.default_int_handler and current is not _on_sigint:
+        yield  # the caller's own handler
+        return
+    if current is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _on_sigint)
+    _cancels.append(cancel)
     try:
         yield
     finally:
-        if signal.getsignal(signal.SIGINT) is on_sigint:  # unless the caller changed it meanwhile
+        del _cancels[next(i for i in range(len(_cancels) - 1, -1, -1) if _cancels[i] is cancel)]
+        if not _cancels and signal.getsignal(signal.SIGINT) is _on_sigint:  # unless the caller changed it
             signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
@@ -99,12 +112,13 @@ class _WakeupRelay:
         self.read, self.write = os.pipe()  # not inherited by the commands steps run
         os.set_blocking(self.write, False)  # as set_wakeup_fd requires
         self.wakes: dict[object, Callable[[], None]] = {}
+        self.alive = True
         threading.Thread(target=self._relay, name="dagrun-signals", daemon=True).start()
 
     @classmethod
     def get(cls) -> "_WakeupRelay":
         with cls._lock:
-            if cls._current is None:
+            if cls._current is None or not cls._current.alive:  # (its pipe closed under it: a new one)
                 cls._current = cls()
             return cls._current
 
@@ -122,6 +136,7 @@ class _WakeupRelay:
             try:
                 os.read(self.read, 64)
             except OSError:
+                self.alive = False
                 return
             for wake in list(self.wakes.values()):
                 try:
@@ -130,4 +145,13 @@ class _WakeupRelay:
                     pass
 
 
-os.register_at_fork(after_in_child=_WakeupRelay._forget)
+def _after_fork_in_child() -> None:
+    """A child forked during a run runs none of the parent's runs: Ctrl-C is
+    Python's own again there, and the signal relay is the child's to make."""
+    _WakeupRelay._forget()
+    _cancels.clear()
+    if signal.getsignal(signal.SIGINT) is _on_sigint:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
