@@ -538,6 +538,34 @@ def test_hostile_documents_get_one_line_and_exit_2(tmp_path, name, content, mess
     assert len(out.stderr.strip().splitlines()) == 1
 
 
+def _nested(depth: int, leaf: object = "x") -> object:
+    value: object = leaf
+    for _ in range(depth - 1):
+        value = (value,)
+    return value
+
+
+@pytest.mark.parametrize("value,message", [
+    (_nested(63), None),  # inside the variables mapping: 64 levels
+    (_nested(64), "nested more than 64 levels deep"),
+    ({_nested(64): "a tuple key is walked as a value"}, "nested more than 64 levels deep"),
+    ([["x"] * 1000] * 2001, "more than 2000000 values"),  # one list, referenced 2,001 times
+    ({"a": [1, 2.5, True, None, "y" * 1_000_001]}, "a string longer than 1000000 characters"),
+    ({"a": [float("nan")]}, "nan is not a number dagrun can use"),
+    ({"a": {"b": 2 ** 300}}, "a number too large to be meant"),
+])
+def test_values_given_in_python_are_bounded_like_documents(value, message):
+    """Variables (and templates) given as Python data are checked as a
+    parsed document is: depth, values counted with repeats, string size,
+    numbers."""
+    doc = template(step(1, "noop", id="a"))
+    if message is None:
+        compile_template(doc, variables={"v": value})
+        return
+    with pytest.raises(TemplateError, match=re.escape(message)):
+        compile_template(doc, variables={"v": value})
+
+
 def test_an_unreadable_neighbour_of_a_template_is_skipped_with_a_warning(tmp_path, home):
     (tmp_path / "base.yaml").write_text("name: base\nactions:\n- {sequence_order: 1, action_name: noop}\n")
     (tmp_path / "a-notes.yaml").write_bytes(b"\xff\xfe garbage")

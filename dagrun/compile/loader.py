@@ -158,31 +158,41 @@ def parse_text(text: str, source: str, *, json_document: bool) -> Any:
 
 def check_shape(data: Any, source: str) -> None:
     """Refuse documents too deep or too large once aliases are expanded.
-    Iterative, and stops at the first bound: it never walks a bomb whole."""
-    stack: list[tuple[Any, int]] = [(data, 1)]
-    nodes = 0
-    while stack:
-        value, depth = stack.pop()
-        nodes += 1
-        if nodes > MAX_NODES:
-            raise TemplateError(Problem(source, f"more than {MAX_NODES} values (YAML aliases included)"))
+    Level by level (each a flat list: no tuple per value), and it stops at
+    the first bound: it never walks, nor lists, a bomb whole."""
+    too_many = f"more than {MAX_NODES} values (YAML aliases included)"
+    level, depth, nodes = [data], 1, 0
+    while level:
         if depth > MAX_DEPTH:
             raise TemplateError(Problem(source, f"nested more than {MAX_DEPTH} levels deep"))
-        kind = type(value)
-        if kind is str:  # the common leaves first, by exact type (an ABC check costs more than the walk)
-            if len(value) > MAX_DOCUMENT_BYTES:
+        nodes += len(level)
+        below: list[Any] = []
+        extend = below.extend
+        for value in level:
+            kind = type(value)
+            if kind is str:  # the common leaves first, by exact type (an ABC check costs more than the walk)
+                if len(value) > MAX_DOCUMENT_BYTES:
+                    raise TemplateError(Problem(source, f"a string longer than {MAX_DOCUMENT_BYTES} characters"))
+            elif kind is dict or isinstance(value, Mapping):
+                extend(value.values())
+                if not _SCALAR_KEYS.issuperset(map(type, value)):  # a YAML complex key: walked as a value
+                    extend(k for k in value if not isinstance(k, (str, int, float, bool)))
+                if nodes + len(below) > MAX_NODES:
+                    raise TemplateError(Problem(source, too_many))
+            elif kind is list or isinstance(value, (list, tuple)):
+                extend(value)
+                if nodes + len(below) > MAX_NODES:
+                    raise TemplateError(Problem(source, too_many))
+            elif isinstance(value, str) and len(value) > MAX_DOCUMENT_BYTES:
                 raise TemplateError(Problem(source, f"a string longer than {MAX_DOCUMENT_BYTES} characters"))
-        elif kind is dict or isinstance(value, Mapping):
-            stack.extend((v, depth + 1) for v in value.values())
-            stack.extend((k, depth + 1) for k in value.keys() if not isinstance(k, (str, int, float, bool)))
-        elif kind is list or isinstance(value, (list, tuple)):
-            stack.extend((v, depth + 1) for v in value)
-        elif isinstance(value, str) and len(value) > MAX_DOCUMENT_BYTES:
-            raise TemplateError(Problem(source, f"a string longer than {MAX_DOCUMENT_BYTES} characters"))
-        elif isinstance(value, float) and not math.isfinite(value):
-            raise TemplateError(Problem(source, f"{value} is not a number dagrun can use (only finite numbers)"))
-        elif isinstance(value, int) and value.bit_length() > 256:
-            raise TemplateError(Problem(source, "a number too large to be meant (more than 256 bits)"))
+            elif isinstance(value, float) and not math.isfinite(value):
+                raise TemplateError(Problem(source, f"{value} is not a number dagrun can use (only finite numbers)"))
+            elif isinstance(value, int) and value.bit_length() > 256:
+                raise TemplateError(Problem(source, "a number too large to be meant (more than 256 bits)"))
+        level, depth = below, depth + 1
+
+
+_SCALAR_KEYS = frozenset({str, int, float, bool})
 
 
 def read_document(path: Path) -> dict[str, Any]:
