@@ -344,3 +344,32 @@ def test_an_action_schema_names_its_draft_only_at_the_top():
     with pytest.raises(TemplateError, match="does not match"):
         compile_template(template(step(10, "a", id="x", action_config={"user": "alice\n"})),
                          actions=[action("a", config_schema=top)], keep=False)
+
+
+def test_every_step_field_lands_in_its_own_place():
+    """The compiler builds each StepSpec positionally (once per step, on
+    the compile's hot path): every field ends up where it belongs."""
+    custom = action("custom", locks=["dpkg"], check_first=True, config_schema={"type": "object", "properties": {
+        "token": {"type": "string", "x-secret": True},
+        "script": {"type": "string", "x-dagrun-format": "shell"},
+        "note": {"type": "string"}}})
+    plan = compile_template(template(
+        step(10, "custom", id="up"),
+        step(20, "custom", id="s", phase="post_setup", requires=["up"], skip_on_error=True, timeout_seconds=7,
+             estimated_duration_seconds=3.5, locks=["db"], check_first=False, run_as="root", sandbox=False,
+             condition_expression="workspace.id != ''",
+             action_config={"token": "t", "script": "echo hi", "note": "{{ steps.up.result.x }}"})),
+        trusted_actions=[custom])  # trusted: its steps may run as root
+    s = plan.steps["s"]
+    assert (s.id, s.sequence_order, s.action.name, s.phase) == ("s", 20, "custom", Phase.post_setup)
+    assert dict(s.config) == {"token": "t", "script": "echo hi", "note": "{{ steps.up.result.x }}"}
+    assert s.condition is not None and s.condition.source == "workspace.id != ''"
+    assert s.skip_on_error is True and s.retry.max_attempts == 1
+    assert (s.timeout_seconds, s.estimated_duration_seconds) == (7.0, 3.5)
+    assert [lock.name for lock in s.locks] == ["dpkg", "db"] and s.check_first is False
+    assert s.templated is True and s.config_order == ("note",)
+    assert s.shell_fields == {"script"} and s.secret_fields == {"token"} and s.step_refs == {"up"}
+    assert s.origin == plan.name and s.sandbox is False
+    assert s.run_as == "root"
+    up = plan.steps["up"]
+    assert up.check_first is True and up.templated is False and up.step_refs == frozenset()

