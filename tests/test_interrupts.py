@@ -374,3 +374,53 @@ def test_ctrl_c_in_a_run_started_by_an_observer_of_another_cancels_both():
     inner = inner_results[0]
     assert inner.status is RunStatus.cancelled and inner.steps["y"].status is StepStatus.not_started
     assert outer.status is RunStatus.cancelled and outer.steps["b"].status is StepStatus.not_started
+
+
+def test_a_press_as_the_handler_goes_in_reaches_the_run(monkeypatch):
+    """The run's cancel is registered before dagrun's handler is installed."""
+    install = signal.signal
+    cancelled: list[int] = []
+
+    def install_then_press(signum: int, handler: Any) -> Any:
+        previous = install(signum, handler)
+        if handler is not signal.default_int_handler:
+            signal.raise_signal(signal.SIGINT)
+        return previous
+
+    monkeypatch.setattr(signal, "signal", install_then_press)
+    with ctrl_c_cancels(lambda: cancelled.append(1)):
+        pass
+    assert cancelled == [1]
+
+
+def test_a_handler_left_behind_by_an_observer_acts_as_pythons_own():
+    """An observer that saved the SIGINT handler during a run and puts it
+    back after the run ended leaves dagrun's in place: with no run to
+    cancel, Ctrl-C raises KeyboardInterrupt as Python's own handler does."""
+    with ctrl_c_cancels(lambda: None):
+        saved = signal.signal(signal.SIGINT, lambda *_: None)
+    signal.signal(signal.SIGINT, saved)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def test_a_child_forked_during_a_run_leaves_it_cleanly():
+    """The child (a step of a synchronous run, say) goes on and leaves the
+    run's blocks: no error; the parent's relay pipe is not its wakeup fd."""
+    pid, fd_given_back = -1, False
+    try:
+        with ctrl_c_cancels(lambda: None), signals_wake(lambda: None):
+            pid = os.fork()
+            if pid == 0:
+                fd_given_back = signal.set_wakeup_fd(-1) == -1  # the parent's relay pipe is not the child's
+    except BaseException:
+        if pid == 0:  # never back into pytest from the child
+            os._exit(3)
+        raise
+    if pid == 0:  # the child, out of both blocks without an error
+        os._exit(0 if fd_given_back and signal.getsignal(signal.SIGINT) is signal.default_int_handler else 2)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

@@ -36,9 +36,14 @@ from typing import Any, Callable, Iterator
 _cancels: list[Callable[[], None]] = []
 
 
-def _on_sigint(signum: int, _frame: Any) -> None:
+def _on_sigint(signum: int, frame: Any) -> None:
+    if not _cancels:  # no run (any more) to cancel: what Python's own handler does
+        signal.default_int_handler(signum, frame)
     for cancel in list(_cancels):
-        cancel()
+        try:
+            cancel()
+        except Exception:  # noqa: BLE001 - never into the code the signal interrupted; the others still cancel
+            pass
 
 
 @contextlib.contextmanager
@@ -53,13 +58,16 @@ def ctrl_c_cancels(cancel: Callable[[], None]) -> Iterator[None]:
     if current is not signal.default_int_handler and current is not _on_sigint:
         yield  # the caller's own handler
         return
+    added = cancel not in _cancels  # (api.execute and Runner.run both register the run's)
+    if added:
+        _cancels.append(cancel)  # before the handler is in place: a press from then on reaches it
     if current is signal.default_int_handler:
         signal.signal(signal.SIGINT, _on_sigint)
-    _cancels.append(cancel)
     try:
         yield
     finally:
-        del _cancels[next(i for i in range(len(_cancels) - 1, -1, -1) if _cancels[i] is cancel)]
+        if added and cancel in _cancels:  # (a child forked meanwhile has none)
+            del _cancels[len(_cancels) - 1 - _cancels[::-1].index(cancel)]
         if not _cancels and signal.getsignal(signal.SIGINT) is _on_sigint:  # unless the caller changed it
             signal.signal(signal.SIGINT, signal.default_int_handler)
 
@@ -77,7 +85,7 @@ def signals_wake(wake: Callable[[], None]) -> Iterator[None]:
         return
     relay = _WakeupRelay.get()
     previous = signal.set_wakeup_fd(relay.write, warn_on_full_buffer=False)
-    if previous not in (-1, relay.write) and previous not in _orphaned:
+    if previous not in (-1, relay.write):
         # The caller's (an event loop's). Whether it warned when full cannot be read
         # back: it is put back without warnings, as trio sets it.
         signal.set_wakeup_fd(previous, warn_on_full_buffer=False)
@@ -95,10 +103,6 @@ def signals_wake(wake: Callable[[], None]) -> Iterator[None]:
                 signal.set_wakeup_fd(current)
 
 
-# Write ends of relays of the parent process (a child forked during a run inherits its wakeup fd).
-_orphaned: set[int] = set()
-
-
 class _WakeupRelay:
     """The process's one thread that calls every registered ``wake()`` for
     each signal Python receives. It lives as long as the process (a daemon
@@ -112,31 +116,34 @@ class _WakeupRelay:
         self.read, self.write = os.pipe()  # not inherited by the commands steps run
         os.set_blocking(self.write, False)  # as set_wakeup_fd requires
         self.wakes: dict[object, Callable[[], None]] = {}
-        self.alive = True
         threading.Thread(target=self._relay, name="dagrun-signals", daemon=True).start()
 
     @classmethod
     def get(cls) -> "_WakeupRelay":
         with cls._lock:
-            if cls._current is None or not cls._current.alive:  # (its pipe closed under it: a new one)
+            if cls._current is None:
                 cls._current = cls()
             return cls._current
 
     @classmethod
     def _forget(cls) -> None:
-        """In a forked child: the parent's relay has no thread here; the next
-        run makes its own, and takes the inherited wakeup fd for its own."""
-        if cls._current is not None:
-            _orphaned.add(cls._current.write)
-            cls._current = None
+        """In a forked child: the parent's relay has no thread here. Its pipe
+        is closed and no longer the wakeup fd (a number the child may reuse
+        for a file of its own); the next run makes the child's own relay."""
+        relay, cls._current = cls._current, None
         cls._lock = threading.Lock()
+        if relay is not None:
+            current = signal.set_wakeup_fd(-1)
+            if current not in (-1, relay.write):  # somebody else's (an event loop's): put back
+                signal.set_wakeup_fd(current, warn_on_full_buffer=False)
+            os.close(relay.read)
+            os.close(relay.write)
 
     def _relay(self) -> None:
         while True:
             try:
                 os.read(self.read, 64)
             except OSError:
-                self.alive = False
                 return
             for wake in list(self.wakes.values()):
                 try:
@@ -148,10 +155,13 @@ class _WakeupRelay:
 def _after_fork_in_child() -> None:
     """A child forked during a run runs none of the parent's runs: Ctrl-C is
     Python's own again there, and the signal relay is the child's to make."""
-    _WakeupRelay._forget()
     _cancels.clear()
-    if signal.getsignal(signal.SIGINT) is _on_sigint:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        _WakeupRelay._forget()
+        if signal.getsignal(signal.SIGINT) is _on_sigint:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+    except ValueError:  # forked from a thread Python does not take for the main one: nothing to undo
+        pass
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
