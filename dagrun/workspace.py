@@ -74,14 +74,14 @@ def normalize_workspace(workspace: Any, fields: Iterable[str] = ()) -> Mapping[s
         data = _read(workspace, dict.fromkeys([*KNOWN_FIELDS, *(f for f in fields if f != "*")]))
     if data.get("id") in (None, ""):
         raise InputError("the workspace has no 'id'")
-    data = {str(k): _plain(v, str(k)) for k, v in data.items()}
-    if not isinstance(data["id"], (str, int)) or isinstance(data["id"], bool):
-        raise InputError(f"the workspace id must be a string or an integer, not {data['id']!r}")
     from .compile.loader import check_shape
-    try:
+    try:  # bounded before it is copied: a value repeated a billion times is refused, not expanded
         check_shape(data, "workspace")
     except TemplateError as exc:
         raise InputError(str(exc)) from None
+    data = {str(k): _plain(v, str(k)) for k, v in data.items()}
+    if not isinstance(data["id"], (str, int)) or isinstance(data["id"], bool):
+        raise InputError(f"the workspace id must be a string or an integer, not {data['id']!r}")
     for name in KNOWN_FIELDS:
         data.setdefault(name, None)
     if data["home_dir"] is not None:

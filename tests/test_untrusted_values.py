@@ -528,6 +528,9 @@ BOMB = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
      + "(" * 2000 + "1" + ")" * 2000 + "'\n", "nested more than 100 levels deep"),
     ("latin1.yaml", b"name: caf\xe9\n", "not UTF-8 text (byte 9, line 1)"),
     ("big.yaml", "name: big\ndescription: " + "x" * 1_100_000 + "\n", "larger than 1000000 bytes"),
+    ("merge.yaml", "name: merge\nvars:\n  b: &b {" + ",".join(f"k{j}: 0" for j in range(2000)) + "}\n  c:\n"
+     + "  - {<<: *b}\n" * 2000, "more than 2000000 values (YAML aliases and merge keys included)"),
+    ("set.yaml", "name: s\nvars:\n  v: !!set\n    ? .nan\n", "nan is not a number dagrun can use"),
 ])
 def test_hostile_documents_get_one_line_and_exit_2(tmp_path, name, content, message):
     path = tmp_path / name
@@ -553,6 +556,11 @@ def _nested(depth: int, leaf: object = "x") -> object:
     ({"a": [1, 2.5, True, None, "y" * 1_000_001]}, "a string longer than 1000000 characters"),
     ({"a": [float("nan")]}, "nan is not a number dagrun can use"),
     ({"a": {"b": 2 ** 300}}, "a number too large to be meant"),
+    ({2 ** 300: "keys are values too"}, "a number too large to be meant"),
+    ({float("nan"): 1}, "nan is not a number dagrun can use"),
+    ({"k" * 1_000_001: 1}, "a key longer than 1000000 characters"),
+    (frozenset({_nested(64)}), "nested more than 64 levels deep"),  # sets are walked (deepcopy would recurse)
+    ([b"x" * 1_000_001], "a string longer than 1000000 characters"),
 ])
 def test_values_given_in_python_are_bounded_like_documents(value, message):
     """Variables (and templates) given as Python data are checked as a
@@ -564,6 +572,16 @@ def test_values_given_in_python_are_bounded_like_documents(value, message):
         return
     with pytest.raises(TemplateError, match=re.escape(message)):
         compile_template(doc, variables={"v": value})
+
+
+def test_a_workspace_value_repeated_a_billion_times_is_refused_before_it_is_copied():
+    from dagrun.errors import InputError
+    from dagrun.workspace import normalize_workspace
+    value: object = "v"
+    for _ in range(9):
+        value = [value] * 10  # 10**9 values, ten lists
+    with pytest.raises(InputError, match="more than 2000000 values"):
+        normalize_workspace({"id": "w", "field": value})
 
 
 def test_an_unreadable_neighbour_of_a_template_is_skipped_with_a_warning(tmp_path, home):

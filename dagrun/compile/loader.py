@@ -137,9 +137,23 @@ def _decode(data: bytes, path: Path, limit: int) -> str:
         raise TemplateError(Problem(str(path), f"not UTF-8 text (byte {exc.start}, line {line})")) from None
 
 
+class _TooManyPairs(Exception):
+    pass
+
+
 class _BoundedLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
     """PyYAML's safe loader (libyaml's when PyYAML has it: ten times faster);
-    aliases are counted by :func:`check_shape`."""
+    aliases are counted by :func:`check_shape`. Merge keys (``<<: *base``)
+    copy the base's pairs into every mapping that merges it, while the
+    document is read: those are counted here, as they are copied."""
+
+    _pairs = 0
+
+    def flatten_mapping(self, node: Any) -> None:
+        super().flatten_mapping(node)
+        self._pairs += len(node.value)
+        if self._pairs > MAX_NODES:
+            raise _TooManyPairs
 
 
 def parse_text(text: str, source: str, *, json_document: bool) -> Any:
@@ -147,6 +161,9 @@ def parse_text(text: str, source: str, *, json_document: bool) -> Any:
         if json_document:
             return json.loads(strip_json_comments(text))
         return yaml.load(text, Loader=_BoundedLoader)  # noqa: S506 - a SafeLoader subclass
+    except _TooManyPairs:
+        raise TemplateError(Problem(source, f"more than {MAX_NODES} values (YAML aliases and merge keys "
+                                            "included)")) from None
     except RecursionError:
         raise TemplateError(Problem(source, f"nested more than {MAX_DEPTH} levels deep")) from None
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
@@ -175,15 +192,18 @@ def check_shape(data: Any, source: str) -> None:
                     raise TemplateError(Problem(source, f"a string longer than {MAX_DOCUMENT_BYTES} characters"))
             elif kind is dict or isinstance(value, Mapping):
                 extend(value.values())
-                if not _SCALAR_KEYS.issuperset(map(type, value)):  # a YAML complex key: walked as a value
-                    extend(k for k in value if not isinstance(k, (str, int, float, bool)))
+                if _STR_KEYS.issuperset(map(type, value)):  # the common keys: their lengths, in C
+                    if value and max(map(len, value)) > MAX_DOCUMENT_BYTES:
+                        raise TemplateError(Problem(source, f"a key longer than {MAX_DOCUMENT_BYTES} characters"))
+                else:  # numbers, YAML complex keys (tuples), ...: checked as values are
+                    extend(value)
                 if nodes + len(below) > MAX_NODES:
                     raise TemplateError(Problem(source, too_many))
-            elif kind is list or isinstance(value, (list, tuple)):
+            elif kind is list or isinstance(value, (list, tuple, set, frozenset)):
                 extend(value)
                 if nodes + len(below) > MAX_NODES:
                     raise TemplateError(Problem(source, too_many))
-            elif isinstance(value, str) and len(value) > MAX_DOCUMENT_BYTES:
+            elif isinstance(value, (str, bytes, bytearray)) and len(value) > MAX_DOCUMENT_BYTES:
                 raise TemplateError(Problem(source, f"a string longer than {MAX_DOCUMENT_BYTES} characters"))
             elif isinstance(value, float) and not math.isfinite(value):
                 raise TemplateError(Problem(source, f"{value} is not a number dagrun can use (only finite numbers)"))
@@ -192,7 +212,7 @@ def check_shape(data: Any, source: str) -> None:
         level, depth = below, depth + 1
 
 
-_SCALAR_KEYS = frozenset({str, int, float, bool})
+_STR_KEYS = frozenset({str})
 
 
 def read_document(path: Path) -> dict[str, Any]:
