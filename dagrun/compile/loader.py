@@ -175,8 +175,9 @@ def parse_text(text: str, source: str, *, json_document: bool) -> Any:
 
 def check_shape(data: Any, source: str) -> None:
     """Refuse documents too deep or too large once aliases are expanded.
-    Level by level (each a flat list: no tuple per value), and it stops at
-    the first bound: it never walks, nor lists, a bomb whole."""
+    Level by level (each a flat list of references, no tuple per value),
+    and it stops at the first bound: it never walks, nor lists, a bomb
+    whole (the next level is bounded as it fills: about 16 MB at most)."""
     too_many = f"more than {MAX_NODES} values (YAML aliases included)"
     level, depth, nodes = [data], 1, 0
     while level:
