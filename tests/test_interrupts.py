@@ -424,3 +424,25 @@ def test_a_child_forked_during_a_run_leaves_it_cleanly():
         os._exit(0 if fd_given_back and signal.getsignal(signal.SIGINT) is signal.default_int_handler else 2)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_ctrl_c_while_the_run_is_claimed_cancels_it_and_the_record_says_so(tmp_path, monkeypatch):
+    """Pressed while the store records the run as this process's (before
+    its runner exists): no KeyboardInterrupt out of the store's write; the
+    run starts cancelled and is recorded so, not left running."""
+    from dagrun import get_run
+    import dagrun.store.runs
+    claim = dagrun.store.runs.claim
+
+    def claim_then_press(*args: Any, **kwargs: Any) -> Any:
+        out = claim(*args, **kwargs)
+        signal.raise_signal(signal.SIGINT)
+        return out
+
+    monkeypatch.setattr(dagrun.store.runs, "claim", claim_then_press)
+    url = f"sqlite:///{tmp_path}/runs.db"
+    result = run_template(template(step(1, "a", id="a")), {"id": "w", "home_dir": str(tmp_path / "w")},
+                          actions=[action("a")], database_url=url, sandbox=False, home_roots=[str(tmp_path)])
+    assert result.status is RunStatus.cancelled
+    assert result.steps["a"].status is StepStatus.not_started
+    assert get_run(result.run_id, database_url=url)["status"] == "cancelled"
