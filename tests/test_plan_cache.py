@@ -70,6 +70,27 @@ def test_an_environment_variable_unset_since_is_still_reported(monkeypatch):
         compile_template(doc, workspace={"id": 1})
 
 
+def test_a_plan_is_not_kept_when_its_environment_changed_while_it_compiled(monkeypatch):
+    """The environment is read while compiling: a variable set meanwhile
+    means the plan may not be the one its key describes."""
+    import dagrun.compile
+    compile_ = dagrun.compile._compile
+
+    def compile_while_the_environment_changes(*args, **kwargs):
+        os.environ["CACHE_TEST_MEANWHILE"] = "1"
+        return compile_(*args, **kwargs)
+
+    doc = template(script_step(10, "echo hi"))
+    monkeypatch.delenv("CACHE_TEST_MEANWHILE", raising=False)
+    monkeypatch.setattr(dagrun.compile, "_compile", compile_while_the_environment_changes)
+    first = compile_template(doc, workspace={"id": 1})
+    monkeypatch.delenv("CACHE_TEST_MEANWHILE")
+    assert compile_template(doc, workspace={"id": 1}) is not first  # not kept: compiled again
+    monkeypatch.setattr(dagrun.compile, "_compile", compile_)
+    kept = compile_template(doc, workspace={"id": 1})
+    assert compile_template(doc, workspace={"id": 1}) is kept
+
+
 def test_a_failed_compile_is_not_kept():
     doc = template(script_step(10, "echo {{ vars.missing }}"))
     for _ in range(2):

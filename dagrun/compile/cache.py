@@ -80,10 +80,12 @@ def compiled(compile_: Compile, template: Any, *, templates: list, variables: Ma
             _plans.move_to_end(digest)
             return entry[0]
     # A copy of exactly what was keyed: the plan shares no object with the caller's arguments.
-    _, source, docs, vars_, _, _, _, acts, trusted, _ = marshal.loads(data)
+    _, source, docs, vars_, _, env_names, _, acts, trusted, seeds = marshal.loads(data)
     plan = compile_(source[1] if isinstance(source, tuple) else source, docs, vars_, _unkeyed(acts),
                     _unkeyed(trusted))
-    if serialized() == data:  # nothing changed while compiling (an environment variable, a file)
+    # Kept only if nothing it was compiled from changed meanwhile: what is read from outside the
+    # arguments (environment variable names, files) is read again; the arguments were copied.
+    if (env_names, acts, trusted, seeds) == _outside(workspace, actions, trusted_actions):
         _keep(digest, plan, len(data))
     return plan
 
@@ -122,11 +124,18 @@ def _inputs(template: Any, templates: list, variables: Mapping[str, Any] | None,
         source = ("name", template)
     else:
         raise _NotKeyable
-    from .loader import package_dir
+    env_names, acts, trusted, seeds = _outside(workspace, actions, trusted_actions)
     return (_FORMAT, source, templates, variables or {},
             None if workspace is None else sorted((type(k).__name__, str(k)) for k in workspace),
-            None if workspace is None else sorted(os.environ), list(env_passthrough),
-            _actions(actions), _actions(trusted_actions),
+            env_names, list(env_passthrough), acts, trusted, seeds)
+
+
+def _outside(workspace: Mapping[str, Any] | None, actions: list | None, trusted_actions: list | None) -> tuple:
+    """The inputs read from outside the arguments: the environment's
+    variable names (with a workspace), and the files of action folders and
+    of the shipped seed templates (as marshal would give them back)."""
+    from .loader import package_dir
+    return (None if workspace is None else sorted(os.environ), _actions(actions), _actions(trusted_actions),
             _folder_signature(package_dir("seeds") / "templates"))
 
 
