@@ -213,6 +213,8 @@ def read_workspaces(path: str) -> list[dict[str, Any]]:
             items = [{k: v for k, v in row.items() if v not in (None, "")} for row in csv.DictReader(text.splitlines())]
         else:
             items = parse_text(text, path, json_document=suffix == ".json")
+        from .compile.loader import check_shape
+        check_shape(items, path)  # sign-ups, a form's export: bounded as a template is, before anything reads it
     except (ValueError, TypeError) as exc:
         raise InputError(f"the workspaces file {path} is not valid {suffix[1:]}: {exc}") from None
     except TemplateError as exc:

@@ -446,3 +446,27 @@ def test_ctrl_c_while_the_run_is_claimed_cancels_it_and_the_record_says_so(tmp_p
     assert result.status is RunStatus.cancelled
     assert result.steps["a"].status is StepStatus.not_started
     assert get_run(result.run_id, database_url=url)["status"] == "cancelled"
+
+
+def test_a_press_before_the_handler_goes_in_leaves_no_cancel_behind(monkeypatch):
+    """Python's own handler raises KeyboardInterrupt there: the run never
+    started, and its cancel is not left to swallow later presses."""
+    install = signal.signal
+    stale: list[int] = []
+
+    def press_then_install(signum: int, handler: Any) -> Any:
+        if handler is not signal.default_int_handler:
+            signal.raise_signal(signal.SIGINT)  # Python's default handler is still in place
+        return install(signum, handler)
+
+    monkeypatch.setattr(signal, "signal", press_then_install)
+    with pytest.raises(KeyboardInterrupt):
+        with ctrl_c_cancels(lambda: stale.append(1)):
+            pass
+    monkeypatch.setattr(signal, "signal", install)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    with ctrl_c_cancels(lambda: None):
+        pass
+    with pytest.raises(KeyboardInterrupt):  # outside any run: Python's own behaviour
+        signal.raise_signal(signal.SIGINT)
+    assert stale == []

@@ -531,6 +531,12 @@ BOMB = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
     ("merge.yaml", "name: merge\nvars:\n  b: &b {" + ",".join(f"k{j}: 0" for j in range(2000)) + "}\n  c:\n"
      + "  - {<<: *b}\n" * 2000, "more than 2000000 values (YAML aliases and merge keys included)"),
     ("set.yaml", "name: s\nvars:\n  v: !!set\n    ? .nan\n", "nan is not a number dagrun can use"),
+    ("aliases.yaml", "name: a\nvars:\n  s: &s " + "x" * 500_000 + "\n  l: [" + "*s, " * 1000 + "]\n",
+     "more than 16000000 characters of text (YAML aliases included)"),
+    ("base60.yaml", "name: b\nvars:\n  x: 1" + ":0" * 180 + ":0.5\n", "a base-60 number of more than 16 parts"),
+    ("merges.yaml", "name: m\nvars:\n  e: &e {}\n  m: {" + "<<: *e, " * 200 + "}\n",
+     "more than 100 merge keys (<<) in one mapping"),
+    ("surrogate.json", '{"name": "t\\ud800", "actions": []}', "text that is not valid Unicode (a lone surrogate)"),
 ])
 def test_hostile_documents_get_one_line_and_exit_2(tmp_path, name, content, message):
     path = tmp_path / name
@@ -572,6 +578,18 @@ def test_values_given_in_python_are_bounded_like_documents(value, message):
         return
     with pytest.raises(TemplateError, match=re.escape(message)):
         compile_template(doc, variables={"v": value})
+
+
+def test_a_workspaces_file_is_bounded_as_a_template_is(tmp_path):
+    """Sign-ups, a form's export: an alias bomb of 500 bytes is refused
+    before anything reads it."""
+    from dagrun.errors import InputError
+    from dagrun.fleet import read_workspaces
+    text = "- id: w1\n  a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"  a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]\n" for i in range(1, 9)) + "- id: *a8\n"
+    (tmp_path / "ws.yaml").write_text(text)
+    with pytest.raises(InputError, match="more than 2000000 values"):
+        read_workspaces(str(tmp_path / "ws.yaml"))
 
 
 def test_a_workspace_value_repeated_a_billion_times_is_refused_before_it_is_copied():

@@ -39,6 +39,9 @@ log = logging.getLogger("dagrun")
 MAX_DOCUMENT_BYTES = 1_000_000
 MAX_DEPTH = 64
 MAX_NODES = 2_000_000  # 100,000 steps of a few fields each; a YAML alias bomb stops here
+MAX_TEXT = 16_000_000  # characters of all strings as reached (a long string's aliases count each time)
+MAX_MERGES = 100  # YAML merge keys (<<) in one mapping
+MAX_SEXAGESIMAL_PARTS = 16  # YAML 1.1 base-60 numbers (1:30:00): PyYAML's conversion is quadratic in parts
 
 
 def package_dir(name: str) -> Path:
@@ -141,19 +144,46 @@ class _TooManyPairs(Exception):
     pass
 
 
+class _Refused(Exception):
+    """A value PyYAML would expand at a cost out of proportion to the text."""
+
+
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
 class _BoundedLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
     """PyYAML's safe loader (libyaml's when PyYAML has it: ten times faster);
-    aliases are counted by :func:`check_shape`. Merge keys (``<<: *base``)
-    copy the base's pairs into every mapping that merges it, while the
-    document is read: those are counted here, as they are copied."""
+    aliases are counted by :func:`check_shape`. What PyYAML expands while
+    it reads, before any check can see it, is bounded here: merge keys
+    (``<<: *base`` copies the base's pairs into every mapping that merges
+    it; each ``<<`` in a mapping costs a pass over it) and base-60 numbers."""
 
     _pairs = 0
 
     def flatten_mapping(self, node: Any) -> None:
+        if sum(1 for key, _ in node.value if key.tag == _MERGE_TAG) > MAX_MERGES:
+            raise _Refused(f"more than {MAX_MERGES} merge keys (<<) in one mapping (line {node.start_mark.line + 1})")
         super().flatten_mapping(node)
         self._pairs += len(node.value)
         if self._pairs > MAX_NODES:
             raise _TooManyPairs
+
+    def construct_yaml_int(self, node: Any) -> int:
+        self._few_parts(node)
+        return super().construct_yaml_int(node)
+
+    def construct_yaml_float(self, node: Any) -> float:
+        self._few_parts(node)
+        return super().construct_yaml_float(node)
+
+    def _few_parts(self, node: Any) -> None:
+        if isinstance(node.value, str) and node.value.count(":") >= MAX_SEXAGESIMAL_PARTS:
+            raise _Refused(f"a base-60 number of more than {MAX_SEXAGESIMAL_PARTS} parts "
+                           f"(line {node.start_mark.line + 1})")
+
+
+_BoundedLoader.add_constructor("tag:yaml.org,2002:int", _BoundedLoader.construct_yaml_int)
+_BoundedLoader.add_constructor("tag:yaml.org,2002:float", _BoundedLoader.construct_yaml_float)
 
 
 def parse_text(text: str, source: str, *, json_document: bool) -> Any:
@@ -164,22 +194,27 @@ def parse_text(text: str, source: str, *, json_document: bool) -> Any:
     except _TooManyPairs:
         raise TemplateError(Problem(source, f"more than {MAX_NODES} values (YAML aliases and merge keys "
                                             "included)")) from None
+    except _Refused as exc:
+        raise TemplateError(Problem(source, str(exc))) from None
     except RecursionError:
         raise TemplateError(Problem(source, f"nested more than {MAX_DEPTH} levels deep")) from None
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
         kind = "JSON" if json_document else "YAML"
         raise TemplateError(Problem(source, f"not valid {kind}: {exc}")) from None
-    except ValueError as exc:  # e.g. an integer of more digits than Python converts
+    except (ValueError, ArithmeticError) as exc:  # e.g. an integer of more digits than Python converts
         raise TemplateError(Problem(source, f"a value cannot be read: {exc}")) from None
 
 
 def check_shape(data: Any, source: str) -> None:
-    """Refuse documents too deep or too large once aliases are expanded.
-    Level by level (each a flat list of references, no tuple per value),
-    and it stops at the first bound: it never walks, nor lists, a bomb
-    whole (the next level is bounded as it fills: about 16 MB at most)."""
+    """Refuse documents too deep or too large once aliases are expanded
+    (values, and characters of text, counted each time they are reached),
+    and text that is not Unicode (a lone surrogate, which JSON's escapes
+    can make). Level by level (each a flat list of references, no tuple per
+    value), and it stops at the first bound: it never walks, nor lists, a
+    bomb whole (the next level is bounded as it fills: about 16 MB at
+    most)."""
     too_many = f"more than {MAX_NODES} values (YAML aliases included)"
-    level, depth, nodes = [data], 1, 0
+    level, depth, nodes, text = [data], 1, 0, 0
     while level:
         if depth > MAX_DEPTH:
             raise TemplateError(Problem(source, f"nested more than {MAX_DEPTH} levels deep"))
@@ -189,13 +224,16 @@ def check_shape(data: Any, source: str) -> None:
         for value in level:
             kind = type(value)
             if kind is str:  # the common leaves first, by exact type (an ABC check costs more than the walk)
-                if len(value) > MAX_DOCUMENT_BYTES:
-                    raise TemplateError(Problem(source, f"a string longer than {MAX_DOCUMENT_BYTES} characters"))
+                text += len(value)
+                if text > MAX_TEXT or len(value) > MAX_DOCUMENT_BYTES or not value.isascii():  # (rarely: a call)
+                    _check_text(value, text, source)
             elif kind is dict or isinstance(value, Mapping):
                 extend(value.values())
-                if _STR_KEYS.issuperset(map(type, value)):  # the common keys: their lengths, in C
-                    if value and max(map(len, value)) > MAX_DOCUMENT_BYTES:
-                        raise TemplateError(Problem(source, f"a key longer than {MAX_DOCUMENT_BYTES} characters"))
+                if _STR_KEYS.issuperset(map(type, value)):  # the common keys: checked together, in C
+                    keys = "".join(value)
+                    text += len(keys)
+                    if text > MAX_TEXT or len(keys) > MAX_DOCUMENT_BYTES or not keys.isascii():
+                        _check_text(keys, text, source, max(map(len, value), default=0), "a key")
                 else:  # numbers, YAML complex keys (tuples), ...: checked as values are
                     extend(value)
                 if nodes + len(below) > MAX_NODES:
@@ -204,13 +242,31 @@ def check_shape(data: Any, source: str) -> None:
                 extend(value)
                 if nodes + len(below) > MAX_NODES:
                     raise TemplateError(Problem(source, too_many))
-            elif isinstance(value, (str, bytes, bytearray)) and len(value) > MAX_DOCUMENT_BYTES:
-                raise TemplateError(Problem(source, f"a string longer than {MAX_DOCUMENT_BYTES} characters"))
+            elif isinstance(value, str):
+                text += len(value)
+                _check_text(str(value), text, source)
+            elif isinstance(value, (bytes, bytearray)):
+                text += len(value)
+                _check_text("", text, source, len(value))
             elif isinstance(value, float) and not math.isfinite(value):
                 raise TemplateError(Problem(source, f"{value} is not a number dagrun can use (only finite numbers)"))
             elif isinstance(value, int) and value.bit_length() > 256:
                 raise TemplateError(Problem(source, "a number too large to be meant (more than 256 bits)"))
         level, depth = below, depth + 1
+
+
+def _check_text(value: str, total: int, source: str, longest: int | None = None, what: str = "a string") -> None:
+    """One string (or the keys of a mapping, joined: ``longest`` is the
+    longest key), with ``total`` characters of text so far."""
+    if (len(value) if longest is None else longest) > MAX_DOCUMENT_BYTES:
+        raise TemplateError(Problem(source, f"{what} longer than {MAX_DOCUMENT_BYTES} characters"))
+    if total > MAX_TEXT:
+        raise TemplateError(Problem(source, f"more than {MAX_TEXT} characters of text (YAML aliases included)"))
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise TemplateError(Problem(source, "text that is not valid Unicode (a lone surrogate)")) from None
 
 
 _STR_KEYS = frozenset({str})

@@ -59,11 +59,11 @@ def ctrl_c_cancels(cancel: Callable[[], None]) -> Iterator[None]:
         yield  # the caller's own handler
         return
     added = cancel not in _cancels  # (api.execute and Runner.run both register the run's)
-    if added:
-        _cancels.append(cancel)  # before the handler is in place: a press from then on reaches it
-    if current is signal.default_int_handler:
-        signal.signal(signal.SIGINT, _on_sigint)
-    try:
+    try:  # (a press before dagrun's handler is in place raises here: the cancel is taken out again)
+        if added:
+            _cancels.append(cancel)  # before the handler is in place: a press from then on reaches it
+        if current is signal.default_int_handler:
+            signal.signal(signal.SIGINT, _on_sigint)
         yield
     finally:
         if added and cancel in _cancels:  # (a child forked meanwhile has none)
