@@ -161,7 +161,7 @@ class _BoundedLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ig
     _pairs = 0
 
     def flatten_mapping(self, node: Any) -> None:
-        if sum(1 for key, _ in node.value if key.tag == _MERGE_TAG) > MAX_MERGES:
+        if len(node.value) > MAX_MERGES and sum(1 for key, _ in node.value if key.tag == _MERGE_TAG) > MAX_MERGES:
             raise _Refused(f"more than {MAX_MERGES} merge keys (<<) in one mapping (line {node.start_mark.line + 1})")
         super().flatten_mapping(node)
         self._pairs += len(node.value)
