@@ -547,3 +547,28 @@ def test_the_token_can_come_from_a_file(tmp_path):
         assert server.get("/api/runs", headers={"Authorization": "Bearer from-the-environment"})[0] == 401
     finally:
         server.stop()
+
+
+def test_a_request_body_over_4_mb_is_refused_before_it_is_read(client):
+    big = {"template": "demo", "variables": {"x": "y" * (4 * 1024 * 1024)}}
+    answer = client.post("/api/workspaces/w/runs", json=big, headers=CSRF)
+    assert answer.status_code == 413 and "error" in answer.get_json()
+    assert client.get("/api/runs").get_json()["runs"] == []  # nothing started
+
+
+def test_the_real_server_refuses_a_body_over_4_mb_too(tmp_path):
+    """waitress would otherwise buffer up to 1 GB of a request before the
+    application sees it."""
+    server = Server(f"sqlite:///{tmp_path}/big.db", tmp_path)
+    try:
+        try:
+            status, _ = server.post("/api/workspaces/w/runs", {"template": "demo", "variables": {
+                "x": "y" * (4 * 1024 * 1024)}}, headers=CSRF)
+        except urllib.error.URLError as exc:  # waitress answers 413 and closes while the body is still sent
+            assert isinstance(exc.reason, ConnectionResetError), exc
+        else:
+            assert status == 413
+        status, body = server.get("/api/runs")
+        assert status == 200 and body["runs"] == [], body  # nothing started, and it still answers
+    finally:
+        server.stop()

@@ -26,6 +26,8 @@ from .security import Guard
 Authorize = Callable[..., bool]
 _NAME = re.compile(r"\A[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}\Z")
 KEEPALIVE_SECONDS = 15.0
+# A request body: a template document is at most 1 MB, with its variables and workspace well under this.
+MAX_BODY_BYTES = 4 * 1024 * 1024
 STREAM_SECONDS = 900.0
 
 
@@ -81,6 +83,7 @@ def create_blueprint(*, database_url: str | None = None, actions: Iterable[Any] 
     guard = Guard(token, allowed_hosts)
     bp = Blueprint(name, __name__, template_folder="templates", static_folder="static",
                    static_url_path="/static/dagrun")
+    bp.before_request(_bounded_body)
     bp.before_request(guard.check)
     bp.after_request(guard.headers)
 
@@ -315,6 +318,14 @@ def create_blueprint(*, database_url: str | None = None, actions: Iterable[Any] 
 
 
 # -- helpers ----------------------------------------------------------------------------
+
+def _bounded_body() -> None:
+    """Every body is read up to MAX_BODY_BYTES (413 beyond, with or without
+    a Content-Length), unless the host application set a lower limit."""
+    limit = request.max_content_length
+    if limit is None or limit > MAX_BODY_BYTES:
+        request.max_content_length = MAX_BODY_BYTES
+
 
 def _json_body(optional: bool = False) -> dict[str, Any]:
     if not request.data and optional:

@@ -56,8 +56,10 @@ def serve(*, host: str = "127.0.0.1", port: int = 8080, token: str | None = None
               flush=True)
     else:
         log.warning("dagrun serving on http://%s:%d/ (token required)", shown, port)
+    from .blueprint import MAX_BODY_BYTES
     waitress.serve(app, host=host, port=port, threads=threads, send_bytes=1, ident="dagrun",
-                   clear_untrusted_proxy_headers=True, channel_timeout=3600)
+                   clear_untrusted_proxy_headers=True, channel_timeout=3600,
+                   max_request_body_size=MAX_BODY_BYTES)  # (waitress would buffer 1 GB)
 
 
 def token_from_environment() -> str | None:
