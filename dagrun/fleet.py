@@ -215,6 +215,8 @@ def read_workspaces(path: str) -> list[dict[str, Any]]:
             items = parse_text(text, path, json_document=suffix == ".json")
         from .compile.loader import check_shape
         check_shape(items, path)  # sign-ups, a form's export: bounded as a template is, before anything reads it
+    except RecursionError:  # a .jsonl line: the json module parses nesting by recursion
+        raise InputError(f"the workspaces file {path} is nested too deeply") from None
     except (ValueError, TypeError) as exc:
         raise InputError(f"the workspaces file {path} is not valid {suffix[1:]}: {exc}") from None
     except TemplateError as exc:

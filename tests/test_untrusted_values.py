@@ -592,6 +592,14 @@ def test_a_workspaces_file_is_bounded_as_a_template_is(tmp_path):
         read_workspaces(str(tmp_path / "ws.yaml"))
 
 
+def test_a_workspaces_file_nested_too_deeply_is_one_clear_error(tmp_path):
+    from dagrun.errors import InputError
+    from dagrun.fleet import read_workspaces
+    (tmp_path / "ws.jsonl").write_text('{"id": "w", "x": ' + "[" * 100_000 + "]" * 100_000 + "}\n")
+    with pytest.raises(InputError, match="nested too deeply"):
+        read_workspaces(str(tmp_path / "ws.jsonl"))
+
+
 def test_a_workspace_value_repeated_a_billion_times_is_refused_before_it_is_copied():
     from dagrun.errors import InputError
     from dagrun.workspace import normalize_workspace

@@ -572,3 +572,9 @@ def test_the_real_server_refuses_a_body_over_4_mb_too(tmp_path):
         assert status == 200 and body["runs"] == [], body  # nothing started, and it still answers
     finally:
         server.stop()
+
+
+def test_a_request_body_nested_too_deeply_is_one_clear_error(client):
+    deep = '{"template": "demo", "variables": {"x": ' + "[" * 100_000 + "]" * 100_000 + "}}"
+    answer = client.post("/api/workspaces/w/runs", data=deep, headers={**CSRF, "Content-Type": "application/json"})
+    assert answer.status_code == 422 and answer.get_json() == {"error": "the request body is nested too deeply"}

@@ -330,7 +330,10 @@ def _bounded_body() -> None:
 def _json_body(optional: bool = False) -> dict[str, Any]:
     if not request.data and optional:
         return {}
-    body = request.get_json(silent=True)
+    try:
+        body = request.get_json(silent=True)
+    except RecursionError:  # the json module parses nesting by recursion
+        raise InputError("the request body is nested too deeply") from None
     if not isinstance(body, dict):
         raise InputError("the request body must be a JSON object")
     return body
