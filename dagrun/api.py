@@ -120,37 +120,13 @@ def run_template(template: Any, workspace: Any, *, database_url: str | None = No
 def _claim_and_execute(prepared: PreparedRun, observers: Iterable[Observer],
                        on_event: Callable[[Any], None] | None,
                        runner_hook: Callable[[Runner], None] | None) -> RunResult:
-    from .run.interrupts import ctrl_c_cancels
+    from .run.interrupts import PendingCancel, ctrl_c_cancels
     # From the claim on, Ctrl-C cancels (see run.interrupts): a KeyboardInterrupt while the run is
     # claimed would leave it recorded as running. A press before its runner exists is kept for it.
-    early = _EarlyCancel(runner_hook)
-    with ctrl_c_cancels(early.interrupt):
+    pending = PendingCancel(runner_hook)
+    with ctrl_c_cancels(pending.interrupt):
         claim(prepared)
-        return execute(prepared, observers=observers, on_event=on_event, runner_hook=early.hook)
-
-
-class _EarlyCancel:
-    """A cancel that may come before the run's runner exists: kept, and
-    given to the runner as it is made (then to the caller's runner_hook)."""
-
-    def __init__(self, runner_hook: Callable[[Runner], None] | None):
-        self._runner_hook = runner_hook
-        self._runner: Runner | None = None
-        self._reason: str | None = None
-
-    def interrupt(self, reason: str = "interrupted") -> None:  # safe in a signal handler, as Runner.interrupt
-        runner = self._runner
-        if runner is not None:
-            runner.interrupt(reason)
-        elif self._reason is None:
-            self._reason = reason
-
-    def hook(self, runner: Runner) -> None:
-        self._runner = runner  # from here on a press goes to the runner itself
-        if self._reason is not None:
-            runner.interrupt(self._reason)
-        if self._runner_hook is not None:
-            self._runner_hook(runner)
+        return execute(prepared, observers=observers, on_event=on_event, runner_hook=pending.hook)
 
 
 def resume(run_id: str, *, database_url: str | None = None, from_step: str | None = None,

@@ -99,24 +99,15 @@ def _run_with_progress(args: argparse.Namespace, start: Callable[..., Any], home
     that cancel cleanly; print the summary; return the exit code."""
     from .progress import Progress, print_summary
     console = _console(stderr=args.json)
-    holder: dict[str, Any] = {}
+    from ..run.interrupts import PendingCancel
+    pending = PendingCancel()  # not running yet (compiling, claiming): cancelled as soon as it exists
 
     def on_signal(signum: int, _frame: Any) -> None:
-        reason = "interrupted" if signum == signal.SIGINT else "terminated"
-        runner = holder.get("runner")
-        if runner is None:  # not running yet (compiling, claiming): cancel it as soon as it exists
-            holder["cancel"] = reason
-        else:
-            runner.interrupt(reason)  # not cancel(): it takes locks this thread may hold
-
-    def hook(runner: Any) -> None:
-        holder["runner"] = runner
-        if "cancel" in holder:
-            runner.cancel(holder["cancel"])
+        pending.interrupt("interrupted" if signum == signal.SIGINT else "terminated")
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        result = start(observers=[Progress(console)], runner_hook=hook)
+        result = start(observers=[Progress(console)], runner_hook=pending.hook)
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)

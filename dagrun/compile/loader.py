@@ -140,10 +140,6 @@ def _decode(data: bytes, path: Path, limit: int) -> str:
         raise TemplateError(Problem(str(path), f"not UTF-8 text (byte {exc.start}, line {line})")) from None
 
 
-class _TooManyPairs(Exception):
-    pass
-
-
 class _Refused(Exception):
     """A value PyYAML would expand at a cost out of proportion to the text."""
 
@@ -166,7 +162,7 @@ class _BoundedLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ig
         super().flatten_mapping(node)
         self._pairs += len(node.value)
         if self._pairs > MAX_NODES:
-            raise _TooManyPairs
+            raise _Refused(f"more than {MAX_NODES} values (YAML aliases and merge keys included)")
 
     def construct_yaml_int(self, node: Any) -> int:
         self._few_parts(node)
@@ -191,9 +187,6 @@ def parse_text(text: str, source: str, *, json_document: bool) -> Any:
         if json_document:
             return json.loads(strip_json_comments(text))
         return yaml.load(text, Loader=_BoundedLoader)  # noqa: S506 - a SafeLoader subclass
-    except _TooManyPairs:
-        raise TemplateError(Problem(source, f"more than {MAX_NODES} values (YAML aliases and merge keys "
-                                            "included)")) from None
     except _Refused as exc:
         raise TemplateError(Problem(source, str(exc))) from None
     except RecursionError:

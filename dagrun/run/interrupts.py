@@ -72,6 +72,32 @@ def ctrl_c_cancels(cancel: Callable[[], None]) -> Iterator[None]:
             signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+class PendingCancel:
+    """A cancel that may come before the run's runner exists (while the run
+    is compiled or claimed): kept, and given to the runner as it is made
+    (``hook``, then the caller's ``runner_hook``). ``interrupt`` is safe in
+    a signal handler, as ``Runner.interrupt`` is."""
+
+    def __init__(self, runner_hook: Callable[[Any], None] | None = None):
+        self._runner_hook = runner_hook
+        self._runner: Any = None
+        self._reason: str | None = None
+
+    def interrupt(self, reason: str = "interrupted") -> None:
+        runner = self._runner
+        if runner is not None:
+            runner.interrupt(reason)
+        elif self._reason is None:
+            self._reason = reason
+
+    def hook(self, runner: Any) -> None:
+        self._runner = runner  # from here on a cancel goes to the runner itself
+        if self._reason is not None:
+            runner.interrupt(self._reason)
+        if self._runner_hook is not None:
+            self._runner_hook(runner)
+
+
 @contextlib.contextmanager
 def signals_wake(wake: Callable[[], None]) -> Iterator[None]:
     """Within, in the main thread: ``wake()`` (called from another thread)
