@@ -9,12 +9,19 @@ only.
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
 
 def data_dir() -> Path:
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return _data_dir(os.environ.get("XDG_DATA_HOME") or "", os.environ.get("HOME") or "")
+
+
+@functools.lru_cache(maxsize=8)
+def _data_dir(xdg_data_home: str, home: str) -> Path:
+    # Kept for the environment it was made in (every run asks, for the allowed home roots).
+    base = xdg_data_home or str((Path(home) if home else Path.home()) / ".local" / "share")
     return Path(base) / "dagrun"
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+import dagrun.run.interrupts
 import dagrun.run.runner
 from dagrun import run_fleet, run_template
 from dagrun.run.events import AttemptFinished, RunFinished
@@ -387,7 +388,7 @@ def test_a_press_as_the_handler_goes_in_reaches_the_run(monkeypatch):
             signal.raise_signal(signal.SIGINT)
         return previous
 
-    monkeypatch.setattr(signal, "signal", install_then_press)
+    monkeypatch.setattr(dagrun.run.interrupts, "_set_handler", install_then_press)  # what signal.signal wraps
     with ctrl_c_cancels(lambda: cancelled.append(1)):
         pass
     assert cancelled == [1]
@@ -459,11 +460,11 @@ def test_a_press_before_the_handler_goes_in_leaves_no_cancel_behind(monkeypatch)
             signal.raise_signal(signal.SIGINT)  # Python's default handler is still in place
         return install(signum, handler)
 
-    monkeypatch.setattr(signal, "signal", press_then_install)
+    monkeypatch.setattr(dagrun.run.interrupts, "_set_handler", press_then_install)  # what signal.signal wraps
     with pytest.raises(KeyboardInterrupt):
         with ctrl_c_cancels(lambda: stale.append(1)):
             pass
-    monkeypatch.setattr(signal, "signal", install)
+    monkeypatch.setattr(dagrun.run.interrupts, "_set_handler", install)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     with ctrl_c_cancels(lambda: None):
         pass

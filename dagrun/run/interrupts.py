@@ -28,6 +28,10 @@ import contextlib
 import os
 import signal
 import threading
+
+# The C functions signal.signal and signal.getsignal wrap: these take and give handlers as they
+# are (the wrappers turn each into an enum, by a failed lookup for a function: four per run).
+from _signal import getsignal as _getsignal, signal as _set_handler
 from typing import Any, Callable, Iterator
 
 
@@ -54,7 +58,7 @@ def ctrl_c_cancels(cancel: Callable[[], None]) -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    current = signal.getsignal(signal.SIGINT)
+    current = _getsignal(signal.SIGINT)
     if current is not signal.default_int_handler and current is not _on_sigint:
         yield  # the caller's own handler
         return
@@ -63,13 +67,13 @@ def ctrl_c_cancels(cancel: Callable[[], None]) -> Iterator[None]:
         if added:
             _cancels.append(cancel)  # before the handler is in place: a press from then on reaches it
         if current is signal.default_int_handler:
-            signal.signal(signal.SIGINT, _on_sigint)
+            _set_handler(signal.SIGINT, _on_sigint)
         yield
     finally:
         if added and cancel in _cancels:  # (a child forked meanwhile has none)
             del _cancels[len(_cancels) - 1 - _cancels[::-1].index(cancel)]
-        if not _cancels and signal.getsignal(signal.SIGINT) is _on_sigint:  # unless the caller changed it
-            signal.signal(signal.SIGINT, signal.default_int_handler)
+        if not _cancels and _getsignal(signal.SIGINT) is _on_sigint:  # unless the caller changed it
+            _set_handler(signal.SIGINT, signal.default_int_handler)
 
 
 class PendingCancel:
