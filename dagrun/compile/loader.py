@@ -44,6 +44,7 @@ MAX_MERGES = 100  # YAML merge keys (<<) in one mapping
 MAX_SEXAGESIMAL_PARTS = 16  # YAML 1.1 base-60 numbers (1:30:00): PyYAML's conversion is quadratic in parts
 
 
+@functools.lru_cache(maxsize=None)
 def package_dir(name: str) -> Path:
     """Folder of one of the shipped top-level folders (handlers, schema, seeds)."""
     module = __import__(f"dagrun.{name}", fromlist=["__file__"])
