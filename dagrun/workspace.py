@@ -101,14 +101,17 @@ def normalize_workspace(workspace: Any, fields: Iterable[str] = ()) -> Mapping[s
             entry = pwd.getpwnam(user)
         except KeyError:
             entry = None  # created by the run (create_linux_user)
-        if user == "root" or entry is not None and entry.pw_uid < SYSTEM_UID_LIMIT:
+        if user == "root" or entry is not None and not is_tenant_uid(entry.pw_uid):
             raise InputError(f"the workspace user {user!r} is a system account"
                              + (f" (uid {entry.pw_uid})" if entry is not None else "")
                              + ": steps never run as one")
     return FrozenDict(data)
 
 
-SYSTEM_UID_LIMIT = 1000  # uids below are system accounts (Debian's UID_MIN)
+def is_tenant_uid(uid: int) -> bool:
+    """Is ``uid`` an ordinary account's (Debian's UID_MIN to UID_MAX)? Below
+    are system accounts, above ``nobody`` and the like: never a workspace's."""
+    return 1000 <= uid <= 60000
 
 
 _SAFE_ID = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")

@@ -19,6 +19,7 @@ from dagrun.errors import PermanentError
 from dagrun.run import paths
 from dagrun.run.handler_types import StepContext
 from dagrun.run.outcome import HandlerResult
+from dagrun.workspace import is_tenant_uid
 
 from .scripts import NOTHING_TO_UNDO
 
@@ -91,8 +92,6 @@ def remove_packages(ctx: StepContext) -> HandlerResult:
 
 # -- users --------------------------------------------------------------------
 
-SYSTEM_UID_MAX = 999
-
 
 def _user(name: str) -> pwd.struct_passwd | None:
     try:
@@ -119,7 +118,7 @@ def create_user(ctx: StepContext) -> HandlerResult:
     name = ctx.config["username"]
     adopt = bool(ctx.config.get("adopt_existing"))
     existing = _user(name)
-    if existing is not None and (existing.pw_uid <= SYSTEM_UID_MAX or name == "root"):
+    if existing is not None and (not is_tenant_uid(existing.pw_uid) or name == "root"):
         raise PermanentError(f"{name} is a system account (uid {existing.pw_uid}): not a workspace user")
     if existing is not None and not adopt:
         raise PermanentError(f"user {name} already exists and this step did not create it "
@@ -155,8 +154,15 @@ def create_user(ctx: StepContext) -> HandlerResult:
         created = True
     user = _user(name)
     assert user is not None
-    if user.pw_uid <= SYSTEM_UID_MAX:  # useradd made a system account (a misconfigured UID_MIN)
+    if not is_tenant_uid(user.pw_uid):  # useradd made a system account (a misconfigured UID_MIN)
         raise PermanentError(f"{name} got uid {user.pw_uid}, a system account's")
+    if created:  # useradd makes it as login.defs says (0755 on Debian): no tenant reads another's
+        folder = paths.open_folder(user.pw_dir)
+        try:
+            if os.fstat(folder).st_uid == user.pw_uid:
+                os.fchmod(folder, 0o750)
+        finally:
+            os.close(folder)
     key = ctx.config.get("ssh_public_key")
     key_added = bool(key) and _authorize(user, key)
     return HandlerResult(data={"username": name, "uid": user.pw_uid, "home": user.pw_dir, "created": created},

@@ -124,6 +124,7 @@ def test_a_template_creates_its_user_then_works_as_it(shared):
         assert keys.read_text() == "ssh-ed25519 AAAAC3Nz me@host\n"
         assert stat.S_IMODE(keys.stat().st_mode) == 0o600 and keys.stat().st_uid == entry.pw_uid
         assert stat.S_IMODE(keys.parent.stat().st_mode) == 0o700
+        assert stat.S_IMODE(os.stat(entry.pw_dir).st_mode) == 0o750  # no other tenant reads it
     finally:
         subprocess.run(["userdel", "--remove", name], capture_output=True)
 
@@ -449,7 +450,7 @@ def test_a_result_file_swapped_for_a_symlink_is_not_read(tmp_path):
 
 
 @root_only
-@pytest.mark.parametrize("name", ["root", "daemon"])
+@pytest.mark.parametrize("name", ["root", "daemon", "nobody"])
 def test_system_accounts_are_never_the_workspace_user(name, tmp_path):
     with pytest.raises(InputError, match=f"the workspace user {name!r} is a system account"):
         run_template(template(script_step(10, "id", id="s")), {"id": "r", "linux_username": name}, record=False)
@@ -848,3 +849,85 @@ def test_a_home_belongs_to_the_workspace_that_used_it_first(store, tmp_path, req
         with pytest.raises(InputError, match="is workspace alice's"):
             run_template(doc, {"id": "mallory", "home_dir": str(nested)}, database_url=url)
     assert run_template(doc, {"id": "bob", "home_dir": str(tmp_path / "alice-home-2")}, database_url=url).success
+
+
+# -- root steps among a workspace user's files -----------------------------------------
+
+@root_only
+def test_a_root_step_never_takes_the_tenants_files_for_its_own(user):
+    """A root step of a workspace with a user gets root's HOME and starts in
+    /: Python's user site in the tenant's home (a .pth file runs code) is not
+    root's, nor any other configuration the tenant could plant there."""
+    version = subprocess.run(["/usr/bin/python3", "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    site = Path(user.pw_dir, ".local", "lib", f"python{version}", "site-packages")
+    marker = Path(user.pw_dir, "ran-as-root")
+    subprocess.run(["runuser", "-u", user.pw_name, "--", "mkdir", "-p", str(site)], check=True)
+    (site / "zz.pth").write_text(f"import os; os.getuid() == 0 and open({str(marker)!r}, 'w').close()\n")
+    result = run_template(template(script_step(10, "/usr/bin/python3 -c pass; echo $HOME; pwd; echo $DAGRUN_WORKSPACE_HOME",
+                                               id="root", run_as="root")), as_user(user), record=False)
+    assert result.success, result.error
+    assert not marker.exists()
+    assert result.steps["root"].stdout.split() == [pwd.getpwuid(0).pw_dir, "/", user.pw_dir]
+
+
+def test_a_working_dir_swapped_for_a_symlink_after_its_check_leads_nowhere(tmp_path, monkeypatch):
+    """The folder is opened when it is checked and the command starts in
+    what was opened: a swap in between (a tenant's process racing the step)
+    does not take the command to where the symlink leads."""
+    home, elsewhere = tmp_path / "home", tmp_path / "elsewhere"
+    (home / "project").mkdir(parents=True)
+    elsewhere.mkdir()
+    start = subprocess.Popen
+
+    def swap_then_start(*args, **kwargs):
+        if not (home / "project").is_symlink():  # the tenant wins the race: just before the command starts
+            (home / "project").rename(home / "checked")
+            (home / "project").symlink_to(elsewhere)
+        return start(*args, **kwargs)
+
+    monkeypatch.setattr(subprocess, "Popen", swap_then_start)
+    result = run_template(template(script_step(10, "pwd -P; touch here", id="s",
+                                               action_config={"working_dir": "~/project"})),
+                          {"id": "w", "home_dir": str(home)}, record=False, sandbox=False)
+    assert result.success, result.error
+    assert result.steps["s"].stdout == f"{home / 'checked'}\n"
+    assert (home / "checked" / "here").exists() and not (elsewhere / "here").exists()
+
+
+@root_only
+def test_a_root_workspaces_home_is_root_s_alone(tmp_path):
+    result = run_template(template(script_step(10, "true", id="s")), {"id": "w", "home_dir": str(tmp_path / "w")},
+                          record=False)
+    assert result.success, result.error
+    assert stat.S_IMODE((tmp_path / "w").stat().st_mode) == 0o700
+
+
+def test_the_sandboxed_python_worker_sees_no_folder_below_a_private_one(tmp_path, monkeypatch):
+    """The host application's folder (its settings) below a private folder
+    is not bound into the sandbox: the step's user could not reach it
+    outside either. Folders anyone can reach still are."""
+    from dagrun.run.isolation import python_paths
+    private = tmp_path / "private"
+    (private / "app").mkdir(parents=True)
+    private.chmod(0o700)
+    (private / "app").chmod(0o755)
+    public = Path(tempfile.mkdtemp(prefix="dagrun-public-", dir="/tmp"))
+    try:
+        public.chmod(0o755)
+        monkeypatch.setattr(sys, "path", [str(private / "app"), str(public), *sys.path])
+        shown = python_paths()
+        assert str(private / "app") not in shown and str(public) in shown
+    finally:
+        shutil.rmtree(public)
+
+
+def test_a_fifo_in_place_of_a_file_is_refused_not_waited_on(tmp_path):
+    home = tmp_path / "home"
+    (home / "conf").mkdir(parents=True)
+    os.mkfifo(home / "conf" / "settings.json")
+    result = run_template(template(step(10, "write_file", id="f", timeout_seconds=5,
+                                        action_config={"target_path": "~/conf/settings.json", "content": "{}"})),
+                          {"id": "w", "home_dir": str(home)}, record=False)
+    assert result.steps["f"].status is StepStatus.failed
+    assert "not a regular file" in result.steps["f"].error and "timed out" not in result.steps["f"].error

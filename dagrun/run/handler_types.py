@@ -27,15 +27,17 @@ another process.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
+import pwd
 import re
 import shlex
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Protocol
+from typing import Any, Callable, Iterator, Mapping, Protocol
 
 import yaml
 
@@ -147,10 +149,28 @@ class StepContext:
         data = paths.read_file(path, home=None if self.action.requires_sudo else self.home)
         return None if data is None else data.decode("utf-8", errors="replace")
 
+    @property
+    def root_in_tenant_home(self) -> bool:
+        """Does this step run as root in a workspace whose home its Linux
+        user owns? Then nothing in the home is root's to trust: it is not
+        the step's ``HOME`` (programs read their configuration from there:
+        Python's user site, git, npm) nor, by default, its working directory."""
+        return self.privileged and bool(self.home) and bool(self.workspace.get("linux_username"))
+
+    def process_home(self) -> str | None:
+        """``HOME`` of the step's commands: the workspace home, or root's own
+        for a root step among a workspace user's files."""
+        if self.root_in_tenant_home:
+            return pwd.getpwuid(os.geteuid()).pw_dir or "/"
+        return self.home
+
     def process_env(self) -> dict[str, str]:
         env = self.isolation.environment(dict(self.env))
+        home = self.process_home()
+        if home:
+            env["HOME"] = home
         if self.home:
-            env["HOME"] = self.home
+            env["DAGRUN_WORKSPACE_HOME"] = self.home
         env["DAGRUN_STEP_ID"] = self.step_id
         env["DAGRUN_WORKSPACE_ID"] = str(self.workspace.get("id"))
         env["DAGRUN_ATTEMPT"] = str(self.attempt)
@@ -166,29 +186,37 @@ class StepContext:
         """Run script text that is already final: a rendered :class:`ShellScript`
         (its values arrive as environment variables) or plain text. ``name``
         says which script in error messages."""
-        cwd = self._cwd(cwd)
         values = script.values if isinstance(script, ShellScript) else {}
         text = script.text if isinstance(script, ShellScript) else script
-        result = run_script(text, env={**self.process_env(), **(env or {}), **values}, cwd=cwd,
-                            timeout=self.remaining(), cancel=self.cancel, run_id=self.run_id, isolation=self.isolation,
-                            on_start=self.report)
+        with self.working_dir(cwd) as where:
+            result = run_script(text, env={**self.process_env(), **(env or {}), **values}, cwd=where,
+                                timeout=self.remaining(), cancel=self.cancel, run_id=self.run_id,
+                                isolation=self.isolation, on_start=self.report)
         return self._result(result, name)
 
     def run(self, argv: list[str], *, cwd: str | None = None, env: Mapping[str, str] | None = None,
             input: bytes | None = None) -> HandlerResult:
         """Run one program (no shell: arguments are never parsed as code)."""
-        result = run_command([str(a) for a in argv], env={**self.process_env(), **(env or {})},
-                             cwd=self._cwd(cwd), timeout=self.remaining(), cancel=self.cancel, input=input,
-                             run_id=self.run_id, isolation=self.isolation, on_start=self.report)
+        with self.working_dir(cwd) as where:
+            result = run_command([str(a) for a in argv], env={**self.process_env(), **(env or {})},
+                                 cwd=where, timeout=self.remaining(), cancel=self.cancel, input=input,
+                                 run_id=self.run_id, isolation=self.isolation, on_start=self.report)
         return self._result(result, shlex.join(str(a) for a in argv))
 
-    def _cwd(self, cwd: str | None) -> str | None:
+    @contextlib.contextmanager
+    def working_dir(self, cwd: str | None) -> Iterator[str | None]:
+        """Where the step's command starts, for as long as it starts: a
+        folder the config names (checked, then opened and handed over by
+        descriptor, so a folder swapped for a symlink meanwhile leads
+        nowhere); else the home, except for a root step among a workspace
+        user's files, which starts in ``/``."""
         if cwd:
-            cwd = self.path(cwd)
-            if not os.path.isdir(cwd):
-                raise PermanentError(f"working directory {cwd} does not exist")
-            return cwd
-        return self.home if self.home and os.path.isdir(self.home) else None
+            with paths.working_folder(self.path(cwd), self.home, anywhere=self.action.requires_sudo) as where:
+                yield where
+        elif self.root_in_tenant_home:
+            yield "/"
+        else:
+            yield self.home if self.home and os.path.isdir(self.home) else None
 
     def _result(self, result: Any, command: str) -> HandlerResult:
         error = None

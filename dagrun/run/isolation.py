@@ -35,6 +35,7 @@ from pathlib import Path
 
 from ..errors import PermanentError
 from ..spec import Limits
+from ..workspace import is_tenant_uid
 
 STANDARD_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # What a sandboxed step sees of /etc: what programs need to run, resolve names
@@ -77,7 +78,7 @@ class User:
         except KeyError:
             raise PermanentError(f"the workspace user {name!r} does not exist: create it first (create_linux_user), "
                                  "or run the step as root (run_as: root)") from None
-        if entry.pw_uid < 1000 or name == "root":
+        if not is_tenant_uid(entry.pw_uid) or name == "root":
             raise PermanentError(f"the workspace user {name!r} is a system account (uid {entry.pw_uid}): "
                                  "steps never run as one")
         groups = tuple(sorted({g.gr_gid for g in grp.getgrall() if name in g.gr_mem} | {entry.pw_gid}))
@@ -218,16 +219,21 @@ def python_paths() -> tuple[str, ...]:
     and the folders its modules come from."""
     import dagrun
     from ..compile.loader import package_dir
-    paths = {sys.prefix, sys.base_prefix, os.path.dirname(os.path.realpath(sys.executable))}
-    paths |= {p for p in sys.path if p and os.path.isdir(p)}
+    interpreter = {sys.prefix, sys.base_prefix, os.path.dirname(os.path.realpath(sys.executable))}
+
+    def of_interpreter(path: str) -> bool:  # its standard library and installed packages
+        return any(path == q or path.startswith(q + os.sep) for q in interpreter)
+
+    found = interpreter | {p for p in sys.path if p and os.path.isdir(p)}
+    # The interpreter is shown wherever it is (below a private folder: the sandbox makes the folders
+    # above it enterable), unless it is itself private (0700: the step's user could not read it
+    # through the bind either). Any other folder of the path (the host application's own, with its
+    # settings) only if every user could reach it outside the sandbox too.
+    shown = {p for p in found if (_enterable(p) if of_interpreter(p) else _reachable_by_others(p))}
     # dagrun's own packages, wherever they are (an editable install keeps them in its checkout)
-    packages = {os.path.dirname(os.path.realpath(dagrun.__file__)),
-                *(str(package_dir(name)) for name in ("handlers", "schema", "seeds"))}
-    # A folder other users cannot enter (a private checkout, 0700) is not shown whole: the step's
-    # user could not read it through the bind. What is needed inside it is bound by itself, below
-    # folders the sandbox makes enterable.
-    paths = {p for p in paths if _enterable(p)} | packages
-    return tuple(sorted(p for p in paths if not any(p.startswith(q + os.sep) for q in paths if q != p)))
+    shown |= {os.path.dirname(os.path.realpath(dagrun.__file__)),
+              *(str(package_dir(name)) for name in ("handlers", "schema", "seeds"))}
+    return tuple(sorted(p for p in shown if not any(p.startswith(q + os.sep) for q in shown if q != p)))
 
 
 def _enterable(path: str) -> bool:
@@ -235,6 +241,18 @@ def _enterable(path: str) -> bool:
         return bool(os.stat(path).st_mode & 0o001)
     except OSError:
         return False
+
+
+def _reachable_by_others(path: str) -> bool:
+    """Could any user enter ``path`` (it and every folder above it searchable by others)?"""
+    current = os.path.realpath(path)
+    while True:
+        if not _enterable(current):
+            return False
+        parent = os.path.dirname(current)
+        if parent == current:
+            return True
+        current = parent
 
 
 def sandbox_available() -> bool:
@@ -259,7 +277,8 @@ def ensure_home(home: str, user: User | None) -> None:
     parent = open_folder(str(path.parent))
     try:  # made and handed over through the parent's descriptor: no path a swap could redirect
         with contextlib.suppress(FileExistsError):  # steps that start together make it once
-            os.mkdir(path.name, 0o755 if user is None else 0o750, dir_fd=parent)
+            # Never readable by other users: a root workspace's home only root's, a user's its group's too.
+            os.mkdir(path.name, (0o700 if os.geteuid() == 0 else 0o755) if user is None else 0o750, dir_fd=parent)
         if user is not None and os.geteuid() == 0:
             fd = os.open(path.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=parent)
             try:

@@ -24,6 +24,7 @@ import os
 import shutil
 import stat
 from pathlib import Path
+from typing import Iterator
 
 from ..compile.expressions import expand_path
 from ..errors import PermanentError
@@ -150,7 +151,7 @@ def _relative(path: str, home: str) -> list[str]:
     return [part for part in rel.split(os.sep) if part]
 
 
-def open_folder(path: str) -> int:
+def open_folder(path: str, what: str = "the workspace home") -> int:
     """A descriptor of the folder ``path`` (absolute), opened component by
     component from ``/`` with O_NOFOLLOW."""
     fd = os.open("/", os.O_RDONLY | os.O_DIRECTORY)
@@ -162,9 +163,35 @@ def open_folder(path: str) -> int:
     except OSError as exc:
         os.close(fd)
         if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-            raise PermanentError(f"the workspace home {path} goes through a symlink or a file") from None
+            raise PermanentError(f"{what} {path} goes through a symlink or a file") from None
         raise
     return fd
+
+
+# A command started in /proc/self/fd/N starts in the folder the descriptor holds (the child's
+# chdir happens before its descriptors are closed), however that folder's path changes meanwhile.
+_BY_DESCRIPTOR = os.path.isdir("/proc/self/fd")
+
+
+@contextlib.contextmanager
+def working_folder(path: str, home: str | None, *, anywhere: bool = False) -> Iterator[str]:
+    """``path`` as a command's working directory, checked and opened now:
+    resolved, still inside the home (unless ``anywhere``), walked from ``/``
+    without following a symlink, and given to the command as the descriptor
+    (``/proc/self/fd/N``). A folder of the home swapped for a symlink after
+    the check leads nowhere: root never enters, on the step's behalf, a
+    folder the step could not reach itself (another tenant's)."""
+    real = os.path.realpath(path)
+    if not anywhere:
+        inside_home(real, home)
+    try:
+        fd = open_folder(real, "the working directory")
+    except (FileNotFoundError, NotADirectoryError):
+        raise PermanentError(f"working directory {path} does not exist") from None
+    try:
+        yield f"/proc/self/fd/{fd}" if _BY_DESCRIPTOR else real
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager
@@ -252,8 +279,12 @@ def read_file(path: str, *, home: str | None, limit: int = 16 * 1024 * 1024) -> 
     *folders, name = _relative(inside_home(path, home), home)
     try:
         with _open_dir(home, folders, create=False) as fd:
-            handle = os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=fd)
+            # Non-blocking: a FIFO planted in its place would hold the opening thread forever.
+            handle = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=fd)
             with os.fdopen(handle, "rb") as fh:
+                if not stat.S_ISREG(os.fstat(handle).st_mode):
+                    raise PermanentError(f"{path} is not a regular file: not read")
+                os.set_blocking(handle, True)
                 return fh.read(limit)
     except FileNotFoundError:
         return None

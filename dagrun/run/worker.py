@@ -57,11 +57,11 @@ def call_isolated(field: str, ctx: Any) -> HandlerResult:
     read_end, write_end = os.pipe()
     argv = tree.argv(replace(isolation, pids_cgroup=tree.limited).wrap(
         [sys.executable, "-I", "-m", "dagrun.run.worker", str(write_end)]))
-    env = isolation.environment({k: v for k, v in ctx.env.items()} | {"HOME": ctx.home or "/"})
+    env = isolation.environment({k: v for k, v in ctx.env.items()} | {"HOME": ctx.process_home() or "/"})
     try:
         proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                pass_fds=(write_end,), env=tree.env(env), cwd=ctx.home or None,
-                                start_new_session=True)
+                                pass_fds=(write_end,), env=tree.env(env),
+                                cwd="/" if ctx.root_in_tenant_home else ctx.home or None, start_new_session=True)
     except OSError as exc:
         tree.close()
         os.close(read_end)
