@@ -644,6 +644,14 @@ ATTACKS = [  # each must be refused when the template is compiled
     "ssh host echo {{ workspace.v }}", "xargs echo {{ workspace.v }}", "find . -exec echo {{ workspace.v }} ;",
     "{% filter format(workspace.v) %}echo %s{% endfilter %}", "echo `echo {{ workspace.v }}`",
     'echo "$(( {{ workspace.v }} ))"', "x={{ workspace.v }}\neval \"$x\" 'unterminated",
+    # from a second attack (helper-21): declare re-reads a value given to an array as a (...) list
+    "declare -a groups={{ workspace.v }}\necho ${groups[*]}", 'f() { local -a a="{{ workspace.v }}"; }',
+    "typeset -A m={{ workspace.v }}", "readonly -a r={{ workspace.v }}", "export -a e={{ workspace.v }}",
+    "g=(1)\ndeclare g={{ workspace.v }}", "f() { declare g={{ workspace.v }}; }\ng[0]=1\nf",
+    "read -a g < /dev/null\ntypeset g={{ workspace.v }}",
+    # a value after NAME=value words is the command; bash's own numbers evaluate what they are given
+    "GREETING={{ workspace.v }} {{ workspace.v }}", "A=1 B={{ workspace.v }} {{ workspace.v }} x",
+    "RANDOM={{ workspace.v }}", "OPTIND={{ workspace.v }}", "compgen -W {{ workspace.v }}",
 ]
 
 
@@ -663,6 +671,21 @@ def test_options_cannot_sneak_in_behind_empty_values(script, fields, home):
                           record=False)
     assert "a value starts with '-' and would be read as an option" in result.steps["s"].error
     assert "MARK" not in result.steps["s"].error and not (home / "MARK").exists()
+
+
+@pytest.mark.parametrize("script", ["GREETING={{ workspace.l }}", "export GREETING={{ workspace.l }}",
+                                    "GREETING=hi{{ workspace.l }} true"])
+def test_a_list_is_never_split_into_words_after_an_assignment(script, home):
+    """``NAME={{ list }}`` would become ``NAME="$V1" "$V2" ...``: bash runs
+    the second item as a command (export reads it as a name)."""
+    mark = str(home / "MARK")
+    result = run_template(template(script_step(10, script, id="s")),
+                          {"id": "w", "home_dir": str(home), "l": ["x", "touch", mark]}, record=False)
+    assert "a list of several items cannot be assigned to a variable" in result.steps["s"].error
+    assert not (home / "MARK").exists()
+    joined = run_template(template(script_step(10, 'GREETING="{{ workspace.l }}"; echo "$GREETING"', id="s")),
+                          {"id": "w", "home_dir": str(home), "l": ["a", "b"]}, record=False)
+    assert joined.steps["s"].stdout == "a b\n"
 
 
 @pytest.mark.parametrize("content", [

@@ -62,7 +62,7 @@ RUNNERS = frozenset({
     "su", "sudo", "doas", "runuser", "pkexec", "ssh", "rsh", "chroot", "setsid", "nohup", "nice", "ionice",
     "timeout", "env", "stdbuf", "flock", "watch", "script", "unshare", "nsenter", "bwrap", "systemd-run",
     "xargs", "parallel", "find", "expect", "at", "batch", "crontab", "strace", "ltrace", "taskset", "chrt",
-    "make", "gdb", "vim", "vi", "ex", "emacs",
+    "make", "gdb", "vim", "vi", "ex", "emacs", "compgen", "complete", "bind", "fc",
 })
 # Interpreters run a program given inline (-c, -e...), as their first operand
 # (a file), or on stdin. A value may be an argument of that program, never
@@ -80,6 +80,8 @@ _GLUED_CODE = ("-c", "-e", "-E", "-r", "-m")
 NAME_BUILTINS = frozenset({"read", "mapfile", "readarray", "unset", "getopts", "wait", "declare", "typeset",
                            "local", "export", "readonly"})
 DECLARE_BUILTINS = frozenset({"declare", "typeset", "local", "export", "readonly"})
+# bash's own variables that evaluate a value assigned to them as arithmetic (RANDOM='a[$(cmd)]' runs cmd).
+_ARITHMETIC_SPECIALS = frozenset({"RANDOM", "SRANDOM", "OPTIND", "HISTCMD", "SECONDS", "LINENO"})
 _CONTROL = frozenset({"then", "do", "else", "elif", "if", "while", "until", "!", "{", "}"})
 _ASSIGNMENT = re.compile(r"\A[A-Za-z_][A-Za-z0-9_]*(\[[^]]*\])?\+?=")
 _LITERAL_NAME = re.compile(r"\A[A-Za-z0-9_./+-][A-Za-z0-9_.,:/+@%=-]*\Z")
@@ -108,6 +110,7 @@ class Slot:
     line: int
     before: tuple[int, ...] = ()  # values earlier in the same word, with nothing else between
     options_end: bool = False  # after "--" (or a redirection's target): a '-' is no option here
+    assignment: bool = False  # in a NAME=value word: a list may not become several words there
 
 
 # Word text that may expand to nothing: what is left of $NAME, ${...}, $(...), $((...)), $[...] and `...` in a
@@ -151,7 +154,11 @@ class _Lexer:
         self.slots: list[Slot] = []
         self.stack: list[dict[str, Any]] = [self._new_cmd(None, None)]
         self.pending_heredocs: list[tuple[str, bool, bool, str | None]] = []  # delimiter, quoted, strip, deny
-        self.integer_names: set[str] = set()  # declared -i / -n: assigning to them is arithmetic
+        # Assigning to these is arithmetic: declared -i / -n, and bash's own that evaluate what they are given.
+        self.integer_names: set[str] = set(_ARITHMETIC_SPECIALS)
+        # Arrays of the script: declare (typeset) re-reads a value given to one as a (...) list, as code.
+        self.array_names: set[str] = set()
+        self.declared: list[tuple[str, int]] = []  # (name, line) of each value a declare-family builtin assigns
 
     # -- contexts and helpers -------------------------------------------------
 
@@ -159,7 +166,8 @@ class _Lexer:
         return {"kind": "cmd", "closer": closer, "deny": deny, "depth": 0, "case": 0, "word": "",
                 "word_markers": [], "word_literal": True, "words": [], "marker_words": set(),
                 "command_start": True, "command": None, "command_literal": True, "dashdash": False,
-                "cond": False, "integer_declare": False, "redirect": False, "for_name": None, "command_index": 0}
+                "cond": False, "integer_declare": False, "array_declare": False, "redirect": False,
+                "for_name": None, "command_index": 0}
 
     def _push(self, kind: str, deny: str | None = None, **fields: Any) -> None:
         inherited = self._deny()
@@ -184,6 +192,10 @@ class _Lexer:
         if len(self.stack) != 1 or self.pending_heredocs or self.stack[0]["cond"]:
             self.fail("in a script that leaves a quote, $( ), ${ }, [[ or here-document open "
                       "(dagrun cannot tell how bash reads it)")
+        for name, line in self.declared:  # an array made anywhere in the script (a function may run first)
+            if name in self.array_names:
+                raise UnsafeContext(line, f"as the value of {name}, an array: declare reads a value given to an "
+                                          "array as a (...) list, which is code; assign it plainly (name=...)")
         return self.slots
 
     def _advance(self, n: int = 1) -> str:
@@ -288,7 +300,7 @@ class _Lexer:
         ctx["words"].append(word)
         if markers:
             ctx["marker_words"].add(index)
-        if ctx["command_start"] and not (not markers and _ASSIGNMENT.match(word)):
+        if ctx["command_start"] and not _ASSIGNMENT.match(word):  # NAME=value words come before the command
             ctx["command_start"] = False
             ctx["command"] = word
             ctx["command_index"] = index
@@ -305,10 +317,16 @@ class _Lexer:
             ctx["for_name"] = word
         elif word == "--" and ctx["command"] is not None:
             ctx["dashdash"] = True
-        elif ctx["command"] in DECLARE_BUILTINS and word.startswith("-") and set(word[1:]) & {"i", "n"}:
-            ctx["integer_declare"] = True
-        elif ctx["integer_declare"] and not markers:
-            self.integer_names.add(word.split("=", 1)[0].split("[", 1)[0].rstrip("+"))
+        elif ctx["command"] in DECLARE_BUILTINS and word.startswith("-") and set(word[1:]) & {"i", "n", "a", "A"}:
+            ctx["integer_declare"] = ctx["integer_declare"] or bool(set(word[1:]) & {"i", "n"})
+            ctx["array_declare"] = ctx["array_declare"] or bool(set(word[1:]) & {"a", "A"})
+        elif (ctx["integer_declare"] or ctx["array_declare"]) and not markers:
+            name = word.split("=", 1)[0].split("[", 1)[0].rstrip("+")
+            (self.integer_names if ctx["integer_declare"] else self.array_names).add(name)
+            if ctx["integer_declare"] and ctx["array_declare"]:
+                self.array_names.add(name)
+        elif ctx["command"] in ("read", "mapfile", "readarray") and not markers and not word.startswith("-"):
+            self.array_names.add(word)  # (read -a NAME, mapfile NAME: arrays; a plain read's names too, to be safe)
         if word == "esac" and ctx["case"]:
             ctx["case"] -= 1
         if ctx["cond"]:
@@ -334,13 +352,17 @@ class _Lexer:
             self.fail(f"in the arguments of {command}: they are variable names, whose subscripts bash evaluates")
         if command in DECLARE_BUILTINS and cmd["integer_declare"]:
             self.fail(f"as the value of an integer or nameref variable ({command} -i / -n)")
+        if command in DECLARE_BUILTINS and cmd["array_declare"]:
+            self.fail(f"as the value of an array ({command} -a / -A reads it as a (...) list, which is code)")
         if command == "printf" and (previous == "-v" or word.startswith("-v")):
             self.fail("as the variable name of printf -v")
         if command in ("[", "test", "[[") and (previous in ("-v", "-R") or word[:2] in ("-v", "-R")):
             self.fail(f"as the variable name of {command} -v")
         name = assignment.group().rstrip("+=").split("[", 1)[0] if assignment else None
         if name is not None and name in self.integer_names:
-            self.fail(f"as the value of {name}, declared -i or -n (arithmetic)")
+            self.fail(f"as the value of {name}, declared -i or -n, or one of bash's own numbers (arithmetic)")
+        if name is not None and command in DECLARE_BUILTINS:
+            self.declared.append((name, self.line))
         if command == "for" and cmd["for_name"] in self.integer_names:
             self.fail(f"in the list of a for loop over {cmd['for_name']}, declared -i (arithmetic)")
         if cmd["cond"] and previous in _ARITH_OPS and not word:
@@ -357,7 +379,7 @@ class _Lexer:
         if ctx["cond"]:
             return  # [[ ... ]] goes on over &&, ||, ( and ) until its ]]
         ctx.update(words=[], marker_words=set(), command_start=True, command=None, command_literal=True,
-                   dashdash=False, integer_declare=False, redirect=False, for_name=None)
+                   dashdash=False, integer_declare=False, array_declare=False, redirect=False, for_name=None)
 
     def _word_start(self, ctx: dict[str, Any]) -> tuple[bool, tuple[int, ...]]:
         """Does the current point begin a word (only empty quotes, or values
@@ -371,9 +393,10 @@ class _Lexer:
         return not rest, tuple(ctx["word_markers"])
 
     def _slot(self, index: int, quoted: bool, start: tuple[bool, tuple[int, ...]] | None,
-              dashdash: bool = False) -> None:
+              dashdash: bool = False, assignment: bool = False) -> None:
         word_start, before = start if start is not None else (False, ())
-        self.slots.append(Slot(index, quoted, word_start, self.line, before, options_end=dashdash or start is None))
+        self.slots.append(Slot(index, quoted, word_start, self.line, before, options_end=dashdash or start is None,
+                               assignment=assignment))
 
     # -- the contexts -----------------------------------------------------------
 
@@ -382,7 +405,8 @@ class _Lexer:
         if c == OPEN:
             index = self._marker()
             self._check_use(ctx, index)
-            self._slot(index, False, self._word_start(ctx), ctx["dashdash"] or ctx["redirect"])
+            self._slot(index, False, self._word_start(ctx), ctx["dashdash"] or ctx["redirect"],
+                       assignment=bool(_ASSIGNMENT.match(ctx["word"])))
             ctx["word_markers"].append(index)
             return
         if c == "\\":
@@ -422,6 +446,7 @@ class _Lexer:
                 return
         if c == "(" and _ASSIGNMENT.match(ctx["word"]) and ctx["word"].endswith("=") and not ctx["word_markers"]:
             name = ctx["word"].split("=", 1)[0].rstrip("+").split("[", 1)[0]
+            self.array_names.add(name)
             integer = name in self.integer_names or ctx["integer_declare"]
             ctx["word"] += self._advance()  # name=( ... ): an array's elements, up to the )
             self._push("array", deny="as an element of an integer array (arithmetic)" if integer else None)
@@ -432,6 +457,7 @@ class _Lexer:
             return
         if c == "[" and ctx["word"] and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", ctx["word"]) \
                 and not ctx["word_markers"] and not ctx["cond"]:
+            self.array_names.add(ctx["word"])  # name[i]=...: an array from here on
             ctx["word"] += self._advance()  # an array subscript: arithmetic, up to its ]
             self._push("arith", deny="in an array subscript (bash evaluates it as arithmetic)", closer="]", depth=0)
             return
@@ -851,6 +877,10 @@ def substitute(rendered: str, values: list[Any], *, start: int = 1) -> ShellScri
         if slot.quoted:
             return "${" + var(as_text(value), slot, starts_word(slot)) + "}"
         if isinstance(value, (list, tuple)):  # one word per item: each after the first begins a word
+            if slot.assignment and len(value) > 1:  # NAME=a b: b would be the command, or declare's next name
+                raise ShellValueError(f"line {slot.line}: a list of several items cannot be assigned to a variable "
+                                      "(its second item would be read as a command or a name): join it "
+                                      "({{ x | join(' ') }}) or quote it (\"{{ x }}\")")
             return " ".join('"${' + var(as_text(v), slot, starts_word(slot) if i == 0 else not slot.options_end)
                             + '}"' for i, v in enumerate(value))
         return '"${' + var(as_text(value), slot, starts_word(slot)) + '}"'
