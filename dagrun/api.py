@@ -302,6 +302,11 @@ def prepare_resume(run_id: str, *, database_url: str | None = None, from_step: s
     engine = writable(url)
     with store_errors(url, "cannot read"):
         run, rows = load_for_resume(engine, run_id)
+    from .store.journal import pending
+    kept = pending(run.id)
+    if kept is not None:  # what the store shows of the run is not all it did: a resume would redo steps
+        raise InputError(f"run {run.id} has records the store could not take, kept in {kept}: replay them "
+                         "first (dagrun db recover), then resume")
     if is_alive(run):
         raise RunConflictError(f"run {run.id} is still running (owner {run.owner})", run_id=run.id)
     if run.mode == "check":

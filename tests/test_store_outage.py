@@ -11,11 +11,16 @@ import threading
 
 import pytest
 
+import json
+import time
+
 import dagrun.store.recorder
-from dagrun import run_template
+from dagrun import InputError, resume, run_template
 from dagrun.run.events import StepFinished
 from dagrun.store.history import show_run
-from tests.helpers import script_step, template
+from dagrun.store.runs import is_alive, owner_id
+from dagrun.store.models import ProvisioningRun
+from tests.helpers import action, script_step, step, template
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="restarting PostgreSQL needs root (CI runs as root)")
 
@@ -80,6 +85,9 @@ def test_a_long_outage_is_journalled_and_recovered(workspace, pg_url, tmp_path, 
     assert "records kept in" in result.error and "dagrun db recover" in result.error
     journal = tmp_path / "xdg" / "dagrun" / "journal" / f"{result.run_id}.jsonl"
     assert journal.exists()
+    # What the store shows of the run is not all it did: a resume now would run steps again.
+    with pytest.raises(InputError, match="replay them first"):
+        resume(result.run_id, database_url=pg_url)
     env = {**os.environ, "XDG_DATA_HOME": str(tmp_path / "xdg")}
     out = subprocess.run([sys.executable, "-m", "dagrun", "db", "recover"], capture_output=True, text=True, env=env)
     assert out.returncode == 0, out.stderr
@@ -87,3 +95,72 @@ def test_a_long_outage_is_journalled_and_recovered(workspace, pg_url, tmp_path, 
     run = show_run(pg_url, result.run_id)
     assert run["status"] == "succeeded"
     assert [(a["step_id"], a["status"]) for a in run["attempts"]] == [(f"s{i}", "completed") for i in range(1, 5)]
+
+
+def stop_postgres(ctx):
+    pg_ctl("stop")
+
+
+def start_postgres(ctx):
+    pg_ctl("start")
+
+
+def test_once_records_are_journalled_the_rest_follow_them_in_order(workspace, pg_url, tmp_path, monkeypatch):
+    """The store comes back while the run goes on: the run's later records
+    still go to the journal, after the earlier ones (an update written to
+    the store before its journalled insert would match no row, and be lost
+    when the journal is replayed)."""
+    monkeypatch.setattr(dagrun.store.recorder, "RETRY_LIMIT_SECONDS", 0.5)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    doc = template(script_step(10, "echo one", id="s1"),
+                   step(20, "stop_pg", id="s2", requires=["s1"]), step(30, "start_pg", id="s3", requires=["s2"]),
+                   script_step(40, "echo four", id="s4", requires=["s3"]))
+    acts = [action("stop_pg", "tests.test_store_outage:stop_postgres", timeout_seconds=120),
+            action("start_pg", "tests.test_store_outage:start_postgres", timeout_seconds=120)]
+    try:
+        result = run_template(doc, workspace, database_url=pg_url, actions=acts, sandbox=False)
+    finally:
+        if subprocess.run(["pg_isready", "-q", "-h", "127.0.0.1"]).returncode != 0:
+            pg_ctl("start")
+    assert result.success and "records kept in" in result.error
+    journal = tmp_path / "xdg" / "dagrun" / "journal" / f"{result.run_id}.jsonl"
+    batches = [json.loads(line)["ops"] for line in journal.read_text().splitlines()]
+    journalled = {op.get("row", {}).get("step_id") or (op.get("key") or [None, None])[1]
+                  for batch in batches for op in batch}
+    assert {"s3", "s4"} <= journalled  # written after the store was back, still behind the earlier records
+    env = {**os.environ, "XDG_DATA_HOME": str(tmp_path / "xdg")}
+    out = subprocess.run([sys.executable, "-m", "dagrun", "db", "recover"], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    run = show_run(pg_url, result.run_id)
+    assert run["status"] == "succeeded"
+    assert [(a["step_id"], a["status"]) for a in run["attempts"]] == [(f"s{i}", "completed") for i in range(1, 5)]
+
+
+def test_a_nul_character_in_a_steps_output_is_recorded_and_the_run_goes_on(workspace, pg_url):
+    """PostgreSQL refuses NUL in text; the driver's error killed the writer
+    and the dependent step waited for its record forever."""
+    outcome = []
+    doc = template(script_step(10, "printf 'before\\0after\\n'", id="a"), script_step(20, "echo b", id="b", requires=["a"]))
+    worker = threading.Thread(target=lambda: outcome.append(run_template(doc, workspace, database_url=pg_url)),
+                              daemon=True)
+    worker.start()
+    worker.join(60)
+    assert outcome, "the run never ended"
+    assert outcome[0].success and outcome[0].error is None
+    run = show_run(pg_url, outcome[0].run_id, output=True)
+    assert run["attempts"][0]["output"] == "before\ufffdafter\n"
+
+
+def test_a_live_run_on_this_host_is_alive_however_old_its_heartbeat():
+    """The store may have been away for longer than the heartbeat's
+    staleness: the very process that owns the run is alive; a later process
+    given the same pid is not."""
+    old = time.time() - 3600
+    from datetime import datetime, timezone
+    beat = datetime.fromtimestamp(old, timezone.utc)
+    assert is_alive(ProvisioningRun(status="running", owner=owner_id(), heartbeat_at=beat))
+    host, _, process = owner_id().rpartition(":")
+    pid, _, started = process.partition("@")
+    assert started
+    reused = f"{host}:{pid}@{float(started) - 1:g}"  # the same pid, an earlier process
+    assert not is_alive(ProvisioningRun(status="running", owner=reused, heartbeat_at=datetime.now(timezone.utc)))

@@ -47,6 +47,12 @@ def _replay_url(journalled: str, given: str | None) -> str:
     return journalled
 
 
+def pending(run_id: str) -> Path | None:
+    """The journal of ``run_id``, if it has records not yet replayed."""
+    path = journal_dir() / f"{run_id}.jsonl"
+    return path if path.exists() else None
+
+
 def recover(journal: Path | None = None, url: str | None = None) -> list[tuple[Path, int, str | None]]:
     """Replay journalled operations; ``(file, batches applied, error)`` per file.
     ``url``: the database to replay into (needed when the journalled URL had a
@@ -61,8 +67,13 @@ def recover(journal: Path | None = None, url: str | None = None) -> list[tuple[P
             entry = json.loads(line)
             try:
                 apply_operations(writable(_replay_url(entry["url"], url)), entry["ops"], {})
-            except SQLAlchemyError as exc:
-                error = str(exc).splitlines()[0]
+            except (SQLAlchemyError, OSError, ValueError, LookupError) as exc:  # the driver's own errors too
+                error = (str(exc).splitlines() or [type(exc).__name__])[0]
+                break
+            except Exception as exc:  # noqa: BLE001 - psycopg2 / sqlite3 errors (attempt rows go through the driver)
+                if type(exc).__module__.split(".")[0] not in ("psycopg2", "sqlite3"):
+                    raise
+                error = (str(exc).splitlines() or [type(exc).__name__])[0]
                 break
             applied += 1
         if error is None:

@@ -18,6 +18,7 @@ returns once every queued event is committed (or journalled).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -25,7 +26,7 @@ import queue
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 
@@ -53,7 +54,13 @@ def _output(stdout: str, stderr: str) -> str:
     text = stdout
     if stderr:
         text += ("\n" if text and not text.endswith("\n") else "") + "--- stderr ---\n" + stderr
-    return bounded(text)
+    return _text(bounded(text))
+
+
+def _text(value: str | None) -> str | None:
+    """Text a database column takes: PostgreSQL refuses NUL characters (a
+    program may print one), shown as U+FFFD instead."""
+    return value.replace("\0", "\ufffd") if value and "\0" in value else value
 
 
 def _json(value: Any) -> str:
@@ -160,15 +167,29 @@ class Recorder:
             self.on_cancel = None
 
     def _commit(self, ops: list[dict[str, Any]], urgent: bool = True) -> None:
+        if self.journal is not None:
+            # Once a run's records went to the journal, the rest follow them there: replayed in the order
+            # they were made (an update written before its journalled insert would match no row).
+            # Only the heartbeat still goes to the store, best effort: the run is alive.
+            beats = [op for op in ops if _heartbeat_only(op)]
+            if beats:
+                with contextlib.suppress(Exception):
+                    apply_operations(self.engine, beats, self._action_ids, self._run.get("actions"))
+            ops = [op for op in ops if not _heartbeat_only(op)]
+            if ops:
+                self._to_journal(ops, "earlier records are in the journal", 0.0)
+            return
         delay, waited = 0.2, 0.0
         while True:
             try:
                 apply_operations(self.engine, ops, self._action_ids, self._run.get("actions"), wait_for_disk=urgent)
                 return
-            except SQLAlchemyError as exc:
+            except Exception as exc:  # noqa: BLE001 - the driver's own errors too (attempt rows go through it)
+                # Whatever the store says, the writer goes on: it retries, then journals (a dead writer
+                # would hold every dependent of an unrecorded step back, and the run would never end).
                 self._action_ids.clear()  # ids from a rolled-back transaction may be void
-                reason = str(exc).splitlines()[0]
-                if not isinstance(exc, (OperationalError, InterfaceError)) or waited >= self.retry_limit_seconds:
+                reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+                if not _transient(exc) or waited >= self.retry_limit_seconds:
                     self._to_journal(ops, reason, waited)
                     return
                 log.warning("store write failed (%s); retrying in %.1f s", reason, delay)
@@ -177,7 +198,15 @@ class Recorder:
                 delay = min(delay * 2, 5.0)
 
     def _to_journal(self, ops: list[dict[str, Any]], reason: str, waited: float) -> None:
-        self.journal = journal.append(self._run.get("id", "unknown"), self.url, ops)
+        first = self.journal is None
+        try:
+            self.journal = journal.append(self._run.get("id", "unknown"), self.url, ops)
+        except OSError as exc:  # nowhere left to keep them: said in the result, the run goes on
+            self.error = f"could not write to {describe_url(self.url)} ({reason}) nor to the journal ({exc})"
+            log.error("store write failed; %d records lost: %s", len(ops), self.error)
+            return
+        if not first:  # the rest of the run follows its first journalled records: said once
+            return
         self.error = (f"could not write to {describe_url(self.url)} ({reason}"
                       + (f", for {waited:.0f} s" if waited else "") + f"); records kept in {self.journal}, "
                       "replay them with: dagrun db recover")
@@ -212,7 +241,7 @@ class Recorder:
             o = event.outcome
             values = {"status": o.status.value, "completed_at": o.started_at + o.duration,
                       "duration_seconds": round(o.duration, 6), "execution_output": _output(o.stdout, o.stderr),
-                      "error_message": o.error or o.skip_reason, "exit_code": o.exit_code,
+                      "error_message": _text(o.error or o.skip_reason), "exit_code": o.exit_code,
                       "result_data": _json(o.data) if o.data else "{}",
                       "skip_reason": CONDITION if o.status is StepStatus.skipped else None,
                       "changed": o.changed}
@@ -241,10 +270,10 @@ class Recorder:
                      "values": {"process_group": event.pid, "process_started": event.started}}]
         if isinstance(event, StepFinished) and event.status is StepStatus.cancelled and event.attempts:
             return [{"op": "update", "key": [event.run_id, event.step_id, event.attempts],
-                     "values": {"status": "cancelled", "next_retry_at": None, "error_message": event.error}}]
+                     "values": {"status": "cancelled", "next_retry_at": None, "error_message": _text(event.error)}}]
         if isinstance(event, StepRolledBack):
             values = ({"status": StepStatus.rolled_back.value} if event.ok
-                      else {"error_message": f"rollback failed: {event.error}"})
+                      else {"error_message": _text(f"rollback failed: {event.error}")})
             return [{"op": "rollback", "key": [event.run_id, event.step_id], "values": values}]
         if isinstance(event, RunFinished):
             result = event.result
@@ -252,9 +281,20 @@ class Recorder:
             ops = [{"op": "run", "run_id": event.run_id, "values": {
                 "status": result.status.value, "completed_at": event.time,
                 "completed_steps": result.completed_actions, "failed_steps": result.failed_actions,
-                "skipped_steps": result.skipped_actions, "error": result.error, "heartbeat_at": event.time}}]
+                "skipped_steps": result.skipped_actions, "error": _text(result.error), "heartbeat_at": event.time}}]
             if self.count_use and result.success:
                 plan = self._run["plan"]
                 ops.append({"op": "template used", "name": plan.name, "version": plan.version, "time": event.time})
             return ops
         return []
+
+
+def _transient(exc: BaseException) -> bool:
+    """A store that is away or busy (worth retrying), as SQLAlchemy or the
+    driver (psycopg2, sqlite3: attempt rows go through it) says it."""
+    return isinstance(exc, (OperationalError, InterfaceError)) or \
+        type(exc).__name__ in ("OperationalError", "InterfaceError")
+
+
+def _heartbeat_only(op: Mapping[str, Any]) -> bool:
+    return op.get("op") == "run" and set(op.get("values", {})) == {"heartbeat_at"}

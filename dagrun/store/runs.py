@@ -9,9 +9,10 @@ never both start a run for the same workspace:
 - a ``running`` run of that workspace whose owner is alive is a conflict;
 - one whose owner is dead is *interrupted*: its ``running`` attempts are
   closed as failed ("interrupted") and the run as failed, so it can be
-  resumed. An owner is dead when its heartbeat is older than
-  ``STALE_SECONDS``, or at once when it ran on this host and its process is
-  gone.
+  resumed. An owner on this host is alive exactly when its process is (the
+  same process: its pid and start time), however old its heartbeat (the
+  store may have been away); an owner on another host is dead when its
+  heartbeat is older than ``STALE_SECONDS``.
 """
 
 from __future__ import annotations
@@ -40,7 +41,9 @@ INTERRUPTED = "interrupted: the process running it stopped (no heartbeat)"
 
 
 def owner_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """``host:pid@start``: the start time tells the process from a later one given the same pid."""
+    started = processes.start_time(os.getpid())
+    return f"{socket.gethostname()}:{os.getpid()}" + ("" if started is None else f"@{started:g}")
 
 
 def _utc(value: datetime | None) -> datetime | None:
@@ -53,7 +56,8 @@ def is_alive(run: ProvisioningRun, now: datetime | None = None) -> bool:
     """Is the process that owns this running run still there?"""
     if run.status != "running":
         return False
-    host, _, pid = (run.owner or "").rpartition(":")
+    host, _, process = (run.owner or "").rpartition(":")
+    pid, _, started = process.partition("@")
     if host == socket.gethostname() and pid.isdigit():
         try:
             os.kill(int(pid), 0)
@@ -61,6 +65,9 @@ def is_alive(run: ProvisioningRun, now: datetime | None = None) -> bool:
             return False
         except PermissionError:
             pass
+        if started:  # the very process (not a later one given its pid) is alive, whatever its heartbeat says
+            now_started = processes.start_time(int(pid))
+            return now_started is not None and f"{now_started:g}" == started
     heartbeat = _utc(run.heartbeat_at)
     now = now or datetime.now(timezone.utc)
     return heartbeat is not None and now - heartbeat < timedelta(seconds=STALE_SECONDS)
