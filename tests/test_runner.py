@@ -109,6 +109,22 @@ def test_unkillable_python_handler_is_abandoned_at_its_deadline(workspace, monke
     assert "timed out after 0.3 s (handler did not stop; abandoned)" in result.steps["hang"].error
 
 
+def test_a_step_that_changed_nothing_is_not_rolled_back(workspace, tmp_path):
+    """It found everything already so (changed=false): its rollback would
+    remove what was there before the run (a venv, a checkout)."""
+    kept, made = tmp_path / "kept", tmp_path / "made"
+    kept.mkdir()
+    doc = template(script_step(10, f'test -d {kept} && echo changed=false >> "$DAGRUN_OUTPUT"', id="found",
+                               action_config={"rollback_script": f"rmdir {kept}"}),
+                   script_step(20, f"mkdir {made}", id="made", action_config={"rollback_script": f"rmdir {made}"}),
+                   script_step(30, "exit 1", id="bad", requires=["found", "made"]))
+    result = run(doc, workspace)
+    assert result.status is RunStatus.failed
+    assert result.steps["found"].status is StepStatus.completed and result.steps["found"].changed is False
+    assert result.steps["made"].status is StepStatus.rolled_back
+    assert kept.is_dir() and not made.exists()
+
+
 def test_rollback_in_reverse_completion_order_and_failing_rollback_does_not_stop_it(workspace, tmp_path):
     """
         a ─> b ─┐

@@ -759,3 +759,16 @@ def test_a_value_is_never_a_later_program_of_sed_or_awk(script):
     """GNU sed and awk read options after their program too: -e VALUE there is code."""
     with pytest.raises(TemplateError, match="in the code (sed|awk) runs"):
         compile_template(template(script_step(10, script)))
+
+
+@pytest.mark.parametrize("project", ["../escape", "..", "a/../../escape", ""])
+def test_a_variable_is_one_folder_name_where_the_demo_makes_it_a_path(project, tmp_path):
+    """The service takes variables from its client: the demo's project
+    folder is one name (``| path_segment``), never a way out of the home
+    for its scripts (which run as root in a workspace without a user)."""
+    home = tmp_path / "ws" / "home"
+    home.parent.mkdir()
+    result = run_template("demo", {"id": "w", "home_dir": str(home)}, variables={"project": project}, record=False)
+    assert not result.success
+    assert "is not a single folder or file name" in result.steps["layout"].error
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ws"] and not (tmp_path / "ws" / "escape").exists()

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from collections.abc import Mapping  # for isinstance: typing's alias is several times slower
 from typing import Any, Callable, Iterator
 
-from jinja2 import TemplateSyntaxError, Undefined, nodes
+from jinja2 import TemplateRuntimeError, TemplateSyntaxError, Undefined, nodes
 
 from . import shell_text
 from .sandbox import BoundedSandbox, budget
@@ -56,6 +56,17 @@ def _to_json(value: Any, indent: int | None = 2) -> str:
     if indent is not None and not 0 <= int(indent) <= 16:
         raise TemplateSyntaxError("to_json: indent must be between 0 and 16", 1)
     return json.dumps(value, indent=indent, default=str)
+
+
+def _path_segment(value: Any) -> str:
+    """A value as one folder or file name (``~/{{ vars.project | path_segment }}``):
+    a value naming ``..``, ``.`` or several folders would take a path, and
+    what a script does there (``rm -rf``), out of the home."""
+    text = "" if value is None else str(value)
+    if not text or text in (".", "..") or "/" in text or "\0" in text:
+        raise TemplateRuntimeError(f"path_segment: {text[:60]!r} is not a single folder or file name "
+                                   "(empty, '.', '..', or holds a '/')")
+    return text
 
 
 def _to_yaml(value: Any) -> str:
@@ -105,6 +116,7 @@ def _make_env(**kwargs: Any) -> _Environment:
     env = _Environment(values_are_marked="finalize" in kwargs, **kwargs)
     env.filters["to_json"] = _to_json
     env.filters["to_yaml"] = _to_yaml
+    env.filters["path_segment"] = _path_segment
     return env
 
 

@@ -554,6 +554,9 @@ class Runner:
             step = self.plan.steps[sid]
             if handlers_for(step.action).rollback is None:
                 continue
+            record = self._records.get(sid)
+            if record is not None and record.changed is False:
+                continue  # it found everything already so: undoing it would remove what was there before
             key = (sid, -1)  # a rollback's key: it shares the queue and deadlines with attempts
             self._track(key, self.clock() + step.timeout_seconds + DEADLINE_GRACE_SECONDS)
             put = self._queue.put
