@@ -470,12 +470,17 @@ def claim(prepared: PreparedRun) -> None:
                          *known_secrets(plan, ws, {**prepared.variables, **_secret_vars(prepared)}, {})])
     stored = stored_fields(ws, plan.workspace_fields)
     hidden = redactor.masked_fields(stored)
-    names = sorted({*secret_names(plan, prepared.secrets), *(f"workspace.{k}" for k in hidden)})
+    # Nor is a plain variable that holds one (password: "{{ vars.pw }}"): like a secret, it is
+    # given again to resume the run.
+    variables = dict(prepared.variables)
+    hidden_vars = [k for k, v in variables.items() if redactor.value(v) != v]
+    names = sorted({*secret_names(plan, prepared.secrets), *(f"workspace.{k}" for k in hidden), *hidden_vars})
     with store_errors(prepared.url, "cannot write to"):
         claim_in_store(writable(prepared.url), run_id=prepared.run_id, workspace_id=str(ws["id"]), fields={
             "template_name": plan.name, "template_version": plan.version, "total_steps": len(plan.order),
             "template_snapshot": masked_snapshot(plan), "workspace": _jsonable(redactor.value(stored)),
-            "variables": _jsonable(dict(prepared.variables)), "max_workers": prepared.max_workers,
+            "variables": _jsonable({k: v for k, v in variables.items() if k not in hidden_vars}),
+            "max_workers": prepared.max_workers,
             "secret_names": names, "fleet_id": prepared.fleet_id, "mode": "check" if prepared.check else None,
             "home_dir": str(ws["home_dir"]) if ws.get("home_dir") else None})
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from dagrun import TemplateError, compile_template
+from dagrun import InputError, TemplateError, compile_template, get_run
 from dagrun import run_template as _run_template
 from dagrun.run.outcome import StepStatus
 from tests.helpers import script_step, shell_action, step, template
@@ -739,6 +739,34 @@ def test_a_secret_workspace_field_is_masked_from_its_first_appearance_and_not_st
     with Session(engine_for(db_url)) as session:
         run = session.get(ProvisioningRun, result.run_id)
         assert secret not in json.dumps(run.workspace) and "workspace.db_password" in run.secret_names
+
+
+def test_a_plain_variable_that_fills_a_secret_field_is_not_stored(home, db_url, tmp_path):
+    """Over the API a password arrives as a variable: the run record keeps
+    its name only, and a resume asks for it again."""
+    secret = "VarPassw0rdQRS"
+    doc = template(step(10, "with_secret", id="db", action_config={"token": "{{ vars.pw }}"}),
+                   script_step(20, "exit 1", id="bad", requires=["db"]), vars={"pw": ""})
+    result = run_template(doc, {"id": "w", "home_dir": str(home)}, actions=[SECRET_ACTION], database_url=db_url,
+                          variables={"pw": secret})
+    assert not result.success
+    database = Path(db_url.removeprefix("sqlite:///"))
+    stored = b"".join(p.read_bytes() for p in database.parent.glob(database.name + "*"))
+    assert secret.encode() not in stored
+    from dagrun import resume
+    with pytest.raises(InputError, match="started with secrets that are not stored: pw"):
+        resume(result.run_id, database_url=db_url, actions=[SECRET_ACTION])
+
+
+def test_a_secret_with_a_quote_is_masked_in_its_shell_quoted_form(home, db_url):
+    """A script or command line is shown shell-quoted (a ' becomes '"'"'):
+    the secret is masked in that form too."""
+    secret = "Sup3r'Secr\"et\\x"
+    doc = template(script_step(10, "echo token is {{ vars.tok }}; exit 1", id="s"), vars={"tok": ""})
+    result = run_template(doc, {"id": "w", "home_dir": str(home)}, database_url=db_url, secrets={"tok": secret})
+    shown = get_run(result.run_id, database_url=db_url, output=True)
+    text = json.dumps(shown) + json.dumps(result.as_dict())
+    assert "Secr" not in text and "********" in text
 
 
 @pytest.mark.parametrize("script", ["ls $EMPTY{{ workspace.name }}", "ls {,{{ workspace.name }}}",

@@ -21,6 +21,7 @@ import base64
 import dataclasses
 import json
 import re
+import shlex
 import threading
 import urllib.parse
 from typing import Any, Iterable, Mapping
@@ -35,7 +36,10 @@ MIN_LENGTH = 3
 def variants(secret: str) -> set[str]:
     """The forms of ``secret`` that output may show."""
     found = {secret, json.dumps(secret)[1:-1], urllib.parse.quote(secret, safe=""),
-             urllib.parse.quote_plus(secret), urllib.parse.quote(secret)}
+             urllib.parse.quote_plus(secret), urllib.parse.quote(secret),
+             # as a shell word (a script or command line shown in a record or an error): a ' in it
+             # splits the secret around '"'"'
+             shlex.quote(secret), shlex.quote(secret).strip("'")}
     raw = secret.encode("utf-8", "surrogateescape")
     for offset in range(3):  # the secret preceded by 0, 1 or 2 unknown bytes
         data = b"\0" * offset + raw
