@@ -28,13 +28,27 @@ def _venv_python(ctx: StepContext) -> str:
     return os.path.join(ctx.path(ctx.config["venv_path"]), "bin", "python")
 
 
+def _trusted_python(ctx: StepContext) -> str:
+    """The venv's python, to run. As root, only a link to an interpreter
+    only root could have installed, outside the home: a folder that looks
+    like a venv may have come from a cloned repository (a value's URL)."""
+    python = _venv_python(ctx)
+    if ctx.privileged:
+        real = os.path.realpath(python)
+        home = os.path.realpath(ctx.home) if ctx.home else None
+        if (home and (real == home or real.startswith(home + os.sep))) or not paths.root_owned_program(real):
+            raise PermanentError(f"{python} leads to {real}, not an interpreter only root could have installed "
+                                 "outside the workspace home: dagrun, as root, does not run it")
+    return python
+
+
 def create_venv(ctx: StepContext) -> HandlerResult:
     path = ctx.path(ctx.config["venv_path"])
     python = ctx.program(ctx.config["python_version"])
     existed = os.path.exists(os.path.join(path, "pyvenv.cfg"))
     folder_existed = os.path.isdir(path)
     if existed and not ctx.config.get("upgrade_pip"):  # already there: nothing to change
-        version = ctx.run([_venv_python(ctx), "-c", "import sys; print('%d.%d.%d' % sys.version_info[:3])"])
+        version = ctx.run([_trusted_python(ctx), "-c", "import sys; print('%d.%d.%d' % sys.version_info[:3])"])
         if version.ok:
             return HandlerResult(data={"venv_path": path, "python": _venv_python(ctx), "created": False,
                                        "created_entries": None, "version": version.stdout.strip()}, changed=False)
@@ -62,7 +76,7 @@ def validate_venv(ctx: StepContext) -> HandlerResult:
     python = _venv_python(ctx)
     if not os.access(python, os.X_OK):
         return HandlerResult(ok=False, error=f"{python} does not exist")
-    return ctx.run([python, "-c", "import sys; assert sys.prefix != sys.base_prefix"])
+    return ctx.run([_trusted_python(ctx), "-c", "import sys; assert sys.prefix != sys.base_prefix"])
 
 
 def remove_venv(ctx: StepContext) -> HandlerResult:
@@ -76,6 +90,8 @@ def pip_install(ctx: StepContext) -> HandlerResult:
     python = _venv_python(ctx)
     if not os.access(python, os.X_OK):
         raise PermanentError(f"no venv at {ctx.path(ctx.config['venv_path'])}")
+    python = _trusted_python(ctx)
+    env = dict(PIP_ENV)
     # Every value is glued to its option (--opt=value) or comes after "--":
     # none can be read as an option of pip.
     command = [python, "-m", "pip", "install", "--disable-pip-version-check", "--no-input"]
@@ -83,8 +99,8 @@ def pip_install(ctx: StepContext) -> HandlerResult:
         command.append(f"--find-links={ctx.expand(link)}")
     if ctx.config.get("no_index"):
         command.append("--no-index")
-    if ctx.config.get("index_url"):
-        command.append(f"--index-url={ctx.config['index_url']}")
+    if ctx.config.get("index_url"):  # through the environment: a token in it never shows in `ps`
+        env["PIP_INDEX_URL"] = ctx.config["index_url"]
     requirements = ctx.config.get("requirements_file")
     packages = list(ctx.config.get("packages") or [])
     copy = None
@@ -96,9 +112,14 @@ def pip_install(ctx: StepContext) -> HandlerResult:
             path = copy = _checked_requirements(path)
         command.append(f"--requirement={path}")
     if packages:
+        if ctx.privileged:  # as a requirements file's lines: no local path or archive reaches root's pip
+            for package in packages:
+                if not _REQUIREMENT.match(package) or _local_archive(package):
+                    raise PermanentError(f"package {package[:80]!r} is not a requirement dagrun lets root's pip "
+                                         "install (a name with versions, extras, markers, or an http(s) URL)")
         command += ["--", *packages]
     try:
-        result = ctx.run(command, env=PIP_ENV)
+        result = ctx.run(command, env=env)
     finally:
         if copy is not None:
             os.unlink(copy)
@@ -122,6 +143,8 @@ _OPTION = re.compile(
     rf"|--(?:only|no)-binary(?:=|\s+)[A-Za-z0-9_.,:-]+"
     rf"|--pre|--prefer-binary|--require-hashes|--no-index)\Z")
 _COMMENT = re.compile(r"(^|\s+)#.*$")
+# A "name" pip takes for a local archive (evil-1.0.tar.gz, x.whl), resolved against its working directory.
+_ARCHIVE = re.compile(r"\.(?:whl|zip|tar|tgz|tbz2?|txz|tlz|tar\.(?:gz|bz2|xz|lz|lzma|zst))\s*\Z", re.I)
 
 
 def _checked_requirements(path: str) -> str:
@@ -156,7 +179,7 @@ def _checked_requirements(path: str) -> str:
         line, pending = _COMMENT.sub("", pending + raw).strip(), ""
         if not line:
             continue
-        if not (_REQUIREMENT.match(line) or _OPTION.match(line)):
+        if not (_REQUIREMENT.match(line) and not _local_archive(line) or _OPTION.match(line)):
             raise PermanentError(f"line {first} of the requirements file {path} is not a package, an http(s) URL or "
                                  "an option dagrun lets root's pip read (-r, -c, -e, --find-links, local paths and "
                                  "files are refused when dagrun runs as root; use find_links, or a workspace user)")
@@ -169,5 +192,10 @@ def _checked_requirements(path: str) -> str:
     return copy
 
 
+def _local_archive(requirement: str) -> bool:
+    """Does the requirement's name read, to pip, as a local archive file?"""
+    return bool(_ARCHIVE.search(re.split(r"[\s\[;@<>=!~]", requirement, maxsplit=1)[0]))
+
+
 def validate_pip(ctx: StepContext) -> HandlerResult:
-    return ctx.run([_venv_python(ctx), "-m", "pip", "check"], env=PIP_ENV)
+    return ctx.run([_trusted_python(ctx), "-m", "pip", "check"], env=PIP_ENV)

@@ -11,7 +11,9 @@ text of a command line.
 
 from __future__ import annotations
 
+import base64
 import os
+import urllib.parse
 
 from dagrun.errors import PermanentError
 from dagrun.run import paths
@@ -49,23 +51,54 @@ def _env(ctx: StepContext) -> dict[str, str]:
     return env
 
 
+def _local_path(url: str) -> str | None:
+    """The folder of this machine a URL names, as git reads it (None for a
+    remote): a file:// URL (git takes ``localhost`` as this machine and
+    decodes %-escapes), or a path (a URL with neither ``://`` nor a
+    ``host:`` before its first ``/``)."""
+    if url.lower().startswith("file:"):
+        parts = urllib.parse.urlsplit(url)
+        if parts.netloc not in ("", "localhost"):
+            raise PermanentError(f"the file URL {url!r} names a host: a repository of this machine is file:///path")
+        return urllib.parse.unquote(parts.path)
+    if "://" in url or ":" in url.split("/", 1)[0]:
+        return None
+    return url
+
+
 def _local_source(ctx: StepContext, url: str) -> None:
     """As root, a repository on this machine must be one every user could
     read: a URL (a value) never makes root copy a private folder."""
-    path = url[len("file://"):] if url.startswith("file://") else url
-    if ctx.privileged and path.startswith("/"):
+    path = _local_path(url)
+    if ctx.privileged and path is not None:
         ctx.expand(path)  # refuses what not everyone could read
 
 
-def _git(ctx: StepContext, *args: str) -> HandlerResult:
-    return ctx.run(["git", *NO_HOOKS, *args], env=_env(ctx))
+def _without_credentials(url: str) -> tuple[str, dict[str, str]]:
+    """An http(s) URL's ``user:password@`` moved off the command line (where
+    every user of the machine sees it, in ``ps``) and out of the checkout's
+    .git/config, into git's environment as an Authorization header."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme.lower() not in ("http", "https") or "@" not in parts.netloc:
+        return url, {}
+    userinfo, _, host = parts.netloc.rpartition("@")
+    user, _, password = userinfo.partition(":")
+    token = base64.b64encode(f"{urllib.parse.unquote(user)}:{urllib.parse.unquote(password)}".encode()).decode()
+    return urllib.parse.urlunsplit(parts._replace(netloc=host)), {
+        "GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "http.extraHeader",
+        "GIT_CONFIG_VALUE_0": f"Authorization: Basic {token}"}
+
+
+def _git(ctx: StepContext, *args: str, env: dict[str, str] | None = None) -> HandlerResult:
+    return ctx.run(["git", *NO_HOOKS, *args], env={**_env(ctx), **(env or {})})
 
 
 def clone(ctx: StepContext) -> HandlerResult:
     url, branch, target = ctx.config["url"], ctx.config["branch"], _target(ctx)
+    remote, auth = _without_credentials(url)
     if os.path.isdir(os.path.join(target, ".git")):
         origin = _git(ctx, "-C", target, "remote", "get-url", "origin")
-        if origin.stdout.strip() != url:
+        if origin.stdout.strip() not in (url, remote):
             raise PermanentError(f"{target} is a checkout of {origin.stdout.strip() or 'another remote'}, not {url}")
         head = _git(ctx, "-C", target, "rev-parse", "HEAD")
         return HandlerResult(data={"target_dir": target, "created": False, "commit": head.stdout.strip()},
@@ -77,7 +110,7 @@ def clone(ctx: StepContext) -> HandlerResult:
     command = ["clone", f"--branch={branch}", "--single-branch"]
     if ctx.config.get("shallow"):
         command.append(f"--depth={int(ctx.config.get('depth', 1))}")
-    result = _git(ctx, *command, "--", url, target)
+    result = _git(ctx, *command, "--", remote, target, env=auth)
     # What rollback may remove: the folder if the clone made it, else what it put in it.
     created_entries = sorted(paths.entries(target, home=ctx.home)) if folder_existed else None
     if not result.ok:

@@ -17,7 +17,7 @@ def _cli(ctx: StepContext) -> str:
     for name in ([wanted] if wanted else CLIS):
         found = shutil.which(name, path=path_env)
         if found:
-            return found
+            return ctx.program(found)  # as root: only a program only root could have installed
     raise PermanentError(f"neither {' nor '.join([wanted] if wanted else CLIS)} is installed: "
                          "install VS Code or code-server, or set config.cli")
 

@@ -11,6 +11,7 @@ import os
 import pwd
 import shutil
 import subprocess
+import tempfile
 import uuid
 import zipfile
 from pathlib import Path
@@ -326,8 +327,9 @@ esac
 
 
 def test_vscode_extensions_with_a_fake_cli(workspace, tmp_path):
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
+    # As root, dagrun runs a cli only root could have installed (not below the world-writable /tmp).
+    bin_dir = Path(tempfile.mkdtemp(prefix="dagrun-fake-code-", dir="/root")) if os.geteuid() == 0 else tmp_path
+    request_cleanup = bin_dir != tmp_path
     (bin_dir / "code").write_text(FAKE_CODE)
     (bin_dir / "code").chmod(0o755)
     (bin_dir / "extensions").write_text("ms-python.python\n")
@@ -337,14 +339,16 @@ def test_vscode_extensions_with_a_fake_cli(workspace, tmp_path):
                             action_config={"extensions": ["ms-python.python", "ms-python.debugpy"]}),
                        step(20, "fail", requires=[10]))
         result = run(doc, workspace, actions=FAIL)
+        calls = (bin_dir / "calls.log").read_text().splitlines()
+        assert "--install-extension ms-python.debugpy --force" in calls
+        assert "--install-extension ms-python.python --force" not in calls  # already there
+        assert "--uninstall-extension ms-python.debugpy" in calls  # rollback undoes only its own
+        assert result.steps["install_vscode_extensions"].status is StepStatus.rolled_back
+        assert (bin_dir / "extensions").read_text() == "ms-python.python\n"
     finally:
         os.environ["PATH"] = os.environ["PATH"].split(":", 1)[1]
-    calls = (bin_dir / "calls.log").read_text().splitlines()
-    assert "--install-extension ms-python.debugpy --force" in calls
-    assert "--install-extension ms-python.python --force" not in calls  # already there
-    assert "--uninstall-extension ms-python.debugpy" in calls  # rollback undoes only its own
-    assert result.steps["install_vscode_extensions"].status is StepStatus.rolled_back
-    assert (bin_dir / "extensions").read_text() == "ms-python.python\n"
+        if request_cleanup:
+            shutil.rmtree(bin_dir)
 
 
 def test_vscode_extensions_without_any_cli_is_a_clear_error(workspace, tmp_path):

@@ -732,12 +732,19 @@ def test_as_root_a_value_never_makes_dagrun_read_a_private_file(tmp_path):
                        step(20, "clone_git_repository", id="c", max_retries=1, skip_on_error=True, action_config={
                            "url": repo, "target_dir": "~/r"}),
                        step(30, "clone_git_repository", id="f", max_retries=1, skip_on_error=True, action_config={
-                           "url": f"file://{repo}", "target_dir": "~/f"}))
+                           "url": f"file://{repo}", "target_dir": "~/f"}),
+                       # git takes localhost for this machine and decodes %-escapes (found by helper-21)
+                       step(40, "clone_git_repository", id="l", max_retries=1, skip_on_error=True, action_config={
+                           "url": f"file://localhost{repo}", "target_dir": "~/l"}),
+                       step(50, "clone_git_repository", id="e", max_retries=1, skip_on_error=True, action_config={
+                           "url": f"file://{tmp_path}/h/{'..%2F' * (len((tmp_path / 'h').parts) - 1)}{repo[1:]}",
+                           "target_dir": "~/e"}))
         result = run_template(doc, {"id": "priv", "home_dir": str(tmp_path / "h")}, record=False)
-        for sid, path in (("r", "/etc/shadow"), ("c", repo), ("f", repo)):
+        for sid, path in (("r", "/etc/shadow"), ("c", repo), ("f", repo), ("l", repo), ("e", repo)):
             assert result.steps[sid].error.startswith(f"{path} is outside the workspace home and not readable by "
                                                       "everyone"), result.steps[sid].error
-        assert not (tmp_path / "h" / "r").exists() and not (tmp_path / "h" / "f").exists()
+        for name in "rfle":
+            assert not (tmp_path / "h" / name).exists()
     finally:
         shutil.rmtree(private)
 
@@ -796,7 +803,9 @@ def test_as_root_a_requirements_file_never_includes_what_root_may_not_read(tmp_p
                               "-r/etc/shadow", "--requirem=/etc/shadow", "-\\\nr /etc/shadow",
                               "x @ file:///etc/shadow", "${HOME}/../../../etc/shadow", "pkg -r /etc/shadow",
                               "--pre -r /etc/shadow", "# x \\\n-r /etc/shadow", "--index-url /tmp/idx",
-                              "--extra-index-url=/srv/idx", "# -*- coding: utf-7 -*-\n+AC0-r +AC8-etc+AC8-shadow")):
+                              "--extra-index-url=/srv/idx", "# -*- coding: utf-7 -*-\n+AC0-r +AC8-etc+AC8-shadow",
+                              # pip takes an archive's file name for a local file (found by helper-21)
+                              "evil3-1.0.tar.gz", "evil-1.0-py3-none-any.whl", "x.zip")):
         requirements = shared / f"req{n}.txt"
         requirements.write_text(f"# looks harmless\n{line}\n")
         requirements.chmod(0o644)
@@ -931,3 +940,61 @@ def test_a_fifo_in_place_of_a_file_is_refused_not_waited_on(tmp_path):
                           {"id": "w", "home_dir": str(home)}, record=False)
     assert result.steps["f"].status is StepStatus.failed
     assert "not a regular file" in result.steps["f"].error and "timed out" not in result.steps["f"].error
+
+
+@root_only
+def test_as_root_packages_and_programs_from_values_are_what_root_may_run(tmp_path, shared):
+    """From a second attack (helper-21), each ran code as root: a package
+    given as ``x @ file:///...`` or a local archive; a VS Code cli a user
+    could have put there; a venv whose python came with a cloned repository."""
+    user_owned = shared / "userbin"
+    user_owned.mkdir()
+    (user_owned / "code").write_text("#!/bin/sh\ntouch " + str(tmp_path / "RAN") + "\n")
+    (user_owned / "code").chmod(0o755)
+    os.chown(user_owned / "code", 65534, 65534)
+    doc = template(step(5, "create_python_venv", id="v", action_config={"venv_path": "~/venv", "with_pip": False}),
+                   *[step(10 + n, "install_pip_requirements", id=f"p{n}", max_retries=1, requires=["v"],
+                          skip_on_error=True, action_config={"venv_path": "~/venv", "packages": [package]})
+                     for n, package in enumerate(["evil @ file:///tmp/evil", "evil3-1.0.tar.gz", "x.whl"])],
+                   step(30, "install_vscode_extensions", id="code", max_retries=1, skip_on_error=True,
+                        action_config={"extensions": ["ms-python.python"], "cli": str(user_owned / "code")}))
+    doc["global_config"] = {"continue_on_non_critical_errors": True}
+    result = run_template(doc, {"id": "pk", "home_dir": str(tmp_path / "h")}, record=False)
+    for n in range(3):
+        assert "is not a requirement dagrun lets root's pip install" in result.steps[f"p{n}"].error
+    assert "not a program only root could have installed" in result.steps["code"].error
+    assert not (tmp_path / "RAN").exists()
+    # A folder that looks like a venv, from a repository (root-owned once cloned): its python is not run.
+    fake = tmp_path / "h2" / "venv"
+    (fake / "bin").mkdir(parents=True)
+    (fake / "pyvenv.cfg").write_text("home = /usr/bin\n")
+    (fake / "bin" / "python").write_text("#!/bin/sh\ntouch " + str(tmp_path / "RAN") + "\n")
+    (fake / "bin" / "python").chmod(0o755)
+    result = run_template(template(step(5, "create_python_venv", id="v", max_retries=1,
+                                        action_config={"venv_path": "~/venv", "with_pip": False})),
+                          {"id": "pk2", "home_dir": str(tmp_path / "h2")}, record=False)
+    assert "not an interpreter only root could have installed" in result.steps["v"].error
+    assert not (tmp_path / "RAN").exists()
+
+
+def test_credentials_in_a_clone_url_never_reach_a_command_line(tmp_path, monkeypatch):
+    """Every user of the machine sees command lines (ps), and git keeps the
+    remote URL in the checkout: user:password go to git's environment."""
+    import dagrun.run.shell
+    seen: list = []
+    start = subprocess.Popen
+
+    def record(argv, *args, **kwargs):
+        seen.append((list(argv), dict(kwargs.get("env") or {})))
+        return start(argv, *args, **kwargs)
+
+    monkeypatch.setattr(dagrun.run.shell.subprocess, "Popen", record)
+    result = run_template(template(step(10, "clone_git_repository", id="c", max_retries=1, timeout_seconds=20,
+                                        action_config={"url": "http://me:Tok3nSecret@127.0.0.1:9/r.git",
+                                                       "target_dir": "~/r"})),
+                          {"id": "cred", "home_dir": str(tmp_path / "h")}, record=False)
+    assert not result.success  # nothing listens on port 9
+    clones = [(argv, env) for argv, env in seen if "clone" in argv]
+    assert clones and all("Tok3nSecret" not in " ".join(argv) for argv, _ in clones)
+    assert any("http://127.0.0.1:9/r.git" in argv for argv, _ in clones)
+    assert clones[0][1]["GIT_CONFIG_KEY_0"] == "http.extraHeader"
