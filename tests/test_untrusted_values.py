@@ -800,3 +800,9 @@ def test_a_variable_is_one_folder_name_where_the_demo_makes_it_a_path(project, t
     assert not result.success
     assert "is not a single folder or file name" in result.steps["layout"].error
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ws"] and not (tmp_path / "ws" / "escape").exists()
+
+
+def test_a_value_that_is_a_dot_path_segment_is_encoded_in_a_url():
+    from dagrun.compile.expressions import render_url
+    assert render_url("http://x/api/ws/{{ v }}/go", {"v": ".."}) == "http://x/api/ws/%2E%2E/go"
+    assert render_url("http://x/api/ws/{{ v }}/go", {"v": "."}) == "http://x/api/ws/%2E/go"

@@ -578,3 +578,52 @@ def test_a_request_body_nested_too_deeply_is_one_clear_error(client):
     deep = '{"template": "demo", "variables": {"x": ' + "[" * 100_000 + "]" * 100_000 + "}}"
     answer = client.post("/api/workspaces/w/runs", data=deep, headers={**CSRF, "Content-Type": "application/json"})
     assert answer.status_code == 422 and answer.get_json() == {"error": "the request body is nested too deeply"}
+
+
+def test_the_service_takes_whole_run_ids_and_typed_bodies(client, store, tmp_path):
+    """From an attack review (helper-22): an id prefix found (and named) any
+    tenant's run, '%' matched them all; a list for variables, a control
+    character in a workspace id or a list for run_id was a 500 (or named
+    the database)."""
+    started = client.post("/api/workspaces/w/runs", headers=CSRF, json={
+        "template": template(script_step(10, "true", id="a")), "workspace": {"home_dir": str(tmp_path / "h")}})
+    assert started.status_code == 202, started.json
+    run_id = started.json["run_id"]
+    wait_done(run_id, store)
+    assert client.get(f"/api/runs/{run_id}").status_code == 200
+    for partial in (run_id[:8], "%25", "_"):
+        answer = client.get(f"/api/runs/{partial}")
+        assert answer.status_code == 404 and "matches" not in answer.get_data(as_text=True)
+    bad = client.post("/api/workspaces/w/runs", headers=CSRF, json={"template": "demo", "variables": ["x"]})
+    assert bad.status_code == 422 and "variables must be an object" in bad.json["error"]
+    assert client.post("/api/workspaces/%01x/runs", headers=CSRF, json={"template": "demo"}).status_code == 422
+    resumed = client.post("/api/workspaces/w/actions/resume", headers=CSRF, json={"run_id": ["x"]})
+    assert resumed.status_code == 422 and "sqlite" not in resumed.get_data(as_text=True)
+
+
+def test_cancelling_a_run_whose_process_died_closes_it(client, store, tmp_path):
+    """Nobody is left to hear the request: the run is closed as interrupted
+    at once (it showed 'running' until the workspace's next run), and can
+    be resumed."""
+    doc = tmp_path / "long.yaml"
+    doc.write_text(yaml.safe_dump(template(script_step(10, "sleep 60", id="long"))))
+    env = {**os.environ, "XDG_DATA_HOME": str(tmp_path / "xdg")}
+    other = subprocess.Popen([sys.executable, "-m", "dagrun", "run", str(doc), "--db", store, "--ws", "id=gone",
+                              "--home", str(tmp_path / "h3")], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        runs = []
+        while time.monotonic() < deadline and not runs:
+            runs = client.get("/api/runs?workspace=gone&status=running").json["runs"] if api._has_store(store) \
+                else []
+            time.sleep(0.1)
+        assert runs, "the other process's run never showed"
+        other.kill()
+        other.wait(30)
+        run_id = runs[0]["run_id"]
+        assert client.post(f"/api/runs/{run_id}/cancel", headers=CSRF).status_code == 202
+        run = get_run(run_id, database_url=store)
+        assert run["status"] == "failed" and run["error"].startswith("interrupted")
+    finally:
+        if other.poll() is None:
+            other.kill()

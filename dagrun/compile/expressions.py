@@ -314,6 +314,8 @@ def render_url(source: str, context: Mapping[str, Any]) -> str:
             if not _HTTP_URL.match(text):
                 raise ValueError(f"{text!r} is not an http(s) URL")
             return text
+        if text in (".", ".."):  # a path segment of its own: a server (or a proxy) would walk up
+            return text.replace(".", "%2E")
         return urllib.parse.quote(text, safe="")
 
     return shell_text.MARKER.sub(value, rendered)

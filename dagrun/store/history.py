@@ -38,7 +38,8 @@ def find_run(session: Session, run_id: str) -> ProvisioningRun:
     """A run by id or unambiguous id prefix, or a clear error."""
     run = session.get(ProvisioningRun, run_id)
     if run is None:
-        matches = session.scalars(select(ProvisioningRun).where(ProvisioningRun.id.startswith(run_id))).all()
+        matches = session.scalars(select(ProvisioningRun).where(
+            ProvisioningRun.id.startswith(run_id, autoescape=True))).all()  # a % or _ in it is a character
         if len(matches) != 1:
             raise InputError(f"no run {run_id!r} in the store" if not matches
                              else f"{run_id!r} matches {len(matches)} runs: give more characters")
@@ -142,3 +143,10 @@ def watch(url: str, run_id: str, *, poll_seconds: float = 0.5, timeout: float | 
     finally:
         if listener is not None:
             listener.close()
+
+
+def run_exists(url: str, run_id: str) -> bool:
+    """Is there a run with exactly this id? (The service takes whole ids: a
+    prefix would find, and name, another tenant's run.)"""
+    with store_errors(url, "cannot read"), Session(readable(url)) as session:
+        return session.get(ProvisioningRun, run_id) is not None

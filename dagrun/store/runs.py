@@ -175,6 +175,9 @@ def request_cancel(url: str, run_id: str, reason: str) -> str:
         run = find_run(session, run_id)
         if run.status != "running":
             raise InputError(f"run {run.id} is not running (it {run.status})")
+        if not is_alive(run):  # nobody is left to hear it: closed now as interrupted, so it can be resumed
+            interrupt(session, run)
+            return run.id
         run.cancel_requested = reason[:200]
         return run.id
 

@@ -188,6 +188,10 @@ def create_blueprint(*, database_url: str | None = None, actions: Iterable[Any] 
         workspace = body.get("workspace") or {}
         if not isinstance(workspace, Mapping):
             raise InputError("workspace must be an object")
+        if not isinstance(body.get("variables") or {}, Mapping):
+            raise InputError("variables must be an object")
+        if not ws_id.isprintable():
+            raise InputError("the workspace id in the URL holds a control character")
         if "id" in workspace and str(workspace["id"]) != ws_id:
             raise InputError(f"the workspace's id {workspace['id']!r} is not {ws_id!r} (the one in the URL)")
         handle = api.start_run(_template_for_run(service, template), {**workspace, "id": ws_id},
@@ -380,9 +384,12 @@ def _latest_run(service: Service, ws_id: str) -> str:
     return runs[0]["run_id"]
 
 
-def _run(service: Service, run_id: str, *, steps: bool = True, output: bool = False) -> dict[str, Any]:
-    if not api._has_store(service.database_url):  # noqa: SLF001 - nothing recorded yet: no such run
-        abort(404, description=f"no run {run_id!r} in the store")
+def _run(service: Service, run_id: Any, *, steps: bool = True, output: bool = False) -> dict[str, Any]:
+    if not isinstance(run_id, str) or not run_id.isprintable():
+        raise InputError("run_id must be a run's id (text)")
+    from ..store.history import run_exists
+    if not api._has_store(service.database_url) or not run_exists(service.database_url, run_id):  # noqa: SLF001
+        abort(404, description=f"no run {run_id!r} in the store")  # whole ids only: no prefix search here
     if steps:
         return api.get_run(run_id, database_url=service.database_url, output=output,
                            actions=service.actions or None, trusted_actions=service.trusted_actions or None)
