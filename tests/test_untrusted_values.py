@@ -652,6 +652,10 @@ ATTACKS = [  # each must be refused when the template is compiled
     # a value after NAME=value words is the command; bash's own numbers evaluate what they are given
     "GREETING={{ workspace.v }} {{ workspace.v }}", "A=1 B={{ workspace.v }} {{ workspace.v }} x",
     "RANDOM={{ workspace.v }}", "OPTIND={{ workspace.v }}", "compgen -W {{ workspace.v }}",
+    # a value reaches arithmetic through a variable that holds it
+    "v={{ workspace.v }}; (( v > 1 ))", 'v={{ workspace.v }}; [[ $v -eq 1 ]]', "x=$(echo {{ workspace.v }}); echo $(( x + 1 ))",
+    "for i in {{ workspace.v }}; do (( i > 1 )); done", "v={{ workspace.v }}; echo ${!v}",
+    "f() { (( n > 1 )); }\nn={{ workspace.v }}\nf",
 ]
 
 
@@ -806,3 +810,15 @@ def test_a_value_that_is_a_dot_path_segment_is_encoded_in_a_url():
     from dagrun.compile.expressions import render_url
     assert render_url("http://x/api/ws/{{ v }}/go", {"v": ".."}) == "http://x/api/ws/%2E%2E/go"
     assert render_url("http://x/api/ws/{{ v }}/go", {"v": "."}) == "http://x/api/ws/%2E/go"
+
+
+def test_a_config_variable_is_never_read_by_arithmetic():
+    """A user-defined shell action reads its config as $CONFIG_<KEY>: bash
+    evaluates a[$(cmd)] in what [[ -eq ]] and (( )) read."""
+    from tests.helpers import shell_action
+    schema = {"type": "object", "properties": {"port": {}}}
+    for script in ("[[ $CONFIG_PORT -eq 1 ]] && echo one", "(( CONFIG_PORT > 1024 ))"):
+        with pytest.raises(TemplateError, match="through \\$CONFIG_PORT in arithmetic"):
+            compile_template(template(step(10, "a")), actions=[shell_action("a", script, config_schema=schema)])
+    compile_template(template(step(10, "a")), actions=[shell_action("a", '[ "$CONFIG_PORT" -gt 1024 ] && echo high',
+                                                                    config_schema=schema)])

@@ -82,6 +82,9 @@ NAME_BUILTINS = frozenset({"read", "mapfile", "readarray", "unset", "getopts", "
 DECLARE_BUILTINS = frozenset({"declare", "typeset", "local", "export", "readonly"})
 # bash's own variables that evaluate a value assigned to them as arithmetic (RANDOM='a[$(cmd)]' runs cmd).
 _ARITHMETIC_SPECIALS = frozenset({"RANDOM", "SRANDOM", "OPTIND", "HISTCMD", "SECONDS", "LINENO"})
+# Variables dagrun gives a step that hold values: the config (CONFIG_<KEY>) and its own.
+_VALUE_NAMES = ("CONFIG_", "DAGRUN_")
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _CONTROL = frozenset({"then", "do", "else", "elif", "if", "while", "until", "!", "{", "}"})
 _ASSIGNMENT = re.compile(r"\A[A-Za-z_][A-Za-z0-9_]*(\[[^]]*\])?\+?=")
 _LITERAL_NAME = re.compile(r"\A[A-Za-z0-9_./+-][A-Za-z0-9_.,:/+@%=-]*\Z")
@@ -159,6 +162,10 @@ class _Lexer:
         # Arrays of the script: declare (typeset) re-reads a value given to one as a (...) list, as code.
         self.array_names: set[str] = set()
         self.declared: list[tuple[str, int]] = []  # (name, line) of each value a declare-family builtin assigns
+        # Names that hold a value (assigned one, looped over one, read): bash evaluates a name's content
+        # as arithmetic where arithmetic reads it (v={{ x }}; (( v > 1 )) runs x='a[$(cmd)]').
+        self.tainted: set[str] = set()
+        self.arithmetic: list[tuple[str, int]] = []  # (name, line) of each name arithmetic reads
 
     # -- contexts and helpers -------------------------------------------------
 
@@ -171,7 +178,12 @@ class _Lexer:
 
     def _push(self, kind: str, deny: str | None = None, **fields: Any) -> None:
         inherited = self._deny()
-        self.stack.append({"kind": kind, "deny": inherited or deny, **fields})
+        self.stack.append({"kind": kind, "deny": inherited or deny, "start": self.i, "from_line": self.line, **fields})
+
+    def _reads(self, text: str, line: int, skip_first: bool = False) -> None:
+        """Arithmetic reads the names in ``text`` (and their contents)."""
+        names = _IDENTIFIER.findall(text)
+        self.arithmetic += [(name, line) for name in names[1 if skip_first else 0:]]
 
     def _deny(self) -> str | None:
         for ctx in reversed(self.stack):
@@ -192,6 +204,10 @@ class _Lexer:
         if len(self.stack) != 1 or self.pending_heredocs or self.stack[0]["cond"]:
             self.fail("in a script that leaves a quote, $( ), ${ }, [[ or here-document open "
                       "(dagrun cannot tell how bash reads it)")
+        for name, line in self.arithmetic:  # (a function defined above may run after the assignment)
+            if name in self.tainted or name.startswith(_VALUE_NAMES):
+                raise UnsafeContext(line, f"through ${name} in arithmetic: {name} holds a value, and bash evaluates "
+                                          "a[$(cmd)] in what arithmetic reads; compare it with [ ] or test")
         for name, line in self.declared:  # an array made anywhere in the script (a function may run first)
             if name in self.array_names:
                 raise UnsafeContext(line, f"as the value of {name}, an array: declare reads a value given to an "
@@ -293,9 +309,11 @@ class _Lexer:
         word, markers = ctx["word"], ctx["word_markers"]
         if not word and not markers:
             return
+        holds_value = ctx.pop("word_tainted", False)
         if ctx["redirect"]:  # a redirection's target is not an argument of the command
             ctx.update(word="", word_markers=[], word_literal=True, redirect=False)
             return
+        self._track_values(ctx, word, holds_value)
         index = len(ctx["words"])
         ctx["words"].append(word)
         if markers:
@@ -335,6 +353,23 @@ class _Lexer:
                 ctx["cond"] = False
         ctx.update(word="", word_markers=[], word_literal=True)
 
+    def _track_values(self, ctx: dict[str, Any], word: str, holds_value: bool) -> None:
+        """Which names come to hold a value, and which names arithmetic reads."""
+        command = None if ctx["command_start"] else ctx["command"]
+        assignment = _ASSIGNMENT.match(word)
+        if assignment and (command is None or command in DECLARE_BUILTINS):
+            name = assignment.group().rstrip("+=").split("[", 1)[0]
+            if holds_value:
+                self.tainted.add(name)
+            elif name in self.integer_names or ctx["integer_declare"]:  # x=$v: x's value is evaluated
+                self._reads(word[assignment.end():], self.line)
+        if command == "for" and holds_value and ctx["for_name"]:
+            self.tainted.add(ctx["for_name"])
+        if command in ("read", "mapfile", "readarray") and not word.startswith("-"):
+            self.tainted.add(word)  # what it reads may be anything
+        if command == "let":
+            self._reads(word, self.line)
+
     def _check_use(self, cmd: dict[str, Any], index: int) -> None:
         """Refuse a value where the command would run it or read it as a name."""
         deny = self._deny() or self._command_deny(cmd, stdin=cmd["redirect"] == "<<<")
@@ -373,6 +408,9 @@ class _Lexer:
         for i, word in enumerate(words):
             if word in _ARITH_OPS and ({i - 1, i + 1} & marked):
                 self.fail(f"as an operand of {word} in [[ ]] (bash evaluates it as arithmetic); use [ ] or test")
+        if len(words) >= 2 and words[-2] in _ARITH_OPS:  # the operands of -eq and the like, as they end
+            self._reads(words[-3] if len(words) >= 3 else "", self.line)
+            self._reads(words[-1], self.line)
 
     def _end_command(self, ctx: dict[str, Any]) -> None:
         self._end_word(ctx)
@@ -395,6 +433,9 @@ class _Lexer:
     def _slot(self, index: int, quoted: bool, start: tuple[bool, tuple[int, ...]] | None,
               dashdash: bool = False, assignment: bool = False) -> None:
         word_start, before = start if start is not None else (False, ())
+        for ctx in self.stack:  # the word being built in each enclosing command holds a value
+            if ctx["kind"] == "cmd":
+                ctx["word_tainted"] = True
         self.slots.append(Slot(index, quoted, word_start, self.line, before, options_end=dashdash or start is None,
                                assignment=assignment))
 
@@ -668,6 +709,9 @@ class _Lexer:
             ctx["depth"] += 1
             self._advance()
         elif c == "}":
+            if ctx["depth"] == 0:  # ${v:off:len}, ${a[i]}, ${!v}: all but the parameter itself is arithmetic
+                inner = self.text[ctx["start"]:self.i].lstrip("${")
+                self._reads(inner, ctx["from_line"], skip_first=not inner.startswith("!"))
             self._advance()
             if ctx["depth"] == 0:
                 self.stack.pop()
@@ -686,12 +730,14 @@ class _Lexer:
             ctx["depth"] += 1
         elif ctx["closer"] == "))" and c == ")":
             if ctx["depth"] == 0 and self.text.startswith("))", self.i):
+                self._reads(self.text[ctx["start"]:self.i], ctx["from_line"])
                 self._advance(2)
                 self.stack.pop()
                 return
             ctx["depth"] = max(0, ctx["depth"] - 1)
         elif ctx["closer"] == "]" and c == "]":
             if ctx["depth"] == 0:
+                self._reads(self.text[ctx["start"]:self.i], ctx["from_line"])
                 self._cmd_ctx()["word"] += self._advance()
                 self.stack.pop()
                 return
@@ -787,6 +833,13 @@ def analyse(text: str) -> list[Slot]:
     """The context of every marker in ``text``; raises :class:`UnsafeContext`.
     A marker the lexer could not place is refused, never passed through."""
     if OPEN not in text:
+        if any(prefix in text for prefix in _VALUE_NAMES):  # values arrive as $CONFIG_<KEY> too
+            try:
+                _Lexer(text).run()
+            except UnsafeContext as exc:
+                if exc.reason.startswith("through $"):
+                    raise
+                # (a script the lexer cannot follow: with no {{ }} in it, nothing else is refused)
         return []
     slots = _Lexer(text).run()
     placed = {slot.index for slot in slots}
