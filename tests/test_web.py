@@ -191,21 +191,28 @@ def test_cancel_from_the_api(client, store, tmp_path):
     assert client.post(f"/api/runs/{run_id}/cancel", headers=CSRF).status_code == 422  # not running any more
 
 
-def test_a_run_of_another_process_shows_and_can_be_cancelled(client, store, tmp_path):
+def run_elsewhere(client, store: str, tmp_path: Path, ws: str) -> tuple[subprocess.Popen, str]:
+    """A 60 s run of another process (dagrun run), once the service shows it."""
     doc = tmp_path / "long.yaml"
     doc.write_text(yaml.safe_dump(template(script_step(10, "sleep 60", id="long"))))
     env = {**os.environ, "XDG_DATA_HOME": str(tmp_path / "xdg")}
-    other = subprocess.Popen([sys.executable, "-m", "dagrun", "run", str(doc), "--db", store, "--ws", "id=elsewhere",
-                              "--home", str(tmp_path / "h2")], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    other = subprocess.Popen([sys.executable, "-m", "dagrun", "run", str(doc), "--db", store, "--ws", f"id={ws}",
+                              "--home", str(tmp_path / f"h-{ws}")], env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 30
+    runs = []
+    while time.monotonic() < deadline and not runs:
+        runs = client.get(f"/api/runs?workspace={ws}&status=running").json["runs"] if api._has_store(store) else []
+        time.sleep(0.1)
+    if not runs:
+        other.kill()
+        raise AssertionError("the other process's run never showed")
+    return other, runs[0]["run_id"]
+
+
+def test_a_run_of_another_process_shows_and_can_be_cancelled(client, store, tmp_path):
+    other, run_id = run_elsewhere(client, store, tmp_path, "elsewhere")
     try:
-        deadline = time.monotonic() + 30
-        runs = []
-        while time.monotonic() < deadline and not runs:
-            runs = client.get("/api/runs?workspace=elsewhere&status=running").json["runs"] if api._has_store(store) \
-                else []
-            time.sleep(0.1)
-        assert runs, "the other process's run never showed"
-        run_id = runs[0]["run_id"]
         steps = client.get(f"/api/runs/{run_id}").json["steps"]
         assert steps[0]["step_id"] == "long"
         assert client.post(f"/api/runs/{run_id}/cancel", headers=CSRF).status_code == 202
@@ -605,22 +612,10 @@ def test_cancelling_a_run_whose_process_died_closes_it(client, store, tmp_path):
     """Nobody is left to hear the request: the run is closed as interrupted
     at once (it showed 'running' until the workspace's next run), and can
     be resumed."""
-    doc = tmp_path / "long.yaml"
-    doc.write_text(yaml.safe_dump(template(script_step(10, "sleep 60", id="long"))))
-    env = {**os.environ, "XDG_DATA_HOME": str(tmp_path / "xdg")}
-    other = subprocess.Popen([sys.executable, "-m", "dagrun", "run", str(doc), "--db", store, "--ws", "id=gone",
-                              "--home", str(tmp_path / "h3")], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    other, run_id = run_elsewhere(client, store, tmp_path, "gone")
     try:
-        deadline = time.monotonic() + 30
-        runs = []
-        while time.monotonic() < deadline and not runs:
-            runs = client.get("/api/runs?workspace=gone&status=running").json["runs"] if api._has_store(store) \
-                else []
-            time.sleep(0.1)
-        assert runs, "the other process's run never showed"
         other.kill()
         other.wait(30)
-        run_id = runs[0]["run_id"]
         assert client.post(f"/api/runs/{run_id}/cancel", headers=CSRF).status_code == 202
         run = get_run(run_id, database_url=store)
         assert run["status"] == "failed" and run["error"].startswith("interrupted")
