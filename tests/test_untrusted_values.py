@@ -822,3 +822,47 @@ def test_a_config_variable_is_never_read_by_arithmetic():
             compile_template(template(step(10, "a")), actions=[shell_action("a", script, config_schema=schema)])
     compile_template(template(step(10, "a")), actions=[shell_action("a", '[ "$CONFIG_PORT" -gt 1024 ] && echo high',
                                                                     config_schema=schema)])
+
+
+# From a re-attack of the arithmetic rule (helper-24): each of these ran a[$(cmd)] from the value through a
+# variable that holds it; bash has too many such ways to follow each, so a script that evaluates text
+# anywhere gets no value holding $ or `.
+EVALUATING = [
+    'v={{ workspace.v }}; [[ "$v" -eq 1 ]]; true', 'declare -i n; v={{ workspace.v }}; n="$v"',
+    "v={{ workspace.v }}; w=$v; (( w > 1 )); true", "printf -v w %s {{ workspace.v }}; (( w > 1 )); true",
+    "f() { (( $1 > 1 )); }; f {{ workspace.v }}; true", "set -- {{ workspace.v }}; [[ $1 -eq 1 ]]; true",
+    'declare "-i" n; n={{ workspace.v }}', "declare -i n; read n <<< {{ workspace.v }}",
+    'v={{ workspace.v }}; echo "${v@P}"', "v={{ workspace.v }}; [[ -v $v ]]; true", 'v={{ workspace.v }}; test -v "$v"; true',
+    'declare -n r; v={{ workspace.v }}; for r in "$v"; do :; done',
+]
+
+
+@pytest.mark.parametrize("script", EVALUATING)
+def test_a_script_that_evaluates_text_gets_no_value_that_could_run_there(script, home):
+    mark = home / "MARK"
+    result = run_template(template(script_step(10, script, id="s")),
+                          {"id": "w", "home_dir": str(home), "v": f"a[$(touch {mark})]"}, record=False)
+    assert "a value holds $ or `, and this script evaluates text" in result.steps["s"].error
+    assert not mark.exists()
+
+
+def test_values_without_dollar_or_backtick_still_reach_an_evaluating_script(home):
+    result = run_template(template(script_step(10, 'v={{ workspace.n }}; if [[ "$v" -gt 3 ]]; then echo big; fi', id="s")),
+                          {"id": "w", "home_dir": str(home), "n": "5"}, record=False)
+    assert result.success and result.steps["s"].stdout == "big\n"
+
+
+@pytest.mark.parametrize("script", ["PS4={{ workspace.v }}; set -x; true", "BASH_ENV={{ workspace.v }} bash -c true",
+                                    "export PROMPT_COMMAND={{ workspace.v }}"])
+def test_no_value_is_assigned_to_a_variable_bash_runs(script, home):
+    with pytest.raises(TemplateError, match="which bash runs or expands as code"):
+        run_template(template(script_step(10, script)), {"id": "w", "home_dir": str(home), "v": "x"}, record=False)
+
+
+def test_config_variables_and_evaluating_scripts_do_not_mix():
+    from tests.helpers import shell_action
+    schema = {"type": "object", "properties": {"port": {}}}
+    for script in ('[[ "$CONFIG_PORT" -gt 1024 ]] && echo high; true', "p=$CONFIG_PORT; (( p > 1024 )); true",
+                   'check() { (( $1 > 1024 )); }; check "$CONFIG_PORT"; true'):
+        with pytest.raises(TemplateError, match="CONFIG_"):
+            compile_template(template(step(10, "a")), actions=[shell_action("a", script, config_schema=schema)])

@@ -83,7 +83,12 @@ DECLARE_BUILTINS = frozenset({"declare", "typeset", "local", "export", "readonly
 # bash's own variables that evaluate a value assigned to them as arithmetic (RANDOM='a[$(cmd)]' runs cmd).
 _ARITHMETIC_SPECIALS = frozenset({"RANDOM", "SRANDOM", "OPTIND", "HISTCMD", "SECONDS", "LINENO"})
 # Variables dagrun gives a step that hold values: the config (CONFIG_<KEY>) and its own.
-_VALUE_NAMES = ("CONFIG_", "DAGRUN_")
+_VALUE_NAMES = ("CONFIG_", "DAGRUN_VALUE_", "DAGRUN_WORKSPACE_ID", "DAGRUN_CONFIG", "DAGRUN_RESULT")
+# Variables bash (or the programs it starts) runs or expands as code: no value is assigned to one
+# (as execute_custom_script's env refuses them as names).
+_SHELL_CODE_NAMES = frozenset({"BASH_ENV", "ENV", "SHELLOPTS", "BASHOPTS", "PS0", "PS1", "PS2", "PS3", "PS4",
+                               "PROMPT_COMMAND", "IFS", "CDPATH", "GLOBIGNORE", "LD_PRELOAD", "LD_LIBRARY_PATH",
+                               "LD_AUDIT", "BASH_XTRACEFD", "EXECIGNORE", "HISTFILE", "INPUTRC"})
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _CONTROL = frozenset({"then", "do", "else", "elif", "if", "while", "until", "!", "{", "}"})
 _ASSIGNMENT = re.compile(r"\A[A-Za-z_][A-Za-z0-9_]*(\[[^]]*\])?\+?=")
@@ -130,6 +135,9 @@ class ShellScript:
 
     text: str
     values: Mapping[str, str]
+    # The script evaluates text somewhere (arithmetic, a prompt, a name): a value with $ or ` in
+    # it could run there through a variable that holds it, however the script spells that.
+    evaluates: bool = False
 
     def __str__(self) -> str:
         import shlex
@@ -166,6 +174,10 @@ class _Lexer:
         # as arithmetic where arithmetic reads it (v={{ x }}; (( v > 1 )) runs x='a[$(cmd)]').
         self.tainted: set[str] = set()
         self.arithmetic: list[tuple[str, int]] = []  # (name, line) of each name arithmetic reads
+        # Does the script evaluate text anywhere (arithmetic, -v names, namerefs, read, prompts)?
+        # Bash offers too many ways for a value to get there through a variable to follow them all:
+        # such a script gets no value holding $ or ` (what would run there), see substitute().
+        self.evaluates = False
 
     # -- contexts and helpers -------------------------------------------------
 
@@ -177,6 +189,8 @@ class _Lexer:
                 "for_name": None, "command_index": 0}
 
     def _push(self, kind: str, deny: str | None = None, **fields: Any) -> None:
+        if kind == "arith":
+            self.evaluates = True
         inherited = self._deny()
         self.stack.append({"kind": kind, "deny": inherited or deny, "start": self.i, "from_line": self.line, **fields})
 
@@ -313,7 +327,7 @@ class _Lexer:
         if ctx["redirect"]:  # a redirection's target is not an argument of the command
             ctx.update(word="", word_markers=[], word_literal=True, redirect=False)
             return
-        self._track_values(ctx, word, holds_value)
+        self._track_values(ctx, word, holds_value, self.text[ctx.get("raw_start", self.i):self.i])
         index = len(ctx["words"])
         ctx["words"].append(word)
         if markers:
@@ -353,10 +367,24 @@ class _Lexer:
                 ctx["cond"] = False
         ctx.update(word="", word_markers=[], word_literal=True)
 
-    def _track_values(self, ctx: dict[str, Any], word: str, holds_value: bool) -> None:
+    def _track_values(self, ctx: dict[str, Any], word: str, holds_value: bool, raw: str = "") -> None:
         """Which names come to hold a value, and which names arithmetic reads."""
         command = None if ctx["command_start"] else ctx["command"]
         assignment = _ASSIGNMENT.match(word)
+        if assignment and assignment.group().rstrip("+=").split("[", 1)[0] in _SHELL_CODE_NAMES:
+            self.evaluates = True  # PS4, PROMPT_COMMAND...: expanded or run later
+            if holds_value:
+                self.fail(f"as the value of {assignment.group().rstrip('+=')}, which bash runs or expands as code")
+        base = (command or "").rsplit("/", 1)[-1]
+        if command is not None:
+            written = raw.replace('"', "").replace("'", "").replace("\\", "")  # the word as bash reads it
+            option = written.startswith("-") and "$" not in written
+            if base in ("let", "read", "mapfile", "readarray", "unset", "getopts") or (
+                    base in DECLARE_BUILTINS and ("$" in written or option and set(written[1:]) & set("inaA"))) or (
+                    base in ("printf", "test", "[", "[[") and option and written[1:2] in ("v", "R")) or (
+                    base == "printf" and written.startswith("$") and len(ctx["words"]) == ctx["command_index"] + 1) or (
+                    base == "set" and written in ("-x", "-o", "xtrace", "-v", "verbose")):
+                self.evaluates = True  # names (their subscripts), -i / -n / -a / -v, xtrace's PS4
         if assignment and (command is None or command in DECLARE_BUILTINS):
             name = assignment.group().rstrip("+=").split("[", 1)[0]
             if holds_value:
@@ -400,6 +428,8 @@ class _Lexer:
             self.declared.append((name, self.line))
         if command == "for" and cmd["for_name"] in self.integer_names:
             self.fail(f"in the list of a for loop over {cmd['for_name']}, declared -i (arithmetic)")
+        if cmd["cond"] and previous in _ARITH_OPS:
+            self.evaluates = True
         if cmd["cond"] and previous in _ARITH_OPS and not word:
             self.fail(f"as an operand of {previous} in [[ ]] (bash evaluates it as arithmetic); use [ ] or test")
 
@@ -408,6 +438,8 @@ class _Lexer:
         for i, word in enumerate(words):
             if word in _ARITH_OPS and ({i - 1, i + 1} & marked):
                 self.fail(f"as an operand of {word} in [[ ]] (bash evaluates it as arithmetic); use [ ] or test")
+        if any(word in _ARITH_OPS or word == "-v" or word == "-R" for word in words):
+            self.evaluates = True
         if len(words) >= 2 and words[-2] in _ARITH_OPS:  # the operands of -eq and the like, as they end
             self._reads(words[-3] if len(words) >= 3 else "", self.line)
             self._reads(words[-1], self.line)
@@ -443,6 +475,8 @@ class _Lexer:
 
     def _cmd(self, ctx: dict[str, Any]) -> None:
         text, c = self.text, self.text[self.i]
+        if not ctx["word"] and not ctx["word_markers"]:
+            ctx["raw_start"] = self.i  # where the next word begins, for its text as written
         if c == OPEN:
             index = self._marker()
             self._check_use(ctx, index)
@@ -711,6 +745,8 @@ class _Lexer:
         elif c == "}":
             if ctx["depth"] == 0:  # ${v:off:len}, ${a[i]}, ${!v}: all but the parameter itself is arithmetic
                 inner = self.text[ctx["start"]:self.i].lstrip("${")
+                if "@" in inner or ":" in inner or "[" in inner or inner.startswith("!"):
+                    self.evaluates = True  # ${v@P} expands a prompt (runs $( )); offsets and subscripts
                 self._reads(inner, ctx["from_line"], skip_first=not inner.startswith("!"))
             self._advance()
             if ctx["depth"] == 0:
@@ -832,21 +868,36 @@ class _Lexer:
 def analyse(text: str) -> list[Slot]:
     """The context of every marker in ``text``; raises :class:`UnsafeContext`.
     A marker the lexer could not place is refused, never passed through."""
+    return _analysed(text)[0]
+
+
+_CONFIG_REFERENCE = re.compile(r"(?<![A-Za-z0-9_])(?:CONFIG_[A-Za-z0-9_]|DAGRUN_(?:VALUE_|WORKSPACE_ID|CONFIG|RESULT))")
+
+
+def _analysed(text: str) -> tuple[list[Slot], bool]:
+    """The slots of ``text``'s markers, and whether it evaluates text anywhere."""
+    lexer = _Lexer(text)
     if OPEN not in text:
-        if any(prefix in text for prefix in _VALUE_NAMES):  # values arrive as $CONFIG_<KEY> too
-            try:
-                _Lexer(text).run()
-            except UnsafeContext as exc:
-                if exc.reason.startswith("through $"):
-                    raise
-                # (a script the lexer cannot follow: with no {{ }} in it, nothing else is refused)
-        return []
-    slots = _Lexer(text).run()
-    placed = {slot.index for slot in slots}
-    for m in _MARKER.finditer(text):
-        if int(m.group(1)) not in placed:
-            raise UnsafeContext(1 + text[:m.start()].count("\n"), "where dagrun cannot tell how bash reads it")
-    return slots
+        if not _CONFIG_REFERENCE.search(text):
+            return [], False  # no value reaches it
+        try:
+            lexer.run()
+        except UnsafeContext as exc:
+            if exc.reason.startswith("through $"):
+                raise
+            lexer.evaluates = True  # a script the lexer cannot follow: taken to evaluate
+    else:
+        slots = lexer.run()
+        placed = {slot.index for slot in slots}
+        for m in _MARKER.finditer(text):
+            if int(m.group(1)) not in placed:
+                raise UnsafeContext(1 + text[:m.start()].count("\n"), "where dagrun cannot tell how bash reads it")
+    if lexer.evaluates and _CONFIG_REFERENCE.search(text):
+        line = 1 + text[:_CONFIG_REFERENCE.search(text).start()].count("\n")
+        raise UnsafeContext(line, "through $CONFIG_<KEY> in a script that evaluates text (arithmetic, -v, read, "
+                                  "namerefs, prompts), where bash would run a[$(cmd)] held in it: write "
+                                  "{{ config.<key> }} instead, which dagrun checks")
+    return (slots if OPEN in text else []), lexer.evaluates
 
 
 def check_source(source: str) -> None:
@@ -903,7 +954,8 @@ def as_text(value: Any) -> str:
 
 def substitute(rendered: str, values: list[Any], *, start: int = 1) -> ShellScript:
     """Replace the markers of ``rendered`` by variable references."""
-    slots = {slot.index: slot for slot in analyse(rendered)}
+    found, evaluates = _analysed(rendered)
+    slots = {slot.index: slot for slot in found}
     env: dict[str, str] = {}
     counter = [start]
 
@@ -912,7 +964,11 @@ def substitute(rendered: str, values: list[Any], *, start: int = 1) -> ShellScri
             raise ShellValueError(f"line {slot.line}: a value holds a NUL character, which a script cannot receive")
         if len(text.encode("utf-8", "surrogatepass")) > MAX_VALUE_BYTES:
             raise ShellValueError(f"line {slot.line}: a value is larger than {MAX_VALUE_BYTES} bytes")
-        if word_start and text.startswith("-"):  # the message never shows the value: it may be a secret
+        if evaluates and ("$" in text or "`" in text):  # the message never shows the value: it may be a secret
+            raise ShellValueError(f"line {slot.line}: a value holds $ or `, and this script evaluates text "
+                                  "(arithmetic, [[ -eq ]], -v, read, namerefs, prompts), where bash would run "
+                                  "$( ) held in a variable: keep values out of such scripts, or compare with [ ]")
+        if word_start and text.startswith("-"):
             raise ShellValueError(f"line {slot.line}: a value starts with '-' and would be read as an option; "
                                   "put '--' before it in the script")
         name = f"{VALUE_PREFIX}{counter[0]}"
@@ -938,4 +994,4 @@ def substitute(rendered: str, values: list[Any], *, start: int = 1) -> ShellScri
                             + '}"' for i, v in enumerate(value))
         return '"${' + var(as_text(value), slot, starts_word(slot)) + '}"'
 
-    return ShellScript(_MARKER.sub(replace, rendered), env)
+    return ShellScript(_MARKER.sub(replace, rendered), env, evaluates)
