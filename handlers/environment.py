@@ -48,10 +48,10 @@ def create_venv(ctx: StepContext) -> HandlerResult:
     existed = os.path.exists(os.path.join(path, "pyvenv.cfg"))
     folder_existed = os.path.isdir(path)
     if existed and not ctx.config.get("upgrade_pip"):  # already there: nothing to change
-        version = ctx.run([_trusted_python(ctx), "-c", "import sys; print('%d.%d.%d' % sys.version_info[:3])"])
-        if version.ok:
+        version = _existing_version(ctx, path)
+        if version is not None:
             return HandlerResult(data={"venv_path": path, "python": _venv_python(ctx), "created": False,
-                                       "created_entries": None, "version": version.stdout.strip()}, changed=False)
+                                       "created_entries": None, "version": version}, changed=False)
     before = paths.entries(path, home=ctx.home)
     command = [python, "-m", "venv"]
     if ctx.config.get("system_site_packages"):
@@ -72,11 +72,32 @@ def create_venv(ctx: StepContext) -> HandlerResult:
     return result
 
 
+def _existing_version(ctx: StepContext, path: str) -> str | None:
+    """The Python version of the venv at ``path``, if it is one. As root, read
+    from its pyvenv.cfg, never by running it: its interpreter reads the
+    venv's site-packages (a .pth file there is code), and the folder may
+    have come from a cloned repository."""
+    if ctx.privileged:
+        _trusted_python(ctx)
+        data = paths.read_file(os.path.join(path, "pyvenv.cfg"), home=ctx.home)
+        for line in (data or b"").decode("utf-8", errors="replace").splitlines():
+            key, _, value = line.partition("=")
+            if key.strip() in ("version", "version_info") and re.fullmatch(r"[0-9]+(\.[0-9]+)*\S*", value.strip()):
+                return value.strip()
+        return None
+    version = ctx.run([_venv_python(ctx), "-c", "import sys; print('%d.%d.%d' % sys.version_info[:3])"])
+    return version.stdout.strip() if version.ok else None
+
+
 def validate_venv(ctx: StepContext) -> HandlerResult:
     python = _venv_python(ctx)
     if not os.access(python, os.X_OK):
         return HandlerResult(ok=False, error=f"{python} does not exist")
-    return ctx.run([_trusted_python(ctx), "-c", "import sys; assert sys.prefix != sys.base_prefix"])
+    if ctx.privileged:  # (not run as root: see _existing_version)
+        path = ctx.path(ctx.config["venv_path"])
+        return HandlerResult() if _existing_version(ctx, path) else \
+            HandlerResult(ok=False, error=f"{path} is not a venv (no version in its pyvenv.cfg)")
+    return ctx.run([python, "-c", "import sys; assert sys.prefix != sys.base_prefix"])
 
 
 def remove_venv(ctx: StepContext) -> HandlerResult:

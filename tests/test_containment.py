@@ -975,6 +975,19 @@ def test_as_root_packages_and_programs_from_values_are_what_root_may_run(tmp_pat
                           {"id": "pk2", "home_dir": str(tmp_path / "h2")}, record=False)
     assert "not an interpreter only root could have installed" in result.steps["v"].error
     assert not (tmp_path / "RAN").exists()
+    # Its python a link to the system's, but a .pth file in its site-packages (found by helper-24): as root,
+    # an existing venv is read (pyvenv.cfg), not run.
+    (fake / "bin" / "python").unlink()
+    (fake / "bin" / "python").symlink_to("/usr/bin/python3")
+    (fake / "pyvenv.cfg").write_text("home = /usr/bin\nversion = 3.11.2\n")
+    site = fake / "lib" / "python3.11" / "site-packages"
+    site.mkdir(parents=True)
+    (site / "evil.pth").write_text(f"import os; open({str(tmp_path / 'RAN')!r}, 'w').close()\n")
+    result = run_template(template(step(5, "create_python_venv", id="v", max_retries=1,
+                                        action_config={"venv_path": "~/venv", "with_pip": False})),
+                          {"id": "pk3", "home_dir": str(tmp_path / "h2")}, record=False)
+    assert result.success, result.error
+    assert result.steps["v"].result["version"] == "3.11.2" and not (tmp_path / "RAN").exists()
 
 
 def test_credentials_in_a_clone_url_never_reach_a_command_line(tmp_path, monkeypatch):

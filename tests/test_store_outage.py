@@ -140,7 +140,8 @@ def test_a_nul_character_in_a_steps_output_is_recorded_and_the_run_goes_on(works
     """PostgreSQL refuses NUL in text; the driver's error killed the writer
     and the dependent step waited for its record forever."""
     outcome = []
-    doc = template(script_step(10, "printf 'before\\0after\\n'", id="a"), script_step(20, "echo b", id="b", requires=["a"]))
+    doc = template(script_step(10, "printf 'before\\0after\\n'; printf 'k=a\\0b\\n' >> \"$DAGRUN_OUTPUT\"", id="a"),
+                   script_step(20, "echo b", id="b", requires=["a"]))
     worker = threading.Thread(target=lambda: outcome.append(run_template(doc, workspace, database_url=pg_url)),
                               daemon=True)
     worker.start()
@@ -149,6 +150,7 @@ def test_a_nul_character_in_a_steps_output_is_recorded_and_the_run_goes_on(works
     assert outcome[0].success and outcome[0].error is None
     run = show_run(pg_url, outcome[0].run_id, output=True)
     assert run["attempts"][0]["output"] == "before\ufffdafter\n"
+    assert run["attempts"][0]["result"] == {"k": "a\ufffdb"}  # JSON refuses \u0000 too
 
 
 def test_a_live_run_on_this_host_is_alive_however_old_its_heartbeat():
@@ -162,5 +164,5 @@ def test_a_live_run_on_this_host_is_alive_however_old_its_heartbeat():
     host, _, process = owner_id().rpartition(":")
     pid, _, started = process.partition("@")
     assert started
-    reused = f"{host}:{pid}@{float(started) - 1:g}"  # the same pid, an earlier process
+    reused = f"{host}:{pid}@{int(started) - 1}"  # the same pid, an earlier process
     assert not is_alive(ProvisioningRun(status="running", owner=reused, heartbeat_at=datetime.now(timezone.utc)))

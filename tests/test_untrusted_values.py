@@ -766,7 +766,8 @@ def test_a_secret_with_a_quote_is_masked_in_its_shell_quoted_form(home, db_url):
     """A script or command line is shown shell-quoted (a ' becomes '"'"'):
     the secret is masked in that form too."""
     secret = "Sup3r'Secr\"et\\x"
-    doc = template(script_step(10, "echo token is {{ vars.tok }}; exit 1", id="s"), vars={"tok": ""})
+    doc = template(script_step(10, 'set -x; true "me:{{ vars.tok }}"; printf "%q\\n" "{{ vars.tok }}"; '
+                                   "echo token is {{ vars.tok }}; exit 1", id="s"), vars={"tok": ""})
     result = run_template(doc, {"id": "w", "home_dir": str(home)}, database_url=db_url, secrets={"tok": secret})
     shown = get_run(result.run_id, database_url=db_url, output=True)
     text = json.dumps(shown) + json.dumps(result.as_dict())
@@ -806,10 +807,13 @@ def test_a_variable_is_one_folder_name_where_the_demo_makes_it_a_path(project, t
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ws"] and not (tmp_path / "ws" / "escape").exists()
 
 
-def test_a_value_that_is_a_dot_path_segment_is_encoded_in_a_url():
+def test_a_value_is_never_a_dot_path_segment_of_a_url():
+    """A server (or a proxy) walks up for .. however it is spelled (%2E%2E too)."""
     from dagrun.compile.expressions import render_url
-    assert render_url("http://x/api/ws/{{ v }}/go", {"v": ".."}) == "http://x/api/ws/%2E%2E/go"
-    assert render_url("http://x/api/ws/{{ v }}/go", {"v": "."}) == "http://x/api/ws/%2E/go"
+    for value in (".", ".."):
+        with pytest.raises(ValueError, match="would name the folder above"):
+            render_url("http://x/api/ws/{{ v }}/go", {"v": value})
+    assert render_url("http://x/api/ws/{{ v }}/go", {"v": "..."}) == "http://x/api/ws/.../go"
 
 
 def test_a_config_variable_is_never_read_by_arithmetic():

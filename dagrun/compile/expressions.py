@@ -314,8 +314,8 @@ def render_url(source: str, context: Mapping[str, Any]) -> str:
             if not _HTTP_URL.match(text):
                 raise ValueError(f"{text!r} is not an http(s) URL")
             return text
-        if text in (".", ".."):  # a path segment of its own: a server (or a proxy) would walk up
-            return text.replace(".", "%2E")
+        if text in (".", ".."):  # as a path segment, a server (or a proxy) walks up, %-encoded or not
+            raise ValueError(f"{text!r} cannot be a part of a URL (it would name the folder above)")
         return urllib.parse.quote(text, safe="")
 
     return shell_text.MARKER.sub(value, rendered)

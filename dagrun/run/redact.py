@@ -39,7 +39,9 @@ def variants(secret: str) -> set[str]:
              urllib.parse.quote_plus(secret), urllib.parse.quote(secret),
              # as a shell word (a script or command line shown in a record or an error): a ' in it
              # splits the secret around '"'"'
-             shlex.quote(secret), shlex.quote(secret).strip("'")}
+             shlex.quote(secret), shlex.quote(secret).strip("'"),
+             # and as bash shows it: set -x ('\'' for a '), printf %q (a backslash before each special)
+             secret.replace("'", "'\\''"), re.sub(r"([^A-Za-z0-9_@%+=:,./-])", r"\\\1", secret)}
     raw = secret.encode("utf-8", "surrogateescape")
     for offset in range(3):  # the secret preceded by 0, 1 or 2 unknown bytes
         data = b"\0" * offset + raw

@@ -64,7 +64,18 @@ def _text(value: str | None) -> str | None:
 
 
 def _json(value: Any) -> str:
-    return json.dumps(value, default=str)
+    return json.dumps(_without_nul(value), default=str)
+
+
+def _without_nul(value: Any) -> Any:
+    """PostgreSQL's JSON refuses \\u0000 (a step's output may hold a NUL): U+FFFD instead."""
+    if isinstance(value, str):
+        return _text(value)
+    if isinstance(value, dict):
+        return {_text(k) if isinstance(k, str) else k: _without_nul(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_without_nul(v) for v in value]
+    return value
 
 
 class Recorder:

@@ -43,7 +43,7 @@ INTERRUPTED = "interrupted: the process running it stopped (no heartbeat)"
 def owner_id() -> str:
     """``host:pid@start``: the start time tells the process from a later one given the same pid."""
     started = processes.start_time(os.getpid())
-    return f"{socket.gethostname()}:{os.getpid()}" + ("" if started is None else f"@{started:g}")
+    return f"{socket.gethostname()}:{os.getpid()}" + ("" if started is None else f"@{int(started)}")
 
 
 def _utc(value: datetime | None) -> datetime | None:
@@ -67,7 +67,7 @@ def is_alive(run: ProvisioningRun, now: datetime | None = None) -> bool:
             pass
         if started:  # the very process (not a later one given its pid) is alive, whatever its heartbeat says
             now_started = processes.start_time(int(pid))
-            return now_started is not None and f"{now_started:g}" == started
+            return now_started is not None and str(int(now_started)) == started
     heartbeat = _utc(run.heartbeat_at)
     now = now or datetime.now(timezone.utc)
     return heartbeat is not None and now - heartbeat < timedelta(seconds=STALE_SECONDS)
