@@ -857,7 +857,8 @@ def test_values_without_dollar_or_backtick_still_reach_an_evaluating_script(home
 
 
 @pytest.mark.parametrize("script", ["PS4={{ workspace.v }}; set -x; true", "BASH_ENV={{ workspace.v }} bash -c true",
-                                    "export PROMPT_COMMAND={{ workspace.v }}"])
+                                    "export PROMPT_COMMAND={{ workspace.v }}",
+                                    'PATH="{{ workspace.v }}:$PATH"; make'])
 def test_no_value_is_assigned_to_a_variable_bash_runs(script, home):
     with pytest.raises(TemplateError, match="which bash runs or expands as code"):
         run_template(template(script_step(10, script)), {"id": "w", "home_dir": str(home), "v": "x"}, record=False)

@@ -88,7 +88,8 @@ _VALUE_NAMES = ("CONFIG_", "DAGRUN_VALUE_", "DAGRUN_WORKSPACE_ID", "DAGRUN_CONFI
 # (as execute_custom_script's env refuses them as names).
 _SHELL_CODE_NAMES = frozenset({"BASH_ENV", "ENV", "SHELLOPTS", "BASHOPTS", "PS0", "PS1", "PS2", "PS3", "PS4",
                                "PROMPT_COMMAND", "IFS", "CDPATH", "GLOBIGNORE", "LD_PRELOAD", "LD_LIBRARY_PATH",
-                               "LD_AUDIT", "BASH_XTRACEFD", "EXECIGNORE", "HISTFILE", "INPUTRC"})
+                               "LD_AUDIT", "BASH_XTRACEFD", "EXECIGNORE", "HISTFILE", "INPUTRC",
+                               "PATH"})  # (PATH: a value would choose which program a command runs)
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _CONTROL = frozenset({"then", "do", "else", "elif", "if", "while", "until", "!", "{", "}"})
 _ASSIGNMENT = re.compile(r"\A[A-Za-z_][A-Za-z0-9_]*(\[[^]]*\])?\+?=")
@@ -374,7 +375,8 @@ class _Lexer:
         if assignment and assignment.group().rstrip("+=").split("[", 1)[0] in _SHELL_CODE_NAMES:
             self.evaluates = True  # PS4, PROMPT_COMMAND...: expanded or run later
             if holds_value:
-                self.fail(f"as the value of {assignment.group().rstrip('+=')}, which bash runs or expands as code")
+                self.fail(f"as the value of {assignment.group().rstrip('+=')}, which bash runs or expands as code "
+                          "(or, for PATH, finds commands in)")
         base = (command or "").rsplit("/", 1)[-1]
         if command is not None:
             written = raw.replace('"', "").replace("'", "").replace("\\", "")  # the word as bash reads it
