@@ -656,6 +656,15 @@ ATTACKS = [  # each must be refused when the template is compiled
     "v={{ workspace.v }}; (( v > 1 ))", 'v={{ workspace.v }}; [[ $v -eq 1 ]]', "x=$(echo {{ workspace.v }}); echo $(( x + 1 ))",
     "for i in {{ workspace.v }}; do (( i > 1 )); done", "v={{ workspace.v }}; echo ${!v}",
     "f() { (( n > 1 )); }\nn={{ workspace.v }}\nf",
+    # from a second re-attack (helper-25): (( glued to its keyword; a variable or "$@" holding a value in
+    # code a command runs, or as the command; a value piped into an interpreter
+    "for((i=1; i<={{ workspace.v }}; i++)); do :; done", "if((1 < {{ workspace.v }})); then :; fi",
+    "n={{ workspace.v }}\nif((n > 3)); then :; fi", "n={{ workspace.v }}\nwhile((n > 3)); do break; done",
+    'tmp={{ workspace.v }}\ntrap "rm -rf $tmp" EXIT', 'u={{ workspace.v }}\nsu root -c "echo $u"',
+    'v={{ workspace.v }}\nbash -c "echo $v"', 'v={{ workspace.v }}\neval "echo $v"',
+    'as_dev() { su root -c "$*"; }\nas_dev git --version {{ workspace.v }}', 'f() { sh -c "echo $1"; }\nf {{ workspace.v }}',
+    "v={{ workspace.v }}\n$v", 'echo "print({{ workspace.v }})" | python3',
+    "cat <<EOF | python3\nprint('{{ workspace.v }}')\nEOF", 'v={{ workspace.v }}; echo "$v" | bash',
 ]
 
 
@@ -838,6 +847,8 @@ EVALUATING = [
     'declare "-i" n; n={{ workspace.v }}', "declare -i n; read n <<< {{ workspace.v }}",
     'v={{ workspace.v }}; echo "${v@P}"', "v={{ workspace.v }}; [[ -v $v ]]; true", 'v={{ workspace.v }}; test -v "$v"; true',
     'declare -n r; v={{ workspace.v }}; for r in "$v"; do :; done',
+    "f() { RANDOM=$1; }; f {{ workspace.v }}", 'v={{ workspace.v }}; printf -v"$v" %s x',
+    'v={{ workspace.v }}; wait -n -p "$v"; true',
 ]
 
 
@@ -871,3 +882,39 @@ def test_config_variables_and_evaluating_scripts_do_not_mix():
                    'check() { (( $1 > 1024 )); }; check "$CONFIG_PORT"; true'):
         with pytest.raises(TemplateError, match="CONFIG_"):
             compile_template(template(step(10, "a")), actions=[shell_action("a", script, config_schema=schema)])
+
+
+def test_a_value_naming_a_variable_finds_no_code_there(home):
+    """Arithmetic evaluates the content of the variable a value names: a
+    script that evaluates text refuses to start while a variable holding a
+    value holds $ or ` (found by helper-25)."""
+    from tests.helpers import shell_action
+    mark = home / "MARK"
+    payload = f"a[$(touch {mark})]"
+    compare = 'v={{ workspace.v }}\nif [[ "$v" -gt 3 ]]; then echo big; fi'
+    runs = [
+        run_template(template(script_step(10, compare, id="s")),
+                     {"id": payload, "home_dir": str(home), "v": "DAGRUN_WORKSPACE_ID"}, record=False),
+        run_template(template(script_step(10, compare, id="s", action_config={"env": {"REPO": "{{ workspace.repo }}"}})),
+                     {"id": "w", "home_dir": str(home), "v": "REPO", "repo": payload}, record=False),
+        run_template(template(step(10, "a", id="s", action_config={"port": "{{ workspace.port }}",
+                                                                   "greeting": "{{ workspace.greeting }}"})),
+                     {"id": "w", "home_dir": str(home), "port": "CONFIG_GREETING", "greeting": payload}, record=False,
+                     actions=[shell_action("a", 'p={{ config.port }}\nif [[ "$p" -gt 1024 ]]; then echo high; fi',
+                                           config_schema={"type": "object", "properties": {"port": {}, "greeting": {}}})]),
+    ]
+    for result in runs:
+        assert "holds $ or `, and the script evaluates text" in result.steps["s"].error
+    assert not mark.exists()
+
+
+@pytest.mark.parametrize("script", ['echo "${EDITOR:-vi}" {{ workspace.v }}', 'for p in "${pkgs[@]}"; do :; done; echo {{ workspace.v }}',
+                                    'v={{ workspace.v }}; echo "${v@Q}"',
+                                    'echo {{ workspace.v }} > f; while IFS= read -r line; do echo "$line"; done < f',
+                                    "set -x; echo {{ workspace.v }}"])
+def test_common_scripts_that_evaluate_nothing_take_any_value(script, home):
+    """(False refusals found by helper-25: a password holding $ was refused by these.)"""
+    result = run_template(template(script_step(10, script, id="s")), {"id": "w", "home_dir": str(home), "v": "pa$$w0rd`x"},
+                          record=False)
+    assert result.success, result.steps["s"].error
+    assert "pa$$w0rd`x" in result.steps["s"].stdout

@@ -91,6 +91,10 @@ _SHELL_CODE_NAMES = frozenset({"BASH_ENV", "ENV", "SHELLOPTS", "BASHOPTS", "PS0"
                                "LD_AUDIT", "BASH_XTRACEFD", "EXECIGNORE", "HISTFILE", "INPUTRC",
                                "PATH"})  # (PATH: a value would choose which program a command runs)
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_EXPANSION = re.compile(r"\$\{?([A-Za-z_][A-Za-z0-9_]*|[0-9*@])")
+_POSITIONAL = frozenset("123456789*@")
+# Words after which "((" opens arithmetic even without a space (for((i=0;...)), if((n > 1))).
+_BEFORE_ARITHMETIC = frozenset({"for", "if", "elif", "while", "until", "!", "then", "do", "else", "{", "time"})
 _CONTROL = frozenset({"then", "do", "else", "elif", "if", "while", "until", "!", "{", "}"})
 _ASSIGNMENT = re.compile(r"\A[A-Za-z_][A-Za-z0-9_]*(\[[^]]*\])?\+?=")
 _LITERAL_NAME = re.compile(r"\A[A-Za-z0-9_./+-][A-Za-z0-9_.,:/+@%=-]*\Z")
@@ -179,6 +183,9 @@ class _Lexer:
         # Bash offers too many ways for a value to get there through a variable to follow them all:
         # such a script gets no value holding $ or ` (what would run there), see substitute().
         self.evaluates = False
+        # (name, line) of each expansion where it would be code: the command itself, or an argument
+        # of a command that runs its arguments as code (eval, trap, sh -c, su -c, ssh...).
+        self.code: list[tuple[str, int]] = []
 
     # -- contexts and helpers -------------------------------------------------
 
@@ -219,6 +226,11 @@ class _Lexer:
         if len(self.stack) != 1 or self.pending_heredocs or self.stack[0]["cond"]:
             self.fail("in a script that leaves a quote, $( ), ${ }, [[ or here-document open "
                       "(dagrun cannot tell how bash reads it)")
+        for name, line in self.code:
+            if name in self.tainted or name in _POSITIONAL or name.startswith(_VALUE_NAMES):
+                what = "an argument of the function or script" if name in _POSITIONAL else "a value"
+                raise UnsafeContext(line, f"through ${name}, which may hold {what}, as a command or in code a "
+                                          "command runs (eval, trap, sh -c, su -c, ssh...)")
         for name, line in self.arithmetic:  # (a function defined above may run after the assignment)
             if name in self.tainted or name.startswith(_VALUE_NAMES):
                 raise UnsafeContext(line, f"through ${name} in arithmetic: {name} holds a value, and bash evaluates "
@@ -304,8 +316,8 @@ class _Lexer:
         kind = self._kind(cmd)
         name = cmd["command"].rsplit("/", 1)[-1]
         if kind == "runner":
-            return (f"in a command of {name}, which runs its arguments (or another command) as code: pass the "
-                    f"value through a variable or a file (v={{{{ x }}}}; ... \"$v\")")
+            return (f"in a command of {name}, which runs its arguments (or another command) as code; nor may "
+                    "a variable that holds a value: give the value to a program that takes it as data")
         if kind in ("interpreter", "scripted"):
             fixed, expect_code, from_stdin = self._program(cmd, permutes=kind == "scripted")
             word = cmd["word"]
@@ -373,26 +385,35 @@ class _Lexer:
         command = None if ctx["command_start"] else ctx["command"]
         assignment = _ASSIGNMENT.match(word)
         if assignment and assignment.group().rstrip("+=").split("[", 1)[0] in _SHELL_CODE_NAMES:
-            self.evaluates = True  # PS4, PROMPT_COMMAND...: expanded or run later
-            if holds_value:
+            if holds_value:  # (the author's own PS4 or IFS is theirs)
                 self.fail(f"as the value of {assignment.group().rstrip('+=')}, which bash runs or expands as code "
                           "(or, for PATH, finds commands in)")
-        base = (command or "").rsplit("/", 1)[-1]
+        base = (command or "").replace("\\", "").rsplit("/", 1)[-1]
+        expanded = _EXPANSION.findall(raw)
+        ctx.setdefault("expanded", []).extend(expanded)  # (what the command may feed to the next by a pipe)
+        if expanded and not assignment and (command is None or (
+                ctx["command_literal"] and self._command_deny(ctx) is not None)):
+            self.code += [(name, self.line) for name in expanded]  # the command, or code it runs
         if command is not None:
             written = raw.replace('"', "").replace("'", "").replace("\\", "")  # the word as bash reads it
-            option = written.startswith("-") and "$" not in written
-            if base in ("let", "read", "mapfile", "readarray", "unset", "getopts") or (
-                    base in DECLARE_BUILTINS and ("$" in written or option and set(written[1:]) & set("inaA"))) or (
-                    base in ("printf", "test", "[", "[[") and option and written[1:2] in ("v", "R")) or (
-                    base == "printf" and written.startswith("$") and len(ctx["words"]) == ctx["command_index"] + 1) or (
-                    base == "set" and written in ("-x", "-o", "xtrace", "-v", "verbose")):
-                self.evaluates = True  # names (their subscripts), -i / -n / -a / -v, xtrace's PS4
+            dynamic = "$" in written or "`" in written  # what it is, bash decides at run time
+            option = written.startswith("-") and not dynamic
+            if base == "let" or (
+                    # names (their subscripts are arithmetic) given by a variable
+                    base in ("read", "mapfile", "readarray", "unset", "getopts", "wait", "builtin", "command")
+                    and dynamic) or (base in ("mapfile", "readarray") and written.startswith("-C")) or (
+                    base in DECLARE_BUILTINS and (dynamic or option and set(written[1:]) & set("inaA"))) or (
+                    base in ("printf", "test", "[", "[[") and written.startswith(("-v", "-R"))) or (
+                    base == "printf" and dynamic and len(ctx["words"]) == ctx["command_index"] + 1):
+                self.evaluates = True
         if assignment and (command is None or command in DECLARE_BUILTINS):
             name = assignment.group().rstrip("+=").split("[", 1)[0]
             if holds_value:
                 self.tainted.add(name)
             elif name in self.integer_names or ctx["integer_declare"]:  # x=$v: x's value is evaluated
                 self._reads(word[assignment.end():], self.line)
+                if "$" in raw or "`" in raw:
+                    self.evaluates = True  # RANDOM=$1: whatever it holds is evaluated
         if command == "for" and holds_value and ctx["for_name"]:
             self.tainted.add(ctx["for_name"])
         if command in ("read", "mapfile", "readarray") and not word.startswith("-"):
@@ -446,12 +467,26 @@ class _Lexer:
             self._reads(words[-3] if len(words) >= 3 else "", self.line)
             self._reads(words[-1], self.line)
 
-    def _end_command(self, ctx: dict[str, Any]) -> None:
+    def _end_command(self, ctx: dict[str, Any], pipe: bool = False) -> None:
+        """``pipe``: the command's output goes to the next one's input."""
         self._end_word(ctx)
         if ctx["cond"]:
             return  # [[ ... ]] goes on over &&, ||, ( and ) until its ]]
+        fed = ctx.get("fed")
+        if fed is not None and ctx["command"] is not None:  # what the pipe feeds it, it may run
+            deny = self._command_deny(ctx, stdin=True)
+            if deny and fed["values"]:
+                self.fail(deny)
+            if deny:
+                self.code += [(name, self.line) for name in fed["expanded"]]
+            if deny:
+                for i in fed["heredocs"]:  # their bodies come later: refused when they do
+                    self.pending_heredocs[i] = (*self.pending_heredocs[i][:3], deny)
+        feeds = {"values": bool(ctx["marker_words"]), "expanded": ctx.get("expanded", []),
+                 "heredocs": list(range(ctx.get("heredocs_from", 0), len(self.pending_heredocs)))} if pipe else None
         ctx.update(words=[], marker_words=set(), command_start=True, command=None, command_literal=True,
-                   dashdash=False, integer_declare=False, array_declare=False, redirect=False, for_name=None)
+                   dashdash=False, integer_declare=False, array_declare=False, redirect=False, for_name=None,
+                   fed=feeds, heredocs_from=len(self.pending_heredocs), expanded=[])
 
     def _word_start(self, ctx: dict[str, Any]) -> tuple[bool, tuple[int, ...]]:
         """Does the current point begin a word (only empty quotes, or values
@@ -528,7 +563,9 @@ class _Lexer:
             ctx["word"] += self._advance()  # name=( ... ): an array's elements, up to the )
             self._push("array", deny="as an element of an integer array (arithmetic)" if integer else None)
             return
-        if c == "(" and not ctx["word"] and not ctx["word_markers"] and text.startswith("((", self.i):
+        if c == "(" and not ctx["word_markers"] and text.startswith("((", self.i) and (
+                not ctx["word"] or ctx["word"] in _BEFORE_ARITHMETIC):
+            self._end_word(ctx)  # for((, if((, while((...: bash reads arithmetic right after the keyword
             self._push("arith", deny="in arithmetic (bash evaluates a[$(cmd)] there)", closer="))", depth=0)
             self._advance(2)
             return
@@ -583,8 +620,9 @@ class _Lexer:
                 self._start_heredoc()
             return
         if c in ";&|":
-            self._end_command(ctx)
-            self._advance()
+            pipe = c == "|" and not text.startswith("||", self.i)
+            self._end_command(ctx, pipe=pipe)
+            self._advance(2 if text.startswith(("||", "&&", "|&"), self.i) else 1)
             return
         if c in " \t":
             self._end_word(ctx)
@@ -747,8 +785,9 @@ class _Lexer:
         elif c == "}":
             if ctx["depth"] == 0:  # ${v:off:len}, ${a[i]}, ${!v}: all but the parameter itself is arithmetic
                 inner = self.text[ctx["start"]:self.i].lstrip("${")
-                if "@" in inner or ":" in inner or "[" in inner or inner.startswith("!"):
-                    self.evaluates = True  # ${v@P} expands a prompt (runs $( )); offsets and subscripts
+                if "@P" in inner or re.search(r":(?![-=+?])", inner) or re.search(r"\[(?![@*]\])", inner) \
+                        or inner.startswith("!"):
+                    self.evaluates = True  # ${v@P} expands a prompt (runs $( )); offsets; subscripts; ${!v}
                 self._reads(inner, ctx["from_line"], skip_first=not inner.startswith("!"))
             self._advance()
             if ctx["depth"] == 0:

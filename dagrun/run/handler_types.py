@@ -188,8 +188,17 @@ class StepContext:
         says which script in error messages."""
         values = script.values if isinstance(script, ShellScript) else {}
         text = script.text if isinstance(script, ShellScript) else script
+        environment = {**self.process_env(), **(env or {})}
+        if isinstance(script, ShellScript) and script.evaluates:
+            # Arithmetic evaluates the content of a variable a value names (v=DAGRUN_WORKSPACE_ID;
+            # [[ "$v" -gt 1 ]]): none of the step's variables that hold values may hold what would run.
+            for key, value in environment.items():
+                if (key.startswith("CONFIG_") or key in _VALUE_VARIABLES or key in (env or {})) \
+                        and ("$" in value or "`" in value):
+                    raise PermanentError(f"{name}: ${key} holds $ or `, and the script evaluates text (arithmetic, "
+                                         "[[ -eq ]], -v, read, namerefs, prompts), where bash could run it")
         with self.working_dir(cwd) as where:
-            result = run_script(text, env={**self.process_env(), **(env or {}), **values}, cwd=where,
+            result = run_script(text, env={**environment, **values}, cwd=where,
                                 timeout=self.remaining(), cancel=self.cancel, run_id=self.run_id,
                                 isolation=self.isolation, on_start=self.report)
         return self._result(result, name)
@@ -233,6 +242,9 @@ class StepContext:
                              stdout=result.stdout, stderr=result.stderr, error=error,
                              timed_out=result.timed_out, cancelled=result.cancelled, changed=changed)
 
+
+# Variables of a step's environment that hold values (besides CONFIG_<KEY> and the step's own env).
+_VALUE_VARIABLES = frozenset({"DAGRUN_WORKSPACE_ID", "DAGRUN_WORKSPACE_HOME", "HOME"})
 
 TAIL_LINES = 5
 
