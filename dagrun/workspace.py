@@ -162,6 +162,7 @@ def cli_workspace(fields: Mapping[str, Any], home: str | None = None) -> dict[st
 
 
 HOME_ROOTS_ENV = "DAGRUN_WORKSPACE_ROOTS"
+_HOME_PATH = re.compile(r"/[A-Za-z0-9._/@+=,:-]*")
 
 
 def home_roots(extra: Iterable[str] = ()) -> tuple[str, ...]:
@@ -215,11 +216,15 @@ def with_home(workspace: Mapping[str, Any], root: Path | None = None,
     """The workspace with an absolute, normalized ``home_dir``; as root, one
     inside the allowed roots (:func:`home_roots`, or ``roots``)."""
     home = workspace.get("home_dir")
-    if home is None or home == "":
-        home = default_home(workspace, root)
+    given = home is not None and home != ""
+    if not given:
+        home = default_home(workspace, root)  # (in the caller's folder: whatever its name, it is the caller's)
     elif not os.path.isabs(str(home)):
         raise InputError(f"the workspace home_dir must be an absolute path, not {home!r}")
     home = os.path.normpath(str(home))
+    if given and not _HOME_PATH.fullmatch(home):
+        raise InputError(f"the workspace home_dir {home[:80]!r} may hold only letters, digits and . _ - / @ + = , : "
+                         "(scripts read $HOME, often unquoted or inside sh -c \"...\")")
     if os.geteuid() == 0:
         owner = None
         if workspace.get("linux_username"):

@@ -153,11 +153,18 @@ def test_a_workspace_gitconfig_hook_never_runs(as_user, user, shared):
 
 @root_only
 def test_a_quote_and_command_substitution_in_the_home_and_key_path_run_nothing(shared):
-    home = shared / "it's $(touch MARK) `touch MARK2`"
-    (home / ".ssh").mkdir(parents=True)
-    (home / ".ssh" / "id_ed25519").write_text("not a real key\n")
+    # A home holding them is refused before anything runs: scripts read $HOME unquoted, or inside sh -c
+    # "..." (found by helper-26); a key path holding them is data.
+    with pytest.raises(InputError, match="may hold only letters, digits"):
+        run_template(template(script_step(10, "true")), {"id": "k", "home_dir": str(shared / "it's $(touch MARK)")},
+                     record=False)
+    home = shared / "home"
+    key = home / "it's $(touch MARK) `touch MARK2`"
+    key.mkdir(parents=True)
+    (key / "id_ed25519").write_text("not a real key\n")
     doc = template(step(10, "clone_git_repository", id="c", max_retries=1, action_config={
-        "url": "ssh://git@127.0.0.1:1/repo.git", "private": True, "target_dir": "~/r"}))
+        "url": "ssh://git@127.0.0.1:1/repo.git", "private": True, "target_dir": "~/r",
+        "ssh_key_path": f"~/{key.name}/id_ed25519"}))
     result = run_template(doc, {"id": "k", "home_dir": str(home), "ssh_public_key": "ssh-ed25519 AAAA x"},
                           record=False)
     assert result.steps["c"].status is StepStatus.failed  # nothing listens there; what matters is below
@@ -1011,3 +1018,22 @@ def test_credentials_in_a_clone_url_never_reach_a_command_line(tmp_path, monkeyp
     assert clones and all("Tok3nSecret" not in " ".join(argv) for argv, _ in clones)
     assert any("http://127.0.0.1:9/r.git" in argv for argv, _ in clones)
     assert clones[0][1]["GIT_CONFIG_KEY_0"] == "http.extraHeader"
+
+
+@root_only
+def test_as_root_a_path_from_a_value_never_chooses_the_program(tmp_path, shared):
+    """A step's env PATH (a value, perhaps) naming a folder another user
+    could fill: as root, refused (found by helper-26)."""
+    planted = shared / "evilbin"
+    planted.mkdir()
+    (planted / "git").write_text(f"#!/bin/sh\ntouch {tmp_path / 'RAN'}\n")
+    (planted / "git").chmod(0o755)
+    os.chown(planted, 65534, 65534)
+    doc = template(script_step(10, "git --version", id="s", max_retries=1,
+                               action_config={"env": {"PATH": "{{ workspace.v }}:/usr/bin:/bin"}}))
+    result = run_template(doc, {"id": "p", "home_dir": str(tmp_path / "h"), "v": str(planted)}, record=False)
+    assert "which is not a folder only root could fill" in result.steps["s"].error
+    assert not (tmp_path / "RAN").exists()
+    ok = run_template(template(script_step(10, "git --version", id="s", action_config={"env": {"PATH": "/usr/bin:/bin"}})),
+                      {"id": "p2", "home_dir": str(tmp_path / "h2")}, record=False)
+    assert ok.success, ok.error

@@ -665,6 +665,13 @@ ATTACKS = [  # each must be refused when the template is compiled
     'as_dev() { su root -c "$*"; }\nas_dev git --version {{ workspace.v }}', 'f() { sh -c "echo $1"; }\nf {{ workspace.v }}',
     "v={{ workspace.v }}\n$v", 'echo "print({{ workspace.v }})" | python3',
     "cat <<EOF | python3\nprint('{{ workspace.v }}')\nEOF", 'v={{ workspace.v }}; echo "$v" | bash',
+    # a third re-attack (helper-26): copies, groups and stages before a pipe, redirections before the command
+    "v={{ workspace.v }}; w=$v; (( w > 1 )); true", "printf -v w %s {{ workspace.v }}; (( w > 1 )); true",
+    'repo={{ workspace.v }}\ncmd="echo cloning $repo"\nbash -c "$cmd"', 'run_as() { local cmd=$1; sh -c "$cmd"; }\nrun_as "echo {{ workspace.v }}"',
+    "set -- -c {{ workspace.v }}\nwhile getopts 'c:' o; do sh -c \"$OPTARG\"; done",
+    'echo {{ workspace.v }} | while read -r line; do c="$line"; sh -c "$c"; done', "echo {{ workspace.v }} |\n  bash",
+    "{ echo {{ workspace.v }}; } | sh", "echo {{ workspace.v }} | cat | sh", "<<< {{ workspace.v }} bash",
+    "<<EOF python3\nprint('{{ workspace.v }}')\nEOF", 'shopt -s expand_aliases\nalias run="sh -c"\nrun {{ workspace.v }}',
 ]
 
 
@@ -842,13 +849,12 @@ def test_a_config_variable_is_never_read_by_arithmetic():
 # anywhere gets no value holding $ or `.
 EVALUATING = [
     'v={{ workspace.v }}; [[ "$v" -eq 1 ]]; true', 'declare -i n; v={{ workspace.v }}; n="$v"',
-    "v={{ workspace.v }}; w=$v; (( w > 1 )); true", "printf -v w %s {{ workspace.v }}; (( w > 1 )); true",
     "f() { (( $1 > 1 )); }; f {{ workspace.v }}; true", "set -- {{ workspace.v }}; [[ $1 -eq 1 ]]; true",
     'declare "-i" n; n={{ workspace.v }}', "declare -i n; read n <<< {{ workspace.v }}",
     'v={{ workspace.v }}; echo "${v@P}"', "v={{ workspace.v }}; [[ -v $v ]]; true", 'v={{ workspace.v }}; test -v "$v"; true',
     'declare -n r; v={{ workspace.v }}; for r in "$v"; do :; done',
     "f() { RANDOM=$1; }; f {{ workspace.v }}", 'v={{ workspace.v }}; printf -v"$v" %s x',
-    'v={{ workspace.v }}; wait -n -p "$v"; true',
+    'v={{ workspace.v }}; wait -n -p "$v"; true', "skip={{ workspace.v }}\npkgs=(a b)\nunset 'pkgs[skip]'",
 ]
 
 
@@ -880,7 +886,7 @@ def test_config_variables_and_evaluating_scripts_do_not_mix():
     schema = {"type": "object", "properties": {"port": {}}}
     for script in ('[[ "$CONFIG_PORT" -gt 1024 ]] && echo high; true', "p=$CONFIG_PORT; (( p > 1024 )); true",
                    'check() { (( $1 > 1024 )); }; check "$CONFIG_PORT"; true'):
-        with pytest.raises(TemplateError, match="CONFIG_"):
+        with pytest.raises(TemplateError, match="CONFIG_|through \\$p"):
             compile_template(template(step(10, "a")), actions=[shell_action("a", script, config_schema=schema)])
 
 
@@ -911,10 +917,26 @@ def test_a_value_naming_a_variable_finds_no_code_there(home):
 @pytest.mark.parametrize("script", ['echo "${EDITOR:-vi}" {{ workspace.v }}', 'for p in "${pkgs[@]}"; do :; done; echo {{ workspace.v }}',
                                     'v={{ workspace.v }}; echo "${v@Q}"',
                                     'echo {{ workspace.v }} > f; while IFS= read -r line; do echo "$line"; done < f',
-                                    "set -x; echo {{ workspace.v }}"])
+                                    "set -x; echo {{ workspace.v }}", "sh -c 'echo \"$1\"' _ {{ workspace.v }}",
+                                    "V={{ workspace.v }} sh -c 'echo \"$V\"'",
+                                    "python3 - {{ workspace.v }} <<EOF\nimport sys; print(sys.argv[1])\nEOF"])
 def test_common_scripts_that_evaluate_nothing_take_any_value(script, home):
     """(False refusals found by helper-25: a password holding $ was refused by these.)"""
     result = run_template(template(script_step(10, script, id="s")), {"id": "w", "home_dir": str(home), "v": "pa$$w0rd`x"},
                           record=False)
     assert result.success, result.steps["s"].error
     assert "pa$$w0rd`x" in result.steps["s"].stdout
+
+
+def test_a_steps_env_entries_hold_values_too(home):
+    """The lexer cannot see, when the template is compiled, which names the
+    step's env defines: checked when the step starts (found by helper-26)."""
+    mark = home / "MARK"
+    result = run_template(template(script_step(10, 'sh -c "echo cloning $REPO"', id="s",
+                                               action_config={"env": {"REPO": "{{ workspace.v }}"}})),
+                          {"id": "w", "home_dir": str(home), "v": f"x; touch {mark}"}, record=False)
+    assert "through $REPO" in result.steps["s"].error and not mark.exists()
+    fine = run_template(template(script_step(10, 'echo "cloning $REPO"', id="s",
+                                             action_config={"env": {"REPO": "{{ workspace.v }}"}})),
+                        {"id": "w", "home_dir": str(home), "v": "x; y"}, record=False)
+    assert fine.steps["s"].stdout == "cloning x; y\n"

@@ -42,7 +42,7 @@ from jinja2 import Undefined, pass_context
 import re
 from dataclasses import dataclass
 from collections.abc import Mapping  # for isinstance: typing's alias is several times slower
-from typing import Any
+from typing import Any, Iterable
 
 OPEN, CLOSE = "\x01", "\x02"
 VALUE_PREFIX = "DAGRUN_VALUE_"
@@ -93,6 +93,12 @@ _SHELL_CODE_NAMES = frozenset({"BASH_ENV", "ENV", "SHELLOPTS", "BASHOPTS", "PS0"
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _EXPANSION = re.compile(r"\$\{?([A-Za-z_][A-Za-z0-9_]*|[0-9*@])")
 _POSITIONAL = frozenset("123456789*@")
+_SINGLE_QUOTED = re.compile(r"'[^']*'")
+
+
+def _without_single_quoted(text: str) -> str:
+    """``text`` without its '...' parts (nothing expands there: a program given them expands them, as data)."""
+    return _SINGLE_QUOTED.sub("", text)
 # Words after which "((" opens arithmetic even without a space (for((i=0;...)), if((n > 1))).
 _BEFORE_ARITHMETIC = frozenset({"for", "if", "elif", "while", "until", "!", "then", "do", "else", "{", "time"})
 _CONTROL = frozenset({"then", "do", "else", "elif", "if", "while", "until", "!", "{", "}"})
@@ -186,6 +192,8 @@ class _Lexer:
         # (name, line) of each expansion where it would be code: the command itself, or an argument
         # of a command that runs its arguments as code (eval, trap, sh -c, su -c, ssh...).
         self.code: list[tuple[str, int]] = []
+        self.copies: list[tuple[str, list[str]]] = []  # (name, names its assigned text expands)
+        self.piped_into: int | None = None  # line of a pipe into a program that runs what it reads
 
     # -- contexts and helpers -------------------------------------------------
 
@@ -226,6 +234,19 @@ class _Lexer:
         if len(self.stack) != 1 or self.pending_heredocs or self.stack[0]["cond"]:
             self.fail("in a script that leaves a quote, $( ), ${ }, [[ or here-document open "
                       "(dagrun cannot tell how bash reads it)")
+        changed = True
+        while changed:  # a copy of a value holds it too (cmd="echo $repo"; local c=$1)
+            changed = False
+            for name, sources in self.copies:
+                if name not in self.tainted and any(
+                        src in self.tainted or src in _POSITIONAL or src.startswith(_VALUE_NAMES) for src in sources):
+                    self.tainted.add(name)
+                    changed = True
+        if self.piped_into is not None and self.slots:
+            raise UnsafeContext(self.piped_into, "in a script that pipes into a program running what it reads (sh, "
+                                                 "python3 -, xargs...): dagrun cannot tell which values reach it")
+        if "expand_aliases" in self.text and self.slots:
+            self.fail("in a script that expands aliases (dagrun cannot tell what a command runs)")
         for name, line in self.code:
             if name in self.tainted or name in _POSITIONAL or name.startswith(_VALUE_NAMES):
                 what = "an argument of the function or script" if name in _POSITIONAL else "a value"
@@ -299,7 +320,7 @@ class _Lexer:
             elif word.startswith(_GLUED_CODE) and len(word) > 2 and not word.startswith("--"):
                 fixed = True
             elif word == "-s" or word == "-":
-                stdin = True
+                stdin = fixed = True  # the program is its input; later words are its arguments
             elif word.startswith("-") or word.startswith("+"):
                 continue  # an option of the interpreter
             else:
@@ -389,7 +410,7 @@ class _Lexer:
                 self.fail(f"as the value of {assignment.group().rstrip('+=')}, which bash runs or expands as code "
                           "(or, for PATH, finds commands in)")
         base = (command or "").replace("\\", "").rsplit("/", 1)[-1]
-        expanded = _EXPANSION.findall(raw)
+        expanded = _EXPANSION.findall(_without_single_quoted(raw))
         ctx.setdefault("expanded", []).extend(expanded)  # (what the command may feed to the next by a pipe)
         if expanded and not assignment and (command is None or (
                 ctx["command_literal"] and self._command_deny(ctx) is not None)):
@@ -398,6 +419,8 @@ class _Lexer:
             written = raw.replace('"', "").replace("'", "").replace("\\", "")  # the word as bash reads it
             dynamic = "$" in written or "`" in written  # what it is, bash decides at run time
             option = written.startswith("-") and not dynamic
+            if "[" in written and (base in NAME_BUILTINS or ctx["words"][-1:] in (["-v"], ["-R"], ["-p"])):
+                self.evaluates = True  # unset 'a[i]', declare "a[i]=x", printf -v 'a[i]': the subscript is arithmetic
             if base == "let" or (
                     # names (their subscripts are arithmetic) given by a variable
                     base in ("read", "mapfile", "readarray", "unset", "getopts", "wait", "builtin", "command")
@@ -406,8 +429,13 @@ class _Lexer:
                     base in ("printf", "test", "[", "[[") and written.startswith(("-v", "-R"))) or (
                     base == "printf" and dynamic and len(ctx["words"]) == ctx["command_index"] + 1):
                 self.evaluates = True
+        if command == "getopts":
+            self.tainted.add("OPTARG")
+        elif command == "printf" and ctx["words"][-1:] == ["-v"] and not word.startswith("-"):
+            self.tainted.add(word)  # printf -v NAME: NAME holds what printf made of its arguments
         if assignment and (command is None or command in DECLARE_BUILTINS):
             name = assignment.group().rstrip("+=").split("[", 1)[0]
+            self.copies.append((name, _EXPANSION.findall(_without_single_quoted(raw))))
             if holds_value:
                 self.tainted.add(name)
             elif name in self.integer_names or ctx["integer_declare"]:  # x=$v: x's value is evaluated
@@ -426,6 +454,8 @@ class _Lexer:
         deny = self._deny() or self._command_deny(cmd, stdin=cmd["redirect"] == "<<<")
         if deny:
             self.fail(deny)
+        if cmd["redirect"] == "<<<":
+            cmd["herestring_values"] = True  # (checked again when the command's name is known)
         if cmd["redirect"]:
             return
         word = cmd["word"]
@@ -473,20 +503,29 @@ class _Lexer:
         if ctx["cond"]:
             return  # [[ ... ]] goes on over &&, ||, ( and ) until its ]]
         fed = ctx.get("fed")
-        if fed is not None and ctx["command"] is not None:  # what the pipe feeds it, it may run
+        if fed is not None and ctx["command"] is None and not ctx["words"] and not pipe:
+            return  # a newline (or a comment) right after "|": the pipeline goes on
+        if ctx["command"] is not None:
             deny = self._command_deny(ctx, stdin=True)
-            if deny and fed["values"]:
-                self.fail(deny)
-            if deny:
+            if deny:  # it runs what it reads: here-documents and here-strings given before its name too
+                if ctx.get("herestring_values"):
+                    self.fail(deny)
+                for i in range(ctx.get("heredocs_from", 0), len(self.pending_heredocs)):
+                    if self.pending_heredocs[i][3] is None:
+                        self.pending_heredocs[i] = (*self.pending_heredocs[i][:3], deny)
+            if fed is not None and (deny or self._kind(ctx) == "runner"):
+                # (a group, a loop or another program may have passed values on: any value of the script)
+                self.piped_into = self.piped_into or self.line
+                if deny and fed["values"]:
+                    self.fail(deny)
                 self.code += [(name, self.line) for name in fed["expanded"]]
-            if deny:
                 for i in fed["heredocs"]:  # their bodies come later: refused when they do
-                    self.pending_heredocs[i] = (*self.pending_heredocs[i][:3], deny)
+                    self.pending_heredocs[i] = (*self.pending_heredocs[i][:3], deny or self.pending_heredocs[i][3])
         feeds = {"values": bool(ctx["marker_words"]), "expanded": ctx.get("expanded", []),
                  "heredocs": list(range(ctx.get("heredocs_from", 0), len(self.pending_heredocs)))} if pipe else None
         ctx.update(words=[], marker_words=set(), command_start=True, command=None, command_literal=True,
                    dashdash=False, integer_declare=False, array_declare=False, redirect=False, for_name=None,
-                   fed=feeds, heredocs_from=len(self.pending_heredocs), expanded=[])
+                   fed=feeds, heredocs_from=len(self.pending_heredocs), expanded=[], herestring_values=False)
 
     def _word_start(self, ctx: dict[str, Any]) -> tuple[bool, tuple[int, ...]]:
         """Does the current point begin a word (only empty quotes, or values
@@ -939,6 +978,16 @@ def _analysed(text: str) -> tuple[list[Slot], bool]:
                                   "namerefs, prompts), where bash would run a[$(cmd)] held in it: write "
                                   "{{ config.<key> }} instead, which dagrun checks")
     return (slots if OPEN in text else []), lexer.evaluates
+
+
+def check_names(text: str, names: Iterable[str]) -> None:
+    """Check a script against variables given to it that hold values (a
+    step's ``env`` entries, besides the ``{{ }}`` it holds): raises
+    :class:`UnsafeContext` where one would be code, a command, or read by
+    arithmetic."""
+    lexer = _Lexer(text)
+    lexer.tainted |= set(names)
+    lexer.run()
 
 
 def check_source(source: str) -> None:

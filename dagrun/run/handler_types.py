@@ -42,6 +42,7 @@ from typing import Any, Callable, Iterator, Mapping, Protocol
 import yaml
 
 from ..compile import expressions
+from ..compile import shell_text
 from ..compile.shell_text import ShellScript, UnsafeContext
 from ..errors import PermanentError
 from . import paths
@@ -189,6 +190,12 @@ class StepContext:
         values = script.values if isinstance(script, ShellScript) else {}
         text = script.text if isinstance(script, ShellScript) else script
         environment = {**self.process_env(), **(env or {})}
+        self._check_path(environment)
+        if env:  # variables holding values the lexer could not see when the template was compiled
+            try:
+                shell_text.check_names(text, env)
+            except shell_text.UnsafeContext as exc:
+                raise PermanentError(f"{name}: {exc}") from None
         if isinstance(script, ShellScript) and script.evaluates:
             # Arithmetic evaluates the content of a variable a value names (v=DAGRUN_WORKSPACE_ID;
             # [[ "$v" -gt 1 ]]): none of the step's variables that hold values may hold what would run.
@@ -206,11 +213,24 @@ class StepContext:
     def run(self, argv: list[str], *, cwd: str | None = None, env: Mapping[str, str] | None = None,
             input: bytes | None = None) -> HandlerResult:
         """Run one program (no shell: arguments are never parsed as code)."""
+        if env and "PATH" in env:
+            self._check_path(env)
         with self.working_dir(cwd) as where:
             result = run_command([str(a) for a in argv], env={**self.process_env(), **(env or {})},
                                  cwd=where, timeout=self.remaining(), cancel=self.cancel, input=input,
                                  run_id=self.run_id, isolation=self.isolation, on_start=self.report)
         return self._result(result, shlex.join(str(a) for a in argv))
+
+    def _check_path(self, environment: Mapping[str, str]) -> None:
+        """As root, commands are found only in folders only root could fill:
+        a PATH given to the step (its env, perhaps from a value) never makes
+        root run a program somebody else put there."""
+        if self.privileged:
+            for folder in environment.get("PATH", "").split(":"):
+                if folder and not paths.root_only_folder(folder):
+                    raise PermanentError(f"the step's PATH names {folder}, which is not a folder only root could "
+                                         "fill (it, or a folder above it, belongs to or is writable by another "
+                                         "user): dagrun, as root, does not look for commands there")
 
     @contextlib.contextmanager
     def working_dir(self, cwd: str | None) -> Iterator[str | None]:

@@ -131,6 +131,23 @@ def root_owned_program(path: str) -> bool:
         current = parent
 
 
+def root_only_folder(path: str) -> bool:
+    """Is ``path`` a folder only root could have filled (it and every folder
+    above it root's, writable by nobody else)? Where root may find commands."""
+    current = os.path.realpath(path)
+    while True:
+        try:
+            info = os.stat(current)
+        except OSError:
+            return False
+        if info.st_uid != 0 or info.st_mode & 0o022:
+            return False
+        parent = os.path.dirname(current)
+        if parent == current:
+            return True
+        current = parent
+
+
 def inside_home(text: str, home: str | None, *, anywhere: bool = False) -> str:
     """The absolute path ``text`` names, refused when it leaves the home."""
     path = expand(text, home)
