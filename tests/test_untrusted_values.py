@@ -672,6 +672,16 @@ ATTACKS = [  # each must be refused when the template is compiled
     'echo {{ workspace.v }} | while read -r line; do c="$line"; sh -c "$c"; done', "echo {{ workspace.v }} |\n  bash",
     "{ echo {{ workspace.v }}; } | sh", "echo {{ workspace.v }} | cat | sh", "<<< {{ workspace.v }} bash",
     "<<EOF python3\nprint('{{ workspace.v }}')\nEOF", 'shopt -s expand_aliases\nalias run="sh -c"\nrun {{ workspace.v }}',
+    # a fourth (helper-27): an option's argument taken for the program; names bash or a loop fill; a command's
+    # output as the command; process substitutions and coproc; more programs that run commands or SQL with \!
+    'bash -o pipefail -c "echo {{ workspace.v }} | tr a-z A-Z"', "python3 -W ignore -c \"print('{{ workspace.v }}')\"",
+    "awk -v n=1 {{ workspace.v }} /dev/null", 'repos={{ workspace.v }}\nfor r in $repos; do sh -c "echo $r"; done',
+    'set -- {{ workspace.v }}\nfor c; do sh -c "echo $c"; done', 'getv() { echo {{ workspace.v }}; }\nx=$(getv)\nsh -c "echo $x"',
+    'echo {{ workspace.v }} >/dev/null\nsh -c "echo $_"', 'read -r <<< {{ workspace.v }}\nsh -c "echo $REPLY"',
+    'REPO={{ workspace.v }}\nfor n in REPO; do sh -c "echo ${!n}"; done', "$(echo {{ workspace.v }})",
+    "< <(echo {{ workspace.v }}) bash", "echo {{ workspace.v }} | tee >(sh) >/dev/null",
+    'coproc sh\necho {{ workspace.v }} >&"${COPROC[1]}"', 'sg root -c "echo {{ workspace.v }}"',
+    "psql <<EOF\nselect '{{ workspace.v }}';\nEOF",
 ]
 
 
@@ -855,6 +865,7 @@ EVALUATING = [
     'declare -n r; v={{ workspace.v }}; for r in "$v"; do :; done',
     "f() { RANDOM=$1; }; f {{ workspace.v }}", 'v={{ workspace.v }}; printf -v"$v" %s x',
     'v={{ workspace.v }}; wait -n -p "$v"; true', "skip={{ workspace.v }}\npkgs=(a b)\nunset 'pkgs[skip]'",
+    "bash -c 'if (( $1 > 5 )); then echo big; fi' _ {{ workspace.v }}",
 ]
 
 
@@ -919,7 +930,8 @@ def test_a_value_naming_a_variable_finds_no_code_there(home):
                                     'echo {{ workspace.v }} > f; while IFS= read -r line; do echo "$line"; done < f',
                                     "set -x; echo {{ workspace.v }}", "sh -c 'echo \"$1\"' _ {{ workspace.v }}",
                                     "V={{ workspace.v }} sh -c 'echo \"$V\"'",
-                                    "python3 - {{ workspace.v }} <<EOF\nimport sys; print(sys.argv[1])\nEOF"])
+                                    "python3 - {{ workspace.v }} <<EOF\nimport sys; print(sys.argv[1])\nEOF",
+                                    "bash -o pipefail -c 'echo \"$1\"' _ {{ workspace.v }}"])
 def test_common_scripts_that_evaluate_nothing_take_any_value(script, home):
     """(False refusals found by helper-25: a password holding $ was refused by these.)"""
     result = run_template(template(script_step(10, script, id="s")), {"id": "w", "home_dir": str(home), "v": "pa$$w0rd`x"},

@@ -35,6 +35,7 @@ run-time render analyses again what control flow actually produced.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import json
 
@@ -63,15 +64,23 @@ RUNNERS = frozenset({
     "timeout", "env", "stdbuf", "flock", "watch", "script", "unshare", "nsenter", "bwrap", "systemd-run",
     "xargs", "parallel", "find", "expect", "at", "batch", "crontab", "strace", "ltrace", "taskset", "chrt",
     "make", "gdb", "vim", "vi", "ex", "emacs", "compgen", "complete", "bind", "fc",
+    "sg", "setpriv", "tmux", "screen", "fakeroot", "dbus-run-session", "unbuffer", "faketime", "capsh",
+    "start-stop-daemon", "chpst", "lxc-attach", "systemd-nspawn", "machinectl", "sqlite3", "sftp", "ed", "ftp",
 })
 # Interpreters run a program given inline (-c, -e...), as their first operand
 # (a file), or on stdin. A value may be an argument of that program, never
 # the program: not in the inline code, not as the script, not on stdin when
 # the program comes from stdin.
 INTERPRETERS = frozenset({"sh", "bash", "dash", "zsh", "ksh", "mksh", "fish", "csh", "tcsh", "busybox", "rbash",
-                          "perl", "ruby", "node", "nodejs", "php", "lua", "tclsh", "wish", "bc", "dc", "osascript"})
+                          "perl", "ruby", "node", "nodejs", "php", "lua", "tclsh", "wish", "bc", "dc", "osascript",
+                          "psql", "mysql", "mariadb", "mongosh", "mongo"})  # (their input has shell escapes: \!)
 # Little languages: the program is the first operand (or -e / -f); their input is data.
 SCRIPTED = frozenset({"awk", "gawk", "mawk", "nawk", "sed", "jq"})
+# Options of interpreters whose next word is their argument, not the program (bash -o pipefail,
+# python3 -W ignore, perl -I dir, awk -F : -v n=1, ruby -r lib).
+_OPTIONS_WITH_ARGUMENT = frozenset({"-o", "+o", "-O", "+O", "-W", "-X", "-Q", "-I", "-M", "-r", "-R", "-E", "-C",
+                                    "-d", "-F", "-v", "-l", "-D", "-x", "--rcfile", "--init-file", "--require",
+                                    "--import", "--loader", "--assign", "--field-separator", "--include"})
 _CODE_FLAGS = frozenset({"-c", "-e", "-E", "-r", "-m", "-f", "--eval", "--command", "--expression", "--file",
                          "--from-file"})
 _GLUED_CODE = ("-c", "-e", "-E", "-r", "-m")
@@ -91,7 +100,9 @@ _SHELL_CODE_NAMES = frozenset({"BASH_ENV", "ENV", "SHELLOPTS", "BASHOPTS", "PS0"
                                "LD_AUDIT", "BASH_XTRACEFD", "EXECIGNORE", "HISTFILE", "INPUTRC",
                                "PATH"})  # (PATH: a value would choose which program a command runs)
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_EXPANSION = re.compile(r"\$\{?([A-Za-z_][A-Za-z0-9_]*|[0-9*@])")
+_EXPANSION = re.compile(r"\$\{?([A-Za-z_][A-Za-z0-9_]*|[0-9*@_]|![A-Za-z_0-9]*)")
+# Variables bash fills with what a command read or matched: they may hold a value (in code, as a command).
+_FILLED = frozenset({"_", "BASH_REMATCH", "REPLY", "MAPFILE", "OPTARG", "COPROC"})
 _POSITIONAL = frozenset("123456789*@")
 _SINGLE_QUOTED = re.compile(r"'[^']*'")
 
@@ -134,7 +145,7 @@ class Slot:
 
 # Word text that may expand to nothing: what is left of $NAME, ${...}, $(...), $((...)), $[...] and `...` in a
 # word (their insides are read by contexts of their own), and brace-expansion punctuation.
-_MAY_BE_EMPTY = re.compile(r"\$\{[^}]*\}?|\$\(\(?|\$\[|\$[A-Za-z_][A-Za-z0-9_]*|\$[0-9@*#?$!-]|`[^`]*`?|[{},]")
+_MAY_BE_EMPTY = re.compile(r"\$'[^']*'|\$\{[^}]*\}?|\$\(\(?|\$\[|\$[A-Za-z_][A-Za-z0-9_]*|\$[0-9@*#?$!-]|`[^`]*`?|[{},]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +204,8 @@ class _Lexer:
         # of a command that runs its arguments as code (eval, trap, sh -c, su -c, ssh...).
         self.code: list[tuple[str, int]] = []
         self.copies: list[tuple[str, list[str]]] = []  # (name, names its assigned text expands)
+        self.outputs: set[str] = set()  # names assigned a command's output (x=$(f)): in code, they may hold a value
+        self.dynamic_command: int | None = None  # line of a command whose name a command's output gives
         self.piped_into: int | None = None  # line of a pipe into a program that runs what it reads
 
     # -- contexts and helpers -------------------------------------------------
@@ -242,13 +255,17 @@ class _Lexer:
                         src in self.tainted or src in _POSITIONAL or src.startswith(_VALUE_NAMES) for src in sources):
                     self.tainted.add(name)
                     changed = True
+        if self.dynamic_command is not None and self.slots:
+            raise UnsafeContext(self.dynamic_command, "in a script where a command's output is the command to run "
+                                                      "($(...) as the command): dagrun cannot tell what runs")
         if self.piped_into is not None and self.slots:
             raise UnsafeContext(self.piped_into, "in a script that pipes into a program running what it reads (sh, "
                                                  "python3 -, xargs...): dagrun cannot tell which values reach it")
         if "expand_aliases" in self.text and self.slots:
             self.fail("in a script that expands aliases (dagrun cannot tell what a command runs)")
         for name, line in self.code:
-            if name in self.tainted or name in _POSITIONAL or name.startswith(_VALUE_NAMES):
+            if name in self.tainted or name in _POSITIONAL or name.startswith(_VALUE_NAMES) or name in _FILLED \
+                    or name.startswith("!") or name in self.outputs:
                 what = "an argument of the function or script" if name in _POSITIONAL else "a value"
                 raise UnsafeContext(line, f"through ${name}, which may hold {what}, as a command or in code a "
                                           "command runs (eval, trap, sh -c, su -c, ssh...)")
@@ -305,8 +322,11 @@ class _Lexer:
         the program come from stdin? ``permutes``: the tool reads options
         after its operands too (GNU sed, awk, jq), so a later -e is code."""
         args = cmd["words"][cmd["command_index"] + 1:]
-        fixed = expect_code = stdin = False
+        fixed = expect_code = stdin = skip = False
         for word in args:
+            if skip:  # the argument of the option before it (bash -o pipefail, python3 -W ignore)
+                skip = False
+                continue
             if expect_code:
                 fixed, expect_code = True, False
             elif word == "--":
@@ -321,6 +341,8 @@ class _Lexer:
                 fixed = True
             elif word == "-s" or word == "-":
                 stdin = fixed = True  # the program is its input; later words are its arguments
+            elif word in _OPTIONS_WITH_ARGUMENT:
+                skip = True
             elif word.startswith("-") or word.startswith("+"):
                 continue  # an option of the interpreter
             else:
@@ -366,6 +388,10 @@ class _Lexer:
         ctx["words"].append(word)
         if markers:
             ctx["marker_words"].add(index)
+        if ctx["command_start"] and not _ASSIGNMENT.match(word) and ("$(" in word or "`" in word):
+            self.dynamic_command = self.dynamic_command or self.line
+        if ctx["command_start"] and word == "coproc":  # what is written to it, it may run
+            self.piped_into = self.piped_into or self.line
         if ctx["command_start"] and not _ASSIGNMENT.match(word):  # NAME=value words come before the command
             ctx["command_start"] = False
             ctx["command"] = word
@@ -419,6 +445,11 @@ class _Lexer:
             written = raw.replace('"', "").replace("'", "").replace("\\", "")  # the word as bash reads it
             dynamic = "$" in written or "`" in written  # what it is, bash decides at run time
             option = written.startswith("-") and not dynamic
+            if base in ("bash", "sh", "dash", "zsh", "ksh", "mksh", "rbash") and ctx["words"][-1:] == ["-c"]:
+                inner = _Lexer(written)  # the code it runs: evaluating there is evaluating here
+                with contextlib.suppress(UnsafeContext):
+                    inner.run()
+                self.evaluates = self.evaluates or inner.evaluates
             if "[" in written and (base in NAME_BUILTINS or ctx["words"][-1:] in (["-v"], ["-R"], ["-p"])):
                 self.evaluates = True  # unset 'a[i]', declare "a[i]=x", printf -v 'a[i]': the subscript is arithmetic
             if base == "let" or (
@@ -436,14 +467,18 @@ class _Lexer:
         if assignment and (command is None or command in DECLARE_BUILTINS):
             name = assignment.group().rstrip("+=").split("[", 1)[0]
             self.copies.append((name, _EXPANSION.findall(_without_single_quoted(raw))))
+            if "$(" in raw or "`" in raw:
+                self.outputs.add(name)
             if holds_value:
                 self.tainted.add(name)
             elif name in self.integer_names or ctx["integer_declare"]:  # x=$v: x's value is evaluated
                 self._reads(word[assignment.end():], self.line)
                 if "$" in raw or "`" in raw:
                     self.evaluates = True  # RANDOM=$1: whatever it holds is evaluated
-        if command == "for" and holds_value and ctx["for_name"]:
-            self.tainted.add(ctx["for_name"])
+        if command == "for" and ctx["for_name"] and word != ctx["for_name"]:
+            if holds_value:
+                self.tainted.add(ctx["for_name"])
+            self.copies.append((ctx["for_name"], expanded))  # for r in $repos: r holds what repos held
         if command in ("read", "mapfile", "readarray") and not word.startswith("-"):
             self.tainted.add(word)  # what it reads may be anything
         if command == "let":
@@ -505,11 +540,15 @@ class _Lexer:
         fed = ctx.get("fed")
         if fed is not None and ctx["command"] is None and not ctx["words"] and not pipe:
             return  # a newline (or a comment) right after "|": the pipeline goes on
+        if ctx["command"] == "for" and ctx["for_name"] and "in" not in ctx["words"]:
+            self.copies.append((ctx["for_name"], ["@"]))  # for c; do ...: over the arguments
         if ctx["command"] is not None:
             deny = self._command_deny(ctx, stdin=True)
             if deny:  # it runs what it reads: here-documents and here-strings given before its name too
                 if ctx.get("herestring_values"):
                     self.fail(deny)
+                if ctx.get("stdin_substitution"):  # < <(...) bash
+                    self.piped_into = self.piped_into or self.line
                 for i in range(ctx.get("heredocs_from", 0), len(self.pending_heredocs)):
                     if self.pending_heredocs[i][3] is None:
                         self.pending_heredocs[i] = (*self.pending_heredocs[i][:3], deny)
@@ -525,7 +564,8 @@ class _Lexer:
                  "heredocs": list(range(ctx.get("heredocs_from", 0), len(self.pending_heredocs)))} if pipe else None
         ctx.update(words=[], marker_words=set(), command_start=True, command=None, command_literal=True,
                    dashdash=False, integer_declare=False, array_declare=False, redirect=False, for_name=None,
-                   fed=feeds, heredocs_from=len(self.pending_heredocs), expanded=[], herestring_values=False)
+                   fed=feeds, heredocs_from=len(self.pending_heredocs), expanded=[], herestring_values=False,
+                   stdin_substitution=False)
 
     def _word_start(self, ctx: dict[str, Any]) -> tuple[bool, tuple[int, ...]]:
         """Does the current point begin a word (only empty quotes, or values
@@ -615,9 +655,13 @@ class _Lexer:
             self._push("arith", deny="in an array subscript (bash evaluates it as arithmetic)", closer="]", depth=0)
             return
         if c in "<>" and text.startswith("(", self.i + 1) and not ctx["cond"]:  # process substitution
+            if c == "<" and ctx["redirect"] == "<":
+                ctx["stdin_substitution"] = True
             ctx["word_literal"] = False
             ctx["word"] += self._advance(2)
             self._push_cmd(")", ctx)
+            if c == ">":  # >(sh): what is written there is its input
+                self.stack[-1]["fed"] = {"values": False, "expanded": [], "heredocs": []}
             return
         if c == "<" and text.startswith("<<", self.i) and not text.startswith("<<<", self.i) and not ctx["cond"]:
             self._heredoc_operator(ctx)
