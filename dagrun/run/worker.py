@@ -18,6 +18,7 @@ parent.
 from __future__ import annotations
 
 import _thread
+import importlib.util
 import json
 import os
 import pickle
@@ -39,9 +40,29 @@ from .shell import TERM_GRACE_SECONDS, CancelToken, _Reader
 GRACE_SECONDS = TERM_GRACE_SECONDS
 
 
+def _handler_package(reference: Any) -> tuple[str, ...]:
+    """The folder (or file) of the top-level package a ``module:function``
+    handler comes from: shown to the sandbox by itself, even below a folder
+    other users cannot enter (python_paths shows no such folder whole: the
+    host application's settings may sit beside it)."""
+    if not isinstance(reference, str) or ":" not in reference:
+        return ()
+    top = reference.split(":", 1)[0].strip().split(".", 1)[0]
+    try:
+        spec = importlib.util.find_spec(top)
+    except (ImportError, ValueError):
+        return ()
+    if spec is None:
+        return ()
+    if spec.submodule_search_locations:
+        return tuple(spec.submodule_search_locations)[:1]
+    return (spec.origin,) if spec.origin and os.path.isabs(spec.origin) else ()
+
+
 def call_isolated(field: str, ctx: Any) -> HandlerResult:
     """Call the action's ``field`` handler for ``ctx`` in a worker process."""
     extra = (str(ctx.action.base_dir),) if ctx.action.base_dir is not None else ()  # its own files (templates)
+    extra += _handler_package(getattr(ctx.action, field, None))  # its own code, wherever it is
     isolation: Isolation = (replace(ctx.isolation, readable=(*python_paths(), *extra)) if ctx.isolation.sandbox
                             else ctx.isolation)
     context = {name: getattr(ctx, name) for name in ("step_id", "action", "config", "workspace", "steps", "env",
