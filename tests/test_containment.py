@@ -1037,3 +1037,9 @@ def test_as_root_a_path_from_a_value_never_chooses_the_program(tmp_path, shared)
     ok = run_template(template(script_step(10, "git --version", id="s", action_config={"env": {"PATH": "/usr/bin:/bin"}})),
                       {"id": "p2", "home_dir": str(tmp_path / "h2")}, record=False)
     assert ok.success, ok.error
+
+
+def test_the_sandbox_is_shown_a_handlers_own_package_not_the_folder_around_it():
+    from dagrun.run.worker import _handler_package
+    assert _handler_package("tests.helpers:noop") == (str(Path(__file__).parent),)
+    assert _handler_package("no_such_module_here:f") == () and _handler_package(None) == ()
