@@ -115,25 +115,18 @@ def readable_by_everyone(path: str) -> bool:
 def root_owned_program(path: str) -> bool:
     """Is ``path`` a program only root could have put there (it and every
     folder above it owned by root, writable by nobody else)?"""
-    current = os.path.realpath(path)
     try:
-        if not stat.S_ISREG(os.stat(current).st_mode):
+        if not stat.S_ISREG(os.stat(os.path.realpath(path)).st_mode):
             return False
     except OSError:
         return False
-    while True:
-        info = os.stat(current)
-        if info.st_uid != 0 or info.st_mode & 0o022:
-            return False
-        parent = os.path.dirname(current)
-        if parent == current:
-            return True
-        current = parent
+    return root_only_folder(path)
 
 
 def root_only_folder(path: str) -> bool:
-    """Is ``path`` a folder only root could have filled (it and every folder
-    above it root's, writable by nobody else)? Where root may find commands."""
+    """Is ``path`` (a folder, or a file) something only root could have
+    filled (it and every folder above it root's, writable by nobody else)?
+    Where root may find commands."""
     current = os.path.realpath(path)
     while True:
         try:
