@@ -1041,5 +1041,6 @@ def test_as_root_a_path_from_a_value_never_chooses_the_program(tmp_path, shared)
 
 def test_the_sandbox_is_shown_a_handlers_own_package_not_the_folder_around_it():
     from dagrun.run.worker import _handler_package
-    assert _handler_package("tests.helpers:noop") == (str(Path(__file__).parent),)
+    here = Path(__file__).parent
+    assert _handler_package("tests.helpers:noop") == (str(here / "__init__.py"), str(here / "helpers.py"))
     assert _handler_package("no_such_module_here:f") == () and _handler_package(None) == ()

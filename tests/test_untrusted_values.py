@@ -682,6 +682,14 @@ ATTACKS = [  # each must be refused when the template is compiled
     "< <(echo {{ workspace.v }}) bash", "echo {{ workspace.v }} | tee >(sh) >/dev/null",
     'coproc sh\necho {{ workspace.v }} >&"${COPROC[1]}"', 'sg root -c "echo {{ workspace.v }}"',
     "psql <<EOF\nselect '{{ workspace.v }}';\nEOF",
+    # options read per interpreter: -e is errexit to bash (code to perl), -E / -r take nothing in bash / python
+    'bash -e -c "echo {{ workspace.v }}"', 'python3 -E -c "print({{ workspace.v }})"', 'bash -r -c "echo {{ workspace.v }}"',
+    'ruby -r json -e "p {{ workspace.v }}"', "ruby -r {{ workspace.v }} x.rb", "perl -I {{ workspace.v }} x.pl",
+    "php -d {{ workspace.v }} x.php",
+    # a last re-attack (helper-28): -s / - after an option; -c among other flags; -s of sed and awk
+    "bash -x -s arg <<EOF\n{{ workspace.v }}\nEOF", "python3 -I - arg <<EOF\n{{ workspace.v }}\nEOF",
+    "perl -W - arg <<EOF\n{{ workspace.v }}\nEOF", "bash -ec {{ workspace.v }}", "bash -c -x {{ workspace.v }}",
+    'x={{ workspace.v }}; bash -c -x "$x"', "echo x | sed -n -s {{ workspace.v }}", "awk -s {{ workspace.v }} /dev/null",
 ]
 
 
@@ -952,3 +960,12 @@ def test_a_steps_env_entries_hold_values_too(home):
                                              action_config={"env": {"REPO": "{{ workspace.v }}"}})),
                         {"id": "w", "home_dir": str(home), "v": "x; y"}, record=False)
     assert fine.steps["s"].stdout == "cloning x; y\n"
+
+
+@pytest.mark.parametrize("script", ["bash -e script.sh {{ workspace.v }}", "bash -o pipefail script.sh {{ workspace.v }}",
+                                    "awk -v n={{ workspace.v }} '{print n}' /dev/null",
+                                    "psql -d {{ workspace.v }} -v name={{ workspace.v }} -f setup.sql",
+                                    "mysql -u {{ workspace.v }} -e 'select 1'", "python3 -u script.py {{ workspace.v }}",
+                                    "sh -s -- {{ workspace.v }} < script.sh"])
+def test_values_as_arguments_of_scripts_and_data_options_are_accepted(script):
+    compile_template(template(script_step(10, script)))

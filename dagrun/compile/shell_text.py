@@ -76,14 +76,74 @@ INTERPRETERS = frozenset({"sh", "bash", "dash", "zsh", "ksh", "mksh", "fish", "c
                           "psql", "mysql", "mariadb", "mongosh", "mongo"})  # (their input has shell escapes: \!)
 # Little languages: the program is the first operand (or -e / -f); their input is data.
 SCRIPTED = frozenset({"awk", "gawk", "mawk", "nawk", "sed", "jq"})
-# Options of interpreters whose next word is their argument, not the program (bash -o pipefail,
-# python3 -W ignore, perl -I dir, awk -F : -v n=1, ruby -r lib).
-_OPTIONS_WITH_ARGUMENT = frozenset({"-o", "+o", "-O", "+O", "-W", "-X", "-Q", "-I", "-M", "-r", "-R", "-E", "-C",
-                                    "-d", "-F", "-v", "-l", "-D", "-x", "--rcfile", "--init-file", "--require",
-                                    "--import", "--loader", "--assign", "--field-separator", "--include"})
 _CODE_FLAGS = frozenset({"-c", "-e", "-E", "-r", "-m", "-f", "--eval", "--command", "--expression", "--file",
                          "--from-file"})
 _GLUED_CODE = ("-c", "-e", "-E", "-r", "-m")
+# Options whose argument is data to the program (a value may be one): awk's variables, psql's and mysql's
+# connection settings and variables. (Not perl -I, ruby -r, node --require, php -d: those load code.)
+_DATA_OPTIONS = {**{awk: frozenset({"-v", "--assign", "-F", "--field-separator"}) for awk in ("awk", "gawk", "mawk", "nawk")},
+                 "psql": frozenset({"-d", "-U", "-h", "-p", "-v", "--set", "--variable", "--dbname", "--username",
+                                    "--host", "--port"}),
+                 **{db: frozenset({"-u", "-h", "-D", "-P", "--user", "--host", "--database", "--port"})
+                    for db in ("mysql", "mariadb")}}
+_SHELL_NAMES = frozenset({"sh", "bash", "dash", "zsh", "ksh", "mksh", "rbash", "fish", "csh", "tcsh", "busybox"})
+
+
+def _shell_program(args: list[str]) -> tuple[bool, bool, bool]:
+    """``_program`` for a shell. -c is a flag (alone or among others: -ec,
+    -xc) saying that the first operand is the code; -s (or no operand)
+    reads the program from stdin; -o/-O take an argument."""
+    command_string = stdin = skip = False
+    for word in args:
+        if skip:
+            skip = False
+            continue
+        if word == "--":
+            continue
+        if word in ("-o", "+o", "-O", "+O", "--rcfile", "--init-file"):
+            skip = True
+            continue
+        if word.startswith("--"):
+            continue
+        if word[:1] in "-+" and len(word) > 1:
+            command_string = command_string or "c" in word[1:]
+            stdin = stdin or "s" in word[1:]
+            continue
+        return True, False, stdin and not command_string  # the code (with -c) or the script file: fixed
+    if stdin and not command_string:  # -s: the program is its input, operands are its arguments
+        return True, False, True
+    return False, command_string, False
+
+
+def _options_of(base: str) -> tuple[frozenset[str], tuple[str, ...], frozenset[str]]:
+    """An interpreter's options that make the next word code (and their glued
+    forms), and those whose next word is an argument (bash -o pipefail,
+    python3 -W ignore): -e is errexit to bash but code to perl."""
+    def of(code: str, glued: str, argument: str) -> tuple[frozenset[str], tuple[str, ...], frozenset[str]]:
+        return frozenset(code.split()), tuple(glued.split()), frozenset(argument.split())
+    if base in _SHELL_NAMES:
+        return of("-c --command", "-c", "-o +o -O +O --rcfile --init-file")
+    if base.startswith(("python", "pypy")):
+        return of("-c -m", "-c -m", "-W -X -Q")
+    if base.startswith("perl"):
+        return of("-e -E", "-e -E", "-I")
+    if base.startswith("ruby"):
+        return of("-e", "-e", "-I -r -E -C")
+    if base.startswith(("node", "deno", "bun")):
+        return of("-e --eval -p --print", "-e -p", "-r --require --import --loader")
+    if base.startswith("php"):
+        return of("-r -f", "-r -f", "-d -c")
+    if base == "psql":
+        return of("-c --command -f --file", "-c -f", "-d -U -h -p -v --set --variable --dbname --username --host --port")
+    if base in ("mysql", "mariadb"):
+        return of("-e --execute", "-e", "-u -h -D -P --user --host --database --port")
+    if base.startswith("lua"):
+        return of("-e", "-e", "-l")
+    if base in ("awk", "gawk", "mawk", "nawk"):
+        return of("-f --file -e --source", "-f -e", "-F -v --assign --field-separator")
+    if base == "sed":
+        return of("-e --expression -f --file", "-e -f", "-l --line-length")
+    return _CODE_FLAGS, _GLUED_CODE, frozenset()
 # Builtins whose arguments are variable names (bash evaluates a name's
 # subscript as arithmetic: read 'a[$(cmd)]' runs cmd).
 NAME_BUILTINS = frozenset({"read", "mapfile", "readarray", "unset", "getopts", "wait", "declare", "typeset",
@@ -322,6 +382,10 @@ class _Lexer:
         the program come from stdin? ``permutes``: the tool reads options
         after its operands too (GNU sed, awk, jq), so a later -e is code."""
         args = cmd["words"][cmd["command_index"] + 1:]
+        base = cmd["command"].rsplit("/", 1)[-1]
+        if base in _SHELL_NAMES:
+            return _shell_program(args)
+        code_flags, glued, with_argument = _options_of(base)
         fixed = expect_code = stdin = skip = False
         for word in args:
             if skip:  # the argument of the option before it (bash -o pipefail, python3 -W ignore)
@@ -333,15 +397,15 @@ class _Lexer:
                 break
             elif fixed and not permutes:
                 break
-            elif fixed and word not in _CODE_FLAGS and not (word.startswith(_GLUED_CODE) and len(word) > 2):
+            elif fixed and word not in code_flags and not (glued and word.startswith(glued) and len(word) > 2):
                 continue
-            elif word in _CODE_FLAGS:
+            elif word in code_flags:
                 expect_code = True
-            elif word.startswith(_GLUED_CODE) and len(word) > 2 and not word.startswith("--"):
+            elif glued and word.startswith(glued) and len(word) > 2 and not word.startswith("--"):
                 fixed = True
-            elif word == "-s" or word == "-":
+            elif word == "-" and not permutes:
                 stdin = fixed = True  # the program is its input; later words are its arguments
-            elif word in _OPTIONS_WITH_ARGUMENT:
+            elif word in with_argument:
                 skip = True
             elif word.startswith("-") or word.startswith("+"):
                 continue  # an option of the interpreter
@@ -358,13 +422,17 @@ class _Lexer:
             return "in a command whose name is not a plain word (dagrun cannot tell what it does with a value)"
         kind = self._kind(cmd)
         name = cmd["command"].rsplit("/", 1)[-1]
+        if kind in ("interpreter", "scripted") and cmd["words"][-1:] and cmd["command_index"] < len(cmd["words"]) - 1 \
+                and cmd["words"][-1] in _DATA_OPTIONS.get(name, ()) and not stdin:
+            return None  # the argument of an option that takes data (awk -v n=..., psql -v name=...)
         if kind == "runner":
             return (f"in a command of {name}, which runs its arguments (or another command) as code; nor may "
                     "a variable that holds a value: give the value to a program that takes it as data")
         if kind in ("interpreter", "scripted"):
             fixed, expect_code, from_stdin = self._program(cmd, permutes=kind == "scripted")
             word = cmd["word"]
-            if expect_code or (word.startswith(_GLUED_CODE) and not word.startswith("--")):
+            glued = _options_of(name)[1]
+            if expect_code or (glued and word.startswith(glued) and not word.startswith("--")):
                 return f"in the code {name} runs (-c / -e): pass it as an argument of that code instead"
             if stdin:
                 if kind == "interpreter" and (not fixed or from_stdin):

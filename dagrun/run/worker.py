@@ -41,22 +41,24 @@ GRACE_SECONDS = TERM_GRACE_SECONDS
 
 
 def _handler_package(reference: Any) -> tuple[str, ...]:
-    """The folder (or file) of the top-level package a ``module:function``
-    handler comes from: shown to the sandbox by itself, even below a folder
-    other users cannot enter (python_paths shows no such folder whole: the
-    host application's settings may sit beside it)."""
+    """The files a ``module:function`` handler is imported from: the module
+    and the ``__init__.py`` of each package above it, shown to the sandbox
+    one by one, even below a folder other users cannot enter (python_paths
+    shows no such folder whole: the host application's settings may sit
+    beside them). A namespace package (no file of its own) shows nothing."""
     if not isinstance(reference, str) or ":" not in reference:
         return ()
-    top = reference.split(":", 1)[0].strip().split(".", 1)[0]
-    try:
-        spec = importlib.util.find_spec(top)
-    except (ImportError, ValueError):
-        return ()
-    if spec is None:
-        return ()
-    if spec.submodule_search_locations:
-        return tuple(spec.submodule_search_locations)[:1]
-    return (spec.origin,) if spec.origin and os.path.isabs(spec.origin) else ()
+    parts = reference.split(":", 1)[0].strip().split(".")
+    files = []
+    for depth in range(1, len(parts) + 1):
+        try:
+            spec = importlib.util.find_spec(".".join(parts[:depth]))
+        except (ImportError, ValueError):
+            return ()
+        if spec is None or not spec.origin or not os.path.isabs(spec.origin):
+            return ()  # a namespace package, a built-in: nothing of its own to show
+        files.append(spec.origin)
+    return tuple(files)
 
 
 def call_isolated(field: str, ctx: Any) -> HandlerResult:
