@@ -36,6 +36,7 @@ run-time render analyses again what control flow actually produced.
 from __future__ import annotations
 
 import contextlib
+import functools
 import contextvars
 import json
 
@@ -115,6 +116,7 @@ def _shell_program(args: list[str]) -> tuple[bool, bool, bool]:
     return False, command_string, False
 
 
+@functools.lru_cache(maxsize=64)
 def _options_of(base: str) -> tuple[frozenset[str], tuple[str, ...], frozenset[str]]:
     """An interpreter's options that make the next word code (and their glued
     forms), and those whose next word is an argument (bash -o pipefail,
@@ -513,7 +515,7 @@ class _Lexer:
             written = raw.replace('"', "").replace("'", "").replace("\\", "")  # the word as bash reads it
             dynamic = "$" in written or "`" in written  # what it is, bash decides at run time
             option = written.startswith("-") and not dynamic
-            if base in ("bash", "sh", "dash", "zsh", "ksh", "mksh", "rbash") and ctx["words"][-1:] == ["-c"]:
+            if base in _SHELL_NAMES and ctx["words"][-1:] == ["-c"]:
                 inner = _Lexer(written)  # the code it runs: evaluating there is evaluating here
                 with contextlib.suppress(UnsafeContext):
                     inner.run()
@@ -534,7 +536,7 @@ class _Lexer:
             self.tainted.add(word)  # printf -v NAME: NAME holds what printf made of its arguments
         if assignment and (command is None or command in DECLARE_BUILTINS):
             name = assignment.group().rstrip("+=").split("[", 1)[0]
-            self.copies.append((name, _EXPANSION.findall(_without_single_quoted(raw))))
+            self.copies.append((name, expanded))
             if "$(" in raw or "`" in raw:
                 self.outputs.add(name)
             if holds_value:
@@ -1084,8 +1086,9 @@ def _analysed(text: str) -> tuple[list[Slot], bool]:
         for m in _MARKER.finditer(text):
             if int(m.group(1)) not in placed:
                 raise UnsafeContext(1 + text[:m.start()].count("\n"), "where dagrun cannot tell how bash reads it")
-    if lexer.evaluates and _CONFIG_REFERENCE.search(text):
-        line = 1 + text[:_CONFIG_REFERENCE.search(text).start()].count("\n")
+    reference = _CONFIG_REFERENCE.search(text) if lexer.evaluates else None
+    if reference is not None:
+        line = 1 + text[:reference.start()].count("\n")
         raise UnsafeContext(line, "through $CONFIG_<KEY> in a script that evaluates text (arithmetic, -v, read, "
                                   "namerefs, prompts), where bash would run a[$(cmd)] held in it: write "
                                   "{{ config.<key> }} instead, which dagrun checks")
