@@ -9,7 +9,6 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import distributed  # the test extra (scripts/dev installs it)
 import pytest

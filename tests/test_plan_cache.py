@@ -8,7 +8,6 @@ changed (compiled again). Nothing is faked.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 

@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from dagrun import api, get_run, start_run
-from dagrun.errors import InputError, RunConflictError, TemplateError
+from dagrun.errors import RunConflictError, TemplateError
 from dagrun.web import create_app
 from tests.helpers import Server, script_step, step, template
 

@@ -71,20 +71,6 @@ def pids_base() -> Path | None:
     """``<pids cgroup v1 mount>/dagrun``, for a limit on a step's processes."""
     return _dagrun_folder(lambda parts: len(parts) > 3 and parts[2] == "cgroup" and "pids" in parts[3].split(","),
                           probe=False)
-    try:
-        mounts = Path("/proc/self/mounts").read_text().splitlines()
-    except OSError:
-        return None
-    for line in mounts:
-        parts = line.split()
-        if len(parts) > 3 and parts[2] == "cgroup" and "pids" in parts[3].split(","):
-            base = Path(parts[1]) / "dagrun"
-            try:
-                base.mkdir(exist_ok=True)
-            except OSError:
-                return None
-            return base
-    return None
 
 
 def _rmdir_tree(path: Path) -> None:
