@@ -617,7 +617,7 @@ def validate(items: Iterable[str], *, actions: Iterable[Any] | None = None, work
             doc = read_document(path) if path.is_file() else None
             if doc is not None and ("action_type" in doc or (isinstance(doc.get("actions"), list) and doc["actions"]
                                                             and "action_type" in doc["actions"][0])):
-                load_action_file(path)
+                build_library([path])  # its actions as a run would take them: handlers built too
             else:
                 found = _with_stored(item, database_url, ())
                 if workspace is not None:

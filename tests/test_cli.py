@@ -74,6 +74,20 @@ def test_validate_an_action_definition(tmp_path):
     assert out.returncode == 2 and "action x: field 'max_retries': 0 is less than the minimum of 1" in out.stderr
 
 
+def test_validate_an_action_definition_builds_its_handlers(tmp_path):
+    """A handler that cannot be built is told when the file is checked, not
+    when a template first uses the action."""
+    (tmp_path / "a.yaml").write_text(yaml.safe_dump({"name": "x", "action_type": "shell",
+                                                      "execution_handler": "echo {{ config.name",
+                                                      "rollback_handler": "eval {{ config.name }}"}))
+    out = dagrun("validate", tmp_path / "a.yaml", cwd=tmp_path)
+    assert out.returncode == 2
+    assert "action x: field 'execution_handler': unexpected end of template" in out.stderr
+    assert "action x: field 'rollback_handler':" in out.stderr and "Traceback" not in out.stderr
+    listed = dagrun("actions", "--actions", tmp_path / "a.yaml", cwd=tmp_path)
+    assert listed.returncode == 2 and "invalid action definition: 2 problems found" in listed.stderr
+
+
 def test_plan_shows_levels_critical_path_and_estimate(tmp_path):
     out = dagrun("plan", "demo", cwd=tmp_path)
     assert out.returncode == 0, out.stderr

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from ..errors import DagrunError, InputError, StoreError, TemplateError
+from ..errors import ActionDefinitionError, DagrunError, InputError, StoreError, TemplateError
 from ..util import LazyModule
 
 # The engine is loaded by the commands that use it, not by `dagrun --help`.
@@ -632,6 +632,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"--{option} must be at least 1")
     try:
         return args.func(args)
+    except ActionDefinitionError as exc:
+        print(f"dagrun: invalid action definition: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except TemplateError as exc:
         print(f"dagrun: invalid template: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -489,11 +489,21 @@ def build_library(extra: Iterable[Any] | None = None, trusted: Iterable[Any] | N
                     raise InputError(f"action definition {path} does not exist")
             for action in found:
                 library[action.name] = action
+                problems += handler_problems(action)
         except TemplateError as exc:
             problems += exc.problems
     if problems:
         raise ActionDefinitionError(problems)
     return library
+
+
+def handler_problems(action: ActionSpec) -> list[Problem]:
+    """A handler that cannot be built (bad Jinja, shell text that puts a
+    value where bash would parse it, a missing file): told when the action
+    is given, not when a template first uses it. (The standard library's
+    are checked by its tests.)"""
+    from ..run.handler_types import handler_problems as problems_of
+    return [Problem(f"action {action.name}", message, field=field) for field, message in problems_of(action)]
 
 
 # -- templates ----------------------------------------------------------------
