@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -281,6 +282,30 @@ def test_serve_refuses_a_public_address_without_a_token(tmp_path):
                           f"sqlite:///{tmp_path}/s.db"], capture_output=True, text=True, timeout=30,
                          env={**os.environ, "DAGRUN_TOKEN": ""})
     assert out.returncode == 2 and "needs a token" in out.stderr
+
+
+def test_serve_stops_at_start_on_a_database_it_cannot_open(tmp_path):
+    """Told before listening, as one line (not by the first request, as a 503)."""
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    out = subprocess.run([sys.executable, "-m", "dagrun", "serve", "--port", "0", "--db",
+                          f"postgresql://postgres@127.0.0.1:{closed}/nowhere"], capture_output=True, text=True,
+                         timeout=60, env={**os.environ, "DAGRUN_TOKEN": "t"})
+    assert out.returncode == 3, out.stderr
+    assert "cannot" in out.stderr and "Traceback" not in out.stderr and "serving" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+def test_serve_stops_at_start_on_a_bad_action_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: broken\naction_type: shell\nexecution_handler: 'echo {{ config.x'\n")
+    out = subprocess.run([sys.executable, "-m", "dagrun", "serve", "--port", "0", "--db",
+                          f"sqlite:///{tmp_path}/s.db", "--actions", str(bad)], capture_output=True, text=True,
+                         timeout=60, env={**os.environ, "DAGRUN_TOKEN": "t"})
+    assert out.returncode == 2, out.stderr
+    assert "invalid action definition: action broken: field 'execution_handler'" in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr and "serving" not in out.stderr
 
 
 # -- live events from the real server ------------------------------------------------------------

@@ -44,11 +44,17 @@ def serve(*, host: str = "127.0.0.1", port: int = 8080, token: str | None = None
         import waitress
     except ImportError:
         raise InputError("dagrun serve needs the web extra: pip install 'dagrun[web]'") from None
+    from .. import api
     from . import create_app
+    # Before listening: a wrong --db or --actions stops the start with one clear error, and the
+    # first requests do not wait for the store's set-up and the run path's imports.
+    api.warm_up(database_url=options.get("database_url"), actions=options.get("actions"),
+                trusted_actions=options.get("trusted_actions"))
     made = token is None
     token = token or secrets.token_urlsafe(24)
     names = {"localhost", "127.0.0.1", "::1", host.lower(), *(h.lower() for h in allowed_hosts)}
     app = create_app(token=token, allowed_hosts=names, max_streams=max(1, threads // 2), **options)
+    app.url_map.update()  # the routes' matcher, which werkzeug builds at the first request (50 ms)
     shown = f"[{host}]" if ":" in host else host
     if made:  # printed once, to whoever started the service (not logged to a file)
         print(f"dagrun serving on http://{shown}:{port}/ - open http://{shown}:{port}/login?token={token} "
