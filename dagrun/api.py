@@ -65,6 +65,9 @@ class PreparedRun:
     home_root: str | None = None  # the allowed folder the workspace home is in
     adopt_users: tuple[str, ...] = ()  # existing accounts the operator lets any workspace use
     shared_locks: Any = None  # a fleet's locks (run.shared_locks.SharedLocks), held with its other runs
+    # A resume: the run's row as it was read (status, heartbeat, end). The claim goes ahead only if
+    # it is still so: another resume that went first would have run what ``done`` says is to do.
+    seen: tuple[Any, ...] | None = None
 
 
 def run_template(template: Any, workspace: Any, *, database_url: str | None = None,
@@ -296,7 +299,7 @@ def prepare_resume(run_id: str, *, database_url: str | None = None, from_step: s
                    allow_network: Iterable[str] = (), adopt_users: Iterable[str] = ()) -> PreparedRun:
     """Compile and check the resume of a recorded run; raises on bad input."""
     from .store.engine import store_errors, writable
-    from .store.runs import done_steps, is_alive, load_for_resume
+    from .store.runs import claim_token, done_steps, is_alive, load_for_resume
     _check_workers(max_workers)
     url = database_url or default_database_url()
     engine = writable(url)
@@ -342,7 +345,7 @@ def prepare_resume(run_id: str, *, database_url: str | None = None, from_step: s
                        secrets=secrets, max_workers=max_workers or run.max_workers, executor=_executor(executor),
                        sudo=sudo_prefix(plan, allow_sudo), sandbox=sandbox, done=done, attempts=numbers,
                        fleet_id=run.fleet_id, resumed=True, home_root=_home_root(ws, roots),
-                       adopt_users=tuple(adopt_users))
+                       adopt_users=tuple(adopt_users), seen=claim_token(run))
 
 
 def compile_for(template: Any, workspace: Any, *, actions: Iterable[Any] | None = None,
@@ -476,7 +479,8 @@ def claim(prepared: PreparedRun) -> None:
     hidden_vars = [k for k, v in variables.items() if redactor.value(v) != v]
     names = sorted({*secret_names(plan, prepared.secrets), *(f"workspace.{k}" for k in hidden), *hidden_vars})
     with store_errors(prepared.url, "cannot write to"):
-        claim_in_store(writable(prepared.url), run_id=prepared.run_id, workspace_id=str(ws["id"]), fields={
+        claim_in_store(writable(prepared.url), run_id=prepared.run_id, workspace_id=str(ws["id"]),
+                       expect=prepared.seen, fields={
             "template_name": plan.name, "template_version": plan.version, "total_steps": len(plan.order),
             "template_snapshot": masked_snapshot(plan), "workspace": _jsonable(redactor.value(stored)),
             "variables": _jsonable({k: v for k, v in variables.items() if k not in hidden_vars}),

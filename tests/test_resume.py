@@ -114,6 +114,24 @@ def test_resume_a_failed_run_continues_attempt_numbers(store, request, workspace
     assert list_runs(url, workspace="ws1")[0]["status"] == "succeeded"
 
 
+@pytest.mark.parametrize("store", STORES)
+def test_two_resumes_of_one_run_do_not_both_go_ahead(store, request, workspace, home, tmp_path):
+    """Both read the run before either claimed it (two operators, two API
+    calls): the second must not run again what the first did."""
+    from dagrun.api import claim, execute, prepare_resume
+    url = store_url(request, store)
+    gate = tmp_path / "gate"
+    failed = run_template(chain(gate), workspace, database_url=url)
+    gate.touch()
+    first, second = prepare_resume(failed.run_id, database_url=url), prepare_resume(failed.run_id, database_url=url)
+    claim(first)
+    assert execute(first).success
+    with pytest.raises(RunConflictError, match="resumed by someone else meanwhile .it is succeeded now"):
+        claim(second)
+    assert [(s, a) for s, a, _, _ in attempts(url, failed.run_id)] == [("a", 1), ("b", 1), ("b", 2), ("c", 1)]
+    assert list_runs(url, workspace="ws1")[0]["status"] == "succeeded"
+
+
 def test_resume_from_a_step_reruns_it_and_its_downstream(workspace, home, tmp_path, db_url):
     gate = tmp_path / "gate"
     gate.touch()

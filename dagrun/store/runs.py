@@ -114,11 +114,24 @@ def interrupt(session: Session, run: ProvisioningRun) -> None:
         attempt.completed_at = now
 
 
-def claim(engine: Engine, *, run_id: str, workspace_id: str, fields: Mapping[str, Any]) -> None:
+def claim_token(run: ProvisioningRun) -> tuple[Any, ...]:
+    """What changes whenever a run is claimed, beats or ends."""
+    return run.status, run.heartbeat_at, run.completed_at
+
+
+def claim(engine: Engine, *, run_id: str, workspace_id: str, fields: Mapping[str, Any],
+          expect: tuple[Any, ...] | None = None) -> None:
     """Record the run as running for this process, or raise RunConflictError
-    (another active run of the workspace) or InputError (its home is another
-    workspace's)."""
+    (another active run of the workspace; with ``expect``, a resume's
+    :func:`claim_token`, the run changed since the resume read it) or
+    InputError (its home is another workspace's)."""
     with Session(engine) as session, session.begin(), workspace_lock(engine, session, workspace_id):
+        if expect is not None:
+            seen = session.get(ProvisioningRun, run_id)
+            if seen is None or claim_token(seen) != expect:
+                raise RunConflictError(f"run {run_id} was resumed by someone else meanwhile (it is "
+                                       f"{seen.status if seen else 'gone'} now): look at it again before "
+                                       "resuming it", run_id=run_id)
         home = fields.get("home_dir")
         if home:
             _check_home_is_its_own(engine, session, workspace_id, str(home))
