@@ -621,7 +621,7 @@ def validate(items: Iterable[str], *, actions: Iterable[Any] | None = None, work
             doc = read_document(path) if path.is_file() else None
             if doc is not None and ("action_type" in doc or (isinstance(doc.get("actions"), list) and doc["actions"]
                                                             and "action_type" in doc["actions"][0])):
-                build_library([path])  # its actions as a run would take them: handlers built too
+                build_library([path], check_handlers=True)  # its actions as a run takes them, handlers built
             else:
                 found = _with_stored(item, database_url, ())
                 if workspace is not None:
@@ -648,7 +648,7 @@ def explain(template: Any, *, step: str | None = None, actions: Iterable[Any] | 
 
 
 def list_actions(actions: Iterable[Any] | None = None, trusted_actions: Iterable[Any] | None = None):
-    return build_library(actions, trusted_actions)
+    return build_library(actions, trusted_actions, check_handlers=True)
 
 
 def list_templates(database_url: str | None = None) -> list[dict[str, Any]]:
@@ -803,7 +803,7 @@ def warm_up(*, database_url: str | None = None, actions: Iterable[Any] | None = 
     from .run import logs, runner  # noqa: F401
     from .store import estimates, history, operations, recorder, seeding  # noqa: F401
     upgrade_database(database_url)
-    build_library(actions, trusted_actions)
+    build_library(actions, trusted_actions, check_handlers=True)
     configure_mappers()  # else done by the first query that reads through the ORM
 
 

@@ -295,7 +295,7 @@ def test_missing_python_handler_is_a_compile_error():
     # A trusted action's module is imported at compile time, so a missing function is found then.
     with pytest.raises(TemplateError) as exc:
         compile_template(template(step(10, "x")), trusted_actions=[action("x", handler="tests.helpers:does_not_exist")])
-    assert "action x: field 'execution_handler': module 'tests.helpers' has no attribute 'does_not_exist'" in str(exc.value)
+    assert "has a bad execution_handler: module 'tests.helpers' has no attribute 'does_not_exist'" in str(exc.value)
     # An untrusted one is never imported before its step runs: only a module that does not exist is found.
     with pytest.raises(TemplateError) as exc:
         compile_(step(10, "x"), actions=[action("x", handler="no_such_module_here:run")])

@@ -32,7 +32,7 @@ from graphlib import TopologicalSorter
 from collections.abc import Mapping  # for isinstance: typing's alias is several times slower
 from typing import Any, Callable
 
-from . import expressions
+from . import expressions, shell_text
 from .shell_text import ShellScript
 
 _JSON_TYPES: dict[str, tuple[type, ...]] = {
@@ -153,6 +153,11 @@ def config_problems(config: Mapping[str, Any], schema: Mapping[str, Any], *,
                     expressions.has_template(str(name)) for name in value):
                 found.append((key, "its names are written in the template: give a mapping (its values may "
                                    "hold {{ }}, its names may not)"))
+            elif isinstance(value, Mapping):
+                found += [(f"{key}.{name}", f"{name} is run (or loaded from) as code by bash or the programs it "
+                                            "starts: its value cannot hold {{ }}")
+                          for name, item in value.items() if shell_text.runs_as_code(str(name))
+                          and isinstance(item, str) and expressions.has_template(item)]
     if surely_valid(schema, plain):  # the common case, without jsonschema's walk
         return found
     if allow_templates:

@@ -465,11 +465,15 @@ def standard_library() -> Mapping[str, ActionSpec]:
     return frozen_mapping(library)
 
 
-def build_library(extra: Iterable[Any] | None = None, trusted: Iterable[Any] | None = None) -> dict[str, ActionSpec]:
+def build_library(extra: Iterable[Any] | None = None, trusted: Iterable[Any] | None = None, *,
+                  check_handlers: bool = False) -> dict[str, ActionSpec]:
     """The standard library extended (or overridden) by user-defined actions:
     dicts, ActionSpecs, definition files or folders of them. ``trusted``
     ones are the operator's own: like the standard library, they may need
-    root and run unsandboxed; the others are untrusted code."""
+    root and run unsandboxed; the others are untrusted code.
+    ``check_handlers``: build the given actions' handlers now (validate, a
+    service starting); a compile does it for the actions its steps use,
+    naming the step."""
     library = dict(standard_library())
     problems: list[Problem] = []
     items = [(item, False) for item in extra or ()] + [(item, True) for item in trusted or ()]
@@ -489,7 +493,8 @@ def build_library(extra: Iterable[Any] | None = None, trusted: Iterable[Any] | N
                     raise InputError(f"action definition {path} does not exist")
             for action in found:
                 library[action.name] = action
-                problems += handler_problems(action)
+                if check_handlers:
+                    problems += handler_problems(action)
         except TemplateError as exc:
             problems += exc.problems
     if problems:

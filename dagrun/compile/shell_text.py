@@ -67,6 +67,7 @@ RUNNERS = frozenset({
     "make", "gdb", "vim", "vi", "ex", "emacs", "compgen", "complete", "bind", "fc",
     "sg", "setpriv", "tmux", "screen", "fakeroot", "dbus-run-session", "unbuffer", "faketime", "capsh",
     "start-stop-daemon", "chpst", "lxc-attach", "systemd-nspawn", "machinectl", "sqlite3", "sftp", "ed", "ftp",
+    "npx", "uvx", "pipx",  # (they run the package a word names)
 })
 # Interpreters run a program given inline (-c, -e...), as their first operand
 # (a file), or on stdin. A value may be an argument of that program, never
@@ -88,6 +89,8 @@ _DATA_OPTIONS = {**{awk: frozenset({"-v", "--assign", "-F", "--field-separator"}
                  **{db: frozenset({"-u", "-h", "-D", "-P", "--user", "--host", "--database", "--port"})
                     for db in ("mysql", "mariadb")}}
 _SHELL_NAMES = frozenset({"sh", "bash", "dash", "zsh", "ksh", "mksh", "rbash", "fish", "csh", "tcsh", "busybox"})
+# A program file that is the program's input: a here-document there is the program.
+_STDIN_FILES = frozenset({"-", "/dev/stdin", "/dev/fd/0", "/proc/self/fd/0"})
 
 
 def _shell_program(args: list[str]) -> tuple[bool, bool, bool]:
@@ -110,6 +113,8 @@ def _shell_program(args: list[str]) -> tuple[bool, bool, bool]:
             command_string = command_string or "c" in word[1:]
             stdin = stdin or "s" in word[1:]
             continue
+        if word in _STDIN_FILES and not command_string:  # bash /dev/stdin <<EOF: the program is its input
+            return True, False, True
         return True, False, stdin and not command_string  # the code (with -c) or the script file: fixed
     if stdin and not command_string:  # -s: the program is its input, operands are its arguments
         return True, False, True
@@ -160,7 +165,35 @@ _VALUE_NAMES = ("CONFIG_", "DAGRUN_VALUE_", "DAGRUN_WORKSPACE_ID", "DAGRUN_CONFI
 _SHELL_CODE_NAMES = frozenset({"BASH_ENV", "ENV", "SHELLOPTS", "BASHOPTS", "PS0", "PS1", "PS2", "PS3", "PS4",
                                "PROMPT_COMMAND", "IFS", "CDPATH", "GLOBIGNORE", "LD_PRELOAD", "LD_LIBRARY_PATH",
                                "LD_AUDIT", "BASH_XTRACEFD", "EXECIGNORE", "HISTFILE", "INPUTRC",
-                               "PATH"})  # (PATH: a value would choose which program a command runs)
+                               "PATH",  # (PATH: a value would choose which program a command runs)
+                               # ... and those the programs a script starts run as a command or load code from
+                               "GIT_SSH", "GIT_SSH_COMMAND", "GIT_PROXY_COMMAND", "GIT_EXTERNAL_DIFF", "GIT_ASKPASS",
+                               "SSH_ASKPASS", "GIT_EDITOR", "GIT_SEQUENCE_EDITOR", "GIT_PAGER", "GIT_EXEC_PATH",
+                               "GIT_TEMPLATE_DIR", "GIT_CONFIG_PARAMETERS", "GIT_CONFIG_GLOBAL", "GIT_CONFIG_SYSTEM",
+                               "GIT_CONFIG", "EDITOR", "VISUAL", "PAGER", "MANPAGER", "BROWSER", "LESSOPEN",
+                               "LESSCLOSE", "SHELL", "RSYNC_RSH", "CVS_RSH", "RSH", "NODE_OPTIONS", "NODE_PATH",
+                               "PERL5OPT", "PERL5LIB", "PERLLIB", "PYTHONPATH", "PYTHONSTARTUP", "PYTHONHOME",
+                               "PYTHONUSERBASE", "RUBYOPT", "RUBYLIB", "JAVA_TOOL_OPTIONS", "_JAVA_OPTIONS",
+                               "JDK_JAVA_OPTIONS", "GCONV_PATH", "MAKEFLAGS", "MFLAGS", "GNUMAKEFLAGS"})
+# Options whose argument a program runs as a command (rsync -e "ssh -p N", git -c core.sshCommand=...,
+# tar --checkpoint-action=exec=...), and words after which its arguments are shell code.
+_COMMAND_OPTIONS = {
+    "rsync": ("-e", "--rsh", "--rsync-path"),
+    "git": ("-c", "--config", "--upload-pack", "-u", "--receive-pack", "--exec", "foreach"),
+    "tar": ("--checkpoint-action", "--to-command", "--use-compress-program", "-I", "--info-script", "-F",
+            "--new-volume-script", "--rsh-command"),
+    "zip": ("-TT", "--unzip-command"),
+    "scp": ("-o", "-S", "-F"),
+    "wget": ("-e", "--execute"),
+    "curl": ("-K", "--config"),
+}
+_SHELL_CODE_PREFIXES = ("LD_", "BASH_FUNC_", "GIT_CONFIG_KEY_", "GIT_CONFIG_VALUE_", "DYLD_")
+
+
+def runs_as_code(name: str) -> bool:
+    """Is ``name`` a variable bash, or a program a script starts, runs or
+    loads code from (so no value may be assigned to it)?"""
+    return name in _SHELL_CODE_NAMES or name.startswith(_SHELL_CODE_PREFIXES)
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _EXPANSION = re.compile(r"\$\{?([A-Za-z_][A-Za-z0-9_]*|[0-9*@_]|![A-Za-z_0-9]*)")
 # Variables bash fills with what a command read or matched: they may hold a value (in code, as a command).
@@ -385,6 +418,8 @@ class _Lexer:
         after its operands too (GNU sed, awk, jq), so a later -e is code."""
         args = cmd["words"][cmd["command_index"] + 1:]
         base = cmd["command"].rsplit("/", 1)[-1]
+        if base == "busybox" and args:  # busybox sh -c ...: the applet is the program
+            base, args = args[0].rsplit("/", 1)[-1], args[1:]
         if base in _SHELL_NAMES:
             return _shell_program(args)
         code_flags, glued, with_argument = _options_of(base)
@@ -395,6 +430,7 @@ class _Lexer:
                 continue
             if expect_code:
                 fixed, expect_code = True, False
+                stdin = stdin or word in _STDIN_FILES  # awk -f /dev/stdin: the program is its input
             elif word == "--":
                 break
             elif fixed and not permutes:
@@ -405,7 +441,7 @@ class _Lexer:
                 expect_code = True
             elif glued and word.startswith(glued) and len(word) > 2 and not word.startswith("--"):
                 fixed = True
-            elif word == "-" and not permutes:
+            elif word in _STDIN_FILES and (word != "-" or not permutes):
                 stdin = fixed = True  # the program is its input; later words are its arguments
             elif word in with_argument:
                 skip = True
@@ -437,7 +473,7 @@ class _Lexer:
             if expect_code or (glued and word.startswith(glued) and not word.startswith("--")):
                 return f"in the code {name} runs (-c / -e): pass it as an argument of that code instead"
             if stdin:
-                if kind == "interpreter" and (not fixed or from_stdin):
+                if (kind == "interpreter" and not fixed) or from_stdin:
                     return f"in the input of {name}, which runs its input as a program: write the value to a file"
                 return None
             if not fixed:
@@ -489,8 +525,8 @@ class _Lexer:
                 self.array_names.add(name)
         elif ctx["command"] in ("read", "mapfile", "readarray") and not markers and not word.startswith("-"):
             self.array_names.add(word)  # (read -a NAME, mapfile NAME: arrays; a plain read's names too, to be safe)
-        if word == "esac" and ctx["case"]:
-            ctx["case"] -= 1
+        if word == "esac" and ctx["case"] and ctx["command"] == "esac" and ctx["command_index"] == index:
+            ctx["case"] -= 1  # (the reserved word: at a command's start, not an argument like echo esac)
         if ctx["cond"]:
             self._check_condition(ctx)
             if word == "]]":
@@ -501,25 +537,25 @@ class _Lexer:
         """Which names come to hold a value, and which names arithmetic reads."""
         command = None if ctx["command_start"] else ctx["command"]
         assignment = _ASSIGNMENT.match(word)
-        if assignment and assignment.group().rstrip("+=").split("[", 1)[0] in _SHELL_CODE_NAMES:
-            if holds_value:  # (the author's own PS4 or IFS is theirs)
-                self.fail(f"as the value of {assignment.group().rstrip('+=')}, which bash runs or expands as code "
-                          "(or, for PATH, finds commands in)")
+        if assignment and runs_as_code(assignment.group().rstrip("+=").split("[", 1)[0]):
+            if holds_value:  # (the author's own PS4 or GIT_SSH_COMMAND is theirs)
+                self.fail(f"as the value of {assignment.group().rstrip('+=')}, which bash or the programs it "
+                          "starts run as code or load code from (or, for PATH, find commands in)")
         base = (command or "").replace("\\", "").rsplit("/", 1)[-1]
         expanded = _EXPANSION.findall(_without_single_quoted(raw))
         ctx.setdefault("expanded", []).extend(expanded)  # (what the command may feed to the next by a pipe)
-        if expanded and not assignment and (command is None or (
-                ctx["command_literal"] and self._command_deny(ctx) is not None)):
+        runs_it = not assignment and command is not None and ctx["command_literal"] \
+            and self._command_deny(ctx) is not None
+        if expanded and not assignment and (command is None or runs_it or self._command_option(ctx, word)):
             self.code += [(name, self.line) for name in expanded]  # the command, or code it runs
         if command is not None:
             written = raw.replace('"', "").replace("'", "").replace("\\", "")  # the word as bash reads it
             dynamic = "$" in written or "`" in written  # what it is, bash decides at run time
             option = written.startswith("-") and not dynamic
-            if base in _SHELL_NAMES and ctx["words"][-1:] == ["-c"]:
-                inner = _Lexer(written)  # the code it runs: evaluating there is evaluating here
-                with contextlib.suppress(UnsafeContext):
-                    inner.run()
-                self.evaluates = self.evaluates or inner.evaluates
+            if base in _SHELL_NAMES and ctx["command_literal"] and self._program(ctx)[1]:  # -c, -ec, -c -e
+                self._inner(written)
+            elif runs_it and "'" in raw and dynamic:  # eval '$x', trap '$f' EXIT: expanded where it runs
+                self._inner(written)
             if "[" in written and (base in NAME_BUILTINS or ctx["words"][-1:] in (["-v"], ["-R"], ["-p"])):
                 self.evaluates = True  # unset 'a[i]', declare "a[i]=x", printf -v 'a[i]': the subscript is arithmetic
             if base == "let" or (
@@ -546,7 +582,7 @@ class _Lexer:
                 if "$" in raw or "`" in raw:
                     self.evaluates = True  # RANDOM=$1: whatever it holds is evaluated
         if command == "for" and ctx["for_name"] and word != ctx["for_name"]:
-            if holds_value:
+            if holds_value or ctx["for_name"] in self.integer_names:  # (declare -n r; for r in x: r is x)
                 self.tainted.add(ctx["for_name"])
             self.copies.append((ctx["for_name"], expanded))  # for r in $repos: r holds what repos held
         if command in ("read", "mapfile", "readarray") and not word.startswith("-"):
@@ -554,11 +590,46 @@ class _Lexer:
         if command == "let":
             self._reads(word, self.line)
 
+    def _inner(self, code: str) -> None:
+        """Code a command runs (sh -c CODE, eval, trap): where it evaluates
+        text, this script does; the names it runs as code or reads in
+        arithmetic are checked against what holds values here ($1 too: for
+        sh -c, the arguments after the code)."""
+        inner = _Lexer(code)
+        with contextlib.suppress(UnsafeContext):  # (the author's code; only its uses of names matter here)
+            inner.run()
+        self.evaluates = self.evaluates or inner.evaluates
+        self.code += [(name, self.line) for name, _ in inner.code]
+        self.arithmetic += [(name, self.line) for name, _ in inner.arithmetic]
+
+    @staticmethod
+    def _command_option(cmd: dict[str, Any], word: str) -> str | None:
+        """The option (or word) of the current command whose argument it runs
+        as a command, if ``word`` is (or follows) one."""
+        name = (cmd["command"] or "").rsplit("/", 1)[-1]
+        options = _COMMAND_OPTIONS.get(name)
+        if not options:
+            return None
+        previous = cmd["words"][-1] if len(cmd["words"]) > cmd["command_index"] + 1 else None
+        if previous in options:
+            return previous
+        if "foreach" in options and "foreach" in cmd["words"][cmd["command_index"] + 1:]:
+            return "submodule foreach"  # every word after it is the command it runs
+        for option in options:
+            if option.startswith("-") and word.startswith(option) and word != option and (
+                    option.startswith("--") and word[len(option)] == "=" or not option.startswith("--")):
+                return option
+        return None
+
     def _check_use(self, cmd: dict[str, Any], index: int) -> None:
         """Refuse a value where the command would run it or read it as a name."""
         deny = self._deny() or self._command_deny(cmd, stdin=cmd["redirect"] == "<<<")
         if deny:
             self.fail(deny)
+        option = None if cmd["redirect"] or cmd["command_start"] else self._command_option(cmd, cmd["word"])
+        if option is not None:
+            self.fail(f"in the argument of {cmd['command']} {option}, which it runs as a command (or reads "
+                      "as settings that name one)")
         if cmd["redirect"] == "<<<":
             cmd["herestring_values"] = True  # (checked again when the command's name is known)
         if cmd["redirect"]:
@@ -1007,6 +1078,9 @@ class _Lexer:
                 delimiter += self._advance()
         if not delimiter:
             self.fail("in a script with a here-document that has no delimiter")
+        if self.i < len(self.text) and self.text[self.i] in "()" or "$" in delimiter or "`" in delimiter:
+            self.fail("in a script with a here-document whose delimiter holds $, ` or a parenthesis (dagrun "
+                      "cannot tell where it ends)")
         # The body is the command's input: an interpreter reading its program there runs it.
         self.pending_heredocs.append((delimiter, quoted, strip, self._deny() or self._command_deny(ctx, stdin=True)))
         ctx["heredoc_command"] = True
@@ -1095,14 +1169,21 @@ def _analysed(text: str) -> tuple[list[Slot], bool]:
     return (slots if OPEN in text else []), lexer.evaluates
 
 
-def check_names(text: str, names: Iterable[str]) -> None:
+def check_names(text: str, names: Iterable[str]) -> bool:
     """Check a script against variables given to it that hold values (a
     step's ``env`` entries, besides the ``{{ }}`` it holds): raises
     :class:`UnsafeContext` where one would be code, a command, or read by
-    arithmetic."""
+    arithmetic. Returns whether the script evaluates text anywhere (then no
+    such variable may hold $ or `: see :func:`substitute`)."""
+    return _checked_names(text, frozenset(names))
+
+
+@functools.lru_cache(maxsize=256)
+def _checked_names(text: str, names: frozenset[str]) -> bool:
     lexer = _Lexer(text)
-    lexer.tainted |= set(names)
+    lexer.tainted |= names
     lexer.run()
+    return lexer.evaluates
 
 
 def check_source(source: str) -> None:

@@ -41,7 +41,7 @@ from typing import Any, Callable, Iterator, Mapping, Protocol
 
 import yaml
 
-from ..compile import expressions
+from ..compile import configs, expressions
 from ..compile import shell_text
 from ..compile.shell_text import ShellScript, UnsafeContext
 from ..errors import PermanentError
@@ -192,17 +192,20 @@ class StepContext:
         environment = {**self.process_env(), **(env or {})}
         if env and "PATH" in env:  # (the caller's own PATH is the operator's)
             self._check_path(env)
+        evaluates = isinstance(script, ShellScript) and script.evaluates
         if env:  # variables holding values the lexer could not see when the template was compiled
             try:
-                shell_text.check_names(text, env)
+                evaluates = shell_text.check_names(text, env) or evaluates
             except shell_text.UnsafeContext as exc:
                 raise PermanentError(f"{name}: {exc}") from None
-        if isinstance(script, ShellScript) and script.evaluates:
+        if evaluates:
             # Arithmetic evaluates the content of a variable a value names (v=DAGRUN_WORKSPACE_ID;
             # [[ "$v" -gt 1 ]]): none of the step's variables that hold values may hold what would run.
+            # (A script field that is text, not a rendered ShellScript, is the author's: no value.)
+            scripts = {f"CONFIG_{k.upper()}" for k in configs.shell_fields(self.action.config_schema)}
             for key, value in environment.items():
-                if (key.startswith("CONFIG_") or key in _VALUE_VARIABLES or key in (env or {})) \
-                        and ("$" in value or "`" in value):
+                if (key.startswith("CONFIG_") and key not in scripts or key in _VALUE_VARIABLES
+                        or key in (env or {})) and ("$" in value or "`" in value):
                     raise PermanentError(f"{name}: ${key} holds $ or `, and the script evaluates text (arithmetic, "
                                          "[[ -eq ]], -v, read, namerefs, prompts), where bash could run it")
         with self.working_dir(cwd) as where:
