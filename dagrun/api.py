@@ -469,7 +469,7 @@ def claim(prepared: PreparedRun) -> None:
     # A workspace field that is a secret (the value of an x-secret field) is not stored either.
     from .run.redact import Redactor
     from .run.runner import known_secrets
-    redactor = Redactor([*(str(v) for v in prepared.secrets.values()),
+    redactor = Redactor([*prepared.secrets.values(),
                          *known_secrets(plan, ws, {**prepared.variables, **_secret_vars(prepared)}, {})])
     stored = stored_fields(ws, plan.workspace_fields)
     hidden = redactor.masked_fields(stored)
@@ -502,7 +502,7 @@ def execute(prepared: PreparedRun, *, observers: Iterable[Observer] = (),
     runner = Runner(prepared.plan, prepared.workspace, run_id=prepared.run_id,
                     variables={**prepared.variables, **secret_vars}, max_workers=prepared.max_workers,
                     executor=prepared.executor, sudo=prepared.sudo, done=prepared.done,
-                    attempts=prepared.attempts, secret_values=[str(v) for v in prepared.secrets.values()],
+                    attempts=prepared.attempts, secret_values=list(prepared.secrets.values()),
                     sandbox=prepared.sandbox, write_ahead=prepared.url is not None, check=prepared.check,
                     home_root=prepared.home_root, adopt_users=prepared.adopt_users,
                     shared_locks=prepared.shared_locks)

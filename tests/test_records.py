@@ -136,6 +136,52 @@ def test_secret_config_values_are_masked_in_records_and_results(workspace, db_ur
     assert "hunter2" not in (row.execution_output or "") + (row.error_message or "")
 
 
+def _stored(db_url, run_id):
+    import json as jsonlib
+    run, attempts, _ = rows(db_url, run_id)
+    return run, jsonlib.dumps([run.variables, run.workspace, run.error, run.template_snapshot] + [
+        [a.execution_output, a.error_message, a.action_config, a.result_data] for a in attempts], default=str)
+
+
+LOGIN = {"name": "login", "action_type": "shell", "max_retries": 1,
+         "execution_handler": 'echo "{{ config.url }}" > ~/url; echo logged in',
+         "config_schema": {"type": "object", "properties": {"url": {"type": "string", "x-secret": True}}}}
+
+
+def test_a_secret_made_by_an_earlier_step_is_masked_in_that_steps_records_too(workspace, home, db_url):
+    """gen's own output and result hold what becomes login's secret: masked
+    from gen's record on, while login still gets the real value (helper-30)."""
+    doc = template(script_step(10, 'pw=Gen3rated-Pw-$((700 + 71)); echo "made $pw"; echo "pw=$pw" >> "$DAGRUN_OUTPUT"',
+                               id="gen"),
+                   step(20, "login", requires=["gen"], action_config={"url": "pg://app:{{ steps.gen.result.pw }}@db/x"}))
+    result = run_template(doc, workspace, database_url=db_url, actions=[LOGIN])
+    assert result.success, result.error
+    assert (home / "url").read_text() == "pg://app:Gen3rated-Pw-771@db/x\n"
+    assert result.steps["gen"].stdout == "made ********\n" and result.steps["gen"].result == {"pw": "********"}
+    assert "Gen3rated-Pw-771" not in _stored(db_url, result.run_id)[1]
+
+
+def test_a_variable_that_is_part_of_a_secret_is_one(workspace, home, db_url):
+    """(helper-30) postgresql://u:{{ vars.pw }}@h: the variable alone, in an
+    error or a script's output, is masked, and it is not stored."""
+    doc = template(step(10, "login", action_config={"url": "pg://app:{{ vars.pw }}@db/x"}),
+                   script_step(20, 'echo "using {{ vars.pw }}"; exit 3', id="show", requires=["login"]), vars={"pw": ""})
+    result = run_template(doc, workspace, database_url=db_url, actions=[LOGIN], variables={"pw": "Adm1n-Passw0rd"})
+    assert (home / "url").read_text() == "pg://app:Adm1n-Passw0rd@db/x\n"
+    assert result.steps["show"].stdout == "using ********\n"
+    run, stored = _stored(db_url, result.run_id)
+    assert "Adm1n-Passw0rd" not in stored and "pw" in run.secret_names and "pw" not in (run.variables or {})
+
+
+def test_secrets_given_as_a_mapping_and_bash_quoted_forms_are_masked(workspace, db_url):
+    doc = template(script_step(10, 'echo "{{ vars.db.password }}"; printf "%q\\n" "{{ vars.odd }}"', id="s"))
+    result = run_template(doc, workspace, database_url=db_url,
+                          secrets={"db": {"user": "app", "password": "Sup3rPassw0rd"}, "odd": "it's\nsecret99"})
+    assert result.success, result.error
+    assert result.steps["s"].stdout == "********\n$'********'\n"
+    assert "Sup3rPassw0rd" not in _stored(db_url, result.run_id)[1] and "secret99" not in _stored(db_url, result.run_id)[1]
+
+
 def test_secret_variables_are_masked_everywhere_and_not_stored(workspace, db_url, tmp_path):
     import json as jsonlib
     import os

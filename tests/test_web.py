@@ -489,6 +489,32 @@ def test_stored_secrets_are_masked_when_read_and_kept_when_saved(client):
     assert kept["actions"][0]["action_config"]["password"] == "TopSecretPw123"
 
 
+def test_a_variable_a_secret_field_reads_is_masked_with_its_default(client):
+    """(helper-30) vars: {pw: ...} feeding a secret field shows masked, and
+    saving the masked document back keeps the stored default."""
+    doc = template(step(10, "create_postgresql_user", id="role", action_config={
+        "username": "app", "password": "{{ vars.pw }}"}), name="varsecret", vars={"pw": "DefaultPw-4242", "n": 3})
+    assert client.put("/api/templates/varsecret", json=doc, headers=CSRF).status_code == 200
+    for answer in (client.get("/api/templates/varsecret"), client.get("/templates/varsecret")):
+        assert answer.status_code == 200 and b"DefaultPw-4242" not in answer.data
+    shown = client.get("/api/templates/varsecret").json["document"]
+    assert shown["vars"] == {"pw": "********", "n": 3}
+    assert client.put("/api/templates/varsecret", json=shown, headers=CSRF).status_code == 200
+    from dagrun.store.seeding import stored_templates
+    url = client.application.blueprints["dagrun"].dagrun_service.database_url
+    assert [t for t in stored_templates(url) if t["name"] == "varsecret"][0]["vars"]["pw"] == "DefaultPw-4242"
+
+
+def test_the_action_list_masks_secret_defaults(store, tmp_path):
+    token = {"name": "notify", "action_type": "shell", "execution_handler": "true",
+             "config_schema": {"type": "object", "properties": {"token": {"type": "string", "x-secret": True},
+                                                                 "channel": {"type": "string"}}},
+             "default_config": {"token": "Webhook-Tok3n", "channel": "ops"}}
+    app = create_app(database_url=store, trusted_actions=[token])
+    shown = [a for a in app.test_client().get("/api/actions", headers=CSRF).json["actions"] if a["name"] == "notify"]
+    assert shown[0]["default_config"] == {"token": "********", "channel": "ops"}
+
+
 def test_event_streams_are_capped(store, tmp_path):
     app = create_app(database_url=store, max_streams=1, allow_inline_templates=True)
     c = app.test_client()

@@ -246,6 +246,32 @@ def references(source: str, *, condition: bool = False) -> frozenset[Reference]:
     return frozenset(r for r in found if r.root not in assigned and r.root != "_dagrun_loop")
 
 
+@functools.lru_cache(maxsize=1024)
+def leaf_references(source: str) -> frozenset[tuple[str, ...]]:
+    """The dotted paths a template string reads (``vars.pw``,
+    ``steps.gen.result.pw``), as far as they are written with constant
+    attributes and keys: ``("vars", "pw")``, ``("steps", "gen", "result", "pw")``."""
+    found: set[tuple[str, ...]] = set()
+    inner: set[int] = set()  # nodes that are the base of a longer path
+    paths: list[tuple[nodes.Node, tuple[str, ...]]] = []
+    for node in _walk(PLAIN.parse(source)):
+        path: list[str] = []
+        current = node
+        while isinstance(current, (nodes.Getattr, nodes.Getitem)):
+            key = current.attr if isinstance(current, nodes.Getattr) else (
+                current.arg.value if isinstance(current.arg, nodes.Const) else None)
+            if key is None:
+                path = []
+                break
+            path.insert(0, str(key))
+            inner.add(id(current.node))
+            current = current.node
+        if path and isinstance(current, nodes.Name):
+            paths.append((node, (current.name, *path)))
+    found = {p for node, p in paths if id(node) not in inner}
+    return frozenset(found)
+
+
 def _walk(node: nodes.Node) -> Iterator[nodes.Node]:
     yield node
     for child in node.iter_child_nodes():

@@ -41,7 +41,8 @@ def variants(secret: str) -> set[str]:
              # splits the secret around '"'"'
              shlex.quote(secret), shlex.quote(secret).strip("'"),
              # and as bash shows it: set -x ('\'' for a '), printf %q (a backslash before each special)
-             secret.replace("'", "'\\''"), re.sub(r"([^A-Za-z0-9_@%+=:,./-])", r"\\\1", secret)}
+             secret.replace("'", "'\\''"), re.sub(r"([^A-Za-z0-9_@%+=:,./-])", r"\\\1", secret),
+             _ansi_c(secret)}
     raw = secret.encode("utf-8", "surrogateescape")
     for offset in range(3):  # the secret preceded by 0, 1 or 2 unknown bytes
         data = b"\0" * offset + raw
@@ -53,6 +54,14 @@ def variants(secret: str) -> set[str]:
                 found.add(text)
                 found.add(text.replace("+", "-").replace("/", "_"))
     return {v for v in found if len(v) >= MIN_LENGTH}
+
+
+def _ansi_c(secret: str) -> str:
+    """Inside bash's $'...' (printf %q and declare -p of text with a newline
+    or another control character)."""
+    named = {"\\": "\\\\", "'": "\\'", "\n": "\\n", "\t": "\\t", "\r": "\\r", "\a": "\\a", "\b": "\\b",
+             "\f": "\\f", "\v": "\\v", "\x1b": "\\E"}
+    return "".join(named.get(c) or (f"\\{ord(c):03o}" if ord(c) < 32 or ord(c) == 127 else c) for c in secret)
 
 
 class Redactor:
@@ -73,6 +82,9 @@ class Redactor:
     def add(self, secret: Any) -> None:
         if secret is None or isinstance(secret, bool):
             return
+        if isinstance(secret, Mapping) or isinstance(secret, (list, tuple)):  # {user, password}: each part too
+            for item in (secret.values() if isinstance(secret, Mapping) else secret):
+                self.add(item)
         text = secret if isinstance(secret, str) else str(secret)
         if len(text) < MIN_LENGTH or text in self._known:
             return

@@ -91,8 +91,9 @@ def known_secrets(plan: Plan, workspace: Mapping[str, Any], variables: Mapping[s
     written in the template, or rendered from the workspace, variables or
     environment. (One that reads an upstream result is learned when its step
     has run.) Knowing them early masks them wherever they show first."""
-    from ..compile.expressions import build_context, render_string
+    from ..compile.expressions import build_context, leaf_references, render_string
     found = []
+    sources = {"vars": variables, "env": env}
     for step in plan.steps.values():
         for key in step.secret_fields:
             value = step.config.get(key)
@@ -101,6 +102,12 @@ def known_secrets(plan: Plan, workspace: Mapping[str, Any], variables: Mapping[s
             if not has_template(value):
                 found.append(str(value))
                 continue
+            # A variable that is part of a secret (postgresql://u:{{ vars.pw }}@h) is one itself: an
+            # error or a script may show it alone.
+            for path in leaf_references(str(value)):
+                held = sources.get(path[0], {}).get(path[1]) if len(path) == 2 else None
+                if isinstance(held, (str, int, float)) and not isinstance(held, bool):
+                    found.append(str(held))
             try:
                 rendered = render_string(value, build_context(workspace=workspace, config=step.config,
                                                               variables=variables, env=env, steps={}, home=None))
@@ -157,6 +164,7 @@ class Runner:
         # Steps run as the workspace's Linux user when dagrun is root and it names one.
         self.user = workspace.get("linux_username") if os.geteuid() == 0 else None
         self.redactor = Redactor(secret_values)
+        self._secret_results = secret_results(plan) if any(s.secret_fields for s in plan.steps.values()) else {}
         self.write_ahead = write_ahead
         self.check = check
         self.home_root = home_root  # as root: the allowed folder the home is checked up to
@@ -482,6 +490,8 @@ class Runner:
                 self.redactor.learn(outcome.config, secret_fields)
         if outcome.status is StepStatus.completed:
             self._data[sid] = outcome.data  # unmasked: downstream steps read it
+            for key in self._secret_results.get(sid, ()):  # a later step's secret: masked from its source on
+                self.redactor.add(outcome.data.get(key))
         if secret_fields or self.redactor.active:
             outcome = self.redactor.outcome(outcome, secret_fields)  # what leaves the run
         record = self._records.get(sid) or self._record(sid)
@@ -672,6 +682,22 @@ class Runner:
                          workspace_id=str(self.workspace["id"]), status=status, steps=steps,
                          started_at=started, finished_at=self.wall(), error=error, failed_action=failed_action,
                          check=self.check)
+
+
+def secret_results(plan: Plan) -> dict[str, frozenset[str]]:
+    """The result keys of each step that a later step's secret field reads
+    (``password: "{{ steps.gen.result.pw }}"``): secrets from the moment the
+    step that makes them completes, before its own record is written."""
+    from ..compile.expressions import leaf_references
+    found: dict[str, set[str]] = {}
+    for step in plan.steps.values():
+        for key in step.secret_fields:
+            value = step.config.get(key)
+            if isinstance(value, str) and has_template(value):
+                for path in leaf_references(value):
+                    if len(path) >= 4 and path[0] == "steps" and path[2] == "result":
+                        found.setdefault(path[1], set()).add(path[3])
+    return {sid: frozenset(keys) for sid, keys in found.items()}
 
 
 def _lock_host(workspace: Mapping[str, Any], executor: Any) -> str | None:

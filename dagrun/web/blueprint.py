@@ -173,7 +173,7 @@ def create_blueprint(*, database_url: str | None = None, actions: Iterable[Any] 
         return jsonify(actions=[{
             "name": a.name, "display_name": a.display_name, "category": a.category, "description": a.description,
             "action_type": a.action_type, "config_schema": _plain(a.config_schema),
-            "default_config": _plain(a.default_config), "requires_sudo": a.requires_sudo,
+            "default_config": _masked_defaults(a), "requires_sudo": a.requires_sudo,
             "requires_network": a.requires_network, "max_retries": a.max_retries,
             "timeout_seconds": a.timeout_seconds, "estimated_duration_seconds": a.estimated_duration_seconds,
             "library": a.library} for a in sorted(library.values(), key=lambda a: (a.category, a.name))])
@@ -477,6 +477,15 @@ def _step_secrets(library: Mapping[str, Any], entry: Any) -> frozenset[str] | No
     return secret_fields(action.config_schema) if action is not None else None
 
 
+def _masked_defaults(action: Any) -> dict[str, Any]:
+    """An action's default config, its x-secret values masked (an operator's
+    action may carry a token as its default)."""
+    from ..compile.configs import secret_fields
+    from ..spec import MASK
+    secret = secret_fields(action.config_schema)
+    return {k: MASK if k in secret and v not in (None, "") else v for k, v in _plain(action.default_config).items()}
+
+
 def _identity(entry: Mapping[str, Any]) -> Any:
     return ("id", entry["id"]) if entry.get("id") is not None else ("order", entry.get("sequence_order"))
 
@@ -489,6 +498,7 @@ def _masked_document(service: Service, document: Mapping[str, Any]) -> tuple[dic
     from ..spec import MASK
     library = api.list_actions(service.actions or None, service.trusted_actions or None)
     secrets: set[str] = set()
+    secret_vars: set[str] = set()  # variables a secret field reads: their defaults are masked too
     actions = []
     for entry in document.get("actions") or []:
         config = entry.get("action_config") if isinstance(entry, Mapping) else None
@@ -501,11 +511,25 @@ def _masked_document(service: Service, document: Mapping[str, Any]) -> tuple[dic
             if value not in (None, "") and (fields is None or key in fields):
                 if isinstance(value, str):
                     secrets.add(value)
+                    secret_vars.update(p[1] for p in _leaf_references(value) if len(p) == 2 and p[0] == "vars")
                 shown[key] = MASK
             else:
                 shown[key] = value
         actions.append({**entry, "action_config": shown})
-    return {**document, "actions": actions}, secrets
+    masked = {**document, "actions": actions}
+    defaults = document.get("vars")
+    if isinstance(defaults, Mapping) and secret_vars & set(defaults):  # vars: {pw: ...} a secret field reads
+        masked["vars"] = {k: MASK if k in secret_vars and v not in (None, "") else v for k, v in defaults.items()}
+        secrets.update(str(defaults[k]) for k in secret_vars & set(defaults) if defaults[k] not in (None, ""))
+    return masked, secrets
+
+
+def _leaf_references(value: str) -> frozenset[tuple[str, ...]]:
+    from ..compile.expressions import has_template, leaf_references
+    try:
+        return leaf_references(value) if has_template(value) else frozenset()
+    except Exception:  # noqa: BLE001 - a template that does not parse: nothing to learn from it
+        return frozenset()
 
 
 def _shown_template(service: Service, name: str) -> tuple[dict[str, Any], Any]:
@@ -556,7 +580,15 @@ def _unmasked_document(service: Service, name: str, document: dict[str, Any]) ->
                 config[key] = value
             entry = {**entry, "action_config": config}
         actions.append(entry)
-    return {**document, "actions": actions}
+    restored = {**document, "actions": actions}
+    defaults = document.get("vars")
+    if isinstance(defaults, Mapping) and MASK in defaults.values():  # a secret variable's default shown masked
+        stored = previous.get("vars") if isinstance(previous.get("vars"), Mapping) else {}
+        for key, value in defaults.items():
+            if value == MASK and key not in stored:
+                raise InputError(f"vars.{key} holds the mask {MASK}: type the value")
+        restored["vars"] = {k: stored[k] if v == MASK else v for k, v in defaults.items()}
+    return restored
 
 
 def _masked_config(step: Any) -> dict[str, Any]:
