@@ -194,6 +194,24 @@ def test_a_rendered_value_keeps_the_type_its_schema_asks_for(home):
     assert "cannot connect to PostgreSQL" in result.steps["u"].error
 
 
+def test_a_value_in_a_connection_url_cannot_add_connection_parameters(home, pg_server):
+    """(helper-29) postgresql://...@db/{{ workspace.db }} with db = "x?port=1":
+    the value is percent-encoded, one database name, not a new port (or a
+    host that would be sent the operator's password)."""
+    doc = template(step(10, "create_postgresql_user", id="u", max_retries=1, action_config={
+        "username": "app_{{ workspace.id }}", "connection_url": "postgresql://postgres@127.0.0.1:5432/{{ workspace.db }}"}))
+    result = run_template(doc, {"id": "w1", "home_dir": str(home), "db": "postgres?port=1"}, record=False)
+    assert 'database "postgres?port=1" does not exist' in result.steps["u"].error, result.steps["u"].error
+    from dagrun.compile.expressions import render_url
+    url = "postgresql://admin:{{ vars.pw }}@db/{{ workspace.db }}"
+    assert render_url(url, {"vars": {"pw": "p@ss:w/rd"}, "workspace": {"db": "a?hostaddr=10.0.0.1&port=5"}},
+                      ["postgresql"]) == "postgresql://admin:p%40ss%3Aw%2Frd@db/a%3Fhostaddr%3D10.0.0.1%26port%3D5"
+    whole = {"vars": {"url": "postgresql+psycopg2://u@h/d"}}
+    assert render_url("{{ vars.url }}", whole, ["postgresql"]) == "postgresql+psycopg2://u@h/d"
+    with pytest.raises(ValueError, match="is not a URL of postgresql"):
+        render_url("{{ vars.url }}", {"vars": {"url": "http://h/x"}}, ["postgresql"])
+
+
 # -- every library action ------------------------------------------------------------
 
 MINIMAL = {  # a valid config for each library action, harmless on this machine

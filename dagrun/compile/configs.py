@@ -250,7 +250,7 @@ def render_config(config: Mapping[str, Any], order: tuple[str, ...], *, schema: 
         if key in shell and isinstance(value, str):
             rendered[key] = expressions.render_shell(value, context)
         elif key in urls and isinstance(value, str):
-            rendered[key] = expressions.render_url(value, context)
+            rendered[key] = expressions.render_url(value, context, (props.get(key) or {}).get("x-dagrun-url-schemes"))
         else:
             rendered[key] = coerce(render_value(value, context), props.get(key))
     return rendered

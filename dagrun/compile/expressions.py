@@ -40,7 +40,7 @@ import re
 import urllib.parse
 from dataclasses import dataclass
 from collections.abc import Mapping  # for isinstance: typing's alias is several times slower
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from jinja2 import TemplateRuntimeError, TemplateSyntaxError, Undefined, nodes
 
@@ -74,7 +74,7 @@ def _to_yaml(value: Any) -> str:
     return yaml.safe_dump(value, sort_keys=False, default_flow_style=False)
 
 
-_HTTP_URL = re.compile(r"\Ahttps?://[^\s\x00-\x1f\x7f]+\Z")
+_URL = re.compile(r"\A([a-z][a-z0-9+.-]*)://[^\s\x00-\x1f\x7f]+\Z")
 
 
 def _expand_literal_args(template: nodes.Template) -> nodes.Template:
@@ -323,9 +323,11 @@ def render_shell(source: str, context: Mapping[str, Any]) -> shell_text.ShellScr
     return shell_text.substitute(rendered, values)
 
 
-def render_url(source: str, context: Mapping[str, Any]) -> str:
-    """Render a URL: a value that begins it must be an http(s) URL itself,
-    the others are percent-encoded."""
+def render_url(source: str, context: Mapping[str, Any], schemes: Iterable[str] | None = None) -> str:
+    """Render a URL: a value that begins it must be a URL itself (http(s),
+    or one of ``schemes``: ``postgresql`` takes ``postgresql+psycopg2``
+    too), the others are percent-encoded."""
+    allowed = tuple(schemes or ("http", "https"))
     source = source.strip()
     values, token = shell_text.collecting()
     try:
@@ -337,8 +339,9 @@ def render_url(source: str, context: Mapping[str, Any]) -> str:
     def value(m: re.Match) -> str:
         text = shell_text.as_text(values[int(m.group(1))])
         if m.start() == 0:
-            if not _HTTP_URL.match(text):
-                raise ValueError(f"{text!r} is not an http(s) URL")
+            scheme = _URL.match(text)
+            if scheme is None or scheme.group(1).split("+", 1)[0] not in allowed:
+                raise ValueError(f"{text!r} is not a URL of {'/'.join(allowed)}")
             return text
         if text in (".", ".."):  # as a path segment, a server (or a proxy) walks up, %-encoded or not
             raise ValueError(f"{text!r} cannot be a part of a URL (it would name the folder above)")
