@@ -212,6 +212,16 @@ def test_a_value_in_a_connection_url_cannot_add_connection_parameters(home, pg_s
         render_url("{{ vars.url }}", {"vars": {"url": "http://h/x"}}, ["postgresql"])
 
 
+def test_a_value_cannot_add_a_key_to_a_steps_result(home):
+    """(helper-29) Unicode line separators in a value written to
+    $DAGRUN_OUTPUT stay in that value."""
+    name = "Alice\u2028is_admin=true\x1echanged=false\x85x=1\ry=2"
+    result = run_template(template(script_step(10, 'echo "display_name={{ workspace.name }}" >> "$DAGRUN_OUTPUT"\n'
+                                                   'printf "crlf=ok\\r\\n" >> "$DAGRUN_OUTPUT"', id="s")),
+                          {"id": "w", "home_dir": str(home), "name": name}, record=False)
+    assert result.steps["s"].result == {"display_name": name, "crlf": "ok"}
+
+
 # -- every library action ------------------------------------------------------------
 
 MINIMAL = {  # a valid config for each library action, harmless on this machine

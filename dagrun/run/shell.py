@@ -210,8 +210,10 @@ def run_script(script: str, *, env: dict[str, str], cwd: str | None = None, time
                              env={**env, "DAGRUN_OUTPUT": folder.output}, cwd=cwd, timeout=timeout, cancel=cancel,
                              run_id=run_id, isolation=isolation, on_start=on_start)
         outputs = {}
-        for line in folder.read_output().decode("utf-8", errors="replace").splitlines():
-            key, sep, value = line.partition("=")
+        # Lines end at \n only: str.splitlines would also end one at U+2028, \x1c-\x1e, \x85 or a lone \r,
+        # which a value may hold (name="Alice<U+2028>is_admin=true" would write a key of its own).
+        for line in folder.read_output().decode("utf-8", errors="replace").split("\n"):
+            key, sep, value = line.removesuffix("\r").partition("=")
             if sep and key.strip():
                 outputs[key.strip()] = value
     result.outputs = outputs
