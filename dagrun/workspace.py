@@ -225,6 +225,9 @@ def with_home(workspace: Mapping[str, Any], root: Path | None = None,
     if given and not _HOME_PATH.fullmatch(home):
         raise InputError(f"the workspace home_dir {home[:80]!r} may hold only letters, digits and . _ - / @ + = , : "
                          "(scripts read $HOME, often unquoted or inside sh -c \"...\")")
+    if len(home.encode()) > 1024 or any(len(part.encode()) > 255 for part in home.split("/")):
+        raise InputError(f"the workspace home_dir {home[:80]!r}... is too long (at most 1024 bytes, 255 in a "
+                         "folder's name)")
     if os.geteuid() == 0:
         owner = None
         if workspace.get("linux_username"):

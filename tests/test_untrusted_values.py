@@ -212,6 +212,18 @@ def test_a_value_in_a_connection_url_cannot_add_connection_parameters(home, pg_s
         render_url("{{ vars.url }}", {"vars": {"url": "http://h/x"}}, ["postgresql"])
 
 
+def test_a_home_dir_too_long_for_the_file_system_is_one_clear_error(tmp_path):
+    """(helper-30) It was an OSError traceback (a 500 over HTTP)."""
+    from dagrun.web import create_app
+    long_home = str(tmp_path / ("a" * 300))
+    with pytest.raises(InputError, match="is too long"):
+        run_template(template(script_step(10, "true")), {"id": "w", "home_dir": long_home}, record=False)
+    app = create_app(database_url=f"sqlite:///{tmp_path}/s.db", allow_inline_templates=True)
+    answer = app.test_client().post("/api/workspaces/w/runs", json={"template": "demo", "workspace": {
+        "home_dir": long_home}}, headers={"X-Dagrun-Request": "1"})
+    assert answer.status_code == 422 and "is too long" in answer.json["error"]
+
+
 def test_a_value_cannot_add_a_key_to_a_steps_result(home):
     """(helper-29) Unicode line separators in a value written to
     $DAGRUN_OUTPUT stay in that value."""
