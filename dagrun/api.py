@@ -340,7 +340,9 @@ def prepare_resume(run_id: str, *, database_url: str | None = None, from_step: s
     check_sandbox(plan, sandbox, ws, allow_network)
     check_account(ws, adopt_users)
     plan = learned(plan, url)
+    again |= _maybe_rolled_back(plan, run, rows)
     done, numbers = done_steps(rows, plan.order, again)
+    _check_masked_results(plan, run.id, done)
     return PreparedRun(plan=plan, workspace=ws, run_id=run.id, url=url, variables=dict(run.variables or {}),
                        secrets=secrets, max_workers=max_workers or run.max_workers, executor=_executor(executor),
                        sudo=sudo_prefix(plan, allow_sudo), sandbox=sandbox, done=done, attempts=numbers,
@@ -457,6 +459,47 @@ def _check_workers(max_workers: int | None) -> None:
 
 
 # -- 2. claim -------------------------------------------------------------------------
+
+def _maybe_rolled_back(plan: Plan, run: Any, rows: Mapping[str, list[Any]]) -> set[str]:
+    """Completed steps a rollback may have undone before the run's process
+    stopped (a rollback is recorded once it ends): run again, not trusted.
+    Only when the run stopped unfinished after a critical failure."""
+    from .run.handler_types import handlers_for
+    from .store.runs import INTERRUPTED
+    if not plan.global_config.rollback_on_failure or not (run.status == "running" or run.error == INTERRUPTED):
+        return set()
+    gc = plan.global_config
+    critical = any(attempts and attempts[-1].status == "failed" and attempts[-1].error_message != "interrupted"
+                   and sid in plan.steps and not (plan.steps[sid].skip_on_error and gc.continue_on_non_critical_errors)
+                   for sid, attempts in rows.items())
+    if not critical:
+        return set()
+    return {sid for sid, attempts in rows.items() if sid in plan.steps and attempts
+            and attempts[-1].status == "completed" and attempts[-1].changed is not False
+            and handlers_for(plan.steps[sid].action).rollback is not None}
+
+
+def _check_masked_results(plan: Plan, run_id: str, done: Mapping[str, Done]) -> None:
+    """A step that runs again reading a result that was stored masked (a
+    secret is never stored) would get ``********``: refused, naming the
+    step to resume from."""
+    from .compile.expressions import leaf_references, template_strings
+    for sid in plan.order:
+        if sid in done:
+            continue
+        step = plan.steps[sid]
+        sources = [text for _, text in template_strings(dict(step.config))]
+        if step.condition is not None:
+            sources.append("{{ " + step.condition.expression + " }}")
+        for text in sources:
+            for path in leaf_references(text):
+                if len(path) >= 4 and path[0] == "steps" and path[1] in done and path[2] == "result":
+                    held = done[path[1]].result.get(path[3])
+                    if isinstance(held, str) and MASK in held:
+                        raise InputError(f"run {run_id}: step {sid} reads steps.{path[1]}.result.{path[3]}, which "
+                                         "held a secret and was stored masked: resume from that step "
+                                         f"(--from {path[1]}) to make it again")
+
 
 def claim(prepared: PreparedRun) -> None:
     """Record the run as this process's; raises RunConflictError when its

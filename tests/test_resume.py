@@ -132,6 +132,51 @@ def test_two_resumes_of_one_run_do_not_both_go_ahead(store, request, workspace, 
     assert list_runs(url, workspace="ws1")[0]["status"] == "succeeded"
 
 
+def test_a_resume_does_not_hand_on_a_secret_it_only_has_masked(workspace, home, tmp_path, db_url):
+    """(helper-30) a's result held a secret, stored masked: b, run again,
+    would get ********. Refused, naming the step to resume from."""
+    gate = tmp_path / "gate"
+    doc = template(script_step(10, 'echo "token={{ vars.token }}" >> "$DAGRUN_OUTPUT"', id="a"),
+                   script_step(20, f'test -f {gate}; echo "{{{{ steps.a.result.token }}}}" > ~/token', id="b",
+                               requires=["a"]), vars={"token": ""})
+    failed = run_template(doc, workspace, database_url=db_url, secrets={"token": "S3cret-Tok"})
+    assert not failed.success
+    gate.touch()
+    with pytest.raises(InputError, match=r"step b reads steps.a.result.token, which held a secret .* \(--from a\)"):
+        resume(failed.run_id, database_url=db_url, secrets={"token": "S3cret-Tok"})
+    again = resume(failed.run_id, database_url=db_url, secrets={"token": "S3cret-Tok"}, from_step="a")
+    assert again.success and (home / "token").read_text() == "S3cret-Tok\n"
+
+
+@pytest.mark.parametrize("store", STORES)
+def test_a_run_killed_while_rolling_back_does_not_trust_what_it_may_have_undone(store, request, workspace, home,
+                                                                                tmp_path):
+    """(helper-30) x completed, f failed, x's rollback removed x's work, then
+    the process died: a resume runs x again instead of trusting its record."""
+    url = store_url(request, store)
+    gate, rolling = tmp_path / "gate", tmp_path / "rolling"
+    doc = template(script_step(10, "touch ~/marker", id="x", action_config={
+        "rollback_script": f"rm ~/marker; touch {rolling}; sleep 30"}),
+        script_step(20, f"test -f {gate}", id="f", requires=["x"]),
+        global_config={"rollback_on_failure": True})
+    (tmp_path / "t.json").write_text(json.dumps(doc))
+    code = ("import json, sys; from dagrun import run_template; run_template(json.load(open(sys.argv[1])), "
+            "json.loads(sys.argv[2]), database_url=sys.argv[3], run_id='rolling-' + sys.argv[4])")
+    child = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "t.json"), json.dumps(dict(workspace)), url,
+                              store], start_new_session=True)
+    deadline = time.monotonic() + 60
+    while not rolling.exists():
+        assert child.poll() is None and time.monotonic() < deadline, "the rollback did not start"
+        time.sleep(0.05)
+    os.killpg(child.pid, signal.SIGKILL)
+    child.wait()
+    assert not (home / "marker").exists()
+    gate.touch()
+    resumed = resume("rolling-" + store, database_url=url)
+    assert resumed.success, resumed.error
+    assert (home / "marker").exists() and resumed.steps["x"].attempts == 2
+
+
 def test_resume_from_a_step_reruns_it_and_its_downstream(workspace, home, tmp_path, db_url):
     gate = tmp_path / "gate"
     gate.touch()
