@@ -505,6 +505,29 @@ def test_a_variable_a_secret_field_reads_is_masked_with_its_default(client):
     assert [t for t in stored_templates(url) if t["name"] == "varsecret"][0]["vars"]["pw"] == "DefaultPw-4242"
 
 
+def test_a_run_that_took_a_password_resumes_over_http(store, tmp_path):
+    """(helper-30) The variable that filled a secret field is not stored: the
+    resume request gives it again (it could not before)."""
+    login = {"name": "login", "action_type": "shell", "execution_handler": 'echo "{{ config.url }}" > ~/url',
+             "config_schema": {"type": "object", "properties": {"url": {"type": "string", "x-secret": True}}}}
+    c = create_app(database_url=store, trusted_actions=[login], allow_inline_templates=True).test_client()
+    gate, home = tmp_path / "gate", tmp_path / "h"
+    doc = template(step(10, "login", action_config={"url": "pg://app:{{ vars.pw }}@db/x"}),
+                   script_step(20, f"test -f {gate}", id="gated", requires=["login"]), vars={"pw": ""})
+    started = c.post("/api/workspaces/pw/runs", json={"template": doc, "workspace": {"home_dir": str(home)},
+                                                       "variables": {"pw": "Http-Passw0rd"}}, headers=CSRF)
+    run_id = started.json["run_id"]
+    assert api.running_here(run_id).wait(60).status.value == "failed"
+    gate.touch()
+    refused = c.post(f"/api/runs/{run_id}/resume", json={}, headers=CSRF)
+    assert refused.status_code == 422 and "secrets that are not stored: pw" in refused.json["error"]
+    assert c.post(f"/api/runs/{run_id}/resume", json={"variables": "pw"}, headers=CSRF).status_code == 422
+    again = c.post(f"/api/runs/{run_id}/resume", json={"variables": {"pw": "Http-Passw0rd"}}, headers=CSRF)
+    assert again.status_code == 202
+    assert api.running_here(run_id).wait(60).success
+    assert (home / "url").read_text() == "pg://app:Http-Passw0rd@db/x\n"
+
+
 def test_the_action_list_masks_secret_defaults(store, tmp_path):
     token = {"name": "notify", "action_type": "shell", "execution_handler": "true",
              "config_schema": {"type": "object", "properties": {"token": {"type": "string", "x-secret": True},

@@ -417,9 +417,17 @@ def _resume(service: Service, run_id: str, body: Mapping[str, Any]) -> Any:
         if not match:
             raise InputError(f"the run has no step {start_from!r} (steps: {', '.join(s['step_id'] for s in steps)})")
         from_step = match[0]
+    # What was not stored with the run (the variables that filled secret fields, a secret written in
+    # the template as step.field) is given again, as the answer to a first resume names it.
+    given: dict[str, Any] = {}
+    for key in ("variables", "secrets"):
+        if not isinstance(body.get(key) or {}, Mapping):
+            raise InputError(f"{key} must be an object")
+        given.update(body.get(key) or {})
     options = service.run_options()
     options.pop("home_roots")
-    handle = api.start_resume(run_id, from_step=from_step, home_roots=service.home_roots, **options)
+    handle = api.start_resume(run_id, from_step=from_step, home_roots=service.home_roots, secrets=given or None,
+                              **options)
     return jsonify(run_id=handle.run_id), 202
 
 
