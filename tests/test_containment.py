@@ -1031,7 +1031,12 @@ def test_as_root_a_path_from_a_value_never_chooses_the_program(tmp_path, shared)
     os.chown(planted, 65534, 65534)
     doc = template(script_step(10, "git --version", id="s", max_retries=1,
                                action_config={"env": {"PATH": "{{ workspace.v }}:/usr/bin:/bin"}}))
-    result = run_template(doc, {"id": "p", "home_dir": str(tmp_path / "h"), "v": str(planted)}, record=False)
+    with pytest.raises(TemplateError, match="PATH is run .or loaded from. as code"):  # a value: never
+        run_template(doc, {"id": "p", "home_dir": str(tmp_path / "h"), "v": str(planted)}, record=False)
+    # the author's own PATH, as root, names only folders only root could fill
+    doc = template(script_step(10, "git --version", id="s", max_retries=1,
+                               action_config={"env": {"PATH": f"{planted}:/usr/bin:/bin"}}))
+    result = run_template(doc, {"id": "p", "home_dir": str(tmp_path / "h")}, record=False)
     assert "which is not a folder only root could fill" in result.steps["s"].error
     assert not (tmp_path / "RAN").exists()
     ok = run_template(template(script_step(10, "git --version", id="s", action_config={"env": {"PATH": "/usr/bin:/bin"}})),

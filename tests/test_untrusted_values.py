@@ -224,6 +224,21 @@ def test_a_home_dir_too_long_for_the_file_system_is_one_clear_error(tmp_path):
     assert answer.status_code == 422 and "is too long" in answer.json["error"]
 
 
+def test_a_workspace_value_its_step_refuses_stops_the_run_before_anything_runs(home):
+    """(helper-30) It failed at run time, after earlier steps had run."""
+    doc = template(script_step(1, "touch ~/first", id="first"),
+                   step(2, "create_postgresql_user", id="user", requires=["first"],
+                        action_config={"username": "{{ workspace.db_name }}"}))
+    with pytest.raises(TemplateError) as exc:
+        run_template(doc, {"id": "w", "home_dir": str(home), "db_name": "-bad"}, record=False)
+    assert "step user: field 'action_config.username': with this workspace and these variables: '-bad' does not " \
+           "match" in str(exc.value)
+    assert not (home / "first").exists()
+    doc["actions"][1]["skip_on_error"] = True  # a step allowed to fail still tells at run time
+    result = run_template(doc, {"id": "w", "home_dir": str(home), "db_name": "-bad"}, record=False)
+    assert (home / "first").exists() and "invalid config after interpolation" in result.steps["user"].error
+
+
 def test_a_value_cannot_add_a_key_to_a_steps_result(home):
     """(helper-29) Unicode line separators in a value written to
     $DAGRUN_OUTPUT stay in that value."""
@@ -408,14 +423,15 @@ def test_names_never_become_options_of_a_tool(config, field, home):
     with pytest.raises(TemplateError) as exc:
         run_template(doc, {"id": "w", "home_dir": str(home)}, record=False)
     assert f"field 'action_config.{field}'" in str(exc.value)
-    # the same value through a workspace field is refused after interpolation, before pip runs
+    # the same value through a workspace field is refused once rendered, before anything runs
     value = config.get("packages", [config.get("requirements_file")])[0]
     key = "packages" if "packages" in config else "requirements_file"
     doc["actions"][1]["action_config"] = {"venv_path": "~/v", key: ["{{ workspace.v }}"] if key == "packages"
                                           else "{{ workspace.v }}"}
-    result = run_template(doc, {"id": "w", "home_dir": str(home), "v": value}, record=False)
-    s = result.steps["install_pip_requirements"]
-    assert s.attempts == 1 and s.error.startswith("invalid config after interpolation")
+    with pytest.raises(TemplateError) as exc:
+        run_template(doc, {"id": "w", "home_dir": str(home), "v": value}, record=False)
+    assert f"step install_pip_requirements: field 'action_config.{field}': with this workspace" in str(exc.value)
+    assert not (home / "v").exists()  # the venv step did not run either
 
 
 def test_git_values_cannot_be_options_or_command_transports(home):
