@@ -273,9 +273,9 @@ def prepare(template: Any, workspace: Any, *, database_url: str | None = None, m
     _check_workers(max_workers)
     url = (database_url or default_database_url()) if record else None
     templates = list(templates)
-    if url and isinstance(template, str) and not os.path.exists(template):
+    if url and _names_stored(template):
         from .store.seeding import stored_templates
-        templates += stored_templates(url)  # a template stored with `dagrun seed` runs by name
+        templates += stored_templates(url)  # a template stored with `dagrun seed` runs by name (or is extended)
     roots = _allowed_roots(home_roots)  # once: each root is resolved on disk
     plan, ws = compile_for(template, workspace, actions=actions, variables=variables, secrets=secrets,
                            templates=templates, env_passthrough=env_passthrough, trusted_actions=trusted_actions,
@@ -761,11 +761,19 @@ def _with_stored(template: Any, database_url: str | None, templates: Iterable[Ma
     """Extra documents for ``template``: those stored in the database when
     ``template`` is a name (not a file) and the database has dagrun's tables."""
     templates = list(templates)
-    if database_url and isinstance(template, str) and not os.path.exists(template) \
+    if database_url and _names_stored(template) \
             and not _surely_no_stored_templates(database_url) and _has_store(database_url):
         from .store.seeding import stored_templates
         templates += stored_templates(database_url)
     return templates
+
+
+def _names_stored(template: Any) -> bool:
+    """Might ``template`` be, or extend, a template stored in the database:
+    a name (not a file), or a document whose ``extends`` is one."""
+    if isinstance(template, Mapping):
+        template = template.get("extends")
+    return isinstance(template, str) and not os.path.exists(template)
 
 
 STORED_TEMPLATES_TABLE = "workspace_templates"  # store.models.WorkspaceTemplate's (a test holds them equal)
@@ -902,12 +910,13 @@ def recover_journal(journal: str | None = None, *, database_url: str | None = No
 
 
 def save_template(document: Mapping[str, Any], *, database_url: str | None = None,
-                  actions: Iterable[Any] | None = None) -> str:
+                  actions: Iterable[Any] | None = None, trusted_actions: Iterable[Any] | None = None) -> str:
     """Store a template document (a new version when its version is already
     stored with other content); raises TemplateError with every problem when
     it does not compile. Returns the version stored."""
     from .store.seeding import store_template
-    return store_template(database_url or default_database_url(), dict(document), actions=actions)
+    return store_template(database_url or default_database_url(), dict(document), actions=actions,
+                          trusted_actions=trusted_actions)
 
 
 def seed(*, database_url: str | None = None, actions: Iterable[Any] | None = None,

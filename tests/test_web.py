@@ -528,6 +528,26 @@ def test_a_run_that_took_a_password_resumes_over_http(store, tmp_path):
     assert (home / "url").read_text() == "pg://app:Http-Passw0rd@db/x\n"
 
 
+def test_a_stored_template_extending_a_stored_one_runs_and_shows(store, tmp_path):
+    """(helper-30) Both are stored: the child found its base nowhere (422);
+    and a template using the operator's trusted action could not be saved."""
+    notify = {"name": "notify", "action_type": "shell", "execution_handler": "echo notified > ~/notified"}
+    c = create_app(database_url=store, trusted_actions=[notify]).test_client()
+    base = template(script_step(10, "echo base > ~/base", id="b"), name="basedb")
+    child = {"name": "childdb", "version": "1.0.0", "extends": "basedb",
+             "actions": [step(20, "notify", id="n", requires=["b"])]}
+    assert c.put("/api/templates/basedb", json=base, headers=CSRF).status_code == 200
+    saved = c.put("/api/templates/childdb", json=child, headers=CSRF)
+    assert saved.status_code == 200, saved.json
+    assert c.get("/api/templates/childdb").status_code == 200 and c.get("/templates/childdb").status_code == 200
+    home = tmp_path / "h"
+    started = c.post("/api/workspaces/kid/runs", json={"template": "childdb", "workspace": {"home_dir": str(home)}},
+                     headers=CSRF)
+    assert started.status_code == 202, started.json
+    assert api.running_here(started.json["run_id"]).wait(60).success
+    assert (home / "base").exists() and (home / "notified").exists()
+
+
 def test_the_action_list_masks_secret_defaults(store, tmp_path):
     token = {"name": "notify", "action_type": "shell", "execution_handler": "true",
              "config_schema": {"type": "object", "properties": {"token": {"type": "string", "x-secret": True},

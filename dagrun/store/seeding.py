@@ -45,12 +45,13 @@ def action_values(action: ActionSpec) -> dict[str, Any]:
 
 
 def seed(url: str, *, actions: Iterable[Any] | None = None, templates: Iterable[Path] | None = None,
-         documents: Iterable[dict[str, Any]] | None = None) -> dict[str, int]:
+         documents: Iterable[dict[str, Any]] | None = None,
+         trusted_actions: Iterable[Any] | None = None) -> dict[str, int]:
     """Load the library and templates (files, or ``documents``; default: the
     shipped seeds) into the store. A template that does not compile is refused."""
     from ..compile import compile_template
 
-    library = build_library(actions)
+    library = build_library(actions, trusted_actions)
     if documents is not None:
         documents = [dict(d) for d in documents]
         sources: list[Any] = list(documents)
@@ -111,7 +112,8 @@ def seed(url: str, *, actions: Iterable[Any] | None = None, templates: Iterable[
     return counts
 
 
-def store_template(url: str, document: dict[str, Any], *, actions: Iterable[Any] | None = None) -> str:
+def store_template(url: str, document: dict[str, Any], *, actions: Iterable[Any] | None = None,
+                   trusted_actions: Iterable[Any] | None = None) -> str:
     """Store ``document`` (the editor's save): as its version when that is
     new or unchanged, else as the next version (1.0.0 -> 1.0.1). Returns the
     version stored. Raises TemplateError when it does not compile."""
@@ -122,7 +124,7 @@ def store_template(url: str, document: dict[str, Any], *, actions: Iterable[Any]
     while version in existing and existing[version] != {**doc, "version": version}:
         version = _next_version(version)
     doc["version"] = version
-    seed(url, actions=actions, documents=[doc])
+    seed(url, actions=actions, documents=[doc], trusted_actions=trusted_actions)
     return version
 
 

@@ -163,7 +163,7 @@ def create_blueprint(*, database_url: str | None = None, actions: Iterable[Any] 
                                    f"(it may say extends: {name})")
         document = _unmasked_document(service, name, document)
         version = api.save_template({**document, "name": name}, database_url=service.database_url,
-                                    actions=service.actions or None)
+                                    actions=service.actions or None, trusted_actions=service.trusted_actions or None)
         return jsonify(name=name, version=version), 200
 
     @bp.get("/api/actions")
