@@ -182,6 +182,24 @@ def test_secrets_given_as_a_mapping_and_bash_quoted_forms_are_masked(workspace, 
     assert "Sup3rPassw0rd" not in _stored(db_url, result.run_id)[1] and "secret99" not in _stored(db_url, result.run_id)[1]
 
 
+def test_a_secret_the_output_cut_went_through_is_masked_on_both_sides(workspace, db_url):
+    """(helper-30) Long output keeps its head and tail; a secret across the
+    cut reached the events as a part (its first characters)."""
+    from dagrun.run.events import AttemptFinished
+    from dagrun.run.shell import MAX_OUTPUT_BYTES
+    half = MAX_OUTPUT_BYTES // 2
+    script = (f"head -c {half - 7} /dev/zero | tr '\\0' a; printf '%s' \"{{{{ vars.token }}}}\"; "
+              f"head -c {2 * half} /dev/zero | tr '\\0' b; echo")
+    seen = []
+    result = run_template(template(script_step(10, script, id="s"), vars={"token": ""}), workspace,
+                          database_url=db_url, secrets={"token": "Cut-Thr0ugh-Secret"},
+                          on_event=lambda e: seen.append(e.outcome.stdout) if isinstance(e, AttemptFinished) else None)
+    assert result.success, result.error
+    shown = seen[0] + result.steps["s"].stdout
+    assert "Cut-Thr" not in shown and "ough-Secret" not in shown and "Secret" not in shown
+    assert "bytes dropped" in seen[0] and "a********\n... [" in seen[0]
+
+
 def test_secret_variables_are_masked_everywhere_and_not_stored(workspace, db_url, tmp_path):
     import json as jsonlib
     import os

@@ -31,6 +31,8 @@ from ..spec import MASK, FrozenDict, Plan
 from .outcome import Outcome
 
 MIN_LENGTH = 3
+# Where long output was cut (run.shell keeps a head and a tail; util.bounded too).
+_CUT = re.compile(r"\n\.\.\. \[\d+ (?:bytes dropped|characters truncated)\] \.\.\.\n")
 
 
 def variants(secret: str) -> set[str]:
@@ -72,6 +74,7 @@ class Redactor:
         self._lock = threading.Lock()
         self._known: set[str] = set()
         self._pattern: re.Pattern[str] | None = None
+        self._forms: tuple[str, ...] = ()
         self.active = False  # any secret known (read once per attempt: an attribute, not a call)
         for secret in secrets:
             self.add(secret)
@@ -92,6 +95,7 @@ class Redactor:
             self._known.add(text)
             forms = set().union(*(variants(s) for s in self._known))
             alternatives = sorted(forms, key=len, reverse=True)  # longest first: no partial masks
+            self._forms = tuple(alternatives)
             self._pattern = re.compile("|".join(re.escape(f) for f in alternatives))
             self.active = True
 
@@ -99,7 +103,38 @@ class Redactor:
         pattern = self._pattern
         if pattern is None or not value:
             return value
-        return pattern.sub(MASK, value)
+        masked = pattern.sub(MASK, value)
+        return self._cut_edges(masked) if "] ...\n" in masked else masked
+
+    def _cut_edges(self, text: str) -> str:
+        """Long output keeps its head and tail: a secret the cut went through
+        leaves a part at the end of the head and a part at the start of the
+        tail, masked too."""
+        marks = list(_CUT.finditer(text))
+        if not marks:
+            return text
+        pieces = [text[a.end() if a else 0:b.start() if b else len(text)]
+                  for a, b in zip([None, *marks], [*marks, None])]
+        for i, piece in enumerate(pieces):
+            if i < len(marks):  # ends where the cut begins
+                n = self._partial(piece, lambda form, k: piece.endswith(form[:k]))
+                piece = piece[:len(piece) - n] + MASK if n else piece
+            if i > 0:  # begins where the cut ends
+                n = self._partial(piece, lambda form, k: piece.startswith(form[-k:]))
+                piece = MASK + piece[n:] if n else piece
+            pieces[i] = piece
+        return "".join(p + (marks[i].group() if i < len(marks) else "") for i, p in enumerate(pieces))
+
+    def _partial(self, piece: str, has: Any) -> int:
+        """The length of the longest part (at least MIN_LENGTH characters,
+        shorter than the form) of a secret's form that ``has`` finds."""
+        best = 0
+        for form in self._forms:
+            for k in range(min(len(form) - 1, len(piece)), max(best, MIN_LENGTH - 1), -1):
+                if has(form, k):
+                    best = k
+                    break
+        return best
 
     def value(self, value: Any) -> Any:
         """A masked copy of a JSON-like structure (keys are masked too)."""
