@@ -558,7 +558,8 @@ def claim(prepared: PreparedRun) -> None:
     # given again to resume the run.
     variables = dict(prepared.variables)
     hidden_vars = [k for k, v in variables.items() if redactor.value(v) != v]
-    names = sorted({*secret_names(plan, prepared.secrets), *(f"workspace.{k}" for k in hidden), *hidden_vars})
+    names = sorted({*secret_names(plan, prepared.secrets), *(f"workspace.{k}" for k in hidden), *hidden_vars,
+                    *(n for n in secret_variable_defaults(plan) if n not in variables)})
     with store_errors(prepared.url, "cannot write to"):
         claim_in_store(writable(prepared.url), run_id=prepared.run_id, workspace_id=str(ws["id"]),
                        expect=prepared.seen, fields={
@@ -637,7 +638,24 @@ def masked_snapshot(plan: Plan) -> dict[str, Any]:
         step = _snapshot_step(snapshot, plan.steps[sid].sequence_order)
         if step is not None and key in (step.get("action_config") or {}):
             step["action_config"][key] = MASK
+    defaults = snapshot.get("vars")
+    if isinstance(defaults, dict):  # a default of a variable a secret field reads: given again too
+        for name in secret_variable_defaults(plan):
+            defaults[name] = MASK
     return snapshot
+
+
+def secret_variable_defaults(plan: Plan) -> list[str]:
+    """The template's variables with a default written in it that a secret
+    field reads (``password: "{{ vars.pw }}"``, ``vars: {pw: ...}``)."""
+    from .compile.expressions import has_template, leaf_references
+    defaults = plan.snapshot.get("vars")
+    if not isinstance(defaults, Mapping) or not defaults:
+        return []
+    found = {path[1] for step in plan.steps.values() for key in step.secret_fields
+             if isinstance(step.config.get(key), str) and has_template(step.config[key])
+             for path in leaf_references(step.config[key]) if len(path) == 2 and path[0] == "vars"}
+    return sorted(n for n in found if defaults.get(n) not in (None, ""))
 
 
 def with_secret_literals(snapshot: Mapping[str, Any], secrets: Mapping[str, Any]) -> dict[str, Any]:

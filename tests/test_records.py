@@ -173,6 +173,24 @@ def test_a_variable_that_is_part_of_a_secret_is_one(workspace, home, db_url):
     assert "Adm1n-Passw0rd" not in stored and "pw" in run.secret_names and "pw" not in (run.variables or {})
 
 
+def test_a_secret_default_written_in_the_template_is_not_stored_with_the_run(workspace, home, db_url):
+    """(helper-30) vars: {pw: ...} read by a secret field was in every run's
+    snapshot; masked now, and a resume is given it again."""
+    from dagrun import resume
+    from dagrun.errors import InputError
+    gate = home / "gate"
+    doc = template(step(10, "login", action_config={"url": "pg://app:{{ vars.pw }}@db/x"}),
+                   script_step(20, f"test -f {gate}", id="gated", requires=["login"]), vars={"pw": "Def4ult-Pw"})
+    result = run_template(doc, workspace, database_url=db_url, actions=[LOGIN])
+    run, stored = _stored(db_url, result.run_id)
+    assert "Def4ult-Pw" not in stored and run.template_snapshot["vars"] == {"pw": "********"} and "pw" in run.secret_names
+    gate.touch()
+    with pytest.raises(InputError, match="secrets that are not stored: pw"):
+        resume(result.run_id, database_url=db_url, actions=[LOGIN], sandbox=False)
+    assert resume(result.run_id, database_url=db_url, actions=[LOGIN], sandbox=False, secrets={"pw": "Def4ult-Pw"}).success
+    assert (home / "url").read_text() == "pg://app:Def4ult-Pw@db/x\n"
+
+
 def test_secrets_given_as_a_mapping_and_bash_quoted_forms_are_masked(workspace, db_url):
     doc = template(script_step(10, 'echo "{{ vars.db.password }}"; printf "%q\\n" "{{ vars.odd }}"', id="s"))
     result = run_template(doc, workspace, database_url=db_url,
