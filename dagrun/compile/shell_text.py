@@ -194,6 +194,8 @@ def runs_as_code(name: str) -> bool:
     """Is ``name`` a variable bash, or a program a script starts, runs or
     loads code from (so no value may be assigned to it)?"""
     return name in _SHELL_CODE_NAMES or name.startswith(_SHELL_CODE_PREFIXES)
+
+
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _EXPANSION = re.compile(r"\$\{?([A-Za-z_][A-Za-z0-9_]*|[0-9*@_]|![A-Za-z_0-9]*)")
 # Variables bash fills with what a command read or matched: they may hold a value (in code, as a command).
