@@ -318,6 +318,13 @@ def prepare_resume(run_id: str, *, database_url: str | None = None, from_step: s
     if run.workspace is None:
         raise InputError(f"run {run.id} was recorded without its workspace: it cannot be resumed")
     secrets = dict(secrets or {})
+    # Only what was not stored is given again: a resume never changes the workspace, a stored
+    # variable or a step's config (over HTTP, a tenant's body would otherwise rewrite what runs).
+    extra = sorted(str(name) for name in secrets if name not in (run.secret_names or ()))
+    if extra:
+        kept = ", ".join(run.secret_names or ()) or "none"
+        raise InputError(f"run {run.id}: a resume is given again only what was not stored ({kept}); "
+                         f"not {', '.join(extra)}")
     missing = [name for name in run.secret_names or () if name not in secrets]
     if missing:
         raise InputError(f"run {run.id} was started with secrets that are not stored: {', '.join(missing)}; "

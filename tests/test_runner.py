@@ -267,8 +267,10 @@ def test_runs_are_deterministic_with_the_synchronous_executor(workspace):
 
 
 def test_interpolated_config_is_validated_at_run_time(workspace):
+    # (one that reads only the workspace is checked before the run: tests/test_untrusted_values.py)
     acts = [action("typed", config_schema={"type": "object", "properties": {"port": {"type": "integer"}}})]
-    result = run(template(step(10, "typed", action_config={"port": "{{ workspace.name }}"})),
+    result = run(template(script_step(5, 'echo "name=alice" >> "$DAGRUN_OUTPUT"', id="src"),
+                          step(10, "typed", requires=["src"], action_config={"port": "{{ steps.src.result.name }}"})),
                  workspace, actions=acts)
     assert result.steps["typed"].status is StepStatus.failed
     assert "invalid config after interpolation: port: 'alice' is not of type 'integer'" in result.steps["typed"].error

@@ -548,6 +548,28 @@ def test_a_stored_template_extending_a_stored_one_runs_and_shows(store, tmp_path
     assert (home / "base").exists() and (home / "notified").exists()
 
 
+def test_a_resume_body_gives_only_what_was_not_stored(store, tmp_path):
+    """(helper-32) Any key of {variables}/{secrets} was taken as an override:
+    b.script replaced a step's code (run as root), workspace.id and
+    workspace.home_dir moved the run into another workspace's home."""
+    c = create_app(database_url=store, allow_inline_templates=True).test_client()
+    gate, home, mark = tmp_path / "gate", tmp_path / "h", tmp_path / "MARK"
+    doc = template(script_step(10, "echo a", id="a"), script_step(20, f"test -f {gate}", id="b", requires=["a"]),
+                   vars={"branch": "main"})
+    started = c.post("/api/workspaces/own/runs", json={"template": doc, "workspace": {"home_dir": str(home)}},
+                     headers=CSRF)
+    run_id = started.json["run_id"]
+    assert api.running_here(run_id).wait(60).status.value == "failed"
+    gate.touch()
+    for body in ({"variables": {"b.script": f"touch {mark}"}}, {"secrets": {"workspace.id": "other"}},
+                 {"secrets": {"workspace.home_dir": str(tmp_path / "elsewhere")}}, {"variables": {"branch": "x"}}):
+        refused = c.post(f"/api/runs/{run_id}/resume", json=body, headers=CSRF)
+        assert refused.status_code == 422 and "is given again only what was not stored (none)" in refused.json["error"]
+    assert not mark.exists()
+    assert c.post(f"/api/runs/{run_id}/resume", json={}, headers=CSRF).status_code == 202
+    assert api.running_here(run_id).wait(60).success and not mark.exists()
+
+
 def test_the_action_list_masks_secret_defaults(store, tmp_path):
     token = {"name": "notify", "action_type": "shell", "execution_handler": "true",
              "config_schema": {"type": "object", "properties": {"token": {"type": "string", "x-secret": True},
