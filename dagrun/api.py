@@ -378,31 +378,41 @@ def compile_for(template: Any, workspace: Any, *, actions: Iterable[Any] | None 
     ws = with_home(ws, roots=_allowed_roots(()) if roots is None else roots)
     plan = compile_template(template, variables=merged, workspace=ws, **options)
     _check_variables(plan, variables)
-    _check_rendered_configs(plan, ws, merged)
+    _check_rendered_configs(plan, ws, merged, secrets or {})
     return plan, ws
 
 
-def _check_rendered_configs(plan: Plan, workspace: Mapping[str, Any], variables: Mapping[str, Any]) -> None:
+def _check_rendered_configs(plan: Plan, workspace: Mapping[str, Any], variables: Mapping[str, Any],
+                            secrets: Mapping[str, Any]) -> None:
     """A step whose config reads nothing but the workspace, the variables
     and the environment is rendered and checked now, as its attempt would:
     a workspace value its schema refuses (db_name "-x", a missing port) is
     one clear error before anything runs, not a failure after other steps
     ran. (Steps with a condition may be skipped, and a step that may fail
-    without stopping the run (``skip_on_error``) may fail: their attempt
-    tells.)"""
+    without stopping the run (``skip_on_error``), or runs after one, may fail
+    or be skipped: their attempt tells.) Messages show no secret."""
     from .compile.configs import config_problems, render_config
     from .compile.expressions import build_context
     from .errors import Problem, TemplateError
-    from .run.runner import step_environment
+    from .run.redact import Redactor
+    from .run.runner import known_secrets, step_environment
     from .util import fresh_copy
     problems: list[Problem] = []
     env: dict[str, str] | None = None
+    redactor: Redactor | None = None
+    maybe_skipped: set[str] = set()  # a non-critical step's failure skips what runs after it
+    if plan.global_config.continue_on_non_critical_errors:
+        for sid in plan.order:
+            if plan.steps[sid].skip_on_error:
+                maybe_skipped |= {sid, *plan.descendants(sid)}
     for sid in plan.order:
         step = plan.steps[sid]
-        if not step.templated or step.step_refs or step.condition is not None or (
-                step.skip_on_error and plan.global_config.continue_on_non_critical_errors):
+        if not step.templated or step.step_refs or step.condition is not None or sid in maybe_skipped:
             continue
-        env = step_environment(plan.global_config.env_passthrough) if env is None else env
+        if env is None:
+            env = step_environment(plan.global_config.env_passthrough)
+            redactor = Redactor([*secrets.values(), *known_secrets(plan, workspace, {**plan.variables, **variables},
+                                                                   env)])
         context = dict(workspace=workspace, variables={**plan.variables, **variables}, env=env, steps={},
                        home=workspace.get("home_dir"))
         try:
@@ -413,6 +423,7 @@ def _check_rendered_configs(plan: Plan, workspace: Mapping[str, Any], variables:
         for field, message in config_problems(config, step.action.config_schema, allow_templates=False):
             if field.split(".", 1)[0].split("[", 1)[0] in step.secret_fields:
                 message = "its value (a secret, not shown) is not valid for this field"
+            message = redactor.text(message) if redactor is not None else message
             problems.append(Problem(plan.name, f"with this workspace and these variables: {message}", step=sid,
                                     field=f"action_config.{field}"))
     if problems:

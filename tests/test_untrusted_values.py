@@ -239,6 +239,24 @@ def test_a_workspace_value_its_step_refuses_stops_the_run_before_anything_runs(h
     assert (home / "first").exists() and "invalid config after interpolation" in result.steps["user"].error
 
 
+def test_the_check_before_the_run_shows_no_secret_and_leaves_steps_after_a_non_critical_one(home):
+    """(helper-31, helper-32) Its message quoted a secret variable; and a
+    step after a skip_on_error step may be skipped, so it is not checked."""
+    acts = [{"name": "tok", "action_type": "shell", "execution_handler": "true", "config_schema": {
+        "type": "object", "properties": {"token": {"type": "string", "pattern": "^[A-Za-z0-9]+$"}}}}]
+    doc = template(step(10, "tok", id="t", action_config={"token": "Bearer-{{ vars.api_token }}"}),
+                   vars={"api_token": ""})
+    with pytest.raises(TemplateError) as exc:
+        run_template(doc, {"id": "w", "home_dir": str(home)}, record=False, trusted_actions=acts,
+                     secrets={"api_token": "s3cr3t-VALUE_xyz"})
+    assert "step t: field 'action_config.token'" in str(exc.value) and "s3cr3t-VALUE_xyz" not in str(exc.value)
+    doc = template(script_step(5, "exit 1", id="flaky", skip_on_error=True),
+                   step(10, "create_postgresql_user", id="user", requires=["flaky"],
+                        action_config={"username": "{{ workspace.db_name }}"}))
+    result = run_template(doc, {"id": "w", "home_dir": str(home), "db_name": "-bad"}, record=False)
+    assert result.steps["user"].status is StepStatus.skipped
+
+
 def test_a_value_cannot_add_a_key_to_a_steps_result(home):
     """(helper-29) Unicode line separators in a value written to
     $DAGRUN_OUTPUT stay in that value."""
