@@ -1070,7 +1070,34 @@ def test_an_env_entry_never_reaches_a_script_that_evaluates_text(script, home):
                                     "git submodule foreach 'git log -1' \"{{ workspace.v }}\"",
                                     "tar --checkpoint-action=exec={{ workspace.v }} -cf x.tar .",
                                     'zip -T -TT "{{ workspace.v }}" a.zip f', "S={{ workspace.v }}; rsync -e \"$S\" a b",
-                                    "npx {{ workspace.v }}"])
+                                    "npx {{ workspace.v }}",
+                                    # a second round (helper-31): copies into code-running names; code sh -c,
+                                    # eval, trap or a here-document program runs, with its copies, $0, $@;
+                                    # other spellings of options that run commands; git settings
+                                    'x={{ workspace.v }}; PS4="$x"; set -x; true',
+                                    'x={{ workspace.v }}; export GIT_SSH_COMMAND=$x',
+                                    "printf -v GIT_SSH_COMMAND %s {{ workspace.v }}; export GIT_SSH_COMMAND",
+                                    "read -r GIT_SSH_COMMAND <<< {{ workspace.v }}",
+                                    "sh -c 'x=$1; $x' _ {{ workspace.v }}",
+                                    "sh -c 'for a; do $a; done' _ {{ workspace.v }}", "bash -c '$0' {{ workspace.v }}",
+                                    "bash -c $'eval \"$1\"' _ {{ workspace.v }}",
+                                    "bash -c 'eval \"${BASH_ARGV[0]}\"' _ {{ workspace.v }}",
+                                    "bash -c 'e=eval; $e \"$1\"' _ {{ workspace.v }}",
+                                    "bash -c 'echo `$1`' _ {{ workspace.v }}", "x={{ workspace.v }}\neval 'y=$x'; $y",
+                                    "x={{ workspace.v }}\ntrap 'cmd=$x; $cmd' EXIT",
+                                    "bash -c 'PS4=$1; set -x; :' _ {{ workspace.v }}",
+                                    "c='eval \"$1\"'; bash -c \"$c\" _ {{ workspace.v }}",
+                                    "bash -s -- {{ workspace.v }} <<'EOF'\n$1\nEOF",
+                                    "bash -s -- {{ workspace.v }} <<EOF\n\\$1\nEOF",
+                                    'rsync -avze "ssh -p {{ workspace.v }}" ./ host:/x',
+                                    'tar -xvI "{{ workspace.v }}" -f x.tar', "tar --to-comm={{ workspace.v }} -xf x.tar",
+                                    'scp -qo "{{ workspace.v }}" f h:/x',
+                                    "V={{ workspace.v }} git --config-env=core.sshCommand=V ls-remote x",
+                                    'git config core.fsmonitor "{{ workspace.v }}"; git status',
+                                    'git rebase -x "{{ workspace.v }}" main', "git bisect run {{ workspace.v }}",
+                                    "git clone --template={{ workspace.v }} r d",
+                                    "x={{ workspace.v }}; git -c core.sshCommand='$x' fetch",
+                                    'RSYNC_CONNECT_PROG="{{ workspace.v }}" rsync rsync://m/x/ ./'])
 def test_code_a_command_runs_later_holds_no_value(script):
     """Single-quoted code given to eval, trap or sh -c is expanded when it
     runs; options whose argument a program runs; stdin given by a file name;
@@ -1080,7 +1107,8 @@ def test_code_a_command_runs_later_holds_no_value(script):
 
 
 @pytest.mark.parametrize("script", ["bash -ec '(( $1 > 5 ))' _ {{ workspace.v }}",
-                                    "bash -c -e 'if (( $1 > 5 )); then echo big; fi' _ {{ workspace.v }}"])
+                                    "bash -c -e 'if (( $1 > 5 )); then echo big; fi' _ {{ workspace.v }}",
+                                    "bash -s -- {{ workspace.v }} <<'EOF'\nif (( $1 > 5 )); then echo big; fi\nEOF"])
 def test_sh_c_code_that_evaluates_makes_the_script_evaluate(script, home):
     mark = home / "MARK"
     result = run_template(template(script_step(10, script, id="s")),
@@ -1103,7 +1131,14 @@ def test_an_env_entry_a_program_runs_as_code_takes_no_value():
                                     "sh -c 'cp \"$1\" \"$2\"' _ {{ workspace.v }} {{ workspace.v }}.bak",
                                     "rsync -a {{ workspace.v }}/ host:/x", "git -c user.name=me commit -m {{ workspace.v }}",
                                     'GIT_SSH_COMMAND="ssh -i ~/.ssh/k" git clone {{ workspace.v }} y',
-                                    "x=$(case $1 in a) echo A;; *) echo B;; esac); echo {{ workspace.v }}"])
+                                    "x=$(case $1 in a) echo A;; *) echo B;; esac); echo {{ workspace.v }}",
+                                    "bash -s -- {{ workspace.v }} <<'EOF'\necho \"$1\"\nEOF",
+                                    'x={{ workspace.v }}; GIT_AUTHOR_NAME="$x" git commit -m hi',
+                                    'git -c user.name="{{ workspace.v }}" -c user.email=x@y commit -m hi',
+                                    'git push -u "{{ workspace.v }}" main', 'git commit -c "{{ workspace.v }}"',
+                                    'git config user.name "{{ workspace.v }}"', "rsync -avz {{ workspace.v }}/ h:/x",
+                                    'sh -c "cd $HOME && make"; echo {{ workspace.v }}',
+                                    'NODE_ENV={{ workspace.v }} PYTHON_VERSION={{ workspace.v }} make'])
 def test_values_given_to_later_code_as_data_are_accepted(script):
     compile_template(template(script_step(10, script)))
 

@@ -179,21 +179,43 @@ _SHELL_CODE_NAMES = frozenset({"BASH_ENV", "ENV", "SHELLOPTS", "BASHOPTS", "PS0"
 # tar --checkpoint-action=exec=...), and words after which its arguments are shell code.
 _COMMAND_OPTIONS = {
     "rsync": ("-e", "--rsh", "--rsync-path"),
-    "git": ("-c", "--config", "--upload-pack", "-u", "--receive-pack", "--exec", "foreach"),
+    "git": ("--upload-pack", "--receive-pack", "--exec", "--exec-path", "--template", "-x", "foreach", "run"),
     "tar": ("--checkpoint-action", "--to-command", "--use-compress-program", "-I", "--info-script", "-F",
             "--new-volume-script", "--rsh-command"),
     "zip": ("-TT", "--unzip-command"),
     "scp": ("-o", "-S", "-F"),
-    "wget": ("-e", "--execute"),
+    "wget": ("-e", "--execute", "--use-askpass"),
     "curl": ("-K", "--config"),
 }
-_SHELL_CODE_PREFIXES = ("LD_", "BASH_FUNC_", "GIT_CONFIG_KEY_", "GIT_CONFIG_VALUE_", "DYLD_")
+# git settings whose value it runs as a command or that choose one (git -c KEY=..., --config-env,
+# git config KEY ...); any other (user.name, user.email) takes a value.
+_GIT_CODE_KEY = re.compile(
+    r"(?i)\A(core\.(sshcommand|fsmonitor|pager|editor|askpass|hookspath|gitproxy|alternaterefscommand|"
+    r"worktree|attributesfile|excludesfile)|sequence\.editor|diff\.(external|.*\.(command|textconv))|"
+    r"merge\..*\.driver|filter\..*|credential\..*|alias\..*|include\..*|includeif\..*|gpg\..*|"
+    r"uploadpack\..*|receive\..*|remote\..*\.(uploadpack|receivepack|vcs|proxy|url|pushurl)|pager\..*|"
+    r"web\.browser|browser\..*|man\..*|difftool\..*|mergetool\..*|sendemail\..*|protocol\..*|url\..*|"
+    r"http\..*|ssh\..*|submodule\..*|init\.templatedir|safe\.directory)\Z")
+_SHELL_CODE_PREFIXES = ("LD_", "BASH_FUNC_", "GIT_CONFIG_", "DYLD_", "npm_config_", "NPM_CONFIG_", "PIP_", "UV_",
+                        "POETRY_", "PERL", "GEM_", "BUNDLE_", "XDG_", "OPENSSL_", "CURL_", "RSYNC_", "SSH_", "MAVEN_",
+                        "GRADLE_", "DOCKER_", "CARGO_", "RUSTUP_")
+# ... by their form (an interpreter's own: PYTHONPATH, RUBYOPT; not PYTHON_VERSION), and options,
+# commands, programs and settings files of some program
+_SHELL_CODE_FORM = re.compile(r"\A(PYTHON|RUBY)[A-Z]|_(OPTS|OPTIONS|COMMAND|CMD|PROG|PROGRAM|RSH|SHELL|EDITOR|PAGER|"
+                              r"ASKPASS|CONF|CONFIG|HOOK|HOOKS)\Z")
+_SHELL_CODE_MORE = frozenset({"HOME", "CLASSPATH", "MAKEFILES", "GIT_DIR", "GIT_WORK_TREE", "GIT_COMMON_DIR", "TERMINFO",
+                              "LOCPATH", "NLSPATH", "HOSTALIASES", "TMPDIR", "NODE_PATH", "NODE_REPL_EXTERNAL_MODULE",
+                              "JAVA_HOME", "KUBECONFIG", "LESS", "LESSKEY", "WGETRC", "SCREENRC", "VIMINIT", "EXINIT",
+                              "MYVIMRC", "ZDOTDIR", "NPMRC", "GOPATH", "GOFLAGS", "GOPROXY", "GOROOT", "GOTOOLCHAIN",
+                              "GOENV", "GOBIN", "GOPRIVATE", "GONOSUMDB", "GOINSECURE"})
 
 
 def runs_as_code(name: str) -> bool:
     """Is ``name`` a variable bash, or a program a script starts, runs or
-    loads code from (so no value may be assigned to it)?"""
-    return name in _SHELL_CODE_NAMES or name.startswith(_SHELL_CODE_PREFIXES)
+    loads code (or its settings) from, so that no value may be given to it?
+    (A list cannot be complete: the README says how to pass values.)"""
+    return name in _SHELL_CODE_NAMES or name in _SHELL_CODE_MORE or name.startswith(_SHELL_CODE_PREFIXES) \
+        or bool(_SHELL_CODE_FORM.search(name))
 
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -202,6 +224,7 @@ _EXPANSION = re.compile(r"\$\{?([A-Za-z_][A-Za-z0-9_]*|[0-9*@_]|![A-Za-z_0-9]*)"
 _FILLED = frozenset({"_", "BASH_REMATCH", "REPLY", "MAPFILE", "OPTARG", "COPROC"})
 _POSITIONAL = frozenset("123456789*@")
 _SINGLE_QUOTED = re.compile(r"'[^']*'")
+_BACKTICKS = re.compile(r"`((?:[^`\\]|\\.)+)`")
 
 
 def _without_single_quoted(text: str) -> str:
@@ -304,6 +327,10 @@ class _Lexer:
         self.outputs: set[str] = set()  # names assigned a command's output (x=$(f)): in code, they may hold a value
         self.dynamic_command: int | None = None  # line of a command whose name a command's output gives
         self.piped_into: int | None = None  # line of a pipe into a program that runs what it reads
+        self._assigned_at: dict[str, int] = {}  # line of each name's first assignment
+        self.given: frozenset[str] = frozenset()  # a step's env names (checked when its template was compiled)
+        # (line, holds a value, names) of each argument of a sh -c whose code a variable holds
+        self.opaque_arguments: list[tuple[int, bool, list[str]]] = []
 
     # -- contexts and helpers -------------------------------------------------
 
@@ -360,6 +387,17 @@ class _Lexer:
                                                  "python3 -, xargs...): dagrun cannot tell which values reach it")
         if "expand_aliases" in self.text and self.slots:
             self.fail("in a script that expands aliases (dagrun cannot tell what a command runs)")
+        for quoted in _BACKTICKS.finditer(_without_single_quoted(self.text)):  # `$x`: a command substitution
+            self._inner(quoted.group(1))
+        for line, holds_value, names in self.opaque_arguments:
+            if holds_value or any(n in self.tainted or n in _POSITIONAL or n.startswith(_VALUE_NAMES) for n in names):
+                raise UnsafeContext(line, "as an argument of sh -c code held in a variable: dagrun cannot tell what "
+                                          "that code does with it")
+        for name in sorted(self.tainted - self.given):  # (PS4="$x", printf -v GIT_SSH_COMMAND: a copy of a value)
+            if runs_as_code(name):
+                raise UnsafeContext(self._assigned_at.get(name, 1),
+                                    f"through ${name}: as the value of {name}, which bash or the programs it starts "
+                                    "run as code or load code from, it may hold a value")
         for name, line in self.code:
             if name in self.tainted or name in _POSITIONAL or name.startswith(_VALUE_NAMES) or name in _FILLED \
                     or name.startswith("!") or name in self.outputs:
@@ -546,16 +584,29 @@ class _Lexer:
         base = (command or "").replace("\\", "").rsplit("/", 1)[-1]
         expanded = _EXPANSION.findall(_without_single_quoted(raw))
         ctx.setdefault("expanded", []).extend(expanded)  # (what the command may feed to the next by a pipe)
-        runs_it = not assignment and command is not None and ctx["command_literal"] \
-            and self._command_deny(ctx) is not None
-        if expanded and not assignment and (command is None or runs_it or self._command_option(ctx, word)):
+        runs_it = not assignment and command is not None and self._command_deny(ctx) is not None  # ($e "$x" too)
+        if expanded and not assignment and (command is None or runs_it):
             self.code += [(name, self.line) for name in expanded]  # the command, or code it runs
+        elif command is not None and self._command_option(ctx, word):  # (git runs it with sh: '$x' too)
+            self.code += [(name, self.line) for name in _EXPANSION.findall(raw)]
+        if base == "git" and (word.startswith("--config-env=") or ctx["words"][-1:] == ["--config-env"]):
+            key, _, variable = word.removeprefix("--config-env=").partition("=")
+            if _GIT_CODE_KEY.match(key):
+                self.code.append((variable, self.line))  # the variable's value is the setting
         if command is not None:
             written = raw.replace('"', "").replace("'", "").replace("\\", "")  # the word as bash reads it
             dynamic = "$" in written or "`" in written  # what it is, bash decides at run time
             option = written.startswith("-") and not dynamic
-            if base in _SHELL_NAMES and ctx["command_literal"] and self._program(ctx)[1]:  # -c, -ec, -c -e
-                self._inner(written)
+            shell_code = base in _SHELL_NAMES and ctx["command_literal"] and self._program(ctx)[1]  # -c, -ec
+            if (shell_code or runs_it) and "$'" in raw:
+                self.fail(f"in a script whose code for {base} is written $'...' (dagrun cannot read it as bash "
+                          "does): write it in single quotes")
+            if ctx.get("opaque_code") and (holds_value or expanded):  # an argument of code dagrun cannot see
+                self.opaque_arguments.append((ctx["opaque_code"], holds_value, expanded))
+            if shell_code and any(c in _without_single_quoted(raw) for c in "$`"):  # bash -c "$c" _ {{ v }}:
+                ctx["opaque_code"] = self.line  # the code is a variable's, unseen: its $1... hold the arguments
+            elif shell_code:
+                self._inner(written, arguments=True)
             elif runs_it and "'" in raw and dynamic:  # eval '$x', trap '$f' EXIT: expanded where it runs
                 self._inner(written)
             if "[" in written and (base in NAME_BUILTINS or ctx["words"][-1:] in (["-v"], ["-R"], ["-p"])):
@@ -575,6 +626,7 @@ class _Lexer:
         if assignment and (command is None or command in DECLARE_BUILTINS):
             name = assignment.group().rstrip("+=").split("[", 1)[0]
             self.copies.append((name, expanded))
+            self._assigned_at.setdefault(name, self.line)
             if "$(" in raw or "`" in raw:
                 self.outputs.add(name)
             if holds_value:
@@ -592,36 +644,102 @@ class _Lexer:
         if command == "let":
             self._reads(word, self.line)
 
-    def _inner(self, code: str) -> None:
-        """Code a command runs (sh -c CODE, eval, trap): where it evaluates
-        text, this script does; the names it runs as code or reads in
-        arithmetic are checked against what holds values here ($1 too: for
-        sh -c, the arguments after the code)."""
+    def _inner(self, code: str, arguments: bool = False) -> None:
+        """Code a command runs (sh -c CODE, eval, trap, a shell's program in
+        a here-document): where it evaluates text, this script does; what
+        holds a value here holds it there, copies included, and with
+        ``arguments`` (sh -c, bash -s) so do $0, $1... and $@. A name that
+        may hold a value and is run as code there is refused here."""
         inner = _Lexer(code)
-        with contextlib.suppress(UnsafeContext):  # (the author's code; only its uses of names matter here)
+        inner.tainted |= self.tainted | self.outputs
+        if arguments:
+            inner.tainted |= _POSITIONAL | {"0", "BASH_ARGV", "BASH_ARGV0"}
+        try:
             inner.run()
+        except UnsafeContext as exc:
+            if exc.reason.startswith(("through $", "as the value of")):  # a value's use, not the lexer's doubt
+                raise UnsafeContext(self.line, exc.reason) from None
         self.evaluates = self.evaluates or inner.evaluates
         self.code += [(name, self.line) for name, _ in inner.code]
         self.arithmetic += [(name, self.line) for name, _ in inner.arithmetic]
+        # eval 'y=$x'; $y: what it assigns is this shell's (for sh -c, a child's: counted all the same)
+        self.copies += inner.copies
+        self.tainted |= inner.tainted - _POSITIONAL - {"0", "BASH_ARGV", "BASH_ARGV0"}
+        self.outputs |= inner.outputs
+        self.opaque_arguments += inner.opaque_arguments
 
     @staticmethod
     def _command_option(cmd: dict[str, Any], word: str) -> str | None:
         """The option (or word) of the current command whose argument it runs
-        as a command, if ``word`` is (or follows) one."""
+        as a command, if ``word`` (as written so far) is or follows one: long
+        options abbreviated or with =, short ones bundled (rsync -avze)."""
         name = (cmd["command"] or "").rsplit("/", 1)[-1]
         options = _COMMAND_OPTIONS.get(name)
         if not options:
             return None
-        previous = cmd["words"][-1] if len(cmd["words"]) > cmd["command_index"] + 1 else None
-        if previous in options:
-            return previous
-        if "foreach" in options and "foreach" in cmd["words"][cmd["command_index"] + 1:]:
-            return "submodule foreach"  # every word after it is the command it runs
-        for option in options:
-            if option.startswith("-") and word.startswith(option) and word != option and (
-                    option.startswith("--") and word[len(option)] == "=" or not option.startswith("--")):
-                return option
+        args = cmd["words"][cmd["command_index"] + 1:]
+        previous = args[-1] if args else None
+        if name == "git":
+            found = _Lexer._git_setting(args, previous, word)
+            if found is not None:
+                return found
+            if "-u" == previous and {"clone", "fetch", "ls-remote", "archive", "pull"} & set(args):
+                return "-u (--upload-pack)"
+            for after in ("foreach", "run"):  # git submodule foreach CMD..., git bisect run CMD...
+                if after in args and ("submodule" in args if after == "foreach" else "bisect" in args):
+                    return f"{'submodule' if after == 'foreach' else 'bisect'} {after}"
+        for candidate, glued in ((previous, False), (word, True)):
+            if not candidate or not candidate.startswith("-") or candidate == "--":
+                continue
+            if candidate.startswith("--"):
+                given, equals, _ = candidate.partition("=")
+                if glued != bool(equals) or len(given) < 4:
+                    continue
+                for option in options:  # (getopt takes any unambiguous prefix: --to-comm=)
+                    if option.startswith("--") and option.startswith(given):
+                        return option
+            else:
+                letters = candidate[1:]
+                for option in options:
+                    if len(option) == 2 and option[1] in letters and (
+                            not glued or letters.index(option[1]) < len(letters) - 1):
+                        return option  # -avze CMD, -xvICMD (a bundle: any letter of it)
+                    if len(option) > 2 and not option.startswith("--") and candidate.startswith(option) and (
+                            glued or candidate == option):
+                        return option  # zip -TT
         return None
+
+    @staticmethod
+    def _before_subcommand(args: list[str]) -> bool:
+        """Is the last of ``args`` still among git's own options (git -C DIR
+        -c K=V ...), before its subcommand (git commit -c is another -c)?"""
+        skip = False
+        for word in args[:-1]:
+            if skip:
+                skip = False
+            elif word in ("-C", "-c", "--git-dir", "--work-tree", "--namespace", "--config-env"):
+                skip = True
+            elif not word.startswith("-"):
+                return False
+        return True
+
+    @staticmethod
+    def _git_setting(args: list[str], previous: str | None, word: str) -> str | None:
+        """git -c KEY=VALUE, --config(-env)=KEY=..., git config KEY VALUE:
+        a setting git runs as a command (or a name a value chooses)."""
+        if previous in ("-c", "--config", "--config-env") and (previous != "-c" or _Lexer._before_subcommand(args)):
+            setting = word
+        elif word.startswith(("--config=", "--config-env=")):
+            setting = word.split("=", 1)[1]
+        elif "config" in args and previous and not previous.startswith("-") and previous != "config" \
+                and args.index("config") < len(args) - 1:
+            setting = f"{previous}={word}"
+        else:
+            return None
+        key, equals, _ = setting.partition("=")
+        if not equals:
+            return "a setting's name"  # the value is (in) the name
+        return f"setting {key}" if _GIT_CODE_KEY.match(key) else None
 
     def _check_use(self, cmd: dict[str, Any], index: int) -> None:
         """Refuse a value where the command would run it or read it as a name."""
@@ -705,6 +823,7 @@ class _Lexer:
                     self.pending_heredocs[i] = (*self.pending_heredocs[i][:3], deny or self.pending_heredocs[i][3])
         feeds = {"values": bool(ctx["marker_words"]), "expanded": ctx.get("expanded", []),
                  "heredocs": list(range(ctx.get("heredocs_from", 0), len(self.pending_heredocs)))} if pipe else None
+        ctx.pop("opaque_code", None)
         ctx.update(words=[], marker_words=set(), command_start=True, command=None, command_literal=True,
                    dashdash=False, integer_declare=False, array_declare=False, redirect=False, for_name=None,
                    fed=feeds, heredocs_from=len(self.pending_heredocs), expanded=[], herestring_values=False,
@@ -1089,8 +1208,11 @@ class _Lexer:
 
     def _start_heredoc(self) -> None:
         delimiter, quoted, strip, deny = self.pending_heredocs.pop(0)
+        # bash -s -- {{ v }} <<'EOF': the body is the program, and the values are its $1, $2...
+        program = deny is not None and deny.startswith("in the input of ") and \
+            deny[len("in the input of "):].split(",", 1)[0] in _SHELL_NAMES
         self.stack.append({"kind": "heredoc", "delimiter": delimiter, "quoted": quoted, "strip": strip,
-                           "line_start": True, "deny": deny})
+                           "line_start": True, "deny": deny, "program": program, "body_start": self.i})
 
     def _heredoc(self, ctx: dict[str, Any]) -> None:
         text = self.text
@@ -1099,8 +1221,12 @@ class _Lexer:
             end = len(text) if end < 0 else end
             line = text[self.i:end]
             if (line.lstrip("\t") if ctx["strip"] else line) == ctx["delimiter"]:
+                body = text[ctx["body_start"]:self.i]
                 self._advance(min(end + 1, len(text)) - self.i)
                 self.stack.pop()
+                if ctx["program"]:
+                    self._inner(body if ctx["quoted"] else body.replace("\\$", "$").replace("\\`", "`"),
+                                arguments=True)
                 if self.pending_heredocs:
                     self._start_heredoc()
                 return
@@ -1184,6 +1310,7 @@ def check_names(text: str, names: Iterable[str]) -> bool:
 def _checked_names(text: str, names: frozenset[str]) -> bool:
     lexer = _Lexer(text)
     lexer.tainted |= names
+    lexer.given = names
     lexer.run()
     return lexer.evaluates
 
