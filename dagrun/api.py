@@ -539,22 +539,17 @@ def _check_masked_results(plan: Plan, run_id: str, done: Mapping[str, Done]) -> 
     """A step that runs again reading a result that was stored masked (a
     secret is never stored) would get ``********``: refused, naming the
     step to resume from."""
-    from .compile.expressions import leaf_references, template_strings
+    masked = {sid for sid, d in done.items() if MASK in json.dumps(d.result, default=str)}
+    if not masked:
+        return
     for sid in plan.order:
+        step = plan.steps[sid]
         if sid in done:
             continue
-        step = plan.steps[sid]
-        sources = [text for _, text in template_strings(dict(step.config))]
-        if step.condition is not None:
-            sources.append("{{ " + step.condition.expression + " }}")
-        for text in sources:
-            for path in leaf_references(text):
-                if len(path) >= 4 and path[0] == "steps" and path[1] in done and path[2] == "result":
-                    held = done[path[1]].result.get(path[3])
-                    if isinstance(held, str) and MASK in held:
-                        raise InputError(f"run {run_id}: step {sid} reads steps.{path[1]}.result.{path[3]}, which "
-                                         "held a secret and was stored masked: resume from that step "
-                                         f"(--from {path[1]}) to make it again")
+        # (any read of the step's results: .get('k'), | tojson, a key from a variable)
+        for upstream in sorted(step.step_refs & masked):
+            raise InputError(f"run {run_id}: step {sid} reads the results of step {upstream}, which held a secret "
+                             f"and were stored masked: resume from that step (--from {upstream}) to make them again")
 
 
 def claim(prepared: PreparedRun) -> None:

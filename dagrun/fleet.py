@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 from . import api
-from .errors import DagrunError, InputError, Problem, TemplateError
+from .errors import DagrunError, InputError, Problem, RunConflictError, TemplateError
 from .run.interrupts import ctrl_c_cancels, signals_wake
 from .run.result import RunResult
 from .run.shared_locks import SharedLocks
@@ -117,9 +117,12 @@ def resume_fleet(fleet_id: str, *, database_url: str | None = None, concurrency:
     locks = SharedLocks()
     prepared = []
     for run in latest.values():
-        if run["status"] in ("succeeded", "running"):
+        if run["status"] == "succeeded":
             continue
-        resumed = api.prepare_resume(run["run_id"], database_url=database_url, **options)
+        try:  # a run still 'running' whose process died (a crash of the fleet) is resumed too
+            resumed = api.prepare_resume(run["run_id"], database_url=database_url, **options)
+        except RunConflictError:
+            continue  # still running somewhere
         resumed.shared_locks = locks
         prepared.append(resumed)
     return _run_all(fleet_id, prepared, concurrency, on_event, observers_for, runner_hook)

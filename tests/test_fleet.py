@@ -183,3 +183,30 @@ def test_an_unexpected_error_in_one_run_stays_with_its_workspace(tmp_path, monke
                       [{"id": ws, "home_dir": str(tmp_path / ws)} for ws in ("one", "boom", "two")], record=False)
     assert sorted(fleet.succeeded) == ["one", "two"]
     assert fleet.errors == {"boom": "RuntimeError: a bug"} and not fleet.success
+
+
+def test_a_fleet_killed_mid_run_is_resumed(tmp_path, db_url):
+    """(helper-32) Its runs stayed 'running' and resume_fleet skipped them."""
+    import os
+    import signal
+    import time
+    from dagrun import resume_fleet
+    gate, started = tmp_path / "gate", tmp_path / "started"
+    doc = template(script_step(10, f"touch {started}-$DAGRUN_WORKSPACE_ID; while [ ! -f {gate} ]; do sleep 0.05; done",
+                               id="wait"))
+    (tmp_path / "t.json").write_text(json.dumps(doc))
+    workspaces = [{"id": f"k{n}", "home_dir": str(tmp_path / f"h{n}")} for n in range(2)]
+    code = ("import json, sys; from dagrun import run_fleet; run_fleet(json.load(open(sys.argv[1])), "
+            "json.loads(sys.argv[2]), database_url=sys.argv[3], fleet_id='killed')")
+    child = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "t.json"), json.dumps(workspaces), db_url],
+                             start_new_session=True)
+    deadline = time.monotonic() + 60
+    while not all(Path(f"{started}-k{n}").exists() for n in range(2)):
+        assert child.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    os.killpg(child.pid, signal.SIGKILL)
+    child.wait()
+    gate.touch()
+    resumed = resume_fleet("killed", database_url=db_url)
+    assert resumed.success and sorted(resumed.succeeded) == ["k0", "k1"]
+

@@ -191,6 +191,25 @@ def test_a_secret_default_written_in_the_template_is_not_stored_with_the_run(wor
     assert (home / "url").read_text() == "pg://app:Def4ult-Pw@db/x\n"
 
 
+def test_a_secrets_parts_from_the_workspace_and_nested_variables_and_whole_result_reads(workspace, home, db_url):
+    """(helper-32) postgresql://u:{{ workspace.db_password }}@h, {{ vars.creds.pw }},
+    and steps.gen.result.get('pw') were masked only as the whole field."""
+    doc = template(script_step(5, 'echo "pw=Gen-$((40 + 2))-Secret" >> "$DAGRUN_OUTPUT"', id="gen"),
+                   step(10, "login", requires=["gen"], action_config={
+                       "url": "pg://{{ workspace.db_password }}:{{ vars.creds.pw }}@db/{{ steps.gen.result.get('pw') }}"}),
+                   script_step(20, 'echo "{{ workspace.db_password }} {{ vars.creds.pw }} '
+                                   '{{ steps.gen.result.pw }} {{ workspace.name }}"', id="show", requires=["login"]),
+                   vars={"creds": {}})
+    result = run_template(doc, {**workspace, "db_password": "Ws-Passw0rd"}, database_url=db_url, actions=[LOGIN],
+                          variables={"creds": {"pw": "Nested-Pw9"}})
+    assert result.success, result.error
+    assert (home / "url").read_text() == "pg://Ws-Passw0rd:Nested-Pw9@db/Gen-42-Secret\n"
+    assert result.steps["show"].stdout == "******** ******** ******** alice\n"
+    stored = _stored(db_url, result.run_id)[1]
+    assert not {"Ws-Passw0rd", "Nested-Pw9", "Gen-42-Secret"} & {w for w in ("Ws-Passw0rd", "Nested-Pw9",
+                                                                            "Gen-42-Secret") if w in stored}
+
+
 def test_secrets_given_as_a_mapping_and_bash_quoted_forms_are_masked(workspace, db_url):
     doc = template(script_step(10, 'echo "{{ vars.db.password }}"; printf "%q\\n" "{{ vars.odd }}"', id="s"))
     result = run_template(doc, workspace, database_url=db_url,

@@ -142,10 +142,36 @@ def test_a_resume_does_not_hand_on_a_secret_it_only_has_masked(workspace, home, 
     failed = run_template(doc, workspace, database_url=db_url, secrets={"token": "S3cret-Tok"})
     assert not failed.success
     gate.touch()
-    with pytest.raises(InputError, match=r"step b reads steps.a.result.token, which held a secret .* \(--from a\)"):
+    with pytest.raises(InputError, match=r"step b reads the results of step a, which held a secret .* \(--from a\)"):
         resume(failed.run_id, database_url=db_url, secrets={"token": "S3cret-Tok"})
     again = resume(failed.run_id, database_url=db_url, secrets={"token": "S3cret-Tok"}, from_step="a")
     assert again.success and (home / "token").read_text() == "S3cret-Tok\n"
+
+
+def test_a_resume_refuses_a_masked_result_read_any_way(workspace, home, tmp_path, db_url):
+    """(helper-32) .get('token') and | tojson read it too."""
+    gate = tmp_path / "gate"
+    for read in ("{{ steps.a.result.get('token') }}", "{{ steps.a.result | tojson }}"):
+        doc = template(script_step(10, 'echo "token={{ vars.token }}" >> "$DAGRUN_OUTPUT"', id="a"),
+                       script_step(20, f'test -f {gate}; echo "{read}" > ~/token', id="b", requires=["a"]),
+                       vars={"token": ""})
+        failed = run_template(doc, workspace, database_url=db_url, secrets={"token": "S3cret-Tok"})
+        with pytest.raises(InputError, match=r"step b reads the results of step a, which held a secret"):
+            resume(failed.run_id, database_url=db_url, secrets={"token": "S3cret-Tok"})
+
+
+def test_a_step_whose_rollback_failed_runs_again_on_resume(workspace, home, tmp_path, db_url):
+    """(helper-32) Its record said completed (rollback failed): trusted, though
+    the rollback had undone part of it."""
+    gate = tmp_path / "gate"
+    doc = template(script_step(10, "touch ~/marker", id="x", action_config={"rollback_script": "rm ~/marker; exit 1"}),
+                   script_step(20, f"test -f {gate}", id="f", requires=["x"]),
+                   global_config={"rollback_on_failure": True})
+    failed = run_template(doc, workspace, database_url=db_url)
+    assert not failed.success and not (home / "marker").exists() and failed.steps["x"].rollback_error
+    gate.touch()
+    resumed = resume(failed.run_id, database_url=db_url)
+    assert resumed.success and (home / "marker").exists() and resumed.steps["x"].attempts == 2
 
 
 @pytest.mark.parametrize("store", STORES)

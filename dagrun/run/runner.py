@@ -72,6 +72,9 @@ DEADLINE_GRACE_SECONDS = 5.0
 # cancel token) is abandoned after this long, not after its full timeout.
 CANCEL_GRACE_SECONDS = 2.0
 _WAKE = ("wake",)
+# A value that is only part of a secret field (a user name beside the password in a URL) is masked on
+# its own when at least this long: masking every "app" or "db" would destroy the output, hiding nothing.
+PART_MIN_LENGTH = 6
 _NO_STEPS: Mapping[str, Any] = {}
 
 
@@ -93,7 +96,7 @@ def known_secrets(plan: Plan, workspace: Mapping[str, Any], variables: Mapping[s
     has run.) Knowing them early masks them wherever they show first."""
     from ..compile.expressions import build_context, leaf_references, render_string
     found = []
-    sources = {"vars": variables, "env": env}
+    sources = {"vars": variables, "env": env, "workspace": workspace}
     for step in plan.steps.values():
         for key in step.secret_fields:
             value = step.config.get(key)
@@ -102,12 +105,15 @@ def known_secrets(plan: Plan, workspace: Mapping[str, Any], variables: Mapping[s
             if not has_template(value):
                 found.append(str(value))
                 continue
-            # A variable that is part of a secret (postgresql://u:{{ vars.pw }}@h) is one itself: an
-            # error or a script may show it alone.
+            # A variable (or workspace field) that is part of a secret (postgresql://u:{{ vars.pw }}@h)
+            # is one itself: an error or a script may show it alone.
             for path in leaf_references(str(value)):
-                held = sources.get(path[0], {}).get(path[1]) if len(path) == 2 else None
-                if isinstance(held, (str, int, float)) and not isinstance(held, bool):
-                    found.append(str(held))
+                held: Any = sources.get(path[0])
+                for key in path[1:]:
+                    held = held.get(key) if isinstance(held, Mapping) else None
+                if isinstance(held, (Mapping, list, tuple)) or (
+                        held is not None and not isinstance(held, bool) and len(str(held)) >= PART_MIN_LENGTH):
+                    found.append(held)  # (a mapping or a list: each part, see Redactor.add)
             try:
                 rendered = render_string(value, build_context(workspace=workspace, config=step.config,
                                                               variables=variables, env=env, steps={}, home=None))
@@ -491,7 +497,7 @@ class Runner:
         if outcome.status is StepStatus.completed:
             self._data[sid] = outcome.data  # unmasked: downstream steps read it
             for key in self._secret_results.get(sid, ()):  # a later step's secret: masked from its source on
-                self.redactor.add(outcome.data.get(key))
+                self.redactor.add(outcome.data if key == WHOLE_RESULT else outcome.data.get(key))
         if secret_fields or self.redactor.active:
             outcome = self.redactor.outcome(outcome, secret_fields)  # what leaves the run
         record = self._records.get(sid) or self._record(sid)
@@ -684,19 +690,30 @@ class Runner:
                          check=self.check)
 
 
+WHOLE_RESULT = "*"  # secret_results: the step's whole result is read (.get('k'), | tojson, a variable key)
+
+
 def secret_results(plan: Plan) -> dict[str, frozenset[str]]:
     """The result keys of each step that a later step's secret field reads
-    (``password: "{{ steps.gen.result.pw }}"``): secrets from the moment the
-    step that makes them completes, before its own record is written."""
-    from ..compile.expressions import leaf_references
+    (``password: "{{ steps.gen.result.pw }}"``; :data:`WHOLE_RESULT` when
+    it is read otherwise): secrets from the moment the step that makes them
+    completes, before its own record is written."""
+    from ..compile.expressions import leaf_references, references
     found: dict[str, set[str]] = {}
     for step in plan.steps.values():
         for key in step.secret_fields:
             value = step.config.get(key)
-            if isinstance(value, str) and has_template(value):
-                for path in leaf_references(value):
-                    if len(path) >= 4 and path[0] == "steps" and path[2] == "result":
-                        found.setdefault(path[1], set()).add(path[3])
+            if not (isinstance(value, str) and has_template(value)):
+                continue
+            keyed = set()
+            for path in leaf_references(value):
+                if len(path) >= 4 and path[0] == "steps" and path[2] == "result" \
+                        and path[3] not in ("get", "items", "values", "keys"):
+                    found.setdefault(path[1], set()).add(path[3])
+                    keyed.add(path[1])
+            for ref in references(value):  # read some other way: all of it
+                if ref.root == "steps" and ref.attr and ref.attr not in keyed:
+                    found.setdefault(ref.attr, set()).add(WHOLE_RESULT)
     return {sid: frozenset(keys) for sid, keys in found.items()}
 
 

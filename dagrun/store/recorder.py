@@ -38,7 +38,7 @@ from ..util import bounded
 from . import journal
 from .engine import describe_url, writable
 from .estimates import config_key, masked_config
-from .operations import CONDITION, RUNS, apply_operations
+from .operations import CONDITION, ROLLBACK_FAILED, RUNS, apply_operations
 
 log = logging.getLogger("dagrun.store")
 
@@ -286,7 +286,7 @@ class Recorder:
                      "values": {"status": "cancelled", "next_retry_at": None, "error_message": _text(event.error)}}]
         if isinstance(event, StepRolledBack):
             values = ({"status": StepStatus.rolled_back.value} if event.ok
-                      else {"error_message": _text(f"rollback failed: {event.error}")})
+                      else {"error_message": _text(f"{ROLLBACK_FAILED}{event.error}")})
             return [{"op": "rollback", "key": [event.run_id, event.step_id], "values": values}]
         if isinstance(event, RunFinished):
             result = event.result

@@ -33,7 +33,7 @@ from ..errors import RunConflictError
 from ..run import processes
 from ..run.runner import Done
 from .models import ProvisioningRun, WorkspaceActionExecution
-from .operations import CONDITION
+from .operations import CONDITION, ROLLBACK_FAILED
 from ..run.outcome import StepStatus
 
 STALE_SECONDS = float(os.environ.get("DAGRUN_HEARTBEAT_STALE_SECONDS", 30))
@@ -214,6 +214,8 @@ def done_steps(rows: Mapping[str, list[WorkspaceActionExecution]], step_ids: Ite
             continue
         condition_skip = last.status == StepStatus.skipped.value and (
             last.skip_reason == CONDITION or (last.skip_reason is None and last.attempt_number > 0))  # older rows
+        if last.status == StepStatus.completed.value and (last.error_message or "").startswith(ROLLBACK_FAILED):
+            continue  # a rollback began to undo it and failed: what it left is unknown, so it runs again
         if last.status == StepStatus.completed.value or condition_skip:
             made = sum(1 for r in attempts if r.attempt_number > 0 and not (  # a condition skip is no attempt
                 r.status == StepStatus.skipped.value and r.skip_reason == CONDITION))
