@@ -518,21 +518,20 @@ def _check_workers(max_workers: int | None) -> None:
 
 def _maybe_rolled_back(plan: Plan, run: Any, rows: Mapping[str, list[Any]]) -> set[str]:
     """Completed steps a rollback may have undone before the run's process
-    stopped (a rollback is recorded once it ends): run again, not trusted.
-    Only when the run stopped unfinished after a critical failure."""
+    stopped: the run recorded that it was rolling back (before the first
+    rollback ran) and never recorded its end. They run again, not trusted."""
     from .run.handler_types import handlers_for
-    from .store.runs import INTERRUPTED
-    if not plan.global_config.rollback_on_failure or not (run.status == "running" or run.error == INTERRUPTED):
+    from .store.operations import ROLLING_BACK
+    if ROLLING_BACK not in (run.error or "") or run.status not in ("running", "failed"):
         return set()
-    gc = plan.global_config
-    critical = any(attempts and attempts[-1].status == "failed" and attempts[-1].error_message != "interrupted"
-                   and sid in plan.steps and not (plan.steps[sid].skip_on_error and gc.continue_on_non_critical_errors)
-                   for sid, attempts in rows.items())
-    if not critical:
-        return set()
+    if run.status == "failed" and not (run.error or "").startswith(INTERRUPTED_PREFIX):
+        return set()  # it ended: each rollback's own record says what was undone
     return {sid for sid, attempts in rows.items() if sid in plan.steps and attempts
             and attempts[-1].status == "completed" and attempts[-1].changed is not False
             and handlers_for(plan.steps[sid].action).rollback is not None}
+
+
+INTERRUPTED_PREFIX = "interrupted"  # (store.runs.INTERRUPTED begins so)
 
 
 def _check_masked_results(plan: Plan, run_id: str, done: Mapping[str, Done]) -> None:

@@ -203,6 +203,31 @@ def test_a_run_killed_while_rolling_back_does_not_trust_what_it_may_have_undone(
     assert (home / "marker").exists() and resumed.steps["x"].attempts == 2
 
 
+def test_a_run_killed_waiting_to_retry_keeps_its_completed_steps(workspace, home, tmp_path, db_url):
+    """(helper-32) No rollback had begun (a failure waiting for its retry):
+    the completed step is not run again."""
+    gate, waiting = tmp_path / "gate", tmp_path / "waiting"
+    doc = template(script_step(10, "echo x >> ~/count", id="x", action_config={"rollback_script": "rm ~/count"}),
+                   script_step(20, f"touch {waiting}; test -f {gate}", id="f", requires=["x"], max_retries=3,
+                               retry_delay_seconds=60),
+                   global_config={"rollback_on_failure": True})
+    (tmp_path / "t.json").write_text(json.dumps(doc))
+    code = ("import json, sys; from dagrun import run_template; run_template(json.load(open(sys.argv[1])), "
+            "json.loads(sys.argv[2]), database_url=sys.argv[3], run_id='retrying')")
+    child = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "t.json"), json.dumps(dict(workspace)), db_url],
+                             start_new_session=True)
+    deadline = time.monotonic() + 60
+    while not waiting.exists():
+        assert child.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    time.sleep(0.5)  # its failure recorded, waiting 60 s for the retry
+    os.killpg(child.pid, signal.SIGKILL)
+    child.wait()
+    gate.touch()
+    resumed = resume("retrying", database_url=db_url)
+    assert resumed.success and (home / "count").read_text() == "x\n" and resumed.steps["x"].attempts == 1
+
+
 def test_resume_from_a_step_reruns_it_and_its_downstream(workspace, home, tmp_path, db_url):
     gate = tmp_path / "gate"
     gate.touch()

@@ -83,6 +83,21 @@ class StepSkipped:
     time: float
 
 
+# What a recorder reports durable (Runner.durable) once RollbackStarted is committed: no step's id.
+ROLLBACK_RECORDED = "\0rollback"
+
+
+@dataclass(frozen=True, slots=True)
+class RollbackStarted:
+    """After a critical failure, before the first rollback runs: recorded
+    first, so that a resume after a crash knows completed steps may have
+    been undone."""
+
+    run_id: str
+    reason: str
+    time: float
+
+
 @dataclass(frozen=True, slots=True)
 class StepRolledBack:
     run_id: str

@@ -51,8 +51,8 @@ from ..compile.expressions import has_template
 from ..spec import Plan, is_base_env
 from ..util import bounded, fresh_copy
 from .attempt import AttemptJob, run_attempt, run_rollback
-from .events import (AttemptFinished, Observer, ProcessStarted, RetryScheduled, RunFinished, RunStarted,
-                     StepFinished, StepRolledBack, StepSkipped, StepStarted)
+from .events import (ROLLBACK_RECORDED, AttemptFinished, Observer, ProcessStarted, RetryScheduled, RollbackStarted,
+                     RunFinished, RunStarted, StepFinished, StepRolledBack, StepSkipped, StepStarted)
 from .executors import WorkerPool, dispatch, make_executor
 from .handler_types import handlers_for
 from .interrupts import ctrl_c_cancels, signals_wake
@@ -71,6 +71,8 @@ DEADLINE_GRACE_SECONDS = 5.0
 # After a cancel, a handler that did not stop (Python code ignoring its
 # cancel token) is abandoned after this long, not after its full timeout.
 CANCEL_GRACE_SECONDS = 2.0
+# How long rollbacks wait for the run's 'rolling back' record (see Runner._rollback).
+ROLLBACK_RECORD_SECONDS = 30.0
 _WAKE = ("wake",)
 # A value that is only part of a secret field (a user name beside the password in a URL) is masked on
 # its own when at least this long: masking every "app" or "db" would destroy the output, hiding nothing.
@@ -563,7 +565,14 @@ class Runner:
     def _rollback(self, executor: Executor) -> None:
         """Undo completed steps in reverse completion order, one at a time and
         each with a deadline; a failing (or hung) rollback is recorded and the
-        others still run."""
+        others still run. A recorded run first records that it is rolling
+        back (write-ahead): a crash during a rollback leaves records a resume
+        must not trust."""
+        if self.write_ahead and any(handlers_for(self.plan.steps[sid].action).rollback is not None
+                                    for sid in self.state.completion_order):
+            self._emit(RollbackStarted(self.run_id, f"critical step {self._critical[0]} failed", self.wall()))
+            self._flush(urgent=True)
+            self._await_recorded()
         for sid in reversed(self.state.completion_order):
             if self._cancel_reason is not None:
                 break
@@ -590,6 +599,25 @@ class Runner:
                 self._record(sid).rollback_error = outcome.error
             self._emit(StepRolledBack(self.run_id, sid, outcome.status is StepStatus.completed,
                                       outcome.error, outcome, self.wall()))
+
+    def _await_recorded(self, timeout: float = ROLLBACK_RECORD_SECONDS) -> None:
+        """Until the recorder says the run's 'rolling back' is committed (or
+        ``timeout``: a store that cannot take it journals it, and a rollback
+        is not held back longer)."""
+        deadline = self.clock() + timeout
+        while (wait := deadline - self.clock()) > 0:
+            try:
+                item = self._queue.get(timeout=wait)
+            except queue.Empty:
+                return
+            if item[0] == "durable":
+                self.state.durable(item[1])
+                if ROLLBACK_RECORDED in item[1]:
+                    return
+            elif item[0] == "cancel":
+                self.cancel(item[1])
+                return
+            # anything else is a late outcome of an abandoned attempt: its fate was decided
 
     def _await_rollback(self, key: tuple[str, int], timeout: float) -> Outcome:
         while True:

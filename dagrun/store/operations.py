@@ -50,6 +50,7 @@ _SQLITE_MAX_VARIABLES = 32766 if sqlite3.sqlite_version_info >= (3, 32) else 999
 KEY_COLUMNS = ("run_id", "step_id", "attempt_number")
 CONDITION = "condition"  # skip_reason of a step whose condition was false (it stands on resume)
 ROLLBACK_FAILED = "rollback failed: "  # how a completed step's record says its rollback failed
+ROLLING_BACK = "rolling back after: "  # a run's error while its rollbacks run (a resume trusts no rollbackable step)
 _PG_TYPES = {"status": "varchar", "started_at": "timestamptz", "completed_at": "timestamptz",
              "next_retry_at": "timestamptz", "updated_at": "timestamptz", "duration_seconds": "float8",
              "execution_output": "text", "error_message": "text", "exit_code": "int4", "result_data": "jsonb",

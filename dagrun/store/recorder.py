@@ -30,15 +30,15 @@ from typing import Any, Callable, Mapping
 
 from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 
-from ..run.events import (AttemptFinished, ProcessStarted, RetryScheduled, RunFinished, RunStarted, StepFinished,
-                          StepRolledBack, StepSkipped, StepStarted)
+from ..run.events import (ROLLBACK_RECORDED, AttemptFinished, ProcessStarted, RetryScheduled, RollbackStarted,
+                          RunFinished, RunStarted, StepFinished, StepRolledBack, StepSkipped, StepStarted)
 from ..run.outcome import StepStatus
 from ..run.scheduler import UPSTREAM_FAILED
 from ..util import bounded
 from . import journal
 from .engine import describe_url, writable
 from .estimates import config_key, masked_config
-from .operations import CONDITION, ROLLBACK_FAILED, RUNS, apply_operations
+from .operations import CONDITION, ROLLBACK_FAILED, ROLLING_BACK, RUNS, apply_operations
 
 log = logging.getLogger("dagrun.store")
 
@@ -158,6 +158,8 @@ class Recorder:
                 if isinstance(event, StepFinished) and event.status is StepStatus.completed \
                         or isinstance(event, StepSkipped) and event.reason != UPSTREAM_FAILED:
                     durable.append(event.step_id)
+                elif isinstance(event, RollbackStarted):
+                    durable.append(ROLLBACK_RECORDED)
             # Each round-trip gives the GIL away and may wait a switch interval to get
             # it back, so the heartbeat rides along only every HEARTBEAT_SECONDS.
             if self._run.get("running") and time.monotonic() - last_beat >= HEARTBEAT_SECONDS:
@@ -284,6 +286,8 @@ class Recorder:
         if isinstance(event, StepFinished) and event.status is StepStatus.cancelled and event.attempts:
             return [{"op": "update", "key": [event.run_id, event.step_id, event.attempts],
                      "values": {"status": "cancelled", "next_retry_at": None, "error_message": _text(event.error)}}]
+        if isinstance(event, RollbackStarted):
+            return [{"op": "run", "run_id": event.run_id, "values": {"error": _text(ROLLING_BACK + event.reason)}}]
         if isinstance(event, StepRolledBack):
             values = ({"status": StepStatus.rolled_back.value} if event.ok
                       else {"error_message": _text(f"{ROLLBACK_FAILED}{event.error}")})

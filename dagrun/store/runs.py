@@ -33,7 +33,7 @@ from ..errors import RunConflictError
 from ..run import processes
 from ..run.runner import Done
 from .models import ProvisioningRun, WorkspaceActionExecution
-from .operations import CONDITION, ROLLBACK_FAILED
+from .operations import CONDITION, ROLLBACK_FAILED, ROLLING_BACK
 from ..run.outcome import StepStatus
 
 STALE_SECONDS = float(os.environ.get("DAGRUN_HEARTBEAT_STALE_SECONDS", 30))
@@ -106,7 +106,8 @@ def interrupt(session: Session, run: ProvisioningRun) -> None:
             if attempt.process_group:
                 processes.kill_group(attempt.process_group, attempt.process_started)
     run.status = "failed"
-    run.error = INTERRUPTED
+    # (a run that died rolling back keeps saying so: a resume must not trust its completed steps)
+    run.error = f"{INTERRUPTED} ({run.error})" if (run.error or "").startswith(ROLLING_BACK) else INTERRUPTED
     run.completed_at = now
     for attempt in running:
         attempt.status = StepStatus.failed.value
