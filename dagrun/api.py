@@ -608,8 +608,10 @@ def execute(prepared: PreparedRun, *, observers: Iterable[Observer] = (),
         if prepared.url is not None:
             from .store.recorder import Recorder
             # A new run that succeeds counts as a use of its template (in the run's last commit).
+            from .store.runs import owner_id
             recorder = Recorder(prepared.url, on_durable=runner.durable,
-                                count_use=not prepared.resumed and not prepared.check, on_cancel=runner.cancel)
+                                count_use=not prepared.resumed and not prepared.check, on_cancel=runner.cancel,
+                                owner=owner_id())
         runner.observers = [o for o in (logs.log_events if logs.enabled() else None, recorder, *observers,
                                         on_event) if o is not None]
         if runner_hook:

@@ -228,6 +228,33 @@ def test_a_run_killed_waiting_to_retry_keeps_its_completed_steps(workspace, home
     assert resumed.success and (home / "count").read_text() == "x\n" and resumed.steps["x"].attempts == 1
 
 
+@pytest.mark.parametrize("store", STORES)
+def test_a_run_taken_over_stops_and_writes_nothing_more(store, request, workspace, home, tmp_path):
+    """(helper-32) A process taken for dead (paused past the heartbeat, on
+    another host) woke and went on writing over its successor's records."""
+    from sqlalchemy import update
+    from dagrun.store.engine import engine_for
+    from dagrun.store.models import ProvisioningRun
+    url = store_url(request, store)
+    gate, started = tmp_path / "gate", threading.Event()
+    doc = template(script_step(10, f"for i in $(seq 200); do [ -f {gate} ] && break; sleep 0.05; done", id="a"),
+                   script_step(20, "echo b > ~/b", id="b", requires=["a"]))
+
+    def take_over(event):
+        if isinstance(event, StepStarted) and event.step_id == "a" and not started.is_set():
+            started.set()
+            with engine_for(url).begin() as conn:  # what a resume on another host writes when it claims
+                conn.execute(update(ProvisioningRun).where(ProvisioningRun.id == "taken-" + store)
+                             .values(owner="elsewhere:1@1"))
+
+    result = run_template(doc, workspace, database_url=url, run_id="taken-" + store, on_event=take_over)
+    assert result.status.value == "cancelled" and "taken over by elsewhere:1@1" in result.error
+    assert not (home / "b").exists()
+    with engine_for(url).connect() as conn:  # the new owner's row, untouched by the old one
+        row = conn.execute(ProvisioningRun.__table__.select().where(ProvisioningRun.id == "taken-" + store)).first()
+    assert row.status == "running" and row.owner == "elsewhere:1@1" and row.completed_at is None
+
+
 def test_resume_from_a_step_reruns_it_and_its_downstream(workspace, home, tmp_path, db_url):
     gate = tmp_path / "gate"
     gate.touch()

@@ -93,8 +93,13 @@ class Recorder:
 
     def __init__(self, url: str, *, retry_limit_seconds: float | None = None,
                  on_durable: Callable[[list[str]], None] | None = None, count_use: bool = False,
-                 on_cancel: Callable[[str], None] | None = None):
+                 on_cancel: Callable[[str], None] | None = None, owner: str | None = None):
         self.url = url
+        # The claim's owner (store.runs.owner_id): when the run's row names another, a resume took the
+        # run over (this process was taken for dead: paused, cut off): it is cancelled, and what it
+        # still records is dropped, not written over the new owner's records.
+        self.owner = owner
+        self.fenced = False
         self.engine = writable(url)
         self.retry_limit_seconds = RETRY_LIMIT_SECONDS if retry_limit_seconds is None else retry_limit_seconds
         self.on_durable = on_durable
@@ -165,6 +170,10 @@ class Recorder:
             if self._run.get("running") and time.monotonic() - last_beat >= HEARTBEAT_SECONDS:
                 ops.append({"op": "run", "run_id": self._run["id"], "values": {"heartbeat_at": time.time()}})
                 last_beat = time.monotonic()
+            if ops and self.on_cancel is not None and self._run.get("running") \
+                    and time.monotonic() - last_poll >= CANCEL_POLL_SECONDS:  # (after a pause: before writing)
+                last_poll = time.monotonic()
+                self._poll_cancel()
             if ops:
                 self._commit(ops, urgent or stopping)
             if durable and self.on_durable is not None:
@@ -174,14 +183,25 @@ class Recorder:
         from sqlalchemy import select
         try:
             with self.engine.connect() as conn:
-                reason = conn.execute(select(RUNS.c.cancel_requested).where(RUNS.c.id == self._run["id"])).scalar()
+                row = conn.execute(select(RUNS.c.cancel_requested, RUNS.c.owner)
+                                   .where(RUNS.c.id == self._run["id"])).first()
         except SQLAlchemyError:
             return  # the store is away: the run goes on (and its records are retried)
+        if row is None:
+            return
+        reason, owner = row
+        if self.owner is not None and owner is not None and owner != self.owner:
+            self.fenced = True
+            log.warning("run %s was taken over by %s (this process was taken for dead): it stops, and what it "
+                        "still records is dropped", self._run["id"], owner)
+            reason = f"taken over by {owner} (this process was taken for dead)"
         if reason:
             self.on_cancel(reason)  # type: ignore[misc]
             self.on_cancel = None
 
     def _commit(self, ops: list[dict[str, Any]], urgent: bool = True) -> None:
+        if self.fenced:
+            return  # the run is another process's now
         if self.journal is not None:
             # Once a run's records went to the journal, the rest follow them there: replayed in the order
             # they were made (an update written before its journalled insert would match no row).
