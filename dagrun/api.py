@@ -33,7 +33,7 @@ from .compile import compile_template
 from .compile.loader import build_library
 from .errors import InputError, RunConflictError
 from .spec import MASK, Plan
-from .workspace import normalize_workspace, stored_fields, with_home
+from .workspace import ALWAYS_STORED, normalize_workspace, stored_fields, with_home
 
 if TYPE_CHECKING:  # the engine is imported where a run starts: validate, plan and graph never load it
     from concurrent.futures import Executor
@@ -320,7 +320,8 @@ def prepare_resume(run_id: str, *, database_url: str | None = None, from_step: s
     secrets = dict(secrets or {})
     # Only what was not stored is given again: a resume never changes the workspace, a stored
     # variable or a step's config (over HTTP, a tenant's body would otherwise rewrite what runs).
-    extra = sorted(str(name) for name in secrets if name not in (run.secret_names or ()))
+    extra = sorted(str(name) for name in secrets if name not in (run.secret_names or ())
+                   or str(name).removeprefix("workspace.") in ALWAYS_STORED)
     if extra:
         kept = ", ".join(run.secret_names or ()) or "none"
         raise InputError(f"run {run.id}: a resume is given again only what was not stored ({kept}); "
@@ -565,7 +566,11 @@ def claim(prepared: PreparedRun) -> None:
     redactor = Redactor([*prepared.secrets.values(),
                          *known_secrets(plan, ws, {**prepared.variables, **_secret_vars(prepared)}, {})])
     stored = stored_fields(ws, plan.workspace_fields)
-    hidden = redactor.masked_fields(stored)
+    # The workspace's identity (id, home, user, host) is stored as it is, never hidden nor masked: a
+    # resume could otherwise be "given it again" (a tenant choosing secrets equal to it at the start
+    # would move the run into another workspace's home).
+    identity = {k: v for k, v in stored.items() if k in ALWAYS_STORED}
+    hidden = [k for k in redactor.masked_fields(stored) if k not in identity]
     # Nor is a plain variable that holds one (password: "{{ vars.pw }}"): like a secret, it is
     # given again to resume the run.
     variables = dict(prepared.variables)
@@ -576,7 +581,9 @@ def claim(prepared: PreparedRun) -> None:
         claim_in_store(writable(prepared.url), run_id=prepared.run_id, workspace_id=str(ws["id"]),
                        expect=prepared.seen, fields={
             "template_name": plan.name, "template_version": plan.version, "total_steps": len(plan.order),
-            "template_snapshot": masked_snapshot(plan), "workspace": _jsonable(redactor.value(stored)),
+            "template_snapshot": masked_snapshot(plan),
+            "workspace": _jsonable({**redactor.value({k: v for k, v in stored.items() if k not in identity}),
+                                    **identity}),
             "variables": _jsonable({k: v for k, v in variables.items() if k not in hidden_vars}),
             "max_workers": prepared.max_workers,
             "secret_names": names, "fleet_id": prepared.fleet_id, "mode": "check" if prepared.check else None,
@@ -675,12 +682,18 @@ def secret_variable_defaults(plan: Plan) -> list[str]:
 def with_secret_literals(snapshot: Mapping[str, Any], secrets: Mapping[str, Any]) -> dict[str, Any]:
     """Put the ``step.field`` secrets given to a resume back into the snapshot."""
     snapshot = _jsonable(dict(snapshot))
+    steps = [s for s in snapshot.get("actions") or () if isinstance(s, dict)]
+    uses: dict[Any, int] = {}
+    for step in steps:
+        uses[step.get("action_name")] = uses.get(step.get("action_name"), 0) + 1
     for name, value in secrets.items():
         sid, dot, key = name.partition(".")
         if not dot:
             continue
-        for step in snapshot.get("actions") or ():
-            if (step.get("id") or step.get("action_name")) == sid or str(step.get("sequence_order")) == sid:
+        for step in steps:  # named as the compiler names it: its id, its action, or action_order
+            action = step.get("action_name")
+            named = step.get("id") or (action if uses.get(action) == 1 else f"{action}_{step.get('sequence_order')}")
+            if named == sid or str(step.get("sequence_order")) == sid:
                 step.setdefault("action_config", {})[key] = value
     return snapshot
 

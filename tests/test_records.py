@@ -210,6 +210,32 @@ def test_a_secrets_parts_from_the_workspace_and_nested_variables_and_whole_resul
                                                                             "Gen-42-Secret") if w in stored}
 
 
+def test_a_secret_field_reading_a_result_two_ways_masks_all_of_it(workspace, home, db_url):
+    """(helper-33) steps.a.result.user with steps.a.result.get('pass')."""
+    doc = template(script_step(5, 'echo "user=appuser1" >> "$DAGRUN_OUTPUT"; echo "pass=Hunter$((20 + 2))Secret" >> "$DAGRUN_OUTPUT"',
+                               id="a"),
+                   step(10, "login", requires=["a"], action_config={
+                       "url": "pg://{{ steps.a.result.user }}:{{ steps.a.result.get('pass') }}@db"}))
+    result = run_template(doc, workspace, database_url=db_url, actions=[LOGIN])
+    assert result.success and (home / "url").read_text() == "pg://appuser1:Hunter22Secret@db\n"
+    assert "Hunter22Secret" not in _stored(db_url, result.run_id)[1]
+
+
+def test_a_secret_written_in_steps_without_ids_is_given_back_to_each(workspace, home, db_url):
+    """(helper-33) store_token_10.token and store_token_20.token: the resume
+    matched neither, and ran with ********."""
+    from dagrun import resume
+    gate = home / "gate"
+    doc = template(step(10, "login", action_config={"url": "pg://a:First-Secret@db"}),
+                   step(20, "login", action_config={"url": "pg://b:Second-Secret@db"}),
+                   script_step(30, f"test -f {gate} && cat ~/url", id="check", requires=["login_10", "login_20"]))
+    failed = run_template(doc, workspace, database_url=db_url, actions=[LOGIN])
+    gate.touch()
+    again = resume(failed.run_id, database_url=db_url, actions=[LOGIN], sandbox=False, from_step="login_20",
+                   secrets={"login_10.url": "pg://a:First-Secret@db", "login_20.url": "pg://b:Second-Secret@db"})
+    assert again.success and (home / "url").read_text() == "pg://b:Second-Secret@db\n"
+
+
 def test_secrets_given_as_a_mapping_and_bash_quoted_forms_are_masked(workspace, db_url):
     doc = template(script_step(10, 'echo "{{ vars.db.password }}"; printf "%q\\n" "{{ vars.odd }}"', id="s"))
     result = run_template(doc, workspace, database_url=db_url,

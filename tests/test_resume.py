@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -253,6 +254,35 @@ def test_a_run_taken_over_stops_and_writes_nothing_more(store, request, workspac
     with engine_for(url).connect() as conn:  # the new owner's row, untouched by the old one
         row = conn.execute(ProvisioningRun.__table__.select().where(ProvisioningRun.id == "taken-" + store)).first()
     assert row.status == "running" and row.owner == "elsewhere:1@1" and row.completed_at is None
+
+
+def test_a_resume_that_dies_before_redoing_keeps_the_rolling_back_mark(workspace, home, tmp_path, db_url):
+    """(helper-33) The first resume's claim cleared it, and a second resume
+    trusted the undone step."""
+    from dagrun.api import claim, prepare_resume
+    from dagrun.store.engine import engine_for
+    from dagrun.store.models import ProvisioningRun
+    from dagrun.store.operations import ROLLING_BACK
+    from sqlalchemy import update
+    gate = tmp_path / "gate"
+    doc = template(script_step(10, "touch ~/marker", id="x", action_config={"rollback_script": "rm ~/marker"}),
+                   script_step(20, f"test -f {gate}", id="f", requires=["x"]), global_config={"rollback_on_failure": True})
+    failed = run_template(doc, workspace, database_url=db_url)
+    with engine_for(db_url).begin() as conn:  # as a run killed in its rollback (the rollback did run) leaves it
+        conn.execute(update(ProvisioningRun).where(ProvisioningRun.id == failed.run_id).values(
+            status="running", owner=f"{socket.gethostname()}:999999@1", error=ROLLING_BACK + "critical step f failed"))
+        conn.execute(__import__("dagrun.store.models", fromlist=["x"]).WorkspaceActionExecution.__table__.update()
+                     .where(__import__("dagrun.store.models", fromlist=["x"]).WorkspaceActionExecution.step_id == "x")
+                     .values(status="completed"))
+    first = prepare_resume(failed.run_id, database_url=db_url)
+    assert "x" not in first.done
+    claim(first)  # ... and dies before running anything
+    with engine_for(db_url).begin() as conn:
+        conn.execute(update(ProvisioningRun).where(ProvisioningRun.id == failed.run_id)
+                     .values(owner=f"{socket.gethostname()}:999998@1"))
+    gate.touch()
+    again = resume(failed.run_id, database_url=db_url)
+    assert again.success and (home / "marker").exists()
 
 
 def test_resume_from_a_step_reruns_it_and_its_downstream(workspace, home, tmp_path, db_url):

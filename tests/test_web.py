@@ -570,6 +570,32 @@ def test_a_resume_body_gives_only_what_was_not_stored(store, tmp_path):
     assert api.running_here(run_id).wait(60).success and not mark.exists()
 
 
+def test_a_tenant_cannot_make_its_workspace_identity_resumable(store, tmp_path):
+    """(helper-33) Variables equal to its own id and home, part of a secret
+    field, made workspace.id/home_dir 'secrets' a resume could give again."""
+    login = {"name": "login", "action_type": "shell", "execution_handler": "true",
+             "config_schema": {"type": "object", "properties": {"url": {"type": "string", "x-secret": True}}}}
+    c = create_app(database_url=store, trusted_actions=[login], allow_inline_templates=True).test_client()
+    gate, home = tmp_path / "gate", tmp_path / "h1"
+    doc = template(step(10, "login", action_config={"url": "pg://{{ vars.user }}:{{ vars.pw }}@db"}),
+                   script_step(20, f"test -f {gate}", id="b", requires=["login"]), vars={"user": "", "pw": ""})
+    started = c.post("/api/workspaces/tenant1/runs", json={"template": doc, "workspace": {"home_dir": str(home)},
+                                                            "variables": {"user": "tenant1", "pw": str(home)}},
+                     headers=CSRF)
+    run_id = started.json["run_id"]
+    assert api.running_here(run_id).wait(60).status.value == "failed"
+    from dagrun.store.engine import engine_for
+    from dagrun.store.models import ProvisioningRun
+    with engine_for(store).connect() as conn:
+        stored = conn.execute(ProvisioningRun.__table__.select().where(ProvisioningRun.id == run_id)).first()
+    assert stored.workspace["id"] == "tenant1" and stored.workspace["home_dir"] == str(home)
+    gate.touch()
+    moved = c.post(f"/api/runs/{run_id}/resume", json={"variables": {
+        "user": "tenant1", "pw": str(home), "workspace.id": "victim", "workspace.home_dir": str(tmp_path / "v")}},
+        headers=CSRF)
+    assert moved.status_code == 422 and "not workspace.home_dir, workspace.id" in moved.json["error"]
+
+
 def test_the_action_list_masks_secret_defaults(store, tmp_path):
     token = {"name": "notify", "action_type": "shell", "execution_handler": "true",
              "config_schema": {"type": "object", "properties": {"token": {"type": "string", "x-secret": True},

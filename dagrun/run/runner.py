@@ -733,14 +733,14 @@ def secret_results(plan: Plan) -> dict[str, frozenset[str]]:
             value = step.config.get(key)
             if not (isinstance(value, str) and has_template(value)):
                 continue
-            keyed = set()
-            for path in leaf_references(value):
-                if len(path) >= 4 and path[0] == "steps" and path[2] == "result" \
-                        and path[3] not in ("get", "items", "values", "keys"):
+            paths = [p for p in leaf_references(value) if p[0] == "steps" and len(p) >= 2]
+            for path in paths:
+                if len(path) >= 4 and path[2] == "result" and path[3] not in ("get", "items", "values", "keys"):
                     found.setdefault(path[1], set()).add(path[3])
-                    keyed.add(path[1])
-            for ref in references(value):  # read some other way: all of it
-                if ref.root == "steps" and ref.attr and ref.attr not in keyed:
+                else:  # read some other way (.get('k'), | tojson, a key from a variable): all of it
+                    found.setdefault(path[1], set()).add(WHOLE_RESULT)
+            for ref in references(value):  # (a read leaf_references cannot follow)
+                if ref.root == "steps" and ref.attr and not any(p[1] == ref.attr for p in paths):
                     found.setdefault(ref.attr, set()).add(WHOLE_RESULT)
     return {sid: frozenset(keys) for sid, keys in found.items()}
 

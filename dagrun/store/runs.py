@@ -151,7 +151,9 @@ def claim(engine: Engine, *, run_id: str, workspace_id: str, fields: Mapping[str
         for key, value in fields.items():
             setattr(run, key, value)
         run.status = "running"
-        run.error = None
+        # (a run that died rolling back keeps saying so until a resume has run its steps again)
+        marker = (run.error or "").find(ROLLING_BACK)
+        run.error = run.error[marker:].rstrip(")") if marker >= 0 else None
         run.cancel_requested = None
         run.completed_at = None
         run.owner = owner_id()
