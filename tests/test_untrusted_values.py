@@ -1098,7 +1098,15 @@ def test_an_env_entry_never_reaches_a_script_that_evaluates_text(script, home):
                                     'git rebase -x "{{ workspace.v }}" main', "git bisect run {{ workspace.v }}",
                                     "git clone --template={{ workspace.v }} r d",
                                     "x={{ workspace.v }}; git -c core.sshCommand='$x' fetch",
-                                    'RSYNC_CONNECT_PROG="{{ workspace.v }}" rsync rsync://m/x/ ./'])
+                                    'RSYNC_CONNECT_PROG="{{ workspace.v }}" rsync rsync://m/x/ ./',
+                                    # a third round (helper-33): a copy fed to a program as its input; git's own
+                                    # settings by other spellings; a glued short option
+                                    'x={{ workspace.v }}; bash <<< "$x"', 'x={{ workspace.v }}; python3 - <<< "$x"',
+                                    'x={{ workspace.v }}\npython3 - <<EOF\nprint("$x")\nEOF',
+                                    'git clone -c core.sshCommand="{{ workspace.v }}" ssh://localhost/x d',
+                                    'git clone -u"{{ workspace.v }}" /repo d',
+                                    'git config {{ workspace.v }} "{{ workspace.v }}"; git status',
+                                    'git -c trailer.x.cmd="{{ workspace.v }}" commit', "scp -S{{ workspace.v }} f h:/x"])
 def test_code_a_command_runs_later_holds_no_value(script):
     """Single-quoted code given to eval, trap or sh -c is expanded when it
     runs; options whose argument a program runs; stdin given by a file name;
@@ -1139,7 +1147,10 @@ def test_an_env_entry_a_program_runs_as_code_takes_no_value():
                                     'git push -u "{{ workspace.v }}" main', 'git commit -c "{{ workspace.v }}"',
                                     'git config user.name "{{ workspace.v }}"', "rsync -avz {{ workspace.v }}/ h:/x",
                                     'sh -c "cd $HOME && make"; echo {{ workspace.v }}',
-                                    'NODE_ENV={{ workspace.v }} PYTHON_VERSION={{ workspace.v }} make'])
+                                    'NODE_ENV={{ workspace.v }} PYTHON_VERSION={{ workspace.v }} make',
+                                    'SSH_PUBLIC_KEY="{{ workspace.v }}" DOCKER_IMAGE={{ workspace.v }} APP_CONFIG={{ workspace.v }} make',
+                                    'git -c http.extraHeader="Authorization: Bearer {{ workspace.v }}" clone https://h/r src',
+                                    'x={{ workspace.v }}; cat <<< "$x"', 'x={{ workspace.v }}\ncat <<EOF\n$x\nEOF'])
 def test_values_given_to_later_code_as_data_are_accepted(script):
     compile_template(template(script_step(10, script)))
 

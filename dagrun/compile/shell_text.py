@@ -195,19 +195,23 @@ _GIT_CODE_KEY = re.compile(
     r"merge\..*\.driver|filter\..*|credential\..*|alias\..*|include\..*|includeif\..*|gpg\..*|"
     r"uploadpack\..*|receive\..*|remote\..*\.(uploadpack|receivepack|vcs|proxy|url|pushurl)|pager\..*|"
     r"web\.browser|browser\..*|man\..*|difftool\..*|mergetool\..*|sendemail\..*|protocol\..*|url\..*|"
-    r"http\..*|ssh\..*|submodule\..*|init\.templatedir|safe\.directory)\Z")
+    r"ssh\..*|submodule\..*|init\.templatedir|safe\.directory|trailer\..*|interactive\..*|imap\..*|"
+    r"instaweb\..*|guitool\..*|tool\..*|http\.(.*\.)?(proxy|curloptresolve))\Z")
 _SHELL_CODE_PREFIXES = ("LD_", "BASH_FUNC_", "GIT_CONFIG_", "DYLD_", "npm_config_", "NPM_CONFIG_", "PIP_", "UV_",
-                        "POETRY_", "PERL", "GEM_", "BUNDLE_", "XDG_", "OPENSSL_", "CURL_", "RSYNC_", "SSH_", "MAVEN_",
-                        "GRADLE_", "DOCKER_", "CARGO_", "RUSTUP_")
+                        "POETRY_", "PERL", "GEM_", "BUNDLE_", "XDG_", "OPENSSL_", "CURL_", "RSYNC_", "MAVEN_",
+                        "GRADLE_", "CARGO_", "RUSTUP_")
 # ... by their form (an interpreter's own: PYTHONPATH, RUBYOPT; not PYTHON_VERSION), and options,
 # commands, programs and settings files of some program
 _SHELL_CODE_FORM = re.compile(r"\A(PYTHON|RUBY)[A-Z]|_(OPTS|OPTIONS|COMMAND|CMD|PROG|PROGRAM|RSH|SHELL|EDITOR|PAGER|"
-                              r"ASKPASS|CONF|CONFIG|HOOK|HOOKS)\Z")
+                              r"ASKPASS|HOOK|HOOKS)\Z")
 _SHELL_CODE_MORE = frozenset({"HOME", "CLASSPATH", "MAKEFILES", "GIT_DIR", "GIT_WORK_TREE", "GIT_COMMON_DIR", "TERMINFO",
                               "LOCPATH", "NLSPATH", "HOSTALIASES", "TMPDIR", "NODE_PATH", "NODE_REPL_EXTERNAL_MODULE",
                               "JAVA_HOME", "KUBECONFIG", "LESS", "LESSKEY", "WGETRC", "SCREENRC", "VIMINIT", "EXINIT",
                               "MYVIMRC", "ZDOTDIR", "NPMRC", "GOPATH", "GOFLAGS", "GOPROXY", "GOROOT", "GOTOOLCHAIN",
-                              "GOENV", "GOBIN", "GOPRIVATE", "GONOSUMDB", "GOINSECURE"})
+                              "GOENV", "GOBIN", "GOPRIVATE", "GONOSUMDB", "GOINSECURE", "SSH_ASKPASS_REQUIRE",
+                              "SSH_AUTH_SOCK", "DOCKER_HOST", "DOCKER_CONTEXT", "DOCKER_CONFIG", "DOCKER_CERT_PATH",
+                              "CLOUDSDK_CONFIG", "AWS_CONFIG_FILE", "BOTO_CONFIG", "PGSERVICEFILE", "PGPASSFILE",
+                              "PGSYSCONFDIR", "MYSQL_HOME", "GIT_CONFIG"})
 
 
 def runs_as_code(name: str) -> bool:
@@ -527,6 +531,9 @@ class _Lexer:
             return
         holds_value = ctx.pop("word_tainted", False)
         if ctx["redirect"]:  # a redirection's target is not an argument of the command
+            if ctx["redirect"] == "<<<":  # (what a here-string expands is the input: a program's, perhaps)
+                raw = self.text[ctx.get("raw_start", self.i):self.i]
+                ctx.setdefault("herestring_names", []).extend(_EXPANSION.findall(_without_single_quoted(raw)))
             ctx.update(word="", word_markers=[], word_literal=True, redirect=False)
             return
         self._track_values(ctx, word, holds_value, self.text[ctx.get("raw_start", self.i):self.i])
@@ -669,7 +676,7 @@ class _Lexer:
         self.opaque_arguments += inner.opaque_arguments
 
     @staticmethod
-    def _command_option(cmd: dict[str, Any], word: str) -> str | None:
+    def _command_option(cmd: dict[str, Any], word: str, before_value: bool = False) -> str | None:
         """The option (or word) of the current command whose argument it runs
         as a command, if ``word`` (as written so far) is or follows one: long
         options abbreviated or with =, short ones bundled (rsync -avze)."""
@@ -680,10 +687,12 @@ class _Lexer:
         args = cmd["words"][cmd["command_index"] + 1:]
         previous = args[-1] if args else None
         if name == "git":
-            found = _Lexer._git_setting(args, previous, word)
+            key_held = len(cmd["words"]) - 1 in cmd["marker_words"]  # the word before (a setting's name?)
+            found = _Lexer._git_setting(args, previous, word, key_held)
             if found is not None:
                 return found
-            if "-u" == previous and {"clone", "fetch", "ls-remote", "archive", "pull"} & set(args):
+            if {"clone", "fetch", "ls-remote", "archive", "pull"} & set(args) and (
+                    previous == "-u" or word.startswith("-u") and not word.startswith("--")):
                 return "-u (--upload-pack)"
             for after in ("foreach", "run"):  # git submodule foreach CMD..., git bisect run CMD...
                 if after in args and ("submodule" in args if after == "foreach" else "bisect" in args):
@@ -702,8 +711,8 @@ class _Lexer:
                 letters = candidate[1:]
                 for option in options:
                     if len(option) == 2 and option[1] in letters and (
-                            not glued or letters.index(option[1]) < len(letters) - 1):
-                        return option  # -avze CMD, -xvICMD (a bundle: any letter of it)
+                            not glued or before_value or letters.index(option[1]) < len(letters) - 1):
+                        return option  # -avze CMD, -xvICMD, -S{{ v }} (a bundle: any letter of it)
                     if len(option) > 2 and not option.startswith("--") and candidate.startswith(option) and (
                             glued or candidate == option):
                         return option  # zip -TT
@@ -724,15 +733,19 @@ class _Lexer:
         return True
 
     @staticmethod
-    def _git_setting(args: list[str], previous: str | None, word: str) -> str | None:
-        """git -c KEY=VALUE, --config(-env)=KEY=..., git config KEY VALUE:
-        a setting git runs as a command (or a name a value chooses)."""
-        if previous in ("-c", "--config", "--config-env") and (previous != "-c" or _Lexer._before_subcommand(args)):
+    def _git_setting(args: list[str], previous: str | None, word: str, key_held: bool = False) -> str | None:
+        """git -c KEY=VALUE (git's own, or clone's), --config(-env)=KEY=...,
+        git config KEY VALUE: a setting git runs as a command (or a name a
+        value chooses)."""
+        if previous in ("-c", "--config", "--config-env") and (
+                previous != "-c" or "clone" in args or _Lexer._before_subcommand(args)):
             setting = word
         elif word.startswith(("--config=", "--config-env=")):
             setting = word.split("=", 1)[1]
-        elif "config" in args and previous and not previous.startswith("-") and previous != "config" \
+        elif "config" in args and previous is not None and not previous.startswith("-") and previous != "config" \
                 and args.index("config") < len(args) - 1:
+            if key_held:
+                return "a setting's name"
             setting = f"{previous}={word}"
         else:
             return None
@@ -746,7 +759,7 @@ class _Lexer:
         deny = self._deny() or self._command_deny(cmd, stdin=cmd["redirect"] == "<<<")
         if deny:
             self.fail(deny)
-        option = None if cmd["redirect"] or cmd["command_start"] else self._command_option(cmd, cmd["word"])
+        option = None if cmd["redirect"] or cmd["command_start"] else self._command_option(cmd, cmd["word"], True)
         if option is not None:
             self.fail(f"in the argument of {cmd['command']} {option}, which it runs as a command (or reads "
                       "as settings that name one)")
@@ -808,6 +821,7 @@ class _Lexer:
             if deny:  # it runs what it reads: here-documents and here-strings given before its name too
                 if ctx.get("herestring_values"):
                     self.fail(deny)
+                self.code += [(name, self.line) for name in ctx.get("herestring_names", ())]  # bash <<< "$x"
                 if ctx.get("stdin_substitution"):  # < <(...) bash
                     self.piped_into = self.piped_into or self.line
                 for i in range(ctx.get("heredocs_from", 0), len(self.pending_heredocs)):
@@ -827,7 +841,7 @@ class _Lexer:
         ctx.update(words=[], marker_words=set(), command_start=True, command=None, command_literal=True,
                    dashdash=False, integer_declare=False, array_declare=False, redirect=False, for_name=None,
                    fed=feeds, heredocs_from=len(self.pending_heredocs), expanded=[], herestring_values=False,
-                   stdin_substitution=False)
+                   stdin_substitution=False, herestring_names=[])
 
     def _word_start(self, ctx: dict[str, Any]) -> tuple[bool, tuple[int, ...]]:
         """Does the current point begin a word (only empty quotes, or values
@@ -1227,6 +1241,9 @@ class _Lexer:
                 if ctx["program"]:
                     self._inner(body if ctx["quoted"] else body.replace("\\$", "$").replace("\\`", "`"),
                                 arguments=True)
+                if ctx["deny"] and ctx["deny"].startswith("in the input of") and not ctx["quoted"]:
+                    # python3 - <<EOF ... $x ...: the value would be part of the program
+                    self.code += [(name, self.line) for name in _EXPANSION.findall(body.replace("\\$", ""))]
                 if self.pending_heredocs:
                     self._start_heredoc()
                 return
