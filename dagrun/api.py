@@ -321,7 +321,7 @@ def prepare_resume(run_id: str, *, database_url: str | None = None, from_step: s
     # Only what was not stored is given again: a resume never changes the workspace, a stored
     # variable or a step's config (over HTTP, a tenant's body would otherwise rewrite what runs).
     extra = sorted(str(name) for name in secrets if name not in (run.secret_names or ())
-                   or str(name).removeprefix("workspace.") in ALWAYS_STORED)
+                   or str(name).startswith("workspace.") and str(name).removeprefix("workspace.") in ALWAYS_STORED)
     if extra:
         kept = ", ".join(run.secret_names or ()) or "none"
         raise InputError(f"run {run.id}: a resume is given again only what was not stored ({kept}); "
@@ -570,11 +570,20 @@ def claim(prepared: PreparedRun) -> None:
     # resume could otherwise be "given it again" (a tenant choosing secrets equal to it at the start
     # would move the run into another workspace's home).
     identity = {k: v for k, v in stored.items() if k in ALWAYS_STORED}
-    hidden = [k for k in redactor.masked_fields(stored) if k not in identity]
-    # Nor is a plain variable that holds one (password: "{{ vars.pw }}"): like a secret, it is
-    # given again to resume the run.
+    # Nor is a plain variable, or a workspace field, that a secret field reads (password: "{{ vars.pw }}"):
+    # like a secret, it is given again to resume the run. Which ones, the template says (by name): a value
+    # that merely equals a secret does not make a field one a resume may change.
+    from_secret_fields = _secret_field_sources(plan)
     variables = dict(prepared.variables)
-    hidden_vars = [k for k, v in variables.items() if redactor.value(v) != v]
+    hidden = [k for k, v in stored.items() if k not in identity and ("workspace", k) in from_secret_fields
+              and redactor.value(v) != v]
+    hidden_vars = [k for k, v in variables.items() if ("vars", k) in from_secret_fields and redactor.value(v) != v]
+    clashes = [f"workspace.{k}" for k, v in stored.items() if k not in identity and k not in hidden
+               and redactor.value(v) != v] + [k for k, v in variables.items() if k not in hidden_vars
+                                               and redactor.value(v) != v]
+    if clashes:  # stored masked it could not be given back, stored clear it would show a secret
+        raise InputError(f"{', '.join(sorted(clashes))} holds a secret's value (or part of it) but is no secret "
+                         "itself: give it another value")
     names = sorted({*secret_names(plan, prepared.secrets), *(f"workspace.{k}" for k in hidden), *hidden_vars,
                     *(n for n in secret_variable_defaults(plan) if n not in variables)})
     with store_errors(prepared.url, "cannot write to"):
@@ -664,6 +673,14 @@ def masked_snapshot(plan: Plan) -> dict[str, Any]:
         for name in secret_variable_defaults(plan):
             defaults[name] = MASK
     return snapshot
+
+
+def _secret_field_sources(plan: Plan) -> set[tuple[str, str]]:
+    """("vars", name) and ("workspace", field) that a secret field reads."""
+    from .compile.expressions import has_template, leaf_references
+    return {(path[0], path[1]) for step in plan.steps.values() for key in step.secret_fields
+            if isinstance(step.config.get(key), str) and has_template(step.config[key])
+            for path in leaf_references(step.config[key]) if len(path) >= 2 and path[0] in ("vars", "workspace")}
 
 
 def secret_variable_defaults(plan: Plan) -> list[str]:
@@ -867,6 +884,11 @@ def _has_store(database_url: str) -> bool:
 
 
 def _check_variables(compiled: Plan, variables: Mapping[str, Any] | None) -> None:
+    odd = sorted(str(n) for n in {*(variables or {}), *(compiled.snapshot.get("vars") or {})}
+                 if not str(n).isidentifier())
+    if odd:  # (a name like "step.field" would read as a step's secret field to a resume)
+        raise InputError(f"template {compiled.name!r}: variable names are identifiers (letters, digits, _), "
+                         f"not {', '.join(repr(n) for n in odd)}")
     undeclared = sorted(set(variables or {}) - set(compiled.snapshot.get("vars") or {}))
     if undeclared:
         from .compile.graph import did_you_mean

@@ -236,6 +236,31 @@ def test_a_secret_written_in_steps_without_ids_is_given_back_to_each(workspace, 
     assert again.success and (home / "url").read_text() == "pg://b:Second-Secret@db\n"
 
 
+def test_only_what_a_secret_field_reads_may_be_given_again(workspace, home, db_url):
+    """(helper-34) A field whose value equals a secret was stored masked and
+    became resumable (workspace.name -> ../other/home at resume); a variable
+    named s.script replaced step s's script; a variable named host could not
+    be given again."""
+    from dagrun import resume
+    from dagrun.errors import InputError
+    doc = template(step(10, "login", action_config={"url": "pg://app:{{ vars.db_password }}@{{ vars.host }}/x"}),
+                   script_step(20, "mkdir -p ~/{{ workspace.name }}", id="s", requires=["login"]),
+                   vars={"db_password": "", "host": ""})
+    with pytest.raises(InputError, match="workspace.name holds a secret's value .* but is no secret itself"):
+        run_template(doc, {**workspace, "name": "projAlpha"}, database_url=db_url, actions=[LOGIN],
+                     variables={"db_password": "projAlpha", "host": "db1.internal"})
+    with pytest.raises(InputError, match="variable names are identifiers .* not 's.script'"):
+        run_template(template(script_step(10, "true", id="s"), vars={"s.script": ""}), workspace, database_url=db_url)
+    gate = home / "gate"
+    doc["actions"][1]["action_config"]["script"] = f"test -f {gate}"
+    failed = run_template(doc, workspace, database_url=db_url, actions=[LOGIN],
+                          variables={"db_password": "S3cret-Passw0rd", "host": "db1.internal"})
+    gate.touch()
+    again = resume(failed.run_id, database_url=db_url, actions=[LOGIN], sandbox=False,
+                   secrets={"db_password": "S3cret-Passw0rd", "host": "db1.internal"})
+    assert again.success and (home / "url").read_text() == "pg://app:S3cret-Passw0rd@db1.internal/x\n"
+
+
 def test_secrets_given_as_a_mapping_and_bash_quoted_forms_are_masked(workspace, db_url):
     doc = template(script_step(10, 'echo "{{ vars.db.password }}"; printf "%q\\n" "{{ vars.odd }}"', id="s"))
     result = run_template(doc, workspace, database_url=db_url,
