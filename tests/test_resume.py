@@ -285,6 +285,35 @@ def test_a_resume_that_dies_before_redoing_keeps_the_rolling_back_mark(workspace
     assert again.success and (home / "marker").exists()
 
 
+def test_a_run_taken_over_at_its_end_writes_nothing_and_its_journal_is_not_replayed(workspace, home, tmp_path,
+                                                                                     db_url, monkeypatch):
+    """(helper-34) The run's last batch went out unchecked; a journal written
+    by the old owner was replayed over its successor's records."""
+    from sqlalchemy import update
+    from dagrun.store import journal
+    from dagrun.store.engine import engine_for
+    from dagrun.store.models import ProvisioningRun
+
+    def take_over(event):
+        if isinstance(event, StepStarted):
+            with engine_for(db_url).begin() as conn:
+                conn.execute(update(ProvisioningRun).where(ProvisioningRun.id == "quick").values(owner="elsewhere:1@1"))
+
+    run_template(template(script_step(10, "sleep 0.2", id="a")), workspace, database_url=db_url, run_id="quick",
+                 on_event=take_over)
+    with engine_for(db_url).connect() as conn:
+        row = conn.execute(ProvisioningRun.__table__.select().where(ProvisioningRun.id == "quick")).first()
+    assert row.status == "running" and row.owner == "elsewhere:1@1" and row.completed_at is None
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    journal.append("quick", db_url, [{"op": "run", "run_id": "quick", "values": {"status": "succeeded"}}],
+                   owner="me:1@1")
+    [(_, applied, said)] = journal.recover(url=db_url)
+    assert applied == 0 and "taken over by elsewhere:1@1" in said and journal.pending("quick") is None
+    with engine_for(db_url).connect() as conn:
+        assert conn.execute(ProvisioningRun.__table__.select().where(ProvisioningRun.id == "quick")).first().status \
+            == "running"
+
+
 def test_resume_from_a_step_reruns_it_and_its_downstream(workspace, home, tmp_path, db_url):
     gate = tmp_path / "gate"
     gate.touch()

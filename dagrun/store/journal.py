@@ -23,14 +23,16 @@ from ..locations import journal_dir
 from .engine import describe_url, writable
 
 
-def append(run_id: str, url: str, ops: list[dict[str, Any]]) -> Path:
-    """Add one batch to the run's journal; the file it went to."""
+def append(run_id: str, url: str, ops: list[dict[str, Any]], owner: str | None = None) -> Path:
+    """Add one batch to the run's journal; the file it went to. ``owner``:
+    the run's owner then; replayed only while the run still has it."""
     directory = journal_dir()
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     path = directory / f"{run_id}.jsonl"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     with os.fdopen(fd, "a", encoding="utf-8") as fh:
-        fh.write(json.dumps({"url": describe_url(url), "ops": ops}, default=str) + "\n")
+        fh.write(json.dumps({"url": describe_url(url), "ops": ops, "run_id": run_id, "owner": owner},
+                            default=str) + "\n")
         fh.flush()
         os.fsync(fh.fileno())  # as durable as a commit: dependents may start after this
     return path
@@ -57,16 +59,20 @@ def recover(journal: Path | None = None, url: str | None = None) -> list[tuple[P
     """Replay journalled operations; ``(file, batches applied, error)`` per file.
     ``url``: the database to replay into (needed when the journalled URL had a
     password)."""
-    from .operations import apply_operations
+    from .operations import NotOwner, apply_operations
     files = [journal] if journal else sorted(journal_dir().glob("*.jsonl"))
     report = []
     for path in files:
         lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        applied, error = 0, None
+        applied, error, taken = 0, None, None
         for line in lines:
             entry = json.loads(line)
+            owner = (entry["run_id"], entry["owner"]) if entry.get("owner") and entry.get("run_id") else None
             try:
-                apply_operations(writable(_replay_url(entry["url"], url)), entry["ops"], {})
+                apply_operations(writable(_replay_url(entry["url"], url)), entry["ops"], {}, owner=owner)
+            except NotOwner as exc:  # the run was taken over meanwhile: these records are the old owner's
+                taken = str(exc)
+                break
             except (SQLAlchemyError, OSError, ValueError, LookupError) as exc:  # the driver's own errors too
                 error = (str(exc).splitlines() or [type(exc).__name__])[0]
                 break
@@ -76,6 +82,10 @@ def recover(journal: Path | None = None, url: str | None = None) -> list[tuple[P
                 error = (str(exc).splitlines() or [type(exc).__name__])[0]
                 break
             applied += 1
+        if taken is not None:  # its records stand; the rest here were the process taken for dead
+            path.unlink()
+            report.append((path, applied, f"the rest not replayed: the run was taken over by {taken}"))
+            continue
         if error is None:
             path.unlink()
         else:

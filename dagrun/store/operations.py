@@ -75,8 +75,13 @@ def _to_datetime(column: str, value: Any) -> Any:
     return value
 
 
+class NotOwner(Exception):
+    """The run's row names another owner: a resume took the run over."""
+
+
 def apply_operations(engine: Engine, ops: list[dict[str, Any]], action_ids: dict[str, int],
-                     specs: Mapping[str, Any] | None = None, *, wait_for_disk: bool = True) -> None:
+                     specs: Mapping[str, Any] | None = None, *, wait_for_disk: bool = True,
+                     owner: tuple[str, str] | None = None) -> None:
     """Apply ``ops`` in one transaction, coalescing what can be: an attempt
     started and finished in the same batch is one INSERT. ``specs``: action
     definitions by name, for actions not yet in ``template_actions``.
@@ -86,7 +91,11 @@ def apply_operations(engine: Engine, ops: list[dict[str, Any]], action_ids: dict
     a crash of dagrun loses nothing committed, and the next commit that waits
     for the disk (any a dependent waits for, and a run's last) flushes these
     too, so a crash of the server loses only a suffix of what nothing had
-    waited for: steps that then run again, as a step running at a crash does."""
+    waited for: steps that then run again, as a step running at a crash does.
+
+    ``owner`` (run id, owner): written only while the run's row still names
+    that owner, checked in the same transaction (else :class:`NotOwner`, and
+    nothing is written)."""
     inserts: dict[tuple, dict[str, Any]] = {}
     updates: list[tuple[str, tuple, dict[str, Any]]] = []
     run_values: dict[str, dict[str, Any]] = {}
@@ -111,6 +120,10 @@ def apply_operations(engine: Engine, ops: list[dict[str, Any]], action_ids: dict
         postgres = conn.dialect.name == "postgresql"
         if postgres and not wait_for_disk:
             conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
+        if owner is not None:  # (FOR UPDATE: a claim waits for this commit; SQLite's writer lock does the same)
+            found = conn.execute(select(RUNS.c.owner).where(RUNS.c.id == owner[0]).with_for_update()).first()
+            if found is not None and found[0] is not None and found[0] != owner[1]:
+                raise NotOwner(found[0])
         if postgres:  # wakes `dagrun watch` (delivered at commit)
             runs = {*run_values, *(k[0] for k in inserts), *(u[1][0] for u in updates)}
             for run_id in sorted(runs):

@@ -38,7 +38,7 @@ from ..util import bounded
 from . import journal
 from .engine import describe_url, writable
 from .estimates import config_key, masked_config
-from .operations import CONDITION, ROLLBACK_FAILED, ROLLING_BACK, RUNS, apply_operations
+from .operations import CONDITION, ROLLBACK_FAILED, ROLLING_BACK, RUNS, NotOwner, apply_operations
 
 log = logging.getLogger("dagrun.store")
 
@@ -170,10 +170,6 @@ class Recorder:
             if self._run.get("running") and time.monotonic() - last_beat >= HEARTBEAT_SECONDS:
                 ops.append({"op": "run", "run_id": self._run["id"], "values": {"heartbeat_at": time.time()}})
                 last_beat = time.monotonic()
-            if ops and self.on_cancel is not None and self._run.get("running") \
-                    and time.monotonic() - last_poll >= CANCEL_POLL_SECONDS:  # (after a pause: before writing)
-                last_poll = time.monotonic()
-                self._poll_cancel()
             if ops:
                 self._commit(ops, urgent or stopping)
             if durable and self.on_durable is not None:
@@ -191,12 +187,20 @@ class Recorder:
             return
         reason, owner = row
         if self.owner is not None and owner is not None and owner != self.owner:
-            self.fenced = True
-            log.warning("run %s was taken over by %s (this process was taken for dead): it stops, and what it "
-                        "still records is dropped", self._run["id"], owner)
-            reason = f"taken over by {owner} (this process was taken for dead)"
-        if reason:
-            self.on_cancel(reason)  # type: ignore[misc]
+            self._fence(owner)
+        elif reason and self.on_cancel is not None:
+            self.on_cancel(reason)
+            self.on_cancel = None
+
+    def _fence(self, owner: str) -> None:
+        """Another process owns the run now: cancel it here, record nothing more."""
+        if self.fenced:
+            return
+        self.fenced = True
+        log.warning("run %s was taken over by %s (this process was taken for dead): it stops, and what it still "
+                    "records is dropped", self._run.get("id"), owner)
+        if self.on_cancel is not None:
+            self.on_cancel(f"taken over by {owner} (this process was taken for dead)")
             self.on_cancel = None
 
     def _commit(self, ops: list[dict[str, Any]], urgent: bool = True) -> None:
@@ -215,9 +219,14 @@ class Recorder:
                 self._to_journal(ops, "earlier records are in the journal", 0.0)
             return
         delay, waited = 0.2, 0.0
+        owner = (self._run["id"], self.owner) if self.owner is not None and self._run.get("id") else None
         while True:
             try:
-                apply_operations(self.engine, ops, self._action_ids, self._run.get("actions"), wait_for_disk=urgent)
+                apply_operations(self.engine, ops, self._action_ids, self._run.get("actions"), wait_for_disk=urgent,
+                                 owner=owner)
+                return
+            except NotOwner as exc:  # taken over: this process was taken for dead
+                self._fence(str(exc))
                 return
             except Exception as exc:  # noqa: BLE001 - the driver's own errors too (attempt rows go through it)
                 # Whatever the store says, the writer goes on: it retries, then journals (a dead writer
@@ -235,7 +244,7 @@ class Recorder:
     def _to_journal(self, ops: list[dict[str, Any]], reason: str, waited: float) -> None:
         first = self.journal is None
         try:
-            self.journal = journal.append(self._run.get("id", "unknown"), self.url, ops)
+            self.journal = journal.append(self._run.get("id", "unknown"), self.url, ops, self.owner)
         except OSError as exc:  # nowhere left to keep them: said in the result, the run goes on
             self.error = f"could not write to {describe_url(self.url)} ({reason}) nor to the journal ({exc})"
             log.error("store write failed; %d records lost: %s", len(ops), self.error)
