@@ -521,14 +521,23 @@ def _maybe_rolled_back(plan: Plan, run: Any, rows: Mapping[str, list[Any]]) -> s
     """Completed steps a rollback may have undone before the run's process
     stopped: the run recorded that it was rolling back (before the first
     rollback ran) and never recorded its end. They run again, not trusted."""
+    from datetime import datetime, timezone
+
     from .run.handler_types import handlers_for
-    from .store.operations import ROLLING_BACK
-    if ROLLING_BACK not in (run.error or "") or run.status not in ("running", "failed"):
+    from .store.operations import ROLLING_BACK_MARK
+    marked = ROLLING_BACK_MARK.search(run.error or "")
+    if marked is None or run.status not in ("running", "failed"):
         return set()
     if run.status == "failed" and not (run.error or "").startswith(INTERRUPTED_PREFIX):
         return set()  # it ended: each rollback's own record says what was undone
+    began = datetime.fromtimestamp(float(marked.group(1)), timezone.utc)
+
+    def before(row: Any) -> bool:  # completed before the rollbacks began (a later resume's are sure)
+        done = row.completed_at
+        return done is None or (done if done.tzinfo else done.replace(tzinfo=timezone.utc)) <= began
+
     return {sid for sid, attempts in rows.items() if sid in plan.steps and attempts
-            and attempts[-1].status == "completed" and attempts[-1].changed is not False
+            and attempts[-1].status == "completed" and attempts[-1].changed is not False and before(attempts[-1])
             and handlers_for(plan.steps[sid].action).rollback is not None}
 
 

@@ -270,12 +270,24 @@ def test_a_resume_that_dies_before_redoing_keeps_the_rolling_back_mark(workspace
     failed = run_template(doc, workspace, database_url=db_url)
     with engine_for(db_url).begin() as conn:  # as a run killed in its rollback (the rollback did run) leaves it
         conn.execute(update(ProvisioningRun).where(ProvisioningRun.id == failed.run_id).values(
-            status="running", owner=f"{socket.gethostname()}:999999@1", error=ROLLING_BACK + "critical step f failed"))
+            status="running", owner=f"{socket.gethostname()}:999999@1",
+            error=f"{ROLLING_BACK}critical step f failed (at {time.time():.3f})"))
         conn.execute(__import__("dagrun.store.models", fromlist=["x"]).WorkspaceActionExecution.__table__.update()
                      .where(__import__("dagrun.store.models", fromlist=["x"]).WorkspaceActionExecution.step_id == "x")
                      .values(status="completed"))
     first = prepare_resume(failed.run_id, database_url=db_url)
     assert "x" not in first.done
+    from datetime import datetime, timedelta, timezone
+    models = __import__("dagrun.store.models", fromlist=["x"])
+    with engine_for(db_url).begin() as conn:  # x completed again after the rollbacks began: a resume's, sure
+        conn.execute(models.WorkspaceActionExecution.__table__.update()
+                     .where(models.WorkspaceActionExecution.step_id == "x")
+                     .values(completed_at=datetime.now(timezone.utc) + timedelta(seconds=60)))
+    assert "x" in prepare_resume(failed.run_id, database_url=db_url).done
+    with engine_for(db_url).begin() as conn:
+        conn.execute(models.WorkspaceActionExecution.__table__.update()
+                     .where(models.WorkspaceActionExecution.step_id == "x")
+                     .values(completed_at=datetime.now(timezone.utc) - timedelta(seconds=60)))
     claim(first)  # ... and dies before running anything
     with engine_for(db_url).begin() as conn:
         conn.execute(update(ProvisioningRun).where(ProvisioningRun.id == failed.run_id)

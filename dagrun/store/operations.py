@@ -21,6 +21,7 @@ instead of by per-row type processing.
 from __future__ import annotations
 
 import sqlite3
+import re
 import time
 from datetime import datetime, timezone
 from typing import Any, Iterable, Mapping
@@ -51,6 +52,8 @@ KEY_COLUMNS = ("run_id", "step_id", "attempt_number")
 CONDITION = "condition"  # skip_reason of a step whose condition was false (it stands on resume)
 ROLLBACK_FAILED = "rollback failed: "  # how a completed step's record says its rollback failed
 ROLLING_BACK = "rolling back after: "  # a run's error while its rollbacks run (a resume trusts no rollbackable step)
+# The whole mark, with when the rollbacks began: what completed before it may have been undone.
+ROLLING_BACK_MARK = re.compile(re.escape(ROLLING_BACK) + r".*?\(at ([0-9.]+)\)")
 _PG_TYPES = {"status": "varchar", "started_at": "timestamptz", "completed_at": "timestamptz",
              "next_retry_at": "timestamptz", "updated_at": "timestamptz", "duration_seconds": "float8",
              "execution_output": "text", "error_message": "text", "exit_code": "int4", "result_data": "jsonb",

@@ -316,7 +316,8 @@ class Recorder:
             return [{"op": "update", "key": [event.run_id, event.step_id, event.attempts],
                      "values": {"status": "cancelled", "next_retry_at": None, "error_message": _text(event.error)}}]
         if isinstance(event, RollbackStarted):
-            return [{"op": "run", "run_id": event.run_id, "values": {"error": _text(ROLLING_BACK + event.reason)}}]
+            return [{"op": "run", "run_id": event.run_id,
+                     "values": {"error": _text(f"{ROLLING_BACK}{event.reason} (at {event.time:.3f})")}}]
         if isinstance(event, StepRolledBack):
             values = ({"status": StepStatus.rolled_back.value} if event.ok
                       else {"error_message": _text(f"{ROLLBACK_FAILED}{event.error}")})

@@ -33,7 +33,7 @@ from ..errors import RunConflictError
 from ..run import processes
 from ..run.runner import Done
 from .models import ProvisioningRun, WorkspaceActionExecution
-from .operations import CONDITION, ROLLBACK_FAILED, ROLLING_BACK
+from .operations import CONDITION, ROLLBACK_FAILED, ROLLING_BACK, ROLLING_BACK_MARK
 from ..run.outcome import StepStatus
 
 STALE_SECONDS = float(os.environ.get("DAGRUN_HEARTBEAT_STALE_SECONDS", 30))
@@ -152,8 +152,8 @@ def claim(engine: Engine, *, run_id: str, workspace_id: str, fields: Mapping[str
             setattr(run, key, value)
         run.status = "running"
         # (a run that died rolling back keeps saying so until a resume has run its steps again)
-        marker = (run.error or "").find(ROLLING_BACK)
-        run.error = run.error[marker:].rstrip(")") if marker >= 0 else None
+        marked = ROLLING_BACK_MARK.search(run.error or "")
+        run.error = marked.group() if marked else None
         run.cancel_requested = None
         run.completed_at = None
         run.owner = owner_id()
