@@ -1106,7 +1106,15 @@ def test_an_env_entry_never_reaches_a_script_that_evaluates_text(script, home):
                                     'git clone -c core.sshCommand="{{ workspace.v }}" ssh://localhost/x d',
                                     'git clone -u"{{ workspace.v }}" /repo d',
                                     'git config {{ workspace.v }} "{{ workspace.v }}"; git status',
-                                    'git -c trailer.x.cmd="{{ workspace.v }}" commit', "scp -S{{ workspace.v }} f h:/x"])
+                                    'git -c trailer.x.cmd="{{ workspace.v }}" commit', "scp -S{{ workspace.v }} f h:/x",
+                                    # a fourth round (helper-34): input given to a group, a subshell or another
+                                    # descriptor; git's glued and bundled spellings; a setting named by a copy
+                                    'x="{{ workspace.v }}"; { bash; } <<< "$x"', 'x={{ workspace.v }}; (bash) <<< "$x"',
+                                    '{ bash; } <<EOF\n{{ workspace.v }}\nEOF', "sh 0<<EOF\n{{ workspace.v }}\nEOF",
+                                    "x={{ workspace.v }}\nexec 3<<EOF\n$x\nEOF\nbash <&3",
+                                    'git clone -ccore.fsmonitor="{{ workspace.v }}" https://h/r d',
+                                    'git clone -qu"{{ workspace.v }}" /r d', 'k="{{ workspace.v }}"; git config "$k" "x"',
+                                    'ANSIBLE_CONFIG="{{ workspace.v }}" ansible-playbook p.yml'])
 def test_code_a_command_runs_later_holds_no_value(script):
     """Single-quoted code given to eval, trap or sh -c is expanded when it
     runs; options whose argument a program runs; stdin given by a file name;
@@ -1150,7 +1158,10 @@ def test_an_env_entry_a_program_runs_as_code_takes_no_value():
                                     'NODE_ENV={{ workspace.v }} PYTHON_VERSION={{ workspace.v }} make',
                                     'SSH_PUBLIC_KEY="{{ workspace.v }}" DOCKER_IMAGE={{ workspace.v }} APP_CONFIG={{ workspace.v }} make',
                                     'git -c http.extraHeader="Authorization: Bearer {{ workspace.v }}" clone https://h/r src',
-                                    'x={{ workspace.v }}; cat <<< "$x"', 'x={{ workspace.v }}\ncat <<EOF\n$x\nEOF'])
+                                    'x={{ workspace.v }}; cat <<< "$x"', 'x={{ workspace.v }}\ncat <<EOF\n$x\nEOF',
+                                    "cat 0<<EOF\n{{ workspace.v }}\nEOF", "{ echo a; echo {{ workspace.v }}; } > out",
+                                    'x={{ workspace.v }}; git config user.name "$x"', "git clone -q {{ workspace.v }} d",
+                                    'while read -r l; do echo "$l"; done <<< "{{ workspace.v }}"'])
 def test_values_given_to_later_code_as_data_are_accepted(script):
     compile_template(template(script_step(10, script)))
 

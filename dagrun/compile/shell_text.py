@@ -91,6 +91,8 @@ _DATA_OPTIONS = {**{awk: frozenset({"-v", "--assign", "-F", "--field-separator"}
 _SHELL_NAMES = frozenset({"sh", "bash", "dash", "zsh", "ksh", "mksh", "rbash", "fish", "csh", "tcsh", "busybox"})
 # A program file that is the program's input: a here-document there is the program.
 _STDIN_FILES = frozenset({"-", "/dev/stdin", "/dev/fd/0", "/proc/self/fd/0"})
+INPUT_ELSEWHERE = ("in input given to a group or a subshell, or on a descriptor other than 0 (dagrun cannot tell which "
+                   "command reads it, perhaps one that runs it): give it to the command itself")
 
 
 def _shell_program(args: list[str]) -> tuple[bool, bool, bool]:
@@ -199,7 +201,7 @@ _GIT_CODE_KEY = re.compile(
     r"instaweb\..*|guitool\..*|tool\..*|http\.(.*\.)?(proxy|curloptresolve))\Z")
 _SHELL_CODE_PREFIXES = ("LD_", "BASH_FUNC_", "GIT_CONFIG_", "DYLD_", "npm_config_", "NPM_CONFIG_", "PIP_", "UV_",
                         "POETRY_", "PERL", "GEM_", "BUNDLE_", "XDG_", "OPENSSL_", "CURL_", "RSYNC_", "MAVEN_",
-                        "GRADLE_", "CARGO_", "RUSTUP_")
+                        "GRADLE_", "CARGO_", "RUSTUP_", "ANSIBLE_", "RCLONE_", "TF_CLI_", "HELM_")
 # ... by their form (an interpreter's own: PYTHONPATH, RUBYOPT; not PYTHON_VERSION), and options,
 # commands, programs and settings files of some program
 _SHELL_CODE_FORM = re.compile(r"\A(PYTHON|RUBY)[A-Z]|_(OPTS|OPTIONS|COMMAND|CMD|PROG|PROGRAM|RSH|SHELL|EDITOR|PAGER|"
@@ -211,7 +213,8 @@ _SHELL_CODE_MORE = frozenset({"HOME", "CLASSPATH", "MAKEFILES", "GIT_DIR", "GIT_
                               "GOENV", "GOBIN", "GOPRIVATE", "GONOSUMDB", "GOINSECURE", "SSH_ASKPASS_REQUIRE",
                               "SSH_AUTH_SOCK", "DOCKER_HOST", "DOCKER_CONTEXT", "DOCKER_CONFIG", "DOCKER_CERT_PATH",
                               "CLOUDSDK_CONFIG", "AWS_CONFIG_FILE", "BOTO_CONFIG", "PGSERVICEFILE", "PGPASSFILE",
-                              "PGSYSCONFDIR", "MYSQL_HOME", "GIT_CONFIG"})
+                              "PGSYSCONFDIR", "MYSQL_HOME", "GIT_CONFIG", "PSQLRC", "MYSQL_TEST_LOGIN_FILE",
+                              "SQLITE_HISTORY", "TF_CLI_CONFIG_FILE", "NETRC", "CURL_CA_BUNDLE"})
 
 
 def runs_as_code(name: str) -> bool:
@@ -596,6 +599,8 @@ class _Lexer:
             self.code += [(name, self.line) for name in expanded]  # the command, or code it runs
         elif command is not None and self._command_option(ctx, word):  # (git runs it with sh: '$x' too)
             self.code += [(name, self.line) for name in _EXPANSION.findall(raw)]
+        if base == "git" and expanded and self._git_setting_name(ctx, word):
+            self.code += [(name, self.line) for name in expanded]  # git config "$k" v: a value names the setting
         if base == "git" and (word.startswith("--config-env=") or ctx["words"][-1:] == ["--config-env"]):
             key, _, variable = word.removeprefix("--config-env=").partition("=")
             if _GIT_CODE_KEY.match(key):
@@ -691,8 +696,12 @@ class _Lexer:
             found = _Lexer._git_setting(args, previous, word, key_held)
             if found is not None:
                 return found
-            if {"clone", "fetch", "ls-remote", "archive", "pull"} & set(args) and (
-                    previous == "-u" or word.startswith("-u") and not word.startswith("--")):
+            def bundle_with_u(w: str | None, last: bool) -> bool:  # -u, -qu, -u'cmd', -quCMD
+                return bool(w) and w.startswith("-") and not w.startswith("--") and "u" in w[1:] and (
+                    not last or w.endswith("u"))
+            if {"clone", "ls-remote"} & set(args) and (  # (their -u is --upload-pack; fetch's is another)
+                    bundle_with_u(previous, True) or bundle_with_u(word, before_value)
+                    or word.startswith("-") and not word.startswith("--") and "u" in word[1:-1]):
                 return "-u (--upload-pack)"
             for after in ("foreach", "run"):  # git submodule foreach CMD..., git bisect run CMD...
                 if after in args and ("submodule" in args if after == "foreach" else "bisect" in args):
@@ -719,6 +728,19 @@ class _Lexer:
         return None
 
     @staticmethod
+    def _git_setting_name(cmd: dict[str, Any], word: str) -> bool:
+        """Is ``word`` (as written) the name of a git setting: git config
+        NAME ..., or the part before = after -c / --config(-env)?"""
+        args = cmd["words"][cmd["command_index"] + 1:]
+        previous = args[-1] if args else None
+        if previous in ("-c", "--config", "--config-env") or word.startswith(("-c", "--config")):
+            return "$" in word.split("=", 1)[0] or "`" in word.split("=", 1)[0]
+        if "config" in args:
+            after = args[args.index("config") + 1:]
+            return not word.startswith("-") and all(w.startswith("-") for w in after)
+        return False
+
+    @staticmethod
     def _before_subcommand(args: list[str]) -> bool:
         """Is the last of ``args`` still among git's own options (git -C DIR
         -c K=V ...), before its subcommand (git commit -c is another -c)?"""
@@ -740,6 +762,8 @@ class _Lexer:
         if previous in ("-c", "--config", "--config-env") and (
                 previous != "-c" or "clone" in args or _Lexer._before_subcommand(args)):
             setting = word
+        elif word.startswith("-c") and len(word) > 2 and ("clone" in args or _Lexer._before_subcommand([*args, word])):
+            setting = word[2:]  # git clone -ccore.sshCommand=... (glued)
         elif word.startswith(("--config=", "--config-env=")):
             setting = word.split("=", 1)[1]
         elif "config" in args and previous is not None and not previous.startswith("-") and previous != "config" \
@@ -816,8 +840,13 @@ class _Lexer:
             return  # a newline (or a comment) right after "|": the pipeline goes on
         if ctx["command"] == "for" and ctx["for_name"] and "in" not in ctx["words"]:
             self.copies.append((ctx["for_name"], ["@"]))  # for c; do ...: over the arguments
-        if ctx["command"] is not None:
-            deny = self._command_deny(ctx, stdin=True)
+        unseen = ctx.get("input_elsewhere") or (ctx["command"] is None and (
+            ctx.get("herestring_values") or ctx.get("herestring_names")
+            or len(self.pending_heredocs) > ctx.get("heredocs_from", 0)))
+        if ctx["command"] is not None or unseen:
+            # (input given to a group or subshell, { bash; } <<< ..., or on another descriptor, 3<<EOF ...
+            # bash <&3: which command reads it, dagrun cannot tell)
+            deny = INPUT_ELSEWHERE if unseen else self._command_deny(ctx, stdin=True)
             if deny:  # it runs what it reads: here-documents and here-strings given before its name too
                 if ctx.get("herestring_values"):
                     self.fail(deny)
@@ -841,7 +870,7 @@ class _Lexer:
         ctx.update(words=[], marker_words=set(), command_start=True, command=None, command_literal=True,
                    dashdash=False, integer_declare=False, array_declare=False, redirect=False, for_name=None,
                    fed=feeds, heredocs_from=len(self.pending_heredocs), expanded=[], herestring_values=False,
-                   stdin_substitution=False, herestring_names=[])
+                   stdin_substitution=False, herestring_names=[], input_elsewhere=False)
 
     def _word_start(self, ctx: dict[str, Any]) -> tuple[bool, tuple[int, ...]]:
         """Does the current point begin a word (only empty quotes, or values
@@ -940,10 +969,16 @@ class _Lexer:
                 self.stack[-1]["fed"] = {"values": False, "expanded": [], "heredocs": []}
             return
         if c == "<" and text.startswith("<<", self.i) and not text.startswith("<<<", self.i) and not ctx["cond"]:
+            if ctx["word"].isdigit() and not ctx["word_markers"]:  # 0<<EOF, 3<<EOF: a descriptor, not an argument
+                if ctx["word"] != "0":
+                    ctx["input_elsewhere"] = True
+                ctx.update(word="", word_literal=True)
             self._heredoc_operator(ctx)
             return
         if c in "<>" and not ctx["cond"]:
             if ctx["word"].isdigit() and not ctx["word_markers"]:  # 2>file: a descriptor, not an argument
+                if ctx["word"] != "0" and text.startswith("<<<", self.i):
+                    ctx["input_elsewhere"] = True
                 ctx.update(word="", word_literal=True)
             self._end_word(ctx)
             operator = ""
@@ -1241,7 +1276,7 @@ class _Lexer:
                 if ctx["program"]:
                     self._inner(body if ctx["quoted"] else body.replace("\\$", "$").replace("\\`", "`"),
                                 arguments=True)
-                if ctx["deny"] and ctx["deny"].startswith("in the input of") and not ctx["quoted"]:
+                if ctx["deny"] and not ctx["quoted"]:  # (input of a program that runs it, or unseen)
                     # python3 - <<EOF ... $x ...: the value would be part of the program
                     self.code += [(name, self.line) for name in _EXPANSION.findall(body.replace("\\$", ""))]
                 if self.pending_heredocs:
