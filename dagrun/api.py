@@ -421,12 +421,12 @@ def _check_rendered_configs(plan: Plan, workspace: Mapping[str, Any], variables:
                                    shell=step.shell_fields, make_context=lambda c: build_context(config=c, **context))
         except Exception:  # noqa: BLE001 - a value the shell or URL rules refuse: the attempt tells, as ever
             continue
-        for field, message in config_problems(config, step.action.config_schema, allow_templates=False):
-            if field.split(".", 1)[0].split("[", 1)[0] in step.secret_fields:
+        for where, message in config_problems(config, step.action.config_schema, allow_templates=False):
+            if where.split(".", 1)[0].split("[", 1)[0] in step.secret_fields:
                 message = "its value (a secret, not shown) is not valid for this field"
             message = redactor.text(message) if redactor is not None else message
             problems.append(Problem(plan.name, f"with this workspace and these variables: {message}", step=sid,
-                                    field=f"action_config.{field}"))
+                                    field=f"action_config.{where}"))
     if problems:
         raise TemplateError(problems)
 
@@ -525,12 +525,15 @@ def _maybe_rolled_back(plan: Plan, run: Any, rows: Mapping[str, list[Any]]) -> s
 
     from .run.handler_types import handlers_for
     from .store.operations import ROLLING_BACK_MARK
+    from .store.runs import INTERRUPTED
     marked = ROLLING_BACK_MARK.search(run.error or "")
     if marked is None or run.status not in ("running", "failed"):
         return set()
-    if run.status == "failed" and not (run.error or "").startswith(INTERRUPTED_PREFIX):
+    if run.status == "failed" and not (run.error or "").startswith(INTERRUPTED):
         return set()  # it ended: each rollback's own record says what was undone
-    began = datetime.fromtimestamp(float(marked.group(1)), timezone.utc)
+    # A margin: completion times come from the workers' clocks (a Dask worker's may be ahead); a step
+    # completed just after the mark is run again (once more, as a step running at a crash is).
+    began = datetime.fromtimestamp(float(marked.group(1)) + ROLLBACK_CLOCK_MARGIN_SECONDS, timezone.utc)
 
     def before(row: Any) -> bool:  # completed before the rollbacks began (a later resume's are sure)
         done = row.completed_at
@@ -541,7 +544,7 @@ def _maybe_rolled_back(plan: Plan, run: Any, rows: Mapping[str, list[Any]]) -> s
             and handlers_for(plan.steps[sid].action).rollback is not None}
 
 
-INTERRUPTED_PREFIX = "interrupted"  # (store.runs.INTERRUPTED begins so)
+ROLLBACK_CLOCK_MARGIN_SECONDS = 60.0
 
 
 def _check_masked_results(plan: Plan, run_id: str, done: Mapping[str, Done]) -> None:
@@ -556,7 +559,7 @@ def _check_masked_results(plan: Plan, run_id: str, done: Mapping[str, Done]) -> 
         if sid in done:
             continue
         # (any read of the step's results: .get('k'), | tojson, a key from a variable)
-        for upstream in sorted(step.step_refs & masked):
+        for upstream in sorted(step.step_refs & masked)[:1]:
             raise InputError(f"run {run_id}: step {sid} reads the results of step {upstream}, which held a secret "
                              f"and were stored masked: resume from that step (--from {upstream}) to make them again")
 
@@ -686,23 +689,20 @@ def masked_snapshot(plan: Plan) -> dict[str, Any]:
 
 def _secret_field_sources(plan: Plan) -> set[tuple[str, str]]:
     """("vars", name) and ("workspace", field) that a secret field reads."""
-    from .compile.expressions import has_template, leaf_references
+    from .compile.expressions import leaf_references, template_strings
     return {(path[0], path[1]) for step in plan.steps.values() for key in step.secret_fields
-            if isinstance(step.config.get(key), str) and has_template(step.config[key])
-            for path in leaf_references(step.config[key]) if len(path) >= 2 and path[0] in ("vars", "workspace")}
+            for _, text in template_strings(step.config.get(key))
+            for path in leaf_references(text) if len(path) >= 2 and path[0] in ("vars", "workspace")}
 
 
 def secret_variable_defaults(plan: Plan) -> list[str]:
     """The template's variables with a default written in it that a secret
     field reads (``password: "{{ vars.pw }}"``, ``vars: {pw: ...}``)."""
-    from .compile.expressions import has_template, leaf_references
     defaults = plan.snapshot.get("vars")
     if not isinstance(defaults, Mapping) or not defaults:
         return []
-    found = {path[1] for step in plan.steps.values() for key in step.secret_fields
-             if isinstance(step.config.get(key), str) and has_template(step.config[key])
-             for path in leaf_references(step.config[key]) if len(path) == 2 and path[0] == "vars"}
-    return sorted(n for n in found if defaults.get(n) not in (None, ""))
+    return sorted(name for root, name in _secret_field_sources(plan)
+                  if root == "vars" and defaults.get(name) not in (None, ""))
 
 
 def with_secret_literals(snapshot: Mapping[str, Any], secrets: Mapping[str, Any]) -> dict[str, Any]:

@@ -261,6 +261,19 @@ def test_only_what_a_secret_field_reads_may_be_given_again(workspace, home, db_u
     assert again.success and (home / "url").read_text() == "pg://app:S3cret-Passw0rd@db1.internal/x\n"
 
 
+def test_a_secret_field_holding_a_mapping_reads_secrets_too(workspace, home, db_url):
+    """(helper-35) auth: {type: object, x-secret: true} with {password: "{{ vars.pw }}"}."""
+    conn = {"name": "conn", "action_type": "shell", "execution_handler": "echo {{ config.auth.password }} > ~/pw",
+            "config_schema": {"type": "object", "properties": {"auth": {"type": "object", "x-secret": True}}}}
+    doc = template(step(10, "conn", action_config={"auth": {"user": "app", "password": "{{ vars.pw }}"}}),
+                   script_step(20, 'echo "{{ vars.pw }}"', id="show", requires=["conn"]), vars={"pw": ""})
+    result = run_template(doc, workspace, database_url=db_url, actions=[conn], variables={"pw": "Long-Passw0rd-1"})
+    assert result.success and (home / "pw").read_text() == "Long-Passw0rd-1\n"
+    assert result.steps["show"].stdout == "********\n"
+    run, stored = _stored(db_url, result.run_id)
+    assert "Long-Passw0rd-1" not in stored and "pw" in run.secret_names
+
+
 def test_secrets_given_as_a_mapping_and_bash_quoted_forms_are_masked(workspace, db_url):
     doc = template(script_step(10, 'echo "{{ vars.db.password }}"; printf "%q\\n" "{{ vars.odd }}"', id="s"))
     result = run_template(doc, workspace, database_url=db_url,

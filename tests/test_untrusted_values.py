@@ -1114,7 +1114,16 @@ def test_an_env_entry_never_reaches_a_script_that_evaluates_text(script, home):
                                     "x={{ workspace.v }}\nexec 3<<EOF\n$x\nEOF\nbash <&3",
                                     'git clone -ccore.fsmonitor="{{ workspace.v }}" https://h/r d',
                                     'git clone -qu"{{ workspace.v }}" /r d', 'k="{{ workspace.v }}"; git config "$k" "x"',
-                                    'ANSIBLE_CONFIG="{{ workspace.v }}" ansible-playbook p.yml'])
+                                    'ANSIBLE_CONFIG="{{ workspace.v }}" ansible-playbook p.yml',
+                                    # a fifth round (helper-35): input given to compound commands and functions
+                                    # that run it; a setting named by a variable
+                                    'if true; then bash; fi <<< "{{ workspace.v }}"',
+                                    "for i in 1; do bash; done <<EOF\n{{ workspace.v }}\nEOF",
+                                    'f() { bash; }; f <<< "{{ workspace.v }}"',
+                                    'x="{{ workspace.v }}"; { bash; } < <(echo "$x")',
+                                    'k="{{ workspace.v }}"; git -c "$k"=1 status',
+                                    'k=core.fsmonitor; git config "$k" "{{ workspace.v }}"',
+                                    'LUA_INIT="{{ workspace.v }}" lua x.lua', 'CC="gcc {{ workspace.v }}" make'])
 def test_code_a_command_runs_later_holds_no_value(script):
     """Single-quoted code given to eval, trap or sh -c is expanded when it
     runs; options whose argument a program runs; stdin given by a file name;
@@ -1161,7 +1170,9 @@ def test_an_env_entry_a_program_runs_as_code_takes_no_value():
                                     'x={{ workspace.v }}; cat <<< "$x"', 'x={{ workspace.v }}\ncat <<EOF\n$x\nEOF',
                                     "cat 0<<EOF\n{{ workspace.v }}\nEOF", "{ echo a; echo {{ workspace.v }}; } > out",
                                     'x={{ workspace.v }}; git config user.name "$x"', "git clone -q {{ workspace.v }} d",
-                                    'while read -r l; do echo "$l"; done <<< "{{ workspace.v }}"'])
+                                    'while read -r l; do echo "$l"; done <<< "{{ workspace.v }}"',
+                                    '{ read -r a; read -r b; } <<< "{{ workspace.v }}"',
+                                    'if true; then cat; fi > out; echo {{ workspace.v }}'])
 def test_values_given_to_later_code_as_data_are_accepted(script):
     compile_template(template(script_step(10, script)))
 

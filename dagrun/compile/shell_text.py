@@ -35,7 +35,6 @@ run-time render analyses again what control flow actually produced.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import contextvars
 import json
@@ -91,8 +90,12 @@ _DATA_OPTIONS = {**{awk: frozenset({"-v", "--assign", "-F", "--field-separator"}
 _SHELL_NAMES = frozenset({"sh", "bash", "dash", "zsh", "ksh", "mksh", "rbash", "fish", "csh", "tcsh", "busybox"})
 # A program file that is the program's input: a here-document there is the program.
 _STDIN_FILES = frozenset({"-", "/dev/stdin", "/dev/fd/0", "/proc/self/fd/0"})
-INPUT_ELSEWHERE = ("in input given to a group or a subshell, or on a descriptor other than 0 (dagrun cannot tell which "
-                   "command reads it, perhaps one that runs it): give it to the command itself")
+_COMPOUND_ENDS = frozenset({"fi", "done", "esac", "}"})  # the input of a compound command goes to its commands
+_COMPOUND_STARTS = frozenset({"if", "while", "until", "for", "select", "case", "{"})
+_FUNCTION = re.compile(r"(?m)(?:^|[;&|{(]\s*|\bfunction\s+)([A-Za-z_][A-Za-z0-9_-]*)\s*\(\s*\)|\bfunction\s+([A-Za-z_][A-Za-z0-9_-]*)")
+INPUT_ELSEWHERE = ("in input given to a group, a subshell, a compound command (if, for, while, case) or a function, or "
+                   "on a descriptor other than 0 (dagrun cannot tell which command reads it, perhaps one that runs "
+                   "it): give it to the command itself")
 
 
 def _shell_program(args: list[str]) -> tuple[bool, bool, bool]:
@@ -204,8 +207,8 @@ _SHELL_CODE_PREFIXES = ("LD_", "BASH_FUNC_", "GIT_CONFIG_", "DYLD_", "npm_config
                         "GRADLE_", "CARGO_", "RUSTUP_", "ANSIBLE_", "RCLONE_", "TF_CLI_", "HELM_")
 # ... by their form (an interpreter's own: PYTHONPATH, RUBYOPT; not PYTHON_VERSION), and options,
 # commands, programs and settings files of some program
-_SHELL_CODE_FORM = re.compile(r"\A(PYTHON|RUBY)[A-Z]|_(OPTS|OPTIONS|COMMAND|CMD|PROG|PROGRAM|RSH|SHELL|EDITOR|PAGER|"
-                              r"ASKPASS|HOOK|HOOKS)\Z")
+_SHELL_CODE_FORM = re.compile(r"\A(PYTHON|RUBY)[A-Z]|\ALUA_INIT|_(OPTS|OPTIONS|COMMAND|CMD|PROG|PROGRAM|RSH|SHELL|EDITOR|"
+                              r"PAGER|ASKPASS|HOOK|HOOKS|DIFF|DIFFTOOL)\Z")
 _SHELL_CODE_MORE = frozenset({"HOME", "CLASSPATH", "MAKEFILES", "GIT_DIR", "GIT_WORK_TREE", "GIT_COMMON_DIR", "TERMINFO",
                               "LOCPATH", "NLSPATH", "HOSTALIASES", "TMPDIR", "NODE_PATH", "NODE_REPL_EXTERNAL_MODULE",
                               "JAVA_HOME", "KUBECONFIG", "LESS", "LESSKEY", "WGETRC", "SCREENRC", "VIMINIT", "EXINIT",
@@ -214,7 +217,10 @@ _SHELL_CODE_MORE = frozenset({"HOME", "CLASSPATH", "MAKEFILES", "GIT_DIR", "GIT_
                               "SSH_AUTH_SOCK", "DOCKER_HOST", "DOCKER_CONTEXT", "DOCKER_CONFIG", "DOCKER_CERT_PATH",
                               "CLOUDSDK_CONFIG", "AWS_CONFIG_FILE", "BOTO_CONFIG", "PGSERVICEFILE", "PGPASSFILE",
                               "PGSYSCONFDIR", "MYSQL_HOME", "GIT_CONFIG", "PSQLRC", "MYSQL_TEST_LOGIN_FILE",
-                              "SQLITE_HISTORY", "TF_CLI_CONFIG_FILE", "NETRC", "CURL_CA_BUNDLE"})
+                              "SQLITE_HISTORY", "TF_CLI_CONFIG_FILE", "NETRC", "CURL_CA_BUNDLE", "LUA_INIT", "PHPRC",
+                              "PHP_INI_SCAN_DIR", "R_PROFILE", "R_PROFILE_USER", "R_ENVIRON", "R_ENVIRON_USER",
+                              "CC", "CXX", "CPP", "LD", "AR", "AS", "CFLAGS", "CXXFLAGS", "CPPFLAGS", "LDFLAGS",
+                              "MAKE", "NM", "RANLIB", "STRIP", "OBJCOPY", "PKG_CONFIG", "CMAKE_ARGS", "MAKEOPTS"})
 
 
 def runs_as_code(name: str) -> bool:
@@ -336,6 +342,8 @@ class _Lexer:
         self.piped_into: int | None = None  # line of a pipe into a program that runs what it reads
         self._assigned_at: dict[str, int] = {}  # line of each name's first assignment
         self.given: frozenset[str] = frozenset()  # a step's env names (checked when its template was compiled)
+        self.functions = {a or b for a, b in _FUNCTION.findall(text)}  # (input given to one goes to what it runs)
+        self.compound: list[bool] = []  # per open if/while/for/case/{: does a command in it run its input?
         # (line, holds a value, names) of each argument of a sh -c whose code a variable holds
         self.opaque_arguments: list[tuple[int, bool, list[str]]] = []
 
@@ -343,7 +351,7 @@ class _Lexer:
 
     def _new_cmd(self, closer: str | None, deny: str | None) -> dict[str, Any]:
         return {"kind": "cmd", "closer": closer, "deny": deny, "depth": 0, "case": 0, "word": "",
-                "word_markers": [], "word_literal": True, "words": [], "marker_words": set(),
+                "word_markers": [], "word_literal": True, "words": [], "raws": [], "marker_words": set(),
                 "command_start": True, "command": None, "command_literal": True, "dashdash": False,
                 "cond": False, "integer_declare": False, "array_declare": False, "redirect": False,
                 "for_name": None, "command_index": 0}
@@ -542,6 +550,7 @@ class _Lexer:
         self._track_values(ctx, word, holds_value, self.text[ctx.get("raw_start", self.i):self.i])
         index = len(ctx["words"])
         ctx["words"].append(word)
+        ctx["raws"].append(self.text[ctx.get("raw_start", self.i):self.i])  # (as written: "$k" is "xx" above)
         if markers:
             ctx["marker_words"].add(index)
         if ctx["command_start"] and not _ASSIGNMENT.match(word) and ("$(" in word or "`" in word):
@@ -549,6 +558,13 @@ class _Lexer:
         if ctx["command_start"] and word == "coproc":  # what is written to it, it may run
             self.piped_into = self.piped_into or self.line
         if ctx["command_start"] and not _ASSIGNMENT.match(word):  # NAME=value words come before the command
+            if word in _COMPOUND_STARTS:
+                self.compound.append(False)
+            elif word in _COMPOUND_ENDS and self.compound:  # while read l; do ...; done <<< "$x": fine if
+                reads = self.compound.pop()  # nothing in it runs its input
+                ctx["compound_reads"] = reads
+                if reads and self.compound:
+                    self.compound[-1] = True
             ctx["command_start"] = False
             ctx["command"] = word
             ctx["command_index"] = index
@@ -599,7 +615,7 @@ class _Lexer:
             self.code += [(name, self.line) for name in expanded]  # the command, or code it runs
         elif command is not None and self._command_option(ctx, word):  # (git runs it with sh: '$x' too)
             self.code += [(name, self.line) for name in _EXPANSION.findall(raw)]
-        if base == "git" and expanded and self._git_setting_name(ctx, word):
+        if base == "git" and expanded and self._git_setting_name(ctx, raw):
             self.code += [(name, self.line) for name in expanded]  # git config "$k" v: a value names the setting
         if base == "git" and (word.startswith("--config-env=") or ctx["words"][-1:] == ["--config-env"]):
             key, _, variable = word.removeprefix("--config-env=").partition("=")
@@ -692,7 +708,8 @@ class _Lexer:
         args = cmd["words"][cmd["command_index"] + 1:]
         previous = args[-1] if args else None
         if name == "git":
-            key_held = len(cmd["words"]) - 1 in cmd["marker_words"]  # the word before (a setting's name?)
+            key_held = len(cmd["words"]) - 1 in cmd["marker_words"] or any(  # the word before: a setting's name?
+                c in (cmd["raws"][-1] if cmd["raws"] else "") for c in "$`")  # (held, or named by a variable)
             found = _Lexer._git_setting(args, previous, word, key_held)
             if found is not None:
                 return found
@@ -840,13 +857,17 @@ class _Lexer:
             return  # a newline (or a comment) right after "|": the pipeline goes on
         if ctx["command"] == "for" and ctx["for_name"] and "in" not in ctx["words"]:
             self.copies.append((ctx["for_name"], ["@"]))  # for c; do ...: over the arguments
-        unseen = ctx.get("input_elsewhere") or (ctx["command"] is None and (
-            ctx.get("herestring_values") or ctx.get("herestring_names")
-            or len(self.pending_heredocs) > ctx.get("heredocs_from", 0)))
+        unseen = ctx.get("input_elsewhere") or (
+            (ctx["command"] is None or ctx["command"] in _COMPOUND_ENDS or ctx["command"] in self.functions)
+            and ctx.get("compound_reads", True) and (
+                ctx.get("herestring_values") or ctx.get("herestring_names") or ctx.get("stdin_substitution")
+                or len(self.pending_heredocs) > ctx.get("heredocs_from", 0)))
         if ctx["command"] is not None or unseen:
             # (input given to a group or subshell, { bash; } <<< ..., or on another descriptor, 3<<EOF ...
             # bash <&3: which command reads it, dagrun cannot tell)
             deny = INPUT_ELSEWHERE if unseen else self._command_deny(ctx, stdin=True)
+            if deny and not unseen and self.compound:
+                self.compound[-1] = True  # the compound around it runs (a program from) its input
             if deny:  # it runs what it reads: here-documents and here-strings given before its name too
                 if ctx.get("herestring_values"):
                     self.fail(deny)
@@ -867,10 +888,10 @@ class _Lexer:
         feeds = {"values": bool(ctx["marker_words"]), "expanded": ctx.get("expanded", []),
                  "heredocs": list(range(ctx.get("heredocs_from", 0), len(self.pending_heredocs)))} if pipe else None
         ctx.pop("opaque_code", None)
-        ctx.update(words=[], marker_words=set(), command_start=True, command=None, command_literal=True,
+        ctx.update(words=[], raws=[], marker_words=set(), command_start=True, command=None, command_literal=True,
                    dashdash=False, integer_declare=False, array_declare=False, redirect=False, for_name=None,
                    fed=feeds, heredocs_from=len(self.pending_heredocs), expanded=[], herestring_values=False,
-                   stdin_substitution=False, herestring_names=[], input_elsewhere=False)
+                   stdin_substitution=False, herestring_names=[], input_elsewhere=False, compound_reads=True)
 
     def _word_start(self, ctx: dict[str, Any]) -> tuple[bool, tuple[int, ...]]:
         """Does the current point begin a word (only empty quotes, or values

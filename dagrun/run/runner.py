@@ -96,33 +96,60 @@ def known_secrets(plan: Plan, workspace: Mapping[str, Any], variables: Mapping[s
     written in the template, or rendered from the workspace, variables or
     environment. (One that reads an upstream result is learned when its step
     has run.) Knowing them early masks them wherever they show first."""
-    from ..compile.expressions import build_context, leaf_references, render_string
-    found = []
+    from ..compile.expressions import template_strings
+    found: list[Any] = []
     sources = {"vars": variables, "env": env, "workspace": workspace}
     for step in plan.steps.values():
         for key in step.secret_fields:
-            value = step.config.get(key)
-            if value in (None, ""):
+            whole = step.config.get(key)
+            if whole in (None, ""):
                 continue
-            if not has_template(value):
-                found.append(str(value))
-                continue
-            # A variable (or workspace field) that is part of a secret (postgresql://u:{{ vars.pw }}@h)
-            # is one itself: an error or a script may show it alone.
-            for path in leaf_references(str(value)):
-                held: Any = sources.get(path[0])
-                for key in path[1:]:
-                    held = held.get(key) if isinstance(held, Mapping) else None
-                if isinstance(held, (Mapping, list, tuple)) or (
-                        held is not None and not isinstance(held, bool) and len(str(held)) >= PART_MIN_LENGTH):
-                    found.append(held)  # (a mapping or a list: each part, see Redactor.add)
-            try:
-                rendered = render_string(value, build_context(workspace=workspace, config=step.config,
-                                                              variables=variables, env=env, steps={}, home=None))
-            except Exception:  # reads an upstream step, or fails: its attempt will tell
-                continue
-            if rendered not in (None, ""):
-                found.append(str(rendered))
+            if not isinstance(whole, str):  # a secret mapping or list: its texts each
+                texts = [t for _, t in template_strings(whole)]
+                found.append(_literal_parts(whole))
+            else:
+                texts = [whole]
+            for value in texts:
+                found += _secret_parts(value, step, workspace, variables, env, sources)
+    return found
+
+
+def _literal_parts(value: Any) -> Any:
+    """A structure's parts that hold no template (the template's own secret text)."""
+    if isinstance(value, str):
+        return None if has_template(value) else value
+    if isinstance(value, Mapping):
+        return [_literal_parts(v) for v in value.values()]
+    if isinstance(value, (list, tuple)):
+        return [_literal_parts(v) for v in value]
+    return value
+
+
+def _secret_parts(value: str, step: Any, workspace: Mapping[str, Any], variables: Mapping[str, Any],
+                  env: Mapping[str, str], sources: Mapping[str, Any]) -> list[Any]:
+    """What one text of a secret field makes known before the run: the text
+    itself (written in the template), or rendered, and the values it is made
+    of: a variable or workspace field that is part of a secret
+    (postgresql://u:{{ vars.pw }}@h) is one itself, shown alone in an error
+    or by a script."""
+    from ..compile.expressions import build_context, leaf_references, render_string
+    if not has_template(value):
+        return [value]
+    found: list[Any] = []
+    for path in leaf_references(value):
+        held: Any = sources.get(path[0])
+        for key in path[1:]:
+            held = held.get(key) if isinstance(held, Mapping) else None
+        if isinstance(held, (Mapping, list, tuple)) or (
+                held is not None and not isinstance(held, bool) and len(str(held)) >= PART_MIN_LENGTH):
+            found.append(held)  # (a mapping or a list: each part, see Redactor.add)
+    try:
+        rendered = render_string(value, build_context(workspace=workspace, config=step.config, variables=variables,
+                                                      env=env, steps={}, home=None))
+    except Exception:  # reads an upstream step, or fails: its attempt will tell
+        return found
+    if rendered not in (None, ""):
+        found.append(rendered)
     return found
 
 
@@ -726,13 +753,10 @@ def secret_results(plan: Plan) -> dict[str, frozenset[str]]:
     (``password: "{{ steps.gen.result.pw }}"``; :data:`WHOLE_RESULT` when
     it is read otherwise): secrets from the moment the step that makes them
     completes, before its own record is written."""
-    from ..compile.expressions import leaf_references, references
+    from ..compile.expressions import leaf_references, references, template_strings
     found: dict[str, set[str]] = {}
     for step in plan.steps.values():
-        for key in step.secret_fields:
-            value = step.config.get(key)
-            if not (isinstance(value, str) and has_template(value)):
-                continue
+        for value in (text for key in step.secret_fields for _, text in template_strings(step.config.get(key))):
             paths = [p for p in leaf_references(value) if p[0] == "steps" and len(p) >= 2]
             for path in paths:
                 if len(path) >= 4 and path[2] == "result" and path[3] not in ("get", "items", "values", "keys"):

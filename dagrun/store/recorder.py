@@ -18,7 +18,6 @@ returns once every queued event is committed (or journalled).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -212,8 +211,14 @@ class Recorder:
             # Only the heartbeat still goes to the store, best effort: the run is alive.
             beats = [op for op in ops if _heartbeat_only(op)]
             if beats:
-                with contextlib.suppress(Exception):
-                    apply_operations(self.engine, beats, self._action_ids, self._run.get("actions"))
+                try:
+                    apply_operations(self.engine, beats, self._action_ids, self._run.get("actions"),
+                                     owner=(self._run["id"], self.owner) if self.owner and self._run.get("id") else None)
+                except NotOwner as exc:
+                    self._fence(str(exc))
+                    return
+                except Exception:  # noqa: BLE001 - best effort: the store is away
+                    pass
             ops = [op for op in ops if not _heartbeat_only(op)]
             if ops:
                 self._to_journal(ops, "earlier records are in the journal", 0.0)
