@@ -1123,7 +1123,15 @@ def test_an_env_entry_never_reaches_a_script_that_evaluates_text(script, home):
                                     'x="{{ workspace.v }}"; { bash; } < <(echo "$x")',
                                     'k="{{ workspace.v }}"; git -c "$k"=1 status',
                                     'k=core.fsmonitor; git config "$k" "{{ workspace.v }}"',
-                                    'LUA_INIT="{{ workspace.v }}" lua x.lua', 'CC="gcc {{ workspace.v }}" make'])
+                                    'LUA_INIT="{{ workspace.v }}" lua x.lua', 'CC="gcc {{ workspace.v }}" make',
+                                    # a sixth round (helper-36): a function called in a compound, pipes into
+                                    # functions and compounds, function names of any characters, sh -c code
+                                    # that runs its input
+                                    'f() { bash; }\nfor i in 1; do f; done <<< "{{ workspace.v }}"',
+                                    'f() { bash; }\necho "{{ workspace.v }}" | f',
+                                    'echo "{{ workspace.v }}" | while true; do bash; break; done',
+                                    'a.b() { bash; }; a.b <<< "{{ workspace.v }}"',
+                                    "bash -c 'bash' <<< \"{{ workspace.v }}\"", "sh -c 'cat | sh' <<< \"{{ workspace.v }}\""])
 def test_code_a_command_runs_later_holds_no_value(script):
     """Single-quoted code given to eval, trap or sh -c is expanded when it
     runs; options whose argument a program runs; stdin given by a file name;
@@ -1172,7 +1180,9 @@ def test_an_env_entry_a_program_runs_as_code_takes_no_value():
                                     'x={{ workspace.v }}; git config user.name "$x"', "git clone -q {{ workspace.v }} d",
                                     'while read -r l; do echo "$l"; done <<< "{{ workspace.v }}"',
                                     '{ read -r a; read -r b; } <<< "{{ workspace.v }}"',
-                                    'if true; then cat; fi > out; echo {{ workspace.v }}'])
+                                    'if true; then cat; fi > out; echo {{ workspace.v }}',
+                                    'echo "{{ workspace.v }}" | while read -r l; do echo "$l"; done',
+                                    "bash -c 'cat > f' <<< \"{{ workspace.v }}\""])
 def test_values_given_to_later_code_as_data_are_accepted(script):
     compile_template(template(script_step(10, script)))
 

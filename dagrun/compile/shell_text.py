@@ -92,7 +92,7 @@ _SHELL_NAMES = frozenset({"sh", "bash", "dash", "zsh", "ksh", "mksh", "rbash", "
 _STDIN_FILES = frozenset({"-", "/dev/stdin", "/dev/fd/0", "/proc/self/fd/0"})
 _COMPOUND_ENDS = frozenset({"fi", "done", "esac", "}"})  # the input of a compound command goes to its commands
 _COMPOUND_STARTS = frozenset({"if", "while", "until", "for", "select", "case", "{"})
-_FUNCTION = re.compile(r"(?m)(?:^|[;&|{(]\s*|\bfunction\s+)([A-Za-z_][A-Za-z0-9_-]*)\s*\(\s*\)|\bfunction\s+([A-Za-z_][A-Za-z0-9_-]*)")
+_FUNCTION = re.compile(r"(?m)(?:^|[;&|{(]\s*|\bfunction\s+)([^\s(){};&|<>'\"$`]+)\s*\(\s*\)|\bfunction\s+([^\s(){};&|<>'\"$`]+)")
 INPUT_ELSEWHERE = ("in input given to a group, a subshell, a compound command (if, for, while, case) or a function, or "
                    "on a descriptor other than 0 (dagrun cannot tell which command reads it, perhaps one that runs "
                    "it): give it to the command itself")
@@ -344,6 +344,8 @@ class _Lexer:
         self.given: frozenset[str] = frozenset()  # a step's env names (checked when its template was compiled)
         self.functions = {a or b for a, b in _FUNCTION.findall(text)}  # (input given to one goes to what it runs)
         self.compound: list[bool] = []  # per open if/while/for/case/{: does a command in it run its input?
+        self.runs_input = False  # does a command of the script (at its top) run its input? (for sh -c CODE)
+        self.compound_fed: list[bool] = []  # per open compound: is it the end of a pipe?
         # (line, holds a value, names) of each argument of a sh -c whose code a variable holds
         self.opaque_arguments: list[tuple[int, bool, list[str]]] = []
 
@@ -560,8 +562,11 @@ class _Lexer:
         if ctx["command_start"] and not _ASSIGNMENT.match(word):  # NAME=value words come before the command
             if word in _COMPOUND_STARTS:
                 self.compound.append(False)
+                self.compound_fed.append(ctx.get("fed") is not None)  # (echo v | while ...; do bash; done)
             elif word in _COMPOUND_ENDS and self.compound:  # while read l; do ...; done <<< "$x": fine if
                 reads = self.compound.pop()  # nothing in it runs its input
+                if self.compound_fed.pop() and reads:
+                    self.piped_into = self.piped_into or self.line
                 ctx["compound_reads"] = reads
                 if reads and self.compound:
                     self.compound[-1] = True
@@ -634,7 +639,8 @@ class _Lexer:
             if shell_code and any(c in _without_single_quoted(raw) for c in "$`"):  # bash -c "$c" _ {{ v }}:
                 ctx["opaque_code"] = self.line  # the code is a variable's, unseen: its $1... hold the arguments
             elif shell_code:
-                self._inner(written, arguments=True)
+                if self._inner(written, arguments=True):
+                    ctx["code_reads_input"] = True  # bash -c 'bash' <<< ...: its code runs its input
             elif runs_it and "'" in raw and dynamic:  # eval '$x', trap '$f' EXIT: expanded where it runs
                 self._inner(written)
             if "[" in written and (base in NAME_BUILTINS or ctx["words"][-1:] in (["-v"], ["-R"], ["-p"])):
@@ -672,7 +678,7 @@ class _Lexer:
         if command == "let":
             self._reads(word, self.line)
 
-    def _inner(self, code: str, arguments: bool = False) -> None:
+    def _inner(self, code: str, arguments: bool = False) -> bool:
         """Code a command runs (sh -c CODE, eval, trap, a shell's program in
         a here-document): where it evaluates text, this script does; what
         holds a value here holds it there, copies included, and with
@@ -695,6 +701,7 @@ class _Lexer:
         self.tainted |= inner.tainted - _POSITIONAL - {"0", "BASH_ARGV", "BASH_ARGV0"}
         self.outputs |= inner.outputs
         self.opaque_arguments += inner.opaque_arguments
+        return inner.runs_input or inner.piped_into is not None
 
     @staticmethod
     def _command_option(cmd: dict[str, Any], word: str, before_value: bool = False) -> str | None:
@@ -865,9 +872,11 @@ class _Lexer:
         if ctx["command"] is not None or unseen:
             # (input given to a group or subshell, { bash; } <<< ..., or on another descriptor, 3<<EOF ...
             # bash <&3: which command reads it, dagrun cannot tell)
-            deny = INPUT_ELSEWHERE if unseen else self._command_deny(ctx, stdin=True)
-            if deny and not unseen and self.compound:
-                self.compound[-1] = True  # the compound around it runs (a program from) its input
+            deny = INPUT_ELSEWHERE if unseen or ctx.get("code_reads_input") else self._command_deny(ctx, stdin=True)
+            if deny and not unseen and not self.compound:
+                self.runs_input = True
+            if self.compound and not unseen and (deny or ctx["command"] in self.functions or ctx.get("code_reads_input")):
+                self.compound[-1] = True  # the compound around it runs (a program from) its input, or may
             if deny:  # it runs what it reads: here-documents and here-strings given before its name too
                 if ctx.get("herestring_values"):
                     self.fail(deny)
@@ -877,7 +886,7 @@ class _Lexer:
                 for i in range(ctx.get("heredocs_from", 0), len(self.pending_heredocs)):
                     if self.pending_heredocs[i][3] is None:
                         self.pending_heredocs[i] = (*self.pending_heredocs[i][:3], deny)
-            if fed is not None and (deny or self._kind(ctx) == "runner"):
+            if fed is not None and (deny or self._kind(ctx) == "runner" or ctx["command"] in self.functions):
                 # (a group, a loop or another program may have passed values on: any value of the script)
                 self.piped_into = self.piped_into or self.line
                 if deny and fed["values"]:
@@ -891,7 +900,8 @@ class _Lexer:
         ctx.update(words=[], raws=[], marker_words=set(), command_start=True, command=None, command_literal=True,
                    dashdash=False, integer_declare=False, array_declare=False, redirect=False, for_name=None,
                    fed=feeds, heredocs_from=len(self.pending_heredocs), expanded=[], herestring_values=False,
-                   stdin_substitution=False, herestring_names=[], input_elsewhere=False, compound_reads=True)
+                   stdin_substitution=False, herestring_names=[], input_elsewhere=False, compound_reads=True,
+                   code_reads_input=False)
 
     def _word_start(self, ctx: dict[str, Any]) -> tuple[bool, tuple[int, ...]]:
         """Does the current point begin a word (only empty quotes, or values
