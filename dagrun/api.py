@@ -351,6 +351,7 @@ def prepare_resume(run_id: str, *, database_url: str | None = None, from_step: s
     again |= _maybe_rolled_back(plan, run, rows)
     done, numbers = done_steps(rows, plan.order, again)
     _check_masked_results(plan, run.id, done)
+    _check_rendered_configs(plan, ws, {**(run.variables or {}), **secret_vars}, secrets, skip=set(done))
     return PreparedRun(plan=plan, workspace=ws, run_id=run.id, url=url, variables=dict(run.variables or {}),
                        secrets=secrets, max_workers=max_workers or run.max_workers, executor=_executor(executor),
                        sudo=sudo_prefix(plan, allow_sudo), sandbox=sandbox, done=done, attempts=numbers,
@@ -384,7 +385,7 @@ def compile_for(template: Any, workspace: Any, *, actions: Iterable[Any] | None 
 
 
 def _check_rendered_configs(plan: Plan, workspace: Mapping[str, Any], variables: Mapping[str, Any],
-                            secrets: Mapping[str, Any]) -> None:
+                            secrets: Mapping[str, Any], skip: Iterable[str] = ()) -> None:
     """A step whose config reads nothing but the workspace, the variables
     and the environment is rendered and checked now, as its attempt would:
     a workspace value its schema refuses (db_name "-x", a missing port) is
@@ -401,7 +402,7 @@ def _check_rendered_configs(plan: Plan, workspace: Mapping[str, Any], variables:
     problems: list[Problem] = []
     env: dict[str, str] | None = None
     redactor: Redactor | None = None
-    maybe_skipped: set[str] = set()  # a non-critical step's failure skips what runs after it
+    maybe_skipped: set[str] = set(skip)  # (a resume's done steps) and what a non-critical step's failure skips
     if plan.global_config.continue_on_non_critical_errors:
         for sid in plan.order:
             if plan.steps[sid].skip_on_error:
@@ -587,12 +588,17 @@ def claim(prepared: PreparedRun) -> None:
     # that merely equals a secret does not make a field one a resume may change.
     from_secret_fields = _secret_field_sources(plan)
     variables = dict(prepared.variables)
+
+    def holds_secret(value: Any) -> bool:  # (a number fills a secret field as its text)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = str(value)
+        return redactor.value(value) != value
+
     hidden = [k for k, v in stored.items() if k not in identity and ("workspace", k) in from_secret_fields
-              and redactor.value(v) != v]
-    hidden_vars = [k for k, v in variables.items() if ("vars", k) in from_secret_fields and redactor.value(v) != v]
+              and holds_secret(v)]
+    hidden_vars = [k for k, v in variables.items() if ("vars", k) in from_secret_fields and holds_secret(v)]
     clashes = [f"workspace.{k}" for k, v in stored.items() if k not in identity and k not in hidden
-               and redactor.value(v) != v] + [k for k, v in variables.items() if k not in hidden_vars
-                                               and redactor.value(v) != v]
+               and holds_secret(v)] + [k for k, v in variables.items() if k not in hidden_vars and holds_secret(v)]
     if clashes:  # stored masked it could not be given back, stored clear it would show a secret
         raise InputError(f"{', '.join(sorted(clashes))} holds a secret's value (or part of it) but is no secret "
                          "itself: give it another value")

@@ -274,6 +274,14 @@ def test_a_secret_field_holding_a_mapping_reads_secrets_too(workspace, home, db_
     assert "Long-Passw0rd-1" not in stored and "pw" in run.secret_names
 
 
+def test_a_number_filling_a_secret_field_is_not_stored(workspace, db_url):
+    """(helper-37) variables {pw: 987654321} was stored in clear."""
+    doc = template(step(10, "login", action_config={"url": "pg://app:{{ vars.pw }}@db"}), vars={"pw": ""})
+    result = run_template(doc, workspace, database_url=db_url, actions=[LOGIN], variables={"pw": 987654321})
+    run, stored = _stored(db_url, result.run_id)
+    assert result.success and "987654321" not in stored and "pw" in run.secret_names
+
+
 def test_secrets_given_as_a_mapping_and_bash_quoted_forms_are_masked(workspace, db_url):
     doc = template(script_step(10, 'echo "{{ vars.db.password }}"; printf "%q\\n" "{{ vars.odd }}"', id="s"))
     result = run_template(doc, workspace, database_url=db_url,

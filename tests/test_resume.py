@@ -15,10 +15,10 @@ import time
 import pytest
 import yaml
 
-from dagrun import InputError, RunConflictError, resume, run_template
+from dagrun import InputError, RunConflictError, TemplateError, resume, run_template
 from dagrun.run.events import StepStarted
 from dagrun.store.history import list_runs, show_run
-from tests.helpers import pid_alive, script_step, template
+from tests.helpers import pid_alive, script_step, step, template
 
 STORES = ["sqlite", "postgres"]
 
@@ -324,6 +324,25 @@ def test_a_run_taken_over_at_its_end_writes_nothing_and_its_journal_is_not_repla
     with engine_for(db_url).connect() as conn:
         assert conn.execute(ProvisioningRun.__table__.select().where(ProvisioningRun.id == "quick")).first().status \
             == "running"
+
+
+def test_a_resume_checks_the_configs_it_will_render_first(workspace, home, tmp_path, db_url):
+    """(helper-37) A value given again that the step's schema refuses was a
+    failure part-way through the resume, not one error before it."""
+    acts = [{"name": "typed", "action_type": "shell", "execution_handler": "true",
+             "config_schema": {"type": "object", "properties": {"url": {"type": "string", "x-secret": True,
+                                                                       "pattern": "^pg://"}}}}]
+    gate = tmp_path / "gate"
+    doc = template(script_step(5, "echo a >> ~/count", id="a"),
+                   step(10, "typed", id="t", requires=["a"], action_config={"url": "{{ vars.url }}"}),
+                   script_step(20, f"test -f {gate}", id="g", requires=["t"]), vars={"url": ""})
+    failed = run_template(doc, workspace, database_url=db_url, actions=acts, variables={"url": "pg://long-url-1"},
+                          sandbox=False)
+    gate.touch()
+    with pytest.raises(TemplateError, match="step t: field 'action_config.url'"):
+        resume(failed.run_id, database_url=db_url, actions=acts, sandbox=False, from_step="a",
+               secrets={"url": "http://not-pg"})
+    assert (home / "count").read_text() == "a\n"  # nothing ran
 
 
 def test_resume_from_a_step_reruns_it_and_its_downstream(workspace, home, tmp_path, db_url):

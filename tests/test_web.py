@@ -596,6 +596,23 @@ def test_a_tenant_cannot_make_its_workspace_identity_resumable(store, tmp_path):
     assert moved.status_code == 422 and "not workspace.home_dir, workspace.id" in moved.json["error"]
 
 
+def test_a_secret_default_stays_masked_through_a_child_and_an_edit(client):
+    """(helper-37) A child template's explanation showed its base's secret
+    default; an edit could keep the mask on a default no secret field reads."""
+    base = template(step(10, "create_postgresql_user", id="role", action_config={
+        "username": "app", "password": "{{ vars.pw }}"}), name="par2", vars={"pw": "TOPSECRET123"})
+    assert client.put("/api/templates/par2", json=base, headers=CSRF).status_code == 200
+    child = {"name": "chi2", "version": "1.0.0", "extends": "par2", "actions": [step(20, "noop", id="n")]}
+    assert client.put("/api/templates/chi2", json=child, headers=CSRF).status_code == 200
+    for path in ("/api/templates/chi2", "/templates/chi2", "/api/templates/par2"):
+        answer = client.get(path)
+        assert answer.status_code == 200 and b"TOPSECRET123" not in answer.data, path
+    moved = client.get("/api/templates/par2").json["document"]
+    moved["actions"][0]["action_config"]["password"] = "other"  # no secret field reads vars.pw any more
+    refused = client.put("/api/templates/par2", json=moved, headers=CSRF)
+    assert refused.status_code == 422 and "a masked default stays only while a secret field reads it" in refused.json["error"]
+
+
 def test_the_action_list_masks_secret_defaults(store, tmp_path):
     token = {"name": "notify", "action_type": "shell", "execution_handler": "true",
              "config_schema": {"type": "object", "properties": {"token": {"type": "string", "x-secret": True},

@@ -532,6 +532,19 @@ def _masked_document(service: Service, document: Mapping[str, Any]) -> tuple[dic
     return masked, secrets
 
 
+def _inherited_secret_defaults(service: Service, document: Mapping[str, Any]) -> set[str]:
+    """The defaults (its own or a base template's) of the variables the
+    template's secret fields read: the explanation shows the merged vars."""
+    try:
+        plan = api.compile_template(document, actions=service.actions or None,
+                                    trusted_actions=service.trusted_actions or None,
+                                    templates=_stored(service))
+    except DagrunError:
+        return set()
+    defaults = plan.snapshot.get("vars") or {}
+    return {str(defaults[n]) for n in api.secret_variable_defaults(plan) if n in defaults}
+
+
 def _leaf_references(value: str) -> frozenset[tuple[str, ...]]:
     from ..compile.expressions import has_template, leaf_references
     try:
@@ -547,6 +560,7 @@ def _shown_template(service: Service, name: str) -> tuple[dict[str, Any], Any]:
     from ..run.redact import Redactor
     document = _template_document(service, name)
     masked, secrets = _masked_document(service, document)
+    secrets |= _inherited_secret_defaults(service, document)
     redactor = Redactor(secrets)
     try:
         explained = api.explain(document, actions=service.actions or None,
@@ -592,9 +606,17 @@ def _unmasked_document(service: Service, name: str, document: dict[str, Any]) ->
     defaults = document.get("vars")
     if isinstance(defaults, Mapping) and MASK in defaults.values():  # a secret variable's default shown masked
         stored = previous.get("vars") if isinstance(previous.get("vars"), Mapping) else {}
+        read = set()  # the variables a secret field of the new document still reads: the mask stays with them
+        for entry in document.get("actions") or []:
+            config = entry.get("action_config") if isinstance(entry, Mapping) else None
+            fields = _step_secrets(library, entry) if isinstance(config, Mapping) else frozenset()
+            for key, value in (config or {}).items():
+                if isinstance(value, str) and (fields is None or key in fields):
+                    read |= {p[1] for p in _leaf_references(value) if len(p) == 2 and p[0] == "vars"}
         for key, value in defaults.items():
-            if value == MASK and key not in stored:
-                raise InputError(f"vars.{key} holds the mask {MASK}: type the value")
+            if value == MASK and (key not in stored or key not in read):
+                raise InputError(f"vars.{key} holds the mask {MASK}: a masked default stays only while a secret "
+                                 "field reads it (type the value)")
         restored["vars"] = {k: stored[k] if v == MASK else v for k, v in defaults.items()}
     return restored
 
