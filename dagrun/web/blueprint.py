@@ -607,7 +607,7 @@ def _unmasked_document(service: Service, name: str, document: dict[str, Any]) ->
     if isinstance(defaults, Mapping) and MASK in defaults.values():  # a secret variable's default shown masked
         stored = previous.get("vars") if isinstance(previous.get("vars"), Mapping) else {}
         read = set()  # the variables a secret field of the new document still reads: the mask stays with them
-        for entry in document.get("actions") or []:
+        for entry in actions:  # (with the secrets it kept put back: a masked field reads what it read)
             config = entry.get("action_config") if isinstance(entry, Mapping) else None
             fields = _step_secrets(library, entry) if isinstance(config, Mapping) else frozenset()
             for key, value in (config or {}).items():
