@@ -695,9 +695,9 @@ def masked_snapshot(plan: Plan) -> dict[str, Any]:
 
 def _secret_field_sources(plan: Plan) -> set[tuple[str, str]]:
     """("vars", name) and ("workspace", field) that a secret field reads."""
-    from .compile.expressions import leaf_references, template_strings
-    return {(path[0], path[1]) for step in plan.steps.values() for key in step.secret_fields
-            for _, text in template_strings(step.config.get(key))
+    from .compile.expressions import leaf_references
+    from .run.runner import secret_field_texts
+    return {(path[0], path[1]) for _, text in secret_field_texts(plan)
             for path in leaf_references(text) if len(path) >= 2 and path[0] in ("vars", "workspace")}
 
 

@@ -45,7 +45,7 @@ import time
 import uuid
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from ..compile.expressions import has_template
 from ..spec import Plan, is_base_env
@@ -98,7 +98,6 @@ def known_secrets(plan: Plan, workspace: Mapping[str, Any], variables: Mapping[s
     has run.) Knowing them early masks them wherever they show first."""
     from ..compile.expressions import template_strings
     found: list[Any] = []
-    sources = {"vars": variables, "env": env, "workspace": workspace}
     for step in plan.steps.values():
         for key in step.secret_fields:
             whole = step.config.get(key)
@@ -110,7 +109,7 @@ def known_secrets(plan: Plan, workspace: Mapping[str, Any], variables: Mapping[s
             else:
                 texts = [whole]
             for value in texts:
-                found += _secret_parts(value, step, workspace, variables, env, sources)
+                found += _secret_parts(value, step, workspace, variables, env)
     return found
 
 
@@ -126,7 +125,7 @@ def _literal_parts(value: Any) -> Any:
 
 
 def _secret_parts(value: str, step: Any, workspace: Mapping[str, Any], variables: Mapping[str, Any],
-                  env: Mapping[str, str], sources: Mapping[str, Any]) -> list[Any]:
+                  env: Mapping[str, str]) -> list[Any]:
     """What one text of a secret field makes known before the run: the text
     itself (written in the template), or rendered, and the values it is made
     of: a variable or workspace field that is part of a secret
@@ -136,6 +135,7 @@ def _secret_parts(value: str, step: Any, workspace: Mapping[str, Any], variables
     if not has_template(value):
         return [value]
     found: list[Any] = []
+    sources = {"vars": variables, "env": env, "workspace": workspace}
     for path in leaf_references(value):
         held: Any = sources.get(path[0])
         for key in path[1:]:
@@ -748,24 +748,33 @@ class Runner:
 WHOLE_RESULT = "*"  # secret_results: the step's whole result is read (.get('k'), | tojson, a variable key)
 
 
+def secret_field_texts(plan: Plan) -> Iterator[tuple[Any, str]]:
+    """(step, text) for each template text of each secret field (in a field
+    holding a mapping or a list: each text in it)."""
+    from ..compile.expressions import template_strings
+    for step in plan.steps.values():
+        for key in step.secret_fields:
+            for _, text in template_strings(step.config.get(key)):
+                yield step, text
+
+
 def secret_results(plan: Plan) -> dict[str, frozenset[str]]:
     """The result keys of each step that a later step's secret field reads
     (``password: "{{ steps.gen.result.pw }}"``; :data:`WHOLE_RESULT` when
     it is read otherwise): secrets from the moment the step that makes them
     completes, before its own record is written."""
-    from ..compile.expressions import leaf_references, references, template_strings
+    from ..compile.expressions import leaf_references, references
     found: dict[str, set[str]] = {}
-    for step in plan.steps.values():
-        for value in (text for key in step.secret_fields for _, text in template_strings(step.config.get(key))):
-            paths = [p for p in leaf_references(value) if p[0] == "steps" and len(p) >= 2]
-            for path in paths:
-                if len(path) >= 4 and path[2] == "result" and path[3] not in ("get", "items", "values", "keys"):
-                    found.setdefault(path[1], set()).add(path[3])
-                else:  # read some other way (.get('k'), | tojson, a key from a variable): all of it
-                    found.setdefault(path[1], set()).add(WHOLE_RESULT)
-            for ref in references(value):  # (a read leaf_references cannot follow)
-                if ref.root == "steps" and ref.attr and not any(p[1] == ref.attr for p in paths):
-                    found.setdefault(ref.attr, set()).add(WHOLE_RESULT)
+    for _, value in secret_field_texts(plan):
+        paths = [p for p in leaf_references(value) if p[0] == "steps" and len(p) >= 2]
+        for path in paths:
+            if len(path) >= 4 and path[2] == "result" and path[3] not in ("get", "items", "values", "keys"):
+                found.setdefault(path[1], set()).add(path[3])
+            else:  # read some other way (.get('k'), | tojson, a key from a variable): all of it
+                found.setdefault(path[1], set()).add(WHOLE_RESULT)
+        for ref in references(value):  # (a read leaf_references cannot follow)
+            if ref.root == "steps" and ref.attr and not any(p[1] == ref.attr for p in paths):
+                found.setdefault(ref.attr, set()).add(WHOLE_RESULT)
     return {sid: frozenset(keys) for sid, keys in found.items()}
 
 
