@@ -331,6 +331,47 @@ def test_steps_get_a_tuple_of_locks_even_from_an_action_built_with_a_list():
     assert plan.steps["y"].locks == (Lock("apt"), Lock("db"))
 
 
+def test_dagrun_schema_extensions_are_refused_where_they_would_not_be_read():
+    """x-secret, writeOnly and x-dagrun-* are read on top-level config
+    properties only: a nested secret would be stored in clear and a nested
+    shell field rendered as plain text, so the action is refused, with where."""
+    from dagrun.compile.loader import extension_problems, standard_library
+    from dagrun.spec import ActionSpec
+    nested = {"type": "object", "properties": {
+        "db": {"type": "object", "properties": {"password": {"type": "string", "x-secret": True}}},
+        "hook": {"type": "array", "items": {"type": "string", "x-dagrun-format": "shell"}},
+        "token": {"$ref": "#/$defs/secret"},
+        "x-secret": {"type": "string"},  # a property of that name is no extension
+        "script": {"type": "string", "x-dagrun-format": "shel"},
+        "note": {"type": "string", "writeOnly": False}},
+        "$defs": {"secret": {"type": "string", "writeOnly": True}},
+        "x-dagrun-secret": True}
+    with pytest.raises(TemplateError) as caught:
+        compile_template(template(step(10, "a", id="x")), actions=[action("a", config_schema=nested)], keep=False)
+    text = str(caught.value)
+    assert "x-secret is read on a top-level property of config_schema only (found at " \
+           "properties.db.properties.password); mark the field 'db' itself" in text
+    assert "x-dagrun-format is read on a top-level property of config_schema only (found at properties.hook.items)" \
+        in text
+    assert "writeOnly is read on a top-level property of config_schema only (found at $defs.secret)" in text
+    assert "x-dagrun-format at properties.script is 'shel'; expected one of shell, template-file, url" in text
+    assert "unknown extension x-dagrun-secret (at the top)" in text
+    assert "properties.x-secret" not in text and "properties.note" not in text
+    # An ActionSpec given as an object is held to the same rule.
+    spec = ActionSpec(name="b", display_name="b", category="c", action_type="python_function",
+                      execution_handler="tests.helpers:noop", config_schema=nested)
+    with pytest.raises(TemplateError, match="mark the field 'db' itself"):
+        compile_template(template(step(10, "b", id="x")), actions=[spec], keep=False)
+    # Marked where it is read, the same fields are fine; so is every shipped action.
+    flat = {"type": "object", "properties": {"password": {"type": "string", "x-secret": True},
+                                             "hook": {"type": "string", "x-dagrun-format": "shell"}}}
+    plan = compile_template(template(step(10, "a", id="x", action_config={"password": "pw", "hook": "true"})),
+                            actions=[action("a", config_schema=flat)], keep=False)
+    assert plan.steps["x"].secret_fields == frozenset({"password"})
+    assert {name: extension_problems(a.config_schema) for name, a in standard_library().items()
+            if extension_problems(a.config_schema)} == {}
+
+
 def test_an_action_schema_names_its_draft_only_at_the_top():
     """Below the top, jsonschema would check that part with its draft's
     stock validator, whose pattern lets "alice\\n" through "^[a-z]+$"."""

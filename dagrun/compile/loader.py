@@ -371,6 +371,53 @@ def _nested_schema_keyword(schema: Any) -> str | None:
     return None
 
 
+# What dagrun reads in a config schema, on a top-level property only (configs.py):
+# anywhere else it would be silently ignored (a nested "secret" stored in clear,
+# a nested "shell" field rendered as plain text), so it is refused.
+_EXTENSIONS = {"x-secret", "writeOnly", "x-dagrun-format", "x-dagrun-url-schemes", "x-dagrun-inline-to",
+               "x-dagrun-keys"}
+_FORMATS = {"shell", "url", "template-file"}
+_NAMED_SCHEMAS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
+_ONE_SCHEMA = ("items", "additionalProperties", "additionalItems", "not", "if", "then", "else", "contains",
+               "propertyNames", "unevaluatedItems", "unevaluatedProperties")
+_SCHEMA_LISTS = ("allOf", "anyOf", "oneOf", "prefixItems", "items")
+
+
+def extension_problems(schema: Any) -> list[str]:
+    """Where ``schema`` (a config schema) puts a dagrun extension that would
+    not be read: below a top-level property, or an unknown one."""
+    found: list[str] = []
+    stack: list[tuple[Any, str, bool]] = [(schema, "", False)]  # (node, path, is a top-level property)
+    while stack:
+        node, path, top = stack.pop()
+        if not isinstance(node, Mapping):
+            continue
+        where = path or "the top"
+        for key, value in node.items():
+            if not (key in _EXTENSIONS or str(key).startswith("x-dagrun-")) or (key == "writeOnly" and not value):
+                continue
+            if key not in _EXTENSIONS:
+                found.append(f"unknown extension {key} (at {where}); dagrun reads {', '.join(sorted(_EXTENSIONS))}")
+            elif not top:
+                property_ = path.split(".")[1] if path.startswith("properties.") else None
+                found.append(f"{key} is read on a top-level property of config_schema only (found at {where})"
+                             + (f"; mark the field {property_!r} itself" if property_ and key in ("x-secret", "writeOnly")
+                                else ""))
+            elif key == "x-dagrun-format" and value not in _FORMATS:
+                found.append(f"x-dagrun-format at {where} is {value!r}; expected one of {', '.join(sorted(_FORMATS))}")
+        for key in _NAMED_SCHEMAS:
+            if isinstance(node.get(key), Mapping):
+                stack.extend((v, f"{path}.{key}.{k}" if path else f"{key}.{k}", key == "properties" and not path)
+                             for k, v in node[key].items())
+        for key in _ONE_SCHEMA:
+            stack.append((node.get(key), f"{path}.{key}" if path else key, False))
+        for key in _SCHEMA_LISTS:
+            if isinstance(node.get(key), (list, tuple)):  # tuples: an ActionSpec's frozen schema
+                stack.extend((v, f"{path}.{key}[{i}]" if path else f"{key}[{i}]", False)
+                             for i, v in enumerate(node[key]))
+    return sorted(found)
+
+
 def parse_action(doc: Mapping[str, Any], *, source: str = "<dict>", base_dir: Path | None = None,
                  library: bool = False, shipped: bool = False) -> ActionSpec:
     """``shipped``: an action of dagrun's own library, whose config schema
@@ -390,6 +437,8 @@ def parse_action(doc: Mapping[str, Any], *, source: str = "<dict>", base_dir: Pa
                 # pattern lets "alice\n" through "^[a-z]+$": one schema, one draft, checked strictly.
                 problems.append(Problem(f"action {name}", f"$schema is allowed only at the top of config_schema "
                                                           f"(found at {where})", field="config_schema"))
+            problems += [Problem(f"action {name}", message, field="config_schema")
+                         for message in extension_problems(doc["config_schema"])]
     matches = {}
     for key in ("retry_when", "never_retry_when"):
         try:
@@ -481,6 +530,10 @@ def build_library(extra: Iterable[Any] | None = None, trusted: Iterable[Any] | N
         try:
             if isinstance(item, ActionSpec):
                 found = [item if item.library == is_trusted else replace(item, library=is_trusted)]
+                misplaced = extension_problems(item.config_schema)
+                if misplaced:
+                    raise ActionDefinitionError([Problem(f"action {item.name}", message, field="config_schema")
+                                                 for message in misplaced])
             elif isinstance(item, Mapping):
                 found = [parse_action(item, library=is_trusted)]
             else:
