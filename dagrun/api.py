@@ -725,7 +725,7 @@ def with_secret_literals(snapshot: Mapping[str, Any], secrets: Mapping[str, Any]
         for step in steps:  # named as the compiler names it: its id, its action, or action_order
             action = step.get("action_name")
             named = step.get("id") or (action if uses.get(action) == 1 else f"{action}_{step.get('sequence_order')}")
-            if named == sid or str(step.get("sequence_order")) == sid:
+            if named == sid:
                 step.setdefault("action_config", {})[key] = value
     return snapshot
 

@@ -552,6 +552,21 @@ def test_secrets_are_masked_everywhere_but_reach_downstream_steps_intact(home, d
     assert (home / "got").read_text() == secret and again.steps["make"].status is not StepStatus.not_started
 
 
+def test_a_literal_secret_given_again_goes_to_the_step_it_names_only():
+    """Step names as the compiler makes them (id, action, action_order): a step
+    whose id is "2" is not the step whose sequence_order is 2."""
+    from dagrun.api import with_secret_literals
+    snapshot = {"name": "t", "actions": [
+        {"sequence_order": 1, "id": "2", "action_name": "with_secret", "action_config": {"token": "********"}},
+        {"sequence_order": 2, "id": "other", "action_name": "with_secret", "action_config": {"token": "********"}},
+        {"sequence_order": 3, "action_name": "only_once", "action_config": {"token": "********"}},
+        {"sequence_order": 4, "action_name": "twice", "action_config": {"token": "********"}},
+        {"sequence_order": 5, "action_name": "twice", "action_config": {"token": "********"}}]}
+    given = with_secret_literals(snapshot, {"2.token": "a", "only_once.token": "b", "twice_5.token": "c"})
+    assert [s["action_config"]["token"] for s in given["actions"]] == ["a", "********", "b", "********", "c"]
+    assert snapshot["actions"][0]["action_config"]["token"] == "********"  # the stored snapshot is left as it was
+
+
 def test_the_sqlite_store_and_the_journal_are_private(tmp_path, home):
     import os
     import stat
