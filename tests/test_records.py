@@ -113,6 +113,38 @@ def test_attempt_rows_stream_while_the_run_goes_on(store, request, workspace, tm
     assert seen["rows"] == {("quick", "completed"), ("waiting", "running")}
 
 
+TRICKY = "it's \"quoted\" \\ back\\slash %s %(x)s $1 ?; DROP TABLE x; -- \U0001F680 \u00e9\ttab \u2028 {\"k\": [1]}\nnext"
+
+
+@pytest.mark.parametrize("store", ["sqlite", "postgres"])
+def test_attempt_rows_keep_every_value_as_it_was(store, request, workspace):
+    """Quotes, backslashes, placeholders, SQL, JSON and non-ASCII text, in an
+    attempt row written whole (it starts and ends within one commit) and in
+    one updated later (a step that outlasts the recorder's batch window);
+    times to the microsecond."""
+    url = request.getfixturevalue("db_url" if store == "sqlite" else "pg_url")
+    acts = [action("echo", "tests.helpers:echo_config", config_schema={"properties": {"text": {"type": "string"}}})]
+    doc = template(step(10, "echo", id="quick", action_config={"text": TRICKY}),
+                   script_step(20, "sleep 0.3; printf '%s' {{ vars.t }}", id="slow", requires=["quick"]),
+                   vars={"t": TRICKY})
+    events = []
+    result = run_template(doc, workspace, database_url=url, actions=acts, on_event=events.append)
+    assert result.success, result.error
+    run, attempts, _ = rows(url, result.run_id)
+    quick, slow = sorted(attempts, key=lambda a: a.step_id)
+    assert quick.result_data["config"] == {"text": TRICKY} and quick.action_config == {"text": TRICKY}
+    assert slow.execution_output == TRICKY and slow.exit_code == 0 and slow.status == "completed"
+    assert quick.error_message is None and quick.next_retry_at is None
+    outcomes = {e.outcome.step_id: e.outcome for e in events if type(e).__name__ == "AttemptFinished"}
+    starts = {e.step_id: e.time for e in events if type(e).__name__ == "StepStarted"}
+    for row in (quick, slow):
+        assert row.changed is outcomes[row.step_id].changed
+        outcome = outcomes[row.step_id]
+        assert abs(row.started_at.timestamp() - starts[row.step_id]) < 2e-6
+        assert abs(row.completed_at.timestamp() - (outcome.started_at + outcome.duration)) < 2e-6
+    assert slow.duration_seconds >= 0.3 and slow.updated_at >= slow.created_at
+
+
 def test_bad_database_url_is_one_clear_error(workspace):
     from dagrun.errors import InputError
     with pytest.raises(InputError) as exc:

@@ -13,13 +13,18 @@ as it is and replayed later by :func:`apply_operations`:
 Attempt rows get ``created_at`` / ``updated_at`` when they are written.
 
 Attempt rows are the hot path (one per step of every run): they are written
-through the driver with SQL built once per table (an ``executemany`` on
-SQLite, ``execute_values`` on PostgreSQL), with values converted once here
-instead of by per-row type processing.
+through the driver with SQL built once per table, with values converted once
+here instead of by per-row type processing: multi-row statements on SQLite;
+on PostgreSQL one JSON document per statement, which the server turns into
+rows (``json_to_recordset``). Quoting each value in Python (psycopg2's
+``execute_values``) held the GIL twice as long as the whole server-side
+insert, and the GIL is what the running steps wait for.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import sqlite3
 import re
 import time
@@ -54,11 +59,6 @@ ROLLBACK_FAILED = "rollback failed: "  # how a completed step's record says its 
 ROLLING_BACK = "rolling back after: "  # a run's error while its rollbacks run (a resume trusts no rollbackable step)
 # The whole mark, with when the rollbacks began: what completed before it may have been undone.
 ROLLING_BACK_MARK = re.compile(re.escape(ROLLING_BACK) + r".*?\(at ([0-9.]+)\)")
-_PG_TYPES = {"status": "varchar", "started_at": "timestamptz", "completed_at": "timestamptz",
-             "next_retry_at": "timestamptz", "updated_at": "timestamptz", "duration_seconds": "float8",
-             "execution_output": "text", "error_message": "text", "exit_code": "int4", "result_data": "jsonb",
-             "action_config": "jsonb", "skip_reason": "varchar", "changed": "bool", "process_group": "int4",
-             "process_started": "float8", "run_id": "varchar", "step_id": "varchar", "attempt_number": "int4"}
 
 
 def _sqlite_time(epoch: float | None) -> str | None:
@@ -68,8 +68,29 @@ def _sqlite_time(epoch: float | None) -> str | None:
     return datetime.fromtimestamp(epoch, timezone.utc).isoformat(" ", "microseconds")[:26]  # without "+00:00"
 
 
-def _pg_time(epoch: float | None) -> datetime | None:
-    return None if epoch is None else datetime.fromtimestamp(epoch, timezone.utc)
+@functools.lru_cache(maxsize=None)
+def _pg_recordset(columns: tuple[str, ...]) -> tuple[str, dict[str, str]]:
+    """For rows sent as one JSON array of objects: the ``json_to_recordset``
+    column list, and the SQL reading each column of ``v`` as its own type
+    (timestamps travel as epoch seconds, JSON columns as JSON text)."""
+    from sqlalchemy.dialects import postgresql
+    dialect = postgresql.dialect()
+    defs, reads = [], {}
+    for column in columns:
+        if column in TIMESTAMPS:
+            defs.append(f"{column} float8")
+            reads[column] = f"to_timestamp(v.{column})"
+        elif column in JSON_COLUMNS:
+            defs.append(f"{column} text")
+            reads[column] = f"v.{column}::jsonb"
+        else:
+            defs.append(f"{column} {ATTEMPTS.c[column].type.compile(dialect=dialect)}")
+            reads[column] = f"v.{column}"
+    return ", ".join(defs), reads
+
+
+def _pg_rows(rows: list[dict[str, Any]]) -> str:
+    return json.dumps(rows, default=str)
 
 
 def _to_datetime(column: str, value: Any) -> Any:
@@ -169,7 +190,7 @@ class _Writer:
         self.conn = conn
         self.postgres = postgres
         self.table = f'"{schema}".{ATTEMPTS.name}' if schema else ATTEMPTS.name
-        self.time = _pg_time if postgres else _sqlite_time
+        self.time = _sqlite_time
 
     def _value(self, column: str, value: Any) -> Any:
         if column in TIMESTAMPS:
@@ -180,6 +201,13 @@ class _Writer:
         return self.conn.connection.driver_connection.cursor()  # the transaction's own connection
 
     def insert(self, rows: list[dict[str, Any]], now: float) -> None:
+        columns = ", ".join(INSERT_COLUMNS)
+        if self.postgres:
+            defs, reads = _pg_recordset(INSERT_COLUMNS)
+            self._cursor().execute(f"INSERT INTO {self.table} ({columns}) SELECT {', '.join(reads.values())} "
+                                   f"FROM json_to_recordset(%s) AS v({defs})",
+                                   [_pg_rows([{**row, "created_at": now, "updated_at": now} for row in rows])])
+            return
         convert, values = self.time, []
         written = convert(now)
         for row in rows:
@@ -188,12 +216,7 @@ class _Writer:
                 value[i] = convert(value[i]) if value[i] is not None else None
             value[_CREATED] = value[_UPDATED] = written  # when the row was written
             values.append(value)
-        columns = ", ".join(INSERT_COLUMNS)
-        if self.postgres:
-            from psycopg2.extras import execute_values
-            execute_values(self._cursor(), f"INSERT INTO {self.table} ({columns}) VALUES %s", values, page_size=1000)
-        else:
-            self._sqlite_values(f"INSERT INTO {self.table} ({columns}) VALUES {{}}", values)
+        self._sqlite_values(f"INSERT INTO {self.table} ({columns}) VALUES {{}}", values)
 
     def update(self, shape: tuple, group: list[tuple[tuple, dict[str, Any]]], now: float) -> None:
         kind, columns = shape
@@ -205,18 +228,19 @@ class _Writer:
                                            **{f"v_{c}": _to_datetime(c, v) for c, v in values.items()}}
                                           for k, values in group])
             return
-        columns = tuple(c for c in columns if c != "updated_at")
-        written = self.time(now)  # every change says when it was written
-        rows = [(*(self._value(c, values[c]) for c in columns), written, *key) for key, values in group]
-        columns = (*columns, "updated_at")
-        names = ", ".join((*columns, *KEY_COLUMNS))
+        columns = (*(c for c in columns if c != "updated_at"), "updated_at")  # every change says when it was written
         if self.postgres:
-            from psycopg2.extras import execute_values
-            sets = ", ".join(f"{c} = v.{c}::{_PG_TYPES[c]}" for c in columns)
-            match = " AND ".join(f"t.{c} = v.{c}::{_PG_TYPES[c]}" for c in KEY_COLUMNS)
-            execute_values(self._cursor(), f"UPDATE {self.table} AS t SET {sets} FROM (VALUES %s) AS v({names}) "
-                                           f"WHERE {match}", rows, page_size=1000)
-        elif _SQLITE_UPDATE_FROM:
+            defs, reads = _pg_recordset((*columns, *KEY_COLUMNS))
+            sets = ", ".join(f"{c} = {reads[c]}" for c in columns)
+            match = " AND ".join(f"t.{c} = v.{c}" for c in KEY_COLUMNS)
+            self._cursor().execute(
+                f"UPDATE {self.table} AS t SET {sets} FROM json_to_recordset(%s) AS v({defs}) WHERE {match}",
+                [_pg_rows([{**values, "updated_at": now, **dict(zip(KEY_COLUMNS, key))} for key, values in group])])
+            return
+        written = self.time(now)
+        rows = [(*(self._value(c, values[c]) for c in columns[:-1]), written, *key) for key, values in group]
+        names = ", ".join((*columns, *KEY_COLUMNS))
+        if _SQLITE_UPDATE_FROM:
             sets = ", ".join(f"{c} = v.{c}" for c in columns)
             match = " AND ".join(f"{self.table}.{c} = v.{c}" for c in KEY_COLUMNS)
             self._sqlite_values(f"WITH v({names}) AS (VALUES {{}}) UPDATE {self.table} SET {sets} FROM v "
