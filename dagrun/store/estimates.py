@@ -35,6 +35,26 @@ def config_key(step: StepSpec, masked_json: str | None = None) -> str:
     return hashlib.sha256(f"{step.action.name}\0{text}".encode()).hexdigest()[:32]
 
 
+_stored: dict[int, tuple[Any, frozenset[str], str, str, str]] = {}
+
+
+def stored_config(step: StepSpec) -> tuple[str, str]:
+    """The step's masked config as JSON, and its :func:`config_key`: what
+    every attempt row of the step is written with. Worked out once per
+    compiled config (a kept plan runs for workspace after workspace, and a
+    plan with learned estimates is a copy sharing its steps' configs), not
+    once per run."""
+    seen = _stored.get(id(step.config))
+    if seen is None or seen[0] is not step.config or seen[1] is not step.secret_fields or seen[2] != step.action.name:
+        text = json.dumps(masked_config(step), default=str, sort_keys=True)
+        if len(_stored) > 100_000:  # a service compiling ever-new templates: stay bounded
+            _stored.clear()
+        # (holding the config keeps its id its own)
+        seen = _stored[id(step.config)] = (step.config, step.secret_fields, step.action.name, text,
+                                           config_key(step, text))
+    return seen[3], seen[4]
+
+
 @dataclass(frozen=True, slots=True)
 class Learned:
     seconds: float
@@ -43,7 +63,7 @@ class Learned:
 
 def learned_estimates(engine: Engine, plan: Plan) -> dict[str, Learned]:
     """Learned durations of the plan's steps that have a history."""
-    keys = {sid: config_key(plan.steps[sid]) for sid in plan.order}
+    keys = {sid: stored_config(plan.steps[sid])[1] for sid in plan.order}
     rows = WorkspaceActionExecution
     wanted = set(keys.values())
     samples: dict[str, list[float]] = {}

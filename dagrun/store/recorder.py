@@ -36,7 +36,7 @@ from ..run.scheduler import UPSTREAM_FAILED
 from ..util import bounded
 from . import journal
 from .engine import describe_url, writable
-from .estimates import config_key, masked_config
+from .estimates import stored_config
 from .operations import CONDITION, ROLLBACK_FAILED, ROLLING_BACK, RUNS, NotOwner, apply_operations
 
 log = logging.getLogger("dagrun.store")
@@ -263,17 +263,9 @@ class Recorder:
 
     # -- events -> operations -------------------------------------------------
 
-    def _config(self, step: Any) -> tuple[str, str]:
-        """The step's masked config as JSON, and its key (the same for every attempt)."""
-        cache = self._run["configs"]
-        if step.id not in cache:
-            text = json.dumps(masked_config(step), default=str, sort_keys=True)
-            cache[step.id] = (text, config_key(step, text))
-        return cache[step.id]
-
     def _new_row(self, run_id: str, step_id: str, attempt: int, **values: Any) -> dict[str, Any]:
         step = self._run["plan"].steps[step_id]
-        config, key = self._config(step)
+        config, key = stored_config(step)
         row = {"run_id": run_id, "workspace_id": self._run["workspace_id"], "step_id": step_id,
                "action_name": step.action.name, "attempt_number": attempt, "max_retries": step.retry.max_attempts,
                "action_config": config, "config_key": key}
@@ -302,7 +294,7 @@ class Recorder:
             return [{"op": "update", "key": [event.run_id, o.step_id, o.attempt], "values": values}]
         if isinstance(event, RunStarted):
             self._run = {"id": event.run_id, "plan": event.plan, "workspace_id": event.workspace_id, "running": True,
-                         "started": set(), "started_steps": set(), "configs": {},
+                         "started": set(), "started_steps": set(),
                          "actions": {s.action.name: s.action for s in event.plan.steps.values()}}
             return [{"op": "run", "run_id": event.run_id, "values": {"status": "running", "heartbeat_at": event.time}}]
         if isinstance(event, RetryScheduled):
