@@ -334,6 +334,7 @@ def prepare_resume(run_id: str, *, database_url: str | None = None, from_step: s
     roots = _allowed_roots(home_roots)
     ws = with_home(normalize_workspace({**(run.workspace or {}), **given_fields}), roots=roots)
     step_secrets = {k: v for k, v in secrets.items() if "." in k and not k.startswith("workspace.")}
+    _check_literal_secrets(run, step_secrets)
     secret_vars = {k: v for k, v in secrets.items() if "." not in k}
     plan = compile_template(with_secret_literals(run.template_snapshot, step_secrets), actions=actions,
                             workspace=ws, variables={**(run.variables or {}), **secret_vars},
@@ -613,7 +614,8 @@ def claim(prepared: PreparedRun) -> None:
                                     **identity}),
             "variables": _jsonable({k: v for k, v in variables.items() if k not in hidden_vars}),
             "max_workers": prepared.max_workers,
-            "secret_names": names, "fleet_id": prepared.fleet_id, "mode": "check" if prepared.check else None,
+            "secret_names": names, "secret_digests": _literal_digests(plan),
+            "fleet_id": prepared.fleet_id, "mode": "check" if prepared.check else None,
             "home_dir": str(ws["home_dir"]) if ws.get("home_dir") else None})
 
 
@@ -678,6 +680,14 @@ def _snapshot_step(snapshot: Mapping[str, Any], sequence_order: int) -> dict[str
     return None
 
 
+def _literal_digests(plan: Plan) -> dict[str, str] | None:
+    """A digest of each secret written in the template, by ``step.field``."""
+    if not plan.secret_literals:
+        return None
+    from .store.digests import digest
+    return {f"{sid}.{key}": digest(plan.steps[sid].config[key]) for sid, key in plan.secret_literals}
+
+
 def masked_snapshot(plan: Plan) -> dict[str, Any]:
     """The template as stored with the run: x-secret values written in the
     template are masked (a resume is given them again as ``step.field``)."""
@@ -711,22 +721,42 @@ def secret_variable_defaults(plan: Plan) -> list[str]:
                   if root == "vars" and defaults.get(name) not in (None, ""))
 
 
+def _check_literal_secrets(run: Any, given: Mapping[str, Any]) -> None:
+    """A secret written in the template, given again, must be the value the
+    run started with: it goes back into the template as the author's text."""
+    from .store.digests import matches
+    digests = run.secret_digests or {}
+    for name in sorted(given):
+        if name not in digests:
+            raise InputError(f"run {run.id}: {name} was written in its template, and the run was recorded without "
+                             "a digest to check the value given again against (by an older dagrun): run the "
+                             "template again instead")
+        if not matches(given[name], digests[name]):
+            raise InputError(f"run {run.id}: the value given again for {name} is not the one the run started with "
+                             "(it was written in the template)")
+
+
 def with_secret_literals(snapshot: Mapping[str, Any], secrets: Mapping[str, Any]) -> dict[str, Any]:
-    """Put the ``step.field`` secrets given to a resume back into the snapshot."""
+    """Put the ``step.field`` secrets given to a resume back into the
+    snapshot, each into the one masked field its name names."""
     snapshot = _jsonable(dict(snapshot))
     steps = [s for s in snapshot.get("actions") or () if isinstance(s, dict)]
     uses: dict[Any, int] = {}
     for step in steps:
         uses[step.get("action_name")] = uses.get(step.get("action_name"), 0) + 1
     for name, value in secrets.items():
-        sid, dot, key = name.partition(".")
-        if not dot:
-            continue
+        found = []
         for step in steps:  # named as the compiler names it: its id, its action, or action_order
             action = step.get("action_name")
-            named = step.get("id") or (action if uses.get(action) == 1 else f"{action}_{step.get('sequence_order')}")
-            if named == sid:
-                step.setdefault("action_config", {})[key] = value
+            named = str(step.get("id") or (action if uses.get(action) == 1
+                                           else f"{action}_{step.get('sequence_order')}"))
+            key = name[len(named) + 1:] if name.startswith(f"{named}.") else None
+            if key and isinstance(step.get("action_config"), dict) and step["action_config"].get(key) == MASK:
+                found.append((step, key))
+        if len(found) != 1:  # ("a.b.token": step a's "b.token", or step a.b's "token"?)
+            raise InputError(f"{name} names {'no' if not found else 'more than one'} masked field of the template")
+        step, key = found[0]
+        step["action_config"][key] = value
     return snapshot
 
 

@@ -201,5 +201,11 @@ CREATE INDEX idx_runs_home ON provisioning_runs (home_dir);
 
 UPDATE alembic_version SET version_num='0007' WHERE alembic_version.version_num = '0006';
 
+-- Running upgrade 0007 -> 0008
+
+ALTER TABLE provisioning_runs ADD COLUMN secret_digests JSONB;
+
+UPDATE alembic_version SET version_num='0008' WHERE alembic_version.version_num = '0007';
+
 COMMIT;
 

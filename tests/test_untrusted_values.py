@@ -552,6 +552,42 @@ def test_secrets_are_masked_everywhere_but_reach_downstream_steps_intact(home, d
     assert (home / "got").read_text() == secret and again.steps["make"].status is not StepStatus.not_started
 
 
+def test_a_secret_written_in_the_template_is_given_again_only_as_it_was(home, db_url, tmp_path):
+    """It goes back into the template as the author's text (compiled, read by
+    its field as a URL or as code): whoever resumes gives the same value or
+    nothing. The run keeps a salted scrypt digest of it, never the value."""
+    from sqlalchemy.orm import Session
+
+    from dagrun import InputError, resume
+    from dagrun.store.engine import engine_for
+    from dagrun.store.models import ProvisioningRun
+    gate = tmp_path / "gate"
+    doc = template(step(10, "with_secret", id="make", action_config={"token": "orig-literal"}),
+                   script_step(20, f"test -f {gate}", id="gate", requires=["make"]),
+                   global_config={"rollback_on_failure": False})
+    failed = run_template(doc, {"id": "w", "home_dir": str(home)}, actions=[SECRET_ACTION], database_url=db_url)
+    assert not failed.success
+    with Session(engine_for(db_url)) as session:
+        digests = session.get(ProvisioningRun, failed.run_id).secret_digests
+    assert list(digests) == ["make.token"] and digests["make.token"].startswith("scrypt$16384$8$1$")
+    assert "orig-literal" not in json.dumps(digests)
+    for other in ("{{ 7*7 }}-{{ workspace.home_dir }}", "orig-literal ", "another"):
+        with pytest.raises(InputError, match="the value given again for make.token is not the one the run "
+                                             "started with"):
+            resume(failed.run_id, database_url=db_url, secrets={"make.token": other}, actions=[SECRET_ACTION])
+    gate.touch()
+    again = resume(failed.run_id, database_url=db_url, secrets={"make.token": "orig-literal"}, from_step="make",
+                   actions=[SECRET_ACTION], sandbox=False)
+    assert again.success and again.steps["make"].result["token"] == "********"
+    # A run recorded before digests were kept cannot be checked: refused, not trusted.
+    with Session(engine_for(db_url)) as session:
+        session.get(ProvisioningRun, again.run_id).secret_digests = None
+        session.get(ProvisioningRun, again.run_id).status = "failed"
+        session.commit()
+    with pytest.raises(InputError, match="recorded without a digest"):
+        resume(again.run_id, database_url=db_url, secrets={"make.token": "orig-literal"}, actions=[SECRET_ACTION])
+
+
 def test_a_literal_secret_given_again_goes_to_the_step_it_names_only():
     """Step names as the compiler makes them (id, action, action_order): a step
     whose id is "2" is not the step whose sequence_order is 2."""
@@ -564,6 +600,15 @@ def test_a_literal_secret_given_again_goes_to_the_step_it_names_only():
         {"sequence_order": 5, "action_name": "twice", "action_config": {"token": "********"}}]}
     given = with_secret_literals(snapshot, {"2.token": "a", "only_once.token": "b", "twice_5.token": "c"})
     assert [s["action_config"]["token"] for s in given["actions"]] == ["a", "********", "b", "********", "c"]
+    # Step "a" and step "a.b" (actions named so): "a.b.token" is the masked token of a.b, not a's "b.token".
+    dotted = {"name": "t", "actions": [
+        {"sequence_order": 1, "action_name": "a", "action_config": {"user": "x"}},
+        {"sequence_order": 2, "action_name": "a.b", "action_config": {"token": "********"}}]}
+    given = with_secret_literals(dotted, {"a.b.token": "v"})
+    assert [s["action_config"] for s in given["actions"]] == [{"user": "x"}, {"token": "v"}]
+    from dagrun import InputError
+    with pytest.raises(InputError, match="a.user names no masked field of the template"):
+        with_secret_literals(dotted, {"a.user": "v"})
     assert snapshot["actions"][0]["action_config"]["token"] == "********"  # the stored snapshot is left as it was
 
 

@@ -213,8 +213,10 @@ class Compiler:
             config = self._inline_template_files(config, action, raw, label)
             for field, message in configs.config_problems(config, action.config_schema, allow_templates=True):
                 self.problem(message, label, f"action_config.{field}" if field != "action_config" else field)
+            written = raw.get("action_config") or {}
             for key in configs.secret_fields(action.config_schema):
-                if config.get(key) not in (None, "") and not expressions.has_template(config.get(key)):
+                # (a secret the action's own defaults give is in the action, given again with it)
+                if key in written and config.get(key) not in (None, "") and not expressions.has_template(config.get(key)):
                     self.secret_literals.append((step_id, key))
             bound.append({**raw, "id": step_id, "action": action, "config": config})
         return bound

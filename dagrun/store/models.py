@@ -150,6 +150,9 @@ class ProvisioningRun(Base):
     # Names of the secrets (variables, and step.field for x-secret values written in the
     # template) the run was given: a resume must be given them again.
     secret_names: Mapped[Any] = mapped_column(JSONType, nullable=True)
+    # {"step.field": scrypt digest} of the secrets written in the template (store/digests.py): a
+    # resume is given them again, and must give the very values the run started with.
+    secret_digests: Mapped[Any] = mapped_column(JSONType, nullable=True)
     max_workers: Mapped[int | None] = mapped_column(Integer)
     # The process running it ("host:pid"): with heartbeat_at, tells a live run from a dead one.
     owner: Mapped[str | None] = mapped_column(String(200))
