@@ -588,6 +588,25 @@ def test_a_secret_written_in_the_template_is_given_again_only_as_it_was(home, db
         resume(again.run_id, database_url=db_url, secrets={"make.token": "orig-literal"}, actions=[SECRET_ACTION])
 
 
+def test_a_secret_written_in_the_template_is_not_kept_in_memory_after_its_run(home, db_url):
+    """The stored config of a step (for its records) is worked out once and
+    kept for the steps of later runs, but never for a step with secret
+    fields: what it holds stays no longer than its run."""
+    import gc
+
+    literal = "kept-" + "x" * 20
+    doc = template(step(10, "with_secret", id="make", action_config={"token": literal}),
+                   step(20, "with_secret", id="other", action_config={"token": "{{ vars.t }}"}), vars={"t": "plain"})
+    for n in range(3):
+        assert run_template(doc, {"id": f"w{n}", "home_dir": str(home / str(n))}, actions=[SECRET_ACTION],
+                            database_url=db_url, secrets={"unused": "s3cr3t-value"}).success
+    gc.collect()
+    written = doc["actions"][0]["action_config"]  # the template itself, held here
+    alive = [o for o in gc.get_objects() if isinstance(o, dict) and o is not written
+             and any(isinstance(v, str) and v == literal for v in o.values())]
+    assert alive == []
+
+
 def test_a_literal_secret_given_again_goes_to_the_step_it_names_only():
     """Step names as the compiler makes them (id, action, action_order): a step
     whose id is "2" is not the step whose sequence_order is 2."""

@@ -85,9 +85,12 @@ class WorkerPool(Executor):
             except BaseException as exc:  # noqa: BLE001 - delivered as data
                 free(None)
                 deliver(None, exc)
+                fn = args = deliver = context = exc = None
                 continue
             free(None)  # free before delivering: the next task may be dispatched at once
             deliver(result, None)
+            # An idle thread holds nothing of its last task (a step's config, a secret in it).
+            fn = args = deliver = context = result = None
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
         future: Future = Future()

@@ -35,7 +35,7 @@ def config_key(step: StepSpec, masked_json: str | None = None) -> str:
     return hashlib.sha256(f"{step.action.name}\0{text}".encode()).hexdigest()[:32]
 
 
-_stored: dict[int, tuple[Any, frozenset[str], str, str, str]] = {}
+_stored: dict[int, tuple[Any, str, str, str]] = {}
 
 
 def stored_config(step: StepSpec) -> tuple[str, str]:
@@ -43,16 +43,19 @@ def stored_config(step: StepSpec) -> tuple[str, str]:
     every attempt row of the step is written with. Worked out once per
     compiled config (a kept plan runs for workspace after workspace, and a
     plan with learned estimates is a copy sharing its steps' configs), not
-    once per run."""
+    once per run. Not for a step with secret fields: its config may hold a
+    secret written in the template, which stays no longer than its run."""
+    if step.secret_fields:
+        text = json.dumps(masked_config(step), default=str, sort_keys=True)
+        return text, config_key(step, text)
     seen = _stored.get(id(step.config))
-    if seen is None or seen[0] is not step.config or seen[1] is not step.secret_fields or seen[2] != step.action.name:
+    if seen is None or seen[0] is not step.config or seen[1] != step.action.name:
         text = json.dumps(masked_config(step), default=str, sort_keys=True)
         if len(_stored) > 100_000:  # a service compiling ever-new templates: stay bounded
             _stored.clear()
         # (holding the config keeps its id its own)
-        seen = _stored[id(step.config)] = (step.config, step.secret_fields, step.action.name, text,
-                                           config_key(step, text))
-    return seen[3], seen[4]
+        seen = _stored[id(step.config)] = (step.config, step.action.name, text, config_key(step, text))
+    return seen[2], seen[3]
 
 
 @dataclass(frozen=True, slots=True)
