@@ -193,3 +193,13 @@ class Server:
         except Exception:  # noqa: BLE001
             self.process.kill()
         self.log.close()
+
+
+def odd_result(ctx: StepContext) -> HandlerResult:
+    """What a careless (or hostile) Python handler may report: values no
+    database column takes as they are."""
+    if ctx.config.get("wait"):
+        time.sleep(float(ctx.config["wait"]))  # outlasts the recorder's batch: its row is updated, not inserted
+    return HandlerResult(exit_code=True, changed="no", stdout="lone \udc80 surrogate, NUL \0 end",
+                         data={(1, 2): "tuple key", "nan": float("nan"), "inf": float("-inf"), "big": 10 ** 5000,
+                               "lone": "\ud800", "set": {3}, "ok": "fine"})

@@ -145,6 +145,58 @@ def test_attempt_rows_keep_every_value_as_it_was(store, request, workspace):
     assert slow.duration_seconds >= 0.3 and slow.updated_at >= slow.created_at
 
 
+@pytest.mark.parametrize("store", ["sqlite", "postgres"])
+def test_what_a_handler_reports_is_stored_even_when_no_column_takes_it_as_it_is(store, request, workspace):
+    """A bool exit code, a "changed" that is no bool, NaN, a tuple key, an
+    integer too long to print, lone surrogates and NULs: the records are
+    stored (cleaned), never journalled (a run whose records are journalled
+    cannot be resumed until they are replayed, and these never would be),
+    and the writer goes on. Written whole and updated later alike."""
+    url = request.getfixturevalue("db_url" if store == "sqlite" else "pg_url")
+    acts = [action("odd", "tests.helpers:odd_result", config_schema={"properties": {"wait": {"type": "number"}}})]
+    doc = template(step(10, "odd", id="whole"), step(20, "odd", id="updated", action_config={"wait": 0.3}))
+    result = run_template(doc, workspace, database_url=url, actions=acts)
+    assert result.success and result.error is None, result.error
+    _, attempts, _ = rows(url, result.run_id)
+    assert [a.step_id for a in attempts] == ["updated", "whole"]
+    for row in attempts:
+        assert row.status == "completed" and row.exit_code is None and row.changed is None
+        assert row.execution_output == "lone \ufffd surrogate, NUL \ufffd end"
+        assert row.result_data == {"(1, 2)": "tuple key", "nan": None, "inf": None,
+                                   "big": "(an integer too long to store)", "lone": "\ufffd", "set": [3],
+                                   "ok": "fine"}
+
+
+@pytest.mark.parametrize("store", ["sqlite", "postgres"])
+def test_attempt_times_are_stored_to_the_microsecond_as_datetime_reads_them(store, request):
+    """Both stores say the same time for the same epoch float (PostgreSQL's
+    to_timestamp rounds some of them the other way), in statements of a
+    bounded size (2,500 rows: three on PostgreSQL)."""
+    import random
+    from datetime import datetime, timezone
+
+    from dagrun.store.engine import writable
+    from dagrun.store.operations import apply_operations
+    from dagrun.store.runs import claim
+    url = request.getfixturevalue("db_url" if store == "sqlite" else "pg_url")
+    engine = writable(url)
+    claim(engine, run_id="times", workspace_id="w", fields={"template_name": "t", "template_version": "1"})
+    rng = random.Random(7)
+    epochs = [rng.uniform(1.7e9, 1.9e9) for _ in range(2500)]
+    apply_operations(engine, [{"op": "insert", "row": {
+        "run_id": "times", "workspace_id": "w", "step_id": f"s{i}", "action_name": "noop", "attempt_number": 1,
+        "max_retries": 1, "status": "completed", "started_at": t, "completed_at": t + 0.5}}
+        for i, t in enumerate(epochs)], {})
+    _, attempts, _ = rows(url, "times")
+    stored = {a.step_id: (a.started_at, a.completed_at) for a in attempts}
+    assert len(stored) == 2500
+    utc = timezone.utc
+    for i, t in enumerate(epochs):
+        started, completed = stored[f"s{i}"]
+        assert started.replace(tzinfo=utc) == datetime.fromtimestamp(t, utc)
+        assert completed.replace(tzinfo=utc) == datetime.fromtimestamp(t + 0.5, utc)
+
+
 def test_bad_database_url_is_one_clear_error(workspace):
     from dagrun.errors import InputError
     with pytest.raises(InputError) as exc:

@@ -25,11 +25,12 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import sqlite3
 import re
 import time
 from datetime import datetime, timezone
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 from sqlalchemy import Engine, and_, bindparam, select, update
 
@@ -72,14 +73,15 @@ def _sqlite_time(epoch: float | None) -> str | None:
 def _pg_recordset(columns: tuple[str, ...]) -> tuple[str, dict[str, str]]:
     """For rows sent as one JSON array of objects: the ``json_to_recordset``
     column list, and the SQL reading each column of ``v`` as its own type
-    (timestamps travel as epoch seconds, JSON columns as JSON text)."""
+    (timestamps travel as whole microseconds since the epoch, exact where a
+    float of seconds is not; JSON columns as JSON text)."""
     from sqlalchemy.dialects import postgresql
     dialect = postgresql.dialect()
     defs, reads = [], {}
     for column in columns:
         if column in TIMESTAMPS:
-            defs.append(f"{column} float8")
-            reads[column] = f"to_timestamp(v.{column})"
+            defs.append(f"{column} int8")
+            reads[column] = f"TIMESTAMPTZ 'epoch' + v.{column} * INTERVAL '1 microsecond'"
         elif column in JSON_COLUMNS:
             defs.append(f"{column} text")
             reads[column] = f"v.{column}::jsonb"
@@ -89,8 +91,34 @@ def _pg_recordset(columns: tuple[str, ...]) -> tuple[str, dict[str, str]]:
     return ", ".join(defs), reads
 
 
-def _pg_rows(rows: list[dict[str, Any]]) -> str:
-    return json.dumps(rows, default=str)
+def _microseconds(epoch: float | None) -> int | None:
+    """Whole microseconds since the epoch, rounded as ``datetime.fromtimestamp``
+    rounds (the SQLite path's, and SQLAlchemy's): both stores say the same time."""
+    if epoch is None:
+        return None
+    fraction, whole = math.modf(epoch)
+    return int(whole) * 1_000_000 + round(fraction * 1e6)
+
+
+_PG_CHUNK_ROWS = 1000
+_PG_CHUNK_BYTES = 8 * 1024 * 1024  # a statement stays far below PostgreSQL's 1 GB
+
+
+def _pg_chunks(rows: list[dict[str, Any]]) -> Iterator[str]:
+    """The rows as JSON arrays of at most a thousand rows or a few MB each
+    (their timestamps in microseconds)."""
+    part: list[str] = []
+    size = 0
+    for row in rows:
+        text = json.dumps({k: _microseconds(v) if k in TIMESTAMPS else v for k, v in row.items()},
+                          default=str, ensure_ascii=False)
+        if part and (len(part) >= _PG_CHUNK_ROWS or size + len(text) > _PG_CHUNK_BYTES):
+            yield f"[{','.join(part)}]"
+            part, size = [], 0
+        part.append(text)
+        size += len(text)
+    if part:
+        yield f"[{','.join(part)}]"
 
 
 def _to_datetime(column: str, value: Any) -> Any:
@@ -204,9 +232,10 @@ class _Writer:
         columns = ", ".join(INSERT_COLUMNS)
         if self.postgres:
             defs, reads = _pg_recordset(INSERT_COLUMNS)
-            self._cursor().execute(f"INSERT INTO {self.table} ({columns}) SELECT {', '.join(reads.values())} "
-                                   f"FROM json_to_recordset(%s) AS v({defs})",
-                                   [_pg_rows([{**row, "created_at": now, "updated_at": now} for row in rows])])
+            cursor = self._cursor()
+            for chunk in _pg_chunks([{**row, "created_at": now, "updated_at": now} for row in rows]):
+                cursor.execute(f"INSERT INTO {self.table} ({columns}) SELECT {', '.join(reads.values())} "
+                               f"FROM json_to_recordset(%s) AS v({defs})", [chunk])
             return
         convert, values = self.time, []
         written = convert(now)
@@ -233,9 +262,11 @@ class _Writer:
             defs, reads = _pg_recordset((*columns, *KEY_COLUMNS))
             sets = ", ".join(f"{c} = {reads[c]}" for c in columns)
             match = " AND ".join(f"t.{c} = v.{c}" for c in KEY_COLUMNS)
-            self._cursor().execute(
-                f"UPDATE {self.table} AS t SET {sets} FROM json_to_recordset(%s) AS v({defs}) WHERE {match}",
-                [_pg_rows([{**values, "updated_at": now, **dict(zip(KEY_COLUMNS, key))} for key, values in group])])
+            cursor = self._cursor()
+            for chunk in _pg_chunks([{**values, "updated_at": now, **dict(zip(KEY_COLUMNS, key))}
+                                     for key, values in group]):
+                cursor.execute(f"UPDATE {self.table} AS t SET {sets} FROM json_to_recordset(%s) AS v({defs}) "
+                               f"WHERE {match}", [chunk])
             return
         written = self.time(now)
         rows = [(*(self._value(c, values[c]) for c in columns[:-1]), written, *key) for key, values in group]

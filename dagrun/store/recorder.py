@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
+import re
 import queue
 import threading
 import time
@@ -56,27 +58,62 @@ def _output(stdout: str, stderr: str) -> str:
     return _text(bounded(text))
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def _text(value: str | None) -> str | None:
-    """Text a database column takes: PostgreSQL refuses NUL characters (a
-    program may print one), shown as U+FFFD instead."""
-    return value.replace("\0", "\ufffd") if value and "\0" in value else value
+    """Text a database column takes: no NUL (PostgreSQL refuses it; a
+    program may print one) and no lone surrogate (not UTF-8; a Python
+    handler may return one), each shown as U+FFFD instead."""
+    if not value:
+        return value
+    if "\0" in value:
+        value = value.replace("\0", "\ufffd")
+    if not value.isascii() and _SURROGATE.search(value):
+        value = _SURROGATE.sub("\ufffd", value)
+    return value
 
 
 def _json(value: Any) -> str:
-    text = json.dumps(value, default=str)
-    # (a NUL shows as \u0000 in the text: the walk is paid only by the rare value that holds one)
-    return json.dumps(_without_nul(value), default=str) if "\\u0000" in text else text
+    """JSON both stores take, whatever a handler returned."""
+    try:
+        text = json.dumps(value, default=str, allow_nan=False)
+    except (TypeError, ValueError, OverflowError, RecursionError):  # a tuple key, NaN, an int too long to print...
+        return json.dumps(_plain(value))
+    # (a NUL or a surrogate shows as an escape in the text: the walk is paid only by the rare value that holds one)
+    return json.dumps(_plain(value)) if "\\u0000" in text or "\\ud" in text else text
 
 
-def _without_nul(value: Any) -> Any:
-    """PostgreSQL's JSON refuses \\u0000 (a step's output may hold a NUL): U+FFFD instead."""
+def _plain(value: Any, depth: int = 0) -> Any:
+    """``value`` as plain JSON data: text cleaned (:func:`_text`), keys as
+    text, NaN and infinities as null, what is not JSON as its text."""
     if isinstance(value, str):
         return _text(value)
-    if isinstance(value, dict):
-        return {_text(k) if isinstance(k, str) else k: _without_nul(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_without_nul(v) for v in value]
-    return value
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return int(value) if value.bit_length() < 1000 else "(an integer too long to store)"
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if depth > 100:
+        return "(nested too deep to store)"
+    if isinstance(value, Mapping):
+        return {_text(k) if isinstance(k, str) else _text(str(k)): _plain(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_plain(v, depth + 1) for v in value]
+    try:
+        return _text(str(value))
+    except Exception:  # noqa: BLE001 - a handler's object whose str() fails
+        return f"({type(value).__name__})"
+
+
+def _changed(value: Any) -> bool | None:
+    return value if value is None or isinstance(value, bool) else (bool(value) if value in (0, 1) else None)
+
+
+def _exit_code(value: Any) -> int | None:
+    """An exit code the column takes (a 32-bit integer), else none."""
+    return value if type(value) is int and -2 ** 31 <= value < 2 ** 31 else None
 
 
 class Recorder:
@@ -158,7 +195,11 @@ class Recorder:
             ops: list[dict[str, Any]] = []
             durable: list[str] = []
             for event in batch:
-                ops += self._operations(event)
+                try:
+                    ops += self._operations(event)
+                except Exception as exc:  # noqa: BLE001 - a writer that dies would hold every record back
+                    log.exception("could not make the record of %s", type(event).__name__)
+                    self.error = self.error or f"a record could not be made ({type(event).__name__}: {exc})"
                 if isinstance(event, StepFinished) and event.status is StepStatus.completed \
                         or isinstance(event, StepSkipped) and event.reason != UPSTREAM_FAILED:
                     durable.append(event.step_id)
@@ -282,10 +323,10 @@ class Recorder:
             o = event.outcome
             values = {"status": o.status.value, "completed_at": o.started_at + o.duration,
                       "duration_seconds": round(o.duration, 6), "execution_output": _output(o.stdout, o.stderr),
-                      "error_message": _text(o.error or o.skip_reason), "exit_code": o.exit_code,
+                      "error_message": _text(o.error or o.skip_reason), "exit_code": _exit_code(o.exit_code),
                       "result_data": _json(o.data) if o.data else "{}",
                       "skip_reason": CONDITION if o.status is StepStatus.skipped else None,
-                      "changed": o.changed}
+                      "changed": _changed(o.changed)}
             step = self._run["plan"].steps[o.step_id]
             if o.config is not None and step.templated:  # the interpolated config (masked by the runner)
                 values["action_config"] = _json(o.config)
