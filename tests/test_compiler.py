@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -362,6 +363,23 @@ def test_dagrun_schema_extensions_are_refused_where_they_would_not_be_read():
                       execution_handler="tests.helpers:noop", config_schema=nested)
     with pytest.raises(TemplateError, match="mark the field 'db' itself"):
         compile_template(template(step(10, "b", id="x")), actions=[spec], keep=False)
+    # Every mapping is looked into, whatever holds it (helper-39 found these let through), and a top-level
+    # property that takes its mark through a $ref is refused (dagrun reads the property's own keys).
+    pw = {"type": "string", "x-secret": True}
+    for where, schema in {
+            "dependencies.user.properties.password": {"dependencies": {"user": {"properties": {"password": pw}}}},
+            "extends.properties.password": {"extends": {"properties": {"password": pw}}},
+            "type[0].properties.password": {"$schema": "http://json-schema.org/draft-03/schema#",
+                                            "type": [{"properties": {"password": pw}}]},
+            "properties.blob.contentSchema": {"properties": {"blob": {"contentSchema": pw}}},
+            "components.pw": {"properties": {"password": {"$ref": "#/components/pw"}}, "components": {"pw": pw}},
+            "properties.password takes x-secret through $ref #/properties/token": {
+                "properties": {"password": {"$ref": "#/properties/token"}, "token": pw}}}.items():
+        with pytest.raises(TemplateError, match=re.escape(where)):
+            compile_template(template(step(10, "c", id="x")), actions=[action("c", config_schema=schema)], keep=False)
+    data = {"properties": {"conf": {"type": "object", "default": {"x-secret": True}}, "x-secret": {"type": "string"},
+                           "path": {"$ref": "#/$defs/path"}}, "$defs": {"path": {"type": "string"}}}
+    assert extension_problems(data) == []  # data, property names and plain $refs are no marks
     # Marked where it is read, the same fields are fine; so is every shipped action.
     flat = {"type": "object", "properties": {"password": {"type": "string", "x-secret": True},
                                              "hook": {"type": "string", "x-dagrun-format": "shell"}}}

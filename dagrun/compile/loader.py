@@ -377,45 +377,76 @@ def _nested_schema_keyword(schema: Any) -> str | None:
 _EXTENSIONS = {"x-secret", "writeOnly", "x-dagrun-format", "x-dagrun-url-schemes", "x-dagrun-inline-to",
                "x-dagrun-keys"}
 _FORMATS = {"shell", "url", "template-file"}
-_NAMED_SCHEMAS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
-_ONE_SCHEMA = ("items", "additionalProperties", "additionalItems", "not", "if", "then", "else", "contains",
-               "propertyNames", "unevaluatedItems", "unevaluatedProperties")
-_SCHEMA_LISTS = ("allOf", "anyOf", "oneOf", "prefixItems", "items")
+# Keywords whose value maps names to schemas (the names are no keywords), and keywords whose value is data.
+_NAMED_SCHEMAS = frozenset({"properties", "patternProperties", "$defs", "definitions", "dependentSchemas",
+                            "dependencies"})
+_DATA = frozenset({"default", "const", "enum", "examples", "required", "$comment", "title", "description"})
+_REFS = ("$ref", "$dynamicRef", "$recursiveRef")
 
 
 def extension_problems(schema: Any) -> list[str]:
     """Where ``schema`` (a config schema) puts a dagrun extension that would
-    not be read: below a top-level property, or an unknown one."""
+    not be read: anywhere but directly on a top-level property (every
+    mapping is looked into, whatever keyword holds it), on a top-level
+    property that takes its schema through a ``$ref`` to a marked one, or
+    an unknown one."""
     found: list[str] = []
-    stack: list[tuple[Any, str, bool]] = [(schema, "", False)]  # (node, path, is a top-level property)
+    # (node, path, is it a schema (else a mapping of names to schemas), is it a top-level property)
+    stack: list[tuple[Any, str, bool, bool]] = [(schema, "", True, False)]
     while stack:
-        node, path, top = stack.pop()
+        node, path, is_schema, top = stack.pop()
+        if isinstance(node, (list, tuple)):
+            stack.extend((v, f"{path}[{i}]", is_schema, False) for i, v in enumerate(node))
+            continue
         if not isinstance(node, Mapping):
+            continue
+        join = (lambda key: f"{path}.{key}") if path else str
+        if not is_schema:
+            stack.extend((v, join(k), True, path == "properties") for k, v in node.items())
             continue
         where = path or "the top"
         for key, value in node.items():
-            if not (key in _EXTENSIONS or str(key).startswith("x-dagrun-")) or (key == "writeOnly" and not value):
+            if key in _DATA:
                 continue
-            if key not in _EXTENSIONS:
-                found.append(f"unknown extension {key} (at {where}); dagrun reads {', '.join(sorted(_EXTENSIONS))}")
-            elif not top:
-                property_ = path.split(".")[1] if path.startswith("properties.") else None
-                found.append(f"{key} is read on a top-level property of config_schema only (found at {where})"
-                             + (f"; mark the field {property_!r} itself" if property_ and key in ("x-secret", "writeOnly")
-                                else ""))
-            elif key == "x-dagrun-format" and value not in _FORMATS:
-                found.append(f"x-dagrun-format at {where} is {value!r}; expected one of {', '.join(sorted(_FORMATS))}")
-        for key in _NAMED_SCHEMAS:
-            if isinstance(node.get(key), Mapping):
-                stack.extend((v, f"{path}.{key}.{k}" if path else f"{key}.{k}", key == "properties" and not path)
-                             for k, v in node[key].items())
-        for key in _ONE_SCHEMA:
-            stack.append((node.get(key), f"{path}.{key}" if path else key, False))
-        for key in _SCHEMA_LISTS:
-            if isinstance(node.get(key), (list, tuple)):  # tuples: an ActionSpec's frozen schema
-                stack.extend((v, f"{path}.{key}[{i}]" if path else f"{key}[{i}]", False)
-                             for i, v in enumerate(node[key]))
+            if key in _EXTENSIONS or str(key).startswith("x-dagrun-"):
+                if key == "writeOnly" and not value:
+                    continue
+                if key not in _EXTENSIONS:
+                    found.append(f"unknown extension {key} (at {where}); dagrun reads "
+                                 f"{', '.join(sorted(_EXTENSIONS))}")
+                elif not top:
+                    owner = path.split(".")[1] if path.startswith("properties.") else None
+                    found.append(f"{key} is read on a top-level property of config_schema only (found at {where})"
+                                 + (f"; mark the field {owner!r} itself"
+                                    if owner and key in ("x-secret", "writeOnly") else ""))
+                elif key == "x-dagrun-format" and value not in _FORMATS:
+                    found.append(f"x-dagrun-format at {where} is {value!r}; expected one of "
+                                 f"{', '.join(sorted(_FORMATS))}")
+                continue
+            if top and key in _REFS and isinstance(value, str):
+                target = _pointer(schema, value)
+                marked = sorted(k for k in target if k in _EXTENSIONS and target[k]) if isinstance(target, Mapping) \
+                    else []
+                if marked:
+                    found.append(f"{where} takes {', '.join(marked)} through {key} {value}, which dagrun does not "
+                                 f"follow: mark {where} itself")
+            stack.append((value, join(key), key not in _NAMED_SCHEMAS or not isinstance(value, Mapping), False))
     return sorted(found)
+
+
+def _pointer(document: Any, reference: str) -> Any:
+    """What a local JSON pointer (``#/a/b``) in ``document`` names, if anything."""
+    if not reference.startswith("#"):
+        return None
+    node = document
+    for part in (p.replace("~1", "/").replace("~0", "~") for p in reference[1:].split("/") if p):
+        if isinstance(node, Mapping) and part in node:
+            node = node[part]
+        elif isinstance(node, (list, tuple)) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return None
+    return node
 
 
 def parse_action(doc: Mapping[str, Any], *, source: str = "<dict>", base_dir: Path | None = None,
