@@ -795,11 +795,13 @@ def plan(template: Any, *, actions: Iterable[Any] | None = None, variables: Mapp
 
 def validate(items: Iterable[str], *, actions: Iterable[Any] | None = None, workspace: Any = None,
              variables: Mapping[str, Any] | None = None, database_url: str | None = None,
-             trusted_actions: Iterable[Any] | None = None) -> list[tuple[str, Exception | None]]:
+             trusted_actions: Iterable[Any] | None = None,
+             home_roots: Iterable[str] = ()) -> list[tuple[str, Exception | None]]:
     """Check templates (files, seed or stored names) and action definition
     files; ``(item, error or None)`` each. Every problem of a template is in
     its one error. With ``workspace`` (and ``variables``), its fields and the
-    variables are checked as a run would check them."""
+    variables are checked as a run would check them (``home_roots``: as
+    :func:`run_template`'s)."""
     from .compile.loader import read_document
     from .errors import TemplateError
     results: list[tuple[str, Exception | None]] = []
@@ -814,7 +816,7 @@ def validate(items: Iterable[str], *, actions: Iterable[Any] | None = None, work
                 found = _with_stored(item, database_url, ())
                 if workspace is not None:
                     compile_for(item, workspace, actions=actions, variables=variables, templates=found,
-                                trusted_actions=trusted_actions)
+                                trusted_actions=trusted_actions, roots=_allowed_roots(home_roots))
                 else:
                     _check_variables(compile_template(item, actions=actions, variables=variables, templates=found,
                                                       trusted_actions=trusted_actions), variables)

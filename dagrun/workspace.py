@@ -193,6 +193,11 @@ def check_home_root(home: str, roots: Iterable[str], owner: int | None = None) -
     (``owner``), never another tenant's. Returns the home after symlinks."""
     from .run.paths import home_ancestry_problem
     real = _resolved(home)
+    system = _system_folder(real)
+    if system:  # whoever allowed it, even the operator typing it (the CLI allows the parent of what it is given)
+        after = f" (after symlinks, {real})" if real != os.path.normpath(home) else ""
+        raise InputError(f"the workspace home_dir {home}{after} is {system}: a run as root would write its files "
+                         "there")
     roots = tuple(roots)
     inside = [root for root in roots if real.startswith(root.rstrip(os.sep) + os.sep) and real != root]
     if not inside:
@@ -202,6 +207,22 @@ def check_home_root(home: str, roots: Iterable[str], owner: int | None = None) -
     if problem:
         raise InputError(problem)
     return real
+
+
+# The system's own folders: no workspace lives in them. (Top-level folders that hold homes, such as
+# /home, /srv, /opt, /var and /root, may hold one below them, never be one.)
+_SYSTEM_TREES = ("/etc", "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/boot", "/proc", "/sys",
+                 "/dev", "/run", "/var/lib", "/var/log", "/var/spool", "/var/cache", "/var/run", "/var/backups",
+                 "/var/mail")
+
+
+def _system_folder(real: str) -> str | None:
+    for tree in _SYSTEM_TREES:
+        if real == tree or real.startswith(tree + "/"):
+            return f"in {tree}, a system folder" if real != tree else "a system folder"
+    if real == "/" or os.path.dirname(real) == "/":
+        return "the file system's root or a folder at its top"
+    return None
 
 
 def home_root(home: str, roots: Iterable[str]) -> str | None:

@@ -67,6 +67,18 @@ def test_validate_reports_each_problem_without_traceback(tmp_path):
     assert "Traceback" not in out.stderr
 
 
+def test_validate_checks_a_typed_workspace_as_run_does(tmp_path):
+    """As root, run allows the home its operator types (or its default under
+    the current folder); validate with the same workspace said it was
+    outside the allowed folders."""
+    out = dagrun("validate", "demo", "--ws", "id=x", cwd=tmp_path)
+    assert out.returncode == 0 and "demo: ok" in out.stdout, out.stderr
+    out = dagrun("validate", "demo", "--ws", "id=x", "--home", tmp_path / "h", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    out = dagrun("validate", "demo", "--ws", "id=x", "--ws", "nmae=typo", "--home", "/etc", cwd=tmp_path)
+    assert out.returncode == 2 and "/etc is a system folder" in out.stderr
+
+
 def test_validate_an_action_definition(tmp_path):
     (tmp_path / "a.yaml").write_text(yaml.safe_dump({"name": "x", "action_type": "shell", "execution_handler": "true",
                                                       "max_retries": 0}))

@@ -478,7 +478,7 @@ def test_a_home_the_workspace_user_could_swap_is_refused(user, tmp_path):
                      {"id": "h", "linux_username": user.pw_name, "home_dir": str(nested)}, record=False)
     link = tmp_path / "link-home"
     link.symlink_to("/root")
-    with pytest.raises(InputError, match="outside the folders workspaces may live in"):
+    with pytest.raises(InputError, match=r"\(after symlinks, /root\) is the file system's root or a folder at its top"):
         run_template(template(script_step(10, "true", id="s")),
                      {"id": "h", "linux_username": user.pw_name, "home_dir": str(link)}, record=False)
     link.unlink()
@@ -587,16 +587,31 @@ def test_as_root_a_home_outside_the_allowed_folders_is_refused(tmp_path, monkeyp
     monkeypatch.setenv(HOME_ROOTS_ENV, str(tmp_path / "workspaces"))
     for home in ("/root", "/", "/etc/systemd/system/x.service.d", str(tmp_path / "workspaces"),
                  str(tmp_path / "workspaces" / ".." / "elsewhere")):
-        with pytest.raises(InputError, match="is outside the folders workspaces may live in"):
+        with pytest.raises(InputError, match="is outside the folders workspaces may live in|system folder|at its top"):
             run_template("demo", {"id": "w", "home_dir": home, "ssh_public_key": "ssh-ed25519 AAAA x"}, record=False)
     (tmp_path / "workspaces").mkdir()
     (tmp_path / "workspaces" / "link").symlink_to("/root")
-    with pytest.raises(InputError, match="is outside the folders"):
+    with pytest.raises(InputError, match=r"\(after symlinks, /root\) is the file system's root or a folder at its top"):
         run_template(template(script_step(10, "true")), {"id": "w", "home_dir": str(tmp_path / "workspaces/link")},
                      record=False)
     result = run_template(template(script_step(10, "true", id="s")),
                           {"id": "w", "home_dir": str(tmp_path / "workspaces" / "w")}, record=False)
     assert result.success, result.error
+
+
+@root_only
+def test_no_home_is_a_system_folder_even_where_the_operator_allows_it(tmp_path):
+    """The CLI allows the home its operator types (the folder above it): a
+    mistyped /etc still gets no workspace written into it."""
+    for home, why in (("/etc", "a system folder"), ("/usr/local/x", "in /usr, a system folder"),
+                      ("/var/lib/postgresql", "in /var/lib"), ("/srv", "a folder at its top"), ("/", "root")):
+        with pytest.raises(InputError, match=f"the workspace home_dir {home} is .*{why}"):
+            run_template(template(script_step(10, "true")), {"id": "w", "home_dir": home}, record=False,
+                         home_roots=[os.path.dirname(home)])
+    out = subprocess.run([sys.executable, "-m", "dagrun", "run", "demo", "--ws", "id=p2", "--ws", "home_dir=/etc",
+                          "--db", f"sqlite:///{tmp_path}/x.db"], capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 2 and "the workspace home_dir /etc is a system folder" in out.stderr, out.stderr
+    assert not os.path.exists("/etc/hello") and not os.path.exists("/etc/.config/dagrun-demo")
 
 
 @root_only
@@ -793,7 +808,7 @@ def test_create_linux_user_makes_homes_only_where_workspaces_may_live(tmp_path):
         result = run_template(template(step(10, "create_linux_user", id="u", action_config={
             "username": name, "home": "/etc/dagrun-evil"})), {"id": "x", "home_dir": str(tmp_path / "h")},
             record=False)
-        assert "is outside the folders workspaces may live in" in result.steps["u"].error
+        assert "/etc/dagrun-evil is in /etc, a system folder" in result.steps["u"].error
         assert not os.path.exists("/etc/dagrun-evil")
         with pytest.raises(KeyError):
             pwd.getpwnam(name)

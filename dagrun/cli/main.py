@@ -224,9 +224,10 @@ def cmd_fleet(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     failed = 0
+    workspace = _workspace(args)
     for item, error in api.validate(args.templates, actions=args.actions, trusted_actions=args.trusted_actions,
-                                    workspace=_workspace(args), variables=_pairs(args.set, "--set"),
-                                    database_url=_db(args)):
+                                    workspace=workspace, variables=_pairs(args.set, "--set"), database_url=_db(args),
+                                    home_roots=_home_roots(workspace) if workspace else ()):
         if error is None:
             print(f"{item}: ok")
         else:
@@ -518,6 +519,7 @@ def build_parser() -> argparse.ArgumentParser:
                        actions, variables, workspace, db)
     validate.add_argument("templates", nargs="+", metavar="TEMPLATE",
                           help="template or action files, or template names")
+    validate.add_argument("--home", metavar="DIR", help="the workspace home, checked as run checks it")
 
     plan = command("plan", cmd_plan, "show levels, conflicts, critical path and estimate; runs nothing",
                    actions, variables, db)
