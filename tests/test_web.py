@@ -297,6 +297,18 @@ def test_serve_stops_at_start_on_a_database_it_cannot_open(tmp_path):
     assert len(out.stderr.strip().splitlines()) == 1, out.stderr
 
 
+def test_serve_stops_at_start_on_a_port_another_program_holds(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        out = subprocess.run([sys.executable, "-m", "dagrun", "serve", "--port", str(port),
+                              "--db", f"sqlite:///{tmp_path}/s.db"], capture_output=True, text=True, timeout=60,
+                             env={**os.environ, "DAGRUN_TOKEN": "t"})
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip() == f"dagrun: cannot listen on 127.0.0.1:{port}: Address already in use"
+
+
 def test_serve_stops_at_start_on_a_bad_action_file(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: broken\naction_type: shell\nexecution_handler: 'echo {{ config.x'\n")

@@ -420,7 +420,10 @@ def cmd_seed(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from ..web.serve import serve, token_from_environment, token_from_file
+    try:
+        from ..web.serve import serve, token_from_environment, token_from_file
+    except ImportError:  # dagrun.web imports Flask
+        raise InputError("dagrun serve needs the web extra: pip install 'dagrun[web]'") from None
     token = token_from_file(args.token_file) if args.token_file else args.token or token_from_environment()
     serve(host=args.host, port=args.port, token=token, threads=args.threads, database_url=_db(args),
           actions=args.actions, trusted_actions=args.trusted_actions, allow_network=args.allow_network or (),

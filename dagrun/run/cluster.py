@@ -61,7 +61,12 @@ class DaskExecutor:
         except ImportError:
             from ..errors import InputError
             raise InputError("a Dask executor needs the 'distributed' package: pip install 'dagrun[dask]'") from None
-        return cls(Client(address, set_as_default=False), owns_client=True)
+        try:
+            client = Client(address, set_as_default=False)
+        except OSError as exc:  # no scheduler there (distributed waits for one, then says so with a traceback)
+            from ..errors import InputError
+            raise InputError(f"cannot reach the Dask scheduler at {address}: {exc}") from None
+        return cls(client, owns_client=True)
 
     def run(self, fn: Callable[..., Any], args: tuple, deliver: Deliver) -> None:
         """``fn(*args)`` on a worker (``fn`` is ``run_attempt`` or

@@ -42,10 +42,11 @@ def serve(*, host: str = "127.0.0.1", port: int = 8080, token: str | None = None
         raise InputError(f"serving on {host} (not loopback) needs a token: $DAGRUN_TOKEN or --token-file FILE")
     try:
         import waitress
+
+        from . import create_app  # (Flask)
     except ImportError:
         raise InputError("dagrun serve needs the web extra: pip install 'dagrun[web]'") from None
     from .. import api
-    from . import create_app
     # Before listening: a wrong --db or --actions stops the start with one clear error, and the
     # first requests do not wait for the store's set-up and the run path's imports.
     api.warm_up(database_url=options.get("database_url"), actions=options.get("actions"),
@@ -56,16 +57,23 @@ def serve(*, host: str = "127.0.0.1", port: int = 8080, token: str | None = None
     app = create_app(token=token, allowed_hosts=names, max_streams=max(1, threads // 2), **options)
     app.url_map.update()  # the routes' matcher, which werkzeug builds at the first request (50 ms)
     shown = f"[{host}]" if ":" in host else host
+    from .blueprint import MAX_BODY_BYTES
+    try:
+        server = waitress.create_server(app, host=host, port=port, threads=threads, send_bytes=1, ident="dagrun",
+                                        clear_untrusted_proxy_headers=True, channel_timeout=3600,
+                                        max_request_body_size=MAX_BODY_BYTES)  # (waitress would buffer 1 GB)
+    except OSError as exc:  # the port is taken, the address is not this machine's...
+        raise InputError(f"cannot listen on {shown}:{port}: {exc.strerror or exc}") from None
     if made:  # printed once, to whoever started the service (not logged to a file)
         print(f"dagrun serving on http://{shown}:{port}/ - open http://{shown}:{port}/login?token={token} "
               "(a token made for this start; give one with $DAGRUN_TOKEN or --token-file)", file=sys.stderr,
               flush=True)
     else:
         log.warning("dagrun serving on http://%s:%d/ (token required)", shown, port)
-    from .blueprint import MAX_BODY_BYTES
-    waitress.serve(app, host=host, port=port, threads=threads, send_bytes=1, ident="dagrun",
-                   clear_untrusted_proxy_headers=True, channel_timeout=3600,
-                   max_request_body_size=MAX_BODY_BYTES)  # (waitress would buffer 1 GB)
+    try:
+        server.run()
+    finally:
+        server.close()
 
 
 def token_from_environment() -> str | None:
