@@ -204,6 +204,18 @@ def test_bad_database_url_is_one_clear_error(workspace):
     assert "bad database URL" in str(exc.value)
 
 
+def test_a_mistyped_sqlite_path_is_one_clear_error_not_a_new_tree_of_folders(workspace, tmp_path):
+    from dagrun.errors import StoreError
+    with pytest.raises(StoreError, match=f"cannot open database {tmp_path}/typo/dir/x.db: there is no folder "
+                                         f"{tmp_path}/typo"):
+        run_template(template(script_step(10, "true")), workspace, database_url=f"sqlite:///{tmp_path}/typo/dir/x.db")
+    assert not (tmp_path / "typo").exists()
+    # one new folder for the file is made (0700), as for dagrun's own data folder
+    assert run_template(template(script_step(10, "true")), workspace,
+                        database_url=f"sqlite:///{tmp_path}/new/x.db").success
+    assert (tmp_path / "new" / "x.db").is_file()
+
+
 def test_secret_config_values_are_masked_in_records_and_results(workspace, db_url):
     acts = [{"name": "login", "action_type": "shell", "max_retries": 1,
              "execution_handler": 'echo "connecting with {{ config.password }}"; echo "bad {{ config.password }}" >&2; exit 1',

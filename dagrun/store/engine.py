@@ -189,8 +189,13 @@ def store_errors(url: str, what: str = "database error") -> Iterator[None]:
 def _private_file(path: Path) -> None:
     """Create the SQLite file (and its folder) readable by its owner only:
     records hold configs, output and errors. SQLite gives its -wal and -shm
-    files the database file's permissions."""
+    files the database file's permissions. Folders are made all the way
+    down only for dagrun's own data folder: a mistyped path given (as root)
+    gets one clear error, not a new tree of folders where it points."""
+    from ..locations import data_dir
     try:
+        if not path.parent.is_dir() and path.parent != data_dir() and not path.parent.parent.is_dir():
+            raise StoreError(f"cannot open database {path}: there is no folder {path.parent.parent}")
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
     except OSError as exc:
