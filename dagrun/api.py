@@ -958,6 +958,16 @@ def list_runs(*, database_url: str | None = None, workspace: str | None = None, 
     return runs(url, workspace=workspace, status=status, limit=limit, fleet=fleet)
 
 
+def find_fleet(fleet_id: str, *, database_url: str | None = None) -> str:
+    """A fleet's whole id, given it or an unambiguous prefix of it (the id
+    given, when no fleet has it)."""
+    url = database_url or default_database_url()
+    if not _has_store(url):
+        return fleet_id
+    from .store.history import find_fleet as find
+    return find(url, fleet_id) or fleet_id
+
+
 def get_run(run_id: str, *, database_url: str | None = None, output: bool = False,
             actions: Iterable[Any] | None = None, trusted_actions: Iterable[Any] | None = None) -> dict[str, Any]:
     """One run (by id or unambiguous prefix): every attempt, and each step

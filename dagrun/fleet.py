@@ -105,8 +105,10 @@ def resume_fleet(fleet_id: str, *, database_url: str | None = None, concurrency:
                  on_event: Callable[[Any], None] | None = None,
                  observers_for: Callable[[str], Iterable[Any]] | None = None,
                  runner_hook: Callable[[Any], None] | None = None, **options: Any) -> FleetResult:
-    """Resume the runs of a fleet that did not succeed (each continues its
-    own run record); the others are left as they are."""
+    """Resume the runs of a fleet (its id or an unambiguous prefix) that did
+    not succeed (each continues its own run record); the others are left as
+    they are."""
+    fleet_id = api.find_fleet(fleet_id, database_url=database_url)
     runs = api.list_runs(database_url=database_url, fleet=fleet_id, limit=100_000)
     if not runs:
         from .store.engine import describe_url

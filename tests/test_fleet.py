@@ -4,6 +4,7 @@ workspace, failures that stay with their workspace, and the CLI."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -125,11 +126,19 @@ def test_the_cli_runs_a_jsonl_fleet_and_resumes_its_failures(tmp_path):
     assert "2 succeeded, 1 failed" in out.stdout
     fleet_id = out.stdout.split("dagrun fleet --resume ", 1)[1].split()[0]
     gate.touch()
-    again = subprocess.run([sys.executable, "-m", "dagrun", "fleet", "--resume", fleet_id, "--db", db, "--json"],
-                           cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    again = subprocess.run([sys.executable, "-m", "dagrun", "fleet", "--resume", fleet_id[:8], "--db", db],
+                           cwd=tmp_path, capture_output=True, text=True, timeout=120)  # a prefix, as resume takes
     assert again.returncode == 0, again.stderr
-    report = json.loads(again.stdout)
-    assert report["succeeded"] == ["bad"] and report["failed"] == []
+    assert re.search(r"^bad succeeded in [0-9.]+ m?s \(2/2 steps\) \[1 done\]$", again.stdout, re.M), again.stdout
+    assert "1 succeeded, 0 failed" in again.stdout
+    done = subprocess.run([sys.executable, "-m", "dagrun", "fleet", "--resume", fleet_id, "--db", db, "--json"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    report = json.loads(done.stdout)
+    assert done.returncode == 0 and report["succeeded"] == [] and report["failed"] == []
+    done = subprocess.run([sys.executable, "-m", "dagrun", "fleet", "--resume", fleet_id, "--db", db],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == f"nothing to resume: every workspace of fleet {fleet_id} succeeded (or is running " \
+                                  "elsewhere)"
 
 
 @pytest.mark.parametrize("suffix", ["json", "yaml", "csv"])

@@ -181,6 +181,7 @@ def cmd_fleet(args: argparse.Namespace) -> int:
             runner.interrupt(reason[0])  # not cancel(): it takes locks this thread may hold
 
     if args.resume:
+        args.resume = api.find_fleet(args.resume, database_url=url)
         roots = _recorded_home_roots(url, [r["run_id"] for r in api.list_runs(database_url=url, fleet=args.resume,
                                                                               limit=100_000)])
         start = lambda progress: resume_fleet(  # noqa: E731
@@ -215,6 +216,8 @@ def cmd_fleet(args: argparse.Namespace) -> int:
             signal.signal(s, handler)
     if args.json:
         print(json.dumps(fleet.as_dict(), indent=2, default=str))
+    elif args.resume and not fleet.order:
+        print(f"nothing to resume: every workspace of fleet {fleet.fleet_id} succeeded (or is running elsewhere)")
     else:
         print_fleet_summary(console, fleet)
     return 0 if fleet.success else EXIT_FAILED

@@ -182,10 +182,10 @@ class FleetProgress:
                     self.done += 1
                 result = event.result
                 status = result.status.value
+                done = f"[{self.done}/{self.total} done]" if self.total else f"[{self.done} done]"
                 self._line(workspace_id, (status, "green" if result.success else "red"),
                            f" in {wall(result.duration_seconds)} "
-                           f"({result.completed_actions}/{result.total_actions} steps) "
-                           f"[{self.done}/{self.total} done]" if self.total else f"[{self.done} done]")
+                           f"({result.completed_actions}/{result.total_actions} steps) {done}")
         return seen
 
     def _line(self, workspace_id: str, *parts: str | tuple[str, str]) -> None:

@@ -47,6 +47,18 @@ def find_run(session: Session, run_id: str) -> ProvisioningRun:
     return run
 
 
+def find_fleet(url: str, fleet_id: str) -> str | None:
+    """A fleet's id, given it or an unambiguous prefix of it (None: no such fleet)."""
+    with store_errors(url, "cannot read"), Session(readable(url)) as session:
+        ids = session.scalars(select(ProvisioningRun.fleet_id).where(
+            ProvisioningRun.fleet_id.startswith(fleet_id, autoescape=True)).distinct()).all()
+    if fleet_id in ids or not ids:
+        return fleet_id if ids else None
+    if len(ids) > 1:
+        raise InputError(f"{fleet_id!r} matches {len(ids)} fleets: give more characters")
+    return ids[0]
+
+
 def show_run(url: str, run_id: str, *, output: bool = False) -> dict[str, Any]:
     with store_errors(url, "cannot read"), Session(readable(url)) as session:
         run = find_run(session, run_id)
