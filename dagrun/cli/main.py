@@ -32,7 +32,8 @@ record every attempt."""
 EPILOG = """examples:
   dagrun run demo                        run the demo (records in SQLite)
   dagrun run demo --check                what would change, changing nothing
-  dagrun plan django --set project=shop  levels, critical path, estimate
+  dagrun plan django --set project_name=shop
+                                        levels, critical path, estimate
   dagrun explain django venv             the effective step, with origins
   dagrun runs; dagrun show RUN_ID        history and one run's attempts
 
