@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 from .compile import compile_template
 from .compile.loader import build_library
-from .errors import InputError, RunConflictError
+from .errors import InputError, RunConflictError, TemplateError
 from .spec import MASK, Plan
 from .workspace import ALWAYS_STORED, normalize_workspace, stored_fields, with_home
 
@@ -851,14 +851,25 @@ def list_templates(database_url: str | None = None) -> list[dict[str, Any]]:
             doc = read_document(path)
             found.append({"name": str(doc.get("name") or path.stem), "version": str(doc.get("version", "1.0.0")),
                           "description": (doc.get("description") or "").strip(), "source": "seed",
-                          "extends": _extends(doc), "steps": len(doc.get("actions") or ())})
+                          "extends": _extends(doc), "steps": _step_count(str(path), doc, ())})
     if database_url and _has_store(database_url):
         from .store.seeding import stored_templates
-        for doc in stored_templates(database_url):
+        stored = stored_templates(database_url)
+        for doc in stored:
             found.append({"name": str(doc.get("name")), "version": str(doc.get("version", "1.0.0")),
                           "description": (doc.get("description") or "").strip(), "source": "stored",
-                          "extends": _extends(doc), "steps": len(doc.get("actions") or ())})
+                          "extends": _extends(doc), "steps": _step_count(doc, doc, stored)})
     return found
+
+
+def _step_count(template: Any, doc: Mapping[str, Any], templates: Iterable[Mapping[str, Any]]) -> int:
+    """Its steps with those it inherits (its own only, when a base is missing)."""
+    from .compile.inherit import resolve
+    from .compile.loader import TemplateSource
+    try:
+        return len(resolve(template, TemplateSource(templates)).document["actions"])
+    except (TemplateError, InputError):
+        return len(doc.get("actions") or ())
 
 
 def _extends(doc: Mapping[str, Any]) -> str | None:

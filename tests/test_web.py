@@ -109,8 +109,10 @@ def test_waiting_for_says_why_each_step_waits(tmp_path, store):
 
 def test_health_templates_and_actions(client):
     assert client.get("/api/health").json["status"] == "ok"
-    names = {t["name"] for t in client.get("/api/templates").json["templates"]}
-    assert {"demo", "django"} <= names
+    listed = {t["name"]: t for t in client.get("/api/templates").json["templates"]}
+    assert {"demo", "django"} <= set(listed)
+    # django extends python-base: its steps are the four a run of it runs, as /actions says
+    assert listed["django"]["steps"] == client.get("/api/templates/django/actions").json["total_actions"] == 4
     seq = client.get("/api/templates/demo/actions").json
     assert seq["name"] == "demo" and seq["total_actions"] == len(seq["actions"]) == 8
     first = seq["actions"][0]
