@@ -219,4 +219,6 @@ def _local_archive(requirement: str) -> bool:
 
 
 def validate_pip(ctx: StepContext) -> HandlerResult:
+    if not os.path.exists(_venv_python(ctx)):  # (--check before the step that makes the venv)
+        return HandlerResult(ok=False, error=f"no venv at {ctx.path(ctx.config['venv_path'])}")
     return ctx.run([_trusted_python(ctx), "-m", "pip", "check"], env=PIP_ENV)

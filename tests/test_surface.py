@@ -169,6 +169,20 @@ def test_check_changes_nothing_and_says_what_would_change(tmp_path, db_url):
     assert again.steps["s"].changed is None  # a script without a validate_script cannot tell
 
 
+def test_check_answers_for_a_step_whose_venv_an_earlier_step_would_make(tmp_path, db_url):
+    """The pip step's validation found no interpreter to trust (the venv is
+    not there yet) and failed the whole check run; it would change."""
+    home = tmp_path / "h"
+    home.mkdir()
+    doc = template(step(10, "create_python_venv", id="venv", action_config={"venv_path": "~/venv"}),
+                   step(20, "install_pip_requirements", id="pip", requires=["venv"],
+                        action_config={"venv_path": "~/venv", "packages": ["requests"]}))
+    checked = run_template(doc, {"id": "w", "home_dir": str(home)}, database_url=db_url, check=True)
+    assert checked.success, checked.error
+    assert checked.steps["pip"].changed is True and f"no venv at {home}/venv" in checked.steps["pip"].result["check"]
+    assert not (home / "venv").exists()
+
+
 def test_check_from_the_cli(tmp_path):
     out = dagrun("run", "demo", "--check", "--db", f"sqlite:///{tmp_path}/c.db", cwd=tmp_path)
     assert out.returncode == 0, out.stderr

@@ -265,7 +265,10 @@ def _check(job: AttemptJob, attempt: int, steps: Mapping[str, Any], cancel: Canc
     if handlers.validate is None:
         return answer(None, "would run: its action has no validation to tell whether anything would change")
     ctx = _context_for(job, steps, attempt, cancel, config, isolation=isolation, report=report)
-    result = _isolated(handlers.validate, "validation_handler", job.step.action, isolation)(ctx)
+    try:
+        result = _isolated(handlers.validate, "validation_handler", job.step.action, isolation)(ctx)
+    except PermanentError as exc:  # e.g. what it checks is made by an earlier step
+        return answer(None, f"cannot tell before earlier steps run: {exc}")
     if result.ok and result.data.get("nothing_to_validate"):
         return answer(None, "would run: it has no validation to tell whether anything would change")
     if result.ok:
