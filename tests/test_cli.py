@@ -115,11 +115,17 @@ def test_graph_formats(tmp_path):
     assert dot.returncode == 0 and dot.stdout.startswith('digraph "demo"') and '"layout" -> "venv";' in dot.stdout
     mermaid = dagrun("graph", "demo", "--format", "mermaid", cwd=tmp_path)
     assert mermaid.stdout.startswith("flowchart LR") and "s0 --> s1" in mermaid.stdout
-    svg = dagrun("graph", "demo", "--format", "svg", cwd=tmp_path)
+    svg = dagrun("graph", "demo", "--format", "svg", cwd=tmp_path)  # graphviz's, else dagrun's own drawing
+    assert svg.returncode == 0 and "<svg" in svg.stdout and "layout" in svg.stdout, svg.stderr
+    png = dagrun("graph", "demo", "--format", "png", "-o", tmp_path / "g.png", cwd=tmp_path)
     if shutil.which("dot"):
-        assert svg.returncode == 0 and "<svg" in svg.stdout
+        assert png.returncode == 0 and (tmp_path / "g.png").read_bytes().startswith(b"\x89PNG")
     else:  # without graphviz: one clear sentence
-        assert svg.returncode == 2 and "needs graphviz's 'dot' program" in svg.stderr
+        assert png.returncode == 2 and "needs graphviz's 'dot' program" in png.stderr
+    # the format follows the output file's suffix (a .svg of DOT text was written before)
+    for name, start in (("g.svg", "<svg"), ("g.mmd", "flowchart LR"), ("g.dot", 'digraph "demo"')):
+        out = dagrun("graph", "demo", "-o", tmp_path / name, cwd=tmp_path)
+        assert out.returncode == 0 and (tmp_path / name).read_text().startswith(start), (name, out.stderr)
 
 
 @pytest.mark.parametrize("args,message", [

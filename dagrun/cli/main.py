@@ -13,6 +13,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
 from pathlib import Path
@@ -252,6 +253,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+_GRAPH_SUFFIXES = {".svg": "svg", ".png": "png", ".mmd": "mermaid", ".mermaid": "mermaid", ".dot": "dot", ".gv": "dot"}
+
+
 def cmd_graph(args: argparse.Namespace) -> int:
     statuses = None
     template: Any = args.template
@@ -263,15 +267,19 @@ def cmd_graph(args: argparse.Namespace) -> int:
         raise InputError("give a template, or --run RUN_ID with '-' to draw the run's own template")
     plan = api.plan(template, actions=args.actions, trusted_actions=args.trusted_actions,
                     variables=_pairs(args.set, "--set"), database_url=_db(args) if args.template != "-" else None)
-    if args.format == "mermaid":
+    suffix = Path(args.output).suffix.lower() if args.output else ""
+    fmt = args.format or _GRAPH_SUFFIXES.get(suffix, "dot")
+    if fmt == "mermaid":
         data: bytes = render.to_mermaid(plan, statuses).encode()
+    elif fmt == "svg" and not shutil.which("dot"):
+        data = render.to_svg(plan, statuses).encode()  # dagrun's own drawing (the web page's)
     else:
         dot = render.to_dot(plan, statuses)
-        data = dot.encode() if args.format == "dot" else render.render_image(dot, args.format)
+        data = dot.encode() if fmt == "dot" else render.render_image(dot, fmt)
     if args.output:
         Path(args.output).write_bytes(data)
-        print(f"wrote {args.output}", file=sys.stderr)
-    elif args.format == "png":
+        print(f"wrote {args.output} ({fmt})", file=sys.stderr)
+    elif fmt == "png":
         raise InputError("--format png writes binary data: give --output FILE")
     else:
         sys.stdout.write(data.decode())
@@ -536,8 +544,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     graph = command("graph", cmd_graph, "draw the dependency graph (dot, mermaid, svg, png)", actions, variables, db)
     graph.add_argument("template", help=template_help + "; '-' with --run: the run's own")
-    graph.add_argument("--format", choices=("dot", "mermaid", "svg", "png"), default="dot",
-                       help="output format (svg and png need graphviz's dot)")
+    graph.add_argument("--format", choices=("dot", "mermaid", "svg", "png"),
+                       help="output format (default: from --output's suffix, else dot; png needs graphviz's dot, "
+                            "svg uses it when installed)")
     graph.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
     graph.add_argument("--run", metavar="RUN_ID", help="colour the steps by this run's statuses")
 
