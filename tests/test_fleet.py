@@ -141,6 +141,16 @@ def test_the_cli_runs_a_jsonl_fleet_and_resumes_its_failures(tmp_path):
                                   "elsewhere)"
 
 
+def test_the_cli_refuses_a_fleet_workspace_without_an_id(tmp_path):
+    """The CLI's one workspace is "local" by default; a fleet's row without an id became "local" too."""
+    (tmp_path / "t.json").write_text(json.dumps(template(script_step(10, "true", id="a"), name="noid")))
+    (tmp_path / "ws.jsonl").write_text('{"id": "a"}\n{"name": "no id"}\n')
+    out = subprocess.run([sys.executable, "-m", "dagrun", "fleet", "t.json", "--workspaces", "ws.jsonl", "--db",
+                          f"sqlite:///{tmp_path}/f.db"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and out.stderr.strip() == "dagrun: ws.jsonl: workspace 2 has no id", out.stderr
+    assert not (tmp_path / "dagrun-workspaces").exists()
+
+
 @pytest.mark.parametrize("suffix", ["json", "yaml", "csv"])
 def test_workspaces_files_in_every_format(tmp_path, suffix):
     from dagrun.fleet import read_workspaces

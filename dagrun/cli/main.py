@@ -197,7 +197,9 @@ def cmd_fleet(args: argparse.Namespace) -> int:
         # inside the allowed folders ($DAGRUN_WORKSPACE_ROOTS); only the CLI's own default homes
         # (./dagrun-workspaces/<id>) are allowed on its behalf.
         workspaces, allowed = [], set()
-        for ws in read_workspaces(args.workspaces):
+        for number, ws in enumerate(read_workspaces(args.workspaces), 1):
+            if ws.get("id") in (None, ""):  # (the CLI's one workspace is "local" by default; a fleet's are named)
+                raise InputError(f"{args.workspaces}: workspace {number} has no id")
             if ws.get("home_dir"):
                 workspaces.append(dict(ws))
             else:
