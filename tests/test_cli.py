@@ -67,6 +67,16 @@ def test_validate_reports_each_problem_without_traceback(tmp_path):
     assert "Traceback" not in out.stderr
 
 
+def test_a_file_that_does_not_parse_is_named_once_with_its_line(tmp_path):
+    (tmp_path / "bad.yaml").write_text("name: x\nactions:\n  - sequence_order: 10\n    action_name: [unclosed\n")
+    (tmp_path / "bad.json").write_text('{"name": "x",\n "actions": [}')
+    out = dagrun("validate", "bad.yaml", "bad.json", cwd=tmp_path)
+    assert out.returncode == 2
+    assert out.stderr.splitlines() == [
+        "bad.yaml: not valid YAML: did not find expected ',' or ']' (line 5, column 1, while parsing a flow sequence)",
+        "bad.json: not valid JSON: Expecting value (line 2, column 14)"]
+
+
 def test_validate_checks_a_typed_workspace_as_run_does(tmp_path):
     """As root, run allows the home its operator types (or its default under
     the current folder); validate with the same workspace said it was

@@ -239,7 +239,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
             print(f"{item}: ok")
         else:
             failed += 1
-            print(f"{item}: {error}", file=sys.stderr)
+            text = str(error)
+            print(text if text.startswith(f"{item}: ") else f"{item}: {text}", file=sys.stderr)
     return EXIT_USAGE if failed else 0
 
 

@@ -183,6 +183,16 @@ _BoundedLoader.add_constructor("tag:yaml.org,2002:int", _BoundedLoader.construct
 _BoundedLoader.add_constructor("tag:yaml.org,2002:float", _BoundedLoader.construct_yaml_float)
 
 
+def _yaml_error(exc: yaml.YAMLError) -> str:
+    """What PyYAML says, with lines and columns, without its "<unicode string>"."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None)
+    if mark is None or problem is None:
+        return str(exc).replace('in "<unicode string>", ', "")
+    context = getattr(exc, "context", None)
+    return f"{problem} (line {mark.line + 1}, column {mark.column + 1}" + (f", {context})" if context else ")")
+
+
 def parse_text(text: str, source: str, *, json_document: bool) -> Any:
     try:
         if json_document:
@@ -192,9 +202,11 @@ def parse_text(text: str, source: str, *, json_document: bool) -> Any:
         raise TemplateError(Problem(source, str(exc))) from None
     except RecursionError:
         raise TemplateError(Problem(source, f"nested more than {MAX_DEPTH} levels deep")) from None
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        kind = "JSON" if json_document else "YAML"
-        raise TemplateError(Problem(source, f"not valid {kind}: {exc}")) from None
+    except json.JSONDecodeError as exc:
+        raise TemplateError(Problem(source, f"not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})")) \
+            from None
+    except yaml.YAMLError as exc:
+        raise TemplateError(Problem(source, f"not valid YAML: {_yaml_error(exc)}")) from None
     except (ValueError, ArithmeticError) as exc:  # e.g. an integer of more digits than Python converts
         raise TemplateError(Problem(source, f"a value cannot be read: {exc}")) from None
 
