@@ -77,6 +77,19 @@ def test_a_file_that_does_not_parse_is_named_once_with_its_line(tmp_path):
         "bad.json: not valid JSON: Expecting value (line 2, column 14)"]
 
 
+def test_files_beside_a_template_that_are_no_templates_are_named_only_when_no_base_is_found(tmp_path):
+    (tmp_path / "ws.yaml").write_text("- id: a\n")  # a workspaces list beside the templates
+    (tmp_path / "child.yaml").write_text('name: child\nversion: "1"\nextends: python-base\nactions: []\n')
+    out = dagrun("-v", "validate", "child.yaml", cwd=tmp_path)
+    assert out.returncode == 0 and "skipped" not in out.stderr, out.stderr
+    (tmp_path / "base.yaml").write_text("name: mybase\nactions: [\n")
+    (tmp_path / "c2.yaml").write_text('name: c2\nversion: "1"\nextends: mybase\nactions: []\n')
+    out = dagrun("validate", "c2.yaml", cwd=tmp_path)
+    assert out.returncode == 2
+    assert f"base template 'mybase' not found; skipped {tmp_path}/base.yaml: not valid YAML" in out.stderr
+    assert f"skipped {tmp_path}/ws.yaml: expected a mapping at the top level" in out.stderr
+
+
 def test_validate_checks_a_typed_workspace_as_run_does(tmp_path):
     """As root, run allows the home its operator types (or its default under
     the current folder); validate with the same workspace said it was

@@ -100,7 +100,8 @@ def _chain(doc: dict[str, Any], origin: str, base_dir: Path | None, source: Temp
         if found_base is None:
             what = (f"base template {wanted!r}" + (f" version {version}" if version else "")
                     if parent is not None else f"base template with template_id {base_id}")
-            raise TemplateError(problems + [Problem(name, f"{what} not found",
+            unread = "".join(f"; skipped {why}" for _, why in sorted(source.skipped.items())[:5])
+            raise TemplateError(problems + [Problem(name, f"{what} not found{unread}",
                                                     field="extends" if parent is not None else "base_template_id")])
         current, origin, base_dir = found_base[0], found_base[1], found_base[2] or base_dir
     chain.reverse()

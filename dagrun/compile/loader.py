@@ -617,6 +617,7 @@ class TemplateSource:
     def __init__(self, documents: Iterable[Mapping[str, Any]] = (), search_dirs: Iterable[Path] = ()):
         self.documents = [dict(d) for d in documents]
         self.search_dirs = [Path(d) for d in search_dirs]
+        self.skipped: dict[str, str] = {}  # files beside it that are no templates: said only if no base is found
 
     def _candidates(self, near: Path | None) -> Iterator[tuple[dict[str, Any], str, Path | None]]:
         for doc in self.documents:
@@ -630,7 +631,8 @@ class TemplateSource:
                     try:
                         yield read_document(path), str(path), path.parent
                     except (TemplateError, InputError) as exc:  # a neighbour that is not a template
-                        log.warning("skipped %s while looking for templates: %s", path, exc)
+                        log.debug("skipped %s while looking for templates: %s", path, exc)
+                        self.skipped[str(path)] = str(exc)
                         continue
 
     def open(self, ref: Any) -> tuple[dict[str, Any], str, Path | None]:
