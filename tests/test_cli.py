@@ -90,6 +90,13 @@ def test_files_beside_a_template_that_are_no_templates_are_named_only_when_no_ba
     assert f"skipped {tmp_path}/ws.yaml: expected a mapping at the top level" in out.stderr
 
 
+def test_a_workspace_file_that_is_no_mapping_is_said_to_be_a_workspace_file(tmp_path):
+    (tmp_path / "list.yaml").write_text("- id: a\n- id: b\n")
+    out = dagrun("run", "demo", "--workspace", "list.yaml", cwd=tmp_path)
+    assert out.returncode == 2
+    assert out.stderr.strip() == "dagrun: workspace file: list.yaml: expected a mapping at the top level"
+
+
 def test_validate_checks_a_typed_workspace_as_run_does(tmp_path):
     """As root, run allows the home its operator types (or its default under
     the current folder); validate with the same workspace said it was

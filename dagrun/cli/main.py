@@ -79,7 +79,10 @@ def _workspace(args: argparse.Namespace) -> dict[str, Any] | None:
         return None
     from ..compile.loader import read_document
     from ..workspace import cli_workspace
-    fields = dict(read_document(Path(args.workspace))) if args.workspace else {}
+    try:
+        fields = dict(read_document(Path(args.workspace))) if args.workspace else {}
+    except TemplateError as exc:  # (the file is read as documents are; it is no template)
+        raise InputError(f"workspace file: {'; '.join(str(p) for p in exc.problems)}") from None
     fields.update(_pairs(args.ws, "--ws"))
     return cli_workspace(fields, home=getattr(args, "home", None))
 
