@@ -953,7 +953,8 @@ def _check_variables(compiled: Plan, variables: Mapping[str, Any] | None) -> Non
         declared = compiled.snapshot.get("vars") or {}
         raise InputError("; ".join(f"variable {name!r} is not declared by template {compiled.name!r}"
                                    f"{did_you_mean(name, declared)}" for name in undeclared)
-                         + f" (it declares: {', '.join(declared) or 'none'})")
+                         + (f" (it declares: {', '.join(declared)})" if declared
+                            else " (it declares none: a template names its variables under vars:)"))
 
 
 # -- the store: history, upkeep -------------------------------------------------------------

@@ -126,6 +126,15 @@ def test_an_undeclared_variable_is_an_error(command, tmp_path):
     out = dagrun(command, "demo", "--set", "projetc=x", "--db", f"sqlite:///{tmp_path}/u.db", cwd=tmp_path)
     assert out.returncode == 2
     assert "variable 'projetc' is not declared by template 'demo' (did you mean 'project'?)" in out.stderr
+    none = dagrun(command, "python-base", "--set", "project=x", "--db", f"sqlite:///{tmp_path}/u.db", cwd=tmp_path)
+    assert "(it declares none: a template names its variables under vars:)" in none.stderr, none.stderr
+
+
+def test_an_undefined_variable_says_where_to_declare_it(tmp_path):
+    bad = write(tmp_path / "nv.yaml", template(script_step(10, "echo {{ vars.project }}", id="a")))
+    out = dagrun("validate", bad, cwd=tmp_path)
+    assert "undefined variable vars.project (declare it under the template's vars:, e.g. vars: {project: ...})" \
+        in out.stderr, out.stderr
 
 
 def test_a_failed_validation_shows_its_command_and_output(tmp_path):

@@ -354,8 +354,9 @@ class Compiler:
                     self.problem(f"steps.{ref.attr} {what}{did_you_mean(ref.attr, upstream)}", sid, field)
                 step_refs.add(ref.attr)
             elif ref.root == "vars" and ref.attr not in self.variables:
-                self.problem(f"undefined variable vars.{ref.attr}{did_you_mean(ref.attr, self.variables)}", sid,
-                             field)
+                hint = did_you_mean(ref.attr, self.variables) or f" (declare it under the template's vars:, " \
+                                                                      f"e.g. vars: {{{ref.attr}: ...}})"
+                self.problem(f"undefined variable vars.{ref.attr}{hint}", sid, field)
             elif ref.root == "config" and ref.attr not in step["config"] and \
                     ref.attr not in (step["action"].config_schema.get("properties") or {}):
                 choices = set(step["config"]) | set(step["action"].config_schema.get("properties") or {})
