@@ -289,6 +289,10 @@ def test_explain_says_where_every_value_comes_from(tmp_path):
     out = dagrun("explain", child, "venv", "--set", "project=shop", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "python_version: python3.11    # child (" in out.stdout
+    # a dependency no requires wrote comes from somewhere too (here: the phases)
+    django = next(s for s in api.explain("django")["steps"] if s["id"] == "venv")["fields"]["requires"]
+    assert django == {"value": ["system_packages"],
+                      "origin": "the phases: a step waits for every step of an earlier phase"}
 
 
 # -- retries by error class ---------------------------------------------------------------------

@@ -75,6 +75,10 @@ def explain(template: Any, *, step: str | None = None, actions: Iterable[Any] | 
             if key == "requires":
                 parts = ([origins["requires"]] if "requires" in origins else []) + (
                     [f"action {action.name}'s requires_actions ({action.source})"] if action.requires_actions else [])
+                if not parts and value:  # (what else orders steps)
+                    parts = ["one step at a time in sequence_order (parallel_execution_enabled: false)"
+                             if not plan.global_config.parallel_execution_enabled
+                             else "the phases: a step waits for every step of an earlier phase"]
                 origin = " and ".join(parts) or "none"
             elif own in origins:
                 origin = origins[own]
