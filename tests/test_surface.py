@@ -192,6 +192,17 @@ def test_check_answers_for_a_step_whose_venv_an_earlier_step_would_make(tmp_path
     assert not (home / "venv").exists()
 
 
+def test_check_says_which_results_it_cannot_read(tmp_path, db_url):
+    home = tmp_path / "h"
+    home.mkdir()
+    doc = template(script_step(10, 'echo "version=1" >> "$DAGRUN_OUTPUT"', id="probe"),
+                   script_step(20, "echo {{ steps.probe.result.version }}", id="use", requires=["probe"],
+                               action_config={"validate_script": "true"}))
+    checked = run_template(doc, {"id": "w", "home_dir": str(home)}, database_url=db_url, check=True)
+    assert checked.steps["use"].result["check"] == ("cannot tell before earlier steps run: it reads the results of "
+                                                    "probe, which a check does not make")
+
+
 def test_check_from_the_cli(tmp_path):
     out = dagrun("run", "demo", "--check", "--db", f"sqlite:///{tmp_path}/c.db", cwd=tmp_path)
     assert out.returncode == 0, out.stderr

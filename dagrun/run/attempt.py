@@ -237,8 +237,11 @@ def run_attempt(job: AttemptJob, attempt: int, steps: Mapping[str, Any], cancel:
                         retryable=False, config=config)
     except JinjaError as exc:
         if job.check:  # most likely a value an earlier step would produce
+            refs = sorted(job.step.step_refs)
+            why = (f"it reads the results of {', '.join(refs)}, which a check does not make" if refs
+                   else f"template error: {exc}")
             return _outcome(job, attempt, StepStatus.completed, started, t0, config=config,
-                            data={"check": f"cannot tell before earlier steps run: template error: {exc}"})
+                            data={"check": f"cannot tell before earlier steps run: {why}"})
         return _outcome(job, attempt, StepStatus.failed, started, t0, error=f"template error: {exc}",
                         retryable=False, config=config)
     except Exception as exc:  # a handler bug is a failed attempt, not a crashed run
