@@ -227,6 +227,24 @@ def test_a_run_of_another_process_shows_and_can_be_cancelled(client, store, tmp_
             other.kill()
 
 
+def test_dagrun_cancel_stops_a_run_of_another_process(client, store, tmp_path):
+    other, run_id = run_elsewhere(client, store, tmp_path, "cli-cancel")
+    try:
+        out = subprocess.run([sys.executable, "-m", "dagrun", "cancel", run_id[:8], "--db", store, "--by", "ops"],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0 and f"asked run {run_id} to stop" in out.stdout, out.stderr
+        _, err = other.communicate(timeout=30)
+        assert other.returncode == 130, err
+        run = get_run(run_id, database_url=store)
+        assert run["status"] == "cancelled" and "cancelled by ops" in (run["error"] or ""), run["error"]
+        again = subprocess.run([sys.executable, "-m", "dagrun", "cancel", run_id, "--db", store],
+                               capture_output=True, text=True, timeout=60)
+        assert again.returncode == 2 and "is not running (it cancelled)" in again.stderr
+    finally:
+        if other.poll() is None:
+            other.kill()
+
+
 def test_pages_render(client, tmp_path, store):
     run_id = client.post("/api/workspaces/wp/runs", json={"template": "demo", "workspace": {
         "home_dir": str(tmp_path / "h")}}, headers=CSRF).json["run_id"]

@@ -163,6 +163,14 @@ def cmd_resume(args: argparse.Namespace) -> int:
         args.run_id, database_url=url, from_step=args.from_step, home_roots=roots, **options, **kw), None)
 
 
+def cmd_cancel(args: argparse.Namespace) -> int:
+    run_id = api.cancel_run(args.run_id, database_url=_db(args), reason=f"cancelled by {args.by}" if args.by
+                            else "cancelled from the command line")
+    print(f"asked run {run_id} to stop (its process stops it within a second or two; dagrun watch {run_id[:8]} "
+          "follows it)")
+    return 0
+
+
 def cmd_fleet(args: argparse.Namespace) -> int:
     from ..fleet import read_workspaces, resume_fleet, run_fleet
     from ..workspace import cli_workspace
@@ -531,6 +539,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                             "objects), or .csv (a header row of field names)")
     fleet.add_argument("--concurrency", type=int, metavar="N", help="workspaces running at once (default: all)")
     fleet.add_argument("--resume", metavar="FLEET_ID", help="resume the runs of this fleet that did not succeed")
+
+    cancel = command("cancel", cmd_cancel, "stop a running run, wherever it runs (it can be resumed)", db)
+    cancel.add_argument("run_id", help="a run id, or an unambiguous prefix of one")
+    cancel.add_argument("--by", metavar="WHO", help="who asks, kept in the run's error")
 
     resume = command("resume", cmd_resume, "continue a failed, cancelled or interrupted run", actions, running, db)
     resume.add_argument("run_id", help="a run id, or an unambiguous prefix of one")
