@@ -85,7 +85,10 @@ def compiled(compile_: Compile, template: Any, *, templates: list, variables: Ma
                     _unkeyed(trusted))
     # Kept only if nothing it was compiled from changed meanwhile: what is read from outside the
     # arguments (environment variable names, files) is read again; the arguments were copied.
-    if (env_names, acts, trusted, seeds) == _outside(workspace, actions, trusted_actions):
+    # Nor is a plan holding secrets written in its template (x-secret values): they stay in memory no
+    # longer than their run (its inputs' copy, marshalled above, is dropped with this call).
+    if not plan.secret_literals and (env_names, acts, trusted, seeds) == _outside(workspace, actions,
+                                                                                   trusted_actions):
         _keep(digest, plan, len(data))
     return plan
 
