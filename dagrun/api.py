@@ -330,10 +330,12 @@ def prepare_resume(run_id: str, *, database_url: str | None = None, from_step: s
     if missing:
         raise InputError(f"run {run.id} was started with secrets that are not stored: {', '.join(missing)}; "
                          "give them again (secrets=..., dagrun resume --secret NAME=ENV_VAR)")
-    given_fields = {k.split(".", 1)[1]: v for k, v in secrets.items() if k.startswith("workspace.")}
+    literals = run.secret_digests or {}  # step.field secrets written in the template: checked against these
+    given_fields = {k.split(".", 1)[1]: v for k, v in secrets.items()
+                    if k.startswith("workspace.") and k not in literals}
     roots = _allowed_roots(home_roots)
     ws = with_home(normalize_workspace({**(run.workspace or {}), **given_fields}), roots=roots)
-    step_secrets = {k: v for k, v in secrets.items() if "." in k and not k.startswith("workspace.")}
+    step_secrets = {k: v for k, v in secrets.items() if k in literals or "." in k and not k.startswith("workspace.")}
     _check_literal_secrets(run, step_secrets)
     secret_vars = {k: v for k, v in secrets.items() if "." not in k}
     plan = compile_template(with_secret_literals(run.template_snapshot, step_secrets), actions=actions,

@@ -607,6 +607,16 @@ def test_a_secret_written_in_the_template_is_not_kept_in_memory_after_its_run(ho
     assert alive == []
 
 
+def test_no_step_is_named_workspace():
+    """A resume is given workspace.NAME (a field) and step.field (a secret
+    written in the template): a step "workspace" would make its secrets
+    look like workspace fields, given again unchecked (helper-40)."""
+    from dagrun import TemplateError, compile_template
+    with pytest.raises(TemplateError, match="step id 'workspace' is reserved"):
+        compile_template(template(step(10, "with_secret", id="workspace", action_config={"token": "t"})),
+                         actions=[SECRET_ACTION], keep=False)
+
+
 def test_a_literal_secret_given_again_goes_to_the_step_it_names_only():
     """Step names as the compiler makes them (id, action, action_order): a step
     whose id is "2" is not the step whose sequence_order is 2."""

@@ -178,6 +178,9 @@ class Compiler:
             seen_seq.add(seq)
             if step_id in seen_ids:
                 self.problem(f"step id {step_id!r} is used by two steps", label, "id")
+            if step_id == "workspace":  # a resume is given workspace.NAME (a field) and step.field (a secret)
+                self.problem("step id 'workspace' is reserved (a resume names the workspace's fields "
+                             "workspace.NAME): give the step another id", label, "id")
             seen_ids.add(step_id)
             self._by_seq[seq] = step_id
             self._ids.add(step_id)
