@@ -374,7 +374,20 @@ def test_dagrun_schema_extensions_are_refused_where_they_would_not_be_read():
             "properties.blob.contentSchema": {"properties": {"blob": {"contentSchema": pw}}},
             "components.pw": {"properties": {"password": {"$ref": "#/components/pw"}}, "components": {"pw": pw}},
             "properties.password takes x-secret through $ref #/properties/token": {
-                "properties": {"password": {"$ref": "#/properties/token"}, "token": pw}}}.items():
+                "properties": {"password": {"$ref": "#/properties/token"}, "token": pw}},
+            # (helper-40) through allOf/then, percent-encoded, an $id's URI, an anchor, an $id below the top
+            "properties.a.allOf[0] takes x-secret through $ref": {
+                "properties": {"a": {"allOf": [{"$ref": "#/properties/b"}]}, "b": pw}},
+            "properties.a.then takes x-secret": {"properties": {"a": {"if": True, "then": {"$ref": "#/properties/b"}},
+                                                                "b": pw}},
+            "properties.a takes x-secret through $ref #/%70roperties/b": {
+                "properties": {"a": {"$ref": "#/%70roperties/b"}, "b": pw}},
+            "$ref 'urn:cfg#/properties/b' at properties.a is not a path in this schema": {
+                "$id": "urn:cfg", "properties": {"a": {"$ref": "urn:cfg#/properties/b"}, "b": pw}},
+            "$ref '#tok' at properties.a is not a path in this schema": {
+                "properties": {"a": {"$ref": "#tok"}, "b": {**pw, "$anchor": "tok"}}},
+            "$id at properties.a: only the top of config_schema may name itself": {
+                "properties": {"a": {"$id": "urn:a", "type": "string"}}}}.items():
         with pytest.raises(TemplateError, match=re.escape(where)):
             compile_template(template(step(10, "c", id="x")), actions=[action("c", config_schema=schema)], keep=False)
     data = {"properties": {"conf": {"type": "object", "default": {"x-secret": True}}, "x-secret": {"type": "string"},

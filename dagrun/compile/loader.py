@@ -435,23 +435,44 @@ def extension_problems(schema: Any) -> list[str]:
                     found.append(f"x-dagrun-format at {where} is {value!r}; expected one of "
                                  f"{', '.join(sorted(_FORMATS))}")
                 continue
-            if top and key in _REFS and isinstance(value, str):
+            if key == "$id" and path:  # the "#/..." of a reference below it would be another document's
+                found.append(f"$id at {where}: only the top of config_schema may name itself")
+            if key in _REFS and isinstance(value, str):
                 target = _pointer(schema, value)
-                marked = sorted(k for k in target if k in _EXTENSIONS and target[k]) if isinstance(target, Mapping) \
-                    else []
-                if marked:
-                    found.append(f"{where} takes {', '.join(marked)} through {key} {value}, which dagrun does not "
-                                 f"follow: mark {where} itself")
+                if target is None:
+                    found.append(f"{key} {value!r} at {where} is not a path in this schema (#/...): dagrun reads "
+                                 "its marks only where they are written, and refuses a reference it cannot follow")
+                elif _marked(target):
+                    found.append(f"{where} takes {', '.join(sorted(_marked(target)))} through {key} {value}, which "
+                                 f"dagrun does not follow: mark the top-level property itself")
             stack.append((value, join(key), key not in _NAMED_SCHEMAS or not isinstance(value, Mapping), False))
     return sorted(found)
 
 
+def _marked(node: Any) -> set[str]:
+    """The dagrun extensions anywhere in ``node``."""
+    found: set[str] = set()
+    stack = [node]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, Mapping):
+            found |= {str(k) for k, v in item.items()
+                      if (k in _EXTENSIONS or str(k).startswith("x-dagrun-")) and not (k == "writeOnly" and not v)}
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+    return found
+
+
 def _pointer(document: Any, reference: str) -> Any:
-    """What a local JSON pointer (``#/a/b``) in ``document`` names, if anything."""
-    if not reference.startswith("#"):
+    """What a local JSON pointer (``#`` or ``#/a/b``, percent-encoded or not)
+    in ``document`` names; None for anything else (an anchor, another
+    document, a path to nothing)."""
+    from urllib.parse import unquote
+    if reference != "#" and not reference.startswith("#/"):
         return None
     node = document
-    for part in (p.replace("~1", "/").replace("~0", "~") for p in reference[1:].split("/") if p):
+    for part in (unquote(p).replace("~1", "/").replace("~0", "~") for p in reference[2:].split("/") if p):
         if isinstance(node, Mapping) and part in node:
             node = node[part]
         elif isinstance(node, (list, tuple)) and part.isdigit() and int(part) < len(node):
