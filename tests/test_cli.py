@@ -97,6 +97,24 @@ def test_a_workspace_file_that_is_no_mapping_is_said_to_be_a_workspace_file(tmp_
     assert out.stderr.strip() == "dagrun: workspace file: list.yaml: expected a mapping at the top level"
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="the allowed-folders rule applies when dagrun runs as root (CI does)")
+def test_a_home_read_from_a_workspace_file_is_data(tmp_path):
+    """As a fleet's file is (a form's export): its home_dir must be inside
+    the allowed folders; the home the operator types is allowed (helper-40)."""
+    (tmp_path / "ws.json").write_text(json.dumps({"id": "x", "home_dir": str(tmp_path / "elsewhere" / "x")}))
+    env = {**os.environ, "DAGRUN_WORKSPACE_ROOTS": str(tmp_path / "roots")}
+    for command in ("run", "validate"):
+        out = subprocess.run([sys.executable, "-m", "dagrun", command, "demo", "--workspace", "ws.json", "--db",
+                              f"sqlite:///{tmp_path}/w.db"] + (["--check"] if command == "run" else []),
+                             cwd=tmp_path, capture_output=True, text=True, env=env, timeout=120)
+        assert out.returncode == 2 and "is outside the folders workspaces may live in" in out.stderr, out.stderr
+        typed = subprocess.run(
+            [sys.executable, "-m", "dagrun", command, "demo", "--workspace", "ws.json", "--home", tmp_path / "mine",
+             "--db", f"sqlite:///{tmp_path}/w.db"] + (["--check"] if command == "run" else []),
+            cwd=tmp_path, capture_output=True, text=True, env=env, timeout=120)
+        assert typed.returncode == 0, typed.stderr
+
+
 def test_validate_checks_a_typed_workspace_as_run_does(tmp_path):
     """As root, run allows the home its operator types (or its default under
     the current folder); validate with the same workspace said it was

@@ -91,9 +91,17 @@ def _db(args: argparse.Namespace) -> str:
     return args.db or api.default_database_url()
 
 
-def _home_roots(workspace: dict[str, Any]) -> list[str]:
-    """Whoever types the command line is the operator: the home it names is allowed."""
+def _home_roots(workspace: dict[str, Any], args: argparse.Namespace | None = None) -> list[str]:
+    """Whoever types the command line is the operator: the home it names
+    (--home, --ws home_dir=) or the CLI's default is allowed. A home_dir
+    read from a --workspace FILE is data, as a fleet's file is (a form's
+    export): it must be inside the allowed folders."""
     home = workspace.get("home_dir")
+    if args is not None and getattr(args, "workspace", None) and not getattr(args, "home", None) \
+            and "home_dir" not in _pairs(args.ws, "--ws"):
+        from ..compile.loader import read_document
+        if read_document(Path(args.workspace)).get("home_dir"):
+            return []
     return [os.path.dirname(home)] if home else []
 
 
@@ -144,7 +152,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     options = _run_options(args)
     return _run_with_progress(args, lambda **kw: api.run_template(
         args.template, workspace, database_url=url, variables=_pairs(args.set, "--set"),
-        env_passthrough=args.env_passthrough or (), check=args.check, home_roots=_home_roots(workspace),
+        env_passthrough=args.env_passthrough or (), check=args.check, home_roots=_home_roots(workspace, args),
         **options, **kw), workspace.get("home_dir"))
 
 
@@ -245,7 +253,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     workspace = _workspace(args)
     for item, error in api.validate(args.templates, actions=args.actions, trusted_actions=args.trusted_actions,
                                     workspace=workspace, variables=_pairs(args.set, "--set"), database_url=_db(args),
-                                    home_roots=_home_roots(workspace) if workspace else ()):
+                                    home_roots=_home_roots(workspace, args) if workspace else ()):
         if error is None:
             print(f"{item}: ok")
         else:
