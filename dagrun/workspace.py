@@ -220,8 +220,8 @@ def _system_folder(real: str) -> str | None:
     for tree in _SYSTEM_TREES:
         if real == tree or real.startswith(tree + "/"):
             return f"in {tree}, a system folder" if real != tree else "a system folder"
-    if real == "/" or os.path.dirname(real) == "/" and real != os.path.realpath(os.path.expanduser("~")):
-        return "the file system's root or a folder at its top"  # (but root's own home, as --home ~ names it)
+    if real == "/" or os.path.dirname(real) == "/":  # (/root too: a workspace there writes root's ~/.ssh)
+        return "the file system's root or a folder at its top"
     return None
 
 

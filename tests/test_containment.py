@@ -604,7 +604,8 @@ def test_no_home_is_a_system_folder_even_where_the_operator_allows_it(tmp_path):
     """The CLI allows the home its operator types (the folder above it): a
     mistyped /etc still gets no workspace written into it."""
     for home, why in (("/etc", "a system folder"), ("/usr/local/x", "in /usr, a system folder"),
-                      ("/var/lib/postgresql", "in /var/lib"), ("/srv", "a folder at its top"), ("/", "root")):
+                      ("/var/lib/postgresql", "in /var/lib"), ("/srv", "a folder at its top"), ("/", "root"),
+                      ("/root", "a folder at its top")):  # (root's own home too: its ~/.ssh)
         with pytest.raises(InputError, match=f"the workspace home_dir {home} is .*{why}"):
             run_template(template(script_step(10, "true")), {"id": "w", "home_dir": home}, record=False,
                          home_roots=[os.path.dirname(home)])
