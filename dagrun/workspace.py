@@ -182,7 +182,10 @@ def _resolved(path: str) -> str:
     while not os.path.lexists(existing) and os.path.dirname(existing) != existing:
         existing, name = os.path.dirname(existing), os.path.basename(existing)
         rest.insert(0, name)
-    return os.path.join(os.path.realpath(existing), *rest)
+    try:
+        return os.path.join(os.path.realpath(existing, strict=False), *rest)
+    except OSError as exc:  # e.g. /proc/1/root: a link the kernel will not read out
+        raise InputError(f"the workspace home_dir {path} cannot be resolved: {exc.strerror or exc}") from None
 
 
 def check_home_root(home: str, roots: Iterable[str], owner: int | None = None) -> str:

@@ -132,9 +132,9 @@ def create_user(ctx: StepContext) -> HandlerResult:
     if os.geteuid() == 0:  # a home is made only where workspace homes may live (not in /etc/...)
         from dagrun.errors import InputError
         from dagrun.workspace import check_home_root, home_roots
-        try:
-            check_home_root(home, home_roots([ctx.home_root] if ctx.home_root else []),
-                            existing.pw_uid if existing is not None else None)
+        try:  # and used as checked, after symlinks: a link swapped in between leads nowhere new
+            home = check_home_root(home, home_roots([ctx.home_root] if ctx.home_root else []),
+                                   existing.pw_uid if existing is not None else None)
         except InputError as exc:
             raise PermanentError(str(exc)) from None
     created = False

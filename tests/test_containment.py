@@ -609,6 +609,12 @@ def test_no_home_is_a_system_folder_even_where_the_operator_allows_it(tmp_path):
         with pytest.raises(InputError, match=f"the workspace home_dir {home} is .*{why}"):
             run_template(template(script_step(10, "true")), {"id": "w", "home_dir": home}, record=False,
                          home_roots=[os.path.dirname(home)])
+    # a home the kernel will not resolve is one clear error too (it was a PermissionError: a 500 over HTTP)
+    with pytest.raises(InputError, match="/proc/1/root"):
+        run_template(template(script_step(10, "true")), {"id": "w", "home_dir": "/proc/1/root/x"}, record=False)
+    from dagrun.workspace import with_home  # a root written "//" (POSIX keeps it) no longer loops forever
+    with pytest.raises(InputError, match="writable by others"):
+        with_home({"id": "w", "home_dir": "/tmp/x/y"}, roots=("//",))
     out = subprocess.run([sys.executable, "-m", "dagrun", "run", "demo", "--ws", "id=p2", "--ws", "home_dir=/etc",
                           "--db", f"sqlite:///{tmp_path}/x.db"], capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 2 and "the workspace home_dir /etc is a system folder" in out.stderr, out.stderr

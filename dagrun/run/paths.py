@@ -80,9 +80,11 @@ def _ancestry(home: str, root: str | None) -> tuple[str, tuple[str, ...]]:
     attempt."""
     path = os.path.normpath(home)
     top = os.path.normpath(root) if root else "/"
+    if top.startswith("//"):  # (normpath keeps POSIX's "//": the same folder as "/" here)
+        top = "/" + top.lstrip("/")
     folder = os.path.dirname(path)
     chain = []
-    while folder != top and folder.startswith(top.rstrip(os.sep) + os.sep):
+    while folder != top and folder.startswith(top.rstrip(os.sep) + os.sep) and folder != os.path.dirname(folder):
         chain.append(folder)
         folder = os.path.dirname(folder)
     return path, tuple(reversed(chain))
