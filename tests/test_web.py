@@ -327,6 +327,12 @@ def test_serve_stops_at_start_on_a_port_another_program_holds(tmp_path):
                              env={**os.environ, "DAGRUN_TOKEN": "t"})
     assert out.returncode == 2, out.stderr
     assert out.stderr.strip() == f"dagrun: cannot listen on 127.0.0.1:{port}: Address already in use"
+    for args, said in ((["--port", "70000"], "--port must be 0-65535, not 70000"),
+                       (["--port=-1"], "--port must be 0-65535, not -1"),
+                       (["--host", "no.such.host.invalid", "--port", "0"], "cannot listen on no.such.host.invalid:0")):
+        out = subprocess.run([sys.executable, "-m", "dagrun", "serve", *args, "--db", f"sqlite:///{tmp_path}/s.db"],
+                             capture_output=True, text=True, timeout=60, env={**os.environ, "DAGRUN_TOKEN": "t"})
+        assert out.returncode == 2 and said in out.stderr and "Traceback" not in out.stderr, (args, out.stderr)
 
 
 def test_serve_stops_at_start_on_a_bad_action_file(tmp_path):

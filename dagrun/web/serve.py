@@ -38,6 +38,8 @@ def is_loopback(host: str) -> bool:
 
 def serve(*, host: str = "127.0.0.1", port: int = 8080, token: str | None = None, threads: int = 64,
           allowed_hosts: Iterable[str] = (), **options: Any) -> None:
+    if not 0 <= port <= 65535:  # (the socket layer would take 70000 as 4464)
+        raise InputError(f"--port must be 0-65535, not {port}")
     if not is_loopback(host) and not token:
         raise InputError(f"serving on {host} (not loopback) needs a token: $DAGRUN_TOKEN or --token-file FILE")
     try:
@@ -62,8 +64,8 @@ def serve(*, host: str = "127.0.0.1", port: int = 8080, token: str | None = None
         server = waitress.create_server(app, host=host, port=port, threads=threads, send_bytes=1, ident="dagrun",
                                         clear_untrusted_proxy_headers=True, channel_timeout=3600,
                                         max_request_body_size=MAX_BODY_BYTES)  # (waitress would buffer 1 GB)
-    except OSError as exc:  # the port is taken, the address is not this machine's...
-        raise InputError(f"cannot listen on {shown}:{port}: {exc.strerror or exc}") from None
+    except (OSError, ValueError) as exc:  # the port is taken, the address is not this machine's or no address
+        raise InputError(f"cannot listen on {shown}:{port}: {getattr(exc, 'strerror', None) or exc}") from None
     if made:  # printed once, to whoever started the service (not logged to a file)
         print(f"dagrun serving on http://{shown}:{port}/ - open http://{shown}:{port}/login?token={token} "
               "(a token made for this start; give one with $DAGRUN_TOKEN or --token-file)", file=sys.stderr,
