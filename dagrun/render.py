@@ -83,22 +83,27 @@ def conflict_pairs(plan: Plan) -> list[tuple[str, str]]:
                   key=lambda pair: (rank[pair[0]], rank[pair[1]]))
 
 
+def _dot(text: str) -> str:
+    """Text inside a DOT string: a quote or a backslash in a name ends nothing."""
+    return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
 def _label(plan: Plan, sid: str) -> str:
     step = plan.steps[sid]
-    return f"{sid}\\n{step.action.name} [{step.phase.name}]"
+    return f"{_dot(sid)}\\n{_dot(step.action.name)} [{step.phase.name}]"
 
 
 def to_dot(plan: Plan, statuses: Mapping[str, str] | None = None) -> str:
-    lines = [f'digraph "{plan.name}" {{', "  rankdir=LR;", '  node [shape=box, style="rounded,filled", '
+    lines = [f'digraph "{_dot(plan.name)}" {{', "  rankdir=LR;", '  node [shape=box, style="rounded,filled", '
              'fillcolor="#ffffff", fontname="Helvetica"];']
     for sid in plan.order:
         colour = STATUS_COLOURS.get((statuses or {}).get(sid, ""), "#ffffff")
-        lines.append(f'  "{sid}" [label="{_label(plan, sid)}", fillcolor="{colour}"];')
+        lines.append(f'  "{_dot(sid)}" [label="{_label(plan, sid)}", fillcolor="{colour}"];')
     for sid in plan.order:
         for succ in plan.successors[sid]:
-            lines.append(f'  "{sid}" -> "{succ}";')
+            lines.append(f'  "{_dot(sid)}" -> "{_dot(succ)}";')
     for a, b in conflict_pairs(plan):
-        lines.append(f'  "{a}" -> "{b}" [dir=none, style=dashed, color="#c62828", constraint=false];')
+        lines.append(f'  "{_dot(a)}" -> "{_dot(b)}" [dir=none, style=dashed, color="#c62828", constraint=false];')
     lines.append("}")
     return "\n".join(lines) + "\n"
 

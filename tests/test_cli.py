@@ -170,6 +170,12 @@ def test_graph_formats(tmp_path):
         assert png.returncode == 0 and (tmp_path / "g.png").read_bytes().startswith(b"\x89PNG")
     else:  # without graphviz: one clear sentence
         assert png.returncode == 2 and "needs graphviz's 'dot' program" in png.stderr
+    # a quote in a template's name ends no DOT string (helper-40)
+    from dagrun import compile_template
+    from dagrun.render import to_dot
+    odd = to_dot(compile_template({"name": 'a"b\\c', "version": "1", "actions": [
+        {"sequence_order": 1, "id": "x", "action_name": "noop"}]}, keep=False))
+    assert odd.startswith('digraph "a\\"b\\\\c" {')
     # the format follows the output file's suffix (a .svg of DOT text was written before)
     for name, start in (("g.svg", "<svg"), ("g.mmd", "flowchart LR"), ("g.dot", 'digraph "demo"')):
         out = dagrun("graph", "demo", "-o", tmp_path / name, cwd=tmp_path)
