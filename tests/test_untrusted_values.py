@@ -774,13 +774,15 @@ def test_a_workspace_value_repeated_a_billion_times_is_refused_before_it_is_copi
         normalize_workspace({"id": "w", "field": value})
 
 
-def test_an_unreadable_neighbour_of_a_template_is_skipped_with_a_warning(tmp_path, home):
+def test_an_unreadable_neighbour_of_a_template_is_skipped_and_named_if_the_base_is_missing(tmp_path, home):
     (tmp_path / "base.yaml").write_text("name: base\nactions:\n- {sequence_order: 1, action_name: noop}\n")
     (tmp_path / "a-notes.yaml").write_bytes(b"\xff\xfe garbage")
     (tmp_path / "child.yaml").write_text("name: child\nextends: base\n")
     out = dagrun_cli("validate", "child.yaml", cwd=tmp_path)
-    assert out.returncode == 0, out.stderr
-    assert "a-notes.yaml" in out.stderr and "not UTF-8" in out.stderr
+    assert out.returncode == 0 and out.stderr == "", out.stderr  # found its base: nothing to say of the rest
+    (tmp_path / "base.yaml").unlink()
+    out = dagrun_cli("validate", "child.yaml", cwd=tmp_path)
+    assert out.returncode == 2 and "a-notes.yaml" in out.stderr and "not UTF-8" in out.stderr, out.stderr
 
 
 def test_a_database_that_cannot_be_opened_is_one_line(tmp_path):
