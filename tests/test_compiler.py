@@ -386,6 +386,9 @@ def test_dagrun_schema_extensions_are_refused_where_they_would_not_be_read():
                 "$id": "urn:cfg", "properties": {"a": {"$ref": "urn:cfg#/properties/b"}, "b": pw}},
             "$ref '#tok' at properties.a is not a path in this schema": {
                 "properties": {"a": {"$ref": "#tok"}, "b": {**pw, "$anchor": "tok"}}},
+            "properties.password takes x-secret through $ref #/properties%2Ftok": {  # (helper-41)
+                "properties/tok": {"description": "decoy"},
+                "properties": {"tok": {**pw, "minLength": 1}, "password": {"$ref": "#/properties%2Ftok"}}},
             "$id at properties.a: only the top of config_schema may name itself": {
                 "properties": {"a": {"$id": "urn:a", "type": "string"}}}}.items():
         with pytest.raises(TemplateError, match=re.escape(where)):

@@ -472,7 +472,8 @@ def _pointer(document: Any, reference: str) -> Any:
     if reference != "#" and not reference.startswith("#/"):
         return None
     node = document
-    for part in (unquote(p).replace("~1", "/").replace("~0", "~") for p in reference[2:].split("/") if p):
+    # As jsonschema's referencing reads it: the fragment is percent-decoded first, then split ("%2F" is a "/").
+    for part in (p.replace("~1", "/").replace("~0", "~") for p in unquote(reference[2:]).split("/") if p):
         if isinstance(node, Mapping) and part in node:
             node = node[part]
         elif isinstance(node, (list, tuple)) and part.isdigit() and int(part) < len(node):
