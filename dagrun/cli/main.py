@@ -83,7 +83,10 @@ def _workspace(args: argparse.Namespace) -> dict[str, Any] | None:
         fields = dict(read_document(Path(args.workspace))) if args.workspace else {}
     except TemplateError as exc:  # (the file is read as documents are; it is no template)
         raise InputError(f"workspace file: {'; '.join(str(p) for p in exc.problems)}") from None
-    fields.update(_pairs(args.ws, "--ws"))
+    typed = _pairs(args.ws, "--ws")
+    # (read once: whether the home came from the file, which is data, is what _home_roots asks)
+    args.home_from_file = bool(fields.get("home_dir")) and not getattr(args, "home", None) and "home_dir" not in typed
+    fields.update(typed)
     return cli_workspace(fields, home=getattr(args, "home", None))
 
 
@@ -97,11 +100,8 @@ def _home_roots(workspace: dict[str, Any], args: argparse.Namespace | None = Non
     read from a --workspace FILE is data, as a fleet's file is (a form's
     export): it must be inside the allowed folders."""
     home = workspace.get("home_dir")
-    if args is not None and getattr(args, "workspace", None) and not getattr(args, "home", None) \
-            and "home_dir" not in _pairs(args.ws, "--ws"):
-        from ..compile.loader import read_document
-        if read_document(Path(args.workspace)).get("home_dir"):
-            return []
+    if args is not None and getattr(args, "home_from_file", False):
+        return []
     return [os.path.dirname(home)] if home else []
 
 
