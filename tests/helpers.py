@@ -203,3 +203,15 @@ def odd_result(ctx: StepContext) -> HandlerResult:
     return HandlerResult(exit_code=True, changed="no", stdout="lone \udc80 surrogate, NUL \0 end",
                          data={(1, 2): "tuple key", "nan": float("nan"), "inf": float("-inf"), "big": 10 ** 5000,
                                "lone": "\ud800", "set": {3}, "ok": "fine"})
+
+
+def odd_secret_result(ctx: StepContext) -> dict:
+    """A result holding its x-secret token in types JSON has not: a set, bytes, a tuple key, an object."""
+    token = ctx.config["token"]
+
+    class Holder:
+        def __str__(self) -> str:
+            return f"holder of {token}"
+
+    return {"as_set": {token}, "as_bytes": token.encode(), ("k", token): 1, "obj": Holder(), "plain": token,
+            "count": 3}

@@ -607,6 +607,28 @@ def test_a_secret_written_in_the_template_is_not_kept_in_memory_after_its_run(ho
     assert alive == []
 
 
+def test_a_secret_in_a_result_is_masked_whatever_python_type_holds_it(home, db_url):
+    """An unsandboxed Python handler may return a set, bytes, a tuple key or
+    an object: each leaves the run masked (helper-41: they went out as they
+    were, and the recorder stored their text)."""
+    acts = [{"name": "odd", "action_type": "python_function", "execution_handler": "tests.helpers:odd_secret_result",
+             "config_schema": {"type": "object", "properties": {"token": {"type": "string", "x-secret": True}}}}]
+    token = "TokSecret-pppp"
+    result = run_template(template(step(10, "odd", id="s", action_config={"token": token})),
+                          {"id": "w", "home_dir": str(home)}, trusted_actions=acts, database_url=db_url, sandbox=False)
+    assert result.success, result.error
+    shown = result.steps["s"].result
+    assert token not in repr(shown) and shown["plain"] == "********" and shown["count"] == 3
+    assert shown["as_set"] == ["********"] and shown["as_bytes"] == "********" and shown["obj"] == "holder of ********"
+    from sqlalchemy.orm import Session
+
+    from dagrun.store.engine import engine_for
+    from dagrun.store.models import WorkspaceActionExecution
+    with Session(engine_for(db_url)) as session:
+        stored = json.dumps([r.result_data for r in session.query(WorkspaceActionExecution).all()])
+    assert token not in stored and "********" in stored
+
+
 def test_no_step_is_named_workspace():
     """A resume is given workspace.NAME (a field) and step.field (a secret
     written in the template): a step "workspace" would make its secrets

@@ -143,12 +143,29 @@ class Redactor:
         if isinstance(value, str):
             return self.text(value)
         if isinstance(value, Mapping):
-            return {self.text(k) if isinstance(k, str) else k: self.value(v) for k, v in value.items()}
-        if isinstance(value, (list, tuple)):
+            return {self.text(k) if isinstance(k, str) else self._other(k): self.value(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple, set, frozenset)):  # (a set leaves as the list JSON makes of it)
             return [self.value(v) for v in value]
         if isinstance(value, ShellScript):  # shown as its display, which holds the values
             return self.text(str(value))
-        return value
+        return self._other(value)
+
+    def _other(self, value: Any) -> Any:
+        """What a Python handler may put in its result besides JSON's types
+        (bytes, a tuple key, an object): as it is when no secret shows in its
+        text, else that text masked (the recorder stores the text anyway)."""
+        if value is None or isinstance(value, (bool, int, float)):
+            return value
+        if isinstance(value, (bytes, bytearray)):
+            text = bytes(value).decode("utf-8", "replace")
+            masked = self.text(text)
+            return value if masked == text else masked
+        try:
+            text = str(value)
+        except Exception:  # noqa: BLE001 - an object whose str() fails shows as its type
+            return f"({type(value).__name__})"
+        masked = self.text(text)
+        return value if masked == text else masked
 
     def config(self, config: Mapping[str, Any] | None, secret_fields: frozenset[str]) -> dict[str, Any] | None:
         """Secret fields replaced whole; other fields masked where a secret shows."""
