@@ -382,6 +382,12 @@ def compile_for(template: Any, workspace: Any, *, actions: Iterable[Any] | None 
                                  .workspace_fields)
     ws = with_home(ws, roots=_allowed_roots(()) if roots is None else roots)
     plan = compile_template(template, variables=merged, workspace=ws, **options)
+    if variables and options["keep"] and {name for kind, name in _secret_field_sources(plan) if kind == "vars"} \
+            & set(variables):
+        # A variable a secret field reads is a secret (a service's form sends a password as one): the plan
+        # holding it is not kept after its run.
+        from .compile import cache
+        cache.forget(plan)
     _check_variables(plan, variables)
     _check_rendered_configs(plan, ws, merged, secrets or {})
     return plan, ws

@@ -601,6 +601,14 @@ def test_a_secret_written_in_the_template_is_not_kept_in_memory_after_its_run(ho
         assert run_template(doc, {"id": f"w{n}", "home_dir": str(home / str(n))}, actions=[SECRET_ACTION],
                             database_url=db_url, secrets={"unused": "s3cr3t-value"} if n % 2 else None).success
     gc.collect()
+    # A variable a secret field reads is a secret too (an HTTP start can only send it as a variable).
+    tenant = "TenantPw-" + "r" * 20
+    read = template(step(10, "with_secret", id="use", action_config={"token": "{{ vars.pw }}"}), vars={"pw": ""})
+    assert run_template(read, {"id": "wv", "home_dir": str(home / "v")}, actions=[SECRET_ACTION],
+                        database_url=db_url, variables={"pw": tenant}).success
+    gc.collect()
+    assert [o for o in gc.get_objects() if isinstance(o, dict)
+            and any(isinstance(v, str) and v == tenant for v in o.values())] == []
     written = doc["actions"][0]["action_config"]  # the template itself, held here
     alive = [o for o in gc.get_objects() if isinstance(o, dict) and o is not written
              and any(isinstance(v, str) and v == literal for v in o.values())]

@@ -110,6 +110,17 @@ def _keep(digest: bytes, plan: Plan, size: int) -> None:
             _bytes -= dropped_size
 
 
+def forget(plan: Plan) -> None:
+    """Drop ``plan`` if it is kept (it holds what must not outlive its run)."""
+    global _steps, _bytes
+    with _lock:
+        for digest, (kept, size) in list(_plans.items()):
+            if kept is plan:
+                del _plans[digest]
+                _steps -= len(kept.order)
+                _bytes -= size
+
+
 def clear() -> None:
     """Forget every kept plan."""
     global _steps, _bytes
