@@ -637,6 +637,37 @@ def test_a_secret_in_a_result_is_masked_whatever_python_type_holds_it(home, db_u
     assert token not in stored and "********" in stored
 
 
+def test_a_secret_written_around_an_expression_is_a_secret_written_in_the_template(home, db_url, tmp_path):
+    """(helper-41) postgresql://admin:AuthorPw@{{ workspace.id }}/db and
+    hunter2-{{ x }} hold the author's secret: masked in the stored template,
+    kept as a digest, given again at resume; postgresql://app:{{ vars.pw }}@db
+    reads its secret from a variable and stays as written."""
+    from sqlalchemy.orm import Session
+
+    from dagrun import resume
+    from dagrun.compile.expressions import written_secret
+    from dagrun.store.engine import engine_for
+    from dagrun.store.models import ProvisioningRun
+    for text, held in (("postgresql://admin:AuthorPw@{{ workspace.id }}/db", True), ("hunter2-{{ workspace.id }}", True),
+                       ("{% raw %}hunter2{% endraw %}", True), ("postgresql://app:{{ vars.pw }}@db/x", False),
+                       ("{{ vars.pw }}", False), ("postgresql://{{ vars.u }}:{{ vars.p }}@h/{{ workspace.db }}", False)):
+        assert written_secret(text) is held, text
+    gate = tmp_path / "gate"
+    written = "postgresql://admin:AuthorPw-qqqq@{{ workspace.id }}/db"
+    doc = template(step(10, "with_secret", id="a", action_config={"token": written}),
+                   script_step(20, f"test -f {gate}", id="gated", requires=["a"]),
+                   global_config={"rollback_on_failure": False})
+    failed = run_template(doc, {"id": "w1", "home_dir": str(home)}, actions=[SECRET_ACTION], database_url=db_url)
+    assert not failed.success
+    with Session(engine_for(db_url)) as session:
+        run = session.get(ProvisioningRun, failed.run_id)
+        assert "AuthorPw" not in json.dumps(run.template_snapshot) and list(run.secret_digests) == ["a.token"]
+    gate.touch()
+    again = resume(failed.run_id, database_url=db_url, actions=[SECRET_ACTION], sandbox=False,
+                   secrets={"a.token": written}, from_step="a")
+    assert again.success
+
+
 def test_no_step_is_named_workspace():
     """A resume is given workspace.NAME (a field) and step.field (a secret
     written in the template): a step "workspace" would make its secrets

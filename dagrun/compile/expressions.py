@@ -129,6 +129,33 @@ def has_template(text: Any) -> bool:
     return isinstance(text, str) and ("{{" in text or "{%" in text)
 
 
+_A_URL = re.compile(r"\A[A-Za-z][A-Za-z0-9+.-]*://")
+_USERINFO_PASSWORD = re.compile(r"\A[A-Za-z][A-Za-z0-9+.-]*://[^/@?#:]*:([^/@?#]*)@")
+
+
+def written_secret(text: Any) -> bool:
+    """Does a secret field's value hold a secret written in the template
+    itself? A value without ``{{ }}`` does (when not empty). One with them
+    does when the author's own text around them is part of the secret: any
+    text at all, but in a URL only its password (``postgresql://app:{{
+    vars.pw }}@db`` reads its secret from a variable; ``postgresql://app:pw@{{
+    workspace.host }}`` writes one)."""
+    if text in (None, ""):
+        return False
+    if not has_template(text):
+        return True
+    try:
+        tokens = list(PLAIN.lex(text))
+    except TemplateSyntaxError:
+        return True  # (reported as such by the compile): kept from view meanwhile
+    # The author's text, each expression a NUL (no value is one: they are refused).
+    shape = "".join(value if kind == "data" else "\0" if kind == "variable_begin" else "" for _, kind, value in tokens)
+    if not _A_URL.match(shape):
+        return bool(shape.replace("\0", "").strip())
+    password = _USERINFO_PASSWORD.match(shape)
+    return bool(password and password.group(1).replace("\0", ""))
+
+
 # Exactly one {{ expr }} and nothing around it (not even whitespace, which would be lost).
 _SOLE_EXPRESSION = re.compile(r"\A\{\{((?:(?!\}\}|\{\{).)*)\}\}\Z", re.S)
 

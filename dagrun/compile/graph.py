@@ -219,7 +219,7 @@ class Compiler:
             written = raw.get("action_config") or {}
             for key in configs.secret_fields(action.config_schema):
                 # (a secret the action's own defaults give is in the action, given again with it)
-                if key in written and config.get(key) not in (None, "") and not expressions.has_template(config.get(key)):
+                if key in written and expressions.written_secret(config.get(key)):
                     self.secret_literals.append((step_id, key))
             bound.append({**raw, "id": step_id, "action": action, "config": config})
         return bound
