@@ -100,6 +100,8 @@ def _microseconds(epoch: float | None) -> int | None:
     return int(whole) * 1_000_000 + round(fraction * 1e6)
 
 
+_ROW_TIMES = tuple(sorted(TIMESTAMPS))
+_PG_LONG = ("execution_output", "result_data", "action_config", "error_message")
 _PG_CHUNK_ROWS = 1000
 _PG_CHUNK_BYTES = 8 * 1024 * 1024  # a statement stays far below PostgreSQL's 1 GB
 
@@ -107,18 +109,21 @@ _PG_CHUNK_BYTES = 8 * 1024 * 1024  # a statement stays far below PostgreSQL's 1 
 def _pg_chunks(rows: list[dict[str, Any]]) -> Iterator[str]:
     """The rows as JSON arrays of at most a thousand rows or a few MB each
     (their timestamps in microseconds)."""
-    part: list[str] = []
+    part: list[dict[str, Any]] = []
     size = 0
     for row in rows:
-        text = json.dumps({k: _microseconds(v) if k in TIMESTAMPS else v for k, v in row.items()},
-                          default=str, ensure_ascii=False)
-        if part and (len(part) >= _PG_CHUNK_ROWS or size + len(text) > _PG_CHUNK_BYTES):
-            yield f"[{','.join(part)}]"
+        row = dict(row)
+        for column in _ROW_TIMES:
+            if row.get(column) is not None:
+                row[column] = _microseconds(row[column])
+        text = sum(len(row.get(c) or "") for c in _PG_LONG)  # (these are nearly all of a row's size)
+        if part and (len(part) >= _PG_CHUNK_ROWS or size + text > _PG_CHUNK_BYTES):
+            yield json.dumps(part, default=str, ensure_ascii=False)
             part, size = [], 0
-        part.append(text)
-        size += len(text)
+        part.append(row)
+        size += text
     if part:
-        yield f"[{','.join(part)}]"
+        yield json.dumps(part, default=str, ensure_ascii=False)
 
 
 def _to_datetime(column: str, value: Any) -> Any:
