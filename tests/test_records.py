@@ -197,6 +197,23 @@ def test_attempt_times_are_stored_to_the_microsecond_as_datetime_reads_them(stor
         assert completed.replace(tzinfo=utc) == datetime.fromtimestamp(t + 0.5, utc)
 
 
+def test_postgresql_statements_are_bounded_by_size_too(pg_url, monkeypatch):
+    """Rows go in statements of at most a thousand rows or a few MB of text:
+    here 100 characters a statement, so each row of 60 goes alone."""
+    from dagrun.store import operations
+    from dagrun.store.engine import writable
+    from dagrun.store.runs import claim
+    monkeypatch.setattr(operations, "_PG_CHUNK_BYTES", 100)
+    assert len(list(operations._pg_chunks([{"execution_output": "x" * 60}] * 3))) == 3
+    engine = writable(pg_url)
+    claim(engine, run_id="sized", workspace_id="w", fields={"template_name": "t", "template_version": "1"})
+    operations.apply_operations(engine, [{"op": "insert", "row": {
+        "run_id": "sized", "workspace_id": "w", "step_id": f"s{i}", "action_name": "noop", "attempt_number": 1,
+        "max_retries": 1, "status": "completed", "execution_output": f"{i:02d}" * 30}} for i in range(5)], {})
+    _, attempts, _ = rows(pg_url, "sized")
+    assert sorted(a.execution_output for a in attempts) == [f"{i:02d}" * 30 for i in range(5)]
+
+
 def test_bad_database_url_is_one_clear_error(workspace):
     from dagrun.errors import InputError
     with pytest.raises(InputError) as exc:
