@@ -399,9 +399,10 @@ _REFS = ("$ref", "$dynamicRef", "$recursiveRef")
 def extension_problems(schema: Any) -> list[str]:
     """Where ``schema`` (a config schema) puts a dagrun extension that would
     not be read: anywhere but directly on a top-level property (every
-    mapping is looked into, whatever keyword holds it), on a top-level
-    property that takes its schema through a ``$ref`` to a marked one, or
-    an unknown one."""
+    mapping is looked into, whatever keyword holds it), or an unknown one;
+    and where jsonschema would apply one that dagrun does not read: through
+    a reference (each must be a path in this schema to a part without
+    marks) or below an ``$id``."""
     found: list[str] = []
     # (node, path, is it a schema (else a mapping of names to schemas), is it a top-level property)
     stack: list[tuple[Any, str, bool, bool]] = [(schema, "", True, False)]
@@ -442,8 +443,8 @@ def extension_problems(schema: Any) -> list[str]:
                 if target is None:
                     found.append(f"{key} {value!r} at {where} is not a path in this schema (#/...): dagrun reads "
                                  "its marks only where they are written, and refuses a reference it cannot follow")
-                elif _marked(target):
-                    found.append(f"{where} takes {', '.join(sorted(_marked(target)))} through {key} {value}, which "
+                elif marks := _marked(target):
+                    found.append(f"{where} takes {', '.join(sorted(marks))} through {key} {value}, which "
                                  f"dagrun does not follow: mark the top-level property itself")
             stack.append((value, join(key), key not in _NAMED_SCHEMAS or not isinstance(value, Mapping), False))
     return sorted(found)
