@@ -382,12 +382,6 @@ def compile_for(template: Any, workspace: Any, *, actions: Iterable[Any] | None 
                                  .workspace_fields)
     ws = with_home(ws, roots=_allowed_roots(()) if roots is None else roots)
     plan = compile_template(template, variables=merged, workspace=ws, **options)
-    if variables and options["keep"] and {name for kind, name in _secret_field_sources(plan) if kind == "vars"} \
-            & set(variables):
-        # A variable a secret field reads is a secret (a service's form sends a password as one): the plan
-        # holding it is not kept after its run.
-        from .compile import cache
-        cache.forget(plan)
     _check_variables(plan, variables)
     _check_rendered_configs(plan, ws, merged, secrets or {})
     return plan, ws
@@ -603,9 +597,11 @@ def claim(prepared: PreparedRun) -> None:
             value = str(value)
         return redactor.value(value) != value
 
-    hidden = [k for k, v in stored.items() if k not in identity and ("workspace", k) in from_secret_fields
-              and holds_secret(v)]
-    hidden_vars = [k for k, v in variables.items() if ("vars", k) in from_secret_fields and holds_secret(v)]
+    def read(kind: str, name: str, value: Any) -> bool:  # by name (or all): whatever its length
+        return value not in (None, "") and ((kind, name) in from_secret_fields or (kind, "*") in from_secret_fields)
+
+    hidden = [k for k, v in stored.items() if k not in identity and read("workspace", k, v)]
+    hidden_vars = [k for k, v in variables.items() if read("vars", k, v)]
     clashes = [f"workspace.{k}" for k, v in stored.items() if k not in identity and k not in hidden
                and holds_secret(v)] + [k for k, v in variables.items() if k not in hidden_vars and holds_secret(v)]
     if clashes:  # stored masked it could not be given back, stored clear it would show a secret
@@ -712,11 +708,17 @@ def masked_snapshot(plan: Plan) -> dict[str, Any]:
 
 
 def _secret_field_sources(plan: Plan) -> set[tuple[str, str]]:
-    """("vars", name) and ("workspace", field) that a secret field reads."""
-    from .compile.expressions import leaf_references
+    """("vars", name) and ("workspace", field) that a secret field reads;
+    ("vars", "*") or ("workspace", "*") when one reads them in a way that
+    names none (``vars | tojson``, ``vars['p' ~ 'w']``): then all of them."""
+    from .compile.expressions import leaf_references, references
     from .run.runner import secret_field_texts
-    return {(path[0], path[1]) for _, text in secret_field_texts(plan)
-            for path in leaf_references(text) if len(path) >= 2 and path[0] in ("vars", "workspace")}
+    found: set[tuple[str, str]] = set()
+    for _, text in secret_field_texts(plan):
+        found |= {(path[0], path[1]) for path in leaf_references(text)
+                  if len(path) >= 2 and path[0] in ("vars", "workspace")}
+        found |= {(ref.root, "*") for ref in references(text) if ref.root in ("vars", "workspace") and ref.attr is None}
+    return found
 
 
 def secret_variable_defaults(plan: Plan) -> list[str]:

@@ -215,3 +215,18 @@ def odd_secret_result(ctx: StepContext) -> dict:
 
     return {"as_set": {token}, "as_bytes": token.encode(), ("k", token): 1, "obj": Holder(), "plain": token,
             "count": 3}
+
+
+def numeric_secret_result(ctx: StepContext) -> dict:
+    """A result holding its x-secret token as a number, escaped in a repr, or shown only by __repr__."""
+    token = ctx.config["token"]
+
+    class Shown:
+        def __str__(self) -> str:
+            return "nothing to see"
+
+        def __repr__(self) -> str:
+            return f"Shown({token!r})"
+
+    return {"number": int(token.split("-")[1]), "escaped": (token + "\x7f").encode("utf-8"), "shown": Shown(),
+            "view": memoryview(token.encode())}

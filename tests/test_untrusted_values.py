@@ -609,6 +609,26 @@ def test_a_secret_written_in_the_template_is_not_kept_in_memory_after_its_run(ho
     gc.collect()
     assert [o for o in gc.get_objects() if isinstance(o, dict)
             and any(isinstance(v, str) and v == tenant for v in o.values())] == []
+    # (helper-42) nor a default written in the template, nor a plan compiled by plan() (the web's template
+    # pages), nor the first compile of an object workspace, nor a variable read by a dynamic key
+    default = "DefaultPw-" + "d" * 20
+    with_default = template(step(10, "with_secret", id="use", action_config={"token": "{{ vars.pw }}"}),
+                            vars={"pw": default})
+    assert run_template(with_default, {"id": "wd", "home_dir": str(home / "d")}, actions=[SECRET_ACTION],
+                        database_url=db_url).success
+    planned = "Planned-" + "p" * 20
+    from dagrun import api
+    api.plan(template(step(10, "with_secret", id="u", action_config={"token": "{{ vars.db.pw }}"}), vars={"db": {}}),
+             actions=[SECRET_ACTION], variables={"db": {"pw": planned}})
+    dynamic = "Dynamic-" + "y" * 20
+    assert run_template(template(step(10, "with_secret", id="u", action_config={"token": "{{ vars['p' ~ 'w'] }}"}),
+                                 vars={"pw": ""}), {"id": "wy", "home_dir": str(home / "y")}, actions=[SECRET_ACTION],
+                        database_url=db_url, variables={"pw": dynamic}).success
+    gc.collect()
+    for value in (default, planned, dynamic):
+        assert [o for o in gc.get_objects() if isinstance(o, dict)
+                and any(isinstance(v, str) and v == value for v in o.values())
+                and o is not with_default["vars"]] == [], value
     written = doc["actions"][0]["action_config"]  # the template itself, held here
     alive = [o for o in gc.get_objects() if isinstance(o, dict) and o is not written
              and any(isinstance(v, str) and v == literal for v in o.values())]
@@ -650,7 +670,15 @@ def test_a_secret_written_around_an_expression_is_a_secret_written_in_the_templa
     from dagrun.store.models import ProvisioningRun
     for text, held in (("postgresql://admin:AuthorPw@{{ workspace.id }}/db", True), ("hunter2-{{ workspace.id }}", True),
                        ("{% raw %}hunter2{% endraw %}", True), ("postgresql://app:{{ vars.pw }}@db/x", False),
-                       ("{{ vars.pw }}", False), ("postgresql://{{ vars.u }}:{{ vars.p }}@h/{{ workspace.db }}", False)):
+                       ("{{ vars.pw }}", False), ("postgresql://{{ vars.u }}:{{ vars.p }}@h/{{ workspace.db }}", False),
+                       # (helper-42) a token as the URL's user, a query or fragment, text after the URL, an
+                       # unencoded / in the password, strings, numbers, comments and statements in the template
+                       ("https://ghp_TOKEN@{{ workspace.host }}/org/r.git", True),
+                       ("postgresql://{{ workspace.host }}/db?password=PW", True), ("pg://{{ h }}/x#PW", True),
+                       ("postgresql://app:{{ vars.pw }}@db/x PW", True), ("postgresql://app:ab/cd@{{ h }}/db", True),
+                       ("{{ 'PW' ~ workspace.host }}", True), ("{{ vars.x | default('PW') }}", True),
+                       ("{# PW #}{{ workspace.host }}", True), ("{% set x = 'PW' %}{{ x }}", True),
+                       ("{{ vars.x if vars.x else 'PW' }}", True), ("{{- vars.pw -}}", False)):
         assert written_secret(text) is held, text
     gate = tmp_path / "gate"
     written = "postgresql://admin:AuthorPw-qqqq@{{ workspace.id }}/db"
@@ -666,6 +694,43 @@ def test_a_secret_written_around_an_expression_is_a_secret_written_in_the_templa
     again = resume(failed.run_id, database_url=db_url, actions=[SECRET_ACTION], sandbox=False,
                    secrets={"a.token": written}, from_step="a")
     assert again.success
+
+
+def test_a_variable_a_secret_field_reads_is_not_stored_however_short_or_however_read(home, db_url):
+    """(helper-42) By name, whatever its length (a part under 6 characters
+    is not masked in text, so it was stored); and every variable when a
+    secret field reads them in a way that names none."""
+    from sqlalchemy.orm import Session
+
+    from dagrun.store.engine import engine_for
+    from dagrun.store.models import ProvisioningRun
+    for token, given in (("{{ vars.pw | upper }}", {"pw": "VALqq", "other": "x"}),
+                         ("{{ vars['p' ~ 'w'] ~ '-x' }}", {"pw": "VALUE-longer", "other": "x"})):
+        doc = template(step(10, "with_secret", id="u", action_config={"token": token}), vars={"pw": "", "other": ""})
+        result = run_template(doc, {"id": "w", "home_dir": str(home)}, actions=[SECRET_ACTION], database_url=db_url,
+                              variables=given)
+        assert result.success, result.error
+        with Session(engine_for(db_url)) as session:
+            run = session.get(ProvisioningRun, result.run_id)
+            assert given["pw"] not in json.dumps(run.variables) and "pw" in run.secret_names, token
+
+
+def test_a_secret_in_a_result_is_masked_as_a_number_escaped_or_shown_by_repr(home, db_url):
+    acts = [{"name": "num", "action_type": "python_function", "execution_handler": "tests.helpers:numeric_secret_result",
+             "config_schema": {"type": "object", "properties": {"token": {"type": "string", "x-secret": True}}}}]
+    result = run_template(template(step(10, "num", id="s", action_config={"token": "pin-73914682"})),
+                          {"id": "w", "home_dir": str(home)}, trusted_actions=acts, database_url=db_url,
+                          sandbox=False, secrets={"pin": "73914682"})
+    assert result.success, result.error
+    shown = result.steps["s"].result
+    assert "73914682" not in repr(shown) and shown["number"] == "********", shown
+    from sqlalchemy.orm import Session
+
+    from dagrun.store.engine import engine_for
+    from dagrun.store.models import WorkspaceActionExecution
+    with Session(engine_for(db_url)) as session:
+        stored = json.dumps([r.result_data for r in session.query(WorkspaceActionExecution).all()])
+    assert "73914682" not in stored and "pin-" not in stored
 
 
 def test_no_step_is_named_workspace():

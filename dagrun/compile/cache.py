@@ -85,12 +85,24 @@ def compiled(compile_: Compile, template: Any, *, templates: list, variables: Ma
                     _unkeyed(trusted))
     # Kept only if nothing it was compiled from changed meanwhile: what is read from outside the
     # arguments (environment variable names, files) is read again; the arguments were copied.
-    # Nor is a plan holding secrets written in its template (x-secret values): they stay in memory no
-    # longer than their run (its inputs' copy, marshalled above, is dropped with this call).
-    if not plan.secret_literals and (env_names, acts, trusted, seeds) == _outside(workspace, actions,
-                                                                                   trusted_actions):
+    # Nor is a plan holding secrets: they stay in memory no longer than their run (its inputs' copy,
+    # marshalled above, is dropped with this call).
+    if not _holds_secrets(plan) and (env_names, acts, trusted, seeds) == _outside(workspace, actions,
+                                                                                 trusted_actions):
         _keep(digest, plan, len(data))
     return plan
+
+
+def _holds_secrets(plan: Plan) -> bool:
+    """Secrets written in the template, or variables a secret field reads
+    (given, or defaults written in the template; a service's form sends a
+    password as a variable), or reads through another config field."""
+    from .expressions import references, template_strings
+    if plan.secret_literals:
+        return True
+    return any(ref.root in ("vars", "config")
+               for step in plan.steps.values() if step.secret_fields for key in step.secret_fields
+               for _, text in template_strings(step.config.get(key)) for ref in references(text))
 
 
 def _keep(digest: bytes, plan: Plan, size: int) -> None:
@@ -108,17 +120,6 @@ def _keep(digest: bytes, plan: Plan, size: int) -> None:
             _, (dropped, dropped_size) = _plans.popitem(last=False)
             _steps -= len(dropped.order)
             _bytes -= dropped_size
-
-
-def forget(plan: Plan) -> None:
-    """Drop ``plan`` if it is kept (it holds what must not outlive its run)."""
-    global _steps, _bytes
-    with _lock:
-        for digest, (kept, size) in list(_plans.items()):
-            if kept is plan:
-                del _plans[digest]
-                _steps -= len(kept.order)
-                _bytes -= size
 
 
 def clear() -> None:

@@ -129,17 +129,25 @@ def has_template(text: Any) -> bool:
     return isinstance(text, str) and ("{{" in text or "{%" in text)
 
 
-_A_URL = re.compile(r"\A[A-Za-z][A-Za-z0-9+.-]*://")
-_USERINFO_PASSWORD = re.compile(r"\A[A-Za-z][A-Za-z0-9+.-]*://[^/@?#:]*:([^/@?#]*)@")
+# A URL whose only text of the author's is its scheme, host, port and path: its user and password
+# (if any) come from expressions, and it has no query, fragment or text after it.
+_SAFE_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://(?:([^@/?#]*)@)?[^?#\s@]*")
+# What the author writes inside an expression or a tag that can hold a secret: a string or a number,
+# a comment, a statement ({% set x = '...' %}).
+_AUTHOR_TOKENS = frozenset({"string", "integer", "float", "comment", "comment_begin", "linecomment", "block_begin",
+                            "linestatement_begin", "raw_begin"})
 
 
 def written_secret(text: Any) -> bool:
     """Does a secret field's value hold a secret written in the template
-    itself? A value without ``{{ }}`` does (when not empty). One with them
-    does when the author's own text around them is part of the secret: any
-    text at all, but in a URL only its password (``postgresql://app:{{
-    vars.pw }}@db`` reads its secret from a variable; ``postgresql://app:pw@{{
-    workspace.host }}`` writes one)."""
+    itself? Anything but text that only reads its secret from elsewhere
+    does: a value without ``{{ }}`` (when not empty), a mapping or a list,
+    and text with ``{{ }}`` unless what the author wrote around and inside
+    its expressions is only names (``{{ vars.pw }}``) and, in a URL, the
+    scheme, host, port, path and a user whose password is an expression
+    (``postgresql://app:{{ vars.pw }}@db/x``; but ``https://TOKEN@{{ h }}``
+    writes one). What cannot be told is counted: it is then given again at
+    resume."""
     if text in (None, ""):
         return False
     if not has_template(text):
@@ -148,12 +156,18 @@ def written_secret(text: Any) -> bool:
         tokens = list(PLAIN.lex(text))
     except TemplateSyntaxError:
         return True  # (reported as such by the compile): kept from view meanwhile
+    if any(kind in _AUTHOR_TOKENS for _, kind, _ in tokens):
+        return True
     # The author's text, each expression a NUL (no value is one: they are refused).
     shape = "".join(value if kind == "data" else "\0" if kind == "variable_begin" else "" for _, kind, value in tokens)
-    if not _A_URL.match(shape):
-        return bool(shape.replace("\0", "").strip())
-    password = _USERINFO_PASSWORD.match(shape)
-    return bool(password and password.group(1).replace("\0", ""))
+    if not shape.replace("\0", "").strip():
+        return False
+    url = _SAFE_URL.fullmatch(shape)
+    if not url:
+        return True
+    user, colon, password = (url.group(1) or "").partition(":")
+    # A password the author wrote; or a user with no password, which is then the secret (a token@host).
+    return bool(password.replace("\0", "") if colon else user.replace("\0", ""))
 
 
 # Exactly one {{ expr }} and nothing around it (not even whitespace, which would be lost).

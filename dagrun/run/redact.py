@@ -44,7 +44,9 @@ def variants(secret: str) -> set[str]:
              shlex.quote(secret), shlex.quote(secret).strip("'"),
              # and as bash shows it: set -x ('\'' for a '), printf %q (a backslash before each special)
              secret.replace("'", "'\\''"), re.sub(r"([^A-Za-z0-9_@%+=:,./-])", r"\\\1", secret),
-             _ansi_c(secret)}
+             _ansi_c(secret),
+             # as Python prints it inside a repr (a handler's object, bytes)
+             repr(secret)[1:-1], repr(secret.encode("utf-8", "surrogateescape"))[2:-1]}
     raw = secret.encode("utf-8", "surrogateescape")
     for offset in range(3):  # the secret preceded by 0, 1 or 2 unknown bytes
         data = b"\0" * offset + raw
@@ -151,21 +153,24 @@ class Redactor:
         return self._other(value)
 
     def _other(self, value: Any) -> Any:
-        """What a Python handler may put in its result besides JSON's types
-        (bytes, a tuple key, an object): as it is when no secret shows in its
-        text, else that text masked (the recorder stores the text anyway)."""
-        if value is None or isinstance(value, (bool, int, float)):
+        """What a Python handler may put in its result besides JSON's
+        strings and containers: a number as it is unless its text is a
+        secret's; anything else (bytes, a tuple key, an object) leaves as its
+        text, masked (the recorder stores that text anyway)."""
+        if value is None or isinstance(value, bool):
             return value
-        if isinstance(value, (bytes, bytearray)):
-            text = bytes(value).decode("utf-8", "replace")
-            masked = self.text(text)
-            return value if masked == text else masked
         try:
-            text = str(value)
-        except Exception:  # noqa: BLE001 - an object whose str() fails shows as its type
+            if isinstance(value, (bytes, bytearray, memoryview)):
+                text = bytes(value).decode("utf-8", "replace")
+            else:
+                text = str(value)
+            shown = repr(value)
+        except Exception:  # noqa: BLE001 - an object whose str() fails (or an int too long) shows as its type
             return f"({type(value).__name__})"
         masked = self.text(text)
-        return value if masked == text else masked
+        if isinstance(value, (int, float)):
+            return value if masked == text else masked
+        return masked if masked != text or self.text(shown) == shown else self.text(shown)
 
     def config(self, config: Mapping[str, Any] | None, secret_fields: frozenset[str]) -> dict[str, Any] | None:
         """Secret fields replaced whole; other fields masked where a secret shows."""
