@@ -678,7 +678,15 @@ def test_a_secret_written_around_an_expression_is_a_secret_written_in_the_templa
                        ("postgresql://app:{{ vars.pw }}@db/x PW", True), ("postgresql://app:ab/cd@{{ h }}/db", True),
                        ("{{ 'PW' ~ workspace.host }}", True), ("{{ vars.x | default('PW') }}", True),
                        ("{# PW #}{{ workspace.host }}", True), ("{% set x = 'PW' %}{{ x }}", True),
-                       ("{{ vars.x if vars.x else 'PW' }}", True), ("{{- vars.pw -}}", False)):
+                       ("{{ vars.x if vars.x else 'PW' }}", True), ("{{- vars.pw -}}", False),
+                       # (helper-43) keys, empty defaults and ordinary URL parts stay as written; a token as the
+                       # user, in the path, in a port or a query's credential count
+                       ("postgres://{{ vars.u }}:{{ vars.p }}@{{ workspace.host }}:5432/db?sslmode=require", False),
+                       ("{{ vars.creds['password'] }}", False), ("{{ vars.hosts[0] }}", False),
+                       ("{{ vars.p | default('') }}", False), ("postgresql://postgres@127.0.0.1/{{ workspace.db }}", False),
+                       ("https://ghp_AuthorTok9f8e7d:{{ vars.x }}@github.com/o/r.git", True),
+                       ("https://discord.com/api/webhooks/{{ vars.id }}/AuthorWebhookTok123", True),
+                       ("https://{{ workspace.host }}:AuthorSecret77/x", True), ("https://{{ h }}/x?token=abc", True)):
         assert written_secret(text) is held, text
     gate = tmp_path / "gate"
     written = "postgresql://admin:AuthorPw-qqqq@{{ workspace.id }}/db"

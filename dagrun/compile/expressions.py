@@ -129,25 +129,44 @@ def has_template(text: Any) -> bool:
     return isinstance(text, str) and ("{{" in text or "{%" in text)
 
 
-# A URL whose only text of the author's is its scheme, host, port and path: its user and password
-# (if any) come from expressions, and it has no query, fragment or text after it.
-_SAFE_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://(?:([^@/?#]*)@)?[^?#\s@]*")
-# What the author writes inside an expression or a tag that can hold a secret: a string or a number,
-# a comment, a statement ({% set x = '...' %}).
-_AUTHOR_TOKENS = frozenset({"string", "integer", "float", "comment", "comment_begin", "linecomment", "block_begin",
-                            "linestatement_begin", "raw_begin"})
+# A URL: scheme, user and password, host, port (digits or an expression), path, query, fragment.
+_URL_PARTS = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://(?:([^@/?#]*)@)?([^:/?#\s@]*)(?::([0-9\0]*))?"
+                        r"(/[^?#\s]*)?(?:\?([^#\s]*))?(#\S*)?")
+# Text that looks like a credential: a known token prefix, or a long run of letters and digits together.
+_TOKEN_LIKE = re.compile(r"(?:ghp_|gho_|ghu_|ghs_|ghr_|github_pat_|glpat-|xox[abprs]-|sk-|AKIA)|"
+                         r"(?=[A-Za-z0-9_\-]*[0-9])(?=[A-Za-z0-9_\-]*[A-Za-z])[A-Za-z0-9_\-]{16,}")
+# A query parameter whose name says it holds a credential.
+_SECRET_NAME = re.compile(r"pass|pwd|secret|token|key|auth|sig|cred|session|code", re.I)
+# What the author writes inside a tag that can hold a secret: a comment, a statement ({% set x = '...' %}).
+_AUTHOR_TOKENS = frozenset({"comment", "comment_begin", "linecomment", "block_begin", "linestatement_begin",
+                            "raw_begin"})
+
+
+def _constants_say_nothing(text: str) -> bool:
+    """Are the constants in the expressions no text of a secret: keys
+    (``vars.creds['password']``, ``hosts[0]``) and empty strings
+    (``default('')``)? Any other string or number may be output."""
+    try:
+        tree = PLAIN.parse(text)
+    except TemplateSyntaxError:
+        return False
+    keys = {id(node.arg) for node in tree.find_all(nodes.Getitem)}
+    return all(id(node) in keys or (isinstance(node.value, str) and not node.value.strip())
+               for node in tree.find_all(nodes.Const))
 
 
 def written_secret(text: Any) -> bool:
     """Does a secret field's value hold a secret written in the template
     itself? Anything but text that only reads its secret from elsewhere
     does: a value without ``{{ }}`` (when not empty), a mapping or a list,
-    and text with ``{{ }}`` unless what the author wrote around and inside
-    its expressions is only names (``{{ vars.pw }}``) and, in a URL, the
-    scheme, host, port, path and a user whose password is an expression
-    (``postgresql://app:{{ vars.pw }}@db/x``; but ``https://TOKEN@{{ h }}``
-    writes one). What cannot be told is counted: it is then given again at
-    resume."""
+    and text with ``{{ }}`` unless what the author wrote is only names and
+    keys in its expressions and, around them, a URL's parts that hold no
+    credential: scheme, host, a numeric port, a user beside an expression
+    password, path segments and query parameters that do not look like one
+    (``postgresql://app:{{ vars.pw }}@db/x?sslmode=require``; but
+    ``https://TOKEN@{{ h }}``, ``...?token=abc`` or a webhook's token in the
+    path write one). What cannot be told is counted: it is then given again
+    at resume."""
     if text in (None, ""):
         return False
     if not has_template(text):
@@ -156,18 +175,27 @@ def written_secret(text: Any) -> bool:
         tokens = list(PLAIN.lex(text))
     except TemplateSyntaxError:
         return True  # (reported as such by the compile): kept from view meanwhile
-    if any(kind in _AUTHOR_TOKENS for _, kind, _ in tokens):
+    if any(kind in _AUTHOR_TOKENS for _, kind, _ in tokens) or not _constants_say_nothing(text):
         return True
     # The author's text, each expression a NUL (no value is one: they are refused).
     shape = "".join(value if kind == "data" else "\0" if kind == "variable_begin" else "" for _, kind, value in tokens)
     if not shape.replace("\0", "").strip():
         return False
-    url = _SAFE_URL.fullmatch(shape)
+    url = _URL_PARTS.fullmatch(shape)
     if not url:
         return True
-    user, colon, password = (url.group(1) or "").partition(":")
-    # A password the author wrote; or a user with no password, which is then the secret (a token@host).
-    return bool(password.replace("\0", "") if colon else user.replace("\0", ""))
+    userinfo, _, _, path, query, fragment = url.groups()
+    user, colon, password = (userinfo or "").partition(":")
+    if colon and password.replace("\0", "") or _TOKEN_LIKE.search(user):
+        return True  # a password the author wrote; a token as the user (with a password or none: token@host)
+    if fragment and fragment.replace("\0", "") != "#" or any(_TOKEN_LIKE.search(part) for part in
+                                                             (path or "").split("/")):
+        return True
+    for parameter in filter(None, (query or "").split("&")):
+        name, _, value = parameter.partition("=")
+        if _SECRET_NAME.search(name) and value.replace("\0", "") or _TOKEN_LIKE.search(value) or "\0" in name:
+            return True
+    return False
 
 
 # Exactly one {{ expr }} and nothing around it (not even whitespace, which would be lost).
