@@ -712,7 +712,7 @@ def _secret_field_sources(plan: Plan) -> set[tuple[str, str]]:
     ("vars", "*") or ("workspace", "*") when one reads them in a way that
     names none (``vars | tojson``, ``vars['p' ~ 'w']``): then all of them."""
     from .compile.expressions import leaf_references, references
-    from .run.runner import secret_field_texts
+    from .compile.configs import secret_field_texts
     found: set[tuple[str, str]] = set()
     for _, text in secret_field_texts(plan):
         found |= {(path[0], path[1]) for path in leaf_references(text)

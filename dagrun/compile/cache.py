@@ -97,12 +97,10 @@ def _holds_secrets(plan: Plan) -> bool:
     """Secrets written in the template, or variables a secret field reads
     (given, or defaults written in the template; a service's form sends a
     password as a variable), or reads through another config field."""
-    from .expressions import references, template_strings
-    if plan.secret_literals:
-        return True
-    return any(ref.root in ("vars", "config")
-               for step in plan.steps.values() if step.secret_fields for key in step.secret_fields
-               for _, text in template_strings(step.config.get(key)) for ref in references(text))
+    from .configs import secret_field_texts
+    from .expressions import references
+    return bool(plan.secret_literals) or any(ref.root in ("vars", "config") for _, text in secret_field_texts(plan)
+                                             for ref in references(text))
 
 
 def _keep(digest: bytes, plan: Plan, size: int) -> None:

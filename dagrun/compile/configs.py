@@ -30,7 +30,7 @@ import re
 from graphlib import CycleError as _GraphCycle
 from graphlib import TopologicalSorter
 from collections.abc import Mapping  # for isinstance: typing's alias is several times slower
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from . import expressions, shell_text
 from .shell_text import ShellScript
@@ -68,6 +68,15 @@ def _cached_fields(schema: Mapping[str, Any], kind: str, pick: Any) -> frozenset
 
 def secret_fields(schema: Mapping[str, Any]) -> frozenset[str]:
     return _cached_fields(schema, "x-secret", lambda v: v.get("x-secret") or v.get("writeOnly"))
+
+
+def secret_field_texts(plan: Any) -> Iterator[tuple[Any, str]]:
+    """(step, text) for each template text of each secret field of a plan
+    (in a field holding a mapping or a list: each text in it)."""
+    for step in plan.steps.values():
+        for key in step.secret_fields:
+            for _, text in expressions.template_strings(step.config.get(key)):
+                yield step, text
 
 
 def format_fields(schema: Mapping[str, Any], kind: str) -> frozenset[str]:

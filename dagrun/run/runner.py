@@ -45,8 +45,9 @@ import time
 import uuid
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
+from ..compile.configs import secret_field_texts
 from ..compile.expressions import has_template
 from ..spec import Plan, is_base_env
 from ..util import bounded, fresh_copy
@@ -746,16 +747,6 @@ class Runner:
 
 
 WHOLE_RESULT = "*"  # secret_results: the step's whole result is read (.get('k'), | tojson, a variable key)
-
-
-def secret_field_texts(plan: Plan) -> Iterator[tuple[Any, str]]:
-    """(step, text) for each template text of each secret field (in a field
-    holding a mapping or a list: each text in it)."""
-    from ..compile.expressions import template_strings
-    for step in plan.steps.values():
-        for key in step.secret_fields:
-            for _, text in template_strings(step.config.get(key)):
-                yield step, text
 
 
 def secret_results(plan: Plan) -> dict[str, frozenset[str]]:

@@ -45,16 +45,14 @@ def stored_config(step: StepSpec) -> tuple[str, str]:
     plan with learned estimates is a copy sharing its steps' configs), not
     once per run. Not for a step with secret fields: its config may hold a
     secret written in the template, which stays no longer than its run."""
-    if step.secret_fields:
-        text = json.dumps(masked_config(step), default=str, sort_keys=True)
-        return text, config_key(step, text)
-    seen = _stored.get(id(step.config))
+    seen = None if step.secret_fields else _stored.get(id(step.config))
     if seen is None or seen[0] is not step.config or seen[1] != step.action.name:
         text = json.dumps(masked_config(step), default=str, sort_keys=True)
-        if len(_stored) > 100_000:  # a service compiling ever-new templates: stay bounded
-            _stored.clear()
-        # (holding the config keeps its id its own)
-        seen = _stored[id(step.config)] = (step.config, step.action.name, text, config_key(step, text))
+        seen = (step.config, step.action.name, text, config_key(step, text))
+        if not step.secret_fields:
+            if len(_stored) > 100_000:  # a service compiling ever-new templates: stay bounded
+                _stored.clear()
+            _stored[id(step.config)] = seen  # (holding the config keeps its id its own)
     return seen[2], seen[3]
 
 

@@ -52,7 +52,7 @@ def find_fleet(url: str, fleet_id: str) -> str | None:
     with store_errors(url, "cannot read"), Session(readable(url)) as session:
         ids = session.scalars(select(ProvisioningRun.fleet_id).where(
             ProvisioningRun.fleet_id.startswith(fleet_id, autoescape=True)).distinct()).all()
-    if fleet_id in ids or not ids:
+    if not ids or fleet_id in ids:
         return fleet_id if ids else None
     if len(ids) > 1:
         raise InputError(f"{fleet_id!r} matches {len(ids)} fleets: give more characters")
