@@ -137,8 +137,9 @@ def test_the_cli_runs_a_jsonl_fleet_and_resumes_its_failures(tmp_path):
     assert done.returncode == 0 and report["succeeded"] == [] and report["failed"] == []
     done = subprocess.run([sys.executable, "-m", "dagrun", "fleet", "--resume", fleet_id, "--db", db],
                           cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    assert done.stdout.strip() == f"nothing to resume: every workspace of fleet {fleet_id} succeeded (or is running " \
-                                  "elsewhere)"
+    assert done.stdout.splitlines() == [f"nothing to resume in fleet {fleet_id}:",
+                                        "every workspace succeeded or is running elsewhere"]
+    assert all(len(line) <= 80 for line in done.stdout.splitlines())
 
 
 def test_the_cli_refuses_a_fleet_workspace_without_an_id(tmp_path):

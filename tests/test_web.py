@@ -233,6 +233,7 @@ def test_dagrun_cancel_stops_a_run_of_another_process(client, store, tmp_path):
         out = subprocess.run([sys.executable, "-m", "dagrun", "cancel", run_id[:8], "--db", store, "--by", "ops"],
                              capture_output=True, text=True, timeout=60)
         assert out.returncode == 0 and f"asked run {run_id} to stop" in out.stdout, out.stderr
+        assert all(len(line) <= 80 for line in out.stdout.splitlines()), out.stdout
         _, err = other.communicate(timeout=30)
         assert other.returncode == 130, err
         run = get_run(run_id, database_url=store)

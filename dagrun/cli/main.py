@@ -174,8 +174,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 def cmd_cancel(args: argparse.Namespace) -> int:
     run_id = api.cancel_run(args.run_id, database_url=_db(args), reason=f"cancelled by {args.by}" if args.by
                             else "cancelled from the command line")
-    print(f"asked run {run_id} to stop (its process stops it within a second or two; dagrun watch {run_id[:8]} "
-          "follows it)")
+    print(f"asked run {run_id} to stop\n(it stops within a second or two; dagrun watch {run_id[:8]} follows it)")
     return 0
 
 
@@ -240,7 +239,7 @@ def cmd_fleet(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(fleet.as_dict(), indent=2, default=str))
     elif args.resume and not fleet.order:
-        print(f"nothing to resume: every workspace of fleet {fleet.fleet_id} succeeded (or is running elsewhere)")
+        print(f"nothing to resume in fleet {fleet.fleet_id}:\nevery workspace succeeded or is running elsewhere")
     else:
         print_fleet_summary(console, fleet)
     return 0 if fleet.success else EXIT_FAILED
