@@ -68,6 +68,8 @@ class PreparedRun:
     # A resume: the run's row as it was read (status, heartbeat, end). The claim goes ahead only if
     # it is still so: another resume that went first would have run what ``done`` says is to do.
     seen: tuple[Any, ...] | None = None
+    # A resume: the run's digests of what it is given again (checked against them, so still true).
+    digests: Mapping[str, str] = field(default_factory=dict)
 
 
 def run_template(template: Any, workspace: Any, *, database_url: str | None = None,
@@ -330,13 +332,13 @@ def prepare_resume(run_id: str, *, database_url: str | None = None, from_step: s
     if missing:
         raise InputError(f"run {run.id} was started with secrets that are not stored: {', '.join(missing)}; "
                          "give them again (secrets=..., dagrun resume --secret NAME=ENV_VAR)")
-    literals = run.secret_digests or {}  # step.field secrets written in the template: checked against these
+    _check_given_again(run, secrets)
+    literals = run.secret_digests or {}
     given_fields = {k.split(".", 1)[1]: v for k, v in secrets.items()
                     if k.startswith("workspace.") and k not in literals}
     roots = _allowed_roots(home_roots)
     ws = with_home(normalize_workspace({**(run.workspace or {}), **given_fields}), roots=roots)
-    step_secrets = {k: v for k, v in secrets.items() if k in literals or "." in k and not k.startswith("workspace.")}
-    _check_literal_secrets(run, step_secrets)
+    step_secrets = {k: v for k, v in secrets.items() if "." in k and not k.startswith("workspace.")}
     secret_vars = {k: v for k, v in secrets.items() if "." not in k}
     plan = compile_template(with_secret_literals(run.template_snapshot, step_secrets), actions=actions,
                             workspace=ws, variables={**(run.variables or {}), **secret_vars},
@@ -359,7 +361,7 @@ def prepare_resume(run_id: str, *, database_url: str | None = None, from_step: s
                        secrets=secrets, max_workers=max_workers or run.max_workers, executor=_executor(executor),
                        sudo=sudo_prefix(plan, allow_sudo), sandbox=sandbox, done=done, attempts=numbers,
                        fleet_id=run.fleet_id, resumed=True, home_root=_home_root(ws, roots),
-                       adopt_users=tuple(adopt_users), seen=claim_token(run))
+                       adopt_users=tuple(adopt_users), seen=claim_token(run), digests=dict(literals))
 
 
 def compile_for(template: Any, workspace: Any, *, actions: Iterable[Any] | None = None,
@@ -607,8 +609,16 @@ def claim(prepared: PreparedRun) -> None:
     if clashes:  # stored masked it could not be given back, stored clear it would show a secret
         raise InputError(f"{', '.join(sorted(clashes))} holds a secret's value (or part of it) but is no secret "
                          "itself: give it another value")
+    defaults = [n for n in secret_variable_defaults(plan) if n not in variables]
     names = sorted({*secret_names(plan, prepared.secrets), *(f"workspace.{k}" for k in hidden), *hidden_vars,
-                    *(n for n in secret_variable_defaults(plan) if n not in variables)})
+                    *defaults})
+    # What a resume is given again for them must be what this run starts with (see _check_given_again).
+    # A check (--check) is never resumed.
+    from .store.digests import digest
+    digests = {} if prepared.check else {
+        **_literal_digests(plan), **{f"workspace.{k}": digest(stored[k]) for k in hidden},
+        **{k: digest(variables[k]) for k in hidden_vars},
+        **{n: digest(plan.snapshot["vars"][n]) for n in defaults}, **prepared.digests}
     with store_errors(prepared.url, "cannot write to"):
         claim_in_store(writable(prepared.url), run_id=prepared.run_id, workspace_id=str(ws["id"]),
                        expect=prepared.seen, fields={
@@ -618,7 +628,7 @@ def claim(prepared: PreparedRun) -> None:
                                     **identity}),
             "variables": _jsonable({k: v for k, v in variables.items() if k not in hidden_vars}),
             "max_workers": prepared.max_workers,
-            "secret_names": names, "secret_digests": _literal_digests(plan),
+            "secret_names": names, "secret_digests": digests or None,
             "fleet_id": prepared.fleet_id, "mode": "check" if prepared.check else None,
             "home_dir": str(ws["home_dir"]) if ws.get("home_dir") else None})
 
@@ -684,10 +694,8 @@ def _snapshot_step(snapshot: Mapping[str, Any], sequence_order: int) -> dict[str
     return None
 
 
-def _literal_digests(plan: Plan) -> dict[str, str] | None:
+def _literal_digests(plan: Plan) -> dict[str, str]:
     """A digest of each secret written in the template, by ``step.field``."""
-    if not plan.secret_literals:
-        return None
     from .store.digests import digest
     return {f"{sid}.{key}": digest(plan.steps[sid].config[key]) for sid, key in plan.secret_literals}
 
@@ -731,19 +739,27 @@ def secret_variable_defaults(plan: Plan) -> list[str]:
                   if root == "vars" and defaults.get(name) not in (None, ""))
 
 
-def _check_literal_secrets(run: Any, given: Mapping[str, Any]) -> None:
-    """A secret written in the template, given again, must be the value the
-    run started with: it goes back into the template as the author's text."""
+def _check_given_again(run: Any, given: Mapping[str, Any]) -> None:
+    """What a resume is given again must be what the run started with,
+    wherever the run kept a digest of it: a secret written in the template
+    (it goes back into the template as the author's text), and a variable,
+    a variable's default or a workspace field that a secret field reads (a
+    resume never changes the run's inputs: a host read by a secret URL may
+    be used by a deploy script too). Only a secret given as one (secrets=,
+    --secret) may differ: a password rotated since the run started."""
     from .store.digests import matches
     digests = run.secret_digests or {}
     for name in sorted(given):
-        if name not in digests:
+        if name in digests:
+            if not matches(given[name], digests[name]):
+                what = "written in the template" if "." in name and not name.startswith("workspace.") else \
+                    "a secret field reads it; a resume does not change the run's inputs"
+                raise InputError(f"run {run.id}: the value given again for {name} is not the one the run "
+                                 f"started with ({what})")
+        elif "." in name and not name.startswith("workspace."):
             raise InputError(f"run {run.id}: {name} was written in its template, and the run was recorded without "
                              "a digest to check the value given again against (by an older dagrun): run the "
                              "template again instead")
-        if not matches(given[name], digests[name]):
-            raise InputError(f"run {run.id}: the value given again for {name} is not the one the run started with "
-                             "(it was written in the template)")
 
 
 def with_secret_literals(snapshot: Mapping[str, Any], secrets: Mapping[str, Any]) -> dict[str, Any]:

@@ -374,6 +374,50 @@ def test_only_what_a_secret_field_reads_may_be_given_again(workspace, home, db_u
     assert again.success and (home / "url").read_text() == "pg://app:S3cret-Passw0rd@db1.internal/x\n"
 
 
+def test_what_a_secret_field_reads_is_given_again_only_as_it_was(workspace, home, db_url):
+    """A variable, a variable's default or a workspace field that a secret
+    field reads is not stored, so a resume is given it again: it must be the
+    value the run started with (a salted digest is kept), through later
+    resumes too. A resume never changes the run's inputs: here the host is
+    read by the deploy script as well. A secret given as one may differ (a
+    password rotated since)."""
+    from dagrun import resume
+    from dagrun.errors import InputError
+    gate = home / "gate"
+    doc = template(step(10, "login", action_config={
+                       "url": "pg://{{ workspace.db_user }}:{{ vars.pw }}@{{ vars.host }}/{{ vars.db }}"}),
+                   script_step(20, f'test -f {gate} && echo "deploy to {{{{ vars.host }}}}" > ~/deployed', id="deploy",
+                               requires=["login"]),
+                   vars={"pw": "", "host": "", "db": "Default-Db-Name"})
+    failed = run_template(doc, {**workspace, "db_user": "appUser77"}, database_url=db_url, actions=[LOGIN],
+                          variables={"pw": "S3cret-Passw0rd", "host": "db1.internal"}, secrets={"token": "Tok-1"})
+    assert not failed.success
+    given = {"pw": "S3cret-Passw0rd", "host": "db1.internal", "db": "Default-Db-Name",
+             "workspace.db_user": "appUser77", "token": "Tok-1"}
+    for name, other in [("host", "evil.example"), ("pw", "S3cret-Passw0rd "), ("db", "other"),
+                        ("workspace.db_user", "root")]:
+        with pytest.raises(InputError, match=f"the value given again for {name} is not the one the run started "
+                                             "with .a secret field reads it"):
+            resume(failed.run_id, database_url=db_url, actions=[LOGIN], sandbox=False,
+                   secrets={**given, name: other})
+    assert not (home / "deployed").exists()
+    gate.touch()
+    again = resume(failed.run_id, database_url=db_url, actions=[LOGIN], sandbox=False,
+                   secrets={**given, "token": "Rotated-Tok-2"})
+    assert again.success and (home / "deployed").read_text() == "deploy to db1.internal\n"
+    assert (home / "url").read_text() == "pg://appUser77:S3cret-Passw0rd@db1.internal/Default-Db-Name\n"
+    with Session(create_engine(normalize_url(db_url))) as session:
+        stored = str(session.get(ProvisioningRun, again.run_id).secret_digests)
+    assert "db1.internal" not in stored and "S3cret" not in stored
+    # The resumed run keeps the digests: a resume of it is checked as well.
+    with Session(create_engine(normalize_url(db_url))) as session:
+        session.get(ProvisioningRun, again.run_id).status = "failed"
+        session.commit()
+    with pytest.raises(InputError, match="the value given again for host is not"):
+        resume(again.run_id, database_url=db_url, actions=[LOGIN], sandbox=False, from_step="deploy",
+               secrets={**given, "host": "evil.example"})
+
+
 def test_a_secret_field_holding_a_mapping_reads_secrets_too(workspace, home, db_url):
     """(helper-35) auth: {type: object, x-secret: true} with {password: "{{ vars.pw }}"}."""
     conn = {"name": "conn", "action_type": "shell", "execution_handler": "echo {{ config.auth.password }} > ~/pw",

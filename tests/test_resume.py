@@ -336,7 +336,8 @@ def test_a_resume_checks_the_configs_it_will_render_first(workspace, home, tmp_p
     doc = template(script_step(5, "echo a >> ~/count", id="a"),
                    step(10, "typed", id="t", requires=["a"], action_config={"url": "{{ vars.url }}"}),
                    script_step(20, f"test -f {gate}", id="g", requires=["t"]), vars={"url": ""})
-    failed = run_template(doc, workspace, database_url=db_url, actions=acts, variables={"url": "pg://long-url-1"},
+    # (a secret given as one: a variable a secret field reads must be given again as it was)
+    failed = run_template(doc, workspace, database_url=db_url, actions=acts, secrets={"url": "pg://long-url-1"},
                           sandbox=False)
     gate.touch()
     with pytest.raises(TemplateError, match="step t: field 'action_config.url'"):
