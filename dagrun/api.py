@@ -298,8 +298,11 @@ def prepare_resume(run_id: str, *, database_url: str | None = None, from_step: s
                    executor: Executor | None = None, allow_sudo: bool = False,
                    secrets: Mapping[str, Any] | None = None, sandbox: bool = True,
                    trusted_actions: Iterable[Any] | None = None, home_roots: Iterable[str] = (),
-                   allow_network: Iterable[str] = (), adopt_users: Iterable[str] = ()) -> PreparedRun:
-    """Compile and check the resume of a recorded run; raises on bad input."""
+                   allow_network: Iterable[str] = (), adopt_users: Iterable[str] = (),
+                   workspace: Mapping[str, Any] | None = None) -> PreparedRun:
+    """Compile and check the resume of a recorded run; raises on bad input.
+    ``workspace``: the workspace as the run was given it (a fleet's file):
+    the fields of it that were not stored are given again from it."""
     from .store.engine import store_errors, writable
     from .store.runs import claim_token, done_steps, is_alive, load_for_resume
     _check_workers(max_workers)
@@ -320,6 +323,11 @@ def prepare_resume(run_id: str, *, database_url: str | None = None, from_step: s
     if run.workspace is None:
         raise InputError(f"run {run.id} was recorded without its workspace: it cannot be resumed")
     secrets = dict(secrets or {})
+    if workspace is not None:
+        if str(workspace.get("id")) != str(run.workspace.get("id")):
+            raise InputError(f"run {run.id} is workspace {run.workspace.get('id')}'s, not {workspace.get('id')}'s")
+        secrets = {**{f"workspace.{k}": v for k, v in workspace.items()
+                      if f"workspace.{k}" in (run.secret_names or ())}, **secrets}
     # Only what was not stored is given again: a resume never changes the workspace, a stored
     # variable or a step's config (over HTTP, a tenant's body would otherwise rewrite what runs).
     extra = sorted(str(name) for name in secrets if name not in (run.secret_names or ())
@@ -330,12 +338,13 @@ def prepare_resume(run_id: str, *, database_url: str | None = None, from_step: s
                          f"not {', '.join(extra)}")
     missing = [name for name in run.secret_names or () if name not in secrets]
     if missing:
+        fleet = " (a fleet's workspace fields: dagrun fleet --resume ID --workspaces FILE)" \
+            if run.fleet_id and any(n.startswith("workspace.") for n in missing) else ""
         raise InputError(f"run {run.id} was started with secrets that are not stored: {', '.join(missing)}; "
-                         "give them again (secrets=..., dagrun resume --secret NAME=ENV_VAR)")
-    _check_given_again(run, secrets)
+                         f"give them again (secrets=..., dagrun resume --secret NAME=ENV_VAR){fleet}")
+    secrets = _check_given_again(run, secrets)
     literals = run.secret_digests or {}
-    given_fields = {k.split(".", 1)[1]: v for k, v in secrets.items()
-                    if k.startswith("workspace.") and k not in literals}
+    given_fields = {k.split(".", 1)[1]: v for k, v in secrets.items() if k.startswith("workspace.")}
     roots = _allowed_roots(home_roots)
     ws = with_home(normalize_workspace({**(run.workspace or {}), **given_fields}), roots=roots)
     step_secrets = {k: v for k, v in secrets.items() if "." in k and not k.startswith("workspace.")}
@@ -376,6 +385,10 @@ def compile_for(template: Any, workspace: Any, *, actions: Iterable[Any] | None 
     # A plan compiled with secrets in its variables is not kept beyond its run (compile cache).
     options = dict(actions=actions, templates=list(templates), env_passthrough=tuple(env_passthrough),
                    trusted_actions=trusted_actions, keep=not secrets)
+    both = sorted(set(variables or {}) & set(secrets or {}))
+    if both:  # which one runs, which one a resume is given again, which one is stored: none would be clear
+        raise InputError(f"{', '.join(map(str, both))} given both as a variable and as a secret: give each once "
+                         "(as a secret, to keep it out of the records)")
     merged = {**(variables or {}), **(secrets or {})}
     if workspace is None or isinstance(workspace, Mapping):
         ws = normalize_workspace(workspace)
@@ -603,13 +616,13 @@ def claim(prepared: PreparedRun) -> None:
         return value not in (None, "") and ((kind, name) in from_secret_fields or (kind, "*") in from_secret_fields)
 
     hidden = [k for k, v in stored.items() if k not in identity and read("workspace", k, v)]
-    hidden_vars = [k for k, v in variables.items() if read("vars", k, v)]
+    hidden_vars = [k for k, v in variables.items() if read("vars", k, v) and k not in prepared.secrets]
     clashes = [f"workspace.{k}" for k, v in stored.items() if k not in identity and k not in hidden
                and holds_secret(v)] + [k for k, v in variables.items() if k not in hidden_vars and holds_secret(v)]
     if clashes:  # stored masked it could not be given back, stored clear it would show a secret
         raise InputError(f"{', '.join(sorted(clashes))} holds a secret's value (or part of it) but is no secret "
                          "itself: give it another value")
-    defaults = [n for n in secret_variable_defaults(plan) if n not in variables]
+    defaults = [n for n in secret_variable_defaults(plan) if n not in variables and n not in prepared.secrets]
     names = sorted({*secret_names(plan, prepared.secrets), *(f"workspace.{k}" for k in hidden), *hidden_vars,
                     *defaults})
     # What a resume is given again for them must be what this run starts with (see _check_given_again).
@@ -617,15 +630,16 @@ def claim(prepared: PreparedRun) -> None:
     from .store.digests import digest
     digests = {} if prepared.check else {
         **_literal_digests(plan), **{f"workspace.{k}": digest(stored[k]) for k in hidden},
-        **{k: digest(variables[k]) for k in hidden_vars},
-        **{n: digest(plan.snapshot["vars"][n]) for n in defaults}, **prepared.digests}
+        # a variable as the run uses it: a mapping given over its default merged with it (a resume gives
+        # it again whole: the default is masked with it)
+        **{n: digest(plan.variables[n]) for n in (*hidden_vars, *defaults)}, **prepared.digests}
     with store_errors(prepared.url, "cannot write to"):
         claim_in_store(writable(prepared.url), run_id=prepared.run_id, workspace_id=str(ws["id"]),
                        expect=prepared.seen, fields={
             "template_name": plan.name, "template_version": plan.version, "total_steps": len(plan.order),
             "template_snapshot": masked_snapshot(plan),
-            "workspace": _jsonable({**redactor.value({k: v for k, v in stored.items() if k not in identity}),
-                                    **identity}),
+            "workspace": _jsonable({**redactor.value({k: MASK if k in hidden else v for k, v in stored.items()
+                                                      if k not in identity}), **identity}),
             "variables": _jsonable({k: v for k, v in variables.items() if k not in hidden_vars}),
             "max_workers": prepared.max_workers,
             "secret_names": names, "secret_digests": digests or None,
@@ -719,13 +733,24 @@ def _secret_field_sources(plan: Plan) -> set[tuple[str, str]]:
     """("vars", name) and ("workspace", field) that a secret field reads;
     ("vars", "*") or ("workspace", "*") when one reads them in a way that
     names none (``vars | tojson``, ``vars['p' ~ 'w']``): then all of them."""
-    from .compile.expressions import leaf_references, references
     from .compile.configs import secret_field_texts
+    from .compile.expressions import leaf_references, references, template_strings
     found: set[tuple[str, str]] = set()
-    for _, text in secret_field_texts(plan):
+    seen: set[tuple[str, str]] = set()
+    todo = [(step, text) for step, text in secret_field_texts(plan)]
+    while todo:
+        step, text = todo.pop()
         found |= {(path[0], path[1]) for path in leaf_references(text)
                   if len(path) >= 2 and path[0] in ("vars", "workspace")}
-        found |= {(ref.root, "*") for ref in references(text) if ref.root in ("vars", "workspace") and ref.attr is None}
+        refs = references(text)
+        found |= {(ref.root, "*") for ref in refs if ref.root in ("vars", "workspace") and ref.attr is None}
+        # What it reads of its step's other fields reads what they read (url: "{{ config.dsn }}").
+        for ref in refs:
+            if ref.root == "config":
+                for key in (step.config if ref.attr is None else (ref.attr,)):
+                    if (step.id, key) not in seen:
+                        seen.add((step.id, key))
+                        todo += [(step, t) for _, t in template_strings(step.config.get(key))]
     return found
 
 
@@ -747,19 +772,43 @@ def _check_given_again(run: Any, given: Mapping[str, Any]) -> None:
     resume never changes the run's inputs: a host read by a secret URL may
     be used by a deploy script too). Only a secret given as one (secrets=,
     --secret) may differ: a password rotated since the run started."""
-    from .store.digests import matches
     digests = run.secret_digests or {}
+    checked = dict(given)
     for name in sorted(given):
         if name in digests:
-            if not matches(given[name], digests[name]):
+            value = _as_it_was(given[name], digests[name])
+            if value is _NO_MATCH:
                 what = "written in the template" if "." in name and not name.startswith("workspace.") else \
                     "a secret field reads it; a resume does not change the run's inputs"
                 raise InputError(f"run {run.id}: the value given again for {name} is not the one the run "
                                  f"started with ({what})")
+            checked[name] = value
         elif "." in name and not name.startswith("workspace."):
             raise InputError(f"run {run.id}: {name} was written in its template, and the run was recorded without "
                              "a digest to check the value given again against (by an older dagrun): run the "
                              "template again instead")
+    return checked
+
+
+_NO_MATCH = object()
+
+
+def _as_it_was(value: Any, stored: str) -> Any:
+    """``value`` if it is the one the digest was made of; text that reads as
+    the number or boolean it was made of (the CLI gives text: ``--secret
+    port=PORT`` for a port that was 5432) as that value; else _NO_MATCH."""
+    from .store.digests import matches
+    if matches(value, stored):
+        return value
+    if isinstance(value, str):
+        import yaml  # as --set and --ws read their values
+        try:
+            typed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            return _NO_MATCH
+        if isinstance(typed, (bool, int, float)) and matches(typed, stored):
+            return typed
+    return _NO_MATCH
 
 
 def with_secret_literals(snapshot: Mapping[str, Any], secrets: Mapping[str, Any]) -> dict[str, Any]:

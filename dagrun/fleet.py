@@ -104,10 +104,12 @@ def run_fleet(template: Any, workspaces: Iterable[Mapping[str, Any]], *, databas
 def resume_fleet(fleet_id: str, *, database_url: str | None = None, concurrency: int | None = None,
                  on_event: Callable[[Any], None] | None = None,
                  observers_for: Callable[[str], Iterable[Any]] | None = None,
-                 runner_hook: Callable[[Any], None] | None = None, **options: Any) -> FleetResult:
+                 runner_hook: Callable[[Any], None] | None = None,
+                 workspaces: Iterable[Mapping[str, Any]] | None = None, **options: Any) -> FleetResult:
     """Resume the runs of a fleet (its id or an unambiguous prefix) that did
     not succeed (each continues its own run record); the others are left as
-    they are."""
+    they are. ``workspaces``: the fleet's workspaces as it was given them,
+    for the fields of each that were not stored (a secret field read them)."""
     fleet_id = api.find_fleet(fleet_id, database_url=database_url)
     runs = api.list_runs(database_url=database_url, fleet=fleet_id, limit=100_000)
     if not runs:
@@ -116,13 +118,15 @@ def resume_fleet(fleet_id: str, *, database_url: str | None = None, concurrency:
     latest: dict[str, dict[str, Any]] = {}
     for run in runs:  # newest first: a workspace's latest run in the fleet
         latest.setdefault(run["workspace_id"], run)
+    given = {str(ws.get("id")): ws for ws in workspaces or ()}
     locks = SharedLocks()
     prepared = []
     for run in latest.values():
         if run["status"] == "succeeded":
             continue
         try:  # a run still 'running' whose process died (a crash of the fleet) is resumed too
-            resumed = api.prepare_resume(run["run_id"], database_url=database_url, **options)
+            resumed = api.prepare_resume(run["run_id"], database_url=database_url,
+                                         workspace=given.get(str(run["workspace_id"])), **options)
         except RunConflictError:
             continue  # still running somewhere
         resumed.shared_locks = locks

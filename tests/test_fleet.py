@@ -98,6 +98,43 @@ def test_one_workspaces_failure_never_stops_the_others_and_a_resume_finishes_it(
     assert resumed.results["bad"].steps["a"].attempts == 1  # its completed step was not run again
 
 
+def test_a_fleets_resume_gives_each_workspace_again_what_was_not_stored(tmp_path):
+    """(helper-44) A per-workspace field a secret field reads is not stored:
+    resume_fleet took one set of values for every run (all but one refused).
+    The CLI's --workspaces FILE with --resume gives each run its own again."""
+    (tmp_path / "acts").mkdir()
+    (tmp_path / "acts" / "login.yaml").write_text(json.dumps({
+        "name": "login", "action_type": "shell", "execution_handler": 'echo "{{ config.url }}" > ~/url',
+        "config_schema": {"type": "object", "properties": {"url": {"type": "string", "x-secret": True}}}}))
+    gate = tmp_path / "gate"
+    (tmp_path / "t.yaml").write_text(json.dumps(template(
+        {"sequence_order": 10, "id": "login", "action_name": "login",
+         "action_config": {"url": "pg://app:{{ workspace.db_pw }}@db"}},
+        script_step(20, f"test -e {gate}", id="gate", requires=["login"]), name="fleetpw")))
+    (tmp_path / "ws.jsonl").write_text("".join(json.dumps({"id": ws, "db_pw": f"Pw-of-{ws}-123"}) + "\n"
+                                               for ws in ("one", "two")))
+    db = f"sqlite:///{tmp_path}/f.db"
+
+    def dagrun(*args):
+        return subprocess.run([sys.executable, "-m", "dagrun", *args, "--db", db, "--actions", "acts", "--no-sandbox"], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=120)
+    first = dagrun("fleet", "t.yaml", "--workspaces", "ws.jsonl")
+    assert first.returncode == 1 and "0 succeeded, 2 failed" in first.stdout, first.stdout + first.stderr
+    fleet_id = first.stdout.split("dagrun fleet --resume ", 1)[1].split()[0]
+    gate.touch()
+    bare = dagrun("fleet", "--resume", fleet_id)
+    assert bare.returncode == 2 and "workspace.db_pw" in bare.stderr and "--workspaces FILE" in bare.stderr, \
+        bare.stdout + bare.stderr
+    (tmp_path / "wrong.jsonl").write_text(json.dumps({"id": "one", "db_pw": "Pw-of-one-123"}) + "\n"
+                                          + json.dumps({"id": "two", "db_pw": "Pw-of-one-123"}) + "\n")
+    wrong = dagrun("fleet", "--resume", fleet_id, "--workspaces", "wrong.jsonl")
+    assert wrong.returncode == 2 and "the value given again for workspace.db_pw is not" in wrong.stderr, wrong.stderr
+    again = dagrun("fleet", "--resume", fleet_id, "--workspaces", "ws.jsonl")
+    assert again.returncode == 0 and "2 succeeded, 0 failed" in again.stdout, again.stdout + again.stderr
+    homes = {ws: (tmp_path / "dagrun-workspaces" / ws / "url").read_text() for ws in ("one", "two")}
+    assert homes == {"one": "pg://app:Pw-of-one-123@db\n", "two": "pg://app:Pw-of-two-123@db\n"}
+
+
 def test_bad_workspaces_are_one_error_before_anything_runs(tmp_path, db_url):
     doc = template(script_step(10, "true", id="a"))
     with pytest.raises(InputError, match="appears twice"):

@@ -418,6 +418,70 @@ def test_what_a_secret_field_reads_is_given_again_only_as_it_was(workspace, home
                secrets={**given, "host": "evil.example"})
 
 
+def test_what_a_resume_is_given_again_is_what_runs(workspace, home, db_url):
+    """(helper-44) A workspace field given again ran as ******** (the stored,
+    masked one was used); a secret given as one over a default got the
+    default's digest (the real secret refused, the default taken); a name
+    given both as a variable and as a secret; a number given again as text
+    (the CLI's --secret); a mapping variable over its default (merged key by
+    key by the compiler, replaced whole by the runner)."""
+    from dagrun import resume
+    from dagrun.errors import InputError
+    gate = home / "gate"
+    gated = script_step(20, f"test -f {gate}", id="gate", requires=["login"])
+    # a workspace field, short or long, given again is the one that runs
+    doc = template(step(10, "login", action_config={"url": "pg://{{ workspace.db_user }}:{{ workspace.db_pw }}@db"}),
+                   gated)
+    failed = run_template(doc, {**workspace, "db_user": "appUser77", "db_pw": "pw1"}, database_url=db_url,
+                          actions=[LOGIN])
+    run, stored = _stored(db_url, failed.run_id)
+    assert run.workspace["db_pw"] == run.workspace["db_user"] == "********" and '"pw1"' not in stored
+    gate.touch()
+    again = resume(failed.run_id, database_url=db_url, actions=[LOGIN], sandbox=False, from_step="login",
+                   secrets={"workspace.db_user": "appUser77", "workspace.db_pw": "pw1"})
+    assert again.success and (home / "url").read_text() == "pg://appUser77:pw1@db\n"
+    gate.unlink()
+    # a secret given as one may differ at resume, whatever the template's default
+    doc = template(step(10, "login", action_config={"url": "pg://app:{{ vars.pw }}@db"}), gated,
+                   vars={"pw": "Default-Pw-123"})
+    failed = run_template(doc, workspace, database_url=db_url, actions=[LOGIN], secrets={"pw": "Real-Secret-99"})
+    assert (home / "url").read_text() == "pg://app:Real-Secret-99@db\n"
+    gate.touch()
+    again = resume(failed.run_id, database_url=db_url, actions=[LOGIN], sandbox=False, from_step="login",
+                   secrets={"pw": "Rotated-Secret-100"})
+    assert again.success and (home / "url").read_text() == "pg://app:Rotated-Secret-100@db\n"
+    gate.unlink()
+    with pytest.raises(InputError, match="pw given both as a variable and as a secret"):
+        run_template(doc, workspace, database_url=db_url, actions=[LOGIN], variables={"pw": "a"},
+                     secrets={"pw": "b"})
+    # a number (or a mapping merged over its default) given again as it was
+    doc = template(step(10, "login", action_config={
+                       "url": "pg://{{ vars.db.user }}:{{ vars.db.password }}@db:{{ vars.port }}"}), gated,
+                   vars={"port": 5432, "db": {"user": "app", "password": ""}})
+    failed = run_template(doc, workspace, database_url=db_url, actions=[LOGIN],
+                          variables={"port": 6543, "db": {"password": "Db-Passw0rd"}})
+    assert (home / "url").read_text() == "pg://app:Db-Passw0rd@db:6543\n"
+    gate.touch()
+    with pytest.raises(InputError, match="the value given again for port is not"):
+        resume(failed.run_id, database_url=db_url, actions=[LOGIN], sandbox=False, from_step="login",
+               secrets={"port": "6544", "db": {"user": "app", "password": "Db-Passw0rd"}})
+    again = resume(failed.run_id, database_url=db_url, actions=[LOGIN], sandbox=False, from_step="login",
+                   secrets={"port": "6543", "db": {"user": "app", "password": "Db-Passw0rd"}})
+    assert again.success and (home / "url").read_text() == "pg://app:Db-Passw0rd@db:6543\n"
+
+
+def test_a_variable_a_secret_field_reads_through_another_field_is_not_stored(workspace, home, db_url):
+    """(helper-44) url: "pg://app:{{ config.other }}@db" with other: "{{ vars.pw }}"."""
+    login = dict(LOGIN, config_schema={"type": "object", "properties": {
+        "url": {"type": "string", "x-secret": True}, "other": {"type": "string"}}})
+    doc = template(step(10, "login", action_config={"url": "pg://app:{{ config.other }}@db", "other": "{{ vars.pw }}"}),
+                   vars={"pw": ""})
+    result = run_template(doc, workspace, database_url=db_url, actions=[login], variables={"pw": "S3cret-Passw0rd"})
+    run, stored = _stored(db_url, result.run_id)
+    assert result.success and (home / "url").read_text() == "pg://app:S3cret-Passw0rd@db\n"
+    assert "S3cret-Passw0rd" not in stored and "pw" in run.secret_names
+
+
 def test_a_secret_field_holding_a_mapping_reads_secrets_too(workspace, home, db_url):
     """(helper-35) auth: {type: object, x-secret: true} with {password: "{{ vars.pw }}"}."""
     conn = {"name": "conn", "action_type": "shell", "execution_handler": "echo {{ config.auth.password }} > ~/pw",

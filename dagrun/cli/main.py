@@ -204,9 +204,10 @@ def cmd_fleet(args: argparse.Namespace) -> int:
         args.resume = api.find_fleet(args.resume, database_url=url)
         roots = _recorded_home_roots(url, [r["run_id"] for r in api.list_runs(database_url=url, fleet=args.resume,
                                                                               limit=100_000)])
+        given = read_workspaces(args.workspaces) if args.workspaces else None  # for what was not stored
         start = lambda progress: resume_fleet(  # noqa: E731
             args.resume, database_url=url, concurrency=args.concurrency, observers_for=progress, runner_hook=hook,
-            home_roots=roots, **options)
+            home_roots=roots, workspaces=given, **options)
         total = None
     else:
         if not args.workspaces:
@@ -543,7 +544,9 @@ def build_parser() -> argparse.ArgumentParser:
                     actions, variables, running, db)
     fleet.add_argument("template", nargs="?", help=template_help)
     fleet.add_argument("--workspaces", metavar="FILE", help="the workspaces: .jsonl, .json or .yaml (a list of "
-                                                            "objects), or .csv (a header row of field names)")
+                                                            "objects), or .csv (a header row of field names); "
+                                                            "with --resume, the same file gives again the fields "
+                                                            "that were not stored (a secret field read them)")
     fleet.add_argument("--concurrency", type=int, metavar="N", help="workspaces running at once (default: all)")
     fleet.add_argument("--resume", metavar="FLEET_ID", help="resume the runs of this fleet that did not succeed")
 

@@ -50,7 +50,7 @@ from typing import Any, Callable, Iterable, Mapping
 from ..compile.configs import secret_field_texts
 from ..compile.expressions import has_template
 from ..spec import Plan, is_base_env
-from ..util import bounded, fresh_copy
+from ..util import bounded, deep_merge, fresh_copy
 from .attempt import AttemptJob, run_attempt, run_rollback
 from .events import (ROLLBACK_RECORDED, AttemptFinished, Observer, ProcessStarted, RetryScheduled, RollbackStarted,
                      RunFinished, RunStarted, StepFinished, StepRolledBack, StepSkipped, StepStarted)
@@ -126,18 +126,26 @@ def _literal_parts(value: Any) -> Any:
 
 
 def _secret_parts(value: str, step: Any, workspace: Mapping[str, Any], variables: Mapping[str, Any],
-                  env: Mapping[str, str]) -> list[Any]:
+                  env: Mapping[str, str], seen: set[str] | None = None) -> list[Any]:
     """What one text of a secret field makes known before the run: the text
     itself (written in the template), or rendered, and the values it is made
     of: a variable or workspace field that is part of a secret
     (postgresql://u:{{ vars.pw }}@h) is one itself, shown alone in an error
-    or by a script."""
-    from ..compile.expressions import build_context, leaf_references, render_string
+    or by a script, and so is another field of the step it reads
+    (``{{ config.dsn }}``), with what that field is made of."""
+    from ..compile.expressions import build_context, leaf_references, render_string, template_strings
     if not has_template(value):
         return [value]
     found: list[Any] = []
     sources = {"vars": variables, "env": env, "workspace": workspace}
+    seen = set() if seen is None else seen
     for path in leaf_references(value):
+        if path[0] == "config":
+            if path[1] not in seen:
+                seen.add(path[1])
+                for _, text in template_strings(step.config.get(path[1])):
+                    found += _secret_parts(text, step, workspace, variables, env, seen)
+            continue
         held: Any = sources.get(path[0])
         for key in path[1:]:
             held = held.get(key) if isinstance(held, Mapping) else None
@@ -188,7 +196,8 @@ class Runner:
         self.plan = plan
         self.workspace = workspace
         self.run_id = run_id or uuid.uuid4().hex
-        self.variables = fresh_copy(dict(plan.variables) | dict(variables or {}))  # the plan's are shared
+        # As the compiler merged them (a mapping key by key over its default); the plan's are shared.
+        self.variables = fresh_copy(deep_merge(plan.variables, variables) if variables else plan.variables)
         self.max_workers = max_workers or plan.global_config.max_workers or DEFAULT_MAX_WORKERS
         self.executor = executor
         self.observers = list(observers)
