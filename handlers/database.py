@@ -4,6 +4,15 @@ The server is ``config.connection_url``, else ``$DAGRUN_POSTGRES_URL``, else
 the local server as ``postgres``. Roles and databases are created only when
 missing (``created`` in the result), and rollback drops only what this step
 created.
+
+A role or database name is data (a web form's db_name): it must not pick
+another tenant's. A role this action makes is marked for its workspace (its
+comment: ``dagrun-workspace=<workspace>``, as create_linux_user marks
+accounts), in the same transaction; an existing role is used only when it is
+marked for the workspace (or ``dagrun-workspace=*``), or when the operator
+lets every workspace use it (``$DAGRUN_ADOPT_ROLES``: names, or ``*`` for any
+role that is not a superuser). A database is its owner's: created for, or
+found owned by, a role the workspace may use.
 """
 
 from __future__ import annotations
@@ -50,6 +59,31 @@ def _exists(conn, query: str, name: str) -> bool:
 
 ROLE_EXISTS = "SELECT 1 FROM pg_roles WHERE rolname = %s"
 DB_EXISTS = "SELECT 1 FROM pg_database WHERE datname = %s"
+ROLE_MARK = "SELECT rolsuper, shobj_description(oid, 'pg_authid') FROM pg_roles WHERE rolname = %s"
+ADOPT_ENV = "DAGRUN_ADOPT_ROLES"
+
+
+def _adopted() -> set[str]:
+    return {n.strip() for n in os.environ.get(ADOPT_ENV, "").split(",") if n.strip()}
+
+
+def role_problem(conn, name: str, workspace_id: str) -> str | None:
+    """Why the workspace may not use the existing role ``name``, or None
+    (None too when there is no such role)."""
+    from dagrun.run.accounts import PREFIX, marker
+    with conn.cursor() as cur:
+        cur.execute(ROLE_MARK, (name,))
+        row = cur.fetchone()
+    if row is None:
+        return None
+    superuser, mark = row
+    adopted = _adopted()
+    if mark in (marker(workspace_id), PREFIX + "*") or name in adopted or "*" in adopted and not superuser:
+        return None
+    if mark and mark.startswith(PREFIX):
+        return f"role {name} is workspace {mark[len(PREFIX):]}'s, not workspace {workspace_id}'s: choose another name"
+    return (f"role {name} exists and was not made by dagrun for workspace {workspace_id}: choose another name, or "
+            f"let every workspace use it (the operator's {ADOPT_ENV}={name})")
 
 
 def _permanent(exc: psycopg2.Error) -> PermanentError:
@@ -57,9 +91,12 @@ def _permanent(exc: psycopg2.Error) -> PermanentError:
 
 
 def create_role(ctx: StepContext) -> HandlerResult:
-    name = ctx.config["username"]
+    name, workspace_id = ctx.config["username"], str(ctx.workspace.get("id"))
     with connect(ctx) as conn:
         if _exists(conn, ROLE_EXISTS, name):
+            problem = role_problem(conn, name, workspace_id)
+            if problem:
+                raise PermanentError(problem)
             return HandlerResult(data={"role": name, "created": False}, changed=False)
         options = [sql.SQL("LOGIN")]
         if ctx.config.get("createdb"):
@@ -71,6 +108,10 @@ def create_role(ctx: StepContext) -> HandlerResult:
         if ctx.config.get("password"):
             query = query + sql.SQL(" PASSWORD %s")
             params = (ctx.config["password"],)
+        # one statement string: one transaction, so a role is never left unmarked
+        from dagrun.run.accounts import marker
+        query = query + sql.SQL("; COMMENT ON ROLE {} IS %s").format(sql.Identifier(name))
+        params = (*params, marker(workspace_id))
         try:
             with conn.cursor() as cur:
                 cur.execute(query, params)
@@ -97,10 +138,19 @@ def drop_role(ctx: StepContext) -> HandlerResult:
 def create_database(ctx: StepContext) -> HandlerResult:
     name, owner = ctx.config["database_name"], ctx.config["owner"]
     with connect(ctx) as conn:
-        if _exists(conn, DB_EXISTS, name):
-            return HandlerResult(data={"database": name, "created": False}, changed=False)
         if not _exists(conn, ROLE_EXISTS, owner):
             raise PermanentError(f"owner role {owner!r} does not exist")
+        problem = role_problem(conn, owner, str(ctx.workspace.get("id")))
+        if problem:
+            raise PermanentError(f"database {name}: its owner: {problem}")
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = %s", (name,))
+            found = cur.fetchone()
+        if found is not None:
+            if found[0] != owner:  # another role's (another workspace's, or the server's own)
+                raise PermanentError(f"database {name} exists and is owned by {found[0]}, not {owner}: choose "
+                                     "another name")
+            return HandlerResult(data={"database": name, "created": False}, changed=False)
         query = sql.SQL("CREATE DATABASE {} OWNER {} ENCODING {} TEMPLATE {}").format(
             sql.Identifier(name), sql.Identifier(owner), sql.Literal(ctx.config["encoding"]),
             sql.Identifier(ctx.config["template"]))

@@ -158,6 +158,53 @@ def test_postgres_role_and_database_are_created_and_validated(workspace, pg_serv
     assert again.success and again.steps["create_postgresql_user"].result["created"] is False
 
 
+def test_a_workspace_never_takes_another_workspaces_role_or_database(workspace, tmp_path, pg_server, pg_names,
+                                                                       monkeypatch):
+    """(helper-45) A second workspace naming the first one's role and
+    database (a web form's db_name) took them over as "unchanged". A role is
+    marked for the workspace that made it (in the transaction that made it);
+    an existing role is used only by its workspace, or when the operator lets
+    every workspace use it; a database only through its owner."""
+    first = run(_pg_template(pg_names), workspace)
+    assert first.success, first.error
+    with pg_server.cursor() as cur:
+        cur.execute("SELECT shobj_description(oid, 'pg_authid') FROM pg_roles WHERE rolname = %s", (pg_names["role"],))
+        assert cur.fetchone()[0] == "dagrun-workspace=ws1"
+    other = {"id": "mallory", "home_dir": str(tmp_path / "m")}
+    taken = run(_pg_template(pg_names), other)
+    assert not taken.success
+    assert taken.steps["create_postgresql_user"].error == \
+        f"role {pg_names['role']} is workspace ws1's, not workspace mallory's: choose another name"
+    own_role = {**pg_names, "role": pg_names["role"] + "_m"}  # its own role, the first one's database
+    try:
+        taken = run(_pg_template(own_role), other)
+        assert not taken.success and taken.steps["create_postgresql_database"].error == \
+            f"database {pg_names['db']} exists and is owned by {pg_names['role']}, not {own_role['role']}: " \
+            "choose another name"
+        # its own database, owned by the first one's role
+        taken = run(template(step(20, "create_postgresql_database", action_config={
+            "database_name": pg_names["db"] + "_m", "owner": pg_names["role"]}),
+            step(10, "create_postgresql_user", action_config={"username": own_role["role"]})), other)
+        assert not taken.success and "its owner: role" in taken.steps["create_postgresql_database"].error
+        # a role dagrun did not make (the server's own, an operator's): only when the operator says so
+        with pg_server.cursor() as cur:
+            cur.execute('CREATE ROLE "{}"'.format(pg_names["odd_role"].replace('"', '""')))
+        odd = run(_pg_template(pg_names, owner_key="odd_role"), workspace)
+        assert not odd.success and "was not made by dagrun for workspace ws1" in odd.steps[
+            "create_postgresql_user"].error and "DAGRUN_ADOPT_ROLES=" in odd.steps["create_postgresql_user"].error
+        assert not run(_pg_template({**pg_names, "odd_role": "postgres"}, owner_key="odd_role"), workspace).success
+        monkeypatch.setenv("DAGRUN_ADOPT_ROLES", "*")  # any role but a superuser
+        assert not run(_pg_template({**pg_names, "odd_role": "postgres"}, owner_key="odd_role"), workspace).success
+        with pg_server.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{pg_names["db"]}" WITH (FORCE)')
+        adopted = run(_pg_template(pg_names, owner_key="odd_role"), workspace)
+        assert adopted.success, adopted.error
+    finally:
+        with pg_server.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{pg_names["db"]}_m" WITH (FORCE)')
+            cur.execute(f'DROP ROLE IF EXISTS "{own_role["role"]}"')
+
+
 def test_postgres_identifiers_are_quoted(workspace, pg_server, pg_names):
     result = run(_pg_template(pg_names, owner_key="odd_role"), workspace)
     assert result.success, result.error
