@@ -123,6 +123,9 @@ def create_role(ctx: StepContext) -> HandlerResult:
 def validate_role(ctx: StepContext) -> HandlerResult:
     with connect(ctx) as conn:
         if _exists(conn, ROLE_EXISTS, ctx.config["username"]):
+            problem = role_problem(conn, ctx.config["username"], str(ctx.workspace.get("id")))
+            if problem:  # (a --check: the run would fail on it)
+                raise PermanentError(problem)
             return HandlerResult()
     return HandlerResult(ok=False, error=f"role {ctx.config['username']} does not exist")
 
