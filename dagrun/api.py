@@ -304,7 +304,7 @@ def prepare_resume(run_id: str, *, database_url: str | None = None, from_step: s
     ``workspace``: the workspace as the run was given it (a fleet's file):
     the fields of it that were not stored are given again from it."""
     from .store.engine import store_errors, writable
-    from .store.runs import claim_token, done_steps, is_alive, load_for_resume
+    from .store.runs import claim_token, done_steps, is_alive, load_for_resume, newer_run
     _check_workers(max_workers)
     url = database_url or default_database_url()
     engine = writable(url)
@@ -317,6 +317,11 @@ def prepare_resume(run_id: str, *, database_url: str | None = None, from_step: s
                          "first (dagrun db recover), then resume")
     if is_alive(run):
         raise RunConflictError(f"run {run.id} is still running (owner {run.owner})", run_id=run.id)
+    newer = newer_run(engine, run)
+    if newer is not None:  # what this run did may be undone or changed by it: its steps are not the state
+        raise InputError(f"run {run.id} is not workspace {run.workspace_id}'s latest: run {newer.id[:8]} "
+                         f"({newer.status}) came after it, and resuming this one would run its steps over that "
+                         "one's work: run the template again instead")
     if run.mode == "check":
         raise InputError(f"run {run.id} was a check (--check): it changed nothing, so there is nothing to resume; "
                          "run the template again")

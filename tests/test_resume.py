@@ -346,6 +346,43 @@ def test_a_resume_checks_the_configs_it_will_render_first(workspace, home, tmp_p
     assert (home / "count").read_text() == "a\n"  # nothing ran
 
 
+def test_a_run_a_newer_run_of_its_workspace_came_after_is_not_resumed(workspace, home, tmp_path, db_url):
+    """(helper-45) After a newer run of the workspace (here with the fixed
+    template) succeeded, resuming the old failed one ran its stale steps over
+    the newer one's work. A --check of the workspace changes nothing: it does
+    not count."""
+    gate = tmp_path / "gate"
+    old = run_template(chain(gate), workspace, database_url=db_url)
+    assert not old.success
+    check = run_template(chain(gate), workspace, database_url=db_url, check=True)
+    assert check.check
+    gate.touch()
+    assert resume(old.run_id, database_url=db_url).success  # only checks came after it
+    gate.unlink()
+    old = run_template(chain(gate), workspace, database_url=db_url)
+    gate.touch()
+    newer = run_template(chain(gate), workspace, database_url=db_url)
+    assert newer.success
+    with pytest.raises(InputError, match=f"run {old.run_id} is not workspace ws1's latest: run {newer.run_id[:8]} "
+                                         r"\(succeeded\) came after it"):
+        resume(old.run_id, database_url=db_url)
+    out = subprocess.run([sys.executable, "-m", "dagrun", "resume", old.run_id, "--db", db_url], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 2 and "run the template again instead" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_a_failed_cli_run_says_how_to_continue_it_and_when_not_to(tmp_path):
+    doc = tmp_path / "t.yaml"
+    doc.write_text(yaml.safe_dump(template(script_step(10, "exit 3", id="a"))))
+    db = f"sqlite:///{tmp_path}/x.db"
+    out = subprocess.run([sys.executable, "-m", "dagrun", "run", str(doc), "--db", db, "--home", str(tmp_path / "h")],
+                         capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "80"})
+    assert out.returncode == 1
+    run_id = list_runs(db)[0]["run_id"]
+    assert f"to continue this run as recorded: dagrun resume {run_id[:8]} --db {db}\n" \
+           "after changing the template, run it again instead" in out.stdout, out.stdout
+
+
 def test_resume_from_a_step_reruns_it_and_its_downstream(workspace, home, tmp_path, db_url):
     gate = tmp_path / "gate"
     gate.touch()

@@ -149,6 +149,12 @@ def print_summary(console: Console, result: RunResult, *, home: str | None = Non
     console.print(summary_line(result), soft_wrap=True)
     if result.error:
         console.print(Text(result.error, style="red"), soft_wrap=True)
+    if result.database_url and not result.success and not result.check:
+        # (a resume runs the template as the run recorded it: a fixed template file is a new run)
+        from ..api import default_database_url
+        db = "" if result.database_url == default_database_url() else f" --db {describe_url(result.database_url)}"
+        console.print(Text(f"to continue this run as recorded: dagrun resume {result.run_id[:8]}{db}\n"
+                           "after changing the template, run it again instead"), soft_wrap=True)
 
 
 def _short(seconds: float) -> str:

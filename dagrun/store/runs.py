@@ -26,7 +26,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import PurePosixPath
 from typing import Any, Iterable, Iterator, Mapping
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, func, or_, select
 from sqlalchemy.orm import Session
 
 from ..errors import RunConflictError
@@ -228,6 +228,20 @@ def done_steps(rows: Mapping[str, list[WorkspaceActionExecution]], step_ids: Ite
                              skip_reason=last.error_message if condition_skip else None, exit_code=last.exit_code,
                              changed=last.changed)
     return done, numbers
+
+
+def newer_run(engine: Engine, run: ProvisioningRun) -> ProvisioningRun | None:
+    """The latest run of ``run``'s workspace started after it (a check, which
+    changes nothing, aside), or None."""
+    if run.started_at is None:
+        return None
+    with Session(engine, expire_on_commit=False) as session:
+        newer = session.scalars(select(ProvisioningRun).where(
+            ProvisioningRun.workspace_id == run.workspace_id, ProvisioningRun.started_at > run.started_at,
+            ProvisioningRun.id != run.id, or_(ProvisioningRun.mode.is_(None), ProvisioningRun.mode != "check"))
+            .order_by(ProvisioningRun.started_at.desc()).limit(1)).first()
+        session.expunge_all()
+        return newer
 
 
 def load_for_resume(engine: Engine, run_id: str) -> tuple[ProvisioningRun, dict[str, list[WorkspaceActionExecution]]]:
