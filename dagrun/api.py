@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 from .compile import compile_template
 from .compile.loader import build_library
-from .errors import InputError, RunConflictError, TemplateError
+from .errors import InputError, RunConflictError, SecretsNeeded, TemplateError
 from .spec import MASK, Plan
 from .workspace import ALWAYS_STORED, normalize_workspace, stored_fields, with_home
 
@@ -345,8 +345,7 @@ def prepare_resume(run_id: str, *, database_url: str | None = None, from_step: s
     if missing:
         fleet = " (a fleet's workspace fields: dagrun fleet --resume ID --workspaces FILE)" \
             if run.fleet_id and any(n.startswith("workspace.") for n in missing) else ""
-        raise InputError(f"run {run.id} was started with secrets that are not stored: {', '.join(missing)}; "
-                         f"give them again (secrets=..., dagrun resume --secret NAME=ENV_VAR){fleet}")
+        raise SecretsNeeded(run.id, missing, f" (secrets=..., dagrun resume --secret NAME=ENV_VAR){fleet}")
     secrets = _check_given_again(run, secrets)
     literals = run.secret_digests or {}
     given_fields = {k.split(".", 1)[1]: v for k, v in secrets.items() if k.startswith("workspace.")}

@@ -70,6 +70,17 @@ class InputError(DagrunError):
     """A bad argument, workspace or option given to the API or CLI."""
 
 
+class SecretsNeeded(InputError):
+    """A resume must be given again what was not stored with the run:
+    ``names`` (a variable, ``workspace.field``, ``step.field``)."""
+
+    def __init__(self, run_id: str, names: list[str], hint: str = ""):
+        self.run_id = run_id
+        self.names = list(names)
+        super().__init__(f"run {run_id} was started with secrets that are not stored: {', '.join(self.names)}; "
+                         f"give them again{hint}")
+
+
 class RunConflictError(DagrunError):
     """Another run is active for the same workspace (``run_id``: that run)."""
 

@@ -92,6 +92,51 @@ def test_a_run_page_follows_the_run_live_and_resumes_it(tmp_path, server, browse
     assert errors == []
 
 
+def test_a_resume_asks_for_what_was_not_stored(tmp_path, server, browser_page, pg_server):
+    """(helper-45) A template with a password written in it: the page's
+    Resume only showed the API's error (about secrets=... and the CLI), with
+    no way to give the password. Now it asks for each value by name, and a
+    wrong one is refused. Also: the runs page's workspace-id pattern is a
+    valid regular expression for the browser (it logged an error and did not
+    check)."""
+    import uuid
+
+    page, errors = browser_page
+    console: list[str] = []
+    page.on("console", lambda m: console.append(m.text) if m.type in ("error", "warning") else None)
+    role, gate = f"dagrun_web_{uuid.uuid4().hex[:8]}", tmp_path / "gate"
+    doc = template({"sequence_order": 10, "id": "role", "action_name": "create_postgresql_user",
+                    "action_config": {"username": role, "password": "Written-Pw-1"}},
+                   script_step(20, f"test -e {gate}", id="gate", requires=["role"]), name="withpw")
+    try:
+        status, body = server.post("/api/workspaces/web2/runs", {"template": doc, "workspace": {
+            "home_dir": str(tmp_path / "home")}}, headers=CSRF)
+        assert status == 202, body
+        page.goto(f"{server.url}/login?token={server.token}")
+        page.goto(f"{server.url}/runs")
+        page.goto(f"{server.url}/runs/{body['run_id']}")
+        run = page.locator("#run")
+        playwright.expect(run).to_have_attribute("data-status", "failed", timeout=30_000)
+        gate.touch()
+        page.get_by_role("button", name="Resume").click()
+        field = page.locator('#resume-secrets input[name="role.password"]')
+        playwright.expect(field).to_be_visible()
+        assert page.locator("#resume-secrets input").count() == 1 and field.get_attribute("type") == "password"
+        field.fill("not-it")
+        page.get_by_role("button", name="Resume with these").click()
+        playwright.expect(page.locator("#action-message")).to_contain_text("is not the one the run started with")
+        shot(page, "run-resume-asks")
+        field.fill("Written-Pw-1")
+        page.get_by_role("button", name="Resume with these").click()
+        playwright.expect(run).to_have_attribute("data-status", "succeeded", timeout=30_000)
+        playwright.expect(page.locator("#resume-secrets")).to_be_hidden()
+        assert page.locator("#resume-secrets input").count() == 0  # nothing of it stays in the page
+    finally:
+        with pg_server.cursor() as cur:
+            cur.execute(f'DROP ROLE IF EXISTS "{role}"')
+    assert errors == [] and not [m for m in console if "pattern" in m.lower() or "favicon" in m.lower()], console
+
+
 def test_the_editor_shows_every_problem_of_an_invalid_save(tmp_path, server, browser_page):
     page, errors = browser_page
     doc = template(script_step(10, "echo one", id="one"), script_step(20, "echo two", id="two", requires=["one"]),

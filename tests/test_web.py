@@ -560,6 +560,8 @@ def test_a_run_that_took_a_password_resumes_over_http(store, tmp_path):
     gate.touch()
     refused = c.post(f"/api/runs/{run_id}/resume", json={}, headers=CSRF)
     assert refused.status_code == 422 and "secrets that are not stored: pw" in refused.json["error"]
+    assert refused.json["needs"] == ["pw"] and '{"secrets": {"NAME": ...}} in the request body' in refused.json["error"]
+    assert "--secret" not in refused.json["error"]  # said as this API takes them, not as the CLI does
     assert c.post(f"/api/runs/{run_id}/resume", json={"variables": "pw"}, headers=CSRF).status_code == 422
     again = c.post(f"/api/runs/{run_id}/resume", json={"variables": {"pw": "Http-Passw0rd"}}, headers=CSRF)
     assert again.status_code == 202

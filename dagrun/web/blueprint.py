@@ -20,7 +20,7 @@ from flask import Blueprint, Response, abort, jsonify, render_template, request,
 from werkzeug.exceptions import HTTPException
 
 from .. import api, render
-from ..errors import DagrunError, InputError, RunConflictError, StoreError, TemplateError
+from ..errors import DagrunError, InputError, RunConflictError, SecretsNeeded, StoreError, TemplateError
 from .security import Guard
 
 Authorize = Callable[..., bool]
@@ -98,6 +98,13 @@ def create_blueprint(*, database_url: str | None = None, actions: Iterable[Any] 
         return jsonify(error=str(exc).splitlines()[0] if len(exc.problems) > 1 else str(exc),
                        problems=[{"text": str(p), "source": p.source, "step": p.step, "field": p.field,
                                   "message": p.message} for p in exc.problems]), 422
+
+    @bp.errorhandler(SecretsNeeded)
+    def secrets_needed(exc: SecretsNeeded):  # noqa: ANN202
+        # said as this API takes them (the page asks for each)
+        return jsonify(error=f"run {exc.run_id} was started with secrets that are not stored: "
+                             f"{', '.join(exc.names)}; give them again: {{\"secrets\": {{\"NAME\": ...}}}} in the "
+                             "request body", needs=exc.names), 422
 
     @bp.errorhandler(RunConflictError)
     def conflict(exc: RunConflictError):  # noqa: ANN202

@@ -43,6 +43,7 @@ function runPage() {
     text(error, run.error);
     error.hidden = !run.error;
     cancel.disabled = run.status !== "running";
+    if (run.status !== "running" && message.textContent === "cancelling…") text(message, "");
     resume.disabled = run.status === "running" || run.status === "succeeded" || run.mode === "check";
     for (const step of run.steps) {
       for (const el of document.querySelectorAll(`[data-step-id="${CSS.escape(step.step_id)}"]`)) {
@@ -97,13 +98,52 @@ function runPage() {
     const answer = await call("POST", `/api/runs/${encodeURIComponent(runId)}/cancel`);
     text(message, answer.ok ? "cancelling…" : answer.data.error);
   });
-  resume.addEventListener("click", async () => {
+  const secretsForm = document.getElementById("resume-secrets");
+
+  async function resumeWith(secrets) {
     resume.disabled = true;
-    const answer = await call("POST", `/api/runs/${encodeURIComponent(runId)}/resume`, {});
-    text(message, answer.ok ? "resumed" : answer.data.error);
-    if (answer.ok) { await refresh(); listen(); }
-    else resume.disabled = false;
+    const answer = await call("POST", `/api/runs/${encodeURIComponent(runId)}/resume`, secrets ? {secrets} : {});
+    if (answer.ok) {
+      text(message, "resumed");
+      secretsForm.hidden = true;
+      secretsForm.querySelector(".fields").replaceChildren();  // no secret stays in the page
+      await refresh();
+      listen();
+      return;
+    }
+    resume.disabled = false;
+    if (answer.data.needs) {  // what was not stored: asked for, one field each
+      text(message, secrets ? answer.data.error : "");
+      askFor(answer.data.needs);
+    } else {
+      text(message, answer.data.error);
+    }
+  }
+
+  function askFor(names) {
+    const fields = secretsForm.querySelector(".fields");
+    if (fields.dataset.names === names.join("\n")) { secretsForm.hidden = false; return; }
+    fields.dataset.names = names.join("\n");
+    fields.replaceChildren(...names.map(name => {
+      const label = document.createElement("label");
+      const input = document.createElement("input");
+      input.type = "password";
+      input.name = name;
+      input.autocomplete = "off";
+      label.append(name + " ", input);
+      return label;
+    }));
+    secretsForm.hidden = false;
+    fields.querySelector("input").focus();
+  }
+
+  secretsForm.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const secrets = {};
+    for (const input of secretsForm.querySelectorAll("input")) secrets[input.name] = input.value;
+    resumeWith(secrets);
   });
+  resume.addEventListener("click", () => resumeWith(null));
   refresh();
   if (root.dataset.status === "running") listen();
 }
