@@ -244,3 +244,23 @@ def test_graph_coloured_by_a_runs_statuses(tmp_path):
     assert '"bad" [label="bad\\nexecute_custom_script [main]", fillcolor="#ef9a9a"]' in dot.stdout  # failed
     mermaid = dagrun("graph", "t.yaml", "--run", run_id, "--db", db, "--format", "mermaid", cwd=tmp_path)
     assert "class s1 failed" in mermaid.stdout and "class s0 completed" in mermaid.stdout
+
+
+def test_actions_name_shows_what_its_config_takes(tmp_path):
+    """(helper-45) From the CLI one could not learn an action's fields: the
+    names only, then guesses corrected by validate."""
+    out = dagrun("actions", "create_postgresql_database", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == "create_postgresql_database: Create PostgreSQL Database (database)"
+    assert any(re.fullmatch(r"  database_name +string; required", line) for line in lines), out.stdout
+    assert any(re.fullmatch(r"  encoding +string; default \"UTF8\"", line) for line in lines), out.stdout
+    assert any(re.fullmatch(r"  connection_url +string; secret", line) for line in lines), out.stdout
+    assert "needs an earlier step of: create_postgresql_user" in out.stdout
+    assert all(len(line) <= 80 for line in lines)
+    typo = dagrun("actions", "create_postgresql_databse", cwd=tmp_path)
+    assert typo.returncode == 2 and "did you mean 'create_postgresql_database'?" in typo.stderr
+    data = json.loads(dagrun("actions", "write_file", "--json", cwd=tmp_path).stdout)
+    assert data["config_schema"]["required"] == ["target_path", "content"] and data["default_config"]["merge"] is False
+    listing = dagrun("actions", cwd=tmp_path)
+    assert "dagrun actions NAME" in listing.stderr and "write_file" in listing.stdout

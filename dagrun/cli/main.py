@@ -16,8 +16,9 @@ import os
 import shutil
 import signal
 import sys
+import textwrap
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from ..errors import ActionDefinitionError, DagrunError, InputError, StoreError, TemplateError
 from ..util import LazyModule
@@ -335,6 +336,8 @@ def cmd_templates(args: argparse.Namespace) -> int:
 
 def cmd_actions(args: argparse.Namespace) -> int:
     library = api.list_actions(args.actions, args.trusted_actions)
+    if args.name:
+        return _show_action(library, args.name, args.json)
     if args.json:
         print(json.dumps([{"name": a.name, "display_name": a.display_name, "category": a.category,
                            "action_type": a.action_type, "source": a.source, "library": a.library}
@@ -342,6 +345,61 @@ def cmd_actions(args: argparse.Namespace) -> int:
         return 0
     for action in sorted(library.values(), key=lambda a: (a.category, a.name)):
         print(f"{action.category:<14} {action.name:<28} {action.display_name}")
+    print("\nwhat an action's config takes: dagrun actions NAME", file=sys.stderr)
+    return 0
+
+
+def _show_action(library: Mapping[str, Any], name: str, as_json: bool) -> int:
+    """One action: what it does, and the fields its action_config takes."""
+    import difflib
+    action = library.get(name)
+    if action is None:
+        near = difflib.get_close_matches(name, list(library), n=1)
+        raise InputError(f"no action {name!r}" + (f": did you mean {near[0]!r}?" if near else
+                                                   " (dagrun actions lists them)"))
+    from ..compile.configs import secret_fields
+    from ..spec import MASK
+    schema = action.config_schema or {}
+    secret = secret_fields(schema)
+    defaults = {**{k: v.get("default") for k, v in (schema.get("properties") or {}).items()
+                   if isinstance(v, Mapping) and "default" in v}, **dict(action.default_config)}
+    shown = {k: MASK if k in secret and v not in (None, "") else v for k, v in defaults.items()}
+    if as_json:
+        print(json.dumps({"name": action.name, "display_name": action.display_name, "category": action.category,
+                          "description": action.description, "action_type": action.action_type,
+                          "config_schema": schema, "default_config": shown,
+                          "requires_actions": list(action.requires_actions), "max_retries": action.max_retries,
+                          "timeout_seconds": action.timeout_seconds}, indent=2, default=str))
+        return 0
+    print(f"{action.name}: {action.display_name} ({action.category})")
+    if action.description:
+        print(textwrap.fill(action.description, 78))
+    required = set(schema.get("required") or ())
+    fields = schema.get("properties") or {}
+    print("\naction_config:" if fields else "\naction_config: takes no fields")
+    width = min(max((len(k) for k in fields), default=0), 24)
+    for key, field in fields.items():
+        field = field if isinstance(field, Mapping) else {}
+        kind = field.get("type", "any")
+        about = [" or ".join(kind) if isinstance(kind, list) else str(kind)]
+        if key in required:
+            about.append("required")
+        if key in secret:
+            about.append("secret")
+        if "enum" in field:
+            about.append("one of " + ", ".join(map(str, field["enum"])))
+        if key in shown:
+            about.append(f"default {json.dumps(shown[key], default=str)}")
+        line = f"  {key:<{width}}  {'; '.join(about)}"
+        print(line)
+        if field.get("description"):
+            print(textwrap.fill(str(field["description"]), 78, initial_indent=" " * (width + 4),
+                                subsequent_indent=" " * (width + 4)))
+    extras = []
+    if action.requires_actions:
+        extras.append(f"needs an earlier step of: {', '.join(action.requires_actions)}")
+    extras.append(f"retries {action.max_retries}, timeout {action.timeout_seconds:g} s")
+    print("\n" + "\n".join(extras))
     return 0
 
 
@@ -587,7 +645,9 @@ def build_parser() -> argparse.ArgumentParser:
     templates = command("templates", cmd_templates, "list the seed templates and those stored in the database", db)
     templates.add_argument("--json", action="store_true", help="print them as JSON")
 
-    listed = command("actions", cmd_actions, "list the action library", actions)
+    listed = command("actions", cmd_actions, "list the action library, or what one action's config takes",
+                     actions)
+    listed.add_argument("name", nargs="?", metavar="NAME", help="one action: its fields (action_config)")
     listed.add_argument("--json", action="store_true", help="print it as JSON")
 
     runs = command("runs", cmd_runs, "the run history", db)
