@@ -779,6 +779,25 @@ def test_as_root_a_value_never_makes_dagrun_read_a_private_file(tmp_path):
 
 
 @root_only
+def test_a_missing_path_is_said_to_be_missing_only_where_anyone_could_see_it(tmp_path):
+    """(helper-45) A mistyped repository path was "not readable by everyone"
+    (misleading). It is "does not exist" where every user could see that;
+    inside a folder others cannot look into, root says nothing more than
+    before (no oracle of what exists there)."""
+    private = Path(tempfile.mkdtemp(prefix="dagrun-private-", dir="/tmp"))  # 0700, root's
+    try:
+        doc = template(*(step(n, "clone_git_repository", id=f"c{n}", max_retries=1, skip_on_error=True,
+                              action_config={"url": url, "target_dir": f"~/r{n}"})
+                         for n, url in ((1, "/tmp/dagrun-no-such-repo.git"), (2, f"{private}/no-such.git"))))
+        result = run_template(doc, {"id": "miss", "home_dir": str(tmp_path / "h")}, record=False)
+        assert result.steps["c1"].error == "/tmp/dagrun-no-such-repo.git does not exist"
+        assert result.steps["c2"].error.startswith(f"{private}/no-such.git is outside the workspace home and not "
+                                                   "readable by everyone")
+    finally:
+        shutil.rmtree(private)
+
+
+@root_only
 def test_another_tenants_account_is_never_the_workspace_user(tmp_path):
     """An account create_linux_user made for workspace A (or one nobody
     marked) is not workspace B's, whatever B's form says; the operator's

@@ -105,6 +105,8 @@ class StepContext:
         read a file on its behalf (/etc/shadow, another tenant's folder)."""
         path = paths.expand(text, self.home)
         if self.privileged and not self._in_home(path) and not paths.readable_by_everyone(path):
+            if paths.visibly_missing(path):
+                raise PermanentError(f"{path} does not exist")
             raise PermanentError(f"{path} is outside the workspace home and not readable by everyone: "
                                  "dagrun, as root, does not read it on a value's behalf")
         return path

@@ -114,6 +114,20 @@ def readable_by_everyone(path: str) -> bool:
         folder = parent
 
 
+def visibly_missing(path: str) -> bool:
+    """Is ``path`` missing where any user could see that it is (the folder
+    it would be in readable by everyone)? Saying so tells a value nothing
+    a local user could not learn: root is not an oracle for what exists in
+    folders others cannot look into."""
+    real = os.path.realpath(path)
+    if os.path.lexists(real):
+        return False
+    folder = os.path.dirname(real)
+    while not os.path.isdir(folder):
+        folder = os.path.dirname(folder)
+    return readable_by_everyone(folder)
+
+
 def root_owned_program(path: str) -> bool:
     """Is ``path`` a program only root could have put there (it and every
     folder above it owned by root, writable by nobody else)?"""
