@@ -445,13 +445,34 @@ def _check_rendered_configs(plan: Plan, workspace: Mapping[str, Any], variables:
         except Exception:  # noqa: BLE001 - a value the shell or URL rules refuse: the attempt tells, as ever
             continue
         for where, message in config_problems(config, step.action.config_schema, allow_templates=False):
-            if where.split(".", 1)[0].split("[", 1)[0] in step.secret_fields:
-                message = "its value (a secret, not shown) is not valid for this field"
-            message = redactor.text(message) if redactor is not None else message
-            problems.append(Problem(plan.name, f"with this workspace and these variables: {message}", step=sid,
-                                    field=f"action_config.{where}"))
+            unset = _unset_fields(plan, step, where.split(".", 1)[0].split("[", 1)[0], workspace)
+            if unset and message.startswith("None "):
+                message = unset
+            else:
+                if where.split(".", 1)[0].split("[", 1)[0] in step.secret_fields:
+                    message = "its value (a secret, not shown) is not valid for this field"
+                message = "with this workspace and these variables: " + (
+                    redactor.text(message) if redactor is not None else message)
+            problems.append(Problem(plan.name, message, step=sid, field=f"action_config.{where}"))
     if problems:
         raise TemplateError(problems)
+
+
+def _unset_fields(plan: Plan, step: Any, key: str, workspace: Mapping[str, Any]) -> str | None:
+    """"the workspace has no db_name" when the field ``key`` reads workspace
+    fields that were not given, with a near name that was given and is read
+    nowhere (a typo: db_nme)."""
+    import difflib
+
+    from .compile.expressions import leaf_references, template_strings
+    names = sorted({path[1] for _, text in template_strings(step.config.get(key)) for path in leaf_references(text)
+                    if len(path) >= 2 and path[0] == "workspace" and workspace.get(path[1]) is None})
+    if not names:
+        return None
+    unread = [k for k, v in workspace.items() if v is not None and k not in plan.workspace_fields]
+    near = [m for name in names for m in difflib.get_close_matches(name, unread, n=1)]
+    return (f"the workspace has no {' or '.join(names)}"
+            + (f" (it was given {', '.join(near)}: a typo?)" if near else ""))
 
 
 def _allowed_roots(extra: Iterable[str]) -> tuple[str, ...]:
@@ -860,16 +881,16 @@ def default_database_url() -> str:
 
 def plan(template: Any, *, actions: Iterable[Any] | None = None, variables: Mapping[str, Any] | None = None,
          templates: Iterable[Mapping[str, Any]] = (), database_url: str | None = None,
-         trusted_actions: Iterable[Any] | None = None) -> Plan:
+         trusted_actions: Iterable[Any] | None = None, estimates: bool = True) -> Plan:
     """Compile without running (``dagrun plan``). With ``database_url``, a
-    template stored with ``dagrun seed`` is found by name, and the steps'
-    durations are learned from the runs recorded there
-    (``plan.estimate_sources``)."""
+    template stored with ``dagrun seed`` is found by name, and (unless not
+    ``estimates``) the steps' durations are learned from the runs recorded
+    there (``plan.estimate_sources``)."""
     found = _with_stored(template, database_url, templates)
     compiled = compile_template(template, actions=actions, variables=variables, templates=found,
                                 trusted_actions=trusted_actions)
     _check_variables(compiled, variables)
-    return learned(compiled, database_url) if database_url and _has_store(database_url) else compiled
+    return learned(compiled, database_url) if estimates and database_url and _has_store(database_url) else compiled
 
 
 def validate(items: Iterable[str], *, actions: Iterable[Any] | None = None, workspace: Any = None,

@@ -264,3 +264,20 @@ def test_actions_name_shows_what_its_config_takes(tmp_path):
     assert data["config_schema"]["required"] == ["target_path", "content"] and data["default_config"]["merge"] is False
     listing = dagrun("actions", cwd=tmp_path)
     assert "dagrun actions NAME" in listing.stderr and "write_file" in listing.stdout
+
+
+def test_validate_says_what_it_could_not_check_and_a_mistyped_workspace_field(tmp_path):
+    """(helper-45) `validate` said ok for a template that needs db_name, and
+    `--ws db_nme=x` gave three "None is not of type 'string'"."""
+    (tmp_path / "t.yaml").write_text(json.dumps({"name": "webapp", "version": "1.0.0", "actions": [
+        {"sequence_order": 10, "id": "role", "action_name": "create_postgresql_user",
+         "action_config": {"username": "{{ workspace.db_name }}"}}]}))
+    out = dagrun("validate", "t.yaml", cwd=tmp_path)
+    assert out.returncode == 0 and out.stdout == "t.yaml: ok\n"
+    assert "not checked without a workspace: the values of its db_name" in out.stderr, out.stderr
+    typo = dagrun("validate", "t.yaml", "--ws", "db_nme=x", cwd=tmp_path)
+    assert typo.returncode == 2
+    assert "step role: field 'action_config.username': the workspace has no db_name (it was given db_nme: a " \
+           "typo?)" in typo.stderr, typo.stderr
+    assert "None is not" not in typo.stderr
+    assert dagrun("validate", "t.yaml", "--ws", "db_name=shop", cwd=tmp_path).returncode == 0

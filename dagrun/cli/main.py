@@ -257,11 +257,29 @@ def cmd_validate(args: argparse.Namespace) -> int:
                                     home_roots=_home_roots(workspace, args) if workspace else ()):
         if error is None:
             print(f"{item}: ok")
+            note = "" if workspace else _fields_to_give(item, args)
+            if note:
+                print(note, file=sys.stderr)
         else:
             failed += 1
             text = str(error)
             print(text if text.startswith(f"{item}: ") else f"{item}: {text}", file=sys.stderr)
     return EXIT_USAGE if failed else 0
+
+
+def _fields_to_give(item: str, args: argparse.Namespace) -> str:
+    """What validate without --ws could not check: the workspace fields the
+    template reads (a run without them fails on their values)."""
+    try:
+        plan = api.plan(item, actions=args.actions, trusted_actions=args.trusted_actions,
+                        variables=_pairs(args.set, "--set"), database_url=_db(args), estimates=False)
+    except (InputError, TemplateError):  # an action file, or not a template: nothing to say
+        return ""
+    fields = sorted(f for f in plan.workspace_fields if f not in ("id", "home_dir"))
+    if not fields:
+        return ""
+    return (f"  not checked without a workspace: the values of its {', '.join(fields)}\n"
+            f"  (--ws {fields[0]}=VALUE checks them as a run would)")
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
