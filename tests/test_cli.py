@@ -281,3 +281,28 @@ def test_validate_says_what_it_could_not_check_and_a_mistyped_workspace_field(tm
            "typo?)" in typo.stderr, typo.stderr
     assert "None is not" not in typo.stderr
     assert dagrun("validate", "t.yaml", "--ws", "db_name=shop", cwd=tmp_path).returncode == 0
+
+
+def test_validate_names_every_broken_action_file_of_a_folder_and_where(tmp_path):
+    """(helper-45) --actions FOLDER reported its first broken file only,
+    labelled with the template's name; a mistyped schema type did not say
+    where; a default_config the schema refuses was "ok"."""
+    folder = tmp_path / "acts"
+    folder.mkdir()
+    (folder / "a1.yaml").write_text(json.dumps({"name": "broken_one", "action_type": "shell",
+                                                "execution_handler": "echo hi",
+                                                "config_schema": {"type": "object",
+                                                                  "properties": {"x": {"type": "strng"}}}}))
+    (folder / "a2.yaml").write_text(json.dumps({"name": "broken_two", "action_type": "shell",
+                                                "execution_handler": "echo hi", "default_config": {"y": 1, "x": 2},
+                                                "config_schema": {"type": "object", "additionalProperties": False,
+                                                                  "properties": {"x": {"type": "string"}}}}))
+    (tmp_path / "t.yaml").write_text(json.dumps({"name": "t", "version": "1.0.0", "actions": [
+        {"sequence_order": 10, "action_name": "execute_custom_script", "action_config": {"script": "true"}}]}))
+    out = dagrun("validate", "t.yaml", "--actions", "acts", cwd=tmp_path)
+    assert out.returncode == 2
+    assert "acts/a1.yaml: action broken_one: field 'config_schema.properties.x.type': invalid JSON Schema: " \
+           "'strng' is not a JSON Schema type" in out.stderr, out.stderr
+    assert "acts/a2.yaml: action broken_two: field 'default_config.y': 'y' is not a field of config_schema" \
+           in out.stderr, out.stderr
+    assert "acts/a2.yaml: action broken_two: field 'default_config.x': 2 is not of type 'string'" in out.stderr

@@ -489,28 +489,35 @@ def parse_action(doc: Mapping[str, Any], *, source: str = "<dict>", base_dir: Pa
     """``shipped``: an action of dagrun's own library, whose config schema
     the test suite checks against its metaschema (a third of start-up)."""
     name = doc.get("name", source) if isinstance(doc, Mapping) else source
-    problems = schema_problems(doc, "action", f"action {name}")
+    label = f"action {name}" if source == "<dict>" else f"{source}: action {name}"  # which file, of a folder
+    problems = schema_problems(doc, "action", label)
     if not problems and doc.get("config_schema") and not shipped:
         import jsonschema
         try:
             jsonschema.validators.validator_for(doc["config_schema"]).check_schema(doc["config_schema"])
         except jsonschema.SchemaError as exc:
-            problems.append(Problem(f"action {name}", f"invalid JSON Schema: {exc.message}", field="config_schema"))
+            where = ".".join(["config_schema", *map(str, exc.path)])
+            message = exc.message
+            if exc.path and exc.path[-1] == "type" and exc.validator == "anyOf":
+                message = (f"{exc.instance!r} is not a JSON Schema type (array, boolean, integer, null, number, "
+                           "object, string)")
+            problems.append(Problem(label, f"invalid JSON Schema: {message}", field=where))
         else:
             where = _nested_schema_keyword(doc["config_schema"])
             if where is not None:
                 # jsonschema would check that part with the stock validator of its draft, whose
                 # pattern lets "alice\n" through "^[a-z]+$": one schema, one draft, checked strictly.
-                problems.append(Problem(f"action {name}", f"$schema is allowed only at the top of config_schema "
-                                                          f"(found at {where})", field="config_schema"))
-            problems += [Problem(f"action {name}", message, field="config_schema")
+                problems.append(Problem(label, f"$schema is allowed only at the top of config_schema "
+                                               f"(found at {where})", field="config_schema"))
+            problems += [Problem(label, message, field="config_schema")
                          for message in extension_problems(doc["config_schema"])]
+            problems += _default_problems(doc, label)
     matches = {}
     for key in ("retry_when", "never_retry_when"):
         try:
             matches[key] = ErrorMatch.parse(doc.get(key)) if not problems else None
         except re.error as exc:
-            problems.append(Problem(f"action {name}", f"bad regular expression: {exc}", field=f"{key}.output_matches"))
+            problems.append(Problem(label, f"bad regular expression: {exc}", field=f"{key}.output_matches"))
     if problems:
         raise ActionDefinitionError(problems)
     return ActionSpec(
@@ -554,6 +561,30 @@ def _action_files(root: Path) -> Iterator[Path]:
         if path.suffix in (".yaml", ".yml") or (path.suffix == ".json" and not path.name.endswith(".schema.json")):
             if path.is_file():
                 yield path
+
+
+def _default_problems(doc: Mapping[str, Any], label: str) -> list[Problem]:
+    """An action's default_config must fit its config_schema (an unknown
+    field, a wrong type), told with the action, not at every step using it.
+    Required fields may be missing (a step gives them); templated values
+    are checked once rendered."""
+    defaults = doc.get("default_config")
+    schema = doc["config_schema"]
+    if not isinstance(defaults, Mapping) or not defaults or not isinstance(schema, Mapping):
+        return []
+    from .configs import strict_validator
+    from .expressions import has_template
+    plain = {k: v for k, v in defaults.items() if not has_template(v)}
+    found = []
+    for error in strict_validator({**schema, "required": []}).iter_errors(plain):
+        where = ".".join(["default_config", *map(str, error.path)])
+        if error.validator == "additionalProperties" and not error.path:
+            extra = sorted(set(plain) - set(schema.get("properties") or {}))
+            found += [Problem(label, f"{key!r} is not a field of config_schema", field=f"default_config.{key}")
+                      for key in extra]
+        else:
+            found.append(Problem(label, error.message, field=where))
+    return found
 
 
 def load_action_file(path: Path, *, library: bool = False, shipped: bool = False) -> list[ActionSpec]:
@@ -604,8 +635,13 @@ def build_library(extra: Iterable[Any] | None = None, trusted: Iterable[Any] | N
                 found = [parse_action(item, library=is_trusted)]
             else:
                 path = Path(item)
-                if path.is_dir():
-                    found = [a for f in _action_files(path) for a in load_action_file(f, library=is_trusted)]
+                if path.is_dir():  # each file's problems, not the first file's only
+                    found = []
+                    for file in _action_files(path):
+                        try:
+                            found += load_action_file(file, library=is_trusted)
+                        except TemplateError as exc:
+                            problems += exc.problems
                 elif path.exists():
                     found = load_action_file(path, library=is_trusted)
                 else:
