@@ -306,3 +306,15 @@ def test_validate_names_every_broken_action_file_of_a_folder_and_where(tmp_path)
     assert "acts/a2.yaml: action broken_two: field 'default_config.y': 'y' is not a field of config_schema" \
            in out.stderr, out.stderr
     assert "acts/a2.yaml: action broken_two: field 'default_config.x': 2 is not of type 'string'" in out.stderr
+
+
+def test_a_mistyped_base_or_template_name_gets_a_suggestion(tmp_path):
+    """(helper-45) extends: pyton-base said "not found" and listed unrelated
+    broken files beside it."""
+    (tmp_path / "notes.yaml").write_text("a: [\n")  # a broken neighbour: not listed when a name is near
+    (tmp_path / "kid.yaml").write_text('name: kid\nversion: "1"\nextends: pyton-base\nactions: []\n')
+    out = dagrun("validate", "kid.yaml", "dmeo", cwd=tmp_path)
+    assert out.returncode == 2
+    assert "field 'extends': base template 'pyton-base' not found (did you mean 'python-base'?)\n" in out.stderr
+    assert "notes.yaml" not in out.stderr
+    assert "dmeo: no template file or seed template named 'dmeo': did you mean 'demo'?" in out.stderr

@@ -100,8 +100,11 @@ def _chain(doc: dict[str, Any], origin: str, base_dir: Path | None, source: Temp
         if found_base is None:
             what = (f"base template {wanted!r}" + (f" version {version}" if version else "")
                     if parent is not None else f"base template with template_id {base_id}")
-            unread = "".join(f"; skipped {why}" for _, why in sorted(source.skipped.items())[:5])
-            raise TemplateError(problems + [Problem(name, f"{what} not found{unread}",
+            near = source.near_name(wanted, base_dir) if parent is not None else None
+            # files beside it that could not be read: maybe the base is one (said when no name is near)
+            unread = "" if near else "".join(f"; skipped {why}" for _, why in sorted(source.skipped.items())[:5])
+            raise TemplateError(problems + [Problem(name, f"{what} not found"
+                                                    + (f" (did you mean {near!r}?)" if near else "") + unread,
                                                     field="extends" if parent is not None else "base_template_id")])
         current, origin, base_dir = found_base[0], found_base[1], found_base[2] or base_dir
     chain.reverse()

@@ -722,8 +722,16 @@ class TemplateSource:
                 return read_document(p), str(p), seeds
         found = self.find(str(ref), near=None)
         if found is None:
-            raise InputError(f"no template file or seed template named {ref!r}")
+            near = self.near_name(str(ref))
+            raise InputError(f"no template file or seed template named {ref!r}"
+                             + (f": did you mean {near!r}?" if near else " (dagrun templates lists them)"))
         return found
+
+    def near_name(self, name: str, near: Path | None = None) -> str | None:
+        """The known template name closest to a mistyped ``name``, if any."""
+        import difflib
+        names = {str(doc.get("name")) for doc, _, _ in self._candidates(near) if doc.get("name")}
+        return next(iter(difflib.get_close_matches(name, sorted(names), n=1)), None)
 
     def find(self, name: str, *, version: str | None = None, near: Path | None = None,
              template_id: Any = None) -> tuple[dict[str, Any], str, Path | None] | None:
