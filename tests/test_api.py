@@ -112,3 +112,15 @@ run_template({"name": "t", "actions": [{"sequence_order": 10, "id": "s", "action
     assert [line["event"] for line in lines] == ["run started", "step finished", "run finished"]
     assert all(line["workspace"] == "w1" and line["run_id"] == lines[0]["run_id"] for line in lines)
     assert lines[1]["step"] == "s" and lines[1]["status"] == "completed"
+
+
+def test_printing_the_run_started_event_shows_neither_the_plan_nor_the_workspace(tmp_path):
+    """(helper-45) on_event=print, as the README shows it, printed the whole
+    plan (tens of kilobytes per run), and the workspace with its fields."""
+    from dagrun.run.events import RunStarted
+    seen = []
+    result = run_template(template(script_step(10, "true", id="a")),
+                          {"id": "w", "home_dir": str(tmp_path / "h"), "db_password": "Ws-Secret-Pw9"},
+                          record=False, on_event=lambda e: seen.append(repr(e)) if isinstance(e, RunStarted) else None)
+    assert result.success and len(seen) == 1
+    assert "plan=" not in seen[0] and "Ws-Secret-Pw9" not in seen[0] and len(seen[0]) < 300, seen[0]

@@ -95,7 +95,8 @@ def test_waiting_for_says_why_each_step_waits(tmp_path, store):
             if steps["flaky"]["status"] == "waiting_retry":
                 break
             time.sleep(0.05)
-        reasons = {sid: [w["reason"] for w in steps[sid].get("waiting_for", [])] for sid in steps}
+        reasons = {sid: [w["reason"] for w in steps[sid]["waiting_for"]] for sid in steps}  # on every step
+        assert reasons["a"] == []  # running
         assert reasons["b"] == ["upstream"] and "a (running)" in steps["b"]["waiting_for"][0]["text"]
         assert reasons["c"] == ["lock"] and steps["c"]["waiting_for"][0]["held_by"] == ["a"]
         assert reasons["flaky"] == ["retry"] and "retries at" in steps["flaky"]["waiting_for"][0]["text"]
@@ -103,6 +104,15 @@ def test_waiting_for_says_why_each_step_waits(tmp_path, store):
         handle.cancel()
         gate.touch()
         handle.wait(30)
+
+
+def test_a_step_nothing_holds_back_says_it_is_starting():
+    """(helper-45) A pending step showed waiting_for: [] with no reason."""
+    from dagrun import compile_template
+    from dagrun.run.waiting import waiting_for
+    plan = compile_template(template(script_step(10, "true", id="a"), script_step(20, "true", id="b", requires=["a"])))
+    assert waiting_for(plan, "b", {"a": "completed", "b": "pending"}, max_workers=4) == [
+        {"reason": "ready", "text": "ready: starting"}]
 
 
 # -- the HTTP API ------------------------------------------------------------------------

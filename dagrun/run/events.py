@@ -7,7 +7,7 @@ the scheduler core knows none of them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Union
 
 from .outcome import Outcome, StepStatus
@@ -22,8 +22,9 @@ class RunStarted:
     total_steps: int
     max_workers: int
     time: float
-    plan: Any = None  # the Plan (kept out of reprs by observers)
-    workspace: Any = None
+    # Out of the repr: on_event=print would print the whole plan, and the workspace's secret fields.
+    plan: Any = field(default=None, repr=False)
+    workspace: Any = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -51,4 +51,6 @@ def waiting_for(plan: Plan, sid: str, status: Mapping[str, str], *, running: Ite
     if not reasons and max_workers is not None and len(running) >= max_workers:
         reasons.append({"reason": "workers", "running": len(running), "max_workers": max_workers,
                         "text": f"all {max_workers} workers are busy"})
+    if not reasons:  # nothing holds it: seen between its last upstream's end and its start
+        reasons.append({"reason": "ready", "text": "ready: starting"})
     return reasons

@@ -64,6 +64,7 @@ def run_steps(run: Mapping[str, Any], snapshot: Mapping[str, Any] | None, handle
             "duration_seconds": round(durations[sid], 3) if sid in durations else None,
             "error": row.get("error") if status[sid] not in ("completed", "running") else None,
             "changed": row.get("changed"), "output_tail": _tail(row.get("output")),
+            "waiting_for": [],  # why a step that has not started waits (filled below while the run runs)
         }
         if plan is not None and status[sid] in ("pending", "waiting_retry") and running_run:
             running = [s for s in order if status[s] == "running"]

@@ -53,7 +53,10 @@ function runPage() {
           text(el.querySelector(".attempts"), step.attempts);
           text(el.querySelector(".duration"), step.duration_seconds == null ? "" : step.duration_seconds.toFixed(2) + "s");
           text(el.querySelector(".changed"), step.status === "completed" ? (step.changed === false ? "no" : "yes") : "");
-          const why = step.error || (step.waiting_for || []).map(w => w.text).join("; ");
+          const waits = (step.waiting_for || []).map(w => w.text).join("; ");
+          // a step waiting to retry: when it retries first, then what failed
+          const why = step.status === "waiting_retry" && waits ? `${waits}; last attempt: ${step.error || "failed"}`
+            : step.error || waits;
           text(el.querySelector(".why"), why);
         }
       }
