@@ -318,3 +318,24 @@ def test_a_mistyped_base_or_template_name_gets_a_suggestion(tmp_path):
     assert "field 'extends': base template 'pyton-base' not found (did you mean 'python-base'?)\n" in out.stderr
     assert "notes.yaml" not in out.stderr
     assert "dmeo: no template file or seed template named 'dmeo': did you mean 'demo'?" in out.stderr
+
+
+def test_a_refused_value_is_said_as_its_typist_reads_it(tmp_path):
+    """(helper-45) '-x' does not match '^[^-\\s\\x00-\\x1f][^\\x00-\\x1f]*$'
+    for a web form's user; a user-defined action's schema says its own words
+    (errorMessage, as ajv-errors spells it)."""
+    (tmp_path / "t.yaml").write_text(json.dumps({"name": "webapp", "version": "1.0.0", "actions": [
+        {"sequence_order": 10, "id": "role", "action_name": "create_postgresql_user",
+         "action_config": {"username": "{{ workspace.db_name }}"}},
+        {"sequence_order": 20, "id": "mine", "action_name": "mine", "action_config": {"slug": "{{ workspace.slug }}"}}]}))
+    (tmp_path / "mine.yaml").write_text(json.dumps({
+        "name": "mine", "action_type": "shell", "execution_handler": "echo {{ config.slug }}",
+        "config_schema": {"type": "object", "properties": {"slug": {
+            "type": "string", "pattern": "^[a-z]+$", "errorMessage": "lowercase letters only"}}}}))
+    out = dagrun("validate", "t.yaml", "--actions", "mine.yaml", "--ws", "db_name=-x", "--ws", "slug=Shop",
+                 cwd=tmp_path)
+    assert out.returncode == 2
+    assert "field 'action_config.username': with this workspace and these variables: '-x': must not start with " \
+           "'-' or a space, nor hold control characters" in out.stderr, out.stderr
+    assert "field 'action_config.slug': with this workspace and these variables: 'Shop': lowercase letters only" \
+           in out.stderr, out.stderr

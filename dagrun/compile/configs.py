@@ -187,8 +187,32 @@ def config_problems(config: Mapping[str, Any], schema: Mapping[str, Any], *,
                               "unknown field" + (f" (did you mean {close[0]!r}?)" if close else
                                                  f" (it has: {', '.join(known)})")))
             continue
-        found.append((field_path(error.absolute_path) or "action_config", error.message))
+        found.append((field_path(error.absolute_path) or "action_config", _said(error)))
     return found
+
+
+# What the standard library's patterns mean, said to whoever typed the value (a web form's user).
+PATTERN_TEXT = {
+    r"^[^-\s\x00-\x1f][^\x00-\x1f]*$": "must not start with '-' or a space, nor hold control characters",
+    r"^[^-\x00-\x1f][^\x00-\x1f]*$": "must not start with '-', nor hold control characters",
+    r"^[A-Za-z_][A-Za-z0-9_]*$": "letters, digits and _ only, not starting with a digit",
+    r"^[A-Za-z0-9_]+$": "letters, digits and _ only",
+    r"^[a-z_][a-z0-9_-]{0,31}$": "a Linux user name: lowercase letters, digits, _ and -, starting with a letter "
+                                 "or _, at most 32 characters",
+    r"^0?[0-7]{3}$": "an octal file mode such as 644 or 0755",
+}
+
+
+def _said(error: Any) -> str:
+    """A violation as the user who typed the value reads it: the schema's
+    own ``errorMessage`` (as ajv-errors spells it) for a user-defined action,
+    what a library pattern means, else jsonschema's message."""
+    schema = error.schema if isinstance(error.schema, Mapping) else {}
+    if isinstance(schema.get("errorMessage"), str):
+        return f"{error.instance!r}: {schema['errorMessage']}"
+    if error.validator == "pattern" and error.validator_value in PATTERN_TEXT:
+        return f"{error.instance!r}: {PATTERN_TEXT[error.validator_value]}"
+    return error.message
 
 
 def config_references(value: Any) -> set[str]:
