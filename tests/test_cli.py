@@ -216,7 +216,8 @@ def test_sigterm_cancels_cleanly_without_orphans(tmp_path):
 
 def test_runs_and_show_read_the_history(tmp_path):
     (tmp_path / "t.yaml").write_text(yaml.safe_dump(template(
-        script_step(10, "echo hello", id="hi"), script_step(20, "echo oops >&2; exit 3", id="bad", requires=["hi"]))))
+        script_step(10, "echo hello", id="hi"), script_step(20, "echo oops >&2; exit 3", id="bad", requires=["hi"]),
+        script_step(30, "true", id="after", requires=["bad"]))))
     db = f"sqlite:///{tmp_path}/h.db"
     ran = dagrun("run", "t.yaml", "--db", db, "--ws", "id=w9", "--json", cwd=tmp_path)
     run_id = json.loads(ran.stdout)["run_id"]
@@ -228,6 +229,7 @@ def test_runs_and_show_read_the_history(tmp_path):
     assert re.search(r"^  hi   attempt 1  completed +\d", shown.stdout, re.M), shown.stdout
     assert re.search(r"^  bad  attempt 1  failed .* script: exit code 3: oops", shown.stdout, re.M), shown.stdout
     assert "      | hello" in shown.stdout
+    assert re.search(r"^  after +not started$", shown.stdout, re.M), shown.stdout  # (helper-45) it was left out
     missing = dagrun("show", "nope", "--db", db, cwd=tmp_path)
     assert missing.returncode == 2 and "no run 'nope' in the store" in missing.stderr
 

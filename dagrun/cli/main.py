@@ -467,7 +467,9 @@ def cmd_show(args: argparse.Namespace) -> int:
           f"{run['status']}" + (" (a check)" if run.get("mode") == "check" else ""))
     if run["error"]:
         print(f"  {run['error']}")
-    width = max((len(a["step_id"]) for a in run["attempts"]), default=4)
+    unattempted = [s for s in run.get("steps") or () if not s["attempts"]
+                   and not any(a["step_id"] == s["step_id"] for a in run["attempts"])]
+    width = max((len(a["step_id"]) for a in [*run["attempts"], *unattempted]), default=4)
     for a in run["attempts"]:
         duration = "" if a["duration_seconds"] is None else f"{a['duration_seconds']:.2f}s"
         number = "-" if a["attempt"] == 0 else f"{a['attempt']}"
@@ -476,6 +478,9 @@ def cmd_show(args: argparse.Namespace) -> int:
         if args.output and a.get("output"):
             for line in a["output"].rstrip().splitlines():
                 print(f"      | {line}")
+    for s in unattempted:  # steps never tried (not started after a failure, waiting): shown too
+        why = "; ".join(w["text"] for w in s.get("waiting_for") or ()) or s.get("error") or ""
+        print(f"  {s['step_id']:<{width}}  {'':<10} {s['status'].replace('_', ' '):<11}" + (f"  {why}" if why else ""))
     return 0
 
 
