@@ -226,8 +226,8 @@ def test_runs_and_show_read_the_history(tmp_path):
     assert json.loads(dagrun("runs", "--db", db, "--status", "succeeded", "--json", cwd=tmp_path).stdout) == []
     shown = dagrun("show", run_id[:8], "--db", db, "--output", cwd=tmp_path)
     assert shown.returncode == 0, shown.stderr
-    assert re.search(r"^  hi   attempt 1  completed +\d", shown.stdout, re.M), shown.stdout
-    assert re.search(r"^  bad  attempt 1  failed .* script: exit code 3: oops", shown.stdout, re.M), shown.stdout
+    assert re.search(r"^  hi +attempt 1  completed +\d", shown.stdout, re.M), shown.stdout
+    assert re.search(r"^  bad +attempt 1  failed .* script: exit code 3: oops", shown.stdout, re.M), shown.stdout
     assert "      | hello" in shown.stdout
     assert re.search(r"^  after +not started$", shown.stdout, re.M), shown.stdout  # (helper-45) it was left out
     missing = dagrun("show", "nope", "--db", db, cwd=tmp_path)
