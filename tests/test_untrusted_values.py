@@ -232,8 +232,8 @@ def test_a_workspace_value_its_step_refuses_stops_the_run_before_anything_runs(h
                         action_config={"username": "{{ workspace.db_name }}"}))
     with pytest.raises(TemplateError) as exc:
         run_template(doc, {"id": "w", "home_dir": str(home), "db_name": "-bad"}, record=False)
-    assert "step user: field 'action_config.username': with this workspace and these variables: '-bad' does not " \
-           "match" in str(exc.value)
+    assert "step user: field 'action_config.username': with this workspace and these variables: '-bad': must not " \
+           "start with '-'" in str(exc.value)
     assert not (home / "first").exists()
     doc["actions"][1]["skip_on_error"] = True  # a step allowed to fail still tells at run time
     result = run_template(doc, {"id": "w", "home_dir": str(home), "db_name": "-bad"}, record=False)
