@@ -68,8 +68,6 @@ class PreparedRun:
     # A resume: the run's row as it was read (status, heartbeat, end). The claim goes ahead only if
     # it is still so: another resume that went first would have run what ``done`` says is to do.
     seen: tuple[Any, ...] | None = None
-    # A resume: the run's digests of what it is given again (checked against them, so still true).
-    digests: Mapping[str, str] = field(default_factory=dict)
 
 
 def run_template(template: Any, workspace: Any, *, database_url: str | None = None,
@@ -347,12 +345,12 @@ def prepare_resume(run_id: str, *, database_url: str | None = None, from_step: s
             if run.fleet_id and any(n.startswith("workspace.") for n in missing) else ""
         raise SecretsNeeded(run.id, missing, f" (secrets=..., dagrun resume --secret NAME=ENV_VAR){fleet}")
     secrets = _check_given_again(run, secrets)
-    literals = run.secret_digests or {}
     given_fields = {k.split(".", 1)[1]: v for k, v in secrets.items() if k.startswith("workspace.")}
     roots = _allowed_roots(home_roots)
     ws = with_home(normalize_workspace({**(run.workspace or {}), **given_fields}), roots=roots)
     step_secrets = {k: v for k, v in secrets.items() if "." in k and not k.startswith("workspace.")}
     secret_vars = {k: v for k, v in secrets.items() if "." not in k}
+    _check_nothing_masked_left(run, secret_vars)
     plan = compile_template(with_secret_literals(run.template_snapshot, step_secrets), actions=actions,
                             workspace=ws, variables={**(run.variables or {}), **secret_vars},
                             trusted_actions=trusted_actions, keep=not secrets)
@@ -374,7 +372,7 @@ def prepare_resume(run_id: str, *, database_url: str | None = None, from_step: s
                        secrets=secrets, max_workers=max_workers or run.max_workers, executor=_executor(executor),
                        sudo=sudo_prefix(plan, allow_sudo), sandbox=sandbox, done=done, attempts=numbers,
                        fleet_id=run.fleet_id, resumed=True, home_root=_home_root(ws, roots),
-                       adopt_users=tuple(adopt_users), seen=claim_token(run), digests=dict(literals))
+                       adopt_users=tuple(adopt_users), seen=claim_token(run))
 
 
 def compile_for(template: Any, workspace: Any, *, actions: Iterable[Any] | None = None,
@@ -389,6 +387,10 @@ def compile_for(template: Any, workspace: Any, *, actions: Iterable[Any] | None 
     # A plan compiled with secrets in its variables is not kept beyond its run (compile cache).
     options = dict(actions=actions, templates=list(templates), env_passthrough=tuple(env_passthrough),
                    trusted_actions=trusted_actions, keep=not secrets)
+    odd = sorted(str(n) for n in secrets or {} if not str(n).isidentifier())
+    if odd:  # recorded by name, and given again by name: "db.pw" would read as step db's field pw
+        raise InputError(f"secret names are identifiers (letters, digits, _), as variable names are: not "
+                         f"{', '.join(repr(n) for n in odd)} (a mapping gives a secret parts: {{'db': {{'pw': ...}}}})")
     both = sorted(set(variables or {}) & set(secrets or {}))
     if both:  # which one runs, which one a resume is given again, which one is stored: none would be clear
         raise InputError(f"{', '.join(map(str, both))} given both as a variable and as a secret: give each once "
@@ -616,6 +618,18 @@ def claim(prepared: PreparedRun) -> None:
     from .store.engine import store_errors, writable
     from .store.runs import claim as claim_in_store
     plan, ws = prepared.plan, prepared.workspace
+    common = {"template_name": plan.name, "template_version": plan.version, "total_steps": len(plan.order),
+              "max_workers": prepared.max_workers, "fleet_id": prepared.fleet_id,
+              "mode": "check" if prepared.check else None,
+              "home_dir": str(ws["home_dir"]) if ws.get("home_dir") else None}
+    if prepared.resumed:
+        # The stored template, workspace and variables, what is given again and its digests stay as the
+        # run recorded them: a resume was given again exactly those names, checked against those digests
+        # (stored again through a redactor that now knows them whole, short values would come out masked).
+        with store_errors(prepared.url, "cannot write to"):
+            claim_in_store(writable(prepared.url), run_id=prepared.run_id, workspace_id=str(ws["id"]),
+                           expect=prepared.seen, fields=common)
+        return
     # A workspace field that is a secret (the value of an x-secret field) is not stored either.
     from .run.redact import Redactor
     from .run.runner import known_secrets
@@ -654,22 +668,18 @@ def claim(prepared: PreparedRun) -> None:
     # A check (--check) is never resumed.
     from .store.digests import digest
     digests = {} if prepared.check else {
+        **{n: GIVEN_AS_SECRET for n in prepared.secrets if "." not in n},  # may differ at resume
         **_literal_digests(plan), **{f"workspace.{k}": digest(stored[k]) for k in hidden},
-        # a variable as the run uses it: a mapping given over its default merged with it (a resume gives
-        # it again whole: the default is masked with it)
-        **{n: digest(plan.variables[n]) for n in (*hidden_vars, *defaults)}, **prepared.digests}
+        # a variable as the run uses it: a mapping given over its default merged with it
+        **{n: digest(plan.variables[n]) for n in (*hidden_vars, *defaults)}}
     with store_errors(prepared.url, "cannot write to"):
         claim_in_store(writable(prepared.url), run_id=prepared.run_id, workspace_id=str(ws["id"]),
                        expect=prepared.seen, fields={
-            "template_name": plan.name, "template_version": plan.version, "total_steps": len(plan.order),
-            "template_snapshot": masked_snapshot(plan),
+            **common, "template_snapshot": masked_snapshot(plan),
             "workspace": _jsonable({**redactor.value({k: MASK if k in hidden else v for k, v in stored.items()
                                                       if k not in identity}), **identity}),
             "variables": _jsonable({k: v for k, v in variables.items() if k not in hidden_vars}),
-            "max_workers": prepared.max_workers,
-            "secret_names": names, "secret_digests": digests or None,
-            "fleet_id": prepared.fleet_id, "mode": "check" if prepared.check else None,
-            "home_dir": str(ws["home_dir"]) if ws.get("home_dir") else None})
+            "secret_names": names, "secret_digests": digests or None})
 
 
 # -- 3. execute -------------------------------------------------------------------------
@@ -747,29 +757,51 @@ def masked_snapshot(plan: Plan) -> dict[str, Any]:
         step = _snapshot_step(snapshot, plan.steps[sid].sequence_order)
         if step is not None and key in (step.get("action_config") or {}):
             step["action_config"][key] = MASK
-    defaults = snapshot.get("vars")
-    if isinstance(defaults, dict):  # a default of a variable a secret field reads: given again too
-        for name in secret_variable_defaults(plan):
-            defaults[name] = MASK
+    if isinstance(snapshot.get("vars"), dict):  # a default a secret field reads: given again too
+        snapshot["vars"] = _masked_defaults(plan, snapshot["vars"])
     return snapshot
 
 
-def _secret_field_sources(plan: Plan) -> set[tuple[str, str]]:
-    """("vars", name) and ("workspace", field) that a secret field reads;
-    ("vars", "*") or ("workspace", "*") when one reads them in a way that
-    names none (``vars | tojson``, ``vars['p' ~ 'w']``): then all of them."""
+def _masked_defaults(plan: Plan, defaults: dict[str, Any]) -> dict[str, Any]:
+    """The template's variable defaults with what a secret field reads of
+    them masked: the very key of a mapping it reads (``vars.db.password``:
+    ``db.host`` stays, and a mapping given over it at resume keeps it), a
+    whole default it reads whole, every default when one reads them by a
+    key that names none."""
+    masked = dict(defaults)
+    for path in _secret_leaf_paths(plan):
+        if path[0] != "vars":
+            continue
+        if path[1] == "*":
+            return {k: MASK if v not in (None, "") else v for k, v in masked.items()}
+        container, key = masked, path[1]
+        for part in path[2:]:  # down a mapping default (copied as it goes); what is no mapping is masked whole
+            value = container.get(key)
+            if not isinstance(value, Mapping):
+                break
+            container[key] = dict(value)
+            container, key = container[key], part
+        if container.get(key) not in (None, ""):
+            container[key] = MASK
+    return masked
+
+
+def _secret_leaf_paths(plan: Plan) -> set[tuple[str, ...]]:
+    """The paths under ``vars`` and ``workspace`` that secret fields read
+    (``("vars", "db", "password")``); ``("vars", "*")`` or
+    ``("workspace", "*")`` when one reads them in a way that names none
+    (``vars | tojson``, ``vars['p' ~ 'w']``): then all of them. What a
+    secret field reads of its step's other fields counts (``{{ config.dsn }}``)."""
     from .compile.configs import secret_field_texts
     from .compile.expressions import leaf_references, references, template_strings
-    found: set[tuple[str, str]] = set()
+    found: set[tuple[str, ...]] = set()
     seen: set[tuple[str, str]] = set()
     todo = [(step, text) for step, text in secret_field_texts(plan)]
     while todo:
         step, text = todo.pop()
-        found |= {(path[0], path[1]) for path in leaf_references(text)
-                  if len(path) >= 2 and path[0] in ("vars", "workspace")}
+        found |= {path for path in leaf_references(text) if len(path) >= 2 and path[0] in ("vars", "workspace")}
         refs = references(text)
         found |= {(ref.root, "*") for ref in refs if ref.root in ("vars", "workspace") and ref.attr is None}
-        # What it reads of its step's other fields reads what they read (url: "{{ config.dsn }}").
         for ref in refs:
             if ref.root == "config":
                 for key in (step.config if ref.attr is None else (ref.attr,)):
@@ -779,14 +811,21 @@ def _secret_field_sources(plan: Plan) -> set[tuple[str, str]]:
     return found
 
 
+def _secret_field_sources(plan: Plan) -> set[tuple[str, str]]:
+    """("vars", name) and ("workspace", field) that a secret field reads,
+    and ("vars", "*") / ("workspace", "*") (see :func:`_secret_leaf_paths`)."""
+    return {(path[0], path[1]) for path in _secret_leaf_paths(plan)}
+
+
 def secret_variable_defaults(plan: Plan) -> list[str]:
     """The template's variables with a default written in it that a secret
-    field reads (``password: "{{ vars.pw }}"``, ``vars: {pw: ...}``)."""
+    field reads, whole or in part (``password: "{{ vars.pw }}"``, ``vars:
+    {pw: ...}``): masked in the stored template, given again at resume."""
     defaults = plan.snapshot.get("vars")
     if not isinstance(defaults, Mapping) or not defaults:
         return []
-    return sorted(name for root, name in _secret_field_sources(plan)
-                  if root == "vars" and defaults.get(name) not in (None, ""))
+    masked = _masked_defaults(plan, _jsonable(dict(defaults)))
+    return sorted(name for name in masked if masked[name] != _jsonable(defaults.get(name)))
 
 
 def _check_given_again(run: Any, given: Mapping[str, Any]) -> None:
@@ -796,44 +835,86 @@ def _check_given_again(run: Any, given: Mapping[str, Any]) -> None:
     a variable's default or a workspace field that a secret field reads (a
     resume never changes the run's inputs: a host read by a secret URL may
     be used by a deploy script too). Only a secret given as one (secrets=,
-    --secret) may differ: a password rotated since the run started."""
+    --secret) may differ: a password rotated since the run started; the run
+    says which those are (:data:`GIVEN_AS_SECRET`). A name the run kept
+    nothing for (recorded by an older dagrun) is refused: it cannot be
+    checked."""
     digests = run.secret_digests or {}
+    defaults = (run.template_snapshot or {}).get("vars") or {}
     checked = dict(given)
     for name in sorted(given):
-        if name in digests:
-            value = _as_it_was(given[name], digests[name])
-            if value is _NO_MATCH:
-                what = "written in the template" if "." in name and not name.startswith("workspace.") else \
-                    "a secret field reads it; a resume does not change the run's inputs"
-                raise InputError(f"run {run.id}: the value given again for {name} is not the one the run "
-                                 f"started with ({what})")
-            checked[name] = value
-        elif "." in name and not name.startswith("workspace."):
-            raise InputError(f"run {run.id}: {name} was written in its template, and the run was recorded without "
+        stored = digests.get(name)
+        if stored == GIVEN_AS_SECRET:
+            continue
+        if stored is None:
+            raise InputError(f"run {run.id}: {name} is not stored with the run, and the run was recorded without "
                              "a digest to check the value given again against (by an older dagrun): run the "
                              "template again instead")
+        value = _as_it_was(given[name], stored, defaults.get(name) if "." not in name else None)
+        if value is _NO_MATCH:
+            what = "written in the template" if "." in name and not name.startswith("workspace.") else \
+                "a secret field reads it; a resume does not change the run's inputs"
+            raise InputError(f"run {run.id}: the value given again for {name} is not the one the run "
+                             f"started with ({what})")
+        checked[name] = value
     return checked
+
+
+def _check_nothing_masked_left(run: Any, given: Mapping[str, Any]) -> None:
+    """A mapping given again over a default whose parts were masked (not
+    stored: a secret field reads them) must give those parts too: merged,
+    a masked part would reach the steps as ********."""
+    from .util import deep_merge
+    defaults = (run.template_snapshot or {}).get("vars") or {}
+
+    def masked(value: Any, path: str) -> list[str]:
+        if value == MASK:
+            return [path]
+        if isinstance(value, Mapping):
+            return [p for k, v in value.items() for p in masked(v, f"{path}.{k}")]
+        return []
+    for name, value in sorted(given.items()):
+        default = defaults.get(name)
+        if isinstance(default, Mapping) and isinstance(value, Mapping):
+            left = masked(deep_merge(default, value), name)
+            if left:
+                raise InputError(f"run {run.id}: the value given again for {name} leaves out what of its default "
+                                 f"was not stored ({', '.join(left)}): give those too")
+
+
+# The run's secret_digests entry of a secret given as one (secrets=): it may differ at resume.
+GIVEN_AS_SECRET = "given as a secret"
 
 
 _NO_MATCH = object()
 
 
-def _as_it_was(value: Any, stored: str) -> Any:
-    """``value`` if it is the one the digest was made of; text that reads as
-    the number or boolean it was made of (the CLI gives text: ``--secret
-    port=PORT`` for a port that was 5432) as that value; else _NO_MATCH."""
+def _as_it_was(value: Any, stored: str, default: Any = None) -> Any:
+    """The value the digest was made of, from what a resume gives: the value
+    itself; text that reads (as YAML, as ``--set`` reads values) as the
+    number, boolean, mapping or list it was (the CLI and the web page give
+    text); a mapping given over the variable's stored default (its masked
+    keys given again, the others kept: the run used the two merged). Else
+    _NO_MATCH."""
+    from .compile.loader import check_shape, parse_text
+    from .errors import TemplateError
     from .store.digests import matches
-    if matches(value, stored):
-        return value
-    if isinstance(value, str):
-        import yaml  # as --set and --ws read their values
+    from .util import deep_merge
+    candidates = [value]
+    if isinstance(value, str) and len(value) <= MAX_GIVEN_TEXT:
         try:
-            typed = yaml.safe_load(value)
-        except yaml.YAMLError:
-            return _NO_MATCH
-        if isinstance(typed, (bool, int, float)) and matches(typed, stored):
-            return typed
-    return _NO_MATCH
+            typed = parse_text(value, "the value given again", json_document=False)  # bounded: a tenant's text
+            check_shape(typed, "the value given again")
+        except TemplateError:
+            typed = None
+        if isinstance(typed, (bool, int, float, Mapping, list)):
+            candidates.append(typed)
+    if isinstance(default, Mapping):
+        candidates += [deep_merge(default, c) for c in list(candidates) if isinstance(c, Mapping)]
+    return next((c for c in candidates if matches(c, stored)), _NO_MATCH)
+
+
+MAX_GIVEN_TEXT = 64 * 1024  # text given again is read as YAML only up to this size
 
 
 def with_secret_literals(snapshot: Mapping[str, Any], secrets: Mapping[str, Any]) -> dict[str, Any]:

@@ -470,6 +470,73 @@ def test_what_a_resume_is_given_again_is_what_runs(workspace, home, db_url):
     assert again.success and (home / "url").read_text() == "pg://app:Db-Passw0rd@db:6543\n"
 
 
+def test_a_resume_takes_back_what_it_is_given_as_the_run_used_it(workspace, home, db_url):
+    """(helper-47) A secret mapping given over its default lost the
+    default's other keys at resume (the whole default was masked); a run
+    kept no digest of what it was given again (an older dagrun's) took any
+    value; a stored field holding part of a value given again made the
+    resume's claim refuse it for good; a mapping given again as text (the
+    page, --secret) or in part over its default was refused; text given
+    again is read as YAML within bounds; a secret's name with a dot."""
+    from dagrun import resume
+    from dagrun.errors import InputError
+    gate = home / "gate"
+    gated = script_step(20, f'test -f {gate} && echo "deploy to {{{{ vars.db.host }}}}" > ~/deployed', id="deploy",
+                        requires=["login"])
+    doc = template(step(10, "login", action_config={"url": "pg://app:{{ vars.db.password }}@db"}),
+                   gated, vars={"db": {"host": "db1.internal", "password": ""}})
+    failed = run_template(doc, {**workspace, "name": "bobsled team"}, database_url=db_url, actions=[LOGIN],
+                          secrets={"db": {"password": "P4ssw0rd-X"}})
+    run, stored = _stored(db_url, failed.run_id)
+    assert run.template_snapshot["vars"]["db"] == {"host": "db1.internal", "password": ""}  # nothing to hide
+    gate.touch()
+    again = resume(failed.run_id, database_url=db_url, actions=[LOGIN], sandbox=False, from_step="login",
+                   secrets={"db": {"password": "P4ssw0rd-X"}})
+    assert again.success and (home / "deployed").read_text() == "deploy to db1.internal\n"
+    gate.unlink()
+    # a masked part of the default left out is refused, not run as ********
+    doc["actions"][0]["action_config"]["url"] = "pg://app:{{ vars.db.password }}@{{ vars.db.host }}"
+    failed = run_template(doc, workspace, database_url=db_url, actions=[LOGIN], secrets={"db": {"password": "P4"}})
+    gate.touch()
+    with pytest.raises(InputError, match=r"the value given again for db leaves out what of its default was not "
+                                         r"stored \(db.host\): give those too"):
+        resume(failed.run_id, database_url=db_url, actions=[LOGIN], sandbox=False, secrets={"db": {"password": "P4"}})
+    again = resume(failed.run_id, database_url=db_url, actions=[LOGIN], sandbox=False,
+                   secrets={"db": {"password": "P4", "host": "db1.internal"}})
+    assert again.success and (home / "url").read_text() == "pg://app:P4@db1.internal\n"
+    gate.unlink()
+    # a default's secret part is masked alone; given again in part, as text, it is merged over the rest
+    doc = template(step(10, "login", action_config={"url": "pg://{{ vars.db.user }}:{{ vars.db.password }}@db"}),
+                   gated, vars={"db": {"host": "db2.internal", "user": "bob", "password": "Default-Pw-77"}})
+    failed = run_template(doc, {**workspace, "name": "bobsled team"}, database_url=db_url, actions=[LOGIN])
+    run, stored = _stored(db_url, failed.run_id)
+    assert run.template_snapshot["vars"]["db"] == {"host": "db2.internal", "user": "********",
+                                                   "password": "********"} and "Default-Pw-77" not in stored
+    gate.touch()
+    with pytest.raises(InputError, match="the value given again for db is not"):
+        resume(failed.run_id, database_url=db_url, actions=[LOGIN], sandbox=False,
+               secrets={"db": '{"user": "bob", "password": "other"}'})
+    with pytest.raises(InputError, match="the value given again for db is not"):
+        resume(failed.run_id, database_url=db_url, actions=[LOGIN], sandbox=False,
+               secrets={"db": "[" * 3000 + "]" * 3000})  # bounded: one clear error, no RecursionError
+    again = resume(failed.run_id, database_url=db_url, actions=[LOGIN], sandbox=False,
+                   secrets={"db": '{"user": "bob", "password": "Default-Pw-77"}'})
+    assert again.success and (home / "deployed").read_text() == "deploy to db2.internal\n"
+    assert (home / "url").read_text() == "pg://bob:Default-Pw-77@db\n"
+    # a run that kept no digest of what it is given again cannot be checked: refused
+    gate.unlink()
+    failed = run_template(template(step(10, "login", action_config={"url": "pg://app:{{ vars.pw }}@db"}), gated,
+                                   vars={"pw": "", "db": {"host": "h"}}),
+                          workspace, database_url=db_url, actions=[LOGIN], variables={"pw": "Tenant-Pw-1"})
+    with Session(create_engine(normalize_url(db_url))) as session:
+        session.get(ProvisioningRun, failed.run_id).secret_digests = None  # as an older dagrun recorded it
+        session.commit()
+    with pytest.raises(InputError, match="pw is not stored with the run, and the run was recorded without a digest"):
+        resume(failed.run_id, database_url=db_url, actions=[LOGIN], sandbox=False, secrets={"pw": "Tenant-Pw-1"})
+    with pytest.raises(InputError, match="secret names are identifiers .* not 'db.pw'"):
+        run_template(doc, workspace, database_url=db_url, actions=[LOGIN], secrets={"db.pw": "x"})
+
+
 def test_a_variable_a_secret_field_reads_through_another_field_is_not_stored(workspace, home, db_url):
     """(helper-44) url: "pg://app:{{ config.other }}@db" with other: "{{ vars.pw }}"."""
     login = dict(LOGIN, config_schema={"type": "object", "properties": {

@@ -139,12 +139,16 @@ def _secret_parts(value: str, step: Any, workspace: Mapping[str, Any], variables
     found: list[Any] = []
     sources = {"vars": variables, "env": env, "workspace": workspace}
     seen = set() if seen is None else seen
+    from ..compile.expressions import references
+    whole = any(ref.root == "config" and ref.attr is None for ref in references(value))  # {{ config | tojson }}
+    read = [path[1] for path in leaf_references(value) if path[0] == "config" and len(path) >= 2]
+    for key in (list(step.config) if whole else read):
+        if key not in seen:
+            seen.add(key)
+            for _, text in template_strings(step.config.get(key)):
+                found += _secret_parts(text, step, workspace, variables, env, seen)
     for path in leaf_references(value):
         if path[0] == "config":
-            if path[1] not in seen:
-                seen.add(path[1])
-                for _, text in template_strings(step.config.get(path[1])):
-                    found += _secret_parts(text, step, workspace, variables, env, seen)
             continue
         held: Any = sources.get(path[0])
         for key in path[1:]:
