@@ -3,16 +3,24 @@
 The server is ``config.connection_url``, else ``$DAGRUN_POSTGRES_URL``, else
 the local server as ``postgres``. Roles and databases are created only when
 missing (``created`` in the result), and rollback drops only what this step
-created.
+created, and only while it is still this workspace's.
 
 A role or database name is data (a web form's db_name): it must not pick
 another tenant's. A role this action makes is marked for its workspace (its
 comment: ``dagrun-workspace=<workspace>``, as create_linux_user marks
 accounts), in the same transaction; an existing role is used only when it is
 marked for the workspace (or ``dagrun-workspace=*``), or when the operator
-lets every workspace use it (``$DAGRUN_ADOPT_ROLES``: names, or ``*`` for any
-role that is not a superuser). A database is its owner's: created for, or
-found owned by, a role the workspace may use.
+lets every workspace use it (``$DAGRUN_ADOPT_ROLES``: names; ``*`` for any
+role that is neither marked for another workspace nor privileged: not a
+superuser, no CREATEROLE, replication or BYPASSRLS, and a member of no role
+that is, nor of a predefined ``pg_`` role). A database is its owner's:
+created for, or found owned by, a role the workspace may use, and copied
+only from ``template0``, ``template1`` or such a database.
+
+The session's ``search_path`` is ``pg_catalog`` only, and every catalog
+name is qualified: the database a URL names may be a tenant's, whose
+settings (``ALTER DATABASE ... SET search_path``) must not put its own
+functions in place of the catalog's in a superuser's session.
 """
 
 from __future__ import annotations
@@ -31,6 +39,8 @@ from dagrun.run.outcome import HandlerResult
 from .scripts import NOTHING_TO_UNDO
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+ADOPT_ENV = "DAGRUN_ADOPT_ROLES"
+TEMPLATES = ("template0", "template1")  # the server's own: copying one gives nobody's data
 
 
 def connection_url(ctx: StepContext) -> str:
@@ -41,26 +51,37 @@ def connection_url(ctx: StepContext) -> str:
 @contextmanager
 def connect(ctx: StepContext) -> Iterator[psycopg2.extensions.connection]:
     try:
-        conn = psycopg2.connect(connection_url(ctx), connect_timeout=min(30, int(ctx.timeout or 30)))
+        # (a client option outranks the database's and the role's settings)
+        conn = psycopg2.connect(connection_url(ctx), connect_timeout=min(30, int(ctx.timeout or 30)),
+                                options="-c search_path=pg_catalog")
     except psycopg2.OperationalError as exc:  # server down: worth a retry
         raise ConnectionError(f"cannot connect to PostgreSQL: {str(exc).strip()}") from None
     conn.autocommit = True  # CREATE DATABASE cannot run in a transaction
     try:
+        with conn.cursor() as cur:
+            cur.execute("SET search_path = pg_catalog")
         yield conn
     finally:
         conn.close()
 
 
-def _exists(conn, query: str, name: str) -> bool:
+def _one(conn, query: str, *params) -> tuple | None:
     with conn.cursor() as cur:
-        cur.execute(query, (name,))
-        return cur.fetchone() is not None
+        cur.execute(query, params)
+        return cur.fetchone()
 
 
-ROLE_EXISTS = "SELECT 1 FROM pg_roles WHERE rolname = %s"
-DB_EXISTS = "SELECT 1 FROM pg_database WHERE datname = %s"
-ROLE_MARK = "SELECT rolsuper, shobj_description(oid, 'pg_authid') FROM pg_roles WHERE rolname = %s"
-ADOPT_ENV = "DAGRUN_ADOPT_ROLES"
+ROLE = ("SELECT r.oid, pg_catalog.shobj_description(r.oid, 'pg_authid'), r.rolsuper OR r.rolcreaterole "
+        "OR r.rolreplication OR r.rolbypassrls FROM pg_catalog.pg_roles r WHERE r.rolname OPERATOR(pg_catalog.=) %s")
+# Is the role a member, at any depth, of a role that is privileged or predefined (pg_read_server_files...)?
+PRIVILEGED_MEMBERSHIP = (
+    "WITH RECURSIVE up(oid) AS (SELECT m.roleid FROM pg_catalog.pg_auth_members m WHERE m.member "
+    "OPERATOR(pg_catalog.=) %s UNION SELECT m.roleid FROM pg_catalog.pg_auth_members m JOIN up ON m.member "
+    "OPERATOR(pg_catalog.=) up.oid) SELECT 1 FROM up JOIN pg_catalog.pg_roles r ON r.oid OPERATOR(pg_catalog.=) "
+    "up.oid WHERE r.rolsuper OR r.rolcreaterole OR r.rolreplication OR r.rolbypassrls OR "
+    "pg_catalog.starts_with(r.rolname, 'pg_') LIMIT 1")
+DATABASE_OWNER = ("SELECT pg_catalog.pg_get_userbyid(d.datdba), pg_catalog.pg_encoding_to_char(d.encoding) "
+                  "FROM pg_catalog.pg_database d WHERE d.datname OPERATOR(pg_catalog.=) %s")
 
 
 def _adopted() -> set[str]:
@@ -69,19 +90,20 @@ def _adopted() -> set[str]:
 
 def role_problem(conn, name: str, workspace_id: str) -> str | None:
     """Why the workspace may not use the existing role ``name``, or None
-    (None too when there is no such role)."""
+    (None too when there is no such role). Whose another role is, is not
+    said: one tenant learns nothing of another's."""
     from dagrun.run.accounts import PREFIX, marker
-    with conn.cursor() as cur:
-        cur.execute(ROLE_MARK, (name,))
-        row = cur.fetchone()
+    row = _one(conn, ROLE, name)
     if row is None:
         return None
-    superuser, mark = row
+    oid, mark, privileged = row
     adopted = _adopted()
-    if mark in (marker(workspace_id), PREFIX + "*") or name in adopted or "*" in adopted and not superuser:
+    if mark in (marker(workspace_id), PREFIX + "*") or name in adopted:
         return None
     if mark and mark.startswith(PREFIX):
-        return f"role {name} is workspace {mark[len(PREFIX):]}'s, not workspace {workspace_id}'s: choose another name"
+        return f"role {name} is another workspace's: choose another name"
+    if "*" in adopted and not privileged and _one(conn, PRIVILEGED_MEMBERSHIP, oid) is None:
+        return None
     return (f"role {name} exists and was not made by dagrun for workspace {workspace_id}: choose another name, or "
             f"let every workspace use it (the operator's {ADOPT_ENV}={name})")
 
@@ -93,7 +115,7 @@ def _permanent(exc: psycopg2.Error) -> PermanentError:
 def create_role(ctx: StepContext) -> HandlerResult:
     name, workspace_id = ctx.config["username"], str(ctx.workspace.get("id"))
     with connect(ctx) as conn:
-        if _exists(conn, ROLE_EXISTS, name):
+        if _one(conn, ROLE, name) is not None:
             problem = role_problem(conn, name, workspace_id)
             if problem:
                 raise PermanentError(problem)
@@ -122,7 +144,7 @@ def create_role(ctx: StepContext) -> HandlerResult:
 
 def validate_role(ctx: StepContext) -> HandlerResult:
     with connect(ctx) as conn:
-        if _exists(conn, ROLE_EXISTS, ctx.config["username"]):
+        if _one(conn, ROLE, ctx.config["username"]) is not None:
             problem = role_problem(conn, ctx.config["username"], str(ctx.workspace.get("id")))
             if problem:  # (a --check: the run would fail on it)
                 raise PermanentError(problem)
@@ -133,30 +155,42 @@ def validate_role(ctx: StepContext) -> HandlerResult:
 def drop_role(ctx: StepContext) -> HandlerResult:
     if not ctx.result.get("created"):
         return HandlerResult(data=dict(NOTHING_TO_UNDO))
-    with connect(ctx) as conn, conn.cursor() as cur:
-        cur.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(ctx.config["username"])))
-    return HandlerResult(data={"dropped": ctx.config["username"]})
+    name = ctx.config["username"]
+    with connect(ctx) as conn:
+        # Still the one this step made? (dropped meanwhile and made again, it may be another workspace's)
+        from dagrun.run.accounts import marker
+        row = _one(conn, ROLE, name)
+        if row is None or row[1] != marker(str(ctx.workspace.get("id"))):
+            return HandlerResult(data={"kept": name, "why": "it is no longer the role this step made"})
+        with conn.cursor() as cur:
+            cur.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
+    return HandlerResult(data={"dropped": name})
 
 
 def create_database(ctx: StepContext) -> HandlerResult:
     name, owner = ctx.config["database_name"], ctx.config["owner"]
+    workspace_id = str(ctx.workspace.get("id"))
     with connect(ctx) as conn:
-        if not _exists(conn, ROLE_EXISTS, owner):
+        if _one(conn, ROLE, owner) is None:
             raise PermanentError(f"owner role {owner!r} does not exist")
-        problem = role_problem(conn, owner, str(ctx.workspace.get("id")))
+        problem = role_problem(conn, owner, workspace_id)
         if problem:
             raise PermanentError(f"database {name}: its owner: {problem}")
-        with conn.cursor() as cur:
-            cur.execute("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = %s", (name,))
-            found = cur.fetchone()
+        found = _one(conn, DATABASE_OWNER, name)
         if found is not None:
             if found[0] != owner:  # another role's (another workspace's, or the server's own)
-                raise PermanentError(f"database {name} exists and is owned by {found[0]}, not {owner}: choose "
+                raise PermanentError(f"database {name} exists and is owned by another role than {owner}: choose "
                                      "another name")
             return HandlerResult(data={"database": name, "created": False}, changed=False)
+        source = ctx.config["template"]
+        if source not in TEMPLATES:  # a copy of a database is a copy of its data: only of one the workspace may use
+            template = _one(conn, DATABASE_OWNER, source)
+            if template is None or role_problem(conn, template[0], workspace_id):
+                raise PermanentError(f"database {name}: template {source} is not one this workspace may copy "
+                                     f"(template0, template1, or a database of a role it may use)")
         query = sql.SQL("CREATE DATABASE {} OWNER {} ENCODING {} TEMPLATE {}").format(
             sql.Identifier(name), sql.Identifier(owner), sql.Literal(ctx.config["encoding"]),
-            sql.Identifier(ctx.config["template"]))
+            sql.Identifier(source))
         try:
             with conn.cursor() as cur:
                 cur.execute(query)
@@ -168,21 +202,26 @@ def create_database(ctx: StepContext) -> HandlerResult:
 
 def validate_database(ctx: StepContext) -> HandlerResult:
     name, owner = ctx.config["database_name"], ctx.config["owner"]
-    with connect(ctx) as conn, conn.cursor() as cur:
-        cur.execute("SELECT pg_get_userbyid(datdba), pg_encoding_to_char(encoding) FROM pg_database "
-                    "WHERE datname = %s", (name,))
-        row = cur.fetchone()
+    with connect(ctx) as conn:
+        row = _one(conn, DATABASE_OWNER, name)
     if row is None:
         return HandlerResult(ok=False, error=f"database {name} does not exist")
     if row[0] != owner:
-        return HandlerResult(ok=False, error=f"database {name} is owned by {row[0]}, not {owner}")
+        return HandlerResult(ok=False, error=f"database {name} is owned by another role than {owner}")
     return HandlerResult(data={"owner": row[0], "encoding": row[1]})
 
 
 def drop_database(ctx: StepContext) -> HandlerResult:
     if not ctx.result.get("created"):
         return HandlerResult(data=dict(NOTHING_TO_UNDO))
-    with connect(ctx) as conn, conn.cursor() as cur:
-        cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-            sql.Identifier(ctx.config["database_name"])))
-    return HandlerResult(data={"dropped": ctx.config["database_name"]})
+    name, owner = ctx.config["database_name"], ctx.result.get("owner") or ctx.config["owner"]
+    with connect(ctx) as conn:
+        # Still the one this step made? (dropped meanwhile and made again, it may be another workspace's)
+        row = _one(conn, DATABASE_OWNER, name)
+        if row is None:
+            return HandlerResult(data={"dropped": None, "why": "it is gone already"})
+        if row[0] != owner or role_problem(conn, owner, str(ctx.workspace.get("id"))):
+            return HandlerResult(data={"kept": name, "why": "it is no longer the database this step made"})
+        with conn.cursor() as cur:
+            cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    return HandlerResult(data={"dropped": name})

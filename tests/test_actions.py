@@ -12,6 +12,7 @@ import pwd
 import shutil
 import subprocess
 import tempfile
+import time
 import uuid
 import zipfile
 from pathlib import Path
@@ -22,7 +23,7 @@ import yaml
 from dagrun import InputError, TemplateError, compile_template
 from dagrun import run_template as _run_template
 from dagrun.run.outcome import StepStatus
-from tests.helpers import action, step, template
+from tests.helpers import action, script_step, step, template
 
 
 def run_template(*args, **kwargs):
@@ -174,12 +175,12 @@ def test_a_workspace_never_takes_another_workspaces_role_or_database(workspace, 
     taken = run(_pg_template(pg_names), other)
     assert not taken.success
     assert taken.steps["create_postgresql_user"].error == \
-        f"role {pg_names['role']} is workspace ws1's, not workspace mallory's: choose another name"
+        f"role {pg_names['role']} is another workspace's: choose another name"  # whose: not told
     own_role = {**pg_names, "role": pg_names["role"] + "_m"}  # its own role, the first one's database
     try:
         taken = run(_pg_template(own_role), other)
         assert not taken.success and taken.steps["create_postgresql_database"].error == \
-            f"database {pg_names['db']} exists and is owned by {pg_names['role']}, not {own_role['role']}: " \
+            f"database {pg_names['db']} exists and is owned by another role than {own_role['role']}: " \
             "choose another name"
         # its own database, owned by the first one's role
         taken = run(template(step(20, "create_postgresql_database", action_config={
@@ -203,6 +204,80 @@ def test_a_workspace_never_takes_another_workspaces_role_or_database(workspace, 
         with pg_server.cursor() as cur:
             cur.execute(f'DROP DATABASE IF EXISTS "{pg_names["db"]}_m" WITH (FORCE)')
             cur.execute(f'DROP ROLE IF EXISTS "{own_role["role"]}"')
+
+
+def test_a_workspaces_database_survives_another_runs_rollback_and_tenant_databases(workspace, tmp_path, pg_server,
+                                                                                     pg_names, monkeypatch):
+    """(helper-46) A's rollback dropped the database B had made since under
+    the same name (A's own was dropped meanwhile); a tenant's database whose
+    search_path put its own shobj_description before the catalog's made the
+    superuser session adopt another's role (and run the tenant's code); "*"
+    adopted roles made for other workspaces and privileged ones; the
+    template field copied another workspace's database."""
+    import psycopg2
+
+    def sql(query, *params):
+        with pg_server.cursor() as cur:
+            cur.execute(query, params)
+    a_role, b_role, m_role, evil = (pg_names["role"], pg_names["role"] + "_b", pg_names["role"] + "_m",
+                                    pg_names["db"] + "_evil")
+    admin_url = "postgresql://postgres@127.0.0.1:5432/postgres"
+    gate = tmp_path / "gate"
+    other = {"id": "tenant-b", "home_dir": str(tmp_path / "b")}
+    try:
+        # A makes the database, then waits; it is dropped meanwhile and B makes its own under that name
+        doc = template(*_pg_template(pg_names)["actions"], script_step(30, f"while [ ! -e {gate} ]; do sleep 0.05; "
+                                                                           "done; exit 1", id="later", requires=[20]))
+        from dagrun import start_run
+        handle = start_run(doc, workspace, record=False)
+        deadline = time.monotonic() + 30
+        while not _exists(pg_server, DB, pg_names["db"]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        sql(f'DROP DATABASE "{pg_names["db"]}" WITH (FORCE)')
+        made = run(template(step(10, "create_postgresql_user", action_config={"username": b_role}),
+                            step(20, "create_postgresql_database", action_config={
+                                "database_name": pg_names["db"], "owner": b_role})), other)
+        assert made.success, made.error
+        gate.touch()
+        result = handle.wait(60)
+        assert not result.success  # and rolled back: A's rollback keeps what is B's now
+        with pg_server.cursor() as cur:
+            cur.execute("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = %s", (pg_names["db"],))
+            assert cur.fetchone() == (b_role,)
+        sql(f'CREATE ROLE "{a_role}" LOGIN')  # (A's was rolled back) a role another workspace's
+        sql(f'COMMENT ON ROLE "{a_role}" IS %s', "dagrun-workspace=tenant-c")
+        # B's own database, whose search_path puts B's functions first
+        sql(f'CREATE DATABASE "{evil}" OWNER "{b_role}"')
+        with psycopg2.connect(f"postgresql://postgres@127.0.0.1:5432/{evil}") as conn, conn.cursor() as cur:
+            cur.execute("CREATE SCHEMA trap; CREATE FUNCTION trap.shobj_description(oid, name) RETURNS text "
+                        "LANGUAGE sql AS $$ SELECT 'dagrun-workspace=tenant-b' $$")
+        conn.close()
+        sql(f'ALTER DATABASE "{evil}" SET search_path = trap, pg_catalog')
+        taken = run(template(step(10, "create_postgresql_user", action_config={
+            "username": a_role, "connection_url": f"postgresql://postgres@127.0.0.1:5432/{evil}"})), other)
+        assert not taken.success and "is another workspace's" in taken.steps["create_postgresql_user"].error
+        # "*": neither a role made for another workspace, nor a privileged one, nor a member of one
+        monkeypatch.setenv("DAGRUN_ADOPT_ROLES", "*")
+        marked = run(template(step(10, "create_postgresql_user", action_config={"username": a_role})), other)
+        assert not marked.success and "is another workspace's" in marked.steps["create_postgresql_user"].error
+        sql(f'CREATE ROLE "{m_role}" LOGIN')
+        sql(f'GRANT pg_read_server_files TO "{m_role}"')
+        member = run(template(step(10, "create_postgresql_user", action_config={"username": m_role})), other)
+        assert not member.success and "was not made by dagrun" in member.steps["create_postgresql_user"].error
+        # a copy of another workspace's database is not B's to make
+        copied = run(template(step(10, "create_postgresql_user", action_config={"username": b_role}),
+                              step(20, "create_postgresql_database", action_config={
+                                  "database_name": evil + "_copy", "owner": b_role, "template": "postgres"})),
+                     other)
+        assert not copied.success and "is not one this workspace may copy" in copied.steps[
+            "create_postgresql_database"].error
+    finally:
+        gate.touch()
+        for database in (evil, evil + "_copy"):
+            sql(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        sql(f'DROP DATABASE IF EXISTS "{pg_names["db"]}" WITH (FORCE)')
+        sql(f'DROP ROLE IF EXISTS "{b_role}"')
+        sql(f'DROP ROLE IF EXISTS "{m_role}"')
 
 
 def test_postgres_identifiers_are_quoted(workspace, pg_server, pg_names):

@@ -806,8 +806,12 @@ def test_another_tenants_account_is_never_the_workspace_user(tmp_path):
     subprocess.run(["useradd", "--create-home", "--comment", "dagrun-workspace=tenant-a", name], check=True)
     try:
         doc = template(script_step(10, "id -un", id="s"))
-        with pytest.raises(InputError, match=r"is not this workspace's \(it is marked for dagrun-workspace=tenant-a\)"):
+        with pytest.raises(InputError, match=r"is not this workspace's \(it is another workspace's\)") as refused:
             run_template(doc, {"id": "tenant-b", "linux_username": name, "home_dir": f"/home/{name}"}, record=False)
+        assert "tenant-a" not in str(refused.value)  # (helper-46) whose it is: not told to another tenant
+        with pytest.raises(InputError, match=r"is not this workspace's"):  # "*" adopts unmarked accounts only
+            run_template(doc, {"id": "tenant-b", "linux_username": name, "home_dir": f"/home/{name}"},
+                         adopt_users=["*"], record=False)
         assert run_template(doc, {"id": "tenant-a", "linux_username": name, "home_dir": f"/home/{name}"},
                             record=False).success
         result = run_template(doc, {"id": "tenant-b", "linux_username": name, "home_dir": f"/home/{name}"},

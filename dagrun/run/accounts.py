@@ -39,12 +39,12 @@ def account_problem(name: str, workspace_id: str, adopt: Iterable[str] = ()) -> 
     except KeyError:
         return None  # not there yet: create_linux_user makes it, marked
     allowed = adopted(adopt)
-    if name in allowed or "*" in allowed:
-        return None
     marks = {part.strip() for part in entry.pw_gecos.split(",") if part.strip().startswith(PREFIX)}
-    if marker(workspace_id) in marks or PREFIX + "*" in marks:
+    if marker(workspace_id) in marks or PREFIX + "*" in marks or name in allowed:
         return None
-    whose = f" (it is marked for {', '.join(sorted(marks))})" if marks else ""
+    if "*" in allowed and not marks:  # "*": the unmarked ones, never an account made for another workspace
+        return None
+    whose = " (it is another workspace's)" if marks else ""
     return (f"the Linux account {name!r} is not this workspace's{whose}: steps run only as an account "
             f"create_linux_user made for workspace {workspace_id!r}, or one the operator allows "
             f"(adopt_users=[...], --adopt-user NAME, ${ADOPT_ENV})")
