@@ -537,6 +537,24 @@ def test_a_resume_takes_back_what_it_is_given_as_the_run_used_it(workspace, home
         run_template(doc, workspace, database_url=db_url, actions=[LOGIN], secrets={"db.pw": "x"})
 
 
+def test_what_a_secret_field_reads_without_naming_it_is_masked_too(workspace, home, db_url):
+    """(helper-47) x{{ config | tojson }} read its sibling dsn, stored in
+    clear in the attempt's config; vars | dictsort read a default that stayed
+    in clear in the stored template."""
+    login = dict(LOGIN, config_schema={"type": "object", "properties": {
+        "url": {"type": "string", "x-secret": True}, "dsn": {"type": "string"}}})
+    doc = template(step(10, "login", action_config={"url": "x{{ config | tojson }}", "dsn": "pg://app:{{ vars.pw }}@db"}),
+                   vars={"pw": ""})
+    result = run_template(doc, workspace, database_url=db_url, actions=[login], variables={"pw": "Sibling-Pw-42"})
+    run, stored = _stored(db_url, result.run_id)
+    assert result.success and "Sibling-Pw-42" not in stored
+    doc = template(step(10, "login", action_config={"url": "pg://app:{{ (vars | dictsort)[0][1] }}@db"}),
+                   vars={"pw": "Default-Pw-43"})
+    result = run_template(doc, workspace, database_url=db_url, actions=[LOGIN])
+    run, stored = _stored(db_url, result.run_id)
+    assert result.success and "Default-Pw-43" not in stored and run.template_snapshot["vars"]["pw"] == "********"
+
+
 def test_a_variable_a_secret_field_reads_through_another_field_is_not_stored(workspace, home, db_url):
     """(helper-44) url: "pg://app:{{ config.other }}@db" with other: "{{ vars.pw }}"."""
     login = dict(LOGIN, config_schema={"type": "object", "properties": {
