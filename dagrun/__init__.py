@@ -24,7 +24,7 @@ _EXPORTS = {
     **dict.fromkeys(("run_fleet", "resume_fleet", "FleetResult"), "dagrun.fleet"),
     "compile_template": "dagrun.compile",
     **dict.fromkeys(("ActionDefinitionError", "CycleError", "DagrunError", "InputError", "PermanentError", "Problem",
-                     "RunConflictError", "SecretsNeeded", "StoreError", "TemplateError"), "dagrun.errors"),
+                     "RunConflictError", "SecretsNeeded", "StoreError", "SupersededRun", "TemplateError"), "dagrun.errors"),
     **dict.fromkeys(("HandlerResult", "RunStatus", "StepStatus"), "dagrun.run.outcome"),
     **dict.fromkeys(("RunResult", "StepResult"), "dagrun.run.result"),
 }
@@ -55,7 +55,7 @@ if TYPE_CHECKING:  # what type checkers and editors see
                       start_resume, start_run)
     from .compile import compile_template
     from .errors import (ActionDefinitionError, CycleError, DagrunError, InputError, PermanentError, Problem,
-                         RunConflictError, SecretsNeeded, StoreError, TemplateError)
+                         RunConflictError, SecretsNeeded, StoreError, SupersededRun, TemplateError)
     from .fleet import FleetResult, resume_fleet, run_fleet
     from .run.outcome import HandlerResult, RunStatus, StepStatus
     from .run.result import RunResult, StepResult

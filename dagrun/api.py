@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 from .compile import compile_template
 from .compile.loader import build_library
-from .errors import InputError, RunConflictError, SecretsNeeded, TemplateError
+from .errors import InputError, RunConflictError, SecretsNeeded, SupersededRun, TemplateError
 from .spec import MASK, Plan
 from .workspace import ALWAYS_STORED, normalize_workspace, stored_fields, with_home
 
@@ -317,7 +317,7 @@ def prepare_resume(run_id: str, *, database_url: str | None = None, from_step: s
         raise RunConflictError(f"run {run.id} is still running (owner {run.owner})", run_id=run.id)
     newer = newer_run(engine, run)
     if newer is not None:  # what this run did may be undone or changed by it: its steps are not the state
-        raise InputError(f"run {run.id} is not workspace {run.workspace_id}'s latest: run {newer.id[:8]} "
+        raise SupersededRun(f"run {run.id} is not workspace {run.workspace_id}'s latest: run {newer.id[:8]} "
                          f"({newer.status}) came after it, and resuming this one would run its steps over that "
                          "one's work: run the template again instead")
     if run.mode == "check":

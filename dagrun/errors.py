@@ -70,6 +70,10 @@ class InputError(DagrunError):
     """A bad argument, workspace or option given to the API or CLI."""
 
 
+class SupersededRun(InputError):
+    """A run is not resumed: a newer run of its workspace came after it."""
+
+
 class SecretsNeeded(InputError):
     """A resume must be given again what was not stored with the run:
     ``names`` (a variable, ``workspace.field``, ``step.field``)."""

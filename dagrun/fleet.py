@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 from . import api
-from .errors import DagrunError, InputError, Problem, RunConflictError, TemplateError
+from .errors import DagrunError, InputError, Problem, RunConflictError, SupersededRun, TemplateError
 from .run.interrupts import ctrl_c_cancels, signals_wake
 from .run.result import RunResult
 from .run.shared_locks import SharedLocks
@@ -127,8 +127,8 @@ def resume_fleet(fleet_id: str, *, database_url: str | None = None, concurrency:
         try:  # a run still 'running' whose process died (a crash of the fleet) is resumed too
             resumed = api.prepare_resume(run["run_id"], database_url=database_url,
                                          workspace=given.get(str(run["workspace_id"])), **options)
-        except RunConflictError:
-            continue  # still running somewhere
+        except (RunConflictError, SupersededRun):
+            continue  # still running somewhere; or the workspace moved on (its newer run is resumed as itself)
         resumed.shared_locks = locks
         prepared.append(resumed)
     return _run_all(fleet_id, prepared, concurrency, on_event, observers_for, runner_hook)

@@ -135,6 +135,21 @@ def test_a_fleets_resume_gives_each_workspace_again_what_was_not_stored(tmp_path
     assert homes == {"one": "pg://app:Pw-of-one-123@db\n", "two": "pg://app:Pw-of-two-123@db\n"}
 
 
+def test_a_fleets_resume_leaves_a_workspace_that_moved_on(tmp_path, db_url):
+    """(helper-46) One workspace ran another template since: resume_fleet
+    refused the whole fleet. That one is left (its newer run is its own)."""
+    from dagrun import resume_fleet, run_template
+    gate = tmp_path / "gate"
+    doc = template(script_step(10, f"test -e {gate}", id="a", max_retries=1))
+    workspaces = [{"id": ws, "home_dir": str(tmp_path / ws)} for ws in ("one", "two", "three")]
+    fleet = run_fleet(doc, workspaces, database_url=db_url)
+    assert sorted(fleet.failed) == ["one", "three", "two"]
+    assert run_template(template(script_step(10, "true", id="other")), workspaces[1], database_url=db_url).success
+    gate.touch()
+    resumed = resume_fleet(fleet.fleet_id, database_url=db_url)
+    assert sorted(resumed.results) == ["one", "three"] and resumed.success
+
+
 def test_bad_workspaces_are_one_error_before_anything_runs(tmp_path, db_url):
     doc = template(script_step(10, "true", id="a"))
     with pytest.raises(InputError, match="appears twice"):
