@@ -789,10 +789,14 @@ def test_a_missing_path_is_said_to_be_missing_only_where_anyone_could_see_it(tmp
         doc = template(*(step(n, "clone_git_repository", id=f"c{n}", max_retries=1, skip_on_error=True,
                               action_config={"url": url, "target_dir": f"~/r{n}"})
                          for n, url in ((1, "/tmp/dagrun-no-such-repo.git"), (2, f"{private}/no-such.git"))))
+        # (helper-46) nor through a symlink in a private folder to a public one: root follows it, nobody else
+        (private / "link").symlink_to("/tmp")
+        doc["actions"].append(step(3, "clone_git_repository", id="c3", max_retries=1, skip_on_error=True,
+                                   action_config={"url": f"{private}/link/dagrun-no-such-repo.git", "target_dir": "~/r3"}))
         result = run_template(doc, {"id": "miss", "home_dir": str(tmp_path / "h")}, record=False)
         assert result.steps["c1"].error == "/tmp/dagrun-no-such-repo.git does not exist"
-        assert result.steps["c2"].error.startswith(f"{private}/no-such.git is outside the workspace home and not "
-                                                   "readable by everyone")
+        for sid, url in (("c2", f"{private}/no-such.git"), ("c3", f"{private}/link/dagrun-no-such-repo.git")):
+            assert "is outside the workspace home and not readable by everyone" in result.steps[sid].error, sid
     finally:
         shutil.rmtree(private)
 

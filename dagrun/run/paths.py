@@ -94,8 +94,8 @@ def readable_by_everyone(path: str) -> bool:
     """Could any user read ``path`` (every folder down to it searchable by
     others, the file or folder itself readable by others)? What root may
     read on behalf of a value: nothing a local user could not."""
-    real = os.path.realpath(path)
     try:
+        real = os.path.realpath(path)
         info = os.stat(real)
     except OSError:
         return False
@@ -119,7 +119,28 @@ def visibly_missing(path: str) -> bool:
     it would be in readable by everyone)? Saying so tells a value nothing
     a local user could not learn: root is not an oracle for what exists in
     folders others cannot look into."""
-    real = os.path.realpath(path)
+    # The path as given, folder by folder, must be one any user could walk: root follows symlinks in
+    # folders only it can search (priv/link/x would tell what priv holds).
+    given = os.path.abspath(path)
+    folder = os.path.dirname(given)
+    walked = []
+    while True:
+        walked.append(folder)
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            break
+        folder = parent
+    for folder in reversed(walked):
+        try:
+            info = os.stat(folder)
+        except OSError:
+            break  # missing from here on: what is above it was searchable
+        if not stat.S_ISDIR(info.st_mode) or not info.st_mode & 0o001:
+            return False
+    try:
+        real = os.path.realpath(path)
+    except OSError:  # (/proc/1/cwd and the like)
+        return False
     if os.path.lexists(real):
         return False
     folder = os.path.dirname(real)
