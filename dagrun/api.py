@@ -759,6 +759,9 @@ def masked_snapshot(plan: Plan) -> dict[str, Any]:
             step["action_config"][key] = MASK
     if isinstance(snapshot.get("vars"), dict):  # a default a secret field reads: given again too
         snapshot["vars"] = _masked_defaults(plan, snapshot["vars"])
+    if plan.global_config.env_passthrough:  # the names the run was given (--env) too: a resume reads them again
+        gc = snapshot["global_config"] = dict(snapshot.get("global_config") or {})
+        gc["env_passthrough"] = list(plan.global_config.env_passthrough)
     return snapshot
 
 

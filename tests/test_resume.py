@@ -371,6 +371,19 @@ def test_a_run_a_newer_run_of_its_workspace_came_after_is_not_resumed(workspace,
     assert out.returncode == 2 and "run the template again instead" in out.stderr and "Traceback" not in out.stderr
 
 
+def test_a_run_given_environment_names_is_resumed_with_them(workspace, home, tmp_path, db_url, monkeypatch):
+    """(helper-47) env_passthrough / --env names were not kept: a run whose
+    template reads env.X could never be resumed ("not passed through")."""
+    gate = tmp_path / "gate"
+    monkeypatch.setenv("TEST_DEPLOY_REGION", "eu-west")
+    doc = template(script_step(10, f"test -e {gate} && echo {{{{ env.TEST_DEPLOY_REGION }}}} > ~/region", id="a"))
+    failed = run_template(doc, workspace, database_url=db_url, env_passthrough=["TEST_DEPLOY_REGION"])
+    assert not failed.success
+    gate.touch()
+    again = resume(failed.run_id, database_url=db_url)
+    assert again.success and (home / "region").read_text() == "eu-west\n"
+
+
 def test_a_failed_cli_run_says_how_to_continue_it_and_when_not_to(tmp_path):
     doc = tmp_path / "t.yaml"
     doc.write_text(yaml.safe_dump(template(script_step(10, "exit 3", id="a"))))
