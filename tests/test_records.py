@@ -555,6 +555,29 @@ def test_what_a_secret_field_reads_without_naming_it_is_masked_too(workspace, ho
     assert result.success and "Default-Pw-43" not in stored and run.template_snapshot["vars"]["pw"] == "********"
 
 
+def test_a_secret_written_in_a_field_a_secret_field_reads_is_one_written_in_the_template(workspace, home, db_url):
+    """(helper-47) url: "{{ config.dsn }}" with dsn written out as
+    pg://admin:PASSWORD@db: the password was stored in clear in the run's
+    template. A host read the same way is no secret (nothing to give again)."""
+    from dagrun import resume
+    login = dict(LOGIN, config_schema={"type": "object", "properties": {
+        "url": {"type": "string", "x-secret": True}, "dsn": {"type": "string"}, "host": {"type": "string"}}})
+    gate = home / "gate"
+    doc = template(step(10, "login", action_config={"url": "{{ config.dsn }}", "dsn": "pg://admin:Literal-Admin-Pw9@db"}),
+                   script_step(20, f"test -f {gate}", id="gate", requires=["login"]))
+    failed = run_template(doc, workspace, database_url=db_url, actions=[login])
+    run, stored = _stored(db_url, failed.run_id)
+    assert "Literal-Admin-Pw9" not in stored and run.secret_names == ["login.dsn"]
+    gate.touch()
+    again = resume(failed.run_id, database_url=db_url, actions=[login], sandbox=False, from_step="login",
+                   secrets={"login.dsn": "pg://admin:Literal-Admin-Pw9@db"})
+    assert again.success and (home / "url").read_text() == "pg://admin:Literal-Admin-Pw9@db\n"
+    plain = template(step(10, "login", action_config={"url": "pg://app:{{ vars.pw }}@{{ config.host }}", "host": "db1"}),
+                     vars={"pw": ""})
+    result = run_template(plain, workspace, database_url=db_url, actions=[login], secrets={"pw": "Pw-of-the-day"})
+    assert result.success and _stored(db_url, result.run_id)[0].secret_names == ["pw"]
+
+
 def test_a_variable_a_secret_field_reads_through_another_field_is_not_stored(workspace, home, db_url):
     """(helper-44) url: "pg://app:{{ config.other }}@db" with other: "{{ vars.pw }}"."""
     login = dict(LOGIN, config_schema={"type": "object", "properties": {

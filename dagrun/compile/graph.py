@@ -221,6 +221,9 @@ class Compiler:
                 # (a secret the action's own defaults give is in the action, given again with it)
                 if key in written and expressions.written_secret(config.get(key)):
                     self.secret_literals.append((step_id, key))
+                elif key in written:  # url: "{{ config.dsn }}" with dsn written out: the secret is dsn's text
+                    self.secret_literals += [(step_id, k) for k in _written_through(config, key, written)
+                                             if (step_id, k) not in self.secret_literals]
             bound.append({**raw, "id": step_id, "action": action, "config": config})
         return bound
 
@@ -574,3 +577,22 @@ def _action_mentions_steps(action: Any) -> bool:
         _MENTIONS.clear()
     _MENTIONS[id(action)] = (action, found)
     return found
+
+
+_CONFIG_READ = re.compile(r"\{\{\s*config\.([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+
+
+def _written_through(config: Mapping[str, Any], key: str, written: Mapping[str, Any]) -> list[str]:
+    """The other fields of a step whose text, written out in the template,
+    makes the secret field ``key`` one written in the template: its text
+    with each ``{{ config.X }}`` replaced by X's text reads as a written
+    secret (a password in a URL), its own text does not."""
+    text = config.get(key)
+    if not isinstance(text, str):
+        return []
+    read = [k for k in _CONFIG_READ.findall(text) if k != key and isinstance(written.get(k), str)
+            and not expressions.has_template(written[k])]
+    if not read:
+        return []
+    expanded = _CONFIG_READ.sub(lambda m: str(written[m.group(1)]) if m.group(1) in read else m.group(0), text)
+    return sorted(set(read)) if expressions.written_secret(expanded) else []
