@@ -831,7 +831,7 @@ def secret_variable_defaults(plan: Plan) -> list[str]:
     return sorted(name for name in masked if masked[name] != _jsonable(defaults.get(name)))
 
 
-def _check_given_again(run: Any, given: Mapping[str, Any]) -> None:
+def _check_given_again(run: Any, given: Mapping[str, Any]) -> dict[str, Any]:
     """What a resume is given again must be what the run started with,
     wherever the run kept a digest of it: a secret written in the template
     (it goes back into the template as the author's text), and a variable,

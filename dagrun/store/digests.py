@@ -1,9 +1,12 @@
-"""Digests of the secrets written in a template (``step.field`` x-secret
-values): the run is stored with the template masked, so a resume is given
-them again, and the digest tells whether the value given is the one the run
-started with. The value given goes back into the template as the author's
-text (compiled, read as a URL or as shell code by its field): any other
-value would let whoever resumes rewrite what the author wrote.
+"""Digests of what a run does not store and a resume is given again: the
+secrets written in a template (``step.field`` x-secret values, which go back
+into the template as the author's text: compiled, read as a URL or as shell
+code by their field), and the variables, variable defaults and workspace
+fields a secret field reads. The digest tells whether the value given is
+the one the run started with: any other value would let whoever resumes
+rewrite what the author wrote, or change the run's inputs half-way (a host
+read by a secret URL and by a deploy script). Secrets given as ones may
+differ (api.GIVEN_AS_SECRET).
 
 scrypt, with a salt of its own per value: a store read by someone else
 does not give the secrets away cheaply, even short ones.
