@@ -404,6 +404,9 @@ def compile_for(template: Any, workspace: Any, *, actions: Iterable[Any] | None 
     ws = with_home(ws, roots=_allowed_roots(()) if roots is None else roots)
     plan = compile_template(template, variables=merged, workspace=ws, **options)
     _check_variables(plan, variables)
+    defaults = plan.snapshot.get("vars") or {}
+    for name, value in (secrets or {}).items():
+        _whole_secret(name, value, defaults.get(name))
     _check_rendered_configs(plan, ws, merged, secrets or {})
     return plan, ws
 
@@ -780,8 +783,8 @@ def _masked_defaults(plan: Plan, defaults: dict[str, Any]) -> dict[str, Any]:
         container, key = masked, path[1]
         for part in path[2:]:  # down a mapping default (copied as it goes); what is no mapping is masked whole
             value = container.get(key)
-            if not isinstance(value, Mapping):
-                break
+            if not isinstance(value, Mapping) or part not in value and hasattr(dict, part):
+                break  # (vars.db.get('password'), vars.db.items(): a method: all of the mapping)
             container[key] = dict(value)
             container, key = container[key], part
         if container.get(key) not in (None, ""):
@@ -847,7 +850,8 @@ def _check_given_again(run: Any, given: Mapping[str, Any]) -> dict[str, Any]:
     checked = dict(given)
     for name in sorted(given):
         stored = digests.get(name)
-        if stored == GIVEN_AS_SECRET:
+        if stored == GIVEN_AS_SECRET:  # free, but whole over a mapping default, as at the start
+            checked[name] = _whole_secret(name, given[name], defaults.get(name), f"run {run.id}: ")
             continue
         if stored is None:
             raise InputError(f"run {run.id}: {name} is not stored with the run, and the run was recorded without "
@@ -885,6 +889,54 @@ def _check_nothing_masked_left(run: Any, given: Mapping[str, Any]) -> None:
                                  f"was not stored ({', '.join(left)}): give those too")
 
 
+def _leaf_paths(value: Any, prefix: tuple[str, ...] = ()) -> set[tuple[str, ...]]:
+    if isinstance(value, Mapping) and value:
+        return {p for k, v in value.items() for p in _leaf_paths(v, (*prefix, str(k)))}
+    return {prefix}
+
+
+def _whole_secret(name: str, value: Any, default: Any, where: str = "") -> Any:
+    """A secret given as a mapping over a mapping default must give every key
+    of the default: merged, a resume could not tell the secret's parts from
+    the template's (which may not change). Text given for it (the CLI, the
+    web page) is read as the mapping it writes."""
+    if not isinstance(default, Mapping) or not default:
+        return value
+    if isinstance(value, str):
+        typed = _typed(value)
+        value = typed if isinstance(typed, Mapping) else value
+    if isinstance(value, Mapping):
+        left = sorted(".".join((name, *p)) for p in _leaf_paths(default) - _leaf_paths(value) if p)
+        if left:
+            raise InputError(f"{where}the secret {name} is a mapping merged over its default in the template: give "
+                             f"it whole (it leaves out {', '.join(left)}), or give its secret part as a variable of "
+                             "its own")
+    return value
+
+
+def _typed(text: str) -> Any:
+    """Text given again read as YAML, as --set reads values (bounded: a
+    tenant's text), or None."""
+    from .compile.loader import check_shape, parse_text
+    from .errors import TemplateError
+    if len(text) > MAX_GIVEN_TEXT:
+        return None
+    try:
+        typed = parse_text(text, "the value given again", json_document=False)
+        check_shape(typed, "the value given again")
+    except TemplateError:
+        return None
+    return typed if _json_native(typed) else None  # (a date, a set, bytes: not what JSON gave the run)
+
+
+def _json_native(value: Any) -> bool:
+    if isinstance(value, Mapping):
+        return all(isinstance(k, str) and _json_native(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_json_native(v) for v in value)
+    return value is None or isinstance(value, (str, int, float, bool))
+
+
 # The run's secret_digests entry of a secret given as one (secrets=): it may differ at resume.
 GIVEN_AS_SECRET = "given as a secret"
 
@@ -899,19 +951,12 @@ def _as_it_was(value: Any, stored: str, default: Any = None) -> Any:
     text); a mapping given over the variable's stored default (its masked
     keys given again, the others kept: the run used the two merged). Else
     _NO_MATCH."""
-    from .compile.loader import check_shape, parse_text
-    from .errors import TemplateError
     from .store.digests import matches
     from .util import deep_merge
     candidates = [value]
-    if isinstance(value, str) and len(value) <= MAX_GIVEN_TEXT:
-        try:
-            typed = parse_text(value, "the value given again", json_document=False)  # bounded: a tenant's text
-            check_shape(typed, "the value given again")
-        except TemplateError:
-            typed = None
-        if isinstance(typed, (bool, int, float, Mapping, list)):
-            candidates.append(typed)
+    typed = _typed(value) if isinstance(value, str) else None
+    if isinstance(typed, (bool, int, float, Mapping, list)):
+        candidates.append(typed)
     if isinstance(default, Mapping):
         candidates += [deep_merge(default, c) for c in list(candidates) if isinstance(c, Mapping)]
     return next((c for c in candidates if matches(c, stored)), _NO_MATCH)

@@ -791,6 +791,14 @@ def test_a_missing_path_is_said_to_be_missing_only_where_anyone_could_see_it(tmp
                          for n, url in ((1, "/tmp/dagrun-no-such-repo.git"), (2, f"{private}/no-such.git"))))
         # (helper-46) nor through a symlink in a private folder to a public one: root follows it, nobody else
         (private / "link").symlink_to("/tmp")
+        # (helper-48) nor through a public symlink to one in a private folder
+        from dagrun.run.paths import visibly_missing
+        public = tmp_path / "pub"
+        public.mkdir(mode=0o755)
+        os.chmod(tmp_path, 0o755)
+        (public / "via").symlink_to(private / "link")
+        assert not visibly_missing(str(public / "via" / "dagrun-no-such-repo.git"))
+        assert visibly_missing(str(public / "nothing-here"))
         doc["actions"].append(step(3, "clone_git_repository", id="c3", max_retries=1, skip_on_error=True,
                                    action_config={"url": f"{private}/link/dagrun-no-such-repo.git", "target_dir": "~/r3"}))
         result = run_template(doc, {"id": "miss", "home_dir": str(tmp_path / "h")}, record=False)

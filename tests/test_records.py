@@ -477,7 +477,11 @@ def test_a_resume_takes_back_what_it_is_given_as_the_run_used_it(workspace, home
     value; a stored field holding part of a value given again made the
     resume's claim refuse it for good; a mapping given again as text (the
     page, --secret) or in part over its default was refused; text given
-    again is read as YAML within bounds; a secret's name with a dot."""
+    again is read as YAML within bounds; a secret's name with a dot.
+    (helper-48) A secret mapping merged over its default let a resume change
+    the default's parts (host: attacker.example) or could not be resumed: a
+    secret mapping is given whole over a mapping default, at the start and
+    at resume (as text too)."""
     from dagrun import resume
     from dagrun.errors import InputError
     gate = home / "gate"
@@ -485,25 +489,21 @@ def test_a_resume_takes_back_what_it_is_given_as_the_run_used_it(workspace, home
                         requires=["login"])
     doc = template(step(10, "login", action_config={"url": "pg://app:{{ vars.db.password }}@db"}),
                    gated, vars={"db": {"host": "db1.internal", "password": ""}})
+    with pytest.raises(InputError, match=r"the secret db is a mapping merged over its default in the template: give "
+                                         r"it whole \(it leaves out db.host\)"):
+        run_template(doc, workspace, database_url=db_url, actions=[LOGIN], secrets={"db": {"password": "P4ssw0rd-X"}})
+    whole = {"host": "db1.internal", "password": "P4ssw0rd-X"}
     failed = run_template(doc, {**workspace, "name": "bobsled team"}, database_url=db_url, actions=[LOGIN],
-                          secrets={"db": {"password": "P4ssw0rd-X"}})
+                          secrets={"db": whole})
     run, stored = _stored(db_url, failed.run_id)
     assert run.template_snapshot["vars"]["db"] == {"host": "db1.internal", "password": ""}  # nothing to hide
     gate.touch()
+    with pytest.raises(InputError, match="it leaves out db.host"):
+        resume(failed.run_id, database_url=db_url, actions=[LOGIN], sandbox=False, secrets={"db": '{"password": "P"}'})
     again = resume(failed.run_id, database_url=db_url, actions=[LOGIN], sandbox=False, from_step="login",
-                   secrets={"db": {"password": "P4ssw0rd-X"}})
+                   secrets={"db": '{"host": "db1.internal", "password": "P4ssw0rd-X"}'})  # as text: the page's way
     assert again.success and (home / "deployed").read_text() == "deploy to db1.internal\n"
-    gate.unlink()
-    # a masked part of the default left out is refused, not run as ********
-    doc["actions"][0]["action_config"]["url"] = "pg://app:{{ vars.db.password }}@{{ vars.db.host }}"
-    failed = run_template(doc, workspace, database_url=db_url, actions=[LOGIN], secrets={"db": {"password": "P4"}})
-    gate.touch()
-    with pytest.raises(InputError, match=r"the value given again for db leaves out what of its default was not "
-                                         r"stored \(db.host\): give those too"):
-        resume(failed.run_id, database_url=db_url, actions=[LOGIN], sandbox=False, secrets={"db": {"password": "P4"}})
-    again = resume(failed.run_id, database_url=db_url, actions=[LOGIN], sandbox=False,
-                   secrets={"db": {"password": "P4", "host": "db1.internal"}})
-    assert again.success and (home / "url").read_text() == "pg://app:P4@db1.internal\n"
+    assert (home / "url").read_text() == "pg://app:P4ssw0rd-X@db\n"
     gate.unlink()
     # a default's secret part is masked alone; given again in part, as text, it is merged over the rest
     doc = template(step(10, "login", action_config={"url": "pg://{{ vars.db.user }}:{{ vars.db.password }}@db"}),
@@ -576,6 +576,44 @@ def test_a_secret_written_in_a_field_a_secret_field_reads_is_one_written_in_the_
                      vars={"pw": ""})
     result = run_template(plain, workspace, database_url=db_url, actions=[login], secrets={"pw": "Pw-of-the-day"})
     assert result.success and _stored(db_url, result.run_id)[0].secret_names == ["pw"]
+
+
+def test_secrets_read_through_methods_filters_and_keys_are_masked_too(workspace, home, db_url):
+    """(helper-48) vars.db.get('password') masked db.get (nothing) and left
+    the default's password in clear, and a tenant's value read so was shown
+    by a plain step; a written-out field read through a filter or a key, or
+    beside text that is itself a written secret, stayed in clear in the
+    run's template, and in the attempt's config."""
+    login = dict(LOGIN, config_schema={"type": "object", "properties": {
+        "url": {"type": "string", "x-secret": True}, "dsn": {"type": "string"}}})
+    doc = template(step(10, "login", action_config={"url": "pg://app:{{ vars.db.get('password') }}@db"}),
+                   script_step(20, 'echo "pw is {{ vars.db.password }}"', id="show", requires=["login"]),
+                   vars={"db": {"password": "Default-Pw-123"}})
+    result = run_template(doc, workspace, database_url=db_url, actions=[LOGIN])
+    run, stored = _stored(db_url, result.run_id)
+    assert result.success and "Default-Pw-123" not in stored and run.template_snapshot["vars"]["db"] == "********"
+    result = run_template(doc, workspace, database_url=db_url, actions=[LOGIN],
+                          variables={"db": {"password": "Tenant-Pw-777"}})
+    assert result.success and result.steps["show"].stdout == "pw is ********\n"
+    assert "Tenant-Pw-777" not in _stored(db_url, result.run_id)[1]
+    for url in ("{{ config.dsn | trim }}", "{{ config['dsn'] }}", "{{ config.dsn }}?sslmode=require",
+                "x{{ config | tojson }}"):
+        doc = template(step(10, "login", action_config={"url": url, "dsn": "pg://admin:Hunter2-Lit-Pw@db"}))
+        result = run_template(doc, workspace, database_url=db_url, actions=[login])
+        run, stored = _stored(db_url, result.run_id)
+        assert result.success and "Hunter2-Lit-Pw" not in stored and "login.dsn" in run.secret_names, url
+
+
+def test_text_given_again_is_read_only_as_json_would_have_given_it():
+    """(helper-48) YAML read {a: 2024-01-01} as a date, which the digest's
+    canonical form (default=str) took for the text; sets and bytes too."""
+    from dagrun.api import _NO_MATCH, _as_it_was
+    from dagrun.store.digests import digest
+    stored = digest({"a": "2024-01-01"})
+    assert _as_it_was("{a: 2024-01-01}", stored) is _NO_MATCH
+    assert _as_it_was('{"a": "2024-01-01"}', stored) == {"a": "2024-01-01"}
+    assert _as_it_was("!!set {x}", digest(["x"])) is _NO_MATCH
+    assert _as_it_was("5432", digest(5432)) == 5432
 
 
 def test_a_variable_a_secret_field_reads_through_another_field_is_not_stored(workspace, home, db_url):

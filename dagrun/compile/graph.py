@@ -221,7 +221,7 @@ class Compiler:
                 # (a secret the action's own defaults give is in the action, given again with it)
                 if key in written and expressions.written_secret(config.get(key)):
                     self.secret_literals.append((step_id, key))
-                elif key in written:  # url: "{{ config.dsn }}" with dsn written out: the secret is dsn's text
+                if key in written:  # url: "{{ config.dsn }}" with dsn written out: the secret is dsn's text
                     self.secret_literals += [(step_id, k) for k in _written_through(config, key, written)
                                              if (step_id, k) not in self.secret_literals]
             bound.append({**raw, "id": step_id, "action": action, "config": config})
@@ -583,16 +583,26 @@ _CONFIG_READ = re.compile(r"\{\{\s*config\.([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 
 
 def _written_through(config: Mapping[str, Any], key: str, written: Mapping[str, Any]) -> list[str]:
-    """The other fields of a step whose text, written out in the template,
-    makes the secret field ``key`` one written in the template: its text
-    with each ``{{ config.X }}`` replaced by X's text reads as a written
-    secret (a password in a URL), its own text does not."""
+    """The other fields of a step, written out in the template, that the
+    secret field ``key`` reads: secrets written in the template when the
+    field's text with each ``{{ config.X }}`` replaced by X's text reads as
+    a written secret (a password in a URL, not a host); read any other way
+    (a filter, a key, ``config | tojson``), what cannot be told is counted."""
+    from jinja2 import TemplateSyntaxError
     text = config.get(key)
-    if not isinstance(text, str):
+    if not isinstance(text, str) or not expressions.has_template(text):
         return []
-    read = [k for k in _CONFIG_READ.findall(text) if k != key and isinstance(written.get(k), str)
-            and not expressions.has_template(written[k])]
+    try:
+        refs = expressions.references(text)
+    except TemplateSyntaxError:  # reported where the field is parsed
+        return []
+    whole = any(r.root == "config" and r.attr is None for r in refs)
+    names = set(written) if whole else {r.attr for r in refs if r.root == "config" and r.attr}
+    read = sorted(k for k in names if k != key and written.get(k) not in (None, "")
+                  and not any(True for _ in expressions.template_strings(written[k])))
     if not read:
         return []
-    expanded = _CONFIG_READ.sub(lambda m: str(written[m.group(1)]) if m.group(1) in read else m.group(0), text)
-    return sorted(set(read)) if expressions.written_secret(expanded) else []
+    if not whole and set(read) <= set(_CONFIG_READ.findall(text)) and all(isinstance(written[k], str) for k in read):
+        expanded = _CONFIG_READ.sub(lambda m: str(written[m.group(1)]) if m.group(1) in read else m.group(0), text)
+        return read if expressions.written_secret(expanded) else []
+    return read

@@ -115,38 +115,47 @@ def readable_by_everyone(path: str) -> bool:
 
 
 def visibly_missing(path: str) -> bool:
-    """Is ``path`` missing where any user could see that it is (the folder
-    it would be in readable by everyone)? Saying so tells a value nothing
-    a local user could not learn: root is not an oracle for what exists in
-    folders others cannot look into."""
-    # The path as given, folder by folder, must be one any user could walk: root follows symlinks in
-    # folders only it can search (priv/link/x would tell what priv holds).
-    given = os.path.abspath(path)
-    folder = os.path.dirname(given)
-    walked = []
-    while True:
-        walked.append(folder)
-        parent = os.path.dirname(folder)
-        if parent == folder:
-            break
-        folder = parent
-    for folder in reversed(walked):
+    """Is ``path`` missing where any user could see that it is? Walked name
+    by name as the kernel resolves it (symlinks followed where they are),
+    every folder a name is looked up in must be one any user may search:
+    saying "missing" then tells a value nothing a local user could not
+    learn (root is no oracle for what folders others cannot enter hold)."""
+    parts = [p for p in os.path.abspath(path).split("/") if p]
+    current, hops = "/", 0
+    while parts:
+        name = parts.pop(0)
+        if name == ".":
+            continue
+        if name == "..":
+            current = os.path.dirname(current)
+            continue
         try:
-            info = os.stat(folder)
+            info = os.stat(current)
         except OSError:
-            break  # missing from here on: what is above it was searchable
-        if not stat.S_ISDIR(info.st_mode) or not info.st_mode & 0o001:
             return False
-    try:
-        real = os.path.realpath(path)
-    except OSError:  # (/proc/1/cwd and the like)
-        return False
-    if os.path.lexists(real):
-        return False
-    folder = os.path.dirname(real)
-    while not os.path.isdir(folder):
-        folder = os.path.dirname(folder)
-    return readable_by_everyone(folder)
+        if not stat.S_ISDIR(info.st_mode) or not info.st_mode & 0o001:
+            return False  # looking a name up here is root's privilege
+        candidate = os.path.join(current, name)
+        try:
+            entry = os.lstat(candidate)
+        except FileNotFoundError:
+            return True
+        except OSError:
+            return False
+        if stat.S_ISLNK(entry.st_mode):
+            hops += 1
+            if hops > 40:
+                return False
+            try:
+                target = os.readlink(candidate)
+            except OSError:
+                return False
+            parts = [p for p in target.split("/") if p] + parts
+            if target.startswith("/"):
+                current = "/"
+            continue
+        current = candidate
+    return False  # it exists
 
 
 def root_owned_program(path: str) -> bool:

@@ -111,6 +111,8 @@ def known_secrets(plan: Plan, workspace: Mapping[str, Any], variables: Mapping[s
                 texts = [whole]
             for value in texts:
                 found += _secret_parts(value, step, workspace, variables, env)
+    # the fields holding a secret written in the template, secret fields or not (dsn read by url)
+    found += [plan.steps[sid].config.get(key) for sid, key in plan.secret_literals]
     return found
 
 
@@ -140,18 +142,26 @@ def _secret_parts(value: str, step: Any, workspace: Mapping[str, Any], variables
     sources = {"vars": variables, "env": env, "workspace": workspace}
     seen = set() if seen is None else seen
     from ..compile.expressions import references
-    whole = any(ref.root == "config" and ref.attr is None for ref in references(value))  # {{ config | tojson }}
-    read = [path[1] for path in leaf_references(value) if path[0] == "config" and len(path) >= 2]
+    refs = references(value)
+    whole = any(ref.root == "config" and ref.attr is None for ref in refs)  # {{ config | tojson }}
+    read = [ref.attr for ref in refs if ref.root == "config" and ref.attr]
     for key in (list(step.config) if whole else read):
         if key not in seen:
             seen.add(key)
-            for _, text in template_strings(step.config.get(key)):
+            texts = [text for _, text in template_strings(step.config.get(key))]
+            for text in texts:
                 found += _secret_parts(text, step, workspace, variables, env, seen)
+            literal = step.config.get(key)
+            if not texts and (isinstance(literal, (Mapping, list)) or isinstance(literal, str)
+                              and len(literal) >= PART_MIN_LENGTH):  # written out: a part of the secret as is
+                found.append(literal)
     for path in leaf_references(value):
         if path[0] == "config":
             continue
         held: Any = sources.get(path[0])
         for key in path[1:]:
+            if isinstance(held, Mapping) and key not in held and hasattr(dict, key):
+                break  # vars.db.get('password'), vars.db.items(): a method of the mapping: all of it
             held = held.get(key) if isinstance(held, Mapping) else None
         if isinstance(held, (Mapping, list, tuple)) or (
                 held is not None and not isinstance(held, bool) and len(str(held)) >= PART_MIN_LENGTH):
