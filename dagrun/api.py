@@ -280,6 +280,7 @@ def prepare(template: Any, workspace: Any, *, database_url: str | None = None, m
     plan, ws = compile_for(template, workspace, actions=actions, variables=variables, secrets=secrets,
                            templates=templates, env_passthrough=env_passthrough, trusted_actions=trusted_actions,
                            roots=roots)
+    secrets = _typed_secrets(secrets, plan)  # as compile_for read them
     check_sandbox(plan, sandbox, ws, allow_network)
     check_account(ws, adopt_users)
     if url:
@@ -403,12 +404,20 @@ def compile_for(template: Any, workspace: Any, *, actions: Iterable[Any] | None 
                                  .workspace_fields)
     ws = with_home(ws, roots=_allowed_roots(()) if roots is None else roots)
     plan = compile_template(template, variables=merged, workspace=ws, **options)
+    typed = _typed_secrets(secrets, plan)
+    if typed != dict(secrets or {}):  # a mapping secret given as text (the CLI, a form): read as a resume reads it
+        merged = {**(variables or {}), **typed}
+        plan = compile_template(template, variables=merged, workspace=ws, **options)
     _check_variables(plan, variables)
-    defaults = plan.snapshot.get("vars") or {}
-    for name, value in (secrets or {}).items():
-        _whole_secret(name, value, defaults.get(name))
-    _check_rendered_configs(plan, ws, merged, secrets or {})
+    _check_rendered_configs(plan, ws, merged, typed)
     return plan, ws
+
+
+def _typed_secrets(secrets: Mapping[str, Any] | None, plan: Plan) -> dict[str, Any]:
+    """The secrets as the run takes them: a mapping over a mapping default
+    given whole (text given for one read as the mapping it writes)."""
+    defaults = plan.snapshot.get("vars") or {}
+    return {name: _whole_secret(name, value, defaults.get(name)) for name, value in (secrets or {}).items()}
 
 
 def _check_rendered_configs(plan: Plan, workspace: Mapping[str, Any], variables: Mapping[str, Any],
@@ -783,7 +792,7 @@ def _masked_defaults(plan: Plan, defaults: dict[str, Any]) -> dict[str, Any]:
         container, key = masked, path[1]
         for part in path[2:]:  # down a mapping default (copied as it goes); what is no mapping is masked whole
             value = container.get(key)
-            if not isinstance(value, Mapping) or part not in value and hasattr(dict, part):
+            if not isinstance(value, Mapping) or hasattr(dict, part):
                 break  # (vars.db.get('password'), vars.db.items(): a method: all of the mapping)
             container[key] = dict(value)
             container, key = container[key], part
@@ -890,7 +899,7 @@ def _check_nothing_masked_left(run: Any, given: Mapping[str, Any]) -> None:
 
 
 def _leaf_paths(value: Any, prefix: tuple[str, ...] = ()) -> set[tuple[str, ...]]:
-    if isinstance(value, Mapping) and value:
+    if isinstance(value, Mapping):  # (an empty mapping has no leaf: opts: {} is filled by any mapping)
         return {p for k, v in value.items() for p in _leaf_paths(v, (*prefix, str(k)))}
     return {prefix}
 

@@ -604,6 +604,52 @@ def test_secrets_read_through_methods_filters_and_keys_are_masked_too(workspace,
         assert result.success and "Hunter2-Lit-Pw" not in stored and "login.dsn" in run.secret_names, url
 
 
+def test_which_written_fields_a_secret_field_reads_are_secrets(workspace, home, db_url):
+    """(helper-49) Every written field a secret URL read counted as a secret
+    (a port, a database name: masked in every output, asked for at resume,
+    a tenant's port refused as "holding a secret"); a password written in a
+    templated field, or two fields away, or read by a secret field the
+    action's defaults give, stayed in clear; a list index and a key named
+    like a dict method slipped by the masking; a secret mapping given as
+    text ran as text at the start; opts: {} could not be filled."""
+    login = dict(LOGIN, config_schema={"type": "object", "properties": {
+        "url": {"type": "string", "x-secret": True}, "dsn": {"type": "string"}, "port": {"type": "integer"},
+        "other": {"type": "string"}}})
+    doc = template(step(10, "login", action_config={"url": "pg://app:{{ vars.pw }}@db:{{ config.port }}/{{ config.dsn }}",
+                                                    "port": 5432, "dsn": "appdb"}),
+                   script_step(20, 'echo "port 5432 of appdb open"', id="show", requires=["login"]),
+                   vars={"pw": "", "pg_port": 0})
+    result = run_template(doc, workspace, database_url=db_url, actions=[login],
+                          variables={"pw": "Tenant-Pw-1", "pg_port": 5432})
+    run, stored = _stored(db_url, result.run_id)
+    assert result.success and run.secret_names == ["pw"] and result.steps["show"].stdout == "port 5432 of appdb open\n"
+    for config in ({"url": "{{ config.dsn }}", "dsn": "pg://admin:S3cretPW@{{ workspace.name }}/x"},
+                   {"url": "{{ config.other }}", "other": "{{ config.dsn }}", "dsn": "pg://admin:S3cretPW@db/x"}):
+        result = run_template(template(step(10, "login", action_config=config)), workspace, database_url=db_url,
+                              actions=[login])
+        run, stored = _stored(db_url, result.run_id)
+        assert result.success and "S3cretPW" not in stored and "login.dsn" in run.secret_names, config
+    by_default = dict(login, default_config={"url": "{{ config.dsn }}"})
+    result = run_template(template(step(10, "login", action_config={"dsn": "pg://admin:S3cretPW@db/x"})), workspace,
+                          database_url=db_url, actions=[by_default])
+    assert result.success and "S3cretPW" not in _stored(db_url, result.run_id)[1]
+    for url, value in (("pg://app:{{ vars.tokens[0] }}@db", {"tokens": ["Tenant-Tok-999"]}),
+                       ("pg://app:{{ vars.db.values() | list | last }}@db",
+                        {"db": {"values": "v", "password": "Tenant-Tok-999"}})):
+        name = next(iter(value))
+        doc = template(step(10, "login", action_config={"url": url}),
+                       script_step(20, f'echo "PLAIN {{{{ vars.{name} }}}}"', id="show", requires=["login"]),
+                       vars={name: None})
+        result = run_template(doc, workspace, database_url=db_url, actions=[LOGIN], variables=value)
+        assert result.success and "Tenant-Tok-999" not in result.steps["show"].stdout, url
+        assert "Tenant-Tok-999" not in _stored(db_url, result.run_id)[1], url
+    doc = template(step(10, "login", action_config={"url": "pg://{{ vars.db.user }}:{{ vars.db.password }}@db"}),
+                   vars={"db": {"user": "", "password": "", "opts": {}}})
+    result = run_template(doc, workspace, database_url=db_url, actions=[LOGIN],
+                          secrets={"db": "{user: app, password: Text-Pw-5, opts: {ssl: true}}"})
+    assert result.success and (home / "url").read_text() == "pg://app:Text-Pw-5@db\n"
+
+
 def test_text_given_again_is_read_only_as_json_would_have_given_it():
     """(helper-48) YAML read {a: 2024-01-01} as a date, which the digest's
     canonical form (default=str) took for the text; sets and bytes too."""

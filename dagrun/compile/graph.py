@@ -221,9 +221,9 @@ class Compiler:
                 # (a secret the action's own defaults give is in the action, given again with it)
                 if key in written and expressions.written_secret(config.get(key)):
                     self.secret_literals.append((step_id, key))
-                if key in written:  # url: "{{ config.dsn }}" with dsn written out: the secret is dsn's text
-                    self.secret_literals += [(step_id, k) for k in _written_through(config, key, written)
-                                             if (step_id, k) not in self.secret_literals]
+                # url: "{{ config.dsn }}" with dsn written out in the template: the secret is dsn's text
+                self.secret_literals += [(step_id, k) for k in _written_through(config, key, written)
+                                         if (step_id, k) not in self.secret_literals]
             bound.append({**raw, "id": step_id, "action": action, "config": config})
         return bound
 
@@ -579,30 +579,67 @@ def _action_mentions_steps(action: Any) -> bool:
     return found
 
 
-_CONFIG_READ = re.compile(r"\{\{\s*config\.([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
-
-
-def _written_through(config: Mapping[str, Any], key: str, written: Mapping[str, Any]) -> list[str]:
-    """The other fields of a step, written out in the template, that the
-    secret field ``key`` reads: secrets written in the template when the
-    field's text with each ``{{ config.X }}`` replaced by X's text reads as
-    a written secret (a password in a URL, not a host); read any other way
-    (a filter, a key, ``config | tojson``), what cannot be told is counted."""
-    from jinja2 import TemplateSyntaxError
+def _written_through(config: Mapping[str, Any], key: str, written: Mapping[str, Any],
+                     seen: frozenset[str] = frozenset()) -> list[str]:
+    """The fields of a step, written in the template, that hold a secret
+    the secret field ``key`` reads from them (``url: "{{ config.dsn }}"``,
+    ``dsn: pg://admin:PASSWORD@db``). Each ``{{ }}`` that reads one field
+    and nothing else stands for that field's text: a field is counted when,
+    with it in place, the secret field's text reads as a written secret (a
+    password counts; a host, a port, a database name in a URL do not). A
+    field that is the whole of what it reads is read as a secret field
+    itself (through any number of fields). What cannot be told (``config |
+    tojson``, a field read beside something else) counts."""
     text = config.get(key)
     if not isinstance(text, str) or not expressions.has_template(text):
         return []
-    try:
-        refs = expressions.references(text)
-    except TemplateSyntaxError:  # reported where the field is parsed
-        return []
-    whole = any(r.root == "config" and r.attr is None for r in refs)
-    names = set(written) if whole else {r.attr for r in refs if r.root == "config" and r.attr}
-    read = sorted(k for k in names if k != key and written.get(k) not in (None, "")
-                  and not any(True for _ in expressions.template_strings(written[k])))
+    blocks = _config_blocks(text)
+    if blocks is None:  # config read whole, or a block that does not parse: cannot tell
+        return sorted(k for k in written if k != key and k not in seen and written.get(k) not in (None, ""))
+    read = {name for _, name in blocks if name not in (None, key) and name not in seen}
+    try:  # read beside something else, or in a statement: cannot tell, counted
+        unsure = {r.attr for r in expressions.references(text) if r.root == "config"} - read - {key} - seen
+    except Exception:  # noqa: BLE001 - (reported where the field is parsed)
+        unsure = set()
+    unsure = {k for k in unsure if written.get(k) not in (None, "")}
     if not read:
-        return []
-    if not whole and set(read) <= set(_CONFIG_READ.findall(text)) and all(isinstance(written[k], str) for k in read):
-        expanded = _CONFIG_READ.sub(lambda m: str(written[m.group(1)]) if m.group(1) in read else m.group(0), text)
-        return read if expressions.written_secret(expanded) else []
-    return read
+        return sorted(unsure)
+    if len(blocks) == 1 and blocks[0][1] in read and text.strip() == blocks[0][0].strip():
+        name = blocks[0][1]  # the field is that one: what it holds is the secret field's value
+        found = [name] if name in written and expressions.written_secret(config.get(name)) else []
+        return found + _written_through(config, name, written, seen | {key})
+    found: list[str] = []
+    for name in sorted(read):
+        if name in written and not isinstance(config.get(name), (Mapping, list)):
+            with_it = _substituted(text, blocks, {name: str(config.get(name))})
+            if expressions.written_secret(with_it):
+                found.append(name)
+        found += _written_through(config, name, written, seen | {key})
+    return sorted(set(found) | unsure)
+
+
+def _config_blocks(text: str) -> list[tuple[str, str | None]] | None:
+    """Each ``{{ }}`` of ``text`` with the one config field it reads (None:
+    it reads something else too, or no field). None when ``config`` is read
+    whole, or the text does not parse."""
+    from jinja2 import TemplateSyntaxError
+    found: list[tuple[str, str | None]] = []
+    for match in re.finditer(r"\{\{.*?\}\}", text, re.S):
+        try:
+            refs = expressions.references(match.group(0))
+        except TemplateSyntaxError:
+            return None
+        if any(r.root == "config" and r.attr is None for r in refs):
+            return None
+        config_reads = {r.attr for r in refs if r.root == "config"}
+        only = next(iter(config_reads)) if len(config_reads) == 1 and len(refs) == 1 else None
+        found.append((match.group(0), only))
+    return found
+
+
+def _substituted(text: str, blocks: list[tuple[str, str | None]], values: Mapping[str, str]) -> str:
+    """``text`` with each block reading one of ``values``' fields replaced by its text."""
+    for block, name in blocks:
+        if name in values:
+            text = text.replace(block, values[name])
+    return text

@@ -148,21 +148,20 @@ def _secret_parts(value: str, step: Any, workspace: Mapping[str, Any], variables
     for key in (list(step.config) if whole else read):
         if key not in seen:
             seen.add(key)
-            texts = [text for _, text in template_strings(step.config.get(key))]
-            for text in texts:
+            # (what of it is written out and a secret, the compiler says: plan.secret_literals)
+            for _, text in template_strings(step.config.get(key)):
                 found += _secret_parts(text, step, workspace, variables, env, seen)
-            literal = step.config.get(key)
-            if not texts and (isinstance(literal, (Mapping, list)) or isinstance(literal, str)
-                              and len(literal) >= PART_MIN_LENGTH):  # written out: a part of the secret as is
-                found.append(literal)
     for path in leaf_references(value):
         if path[0] == "config":
             continue
         held: Any = sources.get(path[0])
         for key in path[1:]:
-            if isinstance(held, Mapping) and key not in held and hasattr(dict, key):
-                break  # vars.db.get('password'), vars.db.items(): a method of the mapping: all of it
-            held = held.get(key) if isinstance(held, Mapping) else None
+            if isinstance(held, Mapping) and hasattr(dict, key):
+                break  # vars.db.get('password'), vars.db.items(): a method (Jinja's first choice): all of it
+            if isinstance(held, (list, tuple)):
+                held = held[int(key)] if key.lstrip("-").isdigit() and -len(held) <= int(key) < len(held) else None
+            else:
+                held = held.get(key) if isinstance(held, Mapping) else None
         if isinstance(held, (Mapping, list, tuple)) or (
                 held is not None and not isinstance(held, bool) and len(str(held)) >= PART_MIN_LENGTH):
             found.append(held)  # (a mapping or a list: each part, see Redactor.add)
