@@ -135,13 +135,12 @@ def _secret_parts(value: str, step: Any, workspace: Mapping[str, Any], variables
     (postgresql://u:{{ vars.pw }}@h) is one itself, shown alone in an error
     or by a script, and so is another field of the step it reads
     (``{{ config.dsn }}``), with what that field is made of."""
-    from ..compile.expressions import build_context, leaf_references, render_string, template_strings
+    from ..compile.expressions import build_context, leaf_references, references, render_string, template_strings
     if not has_template(value):
         return [value]
     found: list[Any] = []
     sources = {"vars": variables, "env": env, "workspace": workspace}
     seen = set() if seen is None else seen
-    from ..compile.expressions import references
     refs = references(value)
     whole = any(ref.root == "config" and ref.attr is None for ref in refs)  # {{ config | tojson }}
     read = [ref.attr for ref in refs if ref.root == "config" and ref.attr]
