@@ -650,6 +650,35 @@ def test_which_written_fields_a_secret_field_reads_are_secrets(workspace, home, 
     assert result.success and (home / "url").read_text() == "pg://app:Text-Pw-5@db\n"
 
 
+def test_secrets_read_through_string_methods_statements_and_nested_fields(workspace, home, db_url):
+    """(helper-50) vars.pw.strip() and {% set v = vars %} let a plain step
+    show a tenant's password; a written password in a nested or indexed
+    field, behind {% set c = config %}, or read by a secret field holding a
+    mapping, stayed in clear; a Bearer header and a URL whose one expression
+    is a host counted as secrets written in the template."""
+    login = dict(LOGIN, config_schema={"type": "object", "properties": {
+        "url": {"type": ["string", "object"], "x-secret": True}, "creds": {"type": ["object", "array"]},
+        "pw": {"type": "string"}, "host": {"type": "string"}}})
+    for url in ("pg://app:{{ vars.pw.strip() }}@db/x", "{% set v = vars %}pg://app:{{ v.pw }}@db/x"):
+        doc = template(step(10, "login", action_config={"url": url}),
+                       script_step(20, 'echo "PLAIN {{ vars.pw }}"', id="show", requires=["login"]), vars={"pw": None})
+        result = run_template(doc, workspace, database_url=db_url, actions=[LOGIN], variables={"pw": "Tenant-Pw-999"})
+        assert result.success and result.steps["show"].stdout == "PLAIN ********\n", url
+        assert "Tenant-Pw-999" not in _stored(db_url, result.run_id)[1], url
+    for config in ({"url": "pg://app:{{ config.creds.password }}@db/app", "creds": {"password": "Hunter2pwA"}},
+                   {"url": "pg://app:{{ config.creds[0] }}@db/app", "creds": ["Hunter2pwA"]},
+                   {"url": "{% set c = config %}pg://app:{{ c.pw }}@db/app", "pw": "Hunter2pwA"},
+                   {"url": {"user": "app", "password": "{{ config.pw }}"}, "pw": "Hunter2pwA"}):
+        result = run_template(template(step(10, "login", action_config=config)), workspace, database_url=db_url,
+                              actions=[login])
+        run, stored = _stored(db_url, result.run_id)
+        assert "Hunter2pwA" not in stored, config
+    for url, extra in (("Bearer {{ vars.pw }}", {}), ("redis://{{ config.host }}:6379/0", {"host": "cache1"})):
+        doc = template(step(10, "login", action_config={"url": url, **extra}), vars={"pw": ""})
+        result = run_template(doc, workspace, database_url=db_url, actions=[login], secrets={"pw": "Tok-12345678"})
+        assert result.success and _stored(db_url, result.run_id)[0].secret_names == ["pw"], url
+
+
 def test_text_given_again_is_read_only_as_json_would_have_given_it():
     """(helper-48) YAML read {a: 2024-01-01} as a date, which the digest's
     canonical form (default=str) took for the text; sets and bytes too."""

@@ -138,6 +138,7 @@ _TOKEN_LIKE = re.compile(r"(?:ghp_|gho_|ghu_|ghs_|ghr_|github_pat_|glpat-|xox[ab
 # A query parameter whose name says it holds a credential.
 _SECRET_NAME = re.compile(r"pass|pwd|secret|token|key|auth|sig|cred|session|code", re.I)
 # What the author writes inside a tag that can hold a secret: a comment, a statement ({% set x = '...' %}).
+_AUTH_HEADER = re.compile(r"\s*(Bearer|Token|Basic|Digest|ApiKey)\s+\0\s*", re.I)
 _AUTHOR_TOKENS = frozenset({"comment", "comment_begin", "linecomment", "block_begin", "linestatement_begin",
                             "raw_begin"})
 
@@ -155,7 +156,7 @@ def _constants_say_nothing(text: str) -> bool:
                for node in tree.find_all(nodes.Const))
 
 
-def written_secret(text: Any) -> bool:
+def written_secret(text: Any, *, in_place: bool = False) -> bool:
     """Does a secret field's value hold a secret written in the template
     itself? Anything but text that only reads its secret from elsewhere
     does: a value without ``{{ }}`` (when not empty), a mapping or a list,
@@ -170,7 +171,9 @@ def written_secret(text: Any) -> bool:
     if text in (None, ""):
         return False
     if not has_template(text):
-        return True
+        if not in_place or not isinstance(text, str):
+            return True
+        return _shape_writes_secret(text)  # (in_place: written text put where an expression was, as a URL's part)
     try:
         tokens = list(PLAIN.lex(text))
     except TemplateSyntaxError:
@@ -179,8 +182,15 @@ def written_secret(text: Any) -> bool:
         return True
     # The author's text, each expression a NUL (no value is one: they are refused).
     shape = "".join(value if kind == "data" else "\0" if kind == "variable_begin" else "" for _, kind, value in tokens)
+    return _shape_writes_secret(shape)
+
+
+def _shape_writes_secret(shape: str) -> bool:
+    """Does the author's text (each expression a NUL) hold a credential?"""
     if not shape.replace("\0", "").strip():
         return False
+    if _AUTH_HEADER.fullmatch(shape):
+        return False  # "Bearer {{ vars.token }}": the scheme of an Authorization header, the token read
     url = _URL_PARTS.fullmatch(shape)
     if not url:
         return True

@@ -588,34 +588,49 @@ def _written_through(config: Mapping[str, Any], key: str, written: Mapping[str, 
     with it in place, the secret field's text reads as a written secret (a
     password counts; a host, a port, a database name in a URL do not). A
     field that is the whole of what it reads is read as a secret field
-    itself (through any number of fields). What cannot be told (``config |
-    tojson``, a field read beside something else) counts."""
-    text = config.get(key)
-    if not isinstance(text, str) or not expressions.has_template(text):
-        return []
+    itself (through any number of fields). What cannot be told counts:
+    ``config`` read whole (``config | tojson``, ``{% set c = config %}``), a
+    field read beside something else, a field holding a mapping or a list."""
+    value = config.get(key)
+    texts = [value] if isinstance(value, str) else [t for _, t in expressions.template_strings(value)]
+    found: set[str] = set()
+    for text in texts:
+        found |= _written_through_text(text, config, key, written, seen)
+    return sorted(found)
+
+
+def _written_through_text(text: str, config: Mapping[str, Any], key: str, written: Mapping[str, Any],
+                          seen: frozenset[str]) -> set[str]:
+    from jinja2 import TemplateSyntaxError
+    if not expressions.has_template(text):
+        return set()
+    others = {k for k in written if k != key and k not in seen and written.get(k) not in (None, "")}
+    try:
+        refs = expressions.references(text)
+    except TemplateSyntaxError:  # reported where the field is parsed: counted meanwhile
+        return others
+    if any(r.root == "config" and r.attr is None for r in refs):
+        return others
     blocks = _config_blocks(text)
-    if blocks is None:  # config read whole, or a block that does not parse: cannot tell
-        return sorted(k for k in written if k != key and k not in seen and written.get(k) not in (None, ""))
+    if blocks is None:
+        return others
     read = {name for _, name in blocks if name not in (None, key) and name not in seen}
-    try:  # read beside something else, or in a statement: cannot tell, counted
-        unsure = {r.attr for r in expressions.references(text) if r.root == "config"} - read - {key} - seen
-    except Exception:  # noqa: BLE001 - (reported where the field is parsed)
-        unsure = set()
-    unsure = {k for k in unsure if written.get(k) not in (None, "")}
-    if not read:
-        return sorted(unsure)
+    unsure = {r.attr for r in refs if r.root == "config"} - read - {key} - seen
+    found = {k for k in unsure if k in others}  # read beside something else, or in a statement
     if len(blocks) == 1 and blocks[0][1] in read and text.strip() == blocks[0][0].strip():
         name = blocks[0][1]  # the field is that one: what it holds is the secret field's value
-        found = [name] if name in written and expressions.written_secret(config.get(name)) else []
-        return found + _written_through(config, name, written, seen | {key})
-    found: list[str] = []
+        if name in written and expressions.written_secret(config.get(name)):
+            found.add(name)
+        return found | set(_written_through(config, name, written, seen | {key}))
     for name in sorted(read):
-        if name in written and not isinstance(config.get(name), (Mapping, list)):
-            with_it = _substituted(text, blocks, {name: str(config.get(name))})
-            if expressions.written_secret(with_it):
-                found.append(name)
-        found += _written_through(config, name, written, seen | {key})
-    return sorted(set(found) | unsure)
+        held = config.get(name)
+        if name in written and isinstance(held, (Mapping, list)):
+            found.add(name)  # a mapping or a list read in part: cannot tell which part
+        elif name in written and held not in (None, ""):
+            if expressions.written_secret(_substituted(text, blocks, {name: str(held)}), in_place=True):
+                found.add(name)
+        found |= set(_written_through(config, name, written, seen | {key}))
+    return found
 
 
 def _config_blocks(text: str) -> list[tuple[str, str | None]] | None:

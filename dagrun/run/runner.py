@@ -150,17 +150,25 @@ def _secret_parts(value: str, step: Any, workspace: Mapping[str, Any], variables
             # (what of it is written out and a secret, the compiler says: plan.secret_literals)
             for _, text in template_strings(step.config.get(key)):
                 found += _secret_parts(text, step, workspace, variables, env, seen)
+    for root in {ref.root for ref in refs if ref.root in ("vars", "workspace") and ref.attr is None}:
+        # read whole ({% set v = vars %}, vars | tojson): every value of it may be in the secret
+        found += [v for v in sources[root].values() if isinstance(v, (Mapping, list, tuple))
+                  or v is not None and not isinstance(v, bool) and len(str(v)) >= PART_MIN_LENGTH]
     for path in leaf_references(value):
         if path[0] == "config":
             continue
         held: Any = sources.get(path[0])
         for key in path[1:]:
-            if isinstance(held, Mapping) and hasattr(dict, key):
-                break  # vars.db.get('password'), vars.db.items(): a method (Jinja's first choice): all of it
-            if isinstance(held, (list, tuple)):
-                held = held[int(key)] if key.lstrip("-").isdigit() and -len(held) <= int(key) < len(held) else None
+            if isinstance(held, Mapping):
+                if hasattr(dict, key):
+                    break  # vars.db.get('password'), vars.db.items(): a method (Jinja's first choice): all of it
+                held = held.get(key)
+            elif isinstance(held, (list, tuple)):
+                if not (key.lstrip("-").isdigit() and -len(held) <= int(key) < len(held)):
+                    break  # vars.tokens.copy(): a method: all of it
+                held = held[int(key)]
             else:
-                held = held.get(key) if isinstance(held, Mapping) else None
+                break  # vars.pw.strip(), vars.pw.split('-'): a method of the value: the value
         if isinstance(held, (Mapping, list, tuple)) or (
                 held is not None and not isinstance(held, bool) and len(str(held)) >= PART_MIN_LENGTH):
             found.append(held)  # (a mapping or a list: each part, see Redactor.add)
