@@ -679,6 +679,29 @@ def test_secrets_read_through_string_methods_statements_and_nested_fields(worksp
         assert result.success and _stored(db_url, result.run_id)[0].secret_names == ["pw"], url
 
 
+def test_a_user_name_or_host_in_a_secret_url_is_not_masked_on_its_own(workspace, home, db_url):
+    """(helper-50) postgresql://{{ workspace.linux_username }}:{{ vars.db_password }}@localhost/odoo:
+    the user name was masked everywhere, and a start refused when another
+    field held it ("workspace.email holds a secret's value"); a host read
+    from a variable was masked in every result. Only what sits where the
+    secret is (the password, a token as a URL's user) is masked alone."""
+    doc = template(step(10, "login", id="login", action_config={
+                       "url": "postgresql://{{ workspace.name }}:{{ vars.db_password }}@{{ vars.host }}:5432/odoo"}),
+                   script_step(20, 'echo "user {{ workspace.name }} mail {{ workspace.email }} on {{ vars.host }} '
+                                   'pw {{ vars.db_password }}"', id="show", requires=["login"]),
+                   script_step(30, 'echo "pw=$(printf %s {{ vars.token }})" >> "$DAGRUN_OUTPUT"', id="tok"),
+                   step(40, "login", id="clone", requires=["tok"],
+                        action_config={"url": "https://{{ vars.token }}@git.example/r.git"}),
+                   vars={"db_password": "", "host": "localhost", "project": "", "token": ""})
+    result = run_template(doc, {**workspace, "name": "alice42", "email": "alice42@corp.example"}, database_url=db_url,
+                          actions=[LOGIN], variables={"db_password": "S3cret-Pw-1", "project": "alice42_odoo",
+                                                      "token": "abc123"})
+    assert result.success, result.error
+    assert result.steps["show"].stdout == "user alice42 mail alice42@corp.example on localhost pw ********\n"
+    assert result.steps["tok"].result == {"pw": "********"}  # a token as a URL's user: masked alone
+    assert "S3cret-Pw-1" not in _stored(db_url, result.run_id)[1]
+
+
 def test_text_given_again_is_read_only_as_json_would_have_given_it():
     """(helper-48) YAML read {a: 2024-01-01} as a date, which the digest's
     canonical form (default=str) took for the text; sets and bytes too."""

@@ -41,6 +41,7 @@ import heapq
 import logging
 import os
 import queue
+import re
 import time
 import uuid
 from concurrent.futures import Executor
@@ -169,8 +170,9 @@ def _secret_parts(value: str, step: Any, workspace: Mapping[str, Any], variables
                 held = held[int(key)]
             else:
                 break  # vars.pw.strip(), vars.pw.split('-'): a method of the value: the value
-        if isinstance(held, (Mapping, list, tuple)) or (
-                held is not None and not isinstance(held, bool) and len(str(held)) >= PART_MIN_LENGTH):
+        if (isinstance(held, (Mapping, list, tuple)) or (
+                held is not None and not isinstance(held, bool) and len(str(held)) >= PART_MIN_LENGTH)) \
+                and _where_a_secret_is(value, path, held):
             found.append(held)  # (a mapping or a list: each part, see Redactor.add)
     try:
         rendered = render_string(value, build_context(workspace=workspace, config=step.config, variables=variables,
@@ -180,6 +182,42 @@ def _secret_parts(value: str, step: Any, workspace: Mapping[str, Any], variables
     if rendered not in (None, ""):
         found.append(rendered)
     return found
+
+
+_BLOCK = re.compile(r"\{\{.*?\}\}", re.S)
+
+
+def _where_a_secret_is(text: str, path: tuple[str, ...], held: Any) -> bool:
+    """Does the value at ``path`` sit where a secret field's text holds its
+    secret? Put in place of the one ``{{ }}`` that reads it, the text reads
+    as a written secret (a password, a token as a URL's user; not a user
+    name beside a password, a host, a port, a database name: those are not
+    masked on their own). What cannot be told is: read beside something
+    else or in a statement, a mapping or a list."""
+    from ..compile.expressions import leaf_references, references, written_secret
+    if isinstance(held, (Mapping, list, tuple)) or "{%" in text:
+        return True
+    mine = []
+    for match in _BLOCK.finditer(text):
+        block = match.group(0)
+        try:
+            leaves = leaf_references(block)
+            refs = references(block)
+        except Exception:  # noqa: BLE001 - (reported by the compile)
+            return True
+        if path in leaves:
+            if len(leaves) != 1 or len(refs) != 1:
+                return True
+            mine.append(match)
+    if not mine:
+        return True
+    for match in mine:
+        before, after = text[:match.start()], text[match.end():]
+        if after.startswith("@") and "://" in before and ":" not in before.rsplit("://", 1)[1]:
+            return True  # https://TOKEN@host: the user slot alone holds a token
+        if written_secret(before + str(held) + after, in_place=True):
+            return True
+    return False
 
 
 @dataclass(frozen=True, slots=True)
