@@ -700,6 +700,19 @@ def test_a_user_name_or_host_in_a_secret_url_is_not_masked_on_its_own(workspace,
     assert result.steps["show"].stdout == "user alice42 mail alice42@corp.example on localhost pw ********\n"
     assert result.steps["tok"].result == {"pw": "********"}  # a token as a URL's user: masked alone
     assert "S3cret-Pw-1" not in _stored(db_url, result.run_id)[1]
+    # (helper-51) where a value sits is told from the template's text, never from the value's own characters
+    for url, secret in (("postgresql://app:{{ vars.pw }}@db/x", "8842/Kq+ZtWv9"),
+                        ("postgresql://app:{{ vars.pw }}@db/x", "2024?Summer!"),
+                        ("redis://:{{ vars.pw }}@cache:6379/0", "1999/Rover"),
+                        ("https://api.example.com/v1?pw={{ vars.pw }}", "Hunter2secret"),
+                        ("https://hooks.example.com/services/{{ vars.pw }}", "correcthorsebatterystaple"),
+                        ("https://{{ vars.pw }}.ngrok.io/hook", "Zq81mXv0Lp3s"),
+                        ("https://{{ vars.pw }}:@github.com/o/r", "Zq81mXv0Lp3s")):
+        doc = template(step(10, "login", id="login", action_config={"url": url}),
+                       script_step(20, 'echo "PLAIN {{ vars.pw }}"', id="show", requires=["login"]), vars={"pw": ""})
+        result = run_template(doc, workspace, database_url=db_url, actions=[LOGIN], variables={"pw": secret})
+        assert result.steps["show"].stdout == "PLAIN ********\n", (url, secret)
+        assert secret not in _stored(db_url, result.run_id)[1], (url, secret)
 
 
 def test_text_given_again_is_read_only_as_json_would_have_given_it():

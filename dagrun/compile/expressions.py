@@ -136,7 +136,7 @@ _URL_PARTS = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://(?:([^@/?#]*)@)?([^:/?#\s@]*
 _TOKEN_LIKE = re.compile(r"(?:ghp_|gho_|ghu_|ghs_|ghr_|github_pat_|glpat-|xox[abprs]-|sk-|AKIA)|"
                          r"(?=[A-Za-z0-9_\-]*[0-9])(?=[A-Za-z0-9_\-]*[A-Za-z])[A-Za-z0-9_\-]{16,}")
 # A query parameter whose name says it holds a credential.
-_SECRET_NAME = re.compile(r"pass|pwd|secret|token|key|auth|sig|cred|session|code", re.I)
+SECRET_NAME = re.compile(r"pass|pwd|secret|token|key|auth|sig|cred|session|code", re.I)
 # What the author writes inside a tag that can hold a secret: a comment, a statement ({% set x = '...' %}).
 _AUTH_HEADER = re.compile(r"\s*(Bearer|Token|Basic|Digest|ApiKey)\s+\0\s*", re.I)
 _AUTHOR_TOKENS = frozenset({"comment", "comment_begin", "linecomment", "block_begin", "linestatement_begin",
@@ -203,7 +203,7 @@ def _shape_writes_secret(shape: str) -> bool:
         return True
     for parameter in filter(None, (query or "").split("&")):
         name, _, value = parameter.partition("=")
-        if _SECRET_NAME.search(name) and value.replace("\0", "") or _TOKEN_LIKE.search(value) or "\0" in name:
+        if SECRET_NAME.search(name) and value.replace("\0", "") or _TOKEN_LIKE.search(value) or "\0" in name:
             return True
     return False
 

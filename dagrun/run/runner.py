@@ -185,19 +185,29 @@ def _secret_parts(value: str, step: Any, workspace: Mapping[str, Any], variables
 
 
 _BLOCK = re.compile(r"\{\{.*?\}\}", re.S)
+# A URL's parts, in the template's own text (the value read a \x01, other expressions a \0): the value's
+# place is decided by what the author wrote, never by the value's own characters.
+_URL = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://(?:(?P<userinfo>[^@/?#]*)@)?(?P<host>[^:/?#@]*)"
+                  r"(?::(?P<port>[^/?#]*))?(?P<path>/[^?#]*)?(?P<rest>[?#].*)?", re.S)
+_DATABASE_SCHEMES = re.compile(r"(postgres(ql)?|mysql|mariadb|mongodb|redis|rediss|amqps?)(\+[a-z0-9]+)?", re.I)
 
 
 def _where_a_secret_is(text: str, path: tuple[str, ...], held: Any) -> bool:
     """Does the value at ``path`` sit where a secret field's text holds its
-    secret? Put in place of the one ``{{ }}`` that reads it, the text reads
-    as a written secret (a password, a token as a URL's user; not a user
-    name beside a password, a host, a port, a database name: those are not
-    masked on their own). What cannot be told is: read beside something
-    else or in a statement, a mapping or a list."""
-    from ..compile.expressions import leaf_references, references, written_secret
-    if isinstance(held, (Mapping, list, tuple)) or "{%" in text:
+    secret? Told from the template's text alone: in a URL, a user name
+    beside a password, the whole host, the whole port, and a database URL's
+    one path segment (its database) are not secrets on their own (the whole
+    URL is masked); anything else is: the password, a user alone (a token),
+    a path, a query, a fragment, part of a host, text that is no URL, and a
+    value named like a secret (``*password*``, ``*token*``) wherever it
+    sits. What cannot be told is a secret: read beside something else or in
+    a statement, a mapping or a list."""
+    from ..compile.expressions import SECRET_NAME, leaf_references, references
+    if isinstance(held, (Mapping, list, tuple)) or "{%" in text or "{#" in text:
         return True
-    mine = []
+    if any(SECRET_NAME.search(str(part)) for part in path[1:]):
+        return True  # named as one (workspace.db_password), wherever it sits
+    mine: list[str] = []
     for match in _BLOCK.finditer(text):
         block = match.group(0)
         try:
@@ -208,15 +218,20 @@ def _where_a_secret_is(text: str, path: tuple[str, ...], held: Any) -> bool:
         if path in leaves:
             if len(leaves) != 1 or len(refs) != 1:
                 return True
-            mine.append(match)
+            mine.append(block)
     if not mine:
         return True
-    for match in mine:
-        before, after = text[:match.start()], text[match.end():]
-        if after.startswith("@") and "://" in before and ":" not in before.rsplit("://", 1)[1]:
-            return True  # https://TOKEN@host: the user slot alone holds a token
-        if written_secret(before + str(held) + after, in_place=True):
-            return True
+    shape = _BLOCK.sub(lambda m: "\x01" if m.group(0) in mine else "\0", text).strip()
+    url = _URL.fullmatch(shape)
+    if url is None or "\x01" in (url["scheme"] or "") or "\x01" in (url["rest"] or ""):
+        return True
+    user, colon, password = (url["userinfo"] or "").partition(":")
+    if "\x01" in password or ("\x01" in user and not (colon and password and user == "\x01")):
+        return True  # the password; a user alone, or a user the value is only part of
+    if "\x01" in url["host"] and url["host"] != "\x01" or "\x01" in (url["port"] or "") and url["port"] != "\x01":
+        return True
+    if "\x01" in (url["path"] or ""):
+        return not (url["path"] == "/\x01" and _DATABASE_SCHEMES.fullmatch(url["scheme"]))
     return False
 
 
