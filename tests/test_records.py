@@ -707,7 +707,14 @@ def test_a_user_name_or_host_in_a_secret_url_is_not_masked_on_its_own(workspace,
                         ("https://api.example.com/v1?pw={{ vars.pw }}", "Hunter2secret"),
                         ("https://hooks.example.com/services/{{ vars.pw }}", "correcthorsebatterystaple"),
                         ("https://{{ vars.pw }}.ngrok.io/hook", "Zq81mXv0Lp3s"),
-                        ("https://{{ vars.pw }}:@github.com/o/r", "Zq81mXv0Lp3s")):
+                        ("https://{{ vars.pw }}:@github.com/o/r", "Zq81mXv0Lp3s"),
+                        # (helper-52) a block adding a URL's parts, a written or empty password, whitespace
+                        ("https://{{ vars.pw ~ '@github.com' }}", "Zq81mXv0Lp3s"),
+                        ("postgresql://app@h/{{ 'odoo?password=' ~ vars.pw }}", "Zq81mXv0Lp3s"),
+                        ("https://{{ vars.pw }}:{{ '' }}@github.com", "Zq81mXv0Lp3s"),
+                        ("https://{{ vars.pw }}:x-oauth-basic@github.com", "Zq81mXv0Lp3s"),
+                        ("https://api.example.com\ntoken:{{ vars.pw }}", "Zq81mXv0Lp3s"),
+                        ("redis://h:{{ vars.pw }}", "Zq81mXv0Lp3s")):
         doc = template(step(10, "login", id="login", action_config={"url": url}),
                        script_step(20, 'echo "PLAIN {{ vars.pw }}"', id="show", requires=["login"]), vars={"pw": ""})
         result = run_template(doc, workspace, database_url=db_url, actions=[LOGIN], variables={"pw": secret})

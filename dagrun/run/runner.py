@@ -172,7 +172,7 @@ def _secret_parts(value: str, step: Any, workspace: Mapping[str, Any], variables
                 break  # vars.pw.strip(), vars.pw.split('-'): a method of the value: the value
         if (isinstance(held, (Mapping, list, tuple)) or (
                 held is not None and not isinstance(held, bool) and len(str(held)) >= PART_MIN_LENGTH)) \
-                and _where_a_secret_is(value, path, held):
+                and _where_a_secret_is(value, path, held, sources):
             found.append(held)  # (a mapping or a list: each part, see Redactor.add)
     try:
         rendered = render_string(value, build_context(workspace=workspace, config=step.config, variables=variables,
@@ -189,15 +189,20 @@ _BLOCK = re.compile(r"\{\{.*?\}\}", re.S)
 # place is decided by what the author wrote, never by the value's own characters.
 _URL = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://(?:(?P<userinfo>[^@/?#]*)@)?(?P<host>[^:/?#@]*)"
                   r"(?::(?P<port>[^/?#]*))?(?P<path>/[^?#]*)?(?P<rest>[?#].*)?", re.S)
+# A block that is a bare reference: vars.db.user, workspace['name'] (no filter, no operator, no call).
+_BARE = re.compile(r"\{\{-?\s*[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*|\[\s*(?:'[^'\\]*'|\"[^\"\\]*\"|\d+)"
+                   r"\s*\])*\s*-?\}\}")
 _DATABASE_SCHEMES = re.compile(r"(postgres(ql)?|mysql|mariadb|mongodb|redis|rediss|amqps?)(\+[a-z0-9]+)?", re.I)
 
 
-def _where_a_secret_is(text: str, path: tuple[str, ...], held: Any) -> bool:
+def _where_a_secret_is(text: str, path: tuple[str, ...], held: Any, sources: Mapping[str, Any]) -> bool:
     """Does the value at ``path`` sit where a secret field's text holds its
-    secret? Told from the template's text alone: in a URL, a user name
-    beside a password, the whole host, the whole port, and a database URL's
-    one path segment (its database) are not secrets on their own (the whole
-    URL is masked); anything else is: the password, a user alone (a token),
+    secret? Told from the template's text alone, for a value read by a bare
+    reference (no filter, operator or call, which could add a URL's parts):
+    in a URL without whitespace, a user name beside a password read from
+    elsewhere, the whole host and a database URL's one path segment (its
+    database) are not secrets on their own (the whole URL is masked);
+    anything else is: the password, a user alone (a token),
     a path, a query, a fragment, part of a host, text that is no URL, and a
     value named like a secret (``*password*``, ``*token*``) wherever it
     sits. What cannot be told is a secret: read beside something else or in
@@ -216,20 +221,31 @@ def _where_a_secret_is(text: str, path: tuple[str, ...], held: Any) -> bool:
         except Exception:  # noqa: BLE001 - (reported by the compile)
             return True
         if path in leaves:
-            if len(leaves) != 1 or len(refs) != 1:
-                return True
+            if len(leaves) != 1 or len(refs) != 1 or not _BARE.fullmatch(block):
+                return True  # beside something else, or through an expression that may add a URL's parts
             mine.append(block)
     if not mine:
         return True
-    shape = _BLOCK.sub(lambda m: "\x01" if m.group(0) in mine else "\0", text).strip()
-    url = _URL.fullmatch(shape)
+    def other(block: str) -> str:  # \0: a bare reference to a value that is not empty; \x02: anything else
+        try:
+            leaves = list(leaf_references(block))
+        except Exception:  # noqa: BLE001
+            return "\x02"
+        if len(leaves) != 1 or not _BARE.fullmatch(block):
+            return "\x02"
+        held_there: Any = sources.get(leaves[0][0])
+        for part in leaves[0][1:]:
+            held_there = held_there.get(part) if isinstance(held_there, Mapping) else None
+        return "\0" if held_there not in (None, "") else "\x02"
+    shape = _BLOCK.sub(lambda m: "\x01" if m.group(0) in mine else other(m.group(0)), text).strip()
+    url = _URL.fullmatch(shape) if not re.search(r"\s", shape) else None
     if url is None or "\x01" in (url["scheme"] or "") or "\x01" in (url["rest"] or ""):
         return True
-    user, colon, password = (url["userinfo"] or "").partition(":")
-    if "\x01" in password or ("\x01" in user and not (colon and password and user == "\x01")):
-        return True  # the password; a user alone, or a user the value is only part of
-    if "\x01" in url["host"] and url["host"] != "\x01" or "\x01" in (url["port"] or "") and url["port"] != "\x01":
-        return True
+    user, _, password = (url["userinfo"] or "").partition(":")
+    if "\x01" in password or ("\x01" in user and not (user == "\x01" and password == "\0")):
+        return True  # the password; a user alone, beside a written (or no) password, or only part of one
+    if "\x01" in url["host"] and url["host"] != "\x01" or "\x01" in (url["port"] or ""):
+        return True  # part of a host; a port (short: never masked alone anyway)
     if "\x01" in (url["path"] or ""):
         return not (url["path"] == "/\x01" and _DATABASE_SCHEMES.fullmatch(url["scheme"]))
     return False
