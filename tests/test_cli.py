@@ -276,7 +276,8 @@ def test_validate_says_what_it_could_not_check_and_a_mistyped_workspace_field(tm
          "action_config": {"username": "{{ workspace.db_name }}"}}]}))
     out = dagrun("validate", "t.yaml", cwd=tmp_path)
     assert out.returncode == 0 and out.stdout == "t.yaml: ok\n"
-    assert "not checked without a workspace: the values of its db_name" in out.stderr, out.stderr
+    assert "not checked without a workspace, the values of its fields:\n    db_name\n" in out.stderr, out.stderr
+    assert all(len(line) <= 80 for line in dagrun("validate", "demo", cwd=tmp_path).stderr.splitlines())
     typo = dagrun("validate", "t.yaml", "--ws", "db_nme=x", cwd=tmp_path)
     assert typo.returncode == 2
     assert "step role: field 'action_config.username': the workspace has no db_name (it was given db_nme: a " \

@@ -278,7 +278,8 @@ def _fields_to_give(item: str, args: argparse.Namespace) -> str:
     fields = sorted(f for f in plan.workspace_fields if f not in ("id", "home_dir"))
     if not fields:
         return ""
-    return (f"  not checked without a workspace: the values of its {', '.join(fields)}\n"
+    listed = textwrap.fill(", ".join(fields), 76, initial_indent="    ", subsequent_indent="    ")
+    return (f"  not checked without a workspace, the values of its fields:\n{listed}\n"
             f"  (--ws {fields[0]}=VALUE checks them as a run would)")
 
 
