@@ -722,6 +722,20 @@ def test_a_user_name_or_host_in_a_secret_url_is_not_masked_on_its_own(workspace,
         assert secret not in _stored(db_url, result.run_id)[1], (url, secret)
 
 
+def test_a_password_the_actions_own_defaults_write_is_masked_not_asked_for(workspace, home, db_url):
+    """(helper-50 L5) An action's default_config admin_pw, read into the
+    template's secret url: shown in clear in the attempt's config and
+    errors. It is the action's (given again with it), so a resume does not
+    ask for it."""
+    login = dict(LOGIN, execution_handler='echo "{{ config.url }} {{ config.admin_pw }}" >&2; exit 3',
+                 default_config={"admin_pw": "ActPw-123456"}, config_schema={"type": "object", "properties": {
+                     "url": {"type": "string", "x-secret": True}, "admin_pw": {"type": "string"}}})
+    doc = template(step(10, "login", action_config={"url": "pg://admin:{{ config.admin_pw }}@db/x"}))
+    result = run_template(doc, workspace, database_url=db_url, actions=[login])
+    run, stored = _stored(db_url, result.run_id)
+    assert not result.success and "ActPw-123456" not in stored and not run.secret_names
+
+
 def test_text_given_again_is_read_only_as_json_would_have_given_it():
     """(helper-48) YAML read {a: 2024-01-01} as a date, which the digest's
     canonical form (default=str) took for the text; sets and bytes too."""

@@ -222,7 +222,7 @@ class Compiler:
                 if key in written and expressions.written_secret(config.get(key)):
                     self.secret_literals.append((step_id, key))
                 # url: "{{ config.dsn }}" with dsn written out in the template: the secret is dsn's text
-                self.secret_literals += [(step_id, k) for k in _written_through(config, key, written)
+                self.secret_literals += [(step_id, k) for k in written_through(config, key, written)
                                          if (step_id, k) not in self.secret_literals]
             bound.append({**raw, "id": step_id, "action": action, "config": config})
         return bound
@@ -579,7 +579,7 @@ def _action_mentions_steps(action: Any) -> bool:
     return found
 
 
-def _written_through(config: Mapping[str, Any], key: str, written: Mapping[str, Any],
+def written_through(config: Mapping[str, Any], key: str, written: Mapping[str, Any],
                      seen: frozenset[str] = frozenset()) -> list[str]:
     """The fields of a step, written in the template, that hold a secret
     the secret field ``key`` reads from them (``url: "{{ config.dsn }}"``,
@@ -621,7 +621,7 @@ def _written_through_text(text: str, config: Mapping[str, Any], key: str, writte
         name = blocks[0][1]  # the field is that one: what it holds is the secret field's value
         if name in written and expressions.written_secret(config.get(name)):
             found.add(name)
-        return found | set(_written_through(config, name, written, seen | {key}))
+        return found | set(written_through(config, name, written, seen | {key}))
     for name in sorted(read):
         held = config.get(name)
         if name in written and isinstance(held, (Mapping, list)):
@@ -629,7 +629,7 @@ def _written_through_text(text: str, config: Mapping[str, Any], key: str, writte
         elif name in written and held not in (None, ""):
             if expressions.written_secret(_substituted(text, blocks, {name: str(held)}), in_place=True):
                 found.add(name)
-        found |= set(_written_through(config, name, written, seen | {key}))
+        found |= set(written_through(config, name, written, seen | {key}))
     return found
 
 

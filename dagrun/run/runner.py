@@ -112,8 +112,13 @@ def known_secrets(plan: Plan, workspace: Mapping[str, Any], variables: Mapping[s
                 texts = [whole]
             for value in texts:
                 found += _secret_parts(value, step, workspace, variables, env)
-    # the fields holding a secret written in the template, secret fields or not (dsn read by url)
+    # the fields holding a secret written in the template, secret fields or not (dsn read by url), and
+    # those the action's own defaults write (its admin_pw read by the template's url: masked, not asked for)
     found += [plan.steps[sid].config.get(key) for sid, key in plan.secret_literals]
+    from ..compile.graph import written_through
+    for step in plan.steps.values():
+        for key in step.secret_fields:
+            found += [step.config.get(k) for k in written_through(step.config, key, step.config)]
     return found
 
 
