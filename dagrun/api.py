@@ -351,7 +351,6 @@ def prepare_resume(run_id: str, *, database_url: str | None = None, from_step: s
     ws = with_home(normalize_workspace({**(run.workspace or {}), **given_fields}), roots=roots)
     step_secrets = {k: v for k, v in secrets.items() if "." in k and not k.startswith("workspace.")}
     secret_vars = {k: v for k, v in secrets.items() if "." not in k}
-    _check_nothing_masked_left(run, secret_vars)
     plan = compile_template(with_secret_literals(run.template_snapshot, step_secrets), actions=actions,
                             workspace=ws, variables={**(run.variables or {}), **secret_vars},
                             trusted_actions=trusted_actions, keep=not secrets)
@@ -874,28 +873,6 @@ def _check_given_again(run: Any, given: Mapping[str, Any]) -> dict[str, Any]:
                              f"started with ({what})")
         checked[name] = value
     return checked
-
-
-def _check_nothing_masked_left(run: Any, given: Mapping[str, Any]) -> None:
-    """A mapping given again over a default whose parts were masked (not
-    stored: a secret field reads them) must give those parts too: merged,
-    a masked part would reach the steps as ********."""
-    from .util import deep_merge
-    defaults = (run.template_snapshot or {}).get("vars") or {}
-
-    def masked(value: Any, path: str) -> list[str]:
-        if value == MASK:
-            return [path]
-        if isinstance(value, Mapping):
-            return [p for k, v in value.items() for p in masked(v, f"{path}.{k}")]
-        return []
-    for name, value in sorted(given.items()):
-        default = defaults.get(name)
-        if isinstance(default, Mapping) and isinstance(value, Mapping):
-            left = masked(deep_merge(default, value), name)
-            if left:
-                raise InputError(f"run {run.id}: the value given again for {name} leaves out what of its default "
-                                 f"was not stored ({', '.join(left)}): give those too")
 
 
 def _leaf_paths(value: Any, prefix: tuple[str, ...] = ()) -> set[tuple[str, ...]]:

@@ -209,6 +209,8 @@ def _shape_writes_secret(shape: str) -> bool:
 
 
 # Exactly one {{ expr }} and nothing around it (not even whitespace, which would be lost).
+# Each {{ ... }} of a template string (what the secret rules read one by one).
+EXPRESSION_BLOCK = re.compile(r"\{\{.*?\}\}", re.S)
 _SOLE_EXPRESSION = re.compile(r"\A\{\{((?:(?!\}\}|\{\{).)*)\}\}\Z", re.S)
 
 

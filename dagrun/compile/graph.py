@@ -639,7 +639,7 @@ def _config_blocks(text: str) -> list[tuple[str, str | None]] | None:
     whole, or the text does not parse."""
     from jinja2 import TemplateSyntaxError
     found: list[tuple[str, str | None]] = []
-    for match in re.finditer(r"\{\{.*?\}\}", text, re.S):
+    for match in expressions.EXPRESSION_BLOCK.finditer(text):
         try:
             refs = expressions.references(match.group(0))
         except TemplateSyntaxError:

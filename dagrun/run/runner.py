@@ -112,9 +112,8 @@ def known_secrets(plan: Plan, workspace: Mapping[str, Any], variables: Mapping[s
                 texts = [whole]
             for value in texts:
                 found += _secret_parts(value, step, workspace, variables, env)
-    # the fields holding a secret written in the template, secret fields or not (dsn read by url), and
-    # those the action's own defaults write (its admin_pw read by the template's url: masked, not asked for)
-    found += [plan.steps[sid].config.get(key) for sid, key in plan.secret_literals]
+    # the fields holding a secret a secret field reads from them (dsn read by url), written in the template
+    # (plan.secret_literals: the compiler's test with the template's fields only) or by the action's defaults
     from ..compile.graph import written_through
     for step in plan.steps.values():
         for key in step.secret_fields:
@@ -189,7 +188,6 @@ def _secret_parts(value: str, step: Any, workspace: Mapping[str, Any], variables
     return found
 
 
-_BLOCK = re.compile(r"\{\{.*?\}\}", re.S)
 # A URL's parts, in the template's own text (the value read a \x01, other expressions a \0): the value's
 # place is decided by what the author wrote, never by the value's own characters.
 _URL = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://(?:(?P<userinfo>[^@/?#]*)@)?(?P<host>[^:/?#@]*)"
@@ -212,13 +210,13 @@ def _where_a_secret_is(text: str, path: tuple[str, ...], held: Any, sources: Map
     value named like a secret (``*password*``, ``*token*``) wherever it
     sits. What cannot be told is a secret: read beside something else or in
     a statement, a mapping or a list."""
-    from ..compile.expressions import SECRET_NAME, leaf_references, references
+    from ..compile.expressions import EXPRESSION_BLOCK, SECRET_NAME, leaf_references, references
     if isinstance(held, (Mapping, list, tuple)) or "{%" in text or "{#" in text:
         return True
     if any(SECRET_NAME.search(str(part)) for part in path[1:]):
         return True  # named as one (workspace.db_password), wherever it sits
     mine: list[str] = []
-    for match in _BLOCK.finditer(text):
+    for match in EXPRESSION_BLOCK.finditer(text):
         block = match.group(0)
         try:
             leaves = leaf_references(block)
@@ -231,6 +229,7 @@ def _where_a_secret_is(text: str, path: tuple[str, ...], held: Any, sources: Map
             mine.append(block)
     if not mine:
         return True
+
     def other(block: str) -> str:  # \0: a bare reference to a value that is not empty; \x02: anything else
         try:
             leaves = list(leaf_references(block))
@@ -242,7 +241,7 @@ def _where_a_secret_is(text: str, path: tuple[str, ...], held: Any, sources: Map
         for part in leaves[0][1:]:
             held_there = held_there.get(part) if isinstance(held_there, Mapping) else None
         return "\0" if held_there not in (None, "") else "\x02"
-    shape = _BLOCK.sub(lambda m: "\x01" if m.group(0) in mine else other(m.group(0)), text).strip()
+    shape = EXPRESSION_BLOCK.sub(lambda m: "\x01" if m.group(0) in mine else other(m.group(0)), text).strip()
     url = _URL.fullmatch(shape) if not re.search(r"\s", shape) else None
     if url is None or "\x01" in (url["scheme"] or "") or "\x01" in (url["rest"] or ""):
         return True
