@@ -250,7 +250,8 @@ def start_resume(run_id: str, *, observers: Iterable[Observer] = (),
 
 def cancel_run(run_id: str, *, database_url: str | None = None, reason: str = "cancelled") -> str:
     """Ask a run to stop, wherever it runs: at once in this process, else
-    through its record (its recorder looks every second). Returns the run id."""
+    through its record (its recorder looks every second). ``run_id``: the
+    whole id. Returns it."""
     handle = running_here(run_id)
     if handle is not None:
         handle.cancel(reason)
@@ -1185,9 +1186,21 @@ def list_runs(*, database_url: str | None = None, workspace: str | None = None, 
     return runs(url, workspace=workspace, status=status, limit=limit, fleet=fleet)
 
 
+def find_run(prefix: str, *, database_url: str | None = None) -> str:
+    """The whole id of the one run whose id starts with ``prefix`` (for a
+    person at a terminal: every other function takes whole ids only, so a
+    service cannot hand a tenant's prefix on to another tenant's run)."""
+    url = database_url or default_database_url()
+    if not _has_store(url):
+        raise InputError(f"no run {prefix!r} in the store")
+    from .store.history import run_id_from_prefix
+    return run_id_from_prefix(url, prefix)
+
+
 def find_fleet(fleet_id: str, *, database_url: str | None = None) -> str:
     """A fleet's whole id, given it or an unambiguous prefix of it (the id
-    given, when no fleet has it)."""
+    given, when no fleet has it). Like :func:`find_run`, for a terminal:
+    :func:`~dagrun.fleet.resume_fleet` takes the whole id."""
     url = database_url or default_database_url()
     if not _has_store(url):
         return fleet_id
@@ -1197,7 +1210,7 @@ def find_fleet(fleet_id: str, *, database_url: str | None = None) -> str:
 
 def get_run(run_id: str, *, database_url: str | None = None, output: bool = False,
             actions: Iterable[Any] | None = None, trusted_actions: Iterable[Any] | None = None) -> dict[str, Any]:
-    """One run (by id or unambiguous prefix): every attempt, and each step
+    """One run (by its whole id): every attempt, and each step
     with its status, attempts, duration, error, the tail of its output and,
     while it has not started, ``waiting_for`` (why). ``actions``: the
     user-defined actions the run used (to read its graph)."""

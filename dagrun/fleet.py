@@ -106,11 +106,10 @@ def resume_fleet(fleet_id: str, *, database_url: str | None = None, concurrency:
                  observers_for: Callable[[str], Iterable[Any]] | None = None,
                  runner_hook: Callable[[Any], None] | None = None,
                  workspaces: Iterable[Mapping[str, Any]] | None = None, **options: Any) -> FleetResult:
-    """Resume the runs of a fleet (its id or an unambiguous prefix) that did
-    not succeed (each continues its own run record); the others are left as
-    they are. ``workspaces``: the fleet's workspaces as it was given them,
-    for the fields of each that were not stored (a secret field read them)."""
-    fleet_id = api.find_fleet(fleet_id, database_url=database_url)
+    """Resume the runs of a fleet (by its whole id) that did not succeed
+    (each continues its own run record); the others are left as they are.
+    ``workspaces``: the fleet's workspaces as it was given them, for the
+    fields of each that were not stored (a secret field read them)."""
     runs = api.list_runs(database_url=database_url, fleet=fleet_id, limit=100_000)
     if not runs:
         from .store.engine import describe_url

@@ -234,6 +234,30 @@ def test_runs_and_show_read_the_history(tmp_path):
     assert missing.returncode == 2 and "no run 'nope' in the store" in missing.stderr
 
 
+def test_the_api_takes_whole_run_ids_only_the_cli_takes_a_prefix(tmp_path):
+    """A service or a program embedding dagrun hands on an id a tenant typed:
+    a prefix would find (and show, cancel or resume) another tenant's run."""
+    from dagrun import api
+    from dagrun.errors import InputError
+    (tmp_path / "t.yaml").write_text(yaml.safe_dump(template(script_step(10, "exit 3", id="bad"))))
+    db = f"sqlite:///{tmp_path}/h.db"
+    run_id = json.loads(dagrun("run", "t.yaml", "--db", db, "--ws", "id=w9", "--json", cwd=tmp_path).stdout)["run_id"]
+    assert api.get_run(run_id, database_url=db)["run_id"] == run_id
+    for call in (lambda: api.get_run(run_id[:8], database_url=db),
+                 lambda: api.cancel_run(run_id[:8], database_url=db),
+                 lambda: api.resume(run_id[:8], database_url=db),
+                 lambda: list(api.watch_run(run_id[:8], database_url=db, timeout=1))):
+        with pytest.raises(InputError, match=f"no run '{run_id[:8]}' in the store"):
+            call()
+    assert api.find_run(run_id[:8], database_url=db) == run_id
+    assert api.find_run(run_id, database_url=db) == run_id
+    for typed in ("%", "_", run_id[:8] + "%"):  # LIKE's wildcards are characters
+        with pytest.raises(InputError, match="no run"):
+            api.find_run(typed, database_url=db)
+    resumed = dagrun("resume", run_id[:8], "--db", db, cwd=tmp_path)  # the CLI resolves the prefix first
+    assert resumed.returncode == 1 and f"run {run_id}" in resumed.stdout + resumed.stderr, resumed.stderr
+
+
 def test_graph_coloured_by_a_runs_statuses(tmp_path):
     (tmp_path / "t.yaml").write_text(yaml.safe_dump(template(
         script_step(10, "true", id="ok"), script_step(20, "exit 1", id="bad", requires=["ok"]),

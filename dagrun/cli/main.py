@@ -167,13 +167,14 @@ def _recorded_home_roots(url: str, run_ids: list[str]) -> list[str]:
 def cmd_resume(args: argparse.Namespace) -> int:
     url = _db(args)
     options = _run_options(args)
+    args.run_id = api.find_run(args.run_id, database_url=url)  # a person may type a prefix; the API takes whole ids
     roots = _recorded_home_roots(url, [args.run_id])
     return _run_with_progress(args, lambda **kw: api.resume(
         args.run_id, database_url=url, from_step=args.from_step, home_roots=roots, **options, **kw), None)
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    run_id = api.cancel_run(args.run_id, database_url=_db(args), reason=f"cancelled by {args.by}" if args.by
+    run_id = api.cancel_run(api.find_run(args.run_id, database_url=_db(args)), database_url=_db(args), reason=f"cancelled by {args.by}" if args.by
                             else "cancelled from the command line")
     print(f"asked run {run_id} to stop\n(it stops within a second or two; dagrun watch {run_id[:8]} follows it)")
     return 0
@@ -460,7 +461,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    run = api.get_run(args.run_id, database_url=_db(args), output=args.output)
+    run = api.get_run(api.find_run(args.run_id, database_url=_db(args)), database_url=_db(args), output=args.output)
     if args.json:
         print(json.dumps(run, indent=2, default=str))
         return 0
@@ -487,7 +488,8 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def cmd_watch(args: argparse.Namespace) -> int:
     final = "running"
-    for event in api.watch_run(args.run_id, database_url=_db(args), timeout=args.timeout):
+    run_id = api.find_run(args.run_id, database_url=_db(args))
+    for event in api.watch_run(run_id, database_url=_db(args), timeout=args.timeout):
         if args.json:
             print(json.dumps(event, default=str), flush=True)
         elif event["event"] == "attempt":

@@ -35,16 +35,27 @@ def list_runs(url: str, *, workspace: str | None = None, status: str | None = No
 
 
 def find_run(session: Session, run_id: str) -> ProvisioningRun:
-    """A run by id or unambiguous id prefix, or a clear error."""
-    run = session.get(ProvisioningRun, run_id)
+    """A run by its whole id, or a clear error. (Only a person at the
+    command line gets prefixes, through :func:`run_id_from_prefix`: in a
+    service or a program embedding dagrun, a prefix a tenant typed would
+    find another tenant's run.)"""
+    run = session.get(ProvisioningRun, str(run_id))
     if run is None:
-        matches = session.scalars(select(ProvisioningRun).where(
-            ProvisioningRun.id.startswith(run_id, autoescape=True))).all()  # a % or _ in it is a character
-        if len(matches) != 1:
-            raise InputError(f"no run {run_id!r} in the store" if not matches
-                             else f"{run_id!r} matches {len(matches)} runs: give more characters")
-        run = matches[0]
+        raise InputError(f"no run {run_id!r} in the store")
     return run
+
+
+def run_id_from_prefix(url: str, prefix: str) -> str:
+    """The whole id of the one run whose id starts with ``prefix``."""
+    with store_errors(url, "cannot read"), Session(readable(url)) as session:
+        if session.get(ProvisioningRun, prefix) is not None:
+            return prefix
+        matches = session.scalars(select(ProvisioningRun.id).where(
+            ProvisioningRun.id.startswith(prefix, autoescape=True)).limit(2)).all()  # a % or _ is a character
+    if len(matches) != 1:
+        raise InputError(f"no run {prefix!r} in the store" if not matches
+                         else f"{prefix!r} matches more than one run: give more characters")
+    return matches[0]
 
 
 def find_fleet(url: str, fleet_id: str) -> str | None:
