@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 from .compile import compile_template
 from .compile.loader import build_library
-from .errors import InputError, RunConflictError, SecretsNeeded, SupersededRun, TemplateError
+from .errors import DagrunError, InputError, RunConflictError, SecretsNeeded, SupersededRun, TemplateError
 from .spec import MASK, Plan
 from .workspace import ALWAYS_STORED, normalize_workspace, stored_fields, with_home
 
@@ -342,11 +342,16 @@ def prepare_resume(run_id: str, *, database_url: str | None = None, from_step: s
         raise InputError(f"run {run.id}: a resume is given again only what was not stored ({kept}); "
                          f"not {', '.join(extra)}")
     missing = [name for name in run.secret_names or () if name not in secrets]
+    # A secret the template's author wrote (step.field) is taken from the template stored under the
+    # run's name, when it still holds that very value: whoever resumes need not know it.
+    written = _written_in_stored_template(url, run, actions, trusted_actions)
+    missing = [name for name in missing if name not in written]
     if missing:
         fleet = " (a fleet's workspace fields: dagrun fleet --resume ID --workspaces FILE)" \
             if run.fleet_id and any(n.startswith("workspace.") for n in missing) else ""
         raise SecretsNeeded(run.id, missing, f" (secrets=..., dagrun resume --secret NAME=ENV_VAR){fleet}")
-    secrets = _check_given_again(run, secrets)
+    # A value given for one the stored template holds is not used (nor checked: no guess is told apart).
+    secrets = {**_check_given_again(run, {k: v for k, v in secrets.items() if k not in written}), **written}
     given_fields = {k.split(".", 1)[1]: v for k, v in secrets.items() if k.startswith("workspace.")}
     roots = _allowed_roots(home_roots)
     ws = with_home(normalize_workspace({**(run.workspace or {}), **given_fields}), roots=roots)
@@ -874,6 +879,34 @@ def _check_given_again(run: Any, given: Mapping[str, Any]) -> dict[str, Any]:
                              f"started with ({what})")
         checked[name] = value
     return checked
+
+
+def _written_in_stored_template(url: str, run: Any, actions: Iterable[Any] | None,
+                                trusted_actions: Iterable[Any] | None) -> dict[str, Any]:
+    """The secrets written in the template (``step.field``) that the run did
+    not store, from the template stored in the database under the run's
+    name and version (a changed template is stored as another version):
+    each only where it is the value the run started with (its digest)."""
+    wanted = {n: d for n, d in (run.secret_digests or {}).items()
+              if "." in n and not n.startswith("workspace.") and d != GIVEN_AS_SECRET}
+    if not wanted or _surely_no_stored_templates(url):
+        return {}
+    from .store.digests import matches
+    from .store.seeding import stored_templates
+    stored = stored_templates(url)
+    found: dict[str, Any] = {}
+    for doc in stored:
+        if doc.get("name") != run.template_name or str(doc.get("version")) != str(run.template_version):
+            continue
+        try:
+            compiled = compile_template(doc, actions=actions, templates=stored, trusted_actions=trusted_actions)
+        except DagrunError:
+            return found  # one that no longer compiles (its base changed) holds nothing to take
+        for sid, key in compiled.secret_literals:
+            name, value = f"{sid}.{key}", compiled.steps[sid].config[key]
+            if name in wanted and matches(value, wanted[name]):
+                found[name] = value
+    return found
 
 
 def _leaf_paths(value: Any, prefix: tuple[str, ...] = ()) -> set[tuple[str, ...]]:

@@ -588,6 +588,42 @@ def test_a_secret_written_in_the_template_is_given_again_only_as_it_was(home, db
         resume(again.run_id, database_url=db_url, secrets={"make.token": "orig-literal"}, actions=[SECRET_ACTION])
 
 
+def test_a_secret_written_in_a_stored_template_is_taken_from_it_at_resume(home, db_url, tmp_path):
+    """Whoever resumes a run of a stored template need not know what its
+    author wrote there (a tenant could not): the value comes from the stored
+    template when it is still the one the run started with, and a value
+    given for it is not used or checked (no oracle for guesses)."""
+    from dagrun import SecretsNeeded, resume
+    from dagrun.api import save_template
+    gate = tmp_path / "gate"
+    doc = template(step(10, "with_secret", id="make", action_config={"token": "orig-literal"}),
+                   script_step(20, 'printf "%s" {{ steps.make.result.token }} > ~/got', id="use", requires=["make"]),
+                   script_step(30, f"test -f {gate}", id="gate", requires=["use"]),
+                   name="kept-secret", global_config={"rollback_on_failure": False})
+    save_template(doc, database_url=db_url, actions=[SECRET_ACTION])
+    failed = run_template("kept-secret", {"id": "w", "home_dir": str(home)}, actions=[SECRET_ACTION],
+                          database_url=db_url)
+    assert not failed.success and failed.steps["gate"].status is StepStatus.failed
+    (home / "got").unlink()
+    gate.touch()
+    again = resume(failed.run_id, database_url=db_url, from_step="make", actions=[SECRET_ACTION], sandbox=False,
+                   secrets={"make.token": "a guess"})
+    assert again.success and (home / "got").read_text() == "orig-literal"
+    # Only the run's own name and version count: with that one gone (another version stored, with
+    # another value), it is asked for.
+    save_template({**doc, "version": "2.0.0", "actions": [
+        step(10, "with_secret", id="make", action_config={"token": "rotated"}), *doc["actions"][1:]]},
+        database_url=db_url, actions=[SECRET_ACTION])
+    from sqlalchemy import delete
+    from dagrun.store.engine import engine_for
+    from dagrun.store.models import WorkspaceTemplate
+    with engine_for(db_url).begin() as conn:
+        conn.execute(delete(WorkspaceTemplate).where(WorkspaceTemplate.version == "1.0.0"))
+    with pytest.raises(SecretsNeeded) as needed:
+        resume(again.run_id, database_url=db_url, from_step="make", actions=[SECRET_ACTION], sandbox=False)
+    assert needed.value.names == ["make.token"]
+
+
 def test_a_secret_written_in_the_template_is_not_kept_in_memory_after_its_run(home, db_url):
     """The stored config of a step (for its records) is worked out once and
     kept for the steps of later runs, but never for a step with secret

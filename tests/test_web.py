@@ -579,6 +579,34 @@ def test_a_run_that_took_a_password_resumes_over_http(store, tmp_path):
     assert (home / "url").read_text() == "pg://app:Http-Passw0rd@db/x\n"
 
 
+def test_a_secret_written_in_a_stored_template_is_never_asked_of_a_request(store, tmp_path):
+    """The template's author's secret (step.field) is not stored with the
+    run; a tenant resuming over HTTP could not know it, and a value taken
+    from a request would be checked against it (a guessing oracle). The
+    service takes it from the stored template."""
+    login = {"name": "login", "action_type": "shell", "execution_handler": 'echo "{{ config.url }}" > ~/url',
+             "config_schema": {"type": "object", "properties": {"url": {"type": "string", "x-secret": True}}}}
+    c = create_app(database_url=store, trusted_actions=[login]).test_client()
+    gate, home = tmp_path / "gate", tmp_path / "h"
+    doc = template(step(10, "login", id="login", action_config={"url": "pg://app:Author-Pw-77@db/x"}),
+                   script_step(20, f"test -f {gate}", id="gated", requires=["login"]), name="authored")
+    assert c.put("/api/templates/authored", json=doc, headers=CSRF).status_code == 200
+    started = c.post("/api/workspaces/t1/runs", json={"template": "authored", "workspace": {"home_dir": str(home)}},
+                     headers=CSRF)
+    run_id = started.json["run_id"]
+    assert api.running_here(run_id).wait(60).status.value == "failed"
+    gate.touch()
+    guess = c.post(f"/api/runs/{run_id}/resume", json={"secrets": {"login.url": "pg://app:guess@db/x"}},
+                   headers=CSRF)
+    assert guess.status_code == 422 and "login.url: written in the template, so not given by a request" \
+        in guess.json["error"]
+    (home / "url").unlink()
+    again = c.post(f"/api/runs/{run_id}/resume", json={"resume_from_action_id": "login"}, headers=CSRF)
+    assert again.status_code == 202, again.json
+    assert api.running_here(run_id).wait(60).success
+    assert (home / "url").read_text() == "pg://app:Author-Pw-77@db/x\n"
+
+
 def test_a_stored_template_extending_a_stored_one_runs_and_shows(store, tmp_path):
     """(helper-30) Both are stored: the child found its base nowhere (422);
     and a template using the operator's trusted action could not be saved."""

@@ -431,6 +431,13 @@ def _resume(service: Service, run_id: str, body: Mapping[str, Any]) -> Any:
         if not isinstance(body.get(key) or {}, Mapping):
             raise InputError(f"{key} must be an object")
         given.update(body.get(key) or {})
+    written = sorted(str(n) for n in given if "." in str(n) and not str(n).startswith("workspace."))
+    if written and not service.allow_inline_templates:
+        # The template's author's secret: whoever sends requests did not write it, and a value taken
+        # from them would be checked against it (an oracle for guesses). It comes from the stored template.
+        raise InputError(f"{', '.join(written)}: written in the template, so not given by a request: this "
+                         "service takes it from the template stored under the run's name (if that no longer "
+                         "holds the value the run started with, run the template again)")
     options = service.run_options()
     options.pop("home_roots")
     handle = api.start_resume(run_id, from_step=from_step, home_roots=service.home_roots, secrets=given or None,
