@@ -820,6 +820,22 @@ def test_the_sqlite_store_and_the_journal_are_private(tmp_path, home):
         assert stat.S_IMODE(os.stat(path).st_mode) & 0o077 == 0, path
 
 
+def test_an_existing_sqlite_store_that_others_can_read_is_said_to_be(tmp_path, home, caplog):
+    """Left as it is (a group may be meant to read it), but said: its records
+    hold configs, output and the digests of values given again at resume."""
+    import logging
+    shared = tmp_path / "shared.db"
+    shared.touch(mode=0o644)
+    shared.chmod(0o644)
+    with caplog.at_level(logging.WARNING, logger="dagrun.store"):
+        run_template(template(script_step(10, "true")), {"id": "w", "home_dir": str(home)},
+                     database_url=f"sqlite:///{shared}")
+    said = [r.getMessage() for r in caplog.records if "can be read by other users" in r.getMessage()]
+    assert said == [f"database {shared} can be read by other users (mode 644): its records hold configs, output "
+                    f"and digests of secrets given again at resume (chmod 600 {shared})"]
+    assert shared.stat().st_mode & 0o777 == 0o644
+
+
 # -- observers ------------------------------------------------------------------------
 
 def test_an_observer_that_raises_is_detached_and_the_run_goes_on(home, caplog):

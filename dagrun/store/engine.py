@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
 import re
 import threading
@@ -197,6 +198,15 @@ def _private_file(path: Path) -> None:
         if not path.parent.is_dir() and path.parent != data_dir() and not path.parent.parent.is_dir():
             raise StoreError(f"cannot open database {path}: there is no folder {path.parent.parent}")
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+        fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
+        try:
+            mode = os.fstat(fd).st_mode
+        finally:
+            os.close(fd)
     except OSError as exc:
         raise StoreError(f"cannot open database {path}: {exc.strerror or exc}") from None
+    if mode & 0o077:
+        # Not changed: whoever made it so may mean a group to read it. Said, once per process.
+        logging.getLogger("dagrun.store").warning(
+            "database %s can be read by other users (mode %o): its records hold configs, output and digests "
+            "of secrets given again at resume (chmod 600 %s)", path, mode & 0o777, path)
