@@ -57,6 +57,9 @@ def _local_path(url: str) -> str | None:
     decodes %-escapes), or a path (a URL with neither ``://`` nor a
     ``host:`` before its first ``/``)."""
     if url.lower().startswith("file:"):
+        if "?" in url or "#" in url:  # git reads them as the path's characters; urlsplit would cut them off
+            raise PermanentError(f"the file URL {url!r} holds ? or #: a repository of this machine is "
+                                 "file:///path, nothing after its path")
         parts = urllib.parse.urlsplit(url)
         if parts.netloc not in ("", "localhost"):
             raise PermanentError(f"the file URL {url!r} names a host: a repository of this machine is file:///path")

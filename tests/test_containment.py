@@ -767,12 +767,21 @@ def test_as_root_a_value_never_makes_dagrun_read_a_private_file(tmp_path):
                            "url": f"file://localhost{repo}", "target_dir": "~/l"}),
                        step(50, "clone_git_repository", id="e", max_retries=1, skip_on_error=True, action_config={
                            "url": f"file://{tmp_path}/h/{'..%2F' * (len((tmp_path / 'h').parts) - 1)}{repo[1:]}",
-                           "target_dir": "~/e"}))
+                           "target_dir": "~/e"}),
+                       # (helper-53) urlsplit cut the path at # or ?, git did not: a#/../.. left the home
+                       *(step(60 + n, "clone_git_repository", id=sid, max_retries=1, skip_on_error=True,
+                              action_config={"url": f"file://{tmp_path}/h/a{mark}/{'../' * len((tmp_path / 'h').parts)}"
+                                                    f"{repo[1:]}", "target_dir": f"~/{sid}"})
+                         for n, (sid, mark) in enumerate((("g", "#"), ("q", "?")))))
+        (tmp_path / "h" / "a#").mkdir(parents=True)
+        (tmp_path / "h" / "a?").mkdir()
         result = run_template(doc, {"id": "priv", "home_dir": str(tmp_path / "h")}, record=False)
         for sid, path in (("r", "/etc/shadow"), ("c", repo), ("f", repo), ("l", repo), ("e", repo)):
             assert result.steps[sid].error.startswith(f"{path} is outside the workspace home and not readable by "
                                                       "everyone"), result.steps[sid].error
-        for name in "rfle":
+        for sid in "gq":
+            assert "holds ? or #: a repository of this machine is file:///path" in result.steps[sid].error
+        for name in "rfleg":
             assert not (tmp_path / "h" / name).exists()
     finally:
         shutil.rmtree(private)
