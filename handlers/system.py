@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import re
 import shutil
 
 from dagrun.errors import PermanentError
@@ -57,7 +58,9 @@ def install_packages(ctx: StepContext) -> HandlerResult:
         result = ctx.run(command, env=APT_ENV)
         if not result.ok:
             return result
-    command = _apt(ctx, *(["-s"] if simulate else []), "install", "--no-install-recommends", *missing)
+    _check_known(ctx, missing)
+    # --no-remove: apt removes packages to make room for others (conflicts) and for a name ending in '-'.
+    command = _apt(ctx, *(["-s"] if simulate else []), "install", "--no-install-recommends", "--no-remove", *missing)
     data["commands"].append(command)
     before = set() if simulate else _all_installed(ctx)
     result = ctx.run(command, env=APT_ENV)
@@ -66,6 +69,21 @@ def install_packages(ctx: StepContext) -> HandlerResult:
     result.data = {**data, "installed": installed}
     result.changed = bool(installed)
     return result
+
+
+def _check_known(ctx: StepContext, packages: list[str]) -> None:
+    """Every name must be a package apt knows, exactly: apt reads a name it
+    does not know as a pattern (``lib.+`` installs every ``lib`` package) or
+    with an action (``less-`` removes less). A version (``=1.2``), release
+    (``/bookworm``) or architecture (``:amd64``) may follow the name."""
+    out = ctx.run(["apt-cache", "pkgnames"])
+    if not out.ok:
+        raise PermanentError(f"apt-cache pkgnames failed: {(out.stderr or out.stdout).strip()[:200]}")
+    known = set(out.stdout.split())
+    unknown = [p for p in packages if re.split(r"[=/:]", p, maxsplit=1)[0] not in known]
+    if unknown:
+        raise PermanentError(f"no package named {', '.join(unknown)} (a name is never a pattern: each must be "
+                             "a package apt knows; update_cache: true reads the lists first)")
 
 
 def _all_installed(ctx: StepContext) -> set[str]:

@@ -55,15 +55,36 @@ def test_package_install_command_line_in_simulation(workspace):
     result = run(template(step(10, "install_system_packages",
                                action_config={"packages": ["bash", "cowsay"], "simulate": True})), workspace)
     s = result.steps["install_system_packages"]
-    assert s.result["commands"] == [["apt-get", "-y", "-q", "-o", "DPkg::Lock::Timeout=300", "-s", "install",
-                                     "--no-install-recommends", "cowsay"]]
     known = subprocess.run(["apt-cache", "show", "cowsay"], capture_output=True).returncode == 0
     if known:  # apt's package lists are present: the simulation succeeds and installs nothing
+        assert s.result["commands"] == [["apt-get", "-y", "-q", "-o", "DPkg::Lock::Timeout=300", "-s", "install",
+                                         "--no-install-recommends", "--no-remove", "cowsay"]]
         assert result.success and s.result["installed"] == []
         assert "Inst cowsay" in s.stdout
         assert subprocess.run(["dpkg-query", "-W", "cowsay"], capture_output=True).returncode != 0
-    else:  # no package lists on this machine: apt's own error comes back
-        assert s.status is StepStatus.failed and "Unable to locate package cowsay" in s.stderr
+    else:  # no package lists on this machine: said before apt runs
+        assert s.status is StepStatus.failed and "no package named cowsay" in s.error
+
+
+def test_a_package_name_is_never_a_pattern_nor_a_removal(workspace):
+    """(helper-53) apt reads a name it does not know as a pattern (lib.+:
+    every lib package) or with an action (less-: remove less), and removes
+    packages that conflict with what it installs: a value in `packages`
+    could remove the machine's PostgreSQL. Names must be packages apt knows,
+    and apt runs with --no-remove."""
+    if subprocess.run(["apt-cache", "show", "less"], capture_output=True).returncode != 0:
+        pytest.skip("this machine has no apt package lists (apt-get update)")  # CI runs apt-get update first
+    for name in ("less-", "lib.+", "postgresql-15-", "bash+x"):
+        result = run(template(step(10, "install_system_packages", max_retries=1,
+                                   action_config={"packages": ["cowsay", name], "simulate": True})), workspace)
+        s = result.steps["install_system_packages"]
+        assert s.status is StepStatus.failed and s.error.startswith(f"no package named {name} (a name is never a "
+                                                                    "pattern"), (name, s.error)
+        assert s.result is None or s.result.get("commands") in (None, [])
+    # A name with a version or an architecture is the name's.
+    result = run(template(step(10, "install_system_packages", max_retries=1, action_config={
+        "packages": ["cowsay=0", "sl:amd64"], "simulate": True})), workspace)
+    assert "Version '0' for 'cowsay' was not found" in result.steps["install_system_packages"].stderr  # apt's say
 
 
 def test_package_steps_share_the_dpkg_lock(workspace):
