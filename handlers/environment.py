@@ -24,11 +24,15 @@ PIP_ENV = {"PIP_CONFIG_FILE": "/dev/null", "PIP_NO_INPUT": "1", "PIP_DISABLE_PIP
            "PYTHONNOUSERSITE": "1"}
 
 
+# What a venv is made of (and what its interpreter runs or reads: bin/python, lib*/.../site-packages).
+VENV_ENTRIES = frozenset({"bin", "lib", "lib64", "include", "local", "share", "Lib", "Scripts"})
+
+
 def _venv_python(ctx: StepContext) -> str:
     return os.path.join(ctx.path(ctx.config["venv_path"]), "bin", "python")
 
 
-def _trusted_python(ctx: StepContext) -> str:
+def trusted_python(ctx: StepContext) -> str:
     """The venv's python, to run. As root, only a link to an interpreter
     only root could have installed, outside the home: a folder that looks
     like a venv may have come from a cloned repository (a value's URL)."""
@@ -53,6 +57,12 @@ def create_venv(ctx: StepContext) -> HandlerResult:
             return HandlerResult(data={"venv_path": path, "python": _venv_python(ctx), "created": False,
                                        "created_entries": None, "version": version}, changed=False)
     before = paths.entries(path, home=ctx.home)
+    clash = sorted(before & VENV_ENTRIES)
+    if ctx.privileged and not existed and clash:
+        # venv keeps what is there, and the new interpreter (ensurepip, the version below) would run
+        # a bin/python or read a .pth file among it: code, from a cloned repository or a value's file.
+        raise PermanentError(f"{path} is not a venv but holds {', '.join(clash)}: dagrun, as root, does not "
+                             "make a venv over a venv's files it did not make (give a new folder)")
     command = [python, "-m", "venv"]
     if ctx.config.get("system_site_packages"):
         command.append("--system-site-packages")
@@ -78,7 +88,7 @@ def _existing_version(ctx: StepContext, path: str) -> str | None:
     venv's site-packages (a .pth file there is code), and the folder may
     have come from a cloned repository."""
     if ctx.privileged:
-        _trusted_python(ctx)
+        trusted_python(ctx)
         data = paths.read_file(os.path.join(path, "pyvenv.cfg"), home=ctx.home)
         for line in (data or b"").decode("utf-8", errors="replace").splitlines():
             key, _, value = line.partition("=")
@@ -111,7 +121,7 @@ def pip_install(ctx: StepContext) -> HandlerResult:
     python = _venv_python(ctx)
     if not os.access(python, os.X_OK):
         raise PermanentError(f"no venv at {ctx.path(ctx.config['venv_path'])}")
-    python = _trusted_python(ctx)
+    python = trusted_python(ctx)
     env = dict(PIP_ENV)
     # Every value is glued to its option (--opt=value) or comes after "--":
     # none can be read as an option of pip.
@@ -221,4 +231,4 @@ def _local_archive(requirement: str) -> bool:
 def validate_pip(ctx: StepContext) -> HandlerResult:
     if not os.path.exists(_venv_python(ctx)):  # (--check before the step that makes the venv)
         return HandlerResult(ok=False, error=f"no venv at {ctx.path(ctx.config['venv_path'])}")
-    return ctx.run([_trusted_python(ctx), "-m", "pip", "check"], env=PIP_ENV)
+    return ctx.run([trusted_python(ctx), "-m", "pip", "check"], env=PIP_ENV)

@@ -9,6 +9,7 @@ from dagrun.run import paths
 from dagrun.run.handler_types import StepContext
 from dagrun.run.outcome import HandlerResult
 
+from .environment import trusted_python
 from .scripts import NOTHING_TO_UNDO
 
 
@@ -28,7 +29,10 @@ def create_django_project(ctx: StepContext) -> HandlerResult:
     # django-admin makes the folder as the workspace user (mkdir in this process would be root's)
     result = ctx.run(["mkdir", "-p", "--", directory])
     if result.ok:
-        result = ctx.run([admin, "startproject", "--", name, directory])
+        # As root, Django through the venv's checked interpreter: its bin/django-admin is a file of the
+        # home (a cloned repository's, perhaps), any program at all.
+        command = [trusted_python(ctx), "-m", "django"] if ctx.privileged else [admin]
+        result = ctx.run([*command, "startproject", "--", name, directory])
     created_entries = sorted(paths.entries(directory, home=ctx.home) - before) if folder_existed else None
     if not result.ok:
         paths.remove_created(directory, created_entries, home=ctx.home)
@@ -40,7 +44,15 @@ def create_django_project(ctx: StepContext) -> HandlerResult:
 
 def validate_django_project(ctx: StepContext) -> HandlerResult:
     directory = _directory(ctx)
-    python = os.path.join(ctx.path(ctx.config["venv_path"]), "bin", "python")
+    if ctx.privileged and not (ctx.result or {}).get("created"):
+        # A project this step did not make (a cloned repository's) is the workspace's code: root does
+        # not run its manage.py (nor its settings, which `check` imports).
+        if os.path.isfile(os.path.join(directory, "manage.py")):
+            return HandlerResult(data={"checked": "manage.py is there (not run: as root, dagrun runs no project "
+                                                  "it did not make)"})
+        return HandlerResult(ok=False, error=f"{directory}/manage.py does not exist")
+    python = trusted_python(ctx) if ctx.privileged else os.path.join(ctx.path(ctx.config["venv_path"]), "bin",
+                                                                       "python")
     return ctx.run([python, "manage.py", "check"], cwd=directory)
 
 

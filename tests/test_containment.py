@@ -1115,3 +1115,34 @@ def test_the_sandbox_is_shown_a_handlers_own_package_not_the_folder_around_it():
     here = Path(__file__).parent
     assert _handler_package("tests.helpers:noop") == (str(here / "__init__.py"), str(here / "helpers.py"))
     assert _handler_package("no_such_module_here:f") == () and _handler_package(None) == ()
+
+
+@root_only
+def test_as_root_nothing_a_home_holds_runs_as_python_code(tmp_path):
+    """(helper-53) In a workspace without a Linux user, root's programs
+    started in the home: `python3 -m venv` imported a `logging.py` a value
+    named there; a venv made over a cloned repository's folder ran the
+    `.pth` file in it; create_django_project ran a cloned manage.py (its
+    validation) as root."""
+    home, mark = tmp_path / "h", tmp_path / "RAN"
+    code = f"import os; os.close(os.open({str(mark)!r}, os.O_CREAT | os.O_WRONLY))\n"
+    (home / "app" / ".venv" / "lib" / "python3.11" / "site-packages").mkdir(parents=True)
+    (home / "app" / ".venv" / "lib" / "python3.11" / "site-packages" / "zz.pth").write_text(code)
+    (home / "proj").mkdir()
+    (home / "proj" / "manage.py").write_text(code)
+    doc = template(step(10, "write_file", id="notes", action_config={"target_path": "~/logging.py", "content": code}),
+                   step(20, "create_python_venv", id="v", requires=["notes"],
+                        action_config={"venv_path": "~/venv", "with_pip": False}),
+                   step(35, "install_pip_requirements", id="pip", requires=["v"], condition_expression="false",
+                        action_config={"venv_path": "~/venv", "packages": ["django"]}),  # (Django: not needed here)
+                   step(40, "create_django_project", id="dj", requires=["pip"],
+                        action_config={"project_name": "proj", "venv_path": "~/venv"}))
+    result = run_template(doc, {"id": "w", "home_dir": str(home)}, record=False)
+    assert result.steps["v"].status is StepStatus.completed, result.steps["v"].error
+    over = run_template(template(step(30, "create_python_venv", id="over", max_retries=1, action_config={
+        "venv_path": "~/app/.venv", "with_pip": False})), {"id": "w", "home_dir": str(home)}, record=False)
+    assert over.steps["over"].error.startswith(f"{home}/app/.venv is not a venv but holds lib: dagrun, as root, "
+                                               "does not make a venv over a venv's files it did not make")
+    assert result.steps["dj"].status is StepStatus.completed, result.steps["dj"].error
+    assert result.steps["dj"].result["created"] is False
+    assert not mark.exists()

@@ -221,7 +221,7 @@ class StepContext:
         """Run one program (no shell: arguments are never parsed as code)."""
         if env and "PATH" in env:
             self._check_path(env)
-        with self.working_dir(cwd) as where:
+        with self.working_dir(cwd, program=True) as where:
             result = run_command([str(a) for a in argv], env={**self.process_env(), **(env or {})},
                                  cwd=where, timeout=self.remaining(), cancel=self.cancel, input=input,
                                  run_id=self.run_id, isolation=self.isolation, on_start=self.report)
@@ -239,16 +239,18 @@ class StepContext:
                                          "user): dagrun, as root, does not look for commands there")
 
     @contextlib.contextmanager
-    def working_dir(self, cwd: str | None) -> Iterator[str | None]:
+    def working_dir(self, cwd: str | None, program: bool = False) -> Iterator[str | None]:
         """Where the step's command starts, for as long as it starts: a
         folder the config names (checked, then opened and handed over by
         descriptor, so a folder swapped for a symlink meanwhile leads
         nowhere); else the home, except for a root step among a workspace
-        user's files, which starts in ``/``."""
+        user's files, and for a program a handler runs as root (``program``:
+        ``python -m venv`` there imports a ``logging.py`` a value named or a
+        cloned repository holds), which start in ``/``."""
         if cwd:
             with paths.working_folder(self.path(cwd), self.home, anywhere=self.action.requires_sudo) as where:
                 yield where
-        elif self.root_in_tenant_home:
+        elif self.root_in_tenant_home or (program and self.privileged):
             yield "/"
         else:
             yield self.home if self.home and os.path.isdir(self.home) else None
