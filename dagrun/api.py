@@ -775,14 +775,14 @@ def masked_snapshot(plan: Plan) -> dict[str, Any]:
         if step is not None and key in (step.get("action_config") or {}):
             step["action_config"][key] = MASK
     if isinstance(snapshot.get("vars"), dict):  # a default a secret field reads: given again too
-        snapshot["vars"] = _masked_defaults(plan, snapshot["vars"])
+        snapshot["vars"] = masked_defaults(plan, snapshot["vars"])
     if plan.global_config.env_passthrough:  # the names the run was given (--env) too: a resume reads them again
         gc = snapshot["global_config"] = dict(snapshot.get("global_config") or {})
         gc["env_passthrough"] = list(plan.global_config.env_passthrough)
     return snapshot
 
 
-def _masked_defaults(plan: Plan, defaults: dict[str, Any]) -> dict[str, Any]:
+def masked_defaults(plan: Plan, defaults: dict[str, Any]) -> dict[str, Any]:
     """The template's variable defaults with what a secret field reads of
     them masked: the very key of a mapping it reads (``vars.db.password``:
     ``db.host`` stays, and a mapping given over it at resume keeps it), a
@@ -844,7 +844,7 @@ def secret_variable_defaults(plan: Plan) -> list[str]:
     defaults = plan.snapshot.get("vars")
     if not isinstance(defaults, Mapping) or not defaults:
         return []
-    masked = _masked_defaults(plan, _jsonable(dict(defaults)))
+    masked = masked_defaults(plan, _jsonable(dict(defaults)))
     return sorted(name for name in masked if masked[name] != _jsonable(defaults.get(name)))
 
 

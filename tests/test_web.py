@@ -627,6 +627,42 @@ def test_a_stored_template_extending_a_stored_one_runs_and_shows(store, tmp_path
     assert (home / "base").exists() and (home / "notified").exists()
 
 
+@pytest.mark.parametrize("password, defaults, hidden", [
+    ("{{ vars.db.password }}", {"db": {"host": "h1", "password": "SECRET-NESTED"}}, {"db": {"host": "h1",
+                                                                                          "password": "********"}}),
+    ("{{ vars.pw[0] }}", {"pw": ["SECRET-LIST", "x"]}, {"pw": "********"}),
+    ("{{ vars['p' ~ 'w'] }}", {"pw": "SECRET-COMPUTED", "n": "plain"}, {"pw": "********", "n": "********"}),
+])
+def test_a_default_a_secret_field_reads_in_part_is_masked_where_the_template_shows(client, password, defaults,
+                                                                                   hidden):
+    """(helper-54 H1) The editor and the API masked a default only when a
+    secret field read it by its plain name: a key of a mapping, a list's
+    item or a computed key showed in clear (the run's own rule masked them)."""
+    name = f"leak{sorted(defaults)[0]}{len(password)}"
+    doc = template(step(10, "create_postgresql_user", id="role", action_config={
+        "username": "app", "password": password}), name=name, vars=defaults)
+    assert client.put(f"/api/templates/{name}", json=doc, headers=CSRF).status_code == 200
+    child = {"name": name + "-child", "version": "1.0.0", "extends": name, "actions": [step(20, "noop", id="n")]}
+    assert client.put(f"/api/templates/{name}-child", json=child, headers=CSRF).status_code == 200
+    secret = [v for v in json.dumps(defaults).split('"') if v.startswith("SECRET-")][0].encode()
+    for path in (f"/api/templates/{name}", f"/templates/{name}", f"/api/templates/{name}-child",
+                 f"/templates/{name}-child"):
+        answer = client.get(path)
+        assert answer.status_code == 200 and secret not in answer.data, path
+    shown = client.get(f"/api/templates/{name}").json["document"]
+    assert shown["vars"] == hidden
+    # Saved back as shown, the stored defaults are kept (the mask never replaces them).
+    assert client.put(f"/api/templates/{name}", json={**shown, "version": "1.0.1"}, headers=CSRF).status_code == 200
+    from dagrun.store.seeding import stored_templates
+    url = client.application.blueprints["dagrun"].dagrun_service.database_url
+    assert [t for t in stored_templates(url) if t["name"] == name and t["version"] == "1.0.1"][0]["vars"] == defaults
+    # A mask where no secret field reads any more is refused, not stored.
+    unread = {**shown, "version": "1.0.2", "actions": [step(10, "noop", id="role")]}
+    refused = client.put(f"/api/templates/{name}", json=unread, headers=CSRF)
+    assert refused.status_code == 422 and "a masked default stays only while a secret field reads it" \
+        in refused.json["error"]
+
+
 def test_a_resume_body_gives_only_what_was_not_stored(store, tmp_path):
     """(helper-32) Any key of {variables}/{secrets} was taken as an override:
     b.script replaced a step's code (run as root), workspace.id and

@@ -515,12 +515,12 @@ def _identity(entry: Mapping[str, Any]) -> Any:
 def _masked_document(service: Service, document: Mapping[str, Any]) -> tuple[dict[str, Any], set[str]]:
     """The document with its steps' secret config values masked, decided by
     each step's action alone (a template that does not compile is masked
-    too; a step whose action is unknown has every value masked), and the
-    secret values found."""
+    too; a step whose action is unknown has every value masked), and its
+    variable defaults as :func:`_masked_vars` shows them; and the secret
+    values found."""
     from ..spec import MASK
     library = api.list_actions(service.actions or None, service.trusted_actions or None)
     secrets: set[str] = set()
-    secret_vars: set[str] = set()  # variables a secret field reads: their defaults are masked too
     actions = []
     for entry in document.get("actions") or []:
         config = entry.get("action_config") if isinstance(entry, Mapping) else None
@@ -533,38 +533,56 @@ def _masked_document(service: Service, document: Mapping[str, Any]) -> tuple[dic
             if value not in (None, "") and (fields is None or key in fields):
                 if isinstance(value, str):
                     secrets.add(value)
-                    secret_vars.update(p[1] for p in _leaf_references(value) if len(p) == 2 and p[0] == "vars")
                 shown[key] = MASK
             else:
                 shown[key] = value
         actions.append({**entry, "action_config": shown})
     masked = {**document, "actions": actions}
+    shown_vars, hidden = _masked_vars(service, document)
+    if "vars" in document:
+        masked["vars"] = shown_vars
+    return masked, secrets | hidden
+
+
+def _masked_vars(service: Service, document: Mapping[str, Any]) -> tuple[Any, set[str]]:
+    """The document's variable defaults as shown: what its secret fields
+    read of them masked by the rule a run's stored template follows (a key
+    of a mapping, a list read by index or a computed key: all of it), every
+    default when the template does not compile (what its secret fields read
+    cannot be told); and the values hidden, a base template's included (the
+    explanation shows the merged defaults)."""
+    from ..spec import MASK
     defaults = document.get("vars")
-    if isinstance(defaults, Mapping) and secret_vars & set(defaults):  # vars: {pw: ...} a secret field reads
-        masked["vars"] = {k: MASK if k in secret_vars and v not in (None, "") else v for k, v in defaults.items()}
-        secrets.update(str(defaults[k]) for k in secret_vars & set(defaults) if defaults[k] not in (None, ""))
-    return masked, secrets
-
-
-def _inherited_secret_defaults(service: Service, document: Mapping[str, Any]) -> set[str]:
-    """The defaults (its own or a base template's) of the variables the
-    template's secret fields read: the explanation shows the merged vars."""
     try:
         plan = api.compile_template(document, actions=service.actions or None,
-                                    trusted_actions=service.trusted_actions or None,
-                                    templates=_stored(service))
+                                    trusted_actions=service.trusted_actions or None, templates=_stored(service))
     except DagrunError:
-        return set()
-    defaults = plan.snapshot.get("vars") or {}
-    return {str(defaults[n]) for n in api.secret_variable_defaults(plan) if n in defaults}
+        plan = None
+    hidden: set[str] = set()
+    if plan is not None:
+        merged = _plain(plan.snapshot.get("vars") or {})
+        hidden |= _hidden_values(merged, api.masked_defaults(plan, dict(merged)))
+    if not isinstance(defaults, Mapping):
+        return defaults, hidden
+    shown = api.masked_defaults(plan, dict(defaults)) if plan is not None else \
+        {k: MASK if v not in (None, "") else v for k, v in defaults.items()}
+    return shown, hidden | _hidden_values(defaults, shown)
 
 
-def _leaf_references(value: str) -> frozenset[tuple[str, ...]]:
-    from ..compile.expressions import has_template, leaf_references
-    try:
-        return leaf_references(value) if has_template(value) else frozenset()
-    except Exception:  # noqa: BLE001 - a template that does not parse: nothing to learn from it
-        return frozenset()
+def _hidden_values(original: Any, shown: Any) -> set[str]:
+    """The values of ``original`` that ``shown`` masks (every leaf of what
+    it masks whole), as text for the redactor."""
+    from ..spec import MASK
+    if shown == MASK and original != MASK:
+        if isinstance(original, Mapping):
+            return {t for v in original.values() for t in _hidden_values(v, MASK)}
+        if isinstance(original, (list, tuple)):
+            return {t for v in original for t in _hidden_values(v, MASK)}
+        text = "" if original is None or isinstance(original, bool) else str(original)
+        return {text} if text else set()
+    if isinstance(original, Mapping) and isinstance(shown, Mapping):
+        return {t for k, v in original.items() for t in _hidden_values(v, shown.get(k))}
+    return set()
 
 
 def _shown_template(service: Service, name: str) -> tuple[dict[str, Any], Any]:
@@ -574,7 +592,6 @@ def _shown_template(service: Service, name: str) -> tuple[dict[str, Any], Any]:
     from ..run.redact import Redactor
     document = _template_document(service, name)
     masked, secrets = _masked_document(service, document)
-    secrets |= _inherited_secret_defaults(service, document)
     redactor = Redactor(secrets)
     try:
         explained = api.explain(document, actions=service.actions or None,
@@ -618,21 +635,48 @@ def _unmasked_document(service: Service, name: str, document: dict[str, Any]) ->
         actions.append(entry)
     restored = {**document, "actions": actions}
     defaults = document.get("vars")
-    if isinstance(defaults, Mapping) and MASK in defaults.values():  # a secret variable's default shown masked
+    if isinstance(defaults, Mapping) and _mask_paths(defaults):  # a secret default shown masked
         stored = previous.get("vars") if isinstance(previous.get("vars"), Mapping) else {}
-        read = set()  # the variables a secret field of the new document still reads: the mask stays with them
-        for entry in actions:  # (with the secrets it kept put back: a masked field reads what it read)
-            config = entry.get("action_config") if isinstance(entry, Mapping) else None
-            fields = _step_secrets(library, entry) if isinstance(config, Mapping) else frozenset()
-            for key, value in (config or {}).items():
-                if isinstance(value, str) and (fields is None or key in fields):
-                    read |= {p[1] for p in _leaf_references(value) if len(p) == 2 and p[0] == "vars"}
-        for key, value in defaults.items():
-            if value == MASK and (key not in stored or key not in read):
-                raise InputError(f"vars.{key} holds the mask {MASK}: a masked default stays only while a secret "
-                                 "field reads it (type the value)")
-        restored["vars"] = {k: stored[k] if v == MASK else v for k, v in defaults.items()}
+        restored["vars"] = _restored(defaults, stored, "vars")
+        # The mask stays only while a secret field of the new document reads what it hides.
+        shown, _ = _masked_vars(service, restored)
+        for path in _mask_paths(defaults):
+            if _at(shown, path) != MASK:
+                raise InputError(f"vars.{'.'.join(map(str, path))} holds the mask {MASK}: a masked default stays "
+                                 "only while a secret field reads it (type the value)")
     return restored
+
+
+def _mask_paths(value: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    from ..spec import MASK
+    if value == MASK:
+        return [path]
+    if isinstance(value, Mapping):
+        return [p for k, v in value.items() for p in _mask_paths(v, (*path, k))]
+    return []
+
+
+def _at(value: Any, path: tuple[Any, ...]) -> Any:
+    for key in path:
+        if not isinstance(value, Mapping):
+            return None
+        value = value.get(key)
+    return value
+
+
+def _restored(value: Any, stored: Any, where: str) -> Any:
+    """``value`` with each mask it holds given back the stored value at the
+    same place (refused where nothing is stored there)."""
+    from ..spec import MASK
+    if value == MASK:
+        if stored is None or stored == MASK:
+            raise InputError(f"{where} holds the mask {MASK}: a masked default stays only where it was stored "
+                             "(type the value)")
+        return stored
+    if isinstance(value, Mapping):
+        return {k: _restored(v, stored.get(k) if isinstance(stored, Mapping) else None, f"{where}.{k}")
+                for k, v in value.items()}
+    return value
 
 
 def _masked_config(step: Any) -> dict[str, Any]:
