@@ -1042,6 +1042,9 @@ ATTACKS = [  # each must be refused when the template is compiled
     "bash -x -s arg <<EOF\n{{ workspace.v }}\nEOF", "python3 -I - arg <<EOF\n{{ workspace.v }}\nEOF",
     "perl -W - arg <<EOF\n{{ workspace.v }}\nEOF", "bash -ec {{ workspace.v }}", "bash -c -x {{ workspace.v }}",
     'x={{ workspace.v }}; bash -c -x "$x"', "echo x | sed -n -s {{ workspace.v }}", "awk -s {{ workspace.v }} /dev/null",
+    # (helper-53 F7) psql's database name is a connection string to libpq: dbname=x user=postgres
+    "psql -d {{ workspace.v }} -f setup.sql", "psql --dbname {{ workspace.v }} -f s.sql", "psql -f s.sql {{ workspace.v }}",
+    "psql -f s.sql -- {{ workspace.v }}", "psql -U app -d{{ workspace.v }} -f s.sql",
 ]
 
 
@@ -1466,7 +1469,8 @@ def test_values_given_to_later_code_as_data_are_accepted(script):
 
 @pytest.mark.parametrize("script", ["bash -e script.sh {{ workspace.v }}", "bash -o pipefail script.sh {{ workspace.v }}",
                                     "awk -v n={{ workspace.v }} '{print n}' /dev/null",
-                                    "psql -d {{ workspace.v }} -v name={{ workspace.v }} -f setup.sql",
+                                    "PGDATABASE={{ workspace.v }} psql -U {{ workspace.v }} -v name={{ workspace.v }} "
+                                    "-f setup.sql",
                                     "mysql -u {{ workspace.v }} -e 'select 1'", "python3 -u script.py {{ workspace.v }}",
                                     "sh -s -- {{ workspace.v }} < script.sh"])
 def test_values_as_arguments_of_scripts_and_data_options_are_accepted(script):

@@ -83,8 +83,9 @@ _GLUED_CODE = ("-c", "-e", "-E", "-r", "-m")
 # Options whose argument is data to the program (a value may be one): awk's variables, psql's and mysql's
 # connection settings and variables. (Not perl -I, ruby -r, node --require, php -d: those load code.)
 _DATA_OPTIONS = {**{awk: frozenset({"-v", "--assign", "-F", "--field-separator"}) for awk in ("awk", "gawk", "mawk", "nawk")},
-                 "psql": frozenset({"-d", "-U", "-h", "-p", "-v", "--set", "--variable", "--dbname", "--username",
-                                    "--host", "--port"}),
+                 # (not psql's -d/--dbname: libpq reads a database name holding '=' or a URL as a whole
+                 # connection string, dbname=x user=postgres; nor its operands, the first being that name)
+                 "psql": frozenset({"-U", "-h", "-p", "-v", "--set", "--variable", "--username", "--host", "--port"}),
                  **{db: frozenset({"-u", "-h", "-D", "-P", "--user", "--host", "--database", "--port"})
                     for db in ("mysql", "mariadb")}}
 _SHELL_NAMES = frozenset({"sh", "bash", "dash", "zsh", "ksh", "mksh", "rbash", "fish", "csh", "tcsh", "busybox"})
@@ -520,6 +521,11 @@ class _Lexer:
         if kind in ("interpreter", "scripted") and cmd["words"][-1:] and cmd["command_index"] < len(cmd["words"]) - 1 \
                 and cmd["words"][-1] in _DATA_OPTIONS.get(name, ()) and not stdin:
             return None  # the argument of an option that takes data (awk -v n=..., psql -v name=...)
+        if name == "psql" and not stdin:
+            return ("as an argument of psql other than that of -U, -h, -p or -v: libpq reads its database name "
+                    "(-d, or its first operand) as a whole connection string when it holds '=' or a URL "
+                    "(dbname=x user=postgres): give a database name in $PGDATABASE (PGDATABASE={{ ... }} psql ...), "
+                    "which is only a name")
         if kind == "runner":
             return (f"in a command of {name}, which runs its arguments (or another command) as code; nor may "
                     "a variable that holds a value: give the value to a program that takes it as data")
