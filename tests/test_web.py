@@ -738,6 +738,26 @@ def test_the_action_list_masks_secret_defaults(store, tmp_path):
     assert shown[0]["default_config"] == {"token": "********", "channel": "ops"}
 
 
+def test_a_secret_written_in_an_actions_schema_is_masked_wherever_it_shows(store, tmp_path):
+    """(helper-54 M1) A default (or const, enum, examples) an x-secret
+    property's schema holds showed in clear in /api/actions, /actions and
+    every template page's schemas."""
+    token = {"name": "notify", "action_type": "shell", "execution_handler": "true",
+             "config_schema": {"type": "object", "properties": {
+                 "token": {"type": "string", "x-secret": True, "default": "Schema-Tok3n-1",
+                           "examples": ["Schema-Tok3n-2"]},
+                 "level": {"type": "string", "enum": ["info", "warn"], "default": "info"}}}}
+    c = create_app(database_url=store, trusted_actions=[token]).test_client()
+    assert c.put("/api/templates/notes", json=template(step(10, "notify", id="n"), name="notes"),
+                 headers=CSRF).status_code == 200
+    for path in ("/api/actions", "/actions", "/templates/notes", "/api/templates/notes"):
+        answer = c.get(path)
+        assert answer.status_code == 200 and b"Schema-Tok3n" not in answer.data, path
+    shown = [a for a in c.get("/api/actions").json["actions"] if a["name"] == "notify"][0]["config_schema"]
+    assert shown["properties"]["token"]["default"] == "********"
+    assert shown["properties"]["level"] == {"type": "string", "enum": ["info", "warn"], "default": "info"}
+
+
 def test_event_streams_are_capped(store, tmp_path):
     app = create_app(database_url=store, max_streams=1, allow_inline_templates=True)
     c = app.test_client()

@@ -179,7 +179,7 @@ def create_blueprint(*, database_url: str | None = None, actions: Iterable[Any] 
         library = api.list_actions(service.actions or None, service.trusted_actions or None)
         return jsonify(actions=[{
             "name": a.name, "display_name": a.display_name, "category": a.category, "description": a.description,
-            "action_type": a.action_type, "config_schema": _plain(a.config_schema),
+            "action_type": a.action_type, "config_schema": _masked_schema(a.config_schema),
             "default_config": _masked_defaults(a), "requires_sudo": a.requires_sudo,
             "requires_network": a.requires_network, "max_retries": a.max_retries,
             "timeout_seconds": a.timeout_seconds, "estimated_duration_seconds": a.estimated_duration_seconds,
@@ -301,7 +301,7 @@ def create_blueprint(*, database_url: str | None = None, actions: Iterable[Any] 
         document, explained = _shown_template(service, name)
         library = api.list_actions(service.actions or None, service.trusted_actions or None)
         return render_template("dagrun/template.html", name=name, document=document, explained=explained,
-                               actions=sorted(library), schemas={n: _plain(a.config_schema)
+                               actions=sorted(library), schemas={n: _masked_schema(a.config_schema)
                                                                  for n, a in library.items()})
 
     @bp.get("/actions")
@@ -310,7 +310,7 @@ def create_blueprint(*, database_url: str | None = None, actions: Iterable[Any] 
         library = api.list_actions(service.actions or None, service.trusted_actions or None)
         return render_template("dagrun/actions.html",
                                actions=sorted(library.values(), key=lambda a: (a.category, a.name)),
-                               schema_json=lambda a: json.dumps(_plain(a.config_schema), indent=2))
+                               schema_json=lambda a: json.dumps(_masked_schema(a.config_schema), indent=2))
 
     bp.add_url_rule("/login", "login", guard.login, methods=["GET"])
 
@@ -497,6 +497,30 @@ def _step_secrets(library: Mapping[str, Any], entry: Any) -> frozenset[str] | No
     from ..compile.configs import secret_fields
     action = library.get(entry.get("action_name")) if isinstance(entry, Mapping) else None
     return secret_fields(action.config_schema) if action is not None else None
+
+
+def _masked_schema(schema: Any) -> Any:
+    """An action's config schema as shown: the example values of an
+    x-secret property (its default, const, enum, examples) masked: an
+    operator's action may carry a token as its default."""
+    from ..spec import MASK
+    schema = _plain(schema)
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        if not isinstance(node, dict):
+            return node
+        shown = {k: walk(v) for k, v in node.items()}
+        if node.get("x-secret") is True:
+            for key in ("default", "const"):
+                if shown.get(key) not in (None, ""):
+                    shown[key] = MASK
+            for key in ("enum", "examples"):
+                if isinstance(shown.get(key), list):
+                    shown[key] = [MASK if v not in (None, "") else v for v in shown[key]]
+        return shown
+    return walk(schema)
 
 
 def _masked_defaults(action: Any) -> dict[str, Any]:
