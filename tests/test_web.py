@@ -850,6 +850,26 @@ def test_the_token_can_come_from_a_file(tmp_path):
         server.stop()
 
 
+def test_silent_connections_do_not_stop_the_service_from_answering(tmp_path):
+    """(helper-54 M4) waitress accepts 100 connections and kept a silent one
+    for an hour: 110 sockets that send nothing, from any local user, kept
+    /api/health from answering."""
+    import socket
+    server = Server(f"sqlite:///{tmp_path}/idle.db", tmp_path)
+    idle = []
+    try:
+        for _ in range(110):
+            idle.append(socket.create_connection(("127.0.0.1", server.port)))
+        answer = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        with answer:
+            answer.sendall(b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            assert answer.recv(64).startswith(b"HTTP/1.1 200")  # (a timeout here: it did not answer)
+    finally:
+        for sock in idle:
+            sock.close()
+        server.stop()
+
+
 def test_a_request_body_over_4_mb_is_refused_before_it_is_read(client):
     big = {"template": "demo", "variables": {"x": "y" * (4 * 1024 * 1024)}}
     answer = client.post("/api/workspaces/w/runs", json=big, headers=CSRF)

@@ -62,7 +62,9 @@ def serve(*, host: str = "127.0.0.1", port: int = 8080, token: str | None = None
     from .blueprint import MAX_BODY_BYTES
     try:
         server = waitress.create_server(app, host=host, port=port, threads=threads, send_bytes=1, ident="dagrun",
-                                        clear_untrusted_proxy_headers=True, channel_timeout=3600,
+                                        # An idle connection is closed after a minute (a stream writes every
+                                        # 15 s): a hundred silent ones held every slot for an hour.
+                                        clear_untrusted_proxy_headers=True, channel_timeout=60, connection_limit=1000,
                                         max_request_body_size=MAX_BODY_BYTES)  # (waitress would buffer 1 GB)
     except (OSError, ValueError) as exc:  # the port is taken, the address is not this machine's or no address
         raise InputError(f"cannot listen on {shown}:{port}: {getattr(exc, 'strerror', None) or exc}") from None
