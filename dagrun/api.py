@@ -284,6 +284,7 @@ def prepare(template: Any, workspace: Any, *, database_url: str | None = None, m
     secrets = _typed_secrets(secrets, plan)  # as compile_for read them
     check_sandbox(plan, sandbox, ws, allow_network)
     check_account(ws, adopt_users)
+    check_root_code(plan, ws)
     if url:
         plan = learned(plan, url)
     return PreparedRun(plan=plan, workspace=ws, run_id=run_id or _new_run_id(), url=url,
@@ -369,6 +370,7 @@ def prepare_resume(run_id: str, *, database_url: str | None = None, from_step: s
         raise InputError(f"run {run.id} already succeeded: use from_step (--from STEP) to run steps again")
     check_sandbox(plan, sandbox, ws, allow_network)
     check_account(ws, adopt_users)
+    check_root_code(plan, ws)
     plan = learned(plan, url)
     again |= _maybe_rolled_back(plan, run, rows)
     done, numbers = done_steps(rows, plan.order, again)
@@ -560,6 +562,31 @@ def check_sandbox(plan: Plan, sandbox: bool, workspace: Mapping[str, Any] | None
         raise InputError(f"steps {', '.join(needing)} run in a sandbox as the workspace's Linux user, and the "
                          "workspace has no linux_username: give one (create it with create_linux_user), or run "
                          "them unconfined as root (sandbox=False, --no-sandbox)")
+
+
+def check_root_code(plan: Plan, workspace: Mapping[str, Any]) -> None:
+    """As root, what a step's ``x-code`` field names becomes code root runs
+    (pip runs a package's build, and the package whenever its venv runs): a
+    step that runs as root (every step of a workspace without a Linux user)
+    takes it only as the template's author wrote it, never from a value."""
+    if os.geteuid() != 0:
+        return
+    from .compile.configs import code_fields
+    from .compile.expressions import has_template
+    no_user = not workspace.get("linux_username")
+    for sid in plan.order:
+        step = plan.steps[sid]
+        if not (no_user or step.run_as != "workspace" or step.action.requires_sudo):
+            continue
+        for key in sorted(code_fields(step.action.config_schema) & set(step.config)):
+            value = step.config[key]
+            if any(has_template(text) for text in (value if isinstance(value, list) else [value])):
+                raise InputError(
+                    f"step {sid}: {key} reads a value, and what it names becomes code that root runs (pip runs "
+                    "a package's build, and the package whenever its venv runs): as root, "
+                    + ("a workspace without a Linux user" if no_user else "a step run as root")
+                    + " installs only what the template's author wrote; give the workspace a linux_username "
+                      "(steps then run as that user)")
 
 
 def sudo_prefix(plan: Plan, allow_sudo: bool) -> tuple[str, ...]:

@@ -1146,3 +1146,33 @@ def test_as_root_nothing_a_home_holds_runs_as_python_code(tmp_path):
     assert result.steps["dj"].status is StepStatus.completed, result.steps["dj"].error
     assert result.steps["dj"].result["created"] is False
     assert not mark.exists()
+
+
+@root_only
+def test_as_root_what_pip_installs_is_never_a_values_choice(tmp_path):
+    """(helper-53 F4) A package a value named (a name on PyPI, `x @
+    http://...`) ran its build as root, and runs whenever its venv does:
+    as root, in a workspace without a Linux user (or a step run as root),
+    pip's packages, requirements file, links and index are the author's."""
+    from dagrun import InputError, compile_template
+    from dagrun.api import check_root_code
+    for field, value in (("packages", ["{{ vars.extra }}"]), ("packages", "{{ vars.extras }}"),
+                         ("requirements_file", "~/{{ vars.app }}/requirements.txt"),
+                         ("index_url", "https://{{ workspace.mirror }}/simple")):
+        doc = template(step(5, "create_python_venv", id="v", action_config={"venv_path": "~/venv", "with_pip": False}),
+                       step(10, "install_pip_requirements", id="pip", requires=["v"], action_config={
+                           "venv_path": "~/venv", "packages": ["six"], field: value}),
+                       vars={"extra": "six", "extras": ["six"], "app": "app"})
+        with pytest.raises(InputError, match=f"step pip: {field} reads a value, and what it names becomes code that "
+                                             "root runs"):
+            run_template(doc, {"id": "w", "home_dir": str(tmp_path / "h"), "mirror": "pypi.org"}, record=False)
+        assert not (tmp_path / "h" / "venv").exists()  # refused before anything ran
+        plan = compile_template(doc)
+        check_root_code(plan, {"id": "w", "linux_username": "dev"})  # run as the workspace's user: its own choice
+        as_root = compile_template({**doc, "global_config": {"run_as": "root"}})
+        with pytest.raises(InputError, match="a step run as root installs only what the template's author wrote"):
+            check_root_code(as_root, {"id": "w", "linux_username": "dev"})
+    written = template(step(5, "create_python_venv", id="v", action_config={"venv_path": "~/venv"}),
+                       step(10, "install_pip_requirements", id="pip", requires=["v"], action_config={
+                           "venv_path": "~/venv", "packages": ["six==1.16.0"]}))
+    check_root_code(compile_template(written), {"id": "w"})  # written by the author: as before

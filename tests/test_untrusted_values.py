@@ -10,6 +10,7 @@ delivers the exact value or is refused before the script runs.
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -322,7 +323,11 @@ def test_every_library_action_refuses_or_contains_hostile_values(action, home, p
                               max_retries=1))
         needed += library[name].requires_actions
     steps, refused = [], 0
+    from dagrun.compile.configs import code_fields
     for field in STRING_FIELDS[action]:
+        if os.geteuid() == 0 and field in code_fields(library[action].config_schema):
+            refused += len(values)  # as root no value may fill it at all (test_containment: ...never_a_values_choice)
+            continue
         for i in range(len(values)):
             config = dict(MINIMAL[action])
             is_list = isinstance(config.get(field), list) or field in ("packages", "extensions", "find_links")

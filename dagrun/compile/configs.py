@@ -70,6 +70,12 @@ def secret_fields(schema: Mapping[str, Any]) -> frozenset[str]:
     return _cached_fields(schema, "x-secret", lambda v: v.get("x-secret") or v.get("writeOnly"))
 
 
+def code_fields(schema: Mapping[str, Any]) -> frozenset[str]:
+    """Fields whose value names what becomes code the step's account runs
+    (``x-code: true``: pip's packages, requirements file and index)."""
+    return _cached_fields(schema, "x-code", lambda v: v.get("x-code") is True)
+
+
 def secret_field_texts(plan: Any) -> Iterator[tuple[Any, str]]:
     """(step, text) for each template text of each secret field of a plan
     (in a field holding a mapping or a list: each text in it)."""
