@@ -870,6 +870,29 @@ def test_silent_connections_do_not_stop_the_service_from_answering(tmp_path):
         server.stop()
 
 
+def test_ids_and_filters_in_the_url_are_printable_and_bounded(client):
+    """(helper-54 L3) A NUL in a filter was a 500 on PostgreSQL; an id
+    longer than the column a 503 naming the database."""
+    for method, path in (("get", "/api/runs?workspace=a%00b"), ("get", "/api/runs?status=a%00b"),
+                         ("get", "/api/workspaces/a%00b/action-executions"),
+                         ("post", "/api/workspaces/" + "w" * 101 + "/runs"), ("get", "/api/runs/" + "r" * 101)):
+        answer = getattr(client, method)(path, json={"template": "demo"}, headers=CSRF) if method == "post" \
+            else client.get(path)
+        assert answer.status_code == 422 and "must be printable text of at most 100 characters" \
+            in answer.get_json()["error"], (path, answer.status_code, answer.data[:200])
+
+
+def test_a_store_failure_is_not_described_to_the_caller(tmp_path, caplog):
+    """(helper-54 L3) Its message names the database's host, port and user:
+    for the operator's log, not the tenant."""
+    import logging
+    c = create_app(database_url="postgresql://postgres@127.0.0.1:1/nowhere").test_client()
+    with caplog.at_level(logging.ERROR, logger="dagrun.web"):
+        answer = c.get("/api/runs")
+    assert answer.status_code == 503 and "127.0.0.1" not in answer.get_data(as_text=True)
+    assert any("127.0.0.1" in r.getMessage() for r in caplog.records)
+
+
 def test_a_request_body_over_4_mb_is_refused_before_it_is_read(client):
     big = {"template": "demo", "variables": {"x": "y" * (4 * 1024 * 1024)}}
     answer = client.post("/api/workspaces/w/runs", json=big, headers=CSRF)

@@ -11,6 +11,7 @@ through ``authorize(action, **resource)``.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import threading
 import time
@@ -24,6 +25,7 @@ from ..errors import DagrunError, InputError, RunConflictError, SecretsNeeded, S
 from .security import Guard
 
 Authorize = Callable[..., bool]
+log = logging.getLogger("dagrun.web")
 _NAME = re.compile(r"\A[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}\Z")
 KEEPALIVE_SECONDS = 15.0
 # A request body: a template document is at most 1 MB, with its variables and workspace well under this.
@@ -84,6 +86,7 @@ def create_blueprint(*, database_url: str | None = None, actions: Iterable[Any] 
     bp = Blueprint(name, __name__, template_folder="templates", static_folder="static",
                    static_url_path="/static/dagrun")
     bp.before_request(_bounded_body)
+    bp.before_request(_plain_arguments)
     bp.before_request(guard.check)
     bp.after_request(guard.headers)
 
@@ -112,7 +115,10 @@ def create_blueprint(*, database_url: str | None = None, actions: Iterable[Any] 
 
     @bp.errorhandler(StoreError)
     def store_error(exc: StoreError):  # noqa: ANN202
-        return jsonify(error=str(exc)), 503
+        # Said to the operator (the log), not to whoever asked: it names the database's host and user.
+        log.error("%s", exc)
+        return jsonify(error="the run store cannot be reached or refused the request (the service's log says "
+                             "why)"), 503
 
     @bp.errorhandler(HTTPException)
     def http_error(exc: HTTPException):  # noqa: ANN202
@@ -336,6 +342,20 @@ def _bounded_body() -> None:
     limit = request.max_content_length
     if limit is None or limit > MAX_BODY_BYTES:
         request.max_content_length = MAX_BODY_BYTES
+
+
+MAX_ARGUMENT_CHARS = 100  # an id, a name, a filter: as long as the store's columns
+
+
+def _plain_arguments() -> None:
+    """Every id, name and filter in the URL is printable text of at most
+    MAX_ARGUMENT_CHARS: one clear 422, never a NUL that PostgreSQL refuses
+    (a 500) nor a value too long for a column (an error naming the store)."""
+    for where, values in (("path", (request.view_args or {}).items()), ("query", request.args.items(multi=True))):
+        for name, value in values:
+            if isinstance(value, str) and (not value.isprintable() or len(value) > MAX_ARGUMENT_CHARS):
+                abort(422, description=f"{name} (in the {where}) must be printable text of at most "
+                                       f"{MAX_ARGUMENT_CHARS} characters")
 
 
 def _json_body(optional: bool = False) -> dict[str, Any]:
