@@ -115,7 +115,8 @@ def is_tenant_uid(uid: int) -> bool:
 
 
 _SAFE_ID = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
-_HASHED = re.compile(r"-[0-9a-f]{10}\Z")  # what slug() appends: an id that looks like it gets one too
+# What slug() appends (and appended before it took 128 bits): an id that looks like it gets one too.
+_HASHED = re.compile(r"-(?:[0-9a-f]{10}|[0-9a-f]{32})\Z")
 _USERNAME = re.compile(r"\A[a-z_][a-z0-9_-]{0,31}\$?\Z")
 _HOST = re.compile(r"\A[A-Za-z0-9](?:[A-Za-z0-9._-]{0,251}[A-Za-z0-9])?\Z")
 
@@ -123,12 +124,14 @@ _HOST = re.compile(r"\A[A-Za-z0-9](?:[A-Za-z0-9._-]{0,251}[A-Za-z0-9])?\Z")
 def slug(workspace_id: Any) -> str:
     """A folder name for a workspace id: the id itself when it is a plain
     name, otherwise its safe characters and a hash (never a path: no ``/``,
-    no ``..``, and two ids never share a folder)."""
+    no ``..``, and two ids never share a folder: the hash has 128 bits, as
+    it also marks the workspace's Linux accounts and PostgreSQL roles, and
+    40 could be matched on purpose)."""
     text = str(workspace_id)
     if _SAFE_ID.match(text) and ".." not in text and not _HASHED.search(text):
         return text
     safe = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._-")[:40] or "workspace"
-    return f"{safe}-{hashlib.sha256(text.encode()).hexdigest()[:10]}"
+    return f"{safe}-{hashlib.sha256(text.encode()).hexdigest()[:32]}"
 
 
 def default_home(workspace: Mapping[str, Any], root: Path | None = None) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import re
 import shutil
 import signal
 import stat
@@ -559,6 +560,10 @@ def test_workspace_folders_never_collide():
     from dagrun.workspace import slug
     assert slug("team/alice") != slug(slug("team/alice"))
     assert slug("alice") == "alice" and "/" not in slug("../../x")
+    # (helper-54 L5) the hash marks accounts and roles too: 128 bits, not 40 a GPU can match
+    assert re.fullmatch(r"team_alice-[0-9a-f]{32}", slug("team/alice"))
+    for looks_hashed in ("x-0123456789", "x-" + "a" * 32):  # an id that looks like a slug of either length
+        assert slug(looks_hashed) != looks_hashed
 
 
 # -- after the third attack: homes, users, scratch files, network, action text ----------
