@@ -870,6 +870,37 @@ def test_silent_connections_do_not_stop_the_service_from_answering(tmp_path):
         server.stop()
 
 
+def test_a_template_one_may_not_read_is_neither_listed_nor_reached_through_extends(store, tmp_path):
+    """(helper-54 L1, L2) The list named every template (and its
+    description) to whoever could read any; a template extending one its
+    saver may not read ran (and showed) that one's steps and defaults."""
+    who = {"user": "alice"}
+
+    def authorize(action, **resource):
+        return not str(resource.get("template") or "").startswith("alice") or who["user"] == "alice"
+
+    c = create_app(database_url=store, authorize=authorize, allow_inline_templates=True).test_client()
+    secret = template(script_step(10, "echo {{ vars.pw }} > ~/pw", id="s"), name="alice-secret",
+                      description="Alice's internal", vars={"pw": "Alice-Secret-Pw"})
+    assert c.put("/api/templates/alice-secret", json=secret, headers=CSRF).status_code == 200
+    who["user"] = "bob"
+    assert "alice-secret" not in [t["name"] for t in c.get("/api/templates").json["templates"]]
+    assert b"Alice's internal" not in c.get("/").data
+    child = {"name": "bob-z", "version": "1.0.0", "extends": "alice-secret", "actions": [script_step(20, "true", id="z")]}
+    saved = c.put("/api/templates/bob-z", json=child, headers=CSRF)
+    assert saved.status_code == 403, saved.json
+    started = c.post("/api/workspaces/bob-w/runs", json={"template": child, "workspace": {
+        "home_dir": str(tmp_path / "b")}}, headers=CSRF)
+    assert started.status_code == 403 and not (tmp_path / "b" / "pw").exists()
+    who["user"] = "alice"  # saved by someone who may read the base; bob still may not read through it
+    assert c.put("/api/templates/bob-z", json=child, headers=CSRF).status_code == 200
+    who["user"] = "bob"
+    for path in ("/api/templates/bob-z", "/templates/bob-z", "/api/templates/bob-z/actions"):
+        assert c.get(path).status_code == 403, path
+    assert c.post("/api/workspaces/bob-w/runs", json={"template": "bob-z", "workspace": {
+        "home_dir": str(tmp_path / "b")}}, headers=CSRF).status_code == 403
+
+
 def test_ids_and_filters_in_the_url_are_printable_and_bounded(client):
     """(helper-54 L3) A NUL in a filter was a 500 on PostgreSQL; an id
     longer than the column a 503 naming the database."""

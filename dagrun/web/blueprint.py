@@ -94,6 +94,23 @@ def create_blueprint(*, database_url: str | None = None, actions: Iterable[Any] 
         if service.authorize is not None and not service.authorize(action, **resource):
             abort(403, description=f"not allowed to {action}")
 
+    def bases_allowed(document: Any) -> None:
+        """A template shows and runs its bases' steps and defaults: whoever
+        reads, runs or saves it must be allowed to read each of them."""
+        seen: set[str] = set()
+        base = document.get("extends") if isinstance(document, Mapping) else None
+        while isinstance(base, str) and base not in seen:
+            seen.add(base)
+            allowed("read", template=base)
+            try:
+                base = _template_document(service, base).get("extends")
+            except (DagrunError, HTTPException):
+                return  # no such base: the compiler says so
+
+    def readable_templates() -> list[dict[str, Any]]:
+        return [t for t in api.list_templates(service.database_url)
+                if service.authorize is None or service.authorize("read", template=t["name"])]
+
     # -- errors as JSON (for the API) ----------------------------------------------------
 
     @bp.errorhandler(TemplateError)
@@ -141,11 +158,12 @@ def create_blueprint(*, database_url: str | None = None, actions: Iterable[Any] 
     @bp.get("/api/templates")
     def templates():  # noqa: ANN202
         allowed("read")
-        return jsonify(templates=api.list_templates(service.database_url))
+        return jsonify(templates=readable_templates())
 
     @bp.get("/api/templates/<name>")
     def template(name: str):  # noqa: ANN202
         allowed("read", template=name)
+        bases_allowed(_template_document(service, name))
         document, explained = _shown_template(service, name)
         return jsonify(name=name, document=document, explained=explained)
 
@@ -153,6 +171,7 @@ def create_blueprint(*, database_url: str | None = None, actions: Iterable[Any] 
     def template_actions(name: str):  # noqa: ANN202
         allowed("read", template=name)
         document = _template_document(service, name)
+        bases_allowed(document)
         plan = api.plan(document, actions=service.actions or None, trusted_actions=service.trusted_actions or None,
                         database_url=service.database_url)
         library = api.list_actions(service.actions or None, service.trusted_actions or None)
@@ -174,6 +193,7 @@ def create_blueprint(*, database_url: str | None = None, actions: Iterable[Any] 
         if _shipped(name):
             abort(409, description=f"{name} is a template shipped with dagrun: save yours under another name "
                                    f"(it may say extends: {name})")
+        bases_allowed(document)
         document = _unmasked_document(service, name, document)
         version = api.save_template({**document, "name": name}, database_url=service.database_url,
                                     actions=service.actions or None, trusted_actions=service.trusted_actions or None)
@@ -207,7 +227,9 @@ def create_blueprint(*, database_url: str | None = None, actions: Iterable[Any] 
             raise InputError("the workspace id in the URL holds a control character")
         if "id" in workspace and str(workspace["id"]) != ws_id:
             raise InputError(f"the workspace's id {workspace['id']!r} is not {ws_id!r} (the one in the URL)")
-        handle = api.start_run(_template_for_run(service, template), {**workspace, "id": ws_id},
+        document = _template_for_run(service, template)
+        bases_allowed(document)
+        handle = api.start_run(document, {**workspace, "id": ws_id},
                                variables=body.get("variables") or None, **service.run_options())
         return jsonify(run_id=handle.run_id), 202
 
@@ -291,7 +313,7 @@ def create_blueprint(*, database_url: str | None = None, actions: Iterable[Any] 
     def index_page():  # noqa: ANN202
         allowed("read")
         runs = _readable(service, api.list_runs(database_url=service.database_url, limit=100))
-        return render_template("dagrun/runs.html", runs=runs, templates=api.list_templates(service.database_url))
+        return render_template("dagrun/runs.html", runs=runs, templates=readable_templates())
 
     @bp.get("/runs/<run_id>")
     def run_page(run_id: str):  # noqa: ANN202
@@ -304,6 +326,7 @@ def create_blueprint(*, database_url: str | None = None, actions: Iterable[Any] 
     @bp.get("/templates/<name>")
     def template_page(name: str):  # noqa: ANN202
         allowed("read", template=name)
+        bases_allowed(_template_document(service, name))
         document, explained = _shown_template(service, name)
         library = api.list_actions(service.actions or None, service.trusted_actions or None)
         return render_template("dagrun/template.html", name=name, document=document, explained=explained,
