@@ -901,6 +901,19 @@ def test_a_template_one_may_not_read_is_neither_listed_nor_reached_through_exten
         "home_dir": str(tmp_path / "b")}}, headers=CSRF).status_code == 403
 
 
+def test_a_tenants_runs_are_not_hidden_behind_newer_runs_of_others(store, tmp_path):
+    """(helper-54 L8) /api/runs took `limit` runs, then kept the caller's."""
+    from dagrun import run_template
+    for ws in ("mine", "theirs", "theirs"):
+        assert run_template(template(script_step(10, "true")), {"id": ws, "home_dir": str(tmp_path / ws)},
+                            database_url=store).success
+    c = create_app(database_url=store, authorize=lambda action, **r: r.get("workspace_id") in (None, "mine")
+                   ).test_client()
+    assert [r["workspace_id"] for r in c.get("/api/runs?limit=1").json["runs"]] == ["mine"]
+    refused = c.put("/api/templates/" + "%3Cimg%20src%3Dx%3E", json=template(script_step(10, "true")), headers=CSRF)
+    assert refused.status_code == 422 and "is not a template name" in refused.json["error"]
+
+
 def test_ids_and_filters_in_the_url_are_printable_and_bounded(client):
     """(helper-54 L3) A NUL in a filter was a 500 on PostgreSQL; an id
     longer than the column a 503 naming the database."""

@@ -187,6 +187,8 @@ def create_blueprint(*, database_url: str | None = None, actions: Iterable[Any] 
     @bp.put("/api/templates/<name>")
     def save_template(name: str):  # noqa: ANN202
         allowed("edit", template=name)
+        if not _NAME.match(name):  # (it could never be read or run again)
+            raise InputError(f"{name!r} is not a template name (letters, digits, . _ -; at most 100)")
         document = _json_body()
         if document.get("name", name) != name:
             raise InputError(f"the document is named {document.get('name')!r}, not {name!r}")
@@ -268,9 +270,10 @@ def create_blueprint(*, database_url: str | None = None, actions: Iterable[Any] 
     @bp.get("/api/runs")
     def runs():  # noqa: ANN202
         allowed("read", workspace_id=request.args.get("workspace"))
+        limit = _limit()
         found = api.list_runs(database_url=service.database_url, workspace=request.args.get("workspace"),
-                              status=request.args.get("status"), limit=_limit())
-        return jsonify(runs=_readable(service, found))
+                              status=request.args.get("status"), limit=_before_filtering(service, limit))
+        return jsonify(runs=_readable(service, found)[:limit])
 
     @bp.get("/api/runs/<run_id>")
     def run(run_id: str):  # noqa: ANN202
@@ -312,7 +315,8 @@ def create_blueprint(*, database_url: str | None = None, actions: Iterable[Any] 
     @bp.get("/")
     def index_page():  # noqa: ANN202
         allowed("read")
-        runs = _readable(service, api.list_runs(database_url=service.database_url, limit=100))
+        runs = _readable(service, api.list_runs(database_url=service.database_url,
+                                                limit=_before_filtering(service, 100)))[:100]
         return render_template("dagrun/runs.html", runs=runs, templates=readable_templates())
 
     @bp.get("/runs/<run_id>")
@@ -519,6 +523,13 @@ def _limit() -> int:
     if not (raw.isascii() and raw.isdigit()):
         raise InputError(f"limit must be a whole number from 1 to 500, not {raw!r}")
     return max(1, min(int(raw), 500))
+
+
+def _before_filtering(service: Service, limit: int) -> int:
+    """How many runs to read so that ``limit`` of them are likely the
+    caller's after :func:`_readable` (other tenants' newer runs would
+    otherwise hide its own)."""
+    return limit if service.authorize is None else max(limit, 5000)
 
 
 def _readable(service: Service, runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
