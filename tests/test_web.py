@@ -485,6 +485,9 @@ def test_pages_are_never_framed_and_the_cookie_is_not_the_token(store):
     session = login.headers["Set-Cookie"].split("=", 1)[1].split(";")[0]
     fresh = c.application.test_client()  # no cookie: the derived value is not a bearer token
     assert fresh.get("/api/runs", headers={"Authorization": f"Bearer {session}"}).status_code == 401
+    for answer in (fresh.get("/no-such-page"), fresh.post("/api/health")):  # (helper-54 L7) outside any route
+        assert answer.status_code in (404, 405) and answer.headers["X-Content-Type-Options"] == "nosniff"
+        assert "frame-ancestors 'none'" in answer.headers["Content-Security-Policy"]
 
 
 def test_a_run_request_names_a_template_unless_the_operator_allows_documents(store, tmp_path):

@@ -19,6 +19,8 @@ def create_app(**options: Any):  # noqa: ANN201 - a Flask app
     app = Flask("dagrun")
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.register_blueprint(create_blueprint(**options))
+    from .security import Guard
+    app.after_request(Guard.headers)  # also on what no route of the blueprint answers (404, 405)
     return app
 
 
