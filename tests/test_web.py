@@ -843,14 +843,18 @@ def test_a_template_with_a_literal_connection_url_is_shown_masked(client):
 
 def test_the_token_can_come_from_a_file(tmp_path):
     token_file = tmp_path / "token"
-    token_file.write_text("from-a-file\n")
+    token_file.write_text("from-a-file-0123456789\n")
     server = Server(f"sqlite:///{tmp_path}/f.db", tmp_path, token="from-the-environment",
                     extra=("--token-file", str(token_file)))  # the file wins over $DAGRUN_TOKEN
     try:
-        assert server.get("/api/runs", headers={"Authorization": "Bearer from-a-file"})[0] == 200
+        assert server.get("/api/runs", headers={"Authorization": "Bearer from-a-file-0123456789"})[0] == 200
         assert server.get("/api/runs", headers={"Authorization": "Bearer from-the-environment"})[0] == 401
     finally:
         server.stop()
+    token_file.write_text("x\n")  # (helper-54 L6) a token a network can guess is refused
+    short = subprocess.run([sys.executable, "-m", "dagrun", "serve", "--port", "0", "--db", f"sqlite:///{tmp_path}/f.db",
+                            "--token-file", str(token_file)], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert short.returncode == 2 and "the token must be at least 16 characters (this one has 1)" in short.stderr
 
 
 def test_silent_connections_do_not_stop_the_service_from_answering(tmp_path):

@@ -54,6 +54,9 @@ def serve(*, host: str = "127.0.0.1", port: int = 8080, token: str | None = None
     api.warm_up(database_url=options.get("database_url"), actions=options.get("actions"),
                 trusted_actions=options.get("trusted_actions"))
     made = token is None
+    if token is not None and len(token) < MIN_TOKEN_CHARS:  # a few characters can be guessed over the network
+        raise InputError(f"the token must be at least {MIN_TOKEN_CHARS} characters (this one has {len(token)}): "
+                         "python3 -c 'import secrets; print(secrets.token_urlsafe(24))' makes one")
     token = token or secrets.token_urlsafe(24)
     names = {"localhost", "127.0.0.1", "::1", host.lower(), *(h.lower() for h in allowed_hosts)}
     app = create_app(token=token, allowed_hosts=names, max_streams=max(1, threads // 2), **options)
@@ -78,6 +81,9 @@ def serve(*, host: str = "127.0.0.1", port: int = 8080, token: str | None = None
         server.run()
     finally:
         server.close()
+
+
+MIN_TOKEN_CHARS = 16
 
 
 def token_from_environment() -> str | None:
