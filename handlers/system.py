@@ -157,9 +157,9 @@ def create_user(ctx: StepContext) -> HandlerResult:
             raise PermanentError(str(exc)) from None
     created = False
     if existing is None:
-        if os.path.lexists(home) and not adopt:
-            raise PermanentError(f"{home} already exists: a new user does not take over a home "
-                                 "(adopt_existing: true to use it)")
+        if os.path.lexists(home):  # (adopt_existing adopts an account, never a folder: perhaps another's home)
+            raise PermanentError(f"{home} already exists: a new user does not take over a home (it may be "
+                                 "another workspace's); give one that does not exist yet")
         from dagrun.run.accounts import marker
         command = [*ctx.sudo, "useradd", "--create-home", f"--shell={ctx.config['shell']}", "--user-group",
                    f"--comment={marker(str(ctx.workspace.get('id')))}",

@@ -240,11 +240,13 @@ def test_create_linux_user_refuses_system_accounts_existing_users_and_homes(user
     planted.mkdir()
     (planted / ".ssh").symlink_to(root_dir)
     try:
-        result = run_template(template(step(10, "create_linux_user", id="u", action_config={
-            "username": name, "ssh_public_key": "ssh-ed25519 AAAA x"})), {"id": "x", "home_dir": str(tmp_path)},
-            record=False)
-        assert result.steps["u"].error.startswith(f"/home/{name} already exists: a new user does not take over")
-        assert list(root_dir.iterdir()) == [] and root_dir.stat().st_uid == 0
+        for adopt in (False, True):  # (helper-53 F8) adopt_existing adopts an account, not another's folder
+            result = run_template(template(step(10, "create_linux_user", id="u", max_retries=1, action_config={
+                "username": name, "ssh_public_key": "ssh-ed25519 AAAA x", "adopt_existing": adopt})),
+                {"id": "x", "home_dir": str(tmp_path)}, record=False)
+            assert result.steps["u"].error.startswith(f"/home/{name} already exists: a new user does not take over")
+            assert list(root_dir.iterdir()) == [] and root_dir.stat().st_uid == 0
+            assert subprocess.run(["id", name], capture_output=True).returncode != 0  # no account made
     finally:
         shutil.rmtree(planted)
         subprocess.run(["userdel", "--remove", name], capture_output=True)
