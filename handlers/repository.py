@@ -26,8 +26,14 @@ from .scripts import NOTHING_TO_UNDO
 GIT_ENV = {"GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "/bin/false", "GIT_ALLOW_PROTOCOL": "file:git:http:https:ssh",
            "GIT_SSH_VARIANT": "ssh"}
 # A constant command: sh expands "$DAGRUN_SSH_KEY" from the environment, as data.
-SSH_COMMAND = ('ssh -i "$DAGRUN_SSH_KEY" -o IdentitiesOnly=yes -o BatchMode=yes '
+# -F /dev/null: the account's ssh config (a Host entry with another IdentityFile, a ProxyCommand) is
+# never used for a host a value names.
+SSH_COMMAND = ('ssh -F /dev/null -i "$DAGRUN_SSH_KEY" -o IdentitiesOnly=yes -o BatchMode=yes '
                '-o StrictHostKeyChecking=accept-new')
+# Root cloning a repository that is not private: no key at all (a value's git@host:operator/repo.git
+# would otherwise borrow root's ~/.ssh keys, the operator's identity).
+ANONYMOUS_SSH_COMMAND = ("ssh -F /dev/null -o PubkeyAuthentication=no -o BatchMode=yes "
+                         "-o StrictHostKeyChecking=accept-new")
 NO_HOOKS = ["-c", "core.hooksPath=/dev/null"]
 
 
@@ -48,6 +54,8 @@ def _env(ctx: StepContext) -> dict[str, str]:
         if not os.path.isfile(key):
             raise PermanentError(f"private repository: ssh key {key} does not exist")
         env.update({"GIT_SSH_COMMAND": SSH_COMMAND, "DAGRUN_SSH_KEY": key})
+    elif ctx.privileged:
+        env["GIT_SSH_COMMAND"] = ANONYMOUS_SSH_COMMAND
     return env
 
 

@@ -1183,3 +1183,28 @@ def test_as_root_what_pip_installs_is_never_a_values_choice(tmp_path):
                        step(10, "install_pip_requirements", id="pip", requires=["v"], action_config={
                            "venv_path": "~/venv", "packages": ["six==1.16.0"]}))
     check_root_code(compile_template(written), {"id": "w"})  # written by the author: as before
+
+
+def test_root_clones_over_ssh_with_no_key_but_the_workspaces_and_no_ssh_config(tmp_path):
+    """(helper-53) A value's git@host:operator/private.git, cloned by root
+    as not private, ran plain ssh: root's keys (the operator's identity)
+    and root's ~/.ssh/config (another Host's IdentityFile, a ProxyCommand).
+    There is no ssh server here to watch which key is offered, so this
+    checks the command git is given (a stand-in for the step's context)."""
+    from types import SimpleNamespace
+
+    from dagrun.handlers.repository import _env
+    key = tmp_path / "id_ed25519"
+    key.write_text("k")
+    for privileged, private in ((True, False), (True, True), (False, True)):
+        ctx = SimpleNamespace(config={"private": private}, privileged=privileged,
+                              isolation=SimpleNamespace(user=None if privileged else object()),
+                              private_file=lambda path: str(key))
+        command = _env(ctx).get("GIT_SSH_COMMAND", "")
+        assert command.startswith("ssh -F /dev/null "), (privileged, private, command)
+        if private:
+            assert '-i "$DAGRUN_SSH_KEY" -o IdentitiesOnly=yes' in command
+        else:
+            assert "-o PubkeyAuthentication=no" in command
+    ctx = SimpleNamespace(config={}, privileged=False, isolation=SimpleNamespace(user=object()))
+    assert "GIT_SSH_COMMAND" not in _env(ctx)  # the workspace's own user: its own ssh, as it would clone
