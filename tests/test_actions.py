@@ -506,6 +506,16 @@ def test_vscode_extensions_without_any_cli_is_a_clear_error(workspace, tmp_path)
     assert s.attempts == 1 and s.error.startswith("neither code nor code-server is installed")
 
 
+@pytest.mark.parametrize("extension", ["x.vsix", "evil.VSIX", "a.b.vsix@1"])
+def test_an_extension_is_an_id_never_a_vsix_file(extension):
+    """(helper-53) `code --install-extension x.vsix` installs a file from
+    where it starts: a value is an extension's id only."""
+    from dagrun import TemplateError, compile_template
+    with pytest.raises(TemplateError, match="an extension's id, publisher.name or publisher.name@version "
+                                            r"\(not a .vsix file\)"):
+        compile_template(template(step(10, "install_vscode_extensions", action_config={"extensions": [extension]})))
+
+
 def test_template_copy_action(workspace, home, tmp_path):
     """The template file sits beside the template document (author text, read at compile time)."""
     (tmp_path / "tpl.conf.j2").write_text("user={{ workspace.name }}\nport={{ vars.port }}\n")
