@@ -930,13 +930,15 @@ def test_a_home_belongs_to_the_workspace_that_used_it_first(store, tmp_path, req
     home = tmp_path / "alice-home"
     doc = template(script_step(10, "echo mine > ~/owner.txt", id="s"))
     assert run_template(doc, {"id": "alice", "home_dir": str(home)}, database_url=url).success
-    with pytest.raises(InputError, match=f"the workspace home {home} is workspace alice's"):
+    with pytest.raises(InputError, match=f"the workspace home {home} is another workspace's: ") as refused:
         run_template(doc, {"id": "mallory", "home_dir": str(home)}, database_url=url)
+    assert "alice" not in str(refused.value).replace(str(home), "")  # (helper-54 L4) not whose, nor its home
     assert (home / "owner.txt").read_text() == "mine\n"
     assert run_template(doc, {"id": "alice", "home_dir": str(home)}, database_url=url).success  # its own, again
     for nested in (home / "sub", tmp_path):  # inside alice's home, or around it
-        with pytest.raises(InputError, match="is workspace alice's"):
+        with pytest.raises(InputError, match="is inside or around another workspace's home") as refused:
             run_template(doc, {"id": "mallory", "home_dir": str(nested)}, database_url=url)
+        assert "alice" not in str(refused.value).replace(str(nested), "")
     assert run_template(doc, {"id": "bob", "home_dir": str(tmp_path / "alice-home-2")}, database_url=url).success
 
 

@@ -69,7 +69,7 @@ def home_state(home: str, root: str | None, owner: int | None) -> tuple[str | No
     if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
         return f"the workspace home {home} is a symlink or not a folder", True
     if info.st_uid not in (0, owner):
-        return f"the workspace home {home} belongs to another user (uid {info.st_uid})", True
+        return f"the workspace home {home} belongs to another user", True
     return None, True
 
 

@@ -177,9 +177,10 @@ def _check_home_is_its_own(engine: Engine, session: Session, workspace_id: str, 
             ProvisioningRun.home_dir.startswith(home.rstrip("/") + "/", autoescape=True))).limit(1)).first()
     if other is not None:
         from ..errors import InputError
-        where = "" if other.home_dir == home else f" (it worked in {other.home_dir})"
-        raise InputError(f"the workspace home {home} is workspace {other.workspace_id}'s{where}: a home, and "
-                         "what is above and below it, belongs to one workspace; give this one a home of its own")
+        # Whose it is, and where that one works, are another tenant's to know: not said.
+        where = "is another workspace's" if other.home_dir == home else "is inside or around another workspace's home"
+        raise InputError(f"the workspace home {home} {where}: a home, and what is above and below it, belongs "
+                         "to one workspace; give this one a home of its own")
 
 
 def request_cancel(url: str, run_id: str, reason: str) -> str:
