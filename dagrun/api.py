@@ -68,6 +68,9 @@ class PreparedRun:
     # A resume: the run's row as it was read (status, heartbeat, end). The claim goes ahead only if
     # it is still so: another resume that went first would have run what ``done`` says is to do.
     seen: tuple[Any, ...] | None = None
+    # The template is the one stored (or shipped) under its name, not a caller's document: a resume may
+    # take the secrets its author wrote in it from there (see _written_in_stored_template).
+    named_template: bool = False
 
 
 def run_template(template: Any, workspace: Any, *, database_url: str | None = None,
@@ -269,8 +272,12 @@ def prepare(template: Any, workspace: Any, *, database_url: str | None = None, m
             secrets: Mapping[str, Any] | None = None, env_passthrough: Iterable[str] = (),
             sandbox: bool = True, fleet_id: str | None = None,
             trusted_actions: Iterable[Any] | None = None, check: bool = False, home_roots: Iterable[str] = (),
-            allow_network: Iterable[str] = (), adopt_users: Iterable[str] = ()) -> PreparedRun:
-    """Compile and check a new run; raises on bad input, runs nothing."""
+            allow_network: Iterable[str] = (), adopt_users: Iterable[str] = (),
+            stored_template: bool = False) -> PreparedRun:
+    """Compile and check a new run; raises on bad input, runs nothing.
+    ``stored_template``: ``template`` is the document stored or shipped
+    under its name, as a service found it (a name given here is known to
+    be one)."""
     _check_workers(max_workers)
     url = (database_url or default_database_url()) if record else None
     templates = list(templates)
@@ -291,7 +298,8 @@ def prepare(template: Any, workspace: Any, *, database_url: str | None = None, m
                        variables=dict(variables or {}), secrets=dict(secrets or {}), max_workers=max_workers,
                        executor=_executor(executor), sudo=sudo_prefix(plan, allow_sudo), sandbox=sandbox,
                        fleet_id=fleet_id,
-                       check=check, home_root=_home_root(ws, roots), adopt_users=tuple(adopt_users))
+                       check=check, home_root=_home_root(ws, roots), adopt_users=tuple(adopt_users),
+                       named_template=stored_template or (isinstance(template, str) and _names_stored(template)))
 
 
 def prepare_resume(run_id: str, *, database_url: str | None = None, from_step: str | None = None,
@@ -714,6 +722,7 @@ def claim(prepared: PreparedRun) -> None:
     digests = {} if prepared.check else {
         **{n: GIVEN_AS_SECRET for n in prepared.secrets if "." not in n},  # may differ at resume
         **_literal_digests(plan), **{f"workspace.{k}": digest(stored[k]) for k in hidden},
+        **({BY_NAME: "named"} if prepared.named_template and plan.secret_literals else {}),
         # a variable as the run uses it: a mapping given over its default merged with it
         **{n: digest(plan.variables[n]) for n in (*hidden_vars, *defaults)}}
     with store_errors(prepared.url, "cannot write to"):
@@ -914,26 +923,24 @@ def _written_in_stored_template(url: str, run: Any, actions: Iterable[Any] | Non
     not store, from the template stored in the database under the run's
     name and version (a changed template is stored as another version):
     each only where it is the value the run started with (its digest)."""
-    wanted = {n: d for n, d in (run.secret_digests or {}).items()
+    digests = run.secret_digests or {}
+    wanted = {n: d for n, d in digests.items()
               if "." in n and not n.startswith("workspace.") and d != GIVEN_AS_SECRET}
-    if not wanted or _surely_no_stored_templates(url):
-        return {}
+    if not wanted or digests.get(BY_NAME) != "named":
+        return {}  # (a caller's own document named like a stored one would learn whether it guessed right)
+    from .compile.loader import TemplateSource
     from .store.digests import matches
     from .store.seeding import stored_templates
-    stored = stored_templates(url)
-    found: dict[str, Any] = {}
-    for doc in stored:
-        if doc.get("name") != run.template_name or str(doc.get("version")) != str(run.template_version):
-            continue
-        try:
-            compiled = compile_template(doc, actions=actions, templates=stored, trusted_actions=trusted_actions)
-        except DagrunError:
-            return found  # one that no longer compiles (its base changed) holds nothing to take
-        for sid, key in compiled.secret_literals:
-            name, value = f"{sid}.{key}", compiled.steps[sid].config[key]
-            if name in wanted and matches(value, wanted[name]):
-                found[name] = value
-    return found
+    stored = [] if _surely_no_stored_templates(url) else stored_templates(url)
+    found = TemplateSource(stored).find(str(run.template_name), version=str(run.template_version))
+    if found is None:
+        return {}
+    try:
+        compiled = compile_template(found[0], actions=actions, templates=stored, trusted_actions=trusted_actions)
+    except DagrunError:
+        return {}  # one that no longer compiles (its base changed) holds nothing to take
+    return {f"{sid}.{key}": compiled.steps[sid].config[key] for sid, key in compiled.secret_literals
+            if f"{sid}.{key}" in wanted and matches(compiled.steps[sid].config[key], wanted[f"{sid}.{key}"])}
 
 
 def _leaf_paths(value: Any, prefix: tuple[str, ...] = ()) -> set[tuple[str, ...]]:
@@ -984,6 +991,8 @@ def _json_native(value: Any) -> bool:
     return value is None or isinstance(value, (str, int, float, bool))
 
 
+# The run's secret_digests entry saying its template was the one stored or shipped under its name.
+BY_NAME = "@template"
 # The run's secret_digests entry of a secret given as one (secrets=): it may differ at resume.
 GIVEN_AS_SECRET = "given as a secret"
 

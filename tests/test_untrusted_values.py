@@ -614,6 +614,13 @@ def test_a_secret_written_in_a_stored_template_is_taken_from_it_at_resume(home, 
     again = resume(failed.run_id, database_url=db_url, from_step="make", actions=[SECRET_ACTION], sandbox=False,
                    secrets={"make.token": "a guess"})
     assert again.success and (home / "got").read_text() == "orig-literal"
+    # A caller's own document named like the stored one is not the stored one: it would learn whether the
+    # literal it wrote is the author's (the resume asking for it, or not).
+    guess = run_template({**doc, "actions": [step(10, "with_secret", id="make", action_config={
+        "token": "orig-literal"}), *doc["actions"][1:]]}, {"id": "w2", "home_dir": str(tmp_path / "w2")},
+        actions=[SECRET_ACTION], database_url=db_url)
+    with pytest.raises(SecretsNeeded):
+        resume(guess.run_id, database_url=db_url, from_step="make", actions=[SECRET_ACTION], sandbox=False)
     # Only the run's own name and version count: with that one gone (another version stored, with
     # another value), it is asked for.
     save_template({**doc, "version": "2.0.0", "actions": [

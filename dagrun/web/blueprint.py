@@ -231,7 +231,7 @@ def create_blueprint(*, database_url: str | None = None, actions: Iterable[Any] 
             raise InputError(f"the workspace's id {workspace['id']!r} is not {ws_id!r} (the one in the URL)")
         document = _template_for_run(service, template)
         bases_allowed(document)
-        handle = api.start_run(document, {**workspace, "id": ws_id},
+        handle = api.start_run(document, {**workspace, "id": ws_id}, stored_template=isinstance(template, str),
                                variables=body.get("variables") or None, **service.run_options())
         return jsonify(run_id=handle.run_id), 202
 
