@@ -322,7 +322,7 @@ def test_serve_stops_at_start_on_a_database_it_cannot_open(tmp_path):
         closed = s.getsockname()[1]
     out = subprocess.run([sys.executable, "-m", "dagrun", "serve", "--port", "0", "--db",
                           f"postgresql://postgres@127.0.0.1:{closed}/nowhere"], capture_output=True, text=True,
-                         timeout=60, env={**os.environ, "DAGRUN_TOKEN": "t"})
+                         timeout=60, env={**os.environ, "DAGRUN_TOKEN": "t" * 16})
     assert out.returncode == 3, out.stderr
     assert "cannot" in out.stderr and "Traceback" not in out.stderr and "serving" not in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1, out.stderr
@@ -335,14 +335,14 @@ def test_serve_stops_at_start_on_a_port_another_program_holds(tmp_path):
         port = taken.getsockname()[1]
         out = subprocess.run([sys.executable, "-m", "dagrun", "serve", "--port", str(port),
                               "--db", f"sqlite:///{tmp_path}/s.db"], capture_output=True, text=True, timeout=60,
-                             env={**os.environ, "DAGRUN_TOKEN": "t"})
+                             env={**os.environ, "DAGRUN_TOKEN": "t" * 16})
     assert out.returncode == 2, out.stderr
     assert out.stderr.strip() == f"dagrun: cannot listen on 127.0.0.1:{port}: Address already in use"
     for args, said in ((["--port", "70000"], "--port must be 0-65535, not 70000"),
                        (["--port=-1"], "--port must be 0-65535, not -1"),
                        (["--host", "no.such.host.invalid", "--port", "0"], "cannot listen on no.such.host.invalid:0")):
         out = subprocess.run([sys.executable, "-m", "dagrun", "serve", *args, "--db", f"sqlite:///{tmp_path}/s.db"],
-                             capture_output=True, text=True, timeout=60, env={**os.environ, "DAGRUN_TOKEN": "t"})
+                             capture_output=True, text=True, timeout=60, env={**os.environ, "DAGRUN_TOKEN": "t" * 16})
         assert out.returncode == 2 and said in out.stderr and "Traceback" not in out.stderr, (args, out.stderr)
 
 
@@ -351,7 +351,7 @@ def test_serve_stops_at_start_on_a_bad_action_file(tmp_path):
     bad.write_text("name: broken\naction_type: shell\nexecution_handler: 'echo {{ config.x'\n")
     out = subprocess.run([sys.executable, "-m", "dagrun", "serve", "--port", "0", "--db",
                           f"sqlite:///{tmp_path}/s.db", "--actions", str(bad)], capture_output=True, text=True,
-                         timeout=60, env={**os.environ, "DAGRUN_TOKEN": "t"})
+                         timeout=60, env={**os.environ, "DAGRUN_TOKEN": "t" * 16})
     assert out.returncode == 2, out.stderr
     assert "invalid action definition: action broken: field 'execution_handler'" in out.stderr, out.stderr
     assert "Traceback" not in out.stderr and "serving" not in out.stderr
