@@ -273,15 +273,17 @@ def prepare(template: Any, workspace: Any, *, database_url: str | None = None, m
             sandbox: bool = True, fleet_id: str | None = None,
             trusted_actions: Iterable[Any] | None = None, check: bool = False, home_roots: Iterable[str] = (),
             allow_network: Iterable[str] = (), adopt_users: Iterable[str] = (),
-            stored_template: bool = False) -> PreparedRun:
+            stored_template: bool = False, database_templates: bool = True) -> PreparedRun:
     """Compile and check a new run; raises on bad input, runs nothing.
     ``stored_template``: ``template`` is the document stored or shipped
     under its name, as a service found it (a name given here is known to
-    be one)."""
+    be one). ``database_templates``: may its bases be any template stored
+    in the database (False: only ``templates`` and the shipped ones; a
+    service gives those its caller may read)."""
     _check_workers(max_workers)
     url = (database_url or default_database_url()) if record else None
     templates = list(templates)
-    if url and _names_stored(template):
+    if url and database_templates and _names_stored(template):
         from .store.seeding import stored_templates
         templates += stored_templates(url)  # a template stored with `dagrun seed` runs by name (or is extended)
     roots = _allowed_roots(home_roots)  # once: each root is resolved on disk
@@ -1113,13 +1115,14 @@ def validate(items: Iterable[str], *, actions: Iterable[Any] | None = None, work
 
 def explain(template: Any, *, step: str | None = None, actions: Iterable[Any] | None = None,
             variables: Mapping[str, Any] | None = None, database_url: str | None = None,
-            trusted_actions: Iterable[Any] | None = None) -> dict[str, Any]:
+            trusted_actions: Iterable[Any] | None = None,
+            templates: Iterable[Mapping[str, Any]] = ()) -> dict[str, Any]:
     """The effective template after inheritance and defaults, each value
     with its origin (a base template and file, the child, the action's
     default, the schema's default, ``--set``)."""
     from .compile.explain import explain as explain_template
     return explain_template(template, step=step, actions=actions, variables=variables,
-                            templates=_with_stored(template, database_url, ()), trusted_actions=trusted_actions)
+                            templates=_with_stored(template, database_url, templates), trusted_actions=trusted_actions)
 
 
 def list_actions(actions: Iterable[Any] | None = None, trusted_actions: Iterable[Any] | None = None):
@@ -1175,9 +1178,14 @@ def _with_stored(template: Any, database_url: str | None, templates: Iterable[Ma
 
 def _names_stored(template: Any) -> bool:
     """Might ``template`` be, or extend, a template stored in the database:
-    a name (not a file), or a document whose ``extends`` is one."""
+    a name (not a file), or a document whose base (``extends``, by name or
+    as ``{name, version}``, or ``base_template_id``) is one."""
     if isinstance(template, Mapping):
+        if template.get("base_template_id") is not None:
+            return True
         template = template.get("extends")
+        if isinstance(template, Mapping):
+            template = template.get("name")
     return isinstance(template, str) and not os.path.exists(template)
 
 
@@ -1343,13 +1351,16 @@ def recover_journal(journal: str | None = None, *, database_url: str | None = No
 
 
 def save_template(document: Mapping[str, Any], *, database_url: str | None = None,
-                  actions: Iterable[Any] | None = None, trusted_actions: Iterable[Any] | None = None) -> str:
+                  actions: Iterable[Any] | None = None, trusted_actions: Iterable[Any] | None = None,
+                  bases: Iterable[Mapping[str, Any]] | None = None) -> str:
     """Store a template document (a new version when its version is already
     stored with other content); raises TemplateError with every problem when
-    it does not compile. Returns the version stored."""
+    it does not compile. Returns the version stored. ``bases``: the stored
+    templates it may extend (default: all; a service gives those its caller
+    may read)."""
     from .store.seeding import store_template
     return store_template(database_url or default_database_url(), dict(document), actions=actions,
-                          trusted_actions=trusted_actions)
+                          trusted_actions=trusted_actions, bases=bases)
 
 
 def seed(*, database_url: str | None = None, actions: Iterable[Any] | None = None,

@@ -887,25 +887,37 @@ def test_a_template_one_may_not_read_is_neither_listed_nor_reached_through_exten
         return not str(resource.get("template") or "").startswith("alice") or who["user"] == "alice"
 
     c = create_app(database_url=store, authorize=authorize, allow_inline_templates=True).test_client()
-    secret = template(script_step(10, "echo {{ vars.pw }} > ~/pw", id="s"), name="alice-secret",
-                      description="Alice's internal", vars={"pw": "Alice-Secret-Pw"})
+    secret = {**template(script_step(10, "echo {{ vars.pw }} > ~/pw", id="s"), name="alice-secret",
+                         description="Alice's internal", vars={"pw": "Alice-Secret-Pw"}), "template_id": 7007}
     assert c.put("/api/templates/alice-secret", json=secret, headers=CSRF).status_code == 200
     who["user"] = "bob"
     assert "alice-secret" not in [t["name"] for t in c.get("/api/templates").json["templates"]]
     assert b"Alice's internal" not in c.get("/").data
     child = {"name": "bob-z", "version": "1.0.0", "extends": "alice-secret", "actions": [script_step(20, "true", id="z")]}
     saved = c.put("/api/templates/bob-z", json=child, headers=CSRF)
-    assert saved.status_code == 403, saved.json
-    started = c.post("/api/workspaces/bob-w/runs", json={"template": child, "workspace": {
-        "home_dir": str(tmp_path / "b")}}, headers=CSRF)
-    assert started.status_code == 403 and not (tmp_path / "b" / "pw").exists()
+    assert saved.status_code == 422 and "base template 'alice-secret' not found" in saved.json["error"], saved.json
+    # (helper-56) nor by {name, version}, nor by its template_id; and "did you mean" names none of alice's
+    for other in ({**child, "extends": {"name": "alice-secret"}}, {**child, "extends": None, "base_template_id": 7007},
+                  {**child, "extends": "bob-alice-secret"}):
+        refused = c.put("/api/templates/bob-z", json={k: v for k, v in other.items() if v is not None}, headers=CSRF)
+        assert refused.status_code == 422 and "not found" in refused.json["error"], refused.json
+        assert "did you mean" not in refused.json["error"], refused.json  # (alice-secret is near bob-alice-secret)
+    taken = c.put("/api/templates/bob-id", json={**template(script_step(10, "true")), "name": "bob-id",
+                                                 "template_id": 7007}, headers=CSRF)
+    assert taken.status_code == 422 and "template_id 7007 is another template's" in taken.json["error"]
+    for base in ("alice-secret", {"name": "alice-secret"}):
+        started = c.post("/api/workspaces/bob-w/runs", json={"template": {**child, "extends": base}, "workspace": {
+            "home_dir": str(tmp_path / "b")}}, headers=CSRF)
+        assert started.status_code == 422 and not (tmp_path / "b" / "pw").exists(), started.json
     who["user"] = "alice"  # saved by someone who may read the base; bob still may not read through it
     assert c.put("/api/templates/bob-z", json=child, headers=CSRF).status_code == 200
     who["user"] = "bob"
     for path in ("/api/templates/bob-z", "/templates/bob-z", "/api/templates/bob-z/actions"):
-        assert c.get(path).status_code == 403, path
+        answer = c.get(path)
+        assert answer.status_code == 422 and b"Alice-Secret-Pw" not in answer.data, path
     assert c.post("/api/workspaces/bob-w/runs", json={"template": "bob-z", "workspace": {
-        "home_dir": str(tmp_path / "b")}}, headers=CSRF).status_code == 403
+        "home_dir": str(tmp_path / "b")}}, headers=CSRF).status_code == 422
+    assert not (tmp_path / "b" / "pw").exists()
 
 
 def test_a_tenants_runs_are_not_hidden_behind_newer_runs_of_others(store, tmp_path):

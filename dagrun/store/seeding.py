@@ -46,9 +46,10 @@ def action_values(action: ActionSpec) -> dict[str, Any]:
 
 def seed(url: str, *, actions: Iterable[Any] | None = None, templates: Iterable[Path] | None = None,
          documents: Iterable[dict[str, Any]] | None = None,
-         trusted_actions: Iterable[Any] | None = None) -> dict[str, int]:
+         trusted_actions: Iterable[Any] | None = None, bases: Iterable[dict[str, Any]] | None = None) -> dict[str, int]:
     """Load the library and templates (files, or ``documents``; default: the
-    shipped seeds) into the store. A template that does not compile is refused."""
+    shipped seeds) into the store. A template that does not compile is
+    refused; ``bases``: the stored templates they may extend (default: all)."""
     from ..compile import compile_template
 
     library = build_library(actions, trusted_actions)
@@ -60,7 +61,7 @@ def seed(url: str, *, actions: Iterable[Any] | None = None, templates: Iterable[
             p for p in (package_dir("seeds") / "templates").iterdir() if p.suffix in (".yaml", ".yml", ".json"))
         documents = [read_document(Path(p)) for p in files]
         sources = files
-    known = documents + (stored_templates(url) if _has_tables(url) else [])
+    known = documents + (list(bases) if bases is not None else stored_templates(url) if _has_tables(url) else [])
     for source in sources:  # refuse to store a template that does not compile
         compile_template(source, library=library, templates=known)
     counts = {"actions": 0, "templates": 0, "steps": 0}
@@ -113,18 +114,28 @@ def seed(url: str, *, actions: Iterable[Any] | None = None, templates: Iterable[
 
 
 def store_template(url: str, document: dict[str, Any], *, actions: Iterable[Any] | None = None,
-                   trusted_actions: Iterable[Any] | None = None) -> str:
+                   trusted_actions: Iterable[Any] | None = None, bases: Iterable[dict[str, Any]] | None = None) -> str:
     """Store ``document`` (the editor's save): as its version when that is
     new or unchanged, else as the next version (1.0.0 -> 1.0.1). Returns the
-    version stored. Raises TemplateError when it does not compile."""
+    version stored. Raises TemplateError when it does not compile, and
+    InputError when its ``template_id`` is another template's (a
+    ``base_template_id`` naming that one would find this one)."""
     doc = dict(document)
-    existing = {str(d.get("version")): d for d in (stored_templates(url) if _has_tables(url) else [])
-                if d.get("name") == doc.get("name")}
+    everything = stored_templates(url) if _has_tables(url) else []
+    existing = {str(d.get("version")): d for d in everything if d.get("name") == doc.get("name")}
+    if doc.get("template_id") is not None:
+        shipped = [read_document(p) for p in sorted((package_dir("seeds") / "templates").iterdir())
+                   if p.suffix in (".yaml", ".yml", ".json")]
+        taken = [d.get("name") for d in [*everything, *shipped] if d.get("name") != doc.get("name")
+                 and str(d.get("template_id")) == str(doc.get("template_id"))]
+        if taken:
+            from ..errors import InputError
+            raise InputError(f"template_id {doc['template_id']} is another template's: give this one its own")
     version = str(doc.get("version") or "1.0.0")
     while version in existing and existing[version] != {**doc, "version": version}:
         version = _next_version(version)
     doc["version"] = version
-    seed(url, actions=actions, documents=[doc], trusted_actions=trusted_actions)
+    seed(url, actions=actions, documents=[doc], trusted_actions=trusted_actions, bases=bases)
     return version
 
 

@@ -94,19 +94,6 @@ def create_blueprint(*, database_url: str | None = None, actions: Iterable[Any] 
         if service.authorize is not None and not service.authorize(action, **resource):
             abort(403, description=f"not allowed to {action}")
 
-    def bases_allowed(document: Any) -> None:
-        """A template shows and runs its bases' steps and defaults: whoever
-        reads, runs or saves it must be allowed to read each of them."""
-        seen: set[str] = set()
-        base = document.get("extends") if isinstance(document, Mapping) else None
-        while isinstance(base, str) and base not in seen:
-            seen.add(base)
-            allowed("read", template=base)
-            try:
-                base = _template_document(service, base).get("extends")
-            except (DagrunError, HTTPException):
-                return  # no such base: the compiler says so
-
     def readable_templates() -> list[dict[str, Any]]:
         return [t for t in api.list_templates(service.database_url)
                 if service.authorize is None or service.authorize("read", template=t["name"])]
@@ -163,7 +150,6 @@ def create_blueprint(*, database_url: str | None = None, actions: Iterable[Any] 
     @bp.get("/api/templates/<name>")
     def template(name: str):  # noqa: ANN202
         allowed("read", template=name)
-        bases_allowed(_template_document(service, name))
         document, explained = _shown_template(service, name)
         return jsonify(name=name, document=document, explained=explained)
 
@@ -171,9 +157,8 @@ def create_blueprint(*, database_url: str | None = None, actions: Iterable[Any] 
     def template_actions(name: str):  # noqa: ANN202
         allowed("read", template=name)
         document = _template_document(service, name)
-        bases_allowed(document)
         plan = api.plan(document, actions=service.actions or None, trusted_actions=service.trusted_actions or None,
-                        database_url=service.database_url)
+                        templates=_visible(service), estimates=False)
         library = api.list_actions(service.actions or None, service.trusted_actions or None)
         ids = {n: i for i, n in enumerate(sorted(library), 1)}
         return jsonify(template_id=document.get("template_id") or name, name=plan.name, version=plan.version,
@@ -195,9 +180,9 @@ def create_blueprint(*, database_url: str | None = None, actions: Iterable[Any] 
         if _shipped(name):
             abort(409, description=f"{name} is a template shipped with dagrun: save yours under another name "
                                    f"(it may say extends: {name})")
-        bases_allowed(document)
         document = _unmasked_document(service, name, document)
         version = api.save_template({**document, "name": name}, database_url=service.database_url,
+                                    bases=_visible(service),
                                     actions=service.actions or None, trusted_actions=service.trusted_actions or None)
         return jsonify(name=name, version=version), 200
 
@@ -230,8 +215,8 @@ def create_blueprint(*, database_url: str | None = None, actions: Iterable[Any] 
         if "id" in workspace and str(workspace["id"]) != ws_id:
             raise InputError(f"the workspace's id {workspace['id']!r} is not {ws_id!r} (the one in the URL)")
         document = _template_for_run(service, template)
-        bases_allowed(document)
         handle = api.start_run(document, {**workspace, "id": ws_id}, stored_template=isinstance(template, str),
+                               templates=_visible(service), database_templates=False,
                                variables=body.get("variables") or None, **service.run_options())
         return jsonify(run_id=handle.run_id), 202
 
@@ -330,7 +315,6 @@ def create_blueprint(*, database_url: str | None = None, actions: Iterable[Any] 
     @bp.get("/templates/<name>")
     def template_page(name: str):  # noqa: ANN202
         allowed("read", template=name)
-        bases_allowed(_template_document(service, name))
         document, explained = _shown_template(service, name)
         library = api.list_actions(service.actions or None, service.trusted_actions or None)
         return render_template("dagrun/template.html", name=name, document=document, explained=explained,
@@ -418,6 +402,17 @@ def _stored(service: Service) -> list[dict[str, Any]]:
         return []
     from ..store.seeding import stored_templates
     return stored_templates(service.database_url)
+
+
+def _visible(service: Service) -> list[dict[str, Any]]:
+    """The stored templates this caller may read: the only ones its
+    templates may extend (by name, ``{name, version}`` or
+    ``base_template_id``), and the only names a "did you mean" suggests.
+    A template shows and runs its bases' steps and defaults."""
+    stored = _stored(service)
+    if service.authorize is None:
+        return stored
+    return [d for d in stored if service.authorize("read", template=str(d.get("name")))]
 
 
 def _template_for_run(service: Service, template: Any) -> Any:
@@ -633,7 +628,7 @@ def _masked_vars(service: Service, document: Mapping[str, Any]) -> tuple[Any, se
     defaults = document.get("vars")
     try:
         plan = api.compile_template(document, actions=service.actions or None,
-                                    trusted_actions=service.trusted_actions or None, templates=_stored(service))
+                                    trusted_actions=service.trusted_actions or None, templates=_visible(service))
     except DagrunError:
         plan = None
     hidden: set[str] = set()
@@ -672,8 +667,8 @@ def _shown_template(service: Service, name: str) -> tuple[dict[str, Any], Any]:
     masked, secrets = _masked_document(service, document)
     redactor = Redactor(secrets)
     try:
-        explained = api.explain(document, actions=service.actions or None,
-                                trusted_actions=service.trusted_actions or None, database_url=service.database_url)
+        explained = api.explain(document, actions=service.actions or None, templates=_visible(service),
+                                trusted_actions=service.trusted_actions or None)
     except TemplateError as exc:  # its problems may quote a value
         from ..errors import Problem
         raise TemplateError([Problem(p.source, redactor.text(p.message) or "", p.step, p.field)
