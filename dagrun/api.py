@@ -724,7 +724,7 @@ def claim(prepared: PreparedRun) -> None:
     digests = {} if prepared.check else {
         **{n: GIVEN_AS_SECRET for n in prepared.secrets if "." not in n},  # may differ at resume
         **_literal_digests(plan), **{f"workspace.{k}": digest(stored[k]) for k in hidden},
-        **({BY_NAME: "named"} if prepared.named_template and plan.secret_literals else {}),
+        **({BY_NAME: "named"} if prepared.named_template and (plan.secret_literals or defaults) else {}),
         # a variable as the run uses it: a mapping given over its default merged with it
         **{n: digest(plan.variables[n]) for n in (*hidden_vars, *defaults)}}
     with store_errors(prepared.url, "cannot write to"):
@@ -921,13 +921,15 @@ def _check_given_again(run: Any, given: Mapping[str, Any]) -> dict[str, Any]:
 
 def _written_in_stored_template(url: str, run: Any, actions: Iterable[Any] | None,
                                 trusted_actions: Iterable[Any] | None) -> dict[str, Any]:
-    """The secrets written in the template (``step.field``) that the run did
-    not store, from the template stored in the database under the run's
-    name and version (a changed template is stored as another version):
-    each only where it is the value the run started with (its digest)."""
+    """The secrets written in the template that the run did not store (a
+    secret field's text, ``step.field``, and the default of a variable a
+    secret field reads), from the template stored (or shipped) under the
+    run's name and version (a changed template is stored as another
+    version): each only where it is the value the run started with (its
+    digest)."""
     digests = run.secret_digests or {}
     wanted = {n: d for n, d in digests.items()
-              if "." in n and not n.startswith("workspace.") and d != GIVEN_AS_SECRET}
+              if not n.startswith("workspace.") and n != BY_NAME and d != GIVEN_AS_SECRET}
     if not wanted or digests.get(BY_NAME) != "named":
         return {}  # (a caller's own document named like a stored one would learn whether it guessed right)
     from .compile.loader import TemplateSource
@@ -941,8 +943,9 @@ def _written_in_stored_template(url: str, run: Any, actions: Iterable[Any] | Non
         compiled = compile_template(found[0], actions=actions, templates=stored, trusted_actions=trusted_actions)
     except DagrunError:
         return {}  # one that no longer compiles (its base changed) holds nothing to take
-    return {f"{sid}.{key}": compiled.steps[sid].config[key] for sid, key in compiled.secret_literals
-            if f"{sid}.{key}" in wanted and matches(compiled.steps[sid].config[key], wanted[f"{sid}.{key}"])}
+    written = {f"{sid}.{key}": compiled.steps[sid].config[key] for sid, key in compiled.secret_literals}
+    written.update({n: compiled.variables[n] for n in secret_variable_defaults(compiled) if n in compiled.variables})
+    return {n: v for n, v in written.items() if n in wanted and matches(v, wanted[n])}
 
 
 def _leaf_paths(value: Any, prefix: tuple[str, ...] = ()) -> set[tuple[str, ...]]:

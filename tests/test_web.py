@@ -610,6 +610,32 @@ def test_a_secret_written_in_a_stored_template_is_never_asked_of_a_request(store
     assert (home / "url").read_text() == "pg://app:Author-Pw-77@db/x\n"
 
 
+def test_a_secret_default_of_a_stored_template_is_taken_from_it_at_resume(store, tmp_path):
+    """(helper-56 M1) The default of a variable a secret field reads is not
+    stored with the run: a resume asked whoever resumed for the author's
+    password and told each guess apart. It comes from the stored template;
+    a value given for it is not used nor checked."""
+    login = {"name": "login", "action_type": "shell", "execution_handler": 'echo "{{ config.url }}" > ~/url',
+             "config_schema": {"type": "object", "properties": {"url": {"type": "string", "x-secret": True}}}}
+    c = create_app(database_url=store, trusted_actions=[login]).test_client()
+    gate, home = tmp_path / "gate", tmp_path / "h"
+    doc = template(step(10, "login", id="login", action_config={"url": "pg://app:{{ vars.pw }}@db/x"}),
+                   script_step(20, f"test -f {gate}", id="gated", requires=["login"]), name="withdefault",
+                   vars={"pw": "Author-Default-Pw"})
+    assert c.put("/api/templates/withdefault", json=doc, headers=CSRF).status_code == 200
+    started = c.post("/api/workspaces/t2/runs", json={"template": "withdefault", "workspace": {
+        "home_dir": str(home)}}, headers=CSRF)
+    run_id = started.json["run_id"]
+    assert api.running_here(run_id).wait(60).status.value == "failed"
+    gate.touch()
+    (home / "url").unlink()
+    for body in ({"variables": {"pw": "a-guess"}}, {"resume_from_action_id": "login"}):
+        again = c.post(f"/api/runs/{run_id}/resume", json={**body, "resume_from_action_id": "login"}, headers=CSRF)
+        assert again.status_code == 202, again.json
+        assert api.running_here(run_id).wait(60).success
+        assert (home / "url").read_text() == "pg://app:Author-Default-Pw@db/x\n"
+
+
 def test_a_stored_template_extending_a_stored_one_runs_and_shows(store, tmp_path):
     """(helper-30) Both are stored: the child found its base nowhere (422);
     and a template using the operator's trusted action could not be saved."""
