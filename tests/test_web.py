@@ -787,6 +787,27 @@ def test_a_secret_written_in_an_actions_schema_is_masked_wherever_it_shows(store
     assert shown["properties"]["level"] == {"type": "string", "enum": ["info", "warn"], "default": "info"}
 
 
+def test_an_operators_action_secrets_show_in_no_schema_nor_error(store):
+    """(helper-56 M2) writeOnly marks a secret as x-secret does; and a
+    template's errors quoted an x-secret enum's tokens, or (oneOf, not)
+    the whole config with the action's secret default."""
+    ops = {"name": "ops", "action_type": "shell", "execution_handler": "true",
+           "config_schema": {"type": "object", "properties": {
+               "key": {"type": "string", "writeOnly": True, "default": "Ops-WriteOnly-1", "examples": ["Ops-Ex-2"]},
+               "tier": {"type": "string", "x-secret": True, "enum": ["Ops-Enum-3"]},
+               "mode": {"type": "string"}},
+               "not": {"required": ["mode"]}},
+           "default_config": {"key": "Ops-Default-4"}}
+    c = create_app(database_url=store, trusted_actions=[ops]).test_client()
+    for path in ("/api/actions", "/actions"):
+        assert b"Ops-" not in c.get(path).data, path
+    for config in ({"tier": "guess"}, {"mode": "x"}):
+        answer = c.put("/api/templates/opsuse", json=template(step(10, "ops", id="o", action_config=config),
+                                                               name="opsuse"), headers=CSRF)
+        assert answer.status_code == 422 and "Ops-" not in answer.get_data(as_text=True), answer.json
+        assert "not shown: it is about a secret" in answer.json["error"]
+
+
 def test_event_streams_are_capped(store, tmp_path):
     app = create_app(database_url=store, max_streams=1, allow_inline_templates=True)
     c = app.test_client()

@@ -193,7 +193,7 @@ def config_problems(config: Mapping[str, Any], schema: Mapping[str, Any], *,
                               "unknown field" + (f" (did you mean {close[0]!r}?)" if close else
                                                  f" (it has: {', '.join(known)})")))
             continue
-        found.append((field_path(error.absolute_path) or "action_config", _said(error)))
+        found.append((field_path(error.absolute_path) or "action_config", _said(error, secret_fields(schema))))
     return found
 
 
@@ -211,10 +211,17 @@ PATTERN_TEXT = {
 }
 
 
-def _said(error: Any) -> str:
+def _said(error: Any, secret: frozenset[str] = frozenset()) -> str:
     """A violation as the user who typed the value reads it: the schema's
     own ``errorMessage`` (as ajv-errors spells it) for a user-defined action,
-    what a library pattern means, else jsonschema's message."""
+    what a library pattern means, else jsonschema's message. Never a
+    secret's value: not in or about a secret field (an enum of tokens, the
+    value given), nor the whole config (``oneOf`` quotes it, an action's
+    secret default included)."""
+    path = list(error.absolute_path)
+    if (path and path[0] in secret) or (not path and isinstance(error.instance, Mapping)
+                                         and secret & set(error.instance)):
+        return f"does not meet its schema's {error.validator} (not shown: it is about a secret)"
     schema = error.schema if isinstance(error.schema, Mapping) else {}
     if isinstance(schema.get("errorMessage"), str):
         return f"{error.instance!r}: {schema['errorMessage']}"

@@ -561,7 +561,7 @@ def _masked_schema(schema: Any) -> Any:
         if not isinstance(node, dict):
             return node
         shown = {k: walk(v) for k, v in node.items()}
-        if node.get("x-secret") is True:
+        if node.get("x-secret") is True or node.get("writeOnly") is True:  # (as configs.secret_fields reads them)
             for key in ("default", "const"):
                 if shown.get(key) not in (None, ""):
                     shown[key] = MASK
