@@ -980,6 +980,24 @@ def test_a_tenants_runs_are_not_hidden_behind_newer_runs_of_others(store, tmp_pa
     assert refused.status_code == 422 and "is not a template name" in refused.json["error"]
 
 
+def test_odd_template_bodies_and_nuls_are_one_clear_error(client):
+    """(helper-56 L2) {"actions": 5} or a step id that is an object was a
+    500 before the compiler saw it; a NUL a 500 (PostgreSQL) or a 503; a
+    version that is an object was stored as its repr."""
+    for body, said in (({"actions": 5}, "5 is not of type 'array'"),
+                       ({"vars": 5, "actions": True}, "problems found"),
+                       ({"actions": [{"id": {"a": 1}, "sequence_order": 1, "action_name": "noop"}]},
+                        "is not of type 'string'"),
+                       ({"version": {"a": 1}, "actions": [{"sequence_order": 1, "action_name": "noop"}]},
+                        "is not a version"),
+                       ({"actions": [{"sequence_order": 1, "action_name": "noop", "action_config": {"x": "a\0b"}}]},
+                        "holds a NUL character")):
+        answer = client.put("/api/templates/odd", json=body, headers=CSRF)
+        assert answer.status_code == 422 and said in answer.json["error"], (body, answer.status_code, answer.data)
+    answer = client.post("/api/workspaces/w/runs", json={"template": "demo", "variables": {"x\0": "y"}}, headers=CSRF)
+    assert answer.status_code == 422 and "holds a NUL character" in answer.json["error"]
+
+
 def test_ids_and_filters_in_the_url_are_printable_and_bounded(client):
     """(helper-54 L3) A NUL in a filter was a 500 on PostgreSQL; an id
     longer than the column a 503 naming the database."""

@@ -131,6 +131,10 @@ def store_template(url: str, document: dict[str, Any], *, actions: Iterable[Any]
         if taken:
             from ..errors import InputError
             raise InputError(f"template_id {doc['template_id']} is another template's: give this one its own")
+    if not isinstance(doc.get("version") or "1.0.0", (str, int, float)) or isinstance(doc.get("version"), bool):
+        from ..errors import InputError
+        raise InputError(f"{doc.get('name')}: field 'version': {doc.get('version')!r} is not a version "
+                         "(text such as 1.0.0, or a number)")
     version = str(doc.get("version") or "1.0.0")
     while version in existing and existing[version] != {**doc, "version": version}:
         version = _next_version(version)

@@ -378,7 +378,23 @@ def _json_body(optional: bool = False) -> dict[str, Any]:
         raise InputError("the request body is nested too deeply") from None
     if not isinstance(body, dict):
         raise InputError("the request body must be a JSON object")
+    if _holds_nul(body):  # PostgreSQL takes no NUL in text: a 500 (or a 503) deep in the store otherwise
+        raise InputError("the request body holds a NUL character (\\u0000): no text dagrun keeps may")
     return body
+
+
+def _holds_nul(value: Any) -> bool:
+    todo = [value]
+    while todo:  # (no recursion: the body may nest as deep as the JSON parser allowed)
+        item = todo.pop()
+        if isinstance(item, str):
+            if "\0" in item:
+                return True
+        elif isinstance(item, dict):
+            todo += [*item.keys(), *item.values()]
+        elif isinstance(item, list):
+            todo += item
+    return False
 
 
 def _template_document(service: Service, name: str) -> dict[str, Any]:
@@ -582,7 +598,8 @@ def _masked_defaults(action: Any) -> dict[str, Any]:
 
 
 def _identity(entry: Mapping[str, Any]) -> Any:
-    return ("id", entry["id"]) if entry.get("id") is not None else ("order", entry.get("sequence_order"))
+    key = ("id", entry["id"]) if entry.get("id") is not None else ("order", entry.get("sequence_order"))
+    return key if isinstance(key[1], (str, int, float, type(None))) else ("odd", repr(key[1]))  # (hashable)
 
 
 def _masked_document(service: Service, document: Mapping[str, Any]) -> tuple[dict[str, Any], set[str]]:
@@ -682,6 +699,8 @@ def _unmasked_document(service: Service, name: str, document: dict[str, Any]) ->
     the mask anywhere else is refused (it would move a secret where it
     shows)."""
     from ..spec import MASK
+    if not isinstance(document.get("actions") or [], list):
+        return document  # no steps to give masks back to: the compiler says what is wrong with it
     try:
         previous = _template_document(service, name)
     except DagrunError:
