@@ -692,6 +692,21 @@ def test_a_default_a_secret_field_reads_in_part_is_masked_where_the_template_sho
         in refused.json["error"]
 
 
+def test_short_secret_defaults_are_masked_in_the_explanation_by_place(client):
+    """(helper-56 L3) The explanation was masked by text, and the redactor
+    leaves values too short to mask alone: a password made of two-letter
+    parts showed whole."""
+    doc = template(step(10, "create_postgresql_user", id="role", action_config={
+        "username": "app", "password": "{{ vars.a ~ vars.b ~ vars.d.k1 }}"}), name="shorty",
+        vars={"a": "Zq", "b": "x!", "n": 1, "d": {"k1": "ab", "p": "q"}})
+    assert client.put("/api/templates/shorty", json=doc, headers=CSRF).status_code == 200
+    shown = client.get("/api/templates/shorty").json
+    assert shown["explained"]["vars"] == {"a": {"value": "********", "origin": "shorty"},
+                                          "b": {"value": "********", "origin": "shorty"},
+                                          "n": {"value": 1, "origin": "shorty"},
+                                          "d": {"value": {"k1": "********", "p": "q"}, "origin": "shorty"}}
+
+
 def test_a_resume_body_gives_only_what_was_not_stored(store, tmp_path):
     """(helper-32) Any key of {variables}/{secrets} was taken as an override:
     b.script replaced a step's code (run as root), workspace.id and

@@ -602,12 +602,12 @@ def _identity(entry: Mapping[str, Any]) -> Any:
     return key if isinstance(key[1], (str, int, float, type(None))) else ("odd", repr(key[1]))  # (hashable)
 
 
-def _masked_document(service: Service, document: Mapping[str, Any]) -> tuple[dict[str, Any], set[str]]:
+def _masked_document(service: Service, document: Mapping[str, Any]) -> tuple[dict[str, Any], set[str], Any]:
     """The document with its steps' secret config values masked, decided by
     each step's action alone (a template that does not compile is masked
     too; a step whose action is unknown has every value masked), and its
-    variable defaults as :func:`_masked_vars` shows them; and the secret
-    values found."""
+    variable defaults as :func:`_masked_vars` shows them; the secret values
+    found; and the merged defaults (a base's too) as shown."""
     from ..spec import MASK
     library = api.list_actions(service.actions or None, service.trusted_actions or None)
     secrets: set[str] = set()
@@ -628,19 +628,19 @@ def _masked_document(service: Service, document: Mapping[str, Any]) -> tuple[dic
                 shown[key] = value
         actions.append({**entry, "action_config": shown})
     masked = {**document, "actions": actions}
-    shown_vars, hidden = _masked_vars(service, document)
+    shown_vars, hidden, merged = _masked_vars(service, document)
     if "vars" in document:
         masked["vars"] = shown_vars
-    return masked, secrets | hidden
+    return masked, secrets | hidden, merged
 
 
-def _masked_vars(service: Service, document: Mapping[str, Any]) -> tuple[Any, set[str]]:
+def _masked_vars(service: Service, document: Mapping[str, Any]) -> tuple[Any, set[str], dict[str, Any]]:
     """The document's variable defaults as shown: what its secret fields
     read of them masked by the rule a run's stored template follows (a key
     of a mapping, a list read by index or a computed key: all of it), every
     default when the template does not compile (what its secret fields read
-    cannot be told); and the values hidden, a base template's included (the
-    explanation shows the merged defaults)."""
+    cannot be told); the values hidden, a base template's included; and the
+    merged defaults as shown (what the explanation shows)."""
     from ..spec import MASK
     defaults = document.get("vars")
     try:
@@ -649,14 +649,16 @@ def _masked_vars(service: Service, document: Mapping[str, Any]) -> tuple[Any, se
     except DagrunError:
         plan = None
     hidden: set[str] = set()
+    merged_shown: dict[str, Any] = {}
     if plan is not None:
         merged = _plain(plan.snapshot.get("vars") or {})
-        hidden |= _hidden_values(merged, api.masked_defaults(plan, dict(merged)))
+        merged_shown = api.masked_defaults(plan, dict(merged))
+        hidden |= _hidden_values(merged, merged_shown)
     if not isinstance(defaults, Mapping):
-        return defaults, hidden
+        return defaults, hidden, merged_shown
     shown = api.masked_defaults(plan, dict(defaults)) if plan is not None else \
         {k: MASK if v not in (None, "") else v for k, v in defaults.items()}
-    return shown, hidden | _hidden_values(defaults, shown)
+    return shown, hidden | _hidden_values(defaults, shown), merged_shown or shown
 
 
 def _hidden_values(original: Any, shown: Any) -> set[str]:
@@ -681,7 +683,7 @@ def _shown_template(service: Service, name: str) -> tuple[dict[str, Any], Any]:
     every secret value masked wherever it shows."""
     from ..run.redact import Redactor
     document = _template_document(service, name)
-    masked, secrets = _masked_document(service, document)
+    masked, secrets, merged = _masked_document(service, document)
     redactor = Redactor(secrets)
     try:
         explained = api.explain(document, actions=service.actions or None, templates=_visible(service),
@@ -690,7 +692,12 @@ def _shown_template(service: Service, name: str) -> tuple[dict[str, Any], Any]:
         from ..errors import Problem
         raise TemplateError([Problem(p.source, redactor.text(p.message) or "", p.step, p.field)
                              for p in exc.problems]) from None
-    return masked, redactor.value(explained)
+    explained = redactor.value(explained)
+    # By place, not only by text: the redactor leaves values too short to mask on their own (Zq ~ x!).
+    for key, entry in (explained.get("vars") or {}).items():
+        if isinstance(entry, dict) and _mask_paths(merged.get(key)):
+            entry["value"] = merged[key]
+    return masked, explained
 
 
 def _unmasked_document(service: Service, name: str, document: dict[str, Any]) -> dict[str, Any]:
@@ -731,7 +738,7 @@ def _unmasked_document(service: Service, name: str, document: dict[str, Any]) ->
         stored = previous.get("vars") if isinstance(previous.get("vars"), Mapping) else {}
         restored["vars"] = _restored(defaults, stored, "vars")
         # The mask stays only while a secret field of the new document reads what it hides.
-        shown, _ = _masked_vars(service, restored)
+        shown, _, _ = _masked_vars(service, restored)
         for path in _mask_paths(defaults):
             if _at(shown, path) != MASK:
                 raise InputError(f"vars.{'.'.join(map(str, path))} holds the mask {MASK}: a masked default stays "
