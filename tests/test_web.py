@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from dagrun import api, get_run, start_run
-from dagrun.errors import RunConflictError, TemplateError
+from dagrun.errors import InputError, RunConflictError, TemplateError
 from dagrun.web import create_app
 from tests.helpers import Server, script_step, step, template
 
@@ -272,14 +272,16 @@ def test_pages_render(client, tmp_path, store):
 # -- who may call it ------------------------------------------------------------------------
 
 def test_the_token_and_the_cross_site_guard(store, tmp_path):
-    app = create_app(database_url=store, token="s3cret")
+    with pytest.raises(InputError, match="the token must be at least 16 characters"):  # (helper-56) as serve
+        create_app(database_url=store, token="s3cret")
+    app = create_app(database_url=store, token="s3cret-0123456789")
     c = app.test_client()
     assert c.get("/api/runs").status_code == 401
     assert c.get("/api/runs", headers={"Authorization": "Bearer wrong"}).status_code == 401
-    assert c.get("/api/runs", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+    assert c.get("/api/runs", headers={"Authorization": "Bearer s3cret-0123456789"}).status_code == 200
     assert c.get("/").status_code == 401
     assert c.get("/login?token=wrong").status_code == 401
-    login = c.get("/login?token=s3cret")
+    login = c.get("/login?token=s3cret-0123456789")
     assert login.status_code == 302 and "HttpOnly" in login.headers["Set-Cookie"]
     assert "SameSite=Strict" in login.headers["Set-Cookie"]
     assert c.get("/").status_code == 200  # the browser's cookie
@@ -474,8 +476,8 @@ def test_a_dns_rebinding_page_is_not_served(store):
 
 
 def test_pages_are_never_framed_and_the_cookie_is_not_the_token(store):
-    c = create_app(database_url=store, token="s3cret").test_client()
-    login = c.get("/login?token=s3cret")
+    c = create_app(database_url=store, token="s3cret-0123456789").test_client()
+    login = c.get("/login?token=s3cret-0123456789")
     assert "s3cret" not in login.headers["Set-Cookie"]  # a session value derived from it
     page = c.get("/")
     assert page.status_code == 200
@@ -521,7 +523,9 @@ def test_a_workspace_url_never_resumes_another_workspaces_run(client, store, tmp
     client.post("/api/workspaces/alice/runs", json={"template": template(script_step(10, "true")),
                                                     "workspace": {"home_dir": str(tmp_path / "a")}}, headers=CSRF)
     sneaky = client.post("/api/workspaces/alice/actions/resume", json={"run_id": run_id}, headers=CSRF)
-    assert sneaky.status_code == 404
+    nowhere = client.post("/api/workspaces/alice/actions/resume", json={"run_id": "0" * 36}, headers=CSRF)
+    assert sneaky.status_code == nowhere.status_code == 404  # (helper-56) said alike: no oracle of other runs
+    assert sneaky.json["error"].replace(run_id, "X") == nowhere.json["error"].replace("0" * 36, "X")
     assert get_run(run_id, database_url=store)["status"] == "failed"  # not resumed
 
 

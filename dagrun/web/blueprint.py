@@ -82,6 +82,8 @@ def create_blueprint(*, database_url: str | None = None, actions: Iterable[Any] 
                       authorize=authorize, allow_network=allow_network, home_roots=home_roots, sandbox=sandbox,
                       max_workers=max_workers, adopt_users=adopt_users,
                       allow_inline_templates=allow_inline_templates, max_streams=max_streams)
+    if token is not None and len(token) < 16:  # (as dagrun serve: a few characters can be guessed)
+        raise InputError(f"the token must be at least 16 characters (this one has {len(token)})")
     guard = Guard(token, allowed_hosts)
     bp = Blueprint(name, __name__, template_folder="templates", static_folder="static",
                    static_url_path="/static/dagrun")
@@ -242,8 +244,8 @@ def create_blueprint(*, database_url: str | None = None, actions: Iterable[Any] 
         allowed("resume", workspace_id=ws_id)
         body = _json_body(optional=True)
         run = _run(service, body.get("run_id") or _latest_run(service, ws_id), steps=False)
-        if run["workspace_id"] != ws_id:
-            abort(404, description=f"run {run['run_id']} is not a run of workspace {ws_id}")
+        if run["workspace_id"] != ws_id:  # said as of a run that does not exist: whether another's does is not told
+            abort(404, description=f"no run {run['run_id']!r} in the store")
         return _resume(service, run["run_id"], body)
 
     @bp.post("/api/runs/<run_id>/resume")
