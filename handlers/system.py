@@ -76,7 +76,7 @@ def _check_known(ctx: StepContext, packages: list[str]) -> None:
     does not know as a pattern (``lib.+`` installs every ``lib`` package) or
     with an action (``less-`` removes less). A version (``=1.2``), release
     (``/bookworm``) or architecture (``:amd64``) may follow the name."""
-    out = ctx.run(["apt-cache", "pkgnames"])
+    out = ctx.run(["apt-cache", "--all-names", "pkgnames"])  # (virtual packages too: libz-dev, awk)
     if not out.ok:
         raise PermanentError(f"apt-cache pkgnames failed: {(out.stderr or out.stdout).strip()[:200]}")
     known = set(out.stdout.split())

@@ -49,6 +49,11 @@ def boom(ctx: StepContext) -> None:
     raise RuntimeError("boom")
 
 
+def working_folder(ctx: StepContext) -> Any:
+    """A user-defined handler's program: says where it started."""
+    return ctx.run(["pwd"])
+
+
 def sleep_forever(ctx: StepContext) -> None:
     time.sleep(ctx.config.get("seconds", 3600))
 

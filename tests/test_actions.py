@@ -81,6 +81,10 @@ def test_a_package_name_is_never_a_pattern_nor_a_removal(workspace):
         assert s.status is StepStatus.failed and s.error.startswith(f"no package named {name} (a name is never a "
                                                                     "pattern"), (name, s.error)
         assert s.result is None or s.result.get("commands") in (None, [])
+    # A virtual package is a name apt knows (helper-55: libz-dev, awk were refused).
+    result = run(template(step(10, "install_system_packages", max_retries=1, action_config={
+        "packages": ["awk", "libz-dev"], "simulate": True})), workspace)
+    assert "no package named" not in (result.steps["install_system_packages"].error or "")
     # A name with a version or an architecture is the name's.
     result = run(template(step(10, "install_system_packages", max_retries=1, action_config={
         "packages": ["cowsay=0", "sl:amd64"], "simulate": True})), workspace)
@@ -506,7 +510,7 @@ def test_vscode_extensions_without_any_cli_is_a_clear_error(workspace, tmp_path)
     assert s.attempts == 1 and s.error.startswith("neither code nor code-server is installed")
 
 
-@pytest.mark.parametrize("extension", ["x.vsix", "evil.VSIX", "a.b.vsix@1"])
+@pytest.mark.parametrize("extension", ["x.vsix", "evil.VSIX", "a.b.vsix@1", "pub.evil@1.vsix", "a.b@1.0.VSIX"])
 def test_an_extension_is_an_id_never_a_vsix_file(extension):
     """(helper-53) `code --install-extension x.vsix` installs a file from
     where it starts: a value is an extension's id only."""

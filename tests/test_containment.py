@@ -1210,3 +1210,14 @@ def test_root_clones_over_ssh_with_no_key_but_the_workspaces_and_no_ssh_config(t
             assert "-o PubkeyAuthentication=no" in command
     ctx = SimpleNamespace(config={}, privileged=False, isolation=SimpleNamespace(user=object()))
     assert "GIT_SSH_COMMAND" not in _env(ctx)  # the workspace's own user: its own ssh, as it would clone
+
+
+@root_only
+def test_a_user_defined_handlers_programs_start_in_the_home_as_before(tmp_path):
+    """(helper-55 F8) Only the library's programs start in / as root: a
+    user-defined python_function's ctx.run may count on the home."""
+    from tests.helpers import action
+    home = tmp_path / "h"
+    result = run_template(template(step(10, "where", id="w")), {"id": "w", "home_dir": str(home)},
+                          trusted_actions=[action("where", "tests.helpers:working_folder")], record=False, sandbox=False)
+    assert result.steps["w"].stdout.strip() == str(home), result.steps["w"]

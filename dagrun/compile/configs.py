@@ -206,7 +206,7 @@ PATTERN_TEXT = {
     r"^[a-z_][a-z0-9_-]{0,31}$": "a Linux user name: lowercase letters, digits, _ and -, starting with a letter "
                                  "or _, at most 32 characters",
     r"^0?[0-7]{3}$": "an octal file mode such as 644 or 0755",
-    r"^(?![^@]*\.[Vv][Ss][Ii][Xx](@|$))[A-Za-z0-9-]+\.[A-Za-z0-9.-]+(@[0-9A-Za-z.-]+)?$":
+    r"^(?!.*\.[Vv][Ss][Ii][Xx](@|$))[A-Za-z0-9-]+\.[A-Za-z0-9.-]+(@[0-9A-Za-z.-]+)?$":
         "an extension's id, publisher.name or publisher.name@version (not a .vsix file)",
 }
 

@@ -244,13 +244,15 @@ class StepContext:
         folder the config names (checked, then opened and handed over by
         descriptor, so a folder swapped for a symlink meanwhile leads
         nowhere); else the home, except for a root step among a workspace
-        user's files, and for a program a handler runs as root (``program``:
-        ``python -m venv`` there imports a ``logging.py`` a value named or a
-        cloned repository holds), which start in ``/``."""
+        user's files, and for a program a shipped handler runs as root
+        (``program``: ``python -m venv`` there imports a ``logging.py`` a
+        value named or a cloned repository holds), which start in ``/``. (An
+        operator's or a user's handler's programs start in the home, as they
+        always did: its author may count on it.)"""
         if cwd:
             with paths.working_folder(self.path(cwd), self.home, anywhere=self.action.requires_sudo) as where:
                 yield where
-        elif self.root_in_tenant_home or (program and self.privileged):
+        elif self.root_in_tenant_home or (program and self.privileged and _shipped(self.action)):
             yield "/"
         else:
             yield self.home if self.home and os.path.isdir(self.home) else None
@@ -562,3 +564,9 @@ def handler_templates(action: ActionSpec) -> list[tuple[str, str]]:
     named = (("execution_handler", handlers.execute), ("validation_handler", handlers.validate),
              ("rollback_handler", handlers.rollback))
     return [(name, h.template_source) for name, h in named if h is not None and hasattr(h, "template_source")]
+
+
+def _shipped(action: Any) -> bool:
+    """Is ``action`` one of dagrun's own (not an operator's trusted one)?"""
+    from ..compile.loader import standard_library
+    return standard_library().get(action.name) is action
