@@ -1221,3 +1221,26 @@ def test_a_user_defined_handlers_programs_start_in_the_home_as_before(tmp_path):
     result = run_template(template(step(10, "where", id="w")), {"id": "w", "home_dir": str(home)},
                           trusted_actions=[action("where", "tests.helpers:working_folder")], record=False, sandbox=False)
     assert result.steps["w"].stdout.strip() == str(home), result.steps["w"]
+
+
+@root_only
+def test_as_root_a_homes_user_site_and_psqlrc_are_not_roots_code(tmp_path, pg_server):
+    """(helper-55 F1, F2) In a workspace without a Linux user, root's HOME
+    is the workspace home: Python read its user site (a .pth file a clone
+    or a value's file put there) in scripts, venv checks and apt's
+    maintainer scripts, and psql its ~/.psqlrc (\\! runs a shell)."""
+    home, mark = tmp_path / "h", tmp_path / "RAN"
+    site = subprocess.run(["/usr/bin/python3", "-c", "import site; print(site.getusersitepackages())"],
+                          env={**os.environ, "HOME": str(home)}, capture_output=True, text=True).stdout.strip()
+    Path(site).mkdir(parents=True)
+    Path(site, "zz.pth").write_text(f"import os; os.close(os.open({str(mark)!r}, os.O_CREAT | os.O_WRONLY))\n")
+    (home / ".psqlrc").write_text(f"\\! touch {mark}\n")
+    doc = template(script_step(10, "/usr/bin/python3 -c pass", id="py"),
+                   script_step(20, "psql -h 127.0.0.1 -U postgres -d postgres -tAc 'select 1'", id="pg"),
+                   step(30, "create_python_venv", id="v", action_config={"venv_path": "~/venv", "with_pip": False,
+                                                                         "system_site_packages": True}))
+    result = run_template(doc, {"id": "w", "home_dir": str(home)}, record=False)
+    assert all(s.status is StepStatus.completed for s in result.steps.values()), \
+        {k: (s.status, s.error) for k, s in result.steps.items()}
+    assert result.steps["pg"].stdout.strip() == "1"
+    assert not mark.exists()

@@ -53,6 +53,13 @@ from ..spec import ActionSpec
 from ..util import deep_merge
 
 
+# The environment of root's commands whose HOME is a workspace's home: Python's user site
+# (~/.local/.../site-packages: a .pth file, usercustomize) and psql's ~/.psqlrc (\! runs a shell)
+# are not read. (git's ~/.gitconfig is left to scripts, which may write it with `git config
+# --global`; the git handler runs git without it.)
+ROOT_IN_WORKSPACE_HOME = {"PYTHONNOUSERSITE": "1", "PSQLRC": "/dev/null"}
+
+
 @dataclass
 class StepContext:
     """Everything a handler may use for one attempt."""
@@ -160,18 +167,26 @@ class StepContext:
         Python's user site, git, npm) nor, by default, its working directory."""
         return self.privileged and bool(self.home) and bool(self.workspace.get("linux_username"))
 
-    def process_home(self) -> str | None:
+    def process_home(self, program: bool = False) -> str | None:
         """``HOME`` of the step's commands: the workspace home, or root's own
-        for a root step among a workspace user's files."""
-        if self.root_in_tenant_home:
+        for a root step among a workspace user's files and for a program a
+        shipped handler runs as root (apt's maintainer scripts, pip, git:
+        none of them is the workspace's, and each reads its configuration,
+        Python's user site included, from ``$HOME``)."""
+        if self.root_in_tenant_home or (program and self.privileged and _shipped(self.action)):
             return pwd.getpwuid(os.geteuid()).pw_dir or "/"
         return self.home
 
-    def process_env(self) -> dict[str, str]:
+    def process_env(self, program: bool = False) -> dict[str, str]:
         env = self.isolation.environment(dict(self.env))
-        home = self.process_home()
+        home = self.process_home(program)
         if home:
             env["HOME"] = home
+        if self.privileged and home and home == self.home:
+            # Root with the workspace's files as HOME (a workspace without a Linux user): what values
+            # put there (a clone, a file a value named) is not read as root's own code by the
+            # programs that read it most (README: root trusts such a home for the rest).
+            env.update(ROOT_IN_WORKSPACE_HOME)
         if self.home:
             env["DAGRUN_WORKSPACE_HOME"] = self.home
         env["DAGRUN_STEP_ID"] = self.step_id
@@ -222,7 +237,7 @@ class StepContext:
         if env and "PATH" in env:
             self._check_path(env)
         with self.working_dir(cwd, program=True) as where:
-            result = run_command([str(a) for a in argv], env={**self.process_env(), **(env or {})},
+            result = run_command([str(a) for a in argv], env={**self.process_env(program=True), **(env or {})},
                                  cwd=where, timeout=self.remaining(), cancel=self.cancel, input=input,
                                  run_id=self.run_id, isolation=self.isolation, on_start=self.report)
         return self._result(result, shlex.join(str(a) for a in argv))
