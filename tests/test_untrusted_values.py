@@ -1057,6 +1057,14 @@ ATTACKS = [  # each must be refused when the template is compiled
     # (helper-53 F7) psql's database name is a connection string to libpq: dbname=x user=postgres
     "psql -d {{ workspace.v }} -f setup.sql", "psql --dbname {{ workspace.v }} -f s.sql", "psql -f s.sql {{ workspace.v }}",
     "psql -f s.sql -- {{ workspace.v }}", "psql -U app -d{{ workspace.v }} -f s.sql",
+    # (helper-55 F3) every libpq client reads a database name holding = as a connection string
+    "pg_dump -U app -d {{ workspace.v }}", "pg_dump --dbname={{ workspace.v }}", "pg_dump {{ workspace.v }}",
+    "pg_dump --clean {{ workspace.v }}", "pg_dump -F c {{ workspace.v }}", "pg_restore -d {{ workspace.v }} f.dump",
+    "createdb --maintenance-db={{ workspace.v }} x", "vacuumdb -d {{ workspace.v }}", "pgbench {{ workspace.v }}",
+    'x={{ workspace.v }}; pg_dump -d "$x"',
+    # a script with no {{ }} still hands values on through the variables dagrun gives it
+    'bash -c "echo $DAGRUN_WORKSPACE_ID"', 'eval "$DAGRUN_WORKSPACE_ID"', 'pg_dump -d "$DAGRUN_WORKSPACE_ID"',
+    "PGSERVICE={{ workspace.v }} psql -f s.sql", "PGOPTIONS={{ workspace.v }} pg_dump -f out.sql",
 ]
 
 
@@ -1482,7 +1490,9 @@ def test_values_given_to_later_code_as_data_are_accepted(script):
 @pytest.mark.parametrize("script", ["bash -e script.sh {{ workspace.v }}", "bash -o pipefail script.sh {{ workspace.v }}",
                                     "awk -v n={{ workspace.v }} '{print n}' /dev/null",
                                     "PGDATABASE={{ workspace.v }} psql -U {{ workspace.v }} -v name={{ workspace.v }} "
-                                    "-f setup.sql",
+                                    "-f setup.sql", "pg_dump -t {{ workspace.v }} -U app",
+                                    "createdb -O {{ workspace.v }} {{ workspace.v }}", "dropdb {{ workspace.v }}",
+                                    "PGDATABASE={{ workspace.v }} pg_dump -f out.sql",
                                     "mysql -u {{ workspace.v }} -e 'select 1'", "python3 -u script.py {{ workspace.v }}",
                                     "sh -s -- {{ workspace.v }} < script.sh"])
 def test_values_as_arguments_of_scripts_and_data_options_are_accepted(script):

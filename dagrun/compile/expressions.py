@@ -394,6 +394,7 @@ def render_text(source: str, context: Mapping[str, Any]) -> str:
 def render_shell(source: str, context: Mapping[str, Any]) -> shell_text.ShellScript:
     """Render shell script text: values become environment variables."""
     if not has_template(source):
+        shell_text.check_plain(source)  # $DAGRUN_WORKSPACE_ID and the like hold values too
         return shell_text.ShellScript(source, {})
     values, token = shell_text.collecting()
     try:

@@ -30,7 +30,7 @@ from ..errors import CycleError, InputError, Problem, TemplateError
 from ..spec import (ActionSpec, ErrorMatch, GlobalConfig, Lock, Phase, Plan, RetryPolicy, StepSpec, frozen_mapping,
                     is_base_env, reachable, scheduling)
 from ..util import deep_merge
-from . import configs, expressions
+from . import configs, expressions, shell_text
 from .inherit import INVALID, ORIGIN, ORIGIN_DIR, ORIGINS, Merged
 from .shell_text import UnsafeContext
 from ..workspace import KNOWN_FIELDS
@@ -434,6 +434,13 @@ class Compiler:
                     self._check_refs(expressions.references(text, condition=True), s, field, upstream, step_refs)
                 except TemplateSyntaxError as exc:
                     self.problem(f"cannot parse condition {text!r}: {exc.message}", sid, field)
+            for key in shell:  # a script with no {{ }} may still hand a value on to code ($DAGRUN_WORKSPACE_ID)
+                value = s["config"].get(key)
+                if isinstance(value, str) and not expressions.has_template(value):
+                    try:
+                        shell_text.check_source(value)
+                    except UnsafeContext as exc:
+                        self.problem(str(exc), sid, f"action_config.{key}")
             templated = False
             for path, value in expressions.template_strings(s["config"]):
                 templated = True

@@ -88,6 +88,35 @@ _DATA_OPTIONS = {**{awk: frozenset({"-v", "--assign", "-F", "--field-separator"}
                  "psql": frozenset({"-U", "-h", "-p", "-v", "--set", "--variable", "--username", "--host", "--port"}),
                  **{db: frozenset({"-u", "-h", "-D", "-P", "--user", "--host", "--database", "--port"})
                     for db in ("mysql", "mariadb")}}
+# libpq's client programs: a database name holding '=' or a URL is a whole connection string to them.
+_LIBPQ_CLIENTS = frozenset({"pg_dump", "pg_dumpall", "pg_restore", "createdb", "dropdb", "createuser", "dropuser",
+                            "vacuumdb", "reindexdb", "clusterdb", "pg_isready", "pgbench", "pg_basebackup",
+                            "pg_receivewal", "pg_recvlogical", "pg_amcheck"})
+_LIBPQ_DATABASE_OPTIONS = ("-d", "--dbname", "--maintenance-db")
+# ... whose operand (the first word that is no option nor an option's argument) is that name.
+_LIBPQ_DATABASE_OPERAND = frozenset({"pg_dump", "pgbench", "vacuumdb", "reindexdb", "clusterdb", "pg_amcheck"})
+# Their options whose argument is data: a value after one is that argument, not the operand.
+_LIBPQ_DATA_OPTIONS = frozenset({"-U", "--username", "-h", "--host", "-p", "--port", "-t", "--table", "-n",
+                                 "--schema", "-T", "--exclude-table", "-N", "--exclude-schema", "-f", "--file",
+                                 "-E", "--encoding", "-S", "--superuser", "-j", "--jobs", "-O", "--owner",
+                                 "-l", "--locale", "-D", "--tablespace", "-F", "--format", "-Z", "--compress"})
+
+
+def _libpq_database_name(name: str, words: list[str], word: str) -> bool:
+    """Is the word being read (``word``, after ``words``) a libpq client's
+    database name: after -d/--dbname/--maintenance-db, glued to one, or the
+    operand of a program whose operand it is?"""
+    if any(word.startswith(f"{option}=") for option in _LIBPQ_DATABASE_OPTIONS[1:]) or \
+            (word.startswith("-d") and not word.startswith("--")):
+        return True
+    previous = words[-1] if words else None
+    if previous in _LIBPQ_DATABASE_OPTIONS:
+        return True
+    if name not in _LIBPQ_DATABASE_OPERAND or word.startswith("-") or previous in _LIBPQ_DATA_OPTIONS:
+        return False
+    return True  # no option takes it: it is the operand (pg_dump --clean X, pg_dump -F c X, pg_dump X)
+
+
 _SHELL_NAMES = frozenset({"sh", "bash", "dash", "zsh", "ksh", "mksh", "rbash", "fish", "csh", "tcsh", "busybox"})
 # A program file that is the program's input: a here-document there is the program.
 _STDIN_FILES = frozenset({"-", "/dev/stdin", "/dev/fd/0", "/proc/self/fd/0"})
@@ -180,7 +209,9 @@ _SHELL_CODE_NAMES = frozenset({"BASH_ENV", "ENV", "SHELLOPTS", "BASHOPTS", "PS0"
                                "LESSCLOSE", "SHELL", "RSYNC_RSH", "CVS_RSH", "RSH", "NODE_OPTIONS", "NODE_PATH",
                                "PERL5OPT", "PERL5LIB", "PERLLIB", "PYTHONPATH", "PYTHONSTARTUP", "PYTHONHOME",
                                "PYTHONUSERBASE", "RUBYOPT", "RUBYLIB", "JAVA_TOOL_OPTIONS", "_JAVA_OPTIONS",
-                               "JDK_JAVA_OPTIONS", "GCONV_PATH", "MAKEFLAGS", "MFLAGS", "GNUMAKEFLAGS"})
+                               "JDK_JAVA_OPTIONS", "GCONV_PATH", "MAKEFLAGS", "MFLAGS", "GNUMAKEFLAGS",
+                               # libpq's: a service (a file's settings), the server's options, where its files are
+                               "PGSERVICE", "PGSERVICEFILE", "PGSYSCONFDIR", "PGOPTIONS", "PGPASSFILE", "PSQLRC"})
 # Options whose argument a program runs as a command (rsync -e "ssh -p N", git -c core.sshCommand=...,
 # tar --checkpoint-action=exec=...), and words after which its arguments are shell code.
 _COMMAND_OPTIONS = {
@@ -526,6 +557,10 @@ class _Lexer:
                     "(-d, or its first operand) as a whole connection string when it holds '=' or a URL "
                     "(dbname=x user=postgres): give a database name in $PGDATABASE (PGDATABASE={{ ... }} psql ...), "
                     "which is only a name")
+        if name in _LIBPQ_CLIENTS and _libpq_database_name(name, cmd["words"][cmd["command_index"] + 1:], cmd["word"]):
+            return (f"as {name}'s database name (-d, --dbname, --maintenance-db or its database operand): libpq "
+                    "reads one holding '=' or a URL as a whole connection string (dbname=x user=postgres): give it "
+                    f"in $PGDATABASE (PGDATABASE={{{{ ... }}}} {name} ...), which is only a name")
         if kind == "runner":
             return (f"in a command of {name}, which runs its arguments (or another command) as code; nor may "
                     "a variable that holds a value: give the value to a program that takes it as data")
@@ -1384,6 +1419,13 @@ def _analysed(text: str) -> tuple[list[Slot], bool]:
                                   "namerefs, prompts), where bash would run a[$(cmd)] held in it: write "
                                   "{{ config.<key> }} instead, which dagrun checks")
     return (slots if OPEN in text else []), lexer.evaluates
+
+
+@functools.lru_cache(maxsize=256)
+def check_plain(text: str) -> None:
+    """A script with no ``{{ }}``: the variables dagrun gives it that hold
+    values ($DAGRUN_WORKSPACE_ID, $CONFIG_<KEY>...) are still never code."""
+    _analysed(text)
 
 
 def check_names(text: str, names: Iterable[str]) -> bool:
