@@ -44,15 +44,15 @@ def create_django_project(ctx: StepContext) -> HandlerResult:
 
 def validate_django_project(ctx: StepContext) -> HandlerResult:
     directory = _directory(ctx)
-    if ctx.privileged and not (ctx.result or {}).get("created"):
-        # A project this step did not make (a cloned repository's) is the workspace's code: root does
-        # not run its manage.py (nor its settings, which `check` imports).
+    if ctx.privileged:
+        # As root, nothing of the project runs: `manage.py check` imports from its folder, which may hold
+        # a cloned repository's files (a django/ of its own), and a project dagrun did not make is the
+        # workspace's code.
         if os.path.isfile(os.path.join(directory, "manage.py")):
-            return HandlerResult(data={"checked": "manage.py is there (not run: as root, dagrun runs no project "
-                                                  "it did not make)"})
+            return HandlerResult(data={"checked": "manage.py is there (not run: as root, dagrun runs no "
+                                                  "project's code)"})
         return HandlerResult(ok=False, error=f"{directory}/manage.py does not exist")
-    python = trusted_python(ctx) if ctx.privileged else os.path.join(ctx.path(ctx.config["venv_path"]), "bin",
-                                                                       "python")
+    python = os.path.join(ctx.path(ctx.config["venv_path"]), "bin", "python")
     return ctx.run([python, "manage.py", "check"], cwd=directory)
 
 

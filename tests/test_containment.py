@@ -1244,3 +1244,24 @@ def test_as_root_a_homes_user_site_and_psqlrc_are_not_roots_code(tmp_path, pg_se
         {k: (s.status, s.error) for k, s in result.steps.items()}
     assert result.steps["pg"].stdout.strip() == "1"
     assert not mark.exists()
+
+
+def test_as_root_a_django_projects_code_never_runs_in_its_validation(tmp_path):
+    """(helper-55 F5) A project dagrun made in a folder that held a cloned
+    repository's files (a django/ package of its own) was validated with
+    `manage.py check` there, as root: it imports from its folder. The
+    handler is called with a stand-in context: as root, it runs nothing."""
+    from types import SimpleNamespace
+
+    from dagrun.handlers.projects import validate_django_project
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / "manage.py").write_text("raise SystemExit('ran')\n")
+
+    def run(*_args, **_kwargs):
+        raise AssertionError("root ran the project's code")
+    for created in (True, False):
+        ctx = SimpleNamespace(config={"project_name": "app", "directory": str(tmp_path / "app"), "venv_path": "~/v"},
+                              path=lambda p: p, privileged=True, result={"created": created}, run=run)
+        assert validate_django_project(ctx).ok
+    ctx.config["directory"] = str(tmp_path / "none")
+    assert "manage.py does not exist" in validate_django_project(ctx).error
