@@ -127,7 +127,7 @@ def pip_install(ctx: StepContext) -> HandlerResult:
     # none can be read as an option of pip.
     command = [python, "-m", "pip", "install", "--disable-pip-version-check", "--no-input"]
     for link in ctx.config.get("find_links") or []:
-        command.append(f"--find-links={ctx.expand(link)}")
+        command.append(f"--find-links={_roots_own(ctx, ctx.expand(link), 'find_links folder')}")
     if ctx.config.get("no_index"):
         command.append("--no-index")
     if ctx.config.get("index_url"):  # through the environment: a token in it never shows in `ps`
@@ -140,7 +140,7 @@ def pip_install(ctx: StepContext) -> HandlerResult:
         if not os.path.isfile(path):
             raise PermanentError(f"requirements file {path} does not exist")
         if ctx.privileged:  # root's pip reads our checked copy, never a path or an include
-            path = copy = _checked_requirements(path)
+            path = copy = _checked_requirements(_roots_own(ctx, path, "requirements file"))
         command.append(f"--requirement={path}")
     if packages:
         if ctx.privileged:  # as a requirements file's lines: no local path or archive reaches root's pip
@@ -157,6 +157,24 @@ def pip_install(ctx: StepContext) -> HandlerResult:
     result.data = {"requirements_file": ctx.expand(requirements) if requirements else None, "packages": packages}
     result.changed = "Successfully installed" in result.stdout  # pip says so only when it installed something
     return result
+
+
+def _roots_own(ctx: StepContext, path: str, what: str) -> str:
+    """As root, what pip installs from a file or folder is root's code: never
+    one in the workspace home (its content is the workspace's: a clone of a
+    URL a value chose, a file a value wrote), nor one another user could
+    have written."""
+    if not ctx.privileged:
+        return path
+    real, home = os.path.realpath(path), os.path.realpath(ctx.home) if ctx.home else None
+    if home and (real == home or real.startswith(home + os.sep)):
+        raise PermanentError(f"{what} {path} is in the workspace home: as root, dagrun installs nothing a "
+                             "workspace's files name (a repository or a file a value chose may be there); give "
+                             "the workspace a linux_username, or name the packages in the template")
+    if not paths.root_only_folder(real):
+        raise PermanentError(f"{what} {path} could have been written by a user other than root: as root, "
+                             "dagrun installs only from files and folders only root could have written")
+    return path
 
 
 _MAX_REQUIREMENTS = 1024 * 1024

@@ -346,10 +346,12 @@ def make_wheel(directory: Path, name: str = "dagrun_probe", version: str = "1.0"
 
 def test_venv_and_pip_install_from_a_local_wheel(workspace, home, tmp_path):
     make_wheel(tmp_path / "wheels")
-    (home / "requirements.txt").write_text("dagrun_probe==1.0\n")
+    # (as root, not one in the home: its content is the workspace's; test_containment says why)
+    requirements = (tmp_path if os.geteuid() == 0 else home) / "requirements.txt"
+    requirements.write_text("dagrun_probe==1.0\n")
     doc = template(step(10, "create_python_venv", action_config={"venv_path": "~/env"}),
                    step(20, "install_pip_requirements", action_config={
-                       "venv_path": "~/env", "requirements_file": "~/requirements.txt",
+                       "venv_path": "~/env", "requirements_file": str(requirements),
                        "find_links": [str(tmp_path / "wheels")], "no_index": True}))
     result = run(doc, workspace)
     assert result.success, result.error

@@ -56,6 +56,17 @@ def shared(tmp_path):
     shutil.rmtree(path, ignore_errors=True)
 
 
+@pytest.fixture
+def roots_public():
+    """A folder every user can read and only root could have filled (it and
+    every folder above it root's, writable by nobody else): where root may
+    install from."""
+    path = Path(tempfile.mkdtemp(prefix="dagrun-roots-", dir="/srv" if os.path.isdir("/srv") else "/opt"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
 def as_user(user: pwd.struct_passwd, **fields) -> dict:
     """A workspace whose steps run as ``user``, in its home."""
     return {"id": fields.pop("id", "s"), "linux_username": user.pw_name, "home_dir": user.pw_dir, **fields}
@@ -875,7 +886,7 @@ def test_create_linux_user_makes_homes_only_where_workspaces_may_live(tmp_path):
 
 
 @root_only
-def test_as_root_a_requirements_file_never_includes_what_root_may_not_read(tmp_path, shared):
+def test_as_root_a_requirements_file_never_includes_what_root_may_not_read(tmp_path, roots_public):
     """A public requirements file saying ``-r /etc/shadow`` would make root's
     pip read it and show its first line in the error."""
     for n, line in enumerate(("-r /etc/shadow", "--requirement=/etc/shadow", "-c /etc/shadow",
@@ -886,7 +897,7 @@ def test_as_root_a_requirements_file_never_includes_what_root_may_not_read(tmp_p
                               "--extra-index-url=/srv/idx", "# -*- coding: utf-7 -*-\n+AC0-r +AC8-etc+AC8-shadow",
                               # pip takes an archive's file name for a local file (found by helper-21)
                               "evil3-1.0.tar.gz", "evil-1.0-py3-none-any.whl", "x.zip")):
-        requirements = shared / f"req{n}.txt"
+        requirements = roots_public / f"req{n}.txt"
         requirements.write_text(f"# looks harmless\n{line}\n")
         requirements.chmod(0o644)
         doc = template(step(5, "create_python_venv", id="v", action_config={"venv_path": "~/venv", "with_pip": False}),
@@ -1265,3 +1276,29 @@ def test_as_root_a_django_projects_code_never_runs_in_its_validation(tmp_path):
         assert validate_django_project(ctx).ok
     ctx.config["directory"] = str(tmp_path / "none")
     assert "manage.py does not exist" in validate_django_project(ctx).error
+
+
+@root_only
+def test_as_root_pip_installs_from_no_file_of_the_home_nor_one_others_could_write(tmp_path, shared, roots_public):
+    """(helper-55 F4) A requirements file in the home (written by a step from
+    a value, or a value-chosen repository's) named a wheel whose .pth root's
+    pip check ran; x-code reads only the field's text, not the file."""
+    home = tmp_path / "h"
+    (shared / "req.txt").write_text("six\n")
+    (shared / "req.txt").chmod(0o644)
+    os.chown(shared / "req.txt", 65534, 65534)  # another user's file
+    (roots_public / "req.txt").write_text("")
+    doc = lambda path: template(  # noqa: E731
+        step(5, "create_python_venv", id="v", action_config={"venv_path": "~/venv", "with_pip": False}),
+        step(8, "write_file", id="w", action_config={"target_path": "~/requirements.txt",
+                                                     "content": "{{ workspace.extra }}\n"}),
+        step(10, "install_pip_requirements", id="r", max_retries=1, requires=["v", "w"], action_config={
+            "venv_path": "~/venv", "requirements_file": path, "no_index": True}))
+    ws = {"id": "w", "home_dir": str(home), "extra": "evil @ http://127.0.0.1:9/evil-1.0-py3-none-any.whl"}
+    result = run_template(doc("~/requirements.txt"), ws, record=False)
+    assert result.steps["r"].error.startswith(f"requirements file {home}/requirements.txt is in the workspace "
+                                              "home: as root, dagrun installs nothing a workspace's files name")
+    result = run_template(doc(str(shared / "req.txt")), ws, record=False)
+    assert "could have been written by a user other than root" in result.steps["r"].error
+    result = run_template(doc(str(roots_public / "req.txt")), ws, record=False)
+    assert "No module named pip" in result.steps["r"].error  # past dagrun's checks, to pip (not in this venv)

@@ -277,7 +277,8 @@ MINIMAL = {  # a valid config for each library action, harmless on this machine
     "create_postgresql_user": {"username": "dagrun_corpus"},
     "create_postgresql_database": {"database_name": "dagrun_corpus", "owner": "dagrun_corpus"},
     "create_python_venv": {"venv_path": "~/venv", "with_pip": False},
-    "install_pip_requirements": {"venv_path": "~/venv", "requirements_file": "~/empty.txt", "no_index": True},
+    # (its file: beside the home, where root may install from; as root, not one in the home)
+    "install_pip_requirements": {"venv_path": "~/venv", "requirements_file": "~/../empty.txt", "no_index": True},
     "clone_git_repository": {"url": "/nonexistent/repo.git"},
     "create_vscode_settings": {"settings": {"a": 1}},
     "create_launch_json": {"configurations": [{"name": "n", "type": "t", "request": "launch"}]},
@@ -311,7 +312,7 @@ def test_every_library_action_refuses_or_contains_hostile_values(action, home, p
     from dagrun.compile.loader import standard_library
     from dagrun.workspace import normalize_workspace
     values = corpus(home)
-    (home / "empty.txt").write_text("")
+    (home.parent / "empty.txt").write_text("")
     workspace = normalize_workspace({"id": "corpus", "home_dir": str(home),
                                      **{f"f{i}": v for i, v in enumerate(values)}})
     library = standard_library()

@@ -171,16 +171,20 @@ def root_owned_program(path: str) -> bool:
 
 def root_only_folder(path: str) -> bool:
     """Is ``path`` (a folder, or a file) something only root could have
-    filled (it and every folder above it root's, writable by nobody else)?
-    Where root may find commands."""
+    filled (it and every folder above it root's, writable by nobody else;
+    a folder above it may be a sticky one everybody writes in, such as
+    /tmp: nobody else may rename or remove root's entry there)? Where root
+    may find commands and install from."""
     current = os.path.realpath(path)
+    first = True
     while True:
         try:
             info = os.stat(current)
         except OSError:
             return False
-        if info.st_uid != 0 or info.st_mode & 0o022:
+        if info.st_uid != 0 or (info.st_mode & 0o022 and (first or not info.st_mode & stat.S_ISVTX)):
             return False
+        first = False
         parent = os.path.dirname(current)
         if parent == current:
             return True
