@@ -1066,6 +1066,15 @@ ATTACKS = [  # each must be refused when the template is compiled
     # a script with no {{ }} still hands values on through the variables dagrun gives it
     'bash -c "echo $DAGRUN_WORKSPACE_ID"', 'eval "$DAGRUN_WORKSPACE_ID"', 'pg_dump -d "$DAGRUN_WORKSPACE_ID"',
     "PGSERVICE={{ workspace.v }} psql -f s.sql", "PGOPTIONS={{ workspace.v }} pg_dump -f out.sql",
+    # (helper-57) bundles, prefixes, other clients, options held in variables or arrays
+    "pg_restore -wd {{ workspace.v }} f", "pg_isready -qd {{ workspace.v }}", "pg_dump -wd{{ workspace.v }}",
+    "pg_dump --dbn={{ workspace.v }}", "pg_restore --dbn {{ workspace.v }}", "createdb --maint {{ workspace.v }} x",
+    "vacuumdb --maint={{ workspace.v }}", "pg_dumpall -l {{ workspace.v }}", "vacuumlo {{ workspace.v }}",
+    "oid2name -d {{ workspace.v }}", 'opt=--dbname; pg_restore "$opt" {{ workspace.v }}',
+    'a=(--dbname {{ workspace.v }}); pg_restore "${a[@]}"', 'createdb --maint "$DAGRUN_WORKSPACE_ID" x',
+    # ... and a script with no {{ }} piping what dagrun's variables hold into a shell
+    'printenv DAGRUN_WORKSPACE_ID | sh', '{ echo "$DAGRUN_WORKSPACE_ID"; } | sh', '$(printenv DAGRUN_WORKSPACE_ID)',
+    'jq -r .x <<< "$DAGRUN_CONFIG" | bash',
 ]
 
 
@@ -1494,6 +1503,9 @@ def test_values_given_to_later_code_as_data_are_accepted(script):
                                     "-f setup.sql", "pg_dump -t {{ workspace.v }} -U app",
                                     "createdb -O {{ workspace.v }} {{ workspace.v }}", "dropdb {{ workspace.v }}",
                                     "PGDATABASE={{ workspace.v }} pg_dump -f out.sql",
+                                    "createuser -d {{ workspace.v }}", "createdb -O{{ workspace.v }} x",
+                                    "pg_dump --exclude-table-data {{ workspace.v }} -f o.sql",
+                                    "pg_dump --section {{ workspace.v }} -f o", "pg_restore -c {{ workspace.v }}",
                                     "mysql -u {{ workspace.v }} -e 'select 1'", "python3 -u script.py {{ workspace.v }}",
                                     "sh -s -- {{ workspace.v }} < script.sh"])
 def test_values_as_arguments_of_scripts_and_data_options_are_accepted(script):

@@ -88,33 +88,59 @@ _DATA_OPTIONS = {**{awk: frozenset({"-v", "--assign", "-F", "--field-separator"}
                  "psql": frozenset({"-U", "-h", "-p", "-v", "--set", "--variable", "--username", "--host", "--port"}),
                  **{db: frozenset({"-u", "-h", "-D", "-P", "--user", "--host", "--database", "--port"})
                     for db in ("mysql", "mariadb")}}
-# libpq's client programs: a database name holding '=' or a URL is a whole connection string to them.
-_LIBPQ_CLIENTS = frozenset({"pg_dump", "pg_dumpall", "pg_restore", "createdb", "dropdb", "createuser", "dropuser",
-                            "vacuumdb", "reindexdb", "clusterdb", "pg_isready", "pgbench", "pg_basebackup",
-                            "pg_receivewal", "pg_recvlogical", "pg_amcheck"})
-_LIBPQ_DATABASE_OPTIONS = ("-d", "--dbname", "--maintenance-db")
-# ... whose operand (the first word that is no option nor an option's argument) is that name.
-_LIBPQ_DATABASE_OPERAND = frozenset({"pg_dump", "pgbench", "vacuumdb", "reindexdb", "clusterdb", "pg_amcheck"})
-# Their options whose argument is data: a value after one is that argument, not the operand.
-_LIBPQ_DATA_OPTIONS = frozenset({"-U", "--username", "-h", "--host", "-p", "--port", "-t", "--table", "-n",
-                                 "--schema", "-T", "--exclude-table", "-N", "--exclude-schema", "-f", "--file",
-                                 "-E", "--encoding", "-S", "--superuser", "-j", "--jobs", "-O", "--owner",
-                                 "-l", "--locale", "-D", "--tablespace", "-F", "--format", "-Z", "--compress"})
+# libpq's client programs: a database name holding '=' or a URL is a whole connection string to
+# them, and each spells it its own way (-d, -l, --maint, an operand; getopt takes any unambiguous
+# prefix, and bundles short options: -wd X). So the other way round: a value is taken only as the
+# argument of an option listed here for the program (spelled whole, separate or glued), or as an
+# operand of a program whose operands are plain names or files.
+_LIBPQ_COMMON = ("-U", "--username", "-h", "--host", "-p", "--port")
+_LIBPQ_VALUE_OPTIONS = {name: frozenset((*_LIBPQ_COMMON, *extra.split())) for name, extra in {
+    "pg_dump": "-t --table -T --exclude-table -n --schema -N --exclude-schema -f --file -F --format -j --jobs "
+               "-E --encoding -S --superuser -Z --compress -e --extension --exclude-table-data --section --role "
+               "--lock-wait-timeout --rows-per-insert",
+    "pg_dumpall": "-f --file -S --superuser -E --encoding --role --exclude-database",
+    "pg_restore": "-f --file -F --format -j --jobs -n --schema -N --exclude-schema -t --table -T --trigger -I "
+                  "--index -P --function -S --superuser -L --use-list --role --section",
+    "createdb": "-O --owner -T --template -D --tablespace -E --encoding -l --locale --lc-collate --lc-ctype "
+                "--icu-locale --locale-provider -S --strategy",
+    "dropdb": "", "createuser": "-c --connection-limit -g --role", "dropuser": "",
+    "vacuumdb": "-t --table -n --schema -N --exclude-schema -j --jobs", "reindexdb": "-t --table -n --schema -i "
+                "--index -j --jobs", "clusterdb": "-t --table", "pg_isready": "-t --timeout",
+    "pgbench": "-c --client -j --jobs -T --time -t --transactions -f --file -s --scale",
+    "pg_basebackup": "", "pg_receivewal": "", "pg_recvlogical": "", "pg_amcheck": "", "vacuumlo": "",
+    "oid2name": "", "pg_rewind": "",
+}.items()}
+_LIBPQ_OPERANDS = frozenset({"pg_restore", "createdb", "dropdb", "createuser", "dropuser"})  # a file, new names
+# ... and how those spell the database they connect to (after which a word is that, not an operand).
+_LIBPQ_DATABASE_OPTIONS = {"pg_restore": ("-d", "--dbname"), "createdb": ("--maintenance-db",),
+                           "dropdb": ("--maintenance-db",)}
 
 
-def _libpq_database_name(name: str, words: list[str], word: str) -> bool:
-    """Is the word being read (``word``, after ``words``) a libpq client's
-    database name: after -d/--dbname/--maintenance-db, glued to one, or the
-    operand of a program whose operand it is?"""
-    if any(word.startswith(f"{option}=") for option in _LIBPQ_DATABASE_OPTIONS[1:]) or \
-            (word.startswith("-d") and not word.startswith("--")):
-        return True
+def _libpq_database_name(name: str, words: list[str], word: str, raws: list[str], raw: str) -> bool:
+    """Might the word being read (``word``, written ``raw``, after ``words``
+    written ``raws``) be a libpq client's database name (anything but an
+    option's argument listed in _LIBPQ_VALUE_OPTIONS, or an operand of a
+    program in _LIBPQ_OPERANDS)?"""
+    allowed = _LIBPQ_VALUE_OPTIONS[name]
     previous = words[-1] if words else None
-    if previous in _LIBPQ_DATABASE_OPTIONS:
-        return True
-    if name not in _LIBPQ_DATABASE_OPERAND or word.startswith("-") or previous in _LIBPQ_DATA_OPTIONS:
+    if raws and ("$" in raws[-1] or "`" in raws[-1]):
+        return True  # an option held in a variable ("$opt" X): which one, dagrun cannot tell
+    if any(form in raw for form in ("[@]", "[*]", "$@", "$*")):
+        return True  # an array's items: options among them
+    if previous in allowed:
         return False
-    return True  # no option takes it: it is the operand (pg_dump --clean X, pg_dump -F c X, pg_dump X)
+    if word.startswith("--"):  # (the value glued to it: --username=X)
+        return word.split("=", 1)[0] not in allowed or "=" not in word
+    if word.startswith("-"):  # -UX
+        return word[:2] not in allowed
+    if name not in _LIBPQ_OPERANDS:
+        return True
+    if previous is None or not previous.startswith("-") or previous == "--":
+        return False  # an operand: a file, a new name
+    database = _LIBPQ_DATABASE_OPTIONS.get(name, ())
+    if previous.startswith("--"):  # (getopt takes any unambiguous prefix of a long option)
+        return len(previous) < 4 or any(option.startswith(previous) for option in database if option.startswith("--"))
+    return any(option[1] in previous[1:] for option in database if not option.startswith("--"))  # -wd X
 
 
 _SHELL_NAMES = frozenset({"sh", "bash", "dash", "zsh", "ksh", "mksh", "rbash", "fish", "csh", "tcsh", "busybox"})
@@ -428,13 +454,15 @@ class _Lexer:
                         src in self.tainted or src in _POSITIONAL or src.startswith(_VALUE_NAMES) for src in sources):
                     self.tainted.add(name)
                     changed = True
-        if self.dynamic_command is not None and self.slots:
+        # Values reach a script as {{ }} markers, and through the variables dagrun (or its env) gives it.
+        holds_values = bool(self.slots or self.given or _CONFIG_REFERENCE.search(self.text))
+        if self.dynamic_command is not None and holds_values:
             raise UnsafeContext(self.dynamic_command, "in a script where a command's output is the command to run "
                                                       "($(...) as the command): dagrun cannot tell what runs")
-        if self.piped_into is not None and self.slots:
+        if self.piped_into is not None and holds_values:
             raise UnsafeContext(self.piped_into, "in a script that pipes into a program running what it reads (sh, "
                                                  "python3 -, xargs...): dagrun cannot tell which values reach it")
-        if "expand_aliases" in self.text and self.slots:
+        if "expand_aliases" in self.text and holds_values:
             self.fail("in a script that expands aliases (dagrun cannot tell what a command runs)")
         for quoted in _BACKTICKS.finditer(_without_single_quoted(self.text)):  # `$x`: a command substitution
             self._inner(quoted.group(1))
@@ -557,10 +585,15 @@ class _Lexer:
                     "(-d, or its first operand) as a whole connection string when it holds '=' or a URL "
                     "(dbname=x user=postgres): give a database name in $PGDATABASE (PGDATABASE={{ ... }} psql ...), "
                     "which is only a name")
-        if name in _LIBPQ_CLIENTS and _libpq_database_name(name, cmd["words"][cmd["command_index"] + 1:], cmd["word"]):
-            return (f"as {name}'s database name (-d, --dbname, --maintenance-db or its database operand): libpq "
-                    "reads one holding '=' or a URL as a whole connection string (dbname=x user=postgres): give it "
-                    f"in $PGDATABASE (PGDATABASE={{{{ ... }}}} {name} ...), which is only a name")
+        if name in _LIBPQ_VALUE_OPTIONS and _libpq_database_name(
+                name, cmd["words"][cmd["command_index"] + 1:], cmd["word"], cmd["raws"][cmd["command_index"] + 1:],
+                self.text[cmd.get("raw_start", self.i):self.i]):
+            return (f"in {name}'s arguments other than those of "
+                    f"{', '.join(sorted(o for o in _LIBPQ_VALUE_OPTIONS[name] if o.startswith('--')))}"
+                    + (" or a plain operand" if name in _LIBPQ_OPERANDS else "")
+                    + ": libpq reads a database name holding '=' or a URL as a whole connection string (dbname=x "
+                    "user=postgres), and its programs spell one many ways: give the database in $PGDATABASE "
+                    f"(PGDATABASE={{{{ ... }}}} {name} ...), which is only a name")
         if kind == "runner":
             return (f"in a command of {name}, which runs its arguments (or another command) as code; nor may "
                     "a variable that holds a value: give the value to a program that takes it as data")
@@ -1403,8 +1436,9 @@ def _analysed(text: str) -> tuple[list[Slot], bool]:
         try:
             lexer.run()
         except UnsafeContext as exc:
-            if exc.reason.startswith("through $"):
-                raise
+            if exc.reason.startswith(("through $", "in a script that pipes", "in a script where a command's output",
+                                      "in a script that expands aliases")):
+                raise  # a value's use dagrun could tell, not the lexer's doubt
             lexer.evaluates = True  # a script the lexer cannot follow: taken to evaluate
     else:
         slots = lexer.run()
