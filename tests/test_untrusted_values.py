@@ -1075,6 +1075,11 @@ ATTACKS = [  # each must be refused when the template is compiled
     # ... and a script with no {{ }} piping what dagrun's variables hold into a shell
     'printenv DAGRUN_WORKSPACE_ID | sh', '{ echo "$DAGRUN_WORKSPACE_ID"; } | sh', '$(printenv DAGRUN_WORKSPACE_ID)',
     'jq -r .x <<< "$DAGRUN_CONFIG" | bash',
+    # subcommands that run code, and more programs that run a command (helper-57 F4)
+    "python3 manage.py shell -c \"print('{{ workspace.v }}')\"", "./manage.py shell -c \"x='{{ workspace.v }}'\"",
+    "python3 manage.py dbshell <<SQL\nselect '{{ workspace.v }}';\nSQL", "echo {{ workspace.v }} | python3 manage.py shell",
+    "uv run python -c \"print('{{ workspace.v }}')\"", 'prlimit --nofile=10 sh -c "echo {{ workspace.v }}"',
+    'sshpass -p x ssh h "echo {{ workspace.v }}"',
 ]
 
 
@@ -1506,6 +1511,7 @@ def test_values_given_to_later_code_as_data_are_accepted(script):
                                     "createuser -d {{ workspace.v }}", "createdb -O{{ workspace.v }} x",
                                     "pg_dump --exclude-table-data {{ workspace.v }} -f o.sql",
                                     "pg_dump --section {{ workspace.v }} -f o", "pg_restore -c {{ workspace.v }}",
+                                    "python3 manage.py createsuperuser --username {{ workspace.v }} --noinput",
                                     "mysql -u {{ workspace.v }} -e 'select 1'", "python3 -u script.py {{ workspace.v }}",
                                     "sh -s -- {{ workspace.v }} < script.sh"])
 def test_values_as_arguments_of_scripts_and_data_options_are_accepted(script):

@@ -67,6 +67,7 @@ RUNNERS = frozenset({
     "sg", "setpriv", "tmux", "screen", "fakeroot", "dbus-run-session", "unbuffer", "faketime", "capsh",
     "start-stop-daemon", "chpst", "lxc-attach", "systemd-nspawn", "machinectl", "sqlite3", "sftp", "ed", "ftp",
     "npx", "uvx", "pipx",  # (they run the package a word names)
+    "prlimit", "setarch", "ssh-agent", "pg_virtualenv", "sshpass", "firejail", "proot",  # (helper-57: CMD after)
 })
 # Interpreters run a program given inline (-c, -e...), as their first operand
 # (a file), or on stdin. A value may be an argument of that program, never
@@ -114,6 +115,28 @@ _LIBPQ_OPERANDS = frozenset({"pg_restore", "createdb", "dropdb", "createuser", "
 # ... and how those spell the database they connect to (after which a word is that, not an operand).
 _LIBPQ_DATABASE_OPTIONS = {"pg_restore": ("-d", "--dbname"), "createdb": ("--maintenance-db",),
                            "dropdb": ("--maintenance-db",)}
+
+
+# Programs (or an interpreter's script) whose subcommand runs code given as arguments or input
+# (manage.py shell -c CODE, manage.py dbshell <<SQL where \! runs a shell, uv run CMD).
+_CODE_SUBCOMMANDS = {"manage.py": {"shell", "dbshell"}, "django-admin": {"shell", "dbshell"},
+                     "odoo-bin": {"shell"}, "odoo": {"shell"}, "uv": {"run", "tool"}, "poetry": {"run"},
+                     "pipenv": {"run"}, "pdm": {"run"}, "hatch": {"run"}, "rails": {"runner", "console", "dbconsole"},
+                     "npm": {"exec", "x"}, "pnpm": {"exec", "dlx"}, "yarn": {"exec", "dlx"}, "bundle": {"exec"}}
+
+
+def _code_subcommand(name: str, kind: str | None, args: list[str]) -> str | None:
+    """``manage.py shell`` and the like when the command (or the script an
+    interpreter runs) is one of _CODE_SUBCOMMANDS and an earlier argument
+    is such a subcommand."""
+    program = name
+    if kind == "interpreter":
+        scripts = [i for i, a in enumerate(args) if not a.startswith("-")]
+        if not scripts:
+            return None
+        program, args = args[scripts[0]].rsplit("/", 1)[-1], args[scripts[0] + 1:]
+    found = next((a for a in args if a in _CODE_SUBCOMMANDS.get(program, ())), None)
+    return None if found is None else f"{program} {found}"
 
 
 def _libpq_database_name(name: str, words: list[str], word: str, raws: list[str], raw: str) -> bool:
@@ -585,6 +608,11 @@ class _Lexer:
                     "(-d, or its first operand) as a whole connection string when it holds '=' or a URL "
                     "(dbname=x user=postgres): give a database name in $PGDATABASE (PGDATABASE={{ ... }} psql ...), "
                     "which is only a name")
+        subcommand = _code_subcommand(name, kind, cmd["words"][cmd["command_index"] + 1:])
+        if subcommand is not None:
+            return (f"in what {subcommand} runs (it runs code it is given, or its input: a project's shell, a "
+                    "database console, a package's command): pass the value as data (a file, a variable, an "
+                    "argument of a script file)")
         if name in _LIBPQ_VALUE_OPTIONS and _libpq_database_name(
                 name, cmd["words"][cmd["command_index"] + 1:], cmd["word"], cmd["raws"][cmd["command_index"] + 1:],
                 self.text[cmd.get("raw_start", self.i):self.i]):
