@@ -586,9 +586,10 @@ def check_root_code(plan: Plan, workspace: Mapping[str, Any]) -> None:
     no_user = not workspace.get("linux_username")
     for sid in plan.order:
         step = plan.steps[sid]
-        if not (no_user or step.run_as != "workspace" or step.action.requires_sudo):
+        fields = code_fields(step.action.config_schema)  # (cached per schema: most actions have none)
+        if not fields or not (no_user or step.run_as != "workspace" or step.action.requires_sudo):
             continue
-        for key in sorted(code_fields(step.action.config_schema) & set(step.config)):
+        for key in sorted(fields & set(step.config)):
             value = step.config[key]
             if any(has_template(text) for text in (value if isinstance(value, list) else [value])):
                 raise InputError(
