@@ -1080,6 +1080,15 @@ ATTACKS = [  # each must be refused when the template is compiled
     "python3 manage.py dbshell <<SQL\nselect '{{ workspace.v }}';\nSQL", "echo {{ workspace.v }} | python3 manage.py shell",
     "uv run python -c \"print('{{ workspace.v }}')\"", 'prlimit --nofile=10 sh -c "echo {{ workspace.v }}"',
     'sshpass -p x ssh h "echo {{ workspace.v }}"',
+    # (helper-58) quoted script paths and interpreter options, -m, aliases; raw SQL options; programs
+    # that run commands; code from a command's output; scripts naming the value variables by prefix
+    'python3 "$APP/manage.py" shell -c "print(\'{{ workspace.v }}\')"', "python3 -W ignore manage.py shell -c \"x='{{ workspace.v }}'\"",
+    "python3 -m django shell -c \"x='{{ workspace.v }}'\"", "rails r \"puts '{{ workspace.v }}'\"", "npm init {{ workspace.v }}",
+    "vacuumdb -t {{ workspace.v }} -d db", "pgbench -f {{ workspace.v }} db",
+    "sed 's/^/echo Welcome, /e' <<< \"{{ workspace.v }}\"", "awk -v name=\"{{ workspace.v }}\" 'BEGIN{system(\"mkdir \" name)}'",
+    'eval "$(printenv DAGRUN_WORKSPACE_ID)"', "source <(printenv CONFIG_NAME)", "bash <(printenv DAGRUN_CONFIG)",
+    'for n in ${!CONFIG_*}; do eval "export APP_${n#CONFIG_}=\"${!n}\""; done',
+    'set -o posix\nalias greet="$DAGRUN_WORKSPACE_ID"\ngreet',
 ]
 
 
@@ -1512,7 +1521,33 @@ def test_values_given_to_later_code_as_data_are_accepted(script):
                                     "pg_dump --exclude-table-data {{ workspace.v }} -f o.sql",
                                     "pg_dump --section {{ workspace.v }} -f o", "pg_restore -c {{ workspace.v }}",
                                     "python3 manage.py createsuperuser --username {{ workspace.v }} --noinput",
+                                    "uv tool install {{ workspace.v }}", "reindexdb -t {{ workspace.v }} -d db",
+                                    "sed -e 's/x/y/g' <<< \"{{ workspace.v }}\"",
+                                    'echo "$(date)" > f; echo "$DAGRUN_WORKSPACE_ID"',
+                                    'python3 script.py "$(date)" "$CONFIG_X"',
+                                    'PGDATABASE="{{ workspace.v }}" vacuumdb --analyze',  # (a name: checked at run time)
                                     "mysql -u {{ workspace.v }} -e 'select 1'", "python3 -u script.py {{ workspace.v }}",
                                     "sh -s -- {{ workspace.v }} < script.sh"])
 def test_values_as_arguments_of_scripts_and_data_options_are_accepted(script):
     compile_template(template(script_step(10, script)))
+
+
+@pytest.mark.parametrize("value", ["dbname=postgres user=postgres", "host=10.0.0.1", "postgresql://x@h/db",
+                                   "POSTGRES://h/db"])
+def test_a_value_for_pgdatabase_or_pguser_is_a_plain_name(value, home):
+    """(helper-58 H1) vacuumdb, reindexdb, clusterdb, pgbench and pg_amcheck
+    expand $PGDATABASE (or $PGUSER) as a connection string: a tenant's
+    options='-c session_preload_libraries=...' loaded a library into the
+    server. A value there (the script's assignment, or the step's env) is
+    a plain name, checked when the step runs."""
+    for config in ({"script": 'PGDATABASE="{{ workspace.v }}" vacuumdb --analyze-only'},
+                   {"script": 'export PGUSER={{ workspace.v }}; vacuumdb --analyze-only'},
+                   {"script": "vacuumdb --analyze-only", "env": {"PGDATABASE": "{{ workspace.v }}"}}):
+        result = run_template(template(step(10, "execute_custom_script", id="s", max_retries=1, action_config=config)),
+                              {"id": "w", "home_dir": str(home), "v": value}, record=False)
+        error = result.steps["s"].error or ""
+        assert result.steps["s"].status is StepStatus.failed and "holds '=' or is a URL" in error, (config, error)
+    plain = run_template(template(step(10, "execute_custom_script", id="s", action_config={
+        "script": 'PGDATABASE="{{ workspace.v }}"; echo "$PGDATABASE"'})),
+        {"id": "w", "home_dir": str(home), "v": "tenant_db"}, record=False)
+    assert plain.steps["s"].stdout.strip() == "tenant_db"

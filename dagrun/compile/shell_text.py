@@ -68,6 +68,7 @@ RUNNERS = frozenset({
     "start-stop-daemon", "chpst", "lxc-attach", "systemd-nspawn", "machinectl", "sqlite3", "sftp", "ed", "ftp",
     "npx", "uvx", "pipx",  # (they run the package a word names)
     "prlimit", "setarch", "ssh-agent", "pg_virtualenv", "sshpass", "firejail", "proot",  # (helper-57: CMD after)
+    "bunx", "just", "nix-shell", "ansible",  # (helper-58: a package or a recipe, a --run, -m shell -a)
 })
 # Interpreters run a program given inline (-c, -e...), as their first operand
 # (a file), or on stdin. A value may be an argument of that program, never
@@ -105,9 +106,10 @@ _LIBPQ_VALUE_OPTIONS = {name: frozenset((*_LIBPQ_COMMON, *extra.split())) for na
     "createdb": "-O --owner -T --template -D --tablespace -E --encoding -l --locale --lc-collate --lc-ctype "
                 "--icu-locale --locale-provider -S --strategy",
     "dropdb": "", "createuser": "-c --connection-limit -g --role", "dropuser": "",
-    "vacuumdb": "-t --table -n --schema -N --exclude-schema -j --jobs", "reindexdb": "-t --table -n --schema -i "
-                "--index -j --jobs", "clusterdb": "-t --table", "pg_isready": "-t --timeout",
-    "pgbench": "-c --client -j --jobs -T --time -t --transactions -f --file -s --scale",
+    # (not vacuumdb's -t: PostgreSQL 15 pastes a table's "(columns)" into its SQL; reindexdb's -t and -i,
+    # clusterdb's -t go through ::regclass; pgbench's -f names a SQL script)
+    "vacuumdb": "-j --jobs", "reindexdb": "-t --table -i --index -j --jobs", "clusterdb": "-t --table",
+    "pg_isready": "-t --timeout", "pgbench": "-c --client -j --jobs -T --time -t --transactions -s --scale",
     "pg_basebackup": "", "pg_receivewal": "", "pg_recvlogical": "", "pg_amcheck": "", "vacuumlo": "",
     "oid2name": "", "pg_rewind": "",
 }.items()}
@@ -117,24 +119,55 @@ _LIBPQ_DATABASE_OPTIONS = {"pg_restore": ("-d", "--dbname"), "createdb": ("--mai
                            "dropdb": ("--maintenance-db",)}
 
 
-# Programs (or an interpreter's script) whose subcommand runs code given as arguments or input
-# (manage.py shell -c CODE, manage.py dbshell <<SQL where \! runs a shell, uv run CMD).
-_CODE_SUBCOMMANDS = {"manage.py": {"shell", "dbshell"}, "django-admin": {"shell", "dbshell"},
-                     "odoo-bin": {"shell"}, "odoo": {"shell"}, "uv": {"run", "tool"}, "poetry": {"run"},
-                     "pipenv": {"run"}, "pdm": {"run"}, "hatch": {"run"}, "rails": {"runner", "console", "dbconsole"},
-                     "npm": {"exec", "x"}, "pnpm": {"exec", "dlx"}, "yarn": {"exec", "dlx"}, "bundle": {"exec"}}
+# Programs (or an interpreter's script, or its -m module) whose subcommand runs code given as
+# arguments or input (manage.py shell -c CODE, manage.py dbshell <<SQL where \\! runs a shell,
+# uv run CMD, rails r CODE).
+_CODE_SUBCOMMANDS = {
+    **dict.fromkeys(("manage.py", "django-admin", "django-admin.py", "django"), {"shell", "dbshell", "shell_plus"}),
+    **dict.fromkeys(("odoo-bin", "odoo"), {"shell"}), "flask": {"shell"},
+    "uv": {"run"}, "poetry": {"run"}, "pipenv": {"run"}, "pdm": {"run"}, "hatch": {"run"},
+    **dict.fromkeys(("conda", "mamba", "micromamba"), {"run"}),
+    **dict.fromkeys(("pyenv", "rbenv", "asdf", "mise", "direnv"), {"exec"}),
+    "rails": {"runner", "r", "console", "c", "dbconsole", "db"},
+    "npm": {"exec", "x", "explore", "init", "create"}, "pnpm": {"exec", "dlx", "create"},
+    "yarn": {"exec", "dlx", "create", "node"}, "bun": {"x", "run"}, "bundle": {"exec"}, "gem": {"exec"},
+    "composer": {"exec"}, "deno": {"eval", "run"}, "artisan": {"tinker"}, "wp": {"eval", "shell", "eval-file"},
+    "drush": {"ev", "php-eval", "php"}, "mix": {"run"}, "redis-cli": {"eval"},
+}
 
 
-def _code_subcommand(name: str, kind: str | None, args: list[str]) -> str | None:
-    """``manage.py shell`` and the like when the command (or the script an
-    interpreter runs) is one of _CODE_SUBCOMMANDS and an earlier argument
-    is such a subcommand."""
+_AWK_RUNS = re.compile(r"system\s*\(|\|\s*getline|\|&|print[f]?\b[^;}]*\|")
+_SED_ADDRESS = r"(?:[0-9$]+|/[^/]*/)(?:\s*,\s*(?:[0-9$]+|/[^/]*/))?"
+_SED_RUNS = re.compile(rf"(?:^|[;\n{{}}])\s*(?:{_SED_ADDRESS})?\s*!?\s*e(?:\s|$|;|}})"  # the e command
+                       r"|s(.)(?:(?!\1).)*\1(?:(?!\1).)*\1[gpiImM0-9w]*e")  # s///e
+
+
+def _program_runs_commands(name: str, raws: list[str]) -> bool:
+    """Does an awk or sed program among ``raws`` (its words as written) run
+    commands: awk's system(), "cmd" | getline, print | "cmd"; sed's e
+    command or s///e flag? Then its input and variables are code's."""
+    words = [raw.strip("'\"") for raw in raws if not raw.startswith("-")]  # (a program after -e is a word too)
+    pattern = _SED_RUNS if name == "sed" else _AWK_RUNS if name in ("awk", "gawk", "mawk", "nawk") else None
+    return pattern is not None and any(pattern.search(word) for word in words)
+
+
+def _code_subcommand(name: str, kind: str | None, raws: list[str]) -> str | None:
+    """``manage.py shell`` and the like: the command (or the script an
+    interpreter runs, or its ``-m`` module) is one of _CODE_SUBCOMMANDS and
+    an earlier argument is such a subcommand. ``raws``: the arguments as
+    written (a quoted or variable script path: "$APP/manage.py")."""
+    args = [raw.replace('"', "").replace("'", "").replace("\\", "") for raw in raws]
     program = name
-    if kind == "interpreter":
-        scripts = [i for i, a in enumerate(args) if not a.startswith("-")]
-        if not scripts:
+    if kind == "interpreter" and name not in _CODE_SUBCOMMANDS:  # (deno eval: the interpreter's own)
+        with_argument = _options_of(name)[2]
+        i = 0
+        while i < len(args) and args[i].startswith("-") and args[i] not in ("-", "--", "-m"):
+            i += 2 if args[i] in with_argument else 1
+        if i < len(args) and args[i] == "-m":
+            i += 1  # python3 -m django shell
+        if i >= len(args):
             return None
-        program, args = args[scripts[0]].rsplit("/", 1)[-1], args[scripts[0] + 1:]
+        program, args = args[i].rsplit("/", 1)[-1], args[i + 1:]
     found = next((a for a in args if a in _CODE_SUBCOMMANDS.get(program, ())), None)
     return None if found is None else f"{program} {found}"
 
@@ -355,6 +388,7 @@ class Slot:
     before: tuple[int, ...] = ()  # values earlier in the same word, with nothing else between
     options_end: bool = False  # after "--" (or a redirection's target): a '-' is no option here
     assignment: bool = False  # in a NAME=value word: a list may not become several words there
+    assigned: str = ""  # the NAME of the NAME=value word it is in (quoted or not), if any
 
 
 # Word text that may expand to nothing: what is left of $NAME, ${...}, $(...), $((...)), $[...] and `...` in a
@@ -420,6 +454,7 @@ class _Lexer:
         self.copies: list[tuple[str, list[str]]] = []  # (name, names its assigned text expands)
         self.outputs: set[str] = set()  # names assigned a command's output (x=$(f)): in code, they may hold a value
         self.dynamic_command: int | None = None  # line of a command whose name a command's output gives
+        self.code_from_output: int | None = None  # line of code a command's output gives (eval "$(f)", bash <(f))
         self.piped_into: int | None = None  # line of a pipe into a program that runs what it reads
         self._assigned_at: dict[str, int] = {}  # line of each name's first assignment
         self.given: frozenset[str] = frozenset()  # a step's env names (checked when its template was compiled)
@@ -482,10 +517,14 @@ class _Lexer:
         if self.dynamic_command is not None and holds_values:
             raise UnsafeContext(self.dynamic_command, "in a script where a command's output is the command to run "
                                                       "($(...) as the command): dagrun cannot tell what runs")
+        if self.code_from_output is not None and holds_values:
+            raise UnsafeContext(self.code_from_output, "in a script that runs a command's output as code (eval "
+                                                       "\"$(...)\", source <(...)): dagrun cannot tell which values "
+                                                       "reach it")
         if self.piped_into is not None and holds_values:
             raise UnsafeContext(self.piped_into, "in a script that pipes into a program running what it reads (sh, "
                                                  "python3 -, xargs...): dagrun cannot tell which values reach it")
-        if "expand_aliases" in self.text and holds_values:
+        if ("expand_aliases" in self.text or "posix" in self.text) and holds_values:  # (set -o posix: aliases on)
             self.fail("in a script that expands aliases (dagrun cannot tell what a command runs)")
         for quoted in _BACKTICKS.finditer(_without_single_quoted(self.text)):  # `$x`: a command substitution
             self._inner(quoted.group(1))
@@ -607,8 +646,11 @@ class _Lexer:
             return ("as an argument of psql other than that of -U, -h, -p or -v: libpq reads its database name "
                     "(-d, or its first operand) as a whole connection string when it holds '=' or a URL "
                     "(dbname=x user=postgres): give a database name in $PGDATABASE (PGDATABASE={{ ... }} psql ...), "
-                    "which is only a name")
-        subcommand = _code_subcommand(name, kind, cmd["words"][cmd["command_index"] + 1:])
+                    "where dagrun takes only a plain name")
+        if name in SCRIPTED and _program_runs_commands(name, cmd["raws"][cmd["command_index"] + 1:]):
+            return (f"in a command of {name} whose program runs commands (awk's system(), getline and print to a "
+                    "command; sed's e): keep values out of it")
+        subcommand = _code_subcommand(name, kind, cmd["raws"][cmd["command_index"] + 1:])
         if subcommand is not None:
             return (f"in what {subcommand} runs (it runs code it is given, or its input: a project's shell, a "
                     "database console, a package's command): pass the value as data (a file, a variable, an "
@@ -621,7 +663,7 @@ class _Lexer:
                     + (" or a plain operand" if name in _LIBPQ_OPERANDS else "")
                     + ": libpq reads a database name holding '=' or a URL as a whole connection string (dbname=x "
                     "user=postgres), and its programs spell one many ways: give the database in $PGDATABASE "
-                    f"(PGDATABASE={{{{ ... }}}} {name} ...), which is only a name")
+                    f"(PGDATABASE={{{{ ... }}}} {name} ...), where dagrun takes only a plain name")
         if kind == "runner":
             return (f"in a command of {name}, which runs its arguments (or another command) as code; nor may "
                     "a variable that holds a value: give the value to a program that takes it as data")
@@ -718,6 +760,8 @@ class _Lexer:
         expanded = _EXPANSION.findall(_without_single_quoted(raw))
         ctx.setdefault("expanded", []).extend(expanded)  # (what the command may feed to the next by a pipe)
         runs_it = not assignment and command is not None and self._command_deny(ctx) is not None  # ($e "$x" too)
+        if runs_it and ("$(" in raw or "`" in raw or "<(" in raw):
+            self.code_from_output = self.code_from_output or self.line
         if expanded and not assignment and (command is None or runs_it):
             self.code += [(name, self.line) for name in expanded]  # the command, or code it runs
         elif command is not None and self._command_option(ctx, word):  # (git runs it with sh: '$x' too)
@@ -961,6 +1005,12 @@ class _Lexer:
         self._end_word(ctx)
         if ctx["cond"]:
             return  # [[ ... ]] goes on over &&, ||, ( and ) until its ]]
+        base = (ctx["command"] or "").replace("\\", "").rsplit("/", 1)[-1]
+        if base in SCRIPTED and _program_runs_commands(base, ctx["raws"][ctx["command_index"] + 1:]):
+            if ctx["marker_words"]:  # (awk -v name={{ v }} 'BEGIN { system(... name) }': before the program)
+                self.fail(f"in a command of {base} whose program runs commands (awk's system(), getline and "
+                          "print to a command; sed's e): keep values out of it")
+            self.code += [(name, self.line) for name in ctx.get("expanded", [])]
         fed = ctx.get("fed")
         if fed is not None and ctx["command"] is None and not ctx["words"] and not pipe:
             return  # a newline (or a comment) right after "|": the pipeline goes on
@@ -1019,11 +1069,15 @@ class _Lexer:
     def _slot(self, index: int, quoted: bool, start: tuple[bool, tuple[int, ...]] | None,
               dashdash: bool = False, assignment: bool = False) -> None:
         word_start, before = start if start is not None else (False, ())
+        command_word = ""
         for ctx in self.stack:  # the word being built in each enclosing command holds a value
             if ctx["kind"] == "cmd":
                 ctx["word_tainted"] = True
+                command_word = ctx["word"]
+        named = _ASSIGNMENT.match(command_word)
         self.slots.append(Slot(index, quoted, word_start, self.line, before, options_end=dashdash or start is None,
-                               assignment=assignment))
+                               assignment=assignment,
+                               assigned=named.group().rstrip("+=").split("[", 1)[0] if named else ""))
 
     # -- the contexts -----------------------------------------------------------
 
@@ -1452,7 +1506,20 @@ def analyse(text: str) -> list[Slot]:
     return _analysed(text)[0]
 
 
-_CONFIG_REFERENCE = re.compile(r"(?<![A-Za-z0-9_])(?:CONFIG_[A-Za-z0-9_]|DAGRUN_(?:VALUE_|WORKSPACE_ID|CONFIG|RESULT))")
+# (CONFIG_ alone too: ${!CONFIG_*}, env | grep ^CONFIG_ name the variables holding values)
+_CONFIG_REFERENCE = re.compile(r"(?<![A-Za-z0-9_])(?:CONFIG_|DAGRUN_(?:VALUE_|WORKSPACE_ID|CONFIG|RESULT))")
+
+# libpq reads these as names, except that vacuumdb, reindexdb, clusterdb, pgbench and pg_amcheck
+# take PGDATABASE (or else PGUSER) as their database name, which they expand as a connection string.
+LIBPQ_NAME_VARIABLES = frozenset({"PGDATABASE", "PGUSER"})
+
+
+def check_libpq_name(variable: str, text: str, where: str = "") -> None:
+    """A value for $PGDATABASE or $PGUSER is a name, never a connection
+    string (host=... user=postgres, postgresql://...)."""
+    if "=" in text or text.lower().startswith(("postgres://", "postgresql://")):
+        raise ShellValueError(f"{where}a value for ${variable} holds '=' or is a URL: some libpq programs read it "
+                              "as a whole connection string (dbname=x user=postgres), so it must be a plain name")
 
 
 def _analysed(text: str) -> tuple[list[Slot], bool]:
@@ -1465,7 +1532,7 @@ def _analysed(text: str) -> tuple[list[Slot], bool]:
             lexer.run()
         except UnsafeContext as exc:
             if exc.reason.startswith(("through $", "in a script that pipes", "in a script where a command's output",
-                                      "in a script that expands aliases")):
+                                      "in a script that expands aliases", "in a script that runs a command's output")):
                 raise  # a value's use dagrun could tell, not the lexer's doubt
             lexer.evaluates = True  # a script the lexer cannot follow: taken to evaluate
     else:
@@ -1579,6 +1646,8 @@ def substitute(rendered: str, values: list[Any], *, start: int = 1) -> ShellScri
         if word_start and text.startswith("-"):
             raise ShellValueError(f"line {slot.line}: a value starts with '-' and would be read as an option; "
                                   "put '--' before it in the script")
+        if slot.assigned in LIBPQ_NAME_VARIABLES:
+            check_libpq_name(slot.assigned, text, f"line {slot.line}: ")
         name = f"{VALUE_PREFIX}{counter[0]}"
         counter[0] += 1
         env[name] = text

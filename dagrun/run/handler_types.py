@@ -213,7 +213,9 @@ class StepContext:
         if env:  # variables holding values the lexer could not see when the template was compiled
             try:
                 evaluates = shell_text.check_names(text, env) or evaluates
-            except shell_text.UnsafeContext as exc:
+                for key in shell_text.LIBPQ_NAME_VARIABLES & set(env):
+                    shell_text.check_libpq_name(key, env[key], f"{name}'s env: ")
+            except (shell_text.UnsafeContext, shell_text.ShellValueError) as exc:
                 raise PermanentError(f"{name}: {exc}") from None
         if evaluates:
             # Arithmetic evaluates the content of a variable a value names (v=DAGRUN_WORKSPACE_ID;
