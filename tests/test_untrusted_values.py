@@ -1089,6 +1089,7 @@ ATTACKS = [  # each must be refused when the template is compiled
     'eval "$(printenv DAGRUN_WORKSPACE_ID)"', "source <(printenv CONFIG_NAME)", "bash <(printenv DAGRUN_CONFIG)",
     'for n in ${!CONFIG_*}; do eval "export APP_${n#CONFIG_}=\"${!n}\""; done',
     'set -o posix\nalias greet="$DAGRUN_WORKSPACE_ID"\ngreet',
+    "pg_restore -c {{ workspace.v }}",  # (an archive's content is SQL, run as the role it connects as)
 ]
 
 
@@ -1519,7 +1520,7 @@ def test_values_given_to_later_code_as_data_are_accepted(script):
                                     "PGDATABASE={{ workspace.v }} pg_dump -f out.sql",
                                     "createuser -d {{ workspace.v }}", "createdb -O{{ workspace.v }} x",
                                     "pg_dump --exclude-table-data {{ workspace.v }} -f o.sql",
-                                    "pg_dump --section {{ workspace.v }} -f o", "pg_restore -c {{ workspace.v }}",
+                                    "pg_dump --section {{ workspace.v }} -f o", "pg_restore -U {{ workspace.v }} a.dump",
                                     "python3 manage.py createsuperuser --username {{ workspace.v }} --noinput",
                                     "uv tool install {{ workspace.v }}", "reindexdb -t {{ workspace.v }} -d db",
                                     "sed -e 's/x/y/g' <<< \"{{ workspace.v }}\"",

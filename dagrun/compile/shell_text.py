@@ -113,10 +113,10 @@ _LIBPQ_VALUE_OPTIONS = {name: frozenset((*_LIBPQ_COMMON, *extra.split())) for na
     "pg_basebackup": "", "pg_receivewal": "", "pg_recvlogical": "", "pg_amcheck": "", "vacuumlo": "",
     "oid2name": "", "pg_rewind": "",
 }.items()}
-_LIBPQ_OPERANDS = frozenset({"pg_restore", "createdb", "dropdb", "createuser", "dropuser"})  # a file, new names
+# (not pg_restore's archive: its content is SQL, run as the role it connects as, as psql -f FILE's is)
+_LIBPQ_OPERANDS = frozenset({"createdb", "dropdb", "createuser", "dropuser"})  # names of what they make or drop
 # ... and how those spell the database they connect to (after which a word is that, not an operand).
-_LIBPQ_DATABASE_OPTIONS = {"pg_restore": ("-d", "--dbname"), "createdb": ("--maintenance-db",),
-                           "dropdb": ("--maintenance-db",)}
+_LIBPQ_DATABASE_OPTIONS = {"createdb": ("--maintenance-db",), "dropdb": ("--maintenance-db",)}
 
 
 # Programs (or an interpreter's script, or its -m module) whose subcommand runs code given as
