@@ -174,7 +174,7 @@ def _roots_own(ctx: StepContext, path: str, what: str) -> str:
     if not paths.root_only_folder(real):
         raise PermanentError(f"{what} {path} could have been written by a user other than root: as root, "
                              "dagrun installs only from files and folders only root could have written")
-    return path
+    return real  # what was checked is what pip reads: a symlink on the way (another user's) is not read again
 
 
 _MAX_REQUIREMENTS = 1024 * 1024

@@ -1302,3 +1302,23 @@ def test_as_root_pip_installs_from_no_file_of_the_home_nor_one_others_could_writ
     assert "could have been written by a user other than root" in result.steps["r"].error
     result = run_template(doc(str(roots_public / "req.txt")), ws, record=False)
     assert "No module named pip" in result.steps["r"].error  # past dagrun's checks, to pip (not in this venv)
+
+
+@root_only
+def test_as_root_pip_reads_the_very_file_it_checked_never_through_anothers_symlink(tmp_path, roots_public):
+    """(helper-59 F6) The check resolved symlinks, but pip was given the path
+    as written: a symlink in another user's folder, retargeted after the
+    check, made root's pip read that user's requirements. Root's pip now
+    reads the resolved path it checked."""
+    from types import SimpleNamespace
+
+    from dagrun.handlers.environment import _roots_own
+    (roots_public / "req.txt").write_text("six\n")
+    theirs = Path(tempfile.mkdtemp(prefix="dagrun-theirs-", dir="/tmp"))
+    try:
+        os.chown(theirs, 65534, 65534)
+        (theirs / "link").symlink_to(roots_public / "req.txt")
+        ctx = SimpleNamespace(privileged=True, home=str(tmp_path / "h"))
+        assert _roots_own(ctx, str(theirs / "link"), "requirements file") == str(roots_public / "req.txt")
+    finally:
+        shutil.rmtree(theirs)

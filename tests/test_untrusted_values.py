@@ -1090,6 +1090,19 @@ ATTACKS = [  # each must be refused when the template is compiled
     'for n in ${!CONFIG_*}; do eval "export APP_${n#CONFIG_}=\"${!n}\""; done',
     'set -o posix\nalias greet="$DAGRUN_WORKSPACE_ID"\ngreet',
     "pg_restore -c {{ workspace.v }}",  # (an archive's content is SQL, run as the role it connects as)
+    # (helper-59) PGDATABASE given a value other than as a whole NAME={{ }} word; libpq's file variables
+    'X="{{ workspace.v }}"; export PGDATABASE="$X"; vacuumdb', 'printf -v PGDATABASE %s "{{ workspace.v }}"; vacuumdb',
+    'read -r PGUSER <<< "{{ workspace.v }}"; vacuumdb', 'f(){ export PGDATABASE="$1"; }; f "{{ workspace.v }}"; vacuumdb',
+    'export PGDATABASE="$(echo "{{ workspace.v }}")"; vacuumdb', 'PGSSLKEY="{{ workspace.v }}" psql -f s.sql',
+    # ... code from output through a here-string or here-document; awk/sed/perl programs that run commands
+    'export V="{{ workspace.v }}"; bash <<< "$(printenv V)"', 'export V="{{ workspace.v }}"\nbash <<EOF\n$(printenv V)\nEOF',
+    "sed --expression='s/.*/&/e' <<< \"{{ workspace.v }}\"", "sed '0~1e' <<< \"{{ workspace.v }}\"",
+    'P="s/.*/&/e"; sed "$P" <<< "{{ workspace.v }}"', "gawk '{ f=\"system\"; @f($0) }' <<< \"{{ workspace.v }}\"",
+    "perl -ne 'system $_' <<< \"{{ workspace.v }}\"", "sed -f script.sed <<< \"{{ workspace.v }}\"",
+    # ... and code subcommands spelled other ways
+    'npm exe --yes -- sh -c "{{ workspace.v }}"', "python3 -mdjango shell -c \"x='{{ workspace.v }}'\"",
+    "python3 manage.py $'shell' -c \"x='{{ workspace.v }}'\"", "C=shell; python3 manage.py $C -c \"x='{{ workspace.v }}'\"",
+    "bundle e ruby -e \"p '{{ workspace.v }}'\"",
 ]
 
 
@@ -1224,7 +1237,8 @@ def test_a_leading_dash_after_what_may_expand_to_nothing_is_still_an_option(scri
                                     "awk '{print}' -f {{ workspace.name }} /dev/null"])
 def test_a_value_is_never_a_later_program_of_sed_or_awk(script):
     """GNU sed and awk read options after their program too: -e VALUE there is code."""
-    with pytest.raises(TemplateError, match="in the code (sed|awk) runs"):
+    with pytest.raises(TemplateError, match="in the code (sed|awk) runs|in a command of (sed|awk) whose program runs "
+                                            "commands"):  # (-f: a program dagrun cannot read, refused either way)
         compile_template(template(script_step(10, script)))
 
 
@@ -1527,6 +1541,8 @@ def test_values_given_to_later_code_as_data_are_accepted(script):
                                     'echo "$(date)" > f; echo "$DAGRUN_WORKSPACE_ID"',
                                     'python3 script.py "$(date)" "$CONFIG_X"',
                                     'PGDATABASE="{{ workspace.v }}" vacuumdb --analyze',  # (a name: checked at run time)
+                                    'PGHOST={{ workspace.v }} PGPORT={{ workspace.v }} psql -f s.sql',
+                                    "sed -e 's/e/E/' <<< \"{{ workspace.v }}\"", "python3 manage.py loaddata {{ workspace.v }}",
                                     "mysql -u {{ workspace.v }} -e 'select 1'", "python3 -u script.py {{ workspace.v }}",
                                     "sh -s -- {{ workspace.v }} < script.sh"])
 def test_values_as_arguments_of_scripts_and_data_options_are_accepted(script):

@@ -68,7 +68,7 @@ RUNNERS = frozenset({
     "start-stop-daemon", "chpst", "lxc-attach", "systemd-nspawn", "machinectl", "sqlite3", "sftp", "ed", "ftp",
     "npx", "uvx", "pipx",  # (they run the package a word names)
     "prlimit", "setarch", "ssh-agent", "pg_virtualenv", "sshpass", "firejail", "proot",  # (helper-57: CMD after)
-    "bunx", "just", "nix-shell", "ansible",  # (helper-58: a package or a recipe, a --run, -m shell -a)
+    "bunx", "just", "nix-shell", "ansible", "corepack",  # (helper-58/59: a package or a recipe, a --run...)
 })
 # Interpreters run a program given inline (-c, -e...), as their first operand
 # (a file), or on stdin. A value may be an argument of that program, never
@@ -119,36 +119,75 @@ _LIBPQ_OPERANDS = frozenset({"createdb", "dropdb", "createuser", "dropuser"})  #
 _LIBPQ_DATABASE_OPTIONS = {"createdb": ("--maintenance-db",), "dropdb": ("--maintenance-db",)}
 
 
+_READS_INPUT_AS_DATA = SCRIPTED | {"perl", "ruby"}  # (perl -n/-p and ruby -n/-p programs read input as data)
+
+
 # Programs (or an interpreter's script, or its -m module) whose subcommand runs code given as
 # arguments or input (manage.py shell -c CODE, manage.py dbshell <<SQL where \\! runs a shell,
 # uv run CMD, rails r CODE).
 _CODE_SUBCOMMANDS = {
-    **dict.fromkeys(("manage.py", "django-admin", "django-admin.py", "django"), {"shell", "dbshell", "shell_plus"}),
+    **dict.fromkeys(("manage.py", "django-admin", "django-admin.py", "django"),
+                    {"shell", "dbshell", "shell_plus", "runscript"}),
     **dict.fromkeys(("odoo-bin", "odoo"), {"shell"}), "flask": {"shell"},
     "uv": {"run"}, "poetry": {"run"}, "pipenv": {"run"}, "pdm": {"run"}, "hatch": {"run"},
     **dict.fromkeys(("conda", "mamba", "micromamba"), {"run"}),
-    **dict.fromkeys(("pyenv", "rbenv", "asdf", "mise", "direnv"), {"exec"}),
+    **dict.fromkeys(("pyenv", "rbenv", "asdf", "mise", "direnv"), {"exec", "x"}),
     "rails": {"runner", "r", "console", "c", "dbconsole", "db"},
-    "npm": {"exec", "x", "explore", "init", "create"}, "pnpm": {"exec", "dlx", "create"},
-    "yarn": {"exec", "dlx", "create", "node"}, "bun": {"x", "run"}, "bundle": {"exec"}, "gem": {"exec"},
+    "npm": {"exec", "exe", "x", "explore", "expl", "init", "innit", "create"}, "pnpm": {"exec", "dlx", "create"},
+    "yarn": {"exec", "dlx", "create", "node"}, "bun": {"x", "run"}, "bundle": {"exec", "exe", "ex", "e"}, "gem": {"exec"},
     "composer": {"exec"}, "deno": {"eval", "run"}, "artisan": {"tinker"}, "wp": {"eval", "shell", "eval-file"},
     "drush": {"ev", "php-eval", "php"}, "mix": {"run"}, "redis-cli": {"eval"},
 }
 
 
-_AWK_RUNS = re.compile(r"system\s*\(|\|\s*getline|\|&|print[f]?\b[^;}]*\|")
-_SED_ADDRESS = r"(?:[0-9$]+|/[^/]*/)(?:\s*,\s*(?:[0-9$]+|/[^/]*/))?"
-_SED_RUNS = re.compile(rf"(?:^|[;\n{{}}])\s*(?:{_SED_ADDRESS})?\s*!?\s*e(?:\s|$|;|}})"  # the e command
-                       r"|s(.)(?:(?!\1).)*\1(?:(?!\1).)*\1[gpiImM0-9w]*e")  # s///e
+# Whether an awk, sed, perl -n/-p or ruby -n/-p program may run commands, read conservatively: a
+# false refusal is a template to rephrase, a miss is a value run as root. (sed: the e command or
+# flag, after any address; awk: system(), getline, any pipe, gawk's @ calls; perl/ruby: system,
+# exec, backticks, qx, pipes in open.)
+_RUNS_COMMANDS = {
+    "sed": re.compile(r"(?<![A-Za-z_])e(?:\s|$|;|})"),
+    "awk": re.compile(r"system|getline|\||@|\\\n"),
+    "perl": re.compile(r"system|exec|`|qx|open|\|"),
+    "ruby": re.compile(r"system|exec|`|%x|spawn|open|\||IO\."),
+}
 
 
 def _program_runs_commands(name: str, raws: list[str]) -> bool:
-    """Does an awk or sed program among ``raws`` (its words as written) run
-    commands: awk's system(), "cmd" | getline, print | "cmd"; sed's e
-    command or s///e flag? Then its input and variables are code's."""
-    words = [raw.strip("'\"") for raw in raws if not raw.startswith("-")]  # (a program after -e is a word too)
-    pattern = _SED_RUNS if name == "sed" else _AWK_RUNS if name in ("awk", "gawk", "mawk", "nawk") else None
-    return pattern is not None and any(pattern.search(word) for word in words)
+    """May the program of this awk, sed, perl -n/-p or ruby -n/-p command
+    run commands, with its input (or its variables) as their text? True
+    also when dagrun cannot read the program: held in a variable, a file
+    (-f, --source), or an option spelling it does not follow."""
+    family = "awk" if name in ("awk", "gawk", "mawk", "nawk") else name if name in ("sed", "perl", "ruby") else None
+    if family is None:
+        return False
+    if family in ("perl", "ruby") and not any(re.fullmatch(r"-[A-Za-z]*[np][A-Za-z]*e?", raw) for raw in raws):
+        return False  # (their -e code is refused to values already; -n/-p make the input the program's data)
+    program: list[str] = []
+    expect = family in ("perl", "ruby")  # their program is -e's argument
+    with_argument = _options_of(name)[2] - {"-e", "--expression", "-f", "--file"}
+    skip = False
+    for raw in raws:
+        bare = raw.strip("'\"")
+        if skip:  # the argument of an option before it (awk -v n=..., -F:)
+            skip = False
+            continue
+        if raw in with_argument:
+            skip = True
+            continue
+        if raw.startswith("-"):
+            if raw in ("-f", "--file") or raw.startswith(("--source", "--expression=", "--file=", "--include", "-l")) \
+                    or (raw.startswith("-f") and family != "perl") or (raw.startswith("-e") and len(raw) > 2):
+                return True  # a program from a file, or glued where dagrun does not read it
+            if raw in ("-e", "--expression") or (family in ("perl", "ruby") and raw.endswith("e")):
+                expect = True
+            continue
+        if "$" in raw.replace("\\$", "") or "`" in raw:
+            if expect or not program:
+                return True  # the program is held in a variable
+        if expect or not program:
+            program.append(bare)
+            expect = False
+    return any(_RUNS_COMMANDS[family].search(text) for text in program)
 
 
 def _code_subcommand(name: str, kind: str | None, raws: list[str]) -> str | None:
@@ -156,20 +195,29 @@ def _code_subcommand(name: str, kind: str | None, raws: list[str]) -> str | None
     interpreter runs, or its ``-m`` module) is one of _CODE_SUBCOMMANDS and
     an earlier argument is such a subcommand. ``raws``: the arguments as
     written (a quoted or variable script path: "$APP/manage.py")."""
-    args = [raw.replace('"', "").replace("'", "").replace("\\", "") for raw in raws]
+    args = [(raw[1:] if raw.startswith(("$'", '$"')) else raw).replace('"', "").replace("'", "").replace("\\", "")
+            for raw in raws]  # (as bash reads them: $'shell' is shell)
     program = name
     if kind == "interpreter" and name not in _CODE_SUBCOMMANDS:  # (deno eval: the interpreter's own)
         with_argument = _options_of(name)[2]
         i = 0
-        while i < len(args) and args[i].startswith("-") and args[i] not in ("-", "--", "-m"):
+        while i < len(args) and args[i].startswith("-") and args[i] not in ("-", "--") and not args[i].startswith("-m"):
             i += 2 if args[i] in with_argument else 1
         if i < len(args) and args[i] == "-m":
             i += 1  # python3 -m django shell
+            if i < len(args):
+                args[i] = args[i].split(".", 1)[0]  # (-m django.__main__)
+        elif i < len(args) and args[i].startswith("-m"):
+            args[i] = args[i][2:].split(".", 1)[0]  # (-mdjango)
         if i >= len(args):
             return None
         program, args = args[i].rsplit("/", 1)[-1], args[i + 1:]
-    found = next((a for a in args if a in _CODE_SUBCOMMANDS.get(program, ())), None)
-    return None if found is None else f"{program} {found}"
+    every = set().union(*_CODE_SUBCOMMANDS.values())
+    if "$" in program and any(a in every for a in args):
+        return f"{program} {next(a for a in args if a in every)}"  # a script named through a variable
+    subcommands = _CODE_SUBCOMMANDS.get(program, ())
+    found = next((a for a in args if a in subcommands or (subcommands and any(c in a for c in "${}*?["))), None)
+    return None if found is None else f"{program} {found}"  # (a subcommand spelled through $C or she{l,}l too)
 
 
 def _libpq_database_name(name: str, words: list[str], word: str, raws: list[str], raw: str) -> bool:
@@ -337,12 +385,19 @@ _SHELL_CODE_MORE = frozenset({"HOME", "CLASSPATH", "MAKEFILES", "GIT_DIR", "GIT_
                               "MAKE", "NM", "RANLIB", "STRIP", "OBJCOPY", "PKG_CONFIG", "CMAKE_ARGS", "MAKEOPTS"})
 
 
+# libpq's variables a value may fill (PGDATABASE, PGUSER and PGHOST checked when the step runs, see
+# check_libpq_name): the others name files it opens (PGSSLKEY=ENGINE:... loads a shared object),
+# services and server options.
+_PG_VALUE_NAMES = frozenset({"PGDATABASE", "PGUSER", "PGHOST", "PGPORT", "PGAPPNAME", "PGPASSWORD",
+                             "PGCONNECT_TIMEOUT", "PGTZ", "PGDATESTYLE", "PGCLIENTENCODING"})
+
+
 def runs_as_code(name: str) -> bool:
     """Is ``name`` a variable bash, or a program a script starts, runs or
     loads code (or its settings) from, so that no value may be given to it?
     (A list cannot be complete: the README says how to pass values.)"""
     return name in _SHELL_CODE_NAMES or name in _SHELL_CODE_MORE or name.startswith(_SHELL_CODE_PREFIXES) \
-        or bool(_SHELL_CODE_FORM.search(name))
+        or bool(_SHELL_CODE_FORM.search(name)) or (name.startswith("PG") and name not in _PG_VALUE_NAMES)
 
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -457,6 +512,9 @@ class _Lexer:
         self.code_from_output: int | None = None  # line of code a command's output gives (eval "$(f)", bash <(f))
         self.piped_into: int | None = None  # line of a pipe into a program that runs what it reads
         self._assigned_at: dict[str, int] = {}  # line of each name's first assignment
+        # Names given a value other than as the whole of a NAME={{ x }} word (a copy, read, printf -v,
+        # for, $(...)): for LIBPQ_NAME_VARIABLES, whose values are checked only in that word.
+        self.indirect: set[str] = set()
         self.given: frozenset[str] = frozenset()  # a step's env names (checked when its template was compiled)
         self.functions = {a or b for a, b in _FUNCTION.findall(text)}  # (input given to one goes to what it runs)
         self.compound: list[bool] = []  # per open if/while/for/case/{: does a command in it run its input?
@@ -511,7 +569,15 @@ class _Lexer:
                 if name not in self.tainted and any(
                         src in self.tainted or src in _POSITIONAL or src.startswith(_VALUE_NAMES) for src in sources):
                     self.tainted.add(name)
+                    self.indirect.add(name)
                     changed = True
+        self.indirect |= {name for name, sources in self.copies if name in LIBPQ_NAME_VARIABLES and any(
+            src in self.tainted or src in _POSITIONAL or src.startswith(_VALUE_NAMES) for src in sources)}
+        for name in sorted((self.tainted & self.indirect & LIBPQ_NAME_VARIABLES) - self.given):
+            raise UnsafeContext(self._assigned_at.get(name, 1),
+                                f"through ${name}: a value reaches it other than as the whole of a {name}={{{{ x }}}} "
+                                "word, where dagrun checks it is a plain name (libpq programs read one holding = as "
+                                "a connection string)")
         # Values reach a script as {{ }} markers, and through the variables dagrun (or its env) gives it.
         holds_values = bool(self.slots or self.given or _CONFIG_REFERENCE.search(self.text))
         if self.dynamic_command is not None and holds_values:
@@ -647,7 +713,7 @@ class _Lexer:
                     "(-d, or its first operand) as a whole connection string when it holds '=' or a URL "
                     "(dbname=x user=postgres): give a database name in $PGDATABASE (PGDATABASE={{ ... }} psql ...), "
                     "where dagrun takes only a plain name")
-        if name in SCRIPTED and _program_runs_commands(name, cmd["raws"][cmd["command_index"] + 1:]):
+        if name in _READS_INPUT_AS_DATA and _program_runs_commands(name, cmd["raws"][cmd["command_index"] + 1:]):
             return (f"in a command of {name} whose program runs commands (awk's system(), getline and print to a "
                     "command; sed's e): keep values out of it")
         subcommand = _code_subcommand(name, kind, cmd["raws"][cmd["command_index"] + 1:])
@@ -691,6 +757,8 @@ class _Lexer:
             if ctx["redirect"] == "<<<":  # (what a here-string expands is the input: a program's, perhaps)
                 raw = self.text[ctx.get("raw_start", self.i):self.i]
                 ctx.setdefault("herestring_names", []).extend(_EXPANSION.findall(_without_single_quoted(raw)))
+                if "$(" in _without_single_quoted(raw) or "`" in _without_single_quoted(raw):
+                    ctx["herestring_output"] = True
             ctx.update(word="", word_markers=[], word_literal=True, redirect=False)
             return
         self._track_values(ctx, word, holds_value, self.text[ctx.get("raw_start", self.i):self.i])
@@ -803,6 +871,7 @@ class _Lexer:
             self.tainted.add("OPTARG")
         elif command == "printf" and ctx["words"][-1:] == ["-v"] and not word.startswith("-"):
             self.tainted.add(word)  # printf -v NAME: NAME holds what printf made of its arguments
+            self.indirect.add(word)
         if assignment and (command is None or command in DECLARE_BUILTINS):
             name = assignment.group().rstrip("+=").split("[", 1)[0]
             self.copies.append((name, expanded))
@@ -811,6 +880,8 @@ class _Lexer:
                 self.outputs.add(name)
             if holds_value:
                 self.tainted.add(name)
+                if expanded or "$(" in raw or "`" in raw:
+                    self.indirect.add(name)
             elif name in self.integer_names or ctx["integer_declare"]:  # x=$v: x's value is evaluated
                 self._reads(word[assignment.end():], self.line)
                 if "$" in raw or "`" in raw:
@@ -818,9 +889,11 @@ class _Lexer:
         if command == "for" and ctx["for_name"] and word != ctx["for_name"]:
             if holds_value or ctx["for_name"] in self.integer_names:  # (declare -n r; for r in x: r is x)
                 self.tainted.add(ctx["for_name"])
+                self.indirect.add(ctx["for_name"])
             self.copies.append((ctx["for_name"], expanded))  # for r in $repos: r holds what repos held
         if command in ("read", "mapfile", "readarray") and not word.startswith("-"):
             self.tainted.add(word)  # what it reads may be anything
+            self.indirect.add(word)
         if command == "let":
             self._reads(word, self.line)
 
@@ -1006,7 +1079,7 @@ class _Lexer:
         if ctx["cond"]:
             return  # [[ ... ]] goes on over &&, ||, ( and ) until its ]]
         base = (ctx["command"] or "").replace("\\", "").rsplit("/", 1)[-1]
-        if base in SCRIPTED and _program_runs_commands(base, ctx["raws"][ctx["command_index"] + 1:]):
+        if base in _READS_INPUT_AS_DATA and _program_runs_commands(base, ctx["raws"][ctx["command_index"] + 1:]):
             if ctx["marker_words"]:  # (awk -v name={{ v }} 'BEGIN { system(... name) }': before the program)
                 self.fail(f"in a command of {base} whose program runs commands (awk's system(), getline and "
                           "print to a command; sed's e): keep values out of it")
@@ -1032,6 +1105,8 @@ class _Lexer:
             if deny:  # it runs what it reads: here-documents and here-strings given before its name too
                 if ctx.get("herestring_values"):
                     self.fail(deny)
+                if ctx.get("herestring_output"):  # bash <<< "$(f)": a command's output as code
+                    self.code_from_output = self.code_from_output or self.line
                 self.code += [(name, self.line) for name in ctx.get("herestring_names", ())]  # bash <<< "$x"
                 if ctx.get("stdin_substitution"):  # < <(...) bash
                     self.piped_into = self.piped_into or self.line
@@ -1466,6 +1541,8 @@ class _Lexer:
                 if ctx["deny"] and not ctx["quoted"]:  # (input of a program that runs it, or unseen)
                     # python3 - <<EOF ... $x ...: the value would be part of the program
                     self.code += [(name, self.line) for name in _EXPANSION.findall(body.replace("\\$", ""))]
+                    if "$(" in body.replace("\\$", "") or "`" in body.replace("\\`", ""):  # bash <<EOF $(f) EOF
+                        self.code_from_output = self.code_from_output or self.line
                 if self.pending_heredocs:
                     self._start_heredoc()
                 return
@@ -1511,15 +1588,19 @@ _CONFIG_REFERENCE = re.compile(r"(?<![A-Za-z0-9_])(?:CONFIG_|DAGRUN_(?:VALUE_|WO
 
 # libpq reads these as names, except that vacuumdb, reindexdb, clusterdb, pgbench and pg_amcheck
 # take PGDATABASE (or else PGUSER) as their database name, which they expand as a connection string.
-LIBPQ_NAME_VARIABLES = frozenset({"PGDATABASE", "PGUSER"})
+# ($PGHOST: a value starting with / or @ would be a socket folder of this machine.)
+LIBPQ_NAME_VARIABLES = frozenset({"PGDATABASE", "PGUSER", "PGHOST"})
 
 
 def check_libpq_name(variable: str, text: str, where: str = "") -> None:
     """A value for $PGDATABASE or $PGUSER is a name, never a connection
-    string (host=... user=postgres, postgresql://...)."""
+    string (host=... user=postgres, postgresql://...); one for $PGHOST a
+    host name, never a socket folder."""
     if "=" in text or text.lower().startswith(("postgres://", "postgresql://")):
         raise ShellValueError(f"{where}a value for ${variable} holds '=' or is a URL: some libpq programs read it "
                               "as a whole connection string (dbname=x user=postgres), so it must be a plain name")
+    if variable == "PGHOST" and text.startswith(("/", "@")):
+        raise ShellValueError(f"{where}a value for $PGHOST names a socket folder of this machine: a host name only")
 
 
 def _analysed(text: str) -> tuple[list[Slot], bool]:
