@@ -212,14 +212,16 @@ def run_elsewhere(client, store: str, tmp_path: Path, ws: str) -> tuple[subproce
     other = subprocess.Popen([sys.executable, "-m", "dagrun", "run", str(doc), "--db", store, "--ws", f"id={ws}",
                               "--home", str(tmp_path / f"h-{ws}")], env=env, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60  # (a loaded 2-core machine: the other process may start slowly)
     runs = []
-    while time.monotonic() < deadline and not runs:
+    while time.monotonic() < deadline and not runs and other.poll() is None:
         runs = client.get(f"/api/runs?workspace={ws}&status=running").json["runs"] if api._has_store(store) else []
         time.sleep(0.1)
     if not runs:
         other.kill()
-        raise AssertionError("the other process's run never showed")
+        _, err = other.communicate(timeout=30)
+        raise AssertionError(f"the other process's run never showed (exit {other.returncode}): "
+                             f"{err.decode(errors='replace')[-2000:]}")
     return other, runs[0]["run_id"]
 
 
