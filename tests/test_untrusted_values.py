@@ -1103,6 +1103,14 @@ ATTACKS = [  # each must be refused when the template is compiled
     'npm exe --yes -- sh -c "{{ workspace.v }}"', "python3 -mdjango shell -c \"x='{{ workspace.v }}'\"",
     "python3 manage.py $'shell' -c \"x='{{ workspace.v }}'\"", "C=shell; python3 manage.py $C -c \"x='{{ workspace.v }}'\"",
     "bundle e ruby -e \"p '{{ workspace.v }}'\"",
+    # (helper-60) sed's e among s's flags; perl -n eval; gawk -i/-E; a program from /dev/fd; escaped subcommands;
+    # libpq clients left to take their database from $PGDATABASE; GSSAPI/TLS libraries' variables
+    "sed 's/.*/&/ge' <<< \"{{ workspace.v }}\"", "sed 's/.*/&/Me' <<< \"{{ workspace.v }}\"",
+    "sed '1ecmd' <<< \"{{ workspace.v }}\"", "perl -ne 'eval' <<< \"{{ workspace.v }}\"",
+    "gawk -i ./p.awk 1 <<< \"{{ workspace.v }}\"", "bash /dev/fd/3 3< <(printenv DAGRUN_WORKSPACE_ID)",
+    "python3 manage.py $'\\x73hell' <<< {{ workspace.v }}", 'printf -vPGDATABASE %s {{ workspace.v }}; vacuumdb',
+    'X="{{ workspace.v }}"; declare -x "PGDATABASE=$X"; vacuumdb', "echo {{ workspace.v }}; pgbench -c 2",
+    "KRB5_CONFIG={{ workspace.v }} psql -f s.sql", "GSS_MECH_CONFIG={{ workspace.v }} psql -f s.sql",
 ]
 
 
@@ -1540,13 +1548,27 @@ def test_values_given_to_later_code_as_data_are_accepted(script):
                                     "sed -e 's/x/y/g' <<< \"{{ workspace.v }}\"",
                                     'echo "$(date)" > f; echo "$DAGRUN_WORKSPACE_ID"',
                                     'python3 script.py "$(date)" "$CONFIG_X"',
-                                    'PGDATABASE="{{ workspace.v }}" vacuumdb --analyze',  # (a name: checked at run time)
+                                    'PGDATABASE="{{ workspace.v }}" psql -f s.sql',  # (a name: checked at run time)
                                     'PGHOST={{ workspace.v }} PGPORT={{ workspace.v }} psql -f s.sql',
                                     "sed -e 's/e/E/' <<< \"{{ workspace.v }}\"", "python3 manage.py loaddata {{ workspace.v }}",
+                                    "sed -i 's/old/new/' f.conf {{ workspace.v }}", "sed -E 's/a+/b/' <<< \"{{ workspace.v }}\"",
+                                    'echo {{ workspace.v }}; vacuumdb -d mydb', 'echo {{ workspace.v }}; vacuumdb --all',
+                                    'echo {{ workspace.v }}; pgbench -c 2 mydb',
+                                    "awk -v n={{ workspace.v }} '{print n \"@example.com\"}' /dev/null",
                                     "mysql -u {{ workspace.v }} -e 'select 1'", "python3 -u script.py {{ workspace.v }}",
                                     "sh -s -- {{ workspace.v }} < script.sh"])
 def test_values_as_arguments_of_scripts_and_data_options_are_accepted(script):
     compile_template(template(script_step(10, script)))
+
+
+def test_a_value_for_pghost_is_host_names_only(home):
+    """(helper-60 F8) A list of hosts may hold a socket folder after its first
+    host, and an empty one is the default socket."""
+    for value in ("nohost.invalid,/var/run/postgresql", "", "@abstract", "db1,,db2"):
+        result = run_template(template(step(10, "execute_custom_script", id="s", max_retries=1, action_config={
+            "script": 'PGHOST="{{ workspace.v }}"; echo "$PGHOST"'})), {"id": "w", "home_dir": str(home), "v": value},
+            record=False)
+        assert "names a socket folder of this machine" in (result.steps["s"].error or ""), (value, result.steps["s"])
 
 
 @pytest.mark.parametrize("value", ["dbname=postgres user=postgres", "host=10.0.0.1", "postgresql://x@h/db",
@@ -1556,10 +1578,12 @@ def test_a_value_for_pgdatabase_or_pguser_is_a_plain_name(value, home):
     expand $PGDATABASE (or $PGUSER) as a connection string: a tenant's
     options='-c session_preload_libraries=...' loaded a library into the
     server. A value there (the script's assignment, or the step's env) is
-    a plain name, checked when the step runs."""
-    for config in ({"script": 'PGDATABASE="{{ workspace.v }}" vacuumdb --analyze-only'},
-                   {"script": 'export PGUSER={{ workspace.v }}; vacuumdb --analyze-only'},
-                   {"script": "vacuumdb --analyze-only", "env": {"PGDATABASE": "{{ workspace.v }}"}}):
+    a plain name, checked when the step runs (and those programs must be
+    given their database in the template: helper-60 found more ways to set
+    the variables than dagrun follows)."""
+    for config in ({"script": 'PGDATABASE="{{ workspace.v }}" psql -tAc "select 1"'},
+                   {"script": 'export PGUSER={{ workspace.v }}; psql -tAc "select 1"'},
+                   {"script": 'psql -tAc "select 1"', "env": {"PGDATABASE": "{{ workspace.v }}"}}):
         result = run_template(template(step(10, "execute_custom_script", id="s", max_retries=1, action_config=config)),
                               {"id": "w", "home_dir": str(home), "v": value}, record=False)
         error = result.steps["s"].error or ""

@@ -145,11 +145,22 @@ _CODE_SUBCOMMANDS = {
 # flag, after any address; awk: system(), getline, any pipe, gawk's @ calls; perl/ruby: system,
 # exec, backticks, qx, pipes in open.)
 _RUNS_COMMANDS = {
-    "sed": re.compile(r"(?<![A-Za-z_])e(?:\s|$|;|})"),
-    "awk": re.compile(r"system|getline|\||@|\\\n"),
-    "perl": re.compile(r"system|exec|`|qx|open|\|"),
-    "ruby": re.compile(r"system|exec|`|%x|spawn|open|\||IO\."),
+    # system(), getline, a pipe (not ||), |&, gawk's indirect @f() calls
+    "awk": re.compile(r"system|getline|\|&|(?<!\|)\|(?!\|)|@[A-Za-z_][A-Za-z0-9_]*\s*\(|\\\n"),
 }
+
+
+_SED_SUBSTITUTION = re.compile(r"([sy])(.)((?:\\.|(?!\2).)*)\2((?:\\.|(?!\2).)*)\2([^;\n}]*)")
+_SED_ADDRESS_REGEX = re.compile(r"/(?:\\.|[^/])*/|\\(.)(?:\\.|(?!\1).)*\1")
+
+
+def _sed_runs_commands(program: str) -> bool:
+    """A GNU sed program's e command (at a command's place, after any
+    address: 1ecmd too) or s///'s e flag (among other flags)."""
+    if any(m.group(1) == "s" and "e" in m.group(5) for m in _SED_SUBSTITUTION.finditer(program)):
+        return True
+    rest = _SED_ADDRESS_REGEX.sub(" ", _SED_SUBSTITUTION.sub(";", program))  # (their text is no command)
+    return bool(re.search(r"(?:^|[;\n{}!0-9$~,\s])e", rest))
 
 
 def _program_runs_commands(name: str, raws: list[str]) -> bool:
@@ -160,8 +171,8 @@ def _program_runs_commands(name: str, raws: list[str]) -> bool:
     family = "awk" if name in ("awk", "gawk", "mawk", "nawk") else name if name in ("sed", "perl", "ruby") else None
     if family is None:
         return False
-    if family in ("perl", "ruby") and not any(re.fullmatch(r"-[A-Za-z]*[np][A-Za-z]*e?", raw) for raw in raws):
-        return False  # (their -e code is refused to values already; -n/-p make the input the program's data)
+    if family in ("perl", "ruby"):  # -n/-p: the input is the -e program's data, and that program may eval it
+        return any(re.fullmatch(r"-[A-Za-z]*[np][A-Za-z]*e?", raw) for raw in raws)
     program: list[str] = []
     expect = family in ("perl", "ruby")  # their program is -e's argument
     with_argument = _options_of(name)[2] - {"-e", "--expression", "-f", "--file"}
@@ -175,9 +186,10 @@ def _program_runs_commands(name: str, raws: list[str]) -> bool:
             skip = True
             continue
         if raw.startswith("-"):
-            if raw in ("-f", "--file") or raw.startswith(("--source", "--expression=", "--file=", "--include", "-l")) \
-                    or (raw.startswith("-f") and family != "perl") or (raw.startswith("-e") and len(raw) > 2):
-                return True  # a program from a file, or glued where dagrun does not read it
+            unread = ("-f", "--file", "--expression=") + (
+                ("-i", "--include", "-E", "--exec", "-l", "--load", "--source") if family == "awk" else ())
+            if raw.startswith(unread) or (raw.startswith("-e") and len(raw) > 2):
+                return True  # a program from a file (gawk -f/-i/-E/-l), or glued where dagrun does not read it
             if raw in ("-e", "--expression") or (family in ("perl", "ruby") and raw.endswith("e")):
                 expect = True
             continue
@@ -187,6 +199,8 @@ def _program_runs_commands(name: str, raws: list[str]) -> bool:
         if expect or not program:
             program.append(bare)
             expect = False
+    if family == "sed":
+        return any(_sed_runs_commands(text) for text in program)
     return any(_RUNS_COMMANDS[family].search(text) for text in program)
 
 
@@ -216,8 +230,32 @@ def _code_subcommand(name: str, kind: str | None, raws: list[str]) -> str | None
     if "$" in program and any(a in every for a in args):
         return f"{program} {next(a for a in args if a in every)}"  # a script named through a variable
     subcommands = _CODE_SUBCOMMANDS.get(program, ())
-    found = next((a for a in args if a in subcommands or (subcommands and any(c in a for c in "${}*?["))), None)
+    escaped = {i for i, raw in enumerate(raws[len(raws) - len(args):]) if raw.startswith("$'") and "\\" in raw}
+    found = next((a for i, a in enumerate(args) if a in subcommands or (subcommands and (
+        i in escaped or any(c in a for c in "${}*?[")))), None)  # ($'\x73hell': bash decodes it to shell)
     return None if found is None else f"{program} {found}"  # (a subcommand spelled through $C or she{l,}l too)
+
+
+# libpq clients that take $PGDATABASE (or else $PGUSER) as a connection string when not given one.
+_ENV_DATABASE_CLIENTS = frozenset({"vacuumdb", "reindexdb", "clusterdb", "pgbench", "pg_amcheck"})
+
+
+def _names_its_database(name: str, raws: list[str]) -> bool:
+    """Is the database written in the command (-d NAME, --dbname=NAME, an
+    operand, or --all), so $PGDATABASE and $PGUSER are not its database?"""
+    data = _LIBPQ_VALUE_OPTIONS.get(name, frozenset())
+    previous = None
+    for raw in raws:
+        literal = "$" not in raw and "`" not in raw and OPEN not in raw
+        if raw in ("-a", "--all") or (literal and raw.startswith(("--dbname=", "-d")) and len(raw) > 2
+                                      and not raw.startswith("--") or raw.startswith("--dbname=") and literal):
+            return True
+        if previous in ("-d", "--dbname") and literal:
+            return True
+        if literal and not raw.startswith("-") and previous not in data and previous not in ("-d", "--dbname"):
+            return True  # an operand: the database
+        previous = raw
+    return False
 
 
 def _libpq_database_name(name: str, words: list[str], word: str, raws: list[str], raw: str) -> bool:
@@ -341,7 +379,9 @@ _SHELL_CODE_NAMES = frozenset({"BASH_ENV", "ENV", "SHELLOPTS", "BASHOPTS", "PS0"
                                "PYTHONUSERBASE", "RUBYOPT", "RUBYLIB", "JAVA_TOOL_OPTIONS", "_JAVA_OPTIONS",
                                "JDK_JAVA_OPTIONS", "GCONV_PATH", "MAKEFLAGS", "MFLAGS", "GNUMAKEFLAGS",
                                # libpq's: a service (a file's settings), the server's options, where its files are
-                               "PGSERVICE", "PGSERVICEFILE", "PGSYSCONFDIR", "PGOPTIONS", "PGPASSFILE", "PSQLRC"})
+                               "PGSERVICE", "PGSERVICEFILE", "PGSYSCONFDIR", "PGOPTIONS", "PGPASSFILE", "PSQLRC",
+                               "PSQL_HISTORY", "SSLKEYLOGFILE", "GLIBC_TUNABLES", "TZDIR", "LOCALDOMAIN",
+                               "RES_OPTIONS"})
 # Options whose argument a program runs as a command (rsync -e "ssh -p N", git -c core.sshCommand=...,
 # tar --checkpoint-action=exec=...), and words after which its arguments are shell code.
 _COMMAND_OPTIONS = {
@@ -366,7 +406,9 @@ _GIT_CODE_KEY = re.compile(
     r"instaweb\..*|guitool\..*|tool\..*|http\.(.*\.)?(proxy|curloptresolve))\Z")
 _SHELL_CODE_PREFIXES = ("LD_", "BASH_FUNC_", "GIT_CONFIG_", "DYLD_", "npm_config_", "NPM_CONFIG_", "PIP_", "UV_",
                         "POETRY_", "PERL", "GEM_", "BUNDLE_", "XDG_", "OPENSSL_", "CURL_", "RSYNC_", "MAVEN_",
-                        "GRADLE_", "CARGO_", "RUSTUP_", "ANSIBLE_", "RCLONE_", "TF_CLI_", "HELM_")
+                        "GRADLE_", "CARGO_", "RUSTUP_", "ANSIBLE_", "RCLONE_", "TF_CLI_", "HELM_",
+                        # (helper-60: what libpq's GSSAPI, TLS and LDAP libraries load or read)
+                        "KRB5", "GSS_", "LDAP", "SSL_", "PKCS11_", "GNUTLS_", "P11_KIT")
 # ... by their form (an interpreter's own: PYTHONPATH, RUBYOPT; not PYTHON_VERSION), and options,
 # commands, programs and settings files of some program
 _SHELL_CODE_FORM = re.compile(r"\A(PYTHON|RUBY)[A-Z]|\ALUA_INIT|_(OPTS|OPTIONS|COMMAND|CMD|PROG|PROGRAM|RSH|SHELL|EDITOR|"
@@ -510,6 +552,7 @@ class _Lexer:
         self.outputs: set[str] = set()  # names assigned a command's output (x=$(f)): in code, they may hold a value
         self.dynamic_command: int | None = None  # line of a command whose name a command's output gives
         self.code_from_output: int | None = None  # line of code a command's output gives (eval "$(f)", bash <(f))
+        self.env_database: int | None = None  # line of a libpq client left to take its database from $PGDATABASE
         self.piped_into: int | None = None  # line of a pipe into a program that runs what it reads
         self._assigned_at: dict[str, int] = {}  # line of each name's first assignment
         # Names given a value other than as the whole of a NAME={{ x }} word (a copy, read, printf -v,
@@ -583,6 +626,12 @@ class _Lexer:
         if self.dynamic_command is not None and holds_values:
             raise UnsafeContext(self.dynamic_command, "in a script where a command's output is the command to run "
                                                       "($(...) as the command): dagrun cannot tell what runs")
+        if self.env_database is not None and holds_values:
+            raise UnsafeContext(self.env_database, "in a script where vacuumdb, reindexdb, clusterdb, pgbench or "
+                                                   "pg_amcheck is given no database: they take $PGDATABASE (or "
+                                                   "$PGUSER) as a connection string, and a value may reach those "
+                                                   "in more ways than dagrun can follow: name the database in the "
+                                                   "template (-d NAME, or --all)")
         if self.code_from_output is not None and holds_values:
             raise UnsafeContext(self.code_from_output, "in a script that runs a command's output as code (eval "
                                                        "\"$(...)\", source <(...)): dagrun cannot tell which values "
@@ -828,7 +877,8 @@ class _Lexer:
         expanded = _EXPANSION.findall(_without_single_quoted(raw))
         ctx.setdefault("expanded", []).extend(expanded)  # (what the command may feed to the next by a pipe)
         runs_it = not assignment and command is not None and self._command_deny(ctx) is not None  # ($e "$x" too)
-        if runs_it and ("$(" in raw or "`" in raw or "<(" in raw):
+        if runs_it and ("$(" in raw or "`" in raw or "<(" in raw
+                        or raw.strip("'\"").startswith(("/dev/fd/", "/proc/self/fd/", "/dev/stdin"))):
             self.code_from_output = self.code_from_output or self.line
         if expanded and not assignment and (command is None or runs_it):
             self.code += [(name, self.line) for name in expanded]  # the command, or code it runs
@@ -1079,6 +1129,8 @@ class _Lexer:
         if ctx["cond"]:
             return  # [[ ... ]] goes on over &&, ||, ( and ) until its ]]
         base = (ctx["command"] or "").replace("\\", "").rsplit("/", 1)[-1]
+        if base in _ENV_DATABASE_CLIENTS and not _names_its_database(base, ctx["raws"][ctx["command_index"] + 1:]):
+            self.env_database = self.env_database or self.line
         if base in _READS_INPUT_AS_DATA and _program_runs_commands(base, ctx["raws"][ctx["command_index"] + 1:]):
             if ctx["marker_words"]:  # (awk -v name={{ v }} 'BEGIN { system(... name) }': before the program)
                 self.fail(f"in a command of {base} whose program runs commands (awk's system(), getline and "
@@ -1599,8 +1651,10 @@ def check_libpq_name(variable: str, text: str, where: str = "") -> None:
     if "=" in text or text.lower().startswith(("postgres://", "postgresql://")):
         raise ShellValueError(f"{where}a value for ${variable} holds '=' or is a URL: some libpq programs read it "
                               "as a whole connection string (dbname=x user=postgres), so it must be a plain name")
-    if variable == "PGHOST" and text.startswith(("/", "@")):
-        raise ShellValueError(f"{where}a value for $PGHOST names a socket folder of this machine: a host name only")
+    if variable == "PGHOST" and any(not host.strip() or host.strip().startswith(("/", "@"))
+                                    for host in text.split(",")):  # (a list of hosts: each one)
+        raise ShellValueError(f"{where}a value for $PGHOST names a socket folder of this machine (or none, the "
+                              "default one): host names only")
 
 
 def _analysed(text: str) -> tuple[list[Slot], bool]:
