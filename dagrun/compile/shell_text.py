@@ -140,14 +140,13 @@ _CODE_SUBCOMMANDS = {
 }
 
 
-# Whether an awk, sed, perl -n/-p or ruby -n/-p program may run commands, read conservatively: a
-# false refusal is a template to rephrase, a miss is a value run as root. (sed: the e command or
-# flag, after any address; awk: system(), getline, any pipe, gawk's @ calls; perl/ruby: system,
-# exec, backticks, qx, pipes in open.)
-_RUNS_COMMANDS = {
-    # system(), getline, a pipe (not ||), |&, gawk's indirect @f() calls
-    "awk": re.compile(r"system|getline|\|&|(?<!\|)\|(?!\|)|@[A-Za-z_][A-Za-z0-9_]*\s*\(|\\\n"),
-}
+_ANY_CODE_SUBCOMMAND = frozenset().union(*_CODE_SUBCOMMANDS.values())
+
+
+# Whether an awk or sed program may run commands is read conservatively: a false refusal is a
+# template to rephrase, a miss is a value run as root. An awk program's system(), getline, a pipe
+# (not ||), |&, gawk's indirect @f() calls, a line continuation:
+_AWK_RUNS_COMMANDS = re.compile(r"system|getline|\|&|(?<!\|)\|(?!\|)|@[A-Za-z_][A-Za-z0-9_]*\s*\(|\\\n")
 
 
 _SED_SUBSTITUTION = re.compile(r"([sy])(.)((?:\\.|(?!\2).)*)\2((?:\\.|(?!\2).)*)\2([^;\n}]*)")
@@ -174,7 +173,7 @@ def _program_runs_commands(name: str, raws: list[str]) -> bool:
     if family in ("perl", "ruby"):  # -n/-p: the input is the -e program's data, and that program may eval it
         return any(re.fullmatch(r"-[A-Za-z]*[np][A-Za-z]*e?", raw) for raw in raws)
     program: list[str] = []
-    expect = family in ("perl", "ruby")  # their program is -e's argument
+    expect = False  # the next word is the program (after -e)
     with_argument = _options_of(name)[2] - {"-e", "--expression", "-f", "--file"}
     skip = False
     for raw in raws:
@@ -190,7 +189,7 @@ def _program_runs_commands(name: str, raws: list[str]) -> bool:
                 ("-i", "--include", "-E", "--exec", "-l", "--load", "--source") if family == "awk" else ())
             if raw.startswith(unread) or (raw.startswith("-e") and len(raw) > 2):
                 return True  # a program from a file (gawk -f/-i/-E/-l), or glued where dagrun does not read it
-            if raw in ("-e", "--expression") or (family in ("perl", "ruby") and raw.endswith("e")):
+            if raw in ("-e", "--expression"):
                 expect = True
             continue
         if "$" in raw.replace("\\$", "") or "`" in raw:
@@ -199,9 +198,8 @@ def _program_runs_commands(name: str, raws: list[str]) -> bool:
         if expect or not program:
             program.append(bare)
             expect = False
-    if family == "sed":
-        return any(_sed_runs_commands(text) for text in program)
-    return any(_RUNS_COMMANDS[family].search(text) for text in program)
+    runs = _sed_runs_commands if family == "sed" else _AWK_RUNS_COMMANDS.search
+    return any(runs(text) for text in program)
 
 
 def _code_subcommand(name: str, kind: str | None, raws: list[str]) -> str | None:
@@ -226,9 +224,8 @@ def _code_subcommand(name: str, kind: str | None, raws: list[str]) -> str | None
         if i >= len(args):
             return None
         program, args = args[i].rsplit("/", 1)[-1], args[i + 1:]
-    every = set().union(*_CODE_SUBCOMMANDS.values())
-    if "$" in program and any(a in every for a in args):
-        return f"{program} {next(a for a in args if a in every)}"  # a script named through a variable
+    if "$" in program and any(a in _ANY_CODE_SUBCOMMAND for a in args):
+        return f"{program} {next(a for a in args if a in _ANY_CODE_SUBCOMMAND)}"  # a script named through a variable
     subcommands = _CODE_SUBCOMMANDS.get(program, ())
     escaped = {i for i, raw in enumerate(raws[len(raws) - len(args):]) if raw.startswith("$'") and "\\" in raw}
     found = next((a for i, a in enumerate(args) if a in subcommands or (subcommands and (
@@ -247,10 +244,10 @@ def _names_its_database(name: str, raws: list[str]) -> bool:
     previous = None
     for raw in raws:
         literal = "$" not in raw and "`" not in raw and OPEN not in raw
-        if raw in ("-a", "--all") or (literal and raw.startswith(("--dbname=", "-d")) and len(raw) > 2
-                                      and not raw.startswith("--") or raw.startswith("--dbname=") and literal):
+        if raw in ("-a", "--all"):
             return True
-        if previous in ("-d", "--dbname") and literal:
+        if literal and (raw.startswith("--dbname=") or (raw.startswith("-d") and len(raw) > 2)
+                        or previous in ("-d", "--dbname")):
             return True
         if literal and not raw.startswith("-") and previous not in data and previous not in ("-d", "--dbname"):
             return True  # an operand: the database
@@ -612,7 +609,6 @@ class _Lexer:
                 if name not in self.tainted and any(
                         src in self.tainted or src in _POSITIONAL or src.startswith(_VALUE_NAMES) for src in sources):
                     self.tainted.add(name)
-                    self.indirect.add(name)
                     changed = True
         self.indirect |= {name for name, sources in self.copies if name in LIBPQ_NAME_VARIABLES and any(
             src in self.tainted or src in _POSITIONAL or src.startswith(_VALUE_NAMES) for src in sources)}

@@ -167,13 +167,19 @@ class StepContext:
         Python's user site, git, npm) nor, by default, its working directory."""
         return self.privileged and bool(self.home) and bool(self.workspace.get("linux_username"))
 
+    def _trusts_nothing_of_the_home(self, program: bool) -> bool:
+        """Root among a workspace user's files, or a program a shipped handler
+        runs as root (``program``): it neither starts in the home nor takes
+        it as ``HOME``."""
+        return self.root_in_tenant_home or (program and self.privileged and _shipped(self.action))
+
     def process_home(self, program: bool = False) -> str | None:
         """``HOME`` of the step's commands: the workspace home, or root's own
         for a root step among a workspace user's files and for a program a
         shipped handler runs as root (apt's maintainer scripts, pip, git:
         none of them is the workspace's, and each reads its configuration,
         Python's user site included, from ``$HOME``)."""
-        if self.root_in_tenant_home or (program and self.privileged and _shipped(self.action)):
+        if self._trusts_nothing_of_the_home(program):
             return pwd.getpwuid(os.geteuid()).pw_dir or "/"
         return self.home
 
@@ -269,7 +275,7 @@ class StepContext:
         if cwd:
             with paths.working_folder(self.path(cwd), self.home, anywhere=self.action.requires_sudo) as where:
                 yield where
-        elif self.root_in_tenant_home or (program and self.privileged and _shipped(self.action)):
+        elif self._trusts_nothing_of_the_home(program):
             yield "/"
         else:
             yield self.home if self.home and os.path.isdir(self.home) else None

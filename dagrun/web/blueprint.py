@@ -97,8 +97,7 @@ def create_blueprint(*, database_url: str | None = None, actions: Iterable[Any] 
             abort(403, description=f"not allowed to {action}")
 
     def readable_templates() -> list[dict[str, Any]]:
-        return [t for t in api.list_templates(service.database_url)
-                if service.authorize is None or service.authorize("read", template=t["name"])]
+        return [t for t in api.list_templates(service.database_url) if _may_read(service, t["name"])]
 
     # -- errors as JSON (for the API) ----------------------------------------------------
 
@@ -427,10 +426,11 @@ def _visible(service: Service) -> list[dict[str, Any]]:
     templates may extend (by name, ``{name, version}`` or
     ``base_template_id``), and the only names a "did you mean" suggests.
     A template shows and runs its bases' steps and defaults."""
-    stored = _stored(service)
-    if service.authorize is None:
-        return stored
-    return [d for d in stored if service.authorize("read", template=str(d.get("name")))]
+    return [d for d in _stored(service) if _may_read(service, str(d.get("name")))]
+
+
+def _may_read(service: Service, template: str) -> bool:
+    return service.authorize is None or bool(service.authorize("read", template=template))
 
 
 def _template_for_run(service: Service, template: Any) -> Any:
