@@ -15,7 +15,9 @@ role that is neither marked for another workspace nor privileged: not a
 superuser, no CREATEROLE, replication or BYPASSRLS, and a member of no role
 that is, nor of a predefined ``pg_`` role). A database is its owner's:
 created for, or found owned by, a role the workspace may use, and copied
-only from ``template0``, ``template1`` or such a database.
+only from ``template0``, ``template1`` or such a database. A database it
+makes is private to its owner: no other role may connect to it (nor make
+temporary tables there), as PostgreSQL would otherwise let every role do.
 
 The session's ``search_path`` is ``pg_catalog`` only, and every catalog
 name is qualified: the database a URL names may be a tenant's, whose
@@ -80,6 +82,9 @@ PRIVILEGED_MEMBERSHIP = (
     "OPERATOR(pg_catalog.=) up.oid) SELECT 1 FROM up JOIN pg_catalog.pg_roles r ON r.oid OPERATOR(pg_catalog.=) "
     "up.oid WHERE r.rolsuper OR r.rolcreaterole OR r.rolreplication OR r.rolbypassrls OR "
     "pg_catalog.starts_with(r.rolname, 'pg_') LIMIT 1")
+OPEN_TO_EVERY_ROLE = ("SELECT pg_catalog.has_database_privilege('public', d.oid, 'CONNECT') OR "
+                      "pg_catalog.has_database_privilege('public', d.oid, 'TEMPORARY') FROM pg_catalog.pg_database d "
+                      "WHERE d.datname OPERATOR(pg_catalog.=) %s")
 DATABASE_OWNER = ("SELECT pg_catalog.pg_get_userbyid(d.datdba), pg_catalog.pg_encoding_to_char(d.encoding) "
                   "FROM pg_catalog.pg_database d WHERE d.datname OPERATOR(pg_catalog.=) %s")
 
@@ -181,6 +186,11 @@ def create_database(ctx: StepContext) -> HandlerResult:
             if found[0] != owner:  # another role's (another workspace's, or the server's own)
                 raise PermanentError(f"database {name} exists and is owned by another role than {owner}: choose "
                                      "another name")
+            if _one(conn, OPEN_TO_EVERY_ROLE, name)[0]:  # an older dagrun's, or a crash between create and revoke
+                with conn.cursor() as cur:
+                    cur.execute(_private(name))
+                return HandlerResult(data={"database": name, "created": False, "made_private": True},
+                                     changed=True)
             return HandlerResult(data={"database": name, "created": False}, changed=False)
         source = ctx.config["template"]
         if source not in TEMPLATES:  # a copy of a database is a copy of its data: only of one the workspace may use
@@ -194,10 +204,18 @@ def create_database(ctx: StepContext) -> HandlerResult:
         try:
             with conn.cursor() as cur:
                 cur.execute(query)
+                cur.execute(_private(name))
         except (psycopg2.errors.InsufficientPrivilege, psycopg2.errors.InvalidParameterValue,
                 psycopg2.errors.UndefinedObject) as exc:
             raise _permanent(exc) from None
     return HandlerResult(data={"database": name, "owner": owner, "created": True}, changed=True)
+
+
+def _private(name: str) -> sql.Composed:
+    """PostgreSQL lets every role connect to a new database and make
+    temporary tables there: another tenant's role read this one's schema
+    and functions (helper-62). Only its owner (and superusers) may."""
+    return sql.SQL("REVOKE CONNECT, TEMPORARY ON DATABASE {} FROM PUBLIC").format(sql.Identifier(name))
 
 
 def validate_database(ctx: StepContext) -> HandlerResult:

@@ -305,6 +305,42 @@ def test_a_workspaces_database_survives_another_runs_rollback_and_tenant_databas
         sql(f'DROP ROLE IF EXISTS "{m_role}"')
 
 
+def test_a_workspaces_database_is_closed_to_every_other_role(workspace, tmp_path, pg_server, pg_names):
+    """(helper-62) PostgreSQL lets every role connect to a new database and
+    make temporary tables there: another tenant's role listed this one's
+    tables and read its functions' source. A database dagrun makes, or finds
+    its owner's still open to every role (an older dagrun's), is its owner's."""
+    import psycopg2
+    other_role, other_db = pg_names["role"] + "_o", pg_names["db"] + "_o"
+
+    def connects(role, database):
+        try:
+            psycopg2.connect(f"postgresql://{role}@127.0.0.1:5432/{database}").close()
+            return True
+        except psycopg2.OperationalError as exc:
+            assert "permission denied for database" in str(exc), exc
+            return False
+    try:
+        assert run(_pg_template(pg_names), workspace).success
+        other = run(_pg_template({"role": other_role, "db": other_db}), {"id": "other", "home_dir": str(
+            tmp_path / "o")})
+        assert other.success, other.error
+        assert connects(pg_names["role"], pg_names["db"]) and connects(other_role, other_db)  # its owner's
+        assert not connects(other_role, pg_names["db"]) and not connects(pg_names["role"], other_db)
+        with pg_server.cursor() as cur:
+            cur.execute(f'GRANT CONNECT, TEMPORARY ON DATABASE "{pg_names["db"]}" TO PUBLIC')  # as before
+        again = run(_pg_template(pg_names), workspace)
+        assert again.success and again.steps["create_postgresql_database"].result == {
+            "database": pg_names["db"], "created": False, "made_private": True}
+        assert not connects(other_role, pg_names["db"])
+        assert run(_pg_template(pg_names), workspace).steps["create_postgresql_database"].result == {
+            "database": pg_names["db"], "created": False}  # unchanged now
+    finally:
+        with pg_server.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{other_db}" WITH (FORCE)')
+            cur.execute(f'DROP ROLE IF EXISTS "{other_role}"')
+
+
 def test_postgres_identifiers_are_quoted(workspace, pg_server, pg_names):
     result = run(_pg_template(pg_names, owner_key="odd_role"), workspace)
     assert result.success, result.error
