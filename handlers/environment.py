@@ -56,7 +56,8 @@ def create_venv(ctx: StepContext) -> HandlerResult:
         if version is not None:
             return HandlerResult(data={"venv_path": path, "python": _venv_python(ctx), "created": False,
                                        "created_entries": None, "version": version}, changed=False)
-    before = paths.entries(path, home=ctx.home)
+    # (as root, a folder that a symlink hides is not taken for an empty one)
+    before = paths.entries(path, home=ctx.home, strict=ctx.privileged and not existed)
     clash = sorted(before & VENV_ENTRIES)
     if ctx.privileged and not existed and clash:
         # venv keeps what is there, and the new interpreter (ensurepip, the version below) would run

@@ -200,6 +200,7 @@ def test_file_actions_never_write_outside_the_home(target, tmp_path):
         result = run_template(doc, {"id": "p", "home_dir": str(home)}, record=False)
         assert result.steps["w"].status is StepStatus.failed
         assert "outside the workspace home" in result.steps["w"].error
+        assert str(elsewhere) not in result.steps["w"].error  # (helper-62: where a link leads, root resolved)
         assert result.steps["w"].attempts == 1
     assert list(elsewhere.iterdir()) == [] and not (tmp_path / "escape.txt").exists()
     assert not Path(target).exists() or target.startswith("~")
@@ -1165,6 +1166,20 @@ def test_as_root_nothing_a_home_holds_runs_as_python_code(tmp_path):
                                                "does not make a venv over a venv's files it did not make")
     assert result.steps["dj"].status is StepStatus.completed, result.steps["dj"].error
     assert result.steps["dj"].result["created"] is False
+    # (helper-62) the same files behind a symlink, or in the home itself, were taken for an empty folder
+    site = Path("lib") / "python3.11" / "site-packages"
+    (home / "app" / "stuff" / "v" / site).mkdir(parents=True)
+    (home / "app" / "stuff" / "v" / site / "zz.pth").write_text(code)
+    (home / "app" / "lnk").symlink_to("stuff")
+    bare = tmp_path / "bare"
+    (bare / site).mkdir(parents=True)
+    (bare / site / "zz.pth").write_text(code)
+    for venv_home, venv_path, says in ((home, "~/app/lnk/v", "goes through a symlink or is not a folder"),
+                                       (home, "~/app/lnk/new", "goes through a symlink or is not a folder"),
+                                       (bare, "~", "is not a venv but holds lib")):
+        refused = run_template(template(step(30, "create_python_venv", id="over", max_retries=1, action_config={
+            "venv_path": venv_path, "with_pip": False})), {"id": "w", "home_dir": str(venv_home)}, record=False)
+        assert says in (refused.steps["over"].error or ""), refused.steps["over"].error
     assert not mark.exists()
 
 

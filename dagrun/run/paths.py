@@ -199,7 +199,8 @@ def inside_home(text: str, home: str | None, *, anywhere: bool = False) -> str:
     real_home = os.path.realpath(home)
     real = os.path.realpath(path)
     if real != real_home and not real.startswith(real_home + os.sep):
-        shown = path if real == path else f"{path} (which leads to {real})"
+        # Where a symlink leads is not said: root resolved it through folders the tenant may not read (helper-62).
+        shown = path if real == path else f"{path} (through a symlink)"
         raise PermanentError(f"{shown} is outside the workspace home {home}")
     return path
 
@@ -368,18 +369,30 @@ def remove_file(path: str, *, home: str | None) -> None:
         pass
 
 
-def entries(path: str, *, home: str | None = None) -> set[str]:
+def entries(path: str, *, home: str | None = None, strict: bool = False) -> set[str]:
     """The names in a folder (empty when it does not exist or is a symlink),
-    read through a descriptor walked from the home without following symlinks."""
+    read through a descriptor walked from the home without following symlinks.
+    ``strict``: a path through a symlink, or to a file, is refused instead
+    (PermanentError), for a caller judging what is there: an empty set read
+    off a symlink hid what the link led to (helper-62)."""
     if not home:
         try:
+            if os.path.islink(path) and strict:
+                raise PermanentError(f"{path} is a symlink")
             return set(os.listdir(path)) if not os.path.islink(path) else set()
         except (FileNotFoundError, NotADirectoryError):
+            if strict and os.path.lexists(path):
+                raise PermanentError(f"{path} is not a folder") from None
             return set()
     try:
-        with _open_dir(home, _relative(path, home), create=False) as fd:
+        parts = [] if os.path.normpath(path) == os.path.normpath(home) else _relative(path, home)
+        with _open_dir(home, parts, create=False) as fd:
             return set(os.listdir(fd))
-    except (FileNotFoundError, NotADirectoryError, PermanentError):
+    except FileNotFoundError:
+        return set()
+    except (NotADirectoryError, PermanentError):
+        if strict:
+            raise PermanentError(f"{path} goes through a symlink or is not a folder") from None
         return set()
 
 
