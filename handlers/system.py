@@ -150,11 +150,17 @@ def create_user(ctx: StepContext) -> HandlerResult:
     if os.geteuid() == 0:  # a home is made only where workspace homes may live (not in /etc/...)
         from dagrun.errors import InputError
         from dagrun.workspace import check_home_root, home_roots
+        roots = home_roots([ctx.home_root] if ctx.home_root else [])
         try:  # and used as checked, after symlinks: a link swapped in between leads nowhere new
-            home = check_home_root(home, home_roots([ctx.home_root] if ctx.home_root else []),
-                                   existing.pw_uid if existing is not None else None)
+            home = check_home_root(home, roots, existing.pw_uid if existing is not None else None)
         except InputError as exc:
             raise PermanentError(str(exc)) from None
+        own = bool(ctx.home) and os.path.realpath(ctx.home) == home
+        if existing is None and not own and os.path.dirname(home) not in roots:
+            # Deeper, it may be inside another workspace's home (a root-owned one passes the check above):
+            # useradd made a folder there, with the new account's files and keys (helper-62).
+            raise PermanentError(f"{home}: a new user's home is the workspace's own home or a folder right in one "
+                                 f"of the folders workspaces may live in ({', '.join(roots)}), never deeper")
     created = False
     if existing is None:
         if os.path.lexists(home):  # (adopt_existing adopts an account, never a folder: perhaps another's home)

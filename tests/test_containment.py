@@ -880,6 +880,15 @@ def test_create_linux_user_makes_homes_only_where_workspaces_may_live(tmp_path):
             record=False)
         assert "/etc/dagrun-evil is in /etc, a system folder" in result.steps["u"].error
         assert not os.path.exists("/etc/dagrun-evil")
+        # (helper-62) not inside another workspace's home either: a root-owned one passed the checks above
+        other = tmp_path / "other-workspace"
+        other.mkdir(mode=0o700)
+        result = run_template(template(step(10, "create_linux_user", id="u", action_config={
+            "username": name, "home": str(other / "evil")})), {"id": "x", "home_dir": str(tmp_path / "h")},
+            record=False)
+        assert f"{other}/evil: a new user's home is the workspace's own home or a folder right in one" in \
+            result.steps["u"].error, result.steps["u"].error
+        assert not (other / "evil").exists()
         with pytest.raises(KeyError):
             pwd.getpwnam(name)
     finally:
