@@ -1111,6 +1111,25 @@ ATTACKS = [  # each must be refused when the template is compiled
     "python3 manage.py $'\\x73hell' <<< {{ workspace.v }}", 'printf -vPGDATABASE %s {{ workspace.v }}; vacuumdb',
     'X="{{ workspace.v }}"; declare -x "PGDATABASE=$X"; vacuumdb', "echo {{ workspace.v }}; pgbench -c 2",
     "KRB5_CONFIG={{ workspace.v }} psql -f s.sql", "GSS_MECH_CONFIG={{ workspace.v }} psql -f s.sql",
+    # (helper-61) options, names and assignments written in quotes or escaped are the same to bash
+    'git config --global "core.sshCommand" "ssh -i {{ workspace.v }}"', "bash '-c' \"echo {{ workspace.v }}\"",
+    'bash \\-c "echo {{ workspace.v }}"', "python3 '-c' \"print('{{ workspace.v }}')\"",
+    "bash $'\\x2dc' \"echo {{ workspace.v }}\"", 'rsync -a "--rsh=ssh -p {{ workspace.v }}" src h:dst',
+    'tar -xf a.tar "--to-command=cat > {{ workspace.v }}"', "echo {{ workspace.v }} | sed \"-e\" '1e'",
+    "awk '-v' n={{ workspace.v }} 'BEGIN{system(n)}'", 'curl "--config" {{ workspace.v }} http://x/',
+    'key={{ workspace.v }}\nexport "GIT_SSH_COMMAND=ssh -i $key"\ngit ls-remote ssh://h/x.git',
+    'key={{ workspace.v }}; declare -x "GIT_SSH_COMMAND=ssh -i $key"', 'printf -v "GIT_SSH_COMMAND" %s "{{ workspace.v }}"',
+    'read -r "GIT_SSH_COMMAND" <<< "{{ workspace.v }}"', 'f() { local "GIT_SSH_COMMAND=ssh -i $1"; }; f {{ workspace.v }}',
+    'declare -n ref=GIT_SSH_COMMAND; read -r ref <<< "ssh -i {{ workspace.v }}"',
+    'declare "-i" n; n={{ workspace.v }}', 'declare -n r; v={{ workspace.v }}; for r in "$v"; do :; done',
+    # ... a prompt's decoding makes \044 a $; versioned interpreters; more runners and git's code options
+    'v={{ workspace.v }}; echo "${v@P}"', 'tclsh8.6 <<EOF\nputs "Hello {{ workspace.v }}"\nEOF',
+    'perl5.36-x86_64-linux-gnu -e "print qq({{ workspace.v }})"', 'newgrp root <<EOF\necho {{ workspace.v }}\nEOF',
+    'linux64 bash -c "echo {{ workspace.v }}"', 'perf stat -- sh -c "echo {{ workspace.v }}"',
+    'systemd-cat -t x sh -c "echo {{ workspace.v }}"', "m4 -DNAME={{ workspace.v }} f.m4", "go run {{ workspace.v }}",
+    'git filter-branch --index-filter "git rm --cached {{ workspace.v }}" HEAD',
+    'git difftool --extcmd="diff -u {{ workspace.v }}" HEAD', "echo {{ workspace.v }} | sed '/./Ie'",
+    "pg_dump -E {{ workspace.v }} -f d.sql -d app", "pg_dumpall --encoding={{ workspace.v }} -f d.sql",
 ]
 
 
@@ -1130,6 +1149,39 @@ def test_options_cannot_sneak_in_behind_empty_values(script, fields, home):
                           record=False)
     assert "a value starts with '-' and would be read as an option" in result.steps["s"].error
     assert "MARK" not in result.steps["s"].error and not (home / "MARK").exists()
+
+
+@pytest.mark.parametrize("script,value", [
+    ('X={{ workspace.v }}; sort "$X" /etc/hostname', "--output=MARK"),
+    ("X={{ workspace.v }}; sort $X", "/etc/hostname --output=MARK"),  # (split into two words)
+    ('X={{ workspace.v }}; sort /etc/hostname x$X', "y --output=MARK"),
+    ('while read -r b; do sort "$b" /etc/hostname; done <<EOF\n{{ workspace.v }}\nEOF', "/etc/hostname\n--output=MARK"),
+    ('f() { sort "$1" /etc/hostname; }; X="{{ workspace.v }}"; f "$X"', "--output=MARK"),
+])
+def test_a_copy_of_a_value_beginning_an_argument_is_no_option(script, value, home):
+    """(helper-61) A value's leading '-' was refused only where a {{ }} began
+    a word: REPO={{ x }}; git clone "$REPO" took --upload-pack=CMD as an
+    option. A script that begins an argument with a variable holding a
+    value (or splits one into words) gets no value holding a word that
+    starts with '-'."""
+    result = run_template(template(script_step(10, script, id="s")), {"id": "w", "home_dir": str(home), "v": value},
+                          record=False)
+    assert "holds a word starting with '-'" in (result.steps["s"].error or ""), result.steps["s"].error
+    assert not (home / "MARK").exists()
+    env = run_template(template(script_step(10, 'sort "$X" /etc/hostname', id="s",
+                                                 action_config={"env": {"X": "{{ workspace.v }}"}})),
+                       {"id": "w", "home_dir": str(home), "v": "--output=MARK"}, record=False)
+    assert "$X holds a word starting with '-'" in (env.steps["s"].error or ""), env.steps["s"].error
+    assert not (home / "MARK").exists()
+
+
+@pytest.mark.parametrize("script", ['X={{ workspace.v }}; sort -- "$X" /etc/hostname || true',
+                                    'X={{ workspace.v }}; echo "$X"', 'X={{ workspace.v }}; echo "a: $X"'])
+def test_a_copy_after_dashdash_or_inside_an_argument_takes_any_value(script, home):
+    result = run_template(template(script_step(10, script, id="s")),
+                          {"id": "w", "home_dir": str(home), "v": "--output=MARK"}, record=False)
+    assert result.success, result.steps["s"].error
+    assert not (home / "MARK").exists()
 
 
 @pytest.mark.parametrize("script", ["GREETING={{ workspace.l }}", "export GREETING={{ workspace.l }}",
@@ -1231,7 +1283,8 @@ def test_a_secret_with_a_quote_is_masked_in_its_shell_quoted_form(home, db_url):
 
 @pytest.mark.parametrize("script", ["ls $EMPTY{{ workspace.name }}", "ls {,{{ workspace.name }}}",
                                     "ls ${E:-}{{ workspace.name }}", "ls $(true){{ workspace.name }}",
-                                    "ls `true`{{ workspace.name }}"])
+                                    "ls `true`{{ workspace.name }}", 'ls "$EMPTY"{{ workspace.name }}',
+                                    'ls "$EMPTY""${E}"{{ workspace.name }}'])  # (helper-61: "$EMPTY" quoted)
 def test_a_leading_dash_after_what_may_expand_to_nothing_is_still_an_option(script, home):
     """Found by an attack: an expansion that may be empty before the value left it at the start of its
     word, where '-rf' is read as options."""
@@ -1290,9 +1343,8 @@ def test_a_config_variable_is_never_read_by_arithmetic():
 EVALUATING = [
     'v={{ workspace.v }}; [[ "$v" -eq 1 ]]; true', 'declare -i n; v={{ workspace.v }}; n="$v"',
     "f() { (( $1 > 1 )); }; f {{ workspace.v }}; true", "set -- {{ workspace.v }}; [[ $1 -eq 1 ]]; true",
-    'declare "-i" n; n={{ workspace.v }}', "declare -i n; read n <<< {{ workspace.v }}",
-    'v={{ workspace.v }}; echo "${v@P}"', "v={{ workspace.v }}; [[ -v $v ]]; true", 'v={{ workspace.v }}; test -v "$v"; true',
-    'declare -n r; v={{ workspace.v }}; for r in "$v"; do :; done',
+    "declare -i n; read n <<< {{ workspace.v }}",
+    "v={{ workspace.v }}; [[ -v $v ]]; true", 'v={{ workspace.v }}; test -v "$v"; true',
     "f() { RANDOM=$1; }; f {{ workspace.v }}", 'v={{ workspace.v }}; printf -v"$v" %s x',
     'v={{ workspace.v }}; wait -n -p "$v"; true', "skip={{ workspace.v }}\npkgs=(a b)\nunset 'pkgs[skip]'",
     "bash -c 'if (( $1 > 5 )); then echo big; fi' _ {{ workspace.v }}",

@@ -69,12 +69,17 @@ RUNNERS = frozenset({
     "npx", "uvx", "pipx",  # (they run the package a word names)
     "prlimit", "setarch", "ssh-agent", "pg_virtualenv", "sshpass", "firejail", "proot",  # (helper-57: CMD after)
     "bunx", "just", "nix-shell", "ansible", "corepack",  # (helper-58/59: a package or a recipe, a --run...)
+    # (helper-61) more that run the command after them, or their input (newgrp's shell, m4's esyscmd)
+    "newgrp", "linux32", "linux64", "i386", "x86_64", "choom", "perf", "gosu", "su-exec", "tini", "eatmydata",
+    "run0", "numactl", "systemd-inhibit", "runcon", "valgrind", "xvfb-run", "dbus-launch", "cgexec", "torsocks",
+    "proxychains", "chronic", "ifne", "rlwrap", "setuidgid", "envdir", "softlimit", "m4", "catchsegv", "systemd-cat",
 })
 # Interpreters run a program given inline (-c, -e...), as their first operand
 # (a file), or on stdin. A value may be an argument of that program, never
 # the program: not in the inline code, not as the script, not on stdin when
 # the program comes from stdin.
 INTERPRETERS = frozenset({"sh", "bash", "dash", "zsh", "ksh", "mksh", "fish", "csh", "tcsh", "busybox", "rbash",
+                          "ash", "yash", "posh", "lksh", "luajit", "ipython", "R", "pwsh", "escript", "guile",
                           "perl", "ruby", "node", "nodejs", "php", "lua", "tclsh", "wish", "bc", "dc", "osascript",
                           "psql", "mysql", "mariadb", "mongosh", "mongo"})  # (their input has shell escapes: \!)
 # Little languages: the program is the first operand (or -e / -f); their input is data.
@@ -97,10 +102,11 @@ _DATA_OPTIONS = {**{awk: frozenset({"-v", "--assign", "-F", "--field-separator"}
 # operand of a program whose operands are plain names or files.
 _LIBPQ_COMMON = ("-U", "--username", "-h", "--host", "-p", "--port")
 _LIBPQ_VALUE_OPTIONS = {name: frozenset((*_LIBPQ_COMMON, *extra.split())) for name, extra in {
+    # (not pg_dump's or pg_dumpall's -E: libpq pastes a client encoding into "set client_encoding to '%s'")
     "pg_dump": "-t --table -T --exclude-table -n --schema -N --exclude-schema -f --file -F --format -j --jobs "
-               "-E --encoding -S --superuser -Z --compress -e --extension --exclude-table-data --section --role "
+               "-S --superuser -Z --compress -e --extension --exclude-table-data --section --role "
                "--lock-wait-timeout --rows-per-insert",
-    "pg_dumpall": "-f --file -S --superuser -E --encoding --role --exclude-database",
+    "pg_dumpall": "-f --file -S --superuser --role --exclude-database",
     "pg_restore": "-f --file -F --format -j --jobs -n --schema -N --exclude-schema -t --table -T --trigger -I "
                   "--index -P --function -S --superuser -L --use-list --role --section",
     "createdb": "-O --owner -T --template -D --tablespace -E --encoding -l --locale --lc-collate --lc-ctype "
@@ -137,6 +143,7 @@ _CODE_SUBCOMMANDS = {
     "yarn": {"exec", "dlx", "create", "node"}, "bun": {"x", "run"}, "bundle": {"exec", "exe", "ex", "e"}, "gem": {"exec"},
     "composer": {"exec"}, "deno": {"eval", "run"}, "artisan": {"tinker"}, "wp": {"eval", "shell", "eval-file"},
     "drush": {"ev", "php-eval", "php"}, "mix": {"run"}, "redis-cli": {"eval"},
+    "go": {"run", "generate"}, "ip": {"exec"},  # (helper-61: go run PKG, ip netns exec NAME CMD)
 }
 
 
@@ -150,7 +157,7 @@ _AWK_RUNS_COMMANDS = re.compile(r"system|getline|\|&|(?<!\|)\|(?!\|)|@[A-Za-z_][
 
 
 _SED_SUBSTITUTION = re.compile(r"([sy])(.)((?:\\.|(?!\2).)*)\2((?:\\.|(?!\2).)*)\2([^;\n}]*)")
-_SED_ADDRESS_REGEX = re.compile(r"/(?:\\.|[^/])*/|\\(.)(?:\\.|(?!\1).)*\1")
+_SED_ADDRESS_REGEX = re.compile(r"(?:/(?:\\.|[^/])*/|\\(.)(?:\\.|(?!\1).)*\1)[IM]*")  # (/x/Ie: flags I, M)
 
 
 def _sed_runs_commands(program: str) -> bool:
@@ -170,14 +177,15 @@ def _program_runs_commands(name: str, raws: list[str]) -> bool:
     family = "awk" if name in ("awk", "gawk", "mawk", "nawk") else name if name in ("sed", "perl", "ruby") else None
     if family is None:
         return False
+    read = [_as_read(raw) for raw in raws]  # (as bash reads them: '-e' is -e)
     if family in ("perl", "ruby"):  # -n/-p: the input is the -e program's data, and that program may eval it
-        return any(re.fullmatch(r"-[A-Za-z]*[np][A-Za-z]*e?", raw) for raw in raws)
+        return any(re.fullmatch(r"-[A-Za-z]*[np][A-Za-z]*e?", text) for text, _ in read)
     program: list[str] = []
     expect = False  # the next word is the program (after -e)
     with_argument = _options_of(name)[2] - {"-e", "--expression", "-f", "--file"}
     skip = False
-    for raw in raws:
-        bare = raw.strip("'\"")
+    for (bare, held), written in zip(read, raws):
+        raw = bare if not held else written
         if skip:  # the argument of an option before it (awk -v n=..., -F:)
             skip = False
             continue
@@ -242,8 +250,9 @@ def _names_its_database(name: str, raws: list[str]) -> bool:
     operand, or --all), so $PGDATABASE and $PGUSER are not its database?"""
     data = _LIBPQ_VALUE_OPTIONS.get(name, frozenset())
     previous = None
-    for raw in raws:
-        literal = "$" not in raw and "`" not in raw and OPEN not in raw
+    for written in raws:
+        raw, held = _as_read(written)  # ('-a' is -a)
+        literal = not held and "$" not in raw and "`" not in raw
         if raw in ("-a", "--all"):
             return True
         if literal and (raw.startswith("--dbname=") or (raw.startswith("-d") and len(raw) > 2)
@@ -282,7 +291,93 @@ def _libpq_database_name(name: str, words: list[str], word: str, raws: list[str]
     return any(option[1] in previous[1:] for option in database if not option.startswith("--"))  # -wd X
 
 
-_SHELL_NAMES = frozenset({"sh", "bash", "dash", "zsh", "ksh", "mksh", "rbash", "fish", "csh", "tcsh", "busybox"})
+_ANSI_ESCAPES = {"a": "\a", "b": "\b", "e": "\x1b", "E": "\x1b", "f": "\f", "n": "\n", "r": "\r", "t": "\t",
+                 "v": "\v", "\\": "\\", "'": "'", '"': '"', "?": "?"}
+_ANSI_NUMERIC = re.compile(r"\\(?:([0-7]{1,3})|x([0-9A-Fa-f]{1,2})|u([0-9A-Fa-f]{1,4})|U([0-9A-Fa-f]{1,8}))")
+_EXPANDS = re.compile(r"\$(?:[A-Za-z_{(\[0-9@*#?$!-])")
+
+
+_VERSIONED = re.compile(r"(?<=[A-Za-z])[0-9][0-9.]*(?:-[A-Za-z0-9_]+)*\Z")
+
+
+def _known_name(command: str) -> str:
+    """A program's name with its version taken off when that names one the
+    rules know (tclsh8.6 is tclsh, perl5.36-x86_64-linux-gnu perl, ksh93
+    ksh: Debian installs them so); any other name as it is."""
+    folder, _, base = command.rpartition("/")
+    if base in _KNOWN_PROGRAMS:
+        return command
+    stem = _VERSIONED.sub("", base)
+    return f"{folder}/{stem}" if folder and stem in _KNOWN_PROGRAMS else stem if stem in _KNOWN_PROGRAMS else command
+
+
+def _as_read(raw: str) -> tuple[str, bool]:
+    r"""A word as bash reads it after quote removal ('-c', "-c", \-c and
+    $'\x2dc' are all -c), up to its first expansion, substitution or value:
+    that text, and whether the word goes on past it (is not all literal).
+    Options, programs and names are compared in this form: written in
+    quotes they are the same options (helper-61)."""
+    out: list[str] = []
+    i, n = 0, len(raw)
+    while i < n:
+        c = raw[i]
+        if c in (OPEN, "`") or (c == "$" and _EXPANDS.match(raw, i)):
+            return "".join(out), True
+        if c == "\\":
+            if raw.startswith("\n", i + 1):
+                i += 2
+                continue
+            out.append(raw[i + 1:i + 2])
+            i += 2
+        elif c == "'":
+            end = raw.find("'", i + 1)
+            end = n if end < 0 else end
+            out.append(raw[i + 1:end])
+            i = end + 1
+        elif raw.startswith('$"', i):  # (a translated string: its text, as in "...")
+            i += 1
+        elif raw.startswith("$'", i):
+            i += 2
+            while i < n and raw[i] != "'":
+                if raw[i] == "\\" and i + 1 < n:
+                    numeric = _ANSI_NUMERIC.match(raw, i)
+                    if numeric:
+                        octal, hexa, u4, u8 = numeric.groups()
+                        code = int(octal, 8) if octal else int(hexa or u4 or u8, 16)
+                        out.append(chr(code) if code < 0x110000 else "?")
+                        i = numeric.end()
+                        continue
+                    if raw[i + 1] == "c":  # \cX: a control character
+                        out.append(chr(ord(raw[i + 2:i + 3] or "@") & 0x1f))
+                        i += 3
+                        continue
+                    out.append(_ANSI_ESCAPES.get(raw[i + 1], "\\" + raw[i + 1]))
+                    i += 2
+                else:
+                    out.append(raw[i])
+                    i += 1
+            i += 1
+        elif c == '"':
+            i += 1
+            while i < n and raw[i] != '"':
+                d = raw[i]
+                if d in (OPEN, "`") or (d == "$" and _EXPANDS.match(raw, i)):
+                    return "".join(out), True
+                if d == "\\" and raw[i + 1:i + 2] in ('"', "\\", "$", "`", "\n"):
+                    out.append("" if raw[i + 1] == "\n" else raw[i + 1])
+                    i += 2
+                    continue
+                out.append(d)
+                i += 1
+            i += 1
+        else:
+            out.append(c)
+            i += 1
+    return "".join(out), False
+
+
+_SHELL_NAMES = frozenset({"sh", "bash", "dash", "zsh", "ksh", "mksh", "rbash", "fish", "csh", "tcsh", "busybox",
+                          "ash", "yash", "posh", "lksh"})
 # A program file that is the program's input: a here-document there is the program.
 _STDIN_FILES = frozenset({"-", "/dev/stdin", "/dev/fd/0", "/proc/self/fd/0"})
 _COMPOUND_ENDS = frozenset({"fi", "done", "esac", "}"})  # the input of a compound command goes to its commands
@@ -383,7 +478,10 @@ _SHELL_CODE_NAMES = frozenset({"BASH_ENV", "ENV", "SHELLOPTS", "BASHOPTS", "PS0"
 # tar --checkpoint-action=exec=...), and words after which its arguments are shell code.
 _COMMAND_OPTIONS = {
     "rsync": ("-e", "--rsh", "--rsync-path"),
-    "git": ("--upload-pack", "--receive-pack", "--exec", "--exec-path", "--template", "-x", "foreach", "run"),
+    "git": ("--upload-pack", "--receive-pack", "--exec", "--exec-path", "--template", "-x", "foreach", "run",
+            # (helper-61) filter-branch's filters are shell code; difftool's command, grep's pager
+            "--index-filter", "--tree-filter", "--env-filter", "--msg-filter", "--commit-filter", "--parent-filter",
+            "--tag-name-filter", "--setup", "--extcmd", "-O", "--open-files-in-pager"),
     "tar": ("--checkpoint-action", "--to-command", "--use-compress-program", "-I", "--info-script", "-F",
             "--new-volume-script", "--rsh-command"),
     "zip": ("-TT", "--unzip-command"),
@@ -445,6 +543,9 @@ _EXPANSION = re.compile(r"\$\{?([A-Za-z_][A-Za-z0-9_]*|[0-9*@_]|![A-Za-z_0-9]*)"
 _FILLED = frozenset({"_", "BASH_REMATCH", "REPLY", "MAPFILE", "OPTARG", "COPROC"})
 _POSITIONAL = frozenset("123456789*@")
 _SINGLE_QUOTED = re.compile(r"'[^']*'")
+MAY_BE_EMPTY_TEXT = "\x03"  # (stands in a word for "$NAME" in double quotes: text that may be empty)
+_PLAIN_EXPANSION = re.compile(r"\$(?:[A-Za-z_][A-Za-z0-9_]*|[0-9@*#?$!-])")
+_QUOTED = re.compile(r"'[^']*'|\"(?:\\.|[^\"\\])*\"")
 _BACKTICKS = re.compile(r"`((?:[^`\\]|\\.)+)`")
 
 
@@ -458,6 +559,10 @@ _ASSIGNMENT = re.compile(r"\A[A-Za-z_][A-Za-z0-9_]*(\[[^]]*\])?\+?=")
 _LITERAL_NAME = re.compile(r"\A[A-Za-z0-9_./+-][A-Za-z0-9_.,:/+@%=-]*\Z")
 _PYTHON_LIKE = re.compile(r"\A(python[0-9.]*|pypy[0-9.]*|perl[0-9.]*|ruby[0-9.]*|php[0-9.]*|node[0-9]*|lua[0-9.]*|"
                           r"Rscript|julia|deno|bun)\Z")
+
+
+_KNOWN_PROGRAMS = frozenset(RUNNERS | INTERPRETERS | SCRIPTED | _SHELL_NAMES | set(_CODE_SUBCOMMANDS)
+                            | set(_LIBPQ_VALUE_OPTIONS) | set(_COMMAND_OPTIONS) | set(_DATA_OPTIONS))
 
 
 class UnsafeContext(ValueError):
@@ -502,6 +607,9 @@ class ShellScript:
     # The script evaluates text somewhere (arithmetic, a prompt, a name): a value with $ or ` in
     # it could run there through a variable that holds it, however the script spells that.
     evaluates: bool = False
+    # A copy of a value (a variable holding one) begins an argument, or is split into several: no
+    # value may hold a word starting with '-' (checked in values, and in a step's env entries).
+    copies_start_words: bool = False
 
     def __str__(self) -> str:
         import shlex
@@ -551,6 +659,11 @@ class _Lexer:
         self.code_from_output: int | None = None  # line of code a command's output gives (eval "$(f)", bash <(f))
         self.env_database: int | None = None  # line of a libpq client left to take its database from $PGDATABASE
         self.piped_into: int | None = None  # line of a pipe into a program that runs what it reads
+        self.unknown_nameref: int | None = None  # line of a declare -n whose target is not written in it
+        # (name, line) of each expansion that begins an argument (not after --), or is unquoted in one (split
+        # into words): a copy of a value there is an option when it starts with '-' (helper-61)
+        self.starting: list[tuple[str, int]] = []
+        self.copies_start_words = False
         self._assigned_at: dict[str, int] = {}  # line of each name's first assignment
         # Names given a value other than as the whole of a NAME={{ x }} word (a copy, read, printf -v,
         # for, $(...)): for LIBPQ_NAME_VARIABLES, whose values are checked only in that word.
@@ -632,6 +745,10 @@ class _Lexer:
             raise UnsafeContext(self.code_from_output, "in a script that runs a command's output as code (eval "
                                                        "\"$(...)\", source <(...)): dagrun cannot tell which values "
                                                        "reach it")
+        if self.unknown_nameref is not None and holds_values:
+            raise UnsafeContext(self.unknown_nameref, "in a script with a nameref (declare -n) whose target is not "
+                                                      "written in the declaration: dagrun cannot tell which variable "
+                                                      "a value given to it reaches")
         if self.piped_into is not None and holds_values:
             raise UnsafeContext(self.piped_into, "in a script that pipes into a program running what it reads (sh, "
                                                  "python3 -, xargs...): dagrun cannot tell which values reach it")
@@ -643,6 +760,7 @@ class _Lexer:
             if holds_value or any(n in self.tainted or n in _POSITIONAL or n.startswith(_VALUE_NAMES) for n in names):
                 raise UnsafeContext(line, "as an argument of sh -c code held in a variable: dagrun cannot tell what "
                                           "that code does with it")
+        self.copies_start_words = any(name in self.tainted or name in self.given for name, _ in self.starting)
         for name in sorted(self.tainted - self.given):  # (PS4="$x", printf -v GIT_SSH_COMMAND: a copy of a value)
             if runs_as_code(name):
                 raise UnsafeContext(self._assigned_at.get(name, 1),
@@ -767,7 +885,7 @@ class _Lexer:
                     "database console, a package's command): pass the value as data (a file, a variable, an "
                     "argument of a script file)")
         if name in _LIBPQ_VALUE_OPTIONS and _libpq_database_name(
-                name, cmd["words"][cmd["command_index"] + 1:], cmd["word"], cmd["raws"][cmd["command_index"] + 1:],
+                name, cmd["words"][cmd["command_index"] + 1:], self._so_far(cmd), cmd["raws"][cmd["command_index"] + 1:],
                 self.text[cmd.get("raw_start", self.i):self.i]):
             return (f"in {name}'s arguments other than those of "
                     f"{', '.join(sorted(o for o in _LIBPQ_VALUE_OPTIONS[name] if o.startswith('--')))}"
@@ -780,7 +898,7 @@ class _Lexer:
                     "a variable that holds a value: give the value to a program that takes it as data")
         if kind in ("interpreter", "scripted"):
             fixed, expect_code, from_stdin = self._program(cmd, permutes=kind == "scripted")
-            word = cmd["word"]
+            word = self._so_far(cmd)
             glued = _options_of(name)[1]
             if expect_code or (glued and word.startswith(glued) and not word.startswith("--")):
                 return f"in the code {name} runs (-c / -e): pass it as an argument of that code instead"
@@ -806,10 +924,14 @@ class _Lexer:
                     ctx["herestring_output"] = True
             ctx.update(word="", word_markers=[], word_literal=True, redirect=False)
             return
-        self._track_values(ctx, word, holds_value, self.text[ctx.get("raw_start", self.i):self.i])
+        raw = self.text[ctx.get("raw_start", self.i):self.i]
+        plain, dynamic = _as_read(raw)
+        self._track_values(ctx, word, holds_value, raw)
         index = len(ctx["words"])
-        ctx["words"].append(word)
-        ctx["raws"].append(self.text[ctx.get("raw_start", self.i):self.i])  # (as written: "$k" is "xx" above)
+        # Compared with options and names as bash reads it ('-c' is -c); one that expands keeps its form
+        stored = word if dynamic else plain
+        ctx["words"].append(stored)
+        ctx["raws"].append(raw)  # (as written: "$k" is "xx" above)
         if markers:
             ctx["marker_words"].add(index)
         if ctx["command_start"] and not _ASSIGNMENT.match(word) and ("$(" in word or "`" in word):
@@ -828,7 +950,7 @@ class _Lexer:
                 if reads and self.compound:
                     self.compound[-1] = True
             ctx["command_start"] = False
-            ctx["command"] = word
+            ctx["command"] = _known_name(word)
             ctx["command_index"] = index
             ctx["command_literal"] = not markers and ctx["word_literal"] and (
                 bool(_LITERAL_NAME.match(word)) or word in ("[", "[["))
@@ -841,18 +963,25 @@ class _Lexer:
                 ctx["command"] = None
         elif ctx["command"] == "for" and ctx["for_name"] is None:
             ctx["for_name"] = word
-        elif word == "--" and ctx["command"] is not None:
+        elif stored == "--" and ctx["command"] is not None:
             ctx["dashdash"] = True
-        elif ctx["command"] in DECLARE_BUILTINS and word.startswith("-") and set(word[1:]) & {"i", "n", "a", "A"}:
-            ctx["integer_declare"] = ctx["integer_declare"] or bool(set(word[1:]) & {"i", "n"})
-            ctx["array_declare"] = ctx["array_declare"] or bool(set(word[1:]) & {"a", "A"})
+        elif ctx["command"] in DECLARE_BUILTINS and stored.startswith("-") and set(stored[1:]) & {"i", "n", "a", "A"}:
+            ctx["integer_declare"] = ctx["integer_declare"] or bool(set(stored[1:]) & {"i", "n"})
+            ctx["array_declare"] = ctx["array_declare"] or bool(set(stored[1:]) & {"a", "A"})
+            ctx["nameref_declare"] = ctx.get("nameref_declare") or "n" in stored[1:]
         elif (ctx["integer_declare"] or ctx["array_declare"]) and not markers:
-            name = word.split("=", 1)[0].split("[", 1)[0].rstrip("+")
+            name = plain.split("=", 1)[0].split("[", 1)[0].rstrip("+")
             (self.integer_names if ctx["integer_declare"] else self.array_names).add(name)
             if ctx["integer_declare"] and ctx["array_declare"]:
                 self.array_names.add(name)
-        elif ctx["command"] in ("read", "mapfile", "readarray") and not markers and not word.startswith("-"):
-            self.array_names.add(word)  # (read -a NAME, mapfile NAME: arrays; a plain read's names too, to be safe)
+            if ctx.get("nameref_declare"):  # declare -n ref=NAME: what ref is given, NAME is
+                target = plain.split("=", 1)[1].split("[", 1)[0] if "=" in plain else ""
+                if target:
+                    self.copies += [(target, [name]), (name, [target])]
+                if dynamic or not target:  # (a target a value, or a later assignment, chooses)
+                    self.unknown_nameref = self.unknown_nameref or self.line
+        elif ctx["command"] in ("read", "mapfile", "readarray") and not markers and not stored.startswith("-"):
+            self.array_names.add(stored)  # (read -a NAME, mapfile NAME: arrays; a plain read's names too, to be safe)
         if word == "esac" and ctx["case"] and ctx["command"] == "esac" and ctx["command_index"] == index:
             ctx["case"] -= 1  # (the reserved word: at a command's start, not an argument like echo esac)
         if ctx["cond"]:
@@ -864,7 +993,10 @@ class _Lexer:
     def _track_values(self, ctx: dict[str, Any], word: str, holds_value: bool, raw: str = "") -> None:
         """Which names come to hold a value, and which names arithmetic reads."""
         command = None if ctx["command_start"] else ctx["command"]
-        assignment = _ASSIGNMENT.match(word)
+        # (quoted, NAME=... is an assignment to declare and export, not at a command's start)
+        read_as, _ = _as_read(raw) if raw else (word, False)
+        assigned_text = read_as if command in DECLARE_BUILTINS else word
+        assignment = _ASSIGNMENT.match(assigned_text)
         if assignment and runs_as_code(assignment.group().rstrip("+=").split("[", 1)[0]):
             if holds_value:  # (the author's own PS4 or GIT_SSH_COMMAND is theirs)
                 self.fail(f"as the value of {assignment.group().rstrip('+=')}, which bash or the programs it "
@@ -886,6 +1018,11 @@ class _Lexer:
             key, _, variable = word.removeprefix("--config-env=").partition("=")
             if _GIT_CODE_KEY.match(key):
                 self.code.append((variable, self.line))  # the variable's value is the setting
+        if command is not None and not assignment and not ctx["dashdash"] and expanded and command not in (
+                "echo", "[[", "for", "select", "case"):
+            prefix, _ = _as_read(raw)
+            unquoted = _EXPANSION.findall(_QUOTED.sub("", raw))
+            self.starting += [(name, self.line) for name in (expanded if not prefix else unquoted)]
         if command is not None:
             written = raw.replace('"', "").replace("'", "").replace("\\", "")  # the word as bash reads it
             dynamic = "$" in written or "`" in written  # what it is, bash decides at run time
@@ -915,9 +1052,9 @@ class _Lexer:
                 self.evaluates = True
         if command == "getopts":
             self.tainted.add("OPTARG")
-        elif command == "printf" and ctx["words"][-1:] == ["-v"] and not word.startswith("-"):
-            self.tainted.add(word)  # printf -v NAME: NAME holds what printf made of its arguments
-            self.indirect.add(word)
+        elif command == "printf" and ctx["words"][-1:] == ["-v"] and not read_as.startswith("-"):
+            self.tainted.add(read_as)  # printf -v NAME: NAME holds what printf made of its arguments
+            self.indirect.add(read_as)
         if assignment and (command is None or command in DECLARE_BUILTINS):
             name = assignment.group().rstrip("+=").split("[", 1)[0]
             self.copies.append((name, expanded))
@@ -929,7 +1066,7 @@ class _Lexer:
                 if expanded or "$(" in raw or "`" in raw:
                     self.indirect.add(name)
             elif name in self.integer_names or ctx["integer_declare"]:  # x=$v: x's value is evaluated
-                self._reads(word[assignment.end():], self.line)
+                self._reads(assigned_text[assignment.end():], self.line)
                 if "$" in raw or "`" in raw:
                     self.evaluates = True  # RANDOM=$1: whatever it holds is evaluated
         if command == "for" and ctx["for_name"] and word != ctx["for_name"]:
@@ -937,9 +1074,9 @@ class _Lexer:
                 self.tainted.add(ctx["for_name"])
                 self.indirect.add(ctx["for_name"])
             self.copies.append((ctx["for_name"], expanded))  # for r in $repos: r holds what repos held
-        if command in ("read", "mapfile", "readarray") and not word.startswith("-"):
-            self.tainted.add(word)  # what it reads may be anything
-            self.indirect.add(word)
+        if command in ("read", "mapfile", "readarray") and not read_as.startswith("-"):
+            self.tainted.add(read_as)  # what it reads may be anything
+            self.indirect.add(read_as)
         if command == "let":
             self._reads(word, self.line)
 
@@ -1067,12 +1204,17 @@ class _Lexer:
             return "a setting's name"  # the value is (in) the name
         return f"setting {key}" if _GIT_CODE_KEY.match(key) else None
 
+    def _so_far(self, cmd: dict[str, Any]) -> str:
+        """The word being read, as bash reads it up to here ("--rsh=ssh -p is --rsh=ssh -p)."""
+        return _as_read(self.text[cmd.get("raw_start", self.i):self.i])[0] if cmd["word"] else ""
+
     def _check_use(self, cmd: dict[str, Any], index: int) -> None:
         """Refuse a value where the command would run it or read it as a name."""
         deny = self._deny() or self._command_deny(cmd, stdin=cmd["redirect"] == "<<<")
         if deny:
             self.fail(deny)
-        option = None if cmd["redirect"] or cmd["command_start"] else self._command_option(cmd, cmd["word"], True)
+        option = None if cmd["redirect"] or cmd["command_start"] else self._command_option(cmd, self._so_far(cmd),
+                                                                                             True)
         if option is not None:
             self.fail(f"in the argument of {cmd['command']} {option}, which it runs as a command (or reads "
                       "as settings that name one)")
@@ -1173,7 +1315,8 @@ class _Lexer:
                  "heredocs": list(range(ctx.get("heredocs_from", 0), len(self.pending_heredocs)))} if pipe else None
         ctx.pop("opaque_code", None)
         ctx.update(words=[], raws=[], marker_words=set(), command_start=True, command=None, command_literal=True,
-                   dashdash=False, integer_declare=False, array_declare=False, redirect=False, for_name=None,
+                   dashdash=False, integer_declare=False, array_declare=False, nameref_declare=False, redirect=False,
+                   for_name=None,
                    fed=feeds, heredocs_from=len(self.pending_heredocs), expanded=[], herestring_values=False,
                    stdin_substitution=False, herestring_names=[], input_elsewhere=False, compound_reads=True,
                    code_reads_input=False)
@@ -1186,7 +1329,9 @@ class _Lexer:
             rest = rest.replace(empty, "")
         # What may expand to nothing counts as nothing: parameter expansions, command
         # substitutions, brace-expansion punctuation ({,x} yields an empty word first).
-        rest = _MAY_BE_EMPTY.sub("", rest)
+        rest = _MAY_BE_EMPTY.sub("", rest).replace(MAY_BE_EMPTY_TEXT, "")
+        for empty in ("$''", '$""', "''", '""'):  # ("$BASE": quotes left empty)
+            rest = rest.replace(empty, "")
         return not rest, tuple(ctx["word_markers"])
 
     def _slot(self, index: int, quoted: bool, start: tuple[bool, tuple[int, ...]] | None,
@@ -1453,6 +1598,11 @@ class _Lexer:
         if c == "$" and self._dollar(ctx):
             ctx["content"] = True
             return
+        name = _PLAIN_EXPANSION.match(self.text, self.i) if c == "$" else None
+        if name is not None:  # "$BASE"{{ x }}: $BASE may be empty, and the value begin the word (helper-61)
+            self._advance(name.end() - self.i)
+            cmd["word"] += MAY_BE_EMPTY_TEXT
+            return
         ctx["content"] = True
         cmd["word"] += "x"  # the word has text now (its exact characters do not matter)
         self._advance()
@@ -1492,6 +1642,8 @@ class _Lexer:
                 if "@P" in inner or re.search(r":(?![-=+?])", inner) or re.search(r"\[(?![@*]\])", inner) \
                         or inner.startswith("!"):
                     self.evaluates = True  # ${v@P} expands a prompt (runs $( )); offsets; subscripts; ${!v}
+                if "@P" in inner:  # prompt decoding makes \044 a $ and then runs it: v is code there (helper-61)
+                    self.code += [(name, ctx["from_line"]) for name in _IDENTIFIER.findall(inner)[:1]]
                 self._reads(inner, ctx["from_line"], skip_first=not inner.startswith("!"))
             self._advance()
             if ctx["depth"] == 0:
@@ -1653,12 +1805,13 @@ def check_libpq_name(variable: str, text: str, where: str = "") -> None:
                               "default one): host names only")
 
 
-def _analysed(text: str) -> tuple[list[Slot], bool]:
-    """The slots of ``text``'s markers, and whether it evaluates text anywhere."""
+def _analysed(text: str) -> tuple[list[Slot], bool, bool]:
+    """The slots of ``text``'s markers, whether it evaluates text anywhere,
+    and whether a copy of a value begins (or is split into) an argument."""
     lexer = _Lexer(text)
     if OPEN not in text:
         if not _CONFIG_REFERENCE.search(text):
-            return [], False  # no value reaches it
+            return [], False, False  # no value reaches it
         try:
             lexer.run()
         except UnsafeContext as exc:
@@ -1678,7 +1831,7 @@ def _analysed(text: str) -> tuple[list[Slot], bool]:
         raise UnsafeContext(line, "through $CONFIG_<KEY> in a script that evaluates text (arithmetic, -v, read, "
                                   "namerefs, prompts), where bash would run a[$(cmd)] held in it: write "
                                   "{{ config.<key> }} instead, which dagrun checks")
-    return (slots if OPEN in text else []), lexer.evaluates
+    return (slots if OPEN in text else []), lexer.evaluates, lexer.copies_start_words
 
 
 @functools.lru_cache(maxsize=256)
@@ -1688,22 +1841,30 @@ def check_plain(text: str) -> None:
     _analysed(text)
 
 
-def check_names(text: str, names: Iterable[str]) -> bool:
+def check_names(text: str, names: Iterable[str]) -> tuple[bool, bool]:
     """Check a script against variables given to it that hold values (a
     step's ``env`` entries, besides the ``{{ }}`` it holds): raises
     :class:`UnsafeContext` where one would be code, a command, or read by
     arithmetic. Returns whether the script evaluates text anywhere (then no
-    such variable may hold $ or `: see :func:`substitute`)."""
+    such variable may hold $ or `: see :func:`substitute`), and whether a
+    copy of one begins an argument (then none may hold a word starting
+    with '-': see :func:`option_in`)."""
     return _checked_names(text, frozenset(names))
 
 
 @functools.lru_cache(maxsize=256)
-def _checked_names(text: str, names: frozenset[str]) -> bool:
+def _checked_names(text: str, names: frozenset[str]) -> tuple[bool, bool]:
     lexer = _Lexer(text)
     lexer.tainted |= names
     lexer.given = names
     lexer.run()
-    return lexer.evaluates
+    return lexer.evaluates, lexer.copies_start_words
+
+
+def option_in(text: str) -> bool:
+    """Does ``text`` hold a word (or a line) that begins with '-': an
+    option, once a copy of it begins an argument or is split into several?"""
+    return any(word.startswith("-") and word != "-" for word in text.split())
 
 
 def check_source(source: str) -> None:
@@ -1760,7 +1921,7 @@ def as_text(value: Any) -> str:
 
 def substitute(rendered: str, values: list[Any], *, start: int = 1) -> ShellScript:
     """Replace the markers of ``rendered`` by variable references."""
-    found, evaluates = _analysed(rendered)
+    found, evaluates, copies_start_words = _analysed(rendered)
     slots = {slot.index: slot for slot in found}
     env: dict[str, str] = {}
     counter = [start]
@@ -1777,6 +1938,11 @@ def substitute(rendered: str, values: list[Any], *, start: int = 1) -> ShellScri
         if word_start and text.startswith("-"):
             raise ShellValueError(f"line {slot.line}: a value starts with '-' and would be read as an option; "
                                   "put '--' before it in the script")
+        if copies_start_words and option_in(text):  # (REPO={{ x }}; git clone "$REPO": found by helper-61)
+            raise ShellValueError(f"line {slot.line}: a value holds a word starting with '-', and this script "
+                                  "begins an argument with a variable holding a value (or splits one into words), "
+                                  "where it would be read as an option: put '--' before such arguments, and quote "
+                                  "the variable")
         if slot.assigned in LIBPQ_NAME_VARIABLES:
             check_libpq_name(slot.assigned, text, f"line {slot.line}: ")
         name = f"{VALUE_PREFIX}{counter[0]}"
@@ -1802,4 +1968,4 @@ def substitute(rendered: str, values: list[Any], *, start: int = 1) -> ShellScri
                             + '}"' for i, v in enumerate(value))
         return '"${' + var(as_text(value), slot, starts_word(slot)) + '}"'
 
-    return ShellScript(_MARKER.sub(replace, rendered), env, evaluates)
+    return ShellScript(_MARKER.sub(replace, rendered), env, evaluates, copies_start_words)
