@@ -626,7 +626,7 @@ def _maybe_rolled_back(plan: Plan, run: Any, rows: Mapping[str, list[Any]]) -> s
 
     from .run.handler_types import handlers_for
     from .store.operations import ROLLING_BACK_MARK
-    from .store.runs import INTERRUPTED
+    from .store.runs import INTERRUPTED, ROWS_BEFORE_RESUME
     marked = ROLLING_BACK_MARK.search(run.error or "")
     if marked is None or run.status not in ("running", "failed"):
         return set()
@@ -636,7 +636,12 @@ def _maybe_rolled_back(plan: Plan, run: Any, rows: Mapping[str, list[Any]]) -> s
     # completed just after the mark is run again (once more, as a step running at a crash is).
     began = datetime.fromtimestamp(float(marked.group(1)) + ROLLBACK_CLOCK_MARGIN_SECONDS, timezone.utc)
 
+    noted = ROWS_BEFORE_RESUME.search(run.error or "", marked.end())
+    last_before_resume = int(noted.group(1)) if noted else None
+
     def before(row: Any) -> bool:  # completed before the rollbacks began (a later resume's are sure)
+        if last_before_resume is not None and row.id > last_before_resume:
+            return False  # made by a resume (its rows come after the first resume's claim)
         done = row.completed_at
         return done is None or (done if done.tzinfo else done.replace(tzinfo=timezone.utc)) <= began
 

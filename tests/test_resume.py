@@ -297,6 +297,74 @@ def test_a_resume_that_dies_before_redoing_keeps_the_rolling_back_mark(workspace
     assert again.success and (home / "marker").exists()
 
 
+def test_steps_a_resume_completed_are_trusted_by_the_next_one_after_a_death_in_rollback(workspace, home, tmp_path,
+                                                                                       db_url):
+    """(helper-63) A resume after a death in rollback completed x again (its
+    row within the mark's clock margin) and died: the next resume ran x once
+    more. The first resume's claim notes the last row made before it; rows
+    after it are a resume's, which no rollback of the dead run undid."""
+    from sqlalchemy import func, insert, select, update
+    from dagrun.api import claim, prepare_resume
+    from dagrun.store.engine import engine_for
+    from dagrun.store.models import ProvisioningRun, WorkspaceActionExecution as Row
+    from dagrun.store.operations import ROLLING_BACK
+    doc = template(script_step(10, "touch ~/marker", id="x", action_config={"rollback_script": "rm ~/marker"}),
+                   script_step(20, f"test -f {tmp_path / 'gate'}", id="f", requires=["x"]),
+                   global_config={"rollback_on_failure": True})
+    failed = run_template(doc, workspace, database_url=db_url)
+    engine = engine_for(db_url)
+    with engine.begin() as conn:  # killed in its rollback
+        conn.execute(update(ProvisioningRun).where(ProvisioningRun.id == failed.run_id).values(
+            status="running", owner=f"{socket.gethostname()}:999999@1",
+            error=f"{ROLLING_BACK}critical step f failed (at {time.time():.3f})"))
+        conn.execute(update(Row).where(Row.run_id == failed.run_id, Row.step_id == "x").values(status="completed"))
+    first = prepare_resume(failed.run_id, database_url=db_url)
+    assert "x" not in first.done  # (the dead run's row: perhaps undone)
+    claim(first)
+    with engine.begin() as conn:  # the resume completes x again, now, then dies
+        old = conn.execute(select(Row).where(Row.run_id == failed.run_id, Row.step_id == "x")).mappings().first()
+        conn.execute(insert(Row).values({**{k: v for k, v in old.items() if k != "id"}, "attempt_number": 2,
+                                         "status": "completed", "completed_at": old["completed_at"]}))
+        conn.execute(update(ProvisioningRun).where(ProvisioningRun.id == failed.run_id)
+                     .values(owner=f"{socket.gethostname()}:999998@1"))
+        assert conn.execute(select(func.count()).select_from(Row).where(Row.run_id == failed.run_id,
+                                                                        Row.step_id == "x")).scalar() == 2
+    assert "x" in prepare_resume(failed.run_id, database_url=db_url).done
+
+
+@pytest.mark.parametrize("store", STORES)
+def test_a_cancel_never_closes_a_run_a_resume_is_claiming(store, request, workspace, tmp_path):
+    """(helper-63) A cancel found the run's owner dead and closed it as
+    interrupted over the claim a resume had just made: the resume went on
+    while the workspace took a new run. A cancel decides and writes under
+    the lock a claim takes, up to its commit."""
+    import threading
+    from sqlalchemy import update
+    from dagrun.store.engine import engine_for
+    from dagrun.store.models import ProvisioningRun
+    from dagrun.store.runs import owner_id, request_cancel, workspace_transaction
+    url = store_url(request, store)
+    failed = run_template(template(script_step(10, "exit 1", id="a", max_retries=1)), workspace, database_url=url)
+    engine = engine_for(url)
+    with engine.begin() as conn:  # its process died
+        conn.execute(update(ProvisioningRun).where(ProvisioningRun.id == failed.run_id).values(
+            status="running", owner=f"{socket.gethostname()}:999999@1", error=None))
+    cancelled = []
+    with workspace_transaction(engine, "ws1") as session:  # a resume claiming it (this live process)
+        run = session.get(ProvisioningRun, failed.run_id)
+        run.owner = owner_id()
+        session.flush()
+        worker = threading.Thread(target=lambda: cancelled.append(request_cancel(url, failed.run_id, "by ops")))
+        worker.start()
+        worker.join(1.0)  # it waits for the claim to commit
+        assert worker.is_alive()
+    worker.join(30)
+    assert cancelled == [failed.run_id]
+    with engine.connect() as conn:
+        row = conn.execute(ProvisioningRun.__table__.select().where(ProvisioningRun.id == failed.run_id)).first()
+    assert row.status == "running" and row.owner == owner_id() and row.cancel_requested == "by ops"
+
+
 def test_a_run_taken_over_at_its_end_writes_nothing_and_its_journal_is_not_replayed(workspace, home, tmp_path,
                                                                                      db_url, monkeypatch):
     """(helper-34) The run's last batch went out unchecked; a journal written
@@ -369,6 +437,15 @@ def test_a_run_a_newer_run_of_its_workspace_came_after_is_not_resumed(workspace,
     out = subprocess.run([sys.executable, "-m", "dagrun", "resume", old.run_id, "--db", db_url], capture_output=True,
                          text=True, timeout=60)
     assert out.returncode == 2 and "run the template again instead" in out.stderr and "Traceback" not in out.stderr
+    # (helper-63) a newer run that starts and ends between a resume's prepare and its claim counts too
+    from dagrun.api import claim, prepare_resume
+    gate.unlink()
+    old = run_template(chain(gate), workspace, database_url=db_url)
+    prepared = prepare_resume(old.run_id, database_url=db_url)
+    gate.touch()
+    assert run_template(chain(gate), workspace, database_url=db_url).success
+    with pytest.raises(InputError, match=f"run {old.run_id} is not workspace ws1's latest"):
+        claim(prepared)
 
 
 def test_a_run_given_environment_names_is_resumed_with_them(workspace, home, tmp_path, db_url, monkeypatch):

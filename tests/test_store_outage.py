@@ -166,3 +166,13 @@ def test_a_live_run_on_this_host_is_alive_however_old_its_heartbeat():
     assert started
     reused = f"{host}:{pid}@{int(started) - 1}"  # the same pid, an earlier process
     assert not is_alive(ProvisioningRun(status="running", owner=reused, heartbeat_at=datetime.now(timezone.utc)))
+
+
+def test_rollbacks_wait_for_their_mark_as_long_as_the_store_is_retried():
+    """(helper-63) With the store away for 45 s, rollbacks began after 30 s
+    without the run's 'rolling back' mark committed (the writer retries for
+    120 s before it journals): a crash then left the undone steps recorded
+    as completed, and a resume trusted them. The recorder reports the mark
+    safe once committed or journalled; rollbacks wait at least that long."""
+    from dagrun.run import runner
+    assert runner.ROLLBACK_RECORD_SECONDS > dagrun.store.recorder.RETRY_LIMIT_SECONDS + 30

@@ -1094,6 +1094,25 @@ def test_the_service_takes_whole_run_ids_and_typed_bodies(client, store, tmp_pat
     assert resumed.status_code == 422 and "sqlite" not in resumed.get_data(as_text=True)
 
 
+def test_a_killed_process_its_parent_has_not_reaped_is_dead(client, store, tmp_path):
+    """(helper-63) A killed owner its parent had not waited for (a zombie)
+    answered signals and kept its /proc entry: its run was taken for alive,
+    and the workspace stayed claimed until the reap."""
+    other, run_id = run_elsewhere(client, store, tmp_path, "zombie")
+    try:
+        other.kill()  # and not reaped
+        deadline = time.monotonic() + 30
+        while Path(f"/proc/{other.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert client.post(f"/api/runs/{run_id}/cancel", headers=CSRF).status_code == 202
+        run = get_run(run_id, database_url=store)
+        assert run["status"] == "failed" and run["error"].startswith("interrupted")
+    finally:
+        other.kill()
+        other.wait(30)
+
+
 def test_cancelling_a_run_whose_process_died_closes_it(client, store, tmp_path):
     """Nobody is left to hear the request: the run is closed as interrupted
     at once (it showed 'running' until the workspace's next run), and can

@@ -179,6 +179,16 @@ def start_time(pid: int) -> float | None:
         return None
 
 
+def has_exited(pid: int) -> bool:
+    """Has the process ended, though its parent has not reaped it yet (a
+    zombie: signals and /proc still find it)?"""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().rsplit(b")", 1)[1].split()[0] in (b"Z", b"X")
+    except (OSError, IndexError):
+        return False
+
+
 def kill_group(pgid: int, started: float | None) -> bool:
     """SIGKILL a recorded process group if its leader is still the process
     that was recorded (same start time)."""

@@ -73,8 +73,12 @@ DEADLINE_GRACE_SECONDS = 5.0
 # After a cancel, a handler that did not stop (Python code ignoring its
 # cancel token) is abandoned after this long, not after its full timeout.
 CANCEL_GRACE_SECONDS = 2.0
-# How long rollbacks wait for the run's 'rolling back' record (see Runner._rollback).
-ROLLBACK_RECORD_SECONDS = 30.0
+# How long rollbacks wait for the run's 'rolling back' record (see Runner._rollback). The recorder
+# says it is safe once committed or journalled, after retrying a store that is away for up to
+# $DAGRUN_STORE_RETRY_SECONDS (120 s by default): no rollback may start before, or a crash in it
+# leaves completed records a resume trusts (helper-63: 30 s was shorter). This bound only guards
+# against a writer that died.
+ROLLBACK_RECORD_SECONDS = 3600.0
 _WAKE = ("wake",)
 # A value that is only part of a secret field (a user name beside the password in a URL) is masked on
 # its own when at least this long: masking every "app" or "db" would destroy the output, hiding nothing.

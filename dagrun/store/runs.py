@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
 import socket
 import zlib
 from datetime import datetime, timedelta, timezone
@@ -67,18 +68,28 @@ def is_alive(run: ProvisioningRun, now: datetime | None = None) -> bool:
             pass
         if started:  # the very process (not a later one given its pid) is alive, whatever its heartbeat says
             now_started = processes.start_time(int(pid))
-            return now_started is not None and str(int(now_started)) == started
+            # (a killed owner its parent has not reaped yet is dead: helper-63)
+            return now_started is not None and str(int(now_started)) == started and not processes.has_exited(int(pid))
     heartbeat = _utc(run.heartbeat_at)
     now = now or datetime.now(timezone.utc)
     return heartbeat is not None and now - heartbeat < timedelta(seconds=STALE_SECONDS)
 
 
 @contextlib.contextmanager
-def workspace_lock(engine: Engine, session: Session, workspace_id: str) -> Iterator[None]:
-    if engine.dialect.name == "postgresql":
-        session.execute(select(func.pg_advisory_xact_lock(zlib.crc32(f"dagrun:{workspace_id}".encode()))))
-        yield
-        return
+def workspace_transaction(engine: Engine, workspace_id: str) -> Iterator[Session]:
+    """A session in a transaction that no other claim or cancel of the
+    workspace's runs interleaves with, up to and including its commit: what
+    it read stays true until what it wrote is there for the next one."""
+    with _store_file_lock(engine), Session(engine) as session, session.begin():
+        if engine.dialect.name == "postgresql":  # (held until the transaction ends)
+            session.execute(select(func.pg_advisory_xact_lock(zlib.crc32(f"dagrun:{workspace_id}".encode()))))
+        yield session
+
+
+@contextlib.contextmanager
+def _store_file_lock(engine: Engine) -> Iterator[None]:
+    """SQLite: one claim or cancel at a time across processes, held past the
+    commit (SQLite has no lock a transaction could take on a row)."""
     database = engine.url.database
     if engine.dialect.name != "sqlite" or not database or database == ":memory:":
         yield
@@ -90,6 +101,9 @@ def workspace_lock(engine: Engine, session: Session, workspace_id: str) -> Itera
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+ROWS_BEFORE_RESUME = re.compile(r" \[rows to ([0-9]+)\]")
 
 
 def interrupt(session: Session, run: ProvisioningRun) -> None:
@@ -126,13 +140,19 @@ def claim(engine: Engine, *, run_id: str, workspace_id: str, fields: Mapping[str
     (another active run of the workspace; with ``expect``, a resume's
     :func:`claim_token`, the run changed since the resume read it) or
     InputError (its home is another workspace's)."""
-    with Session(engine) as session, session.begin(), workspace_lock(engine, session, workspace_id):
+    with workspace_transaction(engine, workspace_id) as session:
         if expect is not None:
             seen = session.get(ProvisioningRun, run_id)
             if seen is None or claim_token(seen) != expect:
                 raise RunConflictError(f"run {run_id} was resumed by someone else meanwhile (it is "
                                        f"{seen.status if seen else 'gone'} now): look at it again before "
                                        "resuming it", run_id=run_id)
+            newer = _newer(session, seen)  # (one may have started and ended since the resume was prepared)
+            if newer is not None:
+                from ..errors import SupersededRun
+                raise SupersededRun(f"run {run_id} is not workspace {workspace_id}'s latest: run {newer.id[:8]} "
+                                    f"({newer.status}) came after it, and resuming this one would run its steps over "
+                                    "that one's work: run the template again instead")
         home = fields.get("home_dir")
         if home:
             _check_home_is_its_own(engine, session, workspace_id, str(home))
@@ -151,9 +171,17 @@ def claim(engine: Engine, *, run_id: str, workspace_id: str, fields: Mapping[str
         for key, value in fields.items():
             setattr(run, key, value)
         run.status = "running"
-        # (a run that died rolling back keeps saying so until a resume has run its steps again)
+        # (a run that died rolling back keeps saying so until a resume has run its steps again; the
+        # first resume after the mark notes the last attempt row made before it: every later row is a
+        # resume's, which no rollback of the dead run could have undone (helper-63))
         marked = ROLLING_BACK_MARK.search(run.error or "")
-        run.error = marked.group() if marked else None
+        if marked:
+            rows = ROWS_BEFORE_RESUME.search(run.error or "", marked.end())
+            last = int(rows.group(1)) if rows else session.scalar(
+                select(func.max(WorkspaceActionExecution.id)).where(WorkspaceActionExecution.run_id == run_id)) or 0
+            run.error = f"{marked.group()} [rows to {last}]"
+        else:
+            run.error = None
         run.cancel_requested = None
         run.completed_at = None
         run.owner = owner_id()
@@ -188,15 +216,22 @@ def request_cancel(url: str, run_id: str, reason: str) -> str:
     from ..errors import InputError
     from .engine import store_errors, writable
     from .history import find_run
-    with store_errors(url, "cannot write to"), Session(writable(url)) as session, session.begin():
-        run = find_run(session, run_id)
-        if run.status != "running":
-            raise InputError(f"run {run.id} is not running (it {run.status})")
-        if not is_alive(run):  # nobody is left to hear it: closed now as interrupted, so it can be resumed
-            interrupt(session, run)
+    engine = writable(url)
+    with store_errors(url, "cannot write to"):
+        with Session(engine) as session:
+            found = find_run(session, run_id)
+            run_id, workspace_id = found.id, found.workspace_id
+        # Decided and written under the lock a claim takes: a resume claiming the run meanwhile is
+        # seen (its owner alive), never overwritten as interrupted (helper-63).
+        with workspace_transaction(engine, workspace_id) as session:
+            run = session.get(ProvisioningRun, run_id)
+            if run.status != "running":
+                raise InputError(f"run {run.id} is not running (it {run.status})")
+            if not is_alive(run):  # nobody is left to hear it: closed now as interrupted, so it can be resumed
+                interrupt(session, run)
+                return run.id
+            run.cancel_requested = reason[:200]
             return run.id
-        run.cancel_requested = reason[:200]
-        return run.id
 
 
 def done_steps(rows: Mapping[str, list[WorkspaceActionExecution]], step_ids: Iterable[str],
@@ -234,15 +269,19 @@ def done_steps(rows: Mapping[str, list[WorkspaceActionExecution]], step_ids: Ite
 def newer_run(engine: Engine, run: ProvisioningRun) -> ProvisioningRun | None:
     """The latest run of ``run``'s workspace started after it (a check, which
     changes nothing, aside), or None."""
-    if run.started_at is None:
-        return None
     with Session(engine, expire_on_commit=False) as session:
-        newer = session.scalars(select(ProvisioningRun).where(
-            ProvisioningRun.workspace_id == run.workspace_id, ProvisioningRun.started_at > run.started_at,
-            ProvisioningRun.id != run.id, or_(ProvisioningRun.mode.is_(None), ProvisioningRun.mode != "check"))
-            .order_by(ProvisioningRun.started_at.desc()).limit(1)).first()
+        newer = _newer(session, run)
         session.expunge_all()
         return newer
+
+
+def _newer(session: Session, run: ProvisioningRun) -> ProvisioningRun | None:
+    if run.started_at is None:
+        return None
+    return session.scalars(select(ProvisioningRun).where(
+        ProvisioningRun.workspace_id == run.workspace_id, ProvisioningRun.started_at > run.started_at,
+        ProvisioningRun.id != run.id, or_(ProvisioningRun.mode.is_(None), ProvisioningRun.mode != "check"))
+        .order_by(ProvisioningRun.started_at.desc()).limit(1)).first()
 
 
 def load_for_resume(engine: Engine, run_id: str) -> tuple[ProvisioningRun, dict[str, list[WorkspaceActionExecution]]]:
