@@ -264,7 +264,7 @@ def test_a_fleet_killed_mid_run_is_resumed(tmp_path, db_url):
     import time
     from dagrun import resume_fleet
     gate, started = tmp_path / "gate", tmp_path / "started"
-    doc = template(script_step(10, f"touch {started}-$DAGRUN_WORKSPACE_ID; while [ ! -f {gate} ]; do sleep 0.05; done",
+    doc = template(script_step(10, f"touch \"{started}-$DAGRUN_WORKSPACE_ID\"; while [ ! -f {gate} ]; do sleep 0.05; done",
                                id="wait"))
     (tmp_path / "t.json").write_text(json.dumps(doc))
     workspaces = [{"id": f"k{n}", "home_dir": str(tmp_path / f"h{n}")} for n in range(2)]

@@ -1130,6 +1130,7 @@ ATTACKS = [  # each must be refused when the template is compiled
     'git filter-branch --index-filter "git rm --cached {{ workspace.v }}" HEAD',
     'git difftool --extcmd="diff -u {{ workspace.v }}" HEAD', "echo {{ workspace.v }} | sed '/./Ie'",
     "pg_dump -E {{ workspace.v }} -f d.sql -d app", "pg_dumpall --encoding={{ workspace.v }} -f d.sql",
+    "hash -p {{ workspace.v }} git; git status", 'opt=-c; bash $opt "echo {{ workspace.v }}"',
 ]
 
 
@@ -1157,26 +1158,35 @@ def test_options_cannot_sneak_in_behind_empty_values(script, fields, home):
     ('X={{ workspace.v }}; sort /etc/hostname x$X', "y --output=MARK"),
     ('while read -r b; do sort "$b" /etc/hostname; done <<EOF\n{{ workspace.v }}\nEOF', "/etc/hostname\n--output=MARK"),
     ('f() { sort "$1" /etc/hostname; }; X="{{ workspace.v }}"; f "$X"', "--output=MARK"),
+    ('IFS=, read -ra parts <<< "{{ workspace.v }}"; sort "${parts[@]}"', "/etc/hostname,--output=MARK"),
+    ('X="{{ workspace.v }}"; sort "${X#*:}" /etc/hostname', "a:--output=MARK"),
+    ('read -r <<< "{{ workspace.v }}"; sort "$REPLY" /etc/hostname', "--output=MARK"),
+    ('n=X; X="{{ workspace.v }}"; sort "${!n}" /etc/hostname', "--output=MARK"),
+    ('sort $(echo "/etc/hostname {{ workspace.v }}")', "--output=MARK"),
+    ('X="{{ workspace.v }}"; set -- "$X"; sort "$@" /etc/hostname', "--output=MARK"),
+    ('bash {-c,} "echo {{ workspace.v }}"', "x; touch MARK"),
 ])
 def test_a_copy_of_a_value_beginning_an_argument_is_no_option(script, value, home):
-    """(helper-61) A value's leading '-' was refused only where a {{ }} began
-    a word: REPO={{ x }}; git clone "$REPO" took --upload-pack=CMD as an
-    option. A script that begins an argument with a variable holding a
-    value (or splits one into words) gets no value holding a word that
-    starts with '-'."""
-    result = run_template(template(script_step(10, script, id="s")), {"id": "w", "home_dir": str(home), "v": value},
-                          record=False)
-    assert "holds a word starting with '-'" in (result.steps["s"].error or ""), result.steps["s"].error
-    assert not (home / "MARK").exists()
+    """(helper-61, helper-64) A value's leading '-' was refused only where a
+    {{ }} began a word: REPO={{ x }}; git clone "$REPO" took --upload-pack=CMD
+    as an option, and so did a part of a value (${X#*:}, IFS=, read -a),
+    $REPLY, $1, $(...) or a brace expansion. Following values through
+    variables cannot be complete, so in a script holding values an argument
+    that an expansion begins (or that an unquoted one splits) must follow --."""
+    with pytest.raises(TemplateError, match="before any -- \\(in a script holding values\\)"):
+        run_template(template(script_step(10, script, id="s")), {"id": "w", "home_dir": str(home), "v": value},
+                     record=False)
     env = run_template(template(script_step(10, 'sort "$X" /etc/hostname', id="s",
-                                                 action_config={"env": {"X": "{{ workspace.v }}"}})),
+                                            action_config={"env": {"X": "{{ workspace.v }}"}})),
                        {"id": "w", "home_dir": str(home), "v": "--output=MARK"}, record=False)
-    assert "$X holds a word starting with '-'" in (env.steps["s"].error or ""), env.steps["s"].error
+    assert "before any -- (in a script holding values)" in (env.steps["s"].error or ""), env.steps["s"].error
     assert not (home / "MARK").exists()
 
 
 @pytest.mark.parametrize("script", ['X={{ workspace.v }}; sort -- "$X" /etc/hostname || true',
-                                    'X={{ workspace.v }}; echo "$X"', 'X={{ workspace.v }}; echo "a: $X"'])
+                                    'X={{ workspace.v }}; echo "$X"', 'X={{ workspace.v }}; echo "a: $X"',
+                                    'X={{ workspace.v }}; printf "%s\\n" "$X"', 'cd "$HOME"; echo "v: {{ workspace.v }}"',
+                                    'X={{ workspace.v }}; mkdir -p -- "$HOME/$X" && rmdir -- "$HOME/$X"'])
 def test_a_copy_after_dashdash_or_inside_an_argument_takes_any_value(script, home):
     result = run_template(template(script_step(10, script, id="s")),
                           {"id": "w", "home_dir": str(home), "v": "--output=MARK"}, record=False)
@@ -1287,11 +1297,10 @@ def test_a_secret_with_a_quote_is_masked_in_its_shell_quoted_form(home, db_url):
                                     'ls "$EMPTY""${E}"{{ workspace.name }}'])  # (helper-61: "$EMPTY" quoted)
 def test_a_leading_dash_after_what_may_expand_to_nothing_is_still_an_option(script, home):
     """Found by an attack: an expansion that may be empty before the value left it at the start of its
-    word, where '-rf' is read as options."""
-    result = run_template(template(script_step(10, script, id="s")), {"id": "w", "name": "-rf", "home_dir": str(home)},
-                          record=False)
-    assert result.steps["s"].status is StepStatus.failed
-    assert "would be read as an option" in result.steps["s"].error
+    word, where '-rf' is read as options. (Since helper-64 such a word is refused before anything runs.)"""
+    with pytest.raises(TemplateError, match="before any -- \\(in a script holding values\\)"):
+        run_template(template(script_step(10, script, id="s")), {"id": "w", "name": "-rf", "home_dir": str(home)},
+                     record=False)
 
 
 @pytest.mark.parametrize("script", ["sed 's/a/b/' -e {{ workspace.name }} /dev/null",
@@ -1346,7 +1355,7 @@ EVALUATING = [
     "declare -i n; read n <<< {{ workspace.v }}",
     "v={{ workspace.v }}; [[ -v $v ]]; true", 'v={{ workspace.v }}; test -v "$v"; true',
     "f() { RANDOM=$1; }; f {{ workspace.v }}", 'v={{ workspace.v }}; printf -v"$v" %s x',
-    'v={{ workspace.v }}; wait -n -p "$v"; true', "skip={{ workspace.v }}\npkgs=(a b)\nunset 'pkgs[skip]'",
+    'v={{ workspace.v }}; wait -n -p v"$v"; true', "skip={{ workspace.v }}\npkgs=(a b)\nunset 'pkgs[skip]'",
     "bash -c 'if (( $1 > 5 )); then echo big; fi' _ {{ workspace.v }}",
 ]
 
@@ -1576,7 +1585,7 @@ def test_an_env_entry_a_program_runs_as_code_takes_no_value():
                                     'git -c http.extraHeader="Authorization: Bearer {{ workspace.v }}" clone https://h/r src',
                                     'x={{ workspace.v }}; cat <<< "$x"', 'x={{ workspace.v }}\ncat <<EOF\n$x\nEOF',
                                     "cat 0<<EOF\n{{ workspace.v }}\nEOF", "{ echo a; echo {{ workspace.v }}; } > out",
-                                    'x={{ workspace.v }}; git config user.name "$x"', "git clone -q {{ workspace.v }} d",
+                                    'x={{ workspace.v }}; git config user.name -- "$x"', "git clone -q {{ workspace.v }} d",
                                     'while read -r l; do echo "$l"; done <<< "{{ workspace.v }}"',
                                     '{ read -r a; read -r b; } <<< "{{ workspace.v }}"',
                                     'if true; then cat; fi > out; echo {{ workspace.v }}',
@@ -1599,7 +1608,7 @@ def test_values_given_to_later_code_as_data_are_accepted(script):
                                     "uv tool install {{ workspace.v }}", "reindexdb -t {{ workspace.v }} -d db",
                                     "sed -e 's/x/y/g' <<< \"{{ workspace.v }}\"",
                                     'echo "$(date)" > f; echo "$DAGRUN_WORKSPACE_ID"',
-                                    'python3 script.py "$(date)" "$CONFIG_X"',
+                                    'python3 script.py -- "$(date)" "$CONFIG_X"',
                                     'PGDATABASE="{{ workspace.v }}" psql -f s.sql',  # (a name: checked at run time)
                                     'PGHOST={{ workspace.v }} PGPORT={{ workspace.v }} psql -f s.sql',
                                     "sed -e 's/e/E/' <<< \"{{ workspace.v }}\"", "python3 manage.py loaddata {{ workspace.v }}",

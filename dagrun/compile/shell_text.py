@@ -73,6 +73,7 @@ RUNNERS = frozenset({
     "newgrp", "linux32", "linux64", "i386", "x86_64", "choom", "perf", "gosu", "su-exec", "tini", "eatmydata",
     "run0", "numactl", "systemd-inhibit", "runcon", "valgrind", "xvfb-run", "dbus-launch", "cgexec", "torsocks",
     "proxychains", "chronic", "ifne", "rlwrap", "setuidgid", "envdir", "softlimit", "m4", "catchsegv", "systemd-cat",
+    "hash",  # (hash -p PATH NAME: a value would choose the program NAME runs)
 })
 # Interpreters run a program given inline (-c, -e...), as their first operand
 # (a file), or on stdin. A value may be an argument of that program, never
@@ -309,6 +310,35 @@ def _known_name(command: str) -> str:
         return command
     stem = _VERSIONED.sub("", base)
     return f"{folder}/{stem}" if folder and stem in _KNOWN_PROGRAMS else stem if stem in _KNOWN_PROGRAMS else command
+
+
+# Variables whose content dagrun or the system sets and that never begin with '-' (a folder, a number).
+_NEVER_OPTIONS = frozenset({"HOME", "PWD", "OLDPWD", "TMPDIR", "DAGRUN_WORKSPACE_HOME", "DAGRUN_ATTEMPT", "USER",
+                            "LOGNAME", "SHELL", "BASHPID", "PPID", "UID", "EUID", "$", "!", "?", "#"})
+# Commands that read no option from such a word, or none that does harm: echo's -n/-e, cd's -L/-P,
+# test's operators in their places, [[ ]] (not a command), return and exit (a number).
+_TAKE_NO_OPTIONS = frozenset({"echo", "cd", "[", "test", "[[", "return", "exit", "shift", ":", "true", "false",
+                              "for", "select", "case", "in"})  # (and a loop's list, a case's word)
+_LEADING_EXPANSION = re.compile(r"""\A["']*(?:\$\{?!?([A-Za-z_][A-Za-z0-9_]*|[0-9@*#?$!-])|\$\(|`|\{[^}]*(?:,|\.\.)[^}]*\})""")
+OPTION_FROM_EXPANSION = (
+    "through an argument that a variable, a command's output or a brace expansion begins, or that an unquoted "
+    "variable splits into words, before any -- (in a script holding values): a value there (a copy, a part, a "
+    "line) that begins with '-' is read as an option (git clone \"$REPO\" takes --upload-pack=CMD); put -- "
+    "before such arguments (git clone -- \"$REPO\" dir, cp -- \"$a\" \"$b\") and quote variables")
+
+
+def _option_from_expansion(command: str, raw: str, functions: set[str], before: list[str]) -> bool:
+    """May the argument ``raw`` (as written) be an option that an expansion
+    chose: begun by a variable (but those in _NEVER_OPTIONS), a command's
+    output or a brace expansion, or holding an unquoted variable (split
+    into words)? Not for a function of the script (its body is read where
+    it uses its arguments), nor printf's arguments after its format."""
+    if command in _TAKE_NO_OPTIONS or command in functions or (command == "printf" and before):
+        return False
+    leading = _LEADING_EXPANSION.match(raw)
+    if leading and leading.group(1) not in _NEVER_OPTIONS:
+        return True
+    return any(name not in _NEVER_OPTIONS for name in _EXPANSION.findall(_QUOTED.sub("", raw)))
 
 
 def _as_read(raw: str) -> tuple[str, bool]:
@@ -607,9 +637,6 @@ class ShellScript:
     # The script evaluates text somewhere (arithmetic, a prompt, a name): a value with $ or ` in
     # it could run there through a variable that holds it, however the script spells that.
     evaluates: bool = False
-    # A copy of a value (a variable holding one) begins an argument, or is split into several: no
-    # value may hold a word starting with '-' (checked in values, and in a step's env entries).
-    copies_start_words: bool = False
 
     def __str__(self) -> str:
         import shlex
@@ -660,10 +687,9 @@ class _Lexer:
         self.env_database: int | None = None  # line of a libpq client left to take its database from $PGDATABASE
         self.piped_into: int | None = None  # line of a pipe into a program that runs what it reads
         self.unknown_nameref: int | None = None  # line of a declare -n whose target is not written in it
-        # (name, line) of each expansion that begins an argument (not after --), or is unquoted in one (split
-        # into words): a copy of a value there is an option when it starts with '-' (helper-61)
-        self.starting: list[tuple[str, int]] = []
-        self.copies_start_words = False
+        # line of the first argument that a variable, a command's output or a brace expansion begins, or
+        # that an unquoted one splits, before any "--": what it holds may be an option (helper-61, -64)
+        self.option_from_expansion: int | None = None
         self._assigned_at: dict[str, int] = {}  # line of each name's first assignment
         # Names given a value other than as the whole of a NAME={{ x }} word (a copy, read, printf -v,
         # for, $(...)): for LIBPQ_NAME_VARIABLES, whose values are checked only in that word.
@@ -760,7 +786,8 @@ class _Lexer:
             if holds_value or any(n in self.tainted or n in _POSITIONAL or n.startswith(_VALUE_NAMES) for n in names):
                 raise UnsafeContext(line, "as an argument of sh -c code held in a variable: dagrun cannot tell what "
                                           "that code does with it")
-        self.copies_start_words = any(name in self.tainted or name in self.given for name, _ in self.starting)
+        if self.option_from_expansion is not None and holds_values:
+            raise UnsafeContext(self.option_from_expansion, OPTION_FROM_EXPANSION)
         for name in sorted(self.tainted - self.given):  # (PS4="$x", printf -v GIT_SSH_COMMAND: a copy of a value)
             if runs_as_code(name):
                 raise UnsafeContext(self._assigned_at.get(name, 1),
@@ -1018,11 +1045,9 @@ class _Lexer:
             key, _, variable = word.removeprefix("--config-env=").partition("=")
             if _GIT_CODE_KEY.match(key):
                 self.code.append((variable, self.line))  # the variable's value is the setting
-        if command is not None and not assignment and not ctx["dashdash"] and expanded and command not in (
-                "echo", "[[", "for", "select", "case"):
-            prefix, _ = _as_read(raw)
-            unquoted = _EXPANSION.findall(_QUOTED.sub("", raw))
-            self.starting += [(name, self.line) for name in (expanded if not prefix else unquoted)]
+        if command is not None and not assignment and not ctx["dashdash"] and _option_from_expansion(
+                base, raw, self.functions, ctx["words"][ctx["command_index"] + 1:]):
+            self.option_from_expansion = self.option_from_expansion or self.line
         if command is not None:
             written = raw.replace('"', "").replace("'", "").replace("\\", "")  # the word as bash reads it
             dynamic = "$" in written or "`" in written  # what it is, bash decides at run time
@@ -1805,17 +1830,17 @@ def check_libpq_name(variable: str, text: str, where: str = "") -> None:
                               "default one): host names only")
 
 
-def _analysed(text: str) -> tuple[list[Slot], bool, bool]:
-    """The slots of ``text``'s markers, whether it evaluates text anywhere,
-    and whether a copy of a value begins (or is split into) an argument."""
+def _analysed(text: str) -> tuple[list[Slot], bool]:
+    """The slots of ``text``'s markers, and whether it evaluates text anywhere."""
     lexer = _Lexer(text)
     if OPEN not in text:
         if not _CONFIG_REFERENCE.search(text):
-            return [], False, False  # no value reaches it
+            return [], False  # no value reaches it
         try:
             lexer.run()
         except UnsafeContext as exc:
-            if exc.reason.startswith(("through $", "in a script that pipes", "in a script where a command's output",
+            if exc.reason.startswith(("through $", "through an argument", "in a script that pipes",
+                                      "in a script where a command's output",
                                       "in a script that expands aliases", "in a script that runs a command's output")):
                 raise  # a value's use dagrun could tell, not the lexer's doubt
             lexer.evaluates = True  # a script the lexer cannot follow: taken to evaluate
@@ -1831,7 +1856,7 @@ def _analysed(text: str) -> tuple[list[Slot], bool, bool]:
         raise UnsafeContext(line, "through $CONFIG_<KEY> in a script that evaluates text (arithmetic, -v, read, "
                                   "namerefs, prompts), where bash would run a[$(cmd)] held in it: write "
                                   "{{ config.<key> }} instead, which dagrun checks")
-    return (slots if OPEN in text else []), lexer.evaluates, lexer.copies_start_words
+    return (slots if OPEN in text else []), lexer.evaluates
 
 
 @functools.lru_cache(maxsize=256)
@@ -1841,30 +1866,22 @@ def check_plain(text: str) -> None:
     _analysed(text)
 
 
-def check_names(text: str, names: Iterable[str]) -> tuple[bool, bool]:
+def check_names(text: str, names: Iterable[str]) -> bool:
     """Check a script against variables given to it that hold values (a
     step's ``env`` entries, besides the ``{{ }}`` it holds): raises
     :class:`UnsafeContext` where one would be code, a command, or read by
     arithmetic. Returns whether the script evaluates text anywhere (then no
-    such variable may hold $ or `: see :func:`substitute`), and whether a
-    copy of one begins an argument (then none may hold a word starting
-    with '-': see :func:`option_in`)."""
+    such variable may hold $ or `: see :func:`substitute`)."""
     return _checked_names(text, frozenset(names))
 
 
 @functools.lru_cache(maxsize=256)
-def _checked_names(text: str, names: frozenset[str]) -> tuple[bool, bool]:
+def _checked_names(text: str, names: frozenset[str]) -> bool:
     lexer = _Lexer(text)
     lexer.tainted |= names
     lexer.given = names
     lexer.run()
-    return lexer.evaluates, lexer.copies_start_words
-
-
-def option_in(text: str) -> bool:
-    """Does ``text`` hold a word (or a line) that begins with '-': an
-    option, once a copy of it begins an argument or is split into several?"""
-    return any(word.startswith("-") and word != "-" for word in text.split())
+    return lexer.evaluates
 
 
 def check_source(source: str) -> None:
@@ -1921,7 +1938,7 @@ def as_text(value: Any) -> str:
 
 def substitute(rendered: str, values: list[Any], *, start: int = 1) -> ShellScript:
     """Replace the markers of ``rendered`` by variable references."""
-    found, evaluates, copies_start_words = _analysed(rendered)
+    found, evaluates = _analysed(rendered)
     slots = {slot.index: slot for slot in found}
     env: dict[str, str] = {}
     counter = [start]
@@ -1938,11 +1955,6 @@ def substitute(rendered: str, values: list[Any], *, start: int = 1) -> ShellScri
         if word_start and text.startswith("-"):
             raise ShellValueError(f"line {slot.line}: a value starts with '-' and would be read as an option; "
                                   "put '--' before it in the script")
-        if copies_start_words and option_in(text):  # (REPO={{ x }}; git clone "$REPO": found by helper-61)
-            raise ShellValueError(f"line {slot.line}: a value holds a word starting with '-', and this script "
-                                  "begins an argument with a variable holding a value (or splits one into words), "
-                                  "where it would be read as an option: put '--' before such arguments, and quote "
-                                  "the variable")
         if slot.assigned in LIBPQ_NAME_VARIABLES:
             check_libpq_name(slot.assigned, text, f"line {slot.line}: ")
         name = f"{VALUE_PREFIX}{counter[0]}"
@@ -1968,4 +1980,4 @@ def substitute(rendered: str, values: list[Any], *, start: int = 1) -> ShellScri
                             + '}"' for i, v in enumerate(value))
         return '"${' + var(as_text(value), slot, starts_word(slot)) + '}"'
 
-    return ShellScript(_MARKER.sub(replace, rendered), env, evaluates, copies_start_words)
+    return ShellScript(_MARKER.sub(replace, rendered), env, evaluates)

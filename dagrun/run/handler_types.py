@@ -218,17 +218,11 @@ class StepContext:
         evaluates = isinstance(script, ShellScript) and script.evaluates
         if env:  # variables holding values the lexer could not see when the template was compiled
             try:
-                env_evaluates, starts_words = shell_text.check_names(text, env)
-                evaluates = env_evaluates or evaluates
+                evaluates = shell_text.check_names(text, env) or evaluates
                 for key in shell_text.LIBPQ_NAME_VARIABLES & set(env):
                     shell_text.check_libpq_name(key, env[key], f"{name}'s env: ")
             except (shell_text.UnsafeContext, shell_text.ShellValueError) as exc:
                 raise PermanentError(f"{name}: {exc}") from None
-            for key, value in env.items():
-                if starts_words and shell_text.option_in(value):
-                    raise PermanentError(f"{name}: ${key} holds a word starting with '-', and the script begins an "
-                                         "argument with a variable holding a value (or splits one into words), "
-                                         "where it would be read as an option: put '--' before such arguments")
         if evaluates:
             # Arithmetic evaluates the content of a variable a value names (v=DAGRUN_WORKSPACE_ID;
             # [[ "$v" -gt 1 ]]): none of the step's variables that hold values may hold what would run.
