@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 from .compile import compile_template
 from .compile.loader import build_library
-from .errors import DagrunError, InputError, RunConflictError, SecretsNeeded, SupersededRun, TemplateError
+from .errors import DagrunError, InputError, RunConflictError, SecretsNeeded, TemplateError
 from .spec import MASK, Plan
 from .workspace import ALWAYS_STORED, normalize_workspace, stored_fields, with_home
 
@@ -315,7 +315,7 @@ def prepare_resume(run_id: str, *, database_url: str | None = None, from_step: s
     ``workspace``: the workspace as the run was given it (a fleet's file):
     the fields of it that were not stored are given again from it."""
     from .store.engine import store_errors, writable
-    from .store.runs import claim_token, done_steps, is_alive, load_for_resume, newer_run
+    from .store.runs import claim_token, done_steps, is_alive, load_for_resume, newer_run, superseded
     _check_workers(max_workers)
     url = database_url or default_database_url()
     engine = writable(url)
@@ -330,9 +330,7 @@ def prepare_resume(run_id: str, *, database_url: str | None = None, from_step: s
         raise RunConflictError(f"run {run.id} is still running (owner {run.owner})", run_id=run.id)
     newer = newer_run(engine, run)
     if newer is not None:  # what this run did may be undone or changed by it: its steps are not the state
-        raise SupersededRun(f"run {run.id} is not workspace {run.workspace_id}'s latest: run {newer.id[:8]} "
-                         f"({newer.status}) came after it, and resuming this one would run its steps over that "
-                         "one's work: run the template again instead")
+        raise superseded(run, newer)
     if run.mode == "check":
         raise InputError(f"run {run.id} was a check (--check): it changed nothing, so there is nothing to resume; "
                          "run the template again")

@@ -309,7 +309,9 @@ def _known_name(command: str) -> str:
     if base in _KNOWN_PROGRAMS:
         return command
     stem = _VERSIONED.sub("", base)
-    return f"{folder}/{stem}" if folder and stem in _KNOWN_PROGRAMS else stem if stem in _KNOWN_PROGRAMS else command
+    if stem not in _KNOWN_PROGRAMS:
+        return command
+    return f"{folder}/{stem}" if folder else stem
 
 
 # Variables whose content dagrun or the system sets and that never begin with '-' (a folder, a number).
@@ -953,7 +955,7 @@ class _Lexer:
             return
         raw = self.text[ctx.get("raw_start", self.i):self.i]
         plain, dynamic = _as_read(raw)
-        self._track_values(ctx, word, holds_value, raw)
+        self._track_values(ctx, word, holds_value, raw, plain)
         index = len(ctx["words"])
         # Compared with options and names as bash reads it ('-c' is -c); one that expands keeps its form
         stored = word if dynamic else plain
@@ -1017,11 +1019,11 @@ class _Lexer:
                 ctx["cond"] = False
         ctx.update(word="", word_markers=[], word_literal=True)
 
-    def _track_values(self, ctx: dict[str, Any], word: str, holds_value: bool, raw: str = "") -> None:
-        """Which names come to hold a value, and which names arithmetic reads."""
+    def _track_values(self, ctx: dict[str, Any], word: str, holds_value: bool, raw: str, read_as: str) -> None:
+        """Which names come to hold a value, and which names arithmetic reads
+        (``read_as``: the word as bash reads it, up to an expansion)."""
         command = None if ctx["command_start"] else ctx["command"]
         # (quoted, NAME=... is an assignment to declare and export, not at a command's start)
-        read_as, _ = _as_read(raw) if raw else (word, False)
         assigned_text = read_as if command in DECLARE_BUILTINS else word
         assignment = _ASSIGNMENT.match(assigned_text)
         if assignment and runs_as_code(assignment.group().rstrip("+=").split("[", 1)[0]):

@@ -149,10 +149,7 @@ def claim(engine: Engine, *, run_id: str, workspace_id: str, fields: Mapping[str
                                        "resuming it", run_id=run_id)
             newer = _newer(session, seen)  # (one may have started and ended since the resume was prepared)
             if newer is not None:
-                from ..errors import SupersededRun
-                raise SupersededRun(f"run {run_id} is not workspace {workspace_id}'s latest: run {newer.id[:8]} "
-                                    f"({newer.status}) came after it, and resuming this one would run its steps over "
-                                    "that one's work: run the template again instead")
+                raise superseded(seen, newer)
         home = fields.get("home_dir")
         if home:
             _check_home_is_its_own(engine, session, workspace_id, str(home))
@@ -273,6 +270,14 @@ def newer_run(engine: Engine, run: ProvisioningRun) -> ProvisioningRun | None:
         newer = _newer(session, run)
         session.expunge_all()
         return newer
+
+
+def superseded(run: ProvisioningRun, newer: ProvisioningRun) -> Exception:
+    """The refusal to resume ``run``, which ``newer`` came after."""
+    from ..errors import SupersededRun
+    return SupersededRun(f"run {run.id} is not workspace {run.workspace_id}'s latest: run {newer.id[:8]} "
+                         f"({newer.status}) came after it, and resuming this one would run its steps over that "
+                         "one's work: run the template again instead")
 
 
 def _newer(session: Session, run: ProvisioningRun) -> ProvisioningRun | None:
