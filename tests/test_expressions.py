@@ -82,8 +82,8 @@ def test_shell_values_become_environment_variables_never_script_text(tmp_path):
 
 
 def test_shell_lists_become_one_word_per_item():
-    script = render_shell("apt-get install {{ vars.p }}", {"vars": {"p": ["a b", "c"]}})
-    assert script.text == 'apt-get install "${DAGRUN_VALUE_1}" "${DAGRUN_VALUE_2}"'
+    script = render_shell("ls -- {{ vars.p }}", {"vars": {"p": ["a b", "c"]}})
+    assert script.text == 'ls -- "${DAGRUN_VALUE_1}" "${DAGRUN_VALUE_2}"'
     assert dict(script.values) == {"DAGRUN_VALUE_1": "a b", "DAGRUN_VALUE_2": "c"}
 
 

@@ -1131,6 +1131,16 @@ ATTACKS = [  # each must be refused when the template is compiled
     'git difftool --extcmd="diff -u {{ workspace.v }}" HEAD', "echo {{ workspace.v }} | sed '/./Ie'",
     "pg_dump -E {{ workspace.v }} -f d.sql -d app", "pg_dumpall --encoding={{ workspace.v }} -f d.sql",
     "hash -p {{ workspace.v }} git; git status", 'opt=-c; bash $opt "echo {{ workspace.v }}"',
+    # a package a value names is code (its build, install scripts, plugins): root ran a tenant's sdist, a .deb
+    # from the home; apt's and dpkg's settings and hooks run commands
+    "pip install {{ workspace.v }}", "python3 -m pip install -- {{ workspace.v }}", "pip3.11 download {{ workspace.v }}",
+    "pip install --index-url {{ workspace.v }} requests", ".venv/bin/pip install -r {{ workspace.v }}",
+    "uv pip install {{ workspace.v }}", "npm i {{ workspace.v }}", "yarn add {{ workspace.v }}",
+    "apt-get install -y -- {{ workspace.v }}", "apt install {{ workspace.v }}", "dpkg -i {{ workspace.v }}",
+    "gem install {{ workspace.v }}", "cargo install {{ workspace.v }}", "go install {{ workspace.v }}@latest",
+    "composer require {{ workspace.v }}", "conda install -y {{ workspace.v }}",
+    "apt-get -o {{ workspace.v }} update", "apt-get -qoAPT::Update::Pre-Invoke::={{ workspace.v }} update",
+    "dpkg --post-invoke={{ workspace.v }} -l",
 ]
 
 
@@ -1605,7 +1615,7 @@ def test_values_given_to_later_code_as_data_are_accepted(script):
                                     "pg_dump --exclude-table-data {{ workspace.v }} -f o.sql",
                                     "pg_dump --section {{ workspace.v }} -f o", "pg_restore -U {{ workspace.v }} a.dump",
                                     "python3 manage.py createsuperuser --username {{ workspace.v }} --noinput",
-                                    "uv tool install {{ workspace.v }}", "reindexdb -t {{ workspace.v }} -d db",
+                                    "pip show {{ workspace.v }}", "reindexdb -t {{ workspace.v }} -d db",
                                     "sed -e 's/x/y/g' <<< \"{{ workspace.v }}\"",
                                     'echo "$(date)" > f; echo "$DAGRUN_WORKSPACE_ID"',
                                     'python3 script.py -- "$(date)" "$CONFIG_X"',

@@ -149,6 +149,32 @@ _CODE_SUBCOMMANDS = {
 
 
 _ANY_CODE_SUBCOMMAND = frozenset().union(*_CODE_SUBCOMMANDS.values())
+# Package managers' subcommands (or options) that install what their arguments name: the package's
+# build, install scripts or plugins run as the account (root, for a workspace without a Linux user),
+# so a value may not choose it, nor any other argument of such a command (an index, a source).
+# The install_pip_requirements and install_system_packages actions take names, checked.
+_INSTALLERS = {
+    "pip": {"install", "download", "wheel"}, "uv": {"pip", "add", "tool", "sync"},
+    "poetry": {"add", "install", "self"}, "pipenv": {"install", "sync"}, "pdm": {"add", "install", "sync"},
+    "npm": {"install", "i", "in", "ins", "inst", "insta", "instal", "isnt", "isnta", "isntal", "isntall", "add",
+            "ci", "clean-install", "ic", "install-clean", "isntall-clean", "install-test", "it", "install-ci-test",
+            "cit", "update", "up", "upgrade", "udpate", "link", "ln", "rebuild", "rb", "pack", "publish"},
+    "pnpm": {"add", "install", "i", "update", "up", "upgrade", "link", "ln", "rebuild", "rb", "import"},
+    "yarn": {"add", "install", "global", "up", "upgrade", "link", "import"}, "bun": {"add", "a", "install", "i",
+                                                                                      "update", "link"},
+    "gem": {"install", "i", "update", "build"}, "bundle": {"install", "add", "update", "i"},
+    "cargo": {"install", "add", "build", "run", "b", "r", "test", "t", "bench"},
+    "go": {"install", "get", "build", "test"}, "composer": {"require", "install", "update", "create-project",
+                                                             "global", "r", "i", "u"},
+    **dict.fromkeys(("apt-get", "apt", "aptitude"), {"install", "reinstall", "build-dep", "source", "satisfy"}),
+    "dpkg": {"-i", "--install", "--unpack", "-R", "--recursive"},
+    **dict.fromkeys(("dnf", "yum", "microdnf", "zypper"), {"install", "in", "reinstall", "localinstall"}),
+    "apk": {"add"}, "snap": {"install"}, "flatpak": {"install"}, "brew": {"install", "reinstall", "tap"},
+    **dict.fromkeys(("conda", "mamba", "micromamba"), {"install", "create", "update", "env"}),
+    "cpan": {"-i", "install"}, "cpanm": {"install", "-i"}, "luarocks": {"install", "make", "build"},
+    "pecl": {"install"}, "opam": {"install"}, "stack": {"install", "build"}, "cabal": {"install", "build"},
+}
+_ANY_INSTALLER_SUBCOMMAND = frozenset().union(*_INSTALLERS.values())
 
 
 # Whether an awk or sed program may run commands is read conservatively: a false refusal is a
@@ -211,15 +237,16 @@ def _program_runs_commands(name: str, raws: list[str]) -> bool:
     return any(runs(text) for text in program)
 
 
-def _code_subcommand(name: str, kind: str | None, raws: list[str]) -> str | None:
+def _code_subcommand(name: str, kind: str | None, raws: list[str], table: Mapping[str, set[str]] = _CODE_SUBCOMMANDS,
+                     any_subcommand: frozenset[str] = _ANY_CODE_SUBCOMMAND) -> str | None:
     """``manage.py shell`` and the like: the command (or the script an
-    interpreter runs, or its ``-m`` module) is one of _CODE_SUBCOMMANDS and
-    an earlier argument is such a subcommand. ``raws``: the arguments as
+    interpreter runs, or its ``-m`` module) is one of ``table``'s programs
+    and an earlier argument is such a subcommand. ``raws``: the arguments as
     written (a quoted or variable script path: "$APP/manage.py")."""
     args = [(raw[1:] if raw.startswith(("$'", '$"')) else raw).replace('"', "").replace("'", "").replace("\\", "")
             for raw in raws]  # (as bash reads them: $'shell' is shell)
     program = name
-    if kind == "interpreter" and name not in _CODE_SUBCOMMANDS:  # (deno eval: the interpreter's own)
+    if kind == "interpreter" and name not in table:  # (deno eval: the interpreter's own)
         with_argument = _options_of(name)[2]
         i = 0
         while i < len(args) and args[i].startswith("-") and args[i] not in ("-", "--") and not args[i].startswith("-m"):
@@ -233,9 +260,9 @@ def _code_subcommand(name: str, kind: str | None, raws: list[str]) -> str | None
         if i >= len(args):
             return None
         program, args = args[i].rsplit("/", 1)[-1], args[i + 1:]
-    if "$" in program and any(a in _ANY_CODE_SUBCOMMAND for a in args):
-        return f"{program} {next(a for a in args if a in _ANY_CODE_SUBCOMMAND)}"  # a script named through a variable
-    subcommands = _CODE_SUBCOMMANDS.get(program, ())
+    if "$" in program and any(a in any_subcommand for a in args):
+        return f"{program} {next(a for a in args if a in any_subcommand)}"  # a script named through a variable
+    subcommands = table.get(program, ())
     escaped = {i for i, raw in enumerate(raws[len(raws) - len(args):]) if raw.startswith("$'") and "\\" in raw}
     found = next((a for i, a in enumerate(args) if a in subcommands or (subcommands and (
         i in escaped or any(c in a for c in "${}*?[")))), None)  # ($'\x73hell': bash decodes it to shell)
@@ -520,6 +547,11 @@ _COMMAND_OPTIONS = {
     "scp": ("-o", "-S", "-F"),
     "wget": ("-e", "--execute", "--use-askpass"),
     "curl": ("-K", "--config"),
+    # apt's settings and settings files (APT::Update::Pre-Invoke, DPkg::Pre-Install-Pkgs are commands),
+    # dpkg's hooks
+    **dict.fromkeys(("apt-get", "apt", "apt-cache", "apt-mark", "apt-config", "aptitude"),
+                    ("-o", "--option", "-c", "--config-file")),
+    "dpkg": ("--pre-invoke", "--post-invoke", "--status-logger"),
 }
 # git settings whose value it runs as a command or that choose one (git -c KEY=..., --config-env,
 # git config KEY ...); any other (user.name, user.email) takes a value.
@@ -593,7 +625,7 @@ _PYTHON_LIKE = re.compile(r"\A(python[0-9.]*|pypy[0-9.]*|perl[0-9.]*|ruby[0-9.]*
                           r"Rscript|julia|deno|bun)\Z")
 
 
-_KNOWN_PROGRAMS = frozenset(RUNNERS | INTERPRETERS | SCRIPTED | _SHELL_NAMES | set(_CODE_SUBCOMMANDS)
+_KNOWN_PROGRAMS = frozenset(RUNNERS | INTERPRETERS | SCRIPTED | _SHELL_NAMES | set(_CODE_SUBCOMMANDS) | set(_INSTALLERS)
                             | set(_LIBPQ_VALUE_OPTIONS) | set(_COMMAND_OPTIONS) | set(_DATA_OPTIONS))
 
 
@@ -913,6 +945,13 @@ class _Lexer:
             return (f"in what {subcommand} runs (it runs code it is given, or its input: a project's shell, a "
                     "database console, a package's command): pass the value as data (a file, a variable, an "
                     "argument of a script file)")
+        installs = _code_subcommand(name, kind, cmd["raws"][cmd["command_index"] + 1:], _INSTALLERS,
+                                    _ANY_INSTALLER_SUBCOMMAND)
+        if installs is not None:
+            return (f"in a command of {installs}, which installs what its arguments name (a package's build, "
+                    "install scripts or plugins run as the step's account, root's for a workspace without a Linux "
+                    "user): install only what the template's author wrote, or use the install_pip_requirements "
+                    "and install_system_packages actions, which check what they are given")
         if name in _LIBPQ_VALUE_OPTIONS and _libpq_database_name(
                 name, cmd["words"][cmd["command_index"] + 1:], self._so_far(cmd), cmd["raws"][cmd["command_index"] + 1:],
                 self.text[cmd.get("raw_start", self.i):self.i]):
