@@ -263,6 +263,15 @@ def cancel_run(run_id: str, *, database_url: str | None = None, reason: str = "c
     return request_cancel(database_url or default_database_url(), run_id, reason)
 
 
+def closed_as_interrupted(run_id: str, *, database_url: str | None = None) -> bool:
+    """Was the run closed because its process had stopped without ending it
+    (by a cancel that found nobody left to ask)? It can be resumed."""
+    from .store.history import show_run
+    from .store.runs import INTERRUPTED
+    run = show_run(database_url or default_database_url(), run_id)
+    return run["status"] == "failed" and (run["error"] or "").startswith(INTERRUPTED)
+
+
 # -- 1. prepare ---------------------------------------------------------------------
 
 def prepare(template: Any, workspace: Any, *, database_url: str | None = None, max_workers: int | None = None,

@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from dagrun import InputError, RunConflictError, TemplateError, resume, run_template
+from dagrun.api import get_run, watch_run
 from dagrun.run.events import StepStarted
 from dagrun.store.history import list_runs, show_run
 from tests.helpers import pid_alive, script_step, step, template
@@ -86,7 +87,14 @@ def test_sigkill_mid_run_then_resume_completes_without_rerunning(store, request,
     step_pid = int(pidfile.read_text())
     os.killpg(step_pid, signal.SIGKILL)  # the step outlived its parent, as after a power loss it would not
     [run] = list_runs(url, workspace="crash")
-    assert run["status"] == "running"  # what a crash leaves behind
+    # What a crash leaves behind: the store says running until a resume claims it; shown as interrupted,
+    # and a watch of it ends (it went on until its timeout: nobody runs it)
+    assert run["status"] == "interrupted" and "dagrun resume" in run["error"]
+    assert list_runs(url, workspace="crash", status="running") == []
+    assert [s["status"] for s in get_run(run["run_id"], database_url=url)["steps"]] == [
+        "completed", "interrupted", "not_started"]
+    assert list(watch_run(run["run_id"], database_url=url, timeout=60))[-1] == {
+        "event": "run", "run_id": run["run_id"], "status": "interrupted", "error": run["error"]}
     gate.touch()
     out = subprocess.run([sys.executable, "-m", "dagrun", "resume", run["run_id"], "--db", url, "--json"],
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)

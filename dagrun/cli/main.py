@@ -176,6 +176,10 @@ def cmd_resume(args: argparse.Namespace) -> int:
 def cmd_cancel(args: argparse.Namespace) -> int:
     run_id = api.cancel_run(api.find_run(args.run_id, database_url=_db(args)), database_url=_db(args), reason=f"cancelled by {args.by}" if args.by
                             else "cancelled from the command line")
+    if api.closed_as_interrupted(run_id, database_url=_db(args)):  # (nobody was left to ask)
+        print(f"run {run_id}'s process had stopped without ending it: closed it as interrupted\n"
+              f"(dagrun resume {run_id[:8]} goes on from where it stopped)")
+        return 0
     print(f"asked run {run_id} to stop\n(it stops within a second or two; dagrun watch {run_id[:8]} follows it)")
     return 0
 
@@ -454,7 +458,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
         print("no runs", file=sys.stderr)
     for r in runs:
         started = (r["started_at"] or "-")[:19].replace("T", " ")
-        print(f"{r['run_id'][:8]}  {started:<19}  {r['status']:<9} {_cut(r['workspace_id'], 14):<14} "
+        print(f"{r['run_id'][:8]}  {started:<19}  {r['status']:<11} {_cut(r['workspace_id'], 14):<14} "
               f"{_cut(r['template'], 16)} {r['version']}  {r['completed']}/{r['total']} done"
               + (f", {r['failed']} failed" if r["failed"] else ""))
     return 0
@@ -678,7 +682,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     runs = command("runs", cmd_runs, "the run history", db)
     runs.add_argument("--workspace", dest="ws_id", metavar="ID", help="only this workspace's runs")
-    runs.add_argument("--status", choices=("running", "succeeded", "failed", "cancelled"), help="only runs so")
+    runs.add_argument("--status", choices=("running", "interrupted", "succeeded", "failed", "cancelled"),
+                      help="only runs so (interrupted: its process stopped without ending it)")
     runs.add_argument("--limit", type=int, default=50, metavar="N", help="at most N runs (default 50)")
     runs.add_argument("--json", action="store_true", help="print them as JSON")
 

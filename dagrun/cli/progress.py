@@ -25,7 +25,8 @@ from ..run.events import RunFinished as RunFinishedEvent
 from ..run.result import RunResult
 
 STYLE = {"completed": "green", "failed": "red", "skipped": "yellow", "rolled_back": "magenta",
-         "cancelled": "bright_black", "not_started": "bright_black", "running": "cyan"}
+         "cancelled": "bright_black", "not_started": "bright_black", "running": "cyan",
+         "interrupted": "red"}
 WORDS = {"rolled_back": "rolled back", "not_started": "not started"}
 
 

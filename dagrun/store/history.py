@@ -16,22 +16,50 @@ def _iso(value: Any) -> str | None:
     return None if value is None else value.isoformat()
 
 
+INTERRUPTED_STATUS = "interrupted"
+STOPPED_WITHOUT_ENDING = ("its process stopped without ending it (no heartbeat): dagrun resume goes on from where "
+                          "it stopped; dagrun cancel closes it")
+
+
+def shown_status(run: ProvisioningRun) -> str:
+    """A run's status as people and programs reading it see it. The store
+    says ``running`` until a resume claims a run whose process died, or a
+    cancel closes it: such a run is shown ``interrupted``, as a cancel
+    would close it, so nobody waits for (or watches) a run nobody runs."""
+    from .runs import is_alive
+    if run.status == "running" and not is_alive(run):
+        return INTERRUPTED_STATUS
+    return run.status
+
+
 def list_runs(url: str, *, workspace: str | None = None, status: str | None = None,
               limit: int = 50, fleet: str | None = None) -> list[dict[str, Any]]:
-    query = select(ProvisioningRun).order_by(ProvisioningRun.started_at.desc()).limit(limit)
+    query = select(ProvisioningRun).order_by(ProvisioningRun.started_at.desc())
     if fleet is not None:
         query = query.where(ProvisioningRun.fleet_id == str(fleet))
     if workspace is not None:
         query = query.where(ProvisioningRun.workspace_id == str(workspace))
-    if status is not None:
-        query = query.where(ProvisioningRun.status == status)
+    if status in ("running", INTERRUPTED_STATUS):  # (told apart by their processes, below: few rows)
+        query = query.where(ProvisioningRun.status == "running")
+    else:
+        query = query.limit(limit)
+        if status is not None:
+            query = query.where(ProvisioningRun.status == status)
     with store_errors(url, "cannot read"), Session(readable(url)) as session:
-        return [{"run_id": r.id, "workspace_id": r.workspace_id, "template": r.template_name,
-                 "version": r.template_version, "status": r.status, "started_at": _iso(r.started_at),
-                 "completed_at": _iso(r.completed_at), "total": r.total_steps, "completed": r.completed_steps,
-                 "failed": r.failed_steps, "skipped": r.skipped_steps, "error": r.error, "mode": r.mode,
-                 "fleet_id": r.fleet_id}
-                for r in session.scalars(query)]
+        found = []
+        for r in session.scalars(query):
+            shown = shown_status(r)
+            if status is not None and shown != status:
+                continue
+            found.append({"run_id": r.id, "workspace_id": r.workspace_id, "template": r.template_name,
+                          "version": r.template_version, "status": shown, "started_at": _iso(r.started_at),
+                          "completed_at": _iso(r.completed_at), "total": r.total_steps,
+                          "completed": r.completed_steps, "failed": r.failed_steps, "skipped": r.skipped_steps,
+                          "error": r.error or (STOPPED_WITHOUT_ENDING if shown == INTERRUPTED_STATUS else None),
+                          "mode": r.mode, "fleet_id": r.fleet_id})
+            if len(found) == limit:
+                break
+        return found
 
 
 def find_run(session: Session, run_id: str) -> ProvisioningRun:
@@ -75,10 +103,12 @@ def show_run(url: str, run_id: str, *, output: bool = False) -> dict[str, Any]:
         run = find_run(session, run_id)
         attempts = session.scalars(select(WorkspaceActionExecution).where(WorkspaceActionExecution.run_id == run.id)
                                    .order_by(WorkspaceActionExecution.id)).all()
+        shown = shown_status(run)
         return {
             "run_id": run.id, "workspace_id": run.workspace_id, "template": run.template_name,
-            "version": run.template_version, "status": run.status, "started_at": _iso(run.started_at),
-            "completed_at": _iso(run.completed_at), "heartbeat_at": _iso(run.heartbeat_at), "error": run.error,
+            "version": run.template_version, "status": shown, "started_at": _iso(run.started_at),
+            "completed_at": _iso(run.completed_at), "heartbeat_at": _iso(run.heartbeat_at),
+            "error": run.error or (STOPPED_WITHOUT_ENDING if shown == INTERRUPTED_STATUS else None),
             "mode": run.mode, "fleet_id": run.fleet_id, "total_steps": run.total_steps,
             "max_workers": run.max_workers, "cancel_requested": run.cancel_requested,
             "home_dir": (run.workspace or {}).get("home_dir"),

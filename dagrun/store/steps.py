@@ -44,6 +44,8 @@ def run_steps(run: Mapping[str, Any], snapshot: Mapping[str, Any] | None, handle
         elif row["status"] == "failed" and row.get("next_retry_at") and running_run:
             status[sid] = "waiting_retry"
             retry_due[sid] = datetime.fromisoformat(row["next_retry_at"]).timestamp()
+        elif row["status"] == "running" and run["status"] == "interrupted":
+            status[sid] = "interrupted"  # (its attempt's process went with the run's)
         else:
             status[sid] = row["status"]
     live = _live(handle)

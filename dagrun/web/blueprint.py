@@ -272,6 +272,8 @@ def create_blueprint(*, database_url: str | None = None, actions: Iterable[Any] 
         found = _run(service, run_id, steps=False)
         allowed("cancel", workspace_id=found["workspace_id"], run_id=found["run_id"])
         api.cancel_run(found["run_id"], database_url=service.database_url, reason="cancelled from the web")
+        if api.closed_as_interrupted(found["run_id"], database_url=service.database_url):
+            return jsonify(run_id=found["run_id"], status="failed", closed="interrupted")  # (resumable)
         return jsonify(run_id=found["run_id"], status="cancelling"), 202
 
     @bp.get("/api/runs/<run_id>/events")

@@ -99,6 +99,11 @@ function runPage() {
   cancel.addEventListener("click", async () => {
     cancel.disabled = true;
     const answer = await call("POST", `/api/runs/${encodeURIComponent(runId)}/cancel`);
+    if (answer.ok && answer.data.closed) {  // its process had stopped: the cancel closed the run
+      text(message, "its process had stopped: closed; resume goes on from where it stopped");
+      refresh();
+      return;
+    }
     text(message, answer.ok ? "cancelling…" : answer.data.error);
   });
   const secretsForm = document.getElementById("resume-secrets");
