@@ -1141,6 +1141,24 @@ ATTACKS = [  # each must be refused when the template is compiled
     "composer require {{ workspace.v }}", "conda install -y {{ workspace.v }}",
     "apt-get -o {{ workspace.v }} update", "apt-get -qoAPT::Update::Pre-Invoke::={{ workspace.v }} update",
     "dpkg --post-invoke={{ workspace.v }} -l",
+    # (helper-65) [ and test split an unquoted word into operators (-o -v a[$(cmd)] runs cmd); a value given
+    # to a variable the -- rule trusts ($USER, $PWD); a function named only in a here-document or a comment;
+    # a function reading options with getopts; a glob's file names; -"$N"; $"$F" and $''"$F"; ${HOME<op>}
+    'X={{ workspace.v }}\nif [ -z $X ]; then echo none; else echo "name: $X"; fi', "f() { [ -n $1 ]; }; f {{ workspace.v }}",
+    'USER={{ workspace.v }}; chown -R $USER:$USER "$HOME/p"', 'read -r USER <<< "{{ workspace.v }}"; sort "$USER" f',
+    "cat >> ~/.bashrc <<'EOF'\ngit() { command git \"$@\"; }\nEOF\nREPO={{ workspace.v }}\ngit clone $REPO p",
+    "# this function git is for the developer's shell\nB={{ workspace.v }}\ngit pull \"$B\"",
+    'mk() { local m=755 OPTIND o; while getopts "m:" o; do m=$OPTARG; done; shift $((OPTIND-1)); '
+    'mkdir -m"$m" -- "$1"; }\nN={{ workspace.v }}; mk "$N"',
+    'git clone -q -- "{{ workspace.v }}" p; cd p && tar -czf ../b.tgz *', 'N={{ workspace.v }}; git log -"$N"',
+    'F={{ workspace.v }}; sort $"$F" f', "F={{ workspace.v }}; sort $''\"$F\" f", 'X={{ workspace.v }}; sort "${HOME:0:0}$X" f',
+    'X={{ workspace.v }}; sort "${HOME##*/}" f', 'n=PA; n+=TH; printf -v "$n" %s "{{ workspace.v }}"; git status',
+    'v={{ workspace.v }}; printf -v"$v" %s x', 'v={{ workspace.v }}; declare "$n=$v"',
+    # ... sed's and gawk's program options abbreviated or bundled; tar -T's input; yq's program; ansible's -e
+    "sed --expr='s/^/echo /e' <<< \"{{ workspace.v }}\"", "gawk --sourc='{ system($0) }' <<< \"{{ workspace.v }}\"",
+    "sed -ne's/^/echo /ep' <<< \"{{ workspace.v }}\"", "sed -ne 's/^/echo /ep' <<< \"{{ workspace.v }}\"",
+    'tar -czf b.tgz -C p -T - <<EOF\n{{ workspace.v }}\nEOF', 'yq -y -i ".name = \\"{{ workspace.v }}\\"" app.yaml',
+    'ansible-playbook -e "k={{ workspace.v }}" p.yml',
 ]
 
 
@@ -1151,6 +1169,10 @@ def test_attacks_on_the_shell_rules_are_refused(script, home):
 
 
 @pytest.mark.parametrize("script,fields", [
+    ("sort -{{ workspace.v }} /etc/hostname", {"v": "-output=MARK"}),  # (helper-65: tail -{{ n }}'s place)
+    ('sort -"{{ workspace.v }}" /etc/hostname', {"v": "-output=MARK"}),
+    ('sort "-{{ workspace.v }}" /etc/hostname', {"v": "-output=MARK"}),
+    ('sort "\\\n{{ workspace.v }}" /etc/hostname', {"v": "--output=MARK"}),  # (a line continuation is no text)
     ("sort {{ workspace.e }}{{ workspace.v }} /etc/hostname", {"e": "", "v": "--output=MARK"}),
     ("sort $''{{ workspace.v }} /etc/hostname", {"v": "--output=MARK"}),
     ("sort /etc/hostname {{ workspace.l }}", {"l": ["", "--output=MARK"]}),
@@ -1158,8 +1180,16 @@ def test_attacks_on_the_shell_rules_are_refused(script, home):
 def test_options_cannot_sneak_in_behind_empty_values(script, fields, home):
     result = run_template(template(script_step(10, script, id="s")), {"id": "w", "home_dir": str(home), **fields},
                           record=False)
-    assert "a value starts with '-' and would be read as an option" in result.steps["s"].error
-    assert "MARK" not in result.steps["s"].error and not (home / "MARK").exists()
+    error = result.steps["s"].error
+    assert "a value starts with '-' and would be read as an option" in error or "which makes an option of it" in error
+    assert "MARK" not in error and not (home / "MARK").exists()
+
+
+def test_a_number_may_follow_a_dash(home):
+    """tail -{{ n }}, gzip -{{ level }}: the count idiom stays."""
+    result = run_template(template(script_step(10, "seq 5 | tail -{{ workspace.n }}", id="s")),
+                          {"id": "w", "home_dir": str(home), "n": "2"}, record=False)
+    assert result.success and result.steps["s"].stdout.split() == ["4", "5"]
 
 
 @pytest.mark.parametrize("script,value", [
@@ -1364,7 +1394,7 @@ EVALUATING = [
     "f() { (( $1 > 1 )); }; f {{ workspace.v }}; true", "set -- {{ workspace.v }}; [[ $1 -eq 1 ]]; true",
     "declare -i n; read n <<< {{ workspace.v }}",
     "v={{ workspace.v }}; [[ -v $v ]]; true", 'v={{ workspace.v }}; test -v "$v"; true',
-    "f() { RANDOM=$1; }; f {{ workspace.v }}", 'v={{ workspace.v }}; printf -v"$v" %s x',
+    "f() { RANDOM=$1; }; f {{ workspace.v }}",
     'v={{ workspace.v }}; wait -n -p v"$v"; true', "skip={{ workspace.v }}\npkgs=(a b)\nunset 'pkgs[skip]'",
     "bash -c 'if (( $1 > 5 )); then echo big; fi' _ {{ workspace.v }}",
 ]

@@ -170,7 +170,8 @@ def config_problems(config: Mapping[str, Any], schema: Mapping[str, Any], *,
                                    "hold {{ }}, its names may not)"))
             elif isinstance(value, Mapping):
                 found += [(f"{key}.{name}", f"{name} is run (or loaded from) as code by bash or the programs it "
-                                            "starts: its value cannot hold {{ }}")
+                                            "starts (or trusted to hold no option, as USER and PWD): its value "
+                                            "cannot hold {{ }}")
                           for name, item in value.items() if shell_text.runs_as_code(str(name))
                           and isinstance(item, str) and expressions.has_template(item)]
     if surely_valid(schema, plain):  # the common case, without jsonschema's walk

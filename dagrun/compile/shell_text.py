@@ -41,7 +41,7 @@ import json
 
 from jinja2 import Undefined, pass_context
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace as _replace
 from collections.abc import Mapping  # for isinstance: typing's alias is several times slower
 from typing import Any, Iterable
 
@@ -69,6 +69,7 @@ RUNNERS = frozenset({
     "npx", "uvx", "pipx",  # (they run the package a word names)
     "prlimit", "setarch", "ssh-agent", "pg_virtualenv", "sshpass", "firejail", "proot",  # (helper-57: CMD after)
     "bunx", "just", "nix-shell", "ansible", "corepack",  # (helper-58/59: a package or a recipe, a --run...)
+    "ansible-playbook", "ansible-pull", "ansible-console",  # (their -e values are Jinja to Ansible)
     # (helper-61) more that run the command after them, or their input (newgrp's shell, m4's esyscmd)
     "newgrp", "linux32", "linux64", "i386", "x86_64", "choom", "perf", "gosu", "su-exec", "tini", "eatmydata",
     "run0", "numactl", "systemd-inhibit", "runcon", "valgrind", "xvfb-run", "dbus-launch", "cgexec", "torsocks",
@@ -84,7 +85,8 @@ INTERPRETERS = frozenset({"sh", "bash", "dash", "zsh", "ksh", "mksh", "fish", "c
                           "perl", "ruby", "node", "nodejs", "php", "lua", "tclsh", "wish", "bc", "dc", "osascript",
                           "psql", "mysql", "mariadb", "mongosh", "mongo"})  # (their input has shell escapes: \!)
 # Little languages: the program is the first operand (or -e / -f); their input is data.
-SCRIPTED = frozenset({"awk", "gawk", "mawk", "nawk", "sed", "jq"})
+SCRIPTED = frozenset({"awk", "gawk", "mawk", "nawk", "sed", "jq",
+                      "yq", "xq", "tomlq", "gojq", "jaq"})  # (helper-65: yq is jq's program, $ENV included)
 _CODE_FLAGS = frozenset({"-c", "-e", "-E", "-r", "-m", "-f", "--eval", "--command", "--expression", "--file",
                          "--from-file"})
 _GLUED_CODE = ("-c", "-e", "-E", "-r", "-m")
@@ -219,13 +221,29 @@ def _program_runs_commands(name: str, raws: list[str]) -> bool:
         if raw in with_argument:
             skip = True
             continue
-        if raw.startswith("-"):
-            unread = ("-f", "--file", "--expression=") + (
-                ("-i", "--include", "-E", "--exec", "-l", "--load", "--source") if family == "awk" else ())
-            if raw.startswith(unread) or (raw.startswith("-e") and len(raw) > 2):
-                return True  # a program from a file (gawk -f/-i/-E/-l), or glued where dagrun does not read it
-            if raw in ("-e", "--expression"):
+        if raw.startswith("--") and raw != "--":
+            given = raw.split("=", 1)[0]  # (getopt takes any unambiguous prefix: --expr=, --sourc=)
+            program_options = ("--expression", "--file") if family == "sed" else (
+                "--source", "--file", "--include", "--exec", "--load")
+            if any(option.startswith(given) for option in program_options) and len(given) > 2:
+                if "=" in raw or given not in ("--expression", "--source"):
+                    return True  # glued, or from a file: dagrun does not read it
                 expect = True
+            continue
+        if raw.startswith("-") and raw != "--":
+            # a bundle of short options (-ne 'p', -ne'p'): the letter taking the program, or a file
+            letters = raw[1:]
+            takes = "efl" if family == "sed" else "efiElvF"
+            first = next((i for i, c in enumerate(letters) if c in takes + ("i" if family == "sed" else "")), None)
+            if first is None:
+                continue
+            letter, rest = letters[first], letters[first + 1:]
+            if letter == "e" and not rest:
+                expect = True
+            elif letter in "efiEl" and not (family == "sed" and letter in "il"):
+                return True  # glued program (-ne'...'), or one from a file (-f, gawk -i/-E/-l)
+            elif letter in "lvF" and not rest:
+                skip = True  # its argument is the next word (awk -v n=..., sed -l 80)
             continue
         if "$" in raw.replace("\\$", "") or "`" in raw:
             if expect or not program:
@@ -235,6 +253,16 @@ def _program_runs_commands(name: str, raws: list[str]) -> bool:
             expect = False
     runs = _sed_runs_commands if family == "sed" else _AWK_RUNS_COMMANDS.search
     return any(runs(text) for text in program)
+
+
+def _tar_reads_names_as_options(raws: list[str]) -> bool:
+    """Does this tar read a list of names (-T, --files-from, old-style cT)
+    in which a line beginning with '-' is an option (helper-65)?"""
+    args = [_as_read(raw)[0] for raw in raws]
+    if "--verbatim-files-from" in args:
+        return False
+    return any(a.startswith("--files") or (a.startswith("-") and not a.startswith("--") and "T" in a)
+               or (i == 0 and not a.startswith("-") and "T" in a) for i, a in enumerate(args))
 
 
 def _code_subcommand(name: str, kind: str | None, raws: list[str], table: Mapping[str, set[str]] = _CODE_SUBCOMMANDS,
@@ -341,14 +369,21 @@ def _known_name(command: str) -> str:
     return f"{folder}/{stem}" if folder else stem
 
 
-# Variables whose content dagrun or the system sets and that never begin with '-' (a folder, a number).
+# Variables whose content dagrun or the system sets and that never begin with '-' (a folder, a number),
+# as long as no value is given to them (runs_as_code refuses that: helper-65), read whole ($HOME, not
+# ${HOME##*/}: a home's last folder may begin with '-').
 _NEVER_OPTIONS = frozenset({"HOME", "PWD", "OLDPWD", "TMPDIR", "DAGRUN_WORKSPACE_HOME", "DAGRUN_ATTEMPT", "USER",
                             "LOGNAME", "SHELL", "BASHPID", "PPID", "UID", "EUID", "$", "!", "?", "#"})
+_WHOLE_NEVER_OPTION = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*|[$!?#])\}|([A-Za-z_][A-Za-z0-9_]*|[$!?#]))")
 # Commands that read no option from such a word, or none that does harm: echo's -n/-e, cd's -L/-P,
-# test's operators in their places, [[ ]] (not a command), return and exit (a number).
-_TAKE_NO_OPTIONS = frozenset({"echo", "cd", "[", "test", "[[", "return", "exit", "shift", ":", "true", "false",
+# [[ ]] (not a command), return and exit (a number). ([ and test: only their quoted words, below.)
+_TAKE_NO_OPTIONS = frozenset({"echo", "cd", "[[", "return", "exit", "shift", ":", "true", "false",
                               "for", "select", "case", "in"})  # (and a loop's list, a case's word)
-_LEADING_EXPANSION = re.compile(r"""\A["']*(?:\$\{?!?([A-Za-z_][A-Za-z0-9_]*|[0-9@*#?$!-])|\$\(|`|\{[^}]*(?:,|\.\.)[^}]*\})""")
+# An argument's beginning, past what is empty ($'', "") and any '-' (-"$N" is an option N spells):
+_EMPTY_START = re.compile(r"""\A(?:\$?''|\$?""|\$(?=["']))+""")
+_LEADING_EXPANSION = re.compile(r"""\A["']*[-+]*["']*(?:\$\{([A-Za-z_][A-Za-z0-9_]*|[$!?#])\}|\$([A-Za-z_][A-Za-z0-9_]*|[$!?#])"""
+                                r"""|\$\{?!?[A-Za-z_0-9@*#?$!-]|\$\(|`|\{[^}]*(?:,|\.\.)[^}]*\})""")  # (whole: $N, ${N})
+_GLOB = frozenset("*?[")
 OPTION_FROM_EXPANSION = (
     "through an argument that a variable, a command's output or a brace expansion begins, or that an unquoted "
     "variable splits into words, before any -- (in a script holding values): a value there (a copy, a part, a "
@@ -358,16 +393,52 @@ OPTION_FROM_EXPANSION = (
 
 def _option_from_expansion(command: str, raw: str, functions: set[str], before: list[str]) -> bool:
     """May the argument ``raw`` (as written) be an option that an expansion
-    chose: begun by a variable (but those in _NEVER_OPTIONS), a command's
-    output or a brace expansion, or holding an unquoted variable (split
-    into words)? Not for a function of the script (its body is read where
-    it uses its arguments), nor printf's arguments after its format."""
-    if command in _TAKE_NO_OPTIONS or command in functions or (command == "printf" and before):
+    chose: begun by a variable (but those in _NEVER_OPTIONS, whole), a
+    command's output, a brace expansion or a glob (file names: a cloned
+    repository's), or holding an unquoted variable (split into words)?
+    Not for a function of the script (its body is read where it uses its
+    arguments), nor printf's arguments after its format. [ and test take
+    only quoted expansions: a split word may be an operator, and -v
+    evaluates its operand (-o -v a[$(cmd)])."""
+    if command in _TAKE_NO_OPTIONS or command in functions or (command == "printf" and _after_format(before)):
         return False
+    raw = _EMPTY_START.sub("", raw)
+    unquoted = _WHOLE_NEVER_OPTION.sub(lambda m: "" if (m.group(1) or m.group(2)) in _NEVER_OPTIONS else m.group(),
+                                       _QUOTED.sub("", raw))
+    if command in ("[", "test"):
+        return bool(_EXPANSION.search(unquoted) or "$(" in unquoted or "`" in unquoted or _GLOB & set(unquoted))
     leading = _LEADING_EXPANSION.match(raw)
-    if leading and leading.group(1) not in _NEVER_OPTIONS:
+    if leading and (leading.group(1) or leading.group(2)) not in _NEVER_OPTIONS:
         return True
-    return any(name not in _NEVER_OPTIONS for name in _EXPANSION.findall(_QUOTED.sub("", raw)))
+    return raw[:1] in _GLOB or bool(_EXPANSION.search(unquoted))
+
+
+_READ_ARGUMENTS = {"read": ("-d", "-i", "-n", "-N", "-p", "-t", "-u"), "mapfile": ("-d", "-n", "-O", "-s", "-u", "-c"),
+                   "readarray": ("-d", "-n", "-O", "-s", "-u", "-c")}
+
+
+def _names_a_variable(builtin: str, written: str, before: list[str]) -> bool:
+    """Is ``written`` (an argument of ``builtin``, after ``before``) the
+    name of a variable given a value: printf -v NAME, read's and mapfile's
+    names (read -a NAME), declare's NAME[=...], getopts' second operand?"""
+    previous = before[-1] if before else ""
+    if builtin == "printf":
+        return previous == "-v" or (written.startswith("-v") and len(written) > 2 and not before)
+    if builtin in _READ_ARGUMENTS:
+        if previous in _READ_ARGUMENTS[builtin]:
+            return False  # an option's argument: a prompt, a delimiter, a count
+        return previous in ("-a", "-C") or written.startswith(("-a", "-C")) or not written.startswith("-")
+    if builtin in DECLARE_BUILTINS:
+        return not written.startswith(("-", "+")) and any(c in written.split("=", 1)[0] for c in "$`")
+    if builtin == "getopts":
+        return len(before) == 1
+    return False
+
+
+def _after_format(before: list[str]) -> bool:
+    """Do printf's arguments ``before`` the next one hold its format (past -v NAME)?"""
+    rest = before[2:] if before[:1] == ["-v"] else before[1:] if before[:1] and before[0].startswith("-v") else before
+    return bool(rest[1:] if rest[:1] == ["--"] else rest)
 
 
 def _as_read(raw: str) -> tuple[str, bool]:
@@ -596,8 +667,10 @@ _PG_VALUE_NAMES = frozenset({"PGDATABASE", "PGUSER", "PGHOST", "PGPORT", "PGAPPN
 def runs_as_code(name: str) -> bool:
     """Is ``name`` a variable bash, or a program a script starts, runs or
     loads code (or its settings) from, so that no value may be given to it?
-    (A list cannot be complete: the README says how to pass values.)"""
-    return name in _SHELL_CODE_NAMES or name in _SHELL_CODE_MORE or name.startswith(_SHELL_CODE_PREFIXES) \
+    (Or one the rules trust never to hold an option: $USER, $PWD. A list
+    cannot be complete: the README says how to pass values.)"""
+    return name in _SHELL_CODE_NAMES or name in _SHELL_CODE_MORE or name in _NEVER_OPTIONS \
+        or name.startswith(_SHELL_CODE_PREFIXES) \
         or bool(_SHELL_CODE_FORM.search(name)) or (name.startswith("PG") and name not in _PG_VALUE_NAMES)
 
 
@@ -652,6 +725,7 @@ class Slot:
     options_end: bool = False  # after "--" (or a redirection's target): a '-' is no option here
     assignment: bool = False  # in a NAME=value word: a list may not become several words there
     assigned: str = ""  # the NAME of the NAME=value word it is in (quoted or not), if any
+    after_dashes: bool = False  # only '-' or '+' before it in its word, before any --: -{{ n }} is an option
 
 
 # Word text that may expand to nothing: what is left of $NAME, ${...}, $(...), $((...)), $[...] and `...` in a
@@ -730,6 +804,9 @@ class _Lexer:
         self.indirect: set[str] = set()
         self.given: frozenset[str] = frozenset()  # a step's env names (checked when its template was compiled)
         self.functions = {a or b for a, b in _FUNCTION.findall(text)}  # (input given to one goes to what it runs)
+        # ... and those the lexer saw defined (not a name in a here-document, a string, a comment: helper-65)
+        self.defined: set[str] = set()
+        self.unknown_name: int | None = None  # line of a variable an expansion names given a value (printf -v "$n")
         self.compound: list[bool] = []  # per open if/while/for/case/{: does a command in it run its input?
         self.runs_input = False  # does a command of the script (at its top) run its input? (for sh -c CODE)
         self.compound_fed: list[bool] = []  # per open compound: is it the end of a pipe?
@@ -805,6 +882,10 @@ class _Lexer:
             raise UnsafeContext(self.code_from_output, "in a script that runs a command's output as code (eval "
                                                        "\"$(...)\", source <(...)): dagrun cannot tell which values "
                                                        "reach it")
+        if self.unknown_name is not None and holds_values:
+            raise UnsafeContext(self.unknown_name, "in a script that gives a value to a variable an expansion names "
+                                                   "(printf -v \"$n\", read \"$n\", declare \"$n=...\"): dagrun "
+                                                   "cannot tell which variable that is (PATH, GIT_SSH_COMMAND...)")
         if self.unknown_nameref is not None and holds_values:
             raise UnsafeContext(self.unknown_nameref, "in a script with a nameref (declare -n) whose target is not "
                                                       "written in the declaration: dagrun cannot tell which variable "
@@ -826,7 +907,8 @@ class _Lexer:
             if runs_as_code(name):
                 raise UnsafeContext(self._assigned_at.get(name, 1),
                                     f"through ${name}: as the value of {name}, which bash or the programs it starts "
-                                    "run as code or load code from, it may hold a value")
+                                    "run as code or load code from (USER, PWD and the like are trusted to hold no "
+                                    "option), it may hold a value")
         for name, line in self.code:
             if name in self.tainted or name in _POSITIONAL or name.startswith(_VALUE_NAMES) or name in _FILLED \
                     or name.startswith("!") or name in self.outputs:
@@ -937,6 +1019,9 @@ class _Lexer:
                     "(-d, or its first operand) as a whole connection string when it holds '=' or a URL "
                     "(dbname=x user=postgres): give a database name in $PGDATABASE (PGDATABASE={{ ... }} psql ...), "
                     "where dagrun takes only a plain name")
+        if stdin and name == "tar" and _tar_reads_names_as_options(cmd["raws"][cmd["command_index"] + 1:]):
+            return ("in the input of tar -T (--files-from), which reads a line beginning with '-' as an option "
+                    "(-C/etc): give tar --verbatim-files-from before -T")
         if name in _READS_INPUT_AS_DATA and _program_runs_commands(name, cmd["raws"][cmd["command_index"] + 1:]):
             return (f"in a command of {name} whose program runs commands (awk's system(), getline and print to a "
                     "command; sed's e): keep values out of it")
@@ -993,11 +1078,15 @@ class _Lexer:
             ctx.update(word="", word_markers=[], word_literal=True, redirect=False)
             return
         raw = self.text[ctx.get("raw_start", self.i):self.i]
+        if markers and not ctx["dashdash"]:
+            self._mark_after_dashes(raw)
         plain, dynamic = _as_read(raw)
         self._track_values(ctx, word, holds_value, raw, plain)
         index = len(ctx["words"])
         # Compared with options and names as bash reads it ('-c' is -c); one that expands keeps its form
         stored = word if dynamic else plain
+        if ctx["command"] == "function" and index == ctx["command_index"] + 1 and not ctx["command_start"]:
+            self.defined.add(stored)  # function NAME { ... }
         ctx["words"].append(stored)
         ctx["raws"].append(raw)  # (as written: "$k" is "xx" above)
         if markers:
@@ -1058,6 +1147,16 @@ class _Lexer:
                 ctx["cond"] = False
         ctx.update(word="", word_markers=[], word_literal=True)
 
+    def _mark_after_dashes(self, raw: str) -> None:
+        """Slots of the word ``raw`` with only '-' or '+' before them (past
+        quotes and what may be empty): ``-{{ n }}`` makes an option of the
+        value unless it is a number (tail -{{ n }}: helper-65)."""
+        for m in _MARKER.finditer(raw):
+            before = _MAY_BE_EMPTY.sub("", _MARKER.sub("", raw[:m.start()]).replace("$'", "").replace('$"', ""))
+            before = before.replace("'", "").replace('"', "")
+            if before and not before.strip("-+"):
+                self.slots = [_replace(s, after_dashes=True) if s.index == int(m.group(1)) else s for s in self.slots]
+
     def _track_values(self, ctx: dict[str, Any], word: str, holds_value: bool, raw: str, read_as: str) -> None:
         """Which names come to hold a value, and which names arithmetic reads
         (``read_as``: the word as bash reads it, up to an expansion)."""
@@ -1068,7 +1167,8 @@ class _Lexer:
         if assignment and runs_as_code(assignment.group().rstrip("+=").split("[", 1)[0]):
             if holds_value:  # (the author's own PS4 or GIT_SSH_COMMAND is theirs)
                 self.fail(f"as the value of {assignment.group().rstrip('+=')}, which bash or the programs it "
-                          "starts run as code or load code from (or, for PATH, find commands in)")
+                          "starts run as code or load code from (or, for PATH, find commands in; USER, PWD and "
+                          "the like are trusted to hold no option)")
         base = (command or "").replace("\\", "").rsplit("/", 1)[-1]
         expanded = _EXPANSION.findall(_without_single_quoted(raw))
         ctx.setdefault("expanded", []).extend(expanded)  # (what the command may feed to the next by a pipe)
@@ -1086,8 +1186,10 @@ class _Lexer:
             key, _, variable = word.removeprefix("--config-env=").partition("=")
             if _GIT_CODE_KEY.match(key):
                 self.code.append((variable, self.line))  # the variable's value is the setting
+        # (a function that reads options with getopts reads them from "$@", unseen)
+        functions = self.defined if "getopts" not in self.text else set()
         if command is not None and not assignment and not ctx["dashdash"] and _option_from_expansion(
-                base, raw, self.functions, ctx["words"][ctx["command_index"] + 1:]):
+                base, raw, functions, ctx["words"][ctx["command_index"] + 1:]):
             self.option_from_expansion = self.option_from_expansion or self.line
         if command is not None:
             written = raw.replace('"', "").replace("'", "").replace("\\", "")  # the word as bash reads it
@@ -1106,6 +1208,8 @@ class _Lexer:
                     ctx["code_reads_input"] = True  # bash -c 'bash' <<< ...: its code runs its input
             elif runs_it and "'" in raw and dynamic:  # eval '$x', trap '$f' EXIT: expanded where it runs
                 self._inner(written)
+            if dynamic and _names_a_variable(base, written, ctx["words"][ctx["command_index"] + 1:]):
+                self.unknown_name = self.unknown_name or self.line
             if "[" in written and (base in NAME_BUILTINS or ctx["words"][-1:] in (["-v"], ["-R"], ["-p"])):
                 self.evaluates = True  # unset 'a[i]', declare "a[i]=x", printf -v 'a[i]': the subscript is arithmetic
             if base == "let" or (
@@ -1513,6 +1617,10 @@ class _Lexer:
             return
         if c == "(":
             self._end_word(ctx)
+            args = ctx["words"][ctx["command_index"]:]
+            if re.match(r"\(\s*\)", text[self.i:]) and (
+                    len(args) == 1 and not ctx["command_start"] or len(args) == 2 and args[0] == "function"):
+                self.defined.add(args[-1])  # NAME () or function NAME ()
             ctx["depth"] += 1
             self._advance()
             self._end_command(ctx)
@@ -1650,8 +1758,9 @@ class _Lexer:
         if c == "\\":
             if self.text.startswith(OPEN, self.i + 1):
                 self.fail("right after a backslash")
+            newline = self.text.startswith("\n", self.i + 1)
             self._advance(2)
-            ctx["content"] = True
+            ctx["content"] = ctx["content"] or not newline  # (a line continuation is no text: helper-65)
             return
         if c == '"':
             cmd["word"] += self._advance()
@@ -1984,7 +2093,7 @@ def substitute(rendered: str, values: list[Any], *, start: int = 1) -> ShellScri
     env: dict[str, str] = {}
     counter = [start]
 
-    def var(text: str, slot: Slot, word_start: bool) -> str:
+    def var(text: str, slot: Slot, word_start: bool, dashes: bool = False) -> str:
         if "\0" in text:
             raise ShellValueError(f"line {slot.line}: a value holds a NUL character, which a script cannot receive")
         if len(text.encode("utf-8", "surrogatepass")) > MAX_VALUE_BYTES:
@@ -1996,6 +2105,9 @@ def substitute(rendered: str, values: list[Any], *, start: int = 1) -> ShellScri
         if word_start and text.startswith("-"):
             raise ShellValueError(f"line {slot.line}: a value starts with '-' and would be read as an option; "
                                   "put '--' before it in the script")
+        if dashes and text and not text.isdigit():
+            raise ShellValueError(f"line {slot.line}: a value follows '-' in its word (-{{{{ n }}}}), which makes an "
+                                  "option of it: only a number may stand there (tail -{{ n }})")
         if slot.assigned in LIBPQ_NAME_VARIABLES:
             check_libpq_name(slot.assigned, text, f"line {slot.line}: ")
         name = f"{VALUE_PREFIX}{counter[0]}"
@@ -2011,14 +2123,14 @@ def substitute(rendered: str, values: list[Any], *, start: int = 1) -> ShellScri
         slot = slots[int(m.group(1))]
         value = values[slot.index]
         if slot.quoted:
-            return "${" + var(as_text(value), slot, starts_word(slot)) + "}"
+            return "${" + var(as_text(value), slot, starts_word(slot), slot.after_dashes) + "}"
         if isinstance(value, (list, tuple)):  # one word per item: each after the first begins a word
             if slot.assignment and len(value) > 1:  # NAME=a b: b would be the command, or declare's next name
                 raise ShellValueError(f"line {slot.line}: a list of several items cannot be assigned to a variable "
                                       "(its second item would be read as a command or a name): join it "
                                       "({{ x | join(' ') }}) or quote it (\"{{ x }}\")")
-            return " ".join('"${' + var(as_text(v), slot, starts_word(slot) if i == 0 else not slot.options_end)
-                            + '}"' for i, v in enumerate(value))
-        return '"${' + var(as_text(value), slot, starts_word(slot)) + '}"'
+            return " ".join('"${' + var(as_text(v), slot, starts_word(slot) if i == 0 else not slot.options_end,
+                                       slot.after_dashes and i == 0) + '}"' for i, v in enumerate(value))
+        return '"${' + var(as_text(value), slot, starts_word(slot), slot.after_dashes) + '}"'
 
     return ShellScript(_MARKER.sub(replace, rendered), env, evaluates)
