@@ -1159,6 +1159,22 @@ ATTACKS = [  # each must be refused when the template is compiled
     "sed -ne's/^/echo /ep' <<< \"{{ workspace.v }}\"", "sed -ne 's/^/echo /ep' <<< \"{{ workspace.v }}\"",
     'tar -czf b.tgz -C p -T - <<EOF\n{{ workspace.v }}\nEOF', 'yq -y -i ".name = \\"{{ workspace.v }}\\"" app.yaml',
     'ansible-playbook -e "k={{ workspace.v }}" p.yml',
+    # (helper-67) a value before the subcommand; -m in a bundle; apt's settings file; more installers; -- before
+    # awk's program; a function named as a program, or defined out of the top; names a step may have empty;
+    # a value continuing an option bundle; extglob; [ with a quoted operand before another
+    "npm --prefix {{ workspace.v }} install", "pip --python {{ workspace.v }} list",
+    "dpkg --admindir {{ workspace.v }} --configure -a", "python3 manage.py --settings {{ workspace.v }} shell",
+    "go -C {{ workspace.v }} run .", "python3 -Impip install {{ workspace.v }}", "APT_CONFIG={{ workspace.v }} apt-get update",
+    "apt-get upgrade {{ workspace.v }}", "dpkg -Ei {{ workspace.v }}", "gem inst {{ workspace.v }}", "cargo check {{ workspace.v }}",
+    "easy_install-3.11 {{ workspace.v }}", "pip-3.11 install {{ workspace.v }}", "npm config set registry {{ workspace.v }}",
+    "python3 -m pipx run {{ workspace.v }}",
+    "echo {{ workspace.v }} | awk -- '{ system(\"echo \" $0) }'", "echo {{ workspace.v }} | sed -- 's/^/echo /e'",
+    "echo {{ workspace.v }} | gawk -W exec p.awk",
+    'sort() { LC_ALL=C /usr/bin/sort "$@"; }; X={{ workspace.v }}; sort "$X" /etc/hostname',
+    'X={{ workspace.v }}; ( f() { :; } ); f "$X"; ./f "$X"', 'X={{ workspace.v }}; sort "$USER-$X" /etc/hostname',
+    'X={{ workspace.v }}; sort "$TMPDIR$X" /etc/hostname', 'X={{ workspace.v }}; tar -c"$X"f o.tgz .',
+    'echo {{ workspace.v }}; shopt -s extglob; tar cf o.tar !(*.tar)',
+    'tar -c -f o.tar -T - --verbatim-files-from <<< "{{ workspace.v }}"',
 ]
 
 
@@ -1173,6 +1189,8 @@ def test_attacks_on_the_shell_rules_are_refused(script, home):
     ('sort -"{{ workspace.v }}" /etc/hostname', {"v": "-output=MARK"}),
     ('sort "-{{ workspace.v }}" /etc/hostname', {"v": "-output=MARK"}),
     ('sort "\\\n{{ workspace.v }}" /etc/hostname', {"v": "--output=MARK"}),  # (a line continuation is no text)
+    ("sort -r{{ workspace.v }} /etc/hostname", {"v": "o/dev/null --output=MARK"}),  # (helper-67: -r, then -o...)
+    ("sort -r{{ workspace.v }} /etc/hostname", {"v": "oMARK"}),
     ("sort {{ workspace.e }}{{ workspace.v }} /etc/hostname", {"e": "", "v": "--output=MARK"}),
     ("sort $''{{ workspace.v }} /etc/hostname", {"v": "--output=MARK"}),
     ("sort /etc/hostname {{ workspace.l }}", {"l": ["", "--output=MARK"]}),
@@ -1181,7 +1199,7 @@ def test_options_cannot_sneak_in_behind_empty_values(script, fields, home):
     result = run_template(template(script_step(10, script, id="s")), {"id": "w", "home_dir": str(home), **fields},
                           record=False)
     error = result.steps["s"].error
-    assert "a value starts with '-' and would be read as an option" in error or "which makes an option of it" in error
+    assert "a value starts with '-' and would be read as an option" in error or "which makes options of it" in error
     assert "MARK" not in error and not (home / "MARK").exists()
 
 
@@ -1394,7 +1412,7 @@ EVALUATING = [
     "f() { (( $1 > 1 )); }; f {{ workspace.v }}; true", "set -- {{ workspace.v }}; [[ $1 -eq 1 ]]; true",
     "declare -i n; read n <<< {{ workspace.v }}",
     "v={{ workspace.v }}; [[ -v $v ]]; true", 'v={{ workspace.v }}; test -v "$v"; true',
-    "f() { RANDOM=$1; }; f {{ workspace.v }}",
+    "f() { RANDOM=$1; }; f {{ workspace.v }}", 'A=-v; B={{ workspace.v }}; [ "$A" "$B" ]; true',
     'v={{ workspace.v }}; wait -n -p v"$v"; true', "skip={{ workspace.v }}\npkgs=(a b)\nunset 'pkgs[skip]'",
     "bash -c 'if (( $1 > 5 )); then echo big; fi' _ {{ workspace.v }}",
 ]

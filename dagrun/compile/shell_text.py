@@ -36,6 +36,7 @@ run-time render analyses again what control flow actually produced.
 from __future__ import annotations
 
 import functools
+import shutil
 import contextvars
 import json
 
@@ -156,27 +157,36 @@ _ANY_CODE_SUBCOMMAND = frozenset().union(*_CODE_SUBCOMMANDS.values())
 # so a value may not choose it, nor any other argument of such a command (an index, a source).
 # The install_pip_requirements and install_system_packages actions take names, checked.
 _INSTALLERS = {
-    "pip": {"install", "download", "wheel"}, "uv": {"pip", "add", "tool", "sync"},
-    "poetry": {"add", "install", "self"}, "pipenv": {"install", "sync"}, "pdm": {"add", "install", "sync"},
+    "pip": {"install", "download", "wheel", "config"}, "uv": {"pip", "add", "tool", "sync", "build"},
+    "poetry": {"add", "install", "self", "config"}, "pipenv": {"install", "sync"}, "pdm": {"add", "install", "sync"},
+    "rye": {"add", "sync", "install"}, "pixi": {"add", "install"}, "hatch": {"env"},
     "npm": {"install", "i", "in", "ins", "inst", "insta", "instal", "isnt", "isnta", "isntal", "isntall", "add",
             "ci", "clean-install", "ic", "install-clean", "isntall-clean", "install-test", "it", "install-ci-test",
-            "cit", "update", "up", "upgrade", "udpate", "link", "ln", "rebuild", "rb", "pack", "publish"},
-    "pnpm": {"add", "install", "i", "update", "up", "upgrade", "link", "ln", "rebuild", "rb", "import"},
-    "yarn": {"add", "install", "global", "up", "upgrade", "link", "import"}, "bun": {"add", "a", "install", "i",
-                                                                                      "update", "link"},
-    "gem": {"install", "i", "update", "build"}, "bundle": {"install", "add", "update", "i"},
-    "cargo": {"install", "add", "build", "run", "b", "r", "test", "t", "bench"},
-    "go": {"install", "get", "build", "test"}, "composer": {"require", "install", "update", "create-project",
-                                                             "global", "r", "i", "u"},
-    **dict.fromkeys(("apt-get", "apt", "aptitude"), {"install", "reinstall", "build-dep", "source", "satisfy"}),
-    "dpkg": {"-i", "--install", "--unpack", "-R", "--recursive"},
-    **dict.fromkeys(("dnf", "yum", "microdnf", "zypper"), {"install", "in", "reinstall", "localinstall"}),
+            "cit", "clean-install-test", "sit", "update", "up", "upgrade", "udpate", "u", "link", "ln", "rebuild",
+            "rb", "pack", "publish", "dedupe", "ddp", "audit", "config", "c", "pkg", "set"},
+    "pnpm": {"add", "install", "i", "it", "install-test", "update", "up", "upgrade", "link", "ln", "rebuild", "rb",
+             "import", "dedupe", "audit", "config", "c", "pkg"},
+    "yarn": {"add", "install", "global", "up", "upgrade", "link", "import", "config", "dedupe"},
+    "bun": {"add", "a", "install", "i", "update", "link", "pm"}, "deno": {"install", "add", "i"},
+    "bundle": {"install", "add", "update", "i", "config"}, "composer": {"require", "req", "install", "update",
+                                                                       "create-project", "global", "r", "i", "u"},
+    "go": {"install", "get", "build", "test", "vet", "tool"},
+    **dict.fromkeys(("apt-get", "apt", "aptitude"), {"install", "reinstall", "build-dep", "source", "satisfy",
+                                                     "upgrade", "dist-upgrade", "full-upgrade", "dselect-upgrade"}),
+    **dict.fromkeys(("dnf", "yum", "microdnf", "zypper"), {"install", "in", "reinstall", "localinstall", "upgrade",
+                                                           "update", "up", "distro-sync", "swap"}),
     "apk": {"add"}, "snap": {"install"}, "flatpak": {"install"}, "brew": {"install", "reinstall", "tap"},
     **dict.fromkeys(("conda", "mamba", "micromamba"), {"install", "create", "update", "env"}),
-    "cpan": {"-i", "install"}, "cpanm": {"install", "-i"}, "luarocks": {"install", "make", "build"},
-    "pecl": {"install"}, "opam": {"install"}, "stack": {"install", "build"}, "cabal": {"install", "build"},
+    "luarocks": {"install", "i", "make", "build"}, "pecl": {"install"}, "opam": {"install"},
+    "stack": {"install", "build"}, "cabal": {"install", "build"}, "dotnet": {"tool", "add", "restore"},
+    "R": {"CMD"}, "Rscript": {"CMD"}, "nix": {"profile", "run", "shell", "develop", "build", "env"},
+    "mise": {"use", "install", "exec", "x", "run"}, "code": {"--install-extension"}, "vagrant": {"plugin"},
+    "helm": {"plugin", "install", "upgrade"}, "port": {"install"}, "sdk": {"install"},
+    # every command of these installs, builds (runs a package's build scripts) or takes options that do
+    **dict.fromkeys(("dpkg", "rpm", "gdebi", "pacman", "nix-env", "easy_install", "pip-sync", "pnpx", "cpan",
+                     "cpanm", "gem", "cargo", "pipx"), {"*"}),
 }
-_ANY_INSTALLER_SUBCOMMAND = frozenset().union(*_INSTALLERS.values())
+_ANY_INSTALLER_SUBCOMMAND = frozenset().union(*_INSTALLERS.values()) - {"*"}
 
 
 # Whether an awk or sed program may run commands is read conservatively: a false refusal is a
@@ -212,16 +222,23 @@ def _program_runs_commands(name: str, raws: list[str]) -> bool:
     program: list[str] = []
     expect = False  # the next word is the program (after -e)
     with_argument = _options_of(name)[2] - {"-e", "--expression", "-f", "--file"}
-    skip = False
+    skip = options_end = False
     for (bare, held), written in zip(read, raws):
         raw = bare if not held else written
         if skip:  # the argument of an option before it (awk -v n=..., -F:)
             skip = False
             continue
-        if raw in with_argument:
+        if raw == "--" and not options_end:  # (what follows is the program, then files: helper-67)
+            options_end = True
+            continue
+        if options_end:
+            pass
+        elif family == "awk" and raw.startswith("-W"):
+            return True  # gawk's and mawk's -W exec FILE, -W source=...: not read
+        elif raw in with_argument:
             skip = True
             continue
-        if raw.startswith("--") and raw != "--":
+        elif raw.startswith("--"):
             given = raw.split("=", 1)[0]  # (getopt takes any unambiguous prefix: --expr=, --sourc=)
             program_options = ("--expression", "--file") if family == "sed" else (
                 "--source", "--file", "--include", "--exec", "--load")
@@ -230,7 +247,7 @@ def _program_runs_commands(name: str, raws: list[str]) -> bool:
                     return True  # glued, or from a file: dagrun does not read it
                 expect = True
             continue
-        if raw.startswith("-") and raw != "--":
+        elif raw.startswith("-"):
             # a bundle of short options (-ne 'p', -ne'p'): the letter taking the program, or a file
             letters = raw[1:]
             takes = "efl" if family == "sed" else "efiElvF"
@@ -258,11 +275,14 @@ def _program_runs_commands(name: str, raws: list[str]) -> bool:
 def _tar_reads_names_as_options(raws: list[str]) -> bool:
     """Does this tar read a list of names (-T, --files-from, old-style cT)
     in which a line beginning with '-' is an option (helper-65)?"""
-    args = [_as_read(raw)[0] for raw in raws]
-    if "--verbatim-files-from" in args:
-        return False
-    return any(a.startswith("--files") or (a.startswith("-") and not a.startswith("--") and "T" in a)
-               or (i == 0 and not a.startswith("-") and "T" in a) for i, a in enumerate(args))
+    verbatim = False  # (it holds for the -T options after it, until --no-verbatim-files-from: helper-67)
+    for i, a in enumerate(_as_read(raw)[0] for raw in raws):
+        if a in ("--verbatim-files-from", "--no-verbatim-files-from"):
+            verbatim = a == "--verbatim-files-from"
+        elif (a.startswith("--files") or (a.startswith("-") and not a.startswith("--") and "T" in a)
+              or (i == 0 and not a.startswith("-") and "T" in a)) and not verbatim:
+            return True
+    return False
 
 
 def _code_subcommand(name: str, kind: str | None, raws: list[str], table: Mapping[str, set[str]] = _CODE_SUBCOMMANDS,
@@ -278,6 +298,10 @@ def _code_subcommand(name: str, kind: str | None, raws: list[str], table: Mappin
         with_argument = _options_of(name)[2]
         i = 0
         while i < len(args) and args[i].startswith("-") and args[i] not in ("-", "--") and not args[i].startswith("-m"):
+            bundle = re.match(r"-([A-Za-z]*?)m(.*)", args[i]) if not args[i].startswith("--") else None
+            if bundle and not set(bundle.group(1)) & set("cWXQ"):  # python3 -Impip: m among flags (helper-67)
+                args[i] = "-m" + bundle.group(2)
+                break
             i += 2 if args[i] in with_argument else 1
         if i < len(args) and args[i] == "-m":
             i += 1  # python3 -m django shell
@@ -291,6 +315,8 @@ def _code_subcommand(name: str, kind: str | None, raws: list[str], table: Mappin
     if "$" in program and any(a in any_subcommand for a in args):
         return f"{program} {next(a for a in args if a in any_subcommand)}"  # a script named through a variable
     subcommands = table.get(program, ())
+    if "*" in subcommands:
+        return program  # (every command of it)
     escaped = {i for i, raw in enumerate(raws[len(raws) - len(args):]) if raw.startswith("$'") and "\\" in raw}
     found = next((a for i, a in enumerate(args) if a in subcommands or (subcommands and (
         i in escaped or any(c in a for c in "${}*?[")))), None)  # ($'\x73hell': bash decodes it to shell)
@@ -353,7 +379,7 @@ _ANSI_NUMERIC = re.compile(r"\\(?:([0-7]{1,3})|x([0-9A-Fa-f]{1,2})|u([0-9A-Fa-f]
 _EXPANDS = re.compile(r"\$(?:[A-Za-z_{(\[0-9@*#?$!-])")
 
 
-_VERSIONED = re.compile(r"(?<=[A-Za-z])[0-9][0-9.]*(?:-[A-Za-z0-9_]+)*\Z")
+_VERSIONED = re.compile(r"(?<=[A-Za-z])-?[0-9][0-9.]*t?(?:-[A-Za-z0-9_]+)*\Z")  # (pip-3.11, pip3.12t)
 
 
 def _known_name(command: str) -> str:
@@ -372,8 +398,8 @@ def _known_name(command: str) -> str:
 # Variables whose content dagrun or the system sets and that never begin with '-' (a folder, a number),
 # as long as no value is given to them (runs_as_code refuses that: helper-65), read whole ($HOME, not
 # ${HOME##*/}: a home's last folder may begin with '-').
-_NEVER_OPTIONS = frozenset({"HOME", "PWD", "OLDPWD", "TMPDIR", "DAGRUN_WORKSPACE_HOME", "DAGRUN_ATTEMPT", "USER",
-                            "LOGNAME", "SHELL", "BASHPID", "PPID", "UID", "EUID", "$", "!", "?", "#"})
+# (Not $USER, $LOGNAME, $TMPDIR, $OLDPWD, $!: a step may have them empty, and "$USER$X" is then $X: helper-67.)
+_NEVER_OPTIONS = frozenset({"HOME", "PWD", "DAGRUN_ATTEMPT", "BASHPID", "PPID", "UID", "EUID", "$", "?", "#"})
 _WHOLE_NEVER_OPTION = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*|[$!?#])\}|([A-Za-z_][A-Za-z0-9_]*|[$!?#]))")
 # Commands that read no option from such a word, or none that does harm: echo's -n/-e, cd's -L/-P,
 # [[ ]] (not a command), return and exit (a number). ([ and test: only their quoted words, below.)
@@ -381,9 +407,11 @@ _TAKE_NO_OPTIONS = frozenset({"echo", "cd", "[[", "return", "exit", "shift", ":"
                               "for", "select", "case", "in"})  # (and a loop's list, a case's word)
 # An argument's beginning, past what is empty ($'', "") and any '-' (-"$N" is an option N spells):
 _EMPTY_START = re.compile(r"""\A(?:\$?''|\$?""|\$(?=["']))+""")
-_LEADING_EXPANSION = re.compile(r"""\A["']*[-+]*["']*(?:\$\{([A-Za-z_][A-Za-z0-9_]*|[$!?#])\}|\$([A-Za-z_][A-Za-z0-9_]*|[$!?#])"""
+_LEADING_EXPANSION = re.compile(r"""\A["']*(?:[-+]+[A-Za-z0-9]*)?["']*(?:\$\{([A-Za-z_][A-Za-z0-9_]*|[$!?#])\}|\$([A-Za-z_][A-Za-z0-9_]*|[$!?#])"""
                                 r"""|\$\{?!?[A-Za-z_0-9@*#?$!-]|\$\(|`|\{[^}]*(?:,|\.\.)[^}]*\})""")  # (whole: $N, ${N})
 _GLOB = frozenset("*?[")
+_TEST_BINARY = frozenset({"=", "==", "!=", "<", ">", "-eq", "-ne", "-lt", "-le", "-gt", "-ge", "-nt", "-ot", "-ef",
+                          "-a", "-o", "]", ")"})
 OPTION_FROM_EXPANSION = (
     "through an argument that a variable, a command's output or a brace expansion begins, or that an unquoted "
     "variable splits into words, before any -- (in a script holding values): a value there (a copy, a part, a "
@@ -410,7 +438,7 @@ def _option_from_expansion(command: str, raw: str, functions: set[str], before: 
     leading = _LEADING_EXPANSION.match(raw)
     if leading and (leading.group(1) or leading.group(2)) not in _NEVER_OPTIONS:
         return True
-    return raw[:1] in _GLOB or bool(_EXPANSION.search(unquoted))
+    return raw[:1] in _GLOB or bool(re.match(r"[@!+?*]\(", raw)) or bool(_EXPANSION.search(unquoted))
 
 
 _READ_ARGUMENTS = {"read": ("-d", "-i", "-n", "-N", "-p", "-t", "-u"), "mapfile": ("-d", "-n", "-O", "-s", "-u", "-c"),
@@ -622,7 +650,9 @@ _COMMAND_OPTIONS = {
     # dpkg's hooks
     **dict.fromkeys(("apt-get", "apt", "apt-cache", "apt-mark", "apt-config", "aptitude"),
                     ("-o", "--option", "-c", "--config-file")),
-    "dpkg": ("--pre-invoke", "--post-invoke", "--status-logger"),
+    "dpkg": ("--pre-invoke", "--post-invoke", "--status-logger", "--admindir", "--root", "--instdir"),
+    "pip": ("--python",),  # (helper-67: the interpreter pip runs)
+    "go": ("-vettool", "-toolexec", "-exec", "-C"),
 }
 # git settings whose value it runs as a command or that choose one (git -c KEY=..., --config-env,
 # git config KEY ...); any other (user.name, user.email) takes a value.
@@ -653,6 +683,7 @@ _SHELL_CODE_MORE = frozenset({"HOME", "CLASSPATH", "MAKEFILES", "GIT_DIR", "GIT_
                               "PGSYSCONFDIR", "MYSQL_HOME", "GIT_CONFIG", "PSQLRC", "MYSQL_TEST_LOGIN_FILE",
                               "SQLITE_HISTORY", "TF_CLI_CONFIG_FILE", "NETRC", "CURL_CA_BUNDLE", "LUA_INIT", "PHPRC",
                               "PHP_INI_SCAN_DIR", "R_PROFILE", "R_PROFILE_USER", "R_ENVIRON", "R_ENVIRON_USER",
+                              "APT_CONFIG", "DPKG_ADMINDIR", "DPKG_ROOT",
                               "CC", "CXX", "CPP", "LD", "AR", "AS", "CFLAGS", "CXXFLAGS", "CPPFLAGS", "LDFLAGS",
                               "MAKE", "NM", "RANLIB", "STRIP", "OBJCOPY", "PKG_CONFIG", "CMAKE_ARGS", "MAKEOPTS"})
 
@@ -694,7 +725,7 @@ _BEFORE_ARITHMETIC = frozenset({"for", "if", "elif", "while", "until", "!", "the
 _CONTROL = frozenset({"then", "do", "else", "elif", "if", "while", "until", "!", "{", "}"})
 _ASSIGNMENT = re.compile(r"\A[A-Za-z_][A-Za-z0-9_]*(\[[^]]*\])?\+?=")
 _LITERAL_NAME = re.compile(r"\A[A-Za-z0-9_./+-][A-Za-z0-9_.,:/+@%=-]*\Z")
-_PYTHON_LIKE = re.compile(r"\A(python[0-9.]*|pypy[0-9.]*|perl[0-9.]*|ruby[0-9.]*|php[0-9.]*|node[0-9]*|lua[0-9.]*|"
+_PYTHON_LIKE = re.compile(r"\A(py|python[0-9.]*t?|pypy[0-9.]*|perl[0-9.]*|ruby[0-9.]*|php[0-9.]*|node[0-9]*|lua[0-9.]*|"
                           r"Rscript|julia|deno|bun)\Z")
 
 
@@ -1085,7 +1116,8 @@ class _Lexer:
         index = len(ctx["words"])
         # Compared with options and names as bash reads it ('-c' is -c); one that expands keeps its form
         stored = word if dynamic else plain
-        if ctx["command"] == "function" and index == ctx["command_index"] + 1 and not ctx["command_start"]:
+        if ctx["command"] == "function" and index == ctx["command_index"] + 1 and not ctx["command_start"] \
+                and ctx["depth"] == 0 and not self.compound and len(self.stack) == 1 and not shutil.which(stored):
             self.defined.add(stored)  # function NAME { ... }
         ctx["words"].append(stored)
         ctx["raws"].append(raw)  # (as written: "$k" is "xx" above)
@@ -1154,7 +1186,7 @@ class _Lexer:
         for m in _MARKER.finditer(raw):
             before = _MAY_BE_EMPTY.sub("", _MARKER.sub("", raw[:m.start()]).replace("$'", "").replace('$"', ""))
             before = before.replace("'", "").replace('"', "")
-            if before and not before.strip("-+"):
+            if re.fullmatch(r"[-+]+[A-Za-z0-9]*", before):  # (-{{ n }}, or a bundle's letters: tar -c{{ v }}f)
                 self.slots = [_replace(s, after_dashes=True) if s.index == int(m.group(1)) else s for s in self.slots]
 
     def _track_values(self, ctx: dict[str, Any], word: str, holds_value: bool, raw: str, read_as: str) -> None:
@@ -1186,11 +1218,19 @@ class _Lexer:
             key, _, variable = word.removeprefix("--config-env=").partition("=")
             if _GIT_CODE_KEY.match(key):
                 self.code.append((variable, self.line))  # the variable's value is the setting
-        # (a function that reads options with getopts reads them from "$@", unseen)
-        functions = self.defined if "getopts" not in self.text else set()
+        # (a function that reads options with getopts reads them from "$@", unseen; one unset is no more)
+        functions = self.defined if "getopts" not in self.text and "unset" not in self.text else set()
+        bare = (command or "").replace("\\", "")
+        if "/" in bare:  # (./test, tools/exit, /usr/bin/sort: a program, whatever its last name)
+            bare = "/" + bare
         if command is not None and not assignment and not ctx["dashdash"] and _option_from_expansion(
-                base, raw, functions, ctx["words"][ctx["command_index"] + 1:]):
+                bare, raw, functions, ctx["words"][ctx["command_index"] + 1:]):
             self.option_from_expansion = self.option_from_expansion or self.line
+        if bare in ("[", "test") and command is not None:  # [ "$A" "$B" ]: a quoted A may be the operator -v
+            previous = ctx["raws"][ctx["command_index"] + 1:]
+            if previous and _LEADING_EXPANSION.match(_EMPTY_START.sub("", previous[-1])) and read_as not in _TEST_BINARY \
+                    and (ctx["words"][ctx["command_index"] + 1:][-2:-1] or [None])[0] in (None, "!", "(", "-a", "-o"):
+                self.evaluates = True
         if command is not None:
             written = raw.replace('"', "").replace("'", "").replace("\\", "")  # the word as bash reads it
             dynamic = "$" in written or "`" in written  # what it is, bash decides at run time
@@ -1439,6 +1479,17 @@ class _Lexer:
         base = (ctx["command"] or "").replace("\\", "").rsplit("/", 1)[-1]
         if base in _ENV_DATABASE_CLIENTS and not _names_its_database(base, ctx["raws"][ctx["command_index"] + 1:]):
             self.env_database = self.env_database or self.line
+        name = (ctx["command"] or "").rsplit("/", 1)[-1]
+        if ctx["command"] and ctx["command_literal"] and (ctx["marker_words"] or ctx.get("expanded")):
+            # (a subcommand after the value: npm --prefix {{ v }} install, manage.py --settings {{ v }} shell)
+            args = ctx["raws"][ctx["command_index"] + 1:]
+            found = _code_subcommand(name, self._kind(ctx), args, _INSTALLERS, _ANY_INSTALLER_SUBCOMMAND) \
+                or _code_subcommand(name, self._kind(ctx), args)
+            if found and ctx["marker_words"]:
+                self.fail(f"in a command of {found}, which installs what its arguments name or runs code it is "
+                          "given (wherever the value stands in it): keep values out of it")
+            if found:
+                self.code += [(n, self.line) for n in ctx.get("expanded", [])]
         if base in _READS_INPUT_AS_DATA and _program_runs_commands(base, ctx["raws"][ctx["command_index"] + 1:]):
             if ctx["marker_words"]:  # (awk -v name={{ v }} 'BEGIN { system(... name) }': before the program)
                 self.fail(f"in a command of {base} whose program runs commands (awk's system(), getline and "
@@ -1615,12 +1666,18 @@ class _Lexer:
             self._end_word(ctx)  # operators of [[ ]]: words of the condition, not separators
             ctx["words"].append(self._advance(2 if text.startswith(("&&", "||"), self.i) else 1))
             return
+        if c == "(" and ctx["word"] in ("@", "!", "+", "?", "*") and not ctx["command_start"] and not ctx["dashdash"]:
+            # an extglob pattern begins the argument (tar cf o.tar !(*.tar)): file names, perhaps options
+            self.option_from_expansion = self.option_from_expansion or self.line
         if c == "(":
             self._end_word(ctx)
             args = ctx["words"][ctx["command_index"]:]
             if re.match(r"\(\s*\)", text[self.i:]) and (
-                    len(args) == 1 and not ctx["command_start"] or len(args) == 2 and args[0] == "function"):
-                self.defined.add(args[-1])  # NAME () or function NAME ()
+                    len(args) == 1 and not ctx["command_start"] or len(args) == 2 and args[0] == "function") \
+                    and ctx["depth"] == 0 and not self.compound and len(self.stack) == 1 and not shutil.which(args[-1]):
+                # NAME () or function NAME (), at the top (not in ( ), if, a function), and no program's name
+                # (sort() { ...; } | true: the function went with a subshell, and sort is /usr/bin/sort)
+                self.defined.add(args[-1])
             ctx["depth"] += 1
             self._advance()
             self._end_command(ctx)
@@ -2106,8 +2163,9 @@ def substitute(rendered: str, values: list[Any], *, start: int = 1) -> ShellScri
             raise ShellValueError(f"line {slot.line}: a value starts with '-' and would be read as an option; "
                                   "put '--' before it in the script")
         if dashes and text and not text.isdigit():
-            raise ShellValueError(f"line {slot.line}: a value follows '-' in its word (-{{{{ n }}}}), which makes an "
-                                  "option of it: only a number may stand there (tail -{{ n }})")
+            raise ShellValueError(f"line {slot.line}: a value follows '-' (and letters) in its word, which makes "
+                                  "options of it (tar -c{{ v }}f, -{{ v }}): only a number may stand there (tail "
+                                  "-{{ n }}, make -j{{ n }}); give an option's argument as a word of its own")
         if slot.assigned in LIBPQ_NAME_VARIABLES:
             check_libpq_name(slot.assigned, text, f"line {slot.line}: ")
         name = f"{VALUE_PREFIX}{counter[0]}"
