@@ -166,3 +166,40 @@ def test_the_editor_shows_every_problem_of_an_invalid_save(tmp_path, server, bro
     status, body = server.get("/api/templates/edited/actions")
     assert status == 200 and [a["step_id"] for a in body["actions"]] == ["one", "two"]
     assert errors == []
+
+
+def test_a_run_whose_process_died_shows_interrupted_and_can_be_resumed(tmp_path, server, browser_page):
+    """It showed 'running', with Cancel enabled and Resume not, until the
+    workspace's next run (or a cancel) closed it."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+    page, errors = browser_page
+    doc = tmp_path / "long.yaml"
+    doc.write_text(yaml.safe_dump(template(script_step(10, "sleep 60", id="long"))))
+    other = subprocess.Popen([sys.executable, "-m", "dagrun", "run", str(doc), "--db", f"sqlite:///{tmp_path}/browser.db",
+                              "--ws", "id=died", "--home", str(tmp_path / "h-died")],
+                             env={**os.environ, "XDG_DATA_HOME": str(tmp_path / "xdg")},
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline, runs = time.monotonic() + 60, []
+        while not runs and time.monotonic() < deadline:
+            status, body = server.get("/api/runs?workspace=died")
+            runs = body["runs"] if status == 200 else []
+            time.sleep(0.1)
+        assert runs, "the other process's run never showed"
+    finally:
+        other.kill()
+        other.wait(30)
+    page.goto(f"{server.url}/login?token={server.token}")
+    page.goto(f"{server.url}/runs/{runs[0]['run_id']}")
+    playwright.expect(page.locator("#run")).to_have_attribute("data-status", "interrupted")
+    playwright.expect(page.locator("#run-error")).to_contain_text("dagrun resume")
+    playwright.expect(page.locator('tr[data-step-id="long"]')).to_have_attribute("data-status", "interrupted")
+    playwright.expect(page.get_by_role("button", name="Cancel")).to_be_disabled()
+    playwright.expect(page.get_by_role("button", name="Resume")).to_be_enabled()
+    shot(page, "run-interrupted")
+    assert not errors
