@@ -714,9 +714,7 @@ def claim(prepared: PreparedRun) -> None:
     variables = dict(prepared.variables)
 
     def holds_secret(value: Any) -> bool:  # (a number fills a secret field as its text)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            value = str(value)
-        return redactor.value(value) != value
+        return redactor.holds(value)
 
     def read(kind: str, name: str, value: Any) -> bool:  # by name (or all): whatever its length
         return value not in (None, "") and ((kind, name) in from_secret_fields or (kind, "*") in from_secret_fields)

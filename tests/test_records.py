@@ -808,6 +808,31 @@ def test_a_secret_the_output_cut_went_through_is_masked_on_both_sides(workspace,
     assert "bytes dropped" in seen[0] and "a********\n... [" in seen[0]
 
 
+def test_a_value_holding_a_cut_tells_nothing_of_how_a_secret_begins(workspace, db_url, tmp_path):
+    """(helper-66) Masked only where they matched a secret's beginning, the
+    characters before a cut's text told a tenant, guess by guess, how a
+    stored template's secret began: its run was refused as holding part of
+    a secret (over HTTP: the whole secret in about 1,000 requests), and a
+    script echoing the value showed it. Now the run is not refused, and
+    the edges are masked whatever they hold."""
+    from dagrun import InputError
+    cut = "\n... [1 bytes dropped] ...\n"
+    secret = "Adm1n-Pr0d-Passw0rd"
+    doc = template(script_step(10, 'echo "{{ vars.project }}"', id="s"), vars={"project": "x"})
+    outputs = []
+    for guess in ("Adm", "zzz"):  # a secret's beginning, and not
+        result = run_template(doc, {**workspace, "id": f"w-{guess}", "home_dir": str(tmp_path / guess)},
+                              database_url=db_url, secrets={"token": secret},
+                              variables={"project": f"{guess}{cut}tail"})
+        assert result.success, result.error
+        outputs.append(result.steps["s"].stdout.replace(guess, "GUESS"))
+    assert outputs[0] == outputs[1] and "GUESS" not in outputs[0]  # the same, whatever was guessed
+    with pytest.raises(InputError, match="holds a secret's value"):  # (a whole secret in a plain variable)
+        run_template(doc, {**workspace, "id": "w-whole", "home_dir": str(tmp_path / "whole")}, database_url=db_url,
+                     secrets={"token": secret},
+                     variables={"project": secret})
+
+
 def test_secret_variables_are_masked_everywhere_and_not_stored(workspace, db_url, tmp_path):
     import json as jsonlib
     import os

@@ -111,32 +111,37 @@ class Redactor:
     def _cut_edges(self, text: str) -> str:
         """Long output keeps its head and tail: a secret the cut went through
         leaves a part at the end of the head and a part at the start of the
-        tail, masked too."""
+        tail. As many characters as such a part could hold are masked on
+        both sides of each cut, whatever they are: masked only where they
+        matched a secret's beginning or end, a value holding a cut's text
+        would tell, guess by guess, how a secret begins (helper-66)."""
         marks = list(_CUT.finditer(text))
-        if not marks:
+        longest = max((len(form) for form in self._forms), default=0) - 1  # (a part is shorter than its form)
+        if not marks or longest < MIN_LENGTH:
             return text
         pieces = [text[a.end() if a else 0:b.start() if b else len(text)]
                   for a, b in zip([None, *marks], [*marks, None])]
         for i, piece in enumerate(pieces):
-            if i < len(marks):  # ends where the cut begins
-                n = self._partial(piece, lambda form, k: piece.endswith(form[:k]))
-                piece = piece[:len(piece) - n] + MASK if n else piece
-            if i > 0:  # begins where the cut ends
-                n = self._partial(piece, lambda form, k: piece.startswith(form[-k:]))
-                piece = MASK + piece[n:] if n else piece
+            if i < len(marks) and piece:  # ends where the cut begins
+                piece = piece[:max(0, len(piece) - longest)] + MASK
+            if i > 0 and piece:  # begins where the cut ends
+                piece = MASK + piece[longest:]
             pieces[i] = piece
         return "".join(p + (marks[i].group() if i < len(marks) else "") for i, p in enumerate(pieces))
 
-    def _partial(self, piece: str, has: Any) -> int:
-        """The length of the longest part (at least MIN_LENGTH characters,
-        shorter than the form) of a secret's form that ``has`` finds."""
-        best = 0
-        for form in self._forms:
-            for k in range(min(len(form) - 1, len(piece)), max(best, MIN_LENGTH - 1), -1):
-                if has(form, k):
-                    best = k
-                    break
-        return best
+    def holds(self, value: Any) -> bool:
+        """Does a JSON-like ``value`` hold a secret's value (or one of its
+        forms), as text anywhere in it? (Not masked edges: see _cut_edges.)"""
+        pattern = self._pattern
+        if pattern is None:
+            return False
+        if isinstance(value, str):
+            return bool(pattern.search(value))
+        if isinstance(value, Mapping):
+            return any(self.holds(k) or self.holds(v) for k, v in value.items())
+        if isinstance(value, (list, tuple, set, frozenset)):
+            return any(self.holds(v) for v in value)
+        return value is not None and not isinstance(value, bool) and bool(pattern.search(str(value)))
 
     def value(self, value: Any) -> Any:
         """A masked copy of a JSON-like structure (keys are masked too)."""
