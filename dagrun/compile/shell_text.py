@@ -900,30 +900,27 @@ class _Lexer:
                                 "a connection string)")
         # Values reach a script as {{ }} markers, and through the variables dagrun (or its env) gives it.
         holds_values = bool(self.slots or self.given or _CONFIG_REFERENCE.search(self.text))
-        if self.dynamic_command is not None and holds_values:
-            raise UnsafeContext(self.dynamic_command, "in a script where a command's output is the command to run "
-                                                      "($(...) as the command): dagrun cannot tell what runs")
-        if self.env_database is not None and holds_values:
-            raise UnsafeContext(self.env_database, "in a script where vacuumdb, reindexdb, clusterdb, pgbench or "
-                                                   "pg_amcheck is given no database: they take $PGDATABASE (or "
-                                                   "$PGUSER) as a connection string, and a value may reach those "
-                                                   "in more ways than dagrun can follow: name the database in the "
-                                                   "template (-d NAME, or --all)")
-        if self.code_from_output is not None and holds_values:
-            raise UnsafeContext(self.code_from_output, "in a script that runs a command's output as code (eval "
-                                                       "\"$(...)\", source <(...)): dagrun cannot tell which values "
-                                                       "reach it")
-        if self.unknown_name is not None and holds_values:
-            raise UnsafeContext(self.unknown_name, "in a script that gives a value to a variable an expansion names "
-                                                   "(printf -v \"$n\", read \"$n\", declare \"$n=...\"): dagrun "
-                                                   "cannot tell which variable that is (PATH, GIT_SSH_COMMAND...)")
-        if self.unknown_nameref is not None and holds_values:
-            raise UnsafeContext(self.unknown_nameref, "in a script with a nameref (declare -n) whose target is not "
-                                                      "written in the declaration: dagrun cannot tell which variable "
-                                                      "a value given to it reaches")
-        if self.piped_into is not None and holds_values:
-            raise UnsafeContext(self.piped_into, "in a script that pipes into a program running what it reads (sh, "
-                                                 "python3 -, xargs...): dagrun cannot tell which values reach it")
+        # What dagrun cannot follow, refused once a value may reach the script (the first found, in this order).
+        doubts = (
+            (self.dynamic_command, "in a script where a command's output is the command to run ($(...) as the "
+                                   "command): dagrun cannot tell what runs"),
+            (self.env_database, "in a script where vacuumdb, reindexdb, clusterdb, pgbench or pg_amcheck is given "
+                                "no database: they take $PGDATABASE (or $PGUSER) as a connection string, and a value "
+                                "may reach those in more ways than dagrun can follow: name the database in the "
+                                "template (-d NAME, or --all)"),
+            (self.code_from_output, "in a script that runs a command's output as code (eval \"$(...)\", source "
+                                    "<(...)): dagrun cannot tell which values reach it"),
+            (self.unknown_name, "in a script that gives a value to a variable an expansion names (printf -v \"$n\", "
+                                "read \"$n\", declare \"$n=...\"): dagrun cannot tell which variable that is (PATH, "
+                                "GIT_SSH_COMMAND...)"),
+            (self.unknown_nameref, "in a script with a nameref (declare -n) whose target is not written in the "
+                                   "declaration: dagrun cannot tell which variable a value given to it reaches"),
+            (self.piped_into, "in a script that pipes into a program running what it reads (sh, python3 -, "
+                              "xargs...): dagrun cannot tell which values reach it"),
+        )
+        for line, reason in doubts:
+            if line is not None and holds_values:
+                raise UnsafeContext(line, reason)
         if ("expand_aliases" in self.text or "posix" in self.text) and holds_values:  # (set -o posix: aliases on)
             self.fail("in a script that expands aliases (dagrun cannot tell what a command runs)")
         for quoted in _BACKTICKS.finditer(_without_single_quoted(self.text)):  # `$x`: a command substitution
