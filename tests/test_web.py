@@ -267,8 +267,9 @@ def test_dagrun_cancel_of_a_run_whose_process_died_says_it_closed_it(client, sto
     out = subprocess.run([sys.executable, "-m", "dagrun", "cancel", run_id, "--db", store],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    assert out.stdout == (f"run {run_id}'s process had stopped without ending it: closed it as interrupted\n"
+    assert out.stdout == (f"run {run_id}: its process had stopped\nwithout ending it: closed it as interrupted\n"
                           f"(dagrun resume {run_id[:8]} goes on from where it stopped)\n")
+    assert all(len(line) <= 80 for line in out.stdout.splitlines()), out.stdout
     assert get_run(run_id, database_url=store)["status"] == "failed"
 
 

@@ -177,7 +177,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     run_id = api.cancel_run(api.find_run(args.run_id, database_url=_db(args)), database_url=_db(args), reason=f"cancelled by {args.by}" if args.by
                             else "cancelled from the command line")
     if api.closed_as_interrupted(run_id, database_url=_db(args)):  # (nobody was left to ask)
-        print(f"run {run_id}'s process had stopped without ending it: closed it as interrupted\n"
+        print(f"run {run_id}: its process had stopped\nwithout ending it: closed it as interrupted\n"
               f"(dagrun resume {run_id[:8]} goes on from where it stopped)")
         return 0
     print(f"asked run {run_id} to stop\n(it stops within a second or two; dagrun watch {run_id[:8]} follows it)")
