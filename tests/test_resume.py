@@ -528,7 +528,11 @@ def test_watch_follows_a_run_live_from_another_process(store, request, workspace
     first = json.loads(line)  # the watcher sees the run while it is going
     assert first["event"] == "attempt" and first["step_id"] == "a"
     gate.touch()
-    out, err = watcher.communicate(timeout=60)
+    # The rest through the same reader: readline may already hold part of the next line, which
+    # communicate() (it reads the pipe itself) would never see. The watcher ends by itself (--timeout).
+    out = watcher.stdout.read()
+    err = watcher.stderr.read()
+    watcher.wait(60)
     thread.join()
     assert watcher.returncode == 0, err
     events = [first] + [json.loads(line) for line in out.splitlines()]

@@ -494,8 +494,9 @@ def cmd_watch(args: argparse.Namespace) -> int:
     final = "running"
     run_id = api.find_run(args.run_id, database_url=_db(args))
     for event in api.watch_run(run_id, database_url=_db(args), timeout=args.timeout):
-        if args.json:
-            print(json.dumps(event, default=str), flush=True)
+        if args.json:  # one write per line: a reader of the pipe never sees half a line (even unbuffered)
+            sys.stdout.write(json.dumps(event, default=str) + "\n")
+            sys.stdout.flush()
         elif event["event"] == "attempt":
             error = f"  {event['error']}" if event["error"] else ""
             print(f"{event['step_id']}  attempt {event['attempt']}: {event['status']}{error}", flush=True)
