@@ -1175,6 +1175,12 @@ ATTACKS = [  # each must be refused when the template is compiled
     'X={{ workspace.v }}; sort "$TMPDIR$X" /etc/hostname', 'X={{ workspace.v }}; tar -c"$X"f o.tgz .',
     'echo {{ workspace.v }}; shopt -s extglob; tar cf o.tar !(*.tar)',
     'tar -c -f o.tar -T - --verbatim-files-from <<< "{{ workspace.v }}"',
+    # inline code of another language handing an exported value to a shell (its $X, or the environment)
+    "export X={{ workspace.v }}; sed -n '1e $X' /etc/hostname", "export X={{ workspace.v }}; awk 'BEGIN{system(\"$X\")}'",
+    "export X={{ workspace.v }}; awk 'BEGIN{system(ENVIRON[\"X\"])}'", "export X={{ workspace.v }}; perl -e 'system($ENV{X})'",
+    "X={{ workspace.v }}; export X; awk 'BEGIN{print ENVIRON[\"X\"] | \"sh\"}'",
+    "export X={{ workspace.v }}; python3 -c 'import os; os.system(os.environ[\"X\"])'",
+    "export X={{ workspace.v }}; python3 -c 'import os; os.system(\"$X\")'",
 ]
 
 
@@ -1675,7 +1681,13 @@ def test_values_given_to_later_code_as_data_are_accepted(script):
                                     'echo {{ workspace.v }}; pgbench -c 2 mydb',
                                     "awk -v n={{ workspace.v }} '{print n \"@example.com\"}' /dev/null",
                                     "mysql -u {{ workspace.v }} -e 'select 1'", "python3 -u script.py {{ workspace.v }}",
-                                    "sh -s -- {{ workspace.v }} < script.sh"])
+                                    "sh -s -- {{ workspace.v }} < script.sh",
+                                    # awk's $1 and sed's $ are theirs, not bash's; read -p takes a prompt
+                                    "echo \"{{ workspace.v }}\" | awk '{print $1}'",
+                                    "awk -F: '{print $NF}' <<< \"{{ workspace.v }}\"",
+                                    "awk -v n=\"{{ workspace.v }}\" '{print $1, n}' /dev/null",
+                                    "echo \"{{ workspace.v }}\" | sed 's/$/;/'",
+                                    'read -r -p "$PROMPT" name <<< "{{ workspace.v }}"; echo "$name"'])
 def test_values_as_arguments_of_scripts_and_data_options_are_accepted(script):
     compile_template(template(script_step(10, script)))
 

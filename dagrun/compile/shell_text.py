@@ -195,6 +195,12 @@ _ANY_INSTALLER_SUBCOMMAND = frozenset().union(*_INSTALLERS.values()) - {"*"}
 _AWK_RUNS_COMMANDS = re.compile(r"system|getline|\|&|(?<!\|)\|(?!\|)|@[A-Za-z_][A-Za-z0-9_]*\s*\(|\\\n")
 
 
+# Inline code of another language (awk, perl, python, ruby, node) that reads the environment, and that
+# may hand text to a shell: both read conservatively (subprocess.run([...]) with os.environ is refused too).
+_READS_ENVIRONMENT = re.compile(r"ENVIRON|\$ENV\b|%ENV|\bENV\s*[\[.]|environ|getenv|process\.env|Deno\.env")
+_HANDS_TO_A_SHELL = re.compile(r"system|popen|shell|getoutput|qx|`|%x|exec|spawn|getline|\|")
+
+
 _SED_SUBSTITUTION = re.compile(r"([sy])(.)((?:\\.|(?!\2).)*)\2((?:\\.|(?!\2).)*)\2([^;\n}]*)")
 _SED_ADDRESS_REGEX = re.compile(r"(?:/(?:\\.|[^/])*/|\\(.)(?:\\.|(?!\1).)*\1)[IM]*")  # (/x/Ie: flags I, M)
 
@@ -262,7 +268,8 @@ def _program_runs_commands(name: str, raws: list[str]) -> bool:
             elif letter in "lvF" and not rest:
                 skip = True  # its argument is the next word (awk -v n=..., sed -l 80)
             continue
-        if "$" in raw.replace("\\$", "") or "`" in raw:
+        unquoted = _without_single_quoted(written)  # (awk '{print $1}': a field, not bash's $1)
+        if "$" in unquoted.replace("\\$", "") or "`" in unquoted:
             if expect or not program:
                 return True  # the program is held in a variable
         if expect or not program:
@@ -430,11 +437,17 @@ def _option_from_expansion(command: str, raw: str, functions: set[str], before: 
     evaluates its operand (-o -v a[$(cmd)])."""
     if command in _TAKE_NO_OPTIONS or command in functions or (command == "printf" and _after_format(before)):
         return False
+    if command in _READ_ARGUMENTS and before and re.fullmatch(r"-[rse]*[" + "".join(
+            o[1] for o in _READ_ARGUMENTS[command]) + "]", before[-1]):
+        return False  # the argument of an option that takes one (read -p "$PROMPT", read -rd "$D")
     raw = _EMPTY_START.sub("", raw)
     unquoted = _WHOLE_NEVER_OPTION.sub(lambda m: "" if (m.group(1) or m.group(2)) in _NEVER_OPTIONS else m.group(),
                                        _QUOTED.sub("", raw))
     if command in ("[", "test"):
         return bool(_EXPANSION.search(unquoted) or "$(" in unquoted or "`" in unquoted or _GLOB & set(unquoted))
+    first = _SINGLE_QUOTED.match(raw)
+    if first is not None and first.group()[1:2] not in ("-", "+"):  # ('{print $1, n}': a literal begins it)
+        return bool(_EXPANSION.search(unquoted))
     leading = _LEADING_EXPANSION.match(raw)
     if leading and (leading.group(1) or leading.group(2)) not in _NEVER_OPTIONS:
         return True
@@ -837,6 +850,7 @@ class _Lexer:
         self.functions = {a or b for a, b in _FUNCTION.findall(text)}  # (input given to one goes to what it runs)
         # ... and those the lexer saw defined (not a name in a here-document, a string, a comment: helper-65)
         self.defined: set[str] = set()
+        self.environment_to_shell: int | None = None  # line of inline code reading the environment into a shell
         self.unknown_name: int | None = None  # line of a variable an expansion names given a value (printf -v "$n")
         self.compound: list[bool] = []  # per open if/while/for/case/{: does a command in it run its input?
         self.runs_input = False  # does a command of the script (at its top) run its input? (for sh -c CODE)
@@ -910,6 +924,10 @@ class _Lexer:
                                 "template (-d NAME, or --all)"),
             (self.code_from_output, "in a script that runs a command's output as code (eval \"$(...)\", source "
                                     "<(...)): dagrun cannot tell which values reach it"),
+            (self.environment_to_shell, "in a script with inline code (awk, perl, python...) that reads the "
+                                        "environment and hands text to a shell (system(), popen, a pipe to a "
+                                        "command): a value exported to it would be shell code there; pass it as "
+                                        "an argument of that code and run programs with an argument list"),
             (self.unknown_name, "in a script that gives a value to a variable an expansion names (printf -v \"$n\", "
                                 "read \"$n\", declare \"$n=...\"): dagrun cannot tell which variable that is (PATH, "
                                 "GIT_SSH_COMMAND...)"),
@@ -1243,8 +1261,18 @@ class _Lexer:
             elif shell_code:
                 if self._inner(written, arguments=True):
                     ctx["code_reads_input"] = True  # bash -c 'bash' <<< ...: its code runs its input
-            elif runs_it and "'" in raw and dynamic:  # eval '$x', trap '$f' EXIT: expanded where it runs
-                self._inner(written)
+            elif runs_it and "'" in raw and dynamic and (base in _SHELL_NAMES or self._kind(ctx) not in (
+                    "interpreter", "scripted")):  # eval '$x', trap '$f' EXIT: expanded where it runs
+                self._inner(written)  # (not awk '{print $1}' nor perl -e '$x': their $ is not bash's)
+            elif "'" in raw and self._kind(ctx) in ("interpreter", "scripted"):
+                # Another language's code: its $NAME is not bash's, but code that hands text to a shell
+                # (awk's system("$X"), sed '1e $X', os.system("$X")) has that shell expand an exported X.
+                # ($1... there are that shell's own arguments: none.)
+                if runs_it:
+                    self.code += [(n, self.line) for n in _EXPANSION.findall(written) if not n[:1].isdigit()
+                                  and n not in ("*", "@", "_")]
+                if _READS_ENVIRONMENT.search(written) and _HANDS_TO_A_SHELL.search(written):
+                    self.environment_to_shell = self.environment_to_shell or self.line
             if dynamic and _names_a_variable(base, written, ctx["words"][ctx["command_index"] + 1:]):
                 self.unknown_name = self.unknown_name or self.line
             if "[" in written and (base in NAME_BUILTINS or ctx["words"][-1:] in (["-v"], ["-R"], ["-p"])):
