@@ -1181,6 +1181,14 @@ ATTACKS = [  # each must be refused when the template is compiled
     "X={{ workspace.v }}; export X; awk 'BEGIN{print ENVIRON[\"X\"] | \"sh\"}'",
     "export X={{ workspace.v }}; python3 -c 'import os; os.system(os.environ[\"X\"])'",
     "export X={{ workspace.v }}; python3 -c 'import os; os.system(\"$X\")'",
+    # helper-69: &> is a redirection (not & then a new command), ((cmd); cmd) two subshells
+    'bash &>>~/provision.log -c "cd ~/{{ workspace.v | path_segment }} && ls"',
+    "python3 &>>setup.log -c \"print('{{ workspace.v }}')\"", "bash &>/dev/null -s <<EOF\necho {{ workspace.v }}\nEOF",
+    'set -- "{{ workspace.v }}"\n((echo "setting up"); eval "$1") # done :))',
+    # ... curl's settings (and others') from a value on its input; pg_ctl runs its -D, -o and -l with sh
+    'curl -sS --config - <<EOF\nurl = "https://h/ws/{{ workspace.v }}"\nEOF', 'curl -K /dev/stdin <<< "url = {{ workspace.v }}"',
+    'echo "url = {{ workspace.v }}" | curl -K-', 'scp -F /dev/stdin a b:c <<< "{{ workspace.v }}"',
+    'pg_ctl -D ~/pgdata -o "-p {{ workspace.v }}" -l ~/pg.log start', "pg_ctl -D ~/{{ workspace.v }}/pgdata start",
 ]
 
 
@@ -1687,7 +1695,10 @@ def test_values_given_to_later_code_as_data_are_accepted(script):
                                     "awk -F: '{print $NF}' <<< \"{{ workspace.v }}\"",
                                     "awk -v n=\"{{ workspace.v }}\" '{print $1, n}' /dev/null",
                                     "echo \"{{ workspace.v }}\" | sed 's/$/;/'",
-                                    'read -r -p "$PROMPT" name <<< "{{ workspace.v }}"; echo "$name"'])
+                                    'read -r -p "$PROMPT" name <<< "{{ workspace.v }}"; echo "$name"',
+                                    'echo {{ workspace.v }} &>/dev/null', 'cat <<< "{{ workspace.v }}" &>> log',
+                                    '(( (1 + 2) * 3 > 0 )) && echo {{ workspace.v }}',
+                                    'curl -sS -o out https://example.com/x -d @- <<< "{{ workspace.v }}"'])
 def test_values_as_arguments_of_scripts_and_data_options_are_accepted(script):
     compile_template(template(script_step(10, script)))
 

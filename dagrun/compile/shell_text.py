@@ -76,6 +76,7 @@ RUNNERS = frozenset({
     "run0", "numactl", "systemd-inhibit", "runcon", "valgrind", "xvfb-run", "dbus-launch", "cgexec", "torsocks",
     "proxychains", "chronic", "ifne", "rlwrap", "setuidgid", "envdir", "softlimit", "m4", "catchsegv", "systemd-cat",
     "hash",  # (hash -p PATH NAME: a value would choose the program NAME runs)
+    "pg_ctl", "pg_ctlcluster",  # (helper-69: pg_ctl pastes -D, -o and -l into a shell command)
 })
 # Interpreters run a program given inline (-c, -e...), as their first operand
 # (a file), or on stdin. A value may be an argument of that program, never
@@ -290,6 +291,25 @@ def _tar_reads_names_as_options(raws: list[str]) -> bool:
               or (i == 0 and not a.startswith("-") and "T" in a)) and not verbatim:
             return True
     return False
+
+
+_STDIN_FILES = frozenset({"-", "/dev/stdin", "/dev/fd/0", "/proc/self/fd/0"})
+
+
+def _option_reads_stdin(name: str, raws: list[str]) -> str | None:
+    """The option of this command (one whose argument it runs or takes
+    settings from: curl -K, scp -F, apt-get -c) given its standard input
+    (``-``, /dev/stdin) as that file, if any (helper-69)."""
+    options = _COMMAND_OPTIONS.get(name, ())
+    words = [_as_read(raw)[0] for raw in raws]
+    for i, word in enumerate(words):
+        for option in options:
+            if word == option and i + 1 < len(words) and words[i + 1] in _STDIN_FILES:
+                return option
+            glued = word.removeprefix(option + "=") if option.startswith("--") else word.removeprefix(option)
+            if glued != word and glued.lstrip("=") in _STDIN_FILES:
+                return option
+    return None
 
 
 def _code_subcommand(name: str, kind: str | None, raws: list[str], table: Mapping[str, set[str]] = _CODE_SUBCOMMANDS,
@@ -657,8 +677,9 @@ _COMMAND_OPTIONS = {
             "--new-volume-script", "--rsh-command"),
     "zip": ("-TT", "--unzip-command"),
     "scp": ("-o", "-S", "-F"),
-    "wget": ("-e", "--execute", "--use-askpass"),
+    "wget": ("-e", "--execute", "--use-askpass", "--config"),
     "curl": ("-K", "--config"),
+    "openssl": ("-config", "-engine", "-provider-path"),
     # apt's settings and settings files (APT::Update::Pre-Invoke, DPkg::Pre-Install-Pkgs are commands),
     # dpkg's hooks
     **dict.fromkeys(("apt-get", "apt", "apt-cache", "apt-mark", "apt-config", "aptitude"),
@@ -1068,6 +1089,9 @@ class _Lexer:
         if stdin and name == "tar" and _tar_reads_names_as_options(cmd["raws"][cmd["command_index"] + 1:]):
             return ("in the input of tar -T (--files-from), which reads a line beginning with '-' as an option "
                     "(-C/etc): give tar --verbatim-files-from before -T")
+        if stdin and _option_reads_stdin(name, cmd["raws"][cmd["command_index"] + 1:]):
+            return (f"in the input of {name}, which its {_option_reads_stdin(name, cmd['raws'][cmd['command_index'] + 1:])}"
+                    " - (or /dev/stdin) reads as settings or commands: write the value in a file the template names")
         if name in _READS_INPUT_AS_DATA and _program_runs_commands(name, cmd["raws"][cmd["command_index"] + 1:]):
             return (f"in a command of {name} whose program runs commands (awk's system(), getline and print to a "
                     "command; sed's e): keep values out of it")
@@ -1676,7 +1700,7 @@ class _Lexer:
                 ctx.update(word="", word_literal=True)
             self._heredoc_operator(ctx)
             return
-        if c in "<>" and not ctx["cond"]:
+        if (c in "<>" or text.startswith("&>", self.i)) and not ctx["cond"]:  # (&>log, &>>log: redirections)
             if ctx["word"].isdigit() and not ctx["word_markers"]:  # 2>file: a descriptor, not an argument
                 if ctx["word"] != "0" and text.startswith("<<<", self.i):
                     ctx["input_elsewhere"] = True
@@ -1924,7 +1948,9 @@ class _Lexer:
                 self._advance(2)
                 self.stack.pop()
                 return
-            ctx["depth"] = max(0, ctx["depth"] - 1)
+            if ctx["depth"] == 0:  # ((cmd); cmd): bash reads two subshells there, not arithmetic (helper-69)
+                self.fail("after a (( that bash may read as two subshells: write ( ( with a space between")
+            ctx["depth"] -= 1
         elif ctx["closer"] == "]" and c == "]":
             if ctx["depth"] == 0:
                 self._reads(self.text[ctx["start"]:self.i], ctx["from_line"])
