@@ -199,7 +199,12 @@ def test_a_run_whose_process_died_shows_interrupted_and_can_be_resumed(tmp_path,
     playwright.expect(page.locator("#run")).to_have_attribute("data-status", "interrupted")
     playwright.expect(page.locator("#run-error")).to_contain_text("dagrun resume")
     playwright.expect(page.locator('tr[data-step-id="long"]')).to_have_attribute("data-status", "interrupted")
-    playwright.expect(page.get_by_role("button", name="Cancel")).to_be_disabled()
+    playwright.expect(page.get_by_role("button", name="Cancel")).to_be_enabled()  # (the message offers it)
     playwright.expect(page.get_by_role("button", name="Resume")).to_be_enabled()
     shot(page, "run-interrupted")
+    page.get_by_role("button", name="Cancel").click()  # closes it: nobody is left to ask
+    playwright.expect(page.locator("#action-message")).to_contain_text("its process had stopped: closed")
+    playwright.expect(page.locator("#run")).to_have_attribute("data-status", "failed")
+    playwright.expect(page.get_by_role("button", name="Cancel")).to_be_disabled()
+    playwright.expect(page.get_by_role("button", name="Resume")).to_be_enabled()
     assert not errors

@@ -42,7 +42,8 @@ function runPage() {
     const error = document.getElementById("run-error");
     text(error, run.error);
     error.hidden = !run.error;
-    cancel.disabled = run.status !== "running";
+    // (an interrupted run's process is gone: Cancel closes it, as its message says)
+    cancel.disabled = run.status !== "running" && run.status !== "interrupted";
     if (run.status !== "running" && message.textContent === "cancelling…") text(message, "");
     resume.disabled = run.status === "running" || run.status === "succeeded" || run.mode === "check";
     for (const step of run.steps) {
