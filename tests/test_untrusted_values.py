@@ -1189,6 +1189,23 @@ ATTACKS = [  # each must be refused when the template is compiled
     'curl -sS --config - <<EOF\nurl = "https://h/ws/{{ workspace.v }}"\nEOF', 'curl -K /dev/stdin <<< "url = {{ workspace.v }}"',
     'echo "url = {{ workspace.v }}" | curl -K-', 'scp -F /dev/stdin a b:c <<< "{{ workspace.v }}"',
     'pg_ctl -D ~/pgdata -o "-p {{ workspace.v }}" -l ~/pg.log start', "pg_ctl -D ~/{{ workspace.v }}/pgdata start",
+    # helper-70: the environment into a shell, however spelled, in any quoting or a here-document
+    "export REPO=\"{{ workspace.v }}\"\npython3 <<'EOF'\nimport os\nos.system('git ls-remote ' + os.environ['REPO'])\nEOF",
+    'export X="{{ workspace.v }}"; python3 -c "import os; os.system(os.getenv(\'X\'))"',
+    "export X={{ workspace.v }}; perl -e 'system $::ENV{X}'", "export X={{ workspace.v }}; perl -e 'system ${\"ENV\"}{X}'",
+    "export X={{ workspace.v }}; node -e 'require(\"child_process\").execSync(process[\"env\"].X)'",
+    "export X={{ workspace.v }}; python3 -c 'import os, subprocess; subprocess.run([\"sh\", \"-c\", os.environ[\"X\"]])'",
+    "export X={{ workspace.v }}; perl -e 'open(F, $ENV{X}); print <F>'",
+    # ... perl's <> and two-argument open run a file name ending in |
+    "perl -e 'while (<>) { print }' {{ workspace.v }}", "perl -e 'open(my $f, $ARGV[0]); print <$f>' \"{{ workspace.v }}\"",
+    # ... an interpreter's option taking the next word: the -c or -e after it is code
+    "python3 --check-hash-based-pycs default -c \"print('{{ workspace.v }}')\"",
+    'node --input-type commonjs -e "console.log(\'{{ workspace.v }}\')"', 'node -C x -e "console.log(\'{{ workspace.v }}\')"',
+    # ... {fd}> is a redirection; curl's settings from its input, however spelled; socat's addresses
+    'bash {fd}>/dev/null -c "echo {{ workspace.v }}"', 'curl -sK - <<< "url = {{ workspace.v }}"',
+    'curl --conf - <<< "url = {{ workspace.v }}"', 'curl -K /dev//stdin <<< "url = {{ workspace.v }}"',
+    'curl -K /proc/thread-self/fd/0 <<< "url = {{ workspace.v }}"', 'socat -u "{{ workspace.v }}" STDOUT',
+    'socat - TCP:"{{ workspace.v }}":5432', 'X={{ workspace.v }}; sort $\'\\x2d\\x2d\'"$X" /etc/hostname',
 ]
 
 
@@ -1208,6 +1225,7 @@ def test_attacks_on_the_shell_rules_are_refused(script, home):
     ("sort {{ workspace.e }}{{ workspace.v }} /etc/hostname", {"e": "", "v": "--output=MARK"}),
     ("sort $''{{ workspace.v }} /etc/hostname", {"v": "--output=MARK"}),
     ("sort /etc/hostname {{ workspace.l }}", {"l": ["", "--output=MARK"]}),
+    ("sort $'\\x2d\\x2d'\"{{ workspace.v }}\" /etc/hostname", {"v": "output=MARK"}),  # (helper-70: $'...' dashes)
 ])
 def test_options_cannot_sneak_in_behind_empty_values(script, fields, home):
     result = run_template(template(script_step(10, script, id="s")), {"id": "w", "home_dir": str(home), **fields},

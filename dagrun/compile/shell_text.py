@@ -36,6 +36,7 @@ run-time render analyses again what control flow actually produced.
 from __future__ import annotations
 
 import functools
+import os
 import shutil
 import contextvars
 import json
@@ -77,6 +78,7 @@ RUNNERS = frozenset({
     "proxychains", "chronic", "ifne", "rlwrap", "setuidgid", "envdir", "softlimit", "m4", "catchsegv", "systemd-cat",
     "hash",  # (hash -p PATH NAME: a value would choose the program NAME runs)
     "pg_ctl", "pg_ctlcluster",  # (helper-69: pg_ctl pastes -D, -o and -l into a shell command)
+    "socat",  # (helper-70: an address may be SYSTEM:cmd or EXEC:cmd)
 })
 # Interpreters run a program given inline (-c, -e...), as their first operand
 # (a file), or on stdin. A value may be an argument of that program, never
@@ -198,8 +200,10 @@ _AWK_RUNS_COMMANDS = re.compile(r"system|getline|\|&|(?<!\|)\|(?!\|)|@[A-Za-z_][
 
 # Inline code of another language (awk, perl, python, ruby, node) that reads the environment, and that
 # may hand text to a shell: both read conservatively (subprocess.run([...]) with os.environ is refused too).
-_READS_ENVIRONMENT = re.compile(r"ENVIRON|\$ENV\b|%ENV|\bENV\s*[\[.]|environ|getenv|process\.env|Deno\.env")
-_HANDS_TO_A_SHELL = re.compile(r"system|popen|shell|getoutput|qx|`|%x|exec|spawn|getline|\|")
+# (helper-70: $::ENV, %{"ENV"}, process["env"], const { env } = process; subprocess, Popen, two-argument open)
+_READS_ENVIRONMENT = re.compile(r"(?i)ENV|getenv|process\b")
+_HANDS_TO_A_SHELL = re.compile(r"(?i)system|popen|shell|getoutput|qx|`|%x|exec|spawn|getline|subprocess|\bopen\b|"
+                               r"<>|\||child_process|\bsh\b|bash|Command")
 
 
 _SED_SUBSTITUTION = re.compile(r"([sy])(.)((?:\\.|(?!\2).)*)\2((?:\\.|(?!\2).)*)\2([^;\n}]*)")
@@ -225,7 +229,11 @@ def _program_runs_commands(name: str, raws: list[str]) -> bool:
         return False
     read = [_as_read(raw) for raw in raws]  # (as bash reads them: '-e' is -e)
     if family in ("perl", "ruby"):  # -n/-p: the input is the -e program's data, and that program may eval it
-        return any(re.fullmatch(r"-[A-Za-z]*[np][A-Za-z]*e?", text) for text, _ in read)
+        # ... and perl's <> (what -n reads) and two-argument open, ruby's Kernel#open, run a command
+        # that a file name ending (or beginning) with | names: the arguments are that program's code
+        # then (perl -e 'while (<>) {print}' "x|": helper-70)
+        return any(re.fullmatch(r"-[A-Za-z]*[np][A-Za-z]*e?", text) for text, _ in read) or any(
+            re.search(r"<(?:ARGV)?>|\bopen\b|\bARGF\b|\bgets\b", text.replace("<<>>", "")) for text, _ in read)
     program: list[str] = []
     expect = False  # the next word is the program (after -e)
     with_argument = _options_of(name)[2] - {"-e", "--expression", "-f", "--file"}
@@ -293,7 +301,14 @@ def _tar_reads_names_as_options(raws: list[str]) -> bool:
     return False
 
 
-_STDIN_FILES = frozenset({"-", "/dev/stdin", "/dev/fd/0", "/proc/self/fd/0"})
+def _is_stdin_file(word: str) -> bool:
+    """Does ``word``, as a file name, name the standard input (``-``,
+    /dev/stdin, /dev/fd/0, /proc/*/fd/0, however spelled: /dev//stdin,
+    /dev/fd/../fd/0: helper-70)?"""
+    if word == "-":
+        return True
+    path = "/" + os.path.normpath(word).lstrip("/") if word.startswith("/") else word
+    return bool(re.fullmatch(r"/dev/stdin|/dev/fd/0+|/proc/[^/]+/fd/0+", path))
 
 
 def _option_reads_stdin(name: str, raws: list[str]) -> str | None:
@@ -303,12 +318,16 @@ def _option_reads_stdin(name: str, raws: list[str]) -> str | None:
     options = _COMMAND_OPTIONS.get(name, ())
     words = [_as_read(raw)[0] for raw in raws]
     for i, word in enumerate(words):
+        following = words[i + 1] if i + 1 < len(words) else ""
         for option in options:
-            if word == option and i + 1 < len(words) and words[i + 1] in _STDIN_FILES:
-                return option
-            glued = word.removeprefix(option + "=") if option.startswith("--") else word.removeprefix(option)
-            if glued != word and glued.lstrip("=") in _STDIN_FILES:
-                return option
+            if option.startswith("--") or len(option) > 2:  # (any prefix getopt takes: --conf -, --config=-)
+                given, _, glued = word.partition("=")
+                if len(given) > 3 and option.startswith(given) and _is_stdin_file(glued if "=" in word else following):
+                    return option
+            elif word.startswith("-") and not word.startswith("--") and option[1] in word[1:]:
+                rest = word[word.index(option[1], 1) + 1:]  # (a bundle: -sK -, -fsSLK-, -K/dev/stdin)
+                if _is_stdin_file(rest or following):
+                    return option
     return None
 
 
@@ -460,14 +479,17 @@ def _option_from_expansion(command: str, raw: str, functions: set[str], before: 
     if command in _READ_ARGUMENTS and before and re.fullmatch(r"-[rse]*[" + "".join(
             o[1] for o in _READ_ARGUMENTS[command]) + "]", before[-1]):
         return False  # the argument of an option that takes one (read -p "$PROMPT", read -rd "$D")
-    raw = _EMPTY_START.sub("", raw)
+    written, raw = raw, _EMPTY_START.sub("", raw)
     unquoted = _WHOLE_NEVER_OPTION.sub(lambda m: "" if (m.group(1) or m.group(2)) in _NEVER_OPTIONS else m.group(),
                                        _QUOTED.sub("", raw))
     if command in ("[", "test"):
         return bool(_EXPANSION.search(unquoted) or "$(" in unquoted or "`" in unquoted or _GLOB & set(unquoted))
     first = _SINGLE_QUOTED.match(raw)
-    if first is not None and first.group()[1:2] not in ("-", "+"):  # ('{print $1, n}': a literal begins it)
-        return bool(_EXPANSION.search(unquoted))
+    if first is not None and _as_read(written)[0][:1] not in ("", "-", "+"):  # ('{print $1, n}': a literal
+        return bool(_EXPANSION.search(unquoted))  # begins it; not $'\x2d'"$X", a dash: helper-70)
+    bare, dynamic = _as_read(_MARKER.sub("0", written))  # (a {{ }} after dashes is checked when it runs)
+    if dynamic and re.fullmatch(r"[-+]+[A-Za-z0-9]*", bare):  # (dashes, however quoted: $'\x2d\x2d'"$X")
+        return True
     leading = _LEADING_EXPANSION.match(raw)
     if leading and (leading.group(1) or leading.group(2)) not in _NEVER_OPTIONS:
         return True
@@ -570,7 +592,13 @@ def _as_read(raw: str) -> tuple[str, bool]:
 _SHELL_NAMES = frozenset({"sh", "bash", "dash", "zsh", "ksh", "mksh", "rbash", "fish", "csh", "tcsh", "busybox",
                           "ash", "yash", "posh", "lksh"})
 # A program file that is the program's input: a here-document there is the program.
-_STDIN_FILES = frozenset({"-", "/dev/stdin", "/dev/fd/0", "/proc/self/fd/0"})
+# Interpreters' long options (and node's short ones) that take no argument: a script after them is one.
+_FLAG_ONLY = frozenset({"--", "--help", "--version", "--verbose", "--quiet", "--inspect", "--inspect-brk",
+                        "--trace-warnings", "--no-warnings", "--enable-source-maps", "--experimental-modules",
+                        "--no-deprecation", "--preserve-symlinks", "--watch", "--test", "--check", "-v", "-h",
+                        "-i", "--interactive", "--norc", "--noprofile", "--login", "--posix", "--restricted",
+                        "--debug", "--warnings", "--safe-mode", "--no-user-site"})
+_DESCRIPTOR_NAME = re.compile(r"\{[A-Za-z_][A-Za-z0-9_]*\}")
 _COMPOUND_ENDS = frozenset({"fi", "done", "esac", "}"})  # the input of a compound command goes to its commands
 _COMPOUND_STARTS = frozenset({"if", "while", "until", "for", "select", "case", "{"})
 _FUNCTION = re.compile(r"(?m)(?:^|[;&|{(]\s*|\bfunction\s+)([^\s(){};&|<>'\"$`]+)\s*\(\s*\)|\bfunction\s+([^\s(){};&|<>'\"$`]+)")
@@ -599,7 +627,7 @@ def _shell_program(args: list[str]) -> tuple[bool, bool, bool]:
             command_string = command_string or "c" in word[1:]
             stdin = stdin or "s" in word[1:]
             continue
-        if word in _STDIN_FILES and not command_string:  # bash /dev/stdin <<EOF: the program is its input
+        if _is_stdin_file(word) and not command_string:  # bash /dev/stdin <<EOF: the program is its input
             return True, False, True
         return True, False, stdin and not command_string  # the code (with -c) or the script file: fixed
     if stdin and not command_string:  # -s: the program is its input, operands are its arguments
@@ -1042,13 +1070,20 @@ class _Lexer:
             return _shell_program(args)
         code_flags, glued, with_argument = _options_of(base)
         fixed = expect_code = stdin = skip = False
+        # An option dagrun does not know may take the next word (node --title x -e CODE, python3
+        # --check-hash-based-pycs default -c CODE): that word fixes no program, so a -c or -e after
+        # it is still code (helper-70). Python's short options are all known.
+        maybe_argument = (lambda w: w.startswith("-") and w != "-" and "=" not in w and w not in _FLAG_ONLY) \
+            if base.startswith(("node", "deno", "bun")) else (
+            lambda w: w.startswith("--") and "=" not in w and w not in _FLAG_ONLY)
+        after_unknown = False
         for word in args:
             if skip:  # the argument of the option before it (bash -o pipefail, python3 -W ignore)
                 skip = False
                 continue
             if expect_code:
                 fixed, expect_code = True, False
-                stdin = stdin or word in _STDIN_FILES  # awk -f /dev/stdin: the program is its input
+                stdin = stdin or _is_stdin_file(word)  # awk -f /dev/stdin: the program is its input
             elif word == "--":
                 break
             elif fixed and not permutes:
@@ -1059,14 +1094,17 @@ class _Lexer:
                 expect_code = True
             elif glued and word.startswith(glued) and len(word) > 2 and not word.startswith("--"):
                 fixed = True
-            elif word in _STDIN_FILES and (word != "-" or not permutes):
+            elif _is_stdin_file(word) and (word != "-" or not permutes):
                 stdin = fixed = True  # the program is its input; later words are its arguments
             elif word in with_argument:
                 skip = True
             elif word.startswith("-") or word.startswith("+"):
+                after_unknown = maybe_argument(word)
                 continue  # an option of the interpreter
             else:
-                fixed = True  # the script file
+                fixed = True  # the script file (or an option's argument: later code flags still count)
+                permutes = permutes or after_unknown
+            after_unknown = False
         return fixed, expect_code, stdin
 
     def _command_deny(self, cmd: dict[str, Any], *, stdin: bool = False) -> str | None:
@@ -1225,7 +1263,9 @@ class _Lexer:
         for m in _MARKER.finditer(raw):
             before = _MAY_BE_EMPTY.sub("", _MARKER.sub("", raw[:m.start()]).replace("$'", "").replace('$"', ""))
             before = before.replace("'", "").replace('"', "")
-            if re.fullmatch(r"[-+]+[A-Za-z0-9]*", before):  # (-{{ n }}, or a bundle's letters: tar -c{{ v }}f)
+            # (-{{ n }}, or a bundle's letters: tar -c{{ v }}f; a $'...' before it may spell dashes:
+            # $'\x2d\x2d'{{ v }}, helper-70)
+            if re.fullmatch(r"[-+]+[A-Za-z0-9]*", before) or "$'" in raw[:m.start()]:
                 self.slots = [_replace(s, after_dashes=True) if s.index == int(m.group(1)) else s for s in self.slots]
 
     def _track_values(self, ctx: dict[str, Any], word: str, holds_value: bool, raw: str, read_as: str) -> None:
@@ -1288,15 +1328,14 @@ class _Lexer:
             elif runs_it and "'" in raw and dynamic and (base in _SHELL_NAMES or self._kind(ctx) not in (
                     "interpreter", "scripted")):  # eval '$x', trap '$f' EXIT: expanded where it runs
                 self._inner(written)  # (not awk '{print $1}' nor perl -e '$x': their $ is not bash's)
-            elif "'" in raw and self._kind(ctx) in ("interpreter", "scripted"):
+            elif "'" in raw and self._kind(ctx) in ("interpreter", "scripted") and runs_it:
                 # Another language's code: its $NAME is not bash's, but code that hands text to a shell
                 # (awk's system("$X"), sed '1e $X', os.system("$X")) has that shell expand an exported X.
                 # ($1... there are that shell's own arguments: none.)
-                if runs_it:
-                    self.code += [(n, self.line) for n in _EXPANSION.findall(written) if not n[:1].isdigit()
-                                  and n not in ("*", "@", "_")]
-                if _READS_ENVIRONMENT.search(written) and _HANDS_TO_A_SHELL.search(written):
-                    self.environment_to_shell = self.environment_to_shell or self.line
+                self.code += [(n, self.line) for n in _EXPANSION.findall(written) if not n[:1].isdigit()
+                              and n not in ("*", "@", "_")]
+            if self._kind(ctx) in ("interpreter", "scripted") and base not in _SHELL_NAMES:
+                self._environment_to_shell(written)
             if dynamic and _names_a_variable(base, written, ctx["words"][ctx["command_index"] + 1:]):
                 self.unknown_name = self.unknown_name or self.line
             if "[" in written and (base in NAME_BUILTINS or ctx["words"][-1:] in (["-v"], ["-R"], ["-p"])):
@@ -1363,6 +1402,13 @@ class _Lexer:
         self.outputs |= inner.outputs
         self.opaque_arguments += inner.opaque_arguments
         return inner.runs_input or inner.piped_into is not None
+
+    def _environment_to_shell(self, code: str) -> None:
+        """Inline code of another language (or any word of its command: a
+        quoted part may be code) that reads the environment and may hand
+        text to a shell: a value exported to it would be shell code there."""
+        if _READS_ENVIRONMENT.search(code) and _HANDS_TO_A_SHELL.search(code):
+            self.environment_to_shell = self.environment_to_shell or self.line
 
     @staticmethod
     def _command_option(cmd: dict[str, Any], word: str, before_value: bool = False) -> str | None:
@@ -1701,7 +1747,8 @@ class _Lexer:
             self._heredoc_operator(ctx)
             return
         if (c in "<>" or text.startswith("&>", self.i)) and not ctx["cond"]:  # (&>log, &>>log: redirections)
-            if ctx["word"].isdigit() and not ctx["word_markers"]:  # 2>file: a descriptor, not an argument
+            if (ctx["word"].isdigit() or _DESCRIPTOR_NAME.fullmatch(ctx["word"])) and not ctx["word_markers"]:
+                # 2>file, {fd}>file: a descriptor, not an argument (helper-70)
                 if ctx["word"] != "0" and text.startswith("<<<", self.i):
                     ctx["input_elsewhere"] = True
                 ctx.update(word="", word_literal=True)
@@ -2021,6 +2068,8 @@ class _Lexer:
                 if ctx["program"]:
                     self._inner(body if ctx["quoted"] else body.replace("\\$", "$").replace("\\`", "`"),
                                 arguments=True)
+                if ctx["deny"]:  # (a program's code: python3 <<'EOF' ... os.system(os.environ[...]))
+                    self._environment_to_shell(body)
                 if ctx["deny"] and not ctx["quoted"]:  # (input of a program that runs it, or unseen)
                     # python3 - <<EOF ... $x ...: the value would be part of the program
                     self.code += [(name, self.line) for name in _EXPANSION.findall(body.replace("\\$", ""))]
