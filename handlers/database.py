@@ -133,8 +133,12 @@ def create_role(ctx: StepContext) -> HandlerResult:
         query = sql.SQL("CREATE ROLE {} {}").format(sql.Identifier(name), sql.SQL(" ").join(options))
         params: tuple = ()
         if ctx.config.get("password"):
+            # Hashed here (SCRAM, or what the server's password_encryption says): the statement never
+            # holds the password, and a server logging it (log_statement, a failing statement's log
+            # line, which a tenant's role name can provoke: helper-68) logs only the hash.
+            from psycopg2.extensions import encrypt_password
             query = query + sql.SQL(" PASSWORD %s")
-            params = (ctx.config["password"],)
+            params = (encrypt_password(ctx.config["password"], name, conn),)
         # one statement string: one transaction, so a role is never left unmarked
         from dagrun.run.accounts import marker
         query = query + sql.SQL("; COMMENT ON ROLE {} IS %s").format(sql.Identifier(name))

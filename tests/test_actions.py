@@ -7,6 +7,7 @@ installed here: a fake `code` script stands in for it (said where used)."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pwd
 import shutil
@@ -182,6 +183,38 @@ def test_postgres_role_and_database_are_created_and_validated(workspace, pg_serv
         assert cur.fetchone()[0] == "UTF8"
     again = run(_pg_template(pg_names), workspace)  # idempotent: nothing created the second time
     assert again.success and again.steps["create_postgresql_user"].result["created"] is False
+
+
+def test_a_role_password_reaches_postgresql_only_hashed(workspace, pg_server, pg_names, monkeypatch):
+    """(helper-68) CREATE ROLE ... PASSWORD 'clear' went to the server as
+    text: a server logging statements (or a failing one, which a role name
+    can provoke) wrote the password to its log. Every statement the handler
+    sends is recorded here, as the server receives it."""
+    import psycopg2
+    import psycopg2.extras
+    sent = []
+
+    class Recording(psycopg2.extras.LoggingConnection):
+        def filter(self, msg, curs):
+            sent.append(msg.decode() if isinstance(msg, bytes) else msg)
+            return msg
+
+    real = psycopg2.connect
+
+    def connect(*args, **kwargs):
+        conn = real(*args, connection_factory=Recording, **kwargs)
+        conn.initialize(logging.getLogger("dagrun.test.sent"))
+        return conn
+
+    monkeypatch.setattr(psycopg2, "connect", connect)
+    result = run(_pg_template(pg_names), workspace)
+    assert result.success, result.error
+    create = [statement for statement in sent if statement.startswith("CREATE ROLE")]
+    assert len(create) == 1 and "s3cret" not in create[0] and "PASSWORD 'SCRAM-SHA-256$" in create[0], create
+    monkeypatch.setattr(psycopg2, "connect", real)
+    with pg_server.cursor() as cur:  # the server keeps the hash it was given, which the password matches
+        cur.execute("SELECT rolpassword FROM pg_authid WHERE rolname = %s", (pg_names["role"],))
+        assert cur.fetchone()[0] in create[0]
 
 
 def test_a_workspace_never_takes_another_workspaces_role_or_database(workspace, tmp_path, pg_server, pg_names,
