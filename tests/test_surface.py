@@ -306,6 +306,20 @@ def test_explain_says_where_every_value_comes_from(tmp_path):
                       "origin": "the phases: a step waits for every step of an earlier phase"}
 
 
+def test_explain_masks_the_variables_a_secret_field_reads(tmp_path):
+    """(helper-68) The API and the page masked such a default; explain
+    printed it (text and --json)."""
+    doc = write(tmp_path / "t.yaml", {"name": "t", "version": "1", "vars": {"dbpw": "StoredDefaultPw7", "port": 5432},
+                                      "actions": [step(10, "create_postgresql_user", id="role", action_config={
+                                          "username": "app", "connection_url":
+                                          "postgresql://postgres:{{ vars.dbpw }}@127.0.0.1:5433/postgres"})]})
+    explained = api.explain(str(doc))
+    assert explained["vars"]["dbpw"]["value"] == "********" and explained["vars"]["port"]["value"] == 5432
+    for args in (("explain", doc), ("explain", doc, "--json")):
+        out = dagrun(*args, cwd=tmp_path)
+        assert out.returncode == 0 and "StoredDefaultPw7" not in out.stdout and "5432" in out.stdout, out
+
+
 # -- retries by error class ---------------------------------------------------------------------
 
 def test_retries_follow_the_error_class(tmp_path):

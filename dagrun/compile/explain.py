@@ -91,7 +91,8 @@ def explain(template: Any, *, step: str | None = None, actions: Iterable[Any] | 
         steps.append({"id": sid, "sequence_order": spec.sequence_order, "display_name": spec.display_name,
                       "defined_in": raw.get(ORIGIN, plan.name), "fields": described, "config": config})
     return {"template": plan.name, "version": plan.version, "chain": merged.chain,
-            "vars": section("vars", plan.variables) if step is None else {},
+            # what a secret field reads of the variables is shown masked, as the API and page show it
+            "vars": section("vars", _masked_variables(plan)) if step is None else {},
             "global_config": section("global_config", {
                 "continue_on_non_critical_errors": plan.global_config.continue_on_non_critical_errors,
                 "parallel_execution_enabled": plan.global_config.parallel_execution_enabled,
@@ -106,3 +107,10 @@ def _origin(origins: Mapping[str, str], path: str, default: str) -> str:
         return origins[path]
     deeper = sorted({o for p, o in origins.items() if p.startswith(path + ".")})
     return ", ".join(deeper) if deeper else default
+
+
+def _masked_variables(plan: Any) -> dict[str, Any]:
+    """The plan's variables with what its secret fields read masked (helper-68:
+    ``dagrun explain`` showed a stored template's password default)."""
+    from ..api import masked_defaults  # (the rule runs and stored templates follow)
+    return masked_defaults(plan, dict(plan.variables))
