@@ -305,9 +305,11 @@ def prepare(template: Any, workspace: Any, *, database_url: str | None = None, m
     check_root_code(plan, ws)
     if url:
         plan = learned(plan, url)
+    executor = _executor(executor)
+    check_cluster(executor, plan, secrets)
     return PreparedRun(plan=plan, workspace=ws, run_id=run_id or _new_run_id(), url=url,
                        variables=dict(variables or {}), secrets=dict(secrets or {}), max_workers=max_workers,
-                       executor=_executor(executor), sudo=sudo_prefix(plan, allow_sudo), sandbox=sandbox,
+                       executor=executor, sudo=sudo_prefix(plan, allow_sudo), sandbox=sandbox,
                        fleet_id=fleet_id,
                        check=check, home_root=_home_root(ws, roots), adopt_users=tuple(adopt_users),
                        named_template=stored_template or (isinstance(template, str) and _names_stored(template)))
@@ -393,8 +395,10 @@ def prepare_resume(run_id: str, *, database_url: str | None = None, from_step: s
     done, numbers = done_steps(rows, plan.order, again)
     _check_masked_results(plan, run.id, done)
     _check_rendered_configs(plan, ws, {**(run.variables or {}), **secret_vars}, secrets, skip=set(done))
+    executor = _executor(executor)
+    check_cluster(executor, plan, secrets)
     return PreparedRun(plan=plan, workspace=ws, run_id=run.id, url=url, variables=dict(run.variables or {}),
-                       secrets=secrets, max_workers=max_workers or run.max_workers, executor=_executor(executor),
+                       secrets=secrets, max_workers=max_workers or run.max_workers, executor=executor,
                        sudo=sudo_prefix(plan, allow_sudo), sandbox=sandbox, done=done, attempts=numbers,
                        fleet_id=run.fleet_id, resumed=True, home_root=_home_root(ws, roots),
                        adopt_users=tuple(adopt_users), seen=claim_token(run))
@@ -554,6 +558,28 @@ def learned(plan: Plan, url: str) -> Plan:
         return plan
     return plan.with_estimates({sid: e.seconds for sid, e in found.items()},
                                {sid: f"learned ({e.runs} run{'s' if e.runs != 1 else ''})" for sid, e in found.items()})
+
+
+INSECURE_CLUSTER_ENV = "DAGRUN_ALLOW_INSECURE_CLUSTER"
+
+
+def check_cluster(executor: Any, plan: Plan, secrets: Mapping[str, Any] | None) -> None:
+    """Secrets go to a Dask cluster only over TLS (helper-68): a scheduler
+    reached over plain tcp:// lets anyone who can reach it read every
+    task's arguments (each attempt's job holds the run's variables, secrets
+    included) and run code on its workers. Refused before anything runs,
+    unless the operator says the cluster is reachable only by trusted users."""
+    from .run.cluster import DaskExecutor
+    if not isinstance(executor, DaskExecutor) or executor.secured or os.environ.get(INSECURE_CLUSTER_ENV):
+        return
+    holds = bool(secrets) or bool(plan.secret_literals) or any(
+        step.config.get(key) not in (None, "") for step in plan.steps.values() for key in step.secret_fields)
+    if holds:
+        raise InputError(f"this run holds secrets, and the Dask scheduler at {executor.address} is not reached over "
+                         "TLS: anyone who can reach it reads every task's arguments (secrets included) and runs "
+                         "code on its workers; use a tls:// scheduler that requires client certificates "
+                         "(distributed's Security, or its distributed.comm.tls settings), or set "
+                         f"{INSECURE_CLUSTER_ENV}=1 for a cluster only trusted users can reach")
 
 
 def check_sandbox(plan: Plan, sandbox: bool, workspace: Mapping[str, Any] | None = None,

@@ -129,6 +129,32 @@ def test_an_unknown_executor_is_one_clear_error(tmp_path):
                      executor="kubernetes", record=False)
 
 
+def test_secrets_go_to_a_cluster_only_over_tls(cluster, tmp_path, monkeypatch):
+    """(helper-68) Each attempt's job holds the run's variables, secrets
+    included, and a tcp:// scheduler has no authentication: another local
+    user read them from the task tables (and ran code as root there)."""
+    from dagrun.errors import InputError
+    local, client = cluster
+    doc = template(script_step(10, 'echo "{{ vars.token }}"', id="s"), vars={"token": ""})
+    ws = {"id": "dask-secret", "home_dir": str(tmp_path / "h")}
+    monkeypatch.delenv("DAGRUN_ALLOW_INSECURE_CLUSTER", raising=False)
+    with pytest.raises(InputError, match=r"holds secrets, and the Dask scheduler at tcp://.* is not reached over TLS"):
+        run_template(doc, ws, executor=local.scheduler_address, secrets={"token": "Tok3nForDask"}, record=False)
+    assert run_template(doc, ws, executor=local.scheduler_address, variables={"token": "plain"},
+                        record=False).success  # (no secret: nothing to keep from it)
+    monkeypatch.setenv("DAGRUN_ALLOW_INSECURE_CLUSTER", "1")  # the operator's word: only trusted users reach it
+    allowed = run_template(doc, ws, executor=local.scheduler_address, secrets={"token": "Tok3nForDask"}, record=False)
+    assert allowed.success and allowed.steps["s"].stdout == "********\n"
+    monkeypatch.delenv("DAGRUN_ALLOW_INSECURE_CLUSTER")
+    inside = distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False, protocol="inproc://",
+                                      dashboard_address=":0")  # (no port: only this process reaches it)
+    try:
+        with distributed.Client(inside, set_as_default=False) as own:
+            assert run_template(doc, ws, executor=own, secrets={"token": "Tok3nForDask"}, record=False).success
+    finally:
+        inside.close()
+
+
 def test_the_plan_and_jobs_cross_to_workers_as_plain_data(tmp_path):
     import pickle
     from dagrun.run.attempt import AttemptJob

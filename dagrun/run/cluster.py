@@ -42,6 +42,16 @@ class DaskExecutor:
         self._owns = owns_client
         self._hosts: set[str] = set()  # hosts some worker was seen to declare
 
+    @property
+    def address(self) -> str:
+        return str(getattr(self.client.scheduler, "address", "") or "")
+
+    @property
+    def secured(self) -> bool:
+        """Is the scheduler reached over TLS (or in this process)? Plain
+        tcp:// has no authentication: whoever reaches it runs code on it."""
+        return self.address.startswith(("tls://", "inproc://"))
+
     def _serves(self, host: str) -> bool:
         """Does a worker of the cluster declare the host's resource? (A host
         no worker serves would leave its steps waiting until they time out.)"""
