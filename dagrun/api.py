@@ -680,7 +680,17 @@ def _maybe_rolled_back(plan: Plan, run: Any, rows: Mapping[str, list[Any]]) -> s
 
     return {sid for sid, attempts in rows.items() if sid in plan.steps and attempts
             and attempts[-1].status == "completed" and attempts[-1].changed is not False and before(attempts[-1])
-            and handlers_for(plan.steps[sid].action).rollback is not None}
+            and _undoes(plan.steps[sid], handlers_for(plan.steps[sid].action).rollback)}
+
+
+def _undoes(step: Any, rollback: Any) -> bool:
+    """May this step's rollback have undone anything? (A library rollback
+    may say from the config: a custom script without a rollback_script
+    undoes nothing.)"""
+    if rollback is None:
+        return False
+    undoes = getattr(rollback, "undoes", None)
+    return undoes is None or bool(undoes(step.config))
 
 
 ROLLBACK_CLOCK_MARGIN_SECONDS = 60.0

@@ -36,3 +36,8 @@ def rollback_script(ctx: StepContext) -> HandlerResult:
     if not script:
         return HandlerResult(data=dict(NOTHING_TO_UNDO))
     return ctx.run_shell(script, cwd=ctx.config.get("working_dir"), env=_env(ctx), name="rollback_script")
+
+
+# What a step's config says of its rollback: without a rollback_script it undoes nothing, so a resume
+# after a death while rolling back trusts the step's completion (it would run the script again).
+rollback_script.undoes = lambda config: bool(config.get("rollback_script"))  # type: ignore[attr-defined]

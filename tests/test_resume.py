@@ -212,6 +212,34 @@ def test_a_run_killed_while_rolling_back_does_not_trust_what_it_may_have_undone(
     assert (home / "marker").exists() and resumed.steps["x"].attempts == 2
 
 
+def test_a_step_with_nothing_to_undo_is_trusted_after_a_death_in_rollback(workspace, home, tmp_path, db_url):
+    """y (a custom script without a rollback_script) completed; its
+    rollback undoes nothing, so a resume after a death while x's rollback
+    ran keeps it: it ran again (a non-idempotent script twice)."""
+    gate, rolling = tmp_path / "gate", tmp_path / "rolling"
+    doc = template(script_step(10, "touch ~/marker", id="x", action_config={
+        "rollback_script": f"rm ~/marker; touch {rolling}; sleep 30"}),
+        script_step(15, "echo y >> ~/ycount", id="y", requires=["x"]),
+        script_step(20, f"test -f {gate}", id="f", requires=["y"]),
+        global_config={"rollback_on_failure": True})
+    (tmp_path / "t.json").write_text(json.dumps(doc))
+    code = ("import json, sys; from dagrun import run_template; run_template(json.load(open(sys.argv[1])), "
+            "json.loads(sys.argv[2]), database_url=sys.argv[3], run_id='nothing-to-undo')")
+    child = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "t.json"), json.dumps(dict(workspace)), db_url],
+                             start_new_session=True)
+    deadline = time.monotonic() + 60
+    while not rolling.exists():
+        assert child.poll() is None and time.monotonic() < deadline, "the rollback did not start"
+        time.sleep(0.05)
+    os.killpg(child.pid, signal.SIGKILL)
+    child.wait()
+    gate.touch()
+    resumed = resume("nothing-to-undo", database_url=db_url)
+    assert resumed.success, resumed.error
+    assert resumed.steps["x"].attempts == 2 and (home / "marker").exists()  # x's rollback may have undone it
+    assert (home / "ycount").read_text() == "y\n" and resumed.steps["y"].attempts == 1
+
+
 def test_a_run_killed_waiting_to_retry_keeps_its_completed_steps(workspace, home, tmp_path, db_url):
     """(helper-32) No rollback had begun (a failure waiting for its retry):
     the completed step is not run again."""

@@ -1205,6 +1205,15 @@ ATTACKS = [  # each must be refused when the template is compiled
     'bash {fd}>/dev/null -c "echo {{ workspace.v }}"', 'curl -sK - <<< "url = {{ workspace.v }}"',
     'curl --conf - <<< "url = {{ workspace.v }}"', 'curl -K /dev//stdin <<< "url = {{ workspace.v }}"',
     'curl -K /proc/thread-self/fd/0 <<< "url = {{ workspace.v }}"', 'socat -u "{{ workspace.v }}" STDOUT',
+    # helper-71: a one-line function body; node -pe; perl -a/-F (-n), readline and eof(); python3 -m timeit;
+    # erl -eval; zip's $ZIPOPT, git's $GIT_TRACE
+    'function f { eval "{{ workspace.v }}"; }; f', 'function setup { bash -c "{{ workspace.v }}"; }; setup',
+    "node -pe \"'{{ workspace.v }}'.toUpperCase()\"", "perl -lae 'print $F[0]' {{ workspace.v }}",
+    "perl -F: -e 'print $F[0]' {{ workspace.v }}", "perl -e 'print readline ARGV' \"{{ workspace.v }}\"",
+    "perl -e 'print \"x\" unless eof(); print <STDIN>' \"{{ workspace.v }}\"",
+    'python3 -m timeit -n 1 -- "{{ workspace.v }}"',
+    'erl -noshell -eval "io:format(\\"~s~n\\", [\\"{{ workspace.v }}\\"]), halt()."',
+    'ZIPOPT={{ workspace.v }} zip -q o.zip /etc/hostname', 'GIT_TRACE={{ workspace.v }} git status --short',
     'socat - TCP:"{{ workspace.v }}":5432', 'X={{ workspace.v }}; sort $\'\\x2d\\x2d\'"$X" /etc/hostname',
 ]
 
@@ -1716,7 +1725,10 @@ def test_values_given_to_later_code_as_data_are_accepted(script):
                                     'read -r -p "$PROMPT" name <<< "{{ workspace.v }}"; echo "$name"',
                                     'echo {{ workspace.v }} &>/dev/null', 'cat <<< "{{ workspace.v }}" &>> log',
                                     '(( (1 + 2) * 3 > 0 )) && echo {{ workspace.v }}',
-                                    'curl -sS -o out https://example.com/x -d @- <<< "{{ workspace.v }}"'])
+                                    'curl -sS -o out https://example.com/x -d @- <<< "{{ workspace.v }}"',
+                                    'function greet { echo "hi $1"; }; greet "{{ workspace.v }}"',
+                                    "perl -le 'print $ARGV[0]' -- \"{{ workspace.v }}\"",
+                                    'GIT_AUTHOR_NAME="{{ workspace.v }}" git commit -m hi'])
 def test_values_as_arguments_of_scripts_and_data_options_are_accepted(script):
     compile_template(template(script_step(10, script)))
 

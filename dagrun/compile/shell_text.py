@@ -87,7 +87,9 @@ RUNNERS = frozenset({
 INTERPRETERS = frozenset({"sh", "bash", "dash", "zsh", "ksh", "mksh", "fish", "csh", "tcsh", "busybox", "rbash",
                           "ash", "yash", "posh", "lksh", "luajit", "ipython", "R", "pwsh", "escript", "guile",
                           "perl", "ruby", "node", "nodejs", "php", "lua", "tclsh", "wish", "bc", "dc", "osascript",
-                          "psql", "mysql", "mariadb", "mongosh", "mongo"})  # (their input has shell escapes: \!)
+                          "psql", "mysql", "mariadb", "mongosh", "mongo",
+                          "erl", "elixir", "iex", "jshell", "groovy", "scala", "clojure", "kotlin", "swift", "gawk-5",
+                          "racket", "sbcl", "clisp", "ghci", "runghc", "ocaml", "julia", "Rscript", "php-cgi"})  # (their input has shell escapes: \!)
 # Little languages: the program is the first operand (or -e / -f); their input is data.
 SCRIPTED = frozenset({"awk", "gawk", "mawk", "nawk", "sed", "jq",
                       "yq", "xq", "tomlq", "gojq", "jaq"})  # (helper-65: yq is jq's program, $ENV included)
@@ -151,6 +153,9 @@ _CODE_SUBCOMMANDS = {
     "composer": {"exec"}, "deno": {"eval", "run"}, "artisan": {"tinker"}, "wp": {"eval", "shell", "eval-file"},
     "drush": {"ev", "php-eval", "php"}, "mix": {"run"}, "redis-cli": {"eval"},
     "go": {"run", "generate"}, "ip": {"exec"},  # (helper-61: go run PKG, ip netns exec NAME CMD)
+    # (helper-71) python3 -m timeit CODE, -m pdb -c CMD, and modules that run the file or module a word names
+    **dict.fromkeys(("timeit", "pdb", "cProfile", "profile", "trace", "doctest", "unittest", "runpy", "code",
+                     "pytest", "py.test"), {"*"}),
 }
 
 
@@ -232,8 +237,10 @@ def _program_runs_commands(name: str, raws: list[str]) -> bool:
         # ... and perl's <> (what -n reads) and two-argument open, ruby's Kernel#open, run a command
         # that a file name ending (or beginning) with | names: the arguments are that program's code
         # then (perl -e 'while (<>) {print}' "x|": helper-70)
-        return any(re.fullmatch(r"-[A-Za-z]*[np][A-Za-z]*e?", text) for text, _ in read) or any(
-            re.search(r"<(?:ARGV)?>|\bopen\b|\bARGF\b|\bgets\b", text.replace("<<>>", "")) for text, _ in read)
+        # (-a and -F imply -n since perl 5.20; readline and eof() read ARGV too: helper-71)
+        return any(re.match(r"-[A-Za-z0-9]*[npaF]", text) and not text.startswith("--") for text, _ in read) or any(
+            re.search(r"<(?:ARGV)?>|\bopen\b|\bARGF\b|\bgets\b|\breadline\b|\beof\b|(?<![$@%])\bARGV\b",
+                      text.replace("<<>>", "")) for text, _ in read)
     program: list[str] = []
     expect = False  # the next word is the program (after -e)
     with_argument = _options_of(name)[2] - {"-e", "--expression", "-f", "--file"}
@@ -656,6 +663,8 @@ def _options_of(base: str) -> tuple[frozenset[str], tuple[str, ...], frozenset[s
         return of("-r -f", "-r -f", "-d -c")
     if base == "psql":
         return of("-c --command -f --file", "-c -f", "-d -U -h -p -v --set --variable --dbname --username --host --port")
+    if base == "erl":  # (helper-71: erl -eval CODE, -s/-run MODULE FUNCTION ARGS)
+        return of("-eval -s -run -S -extra", "", "-pa -pz -sname -name -setcookie -config -boot -args_file")
     if base in ("mysql", "mariadb"):
         return of("-e --execute", "-e", "-u -h -D -P --user --host --database --port")
     if base.startswith("lua"):
@@ -734,8 +743,12 @@ _SHELL_CODE_PREFIXES = ("LD_", "BASH_FUNC_", "GIT_CONFIG_", "DYLD_", "npm_config
 # ... by their form (an interpreter's own: PYTHONPATH, RUBYOPT; not PYTHON_VERSION), and options,
 # commands, programs and settings files of some program
 _SHELL_CODE_FORM = re.compile(r"\A(PYTHON|RUBY)[A-Z]|\ALUA_INIT|_(OPTS|OPTIONS|COMMAND|CMD|PROG|PROGRAM|RSH|SHELL|EDITOR|"
-                              r"PAGER|ASKPASS|HOOK|HOOKS|DIFF|DIFFTOOL)\Z")
-_SHELL_CODE_MORE = frozenset({"HOME", "CLASSPATH", "MAKEFILES", "GIT_DIR", "GIT_WORK_TREE", "GIT_COMMON_DIR", "TERMINFO",
+                              r"PAGER|ASKPASS|HOOK|HOOKS|DIFF|DIFFTOOL|OPT)\Z|\AGIT_TRACE|OPT\Z")
+_SHELL_CODE_MORE = frozenset({  # (helper-71: zip's, unzip's, gzip's options; git's object stores and index)
+                              "ZIPOPT", "UNZIP", "UNZIPOPT", "ZIPINFO", "ZIPINFOOPT", "GZIP", "BZIP", "BZIP2",
+                              "XZ_DEFAULTS", "ZSTD_NBTHREADS", "FCEDIT", "GIT_OBJECT_DIRECTORY",
+                              "GIT_ALTERNATE_OBJECT_DIRECTORIES", "GIT_INDEX_FILE", "GIT_NAMESPACE",
+                              "HOME", "CLASSPATH", "MAKEFILES", "GIT_DIR", "GIT_WORK_TREE", "GIT_COMMON_DIR", "TERMINFO",
                               "LOCPATH", "NLSPATH", "HOSTALIASES", "TMPDIR", "NODE_PATH", "NODE_REPL_EXTERNAL_MODULE",
                               "JAVA_HOME", "KUBECONFIG", "LESS", "LESSKEY", "WGETRC", "SCREENRC", "VIMINIT", "EXINIT",
                               "MYVIMRC", "ZDOTDIR", "NPMRC", "GOPATH", "GOFLAGS", "GOPROXY", "GOROOT", "GOTOOLCHAIN",
@@ -1092,6 +1105,9 @@ class _Lexer:
                 continue
             elif word in code_flags:
                 expect_code = True
+            elif re.fullmatch(r"-[A-Za-z0-9]+", word) and len(word) > 2 and word[-1] in {
+                    f[1] for f in code_flags if len(f) == 2}:
+                expect_code = True  # a bundle ending in the code flag: node -pe CODE, perl -le CODE (helper-71)
             elif glued and word.startswith(glued) and len(word) > 2 and not word.startswith("--"):
                 fixed = True
             elif _is_stdin_file(word) and (word != "-" or not permutes):
@@ -1129,7 +1145,8 @@ class _Lexer:
                     "(-C/etc): give tar --verbatim-files-from before -T")
         if stdin and _option_reads_stdin(name, cmd["raws"][cmd["command_index"] + 1:]):
             return (f"in the input of {name}, which its {_option_reads_stdin(name, cmd['raws'][cmd['command_index'] + 1:])}"
-                    " - (or /dev/stdin) reads as settings or commands: write the value in a file the template names")
+                    " - (or /dev/stdin) reads as settings or commands: keep values out of a program's settings "
+                    "(written to a file, a value is settings there too)")
         if name in _READS_INPUT_AS_DATA and _program_runs_commands(name, cmd["raws"][cmd["command_index"] + 1:]):
             return (f"in a command of {name} whose program runs commands (awk's system(), getline and print to a "
                     "command; sed's e): keep values out of it")
@@ -1255,6 +1272,9 @@ class _Lexer:
             if word == "]]":
                 ctx["cond"] = False
         ctx.update(word="", word_markers=[], word_literal=True)
+        if ctx["command"] == "function" and index == ctx["command_index"] + 1 \
+                and self.text[self.i:].lstrip(" \t").startswith("{"):
+            self._end_command(ctx)  # function NAME { eval ...; }: its body's commands are commands (helper-71)
 
     def _mark_after_dashes(self, raw: str) -> None:
         """Slots of the word ``raw`` with only '-' or '+' before them (past

@@ -394,6 +394,8 @@ def build_python(action: ActionSpec, text: str) -> Handler:
         return coerce_result((function or import_callable(text))(ctx))
 
     handler.__name__ = text
+    if function is not None and hasattr(function, "undoes"):  # (a library rollback that may undo nothing)
+        handler.undoes = function.undoes  # type: ignore[attr-defined]
     handler.python = True  # type: ignore[attr-defined]
     handler.in_worker = True  # type: ignore[attr-defined]
     return handler
