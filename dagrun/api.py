@@ -142,7 +142,7 @@ def resume(run_id: str, *, database_url: str | None = None, from_step: str | Non
            allow_sudo: bool = False, secrets: Mapping[str, Any] | None = None, sandbox: bool = True,
            trusted_actions: Iterable[Any] | None = None, database_schema: str | None = None,
            home_roots: Iterable[str] = (), allow_network: Iterable[str] = (),
-           adopt_users: Iterable[str] = ()) -> RunResult:
+           adopt_users: Iterable[str] = (), journal_checked: bool = False) -> RunResult:
     """Continue a run from its snapshot, in the same run record.
 
     Completed steps (and steps skipped by their condition) are not run
@@ -155,7 +155,7 @@ def resume(run_id: str, *, database_url: str | None = None, from_step: str | Non
     prepared = prepare_resume(run_id, database_url=_url(database_url, database_schema), from_step=from_step,
                               max_workers=max_workers, actions=actions, executor=executor, allow_sudo=allow_sudo, secrets=secrets,
                               sandbox=sandbox, trusted_actions=trusted_actions, home_roots=home_roots,
-                              allow_network=allow_network, adopt_users=adopt_users)
+                              allow_network=allow_network, adopt_users=adopt_users, journal_checked=journal_checked)
     return _claim_and_execute(prepared, observers, on_event, runner_hook)
 
 
@@ -321,10 +321,12 @@ def prepare_resume(run_id: str, *, database_url: str | None = None, from_step: s
                    secrets: Mapping[str, Any] | None = None, sandbox: bool = True,
                    trusted_actions: Iterable[Any] | None = None, home_roots: Iterable[str] = (),
                    allow_network: Iterable[str] = (), adopt_users: Iterable[str] = (),
-                   workspace: Mapping[str, Any] | None = None) -> PreparedRun:
+                   workspace: Mapping[str, Any] | None = None, journal_checked: bool = False) -> PreparedRun:
     """Compile and check the resume of a recorded run; raises on bad input.
     ``workspace``: the workspace as the run was given it (a fleet's file):
-    the fields of it that were not stored are given again from it."""
+    the fields of it that were not stored are given again from it.
+    ``journal_checked``: the run's last process ran on another host, and
+    its journal there was replayed or is known to be empty."""
     from .store.engine import store_errors, writable
     from .store.runs import claim_token, done_steps, is_alive, load_for_resume, newer_run, superseded
     _check_workers(max_workers)
@@ -332,11 +334,10 @@ def prepare_resume(run_id: str, *, database_url: str | None = None, from_step: s
     engine = writable(url)
     with store_errors(url, "cannot read"):
         run, rows = load_for_resume(engine, run_id)
-    from .store.journal import pending
-    kept = pending(run.id)
-    if kept is not None:  # what the store shows of the run is not all it did: a resume would redo steps
-        raise InputError(f"run {run.id} has records the store could not take, kept in {kept}: replay them "
-                         "first (dagrun db recover), then resume")
+    from .store.journal import pending_for
+    kept = pending_for(run.id, run.journal, journal_checked)
+    if kept is not None:  # what the store shows of the run may not be all it did: a resume would redo steps
+        raise InputError(kept)
     if is_alive(run):
         raise RunConflictError(f"run {run.id} is still running (owner {run.owner})", run_id=run.id)
     newer = newer_run(engine, run)

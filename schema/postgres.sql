@@ -207,5 +207,11 @@ ALTER TABLE provisioning_runs ADD COLUMN secret_digests JSONB;
 
 UPDATE alembic_version SET version_num='0008' WHERE alembic_version.version_num = '0007';
 
+-- Running upgrade 0008 -> 0009
+
+ALTER TABLE provisioning_runs ADD COLUMN journal VARCHAR(1300);
+
+UPDATE alembic_version SET version_num='0009' WHERE alembic_version.version_num = '0008';
+
 COMMIT;
 

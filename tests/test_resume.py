@@ -15,7 +15,7 @@ import time
 import pytest
 import yaml
 
-from dagrun import InputError, RunConflictError, TemplateError, resume, run_template
+from dagrun import InputError, RunConflictError, StepStatus, TemplateError, resume, run_template
 from dagrun.api import get_run, watch_run
 from dagrun.run.events import StepStarted
 from dagrun.store.history import list_runs, show_run
@@ -238,6 +238,50 @@ def test_a_step_with_nothing_to_undo_is_trusted_after_a_death_in_rollback(worksp
     assert resumed.success, resumed.error
     assert resumed.steps["x"].attempts == 2 and (home / "marker").exists()  # x's rollback may have undone it
     assert (home / "ycount").read_text() == "y\n" and resumed.steps["y"].attempts == 1
+
+
+def test_a_resume_looks_for_the_journal_where_the_run_last_ran(workspace, home, tmp_path, db_url, monkeypatch):
+    """(helper-72) The journal guard looked only in the resuming process's
+    own data folder: a resume with another HOME (the service, another
+    operator) or on another host ran again steps whose completion was only
+    journalled, and the journal's replay then lost their records."""
+    from sqlalchemy import update
+    from dagrun.store import journal
+    from dagrun.store.engine import engine_for
+    from dagrun.store.models import ProvisioningRun
+    gate = tmp_path / "gate"
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "first"))
+    failed = run_template(template(script_step(10, f"test -f {gate}", id="s")), workspace, database_url=db_url)
+    assert not failed.success
+    kept = journal.append(failed.run_id, db_url, [])  # what the store could not take, in that folder
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "second"))  # another process's data folder
+    with pytest.raises(InputError, match=f"records the store could not take, kept in {kept}: replay them first"):
+        resume(failed.run_id, database_url=db_url)
+    kept.unlink()
+    with engine_for(db_url).begin() as conn:  # as a process on another host records it when it claims
+        conn.execute(update(ProvisioningRun).where(ProvisioningRun.id == failed.run_id)
+                     .values(journal="elsewhere.example:/var/lib/dagrun/journal"))
+    with pytest.raises(InputError, match="last ran on host elsewhere.example, whose journal .* --journal-checked"):
+        resume(failed.run_id, database_url=db_url)
+    gate.touch()
+    assert resume(failed.run_id, database_url=db_url, journal_checked=True).success
+
+
+def test_a_run_whose_records_cannot_be_kept_anywhere_stops(workspace, home, tmp_path, monkeypatch):
+    """(helper-72) With the store and the journal both refusing, a completed
+    step counted as recorded: its dependents started, and after a crash a
+    resume would run it again. The run stops instead."""
+    import dagrun.store.recorder
+    monkeypatch.setattr(dagrun.store.recorder, "RETRY_LIMIT_SECONDS", 0.5)  # (then the journal: refused too)
+    db = tmp_path / "kept.db"
+    (tmp_path / "xdg").write_text("")  # a file: no journal folder can be made in it
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    away = (f"python3 -c \"import sqlite3; c = sqlite3.connect('{db}'); "
+            "c.execute('ALTER TABLE workspace_action_executions RENAME TO away'); c.commit()\"")
+    doc = template(script_step(10, away, id="a"), script_step(20, "touch ~/b", id="b", requires=["a"]))
+    result = run_template(doc, workspace, database_url=f"sqlite:///{db}")
+    assert result.status.value == "cancelled" and "records cannot be kept" in result.error, result.error
+    assert not (home / "b").exists() and result.steps["b"].status is not StepStatus.completed
 
 
 def test_a_run_killed_waiting_to_retry_keeps_its_completed_steps(workspace, home, tmp_path, db_url):

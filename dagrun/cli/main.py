@@ -170,7 +170,8 @@ def cmd_resume(args: argparse.Namespace) -> int:
     args.run_id = api.find_run(args.run_id, database_url=url)  # a person may type a prefix; the API takes whole ids
     roots = _recorded_home_roots(url, [args.run_id])
     return _run_with_progress(args, lambda **kw: api.resume(
-        args.run_id, database_url=url, from_step=args.from_step, home_roots=roots, **options, **kw), None)
+        args.run_id, database_url=url, from_step=args.from_step, home_roots=roots,
+        journal_checked=args.journal_checked, **options, **kw), None)
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
@@ -213,7 +214,7 @@ def cmd_fleet(args: argparse.Namespace) -> int:
         given = read_workspaces(args.workspaces) if args.workspaces else None  # for what was not stored
         start = lambda progress: resume_fleet(  # noqa: E731
             args.resume, database_url=url, concurrency=args.concurrency, observers_for=progress, runner_hook=hook,
-            home_roots=roots, workspaces=given, **options)
+            home_roots=roots, workspaces=given, journal_checked=args.journal_checked, **options)
         total = None
     else:
         if not args.workspaces:
@@ -638,6 +639,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                             "that were not stored (a secret field read them)")
     fleet.add_argument("--concurrency", type=int, metavar="N", help="workspaces running at once (default: all)")
     fleet.add_argument("--resume", metavar="FLEET_ID", help="resume the runs of this fleet that did not succeed")
+    fleet.add_argument("--journal-checked", action="store_true",
+                       help="with --resume: runs that last ran on another host had their journal replayed there")
 
     cancel = command("cancel", cmd_cancel, "stop a running run, wherever it runs (it can be resumed)", db)
     cancel.add_argument("run_id", help="a run id, or an unambiguous prefix of one")
@@ -646,6 +649,8 @@ def build_parser() -> argparse.ArgumentParser:
     resume = command("resume", cmd_resume, "continue a failed, cancelled or interrupted run", actions, running, db)
     resume.add_argument("run_id", help="a run id, or an unambiguous prefix of one")
     resume.add_argument("--from", dest="from_step", metavar="STEP", help="also run STEP and its downstream again")
+    resume.add_argument("--journal-checked", action="store_true",
+                        help="the run last ran on another host, whose journal was replayed or is empty")
 
     validate = command("validate", cmd_validate, "check templates and action definitions; runs nothing",
                        actions, variables, workspace, db)

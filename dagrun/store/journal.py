@@ -49,10 +49,40 @@ def _replay_url(journalled: str, given: str | None) -> str:
     return journalled
 
 
-def pending(run_id: str) -> Path | None:
-    """The journal of ``run_id``, if it has records not yet replayed."""
-    path = journal_dir() / f"{run_id}.jsonl"
-    return path if path.exists() else None
+def pending(run_id: str, folder: Path | None = None) -> Path | None:
+    """The journal of ``run_id`` in ``folder`` (default: this process's
+    journal folder), if it has records not yet replayed. One that cannot be
+    looked at counts as pending."""
+    path = (folder or journal_dir()) / f"{run_id}.jsonl"
+    try:
+        path.lstat()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError:
+        return path  # (another user's folder: what it holds cannot be told)
+    return path
+
+
+def pending_for(run_id: str, recorded: str | None, checked: bool = False) -> str | None:
+    """Why a resume may not trust the store's records of ``run_id`` yet, if
+    so: its journal here, or in the folder its last process recorded
+    (``host:folder``: another HOME, the service's data folder) when that is
+    on this host. On another host it cannot be looked at: refused unless
+    ``checked`` (the operator looked there, or the host is gone)."""
+    import socket
+    kept = pending(run_id)
+    host, _, folder = (recorded or "").partition(":")
+    if kept is None and folder and host == socket.gethostname():
+        kept = pending(run_id, Path(folder))
+    if kept is not None:
+        return (f"run {run_id} has records the store could not take, kept in {kept}: replay them first "
+                f"(dagrun db recover{' ' + str(kept) if kept.parent != journal_dir() else ''}), then resume")
+    if folder and host != socket.gethostname() and not checked:
+        return (f"run {run_id} last ran on host {host}, whose journal ({folder}) may hold records the store "
+                "could not take: a resume here would run again the steps they record. Run dagrun db recover "
+                f"on {host} (or see that {folder}/{run_id}.jsonl does not exist there), then resume with "
+                "--journal-checked (journal_checked=True); likewise if that host is gone for good")
+    return None
 
 
 def recover(journal: Path | None = None, url: str | None = None) -> list[tuple[Path, int, str | None]]:

@@ -162,6 +162,8 @@ class ProvisioningRun(Base):
     cancel_requested: Mapped[str | None] = mapped_column(String(200))
 
     home_dir: Mapped[str | None] = mapped_column(String(1024))  # the workspace's home: one workspace's only
+    # host:folder where the owning process journals what the store cannot take (a resume looks there)
+    journal: Mapped[str | None] = mapped_column(String(1300))
     __table_args__ = (Index("idx_runs_workspace", "workspace_id", "started_at"), Index("idx_runs_fleet", "fleet_id"),
                       Index("idx_runs_home", "home_dir"))
 

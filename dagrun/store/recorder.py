@@ -210,8 +210,12 @@ class Recorder:
             if self._run.get("running") and time.monotonic() - last_beat >= HEARTBEAT_SECONDS:
                 ops.append({"op": "run", "run_id": self._run["id"], "values": {"heartbeat_at": time.time()}})
                 last_beat = time.monotonic()
-            if ops:
-                self._commit(ops, urgent or stopping)
+            kept = self._commit(ops, urgent or stopping) if ops else True
+            if not kept and durable and self.on_cancel is not None and not stopping:
+                # Kept nowhere (store and journal both refused): nothing more starts on top of a
+                # completion that a crash would have a resume run again (helper-72). Asked before the
+                # completions are released, so the run halts before their dependents could start.
+                self.on_cancel(f"stopped: its records cannot be kept ({self.error})")
             if durable and self.on_durable is not None:
                 self.on_durable(durable)
 
@@ -243,9 +247,11 @@ class Recorder:
             self.on_cancel(f"taken over by {owner} (this process was taken for dead)")
             self.on_cancel = None
 
-    def _commit(self, ops: list[dict[str, Any]], urgent: bool = True) -> None:
+    def _commit(self, ops: list[dict[str, Any]], urgent: bool = True) -> bool:
+        """Write ``ops`` to the store, or else to the journal; False when
+        neither would take them."""
         if self.fenced:
-            return  # the run is another process's now
+            return True  # the run is another process's now (and stops)
         if self.journal is not None:
             # Once a run's records went to the journal, the rest follow them there: replayed in the order
             # they were made (an update written before its journalled insert would match no row).
@@ -257,50 +263,48 @@ class Recorder:
                                      owner=(self._run["id"], self.owner) if self.owner and self._run.get("id") else None)
                 except NotOwner as exc:
                     self._fence(str(exc))
-                    return
+                    return True
                 except Exception:  # noqa: BLE001 - best effort: the store is away
                     pass
             ops = [op for op in ops if not _heartbeat_only(op)]
-            if ops:
-                self._to_journal(ops, "earlier records are in the journal", 0.0)
-            return
+            return self._to_journal(ops, "earlier records are in the journal", 0.0) if ops else True
         delay, waited = 0.2, 0.0
         owner = (self._run["id"], self.owner) if self.owner is not None and self._run.get("id") else None
         while True:
             try:
                 apply_operations(self.engine, ops, self._action_ids, self._run.get("actions"), wait_for_disk=urgent,
                                  owner=owner)
-                return
+                return True
             except NotOwner as exc:  # taken over: this process was taken for dead
                 self._fence(str(exc))
-                return
+                return True
             except Exception as exc:  # noqa: BLE001 - the driver's own errors too (attempt rows go through it)
                 # Whatever the store says, the writer goes on: it retries, then journals (a dead writer
                 # would hold every dependent of an unrecorded step back, and the run would never end).
                 self._action_ids.clear()  # ids from a rolled-back transaction may be void
                 reason = (str(exc).splitlines() or [type(exc).__name__])[0]
                 if not _transient(exc) or waited >= self.retry_limit_seconds:
-                    self._to_journal(ops, reason, waited)
-                    return
+                    return self._to_journal(ops, reason, waited)
                 log.warning("store write failed (%s); retrying in %.1f s", reason, delay)
                 time.sleep(delay)
                 waited += delay
                 delay = min(delay * 2, 5.0)
 
-    def _to_journal(self, ops: list[dict[str, Any]], reason: str, waited: float) -> None:
+    def _to_journal(self, ops: list[dict[str, Any]], reason: str, waited: float) -> bool:
         first = self.journal is None
         try:
             self.journal = journal.append(self._run.get("id", "unknown"), self.url, ops, self.owner)
         except OSError as exc:  # nowhere left to keep them: said in the result, the run goes on
             self.error = f"could not write to {describe_url(self.url)} ({reason}) nor to the journal ({exc})"
             log.error("store write failed; %d records lost: %s", len(ops), self.error)
-            return
+            return False
         if not first:  # the rest of the run follows its first journalled records: said once
-            return
+            return True
         self.error = (f"could not write to {describe_url(self.url)} ({reason}"
                       + (f", for {waited:.0f} s" if waited else "") + f"); records kept in {self.journal}, "
                       "replay them with: dagrun db recover")
         log.error("store write failed; %d records journalled: %s", len(ops), self.error)
+        return True
 
     # -- events -> operations -------------------------------------------------
 

@@ -182,6 +182,8 @@ def claim(engine: Engine, *, run_id: str, workspace_id: str, fields: Mapping[str
         run.cancel_requested = None
         run.completed_at = None
         run.owner = owner_id()
+        from ..locations import journal_dir
+        run.journal = f"{socket.gethostname()}:{journal_dir()}"  # (where a resume must look first)
         run.heartbeat_at = now
         run.started_at = run.started_at or now
 
