@@ -254,6 +254,7 @@ def test_a_resume_looks_for_the_journal_where_the_run_last_ran(workspace, home, 
     failed = run_template(template(script_step(10, f"test -f {gate}", id="s")), workspace, database_url=db_url)
     assert not failed.success
     kept = journal.append(failed.run_id, db_url, [])  # what the store could not take, in that folder
+    assert (tmp_path / "first" / "dagrun").stat().st_mode & 0o777 == 0o700  # (made by the journal: its owner's)
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "second"))  # another process's data folder
     with pytest.raises(InputError, match=f"records the store could not take, kept in {kept}: replay them first"):
         resume(failed.run_id, database_url=db_url)

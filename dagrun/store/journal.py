@@ -27,7 +27,8 @@ def append(run_id: str, url: str, ops: list[dict[str, Any]], owner: str | None =
     """Add one batch to the run's journal; the file it went to. ``owner``:
     the run's owner then; replayed only while the run still has it."""
     directory = journal_dir()
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    directory.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # (dagrun's data folder: its owner's only)
+    directory.mkdir(mode=0o700, exist_ok=True)
     path = directory / f"{run_id}.jsonl"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     with os.fdopen(fd, "a", encoding="utf-8") as fh:
