@@ -21,6 +21,10 @@ def data_dir() -> Path:
 @functools.lru_cache(maxsize=8)
 def _data_dir(xdg_data_home: str, home: str) -> Path:
     # Kept for the environment it was made in (every run asks, for the allowed home roots).
+    # A relative $XDG_DATA_HOME is ignored, as the XDG spec says: it would name another folder
+    # from another working folder (a resume would not find the run's journal: helper-73).
+    if not os.path.isabs(xdg_data_home):
+        xdg_data_home = ""
     base = xdg_data_home or str((Path(home) if home else Path.home()) / ".local" / "share")
     return Path(base) / "dagrun"
 

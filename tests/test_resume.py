@@ -255,6 +255,9 @@ def test_a_resume_looks_for_the_journal_where_the_run_last_ran(workspace, home, 
     assert not failed.success
     kept = journal.append(failed.run_id, db_url, [])  # what the store could not take, in that folder
     assert (tmp_path / "first" / "dagrun").stat().st_mode & 0o777 == 0o700  # (made by the journal: its owner's)
+    with engine_for(db_url).connect() as conn:  # where the run's process journals: the folder itself (helper-73)
+        recorded = conn.execute(ProvisioningRun.__table__.select().where(ProvisioningRun.id == failed.run_id)).first()
+    assert recorded.journal == f"{socket.gethostname()}:{os.path.realpath(tmp_path / 'first' / 'dagrun' / 'journal')}"
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "second"))  # another process's data folder
     with pytest.raises(InputError, match=f"records the store could not take, kept in {kept}: replay them first"):
         resume(failed.run_id, database_url=db_url)
@@ -283,6 +286,39 @@ def test_a_run_whose_records_cannot_be_kept_anywhere_stops(workspace, home, tmp_
     result = run_template(doc, workspace, database_url=f"sqlite:///{db}")
     assert result.status.value == "cancelled" and "records cannot be kept" in result.error, result.error
     assert not (home / "b").exists() and result.steps["b"].status is not StepStatus.completed
+
+
+def test_a_run_stops_when_any_of_its_records_cannot_be_kept(workspace, home, tmp_path, monkeypatch):
+    """(helper-73) A lost batch without a completion in it (a failed
+    attempt's end, the next attempt's row) went unnoticed: the retry's
+    completion then updated no row, its dependents ran, and a resume ran it
+    again."""
+    import dagrun.store.recorder
+    monkeypatch.setattr(dagrun.store.recorder, "RETRY_LIMIT_SECONDS", 0.5)
+    db = tmp_path / "kept.db"
+    (tmp_path / "xdg").write_text("")
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    away = (f"python3 -c \"import sqlite3; c = sqlite3.connect('{db}'); "
+            "c.execute('ALTER TABLE workspace_action_executions RENAME TO away'); c.commit()\"")
+    retried = f"if [ -f ~/once ]; then touch ~/second; exit 0; fi; touch ~/once; {away}; exit 1"
+    doc = template(script_step(10, retried, id="a", max_retries=2, retry_delay_seconds=3),
+                   script_step(20, "touch ~/b", id="b", requires=["a"]))
+    result = run_template(doc, workspace, database_url=f"sqlite:///{db}")
+    assert result.status.value == "cancelled" and "records cannot be kept" in result.error, result.error
+    assert (home / "once").exists() and not (home / "second").exists() and not (home / "b").exists()
+
+
+def test_a_relative_xdg_data_home_is_ignored(monkeypatch, tmp_path):
+    """(helper-73) It named another folder from each working folder, so a
+    resume elsewhere did not find the run's journal. The XDG spec says to
+    ignore a relative path there."""
+    from pathlib import Path
+    from dagrun.locations import data_dir
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("XDG_DATA_HOME", "data")
+    assert data_dir() == Path(tmp_path) / ".local" / "share" / "dagrun"
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "abs"))
+    assert data_dir() == tmp_path / "abs" / "dagrun"
 
 
 def test_a_run_killed_waiting_to_retry_keeps_its_completed_steps(workspace, home, tmp_path, db_url):

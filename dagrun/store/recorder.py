@@ -211,9 +211,10 @@ class Recorder:
                 ops.append({"op": "run", "run_id": self._run["id"], "values": {"heartbeat_at": time.time()}})
                 last_beat = time.monotonic()
             kept = self._commit(ops, urgent or stopping) if ops else True
-            if not kept and durable and self.on_cancel is not None and not stopping:
-                # Kept nowhere (store and journal both refused): nothing more starts on top of a
-                # completion that a crash would have a resume run again (helper-72). Asked before the
+            if not kept and self.on_cancel is not None and not stopping:
+                # Kept nowhere (store and journal both refused): nothing more starts on top of records
+                # that are missing (a completion, or an attempt's row a later completion would update:
+                # helper-72, helper-73), which a crash would have a resume run again. Asked before the
                 # completions are released, so the run halts before their dependents could start.
                 self.on_cancel(f"stopped: its records cannot be kept ({self.error})")
             if durable and self.on_durable is not None:

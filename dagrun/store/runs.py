@@ -183,7 +183,8 @@ def claim(engine: Engine, *, run_id: str, workspace_id: str, fields: Mapping[str
         run.completed_at = None
         run.owner = owner_id()
         from ..locations import journal_dir
-        run.journal = f"{socket.gethostname()}:{journal_dir()}"  # (where a resume must look first)
+        # (where a resume must look first: the folder itself, whatever the resuming process's cwd or links)
+        run.journal = f"{socket.gethostname()}:{os.path.realpath(journal_dir())}"
         run.heartbeat_at = now
         run.started_at = run.started_at or now
 
