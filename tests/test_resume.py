@@ -183,6 +183,23 @@ def test_a_step_whose_rollback_failed_runs_again_on_resume(workspace, home, tmp_
     assert resumed.success and (home / "marker").exists() and resumed.steps["x"].attempts == 2
 
 
+def kill_the_run_when(mark, doc, workspace, url, run_id, tmp_path, settle=0.0):
+    """Run ``doc`` in a child process; SIGKILL it (and what it started) once
+    the file ``mark`` exists (and ``settle`` seconds more)."""
+    (tmp_path / "t.json").write_text(json.dumps(doc))
+    code = ("import json, sys; from dagrun import run_template; run_template(json.load(open(sys.argv[1])), "
+            "json.loads(sys.argv[2]), database_url=sys.argv[3], run_id=sys.argv[4])")
+    child = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "t.json"), json.dumps(dict(workspace)), url,
+                              run_id], start_new_session=True)
+    deadline = time.monotonic() + 60
+    while not mark.exists():
+        assert child.poll() is None and time.monotonic() < deadline, f"{mark.name} never appeared"
+        time.sleep(0.05)
+    time.sleep(settle)
+    os.killpg(child.pid, signal.SIGKILL)
+    child.wait()
+
+
 @pytest.mark.parametrize("store", STORES)
 def test_a_run_killed_while_rolling_back_does_not_trust_what_it_may_have_undone(store, request, workspace, home,
                                                                                 tmp_path):
@@ -194,17 +211,7 @@ def test_a_run_killed_while_rolling_back_does_not_trust_what_it_may_have_undone(
         "rollback_script": f"rm ~/marker; touch {rolling}; sleep 30"}),
         script_step(20, f"test -f {gate}", id="f", requires=["x"]),
         global_config={"rollback_on_failure": True})
-    (tmp_path / "t.json").write_text(json.dumps(doc))
-    code = ("import json, sys; from dagrun import run_template; run_template(json.load(open(sys.argv[1])), "
-            "json.loads(sys.argv[2]), database_url=sys.argv[3], run_id='rolling-' + sys.argv[4])")
-    child = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "t.json"), json.dumps(dict(workspace)), url,
-                              store], start_new_session=True)
-    deadline = time.monotonic() + 60
-    while not rolling.exists():
-        assert child.poll() is None and time.monotonic() < deadline, "the rollback did not start"
-        time.sleep(0.05)
-    os.killpg(child.pid, signal.SIGKILL)
-    child.wait()
+    kill_the_run_when(rolling, doc, workspace, url, "rolling-" + store, tmp_path)
     assert not (home / "marker").exists()
     gate.touch()
     resumed = resume("rolling-" + store, database_url=url)
@@ -222,17 +229,7 @@ def test_a_step_with_nothing_to_undo_is_trusted_after_a_death_in_rollback(worksp
         script_step(15, "echo y >> ~/ycount", id="y", requires=["x"]),
         script_step(20, f"test -f {gate}", id="f", requires=["y"]),
         global_config={"rollback_on_failure": True})
-    (tmp_path / "t.json").write_text(json.dumps(doc))
-    code = ("import json, sys; from dagrun import run_template; run_template(json.load(open(sys.argv[1])), "
-            "json.loads(sys.argv[2]), database_url=sys.argv[3], run_id='nothing-to-undo')")
-    child = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "t.json"), json.dumps(dict(workspace)), db_url],
-                             start_new_session=True)
-    deadline = time.monotonic() + 60
-    while not rolling.exists():
-        assert child.poll() is None and time.monotonic() < deadline, "the rollback did not start"
-        time.sleep(0.05)
-    os.killpg(child.pid, signal.SIGKILL)
-    child.wait()
+    kill_the_run_when(rolling, doc, workspace, db_url, "nothing-to-undo", tmp_path)
     gate.touch()
     resumed = resume("nothing-to-undo", database_url=db_url)
     assert resumed.success, resumed.error
@@ -329,18 +326,8 @@ def test_a_run_killed_waiting_to_retry_keeps_its_completed_steps(workspace, home
                    script_step(20, f"touch {waiting}; test -f {gate}", id="f", requires=["x"], max_retries=3,
                                retry_delay_seconds=60),
                    global_config={"rollback_on_failure": True})
-    (tmp_path / "t.json").write_text(json.dumps(doc))
-    code = ("import json, sys; from dagrun import run_template; run_template(json.load(open(sys.argv[1])), "
-            "json.loads(sys.argv[2]), database_url=sys.argv[3], run_id='retrying')")
-    child = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "t.json"), json.dumps(dict(workspace)), db_url],
-                             start_new_session=True)
-    deadline = time.monotonic() + 60
-    while not waiting.exists():
-        assert child.poll() is None and time.monotonic() < deadline
-        time.sleep(0.05)
-    time.sleep(0.5)  # its failure recorded, waiting 60 s for the retry
-    os.killpg(child.pid, signal.SIGKILL)
-    child.wait()
+    # (settle: its failure recorded, waiting 60 s for the retry)
+    kill_the_run_when(waiting, doc, workspace, db_url, "retrying", tmp_path, settle=0.5)
     gate.touch()
     resumed = resume("retrying", database_url=db_url)
     assert resumed.success and (home / "count").read_text() == "x\n" and resumed.steps["x"].attempts == 1
