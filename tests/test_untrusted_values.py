@@ -1728,7 +1728,9 @@ def test_values_given_to_later_code_as_data_are_accepted(script):
                                     'curl -sS -o out https://example.com/x -d @- <<< "{{ workspace.v }}"',
                                     'function greet { echo "hi $1"; }; greet "{{ workspace.v }}"',
                                     "perl -le 'print $ARGV[0]' -- \"{{ workspace.v }}\"",
-                                    'GIT_AUTHOR_NAME="{{ workspace.v }}" git commit -m hi'])
+                                    'GIT_AUTHOR_NAME="{{ workspace.v }}" git commit -m hi',
+                                    "sed -i 's|/usr/bin/env python|/usr/bin/python3|' f; echo {{ workspace.v }}",
+                                    "export X={{ workspace.v }}; awk 'BEGIN { print ENVIRON[\"X\"] }'"])
 def test_values_as_arguments_of_scripts_and_data_options_are_accepted(script):
     compile_template(template(script_step(10, script)))
 

@@ -1354,8 +1354,11 @@ class _Lexer:
                 # ($1... there are that shell's own arguments: none.)
                 self.code += [(n, self.line) for n in _EXPANSION.findall(written) if not n[:1].isdigit()
                               and n not in ("*", "@", "_")]
-            if self._kind(ctx) in ("interpreter", "scripted") and base not in _SHELL_NAMES:
+            if self._kind(ctx) == "interpreter" and base not in _SHELL_NAMES:
                 self._environment_to_shell(written)
+            elif base in ("awk", "gawk", "mawk", "nawk") and "ENVIRON" in written and _AWK_RUNS_COMMANDS.search(written):
+                self.environment_to_shell = self.environment_to_shell or self.line  # (sed and jq start no shell
+                # from the environment: sed's e with $X is a code use above; sed 's|/usr/bin/env|...|' is fine)
             if dynamic and _names_a_variable(base, written, ctx["words"][ctx["command_index"] + 1:]):
                 self.unknown_name = self.unknown_name or self.line
             if "[" in written and (base in NAME_BUILTINS or ctx["words"][-1:] in (["-v"], ["-R"], ["-p"])):
