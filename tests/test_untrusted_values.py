@@ -1214,6 +1214,16 @@ ATTACKS = [  # each must be refused when the template is compiled
     'python3 -m timeit -n 1 -- "{{ workspace.v }}"',
     'erl -noshell -eval "io:format(\\"~s~n\\", [\\"{{ workspace.v }}\\"]), halt()."',
     'ZIPOPT={{ workspace.v }} zip -q o.zip /etc/hostname', 'GIT_TRACE={{ workspace.v }} git status --short',
+    # helper-74: function bodies after a line continuation or not in { }; IPython, asyncio's prompt; perl's
+    # program from its input; a bus address; build tools; git's include.path and curl -K from the input or
+    # a substitution; {a[0]}>; git's ext:: transport; sort's compress program; gpg's options file
+    'function f \\\n{ eval "{{ workspace.v }}"; }\nf', 'function f while eval "{{ workspace.v }}"; do break; done\nf',
+    'python3 -m IPython -c "{{ workspace.v }}"', 'python3 -m asyncio <<< "{{ workspace.v }}"',
+    "perl - \"{{ workspace.v }}\" <<'EOF2'\nprint while <>;\nEOF2",
+    'DBUS_SESSION_BUS_ADDRESS="{{ workspace.v }}" dbus-send --session / x.y', 'cmake -E env sh -c "{{ workspace.v }}"',
+    'git -c include.path=/dev/stdin status <<< "{{ workspace.v }}"', 'bash {x[0]}>/dev/null -c "{{ workspace.v }}"',
+    'GIT_ALLOW_PROTOCOL="{{ workspace.v }}" git clone -- https://h/r d', 'sort --compress-program="{{ workspace.v }}" f',
+    'curl -K <(echo "{{ workspace.v }}") https://h/', 'gpg --options /dev/stdin --list-keys <<< "{{ workspace.v }}"',
     'socat - TCP:"{{ workspace.v }}":5432', 'X={{ workspace.v }}; sort $\'\\x2d\\x2d\'"$X" /etc/hostname',
 ]
 
@@ -1730,7 +1740,9 @@ def test_values_given_to_later_code_as_data_are_accepted(script):
                                     "perl -le 'print $ARGV[0]' -- \"{{ workspace.v }}\"",
                                     'GIT_AUTHOR_NAME="{{ workspace.v }}" git commit -m hi',
                                     "sed -i 's|/usr/bin/env python|/usr/bin/python3|' f; echo {{ workspace.v }}",
-                                    "export X={{ workspace.v }}; awk 'BEGIN { print ENVIRON[\"X\"] }'"])
+                                    "export X={{ workspace.v }}; awk 'BEGIN { print ENVIRON[\"X\"] }'",
+                                    'function f () { echo "$1"; }\nf "{{ workspace.v }}"',
+                                    'diff <(sort a) <(sort b); echo "{{ workspace.v }}"'])
 def test_values_as_arguments_of_scripts_and_data_options_are_accepted(script):
     compile_template(template(script_step(10, script)))
 

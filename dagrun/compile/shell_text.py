@@ -79,6 +79,9 @@ RUNNERS = frozenset({
     "hash",  # (hash -p PATH NAME: a value would choose the program NAME runs)
     "pg_ctl", "pg_ctlcluster",  # (helper-69: pg_ctl pastes -D, -o and -l into a shell command)
     "socat",  # (helper-70: an address may be SYSTEM:cmd or EXEC:cmd)
+    # (helper-74: cmake -E env CMD, -P SCRIPT) build tools run the build files of the folder they are given
+    "cmake", "ctest", "cpack", "meson", "ninja", "scons", "gradle", "gradlew", "mvn", "mvnw", "ant", "bazel",
+    "sbt", "rake", "tox", "nox",
 })
 # Interpreters run a program given inline (-c, -e...), as their first operand
 # (a file), or on stdin. A value may be an argument of that program, never
@@ -155,7 +158,11 @@ _CODE_SUBCOMMANDS = {
     "go": {"run", "generate"}, "ip": {"exec"},  # (helper-61: go run PKG, ip netns exec NAME CMD)
     # (helper-71) python3 -m timeit CODE, -m pdb -c CMD, and modules that run the file or module a word names
     **dict.fromkeys(("timeit", "pdb", "cProfile", "profile", "trace", "doctest", "unittest", "runpy", "code",
-                     "pytest", "py.test"), {"*"}),
+                     "pytest", "py.test",
+                     # (helper-74) consoles reading code (IPython -c, asyncio's and idlelib's prompts), and
+                     # modules that import or unpickle what their arguments name
+                     "IPython", "ipython", "idlelib", "asyncio", "pickle", "pydoc", "inspect", "uvicorn",
+                     "gunicorn", "hypercorn", "daphne", "celery", "coverage"), {"*"}),
 }
 
 
@@ -238,6 +245,11 @@ def _program_runs_commands(name: str, raws: list[str]) -> bool:
         # that a file name ending (or beginning) with | names: the arguments are that program's code
         # then (perl -e 'while (<>) {print}' "x|": helper-70)
         # (-a and -F imply -n since perl 5.20; readline and eof() read ARGV too: helper-71)
+        operands = [text for text, _ in read if not text.startswith("-") or text == "-"]
+        inline = any(re.fullmatch(r"-[A-Za-z0-9]*[eE]", text) or re.match(r"-[A-Za-z0-9]*e.", text)
+                     for text, _ in read if not text.startswith("--"))
+        if not inline and (not operands or _is_stdin_file(operands[0])):
+            return True  # its program comes from its input (perl - ARGS <<EOF), read after its arguments (helper-74)
         return any(re.match(r"-[A-Za-z0-9]*[npaF]", text) and not text.startswith("--") for text, _ in read) or any(
             re.search(r"<(?:ARGV)?>|\bopen\b|\bARGF\b|\bgets\b|\breadline\b|\beof\b|(?<![$@%])\bARGV\b",
                       text.replace("<<>>", "")) for text, _ in read)
@@ -324,6 +336,12 @@ def _option_reads_stdin(name: str, raws: list[str]) -> str | None:
     (``-``, /dev/stdin) as that file, if any (helper-69)."""
     options = _COMMAND_OPTIONS.get(name, ())
     words = [_as_read(raw)[0] for raw in raws]
+    if name == "git":  # git -c include.path=/dev/stdin: settings (core.fsmonitor...) from the input (helper-74)
+        for i, word in enumerate(words):
+            setting = words[i + 1] if word == "-c" and i + 1 < len(words) else word[2:] if word.startswith("-c") else ""
+            key, _, value = setting.partition("=")
+            if re.fullmatch(r"(?i)include(?:if\..*)?\.path", key) and _is_stdin_file(value):
+                return "-c include.path"
     for i, word in enumerate(words):
         following = words[i + 1] if i + 1 < len(words) else ""
         for option in options:
@@ -605,7 +623,7 @@ _FLAG_ONLY = frozenset({"--", "--help", "--version", "--verbose", "--quiet", "--
                         "--no-deprecation", "--preserve-symlinks", "--watch", "--test", "--check", "-v", "-h",
                         "-i", "--interactive", "--norc", "--noprofile", "--login", "--posix", "--restricted",
                         "--debug", "--warnings", "--safe-mode", "--no-user-site"})
-_DESCRIPTOR_NAME = re.compile(r"\{[A-Za-z_][A-Za-z0-9_]*\}")
+_DESCRIPTOR_NAME = re.compile(r"\{[A-Za-z_][A-Za-z0-9_]*(?:\[[^]]*\])?\}")  # ({fd}>, {a[0]}>: helper-74)
 _COMPOUND_ENDS = frozenset({"fi", "done", "esac", "}"})  # the input of a compound command goes to its commands
 _COMPOUND_STARTS = frozenset({"if", "while", "until", "for", "select", "case", "{"})
 _FUNCTION = re.compile(r"(?m)(?:^|[;&|{(]\s*|\bfunction\s+)([^\s(){};&|<>'\"$`]+)\s*\(\s*\)|\bfunction\s+([^\s(){};&|<>'\"$`]+)")
@@ -716,7 +734,9 @@ _COMMAND_OPTIONS = {
     "scp": ("-o", "-S", "-F"),
     "wget": ("-e", "--execute", "--use-askpass", "--config"),
     "curl": ("-K", "--config"),
-    "openssl": ("-config", "-engine", "-provider-path"),
+    "openssl": ("-config", "--config", "-engine", "-provider-path"),
+    "sort": ("--compress-program",),  # (helper-74)
+    "gpg": ("--options", "--load-extension"), "gpg2": ("--options", "--load-extension"),
     # apt's settings and settings files (APT::Update::Pre-Invoke, DPkg::Pre-Install-Pkgs are commands),
     # dpkg's hooks
     **dict.fromkeys(("apt-get", "apt", "apt-cache", "apt-mark", "apt-config", "aptitude"),
@@ -735,7 +755,7 @@ _GIT_CODE_KEY = re.compile(
     r"web\.browser|browser\..*|man\..*|difftool\..*|mergetool\..*|sendemail\..*|protocol\..*|url\..*|"
     r"ssh\..*|submodule\..*|init\.templatedir|safe\.directory|trailer\..*|interactive\..*|imap\..*|"
     r"instaweb\..*|guitool\..*|tool\..*|http\.(.*\.)?(proxy|curloptresolve))\Z")
-_SHELL_CODE_PREFIXES = ("LD_", "BASH_FUNC_", "GIT_CONFIG_", "DYLD_", "npm_config_", "NPM_CONFIG_", "PIP_", "UV_",
+_SHELL_CODE_PREFIXES = ("DBUS_", "GROFF_", "CMAKE_", "CGO_", "YARN_", "LD_", "BASH_FUNC_", "GIT_CONFIG_", "DYLD_", "npm_config_", "NPM_CONFIG_", "PIP_", "UV_",
                         "POETRY_", "PERL", "GEM_", "BUNDLE_", "XDG_", "OPENSSL_", "CURL_", "RSYNC_", "MAVEN_",
                         "GRADLE_", "CARGO_", "RUSTUP_", "ANSIBLE_", "RCLONE_", "TF_CLI_", "HELM_",
                         # (helper-60: what libpq's GSSAPI, TLS and LDAP libraries load or read)
@@ -747,6 +767,11 @@ _SHELL_CODE_FORM = re.compile(r"\A(PYTHON|RUBY)[A-Z]|\ALUA_INIT|_(OPTS|OPTIONS|C
 _SHELL_CODE_MORE = frozenset({  # (helper-71: zip's, unzip's, gzip's options; git's object stores and index)
                               "ZIPOPT", "UNZIP", "UNZIPOPT", "ZIPINFO", "ZIPINFOOPT", "GZIP", "BZIP", "BZIP2",
                               "XZ_DEFAULTS", "ZSTD_NBTHREADS", "FCEDIT", "GIT_OBJECT_DIRECTORY",
+                              # (helper-74) a bus address may be unixexec:path=PROGRAM; git's ext:: transport;
+                              # what compilers, Tcl, groff, Lua and gpg load or run
+                              "GIT_ALLOW_PROTOCOL", "GIT_PROTOCOL_FROM_USER", "RUSTC_WRAPPER", "RUSTFLAGS",
+                              "RUSTDOCFLAGS", "RUSTC", "RUSTDOC", "TCL_LIBRARY", "TCLLIBPATH", "LUA_PATH", "LUA_CPATH",
+                              "GNUPGHOME",
                               "GIT_ALTERNATE_OBJECT_DIRECTORIES", "GIT_INDEX_FILE", "GIT_NAMESPACE",
                               "HOME", "CLASSPATH", "MAKEFILES", "GIT_DIR", "GIT_WORK_TREE", "GIT_COMMON_DIR", "TERMINFO",
                               "LOCPATH", "NLSPATH", "HOSTALIASES", "TMPDIR", "NODE_PATH", "NODE_REPL_EXTERNAL_MODULE",
@@ -1273,8 +1298,10 @@ class _Lexer:
                 ctx["cond"] = False
         ctx.update(word="", word_markers=[], word_literal=True)
         if ctx["command"] == "function" and index == ctx["command_index"] + 1 \
-                and self.text[self.i:].lstrip(" \t").startswith("{"):
-            self._end_command(ctx)  # function NAME { eval ...; }: its body's commands are commands (helper-71)
+                and not re.match(r"(?:[ \t]|\\\n)*\(\s*\)", self.text[self.i:]):
+            # function NAME BODY: the body is a compound command ({ }, while, if...), past blanks and
+            # line continuations: its commands are commands (helper-71, helper-74). (NAME () is read at "(".)
+            self._end_command(ctx)
 
     def _mark_after_dashes(self, raw: str) -> None:
         """Slots of the word ``raw`` with only '-' or '+' before them (past
@@ -1835,6 +1862,11 @@ class _Lexer:
         deny = self._deny()
         if outer is not None and outer["kind"] == "cmd" and deny is None:
             deny = self._command_deny(outer) if outer["command"] is not None else None
+            option = None if deny is not None or outer["command"] is None or outer["command_start"] else \
+                self._command_option(outer, self._so_far(outer), True)
+            if option is not None:  # curl -K <(echo ...): what it prints is that option's (helper-74)
+                deny = (f"in what {outer['command']} {option} reads (this substitution's output), which it runs "
+                        "as a command or reads as settings")
         self.stack.append(self._new_cmd(closer, deny))
 
     def _dollar(self, ctx: dict[str, Any]) -> bool:
