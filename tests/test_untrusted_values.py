@@ -1224,6 +1224,12 @@ ATTACKS = [  # each must be refused when the template is compiled
     'git -c include.path=/dev/stdin status <<< "{{ workspace.v }}"', 'bash {x[0]}>/dev/null -c "{{ workspace.v }}"',
     'GIT_ALLOW_PROTOCOL="{{ workspace.v }}" git clone -- https://h/r d', 'sort --compress-program="{{ workspace.v }}" f',
     'curl -K <(echo "{{ workspace.v }}") https://h/', 'gpg --options /dev/stdin --list-keys <<< "{{ workspace.v }}"',
+    # helper-75: other names of make and vim, C compilers (-D is C code), curl's @FILE and <FILE, sdiff's program
+    'cd ~/p && gmake install PREFIX={{ workspace.v }}', 'cc -DGREETING="\\"{{ workspace.v }}\\"" hello.c -o hello',
+    'vim.basic -es -c "!echo {{ workspace.v }}" -c "qa!"', 'curl -sS -F "name={{ workspace.v }}" http://h/form',
+    'curl -sS -X POST -d {{ workspace.v }} http://h/data', 'curl -sS -H "{{ workspace.v }}" http://h/',
+    'curl --data-urlencode "{{ workspace.v }}" http://h/', 'curl -F"f={{ workspace.v }}" http://h/',
+    'sdiff --diff-program={{ workspace.v }} a b',
     'socat - TCP:"{{ workspace.v }}":5432', 'X={{ workspace.v }}; sort $\'\\x2d\\x2d\'"$X" /etc/hostname',
 ]
 
@@ -1742,7 +1748,9 @@ def test_values_given_to_later_code_as_data_are_accepted(script):
                                     "sed -i 's|/usr/bin/env python|/usr/bin/python3|' f; echo {{ workspace.v }}",
                                     "export X={{ workspace.v }}; awk 'BEGIN { print ENVIRON[\"X\"] }'",
                                     'function f () { echo "$1"; }\nf "{{ workspace.v }}"',
-                                    'diff <(sort a) <(sort b); echo "{{ workspace.v }}"'])
+                                    'diff <(sort a) <(sort b); echo "{{ workspace.v }}"',
+                                    'curl -sS -d "name={{ workspace.v }}" -H "X-Name: {{ workspace.v }}" http://h/',
+                                    'curl --data-raw "{{ workspace.v }}" --form-string "n={{ workspace.v }}" http://h/'])
 def test_values_as_arguments_of_scripts_and_data_options_are_accepted(script):
     compile_template(template(script_step(10, script)))
 

@@ -82,6 +82,14 @@ RUNNERS = frozenset({
     # (helper-74: cmake -E env CMD, -P SCRIPT) build tools run the build files of the folder they are given
     "cmake", "ctest", "cpack", "meson", "ninja", "scons", "gradle", "gradlew", "mvn", "mvnw", "ant", "bazel",
     "sbt", "rake", "tox", "nox",
+    # (helper-75) other names of make and of editors and wrappers above; C compilers (a value in -D is C code,
+    # a file named by one is compiled); more programs that run the command or code they are given
+    "gmake", "bmake", "pmake", "remake", "colormake", "make-first-existing-target", "mvnDebug", "vim.basic",
+    "vim.tiny", "vim.nox", "vim.gtk3", "view", "rview", "vimdiff", "rvim", "gvim", "nvim", "editor",
+    "sensible-editor", "gdbtui", "fakeroot-tcp", "fakeroot-sysv", "valgrind.bin", "git-shell", "hyperfine",
+    "mispipe", "pee", "schroot", "dumb-init", "luit", "systemd-socket-activate", "uclampset", "heaptrack",
+    "memusage", "sotruss", "msgexec", "erl_call", "x-terminal-emulator", "xterm", "lftp", "gnuplot",
+    "cc", "gcc", "g++", "c++", "clang", "clang++", "c99", "c89", "tcc", "cpp",
 })
 # Interpreters run a program given inline (-c, -e...), as their first operand
 # (a file), or on stdin. A value may be an argument of that program, never
@@ -91,7 +99,7 @@ INTERPRETERS = frozenset({"sh", "bash", "dash", "zsh", "ksh", "mksh", "fish", "c
                           "ash", "yash", "posh", "lksh", "luajit", "ipython", "R", "pwsh", "escript", "guile",
                           "perl", "ruby", "node", "nodejs", "php", "lua", "tclsh", "wish", "bc", "dc", "osascript",
                           "psql", "mysql", "mariadb", "mongosh", "mongo",
-                          "erl", "elixir", "iex", "jshell", "groovy", "scala", "clojure", "kotlin", "swift", "gawk-5",
+                          "erl", "elixir", "iex", "jshell", "ts-node", "tsx", "xonsh", "duckdb", "groovy", "scala", "clojure", "kotlin", "swift", "gawk-5",
                           "racket", "sbcl", "clisp", "ghci", "runghc", "ocaml", "julia", "Rscript", "php-cgi"})  # (their input has shell escapes: \!)
 # Little languages: the program is the first operand (or -e / -f); their input is data.
 SCRIPTED = frozenset({"awk", "gawk", "mawk", "nawk", "sed", "jq",
@@ -318,6 +326,24 @@ def _tar_reads_names_as_options(raws: list[str]) -> bool:
               or (i == 0 and not a.startswith("-") and "T" in a)) and not verbatim:
             return True
     return False
+
+
+_CURL_FILE_READERS = ("-d", "--data", "--data-binary", "--data-urlencode", "--json", "-H", "--header")
+
+
+def _curl_reads_a_file_there(cmd: dict[str, Any], written: str) -> bool:
+    """Would curl read a file named by a value that begins here: the start
+    of a -d / -H / --data-urlencode argument (@FILE), or right after NAME=
+    in a -F argument (@FILE, <FILE)? (helper-75: root's files sent away.)"""
+    if (cmd["command"] or "").rsplit("/", 1)[-1] != "curl":
+        return False
+    before = written.rsplit("\x01", 1)[0].replace('"', "").replace("'", "")  # (the word up to this value)
+    previous = cmd["words"][-1] if len(cmd["words"]) > cmd["command_index"] + 1 else ""
+    if before == "" and previous in _CURL_FILE_READERS or before in ("-d", "-H") or \
+            before in {o + "=" for o in _CURL_FILE_READERS if o.startswith("--")}:
+        return True
+    return bool(previous in ("-F", "--form") and re.fullmatch(r"[^=]*=", before)
+                or re.fullmatch(r"(?:-F|--form=)[^=]*=", before))
 
 
 def _is_stdin_file(word: str) -> bool:
@@ -736,6 +762,7 @@ _COMMAND_OPTIONS = {
     "curl": ("-K", "--config"),
     "openssl": ("-config", "--config", "-engine", "-provider-path"),
     "sort": ("--compress-program",),  # (helper-74)
+    **dict.fromkeys(("sdiff", "diff3"), ("--diff-program",)),  # (helper-75)
     "gpg": ("--options", "--load-extension"), "gpg2": ("--options", "--load-extension"),
     # apt's settings and settings files (APT::Update::Pre-Invoke, DPkg::Pre-Install-Pkgs are commands),
     # dpkg's hooks
@@ -1573,6 +1600,11 @@ class _Lexer:
         if option is not None:
             self.fail(f"in the argument of {cmd['command']} {option}, which it runs as a command (or reads "
                       "as settings that name one)")
+        if not cmd["redirect"] and not cmd["command_start"] and _curl_reads_a_file_there(
+                cmd, self.text[cmd.get("raw_start", self.i):self.i] if cmd["word"] else ""):
+            self.fail("at the start of curl's data, header or form value, where @FILE (or <FILE) reads a file "
+                      "as this step's account and sends it: put the value after literal text, or use --data-raw "
+                      "or --form-string, which read no file")
         if cmd["redirect"] == "<<<":
             cmd["herestring_values"] = True  # (checked again when the command's name is known)
         if cmd["redirect"]:
