@@ -98,9 +98,11 @@ RUNNERS = frozenset({
 INTERPRETERS = frozenset({"sh", "bash", "dash", "zsh", "ksh", "mksh", "fish", "csh", "tcsh", "busybox", "rbash",
                           "ash", "yash", "posh", "lksh", "luajit", "ipython", "R", "pwsh", "escript", "guile",
                           "perl", "ruby", "node", "nodejs", "php", "lua", "tclsh", "wish", "bc", "dc", "osascript",
-                          "psql", "mysql", "mariadb", "mongosh", "mongo",
-                          "erl", "elixir", "iex", "jshell", "ts-node", "tsx", "xonsh", "duckdb", "groovy", "scala", "clojure", "kotlin", "swift", "gawk-5",
-                          "racket", "sbcl", "clisp", "ghci", "runghc", "ocaml", "julia", "Rscript", "php-cgi"})  # (their input has shell escapes: \!)
+                          "psql", "mysql", "mariadb", "mongosh", "mongo",  # (their input has shell escapes: \!)
+                          # (helper-71, helper-75) more languages that run inline code or their input
+                          "erl", "elixir", "iex", "jshell", "ts-node", "tsx", "xonsh", "duckdb", "groovy", "scala",
+                          "clojure", "kotlin", "swift", "racket", "sbcl", "clisp", "ghci", "runghc", "ocaml", "julia",
+                          "Rscript", "php-cgi"})
 # Little languages: the program is the first operand (or -e / -f); their input is data.
 SCRIPTED = frozenset({"awk", "gawk", "mawk", "nawk", "sed", "jq",
                       "yq", "xq", "tomlq", "gojq", "jaq"})  # (helper-65: yq is jq's program, $ENV included)
@@ -782,7 +784,8 @@ _GIT_CODE_KEY = re.compile(
     r"web\.browser|browser\..*|man\..*|difftool\..*|mergetool\..*|sendemail\..*|protocol\..*|url\..*|"
     r"ssh\..*|submodule\..*|init\.templatedir|safe\.directory|trailer\..*|interactive\..*|imap\..*|"
     r"instaweb\..*|guitool\..*|tool\..*|http\.(.*\.)?(proxy|curloptresolve))\Z")
-_SHELL_CODE_PREFIXES = ("DBUS_", "GROFF_", "CMAKE_", "CGO_", "YARN_", "LD_", "BASH_FUNC_", "GIT_CONFIG_", "DYLD_", "npm_config_", "NPM_CONFIG_", "PIP_", "UV_",
+_SHELL_CODE_PREFIXES = ("LD_", "BASH_FUNC_", "GIT_CONFIG_", "DYLD_", "npm_config_", "NPM_CONFIG_", "PIP_", "UV_",
+                        "DBUS_", "GROFF_", "CMAKE_", "CGO_", "YARN_",  # (helper-74: a bus address may run a program)
                         "POETRY_", "PERL", "GEM_", "BUNDLE_", "XDG_", "OPENSSL_", "CURL_", "RSYNC_", "MAVEN_",
                         "GRADLE_", "CARGO_", "RUSTUP_", "ANSIBLE_", "RCLONE_", "TF_CLI_", "HELM_",
                         # (helper-60: what libpq's GSSAPI, TLS and LDAP libraries load or read)
@@ -800,7 +803,8 @@ _SHELL_CODE_MORE = frozenset({  # (helper-71: zip's, unzip's, gzip's options; gi
                               "RUSTDOCFLAGS", "RUSTC", "RUSTDOC", "TCL_LIBRARY", "TCLLIBPATH", "LUA_PATH", "LUA_CPATH",
                               "GNUPGHOME",
                               "GIT_ALTERNATE_OBJECT_DIRECTORIES", "GIT_INDEX_FILE", "GIT_NAMESPACE",
-                              "HOME", "CLASSPATH", "MAKEFILES", "GIT_DIR", "GIT_WORK_TREE", "GIT_COMMON_DIR", "TERMINFO",
+                              "HOME", "CLASSPATH", "MAKEFILES", "GIT_DIR", "GIT_WORK_TREE", "GIT_COMMON_DIR",
+                              "TERMINFO",
                               "LOCPATH", "NLSPATH", "HOSTALIASES", "TMPDIR", "NODE_PATH", "NODE_REPL_EXTERNAL_MODULE",
                               "JAVA_HOME", "KUBECONFIG", "LESS", "LESSKEY", "WGETRC", "SCREENRC", "VIMINIT", "EXINIT",
                               "MYVIMRC", "ZDOTDIR", "NPMRC", "GOPATH", "GOFLAGS", "GOPROXY", "GOROOT", "GOTOOLCHAIN",
@@ -1196,8 +1200,9 @@ class _Lexer:
             return ("in the input of tar -T (--files-from), which reads a line beginning with '-' as an option "
                     "(-C/etc): give tar --verbatim-files-from before -T")
         if stdin and _option_reads_stdin(name, cmd["raws"][cmd["command_index"] + 1:]):
-            return (f"in the input of {name}, which its {_option_reads_stdin(name, cmd['raws'][cmd['command_index'] + 1:])}"
-                    " - (or /dev/stdin) reads as settings or commands: keep values out of a program's settings "
+            option = _option_reads_stdin(name, cmd["raws"][cmd["command_index"] + 1:])
+            return (f"in the input of {name}, which its {option} - (or /dev/stdin) reads as settings or commands: "
+                    "keep values out of a program's settings "
                     "(written to a file, a value is settings there too)")
         if name in _READS_INPUT_AS_DATA and _program_runs_commands(name, cmd["raws"][cmd["command_index"] + 1:]):
             return (f"in a command of {name} whose program runs commands (awk's system(), getline and print to a "
@@ -1410,7 +1415,8 @@ class _Lexer:
                               and n not in ("*", "@", "_")]
             if self._kind(ctx) == "interpreter" and base not in _SHELL_NAMES:
                 self._environment_to_shell(written)
-            elif base in ("awk", "gawk", "mawk", "nawk") and "ENVIRON" in written and _AWK_RUNS_COMMANDS.search(written):
+            elif base in ("awk", "gawk", "mawk", "nawk") and "ENVIRON" in written \
+                    and _AWK_RUNS_COMMANDS.search(written):
                 self.environment_to_shell = self.environment_to_shell or self.line  # (sed and jq start no shell
                 # from the environment: sed's e with $X is a code use above; sed 's|/usr/bin/env|...|' is fine)
             if dynamic and _names_a_variable(base, written, ctx["words"][ctx["command_index"] + 1:]):
