@@ -331,6 +331,7 @@ def _tar_reads_names_as_options(raws: list[str]) -> bool:
 
 
 _CURL_FILE_READERS = ("-d", "--data", "--data-binary", "--data-urlencode", "--json", "-H", "--header")
+_CURL_GLUED_READERS = frozenset({"-d", "-H", *(o + "=" for o in _CURL_FILE_READERS if o.startswith("--"))})
 
 
 def _curl_reads_a_file_there(cmd: dict[str, Any], written: str) -> bool:
@@ -341,8 +342,7 @@ def _curl_reads_a_file_there(cmd: dict[str, Any], written: str) -> bool:
         return False
     before = written.rsplit("\x01", 1)[0].replace('"', "").replace("'", "")  # (the word up to this value)
     previous = cmd["words"][-1] if len(cmd["words"]) > cmd["command_index"] + 1 else ""
-    if before == "" and previous in _CURL_FILE_READERS or before in ("-d", "-H") or \
-            before in {o + "=" for o in _CURL_FILE_READERS if o.startswith("--")}:
+    if before == "" and previous in _CURL_FILE_READERS or before in _CURL_GLUED_READERS:
         return True
     return bool(previous in ("-F", "--form") and re.fullmatch(r"[^=]*=", before)
                 or re.fullmatch(r"(?:-F|--form=)[^=]*=", before))
@@ -1199,8 +1199,8 @@ class _Lexer:
         if stdin and name == "tar" and _tar_reads_names_as_options(cmd["raws"][cmd["command_index"] + 1:]):
             return ("in the input of tar -T (--files-from), which reads a line beginning with '-' as an option "
                     "(-C/etc): give tar --verbatim-files-from before -T")
-        if stdin and _option_reads_stdin(name, cmd["raws"][cmd["command_index"] + 1:]):
-            option = _option_reads_stdin(name, cmd["raws"][cmd["command_index"] + 1:])
+        option = _option_reads_stdin(name, cmd["raws"][cmd["command_index"] + 1:]) if stdin else None
+        if option is not None:
             return (f"in the input of {name}, which its {option} - (or /dev/stdin) reads as settings or commands: "
                     "keep values out of a program's settings "
                     "(written to a file, a value is settings there too)")
