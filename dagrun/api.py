@@ -1149,7 +1149,11 @@ def validate(items: Iterable[str], *, actions: Iterable[Any] | None = None, work
             doc = read_document(path) if path.is_file() else None
             if doc is not None and ("action_type" in doc or (isinstance(doc.get("actions"), list) and doc["actions"]
                                                             and "action_type" in doc["actions"][0])):
-                build_library([path], check_handlers=True)  # its actions as a run takes them, handlers built
+                # its actions as a run takes them (trusted where the run would trust them), handlers built
+                if _trusted_file(path, trusted_actions):
+                    build_library(trusted=[path], check_handlers=True)
+                else:
+                    build_library([path], check_handlers=True)
             else:
                 found = _with_stored(item, database_url, ())
                 if workspace is not None:
@@ -1162,6 +1166,15 @@ def validate(items: Iterable[str], *, actions: Iterable[Any] | None = None, work
         except (TemplateError, InputError) as exc:
             results.append((item, exc))
     return results
+
+
+def _trusted_file(path: Path, trusted_actions: Iterable[Any] | None) -> bool:
+    """Is this action file one a run trusts: the library's own, or in
+    ``trusted_actions`` (a file or a folder of them)?"""
+    from .compile.loader import package_dir
+    real = path.resolve()
+    folders = [package_dir("handlers"), *(Path(t) for t in trusted_actions or () if isinstance(t, (str, Path)))]
+    return any(real == folder.resolve() or folder.resolve() in real.parents for folder in folders)
 
 
 def explain(template: Any, *, step: str | None = None, actions: Iterable[Any] | None = None,

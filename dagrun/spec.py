@@ -194,6 +194,11 @@ class ActionSpec:
     source: str = "<dict>"
     base_dir: Path | None = None
     library: bool = False
+    # False: the handler never touches the workspace home (no files, no working folder there), so
+    # its attempts neither make the home nor, as root, check the folders above it first. Honoured
+    # for trusted actions only (``library``); a template's own action always has its home checked.
+    # (Last: a job pickled by an older dagrun, on a cluster's worker, keeps its fields' places.)
+    works_in_home: bool = True
 
 
 @dataclass(frozen=True, slots=True)

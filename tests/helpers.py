@@ -54,6 +54,11 @@ def working_folder(ctx: StepContext) -> Any:
     return ctx.run(["pwd"])
 
 
+def home_given(ctx: StepContext) -> dict[str, Any]:
+    """What a handler is handed of the workspace home."""
+    return {"home": ctx.home, "isolation_home": ctx.isolation.home}
+
+
 def sleep_forever(ctx: StepContext) -> None:
     time.sleep(ctx.config.get("seconds", 3600))
 

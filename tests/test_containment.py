@@ -661,6 +661,82 @@ def test_the_folders_above_the_home_are_checked_again_before_each_attempt(tmp_pa
     assert not Path("/root/planted").exists()
 
 
+@root_only
+def test_steps_that_work_in_no_home_neither_check_nor_make_it(tmp_path, monkeypatch):
+    """The library's noop, sleep and PostgreSQL actions touch no file of the
+    home: their attempts skip the check of the folders above it (one system
+    call, which with eight busy workers costs more than the rest of a short
+    step) and do not make the home. A step that works in the home still
+    checks, after them as before them."""
+    from dagrun.workspace import HOME_ROOTS_ENV
+    monkeypatch.setenv(HOME_ROOTS_ENV, str(tmp_path / "ws"))
+    home = tmp_path / "ws" / "mid" / "w"
+    opened = template(script_step(10, "chmod 777 ..", id="open"),
+                      step(20, "noop", id="idle", requires=["open"]),
+                      step(30, "sleep", id="nap", action_config={"seconds": 0}, requires=["open"]),
+                      script_step(40, "true", id="after", requires=["idle", "nap"]))
+    result = run_template(opened, {"id": "w", "home_dir": str(home)}, record=False)
+    assert [result.steps[s].status for s in ("open", "idle", "nap")] == [StepStatus.completed] * 3
+    assert result.steps["after"].status is StepStatus.failed
+    assert f"{home.parent} (above the workspace home {home}) is writable by others" in result.steps["after"].error
+    # nothing that works in the home ran: none was made
+    elsewhere = tmp_path / "ws" / "quiet" / "w"
+    (tmp_path / "ws" / "quiet").mkdir(mode=0o755)
+    result = run_template(template(step(10, "noop", id="a"), step(20, "sleep", id="b", action_config={"seconds": 0})),
+                          {"id": "w2", "home_dir": str(elsewhere)}, record=False)
+    assert result.success and not elsewhere.exists()
+
+
+def test_only_trusted_actions_may_say_they_work_in_no_home(tmp_path):
+    """An untrusted action always has its home checked: saying otherwise is
+    refused with the field named (as a dict, a file or an ActionSpec); the
+    operator's trusted actions may, and `dagrun validate` of the library's
+    own files or of a trusted file takes them as a run does (helper-76)."""
+    from dataclasses import replace
+
+    from dagrun.api import validate
+    from dagrun.compile.loader import ActionDefinitionError, load_action_file, package_dir
+    quiet = action("quiet", works_in_home=False)
+    refused = ("field 'works_in_home': works_in_home: false is honoured only for the library's and the operator's "
+               "trusted actions")
+    with pytest.raises(ActionDefinitionError, match=refused):
+        compile_template(template(step(10, "quiet")), actions=[quiet])
+    spec = replace(load_action_file(package_dir("handlers") / "util" / "noop.yaml", library=True)[0], name="quiet")
+    with pytest.raises(ActionDefinitionError, match=refused):
+        compile_template(template(step(10, "quiet")), actions=[spec])
+    plan = compile_template(template(step(10, "quiet")), trusted_actions=[quiet])
+    assert plan.steps["quiet"].action.works_in_home is False
+    assert compile_template(template(step(10, "noop"))).steps["noop"].action.works_in_home is False
+    assert compile_template(template(script_step(10, "true"))).steps["execute_custom_script"].action.works_in_home
+    (tmp_path / "acts").mkdir()
+    file = tmp_path / "acts" / "quiet.yaml"
+    file.write_text(yaml.safe_dump(quiet))
+    library_file = package_dir("handlers") / "util" / "noop.yaml"
+    assert [error for _, error in validate([str(library_file)])] == [None]
+    [(_, error)] = validate([str(file)])
+    assert "works_in_home: false is honoured only" in str(error)
+    assert [error for _, error in validate([str(file)], trusted_actions=[str(file)])] == [None]
+    assert [error for _, error in validate([str(file)], trusted_actions=[str(tmp_path / "acts")])] == [None]
+
+
+@root_only
+def test_a_handler_that_works_in_no_home_is_handed_none(tmp_path):
+    """(helper-76) The promise is held: a trusted action that says it works
+    in no home gets no home to use (nor does its isolation), and --check
+    does not answer for it that the home is missing."""
+    home = tmp_path / "ws" / "w"
+    quiet = action("quiet", "tests.helpers:home_given", works_in_home=False)
+    loud = action("loud", "tests.helpers:home_given")
+    doc = template(step(10, "quiet", id="q"), step(20, "loud", id="l"))
+    result = run_template(doc, {"id": "w", "home_dir": str(home)}, trusted_actions=[quiet, loud], record=False,
+                          home_roots=[str(tmp_path / "ws")])
+    assert result.steps["q"].result == {"home": None, "isolation_home": None}
+    assert result.steps["l"].result == {"home": str(home), "isolation_home": str(home)}
+    checked = run_template(template(step(10, "noop", id="n")), {"id": "w2", "home_dir": str(tmp_path / "ws" / "v")},
+                           record=False, check=True, home_roots=[str(tmp_path / "ws")])
+    assert "does not exist yet" not in str(checked.steps["n"].result), checked.steps["n"].result
+
+
 def test_a_home_is_checked_by_its_normalized_path(tmp_path):
     """A trailing slash would make lstat follow a home that is a link."""
     from dagrun.run.paths import home_state

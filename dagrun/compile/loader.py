@@ -518,6 +518,8 @@ def parse_action(doc: Mapping[str, Any], *, source: str = "<dict>", base_dir: Pa
             matches[key] = ErrorMatch.parse(doc.get(key)) if not problems else None
         except re.error as exc:
             problems.append(Problem(label, f"bad regular expression: {exc}", field=f"{key}.output_matches"))
+    if doc.get("works_in_home") is False and not library:
+        problems.append(Problem(label, UNTRUSTED_WORKS_IN_HOME, field="works_in_home"))
     if problems:
         raise ActionDefinitionError(problems)
     return ActionSpec(
@@ -550,6 +552,7 @@ def parse_action(doc: Mapping[str, Any], *, source: str = "<dict>", base_dir: Pa
         is_system=doc.get("is_system", True),
         check_first=doc.get("check_first", False),
         limits=Limits.parse(doc.get("limits")),
+        works_in_home=doc.get("works_in_home", True),
         source=source,
         base_dir=base_dir,
         library=library,
@@ -611,6 +614,10 @@ def standard_library() -> Mapping[str, ActionSpec]:
     return frozen_mapping(library)
 
 
+UNTRUSTED_WORKS_IN_HOME = ("works_in_home: false is honoured only for the library's and the operator's trusted actions "
+                           "(--trusted-actions, trusted_actions=): an untrusted action always has its home checked")
+
+
 def build_library(extra: Iterable[Any] | None = None, trusted: Iterable[Any] | None = None, *,
                   check_handlers: bool = False) -> dict[str, ActionSpec]:
     """The standard library extended (or overridden) by user-defined actions:
@@ -631,6 +638,9 @@ def build_library(extra: Iterable[Any] | None = None, trusted: Iterable[Any] | N
                 if misplaced:
                     raise ActionDefinitionError([Problem(f"action {item.name}", message, field="config_schema")
                                                  for message in misplaced])
+                if not is_trusted and not item.works_in_home:
+                    raise ActionDefinitionError([Problem(f"action {item.name}", UNTRUSTED_WORKS_IN_HOME,
+                                                         field="works_in_home")])
             elif isinstance(item, Mapping):
                 found = [parse_action(item, library=is_trusted)]
             else:

@@ -122,26 +122,37 @@ def isolation_for(job: AttemptJob) -> Isolation:
             raise PermanentError(problem)
     user = User.lookup(job.user) if job.user else None
     exists = None
-    if job.home and os.geteuid() == 0:
+    home = _work_home(job)
+    if home and os.geteuid() == 0:
         # Checked again as each attempt starts (an earlier step may have changed the folders): no
         # symlink or folder another user could change between the allowed root and the home, and
         # the home not somebody else's.
         owner = user.uid if user is not None else _uid(job.workspace_user)
-        problem, exists = home_state(job.home, job.home_root, owner)
+        problem, exists = home_state(home, job.home_root, owner)
         if problem:
             raise PermanentError(problem)
     # The home is made for the steps that work in it: the workspace user's (the user's
     # own home is made by create_linux_user, which a root step before it must not pre-empt).
     # A check makes nothing.
-    if job.home and (user is not None or not job.workspace_user) and not job.check \
-            and not (os.path.exists(job.home) if exists is None else exists):
-        ensure_home(job.home, user)
+    if home and (user is not None or not job.workspace_user) and not job.check \
+            and not (os.path.exists(home) if exists is None else exists):
+        ensure_home(home, user)
     if user is not None:
         return Isolation(user=user, sandbox=job.sandbox, network=action.requires_network, limits=action.limits,
-                         home=job.home)
+                         home=home)
     if job.plain_isolation is None:  # without a user, the same for every attempt of the step
-        job.plain_isolation = _plain_isolation(job.sandbox, action.requires_network, action.limits, job.home)
+        job.plain_isolation = _plain_isolation(job.sandbox, action.requires_network, action.limits, home)
     return job.plain_isolation
+
+
+def _work_home(job: AttemptJob) -> str | None:
+    """The home the step's handler works in. None for a trusted action that
+    says it works in no home: its attempts neither make the home nor, as
+    root, check the folders above it (with eight workers that one system
+    call per attempt costs more than the rest of a short step's overhead),
+    and its handler is handed no home to use after all."""
+    action = job.step.action
+    return job.home if action.works_in_home or not action.library else None
 
 
 @functools.lru_cache(maxsize=1024)
@@ -158,7 +169,7 @@ def _context_for(job: AttemptJob, steps: Mapping[str, Any], attempt: int, cancel
     step = job.step
     # Positional, in field order (... cancel, result, sudo, isolation, run_id, report, deadline,
     # adopt_users, home_root): once per attempt, and keywords cost four times as much.
-    return StepContext(step.id, step.action, config, job.workspace, job.variables, steps, job.env, job.home,
+    return StepContext(step.id, step.action, config, job.workspace, job.variables, steps, job.env, _work_home(job),
                        attempt, step.timeout_seconds, cancel, result or {}, job.sudo, isolation or Isolation(),
                        job.run_id, report, time.monotonic() + step.timeout_seconds, job.adopt_users, job.home_root)
 
@@ -202,7 +213,7 @@ def run_attempt(job: AttemptJob, attempt: int, steps: Mapping[str, Any], cancel:
         if job.check:
             return _check(job, attempt, steps, cancel, config, report, started, t0)
         if step.action.disk_space_required_mb:
-            check_disk_space(job.home, step.action.disk_space_required_mb)
+            check_disk_space(_work_home(job), step.action.disk_space_required_mb)
         isolation = isolation_for(job)
         handlers = handlers_for(step.action)
         ctx = _context_for(job, steps, attempt, cancel, config, isolation=isolation, report=report)
@@ -258,8 +269,9 @@ def _check(job: AttemptJob, attempt: int, steps: Mapping[str, Any], cancel: Canc
         return _outcome(job, attempt, StepStatus.completed, started, t0, config=config, changed=changed,
                         data={"check": reason})
 
-    if job.home and not os.path.isdir(job.home):
-        return answer(True, f"would run: the workspace home {job.home} does not exist yet")
+    home = _work_home(job)
+    if home and not os.path.isdir(home):
+        return answer(True, f"would run: the workspace home {home} does not exist yet")
     try:
         isolation = isolation_for(job)
     except PermanentError as exc:  # e.g. the workspace user is created by an earlier step
