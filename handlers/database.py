@@ -1,7 +1,10 @@
 """PostgreSQL actions: roles and databases, with identifiers always quoted.
 
 The server is ``config.connection_url``, else ``$DAGRUN_POSTGRES_URL``, else
-the local server as ``postgres``. Roles and databases are created only when
+the local server as ``postgres``. A config's URL (a value may have made it)
+may set only libpq's keywords for where the server is and how to reach it:
+libpq runs in dagrun's own process, as root, and reads the files others
+name (an ``sslkey`` of ``ENGINE:key`` even loads a shared library). Roles and databases are created only when
 missing (``created`` in the result), and rollback drops only what this step
 created, and only while it is still this workspace's.
 
@@ -28,10 +31,12 @@ functions in place of the catalog's in a superuser's session.
 from __future__ import annotations
 
 import os
+import re
 from contextlib import contextmanager
 from typing import Iterator
 
 import psycopg2
+import psycopg2.extensions
 from psycopg2 import sql
 
 from dagrun.errors import PermanentError
@@ -45,9 +50,42 @@ ADOPT_ENV = "DAGRUN_ADOPT_ROLES"
 TEMPLATES = ("template0", "template1")  # the server's own: copying one gives nobody's data
 
 
+# What a step's connection_url may set (libpq's keywords, as libpq itself parses the URL): where the
+# server is and how to reach it. Never a file for libpq to read as root (sslkey "ENGINE:key" even
+# makes OpenSSL load a shared library: the handler runs in dagrun's own process), a service file's
+# entry, a password file, nor the session's options (which the handler sets itself).
+URL_KEYWORDS = frozenset({
+    "host", "hostaddr", "port", "dbname", "user", "password", "connect_timeout", "application_name",
+    "fallback_application_name", "sslmode", "sslnegotiation", "sslsni", "ssl_min_protocol_version",
+    "ssl_max_protocol_version", "channel_binding", "require_auth", "target_session_attrs", "load_balance_hosts",
+    "keepalives", "keepalives_idle", "keepalives_interval", "keepalives_count", "tcp_user_timeout"})
+
+
+_DRIVER = re.compile(r"^(postgres(?:ql)?)\+[a-z0-9]+://")
+
+
 def connection_url(ctx: StepContext) -> str:
-    return ctx.config.get("connection_url") or ctx.env.get("DAGRUN_POSTGRES_URL") or os.environ.get(
-        "DAGRUN_POSTGRES_URL") or DEFAULT_URL
+    """The step's server: its config's URL (which a value may have made),
+    checked; else the operator's."""
+    url = ctx.config.get("connection_url") or ctx.env.get("DAGRUN_POSTGRES_URL")
+    if url:
+        url = _DRIVER.sub(r"\1://", url, count=1)  # SQLAlchemy's postgresql+psycopg2:// is libpq's postgresql://
+        _check_url(url)
+        return url
+    return os.environ.get("DAGRUN_POSTGRES_URL") or DEFAULT_URL
+
+
+def _check_url(url: str) -> None:
+    try:
+        given = psycopg2.extensions.parse_dsn(url)
+    except psycopg2.ProgrammingError:  # (its message may quote the URL, which holds a password)
+        raise PermanentError("connection_url: not a PostgreSQL URL libpq can read") from None
+    refused = sorted(set(given) - URL_KEYWORDS)
+    if refused:
+        raise PermanentError(
+            f"connection_url sets {', '.join(refused)}: a step's URL says where the server is and how to reach "
+            "it, never a file libpq would read as root, a service or the session's options (for certificates and "
+            "keys, the operator sets PGSSLROOTCERT, PGSSLCERT and PGSSLKEY in dagrun's own environment)")
 
 
 @contextmanager

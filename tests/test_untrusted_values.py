@@ -214,6 +214,39 @@ def test_a_value_in_a_connection_url_cannot_add_connection_parameters(home, pg_s
         render_url("{{ vars.url }}", {"vars": {"url": "http://h/x"}}, ["postgresql"])
 
 
+def test_a_connection_url_names_a_server_never_a_file_for_libpq_to_read(home, pg_server):
+    """(helper-76) A tenant's whole URL (render_url takes a value that is a
+    postgresql:// URL) reached libpq in dagrun's own process, as root:
+    sslkey=/path/engine.so:key made OpenSSL load that shared library. Only
+    keywords that say where the server is and how to reach it pass, as
+    libpq itself parses the URL (a password holding "?sslmode=" hides
+    nothing), and the error does not quote the URL (it holds a password)."""
+    def error_for(url: str) -> str | None:
+        doc = template(step(10, "create_postgresql_user", id="u", max_retries=1, action_config={
+            "username": "app_{{ workspace.id }}", "connection_url": "{{ vars.db_url }}"}),
+            vars={"db_url": "postgresql://127.0.0.1/postgres"})
+        result = run_template(doc, {"id": "w1", "home_dir": str(home)}, variables={"db_url": url}, record=False)
+        return result.steps["u"].error
+
+    for url, keys in (("postgresql://x@127.0.0.1:5432/db?sslmode=require&sslcert=/etc/ssl/c.pem&sslkey=/tmp/e.so:k",
+                       "sslcert, sslkey"),
+                      ("postgresql://x:Pw0rd?sslmode=@127.0.0.1/db?sslkey=/tmp/e.so:k", "sslkey"),
+                      ("postgres://127.0.0.1/db?ssl%6Bey=/tmp/e.so:k", "sslkey"),
+                      ("postgresql://127.0.0.1/db?passfile=/root/.pgpass", "passfile"),
+                      ("postgresql://127.0.0.1/db?service=x", "service"),
+                      ("postgresql://127.0.0.1/db?sslrootcert=/home/t/ca.pem", "sslrootcert"),
+                      ("postgresql+psycopg2://127.0.0.1/db?options=-c%20log_statement%3Dall", "options")):
+        error = error_for(url)
+        assert error and error.startswith(f"connection_url sets {keys}: "), (url, error)
+        assert "Pw0rd" not in error and "/tmp/e.so" not in error
+    assert error_for("postgresql://x@127.0.0.1:5432/db?%zz") == "connection_url: not a PostgreSQL URL libpq can read"
+    # where the server is and how to reach it: the real server, reached (SQLAlchemy's +driver too)
+    for url in ("postgresql://postgres@127.0.0.1:5432/postgres?sslmode=disable&application_name=x&connect_timeout=5",
+                "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres?ssl=true&sslmode=prefer"):
+        assert error_for(url) is None, url
+    pg_server.cursor().execute('DROP ROLE IF EXISTS "app_w1"')
+
+
 def test_a_home_dir_too_long_for_the_file_system_is_one_clear_error(tmp_path):
     """(helper-30) It was an OSError traceback (a 500 over HTTP)."""
     from dagrun.web import create_app
