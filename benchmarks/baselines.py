@@ -36,6 +36,31 @@ def dask_threaded(deps: dict[str, list[str]], fn: Callable[..., object], workers
     dask.threaded.get(graph, list(deps), num_workers=workers)
 
 
+def sleeps_alone(count: int, seconds: float, workers: int) -> float:
+    """No scheduler at all: ``workers`` pre-started threads each sleep their
+    share of ``count`` sleeps of ``seconds``, back to back. What the machine's
+    threads take for the sleeps alone (each wake-up takes the interpreter
+    lock); no scheduler of threads can beat it. Returns the makespan."""
+    import threading
+    import time
+    shares = [count // workers + (i < count % workers) for i in range(workers)]
+    start = threading.Barrier(workers + 1)
+
+    def sleeper(share: int) -> None:
+        start.wait()
+        for _ in range(share):
+            time.sleep(seconds)
+
+    threads = [threading.Thread(target=sleeper, args=(share,)) for share in shares]
+    for thread in threads:
+        thread.start()
+    began = time.perf_counter()
+    start.wait()
+    for thread in threads:
+        thread.join()
+    return time.perf_counter() - began
+
+
 class BareThreads:
     """The machine's floor for any threaded Python scheduler: Kahn's
     algorithm with pre-started threads and one completion queue, no
