@@ -4,9 +4,11 @@ The server is ``config.connection_url``, else ``$DAGRUN_POSTGRES_URL``, else
 the local server as ``postgres``. A config's URL (a value may have made it)
 may set only libpq's keywords for where the server is and how to reach it:
 libpq runs in dagrun's own process, as root, and reads the files others
-name (an ``sslkey`` of ``ENGINE:key`` even loads a shared library). Roles and databases are created only when
-missing (``created`` in the result), and rollback drops only what this step
-created, and only while it is still this workspace's.
+name (an ``sslkey`` of ``ENGINE:key`` even loads a shared library).
+
+Roles and databases are created only when missing (``created`` in the
+result), and rollback drops only what this step created, and only while it
+is still this workspace's.
 
 A role or database name is data (a web form's db_name): it must not pick
 another tenant's. A role this action makes is marked for its workspace (its
