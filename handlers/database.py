@@ -55,12 +55,36 @@ TEMPLATES = ("template0", "template1")  # the server's own: copying one gives no
 # What a step's connection_url may set (libpq's keywords, as libpq itself parses the URL): where the
 # server is and how to reach it. Never a file for libpq to read as root (sslkey "ENGINE:key" even
 # makes OpenSSL load a shared library: the handler runs in dagrun's own process), a service file's
-# entry, a password file, nor the session's options (which the handler sets itself).
+# entry, a password file, nor the session's options (which the handler sets itself); nor hostaddr,
+# which connects elsewhere than the host whose ~/.pgpass entry libpq sends.
 URL_KEYWORDS = frozenset({
-    "host", "hostaddr", "port", "dbname", "user", "password", "connect_timeout", "application_name",
+    "host", "port", "dbname", "user", "password", "connect_timeout", "application_name",
     "fallback_application_name", "sslmode", "sslnegotiation", "sslsni", "ssl_min_protocol_version",
     "ssl_max_protocol_version", "channel_binding", "require_auth", "target_session_attrs", "load_balance_hosts",
     "keepalives", "keepalives_idle", "keepalives_interval", "keepalives_count", "tcp_user_timeout"})
+
+
+def _root_owned_library_files() -> None:
+    """libpq and the OpenSSL and Kerberos it comes with (psycopg2-binary's
+    own copies) run in dagrun's process, as root: what they read unasked
+    must be root's. The wheel's OpenSSL reads its settings where it was
+    built (/host/tmp/libpq.build/openssl.cnf: a folder anyone may write
+    wherever /host is a host's root mounted in a container; its settings
+    may load a library), so it reads the system's instead; Kerberos looks
+    for root's tickets in /tmp/krb5cc_0, which any user may put there, so
+    it keeps them in memory. An operator's own settings stay."""
+    for path in ("/etc/ssl/openssl.cnf", "/etc/pki/tls/openssl.cnf", "/usr/lib/ssl/openssl.cnf", os.devnull):
+        try:
+            info = os.stat(path)
+        except OSError:
+            continue
+        if info.st_uid == 0 and not info.st_mode & 0o022:
+            os.environ.setdefault("OPENSSL_CONF", path)
+            break
+    os.environ.setdefault("KRB5CCNAME", "MEMORY:")
+
+
+_root_owned_library_files()
 
 
 _DRIVER = re.compile(r"^(postgres(?:ql)?)\+[a-z0-9]+://")
@@ -88,6 +112,10 @@ def _check_url(url: str) -> None:
             f"connection_url sets {', '.join(refused)}: a step's URL says where the server is and how to reach "
             "it, never a file libpq would read as root, a service or the session's options (for certificates and "
             "keys, the operator sets PGSSLROOTCERT, PGSSLCERT and PGSSLKEY in dagrun's own environment)")
+    if any(host.startswith(("/", "@")) for host in given.get("host", "").split(",")):
+        # libpq sends ~/.pgpass's "localhost" password to any socket: one a user made is theirs to read
+        raise PermanentError("connection_url: a step's server is a host name or address, not a socket folder (a "
+                             "local server over its socket is the operator's $DAGRUN_POSTGRES_URL)")
 
 
 @contextmanager

@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -235,16 +237,66 @@ def test_a_connection_url_names_a_server_never_a_file_for_libpq_to_read(home, pg
                       ("postgresql://127.0.0.1/db?passfile=/root/.pgpass", "passfile"),
                       ("postgresql://127.0.0.1/db?service=x", "service"),
                       ("postgresql://127.0.0.1/db?sslrootcert=/home/t/ca.pem", "sslrootcert"),
-                      ("postgresql+psycopg2://127.0.0.1/db?options=-c%20log_statement%3Dall", "options")):
+                      ("postgresql+psycopg2://127.0.0.1/db?options=-c%20log_statement%3Dall", "options"),
+                      # (helper-77) libpq would send ~/.pgpass's entry for the host to this other address
+                      ("postgresql://db.internal/db?hostaddr=10.9.9.9", "hostaddr")):
         error = error_for(url)
         assert error and error.startswith(f"connection_url sets {keys}: "), (url, error)
         assert "Pw0rd" not in error and "/tmp/e.so" not in error
     assert error_for("postgresql://x@127.0.0.1:5432/db?%zz") == "connection_url: not a PostgreSQL URL libpq can read"
+    # (helper-77) a socket a user made gets ~/.pgpass's "localhost" password
+    for url in ("postgresql://%2Fhome%2Ft%2Fsock/db", "postgresql:///db?host=/tmp/s", "postgresql://h,%2Ftmp%2Fs/db",
+                "postgresql:///db?host=@abstract"):
+        assert error_for(url).startswith("connection_url: a step's server is a host name or address, not a socket "
+                                         "folder"), url
     # where the server is and how to reach it: the real server, reached (SQLAlchemy's +driver too)
     for url in ("postgresql://postgres@127.0.0.1:5432/postgres?sslmode=disable&application_name=x&connect_timeout=5",
                 "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres?ssl=true&sslmode=prefer"):
         assert error_for(url) is None, url
     pg_server.cursor().execute('DROP ROLE IF EXISTS "app_w1"')
+
+
+def test_root_libpq_reads_no_file_another_user_could_plant(home, tmp_path):
+    """(helper-77) psycopg2-binary's OpenSSL reads its settings from the
+    folder it was built in (/host/tmp/libpq.build: anyone's to write where a
+    host's root is mounted at /host; a setting there loads a library into
+    dagrun, as root), and its Kerberos looks for root's tickets in
+    /tmp/krb5cc_0. A step's connection (TLS asked for, the server saying
+    yes) now reads neither: traced with strace, in a child process with an
+    environment that sets neither OPENSSL_CONF nor KRB5CCNAME."""
+    import socket
+    import threading
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(4)
+
+    def says_yes_to_tls() -> None:  # a server that agrees to TLS, then hangs up
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            conn.recv(8)
+            conn.sendall(b"S")
+            conn.close()
+    threading.Thread(target=says_yes_to_tls, daemon=True).start()
+    script = tmp_path / "connect.py"
+    script.write_text(
+        "import sys\nfrom dagrun import run_template\n"
+        "doc = {'name': 't', 'version': '1', 'actions': [{'sequence_order': 10, 'id': 'u', 'max_retries': 1,\n"
+        "       'action_name': 'create_postgresql_user', 'action_config': {'username': 'app',\n"
+        "       'connection_url': sys.argv[1]}}]}\n"
+        "print(run_template(doc, {'id': 'w', 'home_dir': sys.argv[2]}, record=False).steps['u'].error)\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENSSL_CONF", "KRB5CCNAME")}
+    trace = tmp_path / "trace"
+    url = f"postgresql://app@127.0.0.1:{server.getsockname()[1]}/db?sslmode=require"
+    out = subprocess.run(["strace", "-f", "-qq", "-e", "trace=%file", "-o", str(trace), sys.executable, str(script), url,
+                          str(home)], capture_output=True, text=True, env=env, timeout=120)
+    server.close()
+    assert "SSL" in out.stdout, out  # the TLS handshake was tried: OpenSSL read its settings
+    opened = re.findall(r'"(/[^"]*)"', trace.read_text())
+    assert any(path.endswith("openssl.cnf") for path in opened), opened
+    assert not [p for p in opened if p.startswith("/host/") or "krb5cc" in p], opened
 
 
 def test_a_home_dir_too_long_for_the_file_system_is_one_clear_error(tmp_path):
