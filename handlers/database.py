@@ -42,6 +42,7 @@ import psycopg2.extensions
 from psycopg2 import sql
 
 from dagrun.errors import PermanentError
+from dagrun.libpq import read_only_root_files
 from dagrun.run.handler_types import StepContext
 from dagrun.run.outcome import HandlerResult
 
@@ -62,29 +63,6 @@ URL_KEYWORDS = frozenset({
     "fallback_application_name", "sslmode", "sslnegotiation", "sslsni", "ssl_min_protocol_version",
     "ssl_max_protocol_version", "channel_binding", "require_auth", "target_session_attrs", "load_balance_hosts",
     "keepalives", "keepalives_idle", "keepalives_interval", "keepalives_count", "tcp_user_timeout"})
-
-
-def _root_owned_library_files() -> None:
-    """libpq and the OpenSSL and Kerberos it comes with (psycopg2-binary's
-    own copies) run in dagrun's process, as root: what they read unasked
-    must be root's. The wheel's OpenSSL reads its settings where it was
-    built (/host/tmp/libpq.build/openssl.cnf: a folder anyone may write
-    wherever /host is a host's root mounted in a container; its settings
-    may load a library), so it reads the system's instead; Kerberos looks
-    for root's tickets in /tmp/krb5cc_0, which any user may put there, so
-    it keeps them in memory. An operator's own settings stay."""
-    for path in ("/etc/ssl/openssl.cnf", "/etc/pki/tls/openssl.cnf", "/usr/lib/ssl/openssl.cnf", os.devnull):
-        try:
-            info = os.stat(path)
-        except OSError:
-            continue
-        if info.st_uid == 0 and not info.st_mode & 0o022:
-            os.environ.setdefault("OPENSSL_CONF", path)
-            break
-    os.environ.setdefault("KRB5CCNAME", "MEMORY:")
-
-
-_root_owned_library_files()
 
 
 _DRIVER = re.compile(r"^(postgres(?:ql)?)\+[a-z0-9]+://")
@@ -120,6 +98,7 @@ def _check_url(url: str) -> None:
 
 @contextmanager
 def connect(ctx: StepContext) -> Iterator[psycopg2.extensions.connection]:
+    read_only_root_files()  # what libpq reads unasked must be root's
     try:
         # (a client option outranks the database's and the role's settings)
         conn = psycopg2.connect(connection_url(ctx), connect_timeout=min(30, int(ctx.timeout or 30)),

@@ -256,14 +256,15 @@ def test_a_connection_url_names_a_server_never_a_file_for_libpq_to_read(home, pg
     pg_server.cursor().execute('DROP ROLE IF EXISTS "app_w1"')
 
 
-def test_root_libpq_reads_no_file_another_user_could_plant(home, tmp_path):
+@pytest.mark.parametrize("whose", ["step", "store"])
+def test_root_libpq_reads_no_file_another_user_could_plant(home, tmp_path, whose):
     """(helper-77) psycopg2-binary's OpenSSL reads its settings from the
     folder it was built in (/host/tmp/libpq.build: anyone's to write where a
     host's root is mounted at /host; a setting there loads a library into
     dagrun, as root), and its Kerberos looks for root's tickets in
-    /tmp/krb5cc_0. A step's connection (TLS asked for, the server saying
-    yes) now reads neither: traced with strace, in a child process with an
-    environment that sets neither OPENSSL_CONF nor KRB5CCNAME."""
+    /tmp/krb5cc_0. A step's connection and the store's (TLS asked for, the
+    server saying yes) now read neither: traced with strace, in a child
+    process whose environment sets neither OPENSSL_CONF nor KRB5CCNAME."""
     import socket
     import threading
     server = socket.socket()
@@ -286,7 +287,10 @@ def test_root_libpq_reads_no_file_another_user_could_plant(home, tmp_path):
         "doc = {'name': 't', 'version': '1', 'actions': [{'sequence_order': 10, 'id': 'u', 'max_retries': 1,\n"
         "       'action_name': 'create_postgresql_user', 'action_config': {'username': 'app',\n"
         "       'connection_url': sys.argv[1]}}]}\n"
-        "print(run_template(doc, {'id': 'w', 'home_dir': sys.argv[2]}, record=False).steps['u'].error)\n")
+        "print(run_template(doc, {'id': 'w', 'home_dir': sys.argv[2]}, record=False).steps['u'].error)\n"
+        if whose == "step" else
+        "import sys\nfrom dagrun.store.engine import engine_for\n"
+        "try:\n    engine_for(sys.argv[1]).connect()\nexcept Exception as exc:\n    print(exc)\n")
     env = {k: v for k, v in os.environ.items() if k not in ("OPENSSL_CONF", "KRB5CCNAME")}
     trace = tmp_path / "trace"
     url = f"postgresql://app@127.0.0.1:{server.getsockname()[1]}/db?sslmode=require"

@@ -112,6 +112,8 @@ def _engine(url: str, schema: str | None) -> Engine:
         _private_file(Path(parsed.database))
     options: dict = {}
     if parsed.get_backend_name() == "postgresql":
+        from ..libpq import read_only_root_files
+        read_only_root_files()  # before libpq first connects
         schema = schema or DEFAULT_SCHEMA
         if not _IDENTIFIER.match(schema):
             raise InputError(f"bad schema name {schema!r} (letters, digits and _)")
