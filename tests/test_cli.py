@@ -43,6 +43,22 @@ def test_run_demo_shows_progress_and_records_in_sqlite(tmp_path):
     assert json.loads(again.stdout)["skipped_actions"] == 1
 
 
+def test_a_bare_template_name_is_never_a_file_of_the_working_folder(tmp_path):
+    """(helper-78) Root running `dagrun run demo` in a folder a user can
+    write ran that user's ./demo: a bare name is a stored or seed
+    template's, and a file is named with its folder or its suffix."""
+    planted = tmp_path / "demo"
+    planted.write_text(yaml.safe_dump(template(script_step(10, "true", id="planted_step"), name="demo")))
+    out = dagrun("plan", "demo", cwd=tmp_path)
+    assert out.returncode == 0 and "planted_step" not in out.stdout and "layout" in out.stdout, out.stdout + out.stderr
+    out = dagrun("plan", "./demo", cwd=tmp_path)
+    assert out.returncode == 0 and "planted_step" in out.stdout, out.stdout + out.stderr
+    (tmp_path / "mine").write_text(planted.read_text())
+    out = dagrun("plan", "mine", cwd=tmp_path)
+    assert out.returncode == 2 and "no template file or seed template named 'mine'" in out.stderr, out.stderr
+    assert "a file is named with its folder: ./mine" in out.stderr and "Traceback" not in out.stderr
+
+
 def test_run_json_and_failure_exit_code(tmp_path):
     (tmp_path / "t.yaml").write_text(yaml.safe_dump(template(script_step(10, "echo nope >&2; exit 4", id="bad"))))
     out = dagrun("run", "t.yaml", "--json", "--db", f"sqlite:///{tmp_path}/x.db", cwd=tmp_path)

@@ -718,7 +718,10 @@ class TemplateSource:
             check_shape(ref, str(ref.get("name", "<dict>")))
             return dict(ref), str(ref.get("name", "<dict>")), None
         path = Path(ref)
-        if path.suffix in (".yaml", ".yml", ".json") or path.exists():
+        # A file is named as one (a suffix, a folder, a Path): a bare name is a stored or seed
+        # template's, never a file of the working folder (root running `dagrun run demo` in a
+        # folder a user can write must not run that user's ./demo).
+        if isinstance(ref, Path) or path.suffix in (".yaml", ".yml", ".json") or "/" in str(ref):
             if not path.exists():
                 raise InputError(f"template file {path} does not exist")
             return read_document(path), str(path), path.parent.resolve()
@@ -734,7 +737,8 @@ class TemplateSource:
         if found is None:
             near = self.near_name(str(ref))
             raise InputError(f"no template file or seed template named {ref!r}"
-                             + (f": did you mean {near!r}?" if near else " (dagrun templates lists them)"))
+                             + (f": did you mean {near!r}?" if near else " (dagrun templates lists them)")
+                             + (f"; a file is named with its folder: ./{ref}" if path.is_file() else ""))
         return found
 
     def near_name(self, name: str, near: Path | None = None) -> str | None:
