@@ -59,6 +59,35 @@ def test_a_bare_template_name_is_never_a_file_of_the_working_folder(tmp_path):
     assert "a file is named with its folder: ./mine" in out.stderr and "Traceback" not in out.stderr
 
 
+@pytest.mark.skipif(os.geteuid() != 0 and not os.environ.get("CI"), reason="the check is root's (CI runs as root)")
+def test_as_root_the_cli_home_is_below_folders_only_root_can_change(tmp_path):
+    """(helper-78) The CLI allows the folder of the home its operator types
+    or defaults to (./dagrun-workspaces), and nothing checked above it: in
+    a folder a user owned, that user swapped the home for their own between
+    the check and a step (root ran their .venv/bin/python). Every folder
+    from / down is now root's and not writable by others, or sticky (as
+    /tmp) with root's folder below."""
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    os.chown(theirs, 65534, 65534)
+    out = dagrun("run", "demo", "--ws", "id=w", cwd=theirs)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert (f"the workspace home {theirs}/dagrun-workspaces/w is in a folder another user could change: {theirs} "
+            "belongs to uid 65534, not root") in out.stderr and "Traceback" not in out.stderr
+    assert not (theirs / "dagrun-workspaces").exists()
+    shared = tmp_path / "shared"  # sticky, as /tmp: root's folder below it is root's to keep
+    shared.mkdir()
+    shared.chmod(0o1777)
+    (shared / "mine").mkdir()
+    out = dagrun("validate", "demo", "--home", shared / "mine" / "w", cwd=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    out = dagrun("validate", "demo", "--home", theirs / "w", cwd=tmp_path)
+    assert out.returncode == 2 and "belongs to uid 65534" in out.stderr, out.stderr
+    (shared / "mine").chmod(0o777)
+    out = dagrun("validate", "demo", "--home", shared / "mine" / "w", cwd=tmp_path)
+    assert out.returncode == 2 and f"{shared}/mine is writable by others" in out.stderr, out.stderr
+
+
 def test_run_json_and_failure_exit_code(tmp_path):
     (tmp_path / "t.yaml").write_text(yaml.safe_dump(template(script_step(10, "echo nope >&2; exit 4", id="bad"))))
     out = dagrun("run", "t.yaml", "--json", "--db", f"sqlite:///{tmp_path}/x.db", cwd=tmp_path)

@@ -103,7 +103,16 @@ def _home_roots(workspace: dict[str, Any], args: argparse.Namespace | None = Non
     home = workspace.get("home_dir")
     if args is not None and getattr(args, "home_from_file", False):
         return []
-    return [os.path.dirname(home)] if home else []
+    if not home:
+        return []
+    root = os.path.dirname(home)
+    if os.geteuid() == 0:  # (the folders above an allowed root are checked by nobody else)
+        from ..run.paths import root_only_path_problem
+        problem = root_only_path_problem(root)
+        if problem:
+            raise InputError(f"the workspace home {home} is in a folder another user could change: {problem}; "
+                             "as root, give a home (--home) below folders only root can change")
+    return [root]
 
 
 # -- running ------------------------------------------------------------------------
