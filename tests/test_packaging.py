@@ -66,3 +66,33 @@ def test_compiling_a_valid_template_loads_neither_jsonschema_nor_the_engine():
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
                          env={**__import__("os").environ, "DAGRUN_DATABASE_URL": "sqlite:////nonexistent/x.db"})
     assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout + out.stderr
+
+
+def test_no_relative_sys_path_entry_reaches_the_working_folder(tmp_path):
+    """(helper-78) setuptools' editable install (scripts/dev's) leaves a
+    relative entry on sys.path for its path hook, and Python's own file
+    finder took a folder of that name in the working folder: its
+    sitecustomize.py ran at start-up, as whoever ran dagrun (root, in a
+    user's folder). scripts/dev resolves the entry to the editable finder
+    first. Every relative entry (none in a regular install) is planted here
+    with a sitecustomize and a module dagrun's start-up might look for."""
+    import json
+    import os
+    import subprocess
+    import sys
+    probe = subprocess.run([sys.executable, "-c", "import json, sys; print(json.dumps(sys.path[1:]))"], cwd=tmp_path,
+                           capture_output=True, text=True, check=True)
+    relative = [p for p in json.loads(probe.stdout) if p and not os.path.isabs(p)]
+    if any(p.endswith(".__path_hook__") for p in sys.path):  # an editable install: the case this is about
+        assert relative, "the editable install's entry was expected among the relative ones"
+    marker = tmp_path / "ran"
+    for entry in relative:
+        (tmp_path / entry).mkdir(parents=True)
+        for module in ("sitecustomize", "usercustomize", "colorama"):  # (structlog tries colorama)
+            (tmp_path / entry / f"{module}.py").write_text(f"open({str(marker)!r}, 'a').write({module!r})\n")
+    started = subprocess.run([sys.executable, "-c", "import dagrun.cli, structlog"], cwd=tmp_path, timeout=60,
+                             capture_output=True, text=True)
+    command = subprocess.run([str(Path(sys.executable).parent / "dagrun"), "--version"], cwd=tmp_path, timeout=60,
+                             capture_output=True, text=True)
+    assert not marker.exists(), marker.read_text()
+    assert started.returncode == 0 and command.returncode == 0, started.stderr + command.stderr
