@@ -256,7 +256,7 @@ def test_a_connection_url_names_a_server_never_a_file_for_libpq_to_read(home, pg
     pg_server.cursor().execute('DROP ROLE IF EXISTS "app_w1"')
 
 
-@pytest.mark.parametrize("whose", ["step", "store"])
+@pytest.mark.parametrize("whose", ["step", "store", "store, settings activating a provider"])
 def test_root_libpq_reads_no_file_another_user_could_plant(home, tmp_path, whose):
     """(helper-77) psycopg2-binary's OpenSSL reads its settings from the
     folder it was built in (/host/tmp/libpq.build: anyone's to write where a
@@ -264,7 +264,9 @@ def test_root_libpq_reads_no_file_another_user_could_plant(home, tmp_path, whose
     dagrun, as root), and its Kerberos looks for root's tickets in
     /tmp/krb5cc_0. A step's connection and the store's (TLS asked for, the
     server saying yes) now read neither: traced with strace, in a child
-    process whose environment sets neither OPENSSL_CONF nor KRB5CCNAME."""
+    process whose environment sets neither OPENSSL_CONF nor KRB5CCNAME;
+    and where the operator's settings activate a provider, it is loaded
+    from the system's folder, not the wheel's (also in that build folder)."""
     import socket
     import threading
     server = socket.socket()
@@ -291,7 +293,12 @@ def test_root_libpq_reads_no_file_another_user_could_plant(home, tmp_path, whose
         if whose == "step" else
         "import sys\nfrom dagrun.store.engine import engine_for\n"
         "try:\n    engine_for(sys.argv[1]).connect()\nexcept Exception as exc:\n    print(exc)\n")
-    env = {k: v for k, v in os.environ.items() if k not in ("OPENSSL_CONF", "KRB5CCNAME")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENSSL_") and k != "KRB5CCNAME"}
+    if whose.endswith("provider"):
+        settings = tmp_path / "openssl.cnf"
+        settings.write_text("openssl_conf = init\n[init]\nproviders = providers\n[providers]\ndefault = on\n"
+                            "legacy = on\n[on]\nactivate = 1\n")
+        env["OPENSSL_CONF"] = str(settings)
     trace = tmp_path / "trace"
     url = f"postgresql://app@127.0.0.1:{server.getsockname()[1]}/db?sslmode=require"
     out = subprocess.run(["strace", "-f", "-qq", "-e", "trace=%file", "-o", str(trace), sys.executable, str(script), url,
@@ -300,6 +307,8 @@ def test_root_libpq_reads_no_file_another_user_could_plant(home, tmp_path, whose
     assert "SSL" in out.stdout, out  # the TLS handshake was tried: OpenSSL read its settings
     opened = re.findall(r'"(/[^"]*)"', trace.read_text())
     assert any(path.endswith("openssl.cnf") for path in opened), opened
+    if whose.endswith("provider"):
+        assert any("ossl-modules/legacy" in path for path in opened), opened
     assert not [p for p in opened if p.startswith("/host/") or "krb5cc" in p], opened
 
 
