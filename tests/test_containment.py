@@ -737,6 +737,30 @@ def test_a_handler_that_works_in_no_home_is_handed_none(tmp_path):
     assert "does not exist yet" not in str(checked.steps["n"].result), checked.steps["n"].result
 
 
+@root_only
+def test_as_root_no_command_comes_from_a_folder_of_the_callers_path_another_user_fills(tmp_path, monkeypatch):
+    """(helper-78) The rule for a step's own PATH held only for its env: a
+    caller's PATH naming a folder another user owns made root's steps (a
+    script's `id`, a library handler's git) run that user's programs."""
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    marker = tmp_path / "ran"
+    for name in ("id", "git"):
+        (theirs / name).write_text(f"#!/bin/sh\necho {name} >> {marker}\n")
+        (theirs / name).chmod(0o755)
+    os.chown(theirs, 65534, 65534)
+    origin = bare_repo(tmp_path)  # (made before the PATH changes)
+    monkeypatch.setenv("PATH", f"{theirs}:{os.environ['PATH']}")
+    home = tmp_path / "ws" / "w"
+    doc = template(script_step(10, "id -u > uid", id="who"),
+                   step(20, "clone_git_repository", id="clone", action_config={"url": origin, "target_dir": "~/repo"}))
+    result = run_template(doc, {"id": "w", "home_dir": str(home)}, record=False, home_roots=[str(tmp_path / "ws")])
+    assert result.steps["who"].status is StepStatus.completed, result.steps["who"]
+    assert (home / "uid").read_text().strip() == "0"
+    assert result.steps["clone"].status is StepStatus.completed, result.steps["clone"]
+    assert not marker.exists(), marker.read_text()
+
+
 def test_a_home_is_checked_by_its_normalized_path(tmp_path):
     """A trailing slash would make lstat follow a home that is a link."""
     from dagrun.run.paths import home_state

@@ -107,8 +107,11 @@ def _home_roots(workspace: dict[str, Any], args: argparse.Namespace | None = Non
         return []
     root = os.path.dirname(home)
     if os.geteuid() == 0:  # (the folders above an allowed root are checked by nobody else)
-        from ..run.paths import root_only_path_problem
-        problem = root_only_path_problem(root)
+        from ..run.paths import root_only_problem
+        existing = root
+        while not os.path.lexists(existing):  # (its missing end is made by root)
+            existing = os.path.dirname(existing)
+        problem = root_only_problem(existing)
         if problem:
             raise InputError(f"the workspace home {home} is in a folder another user could change: {problem}; "
                              "as root, give a home (--home) below folders only root can change")

@@ -73,38 +73,6 @@ def home_state(home: str, root: str | None, owner: int | None) -> tuple[str | No
     return None, True
 
 
-def root_only_path_problem(path: str) -> str | None:
-    """Why another user could change what ``path`` (a folder workspace
-    homes are made in) leads to, if they could: a folder from ``/`` down to
-    it that is not root's, or writable by others, unless it is sticky (as
-    ``/tmp``) and what is below it is root's. Its missing end is made by
-    root. For a folder the operator names (the CLI's ``--home``, its
-    ``./dagrun-workspaces``): the configured roots are the operator's own."""
-    real = os.path.realpath(path)
-    folder, below = "/", [part for part in real.split(os.sep) if part]
-    while True:
-        try:
-            info = os.lstat(folder)
-        except FileNotFoundError:
-            return None
-        if info.st_uid != 0:
-            return f"{folder} belongs to uid {info.st_uid}, not root: its owner could swap what is below it"
-        if info.st_mode & 0o022 and not (info.st_mode & stat.S_ISVTX and below
-                                         and _root_owned(os.path.join(folder, below[0]))):
-            return f"{folder} is writable by others" + (" (and what is below it is not yet root's)"
-                                                        if info.st_mode & stat.S_ISVTX else "")
-        if not below:
-            return None
-        folder = os.path.join(folder, below.pop(0))
-
-
-def _root_owned(path: str) -> bool:
-    try:
-        return os.lstat(path).st_uid == 0
-    except OSError:
-        return False
-
-
 @functools.lru_cache(maxsize=256)
 def _ancestry(home: str, root: str | None) -> tuple[str, tuple[str, ...]]:
     """``home`` normalized, and the folders strictly between ``root`` (or
@@ -207,20 +175,34 @@ def root_only_folder(path: str) -> bool:
     a folder above it may be a sticky one everybody writes in, such as
     /tmp: nobody else may rename or remove root's entry there)? Where root
     may find commands and install from."""
+    return root_only_problem(path) is None
+
+
+def root_only_problem(path: str) -> str | None:
+    """Why ``path`` is not something only root could have filled, or None
+    (as :func:`root_only_folder` asks)."""
     current = os.path.realpath(path)
     first = True
     while True:
         try:
             info = os.stat(current)
-        except OSError:
-            return False
-        if info.st_uid != 0 or (info.st_mode & 0o022 and (first or not info.st_mode & stat.S_ISVTX)):
-            return False
+        except OSError as exc:
+            return f"{current} cannot be read ({exc.strerror})"
+        if info.st_uid != 0:
+            return f"{current} belongs to uid {info.st_uid}, not root: its owner could swap what is below it"
+        if info.st_mode & 0o022 and (first or not info.st_mode & stat.S_ISVTX):
+            return f"{current} is writable by others"
         first = False
         parent = os.path.dirname(current)
         if parent == current:
-            return True
+            return None
         current = parent
+
+
+def root_only_search_path(value: str) -> str:
+    """A PATH with only the folders only root could fill (as root, a
+    command is never found where somebody else may put one)."""
+    return os.pathsep.join(f for f in value.split(os.pathsep) if os.path.isabs(f) and root_only_folder(f))
 
 
 def inside_home(text: str, home: str | None, *, anywhere: bool = False) -> str:

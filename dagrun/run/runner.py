@@ -93,7 +93,12 @@ def step_environment(passthrough: Iterable[str] = (), source: Mapping[str, str] 
     source = os.environ if source is None else source
     wanted = set(passthrough)
     # Names first, values only of those kept: os.environ decodes each it hands out (once per run).
-    return {k: source[k] for k in source if (is_base_env(k) or k in wanted) and not k.startswith("DAGRUN_")}
+    env = {k: source[k] for k in source if (is_base_env(k) or k in wanted) and not k.startswith("DAGRUN_")}
+    if "PATH" in env and os.geteuid() == 0:  # as root, no command from a folder somebody else may fill
+        from .isolation import STANDARD_PATH
+        from .paths import root_only_search_path
+        env["PATH"] = root_only_search_path(env["PATH"]) or STANDARD_PATH
+    return env
 
 
 def known_secrets(plan: Plan, workspace: Mapping[str, Any], variables: Mapping[str, Any],

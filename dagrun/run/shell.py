@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Callable, Protocol
 
 from .isolation import STANDARD_PATH, Isolation
+from .paths import root_only_search_path
 from .processes import ProcessTree, start_time
 from .scratch import scratch
 
@@ -230,8 +231,10 @@ def run_command(argv: list[str], *, env: dict[str, str], cwd: str | None = None,
     limits = isolation.limits if isolation is not None else None
     if "/" not in argv[0] and (isolation is None or isolation.user is None):
         # A program dagrun runs itself (not as the workspace user) is found in dagrun's own PATH,
-        # never in the step's, which the template may point at the workspace home.
-        found = shutil.which(argv[0], path=os.environ.get("PATH") or STANDARD_PATH)
+        # never in the step's, which the template may point at the workspace home; as root, only
+        # in its folders somebody else may not fill.
+        search = os.environ.get("PATH") or STANDARD_PATH
+        found = shutil.which(argv[0], path=root_only_search_path(search) if os.geteuid() == 0 else search)
         argv = [found, *argv[1:]] if found else argv
     tree = ProcessTree(run_id, pids_max=limits.processes if limits is not None else None)
     if isolation is not None and isolation.restricted:
