@@ -9,7 +9,6 @@ conflicts, locks and the dispatch policy exactly as a run would.
 from __future__ import annotations
 
 import heapq
-import shutil
 import subprocess
 from typing import Mapping
 
@@ -129,7 +128,8 @@ def to_mermaid(plan: Plan, statuses: Mapping[str, str] | None = None) -> str:
 
 def render_image(dot_source: str, fmt: str) -> bytes:
     """SVG or PNG through graphviz ``dot``, when it is installed."""
-    dot = shutil.which("dot")
+    from .run.paths import own_program
+    dot = own_program("dot")  # (as root, only where only root could have put it)
     if dot is None:
         raise InputError(f"--format {fmt} needs graphviz's 'dot' program (apt-get install graphviz); "
                          "use --format dot or mermaid instead")

@@ -179,7 +179,7 @@ def home_roots(extra: Iterable[str] = ()) -> tuple[str, ...]:
     return tuple(os.path.realpath(r) for r in [*roots, str(workspaces_dir()), *extra] if r and os.path.isabs(r))
 
 
-def _resolved(path: str) -> str:
+def resolved_path(path: str) -> str:
     """``path`` with its existing part's symlinks resolved."""
     existing, rest = path, []
     while not os.path.lexists(existing) and os.path.dirname(existing) != existing:
@@ -198,7 +198,7 @@ def check_home_root(home: str, roots: Iterable[str], owner: int | None = None) -
     root can change, and in a home that is root's or the workspace user's
     (``owner``), never another tenant's. Returns the home after symlinks."""
     from .run.paths import home_ancestry_problem
-    real = _resolved(home)
+    real = resolved_path(home)
     system = _system_folder(real)
     if system:  # whoever allowed it, even the operator typing it (the CLI allows the parent of what it is given)
         after = f" (after symlinks, {real})" if real != os.path.normpath(home) else ""
@@ -233,7 +233,7 @@ def _system_folder(real: str) -> str | None:
 
 def home_root(home: str, roots: Iterable[str]) -> str | None:
     """The allowed root ``home`` is inside (the deepest), if any."""
-    real = _resolved(home)
+    real = resolved_path(home)
     inside = [root for root in roots if real.startswith(root.rstrip(os.sep) + os.sep) and real != root]
     return max(inside, key=len) if inside else None
 

@@ -37,6 +37,10 @@ def trusted_python(ctx: StepContext) -> str:
     only root could have installed, outside the home: a folder that looks
     like a venv may have come from a cloned repository (a value's URL)."""
     python = _venv_python(ctx)
+    if ctx.root_in_tenant_home:
+        # its owner could swap the venv (its interpreter link, its site-packages) for their own
+        raise PermanentError(f"{python} is in a workspace user's home: dagrun, as root, runs no program of it "
+                             "(run the step as the workspace user)")
     if ctx.privileged:
         real = os.path.realpath(python)
         home = os.path.realpath(ctx.home) if ctx.home else None

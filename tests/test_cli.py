@@ -88,6 +88,48 @@ def test_as_root_the_cli_home_is_below_folders_only_root_can_change(tmp_path):
     assert out.returncode == 2 and f"{shared}/mine is writable by others" in out.stderr, out.stderr
 
 
+@pytest.mark.skipif(os.geteuid() != 0 and not os.environ.get("CI"), reason="the check is root's (CI runs as root)")
+def test_the_cli_takes_an_operators_home_by_its_real_path(tmp_path):
+    """(helper-79) --home through a link in another user's folder was checked
+    by its real path, then handed on by the name given: the user flipped
+    the link to their own folder in between. The real path is what runs."""
+    theirs, ours = tmp_path / "theirs", tmp_path / "ours"
+    theirs.mkdir()
+    ours.mkdir()
+    (theirs / "flip").symlink_to(ours)
+    os.lchown(theirs / "flip", 65534, 65534)
+    os.chown(theirs, 65534, 65534)
+    out = dagrun("run", "demo", "--home", theirs / "flip" / "w", "--json", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    from dagrun import get_run
+    run = get_run(json.loads(out.stdout)["run_id"], database_url=json.loads(out.stdout)["database_url"])
+    assert run["home_dir"] == str(ours / "w")
+    assert (ours / "w" / "hello").is_dir()
+
+
+def test_writing_an_output_never_follows_a_symlink_at_its_name(tmp_path):
+    """(helper-79) migrate-legacy wrote beside a user's file through the
+    symlink the user put at the output's name (root could be made to write
+    /etc/ld.so.preload); graph -o too. The file is made new, then renamed
+    (--force) or linked into place."""
+    from dagrun.compile.loader import package_dir
+    legacy = tmp_path / "config.json"
+    shutil.copy(package_dir("seeds") / "legacy" / "odoo-18-legacy.json", legacy)
+    target = tmp_path / "elsewhere"
+    (tmp_path / "config.template.yaml").symlink_to(target)
+    out = dagrun("migrate-legacy", legacy, cwd=tmp_path)
+    assert out.returncode == 2 and "config.template.yaml exists (use --force to overwrite)" in out.stderr, out.stderr
+    assert not target.exists()
+    out = dagrun("migrate-legacy", legacy, "--force", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert not target.exists() and not (tmp_path / "config.template.yaml").is_symlink()
+    (tmp_path / "g.dot").symlink_to(target)
+    out = dagrun("graph", "demo", "-o", tmp_path / "g.dot", cwd=tmp_path)
+    assert out.returncode == 0 and not target.exists() and "digraph" in (tmp_path / "g.dot").read_text()
+    out = dagrun("graph", "demo", "-o", tmp_path / "missing" / "g.dot", cwd=tmp_path)
+    assert out.returncode == 2 and "cannot write" in out.stderr and "Traceback" not in out.stderr
+
+
 def test_run_json_and_failure_exit_code(tmp_path):
     (tmp_path / "t.yaml").write_text(yaml.safe_dump(template(script_step(10, "echo nope >&2; exit 4", id="bad"))))
     out = dagrun("run", "t.yaml", "--json", "--db", f"sqlite:///{tmp_path}/x.db", cwd=tmp_path)

@@ -761,6 +761,49 @@ def test_as_root_no_command_comes_from_a_folder_of_the_callers_path_another_user
     assert not marker.exists(), marker.read_text()
 
 
+@root_only
+def test_as_root_a_checked_folder_or_program_is_used_by_its_real_path(tmp_path, monkeypatch):
+    """(helper-79) A PATH folder or a program was checked by its real path
+    and then used by the name given: a symlink in another user's folder
+    passed while it pointed at /usr/bin and was pointed at the user's own
+    folder before a later step looked for git (root ran it). What is used
+    now is what was checked: the real path."""
+    from dagrun.run.paths import own_program
+    from dagrun.run.runner import step_environment
+    theirs = tmp_path / "theirs"
+    (theirs / "bin").mkdir(parents=True)
+    (theirs / "tools").symlink_to("/usr/bin")
+    for name in ("git", "dot"):
+        (theirs / "bin" / name).write_text("#!/bin/sh\nexit 0\n")
+        (theirs / "bin" / name).chmod(0o755)
+    os.lchown(theirs / "tools", 65534, 65534)
+    os.chown(theirs, 65534, 65534)
+    monkeypatch.setenv("PATH", f"{theirs}/tools:{theirs}/bin:/usr/bin:/bin")
+    assert step_environment()["PATH"].split(":")[0] == "/usr/bin"  # the link by its target; theirs not at all
+    assert str(theirs) not in step_environment()["PATH"]
+    assert not str(own_program("git")).startswith(str(theirs))
+    assert not str(own_program("dot") or "").startswith(str(theirs))  # (graph --format svg)
+    home = tmp_path / "ws" / "w"
+    given = template(script_step(10, 'echo "$PATH"', id="p", action_config={"env": {"PATH": f"{theirs}/tools"}}))
+    result = run_template(given, {"id": "w", "home_dir": str(home)}, record=False, home_roots=[str(tmp_path / "ws")])
+    assert result.steps["p"].stdout == "/usr/bin\n", result.steps["p"]
+
+
+@root_only
+def test_as_root_no_program_of_a_workspace_users_home_runs(user):
+    """(helper-79) A root step (run_as: root) ran the venv's python in a
+    workspace user's home: its owner could swap the venv (the interpreter's
+    link, its site-packages) for their own in between."""
+    doc = template(step(10, "create_python_venv", id="venv", action_config={"venv_path": "~/venv", "with_pip": False}),
+                   step(20, "install_pip_requirements", id="pip", run_as="root", requires=["venv"],
+                        action_config={"venv_path": "~/venv", "packages": ["nothing-here"], "no_index": True}),
+                   global_config={"rollback_on_failure": False})
+    result = run_template(doc, {"id": "u", "linux_username": user.pw_name}, record=False)
+    assert result.steps["venv"].status is StepStatus.completed, result.steps["venv"]
+    assert result.steps["pip"].status is StepStatus.failed
+    assert "is in a workspace user's home: dagrun, as root, runs no program of it" in result.steps["pip"].error
+
+
 def test_a_home_is_checked_by_its_normalized_path(tmp_path):
     """A trailing slash would make lstat follow a home that is a link."""
     from dagrun.run.paths import home_state

@@ -4,6 +4,7 @@ hundreds of lines on a first install), and every file of them is package data.""
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 
@@ -69,30 +70,37 @@ def test_compiling_a_valid_template_loads_neither_jsonschema_nor_the_engine():
 
 
 def test_no_relative_sys_path_entry_reaches_the_working_folder(tmp_path):
-    """(helper-78) setuptools' editable install (scripts/dev's) leaves a
-    relative entry on sys.path for its path hook, and Python's own file
-    finder took a folder of that name in the working folder: its
-    sitecustomize.py ran at start-up, as whoever ran dagrun (root, in a
-    user's folder). scripts/dev resolves the entry to the editable finder
-    first. Every relative entry (none in a regular install) is planted here
-    with a sitecustomize and a module dagrun's start-up might look for."""
+    """(helper-78, helper-79) setuptools' editable install (scripts/dev's)
+    puts a relative entry on sys.path for its path hook, which Python
+    resolves in the working folder: a folder of that name there had its
+    sitecustomize.py run at start-up, as whoever ran dagrun (root, in a
+    user's folder), and its package metadata read (alembic loads the entry
+    points it names). scripts/dev takes the entry off sys.path. Planted
+    here: that folder (named as the installed finder names it), with a
+    sitecustomize, a module dagrun's start-up tries, and an entry point."""
     import json
     import os
     import subprocess
     import sys
+    import sysconfig
     probe = subprocess.run([sys.executable, "-c", "import json, sys; print(json.dumps(sys.path[1:]))"], cwd=tmp_path,
                            capture_output=True, text=True, check=True)
-    relative = [p for p in json.loads(probe.stdout) if p and not os.path.isabs(p)]
-    if any(p.endswith(".__path_hook__") for p in sys.path):  # an editable install: the case this is about
-        assert relative, "the editable install's entry was expected among the relative ones"
+    assert [p for p in json.loads(probe.stdout) if p and not os.path.isabs(p)] == []
+    finders = list(Path(sysconfig.get_paths()["purelib"]).glob("__editable___dagrun_*_finder.py"))
+    names = [re.search(r"PATH_PLACEHOLDER = '([^']+)' \+ \"([^\"]+)\"", f.read_text()) for f in finders]
+    planted = ["".join(m.groups()) for m in names if m] or ["__editable__.dagrun-0.1.0.finder.__path_hook__"]
     marker = tmp_path / "ran"
-    for entry in relative:
-        (tmp_path / entry).mkdir(parents=True)
+    for entry in planted:
+        (tmp_path / entry / "pwned-1.0.dist-info").mkdir(parents=True)
         for module in ("sitecustomize", "usercustomize", "colorama"):  # (structlog tries colorama)
             (tmp_path / entry / f"{module}.py").write_text(f"open({str(marker)!r}, 'a').write({module!r})\n")
-    started = subprocess.run([sys.executable, "-c", "import dagrun.cli, structlog"], cwd=tmp_path, timeout=60,
-                             capture_output=True, text=True)
+        (tmp_path / entry / "pwned-1.0.dist-info" / "METADATA").write_text("Name: pwned\nVersion: 1.0\n")
+        (tmp_path / entry / "pwned-1.0.dist-info" / "entry_points.txt").write_text("[alembic.plugins]\npwned = this\n")
+    started = subprocess.run([sys.executable, "-c", "import dagrun.cli, structlog, importlib.metadata as m; "
+                              "print([e.name for e in m.entry_points(group='alembic.plugins')])"],
+                             cwd=tmp_path, timeout=60, capture_output=True, text=True)
     command = subprocess.run([str(Path(sys.executable).parent / "dagrun"), "--version"], cwd=tmp_path, timeout=60,
                              capture_output=True, text=True)
     assert not marker.exists(), marker.read_text()
     assert started.returncode == 0 and command.returncode == 0, started.stderr + command.stderr
+    assert "pwned" not in started.stdout, started.stdout

@@ -13,7 +13,6 @@ import argparse
 import json
 import logging
 import os
-import shutil
 import signal
 import sys
 import textwrap
@@ -105,17 +104,27 @@ def _home_roots(workspace: dict[str, Any], args: argparse.Namespace | None = Non
         return []
     if not home:
         return []
-    root = os.path.dirname(home)
-    if os.geteuid() == 0:  # (the folders above an allowed root are checked by nobody else)
+    workspace["home_dir"] = home = _operator_home(home)
+    return [os.path.dirname(home)]
+
+
+def _operator_home(home: str) -> str:
+    """A home the operator names, by its real path (resolved once: a symlink
+    somebody else may point elsewhere later is not followed again). As
+    root, the folders above its folder are checked by nobody else: every one
+    from / down must be only root's to change."""
+    from ..workspace import resolved_path
+    real = resolved_path(home)
+    if os.geteuid() == 0:
         from ..run.paths import root_only_problem
-        existing = root
+        existing = os.path.dirname(real)
         while not os.path.lexists(existing):  # (its missing end is made by root)
             existing = os.path.dirname(existing)
         problem = root_only_problem(existing)
         if problem:
             raise InputError(f"the workspace home {home} is in a folder another user could change: {problem}; "
                              "as root, give a home (--home) below folders only root can change")
-    return [root]
+    return real
 
 
 # -- running ------------------------------------------------------------------------
@@ -173,7 +182,7 @@ def _recorded_home_roots(url: str, run_ids: list[str]) -> list[str]:
     """Whoever types ``dagrun resume`` is the operator: the homes the runs
     worked in are allowed again."""
     homes = [api.get_run(run_id, database_url=url).get("home_dir") for run_id in run_ids]
-    return sorted({os.path.dirname(h) for h in homes if h})
+    return sorted({os.path.dirname(_operator_home(h)) for h in homes if h})
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -327,17 +336,18 @@ def cmd_graph(args: argparse.Namespace) -> int:
         raise InputError("give a template, or --run RUN_ID with '-' to draw the run's own template")
     plan = api.plan(template, actions=args.actions, trusted_actions=args.trusted_actions,
                     variables=_pairs(args.set, "--set"), database_url=_db(args) if args.template != "-" else None)
+    from ..run.paths import own_program
     suffix = Path(args.output).suffix.lower() if args.output else ""
     fmt = args.format or _GRAPH_SUFFIXES.get(suffix, "dot")
     if fmt == "mermaid":
         data: bytes = render.to_mermaid(plan, statuses).encode()
-    elif fmt == "svg" and not shutil.which("dot"):
+    elif fmt == "svg" and not own_program("dot"):
         data = render.to_svg(plan, statuses).encode()  # dagrun's own drawing (the web page's)
     else:
         dot = render.to_dot(plan, statuses)
         data = dot.encode() if fmt == "dot" else render.render_image(dot, fmt)
     if args.output:
-        Path(args.output).write_bytes(data)
+        _write_output(args.output, data, replace=True)
         print(f"wrote {args.output} ({fmt})", file=sys.stderr)
     elif fmt == "png":
         raise InputError("--format png writes binary data: give --output FILE")
@@ -440,6 +450,18 @@ def _show_action(library: Mapping[str, Any], name: str, as_json: bool) -> int:
     return 0
 
 
+def _write_output(path: str, data: bytes, *, replace: bool) -> None:
+    """A file the command writes: never through a symlink at its name (beside
+    a user's file, the user may have put one there); one clear error."""
+    from ..run.paths import write_output
+    try:
+        write_output(path, data, replace=replace)
+    except FileExistsError:
+        raise InputError(f"{path} exists (use --force to overwrite)") from None
+    except OSError as exc:
+        raise InputError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
 def cmd_migrate_legacy(args: argparse.Namespace) -> int:
     import yaml
 
@@ -453,9 +475,8 @@ def cmd_migrate_legacy(args: argparse.Namespace) -> int:
     template = convert(doc, name=args.name)
     compile_template(template, actions=args.actions)  # the result must validate
     output = Path(args.output) if args.output else source.with_name(source.stem + ".template.yaml")
-    if output.exists() and not args.force:
-        raise InputError(f"{output} exists (use --force to overwrite)")
-    output.write_text(yaml.safe_dump(template, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    _write_output(str(output), yaml.safe_dump(template, sort_keys=False, allow_unicode=True).encode(),
+                  replace=args.force)
     print(f"wrote {output}: {len(template['actions'])} steps")
     return 0
 

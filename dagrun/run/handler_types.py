@@ -129,10 +129,13 @@ class StepContext:
     def program(self, name: str) -> str:
         """A program named by the config (a python): a bare name, or, as
         root, an absolute path only root could have put there."""
-        if "/" in name and self.privileged and not paths.root_owned_program(name):
-            raise PermanentError(f"{name} is not a program only root could have installed (it, or a folder "
-                                 "above it, belongs to or is writable by another user): dagrun, as root, "
-                                 "does not run it")
+        if "/" in name and self.privileged:
+            real = os.path.realpath(name)  # (what is run is what was checked: a symlink may change later)
+            if not paths.root_owned_program(real):
+                raise PermanentError(f"{name} is not a program only root could have installed (it, or a folder "
+                                     "above it, belongs to or is writable by another user): dagrun, as root, "
+                                     "does not run it")
+            return real
         return name
 
     def _in_home(self, path: str) -> bool:
@@ -212,9 +215,9 @@ class StepContext:
         says which script in error messages."""
         values = script.values if isinstance(script, ShellScript) else {}
         text = script.text if isinstance(script, ShellScript) else script
+        if env and "PATH" in env:
+            env = self._checked_path(env)
         environment = {**self.process_env(), **(env or {})}
-        if env and "PATH" in env:  # (the caller's own PATH is the operator's)
-            self._check_path(env)
         evaluates = isinstance(script, ShellScript) and script.evaluates
         if env:  # variables holding values the lexer could not see when the template was compiled
             try:
@@ -243,23 +246,31 @@ class StepContext:
             input: bytes | None = None) -> HandlerResult:
         """Run one program (no shell: arguments are never parsed as code)."""
         if env and "PATH" in env:
-            self._check_path(env)
+            env = self._checked_path(env)
         with self.working_dir(cwd, program=True) as where:
             result = run_command([str(a) for a in argv], env={**self.process_env(program=True), **(env or {})},
                                  cwd=where, timeout=self.remaining(), cancel=self.cancel, input=input,
                                  run_id=self.run_id, isolation=self.isolation, on_start=self.report)
         return self._result(result, shlex.join(str(a) for a in argv))
 
-    def _check_path(self, environment: Mapping[str, str]) -> None:
+    def _checked_path(self, environment: Mapping[str, str]) -> Mapping[str, str]:
         """As root, commands are found only in folders only root could fill:
         a PATH given to the step (its env, perhaps from a value) never makes
-        root run a program somebody else put there."""
-        if self.privileged:
-            for folder in environment.get("PATH", "").split(":"):
-                if folder and not paths.root_only_folder(folder):
-                    raise PermanentError(f"the step's PATH names {folder}, which is not a folder only root could "
-                                         "fill (it, or a folder above it, belongs to or is writable by another "
-                                         "user): dagrun, as root, does not look for commands there")
+        root run a program somebody else put there. Each folder is checked
+        and given by its real path (a symlink somebody else may change later
+        leads nowhere); an empty or relative one would be the working folder."""
+        if not self.privileged:
+            return environment
+        real = []
+        for folder in environment["PATH"].split(":"):
+            resolved = os.path.realpath(folder) if os.path.isabs(folder) else None
+            if resolved is None or not paths.root_only_folder(resolved):
+                raise PermanentError(f"the step's PATH names {folder or 'the working folder'}, which is not a "
+                                     "folder only root could fill (it, or a folder above it, belongs to or is "
+                                     "writable by another user, or it is relative): dagrun, as root, does not "
+                                     "look for commands there")
+            real.append(resolved)
+        return {**environment, "PATH": ":".join(real)}
 
     @contextlib.contextmanager
     def working_dir(self, cwd: str | None, program: bool = False) -> Iterator[str | None]:

@@ -200,9 +200,18 @@ def root_only_problem(path: str) -> str | None:
 
 
 def root_only_search_path(value: str) -> str:
-    """A PATH with only the folders only root could fill (as root, a
-    command is never found where somebody else may put one)."""
-    return os.pathsep.join(f for f in value.split(os.pathsep) if os.path.isabs(f) and root_only_folder(f))
+    """A PATH with only the folders only root could fill, by their real
+    paths (as root, a command is never found where somebody else may put
+    one, nor through a symlink somebody else may later point elsewhere)."""
+    real = (os.path.realpath(f) for f in value.split(os.pathsep) if os.path.isabs(f))
+    return os.pathsep.join(dict.fromkeys(f for f in real if root_only_folder(f)))
+
+
+def own_program(name: str, default_path: str = os.defpath) -> str | None:
+    """A program dagrun runs itself, found in its own PATH: as root, only in
+    the folders only root could fill."""
+    search = os.environ.get("PATH") or default_path
+    return shutil.which(name, path=root_only_search_path(search) if os.geteuid() == 0 else search)
 
 
 def inside_home(text: str, home: str | None, *, anywhere: bool = False) -> str:
@@ -298,6 +307,28 @@ def _open_dir(home: str, parts: list[str], *, create: bool, mode: int = 0o755, o
         os.close(fd)
 
 
+def write_output(path: str, data: bytes, *, replace: bool, mode: int = 0o644) -> None:
+    """Write a file dagrun makes outside any home (a CLI's output, a system
+    file), never through a symlink another user may have put at its name or
+    at a temporary one: a new file of a random name, then renamed (or, not
+    to ``replace``, linked) into place. An existing file is refused with
+    :class:`FileExistsError` unless ``replace``."""
+    import tempfile
+    folder, name = os.path.split(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".dagrun-tmp", dir=folder)  # (O_EXCL: a new file)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            os.fchmod(out.fileno(), mode)
+        if replace:
+            os.replace(tmp, path)  # (a symlink at the name is replaced, never followed)
+        else:
+            os.link(tmp, path, follow_symlinks=False)  # (any entry at the name, a symlink too: FileExistsError)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
 def write_file(path: str, data: bytes, *, home: str | None, mode: int | None = None,
                anywhere: bool = False, owner: tuple[int, int] | None = None, folder_mode: int = 0o755) -> bool:
     """Write ``data`` to ``path`` atomically; True if the file did not exist.
@@ -305,13 +336,9 @@ def write_file(path: str, data: bytes, *, home: str | None, mode: int | None = N
     and the folders it creates belong to ``owner`` when given."""
     if anywhere or not home:
         target = Path(path)
-        existed = target.exists()
+        existed = os.path.lexists(target)
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.dagrun-tmp")
-        tmp.write_bytes(data)
-        if mode is not None:
-            os.chmod(tmp, mode)
-        os.replace(tmp, target)
+        write_output(str(target), data, replace=True, mode=0o644 if mode is None else mode)
         return not existed
     parts = _relative(inside_home(path, home), home)
     *folders, name = parts

@@ -16,8 +16,6 @@ wait on (``ctx.cancel.wait(seconds)``) so that a cancel stops them at once.
 from __future__ import annotations
 
 import dataclasses
-import os
-import shutil
 import signal
 import subprocess
 import _thread
@@ -26,7 +24,7 @@ from dataclasses import dataclass
 from typing import Callable, Protocol
 
 from .isolation import STANDARD_PATH, Isolation
-from .paths import root_only_search_path
+from .paths import own_program
 from .processes import ProcessTree, start_time
 from .scratch import scratch
 
@@ -233,8 +231,7 @@ def run_command(argv: list[str], *, env: dict[str, str], cwd: str | None = None,
         # A program dagrun runs itself (not as the workspace user) is found in dagrun's own PATH,
         # never in the step's, which the template may point at the workspace home; as root, only
         # in its folders somebody else may not fill.
-        search = os.environ.get("PATH") or STANDARD_PATH
-        found = shutil.which(argv[0], path=root_only_search_path(search) if os.geteuid() == 0 else search)
+        found = own_program(argv[0], STANDARD_PATH)
         argv = [found, *argv[1:]] if found else argv
     tree = ProcessTree(run_id, pids_max=limits.processes if limits is not None else None)
     if isolation is not None and isolation.restricted:
