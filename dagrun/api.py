@@ -1146,7 +1146,9 @@ def validate(items: Iterable[str], *, actions: Iterable[Any] | None = None, work
     for item in items:
         try:
             path = Path(item)
-            doc = read_document(path) if path.is_file() else None
+            # (a file is named as one: a bare name is never a file of the working folder, as compile says)
+            named_as_file = path.suffix in (".yaml", ".yml", ".json") or "/" in str(item)
+            doc = read_document(path) if named_as_file and path.is_file() else None
             if doc is not None and ("action_type" in doc or (isinstance(doc.get("actions"), list) and doc["actions"]
                                                             and "action_type" in doc["actions"][0])):
                 # its actions as a run takes them (trusted where the run would trust them), handlers built

@@ -32,15 +32,22 @@ def _venv_python(ctx: StepContext) -> str:
     return os.path.join(ctx.path(ctx.config["venv_path"]), "bin", "python")
 
 
+def not_among_a_users_files(ctx: StepContext) -> None:
+    """As root in a workspace user's home, the venv actions do nothing: the
+    home's owner could swap the venv (its interpreter link, its
+    site-packages) or a folder of it for their own between any check and
+    its use. Called first, before anything runs or is made."""
+    if ctx.root_in_tenant_home:
+        raise PermanentError(f"{ctx.config.get('venv_path')} is in a workspace user's home: dagrun, as root, "
+                             "runs and makes nothing of it (run the step as the workspace user)")
+
+
 def trusted_python(ctx: StepContext) -> str:
     """The venv's python, to run. As root, only a link to an interpreter
     only root could have installed, outside the home: a folder that looks
     like a venv may have come from a cloned repository (a value's URL)."""
     python = _venv_python(ctx)
-    if ctx.root_in_tenant_home:
-        # its owner could swap the venv (its interpreter link, its site-packages) for their own
-        raise PermanentError(f"{python} is in a workspace user's home: dagrun, as root, runs no program of it "
-                             "(run the step as the workspace user)")
+    not_among_a_users_files(ctx)
     if ctx.privileged:
         real = os.path.realpath(python)
         home = os.path.realpath(ctx.home) if ctx.home else None
@@ -51,6 +58,7 @@ def trusted_python(ctx: StepContext) -> str:
 
 
 def create_venv(ctx: StepContext) -> HandlerResult:
+    not_among_a_users_files(ctx)
     path = ctx.path(ctx.config["venv_path"])
     python = ctx.program(ctx.config["python_version"])
     existed = os.path.exists(os.path.join(path, "pyvenv.cfg"))
@@ -105,6 +113,7 @@ def _existing_version(ctx: StepContext, path: str) -> str | None:
 
 
 def validate_venv(ctx: StepContext) -> HandlerResult:
+    not_among_a_users_files(ctx)
     python = _venv_python(ctx)
     if not os.access(python, os.X_OK):
         return HandlerResult(ok=False, error=f"{python} does not exist")
@@ -123,6 +132,7 @@ def remove_venv(ctx: StepContext) -> HandlerResult:
 
 
 def pip_install(ctx: StepContext) -> HandlerResult:
+    not_among_a_users_files(ctx)
     python = _venv_python(ctx)
     if not os.access(python, os.X_OK):
         raise PermanentError(f"no venv at {ctx.path(ctx.config['venv_path'])}")
@@ -252,6 +262,7 @@ def _local_archive(requirement: str) -> bool:
 
 
 def validate_pip(ctx: StepContext) -> HandlerResult:
+    not_among_a_users_files(ctx)
     if not os.path.exists(_venv_python(ctx)):  # (--check before the step that makes the venv)
         return HandlerResult(ok=False, error=f"no venv at {ctx.path(ctx.config['venv_path'])}")
     return ctx.run([trusted_python(ctx), "-m", "pip", "check"], env=PIP_ENV)

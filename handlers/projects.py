@@ -9,7 +9,7 @@ from dagrun.run import paths
 from dagrun.run.handler_types import StepContext
 from dagrun.run.outcome import HandlerResult
 
-from .environment import trusted_python
+from .environment import not_among_a_users_files, trusted_python
 from .scripts import NOTHING_TO_UNDO
 
 
@@ -18,6 +18,7 @@ def _directory(ctx: StepContext) -> str:
 
 
 def create_django_project(ctx: StepContext) -> HandlerResult:
+    not_among_a_users_files(ctx)
     name, directory = ctx.config["project_name"], _directory(ctx)
     if os.path.isfile(os.path.join(directory, "manage.py")):
         return HandlerResult(data={"directory": directory, "created": False}, changed=False)

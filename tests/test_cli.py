@@ -53,7 +53,16 @@ def test_a_bare_template_name_is_never_a_file_of_the_working_folder(tmp_path):
     assert out.returncode == 0 and "planted_step" not in out.stdout and "layout" in out.stdout, out.stdout + out.stderr
     out = dagrun("plan", "./demo", cwd=tmp_path)
     assert out.returncode == 0 and "planted_step" in out.stdout, out.stdout + out.stderr
-    (tmp_path / "mine").write_text(planted.read_text())
+    out = dagrun("validate", "demo", cwd=tmp_path)  # (helper-80: validate read ./demo, or where it led)
+    assert out.returncode == 0 and "planted_step" not in out.stdout + out.stderr, out.stdout + out.stderr
+    planted.unlink()
+    planted.symlink_to("/etc/shadow")
+    trace = tmp_path / "trace"
+    out = subprocess.run(["strace", "-f", "-qq", "-e", "trace=open,openat", "-o", trace, sys.executable, "-m", "dagrun",
+                          "validate", "demo"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert '"demo"' not in trace.read_text() and "shadow" not in trace.read_text()
+    (tmp_path / "mine").write_text(yaml.safe_dump(template(script_step(10, "true", id="planted_step"), name="m")))
     out = dagrun("plan", "mine", cwd=tmp_path)
     assert out.returncode == 2 and "no template file or seed template named 'mine'" in out.stderr, out.stderr
     assert "a file is named with its folder: ./mine" in out.stderr and "Traceback" not in out.stderr
@@ -113,21 +122,61 @@ def test_writing_an_output_never_follows_a_symlink_at_its_name(tmp_path):
     /etc/ld.so.preload); graph -o too. The file is made new, then renamed
     (--force) or linked into place."""
     from dagrun.compile.loader import package_dir
-    legacy = tmp_path / "config.json"
+    theirs = tmp_path / "theirs"  # a user's folder, the user's file and link in it
+    theirs.mkdir()
+    legacy = theirs / "config.json"
     shutil.copy(package_dir("seeds") / "legacy" / "odoo-18-legacy.json", legacy)
     target = tmp_path / "elsewhere"
-    (tmp_path / "config.template.yaml").symlink_to(target)
-    out = dagrun("migrate-legacy", legacy, cwd=tmp_path)
-    assert out.returncode == 2 and "config.template.yaml exists (use --force to overwrite)" in out.stderr, out.stderr
-    assert not target.exists()
-    out = dagrun("migrate-legacy", legacy, "--force", cwd=tmp_path)
-    assert out.returncode == 0, out.stderr
-    assert not target.exists() and not (tmp_path / "config.template.yaml").is_symlink()
-    (tmp_path / "g.dot").symlink_to(target)
-    out = dagrun("graph", "demo", "-o", tmp_path / "g.dot", cwd=tmp_path)
-    assert out.returncode == 0 and not target.exists() and "digraph" in (tmp_path / "g.dot").read_text()
+    (theirs / "config.template.yaml").symlink_to(target)
+    if os.geteuid() == 0:
+        os.chown(theirs, 65534, 65534)
+        out = dagrun("migrate-legacy", legacy, cwd=tmp_path)
+        assert out.returncode == 2 and "config.template.yaml exists (use --force to overwrite)" in out.stderr, \
+            out.stderr
+        assert not target.exists()
+        out = dagrun("migrate-legacy", legacy, "--force", cwd=tmp_path)
+        assert out.returncode == 0, out.stderr
+        assert not target.exists() and not (theirs / "config.template.yaml").is_symlink()
+    (theirs / "g.dot").symlink_to(target)
+    out = dagrun("graph", "demo", "-o", theirs / "g.dot", cwd=tmp_path)
+    assert out.returncode == 0 and "digraph" in (theirs / "g.dot").read_text()
+    assert not target.exists() or os.geteuid() != 0  # (the caller's own link is followed)
     out = dagrun("graph", "demo", "-o", tmp_path / "missing" / "g.dot", cwd=tmp_path)
     assert out.returncode == 2 and "cannot write" in out.stderr and "Traceback" not in out.stderr
+    # (helper-80) a device and root's own link to one are written as they are, never replaced by a file
+    # (stand-ins for /dev/null and /dev/stdout: a regression here must not break the machine)
+    if os.geteuid() == 0:
+        import stat
+        null = tmp_path / "null"
+        os.mknod(null, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+        out = dagrun("graph", "demo", "-o", null, cwd=tmp_path)
+        assert out.returncode == 0 and stat.S_ISCHR(null.lstat().st_mode), out.stderr
+    (tmp_path / "stdout").symlink_to("/proc/self/fd/1")
+    out = dagrun("graph", "demo", "-o", tmp_path / "stdout", cwd=tmp_path)
+    assert out.returncode == 0 and out.stdout.startswith("digraph") and (tmp_path / "stdout").is_symlink()
+    # (helper-80) the source is read, and its output written, in the folder as it was opened
+    fifo = tmp_path / "fifo.json"
+    os.mkfifo(fifo)
+    out = dagrun("migrate-legacy", fifo, cwd=tmp_path)
+    assert out.returncode == 2 and "not a regular file" in out.stderr, out.stderr
+
+
+def test_an_output_is_written_in_the_folder_opened_not_where_its_path_leads_later(tmp_path):
+    """(helper-80) Between reading a user's legacy file and writing beside
+    it, the user swapped its folder for a link elsewhere: the output landed
+    there. The folder is opened once and the file made in it."""
+    from dagrun.run.paths import write_output
+    folder, elsewhere = tmp_path / "proj", tmp_path / "elsewhere"
+    folder.mkdir()
+    elsewhere.mkdir()
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        folder.rename(tmp_path / "proj.old")
+        folder.symlink_to(elsewhere)
+        write_output(str(folder / "out.yaml"), b"x", replace=False, dir_fd=fd)
+    finally:
+        os.close(fd)
+    assert (tmp_path / "proj.old" / "out.yaml").read_bytes() == b"x" and not (elsewhere / "out.yaml").exists()
 
 
 def test_run_json_and_failure_exit_code(tmp_path):

@@ -783,6 +783,20 @@ def test_as_root_a_checked_folder_or_program_is_used_by_its_real_path(tmp_path, 
     assert str(theirs) not in step_environment()["PATH"]
     assert not str(own_program("git")).startswith(str(theirs))
     assert not str(own_program("dot") or "").startswith(str(theirs))  # (graph --format svg)
+    # (helper-80) a root-owned link in a folder only root fills, to a file somebody else's: not run
+    ours = tmp_path / "ours"
+    ours.mkdir()
+    (ours / "dot").symlink_to(theirs / "bin" / "dot")
+    (theirs / "bin" / "dot").chmod(0o755)
+    os.chown(theirs / "bin" / "dot", 65534, 65534)
+    monkeypatch.setenv("PATH", f"{ours}:/usr/bin:/bin")
+    assert own_program("dot") != str(ours / "dot")
+    # a link nobody else could change keeps the name it is called by (snap's programs need it)
+    (ours / "code").symlink_to("/usr/bin/true")
+    from dagrun.run.paths import root_program
+    assert root_program(str(ours / "code")) == str(ours / "code")
+    assert root_program(str(theirs / "tools" / "true")) == "/usr/bin/true"  # (through their link: the real one)
+    assert root_program(str(ours / "dot")) is None
     home = tmp_path / "ws" / "w"
     given = template(script_step(10, 'echo "$PATH"', id="p", action_config={"env": {"PATH": f"{theirs}/tools"}}))
     result = run_template(given, {"id": "w", "home_dir": str(home)}, record=False, home_roots=[str(tmp_path / "ws")])
@@ -800,8 +814,13 @@ def test_as_root_no_program_of_a_workspace_users_home_runs(user):
                    global_config={"rollback_on_failure": False})
     result = run_template(doc, {"id": "u", "linux_username": user.pw_name}, record=False)
     assert result.steps["venv"].status is StepStatus.completed, result.steps["venv"]
-    assert result.steps["pip"].status is StepStatus.failed
-    assert "is in a workspace user's home: dagrun, as root, runs no program of it" in result.steps["pip"].error
+    # (helper-80) making a venv as root there ran its python first (the version check), and made its folder
+    made = run_template(template(step(10, "create_python_venv", id="venv2", run_as="root", action_config={
+        "venv_path": "~/venv2", "with_pip": False})), {"id": "u", "linux_username": user.pw_name}, record=False)
+    for step_result in (result.steps["pip"], made.steps["venv2"]):
+        assert step_result.status is StepStatus.failed, step_result
+        assert "is in a workspace user's home: dagrun, as root, runs and makes nothing of it" in step_result.error
+    assert not (Path(user.pw_dir) / "venv2").exists()
 
 
 def test_a_home_is_checked_by_its_normalized_path(tmp_path):

@@ -450,33 +450,49 @@ def _show_action(library: Mapping[str, Any], name: str, as_json: bool) -> int:
     return 0
 
 
-def _write_output(path: str, data: bytes, *, replace: bool) -> None:
+def _write_output(path: str, data: bytes, *, replace: bool, dir_fd: int | None = None) -> None:
     """A file the command writes: never through a symlink at its name (beside
     a user's file, the user may have put one there); one clear error."""
+    from ..errors import PermanentError
     from ..run.paths import write_output
     try:
-        write_output(path, data, replace=replace)
+        write_output(path, data, replace=replace, dir_fd=dir_fd)
     except FileExistsError:
         raise InputError(f"{path} exists (use --force to overwrite)") from None
+    except PermanentError as exc:
+        raise InputError(str(exc)) from None
     except OSError as exc:
         raise InputError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 def cmd_migrate_legacy(args: argparse.Namespace) -> int:
+    source = Path(args.file)
+    # The folder is opened once: the source is read, and its default output written, in that folder
+    # (a user who owns it cannot swap it for a link elsewhere between the two).
+    try:
+        folder = os.open(source.parent, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as exc:
+        raise InputError(f"cannot read {source}: {exc.strerror or exc}") from None
+    try:
+        return _migrate_legacy(args, source, folder)
+    finally:
+        os.close(folder)
+
+
+def _migrate_legacy(args: argparse.Namespace, source: Path, folder: int) -> int:
     import yaml
 
     from ..compile import compile_template
     from ..compile.legacy import convert, is_legacy
     from ..compile.loader import read_document
-    source = Path(args.file)
-    doc = read_document(source)
+    doc = read_document(source, dir_fd=folder)
     if not is_legacy(doc):
         raise InputError(f"{source} is not a legacy monolithic config (it has no legacy keys, or has actions)")
     template = convert(doc, name=args.name)
     compile_template(template, actions=args.actions)  # the result must validate
     output = Path(args.output) if args.output else source.with_name(source.stem + ".template.yaml")
     _write_output(str(output), yaml.safe_dump(template, sort_keys=False, allow_unicode=True).encode(),
-                  replace=args.force)
+                  replace=args.force, dir_fd=None if args.output else folder)
     print(f"wrote {output}: {len(template['actions'])} steps")
     return 0
 

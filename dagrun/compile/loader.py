@@ -88,6 +88,19 @@ def read_text(path: Path, limit: int = MAX_DOCUMENT_BYTES) -> str:
     return _decode(data, path, limit)
 
 
+def _read_regular_at(dir_fd: int, path: Path, limit: int = MAX_DOCUMENT_BYTES) -> str:
+    import os
+    import stat
+    try:  # (O_NONBLOCK: a FIFO put there does not hold the command while its writer swaps folders)
+        with os.fdopen(os.open(path.name, os.O_RDONLY | os.O_NONBLOCK, dir_fd=dir_fd), "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                raise InputError(f"cannot read {path}: not a regular file")
+            data = fh.read(limit + 1)
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
+    return _decode(data, path, limit)
+
+
 def read_beneath(folder: Path, name: str, limit: int = MAX_DOCUMENT_BYTES) -> str | None:
     """The file ``name`` inside ``folder`` (None when there is none), opened
     component by component from the folder's descriptor without following
@@ -278,8 +291,11 @@ def _check_text(value: str, total: int, source: str, longest: int | None = None,
 _STR_KEYS = frozenset({str})
 
 
-def read_document(path: Path) -> dict[str, Any]:
-    text = read_text(path)
+def read_document(path: Path, *, dir_fd: int | None = None) -> dict[str, Any]:
+    """A document file (``dir_fd``: ``path``'s name in that open folder, a
+    regular file only: what the caller writes beside it stays in the same
+    folder, whatever its path leads to meanwhile)."""
+    text = read_text(path) if dir_fd is None else _read_regular_at(dir_fd, path)
     data = parse_text(text, str(path), json_document=path.suffix.lower() == ".json")
     if not isinstance(data, dict):
         raise TemplateError(Problem(str(path), "expected a mapping at the top level"))

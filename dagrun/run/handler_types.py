@@ -130,12 +130,12 @@ class StepContext:
         """A program named by the config (a python): a bare name, or, as
         root, an absolute path only root could have put there."""
         if "/" in name and self.privileged:
-            real = os.path.realpath(name)  # (what is run is what was checked: a symlink may change later)
-            if not paths.root_owned_program(real):
+            checked = paths.root_program(name)  # (what runs is what was checked: no link somebody may change)
+            if checked is None:
                 raise PermanentError(f"{name} is not a program only root could have installed (it, or a folder "
                                      "above it, belongs to or is writable by another user): dagrun, as root, "
                                      "does not run it")
-            return real
+            return checked
         return name
 
     def _in_home(self, path: str) -> bool:

@@ -209,9 +209,57 @@ def root_only_search_path(value: str) -> str:
 
 def own_program(name: str, default_path: str = os.defpath) -> str | None:
     """A program dagrun runs itself, found in its own PATH: as root, only in
-    the folders only root could fill."""
+    the folders only root could fill, and only a program only root could
+    have installed (a link there may lead to anybody's file)."""
     search = os.environ.get("PATH") or default_path
-    return shutil.which(name, path=root_only_search_path(search) if os.geteuid() == 0 else search)
+    if os.geteuid() != 0:
+        return shutil.which(name, path=search)
+    for folder in root_only_search_path(search).split(os.pathsep):
+        found = shutil.which(name, path=folder) if folder else None
+        if found:
+            checked = root_program(found)
+            if checked:
+                return checked
+    return None
+
+
+def root_program(path: str) -> str | None:
+    """``path`` to run as root, if it leads to a program only root could
+    have installed: as given when nobody else could change where it leads
+    (a command keeps the name it was called by: snap's programs need it),
+    else by its real path (what was checked is what runs); None if not."""
+    real = os.path.realpath(path)
+    if not root_owned_program(real):
+        return None
+    return path if unchangeable_by_others(path) else real
+
+
+def unchangeable_by_others(path: str, _depth: int = 0) -> bool:
+    """Could only root change what ``path``, as given, leads to? Each folder
+    an entry of it is looked up in is root's and writable by nobody else
+    (or sticky, with root's entry), the target of each symlink on the way
+    too."""
+    if _depth > 40:  # (as the kernel: too many levels of links)
+        return False
+    folder = "/"
+    parts = [p for p in os.path.abspath(path).split("/") if p]
+    for i, part in enumerate(parts):
+        entry = os.path.join(folder, part)
+        try:
+            info, found = os.stat(folder), os.lstat(entry)
+        except FileNotFoundError:  # (a file still to be made: its folder is what matters)
+            return i == len(parts) - 1 and root_only_folder(folder)
+        except OSError:
+            return False
+        if info.st_uid != 0 or (info.st_mode & 0o022 and not (info.st_mode & stat.S_ISVTX and found.st_uid == 0)):
+            return False
+        if stat.S_ISLNK(found.st_mode):
+            if not unchangeable_by_others(os.path.join(folder, os.readlink(entry)), _depth + 1):
+                return False
+            folder = os.path.realpath(entry)
+        else:
+            folder = entry
+    return True
 
 
 def inside_home(text: str, home: str | None, *, anywhere: bool = False) -> str:
@@ -307,26 +355,65 @@ def _open_dir(home: str, parts: list[str], *, create: bool, mode: int = 0o755, o
         os.close(fd)
 
 
-def write_output(path: str, data: bytes, *, replace: bool, mode: int = 0o644) -> None:
+def write_output(path: str, data: bytes, *, replace: bool, mode: int = 0o644, dir_fd: int | None = None) -> None:
     """Write a file dagrun makes outside any home (a CLI's output, a system
-    file), never through a symlink another user may have put at its name or
-    at a temporary one: a new file of a random name, then renamed (or, not
-    to ``replace``, linked) into place. An existing file is refused with
-    :class:`FileExistsError` unless ``replace``."""
-    import tempfile
+    file) in its folder opened once (``dir_fd``: the caller's, already open),
+    never through a symlink somebody else could change: a new file of a
+    random name, then renamed (or, not to ``replace``, linked) into place;
+    into a character device or a FIFO (``-o /dev/stdout``), written as
+    they are. An existing file is refused with :class:`FileExistsError`
+    unless ``replace``."""
+    import secrets
     folder, name = os.path.split(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".dagrun-tmp", dir=folder)  # (O_EXCL: a new file)
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY) if dir_fd is None else dir_fd
     try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            os.fchmod(out.fileno(), mode)
-        if replace:
-            os.replace(tmp, path)  # (a symlink at the name is replaced, never followed)
-        else:
-            os.link(tmp, path, follow_symlinks=False)  # (any entry at the name, a symlink too: FileExistsError)
+        try:
+            info = os.stat(name, dir_fd=fd, follow_symlinks=False)
+        except FileNotFoundError:
+            info = None
+        if info is not None and stat.S_ISLNK(info.st_mode):
+            folder_info = os.fstat(fd)
+            if os.geteuid() != 0 or (folder_info.st_uid == 0 and not folder_info.st_mode & 0o022):
+                # the caller's own link, or root's (/dev/stdout): where it leads, if nobody else may change that
+                if dir_fd is not None:
+                    raise PermanentError(f"{path} is a symlink: not written through")
+                with contextlib.suppress(OSError):
+                    if stat.S_ISCHR(os.stat(path).st_mode) or stat.S_ISFIFO(os.stat(path).st_mode):
+                        with open(path, "wb") as stream:  # (a terminal, a pipe: written as they are)
+                            stream.write(data)
+                        return
+                real = os.path.realpath(path)
+                if os.geteuid() != 0 or unchangeable_by_others(real):
+                    return write_output(real, data, replace=replace, mode=mode)
+                raise PermanentError(f"{path} leads to {real}, which somebody else could change: not written")
+            if not replace:
+                raise FileExistsError(errno.EEXIST, "exists", path)
+            info = None  # somebody else's link in a folder others may write: replaced, never followed
+        if info is not None and (stat.S_ISCHR(info.st_mode) or stat.S_ISFIFO(info.st_mode)):
+            out = os.open(name, os.O_WRONLY | os.O_NOFOLLOW, dir_fd=fd)
+            with os.fdopen(out, "wb") as stream:
+                stream.write(data)
+            return
+        if info is not None and not stat.S_ISREG(info.st_mode):
+            raise PermanentError(f"{path} is not a regular file: not written")
+        if info is not None and not replace:
+            raise FileExistsError(errno.EEXIST, "exists", path)
+        tmp = f".{name}.{secrets.token_hex(6)}.dagrun-tmp"
+        out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=fd)
+        try:
+            with os.fdopen(out, "wb") as stream:
+                stream.write(data)
+                os.fchmod(stream.fileno(), mode)
+            if replace:
+                os.replace(tmp, name, src_dir_fd=fd, dst_dir_fd=fd)  # (a symlink at the name is replaced)
+            else:
+                os.link(tmp, name, src_dir_fd=fd, dst_dir_fd=fd, follow_symlinks=False)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp, dir_fd=fd)
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        if dir_fd is None:
+            os.close(fd)
 
 
 def write_file(path: str, data: bytes, *, home: str | None, mode: int | None = None,
