@@ -154,11 +154,26 @@ def test_writing_an_output_never_follows_a_symlink_at_its_name(tmp_path):
     (tmp_path / "stdout").symlink_to("/proc/self/fd/1")
     out = dagrun("graph", "demo", "-o", tmp_path / "stdout", cwd=tmp_path)
     assert out.returncode == 0 and out.stdout.startswith("digraph") and (tmp_path / "stdout").is_symlink()
+    log = tmp_path / "log"  # (helper-81) stdout appending to a file: appended to, never replaced
+    log.write_text("before\n")
+    with open(log, "a") as stream:
+        subprocess.run([sys.executable, "-m", "dagrun", "graph", "demo", "-o", tmp_path / "stdout"], cwd=tmp_path,
+                       stdout=stream, stderr=subprocess.DEVNULL, check=True, timeout=120,
+                       env={**os.environ, "XDG_DATA_HOME": str(tmp_path / "xdg")})
+    assert log.read_text().startswith("before\ndigraph")
+    if os.geteuid() == 0:  # (helper-81) somebody else's FIFO is replaced, never written to (nor waited on)
+        os.mkfifo(theirs / "g.fifo")
+        os.chown(theirs / "g.fifo", 65534, 65534)
+        out = dagrun("graph", "demo", "-o", theirs / "g.fifo", cwd=tmp_path)
+        assert out.returncode == 0 and (theirs / "g.fifo").read_text().startswith("digraph"), out.stderr
     # (helper-80) the source is read, and its output written, in the folder as it was opened
     fifo = tmp_path / "fifo.json"
     os.mkfifo(fifo)
     out = dagrun("migrate-legacy", fifo, cwd=tmp_path)
     assert out.returncode == 2 and "not a regular file" in out.stderr, out.stderr
+    (tmp_path / "link.json").symlink_to(legacy)  # (helper-81) nor a link the folder's owner may point anywhere
+    out = dagrun("migrate-legacy", tmp_path / "link.json", cwd=tmp_path)
+    assert out.returncode == 2 and "cannot read" in out.stderr, out.stderr
 
 
 def test_an_output_is_written_in_the_folder_opened_not_where_its_path_leads_later(tmp_path):

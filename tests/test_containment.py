@@ -797,6 +797,19 @@ def test_as_root_a_checked_folder_or_program_is_used_by_its_real_path(tmp_path, 
     assert root_program(str(ours / "code")) == str(ours / "code")
     assert root_program(str(theirs / "tools" / "true")) == "/usr/bin/true"  # (through their link: the real one)
     assert root_program(str(ours / "dot")) is None
+    # (helper-81) a ".." applies after the link before it is followed: never kept as given
+    (theirs / "l").symlink_to("/usr/lib/python3")
+    os.lchown(theirs / "l", 65534, 65534)
+    assert root_program(str(theirs / "l" / ".." / ".." / "bin" / "true")) == os.path.realpath("/usr/bin/true")
+    # (helper-81) a bare name no folder only root fills has is not handed to Popen to find in the step's PATH
+    from dagrun.run.shell import run_command
+    (ours / "devtool").symlink_to(theirs / "bin" / "git")
+    marker = tmp_path / "devtool-ran"
+    (theirs / "bin" / "git").write_text(f"#!/bin/sh\necho x > {marker}\n")
+    monkeypatch.setenv("PATH", f"{ours}:/usr/bin:/bin")
+    result = run_command(["devtool"], env={"PATH": f"{ours}:/usr/bin:/bin"})
+    assert result.exit_code == 127 and "not found where only root could have installed it" in result.stderr
+    assert not marker.exists()
     home = tmp_path / "ws" / "w"
     given = template(script_step(10, 'echo "$PATH"', id="p", action_config={"env": {"PATH": f"{theirs}/tools"}}))
     result = run_template(given, {"id": "w", "home_dir": str(home)}, record=False, home_roots=[str(tmp_path / "ws")])

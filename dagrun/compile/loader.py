@@ -92,7 +92,7 @@ def _read_regular_at(dir_fd: int, path: Path, limit: int = MAX_DOCUMENT_BYTES) -
     import os
     import stat
     try:  # (O_NONBLOCK: a FIFO put there does not hold the command while its writer swaps folders)
-        with os.fdopen(os.open(path.name, os.O_RDONLY | os.O_NONBLOCK, dir_fd=dir_fd), "rb") as fh:
+        with os.fdopen(os.open(path.name, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW, dir_fd=dir_fd), "rb") as fh:
             if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
                 raise InputError(f"cannot read {path}: not a regular file")
             data = fh.read(limit + 1)

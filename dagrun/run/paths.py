@@ -21,6 +21,7 @@ import contextlib
 import errno
 import functools
 import os
+import re
 import shutil
 import stat
 from pathlib import Path
@@ -231,7 +232,9 @@ def root_program(path: str) -> str | None:
     real = os.path.realpath(path)
     if not root_owned_program(real):
         return None
-    return path if unchangeable_by_others(path) else real
+    # (a ".." applies after the link before it is followed, which the check of the name reads as text)
+    plain = os.path.normpath(path) == path and ".." not in path.split("/")
+    return path if plain and unchangeable_by_others(path) else real
 
 
 def unchangeable_by_others(path: str, _depth: int = 0) -> bool:
@@ -239,7 +242,7 @@ def unchangeable_by_others(path: str, _depth: int = 0) -> bool:
     an entry of it is looked up in is root's and writable by nobody else
     (or sticky, with root's entry), the target of each symlink on the way
     too."""
-    if _depth > 40:  # (as the kernel: too many levels of links)
+    if _depth > 40 or ".." in path.split("/"):  # (as the kernel: too many levels of links; see root_program)
         return False
     folder = "/"
     parts = [p for p in os.path.abspath(path).split("/") if p]
@@ -371,29 +374,42 @@ def write_output(path: str, data: bytes, *, replace: bool, mode: int = 0o644, di
             info = os.stat(name, dir_fd=fd, follow_symlinks=False)
         except FileNotFoundError:
             info = None
+        folder_info = os.fstat(fd)
+        roots_folder = folder_info.st_uid in (0, os.geteuid()) and not folder_info.st_mode & 0o022
         if info is not None and stat.S_ISLNK(info.st_mode):
-            folder_info = os.fstat(fd)
-            if os.geteuid() != 0 or (folder_info.st_uid == 0 and not folder_info.st_mode & 0o022):
-                # the caller's own link, or root's (/dev/stdout): where it leads, if nobody else may change that
+            if os.geteuid() != 0 or roots_folder:
+                # the caller's own link, or root's: where it leads, if nobody else may change that
                 if dir_fd is not None:
                     raise PermanentError(f"{path} is a symlink: not written through")
-                with contextlib.suppress(OSError):
-                    if stat.S_ISCHR(os.stat(path).st_mode) or stat.S_ISFIFO(os.stat(path).st_mode):
-                        with open(path, "wb") as stream:  # (a terminal, a pipe: written as they are)
-                            stream.write(data)
-                        return
+                descriptor = _STREAM.fullmatch(os.readlink(path))
+                if descriptor:  # /dev/stdout, /dev/stderr: the command's own stream, as it is
+                    _write_all(int(descriptor.group(1)), data)
+                    return
                 real = os.path.realpath(path)
-                if os.geteuid() != 0 or unchangeable_by_others(real):
-                    return write_output(real, data, replace=replace, mode=mode)
-                raise PermanentError(f"{path} leads to {real}, which somebody else could change: not written")
+                if os.geteuid() == 0 and not unchangeable_by_others(real):
+                    raise PermanentError(f"{path} leads to {real}, which somebody else could change: not written")
+                return write_output(real, data, replace=replace, mode=mode)
             if not replace:
                 raise FileExistsError(errno.EEXIST, "exists", path)
             info = None  # somebody else's link in a folder others may write: replaced, never followed
-        if info is not None and (stat.S_ISCHR(info.st_mode) or stat.S_ISFIFO(info.st_mode)):
-            out = os.open(name, os.O_WRONLY | os.O_NOFOLLOW, dir_fd=fd)
-            with os.fdopen(out, "wb") as stream:
-                stream.write(data)
+        if info is not None and (stat.S_ISCHR(info.st_mode) or stat.S_ISFIFO(info.st_mode)) and roots_folder \
+                and info.st_uid in (0, os.geteuid()):
+            # a device or a FIFO only root (or the caller) could have put there: written as it is, never blocking
+            try:
+                out = os.open(name, os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=fd)
+            except OSError as exc:
+                raise PermanentError(f"cannot write {path}: {exc.strerror}") from None
+            try:
+                if os.fstat(out).st_ino != info.st_ino:
+                    raise PermanentError(f"{path} changed while it was opened: not written")
+                os.set_blocking(out, True)
+                _write_all(out, data)
+            finally:
+                os.close(out)
             return
+        if info is not None and not stat.S_ISREG(info.st_mode) and replace \
+                and (stat.S_ISCHR(info.st_mode) or stat.S_ISFIFO(info.st_mode)):
+            info = None  # somebody else's device or FIFO in a folder others may write: replaced, never written to
         if info is not None and not stat.S_ISREG(info.st_mode):
             raise PermanentError(f"{path} is not a regular file: not written")
         if info is not None and not replace:
@@ -414,6 +430,15 @@ def write_output(path: str, data: bytes, *, replace: bool, mode: int = 0o644, di
     finally:
         if dir_fd is None:
             os.close(fd)
+
+
+_STREAM = re.compile(r"/(?:proc/self|dev)/fd/([0-9]+)")
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def write_file(path: str, data: bytes, *, home: str | None, mode: int | None = None,

@@ -16,6 +16,7 @@ wait on (``ctx.cancel.wait(seconds)``) so that a cancel stops them at once.
 from __future__ import annotations
 
 import dataclasses
+import os
 import signal
 import subprocess
 import _thread
@@ -232,6 +233,9 @@ def run_command(argv: list[str], *, env: dict[str, str], cwd: str | None = None,
         # never in the step's, which the template may point at the workspace home; as root, only
         # in its folders somebody else may not fill.
         found = own_program(argv[0], STANDARD_PATH)
+        if found is None and os.geteuid() == 0:  # (never a bare name for Popen to look for in the step's PATH)
+            return ShellResult(exit_code=127, stdout="", stderr=f"{argv[0]}: command not found where only root "
+                                                                "could have installed it")
         argv = [found, *argv[1:]] if found else argv
     tree = ProcessTree(run_id, pids_max=limits.processes if limits is not None else None)
     if isolation is not None and isolation.restricted:
