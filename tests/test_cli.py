@@ -140,7 +140,14 @@ def test_writing_an_output_never_follows_a_symlink_at_its_name(tmp_path):
     (theirs / "g.dot").symlink_to(target)
     out = dagrun("graph", "demo", "-o", theirs / "g.dot", cwd=tmp_path)
     assert out.returncode == 0 and "digraph" in (theirs / "g.dot").read_text()
-    assert not target.exists() or os.geteuid() != 0  # (the caller's own link is followed)
+    if os.geteuid() == 0:  # (their link replaced, not followed; a path somebody else may point elsewhere refused)
+        assert not target.exists()
+        (theirs / "sub").symlink_to(tmp_path / "etc")
+        (tmp_path / "etc").mkdir()
+        (tmp_path / "etc" / "hosts").write_text("kept\n")
+        out = dagrun("graph", "demo", "-o", theirs / "sub" / "hosts", cwd=tmp_path)
+        assert out.returncode == 2 and "is in a folder somebody else could change" in out.stderr, out.stderr
+        assert (tmp_path / "etc" / "hosts").read_text() == "kept\n"
     out = dagrun("graph", "demo", "-o", tmp_path / "missing" / "g.dot", cwd=tmp_path)
     assert out.returncode == 2 and "cannot write" in out.stderr and "Traceback" not in out.stderr
     # (helper-80) a device and root's own link to one are written as they are, never replaced by a file
@@ -161,11 +168,22 @@ def test_writing_an_output_never_follows_a_symlink_at_its_name(tmp_path):
                        stdout=stream, stderr=subprocess.DEVNULL, check=True, timeout=120,
                        env={**os.environ, "XDG_DATA_HOME": str(tmp_path / "xdg")})
     assert log.read_text().startswith("before\ndigraph")
-    if os.geteuid() == 0:  # (helper-81) somebody else's FIFO is replaced, never written to (nor waited on)
-        os.mkfifo(theirs / "g.fifo")
-        os.chown(theirs / "g.fifo", 65534, 65534)
-        out = dagrun("graph", "demo", "-o", theirs / "g.fifo", cwd=tmp_path)
-        assert out.returncode == 0 and (theirs / "g.fifo").read_text().startswith("digraph"), out.stderr
+    out = dagrun("graph", "demo", "-o", "/dev/fd/1", cwd=tmp_path)  # (helper-82) by its own name too
+    assert out.returncode == 0 and out.stdout.startswith("digraph"), out.stderr
+    if os.geteuid() == 0:  # (helper-81) somebody else's FIFO in their folder is replaced, never written to
+        legacy_fifo = theirs / "config.template.yaml"
+        legacy_fifo.unlink()
+        os.mkfifo(legacy_fifo)
+        os.chown(legacy_fifo, 65534, 65534)
+        out = dagrun("migrate-legacy", legacy, "--force", cwd=tmp_path)
+        assert out.returncode == 0 and legacy_fifo.read_text().startswith("name:"), out.stderr
+        # (helper-82) and somebody else's device in root's folder is neither written to nor replaced
+        tty = tmp_path / "tty1"
+        os.mknod(tty, 0o620 | stat.S_IFCHR, os.makedev(1, 3))
+        os.chown(tty, 65534, 65534)
+        out = dagrun("graph", "demo", "-o", tty, cwd=tmp_path)
+        assert out.returncode == 2 and "not a regular file: not written" in out.stderr, out.stderr
+        assert stat.S_ISCHR(tty.lstat().st_mode)
     # (helper-80) the source is read, and its output written, in the folder as it was opened
     fifo = tmp_path / "fifo.json"
     os.mkfifo(fifo)

@@ -89,6 +89,7 @@ def read_text(path: Path, limit: int = MAX_DOCUMENT_BYTES) -> str:
 
 
 def _read_regular_at(dir_fd: int, path: Path, limit: int = MAX_DOCUMENT_BYTES) -> str:
+    import errno
     import os
     import stat
     try:  # (O_NONBLOCK: a FIFO put there does not hold the command while its writer swaps folders)
@@ -97,7 +98,9 @@ def _read_regular_at(dir_fd: int, path: Path, limit: int = MAX_DOCUMENT_BYTES) -
                 raise InputError(f"cannot read {path}: not a regular file")
             data = fh.read(limit + 1)
     except OSError as exc:
-        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
+        why = "a symlink (whose owner could point it anywhere): name the file itself" \
+            if exc.errno == errno.ELOOP else exc.strerror or exc
+        raise InputError(f"cannot read {path}: {why}") from None
     return _decode(data, path, limit)
 
 

@@ -360,14 +360,24 @@ def _open_dir(home: str, parts: list[str], *, create: bool, mode: int = 0o755, o
 
 def write_output(path: str, data: bytes, *, replace: bool, mode: int = 0o644, dir_fd: int | None = None) -> None:
     """Write a file dagrun makes outside any home (a CLI's output, a system
-    file) in its folder opened once (``dir_fd``: the caller's, already open),
-    never through a symlink somebody else could change: a new file of a
-    random name, then renamed (or, not to ``replace``, linked) into place;
-    into a character device or a FIFO (``-o /dev/stdout``), written as
-    they are. An existing file is refused with :class:`FileExistsError`
-    unless ``replace``."""
+    file) in its folder opened once (``dir_fd``: the caller's, already open;
+    as root, otherwise, a folder nobody else could point elsewhere): a new
+    file of a random name, then renamed (or, not to ``replace``, linked)
+    into place. Never through a link somebody else could change, which is
+    replaced; the command's own streams (``/dev/stdout``) and a device or
+    FIFO root (or the caller) put in a folder nobody else writes are written
+    as they are; somebody else's there is refused. An existing file is
+    refused with :class:`FileExistsError` unless ``replace``."""
     import secrets
+    stream = _OWN_STREAM.fullmatch(os.path.abspath(path)) if dir_fd is None else None
+    if stream:  # the command's own output (/dev/stdout, /dev/fd/1...): written to as it is, appended to a file
+        _write_all({"stdout": 1, "stderr": 2}.get(stream.group(1)) or int(stream.group(2) or stream.group(3)), data)
+        return
     folder, name = os.path.split(os.path.abspath(path))
+    if dir_fd is None and os.geteuid() == 0 and not unchangeable_by_others(folder):
+        # (a folder somebody else may point elsewhere would choose where root's file lands: /etc, say)
+        raise PermanentError(f"{path} is in a folder somebody else could change (or lead elsewhere): as root, "
+                             "dagrun writes there no file of its own")
     fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY) if dir_fd is None else dir_fd
     try:
         try:
@@ -407,7 +417,7 @@ def write_output(path: str, data: bytes, *, replace: bool, mode: int = 0o644, di
             finally:
                 os.close(out)
             return
-        if info is not None and not stat.S_ISREG(info.st_mode) and replace \
+        if info is not None and not stat.S_ISREG(info.st_mode) and replace and not roots_folder \
                 and (stat.S_ISCHR(info.st_mode) or stat.S_ISFIFO(info.st_mode)):
             info = None  # somebody else's device or FIFO in a folder others may write: replaced, never written to
         if info is not None and not stat.S_ISREG(info.st_mode):
@@ -433,6 +443,7 @@ def write_output(path: str, data: bytes, *, replace: bool, mode: int = 0o644, di
 
 
 _STREAM = re.compile(r"/(?:proc/self|dev)/fd/([0-9]+)")
+_OWN_STREAM = re.compile(r"/dev/(stdout|stderr)|/dev/fd/([0-9]+)|/proc/self/fd/([0-9]+)")
 
 
 def _write_all(fd: int, data: bytes) -> None:
