@@ -1140,15 +1140,13 @@ def validate(items: Iterable[str], *, actions: Iterable[Any] | None = None, work
     its one error. With ``workspace`` (and ``variables``), its fields and the
     variables are checked as a run would check them (``home_roots``: as
     :func:`run_template`'s)."""
-    from .compile.loader import read_document
+    from .compile.loader import names_a_file, read_document
     from .errors import TemplateError
     results: list[tuple[str, Exception | None]] = []
     for item in items:
         try:
             path = Path(item)
-            # (a file is named as one: a bare name is never a file of the working folder, as compile says)
-            named_as_file = path.suffix in (".yaml", ".yml", ".json") or "/" in str(item)
-            doc = read_document(path) if named_as_file and path.is_file() else None
+            doc = read_document(path) if names_a_file(item) and path.is_file() else None
             if doc is not None and ("action_type" in doc or (isinstance(doc.get("actions"), list) and doc["actions"]
                                                             and "action_type" in doc["actions"][0])):
                 # its actions as a run takes them (trusted where the run would trust them), handlers built

@@ -294,6 +294,14 @@ def _check_text(value: str, total: int, source: str, longest: int | None = None,
 _STR_KEYS = frozenset({str})
 
 
+def names_a_file(ref: Any) -> bool:
+    """Does a reference name a file: a suffix, a folder, a Path? A bare name
+    is a stored or seed template's, never a file of the working folder (root
+    running `dagrun run demo` in a folder a user can write must not run that
+    user's ./demo)."""
+    return isinstance(ref, Path) or Path(ref).suffix in (".yaml", ".yml", ".json") or "/" in str(ref)
+
+
 def read_document(path: Path, *, dir_fd: int | None = None) -> dict[str, Any]:
     """A document file (``dir_fd``: ``path``'s name in that open folder, a
     regular file only: what the caller writes beside it stays in the same
@@ -737,10 +745,7 @@ class TemplateSource:
             check_shape(ref, str(ref.get("name", "<dict>")))
             return dict(ref), str(ref.get("name", "<dict>")), None
         path = Path(ref)
-        # A file is named as one (a suffix, a folder, a Path): a bare name is a stored or seed
-        # template's, never a file of the working folder (root running `dagrun run demo` in a
-        # folder a user can write must not run that user's ./demo).
-        if isinstance(ref, Path) or path.suffix in (".yaml", ".yml", ".json") or "/" in str(ref):
+        if names_a_file(ref):
             if not path.exists():
                 raise InputError(f"template file {path} does not exist")
             return read_document(path), str(path), path.parent.resolve()

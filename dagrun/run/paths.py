@@ -369,9 +369,9 @@ def write_output(path: str, data: bytes, *, replace: bool, mode: int = 0o644, di
     as they are; somebody else's there is refused. An existing file is
     refused with :class:`FileExistsError` unless ``replace``."""
     import secrets
-    stream = _OWN_STREAM.fullmatch(os.path.abspath(path)) if dir_fd is None else None
-    if stream:  # the command's own output (/dev/stdout, /dev/fd/1...): written to as it is, appended to a file
-        _write_all({"stdout": 1, "stderr": 2}.get(stream.group(1)) or int(stream.group(2) or stream.group(3)), data)
+    stream = _own_stream(os.path.abspath(path)) if dir_fd is None else None
+    if stream is not None:  # the command's own output (/dev/stdout, /dev/fd/1...): as it is, appended to a file
+        _write_all(stream, data)
         return
     folder, name = os.path.split(os.path.abspath(path))
     if dir_fd is None and os.geteuid() == 0 and not unchangeable_by_others(folder):
@@ -391,9 +391,9 @@ def write_output(path: str, data: bytes, *, replace: bool, mode: int = 0o644, di
                 # the caller's own link, or root's: where it leads, if nobody else may change that
                 if dir_fd is not None:
                     raise PermanentError(f"{path} is a symlink: not written through")
-                descriptor = _STREAM.fullmatch(os.readlink(path))
-                if descriptor:  # /dev/stdout, /dev/stderr: the command's own stream, as it is
-                    _write_all(int(descriptor.group(1)), data)
+                stream = _own_stream(os.readlink(path))
+                if stream is not None:  # a link to the command's own stream, as /dev/stdout is
+                    _write_all(stream, data)
                     return
                 real = os.path.realpath(path)
                 if os.geteuid() == 0 and not unchangeable_by_others(real):
@@ -417,8 +417,8 @@ def write_output(path: str, data: bytes, *, replace: bool, mode: int = 0o644, di
             finally:
                 os.close(out)
             return
-        if info is not None and not stat.S_ISREG(info.st_mode) and replace and not roots_folder \
-                and (stat.S_ISCHR(info.st_mode) or stat.S_ISFIFO(info.st_mode)):
+        if info is not None and (stat.S_ISCHR(info.st_mode) or stat.S_ISFIFO(info.st_mode)) and replace \
+                and not roots_folder:
             info = None  # somebody else's device or FIFO in a folder others may write: replaced, never written to
         if info is not None and not stat.S_ISREG(info.st_mode):
             raise PermanentError(f"{path} is not a regular file: not written")
@@ -442,8 +442,15 @@ def write_output(path: str, data: bytes, *, replace: bool, mode: int = 0o644, di
             os.close(fd)
 
 
-_STREAM = re.compile(r"/(?:proc/self|dev)/fd/([0-9]+)")
-_OWN_STREAM = re.compile(r"/dev/(stdout|stderr)|/dev/fd/([0-9]+)|/proc/self/fd/([0-9]+)")
+_OWN_STREAM = re.compile(r"/dev/(stdout|stderr)|/(?:dev|proc/self)/fd/([0-9]+)")
+
+
+def _own_stream(path: str) -> int | None:
+    """The descriptor ``path`` names, if it names one of the command's own."""
+    found = _OWN_STREAM.fullmatch(path)
+    if found is None:
+        return None
+    return {"stdout": 1, "stderr": 2}[found.group(1)] if found.group(1) else int(found.group(2))
 
 
 def _write_all(fd: int, data: bytes) -> None:
